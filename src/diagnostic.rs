@@ -1,0 +1,294 @@
+//! Compiler diagnostics: collected while compiling, rendered with miette.
+
+use crate::source::{Sources, Span};
+use miette::{Diagnostic, LabeledSpan, NamedSource, SourceCode};
+use std::fmt;
+use std::sync::Arc;
+
+/// What went wrong; its name is the diagnostic code `rkd::<name>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The text does not parse.
+    Syntax,
+    /// A name that is not in scope.
+    UnknownName,
+    /// A call of a function or op that does not exist.
+    UnknownOp,
+    /// A keyword argument the op or function does not take.
+    UnknownParam,
+    /// `use` of a module that does not exist.
+    UnknownModule,
+    /// A value of the wrong type.
+    Type,
+    /// A required argument is missing.
+    MissingArg,
+    /// A value outside its allowed range.
+    Range,
+    /// A name declared twice in one scope.
+    DuplicateName,
+    /// A name that would hide one from an enclosing scope.
+    Shadowing,
+    /// Modules that import each other.
+    ImportCycle,
+    /// A name used before its declaration.
+    UsedBeforeDeclared,
+    /// A sweep over an empty list.
+    EmptySweep,
+    /// A positional argument where keywords are required.
+    PositionalArg,
+    /// `stage NAME = EXPR` where EXPR is not one stage.
+    NotAStage,
+    /// An index out of range, or indexing something that is not a list.
+    Index,
+    /// Functions calling themselves too deeply.
+    Recursion,
+    /// An input file or directory that cannot be read.
+    File,
+    /// Arguments that are individually fine but do not fit together.
+    Invalid,
+}
+
+impl Kind {
+    /// The code's name, as shown in `rkd::<name>`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Syntax => "syntax",
+            Kind::UnknownName => "unknown_name",
+            Kind::UnknownOp => "unknown_op",
+            Kind::UnknownParam => "unknown_param",
+            Kind::UnknownModule => "unknown_module",
+            Kind::Type => "type",
+            Kind::MissingArg => "missing_arg",
+            Kind::Range => "range",
+            Kind::DuplicateName => "duplicate_name",
+            Kind::Shadowing => "shadowing",
+            Kind::ImportCycle => "import_cycle",
+            Kind::UsedBeforeDeclared => "used_before_declared",
+            Kind::EmptySweep => "empty_sweep",
+            Kind::PositionalArg => "positional_arg",
+            Kind::NotAStage => "not_a_stage",
+            Kind::Index => "index",
+            Kind::Recursion => "recursion",
+            Kind::File => "file",
+            Kind::Invalid => "invalid",
+        }
+    }
+}
+
+/// One problem found in the sources, with where it is and how to fix it.
+#[derive(Clone, Debug)]
+pub struct Diag {
+    /// What kind of problem.
+    pub kind: Kind,
+    /// The one-line message.
+    pub message: String,
+    /// The main location and its label.
+    pub span: Option<Span>,
+    /// The label under the main location.
+    pub label: String,
+    /// Other locations worth showing.
+    pub notes: Vec<(Span, String)>,
+    /// How to fix it.
+    pub help: Option<String>,
+}
+
+impl Diag {
+    /// A diagnostic at `span`.
+    pub fn new(kind: Kind, span: Span, message: impl Into<String>) -> Diag {
+        Diag {
+            kind,
+            message: message.into(),
+            span: Some(span),
+            label: "here".into(),
+            notes: Vec::new(),
+            help: None,
+        }
+    }
+
+    /// A diagnostic with no location.
+    pub fn global(kind: Kind, message: impl Into<String>) -> Diag {
+        Diag {
+            kind,
+            message: message.into(),
+            span: None,
+            label: String::new(),
+            notes: Vec::new(),
+            help: None,
+        }
+    }
+
+    /// Sets the label under the main span.
+    pub fn label(mut self, label: impl Into<String>) -> Diag {
+        self.label = label.into();
+        self
+    }
+
+    /// Adds a help line.
+    pub fn help(mut self, help: impl Into<String>) -> Diag {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// Adds a help line when there is one.
+    pub fn maybe_help(mut self, help: Option<String>) -> Diag {
+        if help.is_some() {
+            self.help = help;
+        }
+        self
+    }
+
+    /// Adds a secondary location.
+    pub fn note(mut self, span: Span, label: impl Into<String>) -> Diag {
+        self.notes.push((span, label.into()));
+        self
+    }
+
+    /// Makes it renderable by attaching the source text it points into.
+    pub fn render(&self, sources: &Sources) -> Rendered {
+        let source = self.span.map(|s| {
+            let file = sources.get(s.file);
+            NamedSource::new(file.name.clone(), file.text.clone())
+        });
+        let mut labels = Vec::new();
+        let mut related = Vec::new();
+        if let Some(span) = self.span {
+            labels.push(LabeledSpan::new_primary_with_span(
+                Some(self.label.clone()),
+                span.miette(),
+            ));
+        }
+        for (span, label) in &self.notes {
+            if Some(span.file) == self.span.map(|s| s.file) {
+                labels.push(LabeledSpan::new_with_span(
+                    Some(label.clone()),
+                    span.miette(),
+                ));
+            } else {
+                let file = sources.get(span.file);
+                related.push(Rendered {
+                    code: None,
+                    message: format!("note: {label}"),
+                    source: Some(NamedSource::new(file.name.clone(), file.text.clone())),
+                    labels: vec![LabeledSpan::new_primary_with_span(
+                        Some(label.clone()),
+                        span.miette(),
+                    )],
+                    help: None,
+                    related: Vec::new(),
+                });
+            }
+        }
+        Rendered {
+            code: Some(format!("rkd::{}", self.kind.name())),
+            message: self.message.clone(),
+            source,
+            labels,
+            help: self.help.clone(),
+            related,
+        }
+    }
+}
+
+/// A diagnostic with its source attached, ready for miette's report handlers.
+#[derive(Debug)]
+pub struct Rendered {
+    code: Option<String>,
+    message: String,
+    source: Option<NamedSource<Arc<String>>>,
+    labels: Vec<LabeledSpan>,
+    help: Option<String>,
+    related: Vec<Rendered>,
+}
+
+impl fmt::Display for Rendered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Rendered {}
+
+impl Diagnostic for Rendered {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.code
+            .as_ref()
+            .map(|c| Box::new(c) as Box<dyn fmt::Display>)
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+
+    fn source_code(&self) -> Option<&dyn SourceCode> {
+        self.source.as_ref().map(|s| s as &dyn SourceCode)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        if self.labels.is_empty() {
+            None
+        } else {
+            Some(Box::new(self.labels.iter().cloned()))
+        }
+    }
+
+    fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn Diagnostic> + 'a>> {
+        if self.related.is_empty() {
+            None
+        } else {
+            Some(Box::new(self.related.iter().map(|r| r as &dyn Diagnostic)))
+        }
+    }
+}
+
+/// Renders diagnostics as text: colours only when `color` is set.
+pub fn render_all(diags: &[Diag], sources: &Sources, color: bool) -> String {
+    use miette::{GraphicalReportHandler, GraphicalTheme};
+    let theme = if color {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
+    let handler = GraphicalReportHandler::new_themed(theme).with_width(100);
+    let mut out = String::new();
+    for d in diags {
+        let rendered = d.render(sources);
+        if handler.render_report(&mut out, &rendered).is_err() {
+            out.push_str(&format!("error: {}\n", d.message));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Returns the closest candidate to `name`, if one is close enough to be a likely typo.
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (strsim::damerau_levenshtein(name, c), c))
+        .filter(|(d, c)| *d <= (name.len().max(c.len()) / 3).max(1))
+        .min_by_key(|(d, c)| (*d, *c))
+        .map(|(_, c)| c)
+}
+
+/// "did you mean `x`?" for the closest candidate, if any.
+pub fn suggestion<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    did_you_mean(name, candidates).map(|c| format!("did you mean `{c}`?"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_close_names_only() {
+        let ops = ["train", "distill", "fuse", "qlora", "prune"];
+        assert_eq!(did_you_mean("distil", ops), Some("distill"));
+        assert_eq!(did_you_mean("trian", ops), Some("train"));
+        assert_eq!(did_you_mean("xyzzy", ops), None);
+    }
+}

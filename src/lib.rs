@@ -1,0 +1,11 @@
+//! rkd: a declarative experiment language and workflow engine for compressing transformer models.
+
+pub mod cli;
+pub mod compile;
+pub mod diagnostic;
+pub mod plan;
+pub mod registry;
+pub mod source;
+pub mod store;
+pub mod syntax;
+pub mod value;

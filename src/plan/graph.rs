@@ -1,0 +1,63 @@
+//! Rendering the DAG as Graphviz dot or Mermaid.
+
+use crate::compile::StageDef;
+
+/// Graph output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Graphviz (`dot -Tsvg`).
+    Dot,
+    /// Mermaid flowchart (renders in GitHub Markdown).
+    Mermaid,
+}
+
+/// The DAG of compiled stages in the given format (no keys needed, so no input files either).
+pub fn render(stages: &[StageDef], format: Format) -> String {
+    let edges = || {
+        stages
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.inputs.iter().map(move |up| (up.0 as usize, i)))
+    };
+    let mut out = String::new();
+    match format {
+        Format::Dot => {
+            out.push_str("digraph rkd {\n  rankdir=LR;\n  node [shape=box, style=rounded, fontname=\"Helvetica\"];\n");
+            for (i, s) in stages.iter().enumerate() {
+                out.push_str(&format!(
+                    "  n{i} [label=\"{}\\n{}\"];\n",
+                    escape_dot(&s.name),
+                    s.op.name
+                ));
+            }
+            for (a, b) in edges() {
+                out.push_str(&format!("  n{a} -> n{b};\n"));
+            }
+            out.push_str("}\n");
+        }
+        Format::Mermaid => {
+            out.push_str("flowchart LR\n");
+            for (i, s) in stages.iter().enumerate() {
+                out.push_str(&format!(
+                    "  n{i}[\"{}<br/><i>{}</i>\"]\n",
+                    escape_mermaid(&s.name),
+                    s.op.name
+                ));
+            }
+            for (a, b) in edges() {
+                out.push_str(&format!("  n{a} --> n{b}\n"));
+            }
+        }
+    }
+    out
+}
+
+fn escape_dot(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+fn escape_mermaid(s: &str) -> String {
+    s.replace('"', "#quot;")
+        .replace('[', "#91;")
+        .replace(']', "#93;")
+}

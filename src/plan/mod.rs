@@ -1,0 +1,9 @@
+//! The Plan: the DAG of stages with their keys, and how it is rendered and explained.
+
+mod build;
+pub mod fingerprint;
+pub mod graph;
+pub mod key;
+pub mod status;
+
+pub use build::{Plan, PlanStage};

@@ -1,0 +1,405 @@
+//! Model and dataset constructors: calls that describe, not run.
+
+use super::schema::{p, ArgProblem, Default as D, OpKind, OpSchema, Range, Ty};
+use crate::value::{Params, Value};
+
+fn int(params: &Params, name: &str) -> Option<i64> {
+    match params.get(name) {
+        Some(Value::Int(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+fn check_heads(params: &Params) -> Vec<ArgProblem> {
+    match (int(params, "hidden"), int(params, "heads")) {
+        (Some(h), Some(n)) if n > 0 && h % n != 0 => {
+            vec![(
+                "heads",
+                format!("hidden size {h} is not divisible by {n} heads"),
+            )]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// `bert`: a BERT encoder with a classification head.
+pub static BERT: OpSchema = OpSchema {
+    name: "bert",
+    kind: OpKind::Model,
+    version: 1,
+    doc: "A BERT encoder for sequence classification, randomly initialised.",
+    params: &[
+        p(
+            "layers",
+            Ty::Int,
+            D::Required,
+            Some(Range::closed(1.0, 48.0)),
+            "transformer layers (L)",
+        ),
+        p(
+            "hidden",
+            Ty::Int,
+            D::Required,
+            Some(Range::closed(8.0, 8192.0)),
+            "hidden size (H)",
+        ),
+        p(
+            "heads",
+            Ty::Int,
+            D::Required,
+            Some(Range::closed(1.0, 128.0)),
+            "attention heads (divide H)",
+        ),
+        p(
+            "intermediate",
+            Ty::Int,
+            D::Required,
+            Some(Range::at_least(1.0)),
+            "feed-forward size (usually 4H)",
+        ),
+        p(
+            "vocab_size",
+            Ty::Int,
+            D::Int(30522),
+            Some(Range::at_least(8.0)),
+            "vocabulary size",
+        ),
+        p(
+            "max_position",
+            Ty::Int,
+            D::Int(512),
+            Some(Range::at_least(8.0)),
+            "longest sequence",
+        ),
+        p(
+            "dropout",
+            Ty::Float,
+            D::Float(0.1),
+            Some(Range::half_open(0.0, 1.0)),
+            "hidden dropout",
+        ),
+        p(
+            "attention_dropout",
+            Ty::Float,
+            D::Float(0.1),
+            Some(Range::half_open(0.0, 1.0)),
+            "attention-probability dropout",
+        ),
+    ],
+    derive: None,
+    check: Some(check_heads),
+};
+
+fn derive_vit(params: &mut Params) {
+    if !params.contains_key("intermediate") {
+        if let Some(h) = int(params, "hidden") {
+            params.insert("intermediate".into(), Value::Int(4 * h));
+        }
+    }
+}
+
+fn check_vit(params: &Params) -> Vec<ArgProblem> {
+    let mut problems = check_heads(params);
+    if let (Some(s), Some(p)) = (int(params, "image_size"), int(params, "patch")) {
+        if p > 0 && s % p != 0 {
+            problems.push((
+                "patch",
+                format!("image size {s} is not divisible by patch size {p}"),
+            ));
+        }
+    }
+    problems
+}
+
+/// `vit`: a Vision Transformer with a classification head.
+pub static VIT: OpSchema = OpSchema {
+    name: "vit",
+    kind: OpKind::Model,
+    version: 1,
+    doc: "A ViT encoder for image classification, randomly initialised.",
+    params: &[
+        p(
+            "layers",
+            Ty::Int,
+            D::Required,
+            Some(Range::closed(1.0, 48.0)),
+            "transformer layers",
+        ),
+        p(
+            "hidden",
+            Ty::Int,
+            D::Required,
+            Some(Range::closed(8.0, 8192.0)),
+            "hidden size",
+        ),
+        p(
+            "heads",
+            Ty::Int,
+            D::Required,
+            Some(Range::closed(1.0, 128.0)),
+            "attention heads (divide hidden)",
+        ),
+        p(
+            "patch",
+            Ty::Int,
+            D::Required,
+            Some(Range::closed(1.0, 512.0)),
+            "patch size in pixels",
+        ),
+        p(
+            "image_size",
+            Ty::Int,
+            D::Required,
+            Some(Range::closed(8.0, 4096.0)),
+            "input image side in pixels",
+        ),
+        p(
+            "intermediate",
+            Ty::Int,
+            D::Optional,
+            Some(Range::at_least(1.0)),
+            "feed-forward size (default 4 x hidden)",
+        ),
+        p(
+            "channels",
+            Ty::Int,
+            D::Int(3),
+            Some(Range::closed(1.0, 16.0)),
+            "image channels",
+        ),
+        p(
+            "dropout",
+            Ty::Float,
+            D::Float(0.0),
+            Some(Range::half_open(0.0, 1.0)),
+            "hidden dropout",
+        ),
+    ],
+    derive: Some(derive_vit),
+    check: Some(check_vit),
+};
+
+/// `pretrained`: a local Hugging Face checkpoint directory.
+pub static PRETRAINED: OpSchema = OpSchema {
+    name: "pretrained",
+    kind: OpKind::Model,
+    version: 1,
+    doc: "A local Hugging Face checkpoint directory (config.json, weights, tokenizer files).",
+    params: &[p(
+        "path",
+        Ty::Path,
+        D::Required,
+        None,
+        "the directory, relative to the pipeline file",
+    )],
+    derive: None,
+    check: None,
+};
+
+/// `hf`: a checkpoint downloaded from the Hugging Face Hub.
+pub static HF: OpSchema = OpSchema {
+    name: "hf",
+    kind: OpKind::Model,
+    version: 1,
+    doc: "A checkpoint from the Hugging Face Hub, downloaded into the local cache when first used.",
+    params: &[
+        p(
+            "repo",
+            Ty::Str,
+            D::Required,
+            None,
+            "the repository id, e.g. \"google/bert_uncased_L-4_H-256_A-4\"",
+        ),
+        p(
+            "revision",
+            Ty::Str,
+            D::Str("main"),
+            None,
+            "branch, tag or commit (a commit hash pins the weights)",
+        ),
+    ],
+    derive: None,
+    check: None,
+};
+
+/// `glue_sst2`: the GLUE SST-2 TSV files.
+pub static GLUE_SST2: OpSchema = OpSchema {
+    name: "glue_sst2",
+    kind: OpKind::Dataset,
+    version: 1,
+    doc: "GLUE SST-2: a directory with train.tsv and dev.tsv (`sentence<TAB>label`).",
+    params: &[
+        p(
+            "path",
+            Ty::Path,
+            D::Required,
+            None,
+            "the directory, relative to the pipeline file",
+        ),
+        p(
+            "max_len",
+            Ty::Int,
+            D::Int(64),
+            Some(Range::closed(8.0, 512.0)),
+            "tokens per example (longer ones are cut)",
+        ),
+        p(
+            "vocab_size",
+            Ty::Int,
+            D::Int(8000),
+            Some(Range::closed(100.0, 200000.0)),
+            "WordPiece vocabulary trained when the model brings none",
+        ),
+    ],
+    derive: None,
+    check: None,
+};
+
+/// `image_folder`: images in `<split>/<class>/*.jpg|png`.
+pub static IMAGE_FOLDER: OpSchema = OpSchema {
+    name: "image_folder",
+    kind: OpKind::Dataset,
+    version: 1,
+    doc:
+        "Images in the Beans layout `<split>/<class>/*.{jpg,png}`; resized and ImageNet-normalised.",
+    params: &[
+        p(
+            "path",
+            Ty::Path,
+            D::Required,
+            None,
+            "the directory, relative to the pipeline file",
+        ),
+        p(
+            "image_size",
+            Ty::Int,
+            D::Int(224),
+            Some(Range::closed(8.0, 4096.0)),
+            "images are resized to this side",
+        ),
+        p(
+            "augment",
+            Ty::Bool,
+            D::Bool(true),
+            None,
+            "random flips and crops on the training split",
+        ),
+    ],
+    derive: None,
+    check: None,
+};
+
+/// `synthetic_text`: a generated, seeded text classification task.
+pub static SYNTHETIC_TEXT: OpSchema = OpSchema {
+    name: "synthetic_text",
+    kind: OpKind::Dataset,
+    version: 1,
+    doc: "A generated text classification task (learnable, not trivial); needs no files.",
+    params: &[
+        p(
+            "seed",
+            Ty::Int,
+            D::Int(0),
+            Some(Range::at_least(0.0)),
+            "generator seed",
+        ),
+        p(
+            "classes",
+            Ty::Int,
+            D::Int(2),
+            Some(Range::closed(2.0, 100.0)),
+            "number of classes",
+        ),
+        p(
+            "train_size",
+            Ty::Int,
+            D::Int(2000),
+            Some(Range::at_least(1.0)),
+            "training examples",
+        ),
+        p(
+            "val_size",
+            Ty::Int,
+            D::Int(500),
+            Some(Range::at_least(1.0)),
+            "validation examples",
+        ),
+        p(
+            "max_len",
+            Ty::Int,
+            D::Int(32),
+            Some(Range::closed(4.0, 512.0)),
+            "tokens per example",
+        ),
+        p(
+            "vocab_size",
+            Ty::Int,
+            D::Int(1000),
+            Some(Range::closed(16.0, 100000.0)),
+            "vocabulary size",
+        ),
+        p(
+            "noise",
+            Ty::Float,
+            D::Float(0.1),
+            Some(Range::closed(0.0, 1.0)),
+            "fraction of labels flipped at random",
+        ),
+    ],
+    derive: None,
+    check: None,
+};
+
+/// `synthetic_images`: a generated, seeded image classification task.
+pub static SYNTHETIC_IMAGES: OpSchema = OpSchema {
+    name: "synthetic_images",
+    kind: OpKind::Dataset,
+    version: 1,
+    doc: "A generated image classification task (learnable, not trivial); needs no files.",
+    params: &[
+        p(
+            "seed",
+            Ty::Int,
+            D::Int(0),
+            Some(Range::at_least(0.0)),
+            "generator seed",
+        ),
+        p(
+            "classes",
+            Ty::Int,
+            D::Int(3),
+            Some(Range::closed(2.0, 100.0)),
+            "number of classes",
+        ),
+        p(
+            "train_size",
+            Ty::Int,
+            D::Int(600),
+            Some(Range::at_least(1.0)),
+            "training images",
+        ),
+        p(
+            "val_size",
+            Ty::Int,
+            D::Int(150),
+            Some(Range::at_least(1.0)),
+            "validation images",
+        ),
+        p(
+            "image_size",
+            Ty::Int,
+            D::Int(32),
+            Some(Range::closed(8.0, 1024.0)),
+            "image side in pixels",
+        ),
+        p(
+            "noise",
+            Ty::Float,
+            D::Float(0.2),
+            Some(Range::closed(0.0, 1.0)),
+            "pixel noise level",
+        ),
+    ],
+    derive: None,
+    check: None,
+};

@@ -1,0 +1,82 @@
+//! The one registry of ops, constructors and built-in functions: it drives type checks,
+//! `rkd ops` and "did you mean" suggestions.
+
+mod constructors;
+mod functions;
+mod ops;
+mod schema;
+
+pub use functions::MAX_RANGE;
+pub use schema::{ArgProblem, Default, OpKind, OpSchema, Output, ParamSchema, Range, Ty};
+
+/// Every entry, in documentation order.
+pub static REGISTRY: &[&OpSchema] = &[
+    &ops::TRAIN,
+    &ops::DISTILL,
+    &ops::FUSE,
+    &ops::QLORA,
+    &ops::PRUNE,
+    &ops::EVAL,
+    &ops::REPORT,
+    &ops::EXEC,
+    &constructors::BERT,
+    &constructors::VIT,
+    &constructors::PRETRAINED,
+    &constructors::HF,
+    &constructors::GLUE_SST2,
+    &constructors::IMAGE_FOLDER,
+    &constructors::SYNTHETIC_TEXT,
+    &constructors::SYNTHETIC_IMAGES,
+    &functions::ENV,
+    &functions::LEN,
+    &functions::RANGE,
+];
+
+/// The entry with this name.
+pub fn lookup(name: &str) -> Option<&'static OpSchema> {
+    REGISTRY.iter().copied().find(|s| s.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_defaults_fit_their_types_and_ranges() {
+        let mut names: Vec<_> = REGISTRY.iter().map(|s| s.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), REGISTRY.len());
+        for op in REGISTRY {
+            for p in op.params {
+                let Some(v) = p.default.value() else { continue };
+                if let (Some(r), Some(x)) = (p.range, v.as_f64()) {
+                    assert!(
+                        r.contains(x),
+                        "{}.{} default {x} outside {}",
+                        op.name,
+                        p.name,
+                        r.describe()
+                    );
+                }
+                if let (Ty::Enum(opts), Default::Str(s)) = (p.ty, p.default) {
+                    assert!(
+                        opts.contains(&s),
+                        "{}.{} default not an option",
+                        op.name,
+                        p.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ranges() {
+        assert!(Range::half_open(0.0, 1.0).contains(0.0));
+        assert!(!Range::half_open(0.0, 1.0).contains(1.0));
+        assert!(!Range::above(0.0).contains(0.0));
+        assert_eq!(Range::half_open(0.0, 1.0).describe(), "[0, 1)");
+        assert_eq!(Range::above(0.0).describe(), "> 0");
+    }
+}

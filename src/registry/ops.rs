@@ -1,0 +1,325 @@
+//! The stage ops: each call creates one content-hashed stage.
+
+use super::schema::{
+    p, ArgProblem, Default as D, OpKind, OpSchema, Output, ParamSchema, Range, Ty,
+};
+use crate::value::{Params, Value};
+
+const DATA: ParamSchema = p(
+    "data",
+    Ty::Dataset,
+    D::Required,
+    None,
+    "the dataset to train and validate on",
+);
+const EPOCHS: ParamSchema = p(
+    "epochs",
+    Ty::Int,
+    D::Int(3),
+    Some(Range::at_least(1.0)),
+    "passes over the training split",
+);
+const BATCH: ParamSchema = p(
+    "batch_size",
+    Ty::Int,
+    D::Int(32),
+    Some(Range::at_least(1.0)),
+    "examples per optimiser step",
+);
+const LR: ParamSchema = p(
+    "lr",
+    Ty::Float,
+    D::Float(1e-4),
+    Some(Range::above(0.0)),
+    "peak AdamW learning rate",
+);
+const WD: ParamSchema = p(
+    "weight_decay",
+    Ty::Float,
+    D::Float(0.01),
+    Some(Range::at_least(0.0)),
+    "AdamW weight decay (not on biases and LayerNorm)",
+);
+const WARMUP: ParamSchema = p(
+    "warmup",
+    Ty::Float,
+    D::Float(0.1),
+    Some(Range::closed(0.0, 1.0)),
+    "fraction of steps with linear warm-up, then linear decay",
+);
+const CLIP: ParamSchema = p(
+    "grad_clip",
+    Ty::Float,
+    D::Float(1.0),
+    Some(Range::above(0.0)),
+    "global gradient-norm clipping",
+);
+const SEED: ParamSchema = p(
+    "seed",
+    Ty::Int,
+    D::Int(0),
+    Some(Range::at_least(0.0)),
+    "random seed (initialisation, shuffling, dropout)",
+);
+const MAX_STEPS: ParamSchema = p(
+    "max_steps",
+    Ty::Int,
+    D::Optional,
+    Some(Range::at_least(1.0)),
+    "stop after this many optimiser steps",
+);
+const TEMPERATURE: ParamSchema = p(
+    "temperature",
+    Ty::Float,
+    D::Float(4.0),
+    Some(Range::above(0.0)),
+    "softmax temperature T of the soft targets",
+);
+const ALPHA: ParamSchema = p(
+    "alpha",
+    Ty::Float,
+    D::Float(0.5),
+    Some(Range::closed(0.0, 1.0)),
+    "weight of the hard-label loss; the soft loss gets 1 - alpha",
+);
+const T2: ParamSchema = p(
+    "t2_scale",
+    Ty::Bool,
+    D::Bool(true),
+    None,
+    "multiply the soft loss by T^2 (Hinton); false is the TextBrewer convention",
+);
+const INIT: ParamSchema = p(
+    "init",
+    Ty::Enum(&["random", "teacher_layers"]),
+    D::Str("random"),
+    None,
+    "student initialisation: random, or every k-th teacher layer",
+);
+const INTERMEDIATE: ParamSchema = p(
+    "intermediate",
+    Ty::Record,
+    D::Optional,
+    None,
+    "layer losses, e.g. {hidden: 1.0, attention: 1.0, map: \"uniform\"}",
+);
+const SPLIT: ParamSchema = p(
+    "split",
+    Ty::Enum(&["validation", "test", "train"]),
+    D::Str("validation"),
+    None,
+    "which split to evaluate on",
+);
+
+/// `train`: supervised training of a model on a dataset.
+pub static TRAIN: OpSchema = OpSchema {
+    name: "train",
+    kind: OpKind::Stage(Output::Model),
+    version: 1,
+    doc: "Train a model on labelled data (AdamW, warm-up then linear decay, best checkpoint kept).",
+    params: &[
+        p(
+            "model",
+            Ty::Arch,
+            D::Required,
+            None,
+            "the architecture or checkpoint to start from",
+        ),
+        DATA,
+        EPOCHS,
+        BATCH,
+        LR,
+        WD,
+        WARMUP,
+        CLIP,
+        SEED,
+        MAX_STEPS,
+    ],
+    derive: None,
+    check: None,
+};
+
+/// `distill`: Hinton knowledge distillation from one teacher.
+pub static DISTILL: OpSchema = OpSchema {
+    name: "distill",
+    kind: OpKind::Stage(Output::Model),
+    version: 1,
+    doc: "Distil a teacher into a student: alpha*CE(labels) + (1-alpha)*T^2*KL(teacher/T || student/T).",
+    params: &[
+        p("teacher", Ty::Model, D::Required, None, "the trained model to learn from"),
+        p("student", Ty::Arch, D::Required, None, "the student architecture (or checkpoint)"),
+        DATA, TEMPERATURE, ALPHA, T2, INIT, INTERMEDIATE, EPOCHS, BATCH, LR, WD, WARMUP, CLIP, SEED, MAX_STEPS,
+    ],
+    derive: None,
+    check: None,
+};
+
+/// `fuse`: multi-agent distillation from several teachers' fused predictions.
+pub static FUSE: OpSchema = OpSchema {
+    name: "fuse",
+    kind: OpKind::Stage(Output::Model),
+    version: 1,
+    doc: "Multi-agent distillation: one student learns from the fused predictions of several teachers.",
+    params: &[
+        p("teachers", Ty::List(&Ty::Model), D::Required, Some(Range::at_least(1.0)), "the trained teachers"),
+        p("student", Ty::Arch, D::Required, None, "the student architecture (or checkpoint)"),
+        DATA,
+        p("fusion", Ty::Enum(&["mean", "weighted", "confidence"]), D::Str("mean"), None, "how teacher logits are combined per example"),
+        p("weights", Ty::List(&Ty::Float), D::Optional, None, "fixed teacher weights for fusion \"weighted\" (sum to 1)"),
+        TEMPERATURE, ALPHA, T2, INIT, EPOCHS, BATCH, LR, WD, WARMUP, CLIP, SEED, MAX_STEPS,
+    ],
+    derive: None,
+    check: Some(check_fuse),
+};
+
+fn check_fuse(params: &Params) -> Vec<ArgProblem> {
+    let teachers = match params.get("teachers") {
+        Some(Value::List(xs)) => xs.len(),
+        _ => return Vec::new(),
+    };
+    let fusion = params
+        .get("fusion")
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    match (fusion.as_str(), params.get("weights")) {
+        ("weighted", None) => vec![(
+            "fusion",
+            "fusion \"weighted\" needs `weights:`, one per teacher".into(),
+        )],
+        ("weighted", Some(Value::List(ws))) => {
+            let mut problems = Vec::new();
+            if ws.len() != teachers {
+                problems.push((
+                    "weights",
+                    format!("{} weights for {} teachers", ws.len(), teachers),
+                ));
+            }
+            let sum: f64 = ws.iter().filter_map(Value::as_f64).sum();
+            if (sum - 1.0).abs() > 1e-6 {
+                problems.push(("weights", format!("the weights sum to {sum}, not 1")));
+            }
+            if ws.iter().filter_map(Value::as_f64).any(|w| w < 0.0) {
+                problems.push(("weights", "weights must not be negative".into()));
+            }
+            problems
+        }
+        (_, Some(_)) => vec![(
+            "weights",
+            format!("`weights:` is only used with fusion \"weighted\", not \"{fusion}\""),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// `qlora`: NF4-quantised base with trained LoRA adapters.
+pub static QLORA: OpSchema = OpSchema {
+    name: "qlora",
+    kind: OpKind::Stage(Output::Model),
+    version: 1,
+    doc: "QLoRA: freeze the base as 4-bit NF4 and train low-rank adapters (PEFT layout) plus the head.",
+    params: &[
+        p("base", Ty::Model, D::Required, None, "the trained model to quantise and adapt"),
+        DATA,
+        p("rank", Ty::Int, D::Int(8), Some(Range::at_least(1.0)), "LoRA rank r"),
+        p("alpha", Ty::Float, D::Float(16.0), Some(Range::above(0.0)), "LoRA alpha; the update is scaled by alpha/r"),
+        p("dropout", Ty::Float, D::Float(0.05), Some(Range::half_open(0.0, 1.0)), "dropout on the adapter input"),
+        p("targets", Ty::List(&Ty::Str), D::Strs(&["query", "value"]), Some(Range::at_least(1.0)), "linear modules that get adapters"),
+        p("double_quant", Ty::Bool, D::Bool(true), None, "quantise the absmax constants too (about 4.127 instead of 4.5 bits/param)"),
+        p("block_size", Ty::Int, D::Int(64), Some(Range::closed(32.0, 4096.0)), "NF4 block size (a power of two)"),
+        p("merge", Ty::Bool, D::Bool(false), None, "also write a merged dense checkpoint"),
+        p("epochs", Ty::Int, D::Int(3), Some(Range::at_least(1.0)), "passes over the training split"),
+        BATCH,
+        p("lr", Ty::Float, D::Float(2e-4), Some(Range::above(0.0)), "peak AdamW learning rate"),
+        SEED, MAX_STEPS,
+    ],
+    derive: None,
+    check: Some(check_qlora),
+};
+
+fn check_qlora(params: &Params) -> Vec<ArgProblem> {
+    match params.get("block_size") {
+        Some(Value::Int(b)) if (*b as u64).is_power_of_two() => Vec::new(),
+        Some(Value::Int(b)) => vec![(
+            "block_size",
+            format!("block size {b} is not a power of two"),
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// `prune`: magnitude pruning, optionally followed by masked fine-tuning.
+pub static PRUNE: OpSchema = OpSchema {
+    name: "prune",
+    kind: OpKind::Stage(Output::Model),
+    version: 1,
+    doc: "Prune a model: L1 magnitude per layer or globally, or whole attention heads; masks kept while fine-tuning.",
+    params: &[
+        p("model", Ty::Model, D::Required, None, "the trained model to prune"),
+        p("sparsity", Ty::Float, D::Float(0.3), Some(Range::half_open(0.0, 1.0)), "fraction of prunable weights (or heads) to remove"),
+        p("method", Ty::Enum(&["l1_unstructured", "l1_global", "heads"]), D::Str("l1_unstructured"), None, "per-layer L1, one global L1 threshold, or structured head removal"),
+        p("scope", Ty::Enum(&["linear", "encoder"]), D::Str("linear"), None, "which weights: every linear layer, or the encoder's only (head kept)"),
+        p("finetune_epochs", Ty::Int, D::Int(0), Some(Range::at_least(0.0)), "epochs of masked fine-tuning after pruning (needs `data:`)"),
+        p("data", Ty::Dataset, D::Optional, None, "dataset for fine-tuning"),
+        LR, SEED,
+    ],
+    derive: None,
+    check: Some(check_prune),
+};
+
+fn check_prune(params: &Params) -> Vec<ArgProblem> {
+    match (params.get("finetune_epochs"), params.get("data")) {
+        (Some(Value::Int(n)), None) if *n > 0 => {
+            vec![(
+                "finetune_epochs",
+                "fine-tuning needs a dataset: add `data:`".into(),
+            )]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// `eval`: accuracy, sizes and latency of one model.
+pub static EVAL: OpSchema = OpSchema {
+    name: "eval",
+    kind: OpKind::Stage(Output::Metrics),
+    version: 1,
+    doc: "Evaluate a model: accuracy, per-class accuracy, parameters, nonzeros, bytes on disk, latency.",
+    params: &[
+        p("model", Ty::Model, D::Required, None, "the model to evaluate"),
+        DATA, SPLIT, BATCH,
+    ],
+    derive: None,
+    check: None,
+};
+
+/// `report`: the comparison table and plots.
+pub static REPORT: OpSchema = OpSchema {
+    name: "report",
+    kind: OpKind::Stage(Output::Report),
+    version: 1,
+    doc: "Compare models in one report: accuracy, retention, measured sizes, compression; tables and plots.",
+    params: &[
+        p("models", Ty::List(&Ty::Model), D::Required, Some(Range::at_least(1.0)), "the models to compare"),
+        DATA,
+        p("baseline", Ty::Model, D::Optional, None, "the reference for retention and compression (default: the first model)"),
+        SPLIT,
+    ],
+    derive: None,
+    check: None,
+};
+
+/// `exec`: a shell command as a stage.
+pub static EXEC: OpSchema = OpSchema {
+    name: "exec",
+    kind: OpKind::Stage(Output::Files),
+    version: 1,
+    doc: "Run a shell command as a stage: RKD_OUT is its output directory, RKD_INPUTS its inputs' directories.",
+    params: &[
+        p("cmd", Ty::Str, D::Required, None, "the command, run with `sh -c` in the pipeline's directory"),
+        p("inputs", Ty::List(&Ty::Stage), D::EmptyList, None, "stages whose outputs the command reads"),
+        p("files", Ty::List(&Ty::Path), D::EmptyList, None, "input files; their content is part of the key"),
+        p("params", Ty::Record, D::EmptyRecord, None, "values passed as RKD_PARAM_<NAME> environment variables"),
+    ],
+    derive: None,
+    check: None,
+};

@@ -1,0 +1,224 @@
+//! Compile-time values of the language.
+
+use crate::registry::OpSchema;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Index of a stage created during compilation; equal to its node index in the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StageId(pub u32);
+
+/// Index of a user-defined function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FnId(pub u32);
+
+/// Index of a loaded module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ModuleId(pub u32);
+
+/// Keyword arguments after checking: parameter name → value, defaults filled in.
+pub type Params = BTreeMap<String, Value>;
+
+/// A value computed while compiling a pipeline.
+#[derive(Clone, Debug)]
+pub enum Value {
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    Str(Arc<str>),
+    /// A boolean.
+    Bool(bool),
+    /// A path to an input file or directory; its content is fingerprinted into stage keys.
+    Path(Arc<PathValue>),
+    /// A list.
+    List(Arc<Vec<Value>>),
+    /// A record with named fields.
+    Record(Arc<BTreeMap<String, Value>>),
+    /// A model or dataset from a constructor (`bert(...)`, `glue_sst2(...)`).
+    Spec(Arc<Spec>),
+    /// A reference to a stage.
+    Stage(StageId),
+    /// A user-defined function.
+    Fn(FnId),
+    /// A built-in op, constructor or function.
+    Builtin(&'static OpSchema),
+    /// A module brought in by `use`.
+    Module(ModuleId),
+    /// The value of an expression that already failed; it silences follow-on errors.
+    Poison,
+}
+
+/// A path argument: as written, and resolved against the pipeline's directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathValue {
+    /// The path as written in the source.
+    pub written: String,
+    /// The absolute path it refers to.
+    pub resolved: PathBuf,
+    /// Where it is written.
+    pub span: crate::source::Span,
+}
+
+/// The result of a model or dataset constructor.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// The constructor.
+    pub ctor: &'static OpSchema,
+    /// Its checked arguments.
+    pub params: Params,
+    /// The name it was first bound to (`bert::mini`), for display.
+    pub label: Option<String>,
+}
+
+impl Value {
+    /// A string value.
+    pub fn str(s: &str) -> Value {
+        Value::Str(Arc::from(s))
+    }
+
+    /// A list value.
+    pub fn list(items: Vec<Value>) -> Value {
+        Value::List(Arc::new(items))
+    }
+
+    /// What kind of value this is, for messages.
+    pub fn type_name(&self) -> String {
+        match self {
+            Value::Int(_) => "an integer".into(),
+            Value::Float(_) => "a float".into(),
+            Value::Str(_) => "a string".into(),
+            Value::Bool(_) => "a bool".into(),
+            Value::Path(_) => "a path".into(),
+            Value::List(xs) => format!(
+                "a list of {} item{}",
+                xs.len(),
+                if xs.len() == 1 { "" } else { "s" }
+            ),
+            Value::Record(_) => "a record".into(),
+            Value::Spec(s) => match s.ctor.kind {
+                crate::registry::OpKind::Dataset => format!("a dataset ({})", s.ctor.name),
+                _ => format!("a model ({})", s.ctor.name),
+            },
+            Value::Stage(_) => "a stage".into(),
+            Value::Fn(_) => "a function".into(),
+            Value::Builtin(s) => format!("the built-in `{}`", s.name),
+            Value::Module(_) => "a module".into(),
+            Value::Poison => "an invalid value".into(),
+        }
+    }
+
+    /// Numeric value of an integer or float.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// Whether this value, or anything inside it, is poisoned.
+    pub fn is_poison(&self) -> bool {
+        match self {
+            Value::Poison => true,
+            Value::List(xs) => xs.iter().any(Value::is_poison),
+            Value::Record(r) => r.values().any(Value::is_poison),
+            _ => false,
+        }
+    }
+
+    /// Whether this is plain data that can be part of a stage's parameters (not a function,
+    /// module or poison, also not inside lists and records).
+    pub fn is_data(&self) -> bool {
+        match self {
+            Value::Fn(_) | Value::Builtin(_) | Value::Module(_) | Value::Poison => false,
+            Value::List(xs) => xs.iter().all(Value::is_data),
+            Value::Record(r) => r.values().all(Value::is_data),
+            _ => true,
+        }
+    }
+
+    /// Calls `f` on every stage this value refers to, in order.
+    pub fn for_each_stage(&self, f: &mut impl FnMut(StageId)) {
+        match self {
+            Value::Stage(id) => f(*id),
+            Value::List(xs) => xs.iter().for_each(|x| x.for_each_stage(f)),
+            Value::Record(r) => r.values().for_each(|x| x.for_each_stage(f)),
+            Value::Spec(s) => s.params.values().for_each(|x| x.for_each_stage(f)),
+            _ => {}
+        }
+    }
+
+    /// Short display used in sweep instance names (`2.0`, `mean`, `teacher`).
+    pub fn display_with(&self, stage_name: &dyn Fn(StageId) -> String) -> String {
+        match self {
+            Value::Int(i) => i.to_string(),
+            Value::Float(f) => format!("{f:?}"),
+            Value::Str(s) => s.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Path(p) => p.written.clone(),
+            Value::List(xs) => format!(
+                "[{}]",
+                xs.iter()
+                    .map(|x| x.display_with(stage_name))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Value::Record(r) => format!(
+                "{{{}}}",
+                r.iter()
+                    .map(|(k, v)| format!("{k}:{}", v.display_with(stage_name)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Value::Spec(s) => s.label.clone().unwrap_or_else(|| s.ctor.name.to_string()),
+            Value::Stage(id) => stage_name(*id),
+            Value::Fn(_) => "fn".into(),
+            Value::Builtin(s) => s.name.into(),
+            Value::Module(_) => "module".into(),
+            Value::Poison => "?".into(),
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.display_with(&|id| format!("stage#{}", id.0)))
+    }
+}
+
+/// Converts a value to JSON for plans and records (stages by name via `stage_name`).
+pub fn to_json(v: &Value, stage_name: &dyn Fn(StageId) -> String) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Int(i) => J::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        Value::Str(s) => J::from(s.as_ref()),
+        Value::Bool(b) => J::from(*b),
+        Value::Path(p) => J::from(p.written.clone()),
+        Value::List(xs) => J::Array(xs.iter().map(|x| to_json(x, stage_name)).collect()),
+        Value::Record(r) => J::Object(
+            r.iter()
+                .map(|(k, x)| (k.clone(), to_json(x, stage_name)))
+                .collect(),
+        ),
+        Value::Spec(s) => {
+            let mut m = serde_json::Map::new();
+            m.insert(
+                s.ctor.name.into(),
+                J::Object(
+                    s.params
+                        .iter()
+                        .map(|(k, x)| (k.clone(), to_json(x, stage_name)))
+                        .collect(),
+                ),
+            );
+            J::Object(m)
+        }
+        Value::Stage(id) => J::from(stage_name(*id)),
+        other => J::from(other.to_string()),
+    }
+}
