@@ -159,20 +159,14 @@ impl Diag {
         }
         for (span, label) in &self.notes {
             if Some(span.file) == self.span.map(|s| s.file) {
-                labels.push(LabeledSpan::new_with_span(
-                    Some(label.clone()),
-                    span.miette(),
-                ));
+                labels.push(LabeledSpan::new_with_span(Some(label.clone()), span.miette()));
             } else {
                 let file = sources.get(span.file);
                 related.push(Rendered {
                     code: None,
                     message: format!("note: {label}"),
                     source: Some(NamedSource::new(file.name.clone(), file.text.clone())),
-                    labels: vec![LabeledSpan::new_primary_with_span(
-                        Some(label.clone()),
-                        span.miette(),
-                    )],
+                    labels: vec![LabeledSpan::new_primary_with_span(Some(label.clone()), span.miette())],
                     help: None,
                     related: Vec::new(),
                 });
@@ -210,15 +204,11 @@ impl std::error::Error for Rendered {}
 
 impl Diagnostic for Rendered {
     fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.code
-            .as_ref()
-            .map(|c| Box::new(c) as Box<dyn fmt::Display>)
+        self.code.as_ref().map(|c| Box::new(c) as Box<dyn fmt::Display>)
     }
 
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.help
-            .as_ref()
-            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
 
     fn source_code(&self) -> Option<&dyn SourceCode> {
@@ -263,10 +253,7 @@ pub fn render_all(diags: &[Diag], sources: &Sources, color: bool) -> String {
 }
 
 /// Returns the closest candidate to `name`, if one is close enough to be a likely typo.
-pub fn did_you_mean<'a>(
-    name: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(name, c), c))

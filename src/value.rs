@@ -93,11 +93,7 @@ impl Value {
             Value::Str(_) => "a string".into(),
             Value::Bool(_) => "a bool".into(),
             Value::Path(_) => "a path".into(),
-            Value::List(xs) => format!(
-                "a list of {} item{}",
-                xs.len(),
-                if xs.len() == 1 { "" } else { "s" }
-            ),
+            Value::List(xs) => format!("a list of {} item{}", xs.len(), if xs.len() == 1 { "" } else { "s" }),
             Value::Record(_) => "a record".into(),
             Value::Spec(s) => match s.ctor.kind {
                 crate::registry::OpKind::Dataset => format!("a dataset ({})", s.ctor.name),
@@ -200,11 +196,7 @@ pub fn to_json(v: &Value, stage_name: &dyn Fn(StageId) -> String) -> serde_json:
         Value::Bool(b) => J::from(*b),
         Value::Path(p) => J::from(p.written.clone()),
         Value::List(xs) => J::Array(xs.iter().map(|x| to_json(x, stage_name)).collect()),
-        Value::Record(r) => J::Object(
-            r.iter()
-                .map(|(k, x)| (k.clone(), to_json(x, stage_name)))
-                .collect(),
-        ),
+        Value::Record(r) => J::Object(r.iter().map(|(k, x)| (k.clone(), to_json(x, stage_name))).collect()),
         Value::Spec(s) => {
             let mut m = serde_json::Map::new();
             m.insert(

@@ -10,11 +10,7 @@ pub fn run(files: &[PathBuf]) -> ExitCode {
         match super::compile_or_report(file) {
             Some(c) => {
                 let n = c.stages.len();
-                println!(
-                    "ok: {} ({n} stage{})",
-                    file.display(),
-                    if n == 1 { "" } else { "s" }
-                );
+                println!("ok: {} ({n} stage{})", file.display(), if n == 1 { "" } else { "s" });
             }
             None => failed += 1,
         }

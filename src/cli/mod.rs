@@ -10,8 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const ABOUT: &str =
-    "A declarative experiment language and workflow engine for compressing transformer models.";
+const ABOUT: &str = "A declarative experiment language and workflow engine for compressing transformer models.";
 
 const LONG_ABOUT: &str = "\
 A declarative experiment language and workflow engine for compressing transformer models.
@@ -133,11 +132,7 @@ fn compile_or_report(file: &std::path::Path) -> Option<crate::compile::Compiled>
 }
 
 /// Prints diagnostics and a count line to stderr.
-fn report(
-    diags: &[crate::diagnostic::Diag],
-    sources: &crate::source::Sources,
-    file: &std::path::Path,
-) {
+fn report(diags: &[crate::diagnostic::Diag], sources: &crate::source::Sources, file: &std::path::Path) {
     eprint!("{}", crate::diagnostic::render_all(diags, sources, color()));
     let n = diags.len();
     eprintln!(

@@ -17,8 +17,8 @@ pub fn run(name: Option<&str>) -> ExitCode {
                 ExitCode::SUCCESS
             }
             None => {
-                let help = suggestion(n, REGISTRY.iter().map(|s| s.name))
-                    .unwrap_or_else(|| "`rkd ops` lists them all".into());
+                let help =
+                    suggestion(n, REGISTRY.iter().map(|s| s.name)).unwrap_or_else(|| "`rkd ops` lists them all".into());
                 eprintln!("error: no op, constructor or function named `{n}`\n  help: {help}");
                 ExitCode::FAILURE
             }
@@ -59,12 +59,7 @@ pub fn overview() -> String {
 pub fn document(op: &OpSchema) -> String {
     let mut out = String::new();
     let sig: Vec<String> = op.params.iter().map(|p| format!("{}:", p.name)).collect();
-    out.push_str(&format!(
-        "{}({})\n\n{}\n\n",
-        op.name,
-        sig.join(", "),
-        op.doc
-    ));
+    out.push_str(&format!("{}({})\n\n{}\n\n", op.name, sig.join(", "), op.doc));
     match op.kind {
         OpKind::Stage(o) => out.push_str(&format!(
             "Creates a stage whose output is {}. Op version {}.\n\n",
@@ -127,11 +122,7 @@ mod tests {
     fn every_entry_is_listed_and_documented() {
         let all = overview();
         for op in REGISTRY {
-            assert!(
-                all.contains(op.name),
-                "{} missing from the overview",
-                op.name
-            );
+            assert!(all.contains(op.name), "{} missing from the overview", op.name);
             let doc = document(op);
             for p in op.params {
                 assert!(

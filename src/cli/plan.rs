@@ -56,18 +56,8 @@ pub fn run(file: &Path, store: Option<&Path>, json: bool) -> ExitCode {
             format!("{} (= {})", s.def.name, s.def.aliases.join(", "))
         }
     };
-    let width = plan
-        .stages()
-        .map(|s| shown(s).len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    let op_width = plan
-        .stages()
-        .map(|s| s.def.op.name.len())
-        .max()
-        .unwrap_or(2)
-        .max(2);
+    let width = plan.stages().map(|s| shown(s).len()).max().unwrap_or(5).max(5);
+    let op_width = plan.stages().map(|s| s.def.op.name.len()).max().unwrap_or(2).max(2);
     println!(
         "{:width$}  {:op_width$}  {:12}  {:6}  REASON",
         "STAGE", "OP", "KEY", "STATUS"
@@ -86,10 +76,7 @@ pub fn run(file: &Path, store: Option<&Path>, json: bool) -> ExitCode {
             st.reasons.join("; ")
         );
     }
-    let cached = statuses
-        .iter()
-        .filter(|s| s.status == Status::Cached)
-        .count();
+    let cached = statuses.iter().filter(|s| s.status == Status::Cached).count();
     println!(
         "\n{} stage{}: {cached} cached, {} to run (store: {})",
         plan.len(),

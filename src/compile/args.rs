@@ -18,12 +18,7 @@ struct Mismatch {
 impl Compiler {
     /// Checks and completes the arguments of a call of `op`; `None` when something is wrong
     /// (the problems are reported).
-    pub(super) fn check_args(
-        &mut self,
-        op: &'static OpSchema,
-        args: Vec<ArgValue>,
-        call: Span,
-    ) -> Option<Params> {
+    pub(super) fn check_args(&mut self, op: &'static OpSchema, args: Vec<ArgValue>, call: Span) -> Option<Params> {
         let mut params = Params::new();
         let mut spans: BTreeMap<&'static str, Span> = BTreeMap::new();
         let mut ok = true;
@@ -61,10 +56,9 @@ impl Compiler {
             match self.check_value(&param.ty, value, origin) {
                 Ok(v) => {
                     if let Some(problem) = self.out_of_range(param, &v) {
-                        let d =
-                            Diag::new(Kind::Range, origin, format!("`{}` {problem}", param.name))
-                                .label("out of range")
-                                .help(format!("{}: {}", param.name, param.doc));
+                        let d = Diag::new(Kind::Range, origin, format!("`{}` {problem}", param.name))
+                            .label("out of range")
+                            .help(format!("{}: {}", param.name, param.doc));
                         self.error(d);
                         ok = false;
                     }
@@ -77,7 +71,7 @@ impl Compiler {
                         origin,
                         format!("`{}` of `{}` {}", param.name, op.name, m.message),
                     )
-                    .label(format!("expected {}", param.ty.describe()))
+                    .label(format!("expected {}", ty_phrase(&param.ty)))
                     .maybe_help(m.help);
                     self.error(d);
                     ok = false;
@@ -87,10 +81,7 @@ impl Compiler {
         let missing: Vec<&ParamSchema> = op
             .params
             .iter()
-            .filter(|p| {
-                matches!(p.default, crate::registry::Default::Required)
-                    && !params.contains_key(p.name)
-            })
+            .filter(|p| matches!(p.default, crate::registry::Default::Required) && !params.contains_key(p.name))
             .collect();
         if !missing.is_empty() && ok {
             let list = missing
@@ -100,7 +91,7 @@ impl Compiler {
                 .join(", ");
             let help = missing
                 .iter()
-                .map(|p| format!("`{}: ...` ({})", p.name, p.doc))
+                .map(|p| format!("`{}: ...`, {}", p.name, p.doc))
                 .collect::<Vec<_>>()
                 .join("; ");
             let d = Diag::new(
@@ -109,11 +100,7 @@ impl Compiler {
                 format!(
                     "`{}` is missing required {} {list}",
                     op.name,
-                    if missing.len() == 1 {
-                        "argument"
-                    } else {
-                        "arguments"
-                    }
+                    if missing.len() == 1 { "argument" } else { "arguments" }
                 ),
             )
             .label("in this call")
@@ -160,8 +147,7 @@ impl Compiler {
             )),
             Value::Int(_) | Value::Float(_) => {
                 let x = v.as_f64()?;
-                (!range.contains(x))
-                    .then(|| format!("must be {}, got {}", describe_bound(&range), v))
+                (!range.contains(x)).then(|| format!("must be {}, got {}", describe_bound(&range), v))
             }
             _ => None,
         }
@@ -170,13 +156,7 @@ impl Compiler {
     /// Checks one value against a type, converting where the language allows (int → float,
     /// string → path).
     fn check_value(&self, ty: &Ty, v: Value, origin: Span) -> Result<Value, Mismatch> {
-        let got = |v: &Value| {
-            format!(
-                "expects {}, but got {}",
-                ty_phrase(ty),
-                self.describe_value(v)
-            )
-        };
+        let got = |v: &Value| format!("expects {}, but got {}", ty_phrase(ty), self.describe_value(v));
         let plain = |v: &Value| {
             Err(Mismatch {
                 message: got(v),

@@ -20,8 +20,7 @@ impl Compiler {
             ExprKind::Int(i) => Value::Int(*i),
             ExprKind::Float(f) if f.is_finite() => Value::Float(*f),
             ExprKind::Float(_) => {
-                let d = Diag::new(Kind::Range, e.span, "number is too large")
-                    .label("not a finite number");
+                let d = Diag::new(Kind::Range, e.span, "number is too large").label("not a finite number");
                 self.error(d);
                 Value::Poison
             }
@@ -56,12 +55,8 @@ impl Compiler {
                 Value::Float(f) => Value::Float(-f),
                 Value::Poison => Value::Poison,
                 other => {
-                    let d = Diag::new(
-                        Kind::Type,
-                        a.span,
-                        format!("cannot negate {}", other.type_name()),
-                    )
-                    .label("not a number");
+                    let d = Diag::new(Kind::Type, a.span, format!("cannot negate {}", other.type_name()))
+                        .label("not a number");
                     self.error(d);
                     Value::Poison
                 }
@@ -83,27 +78,20 @@ impl Compiler {
         use Value::*;
         let result = match (op, &x, &y) {
             (_, Poison, _) | (_, _, Poison) => return Poison,
-            (BinOp::Add, List(a), List(b)) => {
-                Some(Value::list(a.iter().chain(b.iter()).cloned().collect()))
-            }
+            (BinOp::Add, List(a), List(b)) => Some(Value::list(a.iter().chain(b.iter()).cloned().collect())),
             (BinOp::Add, Str(a), Str(b)) => Some(Value::str(&format!("{a}{b}"))),
             (op, Int(a), Int(b)) => match op {
                 BinOp::Add => a.checked_add(*b).map(Int),
                 BinOp::Sub => a.checked_sub(*b).map(Int),
                 BinOp::Mul => a.checked_mul(*b).map(Int),
                 BinOp::Div if *b == 0 => {
-                    self.error(
-                        Diag::new(Kind::Invalid, span, "division by zero").label("divides by 0"),
-                    );
+                    self.error(Diag::new(Kind::Invalid, span, "division by zero").label("divides by 0"));
                     return Poison;
                 }
                 BinOp::Div => Some(Float(*a as f64 / *b as f64)),
             }
             .or_else(|| {
-                self.error(
-                    Diag::new(Kind::Range, span, "integer overflow")
-                        .label("result does not fit in 64 bits"),
-                );
+                self.error(Diag::new(Kind::Range, span, "integer overflow").label("result does not fit in 64 bits"));
                 Some(Poison)
             }),
             (op, a, b) if a.as_f64().is_some() && b.as_f64().is_some() => {
@@ -117,10 +105,7 @@ impl Compiler {
                 if r.is_finite() {
                     Some(Float(r))
                 } else {
-                    self.error(
-                        Diag::new(Kind::Invalid, span, "the result is not a finite number")
-                            .label("here"),
-                    );
+                    self.error(Diag::new(Kind::Invalid, span, "the result is not a finite number").label("here"));
                     Some(Poison)
                 }
             }
@@ -132,9 +117,18 @@ impl Compiler {
             } else {
                 "`+` adds numbers, joins strings and concatenates lists; `-`, `*`, `/` work on numbers"
             };
-            let d = Diag::new(Kind::Type, span, format!("cannot apply `{}` to {} and {}", op.symbol(), x.type_name(), y.type_name()))
-                .label("mismatched operands")
-                .help(help);
+            let d = Diag::new(
+                Kind::Type,
+                span,
+                format!(
+                    "cannot apply `{}` to {} and {}",
+                    op.symbol(),
+                    x.type_name(),
+                    y.type_name()
+                ),
+            )
+            .label("mismatched operands")
+            .help(help);
             self.error(d);
             Poison
         })
@@ -158,10 +152,10 @@ impl Compiler {
                         ),
                     )
                     .label("out of range")
-                    .help(if n == 0 {
-                        "the list is empty".to_string()
-                    } else {
-                        format!("valid indices are 0..{} and -{n}..-1", n - 1)
+                    .help(match n {
+                        0 => "the list is empty".to_string(),
+                        1 => "the only valid indices are 0 and -1".to_string(),
+                        _ => format!("valid indices are 0 to {}, or -{n} to -1 counting from the end", n - 1),
                     });
                     self.error(d);
                     Value::Poison
@@ -178,12 +172,8 @@ impl Compiler {
                 Value::Poison
             }
             (other, _) => {
-                let d = Diag::new(
-                    Kind::Index,
-                    list_span,
-                    format!("cannot index {}", other.type_name()),
-                )
-                .label("not a list");
+                let d = Diag::new(Kind::Index, list_span, format!("cannot index {}", other.type_name()))
+                    .label("not a list");
                 self.error(d);
                 Value::Poison
             }
@@ -201,13 +191,9 @@ impl Compiler {
                 } else {
                     "fields exist on records and on model and dataset specs"
                 };
-                let d = Diag::new(
-                    Kind::Type,
-                    field.span,
-                    format!("{} has no fields", other.type_name()),
-                )
-                .label("no field here")
-                .help(help);
+                let d = Diag::new(Kind::Type, field.span, format!("{} has no fields", other.type_name()))
+                    .label("no field here")
+                    .help(help);
                 self.error(d);
                 return Value::Poison;
             }
@@ -218,13 +204,9 @@ impl Compiler {
                 let names: Vec<&str> = fields.keys().map(String::as_str).collect();
                 let help = suggestion(&field.name, names.iter().copied())
                     .unwrap_or_else(|| format!("fields: {}", names.join(", ")));
-                let d = Diag::new(
-                    Kind::UnknownName,
-                    field.span,
-                    format!("no field `{}`", field.name),
-                )
-                .label("unknown field")
-                .help(help);
+                let d = Diag::new(Kind::UnknownName, field.span, format!("no field `{}`", field.name))
+                    .label("unknown field")
+                    .help(help);
                 self.error(d);
                 Value::Poison
             }
@@ -249,11 +231,8 @@ impl Compiler {
                 Value::Module(m) => match self.modules[m.0 as usize].bindings.get(&seg.name) {
                     Some(b) => b.value.clone(),
                     None => {
-                        let mut names: Vec<&str> = self.modules[m.0 as usize]
-                            .bindings
-                            .keys()
-                            .map(String::as_str)
-                            .collect();
+                        let mut names: Vec<&str> =
+                            self.modules[m.0 as usize].bindings.keys().map(String::as_str).collect();
                         names.sort();
                         let help = suggestion(&seg.name, names.iter().copied())
                             .unwrap_or_else(|| format!("it has: {}", names.join(", ")));
@@ -312,18 +291,10 @@ impl Compiler {
             let names = self.visible_names();
             suggestion(&name.name, names.iter().map(String::as_str))
         };
-        let what = if is_module || is_std {
-            "module"
-        } else {
-            "name"
-        };
-        let d = Diag::new(
-            Kind::UnknownName,
-            name.span,
-            format!("unknown {what} `{}`", name.name),
-        )
-        .label("not found in this scope")
-        .maybe_help(help);
+        let what = if is_module || is_std { "module" } else { "name" };
+        let d = Diag::new(Kind::UnknownName, name.span, format!("unknown {what} `{}`", name.name))
+            .label("not found in this scope")
+            .maybe_help(help);
         self.error(d);
     }
 
@@ -347,15 +318,10 @@ impl Compiler {
                     if self.declared_later(&callee[0].name).is_some() {
                         self.unknown_name(&callee[0], false);
                     } else {
-                        let mut names: Vec<String> = registry::REGISTRY
-                            .iter()
-                            .map(|s| s.name.to_string())
-                            .collect();
+                        let mut names: Vec<String> = registry::REGISTRY.iter().map(|s| s.name.to_string()).collect();
                         names.extend(self.visible_names());
                         let help = suggestion(&callee[0].name, names.iter().map(String::as_str))
-                            .or_else(|| {
-                                Some("`rkd ops` lists the ops and constructors".to_string())
-                            });
+                            .or_else(|| Some("`rkd ops` lists the ops and constructors".to_string()));
                         let d = Diag::new(
                             Kind::UnknownOp,
                             callee[0].span,
@@ -379,11 +345,7 @@ impl Compiler {
             Value::Fn(id) => self.call_fn(id, args, span, bind),
             Value::Poison => Value::Poison,
             other => {
-                let name = callee
-                    .iter()
-                    .map(|i| i.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join("::");
+                let name = callee.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join("::");
                 let d = Diag::new(
                     Kind::Type,
                     span,
@@ -410,14 +372,23 @@ impl Compiler {
                 }
                 Arg::Spread(e) => match self.eval(e).0 {
                     Value::Record(fields) => {
+                        // A spread `..rest` parameter remembers where each argument was written.
+                        let origins = match &e.kind {
+                            ExprKind::Path(p) if p.len() == 1 => {
+                                self.lookup(&p[0].name).map(|b| b.field_origins.clone())
+                            }
+                            _ => None,
+                        }
+                        .unwrap_or_default();
                         for (k, v) in fields.iter() {
+                            let origin = origins.get(k).copied().unwrap_or(e.span);
                             out.push((
                                 Ident {
                                     name: k.clone(),
-                                    span: e.span,
+                                    span: origin,
                                 },
                                 v.clone(),
-                                e.span,
+                                origin,
                             ));
                         }
                     }
@@ -456,8 +427,7 @@ impl Compiler {
         let Some(args) = args else {
             return Value::Poison;
         };
-        let spans: BTreeMap<String, Span> =
-            args.iter().map(|(n, _, s)| (n.name.clone(), *s)).collect();
+        let spans: BTreeMap<String, Span> = args.iter().map(|(n, _, s)| (n.name.clone(), *s)).collect();
         let Some(params) = self.check_args(op, args, span) else {
             return Value::Poison;
         };
@@ -481,24 +451,17 @@ impl Compiler {
     ) -> Value {
         match op.name {
             "env" => {
-                let name = params
-                    .get("name")
-                    .map(|v| v.to_string())
-                    .unwrap_or_default();
+                let name = params.get("name").map(|v| v.to_string()).unwrap_or_default();
                 match (std::env::var(&name), params.get("default")) {
                     (Ok(v), _) => Value::str(&v),
                     (Err(_), Some(d)) => d.clone(),
                     (Err(_), None) => {
                         let at = spans.get("name").copied().unwrap_or(span);
-                        let d = Diag::new(
-                            Kind::Invalid,
-                            at,
-                            format!("environment variable `{name}` is not set"),
-                        )
-                        .label("unset")
-                        .help(format!(
-                            "set it (`export {name}=...`) or give a fallback with `default:`"
-                        ));
+                        let d = Diag::new(Kind::Invalid, at, format!("environment variable `{name}` is not set"))
+                            .label("unset")
+                            .help(format!(
+                                "set it (`export {name}=...`) or give a fallback with `default:`"
+                            ));
                         self.error(d);
                         Value::Poison
                     }
@@ -509,22 +472,14 @@ impl Compiler {
                 _ => Value::Poison,
             },
             "range" => match (params.get("start"), params.get("end")) {
-                (Some(Value::Int(s)), Some(Value::Int(e))) => {
-                    Value::list((*s..*e).map(Value::Int).collect())
-                }
+                (Some(Value::Int(s)), Some(Value::Int(e))) => Value::list((*s..*e).map(Value::Int).collect()),
                 _ => Value::Poison,
             },
             other => unreachable!("built-in function `{other}` has no implementation"),
         }
     }
 
-    fn call_fn(
-        &mut self,
-        id: FnId,
-        args: Option<Vec<ArgValue>>,
-        span: Span,
-        bind: Option<&str>,
-    ) -> Value {
+    fn call_fn(&mut self, id: FnId, args: Option<Vec<ArgValue>>, span: Span, bind: Option<&str>) -> Value {
         let Some(args) = args else {
             return Value::Poison;
         };
@@ -544,6 +499,7 @@ impl Compiler {
         };
         let mut given: HashMap<String, (Ident, Value, Span)> = HashMap::new();
         let mut extra = BTreeMap::new();
+        let mut extra_origins = HashMap::new();
         for (name, v, origin) in args {
             if def.params.iter().any(|p| p.name.name == name.name) {
                 if given.contains_key(&name.name) {
@@ -558,6 +514,7 @@ impl Compiler {
                 }
                 given.insert(name.name.clone(), (name, v, origin));
             } else if def.rest.is_some() {
+                extra_origins.insert(name.name.clone(), origin);
                 if extra.insert(name.name.clone(), v).is_some() {
                     let d = Diag::new(
                         Kind::DuplicateName,
@@ -607,27 +564,23 @@ impl Compiler {
         }
         if let Some(rest) = &def.rest {
             self.declare(rest, Value::Record(Arc::new(extra)), BindKind::Param, None);
+            let top = self.frames.len() - 1;
+            if let Some(b) = self.vars_of_mut(top).get_mut(&rest.name) {
+                b.field_origins = extra_origins;
+            }
         }
         let result = if missing.is_empty() {
             self.eval_items(&def.body);
             self.eval(&def.result).0
         } else {
-            let list = missing
-                .iter()
-                .map(|m| format!("`{m}`"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ");
             let d = Diag::new(
                 Kind::MissingArg,
                 span,
                 format!(
                     "`{}` is missing {} {list}",
                     def.name.name,
-                    if missing.len() == 1 {
-                        "argument"
-                    } else {
-                        "arguments"
-                    }
+                    if missing.len() == 1 { "argument" } else { "arguments" }
                 ),
             )
             .label("in this call")

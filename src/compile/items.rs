@@ -14,12 +14,7 @@ type Iteration = (Vec<(Ident, Value, Span)>, String);
 
 impl Compiler {
     /// Parses and evaluates a module's file; returns its id, or `None` if it does not parse.
-    pub(super) fn load_module(
-        &mut self,
-        file: FileId,
-        label_prefix: String,
-        stage_prefix: String,
-    ) -> Option<ModuleId> {
+    pub(super) fn load_module(&mut self, file: FileId, label_prefix: String, stage_prefix: String) -> Option<ModuleId> {
         let text = self.sources.get(file).text.clone();
         let ast = match crate::syntax::parse(file, &text) {
             Ok(ast) => ast,
@@ -78,10 +73,7 @@ impl Compiler {
             Item::Let(b) => {
                 let value = self.eval_bound(b);
                 let value = match value {
-                    Value::Spec(spec)
-                        if spec.label.is_none()
-                            && matches!(b.value.kind, ExprKind::Call { .. }) =>
-                    {
+                    Value::Spec(spec) if spec.label.is_none() && matches!(b.value.kind, ExprKind::Call { .. }) => {
                         let prefix = &self.modules[self.frame().module.0 as usize].label_prefix;
                         let mut spec = (*spec).clone();
                         spec.label = Some(format!("{prefix}{}", b.name.name));
@@ -116,10 +108,7 @@ impl Compiler {
                             Diag::new(
                                 Kind::NotAStage,
                                 b.value.span,
-                                format!(
-                                    "`stage {}` must be one stage, but this is {what}",
-                                    b.name.name
-                                ),
+                                format!("`stage {}` must be one stage, but this is {what}", b.name.name),
                             )
                             .label("not a stage")
                             .help(help),
@@ -138,10 +127,7 @@ impl Compiler {
     /// Evaluates the value of `let`/`stage`, naming what a direct call creates after the binding.
     fn eval_bound(&mut self, b: &AstBinding) -> Value {
         match &b.value.kind {
-            ExprKind::Call { callee, args } => {
-                self.eval_call(callee, args, b.value.span, Some(&b.name.name))
-                    .0
-            }
+            ExprKind::Call { callee, args } => self.eval_call(callee, args, b.value.span, Some(&b.name.name)).0,
             _ => self.eval(&b.value).0,
         }
     }
@@ -149,11 +135,7 @@ impl Compiler {
     fn eval_use(&mut self, u: &Use) {
         match u {
             Use::Std { path, group, span } => self.eval_use_std(path, group.as_deref(), *span),
-            Use::File {
-                path,
-                path_span,
-                alias,
-            } => {
+            Use::File { path, path_span, alias } => {
                 let value = match self.load_file_module(path, *path_span, &alias.name) {
                     Some(id) => Value::Module(id),
                     None => Value::Poison,
@@ -171,9 +153,7 @@ impl Compiler {
                 format!("unknown module root `{}`", path[0].name),
             )
             .label("expected `std`")
-            .help(
-                "standard modules are `use std::NAME`; local files are `use \"file.rkd\" as NAME`",
-            );
+            .help("standard modules are `use std::NAME`; local files are `use \"file.rkd\" as NAME`");
             self.error(d);
             return;
         }
@@ -215,11 +195,7 @@ impl Compiler {
             match found {
                 Some(v) => self.declare(item, v, BindKind::Import, None),
                 None => {
-                    let names: Vec<String> = self.modules[id.0 as usize]
-                        .bindings
-                        .keys()
-                        .cloned()
-                        .collect();
+                    let names: Vec<String> = self.modules[id.0 as usize].bindings.keys().cloned().collect();
                     let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
                     all.sort();
                     let d = Diag::new(
@@ -263,15 +239,12 @@ impl Compiler {
             )
             .label("unknown module")
             .maybe_help(
-                suggestion(&name.name, names)
-                    .or_else(|| Some(format!("the standard modules are {}", std_list()))),
+                suggestion(&name.name, names).or_else(|| Some(format!("the standard modules are {}", std_list()))),
             );
             self.error(d);
             return None;
         };
-        let file = self
-            .sources
-            .add(format!("std::{}", name.name), None, text.to_string());
+        let file = self.sources.add(format!("std::{}", name.name), None, text.to_string());
         self.loading.push(key.clone());
         let id = self.load_module(file, format!("{}::", name.name), format!("{}::", name.name));
         self.loading.pop();
@@ -291,12 +264,7 @@ impl Compiler {
             .and_then(|p| p.parent())
             .map(|p| p.to_path_buf())
         else {
-            let d = Diag::new(
-                Kind::UnknownModule,
-                span,
-                "standard modules cannot import files",
-            )
-            .label("here");
+            let d = Diag::new(Kind::UnknownModule, span, "standard modules cannot import files").label("here");
             self.error(d);
             return None;
         };
@@ -304,13 +272,9 @@ impl Compiler {
         let canonical = match target.canonicalize() {
             Ok(p) => p,
             Err(e) => {
-                let d = Diag::new(
-                    Kind::File,
-                    span,
-                    format!("cannot read module \"{written}\": {e}"),
-                )
-                .label(format!("looked for {}", target.display()))
-                .help("paths in `use` are relative to the file that contains the `use`");
+                let d = Diag::new(Kind::File, span, format!("cannot read module \"{written}\": {e}"))
+                    .label(format!("looked for {}", target.display()))
+                    .help("paths in `use` are relative to the file that contains the `use`");
                 self.error(d);
                 return None;
             }
@@ -328,13 +292,9 @@ impl Compiler {
                     ModKey::Std(n) => format!("std::{n}"),
                 })
                 .collect();
-            let d = Diag::new(
-                Kind::ImportCycle,
-                span,
-                format!("import cycle: {}", chain.join(" → ")),
-            )
-            .label("this import closes the cycle")
-            .help("move what both files need into a third file that imports neither");
+            let d = Diag::new(Kind::ImportCycle, span, format!("import cycle: {}", chain.join(" → ")))
+                .label("this import closes the cycle")
+                .help("move what both files need into a third file that imports neither");
             self.error(d);
             return None;
         }
@@ -344,12 +304,7 @@ impl Compiler {
         let text = match std::fs::read_to_string(&canonical) {
             Ok(t) => t,
             Err(e) => {
-                let d = Diag::new(
-                    Kind::File,
-                    span,
-                    format!("cannot read module \"{written}\": {e}"),
-                )
-                .label("here");
+                let d = Diag::new(Kind::File, span, format!("cannot read module \"{written}\": {e}")).label("here");
                 self.error(d);
                 return None;
             }
@@ -437,9 +392,7 @@ impl Compiler {
             }
             Value::List(xs) => {
                 let spans: Vec<Span> = match &expr.kind {
-                    ExprKind::List(es) if es.len() == xs.len() => {
-                        es.iter().map(|e| e.span).collect()
-                    }
+                    ExprKind::List(es) if es.len() == xs.len() => es.iter().map(|e| e.span).collect(),
                     _ => vec![expr.span; xs.len()],
                 };
                 Some(xs.iter().cloned().zip(spans).collect())
@@ -491,6 +444,7 @@ impl Compiler {
                     value: Value::list(so_far.clone()),
                     span: *span,
                     origin: None,
+                    field_origins: HashMap::new(),
                     kind: BindKind::Accumulator,
                 };
                 self.vars_of_mut(top).insert(name.clone(), b);
@@ -554,8 +508,5 @@ fn std_list() -> String {
 
 /// `path` relative to `base` when it is inside it, else the full path.
 fn pathdiff(path: &std::path::Path, base: &std::path::Path) -> String {
-    path.strip_prefix(base)
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    path.strip_prefix(base).unwrap_or(path).display().to_string()
 }

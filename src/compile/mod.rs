@@ -44,10 +44,7 @@ pub fn compile_file(path: &Path) -> Compiled {
         Err(e) => Compiled {
             sources: Sources::default(),
             stages: Vec::new(),
-            diags: vec![Diag::global(
-                Kind::File,
-                format!("cannot read {display}: {e}"),
-            )],
+            diags: vec![Diag::global(Kind::File, format!("cannot read {display}: {e}"))],
             root_dir: PathBuf::from("."),
         },
     }
@@ -56,14 +53,9 @@ pub fn compile_file(path: &Path) -> Compiled {
 /// Compiles pipeline source text as if it were the file at `path` (which need not exist).
 pub fn compile_source(display: &str, path: &Path, text: String) -> Compiled {
     let canonical = path.canonicalize().unwrap_or_else(|_| absolute(path));
-    let root_dir = canonical
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
+    let root_dir = canonical.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut c = Compiler::new(root_dir.clone());
-    let file = c
-        .sources
-        .add(display.to_string(), Some(canonical.clone()), text);
+    let file = c.sources.add(display.to_string(), Some(canonical.clone()), text);
     c.loading.push(ModKey::File(canonical));
     c.load_module(file, String::new(), String::new());
     let mut seen = HashSet::new();
@@ -114,6 +106,8 @@ struct Binding {
     span: Span,
     /// For function parameters: where the argument was written at the call site.
     origin: Option<Span>,
+    /// For a `..rest` parameter: where each collected argument was written at the call site.
+    field_origins: HashMap<String, Span>,
     kind: BindKind,
 }
 
@@ -199,9 +193,7 @@ impl Compiler {
 
     fn vars_of(&self, i: usize) -> &HashMap<String, Binding> {
         let f = &self.frames[i];
-        f.vars
-            .as_ref()
-            .unwrap_or(&self.modules[f.module.0 as usize].bindings)
+        f.vars.as_ref().unwrap_or(&self.modules[f.module.0 as usize].bindings)
     }
 
     fn vars_of_mut(&mut self, i: usize) -> &mut HashMap<String, Binding> {
@@ -249,10 +241,7 @@ impl Compiler {
         let (frames, module) = self.visible();
         for i in frames {
             let f = &self.frames[i];
-            let later = f
-                .later
-                .as_ref()
-                .unwrap_or(&self.modules[f.module.0 as usize].later);
+            let later = f.later.as_ref().unwrap_or(&self.modules[f.module.0 as usize].later);
             if let Some(s) = later.get(name) {
                 return Some(*s);
             }
@@ -263,10 +252,7 @@ impl Compiler {
     /// Every visible name, for suggestions.
     fn visible_names(&self) -> Vec<String> {
         let (frames, module) = self.visible();
-        let mut names: Vec<String> = frames
-            .iter()
-            .flat_map(|&i| self.vars_of(i).keys().cloned())
-            .collect();
+        let mut names: Vec<String> = frames.iter().flat_map(|&i| self.vars_of(i).keys().cloned()).collect();
         if let Some(m) = module {
             names.extend(self.modules[m.0 as usize].bindings.keys().cloned());
         }
@@ -274,20 +260,11 @@ impl Compiler {
     }
 
     /// Binds a name in the innermost scope, reporting duplicates and shadowing.
-    fn declare(
-        &mut self,
-        name: &crate::syntax::ast::Ident,
-        value: Value,
-        kind: BindKind,
-        origin: Option<Span>,
-    ) {
+    fn declare(&mut self, name: &crate::syntax::ast::Ident, value: Value, kind: BindKind, origin: Option<Span>) {
         let top = self.frames.len() - 1;
         self.later_of_mut(top).remove(&name.name);
         // Modules live in their own namespace: `use std::bert` and the constructor `bert(...)` coexist.
-        if let (Some(op), false) = (
-            crate::registry::lookup(&name.name),
-            kind == BindKind::Module,
-        ) {
+        if let (Some(op), false) = (crate::registry::lookup(&name.name), kind == BindKind::Module) {
             let what = match op.kind {
                 crate::registry::OpKind::Stage(_) => "op",
                 crate::registry::OpKind::Function => "function",
@@ -326,10 +303,7 @@ impl Compiler {
                     Diag::new(
                         Kind::Shadowing,
                         name.span,
-                        format!(
-                            "`{}` would shadow a name from an enclosing scope",
-                            name.name
-                        ),
+                        format!("`{}` would shadow a name from an enclosing scope", name.name),
                     )
                     .label("declared again here")
                     .note(outer_span, "already declared here")
@@ -342,6 +316,7 @@ impl Compiler {
             value,
             span: name.span,
             origin,
+            field_origins: HashMap::new(),
             kind,
         };
         self.vars_of_mut(top).insert(name.name.clone(), binding);

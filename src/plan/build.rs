@@ -151,9 +151,7 @@ fn missing_input(def: &StageDef, message: &str) -> Diag {
 
 fn failed_path(v: &Value, message: &str) -> Option<crate::source::Span> {
     match v {
-        Value::Path(p) => message
-            .contains(&p.resolved.display().to_string())
-            .then_some(p.span),
+        Value::Path(p) => message.contains(&p.resolved.display().to_string()).then_some(p.span),
         Value::List(xs) => xs.iter().find_map(|x| failed_path(x, message)),
         Value::Record(r) => r.values().find_map(|x| failed_path(x, message)),
         Value::Spec(s) => s.params.values().find_map(|x| failed_path(x, message)),

@@ -97,10 +97,7 @@ impl Fingerprinter {
     }
 
     /// Content hashes of files, from the stat cache where it is current, else read (in parallel).
-    fn hash_files<'a>(
-        &mut self,
-        paths: impl Iterator<Item = &'a Path>,
-    ) -> Result<Vec<[u8; 32]>, String> {
+    fn hash_files<'a>(&mut self, paths: impl Iterator<Item = &'a Path>) -> Result<Vec<[u8; 32]>, String> {
         let mut out = Vec::new();
         let mut to_read = Vec::new();
         for (i, p) in paths.enumerate() {
@@ -263,9 +260,7 @@ mod tests {
     #[test]
     fn a_missing_path_is_an_error_naming_it() {
         let mut f = Fingerprinter::default();
-        let e = f
-            .fingerprint(Path::new("/definitely/not/here"))
-            .unwrap_err();
+        let e = f.fingerprint(Path::new("/definitely/not/here")).unwrap_err();
         assert!(e.contains("/definitely/not/here does not exist"), "{e}");
     }
 }

@@ -57,7 +57,5 @@ fn escape_dot(s: &str) -> String {
 }
 
 fn escape_mermaid(s: &str) -> String {
-    s.replace('"', "#quot;")
-        .replace('[', "#91;")
-        .replace(']', "#93;")
+    s.replace('"', "#quot;").replace('[', "#91;").replace(']', "#93;")
 }

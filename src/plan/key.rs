@@ -44,11 +44,7 @@ pub trait Resolve {
 }
 
 /// The key of a stage of `op` with `params`.
-pub fn stage_key<R: Resolve>(
-    op: &OpSchema,
-    params: &Params,
-    resolve: &mut R,
-) -> Result<Key, R::Error> {
+pub fn stage_key<R: Resolve>(op: &OpSchema, params: &Params, resolve: &mut R) -> Result<Key, R::Error> {
     let mut h = blake3::Hasher::new();
     h.update(ENCODING.as_bytes());
     h.update(&[0]);

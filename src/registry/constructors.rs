@@ -13,10 +13,7 @@ fn int(params: &Params, name: &str) -> Option<i64> {
 fn check_heads(params: &Params) -> Vec<ArgProblem> {
     match (int(params, "hidden"), int(params, "heads")) {
         (Some(h), Some(n)) if n > 0 && h % n != 0 => {
-            vec![(
-                "heads",
-                format!("hidden size {h} is not divisible by {n} heads"),
-            )]
+            vec![("heads", format!("hidden size {h} is not divisible by {n} heads"))]
         }
         _ => Vec::new(),
     }
@@ -102,10 +99,7 @@ fn check_vit(params: &Params) -> Vec<ArgProblem> {
     let mut problems = check_heads(params);
     if let (Some(s), Some(p)) = (int(params, "image_size"), int(params, "patch")) {
         if p > 0 && s % p != 0 {
-            problems.push((
-                "patch",
-                format!("image size {s} is not divisible by patch size {p}"),
-            ));
+            problems.push(("patch", format!("image size {s} is not divisible by patch size {p}")));
         }
     }
     problems
@@ -260,8 +254,7 @@ pub static IMAGE_FOLDER: OpSchema = OpSchema {
     name: "image_folder",
     kind: OpKind::Dataset,
     version: 1,
-    doc:
-        "Images in the Beans layout `<split>/<class>/*.{jpg,png}`; resized and ImageNet-normalised.",
+    doc: "Images in the Beans layout `<split>/<class>/*.{jpg,png}`; resized and ImageNet-normalised.",
     params: &[
         p(
             "path",
@@ -296,13 +289,7 @@ pub static SYNTHETIC_TEXT: OpSchema = OpSchema {
     version: 1,
     doc: "A generated text classification task (learnable, not trivial); needs no files.",
     params: &[
-        p(
-            "seed",
-            Ty::Int,
-            D::Int(0),
-            Some(Range::at_least(0.0)),
-            "generator seed",
-        ),
+        p("seed", Ty::Int, D::Int(0), Some(Range::at_least(0.0)), "generator seed"),
         p(
             "classes",
             Ty::Int,
@@ -357,13 +344,7 @@ pub static SYNTHETIC_IMAGES: OpSchema = OpSchema {
     version: 1,
     doc: "A generated image classification task (learnable, not trivial); needs no files.",
     params: &[
-        p(
-            "seed",
-            Ty::Int,
-            D::Int(0),
-            Some(Range::at_least(0.0)),
-            "generator seed",
-        ),
+        p("seed", Ty::Int, D::Int(0), Some(Range::at_least(0.0)), "generator seed"),
         p(
             "classes",
             Ty::Int,

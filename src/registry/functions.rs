@@ -10,7 +10,13 @@ pub static ENV: OpSchema = OpSchema {
     doc: "The value of an environment variable, or `default` when it is unset (an error when there is no default).",
     params: &[
         p("name", Ty::Str, D::Required, None, "the variable's name"),
-        p("default", Ty::Str, D::Optional, None, "the value when the variable is unset"),
+        p(
+            "default",
+            Ty::Str,
+            D::Optional,
+            None,
+            "the value when the variable is unset",
+        ),
     ],
     derive: None,
     check: None,
@@ -34,26 +40,15 @@ pub static RANGE: OpSchema = OpSchema {
     version: 1,
     doc: "The integers start, start+1, ..., end-1 (handy for sweeping seeds).",
     params: &[
-        p(
-            "end",
-            Ty::Int,
-            D::Required,
-            None,
-            "one past the last integer",
-        ),
+        p("end", Ty::Int, D::Required, None, "one past the last integer"),
         p("start", Ty::Int, D::Int(0), None, "the first integer"),
     ],
     derive: None,
     check: Some(|params| match (params.get("start"), params.get("end")) {
-        (Some(crate::value::Value::Int(s)), Some(crate::value::Value::Int(e)))
-            if e.saturating_sub(*s) > MAX_RANGE =>
-        {
+        (Some(crate::value::Value::Int(s)), Some(crate::value::Value::Int(e))) if e.saturating_sub(*s) > MAX_RANGE => {
             vec![(
                 "end",
-                format!(
-                    "range of {} integers is too long (at most {MAX_RANGE})",
-                    e - s
-                ),
+                format!("range of {} integers is too long (at most {MAX_RANGE})", e - s),
             )]
         }
         _ => Vec::new(),

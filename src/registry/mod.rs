@@ -60,12 +60,7 @@ mod tests {
                     );
                 }
                 if let (Ty::Enum(opts), Default::Str(s)) = (p.ty, p.default) {
-                    assert!(
-                        opts.contains(&s),
-                        "{}.{} default not an option",
-                        op.name,
-                        p.name
-                    );
+                    assert!(opts.contains(&s), "{}.{} default not an option", op.name, p.name);
                 }
             }
         }

@@ -1,8 +1,6 @@
 //! The stage ops: each call creates one content-hashed stage.
 
-use super::schema::{
-    p, ArgProblem, Default as D, OpKind, OpSchema, Output, ParamSchema, Range, Ty,
-};
+use super::schema::{p, ArgProblem, Default as D, OpKind, OpSchema, Output, ParamSchema, Range, Ty};
 use crate::value::{Params, Value};
 
 const DATA: ParamSchema = p(
@@ -146,9 +144,34 @@ pub static DISTILL: OpSchema = OpSchema {
     version: 1,
     doc: "Distil a teacher into a student: alpha*CE(labels) + (1-alpha)*T^2*KL(teacher/T || student/T).",
     params: &[
-        p("teacher", Ty::Model, D::Required, None, "the trained model to learn from"),
-        p("student", Ty::Arch, D::Required, None, "the student architecture (or checkpoint)"),
-        DATA, TEMPERATURE, ALPHA, T2, INIT, INTERMEDIATE, EPOCHS, BATCH, LR, WD, WARMUP, CLIP, SEED, MAX_STEPS,
+        p(
+            "teacher",
+            Ty::Model,
+            D::Required,
+            None,
+            "the trained model to learn from",
+        ),
+        p(
+            "student",
+            Ty::Arch,
+            D::Required,
+            None,
+            "the student architecture (or checkpoint)",
+        ),
+        DATA,
+        TEMPERATURE,
+        ALPHA,
+        T2,
+        INIT,
+        INTERMEDIATE,
+        EPOCHS,
+        BATCH,
+        LR,
+        WD,
+        WARMUP,
+        CLIP,
+        SEED,
+        MAX_STEPS,
     ],
     derive: None,
     check: None,
@@ -161,12 +184,47 @@ pub static FUSE: OpSchema = OpSchema {
     version: 1,
     doc: "Multi-agent distillation: one student learns from the fused predictions of several teachers.",
     params: &[
-        p("teachers", Ty::List(&Ty::Model), D::Required, Some(Range::at_least(1.0)), "the trained teachers"),
-        p("student", Ty::Arch, D::Required, None, "the student architecture (or checkpoint)"),
+        p(
+            "teachers",
+            Ty::List(&Ty::Model),
+            D::Required,
+            Some(Range::at_least(1.0)),
+            "the trained teachers",
+        ),
+        p(
+            "student",
+            Ty::Arch,
+            D::Required,
+            None,
+            "the student architecture (or checkpoint)",
+        ),
         DATA,
-        p("fusion", Ty::Enum(&["mean", "weighted", "confidence"]), D::Str("mean"), None, "how teacher logits are combined per example"),
-        p("weights", Ty::List(&Ty::Float), D::Optional, None, "fixed teacher weights for fusion \"weighted\" (sum to 1)"),
-        TEMPERATURE, ALPHA, T2, INIT, EPOCHS, BATCH, LR, WD, WARMUP, CLIP, SEED, MAX_STEPS,
+        p(
+            "fusion",
+            Ty::Enum(&["mean", "weighted", "confidence"]),
+            D::Str("mean"),
+            None,
+            "how teacher logits are combined per example",
+        ),
+        p(
+            "weights",
+            Ty::List(&Ty::Float),
+            D::Optional,
+            None,
+            "fixed teacher weights for fusion \"weighted\" (sum to 1)",
+        ),
+        TEMPERATURE,
+        ALPHA,
+        T2,
+        INIT,
+        EPOCHS,
+        BATCH,
+        LR,
+        WD,
+        WARMUP,
+        CLIP,
+        SEED,
+        MAX_STEPS,
     ],
     derive: None,
     check: Some(check_fuse),
@@ -177,21 +235,20 @@ fn check_fuse(params: &Params) -> Vec<ArgProblem> {
         Some(Value::List(xs)) => xs.len(),
         _ => return Vec::new(),
     };
-    let fusion = params
-        .get("fusion")
-        .map(|v| v.to_string())
-        .unwrap_or_default();
+    let fusion = params.get("fusion").map(|v| v.to_string()).unwrap_or_default();
     match (fusion.as_str(), params.get("weights")) {
-        ("weighted", None) => vec![(
-            "fusion",
-            "fusion \"weighted\" needs `weights:`, one per teacher".into(),
-        )],
+        ("weighted", None) => vec![("fusion", "fusion \"weighted\" needs `weights:`, one per teacher".into())],
         ("weighted", Some(Value::List(ws))) => {
             let mut problems = Vec::new();
             if ws.len() != teachers {
                 problems.push((
                     "weights",
-                    format!("{} weights for {} teachers", ws.len(), teachers),
+                    format!(
+                        "{} weights for {} teacher{}",
+                        ws.len(),
+                        teachers,
+                        if teachers == 1 { "" } else { "s" }
+                    ),
                 ));
             }
             let sum: f64 = ws.iter().filter_map(Value::as_f64).sum();
@@ -218,19 +275,74 @@ pub static QLORA: OpSchema = OpSchema {
     version: 1,
     doc: "QLoRA: freeze the base as 4-bit NF4 and train low-rank adapters (PEFT layout) plus the head.",
     params: &[
-        p("base", Ty::Model, D::Required, None, "the trained model to quantise and adapt"),
+        p(
+            "base",
+            Ty::Model,
+            D::Required,
+            None,
+            "the trained model to quantise and adapt",
+        ),
         DATA,
         p("rank", Ty::Int, D::Int(8), Some(Range::at_least(1.0)), "LoRA rank r"),
-        p("alpha", Ty::Float, D::Float(16.0), Some(Range::above(0.0)), "LoRA alpha; the update is scaled by alpha/r"),
-        p("dropout", Ty::Float, D::Float(0.05), Some(Range::half_open(0.0, 1.0)), "dropout on the adapter input"),
-        p("targets", Ty::List(&Ty::Str), D::Strs(&["query", "value"]), Some(Range::at_least(1.0)), "linear modules that get adapters"),
-        p("double_quant", Ty::Bool, D::Bool(true), None, "quantise the absmax constants too (about 4.127 instead of 4.5 bits/param)"),
-        p("block_size", Ty::Int, D::Int(64), Some(Range::closed(32.0, 4096.0)), "NF4 block size (a power of two)"),
-        p("merge", Ty::Bool, D::Bool(false), None, "also write a merged dense checkpoint"),
-        p("epochs", Ty::Int, D::Int(3), Some(Range::at_least(1.0)), "passes over the training split"),
+        p(
+            "alpha",
+            Ty::Float,
+            D::Float(16.0),
+            Some(Range::above(0.0)),
+            "LoRA alpha; the update is scaled by alpha/r",
+        ),
+        p(
+            "dropout",
+            Ty::Float,
+            D::Float(0.05),
+            Some(Range::half_open(0.0, 1.0)),
+            "dropout on the adapter input",
+        ),
+        p(
+            "targets",
+            Ty::List(&Ty::Str),
+            D::Strs(&["query", "value"]),
+            Some(Range::at_least(1.0)),
+            "linear modules that get adapters",
+        ),
+        p(
+            "double_quant",
+            Ty::Bool,
+            D::Bool(true),
+            None,
+            "quantise the absmax constants too (about 4.127 instead of 4.5 bits/param)",
+        ),
+        p(
+            "block_size",
+            Ty::Int,
+            D::Int(64),
+            Some(Range::closed(32.0, 4096.0)),
+            "NF4 block size (a power of two)",
+        ),
+        p(
+            "merge",
+            Ty::Bool,
+            D::Bool(false),
+            None,
+            "also write a merged dense checkpoint",
+        ),
+        p(
+            "epochs",
+            Ty::Int,
+            D::Int(3),
+            Some(Range::at_least(1.0)),
+            "passes over the training split",
+        ),
         BATCH,
-        p("lr", Ty::Float, D::Float(2e-4), Some(Range::above(0.0)), "peak AdamW learning rate"),
-        SEED, MAX_STEPS,
+        p(
+            "lr",
+            Ty::Float,
+            D::Float(2e-4),
+            Some(Range::above(0.0)),
+            "peak AdamW learning rate",
+        ),
+        SEED,
+        MAX_STEPS,
     ],
     derive: None,
     check: Some(check_qlora),
@@ -239,10 +351,7 @@ pub static QLORA: OpSchema = OpSchema {
 fn check_qlora(params: &Params) -> Vec<ArgProblem> {
     match params.get("block_size") {
         Some(Value::Int(b)) if (*b as u64).is_power_of_two() => Vec::new(),
-        Some(Value::Int(b)) => vec![(
-            "block_size",
-            format!("block size {b} is not a power of two"),
-        )],
+        Some(Value::Int(b)) => vec![("block_size", format!("block size {b} is not a power of two"))],
         _ => Vec::new(),
     }
 }
@@ -255,12 +364,37 @@ pub static PRUNE: OpSchema = OpSchema {
     doc: "Prune a model: L1 magnitude per layer or globally, or whole attention heads; masks kept while fine-tuning.",
     params: &[
         p("model", Ty::Model, D::Required, None, "the trained model to prune"),
-        p("sparsity", Ty::Float, D::Float(0.3), Some(Range::half_open(0.0, 1.0)), "fraction of prunable weights (or heads) to remove"),
-        p("method", Ty::Enum(&["l1_unstructured", "l1_global", "heads"]), D::Str("l1_unstructured"), None, "per-layer L1, one global L1 threshold, or structured head removal"),
-        p("scope", Ty::Enum(&["linear", "encoder"]), D::Str("linear"), None, "which weights: every linear layer, or the encoder's only (head kept)"),
-        p("finetune_epochs", Ty::Int, D::Int(0), Some(Range::at_least(0.0)), "epochs of masked fine-tuning after pruning (needs `data:`)"),
+        p(
+            "sparsity",
+            Ty::Float,
+            D::Float(0.3),
+            Some(Range::half_open(0.0, 1.0)),
+            "fraction of prunable weights (or heads) to remove",
+        ),
+        p(
+            "method",
+            Ty::Enum(&["l1_unstructured", "l1_global", "heads"]),
+            D::Str("l1_unstructured"),
+            None,
+            "per-layer L1, one global L1 threshold, or structured head removal",
+        ),
+        p(
+            "scope",
+            Ty::Enum(&["linear", "encoder"]),
+            D::Str("linear"),
+            None,
+            "which weights: every linear layer, or the encoder's only (head kept)",
+        ),
+        p(
+            "finetune_epochs",
+            Ty::Int,
+            D::Int(0),
+            Some(Range::at_least(0.0)),
+            "epochs of masked fine-tuning after pruning (needs `data:`)",
+        ),
         p("data", Ty::Dataset, D::Optional, None, "dataset for fine-tuning"),
-        LR, SEED,
+        LR,
+        SEED,
     ],
     derive: None,
     check: Some(check_prune),
@@ -269,10 +403,7 @@ pub static PRUNE: OpSchema = OpSchema {
 fn check_prune(params: &Params) -> Vec<ArgProblem> {
     match (params.get("finetune_epochs"), params.get("data")) {
         (Some(Value::Int(n)), None) if *n > 0 => {
-            vec![(
-                "finetune_epochs",
-                "fine-tuning needs a dataset: add `data:`".into(),
-            )]
+            vec![("finetune_epochs", "fine-tuning needs a dataset: add `data:`".into())]
         }
         _ => Vec::new(),
     }
@@ -286,7 +417,9 @@ pub static EVAL: OpSchema = OpSchema {
     doc: "Evaluate a model: accuracy, per-class accuracy, parameters, nonzeros, bytes on disk, latency.",
     params: &[
         p("model", Ty::Model, D::Required, None, "the model to evaluate"),
-        DATA, SPLIT, BATCH,
+        DATA,
+        SPLIT,
+        BATCH,
     ],
     derive: None,
     check: None,
@@ -299,9 +432,21 @@ pub static REPORT: OpSchema = OpSchema {
     version: 1,
     doc: "Compare models in one report: accuracy, retention, measured sizes, compression; tables and plots.",
     params: &[
-        p("models", Ty::List(&Ty::Model), D::Required, Some(Range::at_least(1.0)), "the models to compare"),
+        p(
+            "models",
+            Ty::List(&Ty::Model),
+            D::Required,
+            Some(Range::at_least(1.0)),
+            "the models to compare",
+        ),
         DATA,
-        p("baseline", Ty::Model, D::Optional, None, "the reference for retention and compression (default: the first model)"),
+        p(
+            "baseline",
+            Ty::Model,
+            D::Optional,
+            None,
+            "the reference for retention and compression (default: the first model)",
+        ),
         SPLIT,
     ],
     derive: None,
@@ -315,10 +460,34 @@ pub static EXEC: OpSchema = OpSchema {
     version: 1,
     doc: "Run a shell command as a stage: RKD_OUT is its output directory, RKD_INPUTS its inputs' directories.",
     params: &[
-        p("cmd", Ty::Str, D::Required, None, "the command, run with `sh -c` in the pipeline's directory"),
-        p("inputs", Ty::List(&Ty::Stage), D::EmptyList, None, "stages whose outputs the command reads"),
-        p("files", Ty::List(&Ty::Path), D::EmptyList, None, "input files; their content is part of the key"),
-        p("params", Ty::Record, D::EmptyRecord, None, "values passed as RKD_PARAM_<NAME> environment variables"),
+        p(
+            "cmd",
+            Ty::Str,
+            D::Required,
+            None,
+            "the command, run with `sh -c` in the pipeline's directory",
+        ),
+        p(
+            "inputs",
+            Ty::List(&Ty::Stage),
+            D::EmptyList,
+            None,
+            "stages whose outputs the command reads",
+        ),
+        p(
+            "files",
+            Ty::List(&Ty::Path),
+            D::EmptyList,
+            None,
+            "input files; their content is part of the key",
+        ),
+        p(
+            "params",
+            Ty::Record,
+            D::EmptyRecord,
+            None,
+            "values passed as RKD_PARAM_<NAME> environment variables",
+        ),
     ],
     derive: None,
     check: None,

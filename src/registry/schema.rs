@@ -79,11 +79,7 @@ impl Ty {
             Ty::Float => "float".into(),
             Ty::Bool => "bool".into(),
             Ty::Str => "string".into(),
-            Ty::Enum(opts) => opts
-                .iter()
-                .map(|o| format!("\"{o}\""))
-                .collect::<Vec<_>>()
-                .join(" | "),
+            Ty::Enum(opts) => opts.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(" | "),
             Ty::Path => "path".into(),
             Ty::List(t) => format!("[{}]", t.describe()),
             Ty::Record => "record".into(),
@@ -137,12 +133,8 @@ impl Range {
 
     /// Whether `x` lies in the range.
     pub fn contains(&self, x: f64) -> bool {
-        let lo = self
-            .min
-            .is_none_or(|(m, inc)| if inc { x >= m } else { x > m });
-        let hi = self
-            .max
-            .is_none_or(|(m, inc)| if inc { x <= m } else { x < m });
+        let lo = self.min.is_none_or(|(m, inc)| if inc { x >= m } else { x > m });
+        let hi = self.max.is_none_or(|(m, inc)| if inc { x <= m } else { x < m });
         lo && hi && !x.is_nan()
     }
 
@@ -227,10 +219,7 @@ impl Default {
                     Value::Str(s) => format!("\"{s}\""),
                     Value::List(xs) => format!(
                         "[{}]",
-                        xs.iter()
-                            .map(|x| format!("\"{x}\""))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        xs.iter().map(|x| format!("\"{x}\"")).collect::<Vec<_>>().join(", ")
                     ),
                     Value::Record(_) => "{}".into(),
                     v => v.to_string(),
@@ -285,13 +274,7 @@ impl OpSchema {
 }
 
 /// A parameter (shorthand for the registry tables).
-pub const fn p(
-    name: &'static str,
-    ty: Ty,
-    default: Default,
-    range: Option<Range>,
-    doc: &'static str,
-) -> ParamSchema {
+pub const fn p(name: &'static str, ty: Ty, default: Default, range: Option<Range>, doc: &'static str) -> ParamSchema {
     ParamSchema {
         name,
         ty,

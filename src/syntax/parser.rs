@@ -29,11 +29,24 @@ pub fn parse(file: FileId, text: &str) -> Result<Module, Diag> {
 }
 
 fn check_nesting(file: FileId, text: &str) -> Result<(), Diag> {
-    let mut depth = 0usize;
+    match bracket_stack(text, text.len(), MAX_NESTING) {
+        Ok(_) => Ok(()),
+        Err(i) => Err(
+            Diag::new(Kind::Syntax, Span::new(file, i, i + 1), "nesting is too deep")
+                .label(format!("more than {MAX_NESTING} open brackets"))
+                .help("split the expression into `let` bindings"),
+        ),
+    }
+}
+
+/// The brackets still open at byte `upto` (position and character), skipping strings and
+/// comments; `Err(position)` where the nesting first exceeds `max`.
+fn bracket_stack(text: &str, upto: usize, max: usize) -> Result<Vec<(usize, char)>, usize> {
+    let mut stack = Vec::new();
     let mut in_string = false;
     let mut in_comment = false;
     let mut escaped = false;
-    for (i, c) in text.char_indices() {
+    for (i, c) in text[..upto].char_indices() {
         if in_comment {
             in_comment = c != '\n';
             continue;
@@ -51,31 +64,25 @@ fn check_nesting(file: FileId, text: &str) -> Result<(), Diag> {
             '#' => in_comment = true,
             '"' => in_string = true,
             '(' | '[' | '{' => {
-                depth += 1;
-                if depth > MAX_NESTING {
-                    return Err(Diag::new(
-                        Kind::Syntax,
-                        Span::new(file, i, i + 1),
-                        "nesting is too deep",
-                    )
-                    .label(format!("more than {MAX_NESTING} open brackets"))
-                    .help("split the expression into `let` bindings"));
+                stack.push((i, c));
+                if stack.len() > max {
+                    return Err(i);
                 }
             }
-            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            ')' | ']' | '}' => {
+                stack.pop();
+            }
             _ => {}
         }
     }
-    Ok(())
+    Ok(stack)
 }
 
 fn describe(rule: &Rule) -> Option<&'static str> {
     Some(match rule {
         Rule::EOI => "end of file",
         Rule::ident | Rule::path => "a name",
-        Rule::expr | Rule::product | Rule::unary | Rule::postfixed | Rule::primary => {
-            "an expression"
-        }
+        Rule::expr | Rule::product | Rule::unary | Rule::postfixed | Rule::primary => "an expression",
         Rule::use_item | Rule::kw_use => "`use`",
         Rule::let_item | Rule::kw_let => "`let`",
         Rule::stage_item | Rule::kw_stage => "`stage`",
@@ -109,10 +116,7 @@ fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diag {
     let end = if end > start {
         end
     } else {
-        text[start..]
-            .chars()
-            .next()
-            .map_or(start, |c| start + c.len_utf8())
+        text[start..].chars().next().map_or(start, |c| start + c.len_utf8())
     };
     let found = match text[start..].chars().next() {
         None => "end of file".to_string(),
@@ -144,17 +148,23 @@ fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diag {
             };
             (format!("syntax error: unexpected {found}"), label)
         }
-        ErrorVariant::CustomError { message } => {
-            (format!("syntax error: {message}"), message.clone())
-        }
+        ErrorVariant::CustomError { message } => (format!("syntax error: {message}"), message.clone()),
     };
     let mut d = Diag::new(Kind::Syntax, Span::new(file, start, end), message).label(label);
-    if text[..start].trim_end().ends_with(',') && found == "`)`" {
+    let unclosed = bracket_stack(text, start, usize::MAX).unwrap_or_default();
+    let item_start = ["`use`", "`let`", "`stage`", "`fn`", "`sweep`", "`for`"].contains(&found.as_str());
+    if let (Some(&(at, open)), true) = (unclosed.last(), item_start || found == "end of file") {
+        let close = match open {
+            '(' => ')',
+            '[' => ']',
+            _ => '}',
+        };
+        d = d
+            .note(Span::new(file, at, at + 1), format!("this `{open}` is never closed"))
+            .help(format!("add the missing `{close}`"));
+    } else if text[..start].trim_end().ends_with(',') && found == "`)`" {
         d = d.help("remove the trailing comma or add the missing argument");
-    } else if found.starts_with("`use`")
-        || found.starts_with("`let`")
-        || found.starts_with("`stage`")
-    {
+    } else if found.starts_with("`use`") || found.starts_with("`let`") || found.starts_with("`stage`") {
         d = d.help("each item starts on its own; check the item before this one is complete");
     }
     d
@@ -189,11 +199,7 @@ impl Builder {
                         let path_span = self.span(&s);
                         let path = unescape(s.into_inner().next().unwrap().as_str());
                         let alias = self.ident(it.nth(1).unwrap());
-                        Item::Use(Use::File {
-                            path,
-                            path_span,
-                            alias,
-                        })
+                        Item::Use(Use::File { path, path_span, alias })
                     }
                     _ => {
                         let mut path = Vec::new();
@@ -398,12 +404,8 @@ impl Builder {
                         let mut ai = a.into_inner();
                         let first = ai.next().unwrap();
                         match first.as_rule() {
-                            Rule::spread => {
-                                Arg::Spread(self.expr(first.into_inner().next().unwrap()))
-                            }
-                            Rule::ident => {
-                                Arg::Named(self.ident(first), self.expr(ai.next().unwrap()))
-                            }
+                            Rule::spread => Arg::Spread(self.expr(first.into_inner().next().unwrap())),
+                            Rule::ident => Arg::Named(self.ident(first), self.expr(ai.next().unwrap())),
                             _ => Arg::Positional(self.expr(first)),
                         }
                     })
@@ -551,9 +553,7 @@ stage results = report(models: [teacher] + chain + mini, data: sst2)
     fn numbers() {
         let m = parse_ok("let a = [2e-5, 0.3, 1_000, -1, 4.0]");
         let Item::Let(b) = &m.items[0] else { panic!() };
-        let ExprKind::List(xs) = &b.value.kind else {
-            panic!()
-        };
+        let ExprKind::List(xs) = &b.value.kind else { panic!() };
         assert!(matches!(xs[0].kind, ExprKind::Float(f) if f == 2e-5));
         assert!(matches!(xs[2].kind, ExprKind::Int(1000)));
         assert!(matches!(xs[3].kind, ExprKind::Int(-1)));

@@ -1,0 +1,225 @@
+//! Snapshot tests of the diagnostics `rkd check` prints, one per kind of error.
+
+mod common;
+use common::Test;
+
+const HEADER: &str =
+    "use std::bert\nlet data = synthetic_text(seed: 1)\nstage teacher = train(model: bert::mini, data: data)\n";
+
+/// `rkd check main.rkd` on `src`, which must fail; returns stderr.
+fn check(src: &str) -> String {
+    let out = Test::new().file("main.rkd", src).args(&["check", "main.rkd"]).expect(1);
+    assert!(
+        out.stdout.is_empty(),
+        "nothing on stdout for a failing check: {}",
+        out.stdout
+    );
+    out.stderr
+}
+
+fn with_header(rest: &str) -> String {
+    format!("{HEADER}{rest}")
+}
+
+#[test]
+fn syntax_error() {
+    insta::assert_snapshot!(check(
+        "use std::bert\nstage t = train(model: bert::mini, data: d,, epochs: 3)\n"
+    ));
+}
+
+#[test]
+fn syntax_error_unclosed_call() {
+    insta::assert_snapshot!(check(
+        "let d = synthetic_text(seed: 1\nstage t = train(model: x, data: d)\n"
+    ));
+}
+
+#[test]
+fn unknown_op_suggests_the_closest() {
+    insta::assert_snapshot!(check(&with_header(
+        "stage s = distil(teacher: teacher, student: bert::tiny, data: data)\n"
+    )));
+}
+
+#[test]
+fn unknown_parameter_suggests_the_closest() {
+    insta::assert_snapshot!(check(&with_header(
+        "stage s = distill(teacher: teacher, student: bert::tiny, data: data, temprature: 2.0)\n"
+    )));
+}
+
+#[test]
+fn unknown_name_suggests_the_closest() {
+    insta::assert_snapshot!(check(&with_header(
+        "stage s = distill(teacher: teachr, student: bert::tiny, data: data)\n"
+    )));
+}
+
+#[test]
+fn unknown_module_member() {
+    insta::assert_snapshot!(check(&with_header(
+        "stage s = distill(teacher: teacher, student: bert::mnii, data: data)\n"
+    )));
+}
+
+#[test]
+fn unknown_module() {
+    insta::assert_snapshot!(check("use std::bret\n"));
+}
+
+#[test]
+fn module_not_imported() {
+    insta::assert_snapshot!(check(
+        "let d = synthetic_text(seed: 1)\nstage t = train(model: vit::l3, data: d)\n"
+    ));
+}
+
+#[test]
+fn wrong_type() {
+    insta::assert_snapshot!(check(&with_header(
+        "stage s = train(model: bert::tiny, data: data, epochs: \"three\")\n"
+    )));
+}
+
+#[test]
+fn untrained_architecture_as_teacher() {
+    insta::assert_snapshot!(check(&with_header(
+        "stage s = distill(teacher: bert::base, student: bert::tiny, data: data)\n"
+    )));
+}
+
+#[test]
+fn stage_as_student() {
+    insta::assert_snapshot!(check(&with_header(
+        "stage s = distill(teacher: teacher, student: teacher, data: data)\n"
+    )));
+}
+
+#[test]
+fn missing_required_argument() {
+    insta::assert_snapshot!(check(&with_header("stage s = distill(teacher: teacher, data: data)\n")));
+}
+
+#[test]
+fn sparsity_out_of_range() {
+    insta::assert_snapshot!(check(&with_header("stage p = prune(model: teacher, sparsity: 1.3)\n")));
+}
+
+#[test]
+fn temperature_zero() {
+    insta::assert_snapshot!(check(&with_header(
+        "stage s = distill(teacher: teacher, student: bert::tiny, data: data, temperature: 0)\n"
+    )));
+}
+
+#[test]
+fn out_of_range_through_a_stdlib_function_points_at_the_call_site() {
+    insta::assert_snapshot!(check(&with_header(
+        "use std::strategies::{successive}\nlet chain = successive(teacher: teacher, students: [bert::tiny], data: data, alpha: 1.5)\n"
+    )));
+}
+
+#[test]
+fn duplicate_name() {
+    insta::assert_snapshot!(check(&with_header(
+        "stage teacher = train(model: bert::tiny, data: data)\n"
+    )));
+}
+
+#[test]
+fn shadowing_in_a_block() {
+    insta::assert_snapshot!(check(&with_header(
+        "sweep seed in [1, 2] {\n  let data = synthetic_text(seed: seed)\n}\n"
+    )));
+}
+
+#[test]
+fn import_cycle() {
+    let out = Test::new()
+        .file("main.rkd", "use \"lib/a.rkd\" as a\n")
+        .file("lib/a.rkd", "use \"b.rkd\" as b\n")
+        .file("lib/b.rkd", "use \"a.rkd\" as a\n")
+        .args(&["check", "main.rkd"])
+        .expect(1);
+    insta::assert_snapshot!(out.stderr);
+}
+
+#[test]
+fn used_before_declared() {
+    insta::assert_snapshot!(check(
+        "use std::bert\nstage t = train(model: bert::mini, data: data)\nlet data = synthetic_text(seed: 1)\n"
+    ));
+}
+
+#[test]
+fn empty_sweep() {
+    insta::assert_snapshot!(check(&with_header(
+        "sweep t in [] {\n  stage s = distill(teacher: teacher, student: bert::tiny, data: data, temperature: t)\n}\n"
+    )));
+}
+
+#[test]
+fn positional_argument() {
+    insta::assert_snapshot!(check(&with_header("stage p = prune(teacher, sparsity: 0.3)\n")));
+}
+
+#[test]
+fn stage_must_be_one_stage() {
+    insta::assert_snapshot!(check(&with_header("stage both = [teacher, teacher]\n")));
+}
+
+#[test]
+fn index_out_of_range() {
+    insta::assert_snapshot!(check(&with_header(
+        "let xs = [teacher]\nstage p = prune(model: xs[3])\n"
+    )));
+}
+
+#[test]
+fn arguments_that_do_not_fit_together() {
+    insta::assert_snapshot!(check(&with_header(
+        "stage f = fuse(teachers: [teacher], student: bert::tiny, data: data, fusion: \"weighted\", weights: [0.5, 0.4])\n"
+    )));
+}
+
+#[test]
+fn unknown_enum_value() {
+    insta::assert_snapshot!(check(&with_header(
+        "stage p = prune(model: teacher, method: \"l1_unstructed\")\n"
+    )));
+}
+
+#[test]
+fn recursion() {
+    insta::assert_snapshot!(check("fn forever(x) { forever(x: x) }\nlet y = forever(x: 1)\n"));
+}
+
+#[test]
+fn several_errors_are_all_reported() {
+    let err = check(&with_header(
+        "stage a = distill(teacher: teacher, student: bert::tiny, data: data, temperature: 0)\n\
+         stage b = prune(model: teacher, sparsity: 1.3)\n\
+         stage c = trian(model: bert::tiny, data: data)\n",
+    ));
+    assert!(err.contains("has 3 problems"), "{err}");
+    insta::assert_snapshot!(err);
+}
+
+#[test]
+fn missing_input_file_is_reported_by_plan() {
+    let out = Test::new()
+        .file(
+            "main.rkd",
+            "use std::bert\nlet sst2 = glue_sst2(path: \"data/SST-2\")\nstage t = train(model: bert::tiny, data: sst2)\n",
+        )
+        .args(&["plan", "main.rkd"])
+        .expect(1);
+    let stderr = out.stderr.replace(&*out_dir_marker(), "<tmp>");
+    assert!(stderr.contains("data/SST-2 does not exist"), "{stderr}");
+    assert!(stderr.contains("rkd::file"), "{stderr}");
+}
+
+fn out_dir_marker() -> String {
+    std::env::temp_dir().display().to_string()
+}
