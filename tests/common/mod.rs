@@ -49,10 +49,16 @@ impl Test {
         self.dir.path()
     }
 
-    /// Runs `rkd` with the arguments, in the test directory.
+    /// Runs `rkd` with the builder's arguments, in the test directory.
     pub fn run(&self) -> Output {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.run_with(&args)
+    }
+
+    /// Runs `rkd` with these arguments (instead of the builder's), in the test directory.
+    pub fn run_with(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkd"));
-        cmd.args(&self.args)
+        cmd.args(args)
             .current_dir(self.dir.path())
             .env_remove("RKD_STORE")
             .env("NO_COLOR", "1");

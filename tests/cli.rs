@@ -1,0 +1,306 @@
+//! Integration tests: the `rkd` binary on real `.rkd` files.
+
+mod common;
+use common::{repo, Test};
+use serde_json::Value;
+
+const TEACHER: &str =
+    "use std::bert\nlet data = synthetic_text(seed: 1)\nstage teacher = train(model: bert::mini, data: data)\n";
+
+fn plan_json(t: &Test, file: &str) -> Value {
+    let out = t.run_with(&["plan", file, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    serde_json::from_str(&out.stdout).expect("plan --json prints JSON")
+}
+
+fn stages(plan: &Value) -> &Vec<Value> {
+    plan["stages"].as_array().unwrap()
+}
+
+fn by_name<'a>(plan: &'a Value, name: &str) -> &'a Value {
+    stages(plan)
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {plan:#}"))
+}
+
+#[test]
+fn the_shipped_pipelines_and_examples_check_clean() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rkd"))
+        .args([
+            "check",
+            "pipelines/sst2.rkd",
+            "pipelines/beans.rkd",
+            "examples/quickstart.rkd",
+            "examples/exec.rkd",
+        ])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.matches("ok: ").count(), 4, "{stdout}");
+}
+
+#[test]
+fn check_reports_each_file_and_fails_if_any_fails() {
+    let out = Test::new()
+        .file("good.rkd", TEACHER)
+        .file("bad.rkd", "stage x = trian()\n")
+        .args(&["check", "good.rkd", "bad.rkd"])
+        .expect(1);
+    assert!(out.stdout.contains("ok: good.rkd (1 stage)"), "{}", out.stdout);
+    assert!(out.stderr.contains("error: bad.rkd has 1 problem"), "{}", out.stderr);
+}
+
+#[test]
+fn plan_json_lists_every_stage_with_key_inputs_and_status() {
+    let t = Test::new().file(
+        "p.rkd",
+        &format!(
+            "{TEACHER}sweep t in [2.0, 4.0], a in [0.5, 0.9] {{\n  stage mini = distill(teacher: teacher, student: bert::tiny, data: data, temperature: t, alpha: a)\n}}\nstage r = report(models: [teacher] + mini, data: data)\n"
+        ),
+    );
+    let plan = plan_json(&t, "p.rkd");
+    let names: Vec<&str> = stages(&plan).iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "teacher",
+            "mini[t=2.0,a=0.5]",
+            "mini[t=2.0,a=0.9]",
+            "mini[t=4.0,a=0.5]",
+            "mini[t=4.0,a=0.9]",
+            "r"
+        ]
+    );
+    let r = by_name(&plan, "r");
+    assert_eq!(r["op"], "report");
+    // After the sweep, `mini` is the list of instances in product order.
+    assert_eq!(
+        r["inputs"],
+        serde_json::json!([
+            "teacher",
+            "mini[t=2.0,a=0.5]",
+            "mini[t=2.0,a=0.9]",
+            "mini[t=4.0,a=0.5]",
+            "mini[t=4.0,a=0.9]"
+        ])
+    );
+    for s in stages(&plan) {
+        let key = s["key"].as_str().unwrap();
+        assert_eq!(key.len(), 64);
+        assert!(key.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(s["status"], "run");
+        assert!(s["reasons"][0].as_str().unwrap().starts_with("new"));
+    }
+    // Defaults are filled in.
+    assert_eq!(by_name(&plan, "mini[t=2.0,a=0.5]")["params"]["t2_scale"], true);
+    assert_eq!(by_name(&plan, "teacher")["params"]["epochs"], 3);
+}
+
+#[test]
+fn a_stored_entry_makes_a_stage_cached() {
+    let t = Test::new().file("p.rkd", TEACHER);
+    let plan = plan_json(&t, "p.rkd");
+    let key = by_name(&plan, "teacher")["key"].as_str().unwrap().to_string();
+    std::fs::create_dir_all(t.path().join(".rkd/entries").join(&key)).unwrap();
+    let plan = plan_json(&t, "p.rkd");
+    assert_eq!(by_name(&plan, "teacher")["status"], "cached");
+    // --store points elsewhere: not cached there.
+    let out = t.run_with(&["plan", "p.rkd", "--json", "--store", "other"]);
+    let plan: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(by_name(&plan, "teacher")["status"], "run");
+}
+
+#[test]
+fn input_files_are_fingerprinted_by_content() {
+    let t = Test::new()
+        .file("data/train.tsv", "sentence\tlabel\ngood film \t1\n")
+        .file("data/dev.tsv", "sentence\tlabel\nbad film \t0\n")
+        .file(
+            "p.rkd",
+            "use std::bert\nlet d = glue_sst2(path: \"data\")\nstage a = train(model: bert::tiny, data: d)\nstage b = train(model: bert::mini, data: synthetic_text(seed: 3))\n",
+        );
+    let first = plan_json(&t, "p.rkd");
+    // Same bytes, new mtime: same keys.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(t.path().join("data/dev.tsv"), "sentence\tlabel\nbad film \t0\n").unwrap();
+    let touched = plan_json(&t, "p.rkd");
+    assert_eq!(first, touched);
+    // Different bytes: the stage reading them changes, the other does not.
+    std::fs::write(t.path().join("data/dev.tsv"), "sentence\tlabel\nbad film \t1\n").unwrap();
+    let changed = plan_json(&t, "p.rkd");
+    assert_ne!(by_name(&first, "a")["key"], by_name(&changed, "a")["key"]);
+    assert_eq!(by_name(&first, "b")["key"], by_name(&changed, "b")["key"]);
+}
+
+#[test]
+fn local_modules_and_stdlib_strategies() {
+    let t = Test::new()
+        .file(
+            "lib/models.rkd",
+            "# shared definitions\nlet little = bert(layers: 1, hidden: 32, heads: 2, intermediate: 64)\nfn teach(teacher, students, data) {\n  for s in students {\n    stage kd = distill(teacher: teacher, student: s, data: data, temperature: 2.0)\n  }\n  kd\n}\n",
+        )
+        .file(
+            "p.rkd",
+            &format!(
+                "use \"lib/models.rkd\" as m\nuse std::strategies::{{successive, multi_agent}}\n{TEACHER}let mine = m::teach(teacher: teacher, students: [m::little, bert::tiny], data: data)\nlet chain = successive(teacher: teacher, students: [bert::small, m::little], data: data, epochs: 1)\nstage f = multi_agent(teachers: [teacher] + chain, student: m::little, data: data)\n"
+            ),
+        );
+    let plan = plan_json(&t, "p.rkd");
+    let names: Vec<&str> = stages(&plan).iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "teacher",
+            "mine/kd[0]",
+            "mine/kd[1]",
+            "chain/step[0]",
+            "chain/step[1]",
+            "f"
+        ]
+    );
+    // successive: each student's teacher is the previous stage.
+    assert_eq!(
+        by_name(&plan, "chain/step[0]")["inputs"],
+        serde_json::json!(["teacher"])
+    );
+    assert_eq!(
+        by_name(&plan, "chain/step[1]")["inputs"],
+        serde_json::json!(["chain/step[0]"])
+    );
+    assert_eq!(by_name(&plan, "chain/step[1]")["params"]["epochs"], 1);
+    assert_eq!(by_name(&plan, "f")["op"], "fuse");
+    assert_eq!(
+        by_name(&plan, "f")["inputs"],
+        serde_json::json!(["teacher", "chain/step[0]", "chain/step[1]"])
+    );
+    assert_eq!(by_name(&plan, "mine/kd[1]")["params"]["temperature"], 2.0);
+}
+
+#[test]
+fn identical_stages_are_one_stage_with_aliases() {
+    let t = Test::new().file(
+        "p.rkd",
+        &format!("{TEACHER}stage again = train(model: bert::mini, data: data)\n"),
+    );
+    let plan = plan_json(&t, "p.rkd");
+    assert_eq!(stages(&plan).len(), 1);
+    assert_eq!(by_name(&plan, "teacher")["aliases"], serde_json::json!(["again"]));
+}
+
+#[test]
+fn env_supplies_paths_with_a_fallback() {
+    let src = format!("{TEACHER}stage e = exec(cmd: env(name: \"RKD_TEST_CMD\", default: \"true\"))\n");
+    let t = Test::new().file("p.rkd", &src);
+    let plan = plan_json(&t, "p.rkd");
+    assert_eq!(by_name(&plan, "e")["params"]["cmd"], "true");
+    let out = Test::new()
+        .file("p.rkd", &src)
+        .env("RKD_TEST_CMD", "echo hi")
+        .args(&["plan", "p.rkd", "--json"])
+        .expect(0);
+    let plan: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(by_name(&plan, "e")["params"]["cmd"], "echo hi");
+}
+
+#[test]
+fn graph_in_dot_and_mermaid() {
+    let t = Test::new().file("p.rkd", &format!("{TEACHER}stage p = prune(model: teacher)\n"));
+    let dot = t.run_with(&["graph", "p.rkd"]);
+    assert_eq!(dot.code, 0);
+    assert!(dot.stdout.starts_with("digraph rkd {"), "{}", dot.stdout);
+    assert!(dot.stdout.contains("n0 [label=\"teacher\\ntrain\"]"), "{}", dot.stdout);
+    assert!(dot.stdout.contains("n0 -> n1;"));
+    let mermaid = t.run_with(&["graph", "p.rkd", "--format", "mermaid"]);
+    assert!(mermaid.stdout.starts_with("flowchart LR"));
+    assert!(mermaid.stdout.contains("n0 --> n1"));
+}
+
+#[test]
+fn ops_reference() {
+    let all = Test::new().args(&["ops"]).expect(0).stdout;
+    for name in [
+        "train",
+        "distill",
+        "fuse",
+        "qlora",
+        "prune",
+        "eval",
+        "report",
+        "exec",
+        "glue_sst2",
+        "image_folder",
+        "synthetic_text",
+        "synthetic_images",
+        "bert",
+        "vit",
+        "pretrained",
+        "hf",
+    ] {
+        assert!(all.contains(&format!("  {name} ")), "{name} missing:\n{all}");
+    }
+    let distill = Test::new().args(&["ops", "distill"]).expect(0).stdout;
+    assert!(distill.contains("temperature"), "{distill}");
+    assert!(distill.contains("4.0") && distill.contains("> 0"), "{distill}");
+    let err = Test::new().args(&["ops", "distil"]).expect(1).stderr;
+    assert!(err.contains("did you mean `distill`?"), "{err}");
+}
+
+#[test]
+fn help_and_completions() {
+    let help = Test::new().args(&["--help"]).expect(0).stdout;
+    for cmd in ["check", "plan", "graph", "ops", "completions"] {
+        assert!(help.contains(cmd), "{help}");
+    }
+    let bash = Test::new().args(&["completions", "bash"]).expect(0).stdout;
+    assert!(bash.contains("_rkd()"), "{}", &bash[..bash.len().min(200)]);
+    let usage = Test::new().args(&["plan"]).run();
+    assert_eq!(usage.code, 2, "usage errors exit with 2");
+}
+
+#[test]
+fn a_missing_file_is_an_error_not_a_panic() {
+    let out = Test::new().args(&["check", "nope.rkd"]).expect(1);
+    assert!(out.stderr.contains("cannot read nope.rkd"), "{}", out.stderr);
+}
+
+#[test]
+fn bench_compile_prints_a_table() {
+    let out = Test::new()
+        .args(&["bench", "compile", "--stages", "100", "--runs", "1"])
+        .expect(0);
+    assert!(
+        out.stdout.contains("stages") && out.stdout.contains("100"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// With the shared development data (RKD_SHARED_DATA), the study's pipelines plan on real files.
+#[test]
+fn the_study_pipelines_plan_on_the_shared_samples() {
+    let Some(data) = std::env::var_os("RKD_SHARED_DATA") else {
+        eprintln!("RKD_SHARED_DATA is not set: skipping the plan of pipelines/*.rkd on the shared samples");
+        return;
+    };
+    let data = std::path::PathBuf::from(data);
+    for (file, var, dir) in [
+        ("pipelines/sst2.rkd", "RKD_SST2", "sst2-sample"),
+        ("pipelines/beans.rkd", "RKD_BEANS", "beans-sample"),
+    ] {
+        let store = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rkd"))
+            .args(["plan", file, "--json", "--store"])
+            .arg(store.path())
+            .env(var, data.join(dir))
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(stages(&plan).len() >= 10);
+        assert!(store.path().join("stat-cache.json").exists());
+    }
+}
