@@ -52,6 +52,7 @@ pub fn overview() -> String {
         out.push_str(&format!("  {:width$}  {}\n", op.name, op.doc));
     }
     out.push_str("\n`rkd ops NAME` shows the parameters of one.\n");
+    out.push_str("Note: this version compiles, checks and plans pipelines; running stages is not implemented yet.\n");
     out
 }
 

@@ -421,7 +421,9 @@ impl Compiler {
         }
         let mut order: Vec<(String, Span)> = exported.into_iter().collect();
         order.sort_by_key(|(_, s)| s.start);
-        let mut instances: Vec<Vec<Value>> = vec![Vec::new(); order.len()];
+        // Shared with the accumulator bindings; the frame holding them is dropped before each push,
+        // so pushing does not copy the list (unless a stage kept a reference to it).
+        let mut instances: Vec<Arc<Vec<Value>>> = (0..order.len()).map(|_| Arc::new(Vec::new())).collect();
         let (prefix, suffix, module) = {
             let f = self.frame();
             (f.prefix.clone(), f.suffix.clone(), f.module)
@@ -441,7 +443,7 @@ impl Compiler {
             let top = self.frames.len() - 1;
             for ((name, span), so_far) in order.iter().zip(&instances) {
                 let b = super::Binding {
-                    value: Value::list(so_far.clone()),
+                    value: Value::List(so_far.clone()),
                     span: *span,
                     origin: None,
                     field_origins: HashMap::new(),
@@ -451,20 +453,27 @@ impl Compiler {
             }
             self.eval_items(body);
             let frame = self.frames.pop().expect("pushed above");
-            let vars = frame.vars.expect("block frames have vars");
-            for ((name, _), list) in order.iter().zip(instances.iter_mut()) {
-                match vars.get(name) {
-                    Some(b) if b.kind != BindKind::Accumulator => match &b.value {
-                        Value::List(xs) => list.extend(xs.iter().cloned()),
-                        v => list.push(v.clone()),
-                    },
-                    _ => {}
+            let mut vars = frame.vars.expect("block frames have vars");
+            let current: Vec<Option<Value>> = order
+                .iter()
+                .map(|(name, _)| {
+                    vars.remove(name)
+                        .filter(|b| b.kind != BindKind::Accumulator)
+                        .map(|b| b.value)
+                })
+                .collect();
+            drop(vars);
+            for (value, list) in current.into_iter().zip(instances.iter_mut()) {
+                match value {
+                    Some(Value::List(xs)) => Arc::make_mut(list).extend(xs.iter().cloned()),
+                    Some(v) => Arc::make_mut(list).push(v),
+                    None => {}
                 }
             }
         }
         for ((name, span), list) in order.into_iter().zip(instances) {
             let ident = Ident { name, span };
-            self.declare(&ident, Value::list(list), BindKind::Stage, None);
+            self.declare(&ident, Value::List(list), BindKind::Stage, None);
         }
     }
 }

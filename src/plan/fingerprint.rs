@@ -20,13 +20,12 @@ type ReadFile = (usize, PathBuf, Stat, [u8; 32]);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Stat {
     size: u64,
-    mtime_ns: i128,
+    mtime_ns: i64,
     inode: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct CacheEntry {
-    #[serde(flatten)]
     stat: Stat,
     hash: String,
 }
@@ -171,7 +170,10 @@ fn stat_of(meta: &std::fs::Metadata) -> Stat {
     use std::os::unix::fs::MetadataExt;
     Stat {
         size: meta.len(),
-        mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        mtime_ns: meta
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(meta.mtime_nsec()),
         inode: meta.ino(),
     }
 }
@@ -182,7 +184,7 @@ fn stat_of(meta: &std::fs::Metadata) -> Stat {
         .modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i128);
+        .map_or(0, |d| d.as_nanos() as i64);
     Stat {
         size: meta.len(),
         mtime_ns,
