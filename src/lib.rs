@@ -3,6 +3,8 @@
 pub mod cli;
 pub mod compile;
 pub mod diagnostic;
+pub mod engine;
+pub mod ops;
 pub mod plan;
 pub mod registry;
 pub mod source;

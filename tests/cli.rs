@@ -104,7 +104,11 @@ fn a_stored_entry_makes_a_stage_cached() {
     let t = Test::new().file("p.rkd", TEACHER);
     let plan = plan_json(&t, "p.rkd");
     let key = by_name(&plan, "teacher")["key"].as_str().unwrap().to_string();
-    std::fs::create_dir_all(t.path().join(".rkd/entries").join(&key)).unwrap();
+    let entry = t.path().join(".rkd/entries").join(&key);
+    std::fs::create_dir_all(&entry).unwrap();
+    // An entry without its manifest is not a finished result.
+    assert_eq!(by_name(&plan_json(&t, "p.rkd"), "teacher")["status"], "run");
+    std::fs::write(entry.join("manifest.json"), r#"{"files":{}}"#).unwrap();
     let plan = plan_json(&t, "p.rkd");
     assert_eq!(by_name(&plan, "teacher")["status"], "cached");
     // --store points elsewhere: not cached there.

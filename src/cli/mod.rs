@@ -5,6 +5,8 @@ mod check;
 mod graph;
 mod ops;
 mod plan;
+mod run;
+mod store_cmds;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
@@ -28,7 +30,8 @@ its input files, so after an edit only what changed has to run again.
     let chain = successive(teacher: teacher, students: [bert::medium, bert::mini], data: sst2)
 
 Start with `rkd check FILE` (errors, with the source span and a hint), then `rkd plan FILE`
-(every stage with its key and whether it would run). `rkd ops` lists every op and its parameters.";
+(every stage with its key, and why it would run), then `rkd run FILE`. `rkd ops` lists every op
+and its parameters.";
 
 /// The `rkd` command line.
 #[derive(Parser, Debug)]
@@ -67,6 +70,84 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the stages whose results are not stored yet.
+    ///
+    /// Stages run in dependency order, up to `-j` at once. A stage's result enters the store only
+    /// when the stage succeeds (written aside, then renamed into place), so Ctrl-C or a crash never
+    /// leaves a half result. A failed stage's descendants are skipped; with --keep-going the stages
+    /// that do not depend on it still run. Exit code: 0 when all selected stages ran or were
+    /// cached, 1 when any failed, 130 when interrupted.
+    Run {
+        /// The pipeline file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Stages to run at once.
+        #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = default_jobs())]
+        jobs: usize,
+        /// Run only these stages, and what they need (repeat, or separate with commas).
+        #[arg(long, value_name = "NAME", value_delimiter = ',')]
+        only: Vec<String>,
+        /// After a failure, keep running the stages that do not depend on it.
+        #[arg(long)]
+        keep_going: bool,
+        /// Say what would run and why, and run nothing.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+        /// Print `{"ran":[..],"cached":[..],"failed":[..],"skipped":[..]}` instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
+    /// Explain one stage: its key, inputs, and whether and why it would run.
+    Explain {
+        /// The pipeline file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The stage's name, as `rkd plan` shows it (e.g. `mini[t=2.0,a=0.5]`).
+        #[arg(value_name = "STAGE")]
+        stage: String,
+        /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
+    /// Check every stored result against its recorded blake3 hashes.
+    ///
+    /// Exits with 1 when any entry is damaged. A damaged entry is never used: the next run that
+    /// needs it discards it and runs the stage again.
+    Verify {
+        /// The store directory [default: $RKD_STORE, else .rkd/ in the current directory].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
+    /// List the runs recorded in the store.
+    Log {
+        /// The store directory [default: $RKD_STORE, else .rkd/ in the current directory].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+        /// Show the last N runs.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Remove stored results that nothing you keep refers to, and print the bytes freed.
+    ///
+    /// Keeps the entries of the current plans of the `--keep` pipelines and of the last
+    /// `--keep-runs` runs; removes the rest.
+    Gc {
+        /// Keep every stage of this pipeline's current plan (repeatable).
+        #[arg(long, value_name = "FILE")]
+        keep: Vec<PathBuf>,
+        /// Keep every stage named in the last N run records.
+        #[arg(long, value_name = "N")]
+        keep_runs: Option<usize>,
+        /// Only say what would be removed.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+        /// The store directory [default: $RKD_STORE, else the first --keep file's store, else .rkd/].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
     /// Print the stage DAG as Graphviz dot or Mermaid.
     ///
     /// Example: `rkd graph pipelines/sst2.rkd | dot -Tsvg > sst2.svg`.
@@ -104,6 +185,32 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { files } => check::run(&files),
         Command::Plan { file, store, json } => plan::run(&file, store.as_deref(), json),
+        Command::Run {
+            file,
+            jobs,
+            only,
+            keep_going,
+            dry_run,
+            json,
+            store,
+        } => {
+            let opts = crate::engine::run::RunOptions {
+                jobs,
+                only,
+                keep_going,
+                dry_run,
+            };
+            run::run(&file, store.as_deref(), opts, json)
+        }
+        Command::Explain { file, stage, store } => plan::explain(&file, &stage, store.as_deref()),
+        Command::Verify { store } => store_cmds::verify(store.as_deref()),
+        Command::Log { store, limit } => store_cmds::log(store.as_deref(), limit),
+        Command::Gc {
+            keep,
+            keep_runs,
+            dry_run,
+            store,
+        } => store_cmds::gc(&keep, keep_runs, store.as_deref(), dry_run),
         Command::Graph { file, format } => graph::run(&file, format),
         Command::Ops { name } => ops::run(name.as_deref()),
         Command::Bench(b) => bench::run(b),
@@ -112,6 +219,35 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Default `-j`: the number of CPU cores.
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Compiles a pipeline, fingerprints its inputs and builds its plan; on problems prints them.
+fn load_plan(
+    file: &std::path::Path,
+    store: Option<&std::path::Path>,
+) -> Option<(crate::compile::Compiled, crate::plan::Plan, crate::store::Store)> {
+    let compiled = compile_or_report(file)?;
+    let store = crate::store::Store::for_pipeline(file, store);
+    let mut fingerprints = crate::plan::fingerprint::Fingerprinter::load(&store.stat_cache());
+    let plan = match crate::plan::Plan::build(&compiled, &mut fingerprints) {
+        Ok(p) => p,
+        Err(diags) => {
+            report(&diags, &compiled.sources, file);
+            return None;
+        }
+    };
+    if let Err(e) = fingerprints.save(&store.stat_cache()) {
+        eprintln!(
+            "warning: could not save the fingerprint cache in {}: {e}",
+            store.root.display()
+        );
+    }
+    Some((compiled, plan, store))
 }
 
 /// Whether stderr should get colours.

@@ -185,7 +185,8 @@ impl Compiler {
                 }
             }
             (Ty::Path, Value::Str(s)) => {
-                let resolved = self.root_dir.join(s.as_ref());
+                // `components()` drops `.` segments and trailing slashes.
+                let resolved = self.root_dir.join(s.as_ref()).components().collect();
                 Ok(Value::Path(Arc::new(PathValue {
                     written: s.to_string(),
                     resolved,

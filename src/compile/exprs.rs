@@ -51,7 +51,15 @@ impl Compiler {
                 self.binary(*op, x, y, e.span)
             }
             ExprKind::Neg(a) => match self.eval(a).0 {
-                Value::Int(i) => Value::Int(i.wrapping_neg()),
+                Value::Int(i) => match i.checked_neg() {
+                    Some(n) => Value::Int(n),
+                    None => {
+                        self.error(
+                            Diag::new(Kind::Range, e.span, "integer overflow").label("result does not fit in 64 bits"),
+                        );
+                        Value::Poison
+                    }
+                },
                 Value::Float(f) => Value::Float(-f),
                 Value::Poison => Value::Poison,
                 other => {
@@ -485,7 +493,11 @@ impl Compiler {
         };
         let entry = &self.fns[id.0 as usize];
         let (def, module) = (entry.def.clone(), entry.module);
+        if self.aborting {
+            return Value::Poison;
+        }
         if self.depth >= MAX_CALL_DEPTH {
+            self.aborting = true;
             let d = Diag::new(Kind::Recursion, span, format!("calls of `{}` nest more than {MAX_CALL_DEPTH} deep", def.name.name))
                 .label("too deep")
                 .note(def.name.span, "function defined here")
@@ -597,6 +609,9 @@ impl Compiler {
             Value::Poison
         };
         self.depth -= 1;
+        if self.depth == 0 {
+            self.aborting = false;
+        }
         self.frames.pop();
         result
     }

@@ -52,6 +52,21 @@ pub fn compile_file(path: &Path) -> Compiled {
 
 /// Compiles pipeline source text as if it were the file at `path` (which need not exist).
 pub fn compile_source(display: &str, path: &Path, text: String) -> Compiled {
+    // Evaluation recurses along the syntax tree, whose depth the parser bounds; a large stack
+    // makes that bound safe in unoptimised builds too.
+    let (display, path) = (display.to_string(), path.to_path_buf());
+    let worker = std::thread::Builder::new()
+        .name("rkd-compile".into())
+        .stack_size(256 << 20)
+        .spawn(move || compile_on_this_thread(&display, &path, text));
+    match worker.map(|h| h.join()) {
+        Ok(Ok(compiled)) => compiled,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => panic!("cannot start the compiler thread: {e}"),
+    }
+}
+
+fn compile_on_this_thread(display: &str, path: &Path, text: String) -> Compiled {
     let canonical = path.canonicalize().unwrap_or_else(|_| absolute(path));
     let root_dir = canonical.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut c = Compiler::new(root_dir.clone());
@@ -162,6 +177,8 @@ struct Compiler {
     counters: HashMap<String, u32>,
     root_dir: PathBuf,
     depth: usize,
+    /// Set when recursion went too deep: calls return at once until the outermost one has.
+    aborting: bool,
 }
 
 impl Compiler {
@@ -180,6 +197,7 @@ impl Compiler {
             counters: HashMap::new(),
             root_dir,
             depth: 0,
+            aborting: false,
         }
     }
 

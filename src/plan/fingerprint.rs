@@ -141,7 +141,24 @@ impl Fingerprinter {
     }
 }
 
+/// Collects the regular files under `dir`, following symlinks but entering each real directory
+/// once (a link back to an ancestor would otherwise loop forever).
 fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), String> {
+    let mut visited = std::collections::HashSet::new();
+    walk_inner(root, dir, out, &mut visited)
+}
+
+fn walk_inner(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<(String, PathBuf)>,
+    visited: &mut std::collections::HashSet<PathBuf>,
+) -> Result<(), String> {
+    if let Ok(real) = dir.canonicalize() {
+        if !visited.insert(real) {
+            return Ok(());
+        }
+    }
     let entries = std::fs::read_dir(dir).map_err(|e| describe_io(dir, &e))?;
     for entry in entries {
         let entry = entry.map_err(|e| describe_io(dir, &e))?;
@@ -152,7 +169,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(),
         let path = entry.path();
         let meta = std::fs::metadata(&path).map_err(|e| describe_io(&path, &e))?;
         if meta.is_dir() {
-            walk(root, &path, out)?;
+            walk_inner(root, &path, out, visited)?;
         } else if meta.is_file() {
             let rel = path
                 .strip_prefix(root)

@@ -4,6 +4,5 @@ mod build;
 pub mod fingerprint;
 pub mod graph;
 pub mod key;
-pub mod status;
 
 pub use build::{Plan, PlanStage};

@@ -19,6 +19,7 @@ pub fn parse(file: FileId, text: &str) -> Result<Module, Diag> {
     check_nesting(file, text)?;
     let mut pairs = RkdParser::parse(Rule::file, text).map_err(|e| syntax_error(file, text, e))?;
     let root = pairs.next().expect("the file rule always yields one pair");
+    check_depth(file, root.clone())?;
     let b = Builder { file };
     let items = root
         .into_inner()
@@ -37,6 +38,36 @@ fn check_nesting(file: FileId, text: &str) -> Result<(), Diag> {
                 .help("split the expression into `let` bindings"),
         ),
     }
+}
+
+/// Deepest syntax tree accepted, counting each operator, index, field access and minus of a
+/// chain as one level (evaluation recurses once per level).
+const MAX_DEPTH: usize = 2000;
+
+fn check_depth(file: FileId, root: Pair<Rule>) -> Result<(), Diag> {
+    let mut stack = vec![(root, 0usize)];
+    while let Some((pair, depth)) = stack.pop() {
+        let children: Vec<Pair<Rule>> = pair.clone().into_inner().collect();
+        let weight = match pair.as_rule() {
+            // Operands alternate with operators.
+            Rule::expr | Rule::product => children.len().div_ceil(2),
+            Rule::postfixed | Rule::unary => children.len().max(1),
+            _ => 1,
+        };
+        let depth = depth + weight;
+        if depth > MAX_DEPTH {
+            let s = pair.as_span();
+            return Err(Diag::new(
+                Kind::Syntax,
+                Span::new(file, s.start(), s.end()),
+                "expression is too long or too deeply nested",
+            )
+            .label(format!("more than {MAX_DEPTH} levels"))
+            .help("split it into several `let` bindings"));
+        }
+        stack.extend(children.into_iter().map(|c| (c, depth)));
+    }
+    Ok(())
 }
 
 /// The brackets still open at byte `upto` (position and character), skipping strings and
@@ -350,8 +381,8 @@ impl Builder {
                 let mut e = operand.unwrap();
                 for _ in 0..negs {
                     e = match e.kind {
-                        ExprKind::Int(i) => Expr {
-                            kind: ExprKind::Int(i.wrapping_neg()),
+                        ExprKind::Int(i) if i != i64::MIN => Expr {
+                            kind: ExprKind::Int(-i),
                             span,
                         },
                         ExprKind::Float(f) => Expr {

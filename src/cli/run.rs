@@ -1,0 +1,164 @@
+//! `rkd run`.
+
+use crate::engine::cancel::Cancel;
+use crate::engine::run::{run as run_plan, RunOptions, RunReport};
+use crate::plan::key::hex;
+use crate::plan::Plan;
+use crate::store::records::Outcome;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Rows of the final table before it is cut short.
+const MAX_ROWS: usize = 40;
+
+/// Runs the pipeline; exit 0 when every selected stage ran or was cached, 1 on failures,
+/// 130 when interrupted.
+pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool) -> ExitCode {
+    let Some((compiled, plan, store)) = super::load_plan(file, store) else {
+        return ExitCode::FAILURE;
+    };
+    let cancel = Arc::new(Cancel::default());
+    let handler = cancel.clone();
+    let presses = std::sync::atomic::AtomicUsize::new(0);
+    // The first Ctrl-C stops the run cleanly; a second one exits at once (finished entries are
+    // already safe, and unfinished ones are never trusted).
+    let installed = ctrlc::set_handler(move || {
+        if presses.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            eprintln!("\ninterrupted: stopping the running stages (press Ctrl-C again to quit at once)");
+            handler.interrupt();
+        } else {
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: cannot handle Ctrl-C ({e}); an interrupted run still leaves a safe store");
+    }
+    let text = compiled.sources.get(crate::source::FileId(0)).text.clone();
+    let report = match run_plan(&plan, file, &text, &store, &opts, &cancel) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (name, problems) in &report.damaged {
+        eprintln!(
+            "warning: the stored result of `{name}` is damaged ({}); it was discarded and runs again",
+            problems.join("; ")
+        );
+    }
+    let names = |o: Outcome| -> Vec<&str> {
+        plan.stages()
+            .zip(&report.stages)
+            .filter(|(_, r)| r.as_ref().is_some_and(|r| r.outcome == o))
+            .map(|(s, _)| s.def.name.as_str())
+            .collect()
+    };
+    if json {
+        let key = if opts.dry_run { "would_run" } else { "ran" };
+        let ran = if opts.dry_run {
+            names(Outcome::Skipped)
+        } else {
+            names(Outcome::Ran)
+        };
+        let skipped = if opts.dry_run {
+            Vec::new()
+        } else {
+            names(Outcome::Skipped)
+        };
+        println!(
+            "{}",
+            serde_json::json!({ key: ran, "cached": names(Outcome::Cached), "failed": names(Outcome::Failed), "skipped": skipped })
+        );
+    } else if opts.dry_run {
+        print_dry_run(&plan, &report);
+    } else {
+        print_summary(&plan, &report);
+    }
+    if report.interrupted {
+        ExitCode::from(130)
+    } else if names(Outcome::Failed).is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn print_dry_run(plan: &Plan, report: &RunReport) {
+    let mut would = 0;
+    let mut cached = 0;
+    for (s, r) in plan.stages().zip(&report.stages) {
+        let Some(r) = r else { continue };
+        if r.outcome == Outcome::Cached {
+            cached += 1;
+        } else {
+            would += 1;
+            if would <= MAX_ROWS {
+                println!("would run  {:30}  {}", super::plan::shown(s), r.reasons.join("; "));
+            }
+        }
+    }
+    if would > MAX_ROWS {
+        println!("... and {} more", would - MAX_ROWS);
+    }
+    println!("dry run: {would} would run, {cached} cached");
+}
+
+fn print_summary(plan: &Plan, report: &RunReport) {
+    let rows: Vec<_> = plan
+        .stages()
+        .zip(&report.stages)
+        .filter_map(|(s, r)| r.as_ref().map(|r| (s, r)))
+        .filter(|(_, r)| r.outcome != Outcome::Cached)
+        .collect();
+    if !rows.is_empty() {
+        let width = rows.iter().map(|(s, _)| s.def.name.len()).max().unwrap_or(5).max(5);
+        println!(
+            "{:width$}  {:7}  {:>8}  {:12}  METRIC",
+            "STAGE", "STATUS", "TIME", "KEY"
+        );
+        for (s, r) in rows.iter().take(MAX_ROWS) {
+            let metric = r
+                .metrics
+                .iter()
+                .next()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .unwrap_or_default();
+            println!(
+                "{:width$}  {:7}  {:>7.2}s  {:12}  {metric}",
+                s.def.name,
+                r.outcome.name(),
+                r.time_s,
+                &hex(&s.key)[..12]
+            );
+        }
+        if rows.len() > MAX_ROWS {
+            println!("... and {} more", rows.len() - MAX_ROWS);
+        }
+    }
+    for (s, r) in &rows {
+        if let (Outcome::Failed, Some(e)) = (r.outcome, &r.error) {
+            eprintln!("\nerror: stage `{}` ({}) failed: {e}", s.def.name, s.def.op.name);
+        }
+    }
+    let count = |o: Outcome| report.stages.iter().flatten().filter(|r| r.outcome == o).count();
+    let skipped = count(Outcome::Skipped);
+    println!(
+        "\n{} ran, {} cached, {} failed, {skipped} skipped in {:.2}s{}",
+        count(Outcome::Ran),
+        count(Outcome::Cached),
+        count(Outcome::Failed),
+        report.duration_s,
+        if report.interrupted { " (interrupted)" } else { "" }
+    );
+    if skipped > 0 && !report.interrupted {
+        if let Some((s, r)) = rows.iter().find(|(_, r)| r.outcome == Outcome::Skipped) {
+            println!(
+                "  skipped `{}` and others: {}",
+                s.def.name,
+                r.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! `rkd verify`, `rkd log` and `rkd gc`: looking after the store.
+
+use crate::plan::key::{hex, Key};
+use crate::store::gc::{collect, keys_of_last_runs};
+use crate::store::manifest::Manifest;
+use crate::store::Store;
+use rayon::prelude::*;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Checks every entry against its manifest; exit 1 when any is damaged.
+pub fn verify(store: Option<&Path>) -> ExitCode {
+    let store = Store::for_cwd(store);
+    if !store.root.is_dir() {
+        eprintln!(
+            "error: there is no store at {} (use --store DIR or RKD_STORE)",
+            store.root.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let keys = match store.keys() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: cannot read the store {}: {e}", store.root.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let damaged: Vec<(Key, Vec<String>)> = keys
+        .par_iter()
+        .map(|k| (*k, Manifest::verify(&store.entry_dir(k))))
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
+    for (key, problems) in &damaged {
+        let name = entry_name(&store, key);
+        println!("damaged  {}  {name}", &hex(key)[..12]);
+        for p in problems {
+            println!("         {p}");
+        }
+    }
+    println!(
+        "{} entr{} checked in {}: {} intact, {} damaged",
+        keys.len(),
+        if keys.len() == 1 { "y" } else { "ies" },
+        store.root.display(),
+        keys.len() - damaged.len(),
+        damaged.len()
+    );
+    if damaged.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        println!("damaged entries are discarded and rerun by the next `rkd run` that needs them");
+        ExitCode::FAILURE
+    }
+}
+
+/// The stage name recorded in an entry's spec, for messages.
+fn entry_name(store: &Store, key: &Key) -> String {
+    std::fs::read_to_string(store.entry_dir(key).join("spec.yaml"))
+        .ok()
+        .and_then(|t| serde_yaml::from_str::<crate::store::records::StageRecord>(&t).ok())
+        .map(|r| format!("{} ({})", r.name, r.op))
+        .unwrap_or_default()
+}
+
+/// Lists the runs recorded in the store, oldest first.
+pub fn log(store: Option<&Path>, limit: usize) -> ExitCode {
+    let store = Store::for_cwd(store);
+    let paths = store.record_paths();
+    if paths.is_empty() {
+        println!("no runs recorded in {}", store.root.display());
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:20}  {:11}  {:>5}  {:>6}  {:>6}  {:>7}  {:>9}  PIPELINE",
+        "STARTED", "STATUS", "RAN", "CACHED", "FAILED", "SKIPPED", "TIME"
+    );
+    for path in &paths[paths.len().saturating_sub(limit)..] {
+        match Store::read_record(path) {
+            Ok(r) => {
+                let c = |k: &str| r.counts.get(k).copied().unwrap_or(0);
+                println!(
+                    "{:20}  {:11}  {:>5}  {:>6}  {:>6}  {:>7}  {:>8.2}s  {}",
+                    r.started,
+                    r.status,
+                    c("ran"),
+                    c("cached"),
+                    c("failed"),
+                    c("skipped"),
+                    r.duration_s,
+                    r.pipeline
+                );
+            }
+            Err(e) => println!("unreadable record: {e}"),
+        }
+    }
+    println!(
+        "({} run{}; records in {})",
+        paths.len(),
+        if paths.len() == 1 { "" } else { "s" },
+        store.runs_dir().display()
+    );
+    ExitCode::SUCCESS
+}
+
+/// Removes entries not reachable from the kept pipelines' plans or the last runs.
+pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_run: bool) -> ExitCode {
+    if keep.is_empty() && keep_runs.is_none() {
+        eprintln!(
+            "error: say what to keep: `--keep FILE` (entries of the pipelines' current plans) and/or `--keep-runs N`"
+        );
+        return ExitCode::from(2);
+    }
+    let store = match (store, keep.first()) {
+        (None, Some(first)) => Store::for_pipeline(first, None),
+        _ => Store::for_cwd(store),
+    };
+    let mut reachable: HashSet<Key> = HashSet::new();
+    for file in keep {
+        let Some((_, plan, _)) = super::load_plan(file, Some(&store.root)) else {
+            return ExitCode::FAILURE;
+        };
+        reachable.extend(plan.stages().map(|s| s.key));
+    }
+    if let Some(n) = keep_runs {
+        match keys_of_last_runs(&store, n) {
+            Ok(keys) => reachable.extend(keys),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match collect(&store, &reachable, dry_run) {
+        Ok(c) => {
+            let verb = if dry_run { "would remove" } else { "removed" };
+            println!(
+                "{verb} {} entr{} ({}), kept {} in {}",
+                c.entries,
+                if c.entries == 1 { "y" } else { "ies" },
+                human_bytes(c.bytes),
+                c.kept,
+                store.root.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Bytes in B / KiB / MiB / GiB.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,451 @@
+//! `rkd run`: decide what must run, verify what it will read, run it in parallel, record it.
+
+use super::cancel::Cancel;
+use super::explain::{verdict, Verdict};
+use super::progress::{Display, Progress};
+use super::record::stage_record;
+use super::scheduler::{schedule, JobEnd};
+use crate::ops::{self, OpContext};
+use crate::plan::key::hex;
+use crate::plan::{Plan, PlanStage};
+use crate::store::lock::KeyLock;
+use crate::store::manifest::Manifest;
+use crate::store::records::{Outcome, RunRecord, StageRecord};
+use crate::store::writer::EntryWriter;
+use crate::store::Store;
+use crate::value::StageId;
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+/// What to run and how.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Stages run at once.
+    pub jobs: usize,
+    /// Run only these stages (and what they need).
+    pub only: Vec<String>,
+    /// After a failure, go on with the stages that do not depend on it.
+    pub keep_going: bool,
+    /// Only say what would run.
+    pub dry_run: bool,
+}
+
+/// The result of one stage in a run.
+#[derive(Clone, Debug)]
+pub struct StageResult {
+    /// What happened.
+    pub outcome: Outcome,
+    /// Seconds it ran.
+    pub time_s: f64,
+    /// Headline metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// Why it failed or was skipped.
+    pub error: Option<String>,
+    /// Why it ran (or would run).
+    pub reasons: Vec<String>,
+}
+
+/// How one executed stage ended: outcome, seconds, metrics, error.
+type Finished = (Outcome, f64, BTreeMap<String, f64>, Option<String>);
+
+/// The result of a run: per plan stage (None when not selected by --only).
+pub struct RunReport {
+    /// One per plan stage, in plan order.
+    pub stages: Vec<Option<StageResult>>,
+    /// Whether the user interrupted the run.
+    pub interrupted: bool,
+    /// Damaged entries that were found and discarded: (stage name, problems).
+    pub damaged: Vec<(String, Vec<String>)>,
+    /// Seconds the whole run took.
+    pub duration_s: f64,
+}
+
+/// Runs the plan against the store.
+pub fn run(
+    plan: &Plan,
+    pipeline: &Path,
+    source_text: &str,
+    store: &Store,
+    opts: &RunOptions,
+    cancel: &Cancel,
+) -> Result<RunReport, String> {
+    let started_at = SystemTime::now();
+    let t0 = Instant::now();
+    let n = plan.len();
+    let selected = select(plan, &opts.only)?;
+    store.clean_tmp();
+
+    // What must run: selected stages whose result is not stored.
+    let index = store.read_index();
+    let mut to_run: HashSet<usize> = HashSet::new();
+    let mut reasons: Vec<Vec<String>> = vec![Vec::new(); n];
+    for i in (0..n).filter(|i| selected[*i]) {
+        if let Verdict::Run(r) = verdict(plan, plan.stage(StageId(i as u32)), store, &index) {
+            reasons[i] = r;
+            to_run.insert(i);
+        }
+    }
+
+    // Verify the stored results that running stages will read; damaged ones are discarded and rerun.
+    let mut damaged = Vec::new();
+    let mut verified: HashSet<usize> = HashSet::new();
+    loop {
+        let needed: Vec<usize> = to_run
+            .iter()
+            .flat_map(|&i| plan.stage(StageId(i as u32)).def.inputs.iter().map(|id| id.0 as usize))
+            .filter(|i| !to_run.contains(i) && verified.insert(*i))
+            .collect();
+        if needed.is_empty() {
+            break;
+        }
+        let problems: Vec<(usize, Vec<String>)> = needed
+            .par_iter()
+            .map(|&i| {
+                (
+                    i,
+                    Manifest::verify(&store.entry_dir(&plan.stage(StageId(i as u32)).key)),
+                )
+            })
+            .filter(|(_, p)| !p.is_empty())
+            .collect();
+        for (i, p) in problems {
+            let stage = plan.stage(StageId(i as u32));
+            if !opts.dry_run {
+                store
+                    .remove_entry(&stage.key)
+                    .map_err(|e| format!("cannot discard the damaged entry of `{}`: {e}", stage.def.name))?;
+            }
+            damaged.push((stage.def.name.clone(), p));
+            reasons[i] = vec!["stored result is damaged".into()];
+            to_run.insert(i);
+        }
+    }
+
+    let mut results: Vec<Option<StageResult>> = (0..n)
+        .map(|i| {
+            selected[i].then(|| StageResult {
+                outcome: if to_run.contains(&i) {
+                    Outcome::Skipped
+                } else {
+                    Outcome::Cached
+                },
+                time_s: 0.0,
+                metrics: BTreeMap::new(),
+                error: None,
+                reasons: std::mem::take(&mut reasons[i]),
+            })
+        })
+        .collect();
+    if opts.dry_run {
+        return Ok(RunReport {
+            stages: results,
+            interrupted: false,
+            damaged,
+            duration_s: t0.elapsed().as_secs_f64(),
+        });
+    }
+
+    // Run, in plan (topological) order of priority.
+    let mut order: Vec<usize> = to_run.iter().copied().collect();
+    order.sort_unstable();
+    let position: BTreeMap<usize, usize> = order.iter().enumerate().map(|(j, &i)| (i, j)).collect();
+    let deps: Vec<Vec<usize>> = order
+        .iter()
+        .map(|&i| {
+            plan.stage(StageId(i as u32))
+                .def
+                .inputs
+                .iter()
+                .filter_map(|id| position.get(&(id.0 as usize)).copied())
+                .collect()
+        })
+        .collect();
+    let jobs = opts.jobs.max(1);
+    let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / jobs).max(1);
+    let pipeline_dir = pipeline
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let display = Display::new(order.len());
+    let outcomes: Mutex<Vec<Option<Finished>>> = Mutex::new(vec![None; order.len()]);
+    let counts = Mutex::new((0usize, 0usize));
+    let ends = schedule(
+        order.len(),
+        &deps,
+        jobs,
+        opts.keep_going,
+        cancel,
+        |j| {
+            let stage = plan.stage(StageId(order[j] as u32));
+            let progress = display.stage(stage.def.op.name, &stage.def.name);
+            let result = run_stage(plan, stage, store, &pipeline_dir, &progress, cancel, threads);
+            progress.finish();
+            let ok = matches!(result.0, Outcome::Ran | Outcome::Cached);
+            {
+                let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
+                if ok {
+                    c.0 += 1
+                } else {
+                    c.1 += 1
+                }
+                let summary = if c.1 > 0 {
+                    format!("{} done, {} failed", c.0, c.1)
+                } else {
+                    format!("{} done", c.0)
+                };
+                if let (Outcome::Failed, Some(e)) = (&result.0, &result.3) {
+                    display.println(&format!("✗ {} failed: {e}", stage.def.name));
+                }
+                display.finished(&summary);
+            }
+            outcomes.lock().unwrap_or_else(|e| e.into_inner())[j] = Some(result);
+            ok
+        },
+        |_, _| {},
+    );
+    display.clear();
+    let outcomes = outcomes.into_inner().unwrap_or_else(|e| e.into_inner());
+    let failed: HashSet<usize> = ends
+        .iter()
+        .zip(&order)
+        .filter(|(e, _)| **e == JobEnd::Failed)
+        .map(|(_, i)| *i)
+        .collect();
+    for (j, (end, outcome)) in ends.iter().zip(outcomes).enumerate() {
+        let r = results[order[j]].as_mut().expect("scheduled stages are selected");
+        match (end, outcome) {
+            (JobEnd::Skipped, _) | (_, None) => {
+                r.outcome = Outcome::Skipped;
+                r.error = Some(if cancel.is_interrupted() {
+                    "interrupted".into()
+                } else {
+                    skip_reason(plan, order[j], &failed)
+                });
+            }
+            (_, Some((outcome, time_s, metrics, error))) => {
+                r.outcome = outcome;
+                r.time_s = time_s;
+                r.metrics = metrics;
+                r.error = error;
+            }
+        }
+    }
+    let report = RunReport {
+        stages: results,
+        interrupted: cancel.is_interrupted(),
+        damaged,
+        duration_s: t0.elapsed().as_secs_f64(),
+    };
+    write_records(plan, pipeline, source_text, store, &report, started_at)?;
+    Ok(report)
+}
+
+/// "needs `x`, which failed" for a skipped stage (the nearest failed ancestor), or a stop notice.
+fn skip_reason(plan: &Plan, i: usize, failed: &HashSet<usize>) -> String {
+    let mut stack = vec![i];
+    let mut seen = HashSet::new();
+    while let Some(s) = stack.pop() {
+        for up in &plan.stage(StageId(s as u32)).def.inputs {
+            let u = up.0 as usize;
+            if failed.contains(&u) {
+                return format!("needs `{}`, which failed", plan.name(*up));
+            }
+            if seen.insert(u) {
+                stack.push(u);
+            }
+        }
+    }
+    "not started: the run stopped after a failure (use --keep-going to run independent stages)".into()
+}
+
+/// Which stages `--only` selects: those named and everything they need. All when empty.
+fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>, String> {
+    let n = plan.len();
+    if only.is_empty() {
+        return Ok(vec![true; n]);
+    }
+    let mut selected = vec![false; n];
+    let mut stack = Vec::new();
+    for name in only {
+        let found = (0..n).find(|&i| {
+            let d = &plan.stage(StageId(i as u32)).def;
+            d.name == *name || d.aliases.iter().any(|a| a == name)
+        });
+        match found {
+            Some(i) => stack.push(i),
+            None => {
+                let names: Vec<&str> = plan.stages().map(|s| s.def.name.as_str()).collect();
+                let hint = crate::diagnostic::suggestion(name, names.iter().copied())
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "--only: there is no stage `{name}`{hint}; `rkd plan` lists the stages"
+                ));
+            }
+        }
+    }
+    while let Some(i) = stack.pop() {
+        if !selected[i] {
+            selected[i] = true;
+            stack.extend(plan.stage(StageId(i as u32)).def.inputs.iter().map(|id| id.0 as usize));
+        }
+    }
+    Ok(selected)
+}
+
+/// Runs one stage under its key's lock; the entry appears in the store only if it succeeds.
+fn run_stage(
+    plan: &Plan,
+    stage: &PlanStage,
+    store: &Store,
+    pipeline_dir: &Path,
+    progress: &Progress,
+    cancel: &Cancel,
+    threads: usize,
+) -> Finished {
+    let fail = |e: String| (Outcome::Failed, 0.0, BTreeMap::new(), Some(e));
+    let _lock = match KeyLock::acquire(store, &stage.key) {
+        Ok(l) => l,
+        Err(e) => return fail(format!("cannot lock the store entry: {e}")),
+    };
+    // Another process may have finished it while we waited for the lock.
+    if store.contains(&stage.key) {
+        return (Outcome::Cached, 0.0, BTreeMap::new(), None);
+    }
+    let writer = match EntryWriter::create(store, &stage.key) {
+        Ok(w) => w,
+        Err(e) => return fail(format!("cannot create the store entry: {e}")),
+    };
+    let spec = serde_yaml::to_string(&stage_record(plan, stage, Outcome::Ran)).unwrap_or_default();
+    let log_path = writer.dir().join("log.txt");
+    let log = match std::fs::File::create(&log_path).and_then(|f| writer.write("spec.yaml", spec.as_bytes()).map(|_| f))
+    {
+        Ok(f) => f,
+        Err(e) => return fail(format!("cannot write the store entry: {e}")),
+    };
+    let input_dir = |id: StageId| store.out_dir(&plan.stage(id).key);
+    let mut ctx = OpContext {
+        op: stage.def.op.name,
+        params: &stage.def.params,
+        out_dir: writer.out_dir(),
+        input_dir: &input_dir,
+        pipeline_dir: pipeline_dir.to_path_buf(),
+        log,
+        progress,
+        cancel,
+        threads,
+    };
+    let started = SystemTime::now();
+    let t = Instant::now();
+    let result = ops::execute(&mut ctx);
+    let time_s = t.elapsed().as_secs_f64();
+    drop(ctx);
+    match result {
+        Ok(output) => {
+            let meta = serde_json::json!({
+                "rkd_version": env!("CARGO_PKG_VERSION"),
+                "started": humantime::format_rfc3339_seconds(started).to_string(),
+                "time_s": time_s,
+                "threads": threads,
+            });
+            let written = writer
+                .write(
+                    "metrics.json",
+                    &serde_json::to_vec_pretty(&output.metrics).unwrap_or_default(),
+                )
+                .and_then(|_| writer.write("meta.json", &serde_json::to_vec_pretty(&meta).unwrap_or_default()))
+                .and_then(|_| writer.commit());
+            match written {
+                Ok(()) => (Outcome::Ran, time_s, output.metrics, None),
+                Err(e) => fail(format!("cannot store the result: {e}")),
+            }
+        }
+        Err(e) => {
+            let log = keep_failed_log(store, &stage.key, &log_path);
+            let tail = log.as_ref().map(|p| log_tail(p)).unwrap_or_default();
+            let mut msg = e;
+            if !tail.is_empty() {
+                msg.push_str(&format!("\n{tail}"));
+            }
+            if let Some(p) = log {
+                msg.push_str(&format!("\n(log: {})", p.display()));
+            }
+            (Outcome::Failed, time_s, BTreeMap::new(), Some(msg))
+        }
+    }
+}
+
+/// Copies a failed stage's log to `<store>/failed/<key>.log` (the entry itself is discarded).
+fn keep_failed_log(store: &Store, key: &crate::plan::key::Key, log: &Path) -> Option<PathBuf> {
+    let dir = store.root.join("failed");
+    std::fs::create_dir_all(&dir).ok()?;
+    let dest = dir.join(format!("{}.log", hex(key)));
+    std::fs::copy(log, &dest).ok()?;
+    Some(dest)
+}
+
+/// The last lines of a log, indented.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..]
+        .iter()
+        .map(|l| format!("    | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn write_records(
+    plan: &Plan,
+    pipeline: &Path,
+    source_text: &str,
+    store: &Store,
+    report: &RunReport,
+    started: SystemTime,
+) -> Result<(), String> {
+    let mut stages: Vec<StageRecord> = Vec::new();
+    let mut counts: BTreeMap<String, usize> = ["ran", "cached", "failed", "skipped"]
+        .iter()
+        .map(|k| (k.to_string(), 0))
+        .collect();
+    for (stage, result) in plan.stages().zip(&report.stages) {
+        let Some(r) = result else { continue };
+        let mut rec = stage_record(plan, stage, r.outcome);
+        rec.time_s = r.time_s;
+        rec.metrics = r.metrics.clone();
+        *counts.entry(r.outcome.name().to_string()).or_default() += 1;
+        stages.push(rec);
+    }
+    let status = if report.interrupted {
+        "interrupted"
+    } else if counts["failed"] > 0 {
+        "failed"
+    } else {
+        "ok"
+    };
+    let record = RunRecord {
+        rkd_version: env!("CARGO_PKG_VERSION").into(),
+        pipeline: pipeline
+            .canonicalize()
+            .unwrap_or_else(|_| pipeline.to_path_buf())
+            .display()
+            .to_string(),
+        pipeline_hash: blake3::hash(source_text.as_bytes()).to_hex().to_string(),
+        started: humantime::format_rfc3339_seconds(started).to_string(),
+        duration_s: report.duration_s,
+        status: status.into(),
+        counts,
+        stages,
+    };
+    store
+        .write_record(&record)
+        .map_err(|e| format!("cannot write the run record: {e}"))?;
+    store
+        .update_index(&record.stages)
+        .map_err(|e| format!("cannot update the run index: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Runs a DAG of jobs on N worker threads: ready jobs start as soon as a worker is free; a
+//! failure skips the failed job's descendants and, unless told to keep going, stops new starts.
+
+use super::cancel::Cancel;
+use std::collections::VecDeque;
+use std::sync::mpsc;
+use std::sync::Mutex;
+
+/// How a job ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobEnd {
+    /// It succeeded.
+    Done,
+    /// It failed.
+    Failed,
+    /// It never started: an upstream job failed, or the run stopped.
+    Skipped,
+}
+
+/// Runs `n` jobs where `deps[i]` lists the jobs `i` needs (indices < n). `run(i)` returns
+/// whether job `i` succeeded. `on_end(i, end)` is called on the scheduling thread as each job
+/// ends or is skipped. Returns every job's end.
+pub fn schedule<R, E>(
+    n: usize,
+    deps: &[Vec<usize>],
+    workers: usize,
+    keep_going: bool,
+    cancel: &Cancel,
+    run: R,
+    mut on_end: E,
+) -> Vec<JobEnd>
+where
+    R: Fn(usize) -> bool + Sync,
+    E: FnMut(usize, &JobEnd),
+{
+    let mut ends: Vec<Option<JobEnd>> = vec![None; n];
+    let mut waiting: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            dependents[d].push(i);
+        }
+    }
+    let mut ready: VecDeque<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    let (job_tx, job_rx) = mpsc::channel::<usize>();
+    let job_rx = Mutex::new(job_rx);
+    let (done_tx, done_rx) = mpsc::channel::<(usize, bool)>();
+    let workers = workers.clamp(1, n.max(1));
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let done_tx = done_tx.clone();
+            let job_rx = &job_rx;
+            let run = &run;
+            scope.spawn(move || loop {
+                let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                let Ok(i) = job else { break };
+                let ok = run(i);
+                if done_tx.send((i, ok)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(done_tx);
+        let mut running = 0usize;
+        let mut finished = 0usize;
+        while finished < n {
+            while !cancel.is_cancelled() && running < workers {
+                let Some(i) = ready.pop_front() else { break };
+                running += 1;
+                if job_tx.send(i).is_err() {
+                    break;
+                }
+            }
+            if running == 0 {
+                // Nothing runs and nothing can start: the rest is skipped.
+                for (i, end) in ends.iter_mut().enumerate() {
+                    if end.is_none() {
+                        *end = Some(JobEnd::Skipped);
+                        on_end(i, &JobEnd::Skipped);
+                    }
+                }
+                break;
+            }
+            let Ok((i, ok)) = done_rx.recv() else { break };
+            running -= 1;
+            finished += 1;
+            let end = if ok { JobEnd::Done } else { JobEnd::Failed };
+            on_end(i, &end);
+            ends[i] = Some(end);
+            if ok {
+                for &d in &dependents[i] {
+                    waiting[d] -= 1;
+                    if waiting[d] == 0 && ends[d].is_none() {
+                        ready.push_back(d);
+                    }
+                }
+            } else {
+                if !keep_going {
+                    cancel.stop_scheduling();
+                }
+                // Skip every descendant.
+                let mut stack = dependents[i].clone();
+                while let Some(d) = stack.pop() {
+                    if ends[d].is_none() {
+                        ends[d] = Some(JobEnd::Skipped);
+                        on_end(d, &JobEnd::Skipped);
+                        finished += 1;
+                        ready.retain(|&r| r != d);
+                        stack.extend(dependents[d].iter().copied());
+                    }
+                }
+            }
+        }
+        drop(job_tx);
+    });
+    ends.into_iter().map(|e| e.unwrap_or(JobEnd::Skipped)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    // a → b → c, a → d; e independent. b fails.
+    fn deps() -> Vec<Vec<usize>> {
+        vec![vec![], vec![0], vec![1], vec![0], vec![]]
+    }
+
+    #[test]
+    fn a_failure_skips_descendants_and_keep_going_runs_the_rest() {
+        let ran = AtomicUsize::new(0);
+        let ends = schedule(
+            5,
+            &deps(),
+            2,
+            true,
+            &Cancel::default(),
+            |i| {
+                ran.fetch_add(1, Ordering::SeqCst);
+                i != 1
+            },
+            |_, _| {},
+        );
+        assert_eq!(
+            ends,
+            [
+                JobEnd::Done,
+                JobEnd::Failed,
+                JobEnd::Skipped,
+                JobEnd::Done,
+                JobEnd::Done
+            ]
+        );
+        assert_eq!(ran.load(Ordering::SeqCst), 4);
+    }
+
+    #[test]
+    fn without_keep_going_nothing_new_starts_after_a_failure() {
+        // One worker, so the order is deterministic: a, e, b (fails); d never starts.
+        let ends = schedule(5, &deps(), 1, false, &Cancel::default(), |i| i != 1, |_, _| {});
+        assert_eq!(ends[1], JobEnd::Failed);
+        assert_eq!(ends[2], JobEnd::Skipped);
+        assert_eq!(ends[3], JobEnd::Skipped);
+    }
+
+    #[test]
+    fn dependencies_finish_before_their_dependents_start() {
+        let order = Mutex::new(Vec::new());
+        let deps: Vec<Vec<usize>> = (0..50)
+            .map(|i| if i == 0 { vec![] } else { vec![(i - 1) / 2] })
+            .collect();
+        let ends = schedule(
+            50,
+            &deps,
+            4,
+            false,
+            &Cancel::default(),
+            |i| {
+                order.lock().unwrap().push(i);
+                true
+            },
+            |_, _| {},
+        );
+        assert!(ends.iter().all(|e| *e == JobEnd::Done));
+        let order = order.into_inner().unwrap();
+        let pos = |i: usize| order.iter().position(|&x| x == i).unwrap();
+        for (i, ds) in deps.iter().enumerate() {
+            for &d in ds {
+                assert!(pos(d) < pos(i), "{d} must run before {i}");
+            }
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Stage ops: what running a stage does. One file per op.
+
+mod exec;
+
+use crate::engine::cancel::Cancel;
+use crate::engine::progress::Progress;
+use crate::value::{Params, StageId};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+
+/// Everything an op gets to run one stage.
+pub struct OpContext<'a> {
+    /// The op's name.
+    pub op: &'static str,
+    /// Resolved parameters.
+    pub params: &'a Params,
+    /// Where the op writes its outputs.
+    pub out_dir: PathBuf,
+    /// The output directory of an upstream stage.
+    pub input_dir: &'a (dyn Fn(StageId) -> PathBuf + Sync),
+    /// The pipeline file's directory (where relative paths point).
+    pub pipeline_dir: PathBuf,
+    /// The stage's log file.
+    pub log: File,
+    /// The stage's progress line.
+    pub progress: &'a Progress,
+    /// Set when the run is interrupted; long-running ops check it.
+    pub cancel: &'a Cancel,
+    /// Threads the op may use.
+    pub threads: usize,
+}
+
+/// What an op reports when it succeeds.
+#[derive(Debug, Default)]
+pub struct OpOutput {
+    /// Headline numbers (accuracy, loss, bytes, ...), recorded in metrics.json and run records.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Runs one stage's op.
+pub fn execute(ctx: &mut OpContext) -> Result<OpOutput, String> {
+    match ctx.op {
+        "exec" => exec::run(ctx),
+        other => Err(format!(
+            "the `{other}` op cannot run yet: this version of rkd runs only `exec` stages (the training and compression ops are not implemented)"
+        )),
+    }
+}

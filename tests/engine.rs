@@ -1,0 +1,362 @@
+//! Integration tests of `rkd run` on `exec` pipelines: incremental reruns, failures,
+//! interruption, concurrency and store integrity.
+
+mod common;
+use common::Test;
+use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A chain a → b → c and an independent d; every stage appends its name to ran.log.
+fn pipeline(b_value: &str, c_cmd: &str) -> String {
+    format!(
+        r#"# every stage appends its name to ran.log
+stage a = exec(cmd: "echo a >> ran.log; echo A > $RKD_OUT/x")
+stage b = exec(cmd: "echo b >> ran.log; cat $RKD_INPUTS/x > $RKD_OUT/x; echo $RKD_PARAM_V >> $RKD_OUT/x",
+               inputs: [a], params: {{v: {b_value}}})
+stage c = exec(cmd: "echo c >> ran.log; {c_cmd}", inputs: [b])
+stage d = exec(cmd: "echo d >> ran.log")
+"#
+    )
+}
+
+fn run_json(t: &Test, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["run", "p.rkd", "--json", "-j", "2"];
+    args.extend_from_slice(extra);
+    let out = t.run_with(&args);
+    let json =
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    (out.code, json)
+}
+
+fn sorted(v: &Value) -> Vec<String> {
+    let mut xs: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    xs.sort();
+    xs
+}
+
+fn ran_log(t: &Test) -> Vec<String> {
+    let mut xs: Vec<String> = std::fs::read_to_string(t.path().join("ran.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect();
+    xs.sort();
+    xs
+}
+
+fn clear_log(t: &Test) {
+    let _ = std::fs::remove_file(t.path().join("ran.log"));
+}
+
+#[test]
+fn reruns_only_what_changed() {
+    let t = Test::new().file("p.rkd", &pipeline("1", "cp $RKD_INPUTS/x $RKD_OUT/x"));
+    let (code, first) = run_json(&t, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(sorted(&first["ran"]), ["a", "b", "c", "d"]);
+    assert_eq!(ran_log(&t), ["a", "b", "c", "d"]);
+
+    // No-op: nothing runs.
+    clear_log(&t);
+    let (_, noop) = run_json(&t, &[]);
+    assert_eq!(sorted(&noop["ran"]), Vec::<String>::new());
+    assert_eq!(sorted(&noop["cached"]), ["a", "b", "c", "d"]);
+    assert!(ran_log(&t).is_empty());
+
+    // One value changed: exactly that stage and its descendants.
+    std::fs::write(t.path().join("p.rkd"), pipeline("2", "cp $RKD_INPUTS/x $RKD_OUT/x")).unwrap();
+    let plan = t.run_with(&["plan", "p.rkd", "--json"]);
+    let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
+    let b = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "b")
+        .unwrap();
+    assert_eq!(
+        b["reasons"],
+        serde_json::json!(["parameter changed: params {\"v\":1} → {\"v\":2}"])
+    );
+    let c = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "c")
+        .unwrap();
+    assert_eq!(c["reasons"], serde_json::json!(["upstream changed: b"]));
+    let (_, changed) = run_json(&t, &[]);
+    assert_eq!(sorted(&changed["ran"]), ["b", "c"]);
+    assert_eq!(ran_log(&t), ["b", "c"]);
+
+    // Renamed and reformatted, with comments: nothing runs.
+    clear_log(&t);
+    let renamed = pipeline("2", "cp $RKD_INPUTS/x $RKD_OUT/x")
+        .replace("stage a ", "stage first ")
+        .replace("[a]", "[first]")
+        .replace(", params", ",\n      # a comment\n      params");
+    std::fs::write(t.path().join("p.rkd"), renamed).unwrap();
+    let (_, again) = run_json(&t, &[]);
+    assert_eq!(sorted(&again["ran"]), Vec::<String>::new());
+    assert!(ran_log(&t).is_empty());
+
+    // The outputs flowed along the chain.
+    let out = t.run_with(&["explain", "p.rkd", "c"]);
+    assert!(out.stdout.contains("status  cached"), "{}", out.stdout);
+}
+
+#[test]
+fn a_failure_skips_descendants_and_keep_going_runs_the_rest() {
+    let t = Test::new().file("p.rkd", &pipeline("1", "echo boom >&2; exit 3"));
+    let out = t.run_with(&["run", "p.rkd", "-j", "1", "--keep-going"]);
+    assert_eq!(out.code, 1, "a failed stage makes the run fail");
+    assert!(
+        out.stderr
+            .contains("stage `c` (exec) failed: command exited with status 3"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("| boom"), "the log tail is shown: {}", out.stderr);
+    assert_eq!(ran_log(&t), ["a", "b", "c", "d"]);
+
+    // c now depends on a failing command and has a dependent; d is independent.
+    let t = Test::new().file(
+        "p.rkd",
+        "stage a = exec(cmd: \"echo a >> ran.log; exit 1\")\nstage b = exec(cmd: \"echo b >> ran.log\", inputs: [a])\nstage d = exec(cmd: \"sleep 0.2; echo d >> ran.log\")\n",
+    );
+    let (code, res) = run_json(&t, &["--keep-going"]);
+    assert_eq!(code, 1);
+    assert_eq!(sorted(&res["failed"]), ["a"]);
+    assert_eq!(sorted(&res["skipped"]), ["b"]);
+    assert_eq!(sorted(&res["ran"]), ["d"]);
+    assert_eq!(ran_log(&t), ["a", "d"]);
+    // Nothing of the failed stage is stored; the next run tries it again and says why.
+    let plan = t.run_with(&["plan", "p.rkd"]);
+    assert!(plan.stdout.contains("failed last time"), "{}", plan.stdout);
+}
+
+#[test]
+fn without_keep_going_nothing_new_starts_after_a_failure() {
+    let t = Test::new().file(
+        "p.rkd",
+        "stage a = exec(cmd: \"exit 1\")\nstage b = exec(cmd: \"echo b >> ran.log\")\nstage c = exec(cmd: \"echo c >> ran.log\", inputs: [b])\n",
+    );
+    let out = t.run_with(&["run", "p.rkd", "-j", "1", "--json"]);
+    assert_eq!(out.code, 1);
+    let res: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(sorted(&res["failed"]), ["a"]);
+    assert_eq!(sorted(&res["skipped"]), ["b", "c"]);
+    assert!(ran_log(&t).is_empty());
+}
+
+#[test]
+fn only_runs_the_named_stages_and_what_they_need() {
+    let t = Test::new().file("p.rkd", &pipeline("1", "true"));
+    let (_, res) = run_json(&t, &["--only", "b"]);
+    assert_eq!(sorted(&res["ran"]), ["a", "b"]);
+    let out = t.run_with(&["run", "p.rkd", "--only", "bb"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("there is no stage `bb`"), "{}", out.stderr);
+}
+
+#[test]
+fn damaged_entries_are_reported_and_rerun() {
+    let t = Test::new().file("p.rkd", &pipeline("1", "cp $RKD_INPUTS/x $RKD_OUT/x"));
+    run_json(&t, &[]);
+    assert_eq!(t.run_with(&["verify"]).code, 0);
+    // Damage b's output.
+    let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
+    let key_of = |name: &str| {
+        plan["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    std::fs::write(t.path().join(".rkd/entries").join(key_of("b")).join("out/x"), "B\n2\n").unwrap();
+    let verify = t.run_with(&["verify"]);
+    assert_eq!(verify.code, 1);
+    assert!(verify.stdout.contains("out/x: content changed"), "{}", verify.stdout);
+    assert!(verify.stdout.contains("b (exec)"), "{}", verify.stdout);
+    // Change c, so that running it needs b again: the damaged b is discarded and rebuilt first.
+    std::fs::write(
+        t.path().join("p.rkd"),
+        pipeline("1", "cp $RKD_INPUTS/x $RKD_OUT/x; true"),
+    )
+    .unwrap();
+    clear_log(&t);
+    let out = t.run_with(&["run", "p.rkd", "--json"]);
+    assert!(out.stderr.contains("stored result of `b` is damaged"), "{}", out.stderr);
+    assert_eq!(ran_log(&t), ["b", "c"]);
+    assert_eq!(t.run_with(&["verify"]).code, 0);
+    let c = std::fs::read_to_string(t.path().join(".rkd/entries").join(key_of_c(&t)).join("out/x")).unwrap();
+    assert_eq!(c, "A\n1\n", "c read b's rebuilt output, not the tampered one");
+}
+
+fn key_of_c(t: &Test) -> String {
+    let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
+    plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "c")
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn spawn_run(t: &Test) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_rkd"))
+        .args(["run", "p.rkd", "-j", "2"])
+        .current_dir(t.path())
+        .env_remove("RKD_STORE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(path: &std::path::Path) {
+    let t0 = Instant::now();
+    while !path.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn killed_mid_stage_leaves_a_store_that_verifies_and_a_run_that_completes() {
+    let t = Test::new().file(
+        "p.rkd",
+        "stage fast = exec(cmd: \"echo fast > $RKD_OUT/x\")\nstage slow = exec(cmd: \"echo partial > $RKD_OUT/x; touch started; sleep 1; echo done >> $RKD_OUT/x\", inputs: [fast])\n",
+    );
+    let mut child = spawn_run(&t);
+    wait_for(&t.path().join("started"));
+    // kill -9: no chance to clean up.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let verify = t.run_with(&["verify"]);
+    assert_eq!(verify.code, 0, "{}", verify.stdout);
+    assert!(
+        verify.stdout.contains("1 entry checked"),
+        "only `fast` finished: {}",
+        verify.stdout
+    );
+    let out = t.run_with(&["run", "p.rkd", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let res: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(sorted(&res["ran"]), ["slow"]);
+    assert_eq!(sorted(&res["cached"]), ["fast"]);
+    assert_eq!(t.run_with(&["verify"]).code, 0);
+    // The interrupted attempt's leftovers were cleaned.
+    let tmp: Vec<_> = std::fs::read_dir(t.path().join(".rkd/tmp"))
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "{tmp:?}");
+}
+
+#[test]
+fn ctrl_c_stops_the_run_and_keeps_what_finished() {
+    let t = Test::new().file(
+        "p.rkd",
+        "stage fast = exec(cmd: \"echo fast > $RKD_OUT/x\")\nstage slow = exec(cmd: \"touch started; sleep 30\", inputs: [fast])\n",
+    );
+    let mut child = spawn_run(&t);
+    wait_for(&t.path().join("started"));
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let t0 = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "the running command was stopped, not waited for"
+    );
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(t.run_with(&["verify"]).code, 0);
+    let log = t.run_with(&["log"]);
+    assert!(log.stdout.contains("interrupted"), "{}", log.stdout);
+    let plan = t.run_with(&["plan", "p.rkd", "--json"]);
+    let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert_eq!(plan["stages"][0]["status"], "cached");
+    assert_eq!(plan["stages"][1]["status"], "run");
+}
+
+#[test]
+fn two_concurrent_runs_run_each_stage_once() {
+    let mut src = String::new();
+    for i in 0..6 {
+        src.push_str(&format!(
+            "stage s{i} = exec(cmd: \"sleep 0.2; echo s{i} >> ran.log\")\n"
+        ));
+    }
+    src.push_str("stage all = exec(cmd: \"echo all >> ran.log\", inputs: [s0, s1, s2, s3, s4, s5])\n");
+    let t = Test::new().file("p.rkd", &src);
+    let mut a = spawn_run(&t);
+    let mut b = spawn_run(&t);
+    assert!(a.wait().unwrap().success());
+    assert!(b.wait().unwrap().success());
+    assert_eq!(ran_log(&t), ["all", "s0", "s1", "s2", "s3", "s4", "s5"]);
+    assert_eq!(t.run_with(&["verify"]).code, 0);
+}
+
+#[test]
+fn exec_gets_its_environment_and_fingerprints_its_files() {
+    let t = Test::new().file("input.txt", "hello\n").file(
+        "p.rkd",
+        "stage a = exec(cmd: \"cat input.txt > $RKD_OUT/x; echo $RKD_PARAM_NAME $RKD_PARAM_N $RKD_PARAM_LIST >> $RKD_OUT/x\", files: [\"input.txt\"], params: {name: \"x y\", n: 3, list: [1, 2]})\n",
+    );
+    let (code, _) = run_json(&t, &[]);
+    assert_eq!(code, 0);
+    let key = |t: &Test| {
+        let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
+        (
+            plan["stages"][0]["key"].as_str().unwrap().to_string(),
+            plan["stages"][0]["status"].as_str().unwrap().to_string(),
+        )
+    };
+    let (k1, status) = key(&t);
+    assert_eq!(status, "cached");
+    let x = std::fs::read_to_string(t.path().join(".rkd/entries").join(&k1).join("out/x")).unwrap();
+    assert_eq!(x, "hello\nx y 3 [1,2]\n");
+    // Same bytes rewritten: still cached. New bytes: runs, and says which file changed.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(t.path().join("input.txt"), "hello\n").unwrap();
+    assert_eq!(key(&t), (k1.clone(), "cached".to_string()));
+    std::fs::write(t.path().join("input.txt"), "bye\n").unwrap();
+    let plan = t.run_with(&["plan", "p.rkd"]);
+    assert!(plan.stdout.contains("input file changed: input.txt"), "{}", plan.stdout);
+}
+
+#[test]
+fn gc_removes_what_no_kept_plan_needs() {
+    let t = Test::new().file("p.rkd", &pipeline("1", "true"));
+    run_json(&t, &[]);
+    std::fs::write(t.path().join("p.rkd"), pipeline("2", "true")).unwrap();
+    run_json(&t, &[]);
+    let dry = t.run_with(&["gc", "--keep", "p.rkd", "--dry-run"]);
+    assert!(dry.stdout.contains("would remove 2 entries"), "{}", dry.stdout);
+    let out = t.run_with(&["gc", "--keep", "p.rkd"]);
+    assert!(
+        out.stdout.contains("removed 2 entries") && out.stdout.contains("kept 4"),
+        "{}",
+        out.stdout
+    );
+    let (_, res) = run_json(&t, &[]);
+    assert_eq!(sorted(&res["cached"]), ["a", "b", "c", "d"]);
+    let none = t.run_with(&["gc"]);
+    assert_eq!(none.code, 2, "gc without --keep refuses to guess");
+}
