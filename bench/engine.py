@@ -215,7 +215,7 @@ def bench(contender, n, reps, cold_reps, root):
     row["dry_s"] = median([t for t, _ in dry])
     changes = []
     for i in range(reps):
-        contender.change(ws, n, 0.5 + i)
+        contender.change(ws, n, 100.0 + i)
         changes.append(timed(contender.run, ws))
     row["change_s"], row["change_stages"] = median([t for t, _ in changes]), changes[0][1]
     contender.change(ws, n, None)

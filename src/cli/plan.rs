@@ -1,6 +1,6 @@
 //! `rkd plan` and `rkd explain`.
 
-use crate::engine::explain::{verdict, Verdict};
+use crate::engine::explain::{verdict, verdicts, Verdict};
 use crate::plan::key::hex;
 use crate::plan::{Plan, PlanStage};
 use std::path::Path;
@@ -20,8 +20,10 @@ pub fn run(file: &Path, store: Option<&Path>, json: bool) -> ExitCode {
     let Some((_, plan, store)) = super::load_plan(file, store) else {
         return ExitCode::FAILURE;
     };
-    let index = store.read_index();
-    let verdicts: Vec<Verdict> = plan.stages().map(|s| verdict(&plan, s, &store, &index)).collect();
+    let verdicts: Vec<Verdict> = verdicts(&plan, &store, &vec![true; plan.len()])
+        .into_iter()
+        .flatten()
+        .collect();
     if json {
         let stages: Vec<serde_json::Value> = plan
             .stages()

@@ -14,6 +14,29 @@ pub enum Verdict {
     Run(Vec<String>),
 }
 
+/// The verdicts of the selected stages (`None` for the others). The run index is read only
+/// when some stage must run, so that checking a fully cached plan stays cheap.
+pub fn verdicts(plan: &Plan, store: &Store, selected: &[bool]) -> Vec<Option<Verdict>> {
+    let cached: Vec<bool> = plan.stages().map(|s| store.contains(&s.key)).collect();
+    let index = if selected.iter().zip(&cached).any(|(s, c)| *s && !c) {
+        store.read_index()
+    } else {
+        Index::new()
+    };
+    plan.stages()
+        .enumerate()
+        .map(|(i, s)| {
+            selected[i].then(|| {
+                if cached[i] {
+                    Verdict::Cached
+                } else {
+                    verdict(plan, s, store, &index)
+                }
+            })
+        })
+        .collect()
+}
+
 /// The verdict for one stage.
 pub fn verdict(plan: &Plan, stage: &PlanStage, store: &Store, index: &Index) -> Verdict {
     if store.contains(&stage.key) {

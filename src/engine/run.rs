@@ -1,7 +1,7 @@
 //! `rkd run`: decide what must run, verify what it will read, run it in parallel, record it.
 
 use super::cancel::Cancel;
-use super::explain::{verdict, Verdict};
+use super::explain::{verdicts, Verdict};
 use super::progress::{Display, Progress};
 use super::record::stage_record;
 use super::scheduler::{schedule, JobEnd};
@@ -79,11 +79,10 @@ pub fn run(
     store.clean_tmp();
 
     // What must run: selected stages whose result is not stored.
-    let index = store.read_index();
     let mut to_run: HashSet<usize> = HashSet::new();
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); n];
-    for i in (0..n).filter(|i| selected[*i]) {
-        if let Verdict::Run(r) = verdict(plan, plan.stage(StageId(i as u32)), store, &index) {
+    for (i, v) in verdicts(plan, store, &selected).into_iter().enumerate() {
+        if let Some(Verdict::Run(r)) = v {
             reasons[i] = r;
             to_run.insert(i);
         }
@@ -408,17 +407,37 @@ fn write_records(
     started: SystemTime,
 ) -> Result<(), String> {
     let mut stages: Vec<StageRecord> = Vec::new();
+    let mut decided: Vec<(Vec<&str>, &str, bool)> = Vec::new();
+    let mut decided_ids: Vec<usize> = Vec::new();
+    let keys: Vec<String> = plan.stages().map(|s| hex(&s.key)).collect();
     let mut counts: BTreeMap<String, usize> = ["ran", "cached", "failed", "skipped"]
         .iter()
         .map(|k| (k.to_string(), 0))
         .collect();
-    for (stage, result) in plan.stages().zip(&report.stages) {
+    for (i, (stage, result)) in plan.stages().zip(&report.stages).enumerate() {
         let Some(r) = result else { continue };
-        let mut rec = stage_record(plan, stage, r.outcome);
-        rec.time_s = r.time_s;
-        rec.metrics = r.metrics.clone();
         *counts.entry(r.outcome.name().to_string()).or_default() += 1;
-        stages.push(rec);
+        // The run record names the stage and its key; the entry's spec.yaml holds the rest.
+        stages.push(StageRecord {
+            name: stage.def.name.clone(),
+            aliases: stage.def.aliases.clone(),
+            op: stage.def.op.name.to_string(),
+            op_version: stage.def.op.version,
+            key: keys[i].clone(),
+            status: r.outcome,
+            time_s: r.time_s,
+            metrics: r.metrics.clone(),
+            params: serde_json::Value::Null,
+            inputs: BTreeMap::new(),
+            files: BTreeMap::new(),
+        });
+        if r.outcome != Outcome::Skipped {
+            let names = std::iter::once(stage.def.name.as_str())
+                .chain(stage.def.aliases.iter().map(String::as_str))
+                .collect();
+            decided.push((names, keys[i].as_str(), r.outcome == Outcome::Failed));
+            decided_ids.push(i);
+        }
     }
     let status = if report.interrupted {
         "interrupted"
@@ -445,7 +464,9 @@ fn write_records(
         .write_record(&record)
         .map_err(|e| format!("cannot write the run record: {e}"))?;
     store
-        .update_index(&record.stages)
+        .update_index(&decided, |j| {
+            stage_record(plan, plan.stage(StageId(decided_ids[j] as u32)), Outcome::Ran)
+        })
         .map_err(|e| format!("cannot update the run index: {e}"))?;
     Ok(())
 }

@@ -54,13 +54,15 @@ pub struct StageRecord {
     /// Headline metrics, when the op reports some.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, f64>,
-    /// Resolved parameters (upstream stages by name).
+    /// Resolved parameters (upstream stages by name). Left out of run records: the entry's
+    /// spec.yaml, found by key, holds them.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub params: serde_json::Value,
     /// Upstream stages: name → key (hex).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, String>,
     /// Input files: path as written → fingerprint (hex).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
 }
 
@@ -89,6 +91,7 @@ pub struct RunRecord {
 pub type Index = BTreeMap<String, StageRecord>;
 
 const INDEX: &str = "index.json";
+const INDEX_DIGEST: &str = "index.digest";
 
 impl Store {
     /// Writes a run record; returns its path.
@@ -134,28 +137,48 @@ impl Store {
             .unwrap_or_default()
     }
 
-    /// Merges a run's stages into the index (under a lock, so concurrent runs do not lose updates).
-    /// Stages that were skipped are not recorded: nothing about them was decided.
-    pub fn update_index(&self, stages: &[StageRecord]) -> std::io::Result<()> {
+    /// Brings the index up to date with a run: `stages` are (name and aliases, key, failed) of
+    /// every stage the run decided about, and `full(i)` builds the complete record of stage `i`
+    /// (only called for stages whose entry changes). Skips all work when the run decided exactly
+    /// what the last update recorded. Runs under a lock, so concurrent runs lose no update.
+    pub fn update_index(
+        &self,
+        stages: &[(Vec<&str>, &str, bool)],
+        full: impl Fn(usize) -> StageRecord,
+    ) -> std::io::Result<()> {
+        let mut h = blake3::Hasher::new();
+        for (names, key, failed) in stages {
+            for n in names {
+                h.update(n.as_bytes());
+                h.update(&[0]);
+            }
+            h.update(key.as_bytes());
+            h.update(&[*failed as u8]);
+        }
+        let digest = h.finalize().to_hex().to_string();
+        let digest_path = self.runs_dir().join(INDEX_DIGEST);
+        if std::fs::read_to_string(&digest_path).is_ok_and(|d| d == digest) {
+            return Ok(());
+        }
         let lock_key = *blake3::hash(b"rkd-index-lock").as_bytes();
         let _lock = super::lock::KeyLock::acquire(self, &lock_key)?;
         let mut index = self.read_index();
-        let mut changed = false;
-        for s in stages.iter().filter(|s| s.status != Outcome::Skipped) {
-            let mut entry = s.clone();
+        for (i, (names, key, failed)) in stages.iter().enumerate() {
+            let current = |e: &StageRecord| e.key == *key && (e.status == Outcome::Failed) == *failed;
+            if names.iter().all(|n| index.get(*n).is_some_and(current)) {
+                continue;
+            }
+            let mut entry = full(i);
+            entry.status = if *failed { Outcome::Failed } else { Outcome::Ran };
             entry.time_s = 0.0;
-            for name in std::iter::once(&s.name).chain(&s.aliases) {
-                if index.get(name) != Some(&entry) {
-                    index.insert(name.clone(), entry.clone());
-                    changed = true;
-                }
+            entry.metrics.clear();
+            for n in names {
+                index.insert(n.to_string(), entry.clone());
             }
         }
-        if changed {
-            std::fs::create_dir_all(self.runs_dir())?;
-            atomic_write(&self.runs_dir().join(INDEX), &serde_json::to_vec(&index)?)?;
-        }
-        Ok(())
+        std::fs::create_dir_all(self.runs_dir())?;
+        atomic_write(&self.runs_dir().join(INDEX), &serde_json::to_vec(&index)?)?;
+        atomic_write(&digest_path, digest.as_bytes())
     }
 }
 
