@@ -4,6 +4,7 @@ pub mod cli;
 pub mod compile;
 pub mod diagnostic;
 pub mod engine;
+pub mod ml;
 pub mod ops;
 pub mod plan;
 pub mod registry;

@@ -1,0 +1,65 @@
+//! Multi-head self-attention (the `query`/`key`/`value` part shared by BERT and ViT).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::layers::{softmax_last_dim, Dropout, ForwardCtx, Linear};
+
+/// Scaled dot-product self-attention with `heads` heads; weights under `query`, `key`, `value`.
+#[derive(Debug, Clone)]
+pub struct SelfAttention {
+    /// Query projection.
+    pub query: Linear,
+    /// Key projection.
+    pub key: Linear,
+    /// Value projection.
+    pub value: Linear,
+    /// Number of heads.
+    pub heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Dropout on the attention probabilities.
+    pub dropout: Dropout,
+}
+
+impl SelfAttention {
+    /// Gets or creates the three projections under `vb` (HF names `query`, `key`, `value`).
+    pub fn new(hidden: usize, heads: usize, bias: bool, std: f64, dropout: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            query: Linear::new(hidden, hidden, bias, std, vb.pp("query"))?,
+            key: Linear::new(hidden, hidden, bias, std, vb.pp("key"))?,
+            value: Linear::new(hidden, hidden, bias, std, vb.pp("value"))?,
+            heads,
+            head_dim: hidden / heads,
+            dropout: Dropout::new(dropout),
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        x.reshape((b, s, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// Attends over `x` (`[batch, seq, hidden]`) with an optional additive mask broadcastable
+    /// to `[batch, heads, seq, seq]`. Returns the context (`[batch, seq, hidden]`, before the
+    /// output projection) and the attention probabilities (`[batch, heads, seq, seq]`, before
+    /// dropout).
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor)> {
+        let (b, s, hidden) = x.dims3()?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let q = self.split_heads(&self.query.forward(x)?)?;
+        let k = self.split_heads(&self.key.forward(x)?)?;
+        let v = self.split_heads(&self.value.forward(x)?)?;
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = softmax_last_dim(&scores)?;
+        let dropped = self.dropout.forward(&probs, ctx)?;
+        let context = dropped.matmul(&v)?.transpose(1, 2)?.reshape((b, s, hidden))?;
+        Ok((context, probs))
+    }
+}

@@ -1,0 +1,375 @@
+//! Loading and saving models as local Hugging Face directories.
+//!
+//! A directory holds `config.json` (HF layout) and the weights as `model.safetensors`,
+//! sharded safetensors (`model.safetensors.index.json`) or `pytorch_model.bin`. Tensor names
+//! may come with or without the family prefix (`bert.` / `vit.`), as a bare `BertModel` or
+//! `ViTModel` saves them; old TensorFlow-converted names (`LayerNorm.gamma`/`beta`) are
+//! accepted. Variables absent from the checkpoint, typically the classification head, are
+//! created from the seed, and the [`LoadReport`] says which.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{Labels, ModelConfig};
+use super::model::Model;
+use super::params::{LoadReport, ParamStore};
+
+/// Why a checkpoint could not be read, written or turned into a model.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// config.json is missing or invalid.
+    #[error("{path}: {message}")]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The directory has no weights file.
+    #[error("{dir}: no weights found (looked for model.safetensors, model.safetensors.index.json, pytorch_model.bin)")]
+    NoWeights {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A weights file could not be decoded, or the weights do not fit the config.
+    #[error("{path}: {source}")]
+    Tensor {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// candle's error.
+        source: candle_core::Error,
+    },
+}
+
+fn tensor_err(path: &Path) -> impl Fn(candle_core::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Tensor {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Options for [`load_pretrained`].
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Replace the config's labels (the classifier is re-created if its size changes).
+    pub labels: Option<Labels>,
+    /// Seed for every variable the checkpoint lacks.
+    pub seed: u64,
+    /// Device for the variables.
+    pub device: Device,
+    /// Dtype for the variables.
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            labels: None,
+            seed: 0,
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// A built model together with its variables and provenance.
+#[derive(Debug, Clone)]
+pub struct Pretrained {
+    /// The model.
+    pub model: Model,
+    /// Its variables (trainable, by HF name).
+    pub params: ParamStore,
+    /// Which variables were loaded, which initialised, which checkpoint tensors went unused.
+    pub report: LoadReport,
+}
+
+impl Pretrained {
+    /// A freshly initialised model from `config`, every variable drawn from `seed`.
+    pub fn random(config: &ModelConfig, seed: u64, device: &Device) -> candle_core::Result<Self> {
+        let params = ParamStore::new(seed);
+        let model = Model::new(config, params.var_builder(DType::F32, device))?;
+        let report = params.report();
+        Ok(Self { model, params, report })
+    }
+
+    /// Writes the model as an HF directory (see [`save_pretrained`]).
+    pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
+        save_pretrained(dir, &self.model.config(), &self.params)
+    }
+}
+
+/// Reads every tensor of the weights file(s) in `dir`, by their stored names.
+pub fn read_weights(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>, CheckpointError> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return candle_core::safetensors::load(&single, device).map_err(tensor_err(&single));
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let text = std::fs::read_to_string(&index).map_err(|source| CheckpointError::Io {
+            path: index.clone(),
+            source,
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| CheckpointError::Config {
+            path: index.clone(),
+            message: e.to_string(),
+        })?;
+        let files: BTreeSet<String> = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| CheckpointError::Config {
+                path: index.clone(),
+                message: "no `weight_map` object".into(),
+            })?
+            .values()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect();
+        let mut all = HashMap::new();
+        for f in files {
+            let p = dir.join(&f);
+            all.extend(candle_core::safetensors::load(&p, device).map_err(tensor_err(&p))?);
+        }
+        return Ok(all);
+    }
+    let bin = dir.join("pytorch_model.bin");
+    if bin.is_file() {
+        let tensors = candle_core::pickle::read_all(&bin).map_err(tensor_err(&bin))?;
+        return tensors
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_device(device).map_err(tensor_err(&bin))?)))
+            .collect();
+    }
+    Err(CheckpointError::NoWeights { dir: dir.to_path_buf() })
+}
+
+/// Maps stored tensor names onto this crate's (transformers') names for the config's family:
+/// adds the `bert.` / `vit.` prefix where absent, renames `gamma`/`beta` to `weight`/`bias`,
+/// and drops non-parameter buffers (`position_ids`).
+pub fn normalize_names(config: &ModelConfig, tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    let (prefix, roots): (&str, &[&str]) = match config {
+        ModelConfig::Bert(_) => ("bert.", &["embeddings.", "encoder.", "pooler."]),
+        ModelConfig::Vit(_) => ("vit.", &["embeddings.", "encoder.", "layernorm.", "pooler."]),
+    };
+    tensors
+        .into_iter()
+        .filter(|(k, _)| !k.ends_with("position_ids"))
+        .map(|(k, t)| {
+            let mut k = if roots.iter().any(|r| k.starts_with(r)) {
+                format!("{prefix}{k}")
+            } else {
+                k
+            };
+            if let Some(stem) = k.strip_suffix("LayerNorm.gamma") {
+                k = format!("{stem}LayerNorm.weight");
+            } else if let Some(stem) = k.strip_suffix("LayerNorm.beta") {
+                k = format!("{stem}LayerNorm.bias");
+            }
+            (k, t)
+        })
+        .collect()
+}
+
+/// Reads and parses `dir/config.json`.
+pub fn read_config(dir: &Path) -> Result<ModelConfig, CheckpointError> {
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Err(CheckpointError::Config {
+            message: "missing (a Hugging Face model directory needs config.json)".into(),
+            path,
+        });
+    }
+    ModelConfig::from_file(&path).map_err(|message| CheckpointError::Config { path, message })
+}
+
+/// Loads a local HF directory as a trainable classifier.
+pub fn load_pretrained(dir: &Path, opts: &LoadOptions) -> Result<Pretrained, CheckpointError> {
+    let mut config = read_config(dir)?;
+    let tensors = read_weights(dir, &opts.device)?;
+    let mut tensors = normalize_names(&config, tensors);
+    if let Some(labels) = &opts.labels {
+        match &mut config {
+            ModelConfig::Bert(c) => c.labels = labels.clone(),
+            ModelConfig::Vit(c) => c.labels = labels.clone(),
+        }
+        // A head of another size is not this task's head: create a new one.
+        let stale = tensors
+            .get("classifier.weight")
+            .is_some_and(|w| w.dims().first() != Some(&labels.names.len()));
+        if stale {
+            tensors.remove("classifier.weight");
+            tensors.remove("classifier.bias");
+        }
+    }
+    let params = ParamStore::with_source(opts.seed, tensors);
+    let model = Model::new(&config, params.var_builder(opts.dtype, &opts.device)).map_err(tensor_err(dir))?;
+    let report = params.report();
+    params.release_source();
+    Ok(Pretrained { model, params, report })
+}
+
+/// Writes `config.json` and `model.safetensors` (all variables, HF names) into `dir`.
+pub fn save_pretrained(dir: &Path, config: &ModelConfig, params: &ParamStore) -> Result<(), CheckpointError> {
+    std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let cfg_path = dir.join("config.json");
+    std::fs::write(&cfg_path, config.to_json_string() + "\n")
+        .map_err(|source| CheckpointError::Io { path: cfg_path, source })?;
+    let weights = dir.join("model.safetensors");
+    params.save_safetensors(&weights).map_err(tensor_err(&weights))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ml::config::Labels;
+    use crate::ml::layers::ForwardCtx;
+    use crate::ml::model::ModelInput;
+    use crate::ml::testutil::*;
+
+    fn logits_bits(p: &Pretrained, input: &ModelInput) -> Vec<u32> {
+        let out = p.model.forward(input, &mut ForwardCtx::eval()).unwrap();
+        out.logits
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    }
+
+    fn round_trip(config: ModelConfig, input: ModelInput) {
+        let p = Pretrained::random(&config, 21, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        p.save(dir.path()).unwrap();
+        let q = load_pretrained(dir.path(), &LoadOptions::default()).unwrap();
+        assert!(q.report.initialised.is_empty(), "{:?}", q.report.initialised);
+        assert!(q.report.unused.is_empty(), "{:?}", q.report.unused);
+        assert_eq!(q.model.config(), config);
+        assert_eq!(logits_bits(&p, &input), logits_bits(&q, &input));
+        // Saving is deterministic: same values, same bytes.
+        let dir2 = tempfile::tempdir().unwrap();
+        q.save(dir2.path()).unwrap();
+        for f in ["config.json", "model.safetensors"] {
+            assert_eq!(
+                std::fs::read(dir.path().join(f)).unwrap(),
+                std::fs::read(dir2.path().join(f)).unwrap(),
+                "{f}"
+            );
+        }
+    }
+
+    #[test]
+    fn save_then_load_gives_identical_logits() {
+        let (ids, mask, types) = text_batch(2, 6, 50, 3);
+        round_trip(
+            ModelConfig::Bert(tiny_bert(3)),
+            ModelInput::Text {
+                input_ids: ids,
+                token_type_ids: Some(types),
+                attention_mask: Some(mask),
+            },
+        );
+        round_trip(
+            ModelConfig::Vit(tiny_vit(2)),
+            ModelInput::Images {
+                pixel_values: image_batch(2, 3, 8, 4),
+            },
+        );
+    }
+
+    #[test]
+    fn loads_without_prefix_and_creates_missing_head() {
+        let config = ModelConfig::Bert(tiny_bert(2));
+        let p = Pretrained::random(&config, 5, &Device::Cpu).unwrap();
+        // Write it as a bare `BertModel` would: no `bert.` prefix, old gamma/beta names, no head.
+        let dir = tempfile::tempdir().unwrap();
+        let mut bare = HashMap::new();
+        for (k, t) in p.params.tensors().unwrap() {
+            if k.starts_with("classifier.") {
+                continue;
+            }
+            let k = k.strip_prefix("bert.").unwrap().to_string();
+            let k = k
+                .replace("LayerNorm.weight", "LayerNorm.gamma")
+                .replace("LayerNorm.bias", "LayerNorm.beta");
+            bare.insert(k, t);
+        }
+        bare.insert(
+            "embeddings.position_ids".into(),
+            Tensor::arange(0u32, 16, &Device::Cpu).unwrap(),
+        );
+        bare.insert(
+            "cls.predictions.bias".into(),
+            Tensor::zeros(50, DType::F32, &Device::Cpu).unwrap(),
+        );
+        candle_core::safetensors::save(&bare, dir.path().join("model.safetensors")).unwrap();
+        std::fs::write(dir.path().join("config.json"), config.to_json_string()).unwrap();
+
+        let opts = LoadOptions {
+            seed: 5,
+            ..LoadOptions::default()
+        };
+        let q = load_pretrained(dir.path(), &opts).unwrap();
+        assert_eq!(q.report.initialised, vec!["classifier.bias", "classifier.weight"]);
+        assert_eq!(q.report.unused, vec!["cls.predictions.bias"]);
+        // Same seed, so the re-created head equals the original one: identical logits.
+        let (ids, mask, _) = text_batch(2, 5, 50, 1);
+        let input = ModelInput::Text {
+            input_ids: ids,
+            token_type_ids: None,
+            attention_mask: Some(mask),
+        };
+        assert_eq!(logits_bits(&p, &input), logits_bits(&q, &input));
+
+        // New labels of another count: the head is re-created with that size.
+        let opts = LoadOptions {
+            labels: Some(Labels::from_names(["a", "b", "c"])),
+            ..LoadOptions::default()
+        };
+        let r = load_pretrained(dir.path(), &opts).unwrap();
+        assert_eq!(r.model.num_labels(), 3);
+        let out = r.model.forward(&input, &mut ForwardCtx::eval()).unwrap();
+        assert_eq!(out.logits.dims(), &[2, 3]);
+    }
+
+    #[test]
+    fn clear_errors_for_bad_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = load_pretrained(dir.path(), &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config.json") && e.contains("missing"), "{e}");
+        std::fs::write(
+            dir.path().join("config.json"),
+            ModelConfig::Vit(tiny_vit(2)).to_json_string(),
+        )
+        .unwrap();
+        let e = load_pretrained(dir.path(), &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no weights found"), "{e}");
+        // Weights that do not fit the config name the tensor.
+        let p = Pretrained::random(&ModelConfig::Vit(tiny_vit(2)), 1, &Device::Cpu).unwrap();
+        p.save(dir.path()).unwrap();
+        let mut other = tiny_vit(2);
+        other.hidden_size = 32;
+        std::fs::write(dir.path().join("config.json"), ModelConfig::Vit(other).to_json_string()).unwrap();
+        let e = load_pretrained(dir.path(), &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("checkpoint tensor") && e.contains("expects"), "{e}");
+    }
+}

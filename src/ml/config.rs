@@ -1,0 +1,659 @@
+//! Model configurations in the Hugging Face `config.json` layout (BERT and ViT).
+//!
+//! Field names and defaults follow `transformers`' `BertConfig` / `ViTConfig`, so a
+//! `config.json` written by transformers loads here and one written here loads in
+//! transformers. Unknown fields are kept in `extra` and written back unchanged.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The activation named by `hidden_act`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum HiddenAct {
+    /// Exact GELU, `x·Φ(x)` with the error function (HF `"gelu"`).
+    #[default]
+    #[serde(rename = "gelu")]
+    Gelu,
+    /// Tanh approximation of GELU (HF `"gelu_new"`, `"gelu_pytorch_tanh"`).
+    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
+    GeluTanh,
+    /// Rectified linear unit.
+    #[serde(rename = "relu")]
+    Relu,
+}
+
+/// Class labels as HF stores them: `id2label` (keys are decimal strings) and `label2id`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Labels {
+    /// Label names indexed by class id.
+    pub names: Vec<String>,
+}
+
+impl Labels {
+    /// `n` labels named `LABEL_0 … LABEL_{n-1}` (HF's default names).
+    pub fn default_names(n: usize) -> Self {
+        Self {
+            names: (0..n).map(|i| format!("LABEL_{i}")).collect(),
+        }
+    }
+
+    /// Labels with the given names, in class-id order.
+    pub fn from_names<S: Into<String>>(names: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            names: names.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    fn id2label(&self) -> BTreeMap<String, String> {
+        self.names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i.to_string(), n.clone()))
+            .collect()
+    }
+
+    fn label2id(&self) -> BTreeMap<String, usize> {
+        self.names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect()
+    }
+
+    /// Builds labels from the raw `id2label` map and an optional explicit `num_labels`.
+    fn from_raw(id2label: Option<BTreeMap<String, String>>, num_labels: Option<usize>) -> Result<Self, String> {
+        match id2label {
+            Some(map) if !map.is_empty() => {
+                let mut names = vec![None; map.len()];
+                for (k, v) in map {
+                    let i: usize = k
+                        .parse()
+                        .map_err(|_| format!("id2label key `{k}` is not a class index"))?;
+                    if i >= names.len() {
+                        return Err(format!(
+                            "id2label has {} entries but a key `{i}` outside 0..{}",
+                            names.len(),
+                            names.len()
+                        ));
+                    }
+                    names[i] = Some(v);
+                }
+                let names: Vec<String> = names.into_iter().map(|n| n.unwrap_or_default()).collect();
+                if let Some(n) = num_labels {
+                    if n != names.len() {
+                        return Err(format!("num_labels is {n} but id2label has {} entries", names.len()));
+                    }
+                }
+                Ok(Self { names })
+            }
+            // transformers' default is two labels.
+            _ => Ok(Self::default_names(num_labels.unwrap_or(2))),
+        }
+    }
+}
+
+fn d_bert_model_type() -> String {
+    "bert".into()
+}
+fn d_vit_model_type() -> String {
+    "vit".into()
+}
+fn d_01() -> f64 {
+    0.1
+}
+fn d_002() -> f64 {
+    0.02
+}
+fn d_ln_eps() -> f64 {
+    1e-12
+}
+fn d_512() -> usize {
+    512
+}
+fn d_2() -> usize {
+    2
+}
+fn d_true() -> bool {
+    true
+}
+fn d_3() -> usize {
+    3
+}
+fn d_224() -> usize {
+    224
+}
+fn d_16() -> usize {
+    16
+}
+fn d_absolute() -> String {
+    "absolute".into()
+}
+
+/// Raw serde form shared by the two configs' label handling.
+#[derive(Serialize, Deserialize)]
+struct RawLabels {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id2label: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    label2id: Option<BTreeMap<String, usize>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    num_labels: Option<usize>,
+}
+
+/// BERT configuration (`model_type: "bert"`), as in transformers' `BertConfig`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawBertConfig", into = "RawBertConfig")]
+pub struct BertConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden (model) width.
+    pub hidden_size: usize,
+    /// Number of encoder layers.
+    pub num_hidden_layers: usize,
+    /// Number of attention heads (must divide `hidden_size`).
+    pub num_attention_heads: usize,
+    /// Width of the feed-forward block.
+    pub intermediate_size: usize,
+    /// Feed-forward activation.
+    pub hidden_act: HiddenAct,
+    /// Dropout on embeddings and sub-layer outputs.
+    pub hidden_dropout_prob: f64,
+    /// Dropout on attention probabilities.
+    pub attention_probs_dropout_prob: f64,
+    /// Number of position embeddings (maximum sequence length).
+    pub max_position_embeddings: usize,
+    /// Number of token types (segments).
+    pub type_vocab_size: usize,
+    /// Standard deviation of the normal initialiser.
+    pub initializer_range: f64,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Padding token id.
+    pub pad_token_id: usize,
+    /// Dropout before the classifier (`None`: `hidden_dropout_prob`).
+    pub classifier_dropout: Option<f64>,
+    /// Class labels (`id2label` / `label2id`); `num_labels` is their count.
+    pub labels: Labels,
+    /// Every other field of config.json, kept for round trips.
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RawBertConfig {
+    #[serde(default = "d_bert_model_type")]
+    model_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    architectures: Option<Vec<String>>,
+    vocab_size: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    #[serde(default)]
+    hidden_act: HiddenAct,
+    #[serde(default = "d_01")]
+    hidden_dropout_prob: f64,
+    #[serde(default = "d_01")]
+    attention_probs_dropout_prob: f64,
+    #[serde(default = "d_512")]
+    max_position_embeddings: usize,
+    #[serde(default = "d_2")]
+    type_vocab_size: usize,
+    #[serde(default = "d_002")]
+    initializer_range: f64,
+    #[serde(default = "d_ln_eps")]
+    layer_norm_eps: f64,
+    #[serde(default)]
+    pad_token_id: usize,
+    #[serde(default = "d_absolute")]
+    position_embedding_type: String,
+    #[serde(default)]
+    classifier_dropout: Option<f64>,
+    #[serde(flatten)]
+    labels: RawLabels,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+impl TryFrom<RawBertConfig> for BertConfig {
+    type Error = String;
+    fn try_from(r: RawBertConfig) -> Result<Self, String> {
+        if r.model_type != "bert" {
+            return Err(format!("model_type is `{}`, expected `bert`", r.model_type));
+        }
+        if r.position_embedding_type != "absolute" {
+            return Err(format!(
+                "position_embedding_type `{}` is not supported (only `absolute`)",
+                r.position_embedding_type
+            ));
+        }
+        let labels = Labels::from_raw(r.labels.id2label, r.labels.num_labels)?;
+        // `architectures` is rewritten on save (this crate always saves a classifier).
+        let _ = r.architectures;
+        let extra = r.extra;
+        let c = BertConfig {
+            vocab_size: r.vocab_size,
+            hidden_size: r.hidden_size,
+            num_hidden_layers: r.num_hidden_layers,
+            num_attention_heads: r.num_attention_heads,
+            intermediate_size: r.intermediate_size,
+            hidden_act: r.hidden_act,
+            hidden_dropout_prob: r.hidden_dropout_prob,
+            attention_probs_dropout_prob: r.attention_probs_dropout_prob,
+            max_position_embeddings: r.max_position_embeddings,
+            type_vocab_size: r.type_vocab_size,
+            initializer_range: r.initializer_range,
+            layer_norm_eps: r.layer_norm_eps,
+            pad_token_id: r.pad_token_id,
+            classifier_dropout: r.classifier_dropout,
+            labels,
+            extra,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+impl From<BertConfig> for RawBertConfig {
+    fn from(c: BertConfig) -> Self {
+        let extra = c.extra;
+        RawBertConfig {
+            model_type: "bert".into(),
+            architectures: Some(vec!["BertForSequenceClassification".into()]),
+            vocab_size: c.vocab_size,
+            hidden_size: c.hidden_size,
+            num_hidden_layers: c.num_hidden_layers,
+            num_attention_heads: c.num_attention_heads,
+            intermediate_size: c.intermediate_size,
+            hidden_act: c.hidden_act,
+            hidden_dropout_prob: c.hidden_dropout_prob,
+            attention_probs_dropout_prob: c.attention_probs_dropout_prob,
+            max_position_embeddings: c.max_position_embeddings,
+            type_vocab_size: c.type_vocab_size,
+            initializer_range: c.initializer_range,
+            layer_norm_eps: c.layer_norm_eps,
+            pad_token_id: c.pad_token_id,
+            position_embedding_type: "absolute".into(),
+            classifier_dropout: c.classifier_dropout,
+            labels: RawLabels {
+                id2label: Some(c.labels.id2label()),
+                label2id: Some(c.labels.label2id()),
+                num_labels: None,
+            },
+            extra,
+        }
+    }
+}
+
+impl BertConfig {
+    /// A BERT config of the given shape with HF defaults for everything else.
+    pub fn new(
+        vocab_size: usize,
+        hidden_size: usize,
+        num_hidden_layers: usize,
+        num_attention_heads: usize,
+        intermediate_size: usize,
+        num_labels: usize,
+    ) -> Self {
+        Self {
+            vocab_size,
+            hidden_size,
+            num_hidden_layers,
+            num_attention_heads,
+            intermediate_size,
+            hidden_act: HiddenAct::Gelu,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            initializer_range: 0.02,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 0,
+            classifier_dropout: None,
+            labels: Labels::default_names(num_labels),
+            extra: Map::new(),
+        }
+    }
+
+    /// Number of classes (`len(id2label)`).
+    pub fn num_labels(&self) -> usize {
+        self.labels.names.len()
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Checks the shape parameters for consistency.
+    pub fn validate(&self) -> Result<(), String> {
+        check_heads(self.hidden_size, self.num_attention_heads)?;
+        if self.num_labels() == 0 {
+            return Err("a classifier needs at least one label".into());
+        }
+        check_prob("hidden_dropout_prob", self.hidden_dropout_prob)?;
+        check_prob("attention_probs_dropout_prob", self.attention_probs_dropout_prob)?;
+        if let Some(p) = self.classifier_dropout {
+            check_prob("classifier_dropout", p)?;
+        }
+        Ok(())
+    }
+}
+
+/// ViT configuration (`model_type: "vit"`), as in transformers' `ViTConfig`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawVitConfig", into = "RawVitConfig")]
+pub struct VitConfig {
+    /// Hidden (model) width.
+    pub hidden_size: usize,
+    /// Number of encoder layers.
+    pub num_hidden_layers: usize,
+    /// Number of attention heads (must divide `hidden_size`).
+    pub num_attention_heads: usize,
+    /// Width of the feed-forward block.
+    pub intermediate_size: usize,
+    /// Feed-forward activation.
+    pub hidden_act: HiddenAct,
+    /// Dropout on embeddings and sub-layer outputs.
+    pub hidden_dropout_prob: f64,
+    /// Dropout on attention probabilities.
+    pub attention_probs_dropout_prob: f64,
+    /// Standard deviation of the (truncated) normal initialiser.
+    pub initializer_range: f64,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Input image side in pixels (square images).
+    pub image_size: usize,
+    /// Patch side in pixels (must divide `image_size`).
+    pub patch_size: usize,
+    /// Input channels.
+    pub num_channels: usize,
+    /// Whether query/key/value projections have a bias.
+    pub qkv_bias: bool,
+    /// Class labels (`id2label` / `label2id`); `num_labels` is their count.
+    pub labels: Labels,
+    /// Every other field of config.json, kept for round trips.
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RawVitConfig {
+    #[serde(default = "d_vit_model_type")]
+    model_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    architectures: Option<Vec<String>>,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    intermediate_size: usize,
+    #[serde(default)]
+    hidden_act: HiddenAct,
+    #[serde(default)]
+    hidden_dropout_prob: f64,
+    #[serde(default)]
+    attention_probs_dropout_prob: f64,
+    #[serde(default = "d_002")]
+    initializer_range: f64,
+    #[serde(default = "d_ln_eps")]
+    layer_norm_eps: f64,
+    #[serde(default = "d_224")]
+    image_size: usize,
+    #[serde(default = "d_16")]
+    patch_size: usize,
+    #[serde(default = "d_3")]
+    num_channels: usize,
+    #[serde(default = "d_true")]
+    qkv_bias: bool,
+    #[serde(flatten)]
+    labels: RawLabels,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+impl TryFrom<RawVitConfig> for VitConfig {
+    type Error = String;
+    fn try_from(r: RawVitConfig) -> Result<Self, String> {
+        if r.model_type != "vit" {
+            return Err(format!("model_type is `{}`, expected `vit`", r.model_type));
+        }
+        let labels = Labels::from_raw(r.labels.id2label, r.labels.num_labels)?;
+        // `architectures` is rewritten on save (this crate always saves a classifier).
+        let _ = r.architectures;
+        let extra = r.extra;
+        let c = VitConfig {
+            hidden_size: r.hidden_size,
+            num_hidden_layers: r.num_hidden_layers,
+            num_attention_heads: r.num_attention_heads,
+            intermediate_size: r.intermediate_size,
+            hidden_act: r.hidden_act,
+            hidden_dropout_prob: r.hidden_dropout_prob,
+            attention_probs_dropout_prob: r.attention_probs_dropout_prob,
+            initializer_range: r.initializer_range,
+            layer_norm_eps: r.layer_norm_eps,
+            image_size: r.image_size,
+            patch_size: r.patch_size,
+            num_channels: r.num_channels,
+            qkv_bias: r.qkv_bias,
+            labels,
+            extra,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+impl From<VitConfig> for RawVitConfig {
+    fn from(c: VitConfig) -> Self {
+        let extra = c.extra;
+        RawVitConfig {
+            model_type: "vit".into(),
+            architectures: Some(vec!["ViTForImageClassification".into()]),
+            hidden_size: c.hidden_size,
+            num_hidden_layers: c.num_hidden_layers,
+            num_attention_heads: c.num_attention_heads,
+            intermediate_size: c.intermediate_size,
+            hidden_act: c.hidden_act,
+            hidden_dropout_prob: c.hidden_dropout_prob,
+            attention_probs_dropout_prob: c.attention_probs_dropout_prob,
+            initializer_range: c.initializer_range,
+            layer_norm_eps: c.layer_norm_eps,
+            image_size: c.image_size,
+            patch_size: c.patch_size,
+            num_channels: c.num_channels,
+            qkv_bias: c.qkv_bias,
+            labels: RawLabels {
+                id2label: Some(c.labels.id2label()),
+                label2id: Some(c.labels.label2id()),
+                num_labels: None,
+            },
+            extra,
+        }
+    }
+}
+
+impl VitConfig {
+    /// A ViT config of the given shape with HF defaults for everything else.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        image_size: usize,
+        patch_size: usize,
+        num_channels: usize,
+        hidden_size: usize,
+        num_hidden_layers: usize,
+        num_attention_heads: usize,
+        intermediate_size: usize,
+        num_labels: usize,
+    ) -> Self {
+        Self {
+            hidden_size,
+            num_hidden_layers,
+            num_attention_heads,
+            intermediate_size,
+            hidden_act: HiddenAct::Gelu,
+            hidden_dropout_prob: 0.0,
+            attention_probs_dropout_prob: 0.0,
+            initializer_range: 0.02,
+            layer_norm_eps: 1e-12,
+            image_size,
+            patch_size,
+            num_channels,
+            qkv_bias: true,
+            labels: Labels::default_names(num_labels),
+            extra: Map::new(),
+        }
+    }
+
+    /// Number of classes (`len(id2label)`).
+    pub fn num_labels(&self) -> usize {
+        self.labels.names.len()
+    }
+
+    /// Number of patches per image (tokens excluding CLS).
+    pub fn num_patches(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2)
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    /// Checks the shape parameters for consistency.
+    pub fn validate(&self) -> Result<(), String> {
+        check_heads(self.hidden_size, self.num_attention_heads)?;
+        if self.image_size.checked_rem(self.patch_size) != Some(0) {
+            return Err(format!(
+                "patch_size {} does not divide image_size {}",
+                self.patch_size, self.image_size
+            ));
+        }
+        if self.num_labels() == 0 {
+            return Err("a classifier needs at least one label".into());
+        }
+        check_prob("hidden_dropout_prob", self.hidden_dropout_prob)?;
+        check_prob("attention_probs_dropout_prob", self.attention_probs_dropout_prob)
+    }
+}
+
+fn check_heads(hidden: usize, heads: usize) -> Result<(), String> {
+    if hidden.checked_rem(heads) != Some(0) {
+        return Err(format!(
+            "hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
+        ));
+    }
+    Ok(())
+}
+
+fn check_prob(name: &str, p: f64) -> Result<(), String> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(format!("{name} must be in [0, 1), got {p}"));
+    }
+    Ok(())
+}
+
+/// A model configuration of either supported family, dispatched on `model_type`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    /// `model_type: "bert"`.
+    Bert(BertConfig),
+    /// `model_type: "vit"`.
+    Vit(VitConfig),
+}
+
+impl ModelConfig {
+    /// Parses config.json text, choosing the family from `model_type`.
+    pub fn from_json_str(text: &str) -> Result<Self, String> {
+        let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let model_type = v
+            .get("model_type")
+            .and_then(Value::as_str)
+            .ok_or("config.json has no `model_type`")?
+            .to_string();
+        match model_type.as_str() {
+            "bert" => serde_json::from_value(v)
+                .map(ModelConfig::Bert)
+                .map_err(|e| e.to_string()),
+            "vit" => serde_json::from_value(v)
+                .map(ModelConfig::Vit)
+                .map_err(|e| e.to_string()),
+            other => Err(format!("model_type `{other}` is not supported (supported: bert, vit)")),
+        }
+    }
+
+    /// Reads and parses a config.json file; errors name the file.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::from_json_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Pretty JSON in HF layout.
+    pub fn to_json_string(&self) -> String {
+        let r = match self {
+            ModelConfig::Bert(c) => serde_json::to_string_pretty(c),
+            ModelConfig::Vit(c) => serde_json::to_string_pretty(c),
+        };
+        r.expect("config serialises")
+    }
+
+    /// Number of classes.
+    pub fn num_labels(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c) => c.num_labels(),
+            ModelConfig::Vit(c) => c.num_labels(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minilm_style_config_parses_with_hf_defaults() {
+        let text = r#"{"_name_or_path": "x", "architectures": ["BertModel"],
+            "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.1, "hidden_size": 384, "initializer_range": 0.02,
+            "intermediate_size": 1536, "layer_norm_eps": 1e-12, "max_position_embeddings": 512,
+            "model_type": "bert", "num_attention_heads": 12, "num_hidden_layers": 6,
+            "pad_token_id": 0, "position_embedding_type": "absolute", "type_vocab_size": 2,
+            "use_cache": true, "vocab_size": 30522}"#;
+        let ModelConfig::Bert(c) = ModelConfig::from_json_str(text).unwrap() else {
+            panic!("not bert")
+        };
+        assert_eq!(c.hidden_size, 384);
+        assert_eq!(c.num_labels(), 2, "HF default is two labels");
+        assert_eq!(c.labels.names, vec!["LABEL_0", "LABEL_1"]);
+        assert_eq!(c.extra.get("use_cache"), Some(&Value::Bool(true)));
+    }
+
+    #[test]
+    fn labels_round_trip_and_are_checked() {
+        let mut c = BertConfig::new(100, 32, 2, 4, 64, 3);
+        c.labels = Labels::from_names(["neg", "neu", "pos"]);
+        let json = ModelConfig::Bert(c.clone()).to_json_string();
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["id2label"]["2"], "pos");
+        assert_eq!(v["label2id"]["neu"], 1);
+        assert_eq!(v["model_type"], "bert");
+        let back: BertConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+
+        let vit = VitConfig::new(32, 8, 3, 48, 2, 3, 96, 3);
+        let json = ModelConfig::Vit(vit.clone()).to_json_string();
+        let back = ModelConfig::from_json_str(&json).unwrap();
+        assert_eq!(back.num_labels(), 3);
+        let ModelConfig::Vit(back) = back else { panic!() };
+        assert_eq!(back.patch_size, 8);
+        assert_eq!(ModelConfig::Vit(back), ModelConfig::Vit(vit));
+
+        let bad = r#"{"model_type":"bert","vocab_size":10,"hidden_size":30,"num_hidden_layers":1,
+            "num_attention_heads":4,"intermediate_size":8}"#;
+        let e = ModelConfig::from_json_str(bad).unwrap_err();
+        assert!(e.contains("not a multiple"), "{e}");
+        let bad = r#"{"model_type":"bert","vocab_size":10,"hidden_size":32,"num_hidden_layers":1,
+            "num_attention_heads":4,"intermediate_size":8,"id2label":{"0":"a","1":"b"},"num_labels":3}"#;
+        let e = ModelConfig::from_json_str(bad).unwrap_err();
+        assert!(e.contains("num_labels is 3"), "{e}");
+        let e = ModelConfig::from_json_str(r#"{"model_type":"gpt2"}"#).unwrap_err();
+        assert!(e.contains("gpt2"), "{e}");
+    }
+}

@@ -1,0 +1,348 @@
+//! Trainable building blocks made only of differentiable candle tensor ops.
+//!
+//! candle-nn's fused `LayerNorm` / `layer_norm`, `softmax_last_dim` and `rms_norm` have no
+//! backward pass: gradients through them are silently dropped. Every layer here is a
+//! composition of ops that candle's autograd (`candle_core::backprop`) differentiates, and
+//! dropout draws its masks from the seeded [`Rng`] so that training is reproducible.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use super::config::HiddenAct;
+use super::rng::Rng;
+
+/// Forward-pass context: train or eval mode, and the dropout random stream.
+#[derive(Debug, Clone)]
+pub struct ForwardCtx {
+    train: bool,
+    rng: Rng,
+}
+
+impl ForwardCtx {
+    /// Eval mode: dropout is the identity.
+    pub fn eval() -> Self {
+        Self {
+            train: false,
+            rng: Rng::new(0),
+        }
+    }
+
+    /// Train mode: dropout active, masks drawn from a stream seeded with `seed`.
+    pub fn train(seed: u64) -> Self {
+        Self {
+            train: true,
+            rng: Rng::new(seed),
+        }
+    }
+
+    /// Whether dropout is active.
+    pub fn is_train(&self) -> bool {
+        self.train
+    }
+
+    /// The dropout random stream (e.g. to derive other training randomness).
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+}
+
+/// Normal initialiser hint with mean 0 and standard deviation `std`.
+pub fn normal(std: f64) -> Init {
+    Init::Randn { mean: 0.0, stdev: std }
+}
+
+/// Fully connected layer `y = x·Wᵀ + b`, weight `[out, in]` as in PyTorch.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// Weight, `[out_features, in_features]`.
+    pub weight: Tensor,
+    /// Optional bias, `[out_features]`.
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Gets or creates `weight` (normal(0, `std`)) and `bias` (zeros) under `vb`.
+    pub fn new(in_dim: usize, out_dim: usize, bias: bool, std: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((out_dim, in_dim), "weight", normal(std))?;
+        let bias = if bias {
+            Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Builds the layer from existing tensors.
+    pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // Flatten leading dims into one matmul (no broadcast of the weight, whose backward
+        // would sum over a broadcast batch).
+        let dims = x.dims().to_vec();
+        let in_dim = *dims.last().expect("linear input has at least one dim");
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+/// Layer normalisation over the last dimension, from mean/variance ops (differentiable).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    /// Scale (HF `LayerNorm.weight`), `[dim]`.
+    pub weight: Tensor,
+    /// Shift (HF `LayerNorm.bias`), `[dim]`.
+    pub bias: Tensor,
+    /// Added to the variance.
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    /// Gets or creates `weight` (ones) and `bias` (zeros) under `vb`.
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias, eps })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let inv_std = (var + self.eps)?.sqrt()?.recip()?;
+        centered
+            .broadcast_mul(&inv_std)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
+    }
+}
+
+/// Lookup table `[num, dim]` (backward through `index_select`).
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    /// Table, `[num_embeddings, dim]`.
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    /// Gets or creates `weight` (normal(0, `std`)) under `vb`.
+    pub fn new(num: usize, dim: usize, std: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((num, dim), "weight", normal(std))?;
+        Ok(Self { weight })
+    }
+
+    /// Rows for integer ids of any shape; output shape is `ids.shape + [dim]`.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut out_dims = ids.dims().to_vec();
+        out_dims.push(self.weight.dim(1)?);
+        let flat = ids.flatten_all()?;
+        self.weight.index_select(&flat, 0)?.reshape(out_dims)
+    }
+}
+
+/// Inverted dropout with a seeded mask; the identity in eval mode or when `p == 0`.
+#[derive(Debug, Clone, Copy)]
+pub struct Dropout {
+    /// Drop probability.
+    pub p: f64,
+}
+
+impl Dropout {
+    /// Dropout with drop probability `p` in [0, 1).
+    pub fn new(p: f64) -> Self {
+        Self { p }
+    }
+
+    /// Zeroes each element with probability `p` and scales the rest by `1/(1-p)` (train only).
+    pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        if !ctx.train || self.p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let mask = dropout_mask(x.dims(), self.p, x.device(), &mut ctx.rng)?.to_dtype(x.dtype())?;
+        x.mul(&mask)
+    }
+}
+
+/// A `{0, 1/(1-p)}` f32 mask of the given shape, drawn from `rng`.
+pub fn dropout_mask(dims: &[usize], p: f64, device: &Device, rng: &mut Rng) -> Result<Tensor> {
+    let n: usize = dims.iter().product();
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let p = p as f32;
+    let values: Vec<f32> = (0..n).map(|_| if rng.uniform_f32() < p { 0.0 } else { keep }).collect();
+    Tensor::from_vec(values, dims, device)
+}
+
+/// Applies the configured activation (all variants have a backward in candle).
+pub fn activation(x: &Tensor, act: HiddenAct) -> Result<Tensor> {
+    match act {
+        HiddenAct::Gelu => x.gelu_erf(),
+        HiddenAct::GeluTanh => x.gelu(),
+        HiddenAct::Relu => x.relu(),
+    }
+}
+
+/// Softmax over the last dimension as `exp(x - max) / sum`, differentiable.
+///
+/// The max is detached: it only stabilises the exponent and its gradient cancels exactly.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    e.broadcast_div(&sum)
+}
+
+/// Converts a `[batch, seq]` 0/1 mask into an additive `[batch, 1, 1, seq]` bias
+/// (0 where attended, `f32::MIN` where masked), as transformers does.
+pub fn additive_attention_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (b, s) = mask.dims2()?;
+    let m = mask.to_dtype(dtype)?;
+    let bias = ((m.ones_like()? - m)? * f32::MIN as f64)?;
+    bias.reshape((b, 1, 1, s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    /// Central finite differences of `sum(f(x) * w)` against candle's backward, in f64.
+    fn grad_check(f: impl Fn(&Tensor) -> Result<Tensor>, dims: &[usize]) {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(3);
+        let n: usize = dims.iter().product();
+        let xv: Vec<f64> = rng.normal_vec(n, 0.0, 1.0).iter().map(|&v| v as f64).collect();
+        let x = Var::from_tensor(&Tensor::from_vec(xv.clone(), dims, &dev).unwrap()).unwrap();
+        let y0 = f(x.as_tensor()).unwrap();
+        let wv: Vec<f64> = rng
+            .normal_vec(y0.elem_count(), 0.0, 1.0)
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let w = Tensor::from_vec(wv, y0.dims(), &dev).unwrap();
+        let loss = |t: &Tensor| -> f64 { (f(t).unwrap() * &w).unwrap().sum_all().unwrap().to_scalar().unwrap() };
+        let grads = (f(x.as_tensor()).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g: Vec<f64> = grads
+            .get(&x)
+            .expect("gradient reaches the input")
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let h = 1e-6;
+        for i in 0..n {
+            let mut p = xv.clone();
+            p[i] += h;
+            let mut m = xv.clone();
+            m[i] -= h;
+            let fp = loss(&Tensor::from_vec(p, dims, &dev).unwrap());
+            let fm = loss(&Tensor::from_vec(m, dims, &dev).unwrap());
+            let num = (fp - fm) / (2.0 * h);
+            assert!(
+                (num - g[i]).abs() < 1e-5 * (1.0 + num.abs()),
+                "element {i}: numeric {num} vs autograd {}",
+                g[i]
+            );
+        }
+    }
+
+    #[test]
+    fn layer_norm_softmax_gelu_have_correct_gradients() {
+        let dev = Device::Cpu;
+        let ln = LayerNorm {
+            weight: Tensor::new(&[1.5f64, -0.5, 2.0, 1.0], &dev).unwrap(),
+            bias: Tensor::new(&[0.1f64, 0.2, -0.3, 0.0], &dev).unwrap(),
+            eps: 1e-5,
+        };
+        grad_check(|x| ln.forward(x), &[3, 4]);
+        grad_check(softmax_last_dim, &[2, 5]);
+        // candle's gelu_erf backward uses 1/sqrt(2π) ≈ 0.398942 (6 digits): loose but fine.
+        grad_check(|x| activation(x, HiddenAct::Relu), &[7]);
+        grad_check(|x| activation(x, HiddenAct::Gelu), &[6]);
+    }
+
+    #[test]
+    fn layers_match_reference_values() {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[[1f32, 2., 3., 4.], [-1., 0., 1., 10.]], &dev).unwrap();
+        // LayerNorm matches candle-nn's fused (forward-only) kernel.
+        let ln = LayerNorm {
+            weight: Tensor::new(&[1f32, 2., 0.5, 1.], &dev).unwrap(),
+            bias: Tensor::new(&[0f32, 1., 0., -1.], &dev).unwrap(),
+            eps: 1e-12,
+        };
+        let ours = ln.forward(&x).unwrap();
+        let fused = candle_nn::ops::layer_norm(&x, &ln.weight, &ln.bias, 1e-12).unwrap();
+        let diff: f32 = (ours - fused)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
+        let sm = softmax_last_dim(&x).unwrap();
+        let fused = candle_nn::ops::softmax_last_dim(&x).unwrap();
+        let diff: f32 = (sm - fused)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(diff < 1e-6, "{diff}");
+        // Linear on 3-D input equals a per-row matmul.
+        let lin = Linear::from_tensors(
+            Tensor::new(&[[1f32, 0., 0., 1.], [0., 1., 1., 0.]], &dev).unwrap(),
+            Some(Tensor::new(&[0.5f32, -0.5], &dev).unwrap()),
+        );
+        let y = lin.forward(&x.unsqueeze(0).unwrap()).unwrap();
+        assert_eq!(y.dims(), &[1, 2, 2]);
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![5.5, 4.5, 9.5, 0.5]
+        );
+        let mask = additive_attention_mask(&Tensor::new(&[[1u32, 0]], &dev).unwrap(), DType::F32).unwrap();
+        assert_eq!(mask.dims(), &[1, 1, 1, 2]);
+        assert_eq!(
+            mask.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![0.0, f32::MIN]
+        );
+    }
+
+    #[test]
+    fn dropout_is_seeded_scaled_and_off_in_eval() {
+        let dev = Device::Cpu;
+        let x = Tensor::ones((64, 64), DType::F32, &dev).unwrap();
+        let d = Dropout::new(0.25);
+        let a = d.forward(&x, &mut ForwardCtx::train(5)).unwrap();
+        let b = d.forward(&x, &mut ForwardCtx::train(5)).unwrap();
+        let c = d.forward(&x, &mut ForwardCtx::train(6)).unwrap();
+        let av: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(av, b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_ne!(av, c.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let zeros = av.iter().filter(|&&v| v == 0.0).count() as f64 / av.len() as f64;
+        assert!((zeros - 0.25).abs() < 0.03, "drop rate {zeros}");
+        assert!(av.iter().all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-6));
+        let e = d.forward(&x, &mut ForwardCtx::eval()).unwrap();
+        assert_eq!(e.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 64 * 64]);
+    }
+}

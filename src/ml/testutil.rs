@@ -1,0 +1,104 @@
+//! Helpers shared by the ml tests: tiny configs, seeded batches, comparisons.
+
+use std::path::PathBuf;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor};
+
+use super::config::{BertConfig, VitConfig};
+use super::params::ParamStore;
+use super::rng::Rng;
+
+/// A 2-layer BERT small enough for sub-second tests, with dropout on.
+pub fn tiny_bert(num_labels: usize) -> BertConfig {
+    let mut c = BertConfig::new(50, 16, 2, 2, 32, num_labels);
+    c.max_position_embeddings = 16;
+    c
+}
+
+/// A 2-layer ViT on 8×8 images with 4×4 patches, with dropout on.
+pub fn tiny_vit(num_labels: usize) -> VitConfig {
+    let mut c = VitConfig::new(8, 4, 3, 16, 2, 2, 32, num_labels);
+    c.hidden_dropout_prob = 0.1;
+    c.attention_probs_dropout_prob = 0.1;
+    c
+}
+
+/// Seeded token ids `[batch, seq]` in `[1, vocab)`, an attention mask whose last row is
+/// padded after `seq - 2` tokens, and token types (second half of each row is segment 1).
+pub fn text_batch(batch: usize, seq: usize, vocab: usize, seed: u64) -> (Tensor, Tensor, Tensor) {
+    let mut rng = Rng::new(seed);
+    let ids: Vec<u32> = (0..batch * seq)
+        .map(|_| 1 + rng.below(vocab as u64 - 1) as u32)
+        .collect();
+    let mask: Vec<u32> = (0..batch * seq)
+        .map(|i| u32::from(!(i / seq == batch - 1 && i % seq >= seq - 2)))
+        .collect();
+    let types: Vec<u32> = (0..batch * seq).map(|i| u32::from(i % seq >= seq / 2)).collect();
+    let dev = Device::Cpu;
+    (
+        Tensor::from_vec(ids, (batch, seq), &dev).unwrap(),
+        Tensor::from_vec(mask, (batch, seq), &dev).unwrap(),
+        Tensor::from_vec(types, (batch, seq), &dev).unwrap(),
+    )
+}
+
+/// Seeded standard-normal pixels `[batch, channels, size, size]`.
+pub fn image_batch(batch: usize, channels: usize, size: usize, seed: u64) -> Tensor {
+    let mut rng = Rng::new(seed);
+    let v = rng.normal_vec(batch * channels * size * size, 0.0, 1.0);
+    Tensor::from_vec(v, (batch, channels, size, size), &Device::Cpu).unwrap()
+}
+
+/// Seeded class targets in `[0, n)`.
+pub fn targets(batch: usize, n: usize, seed: u64) -> Tensor {
+    let mut rng = Rng::new(seed);
+    let v: Vec<u32> = (0..batch).map(|_| rng.below(n as u64) as u32).collect();
+    Tensor::from_vec(v, batch, &Device::Cpu).unwrap()
+}
+
+/// `max|a - b| / max|b|`.
+pub fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let d: f32 = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let m: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    d / m.max(f32::MIN_POSITIVE)
+}
+
+/// Panics unless every variable of `params` has a gradient with a non-zero entry;
+/// returns the number of variables checked.
+pub fn assert_every_var_has_gradient(params: &ParamStore, grads: &GradStore) -> usize {
+    let vars = params.named_vars();
+    let mut missing = Vec::new();
+    let mut zero = Vec::new();
+    for (name, var) in &vars {
+        match grads.get(var.as_tensor()) {
+            None => missing.push(name.clone()),
+            Some(g) => {
+                let s: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+                if !(s > 0.0 && s.is_finite()) {
+                    zero.push(format!("{name} (|g| sum {s})"));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty() && zero.is_empty(),
+        "no gradient: {missing:?}; zero gradient: {zero:?}"
+    );
+    vars.len()
+}
+
+/// The real checkpoint folder, or `None` (with a printed reason) when the shared data is absent.
+pub fn minilm_dir() -> Option<PathBuf> {
+    let Some(data) = std::env::var_os("RKD_SHARED_DATA") else {
+        eprintln!("skipped: RKD_SHARED_DATA is not set (needs ../shared/models/all-MiniLM-L6-v2)");
+        return None;
+    };
+    let dir = PathBuf::from(data).join("../models/all-MiniLM-L6-v2");
+    if !dir.join("model.safetensors").is_file() {
+        eprintln!("skipped: {} has no model.safetensors", dir.display());
+        return None;
+    }
+    Some(dir)
+}

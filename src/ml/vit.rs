@@ -1,0 +1,320 @@
+//! Trainable ViT for image classification (`ViTForImageClassification`).
+//!
+//! Pre-LN encoder over non-overlapping patches plus a CLS token, with transformers' tensor
+//! names (`vit.embeddings.patch_embeddings.projection.weight`, `vit.embeddings.cls_token`,
+//! `vit.encoder.layer.N.attention.attention.query.weight`, `vit.layernorm.weight`,
+//! `classifier.weight`, …). The patch projection keeps the Conv2d weight layout
+//! `[hidden, channels, patch, patch]` but runs as patchify + matmul, which is the same
+//! stride-`patch` convolution and much cheaper to differentiate in candle.
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::attention::SelfAttention;
+use super::config::{HiddenAct, VitConfig};
+use super::layers::{activation, normal, Dropout, ForwardCtx, LayerNorm, Linear};
+use super::output::ModelOutput;
+
+/// CLS token, patch projection and position embeddings (`vit.embeddings`).
+#[derive(Debug, Clone)]
+pub struct VitEmbeddings {
+    /// `cls_token`, `[1, 1, hidden]`.
+    pub cls_token: Tensor,
+    /// `position_embeddings`, `[1, patches + 1, hidden]`.
+    pub position_embeddings: Tensor,
+    /// `patch_embeddings.projection.weight`, `[hidden, channels, patch, patch]`.
+    pub projection_weight: Tensor,
+    /// `patch_embeddings.projection.bias`, `[hidden]`.
+    pub projection_bias: Tensor,
+    /// Patch side in pixels.
+    pub patch_size: usize,
+    /// Expected image side in pixels.
+    pub image_size: usize,
+    /// Dropout after adding position embeddings.
+    pub dropout: Dropout,
+}
+
+impl VitEmbeddings {
+    /// Gets or creates the embedding weights under `vb` (`vit.embeddings`).
+    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, std, p) = (cfg.hidden_size, cfg.initializer_range, cfg.patch_size);
+        let proj = vb.pp("patch_embeddings").pp("projection");
+        Ok(Self {
+            cls_token: vb.get_with_hints((1, 1, h), "cls_token", normal(std))?,
+            position_embeddings: vb.get_with_hints(
+                (1, cfg.num_patches() + 1, h),
+                "position_embeddings",
+                normal(std),
+            )?,
+            projection_weight: proj.get_with_hints((h, cfg.num_channels, p, p), "weight", normal(std))?,
+            projection_bias: proj.get_with_hints(h, "bias", candle_nn::Init::Const(0.0))?,
+            patch_size: p,
+            image_size: cfg.image_size,
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
+        })
+    }
+
+    /// `[batch, channels, H, W]` pixels → `[batch, patches + 1, hidden]` tokens.
+    pub fn forward(&self, pixel_values: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let (b, c, height, width) = pixel_values.dims4()?;
+        let (hidden, wc, p, _) = self.projection_weight.dims4()?;
+        if c != wc || height != self.image_size || width != self.image_size {
+            candle_core::bail!(
+                "ViT expects images of shape [batch, {wc}, {s}, {s}], got [{b}, {c}, {height}, {width}]",
+                s = self.image_size
+            )
+        }
+        let (gh, gw) = (height / p, width / p);
+        // [b, c, gh, p, gw, p] → [b, gh, gw, c, p, p] → [b, gh·gw, c·p·p]: row-major patches,
+        // each flattened in the Conv2d weight's (channel, row, column) order.
+        let patches = pixel_values
+            .reshape((b, c, gh, p, gw, p))?
+            .permute([0, 2, 4, 1, 3, 5])?
+            .reshape((b, gh * gw, c * p * p))?;
+        let proj = Linear::from_tensors(
+            self.projection_weight.reshape((hidden, c * p * p))?,
+            Some(self.projection_bias.clone()),
+        );
+        let tokens = proj.forward(&patches)?;
+        let cls = self.cls_token.broadcast_as((b, 1, hidden))?;
+        let x = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.position_embeddings)?;
+        self.dropout.forward(&x, ctx)
+    }
+}
+
+/// One pre-LN encoder layer (`vit.encoder.layer.N`).
+#[derive(Debug, Clone)]
+pub struct VitLayer {
+    /// `layernorm_before`.
+    pub layernorm_before: LayerNorm,
+    /// `attention.attention`.
+    pub attention: SelfAttention,
+    /// `attention.output.dense`.
+    pub attention_output: Linear,
+    /// `layernorm_after`.
+    pub layernorm_after: LayerNorm,
+    /// `intermediate.dense`.
+    pub intermediate: Linear,
+    /// `output.dense`.
+    pub output: Linear,
+    /// Feed-forward activation.
+    pub act: HiddenAct,
+    /// Dropout on both sub-layer outputs.
+    pub dropout: Dropout,
+}
+
+impl VitLayer {
+    /// Gets or creates the layer's weights under `vb` (`vit.encoder.layer.N`).
+    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, std, eps) = (cfg.hidden_size, cfg.initializer_range, cfg.layer_norm_eps);
+        let att = vb.pp("attention");
+        Ok(Self {
+            layernorm_before: LayerNorm::new(h, eps, vb.pp("layernorm_before"))?,
+            attention: SelfAttention::new(
+                h,
+                cfg.num_attention_heads,
+                cfg.qkv_bias,
+                std,
+                cfg.attention_probs_dropout_prob,
+                att.pp("attention"),
+            )?,
+            attention_output: Linear::new(h, h, true, std, att.pp("output").pp("dense"))?,
+            layernorm_after: LayerNorm::new(h, eps, vb.pp("layernorm_after"))?,
+            intermediate: Linear::new(h, cfg.intermediate_size, true, std, vb.pp("intermediate").pp("dense"))?,
+            output: Linear::new(cfg.intermediate_size, h, true, std, vb.pp("output").pp("dense"))?,
+            act: cfg.hidden_act,
+            dropout: Dropout::new(cfg.hidden_dropout_prob),
+        })
+    }
+
+    /// Returns the layer output and its attention probabilities.
+    pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor)> {
+        let (context, probs) = self.attention.forward(&self.layernorm_before.forward(x)?, None, ctx)?;
+        let a = self.dropout.forward(&self.attention_output.forward(&context)?, ctx)?;
+        let x = (a + x)?;
+        let h = activation(
+            &self.intermediate.forward(&self.layernorm_after.forward(&x)?)?,
+            self.act,
+        )?;
+        let h = self.dropout.forward(&self.output.forward(&h)?, ctx)?;
+        Ok(((h + x)?, probs))
+    }
+}
+
+/// ViT encoder + final LayerNorm + classifier on the CLS token (`ViTForImageClassification`).
+#[derive(Debug, Clone)]
+pub struct VitForImageClassification {
+    /// The configuration it was built from.
+    pub config: VitConfig,
+    /// `vit.embeddings`.
+    pub embeddings: VitEmbeddings,
+    /// `vit.encoder.layer.*`.
+    pub layers: Vec<VitLayer>,
+    /// `vit.layernorm`.
+    pub layernorm: LayerNorm,
+    /// `classifier`, `[num_labels, hidden]`.
+    pub classifier: Linear,
+}
+
+impl VitForImageClassification {
+    /// Gets or creates every weight under `vb` (the root: names start with `vit.` / `classifier.`).
+    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate().map_err(candle_core::Error::msg)?;
+        let vit = vb.pp("vit");
+        let embeddings = VitEmbeddings::new(cfg, vit.pp("embeddings"))?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| VitLayer::new(cfg, vit.pp("encoder").pp("layer").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let layernorm = LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, vit.pp("layernorm"))?;
+        let classifier = Linear::new(
+            cfg.hidden_size,
+            cfg.num_labels(),
+            true,
+            cfg.initializer_range,
+            vb.pp("classifier"),
+        )?;
+        Ok(Self {
+            config: cfg.clone(),
+            embeddings,
+            layers,
+            layernorm,
+            classifier,
+        })
+    }
+
+    /// Runs the model on `[batch, channels, image_size, image_size]` normalised pixels.
+    pub fn forward(&self, pixel_values: &Tensor, ctx: &mut ForwardCtx) -> Result<ModelOutput> {
+        let mut x = self.embeddings.forward(pixel_values, ctx)?;
+        let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
+        let mut attentions = Vec::with_capacity(self.layers.len());
+        hidden_states.push(x.clone());
+        for layer in &self.layers {
+            let (y, probs) = layer.forward(&x, ctx)?;
+            x = y;
+            hidden_states.push(x.clone());
+            attentions.push(probs);
+        }
+        let last_hidden_state = self.layernorm.forward(&x)?;
+        let pooled = last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?;
+        let logits = self.classifier.forward(&pooled)?;
+        Ok(ModelOutput {
+            logits,
+            hidden_states,
+            attentions,
+            last_hidden_state,
+            pooled,
+        })
+    }
+
+    /// Number of classes.
+    pub fn num_labels(&self) -> usize {
+        self.config.num_labels()
+    }
+
+    /// The dtype of the weights.
+    pub fn dtype(&self) -> DType {
+        self.classifier.weight.dtype()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ml::checkpoint::Pretrained;
+    use crate::ml::config::ModelConfig;
+    use crate::ml::model::Model;
+    use crate::ml::params::ParamStore;
+    use crate::ml::testutil::*;
+    use candle_core::Device;
+    use candle_transformers::models::vit as oracle;
+
+    #[test]
+    fn one_training_step_gives_every_variable_a_gradient() {
+        let cfg = tiny_vit(3);
+        let params = ParamStore::new(4);
+        let model = VitForImageClassification::new(&cfg, params.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let x = image_batch(4, 3, 8, 1);
+        let out = model.forward(&x, &mut ForwardCtx::train(2)).unwrap();
+        assert_eq!(out.logits.dims(), &[4, 3]);
+        assert_eq!(out.hidden_states.len(), 3);
+        assert_eq!(out.hidden_states[0].dims(), &[4, 5, 16]);
+        assert_eq!(out.attentions[1].dims(), &[4, 2, 5, 5]);
+        let loss = candle_nn::loss::cross_entropy(&out.logits, &targets(4, 3, 5)).unwrap();
+        let grads = loss.backward().unwrap();
+        let n = assert_every_var_has_gradient(&params, &grads);
+        // cls, position, projection weight + bias; 16 per layer; final LN (2); classifier (2).
+        assert_eq!(n, 4 + 16 * cfg.num_hidden_layers + 4);
+    }
+
+    #[test]
+    fn patch_embedding_equals_strided_conv2d() {
+        let cfg = tiny_vit(2);
+        let params = ParamStore::new(6);
+        let emb = VitEmbeddings::new(&cfg, params.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let x = image_batch(2, 3, 8, 3);
+        let ours = emb
+            .forward(&x, &mut ForwardCtx::eval())
+            .unwrap()
+            .narrow(1, 1, 4)
+            .unwrap();
+        let conv = x
+            .conv2d(&emb.projection_weight, 0, 4, 1, 1)
+            .unwrap()
+            .broadcast_add(&emb.projection_bias.reshape((1, 16, 1, 1)).unwrap())
+            .unwrap()
+            .flatten_from(2)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .broadcast_add(&emb.position_embeddings.narrow(1, 1, 4).unwrap())
+            .unwrap();
+        let rel = rel_diff(&ours, &conv);
+        assert!(rel < 1e-5, "{rel}");
+        let err = emb
+            .forward(&image_batch(1, 3, 12, 0), &mut ForwardCtx::eval())
+            .unwrap_err();
+        assert!(err.to_string().contains("[batch, 3, 8, 8]"), "{err}");
+    }
+
+    #[test]
+    fn same_seed_gives_bit_identical_weights() {
+        let cfg = ModelConfig::Vit(tiny_vit(2));
+        let a = Pretrained::random(&cfg, 1, &Device::Cpu)
+            .unwrap()
+            .params
+            .tensors()
+            .unwrap();
+        let b = Pretrained::random(&cfg, 1, &Device::Cpu)
+            .unwrap()
+            .params
+            .tensors()
+            .unwrap();
+        for (k, t) in &a {
+            let (x, y) = (t.flatten_all().unwrap(), b[k].flatten_all().unwrap());
+            assert_eq!(x.to_vec1::<f32>().unwrap(), y.to_vec1::<f32>().unwrap(), "{k}");
+        }
+    }
+
+    /// Same checkpoint, eval mode: our ViT's logits agree with candle-transformers' vit::Model.
+    #[test]
+    fn agrees_with_candle_transformers_vit() {
+        let mut cfg = tiny_vit(3);
+        cfg.initializer_range = 0.3;
+        let p = Pretrained::random(&ModelConfig::Vit(cfg.clone()), 12, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        p.save(dir.path()).unwrap();
+        let x = image_batch(3, 3, 8, 7);
+        let Model::Vit(m) = &p.model else { unreachable!() };
+        let ours = m.forward(&x, &mut ForwardCtx::eval()).unwrap();
+
+        let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+        let ocfg: oracle::Config = serde_json::from_str(&text).unwrap();
+        let weights = dir.path().join("model.safetensors");
+        let vb =
+            unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &Device::Cpu).unwrap() };
+        let theirs = oracle::Model::new(&ocfg, 3, vb).unwrap().forward(&x).unwrap();
+        let rel = rel_diff(&ours.logits, &theirs);
+        eprintln!("vit oracle: logits rel diff {rel:e}");
+        assert!(rel < 1e-4, "logits differ: {rel}");
+    }
+}
