@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod compile;
+pub mod data;
 pub mod diagnostic;
 pub mod engine;
 pub mod ml;

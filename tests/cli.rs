@@ -33,13 +33,14 @@ fn the_shipped_pipelines_and_examples_check_clean() {
             "pipelines/beans.rkd",
             "examples/quickstart.rkd",
             "examples/exec.rkd",
+            "examples/train.rkd",
         ])
         .current_dir(repo())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout.matches("ok: ").count(), 4, "{stdout}");
+    assert_eq!(stdout.matches("ok: ").count(), 5, "{stdout}");
 }
 
 #[test]

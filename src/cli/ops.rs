@@ -52,7 +52,9 @@ pub fn overview() -> String {
         out.push_str(&format!("  {:width$}  {}\n", op.name, op.doc));
     }
     out.push_str("\n`rkd ops NAME` shows the parameters of one.\n");
-    out.push_str("Note: this version compiles, checks and plans pipelines; running stages is not implemented yet.\n");
+    out.push_str(
+        "Runs today: exec, train and eval; the other stage ops are checked and planned but not implemented yet.\n",
+    );
     out
 }
 

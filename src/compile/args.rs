@@ -237,7 +237,8 @@ impl Compiler {
                     })
                 }
             }
-            (Ty::Arch, Value::Spec(s)) if s.ctor.kind == OpKind::Model => Ok(Value::Spec(s)),
+            (Ty::Arch | Ty::Init, Value::Spec(s)) if s.ctor.kind == OpKind::Model => Ok(Value::Spec(s)),
+            (Ty::Init, Value::Stage(id)) => self.check_value(&Ty::Model, Value::Stage(id), origin),
             (Ty::Arch, Value::Stage(id)) => Err(Mismatch {
                 message: format!("expects an architecture like `bert::mini`, but got stage `{}`", self.display_stage(id)),
                 help: Some("a trained stage can be a teacher or a base; a student is an architecture (or a `pretrained(path: ...)` checkpoint)".into()),
@@ -280,6 +281,7 @@ fn ty_phrase(ty: &Ty) -> String {
         Ty::Record => "a record `{name: value}`".into(),
         Ty::Model => "a trained model (a stage, or pretrained/hf)".into(),
         Ty::Arch => "a model architecture (e.g. `bert::mini`)".into(),
+        Ty::Init => "an architecture, a checkpoint or a trained stage".into(),
         Ty::Dataset => "a dataset".into(),
         Ty::Stage => "a stage".into(),
         Ty::Any => "a value".into(),

@@ -163,7 +163,9 @@ pub fn run(
         })
         .collect();
     let jobs = opts.jobs.max(1);
-    let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / jobs).max(1);
+    // Cores are shared among the stages that can run at once (a lone training stage gets them all).
+    let at_once = jobs.min(order.len()).max(1);
+    let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / at_once).max(1);
     let pipeline_dir = pipeline
         .canonicalize()
         .ok()

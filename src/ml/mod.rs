@@ -12,11 +12,15 @@ pub mod bert;
 pub mod checkpoint;
 pub mod config;
 pub mod layers;
+pub mod metrics;
 pub mod model;
+pub mod optim;
 pub mod output;
 pub mod params;
 pub mod rng;
+pub mod schedule;
 pub mod student;
+pub mod train;
 pub mod vit;
 
 pub use bert::BertForSequenceClassification;

@@ -1,6 +1,9 @@
 //! Stage ops: what running a stage does. One file per op.
 
+pub mod eval;
 mod exec;
+pub mod model_source;
+pub mod train;
 
 use crate::engine::cancel::Cancel;
 use crate::engine::progress::Progress;
@@ -42,8 +45,10 @@ pub struct OpOutput {
 pub fn execute(ctx: &mut OpContext) -> Result<OpOutput, String> {
     match ctx.op {
         "exec" => exec::run(ctx),
+        "train" => train::run(ctx),
+        "eval" => eval::run(ctx),
         other => Err(format!(
-            "the `{other}` op cannot run yet: this version of rkd runs only `exec` stages (the training and compression ops are not implemented)"
+            "the `{other}` op cannot run yet: this version of rkd runs only `exec`, `train` and `eval` stages (the other training and compression ops are not implemented)"
         )),
     }
 }

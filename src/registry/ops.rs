@@ -118,10 +118,10 @@ pub static TRAIN: OpSchema = OpSchema {
     params: &[
         p(
             "model",
-            Ty::Arch,
+            Ty::Init,
             D::Required,
             None,
-            "the architecture or checkpoint to start from",
+            "where training starts: an architecture, a checkpoint, or a trained stage (fine-tuning)",
         ),
         DATA,
         EPOCHS,
@@ -326,13 +326,7 @@ pub static QLORA: OpSchema = OpSchema {
             None,
             "also write a merged dense checkpoint",
         ),
-        p(
-            "epochs",
-            Ty::Int,
-            D::Int(3),
-            Some(Range::at_least(1.0)),
-            "passes over the training split",
-        ),
+        EPOCHS,
         BATCH,
         p(
             "lr",

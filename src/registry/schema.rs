@@ -63,6 +63,8 @@ pub enum Ty {
     Model,
     /// A model architecture or checkpoint to start from (`bert::mini`, `pretrained(...)`).
     Arch,
+    /// What training starts from: an architecture, a checkpoint, or a stage that outputs a model.
+    Init,
     /// A dataset (`glue_sst2(...)`, `synthetic_text(...)`, ...).
     Dataset,
     /// Any stage.
@@ -85,6 +87,7 @@ impl Ty {
             Ty::Record => "record".into(),
             Ty::Model => "model".into(),
             Ty::Arch => "architecture".into(),
+            Ty::Init => "architecture | model".into(),
             Ty::Dataset => "dataset".into(),
             Ty::Stage => "stage".into(),
             Ty::Any => "any".into(),

@@ -1,0 +1,392 @@
+//! Datasets for the `train` and `eval` ops: GLUE SST-2 TSV files, image folders (Beans) and
+//! generated synthetic sets, with the tokenizer and the batching.
+//!
+//! [`Dataset::load`] reads a dataset constructor's checked arguments and loads everything at
+//! once: text is tokenised up front, images are decoded and resized once. [`Dataset::batches`]
+//! then builds candle tensors for a split, in order or in a seeded shuffle.
+//!
+//! Text datasets always carry a [`Tokenizer`]: the pretrained model's (when
+//! [`LoadOptions::tokenizer_dir`] is given), else a WordPiece vocabulary trained on the training
+//! split (`glue_sst2`), or the identity vocabulary of the synthetic text set (whose examples are
+//! token ids already; it ignores `tokenizer_dir`). Image datasets have none.
+
+pub mod batch;
+pub mod error;
+pub mod images;
+mod params;
+pub mod pixels;
+pub mod synthetic_images;
+pub mod synthetic_text;
+pub mod tokenizer;
+pub mod tsv;
+pub mod wordpiece;
+
+#[cfg(test)]
+pub(crate) mod testdata;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use candle_core::Device;
+
+pub use batch::Batch;
+pub use error::DataError;
+pub use tokenizer::Tokenizer;
+
+use crate::ml::rng::derive_seed;
+use crate::ml::Rng;
+use crate::value::Params;
+use params::Args;
+
+/// One of a dataset's splits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SplitName {
+    /// The training split.
+    Train,
+    /// The validation split (GLUE's dev.tsv).
+    Validation,
+    /// The test split.
+    Test,
+}
+
+impl SplitName {
+    /// All splits, in order.
+    pub const ALL: [SplitName; 3] = [SplitName::Train, SplitName::Validation, SplitName::Test];
+
+    /// `train`, `validation` or `test`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplitName::Train => "train",
+            SplitName::Validation => "validation",
+            SplitName::Test => "test",
+        }
+    }
+
+    /// Parses a split name (`validation` also as `val`, `valid` or `dev`).
+    pub fn parse(s: &str) -> Option<SplitName> {
+        match s {
+            "train" => Some(SplitName::Train),
+            "validation" | "val" | "valid" | "dev" => Some(SplitName::Validation),
+            "test" => Some(SplitName::Test),
+            _ => None,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for SplitName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the examples are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataKind {
+    /// Token sequences of at most `max_len` ids (`[CLS]` and `[SEP]` included).
+    Text {
+        /// Longest sequence.
+        max_len: usize,
+    },
+    /// Square images.
+    Images {
+        /// Side in pixels.
+        image_size: usize,
+        /// Colour channels (always 3: RGB).
+        channels: usize,
+    },
+}
+
+/// Options that come from outside the dataset's own arguments.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// A pretrained model directory whose tokenizer (tokenizer.json or vocab.txt) text datasets
+    /// use; when `None`, `glue_sst2` trains a WordPiece vocabulary on its training split.
+    pub tokenizer_dir: Option<PathBuf>,
+}
+
+/// The examples of one split.
+#[derive(Clone)]
+enum Examples {
+    /// Token ids, `[CLS] … [SEP]`, and the texts they came from.
+    Text { ids: Vec<Vec<u32>>, texts: Vec<String> },
+    /// RGB bytes `[side, side, 3]`.
+    Images(Vec<Vec<u8>>),
+}
+
+#[derive(Clone)]
+struct Split {
+    examples: Examples,
+    labels: Vec<u32>,
+}
+
+/// A loaded dataset: class names, kind, tokenizer (text) and up to three splits.
+#[derive(Clone)]
+pub struct Dataset {
+    /// Class names, indexed by label.
+    pub classes: Vec<String>,
+    /// Text or images, with their size.
+    pub kind: DataKind,
+    /// The tokenizer of a text dataset (`None` for images).
+    pub tokenizer: Option<Tokenizer>,
+    splits: [Option<Split>; 3],
+    augment: bool,
+}
+
+impl fmt::Debug for Dataset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sizes: Vec<String> = SplitName::ALL
+            .iter()
+            .filter(|s| self.has_split(**s))
+            .map(|s| format!("{s}: {}", self.len(*s)))
+            .collect();
+        f.debug_struct("Dataset")
+            .field("classes", &self.classes)
+            .field("kind", &self.kind)
+            .field("vocab_size", &self.tokenizer.as_ref().map(|t| t.vocab_size()))
+            .field("splits", &sizes)
+            .field("augment", &self.augment)
+            .finish()
+    }
+}
+
+fn text_split(tokenizer: &Tokenizer, texts: Vec<String>, labels: Vec<u32>, max_len: usize) -> Split {
+    use rayon::prelude::*;
+    let ids = texts.par_iter().map(|t| tokenizer.encode(t, max_len)).collect();
+    Split {
+        examples: Examples::Text { ids, texts },
+        labels,
+    }
+}
+
+impl Dataset {
+    /// Loads the dataset a constructor call describes.
+    /// `ctor` is `"glue_sst2"`, `"image_folder"`, `"synthetic_text"` or `"synthetic_images"`.
+    pub fn load(ctor: &str, params: &Params, opts: &LoadOptions) -> Result<Dataset, DataError> {
+        let args = Args::new(ctor, params)?;
+        match ctor {
+            "glue_sst2" => Self::load_sst2(&args, opts),
+            "image_folder" => Self::load_image_folder(&args),
+            "synthetic_text" => Self::load_synthetic_text(&args),
+            "synthetic_images" => Self::load_synthetic_images(&args),
+            other => Err(DataError::new(format!(
+                "no loader for the dataset constructor `{other}`"
+            ))),
+        }
+    }
+
+    fn load_sst2(args: &Args, opts: &LoadOptions) -> Result<Dataset, DataError> {
+        let dir = args.path("path")?;
+        let max_len = args.usize("max_len")?;
+        let vocab_size = args.usize("vocab_size")?;
+        let (train, dev) = tsv::read_sst2_dir(&dir)?;
+        let unzip = |rows: Vec<tsv::TsvRow>| -> (Vec<String>, Vec<u32>) {
+            rows.into_iter().map(|r| (r.sentence, r.label)).unzip()
+        };
+        let (train_texts, train_labels) = unzip(train);
+        let (dev_texts, dev_labels) = unzip(dev);
+        let tokenizer = match &opts.tokenizer_dir {
+            Some(d) => Tokenizer::from_dir(d)?,
+            None => Tokenizer::train_wordpiece(&train_texts, vocab_size)?,
+        };
+        let train = text_split(&tokenizer, train_texts, train_labels, max_len);
+        let dev = text_split(&tokenizer, dev_texts, dev_labels, max_len);
+        Ok(Dataset {
+            classes: tsv::SST2_CLASSES.iter().map(|s| s.to_string()).collect(),
+            kind: DataKind::Text { max_len },
+            tokenizer: Some(tokenizer),
+            splits: [Some(train), Some(dev), None],
+            augment: false,
+        })
+    }
+
+    fn load_image_folder(args: &Args) -> Result<Dataset, DataError> {
+        let root = args.path("path")?;
+        let image_size = args.usize("image_size")?;
+        let augment = args.bool("augment")?;
+        let folder = images::load_image_folder(&root, image_size)?;
+        let mut splits: [Option<Split>; 3] = [None, None, None];
+        for (name, s) in folder.splits {
+            splits[name.index()] = Some(Split {
+                examples: Examples::Images(s.images),
+                labels: s.labels,
+            });
+        }
+        Ok(Dataset {
+            classes: folder.classes,
+            kind: DataKind::Images {
+                image_size,
+                channels: 3,
+            },
+            tokenizer: None,
+            splits,
+            augment,
+        })
+    }
+
+    fn load_synthetic_text(args: &Args) -> Result<Dataset, DataError> {
+        let spec = synthetic_text::TextSpec {
+            seed: args.u64("seed")?,
+            classes: args.usize("classes")?,
+            train_size: args.usize("train_size")?,
+            val_size: args.usize("val_size")?,
+            max_len: args.usize("max_len")?,
+            vocab_size: args.usize("vocab_size")?,
+            noise: args.f64("noise")?,
+        };
+        let data = synthetic_text::generate(&spec)?;
+        let split = |s: synthetic_text::TextSplit| Split {
+            examples: Examples::Text {
+                ids: s.ids,
+                texts: s.texts,
+            },
+            labels: s.labels,
+        };
+        Ok(Dataset {
+            classes: data.classes,
+            kind: DataKind::Text { max_len: spec.max_len },
+            tokenizer: Some(data.tokenizer),
+            splits: [Some(split(data.train)), Some(split(data.validation)), None],
+            augment: false,
+        })
+    }
+
+    fn load_synthetic_images(args: &Args) -> Result<Dataset, DataError> {
+        let spec = synthetic_images::ImageSpec {
+            seed: args.u64("seed")?,
+            classes: args.usize("classes")?,
+            train_size: args.usize("train_size")?,
+            val_size: args.usize("val_size")?,
+            image_size: args.usize("image_size")?,
+            noise: args.f64("noise")?,
+        };
+        let data = synthetic_images::generate(&spec)?;
+        let split = |s: synthetic_images::GeneratedImages| Split {
+            examples: Examples::Images(s.images),
+            labels: s.labels,
+        };
+        Ok(Dataset {
+            classes: data.classes,
+            kind: DataKind::Images {
+                image_size: spec.image_size,
+                channels: 3,
+            },
+            tokenizer: None,
+            splits: [Some(split(data.train)), Some(split(data.validation)), None],
+            augment: true,
+        })
+    }
+
+    fn split(&self, split: SplitName) -> Option<&Split> {
+        self.splits[split.index()].as_ref()
+    }
+
+    /// Whether the dataset has this split.
+    pub fn has_split(&self, split: SplitName) -> bool {
+        self.split(split).is_some()
+    }
+
+    /// Number of examples in a split (0 for a split the dataset lacks).
+    pub fn len(&self, split: SplitName) -> usize {
+        self.split(split).map_or(0, |s| s.labels.len())
+    }
+
+    /// Whether a split is absent or empty.
+    pub fn is_empty(&self, split: SplitName) -> bool {
+        self.len(split) == 0
+    }
+
+    /// The labels of a split, in example order (empty for a split the dataset lacks).
+    pub fn labels(&self, split: SplitName) -> &[u32] {
+        self.split(split).map_or(&[], |s| &s.labels)
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// Whether training batches may be augmented (`image_folder`'s `augment` argument; true for
+    /// synthetic images, false for text).
+    pub fn augments(&self) -> bool {
+        self.augment
+    }
+
+    /// The texts of a text split (`None` for images or a missing split).
+    pub fn texts(&self, split: SplitName) -> Option<&[String]> {
+        match &self.split(split)?.examples {
+            Examples::Text { texts, .. } => Some(texts),
+            Examples::Images(_) => None,
+        }
+    }
+
+    /// The token ids of a text split, `[CLS] … [SEP]` each (`None` for images or a missing split).
+    pub fn token_ids(&self, split: SplitName) -> Option<&[Vec<u32>]> {
+        match &self.split(split)?.examples {
+            Examples::Text { ids, .. } => Some(ids),
+            Examples::Images(_) => None,
+        }
+    }
+
+    /// Batches in order, or shuffled with a seeded RNG when `shuffle_seed` is `Some`.
+    ///
+    /// `augment` applies random crops and flips to images of the training split, only when the
+    /// dataset allows it ([`Dataset::augments`]); it is seeded from `shuffle_seed` (0 when `None`)
+    /// and the example's index, and ignored for text and other splits. Text batches are padded
+    /// to their longest sequence (at most `max_len`) with an attention mask. The last batch may
+    /// be smaller; a missing split gives no batches.
+    pub fn batches(
+        &self,
+        split: SplitName,
+        batch_size: usize,
+        shuffle_seed: Option<u64>,
+        augment: bool,
+        device: &Device,
+    ) -> Result<Vec<Batch>, DataError> {
+        self.batch_iter(split, batch_size, shuffle_seed, augment, device)?
+            .collect()
+    }
+
+    /// Like [`Dataset::batches`], but builds each batch only when it is asked for (less memory).
+    pub fn batch_iter<'a>(
+        &'a self,
+        split: SplitName,
+        batch_size: usize,
+        shuffle_seed: Option<u64>,
+        augment: bool,
+        device: &'a Device,
+    ) -> Result<impl Iterator<Item = Result<Batch, DataError>> + 'a, DataError> {
+        if batch_size == 0 {
+            return Err(DataError::new("batch_size must be at least 1"));
+        }
+        let order = batch::example_order(self.len(split), shuffle_seed);
+        let chunks: Vec<Vec<usize>> = order.chunks(batch_size).map(|c| c.to_vec()).collect();
+        let augment = augment && self.augment && split == SplitName::Train;
+        let aug_seed = derive_seed(shuffle_seed.unwrap_or(0), "rkd-data-augment");
+        Ok(chunks.into_iter().map(move |idx| {
+            let s = self.split(split).expect("a split with examples exists");
+            match (&s.examples, &self.kind) {
+                (Examples::Text { ids, .. }, DataKind::Text { max_len }) => {
+                    let pad = self.tokenizer.as_ref().map_or(0, |t| t.pad_id());
+                    batch::text_batch(ids, &s.labels, &idx, pad, *max_len, device)
+                }
+                (Examples::Images(imgs), DataKind::Images { image_size, .. }) => {
+                    let side = *image_size;
+                    let f = move |i: usize, rgb: &[u8]| {
+                        let mut rng = Rng::new(aug_seed.wrapping_add(i as u64));
+                        pixels::augment(rgb, side, &mut rng)
+                    };
+                    let transform: Option<batch::Transform> = if augment { Some(&f) } else { None };
+                    batch::image_batch(imgs, &s.labels, &idx, side, transform, device)
+                }
+                _ => Err(DataError::new("dataset kind and examples disagree")),
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;

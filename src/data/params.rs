@@ -1,0 +1,125 @@
+//! Reading a dataset constructor's checked arguments, falling back to the registry's defaults
+//! (so a hand-built `Params` may leave out what has a default).
+
+use std::path::PathBuf;
+
+use super::error::DataError;
+use crate::registry::{Default as D, OpSchema};
+use crate::value::{Params, Value};
+
+/// A constructor's arguments together with its schema.
+pub(crate) struct Args<'a> {
+    schema: &'static OpSchema,
+    params: &'a Params,
+}
+
+impl<'a> Args<'a> {
+    /// The arguments of the dataset constructor `ctor`.
+    pub(crate) fn new(ctor: &str, params: &'a Params) -> Result<Self, DataError> {
+        let schema = crate::registry::lookup(ctor)
+            .filter(|s| s.kind == crate::registry::OpKind::Dataset)
+            .ok_or_else(|| {
+                DataError::new(format!(
+                    "`{ctor}` is not a dataset constructor (expected glue_sst2, image_folder, synthetic_text or synthetic_images)"
+                ))
+            })?;
+        Ok(Args { schema, params })
+    }
+
+    fn value(&self, name: &str) -> Result<Value, DataError> {
+        if let Some(v) = self.params.get(name) {
+            return Ok(v.clone());
+        }
+        let default = self.schema.param(name).map(|p| &p.default);
+        match default {
+            Some(D::Int(i)) => Ok(Value::Int(*i)),
+            Some(D::Float(f)) => Ok(Value::Float(*f)),
+            Some(D::Bool(b)) => Ok(Value::Bool(*b)),
+            _ => Err(DataError::new(format!(
+                "{}: missing argument `{name}`",
+                self.schema.name
+            ))),
+        }
+    }
+
+    fn wrong(&self, name: &str, want: &str, got: &Value) -> DataError {
+        DataError::new(format!(
+            "{}: argument `{name}` should be {want}, not {}",
+            self.schema.name,
+            got.type_name()
+        ))
+    }
+
+    /// A non-negative integer argument.
+    pub(crate) fn usize(&self, name: &str) -> Result<usize, DataError> {
+        match self.value(name)? {
+            Value::Int(i) => usize::try_from(i).map_err(|_| {
+                DataError::new(format!(
+                    "{}: argument `{name}` must not be negative (got {i})",
+                    self.schema.name
+                ))
+            }),
+            v => Err(self.wrong(name, "an integer", &v)),
+        }
+    }
+
+    /// A non-negative integer argument as a seed.
+    pub(crate) fn u64(&self, name: &str) -> Result<u64, DataError> {
+        self.usize(name).map(|u| u as u64)
+    }
+
+    /// A number argument (an integer is accepted).
+    pub(crate) fn f64(&self, name: &str) -> Result<f64, DataError> {
+        match self.value(name)? {
+            Value::Float(f) => Ok(f),
+            Value::Int(i) => Ok(i as f64),
+            v => Err(self.wrong(name, "a number", &v)),
+        }
+    }
+
+    /// A bool argument.
+    pub(crate) fn bool(&self, name: &str) -> Result<bool, DataError> {
+        match self.value(name)? {
+            Value::Bool(b) => Ok(b),
+            v => Err(self.wrong(name, "a bool", &v)),
+        }
+    }
+
+    /// A path argument, resolved against the pipeline's directory (a string is taken as is).
+    pub(crate) fn path(&self, name: &str) -> Result<PathBuf, DataError> {
+        match self.value(name)? {
+            Value::Path(p) => Ok(p.resolved.clone()),
+            Value::Str(s) => Ok(PathBuf::from(&*s)),
+            v => Err(self.wrong(name, "a path", &v)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_type_errors() {
+        let mut p = Params::new();
+        p.insert("seed".into(), Value::Int(5));
+        let a = Args::new("synthetic_text", &p).unwrap();
+        assert_eq!(a.u64("seed").unwrap(), 5);
+        assert_eq!(a.usize("vocab_size").unwrap(), 1000);
+        assert!((a.f64("noise").unwrap() - 0.1).abs() < 1e-12);
+        p.insert("classes".into(), Value::Bool(true));
+        let a = Args::new("synthetic_text", &p).unwrap();
+        let e = a.usize("classes").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "synthetic_text: argument `classes` should be an integer, not a bool"
+        );
+        let a = Args::new("glue_sst2", &p).unwrap();
+        assert!(a
+            .path("path")
+            .unwrap_err()
+            .to_string()
+            .contains("missing argument `path`"));
+        assert!(Args::new("train", &p).is_err());
+    }
+}

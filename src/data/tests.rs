@@ -1,0 +1,281 @@
+//! Tests of `Dataset`: loading through the constructor arguments, and batching.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::Device;
+
+use super::*;
+use crate::ml::ModelInput;
+use crate::value::{PathValue, Value};
+
+fn path_value(p: &Path) -> Value {
+    Value::Path(Arc::new(PathValue {
+        written: p.display().to_string(),
+        resolved: p.to_path_buf(),
+        span: crate::source::Span::new(crate::source::FileId(0), 0, 0),
+    }))
+}
+
+fn params(pairs: &[(&str, Value)]) -> Params {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+fn text_parts(b: &Batch) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let ModelInput::Text {
+        input_ids,
+        attention_mask,
+        ..
+    } = &b.input
+    else {
+        panic!("expected a text batch")
+    };
+    (
+        input_ids.to_vec2().unwrap(),
+        attention_mask.as_ref().unwrap().to_vec2().unwrap(),
+    )
+}
+
+fn pixels(b: &Batch) -> Vec<f32> {
+    let ModelInput::Images { pixel_values } = &b.input else {
+        panic!("expected an image batch")
+    };
+    pixel_values.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+fn synthetic_text() -> Dataset {
+    let p = params(&[
+        ("seed", Value::Int(3)),
+        ("train_size", Value::Int(50)),
+        ("val_size", Value::Int(20)),
+        ("max_len", Value::Int(16)),
+        ("vocab_size", Value::Int(100)),
+    ]);
+    Dataset::load("synthetic_text", &p, &LoadOptions::default()).unwrap()
+}
+
+fn synthetic_images() -> Dataset {
+    let p = params(&[
+        ("seed", Value::Int(3)),
+        ("train_size", Value::Int(12)),
+        ("val_size", Value::Int(6)),
+        ("image_size", Value::Int(16)),
+    ]);
+    Dataset::load("synthetic_images", &p, &LoadOptions::default()).unwrap()
+}
+
+#[test]
+fn text_batches_pad_dynamically_with_a_mask() {
+    let d = synthetic_text();
+    assert_eq!(d.kind, DataKind::Text { max_len: 16 });
+    assert_eq!(
+        (
+            d.len(SplitName::Train),
+            d.len(SplitName::Validation),
+            d.len(SplitName::Test)
+        ),
+        (50, 20, 0)
+    );
+    assert_eq!(d.classes, ["class_0", "class_1"]);
+    assert_eq!(d.tokenizer.as_ref().unwrap().vocab_size(), 100);
+    let bs = d.batches(SplitName::Train, 16, None, false, &Device::Cpu).unwrap();
+    assert_eq!(bs.iter().map(Batch::len).collect::<Vec<_>>(), [16, 16, 16, 2]);
+    let ids = d.token_ids(SplitName::Train).unwrap();
+    for b in &bs {
+        let (x, m) = text_parts(b);
+        let longest = b.indices.iter().map(|&i| ids[i].len()).max().unwrap();
+        assert_eq!(x[0].len(), longest);
+        assert!(longest <= 16);
+        for (row, (&i, mask)) in x.iter().zip(b.indices.iter().zip(&m)) {
+            let n = ids[i].len();
+            assert_eq!(&row[..n], &ids[i][..]);
+            assert!(row[n..].iter().all(|&t| t == 0));
+            assert_eq!(mask.iter().sum::<u32>() as usize, n);
+            assert!(mask[..n].iter().all(|&v| v == 1));
+        }
+        let labels: Vec<u32> = b.labels.to_vec1().unwrap();
+        let want: Vec<u32> = b.indices.iter().map(|&i| d.labels(SplitName::Train)[i]).collect();
+        assert_eq!(labels, want);
+    }
+    assert_eq!(bs[0].indices, (0..16).collect::<Vec<_>>());
+    assert!(d
+        .batches(SplitName::Test, 8, None, false, &Device::Cpu)
+        .unwrap()
+        .is_empty());
+    assert!(d.batches(SplitName::Train, 0, None, false, &Device::Cpu).is_err());
+    assert!(d.labels(SplitName::Test).is_empty());
+}
+
+#[test]
+fn shuffle_is_seeded() {
+    let d = synthetic_text();
+    let order = |seed| -> Vec<usize> {
+        d.batches(SplitName::Train, 7, seed, false, &Device::Cpu)
+            .unwrap()
+            .iter()
+            .flat_map(|b| b.indices.clone())
+            .collect()
+    };
+    assert_eq!(order(Some(1)), order(Some(1)));
+    assert_ne!(order(Some(1)), order(Some(2)));
+    assert_ne!(order(Some(1)), order(None));
+    let mut all = order(Some(1));
+    all.sort();
+    assert_eq!(all, (0..50).collect::<Vec<_>>());
+}
+
+#[test]
+fn image_batches_augment_only_when_asked() {
+    let d = synthetic_images();
+    assert!(d.augments());
+    assert_eq!(
+        d.kind,
+        DataKind::Images {
+            image_size: 16,
+            channels: 3
+        }
+    );
+    let dev = Device::Cpu;
+    let plain = d.batches(SplitName::Train, 5, Some(9), false, &dev).unwrap();
+    let ModelInput::Images { pixel_values } = &plain[0].input else {
+        panic!()
+    };
+    assert_eq!(pixel_values.dims(), [5, 3, 16, 16]);
+    assert_eq!(plain.last().unwrap().len(), 2);
+    let again = d.batches(SplitName::Train, 5, Some(9), false, &dev).unwrap();
+    assert_eq!(pixels(&plain[0]), pixels(&again[0]));
+    let aug = d.batches(SplitName::Train, 5, Some(9), true, &dev).unwrap();
+    let aug2 = d.batches(SplitName::Train, 5, Some(9), true, &dev).unwrap();
+    assert_eq!(aug[0].indices, plain[0].indices);
+    assert_ne!(pixels(&aug[0]), pixels(&plain[0]));
+    assert_eq!(pixels(&aug[0]), pixels(&aug2[0]));
+    // Never on other splits.
+    let v = d.batches(SplitName::Validation, 6, None, false, &dev).unwrap();
+    let va = d.batches(SplitName::Validation, 6, None, true, &dev).unwrap();
+    assert_eq!(pixels(&v[0]), pixels(&va[0]));
+}
+
+#[test]
+fn image_folder_loads_and_respects_its_augment_argument() {
+    let dir = images::tests::tiny_folder();
+    let p = params(&[
+        ("path", path_value(dir.path())),
+        ("image_size", Value::Int(8)),
+        ("augment", Value::Bool(false)),
+    ]);
+    let d = Dataset::load("image_folder", &p, &LoadOptions::default()).unwrap();
+    assert_eq!(d.classes, ["a_cls", "b_cls"]);
+    assert_eq!((d.len(SplitName::Train), d.len(SplitName::Validation)), (4, 2));
+    assert!(d.tokenizer.is_none() && !d.augments());
+    let dev = Device::Cpu;
+    let a = d.batches(SplitName::Train, 4, Some(1), true, &dev).unwrap();
+    let b = d.batches(SplitName::Train, 4, Some(1), false, &dev).unwrap();
+    assert_eq!(pixels(&a[0]), pixels(&b[0]));
+    // The red channel of class a_cls is 20/255 everywhere.
+    let b0 = d.batches(SplitName::Train, 4, None, false, &dev).unwrap();
+    let px = pixels(&b0[0]);
+    let want = (20.0 / 255.0 - pixels::IMAGENET_MEAN[0]) / pixels::IMAGENET_STD[0];
+    assert!((px[0] - want).abs() < 1e-5);
+}
+
+#[test]
+fn glue_sst2_with_trained_and_given_tokenizers() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("train.tsv"),
+        "sentence\tlabel\na charming , moving film \t1\nbleak and tedious \t0\na moving journey \t1\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("dev.tsv"), "sentence\tlabel\ntedious film \t0\n").unwrap();
+    let p = params(&[("path", path_value(dir.path())), ("vocab_size", Value::Int(100))]);
+    let d = Dataset::load("glue_sst2", &p, &LoadOptions::default()).unwrap();
+    assert_eq!(d.classes, ["negative", "positive"]);
+    assert_eq!(d.labels(SplitName::Train), [1, 0, 1]);
+    assert_eq!(d.texts(SplitName::Validation).unwrap(), ["tedious film"]);
+    assert_eq!(d.kind, DataKind::Text { max_len: 64 });
+    let tk = d.tokenizer.clone().unwrap();
+    assert_eq!(
+        d.token_ids(SplitName::Validation).unwrap()[0],
+        tk.encode("tedious film", 64)
+    );
+
+    // The saved tokenizer, given back as a pretrained directory, gives the same ids.
+    let tdir = tempfile::tempdir().unwrap();
+    tk.save(tdir.path()).unwrap();
+    let opts = LoadOptions {
+        tokenizer_dir: Some(tdir.path().to_path_buf()),
+    };
+    let d2 = Dataset::load("glue_sst2", &p, &opts).unwrap();
+    assert_eq!(d2.token_ids(SplitName::Train), d.token_ids(SplitName::Train));
+
+    std::fs::write(dir.path().join("dev.tsv"), "sentence\tlabel\nfine \t1\nbroken row\n").unwrap();
+    let e = Dataset::load("glue_sst2", &p, &LoadOptions::default()).unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("dev.tsv:3: malformed row (no tab between sentence and label): `broken row`"),
+        "{e}"
+    );
+    assert!(Dataset::load("bert", &p, &LoadOptions::default()).is_err());
+}
+
+#[test]
+fn shared_sst2_sample() {
+    let Some(dir) = testdata::shared_data("sst2-sample") else {
+        return;
+    };
+    let p = params(&[("path", path_value(&dir)), ("max_len", Value::Int(64))]);
+    let d = Dataset::load("glue_sst2", &p, &LoadOptions::default()).unwrap();
+    assert_eq!((d.len(SplitName::Train), d.len(SplitName::Validation)), (2000, 200));
+    assert_eq!(d.labels(SplitName::Train).iter().filter(|&&l| l == 1).count(), 1130);
+    assert_eq!(d.labels(SplitName::Validation).iter().filter(|&&l| l == 0).count(), 92);
+    assert_eq!(d.classes, ["negative", "positive"]);
+    assert!(d
+        .texts(SplitName::Train)
+        .unwrap()
+        .iter()
+        .all(|t| !t.ends_with(' ') && !t.contains('\t')));
+    let vocab = d.tokenizer.as_ref().unwrap().vocab_size();
+    assert!(vocab > 1000 && vocab <= 8000, "trained vocabulary of {vocab}");
+    let unk = d.tokenizer.as_ref().unwrap().unk_id();
+    let ids = d.token_ids(SplitName::Train).unwrap();
+    let unks = ids.iter().flatten().filter(|&&i| i == unk).count();
+    assert_eq!(unks, 0, "training sentences should need no [UNK]");
+
+    if let Some(model) = testdata::models_dir("all-MiniLM-L6-v2") {
+        let opts = LoadOptions {
+            tokenizer_dir: Some(model),
+        };
+        let d = Dataset::load("glue_sst2", &p, &opts).unwrap();
+        assert_eq!(d.tokenizer.as_ref().unwrap().vocab_size(), 30522);
+        let b = &d.batches(SplitName::Validation, 32, None, false, &Device::Cpu).unwrap()[0];
+        let (x, _) = text_parts(b);
+        assert!(x.iter().all(|r| r[0] == 101));
+    }
+}
+
+#[test]
+fn shared_beans_sample() {
+    let Some(dir) = testdata::shared_data("beans-sample") else {
+        return;
+    };
+    let p = params(&[("path", path_value(&dir)), ("image_size", Value::Int(32))]);
+    let d = Dataset::load("image_folder", &p, &LoadOptions::default()).unwrap();
+    assert_eq!(d.classes, ["angular_leaf_spot", "bean_rust", "healthy"]);
+    assert_eq!(
+        (
+            d.len(SplitName::Train),
+            d.len(SplitName::Validation),
+            d.len(SplitName::Test)
+        ),
+        (90, 30, 0)
+    );
+    for c in 0..3u32 {
+        assert_eq!(d.labels(SplitName::Train).iter().filter(|&&l| l == c).count(), 30);
+    }
+    let bs = d.batches(SplitName::Train, 32, Some(0), true, &Device::Cpu).unwrap();
+    assert_eq!(bs.len(), 3);
+    let ModelInput::Images { pixel_values } = &bs[0].input else {
+        panic!()
+    };
+    assert_eq!(pixel_values.dims(), [32, 3, 32, 32]);
+}

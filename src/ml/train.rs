@@ -1,0 +1,551 @@
+//! The training loop shared by the `train`, `distill` and `fuse` ops: AdamW with linear warm-up
+//! and decay, global-norm gradient clipping, validation after each epoch and the best
+//! checkpoint kept.
+//!
+//! The loop knows nothing about datasets or losses: the caller gives it the batches of each
+//! epoch and a closure that turns a batch into a scalar loss (cross-entropy for `train`, the
+//! KD loss for `distill`). With the same seed, the same batches and the same thread count, two
+//! runs give bit-identical weights: initialisation and dropout draw from the seeded
+//! [`Rng`](super::rng::Rng) (one dropout stream per step), and every parallel kernel used
+//! splits its work so that each output is computed by one thread in a fixed order.
+
+use candle_core::Tensor;
+use serde::Serialize;
+
+use super::layers::ForwardCtx;
+use super::model::Model;
+use super::optim::{clip_scale, AdamW, AdamWConfig};
+use super::params::ParamStore;
+use super::rng::derive_seed;
+use super::schedule::LinearSchedule;
+
+/// Hyper-parameters of a training run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOptions {
+    /// Passes over the training batches.
+    pub epochs: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// AdamW weight decay (not on biases and LayerNorm).
+    pub weight_decay: f64,
+    /// Fraction of the steps with linear warm-up.
+    pub warmup: f64,
+    /// Maximum global gradient norm (`None`: no clipping).
+    pub grad_clip: Option<f64>,
+    /// Seed of the dropout streams.
+    pub seed: u64,
+    /// Stop after this many optimiser steps (the schedule is planned for them).
+    pub max_steps: Option<usize>,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            lr: 1e-4,
+            weight_decay: 0.01,
+            warmup: 0.1,
+            grad_clip: Some(1.0),
+            seed: 0,
+            max_steps: None,
+        }
+    }
+}
+
+/// One optimiser step, as recorded in the loss curve.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRecord {
+    /// Global step, from 1.
+    pub step: usize,
+    /// Epoch, from 1.
+    pub epoch: usize,
+    /// The batch's loss.
+    pub loss: f64,
+    /// The learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
+
+/// The end of one epoch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EpochRecord {
+    /// Epoch, from 1.
+    pub epoch: usize,
+    /// Global steps done at its end.
+    pub steps: usize,
+    /// Mean training loss over its steps.
+    pub train_loss: f64,
+    /// Validation accuracy, when there is validation.
+    pub val_accuracy: Option<f64>,
+    /// Validation loss, when there is validation.
+    pub val_loss: Option<f64>,
+}
+
+/// Validation result after an epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Validation {
+    /// Accuracy (what the best checkpoint is chosen by).
+    pub accuracy: f64,
+    /// Mean loss.
+    pub loss: f64,
+}
+
+/// What a training run did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainReport {
+    /// Steps the schedule was planned for.
+    pub planned_steps: usize,
+    /// Warm-up steps of the schedule.
+    pub warmup_steps: usize,
+    /// Every step (the loss curve).
+    pub steps: Vec<StepRecord>,
+    /// Every epoch (the last one may be partial when `max_steps` stopped it).
+    pub epochs: Vec<EpochRecord>,
+    /// The epoch whose weights were kept (best validation accuracy; the last without validation).
+    pub best_epoch: Option<usize>,
+}
+
+impl TrainReport {
+    /// Optimiser steps taken.
+    pub fn total_steps(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Validation accuracy of the kept weights.
+    pub fn best_accuracy(&self) -> Option<f64> {
+        let best = self.best_epoch?;
+        self.epochs.iter().find(|e| e.epoch == best)?.val_accuracy
+    }
+
+    /// Mean training loss of the last epoch.
+    pub fn final_loss(&self) -> Option<f64> {
+        self.epochs.last().map(|e| e.train_loss)
+    }
+}
+
+/// Why training stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The interrupt check said stop.
+    #[error("interrupted")]
+    Interrupted,
+    /// Something failed (a batch, the loss, validation).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<candle_core::Error> for TrainError {
+    fn from(e: candle_core::Error) -> Self {
+        TrainError::Failed(e.to_string())
+    }
+}
+
+/// A progress callback: the step just taken and the planned number of steps.
+pub type OnStep<'a> = &'a mut dyn FnMut(&StepRecord, usize);
+
+/// Optional callbacks of [`train`].
+#[derive(Default)]
+pub struct Hooks<'a> {
+    /// Validation after each epoch (0-based epoch); its accuracy picks the best checkpoint.
+    pub validate: Option<&'a mut dyn FnMut(usize) -> Result<Validation, String>>,
+    /// After each step, with the planned number of steps (progress lines, logs).
+    pub on_step: Option<OnStep<'a>>,
+    /// After each epoch's validation.
+    pub on_epoch: Option<&'a mut dyn FnMut(&EpochRecord)>,
+    /// After each optimiser update (e.g. re-applying pruning masks).
+    pub after_update: Option<&'a mut dyn FnMut() -> Result<(), String>>,
+    /// Checked before every step; `true` stops with [`TrainError::Interrupted`].
+    pub interrupted: Option<&'a dyn Fn() -> bool>,
+}
+
+/// Trains every variable of `params` (which `model` was built on).
+///
+/// `batches(epoch)` gives the batches of a 0-based epoch (shuffled as the caller wishes; each
+/// epoch must have the same number); `loss(model, batch, ctx)` gives the scalar loss of a batch
+/// in train mode. The schedule covers `epochs × batches`, or `max_steps` when that is smaller.
+/// When there is validation, the weights of the best epoch are restored into `params` at the end.
+pub fn train<B>(
+    model: &Model,
+    params: &ParamStore,
+    opts: &TrainOptions,
+    mut batches: impl FnMut(usize) -> Result<Vec<B>, String>,
+    mut loss: impl FnMut(&Model, &B, &mut ForwardCtx) -> candle_core::Result<Tensor>,
+    mut hooks: Hooks,
+) -> Result<TrainReport, TrainError> {
+    let interrupted = || hooks.interrupted.is_some_and(|f| f());
+    if interrupted() {
+        return Err(TrainError::Interrupted);
+    }
+    let mut epoch_batches = batches(0).map_err(TrainError::Failed)?;
+    let per_epoch = epoch_batches.len();
+    if per_epoch == 0 {
+        return Err(TrainError::Failed("the training split gives no batches".into()));
+    }
+    let mut planned = opts.epochs.max(1) * per_epoch;
+    if let Some(m) = opts.max_steps {
+        planned = planned.min(m.max(1));
+    }
+    let epochs = planned.div_ceil(per_epoch);
+    let schedule = LinearSchedule::new(opts.lr, opts.warmup, planned);
+    let mut optimizer = AdamW::new(
+        params.named_vars(),
+        AdamWConfig {
+            lr: opts.lr,
+            weight_decay: opts.weight_decay,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let mut report = TrainReport {
+        planned_steps: planned,
+        warmup_steps: schedule.warmup_steps,
+        steps: Vec::with_capacity(planned),
+        epochs: Vec::with_capacity(epochs),
+        best_epoch: None,
+    };
+    let mut best: Option<(f64, std::collections::BTreeMap<String, Tensor>)> = None;
+    let mut step = 0usize;
+    for epoch in 0..epochs {
+        if epoch > 0 {
+            epoch_batches = batches(epoch).map_err(TrainError::Failed)?;
+            if epoch_batches.len() != per_epoch {
+                return Err(TrainError::Failed(format!(
+                    "epoch {} has {} batches, the first had {per_epoch}",
+                    epoch + 1,
+                    epoch_batches.len()
+                )));
+            }
+        }
+        let mut loss_sum = 0.0;
+        let mut steps_in_epoch = 0usize;
+        for batch in &epoch_batches {
+            if step >= planned {
+                break;
+            }
+            if interrupted() {
+                return Err(TrainError::Interrupted);
+            }
+            let lr = schedule.lr(step);
+            optimizer.set_lr(lr);
+            let mut ctx = ForwardCtx::train(derive_seed(opts.seed, &format!("dropout/step{step}")));
+            let l = loss(model, batch, &mut ctx)?;
+            let value = l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            if !value.is_finite() {
+                return Err(TrainError::Failed(format!(
+                    "the loss is {value} at step {} (learning rate {lr:e} too high?)",
+                    step + 1
+                )));
+            }
+            let grads = l.backward()?;
+            let grad_norm = optimizer.grad_norm(&grads)?;
+            let scale = opts.grad_clip.map_or(1.0, |c| clip_scale(grad_norm, c));
+            optimizer.step(&grads, scale)?;
+            drop(grads);
+            if let Some(f) = hooks.after_update.as_mut() {
+                f().map_err(TrainError::Failed)?;
+            }
+            step += 1;
+            steps_in_epoch += 1;
+            loss_sum += value;
+            let record = StepRecord {
+                step,
+                epoch: epoch + 1,
+                loss: value,
+                lr,
+                grad_norm,
+            };
+            if let Some(f) = hooks.on_step.as_mut() {
+                f(&record, planned);
+            }
+            report.steps.push(record);
+        }
+        if interrupted() {
+            return Err(TrainError::Interrupted);
+        }
+        let validation = match hooks.validate.as_mut() {
+            Some(f) => Some(f(epoch).map_err(TrainError::Failed)?),
+            None => None,
+        };
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            steps: step,
+            train_loss: loss_sum / steps_in_epoch.max(1) as f64,
+            val_accuracy: validation.map(|v| v.accuracy),
+            val_loss: validation.map(|v| v.loss),
+        };
+        if let Some(f) = hooks.on_epoch.as_mut() {
+            f(&record);
+        }
+        report.epochs.push(record);
+        match validation {
+            Some(v) => {
+                if best.as_ref().is_none_or(|(acc, _)| v.accuracy > *acc) {
+                    report.best_epoch = Some(epoch + 1);
+                    let keep_copy = epoch + 1 < epochs;
+                    // The last epoch's weights are in the variables already: no copy needed.
+                    let snapshot = if keep_copy {
+                        params.tensors()?
+                    } else {
+                        Default::default()
+                    };
+                    best = Some((v.accuracy, snapshot));
+                }
+            }
+            None => report.best_epoch = Some(epoch + 1),
+        }
+    }
+    // Restore the best epoch's weights when it was not the last.
+    if let (Some((_, snapshot)), Some(best_epoch)) = (&best, report.best_epoch) {
+        if best_epoch < epochs {
+            for (name, var) in params.named_vars() {
+                if let Some(t) = snapshot.get(&name) {
+                    var.set(t)?;
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Runs `f` on a rayon pool of `threads` threads, so that candle's parallel kernels (matrix
+/// products) and the optimiser use at most that many; falls back to the global pool when the
+/// pool cannot be built.
+pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    match rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build() {
+        Ok(pool) => pool.install(f),
+        Err(_) => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ml::config::{BertConfig, ModelConfig};
+    use crate::ml::metrics::evaluate;
+    use crate::ml::model::ModelInput;
+    use crate::ml::rng::Rng;
+    use candle_core::{DType, Device};
+
+    /// A learnable toy task: filler tokens plus three copies of a signal token (1 or 2) that
+    /// gives the class.
+    fn toy_batches(n_batches: usize, batch: usize, seq: usize, seed: u64) -> Vec<(ModelInput, Tensor)> {
+        let mut rng = Rng::new(seed);
+        (0..n_batches)
+            .map(|_| {
+                let mut ids = Vec::with_capacity(batch * seq);
+                let mut labels = Vec::with_capacity(batch);
+                for _ in 0..batch {
+                    let label = rng.below(2) as u32;
+                    let mut row: Vec<u32> = (0..seq).map(|_| 3 + rng.below(20) as u32).collect();
+                    for _ in 0..3 {
+                        row[1 + rng.below(seq as u64 - 1) as usize] = 1 + label;
+                    }
+                    labels.push(label);
+                    ids.extend(row);
+                }
+                let dev = Device::Cpu;
+                (
+                    ModelInput::Text {
+                        input_ids: Tensor::from_vec(ids, (batch, seq), &dev).unwrap(),
+                        token_type_ids: None,
+                        attention_mask: None,
+                    },
+                    Tensor::from_vec(labels, batch, &dev).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn tiny() -> ModelConfig {
+        let mut c = BertConfig::new(24, 32, 2, 2, 64, 2);
+        c.max_position_embeddings = 16;
+        c.hidden_dropout_prob = 0.1;
+        c.attention_probs_dropout_prob = 0.1;
+        ModelConfig::Bert(c)
+    }
+
+    fn ce(model: &Model, b: &(ModelInput, Tensor), ctx: &mut ForwardCtx) -> candle_core::Result<Tensor> {
+        let out = model.forward(&b.0, ctx)?;
+        candle_nn::loss::cross_entropy(&out.logits, &b.1)
+    }
+
+    /// Trains the toy task; returns the report, the weights' bits and validation accuracy.
+    fn run(seed: u64, epochs: usize, threads: usize) -> (TrainReport, Vec<u32>, f64) {
+        with_threads(threads, || {
+            let params = ParamStore::new(seed);
+            let model = Model::new(&tiny(), params.var_builder(DType::F32, &Device::Cpu)).unwrap();
+            let eval_model = Model::new(&tiny(), params.frozen_var_builder(DType::F32, &Device::Cpu)).unwrap();
+            let val = toy_batches(4, 32, 12, 999);
+            let mut validate = |_e: usize| {
+                let ev = evaluate(&eval_model, val.iter().map(|(i, l)| (i, l))).map_err(|e| e.to_string())?;
+                Ok(Validation {
+                    accuracy: ev.confusion.accuracy(),
+                    loss: ev.loss,
+                })
+            };
+            let opts = TrainOptions {
+                epochs,
+                lr: 3e-3,
+                seed,
+                ..TrainOptions::default()
+            };
+            let report = train(
+                &model,
+                &params,
+                &opts,
+                |e| Ok(toy_batches(8, 32, 12, 100 + e as u64)),
+                ce,
+                Hooks {
+                    validate: Some(&mut validate),
+                    ..Hooks::default()
+                },
+            )
+            .unwrap();
+            let bits: Vec<u32> = params
+                .tensors()
+                .unwrap()
+                .values()
+                .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .map(f32::to_bits)
+                .collect();
+            let acc = validate(0).unwrap().accuracy;
+            (report, bits, acc)
+        })
+    }
+
+    #[test]
+    fn learns_keeps_the_best_epoch_and_is_bit_identical_twice() {
+        let (report, bits, acc) = run(3, 6, 2);
+        assert_eq!(report.total_steps(), 48);
+        assert_eq!(report.epochs.len(), 6);
+        assert_eq!(report.warmup_steps, 5);
+        let best = report.best_accuracy().unwrap();
+        assert!(best > 0.9, "toy task not learned: {:?}", report.epochs);
+        // The kept weights are the best epoch's: re-validating them gives its accuracy.
+        assert_eq!(acc, best, "{:?}", report.epochs);
+        let max = report.epochs.iter().filter_map(|e| e.val_accuracy).fold(0.0, f64::max);
+        assert_eq!(best, max);
+        let (report2, bits2, _) = run(3, 6, 2);
+        assert_eq!(report.steps, report2.steps, "the loss curve differs");
+        assert!(bits == bits2, "weights differ between two runs with the same seed");
+        let (_, bits3, _) = run(4, 1, 2);
+        assert!(bits3 != bits);
+    }
+
+    #[test]
+    fn the_best_epoch_is_restored() {
+        let params = ParamStore::new(2);
+        let model = Model::new(&tiny(), params.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let accuracies = [0.5, 0.9, 0.6];
+        let mut validate = |e: usize| {
+            Ok(Validation {
+                accuracy: accuracies[e],
+                loss: 0.0,
+            })
+        };
+        let snapshots = std::cell::RefCell::new(Vec::new());
+        let mut on_epoch = |_: &EpochRecord| snapshots.borrow_mut().push(params.tensors().unwrap());
+        let opts = TrainOptions {
+            epochs: 3,
+            warmup: 0.0,
+            ..TrainOptions::default()
+        };
+        let report = train(
+            &model,
+            &params,
+            &opts,
+            |e| Ok(toy_batches(2, 8, 8, e as u64)),
+            ce,
+            Hooks {
+                validate: Some(&mut validate),
+                on_epoch: Some(&mut on_epoch),
+                ..Hooks::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(report.best_epoch, Some(2));
+        assert_eq!(report.best_accuracy(), Some(0.9));
+        let bits = |m: &std::collections::BTreeMap<String, Tensor>| -> Vec<u32> {
+            m.values()
+                .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .map(f32::to_bits)
+                .collect()
+        };
+        let snaps = snapshots.borrow();
+        let now = bits(&params.tensors().unwrap());
+        assert!(now == bits(&snaps[1]), "the weights are not epoch 2's");
+        assert!(now != bits(&snaps[2]));
+    }
+
+    #[test]
+    fn max_steps_and_interruption() {
+        let params = ParamStore::new(1);
+        let model = Model::new(&tiny(), params.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let opts = TrainOptions {
+            epochs: 5,
+            max_steps: Some(3),
+            warmup: 0.0,
+            ..TrainOptions::default()
+        };
+        let report = train(
+            &model,
+            &params,
+            &opts,
+            |e| Ok(toy_batches(2, 4, 8, e as u64)),
+            ce,
+            Hooks::default(),
+        )
+        .unwrap();
+        assert_eq!(report.planned_steps, 3);
+        assert_eq!(report.total_steps(), 3);
+        assert_eq!(report.epochs.len(), 2, "the partial second epoch is recorded");
+        assert_eq!(report.best_epoch, Some(2));
+
+        let calls = std::cell::Cell::new(0);
+        let stop = || {
+            calls.set(calls.get() + 1);
+            calls.get() > 2
+        };
+        let before = params.tensors().unwrap();
+        let err = train(
+            &model,
+            &params,
+            &opts,
+            |e| Ok(toy_batches(2, 4, 8, e as u64)),
+            ce,
+            Hooks {
+                interrupted: Some(&stop),
+                ..Hooks::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, TrainError::Interrupted), "{err}");
+        assert_eq!(err.to_string(), "interrupted");
+        // It stopped after one step (checks: start, step 1, step 2).
+        let after = params.tensors().unwrap();
+        assert!(before.iter().any(|(k, t)| {
+            let a = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = after[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            a != b
+        }));
+    }
+
+    #[test]
+    fn a_diverging_loss_is_a_clear_error() {
+        let params = ParamStore::new(1);
+        let model = Model::new(&tiny(), params.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let err = train(
+            &model,
+            &params,
+            &TrainOptions::default(),
+            |_| Ok(toy_batches(1, 2, 8, 0)),
+            |_m: &Model, b: &(ModelInput, Tensor), _c: &mut ForwardCtx| {
+                (b.1.to_dtype(DType::F32)?.sum_all()? / 0.0)?.log()
+            },
+            Hooks::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("the loss is") && err.contains("step 1"), "{err}");
+    }
+}

@@ -1,0 +1,340 @@
+//! `eval`: accuracy (overall and per class), parameter and nonzero counts, bytes on disk and
+//! measured latency of one model on one split.
+//!
+//! Inference runs on detached weights (a model built from
+//! [`ParamStore::frozen_var_builder`](crate::ml::ParamStore::frozen_var_builder)), so no autograd
+//! graph is recorded, on a rayon pool of `ctx.threads` threads. The full report goes to
+//! `eval.json` in the stage's output; the headline numbers are the op's metrics.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device};
+
+use super::model_source::{self, ModelSource};
+use super::train::{load_dataset, usize_param};
+use super::{OpContext, OpOutput};
+use crate::data::SplitName;
+use crate::ml::checkpoint::{load_pretrained, LoadOptions};
+use crate::ml::metrics::{evaluate, parameter_counts, Confusion, Evaluation};
+use crate::ml::train::with_threads;
+use crate::ml::{ForwardCtx, Model, ModelInput};
+use crate::value::Value;
+
+/// Runs an `eval` stage.
+pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
+    let threads = ctx.threads;
+    with_threads(threads, || run_on_pool(ctx))
+}
+
+fn split_of(ctx: &OpContext) -> Result<(SplitName, &'static str), String> {
+    match ctx.params.get("split") {
+        None => Ok((SplitName::Validation, "validation")),
+        Some(Value::Str(s)) => match s.as_ref() {
+            "validation" => Ok((SplitName::Validation, "validation")),
+            "test" => Ok((SplitName::Test, "test")),
+            "train" => Ok((SplitName::Train, "train")),
+            other => Err(format!("unknown split `{other}` (validation, test or train)")),
+        },
+        Some(other) => Err(format!("`split` must be a string, got {}", other.type_name())),
+    }
+}
+
+/// Files of a model directory that make up the model (weights, config, tokenizer), with their
+/// sizes; the op's own reports and logs are left out.
+pub fn model_files(dir: &Path) -> Result<BTreeMap<String, u64>, String> {
+    let mut files = BTreeMap::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let report =
+            name.ends_with("metrics.json") || name == "eval.json" || name.ends_with(".log") || name == "log.txt";
+        if report || name.starts_with('.') {
+            continue;
+        }
+        // Follows symlinks (the hf-hub cache links snapshot files to blobs).
+        if let Ok(meta) = std::fs::metadata(entry.path()) {
+            if meta.is_file() {
+                files.insert(name, meta.len());
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Whether a file of a model directory holds weights.
+fn is_weights(name: &str) -> bool {
+    name.ends_with(".safetensors") || name.ends_with(".bin")
+}
+
+/// The first `n` examples of a batch.
+fn head(input: &ModelInput, start: usize, n: usize) -> candle_core::Result<ModelInput> {
+    Ok(match input {
+        ModelInput::Text {
+            input_ids,
+            token_type_ids,
+            attention_mask,
+        } => ModelInput::Text {
+            input_ids: input_ids.narrow(0, start, n)?,
+            token_type_ids: token_type_ids.as_ref().map(|t| t.narrow(0, start, n)).transpose()?,
+            attention_mask: attention_mask.as_ref().map(|t| t.narrow(0, start, n)).transpose()?,
+        },
+        ModelInput::Images { pixel_values } => ModelInput::Images {
+            pixel_values: pixel_values.narrow(0, start, n)?,
+        },
+    })
+}
+
+fn batch_len(input: &ModelInput) -> candle_core::Result<usize> {
+    match input {
+        ModelInput::Text { input_ids, .. } => input_ids.dim(0),
+        ModelInput::Images { pixel_values } => pixel_values.dim(0),
+    }
+}
+
+/// Median seconds of one forward pass (logits read back) over up to `reps` runs after one
+/// warm-up, stopping early once `budget` is spent.
+fn time_forward(model: &Model, inputs: &[ModelInput], reps: usize, budget: Duration) -> candle_core::Result<f64> {
+    let run = |input: &ModelInput| -> candle_core::Result<f64> {
+        let t = Instant::now();
+        let out = model.forward(input, &mut ForwardCtx::eval())?;
+        let _ = out.logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let Some(first) = inputs.first() else {
+        return Ok(f64::NAN);
+    };
+    run(first)?;
+    let started = Instant::now();
+    let mut times = Vec::with_capacity(reps);
+    for input in inputs.iter().cycle().take(reps) {
+        times.push(run(input)?);
+        if started.elapsed() > budget {
+            break;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Latency per example in milliseconds at batch 1 and at batch 32 (or the split's size when
+/// smaller; the batch used is returned too).
+pub fn latency(model: &Model, batch: &ModelInput) -> candle_core::Result<(f64, f64, usize)> {
+    let n = batch_len(batch)?;
+    let singles: Vec<ModelInput> = (0..n.min(16))
+        .map(|i| head(batch, i, 1))
+        .collect::<candle_core::Result<_>>()?;
+    let b1 = time_forward(model, &singles, 16, Duration::from_secs(3))?;
+    let big = head(batch, 0, n.min(32))?;
+    let b32 = time_forward(model, std::slice::from_ref(&big), 5, Duration::from_secs(5))?;
+    let m = n.min(32);
+    Ok((1e3 * b1, 1e3 * b32 / m as f64, m))
+}
+
+fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
+    let (split, split_name) = split_of(ctx)?;
+    let batch_size = usize_param(ctx.params, "batch_size", 32)?.max(1);
+    let device = Device::Cpu;
+    ctx.progress.message("loading the model and data");
+    let source = model_source::resolve(ctx, "model")?;
+    let (dir, what) = match &source {
+        ModelSource::Dir { dir, what } => (dir.clone(), what.clone()),
+        ModelSource::Arch(spec) => {
+            return Err(format!(
+                "eval needs trained weights, not the architecture `{}`: train it first",
+                spec.ctor.name
+            ))
+        }
+    };
+    let dataset = load_dataset(ctx.params, model_source::tokenizer_dir(&source)?)?;
+    let pretrained = load_pretrained(
+        &dir,
+        &LoadOptions {
+            device: device.clone(),
+            ..LoadOptions::default()
+        },
+    )
+    .map_err(|e| format!("{what}: {e}"))?;
+    let config = pretrained.model.config();
+    model_source::check_fits(&config, &dataset, true)?;
+    let log = &mut ctx.log;
+    if !pretrained.report.initialised.is_empty() {
+        let _ = writeln!(
+            log,
+            "warning: {what} lacks {:?}; they are random, so the accuracy means little",
+            pretrained.report.initialised
+        );
+    }
+    let params = pretrained.params;
+    let model = Model::new(&config, params.frozen_var_builder(DType::F32, &device)).map_err(|e| e.to_string())?;
+    let n = dataset.len(split);
+    if n == 0 {
+        return Err(format!("the {split_name} split of the dataset is empty"));
+    }
+    let batches = dataset
+        .batches(split, batch_size, None, false, &device)
+        .map_err(|e| e.to_string())?;
+    ctx.progress.message(&format!("evaluating {n} {split_name} examples"));
+    let mut confusion = Confusion::new(config.num_labels());
+    let mut loss_sum = 0.0;
+    for (i, b) in batches.iter().enumerate() {
+        if ctx.cancel.is_interrupted() {
+            return Err("interrupted".into());
+        }
+        let ev = evaluate(&model, std::iter::once((&b.input, &b.labels))).map_err(|e| e.to_string())?;
+        loss_sum += ev.loss * ev.confusion.total() as f64;
+        confusion.merge(&ev.confusion).map_err(|e| e.to_string())?;
+        ctx.progress.steps("batch", i as u64 + 1, batches.len() as u64);
+    }
+    let ev = Evaluation {
+        loss: loss_sum / confusion.total().max(1) as f64,
+        confusion,
+    };
+    let (n_params, nonzero) = parameter_counts(&params).map_err(|e| e.to_string())?;
+    let files = model_files(&dir)?;
+    let bytes: u64 = files.values().sum();
+    let weights_bytes: u64 = files.iter().filter(|(k, _)| is_weights(k)).map(|(_, v)| *v).sum();
+
+    ctx.progress.message("measuring latency");
+    let lat_batches = if batch_size >= 32 {
+        None
+    } else {
+        Some(
+            dataset
+                .batches(split, 32, None, false, &device)
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    let first = match &lat_batches {
+        Some(bs) => &bs[0].input,
+        None => &batches[0].input,
+    };
+    let (lat1, lat32, lat_batch) = latency(&model, first).map_err(|e| e.to_string())?;
+
+    let per_class = ev.confusion.per_class_accuracy();
+    let support = ev.confusion.support();
+    let accuracy = ev.confusion.accuracy();
+    let _ = writeln!(
+        log,
+        "{split_name}: {n} examples, accuracy {:.2}%, loss {:.4}; {n_params} parameters ({nonzero} nonzero); \
+         {bytes} bytes on disk; latency {lat1:.3} ms/example at batch 1, {lat32:.3} ms/example at batch {lat_batch}",
+        100.0 * accuracy,
+        ev.loss
+    );
+    let classes: Vec<serde_json::Value> = dataset
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            serde_json::json!({
+                "class": name,
+                "accuracy": per_class.get(i).copied().flatten(),
+                "support": support.get(i).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    let report = serde_json::json!({
+        "model": format!("{what} ({})", dir.display()),
+        "split": split_name,
+        "examples": n,
+        "accuracy": accuracy,
+        "loss": ev.loss,
+        "per_class": classes,
+        "confusion": ev.confusion.rows(),
+        "params": n_params,
+        "nonzero": nonzero,
+        "sparsity": if n_params > 0 { 1.0 - nonzero as f64 / n_params as f64 } else { 0.0 },
+        "bytes": bytes,
+        "weights_bytes": weights_bytes,
+        "files": files,
+        "latency": {
+            "batch_1_ms_per_example": lat1,
+            "batch_32_ms_per_example": lat32,
+            "batch_32_size": lat_batch,
+            "threads": ctx.threads,
+        },
+    });
+    let path = ctx.out_dir.join("eval.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap_or_default())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+
+    let mut out = OpOutput::default();
+    let m = &mut out.metrics;
+    m.insert("accuracy".into(), accuracy);
+    m.insert("loss".into(), ev.loss);
+    m.insert("examples".into(), n as f64);
+    m.insert("params".into(), n_params as f64);
+    m.insert("nonzero".into(), nonzero as f64);
+    m.insert("bytes".into(), bytes as f64);
+    m.insert("weights_bytes".into(), weights_bytes as f64);
+    m.insert("latency_ms_b1".into(), lat1);
+    m.insert("latency_ms_b32".into(), lat32);
+    for (i, name) in dataset.classes.iter().enumerate() {
+        if let Some(Some(a)) = per_class.get(i) {
+            m.insert(format!("class_accuracy.{name}"), *a);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::train::testing::*;
+    use crate::engine::cancel::Cancel;
+    use crate::value::{Params, StageId, Value};
+
+    #[test]
+    fn evaluates_a_trained_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let trained = dir.path().join("trained");
+        let mut params = train_params(tiny_bert(), 2, 1);
+        params.insert("max_steps".into(), Value::Int(40));
+        let (t, _) = run_op("train", &params, &trained, dir.path(), &Cancel::default(), 1);
+        let t = t.unwrap().metrics;
+
+        let mut p = Params::new();
+        p.insert("model".into(), Value::Stage(StageId(0)));
+        p.insert("data".into(), text_data());
+        p.insert("split".into(), Value::str("validation"));
+        // The batches train validated with (dynamic padding makes other batch sizes differ in
+        // the last bits).
+        p.insert("batch_size".into(), Value::Int(16));
+        let out = dir.path().join("eval");
+        let (r, log) = run_op("eval", &p, &out, &trained, &Cancel::default(), 1);
+        let m = r.unwrap().metrics;
+        assert_eq!(m.keys().next().map(String::as_str), Some("accuracy"));
+        // The same weights on the same split as train's validation: the same accuracy and loss.
+        assert_eq!(m["accuracy"], t["accuracy"], "{log}");
+        assert!((m["loss"] - t["val_loss"]).abs() < 1e-9);
+        assert_eq!(m["examples"], 256.0);
+        assert_eq!(m["params"], t["params"]);
+        assert!(m["nonzero"] <= m["params"] && m["nonzero"] > 0.9 * m["params"]);
+        assert!(m["latency_ms_b1"] > 0.0 && m["latency_ms_b32"] > 0.0);
+        assert!(m["latency_ms_b32"] < m["latency_ms_b1"], "batching should pay: {m:?}");
+        let weights = std::fs::metadata(trained.join("model.safetensors")).unwrap().len() as f64;
+        assert_eq!(m["weights_bytes"], weights);
+        assert!(m["bytes"] > weights);
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+        let per_class = report["per_class"].as_array().unwrap();
+        assert_eq!(per_class.len(), 2);
+        let support: u64 = per_class.iter().map(|c| c["support"].as_u64().unwrap()).sum();
+        assert_eq!(support, 256);
+        // Overall accuracy is the support-weighted mean of the per-class accuracies.
+        let weighted: f64 = per_class
+            .iter()
+            .map(|c| c["accuracy"].as_f64().unwrap() * c["support"].as_f64().unwrap())
+            .sum::<f64>()
+            / 256.0;
+        assert!((weighted - m["accuracy"]).abs() < 1e-12);
+        assert_eq!(m["class_accuracy.class_0"], per_class[0]["accuracy"].as_f64().unwrap());
+        assert!(!report["files"].as_object().unwrap().contains_key("train_metrics.json"));
+
+        // An architecture has no weights to evaluate.
+        p.insert("model".into(), tiny_bert());
+        let (r, _) = run_op("eval", &p, &dir.path().join("e2"), &trained, &Cancel::default(), 1);
+        assert!(r.unwrap_err().contains("needs trained weights"));
+    }
+}

@@ -1,0 +1,561 @@
+//! `train`: supervised training of a model on a dataset's training split.
+//!
+//! Writes a Hugging Face directory into the stage's output (config.json with the dataset's
+//! labels, model.safetensors holding the best epoch's weights, the tokenizer files) and
+//! train_metrics.json (the loss per step and the validation accuracy per epoch).
+//!
+//! Threads: the whole op runs on a rayon pool of `ctx.threads` threads, which is where candle's
+//! matrix products and the optimiser run their parallel parts (candle splits a product into
+//! `RAYON_NUM_THREADS` or as-many-as-cores tasks, executed by that pool).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::model_source::{self, ModelSource};
+use super::{OpContext, OpOutput};
+use crate::data::{Batch, Dataset, LoadOptions, SplitName};
+use crate::ml::metrics::evaluate;
+use crate::ml::rng::derive_seed;
+use crate::ml::train::{train, with_threads, EpochRecord, Hooks, StepRecord, TrainError, TrainOptions, Validation};
+use crate::ml::{ForwardCtx, Model};
+use crate::value::{Params, Value};
+
+/// An integer parameter.
+pub(super) fn int(params: &Params, name: &str) -> Option<i64> {
+    match params.get(name) {
+        Some(Value::Int(i)) => Some(*i),
+        _ => None,
+    }
+}
+
+/// A numeric parameter as f64.
+pub(super) fn float(params: &Params, name: &str) -> Option<f64> {
+    params.get(name).and_then(Value::as_f64)
+}
+
+/// A non-negative integer parameter, `default` when absent.
+pub(super) fn usize_param(params: &Params, name: &str, default: usize) -> Result<usize, String> {
+    match int(params, name) {
+        Some(i) if i >= 0 => Ok(i as usize),
+        Some(i) => Err(format!("`{name}` must not be negative, got {i}")),
+        None => Ok(default),
+    }
+}
+
+/// Loads the dataset of the `data` parameter, with the given tokenizer directory.
+pub(super) fn load_dataset(params: &Params, tokenizer_dir: Option<PathBuf>) -> Result<Dataset, String> {
+    let spec = match params.get("data") {
+        Some(Value::Spec(s)) => s.clone(),
+        Some(other) => return Err(format!("`data` must be a dataset, got {}", other.type_name())),
+        None => return Err("`data` is missing".into()),
+    };
+    let opts = LoadOptions { tokenizer_dir };
+    Dataset::load(spec.ctor.name, &spec.params, &opts).map_err(|e| e.to_string())
+}
+
+/// Cross-entropy of the model's logits against the batch's labels.
+pub fn cross_entropy_loss(model: &Model, batch: &Batch, ctx: &mut ForwardCtx) -> candle_core::Result<Tensor> {
+    let out = model.forward(&batch.input, ctx)?;
+    candle_nn::loss::cross_entropy(&out.logits, &batch.labels)
+}
+
+/// The op's training hyper-parameters.
+pub(super) fn train_options(params: &Params) -> Result<(TrainOptions, usize), String> {
+    let d = TrainOptions::default();
+    let opts = TrainOptions {
+        epochs: usize_param(params, "epochs", d.epochs)?,
+        lr: float(params, "lr").unwrap_or(d.lr),
+        weight_decay: float(params, "weight_decay").unwrap_or(d.weight_decay),
+        warmup: float(params, "warmup").unwrap_or(d.warmup),
+        grad_clip: Some(float(params, "grad_clip").unwrap_or(1.0)),
+        seed: usize_param(params, "seed", 0)? as u64,
+        max_steps: int(params, "max_steps").map(|m| m.max(1) as usize),
+    };
+    let batch_size = usize_param(params, "batch_size", 32)?.max(1);
+    Ok((opts, batch_size))
+}
+
+/// Runs a `train` stage.
+pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
+    let threads = ctx.threads;
+    with_threads(threads, || run_on_pool(ctx))
+}
+
+fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
+    let (opts, batch_size) = train_options(ctx.params)?;
+    let device = Device::Cpu;
+    ctx.progress.message("loading the model and data");
+    let source = model_source::resolve(ctx, "model")?;
+    let dataset = load_dataset(ctx.params, model_source::tokenizer_dir(&source)?)?;
+    let log = &mut ctx.log;
+    let _ = writeln!(
+        log,
+        "data: {} classes {:?}; {} training, {} validation examples; batch size {batch_size}; {} threads",
+        dataset.classes.len(),
+        dataset.classes,
+        dataset.len(SplitName::Train),
+        dataset.len(SplitName::Validation),
+        ctx.threads
+    );
+    let pretrained = model_source::model_for_training(&source, &dataset, opts.seed, &device, log)?;
+    let params = pretrained.params.clone();
+    let model = pretrained.model.clone();
+    let config = model.config();
+    let n_params = params.num_parameters();
+    let _ = writeln!(log, "parameters: {n_params}");
+    let eval_model = Model::new(&config, params.frozen_var_builder(DType::F32, &device)).map_err(|e| e.to_string())?;
+    let val_batches = if dataset.len(SplitName::Validation) > 0 {
+        dataset
+            .batches(SplitName::Validation, batch_size, None, false, &device)
+            .map_err(|e| e.to_string())?
+    } else {
+        let _ = writeln!(log, "no validation split: the last epoch's weights are kept");
+        Vec::new()
+    };
+    let mut validate = |_epoch: usize| -> Result<Validation, String> {
+        let ev = evaluate(&eval_model, val_batches.iter().map(|b| (&b.input, &b.labels))).map_err(|e| e.to_string())?;
+        Ok(Validation {
+            accuracy: ev.confusion.accuracy(),
+            loss: ev.loss,
+        })
+    };
+    let progress = ctx.progress;
+    let cancel = ctx.cancel;
+    let epochs = opts.epochs;
+    let mut on_step = |r: &StepRecord, total: usize| {
+        progress.steps(&format!("epoch {}/{epochs} step", r.epoch), r.step as u64, total as u64);
+    };
+    let mut on_epoch = |r: &EpochRecord| {
+        let line = match (r.val_accuracy, r.val_loss) {
+            (Some(a), Some(l)) => format!(
+                "epoch {}: {} steps, train loss {:.4}, validation loss {l:.4}, accuracy {:.2}%",
+                r.epoch,
+                r.steps,
+                r.train_loss,
+                100.0 * a
+            ),
+            _ => format!("epoch {}: {} steps, train loss {:.4}", r.epoch, r.steps, r.train_loss),
+        };
+        let _ = writeln!(log, "{line}");
+    };
+    let interrupted = || cancel.is_interrupted();
+    let seed = opts.seed;
+    let result = train(
+        &model,
+        &params,
+        &opts,
+        |epoch| {
+            dataset
+                .batches(
+                    SplitName::Train,
+                    batch_size,
+                    Some(derive_seed(seed, &format!("shuffle/epoch{epoch}"))),
+                    // Applied only where the dataset allows it (images, `augment: true`).
+                    true,
+                    &device,
+                )
+                .map_err(|e| e.to_string())
+        },
+        cross_entropy_loss,
+        Hooks {
+            validate: if val_batches.is_empty() {
+                None
+            } else {
+                Some(&mut validate)
+            },
+            on_step: Some(&mut on_step),
+            on_epoch: Some(&mut on_epoch),
+            after_update: None,
+            interrupted: Some(&interrupted),
+        },
+    );
+    let report = match result {
+        Ok(r) => r,
+        Err(TrainError::Interrupted) => return Err("interrupted".into()),
+        Err(TrainError::Failed(e)) => return Err(e),
+    };
+    ctx.progress.message("saving");
+    crate::ml::save_pretrained(&ctx.out_dir, &config, &params).map_err(|e| e.to_string())?;
+    if let Some(tok) = &dataset.tokenizer {
+        tok.save(&ctx.out_dir).map_err(|e| e.to_string())?;
+    }
+    let best = report.best_accuracy();
+    if let Some(e) = report.best_epoch {
+        let _ = writeln!(
+            log,
+            "kept the weights of epoch {e}{}",
+            best.map(|a| format!(" (validation accuracy {:.2}%)", 100.0 * a))
+                .unwrap_or_default()
+        );
+    }
+    let details = serde_json::json!({
+        "source": match &source {
+            ModelSource::Dir { dir, what } => format!("{what} ({})", dir.display()),
+            ModelSource::Arch(spec) => spec.label.clone().unwrap_or_else(|| spec.ctor.name.to_string()),
+        },
+        "params": n_params,
+        "batch_size": batch_size,
+        "threads": ctx.threads,
+        "train_examples": dataset.len(SplitName::Train),
+        "validation_examples": dataset.len(SplitName::Validation),
+        "best_epoch": report.best_epoch,
+        "best_accuracy": best,
+        "planned_steps": report.planned_steps,
+        "warmup_steps": report.warmup_steps,
+        "epochs": report.epochs,
+        "steps": report.steps,
+    });
+    let path = ctx.out_dir.join("train_metrics.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&details).unwrap_or_default())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+
+    let mut out = OpOutput::default();
+    let m = &mut out.metrics;
+    if let Some(a) = best {
+        m.insert("accuracy".into(), a);
+    }
+    if let Some(l) = report.final_loss() {
+        m.insert("loss".into(), l);
+    }
+    if let Some(l) = report
+        .best_epoch
+        .and_then(|b| report.epochs.iter().find(|e| e.epoch == b))
+        .and_then(|e| e.val_loss)
+    {
+        m.insert("val_loss".into(), l);
+    }
+    m.insert("epochs".into(), report.epochs.len() as f64);
+    if let Some(b) = report.best_epoch {
+        m.insert("best_epoch".into(), b as f64);
+    }
+    m.insert("steps".into(), report.total_steps() as f64);
+    m.insert("params".into(), n_params as f64);
+    Ok(out)
+}
+
+/// Helpers for the op tests: a hand-built stage context on synthetic data.
+#[cfg(test)]
+pub(super) mod testing {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::cancel::Cancel;
+    use crate::engine::progress::Progress;
+    use crate::value::{Spec, StageId};
+
+    /// A spec value of constructor `ctor` with these integer/float arguments.
+    pub fn spec(ctor: &str, args: &[(&str, Value)]) -> Value {
+        let params: Params = args.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        Value::Spec(Arc::new(Spec {
+            ctor: crate::registry::lookup(ctor).expect("registered"),
+            params,
+            label: Some(format!("test_{ctor}")),
+        }))
+    }
+
+    /// A small synthetic text task (512 training, 256 validation examples, 64 ids).
+    pub fn text_data() -> Value {
+        spec(
+            "synthetic_text",
+            &[
+                ("seed", Value::Int(3)),
+                ("classes", Value::Int(2)),
+                ("train_size", Value::Int(512)),
+                ("val_size", Value::Int(256)),
+                ("max_len", Value::Int(24)),
+                ("vocab_size", Value::Int(64)),
+                ("noise", Value::Float(0.1)),
+            ],
+        )
+    }
+
+    /// A 1-layer BERT of width 32 (its vocab_size left at BERT's 30522: the op resizes it).
+    pub fn tiny_bert() -> Value {
+        spec(
+            "bert",
+            &[
+                ("layers", Value::Int(1)),
+                ("hidden", Value::Int(32)),
+                ("heads", Value::Int(2)),
+                ("intermediate", Value::Int(64)),
+                ("vocab_size", Value::Int(30522)),
+                ("max_position", Value::Int(32)),
+                ("dropout", Value::Float(0.1)),
+                ("attention_dropout", Value::Float(0.1)),
+            ],
+        )
+    }
+
+    /// Runs `op` with `params` into `out`; `stage_dir` is every upstream stage's output.
+    /// Returns the result and the log.
+    pub fn run_op(
+        op: &'static str,
+        params: &Params,
+        out: &Path,
+        stage_dir: &Path,
+        cancel: &Cancel,
+        threads: usize,
+    ) -> (Result<OpOutput, String>, String) {
+        std::fs::create_dir_all(out).unwrap();
+        let log_path = out.with_extension("log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let stage_dir = stage_dir.to_path_buf();
+        let input_dir = move |_: StageId| -> PathBuf { stage_dir.clone() };
+        let progress = Progress::hidden();
+        let mut ctx = OpContext {
+            op,
+            params,
+            out_dir: out.to_path_buf(),
+            input_dir: &input_dir,
+            pipeline_dir: out.to_path_buf(),
+            log,
+            progress: &progress,
+            cancel,
+            threads,
+        };
+        let r = super::super::execute(&mut ctx);
+        drop(ctx);
+        (r, std::fs::read_to_string(&log_path).unwrap())
+    }
+
+    /// `train` parameters: the tiny BERT (or `model`) on the synthetic task.
+    pub fn train_params(model: Value, epochs: i64, seed: i64) -> Params {
+        let mut p = Params::new();
+        p.insert("model".into(), model);
+        p.insert("data".into(), text_data());
+        p.insert("epochs".into(), Value::Int(epochs));
+        p.insert("batch_size".into(), Value::Int(16));
+        p.insert("lr".into(), Value::Float(3e-3));
+        p.insert("weight_decay".into(), Value::Float(0.01));
+        p.insert("warmup".into(), Value::Float(0.1));
+        p.insert("grad_clip".into(), Value::Float(1.0));
+        p.insert("seed".into(), Value::Int(seed));
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use crate::engine::cancel::Cancel;
+    use crate::value::StageId;
+
+    #[test]
+    fn trains_a_tiny_bert_that_beats_chance_bit_identically_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let params = train_params(tiny_bert(), 4, 1);
+        let (a, log) = run_op(
+            "train",
+            &params,
+            &dir.path().join("a"),
+            dir.path(),
+            &Cancel::default(),
+            2,
+        );
+        let a = a.unwrap();
+        assert_eq!(a.metrics.keys().next().map(String::as_str), Some("accuracy"));
+        let acc = a.metrics["accuracy"];
+        // Chance is 50% (balanced classes); the task's ceiling is about 90% (10% label noise).
+        assert!(acc > 0.62, "validation accuracy {acc}\n{log}");
+        assert_eq!(a.metrics["steps"], 128.0);
+        assert_eq!(a.metrics["epochs"], 4.0);
+        assert!(a.metrics["params"] > 10_000.0);
+        assert!(log.contains("sized to the dataset's tokenizer, 64 tokens"), "{log}");
+        // The HF directory: config with labels and the tokenizer's vocabulary, weights, tokenizer.
+        let out = dir.path().join("a");
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["vocab_size"], 64);
+        assert_eq!(config["id2label"]["1"], "class_1");
+        for f in ["model.safetensors", "tokenizer.json", "vocab.txt", "train_metrics.json"] {
+            assert!(out.join(f).is_file(), "{f} missing");
+        }
+        let tm: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("train_metrics.json")).unwrap()).unwrap();
+        assert_eq!(tm["steps"].as_array().unwrap().len(), 128);
+        assert_eq!(tm["epochs"].as_array().unwrap().len(), 4);
+        assert_eq!(tm["best_accuracy"].as_f64(), Some(acc));
+        // Same seed, same threads: the same bytes.
+        let (b, _) = run_op(
+            "train",
+            &params,
+            &dir.path().join("b"),
+            dir.path(),
+            &Cancel::default(),
+            2,
+        );
+        assert_eq!(b.unwrap().metrics, a.metrics);
+        let weights = |d: &str| std::fs::read(dir.path().join(d).join("model.safetensors")).unwrap();
+        assert!(weights("a") == weights("b"), "two runs with the same seed differ");
+        // Another seed: other weights.
+        let other = train_params(tiny_bert(), 1, 2);
+        run_op(
+            "train",
+            &other,
+            &dir.path().join("c"),
+            dir.path(),
+            &Cancel::default(),
+            2,
+        )
+        .0
+        .unwrap();
+        assert!(weights("a") != weights("c"));
+    }
+
+    #[test]
+    fn trains_on_from_an_upstream_stage_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("first");
+        let mut params = train_params(tiny_bert(), 1, 1);
+        params.insert("max_steps".into(), Value::Int(8));
+        let (r, _) = run_op("train", &params, &first, dir.path(), &Cancel::default(), 1);
+        assert_eq!(r.unwrap().metrics["steps"], 8.0);
+        // The next stage starts from the first one's output directory.
+        let mut params = train_params(Value::Stage(StageId(0)), 1, 2);
+        params.insert("max_steps".into(), Value::Int(4));
+        let (r, log) = run_op(
+            "train",
+            &params,
+            &dir.path().join("second"),
+            &first,
+            &Cancel::default(),
+            1,
+        );
+        let m = r.unwrap().metrics;
+        assert_eq!(m["steps"], 4.0);
+        assert!(log.contains("loaded") && log.contains("0 initialised"), "{log}");
+    }
+
+    #[test]
+    fn an_interrupted_run_stops_with_nothing_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let cancel = Cancel::default();
+        cancel.interrupt();
+        let params = train_params(tiny_bert(), 3, 1);
+        let out = dir.path().join("x");
+        let (r, _) = run_op("train", &params, &out, dir.path(), &cancel, 1);
+        assert_eq!(r.unwrap_err(), "interrupted");
+        assert!(!out.join("model.safetensors").exists());
+    }
+
+    #[test]
+    fn trains_a_tiny_vit_on_generated_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = spec(
+            "synthetic_images",
+            &[
+                ("seed", Value::Int(1)),
+                ("classes", Value::Int(3)),
+                ("train_size", Value::Int(96)),
+                ("val_size", Value::Int(48)),
+                ("image_size", Value::Int(16)),
+            ],
+        );
+        let vit = spec(
+            "vit",
+            &[
+                ("layers", Value::Int(1)),
+                ("hidden", Value::Int(32)),
+                ("heads", Value::Int(2)),
+                ("patch", Value::Int(4)),
+                ("image_size", Value::Int(16)),
+                ("channels", Value::Int(3)),
+                ("intermediate", Value::Int(64)),
+                ("dropout", Value::Float(0.0)),
+            ],
+        );
+        let mut params = train_params(vit, 2, 1);
+        params.insert("data".into(), data);
+        let out = dir.path().join("v");
+        let (r, log) = run_op("train", &params, &out, dir.path(), &Cancel::default(), 1);
+        let m = r.unwrap().metrics;
+        assert_eq!(m["steps"], 12.0, "{log}");
+        assert!(m["accuracy"] > 0.0);
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["model_type"], "vit");
+        assert_eq!(config["image_size"], 16);
+        assert!(!out.join("tokenizer.json").exists(), "images need no tokenizer");
+    }
+
+    /// Fine-tunes the real all-MiniLM-L6-v2 for two steps on the SST-2 sample (shared data only).
+    #[test]
+    fn fine_tunes_a_pretrained_checkpoint_with_its_tokenizer() {
+        let Some(data) = std::env::var_os("RKD_SHARED_DATA").map(PathBuf::from) else {
+            eprintln!("skipped: RKD_SHARED_DATA is not set");
+            return;
+        };
+        let model_dir = data.join("../models/all-MiniLM-L6-v2");
+        if !model_dir.join("model.safetensors").is_file() {
+            eprintln!("skipped: {} has no model.safetensors", model_dir.display());
+            return;
+        }
+        let path = |p: PathBuf| {
+            Value::Path(std::sync::Arc::new(crate::value::PathValue {
+                written: p.display().to_string(),
+                resolved: p,
+                span: crate::source::Span::new(crate::source::FileId(0), 0, 0),
+            }))
+        };
+        let sst2 = spec(
+            "glue_sst2",
+            &[("path", path(data.join("sst2-sample"))), ("max_len", Value::Int(64))],
+        );
+        let mut params = train_params(spec("pretrained", &[("path", path(model_dir))]), 1, 0);
+        params.insert("data".into(), sst2);
+        params.insert("max_steps".into(), Value::Int(2));
+        params.insert("lr".into(), Value::Float(1e-4));
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ft");
+        let (r, log) = run_op("train", &params, &out, dir.path(), &Cancel::default(), 2);
+        let m = r.unwrap().metrics;
+        assert_eq!(m["steps"], 2.0);
+        assert!(log.contains("103 tensors loaded, 2 initialised"), "{log}");
+        // The checkpoint's own vocabulary travels with the fine-tuned model.
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["vocab_size"], 30522);
+        assert_eq!(config["id2label"]["1"], "positive");
+        assert!(out.join("tokenizer.json").is_file());
+    }
+
+    #[test]
+    fn mismatched_model_and_data_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let vit = spec(
+            "vit",
+            &[
+                ("layers", Value::Int(1)),
+                ("hidden", Value::Int(16)),
+                ("heads", Value::Int(2)),
+                ("patch", Value::Int(4)),
+                ("image_size", Value::Int(8)),
+                ("channels", Value::Int(3)),
+            ],
+        );
+        let params = train_params(vit, 1, 1);
+        let (r, _) = run_op(
+            "train",
+            &params,
+            &dir.path().join("x"),
+            dir.path(),
+            &Cancel::default(),
+            1,
+        );
+        assert_eq!(r.unwrap_err(), "a ViT model needs an image dataset, not text");
+        let params = train_params(spec("pretrained", &[]), 1, 1);
+        let (r, _) = run_op(
+            "train",
+            &params,
+            &dir.path().join("y"),
+            dir.path(),
+            &Cancel::default(),
+            1,
+        );
+        assert!(r.unwrap_err().contains("needs `path:`"));
+    }
+}

@@ -1,0 +1,94 @@
+//! `rkd run` on a real (tiny) training pipeline: a BERT trained on the generated text task,
+//! then evaluated; the stored artifacts, the cache, and bit-identical weights across runs.
+
+mod common;
+use common::Test;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+const PIPELINE: &str = r#"
+let data = synthetic_text(seed: 3, classes: 2, train_size: 512, val_size: 256, max_len: 24, vocab_size: 64)
+let tiny = bert(layers: 1, hidden: 32, heads: 2, intermediate: 64, vocab_size: 64, max_position: 32)
+stage teacher = train(model: tiny, data: data, epochs: 4, batch_size: 16, lr: 3e-3, seed: 1)
+stage score = eval(model: teacher, data: data, batch_size: 16)
+"#;
+
+fn run_json(t: &Test, extra: &[&str]) -> Value {
+    let mut args = vec!["run", "p.rkd", "--json"];
+    args.extend_from_slice(extra);
+    let out = t.run_with(&args);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr))
+}
+
+/// The store entry of each stage, by name, from `plan --json`.
+fn entry(t: &Test, store: &str, name: &str) -> PathBuf {
+    let out = t.run_with(&["plan", "p.rkd", "--json", "--store", store]);
+    let plan: Value = serde_json::from_str(&out.stdout).unwrap();
+    let key = plan["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no stage {name}"))["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.path().join(store).join("entries").join(key)
+}
+
+fn json_file(p: &Path) -> Value {
+    let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn trains_evaluates_caches_and_repeats_bit_for_bit() {
+    let t = Test::new().file("p.rkd", PIPELINE);
+    let res = run_json(&t, &["--store", "a"]);
+    assert_eq!(res["ran"], serde_json::json!(["teacher", "score"]));
+    assert_eq!(res["failed"], serde_json::json!([]));
+
+    let teacher = entry(&t, "a", "teacher");
+    let metrics = json_file(&teacher.join("metrics.json"));
+    let acc = metrics["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.62, "teacher validation accuracy {acc} (chance 0.5)");
+    assert_eq!(metrics["steps"], 128.0);
+    let out = teacher.join("out");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "vocab.txt",
+        "train_metrics.json",
+    ] {
+        assert!(out.join(f).is_file(), "teacher/out/{f} missing");
+    }
+    let config = json_file(&out.join("config.json"));
+    assert_eq!(config["model_type"], "bert");
+    assert_eq!(config["vocab_size"], 64);
+    assert_eq!(config["id2label"], serde_json::json!({"0": "class_0", "1": "class_1"}));
+    let curve = json_file(&out.join("train_metrics.json"));
+    assert_eq!(curve["steps"].as_array().unwrap().len(), 128);
+
+    let score = entry(&t, "a", "score");
+    let eval = json_file(&score.join("metrics.json"));
+    // The same weights and batches as train's last validation of the kept epoch.
+    assert_eq!(eval["accuracy"].as_f64(), Some(acc));
+    assert_eq!(eval["params"], metrics["params"]);
+    let report = json_file(&score.join("out/eval.json"));
+    assert_eq!(report["split"], "validation");
+    assert_eq!(report["per_class"].as_array().unwrap().len(), 2);
+    assert!(report["latency"]["batch_1_ms_per_example"].as_f64().unwrap() > 0.0);
+
+    // Nothing changed: nothing runs.
+    let again = run_json(&t, &["--store", "a"]);
+    assert_eq!(again["cached"], serde_json::json!(["teacher", "score"]));
+    assert_eq!(again["ran"], serde_json::json!([]));
+
+    // A fresh store, the same machine: the same weights, byte for byte.
+    run_json(&t, &["--store", "b"]);
+    let a = std::fs::read(out.join("model.safetensors")).unwrap();
+    let b = std::fs::read(entry(&t, "b", "teacher").join("out/model.safetensors")).unwrap();
+    assert!(a == b, "two runs of the same pipeline gave different weights");
+}
