@@ -25,12 +25,30 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Time the training step and the inference forward of BERT-mini and a ViT.
+    ///
+    /// BERT-mini: 4 layers, hidden 256, 4 heads, intermediate 1024, seq 64, 2 classes. ViT: 6
+    /// layers, hidden 192, 3 heads, intermediate 768, 224 px, patch 16, 3 classes. Batch 32, f32,
+    /// seeded random inputs. Train step = forward with dropout, cross-entropy, backward, gradient
+    /// clipping and AdamW; inference = eval-mode forward on detached weights. Reports medians.
+    Train {
+        /// Threads [default: all cores].
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed steps per measurement (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs a benchmark.
 pub fn run(b: Bench) -> ExitCode {
     match b {
         Bench::Compile { stages, runs, json } => compile(&stages, runs.max(1), json),
+        Bench::Train { threads, steps, json } => super::bench_train::run(threads, steps, json),
     }
 }
 

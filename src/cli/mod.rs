@@ -1,6 +1,7 @@
 //! The `rkd` command line.
 
 mod bench;
+mod bench_train;
 mod check;
 mod graph;
 mod ops;
