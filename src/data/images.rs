@@ -4,6 +4,8 @@
 //! are the sorted folder names under `train/`; another split may lack a class but not add one.
 //! Images are decoded once (in parallel, the format guessed from the content), converted to RGB
 //! and resized to `image_size`×`image_size`; they are kept as 8-bit RGB and normalised per batch.
+//! With a cache directory, the decoded images are also saved there, keyed by the files' contents
+//! and `image_size`, and later loads read them back instead of decoding.
 
 use std::path::{Path, PathBuf};
 
@@ -147,6 +149,33 @@ fn decode_all(files: Vec<(PathBuf, u32)>, side: u32) -> Result<ImageSplit, DataE
 
 /// Loads and decodes an image folder, resizing every image to `side`×`side`.
 pub fn load_image_folder(root: &Path, side: usize) -> Result<ImageFolder, DataError> {
+    load_image_folder_cached(root, side, None)
+}
+
+/// Like [`load_image_folder`], with an optional on-disk cache of the decoded images under
+/// `cache_dir` (keyed by `image_size` and every image file's relative path and content); the
+/// cache is never required: a missing, unreadable or damaged cache file means decoding again
+/// (and rewriting it).
+pub fn load_image_folder_cached(root: &Path, side: usize, cache_dir: Option<&Path>) -> Result<ImageFolder, DataError> {
+    load_with_cache(root, side, cache_dir).map(|(f, _)| f)
+}
+
+/// How a load used the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CacheUse {
+    /// No cache directory, or the files could not be hashed.
+    None,
+    /// The images came from the cache file.
+    Hit,
+    /// The images were decoded (and the cache file written, if possible).
+    Decoded,
+}
+
+pub(crate) fn load_with_cache(
+    root: &Path,
+    side: usize,
+    cache_dir: Option<&Path>,
+) -> Result<(ImageFolder, CacheUse), DataError> {
     if !root.is_dir() {
         let why = if root.exists() {
             "not a directory"
@@ -164,15 +193,201 @@ pub fn load_image_folder(root: &Path, side: usize) -> Result<ImageFolder, DataEr
         return Err(DataError::file(&train_dir, "missing training split folder"));
     }
     let (classes, train_files) = list_split(&train_dir, None)?;
-    let mut splits = vec![(SplitName::Train, decode_all(train_files, side)?)];
+    let mut listing = vec![(SplitName::Train, train_files)];
     for split in [SplitName::Validation, SplitName::Test] {
         let Some(dir) = split_dirs(split).iter().map(|d| root.join(d)).find(|d| d.is_dir()) else {
             continue;
         };
         let (_, files) = list_split(&dir, Some(&classes))?;
-        splits.push((split, decode_all(files, side)?));
+        listing.push((split, files));
     }
-    Ok(ImageFolder { classes, splits })
+    let cache_file = cache_dir
+        .and_then(|dir| cache_key(root, side, &listing).map(|k| dir.join(format!("images-{}.bin", k.to_hex()))));
+    if let Some(file) = &cache_file {
+        if let Some(images) = cache::read(file, root, side, &listing) {
+            let mut images = images.into_iter();
+            let splits = listing
+                .into_iter()
+                .map(|(name, files)| {
+                    let mut split = ImageSplit::default();
+                    for (path, label) in files {
+                        split.images.push(images.next().unwrap_or_default());
+                        split.labels.push(label);
+                        split.files.push(path);
+                    }
+                    (name, split)
+                })
+                .collect();
+            return Ok((ImageFolder { classes, splits }, CacheUse::Hit));
+        }
+    }
+    let mut splits = Vec::with_capacity(listing.len());
+    for (name, files) in listing {
+        splits.push((name, decode_all(files, side)?));
+    }
+    let folder = ImageFolder { classes, splits };
+    let used = match &cache_file {
+        Some(file) => {
+            // A cache that cannot be written is only a lost speed-up.
+            let _ = cache::write(file, root, side, &folder);
+            CacheUse::Decoded
+        }
+        None => CacheUse::None,
+    };
+    Ok((folder, used))
+}
+
+/// The file's path relative to the folder root, as bytes (the whole path if it is not inside).
+fn relative_bytes<'a>(root: &Path, path: &'a Path) -> &'a [u8] {
+    path.strip_prefix(root).unwrap_or(path).as_os_str().as_encoded_bytes()
+}
+
+/// The cache key of a listed folder: blake3 of the cache format version, the side and, for every
+/// image in listing order (split, then sorted class folders, then sorted files), its split, class,
+/// relative path and content blake3. `None` when a file cannot be read (decoding then reports it).
+fn cache_key(root: &Path, side: u32, listing: &[(SplitName, Vec<(PathBuf, u32)>)]) -> Option<blake3::Hash> {
+    let files: Vec<(SplitName, &Path, u32)> = listing
+        .iter()
+        .flat_map(|(s, files)| files.iter().map(move |(p, l)| (*s, p.as_path(), *l)))
+        .collect();
+    let hashes: Vec<Option<blake3::Hash>> = files
+        .par_iter()
+        .map(|(_, p, _)| {
+            let mut h = blake3::Hasher::new();
+            h.update_mmap(p).ok()?;
+            Some(h.finalize())
+        })
+        .collect();
+    let mut key = blake3::Hasher::new();
+    key.update(cache::VERSION_TAG);
+    key.update(&side.to_le_bytes());
+    key.update(&(files.len() as u64).to_le_bytes());
+    for ((split, path, label), hash) in files.iter().zip(hashes) {
+        let rel = relative_bytes(root, path);
+        key.update(&[*split as u8]);
+        key.update(&label.to_le_bytes());
+        key.update(&(rel.len() as u64).to_le_bytes());
+        key.update(rel);
+        key.update(hash?.as_bytes());
+    }
+    Some(key.finalize())
+}
+
+/// The cache file: a header (magic, version, image count, side), then per image its split id
+/// (u8), class id (u32), relative path (u32 length + bytes) and `side*side*3` RGB bytes; all
+/// integers little-endian. Written through a temporary file and a rename; checked on reading.
+mod cache {
+    use std::io::{BufReader, BufWriter, Read, Write};
+    use std::path::Path;
+
+    use super::{relative_bytes, ImageFolder, SplitName};
+
+    const MAGIC: &[u8; 8] = b"RKDIMGC\0";
+    const VERSION: u32 = 1;
+    /// Hashed into the cache key, so a format change never reads an old file.
+    pub(super) const VERSION_TAG: &[u8] = b"rkd-image-cache-v1";
+    const HEADER_LEN: u64 = 8 + 4 + 8 + 4;
+
+    /// The expected file length for this listing.
+    fn expected_len(root: &Path, side: u32, listing: &[(SplitName, Vec<(std::path::PathBuf, u32)>)]) -> u64 {
+        let pixels = (side as u64) * (side as u64) * 3;
+        let per: u64 = listing
+            .iter()
+            .flat_map(|(_, files)| files.iter())
+            .map(|(p, _)| 1 + 4 + 4 + relative_bytes(root, p).len() as u64 + pixels)
+            .sum();
+        HEADER_LEN + per
+    }
+
+    /// The cached images in listing order, or `None` if the file is missing, unreadable or does
+    /// not match the listing.
+    pub(super) fn read(
+        file: &Path,
+        root: &Path,
+        side: u32,
+        listing: &[(SplitName, Vec<(std::path::PathBuf, u32)>)],
+    ) -> Option<Vec<Vec<u8>>> {
+        let f = std::fs::File::open(file).ok()?;
+        if f.metadata().ok()?.len() != expected_len(root, side, listing) {
+            return None;
+        }
+        let mut r = BufReader::new(f);
+        let mut magic = [0u8; 8];
+        r.read_exact(&mut magic).ok()?;
+        let count: usize = listing.iter().map(|(_, f)| f.len()).sum();
+        if &magic != MAGIC
+            || read_u32(&mut r)? != VERSION
+            || read_u64(&mut r)? != count as u64
+            || read_u32(&mut r)? != side
+        {
+            return None;
+        }
+        let pixels = (side as usize) * (side as usize) * 3;
+        let mut images = Vec::with_capacity(count);
+        let mut path = Vec::new();
+        for (split, files) in listing {
+            for (p, label) in files {
+                let mut id = [0u8; 1];
+                r.read_exact(&mut id).ok()?;
+                let rel = relative_bytes(root, p);
+                if id[0] != *split as u8 || read_u32(&mut r)? != *label || read_u32(&mut r)? as usize != rel.len() {
+                    return None;
+                }
+                path.resize(rel.len(), 0);
+                r.read_exact(&mut path).ok()?;
+                if path != rel {
+                    return None;
+                }
+                let mut img = vec![0u8; pixels];
+                r.read_exact(&mut img).ok()?;
+                images.push(img);
+            }
+        }
+        // Nothing may follow.
+        (r.read(&mut [0u8; 1]).ok()? == 0).then_some(images)
+    }
+
+    /// Writes the decoded folder to `file` atomically (a temporary file in the same directory,
+    /// then a rename).
+    pub(super) fn write(file: &Path, root: &Path, side: u32, folder: &ImageFolder) -> std::io::Result<()> {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        {
+            let mut w = BufWriter::new(tmp.as_file_mut());
+            let count: usize = folder.splits.iter().map(|(_, s)| s.images.len()).sum();
+            w.write_all(MAGIC)?;
+            w.write_all(&VERSION.to_le_bytes())?;
+            w.write_all(&(count as u64).to_le_bytes())?;
+            w.write_all(&side.to_le_bytes())?;
+            for (split, s) in &folder.splits {
+                for ((img, label), path) in s.images.iter().zip(&s.labels).zip(&s.files) {
+                    let rel = relative_bytes(root, path);
+                    let rel_len = u32::try_from(rel.len()).map_err(std::io::Error::other)?;
+                    w.write_all(&[*split as u8])?;
+                    w.write_all(&label.to_le_bytes())?;
+                    w.write_all(&rel_len.to_le_bytes())?;
+                    w.write_all(rel)?;
+                    w.write_all(img)?;
+                }
+            }
+            w.flush()?;
+        }
+        tmp.persist(file).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    fn read_u32(r: &mut impl Read) -> Option<u32> {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b).ok()?;
+        Some(u32::from_le_bytes(b))
+    }
+
+    fn read_u64(r: &mut impl Read) -> Option<u64> {
+        let mut b = [0u8; 8];
+        r.read_exact(&mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
 }
 
 #[cfg(test)]
@@ -213,6 +428,121 @@ pub(crate) mod tests {
         assert_eq!(train.images[0][0], 20);
         assert_eq!(train.images[3][0], 200);
         assert_eq!(f.splits[1].1.labels, [0, 1]);
+    }
+
+    fn only_cache_file(dir: &Path) -> PathBuf {
+        let files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        files[0].clone()
+    }
+
+    fn assert_same(a: &ImageFolder, b: &ImageFolder) {
+        assert_eq!(a.classes, b.classes);
+        assert_eq!(a.splits.len(), b.splits.len());
+        for ((na, sa), (nb, sb)) in a.splits.iter().zip(&b.splits) {
+            assert_eq!(na, nb);
+            assert_eq!(sa.images, sb.images);
+            assert_eq!(sa.labels, sb.labels);
+            assert_eq!(sa.files, sb.files);
+        }
+    }
+
+    #[test]
+    fn the_cache_is_read_back_and_keyed_by_content() {
+        let dir = tiny_folder();
+        let cache = tempfile::tempdir().unwrap();
+        let cdir = cache.path().join("cache");
+        let plain = load_image_folder(dir.path(), 8).unwrap();
+        let (first, used) = load_with_cache(dir.path(), 8, Some(&cdir)).unwrap();
+        assert_eq!(used, CacheUse::Decoded);
+        assert_same(&first, &plain);
+        let file = only_cache_file(&cdir);
+        let (second, used) = load_with_cache(dir.path(), 8, Some(&cdir)).unwrap();
+        assert_eq!(used, CacheUse::Hit);
+        assert_same(&second, &plain);
+
+        // Another size is another key.
+        let (_, used) = load_with_cache(dir.path(), 6, Some(&cdir)).unwrap();
+        assert_eq!(used, CacheUse::Decoded);
+        std::fs::remove_file(cdir.join(format!(
+            "images-{}.bin",
+            cache_key(dir.path(), 6, &listing_of(dir.path())).unwrap().to_hex()
+        )))
+        .unwrap();
+        assert_eq!(only_cache_file(&cdir), file);
+
+        // New content under the same name changes the key: decoded again, into a new file.
+        write_png(&dir.path().join("train/b_cls/b_cls_0.png"), 12, 90);
+        let (third, used) = load_with_cache(dir.path(), 8, Some(&cdir)).unwrap();
+        assert_eq!(used, CacheUse::Decoded);
+        assert_eq!(third.splits[0].1.images[2][0], 90);
+        let (fourth, used) = load_with_cache(dir.path(), 8, Some(&cdir)).unwrap();
+        assert_eq!(used, CacheUse::Hit);
+        assert_same(&fourth, &third);
+
+        // A file that is not an image any more is reported as before, cache or not.
+        let bad = dir.path().join("train/b_cls/b_cls_0.png");
+        std::fs::write(&bad, b"not a png at all").unwrap();
+        let e = load_with_cache(dir.path(), 8, Some(&cdir)).unwrap_err();
+        assert_eq!(e.path.as_deref(), Some(bad.as_path()));
+
+        // No cache directory: decoded, nothing cached.
+        write_png(&bad, 12, 200);
+        let (_, used) = load_with_cache(dir.path(), 8, None).unwrap();
+        assert_eq!(used, CacheUse::None);
+    }
+
+    /// The listing `load_with_cache` builds, for computing keys in tests.
+    fn listing_of(root: &Path) -> Vec<(SplitName, Vec<(PathBuf, u32)>)> {
+        let (classes, train) = list_split(&root.join("train"), None).unwrap();
+        let (_, val) = list_split(&root.join("validation"), Some(&classes)).unwrap();
+        vec![(SplitName::Train, train), (SplitName::Validation, val)]
+    }
+
+    #[test]
+    fn a_damaged_cache_file_is_ignored_and_rewritten() {
+        let dir = tiny_folder();
+        let cache = tempfile::tempdir().unwrap();
+        let cdir = cache.path().join("cache");
+        let (want, _) = load_with_cache(dir.path(), 8, Some(&cdir)).unwrap();
+        let file = only_cache_file(&cdir);
+        let good = std::fs::read(&file).unwrap();
+
+        let mut damaged: Vec<Vec<u8>> = Vec::new();
+        damaged.push(good[..good.len() - 1].to_vec()); // truncated
+        let mut longer = good.clone();
+        longer.push(0);
+        damaged.push(longer); // trailing bytes
+        let mut magic = good.clone();
+        magic[0] ^= 0xff;
+        damaged.push(magic); // bad magic
+        let mut version = good.clone();
+        version[8] ^= 1;
+        damaged.push(version); // other version
+        let mut count = good.clone();
+        count[12] ^= 1;
+        damaged.push(count); // wrong count
+        let mut path = good.clone();
+        path[24 + 9] ^= 1;
+        damaged.push(path); // first image's path differs
+        damaged.push(Vec::new()); // empty
+        for bytes in damaged {
+            std::fs::write(&file, &bytes).unwrap();
+            let (got, used) = load_with_cache(dir.path(), 8, Some(&cdir)).unwrap();
+            assert_eq!(used, CacheUse::Decoded);
+            assert_same(&got, &want);
+            assert_eq!(std::fs::read(&file).unwrap(), good, "rewritten");
+            assert_eq!(only_cache_file(&cdir), file, "no temporary file left");
+        }
+        let (_, used) = load_with_cache(dir.path(), 8, Some(&cdir)).unwrap();
+        assert_eq!(used, CacheUse::Hit);
+
+        // A cache directory that cannot be created is no error.
+        let blocked = cache.path().join("a_file");
+        std::fs::write(&blocked, "x").unwrap();
+        let (got, used) = load_with_cache(dir.path(), 8, Some(&blocked.join("cache"))).unwrap();
+        assert_eq!(used, CacheUse::Decoded);
+        assert_same(&got, &want);
     }
 
     #[test]

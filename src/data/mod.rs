@@ -2,7 +2,8 @@
 //! generated synthetic sets, with the tokenizer and the batching.
 //!
 //! [`Dataset::load`] reads a dataset constructor's checked arguments and loads everything at
-//! once: text is tokenised up front, images are decoded and resized once. [`Dataset::batches`]
+//! once: text is tokenised up front, images are decoded and resized once (and, given
+//! [`LoadOptions::cache_dir`], kept on disk for the next load). [`Dataset::batches`]
 //! then builds candle tensors for a split, in order or in a seeded shuffle.
 //!
 //! Text datasets always carry a [`Tokenizer`]: the pretrained model's (when
@@ -106,6 +107,9 @@ pub struct LoadOptions {
     /// A pretrained model directory whose tokenizer (tokenizer.json or vocab.txt) text datasets
     /// use; when `None`, `glue_sst2` trains a WordPiece vocabulary on its training split.
     pub tokenizer_dir: Option<PathBuf>,
+    /// Where `image_folder` keeps its decoded images between loads (keyed by the image files'
+    /// contents and `image_size`); when `None`, images are decoded on every load.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// The examples of one split.
@@ -169,7 +173,7 @@ impl Dataset {
         let args = Args::new(ctor, params)?;
         match ctor {
             "glue_sst2" => Self::load_sst2(&args, opts),
-            "image_folder" => Self::load_image_folder(&args),
+            "image_folder" => Self::load_image_folder(&args, opts),
             "synthetic_text" => Self::load_synthetic_text(&args),
             "synthetic_images" => Self::load_synthetic_images(&args),
             other => Err(DataError::new(format!(
@@ -203,11 +207,11 @@ impl Dataset {
         })
     }
 
-    fn load_image_folder(args: &Args) -> Result<Dataset, DataError> {
+    fn load_image_folder(args: &Args, opts: &LoadOptions) -> Result<Dataset, DataError> {
         let root = args.path("path")?;
         let image_size = args.usize("image_size")?;
         let augment = args.bool("augment")?;
-        let folder = images::load_image_folder(&root, image_size)?;
+        let folder = images::load_image_folder_cached(&root, image_size, opts.cache_dir.as_deref())?;
         let mut splits: [Option<Split>; 3] = [None, None, None];
         for (name, s) in folder.splits {
             splits[name.index()] = Some(Split {

@@ -179,6 +179,39 @@ fn image_folder_loads_and_respects_its_augment_argument() {
 }
 
 #[test]
+fn image_folder_with_a_cache_dir_gives_the_same_batches() {
+    let dir = images::tests::tiny_folder();
+    let cache = tempfile::tempdir().unwrap();
+    let p = params(&[
+        ("path", path_value(dir.path())),
+        ("image_size", Value::Int(8)),
+        ("augment", Value::Bool(false)),
+    ]);
+    let opts = LoadOptions {
+        cache_dir: Some(cache.path().join("cache")),
+        ..LoadOptions::default()
+    };
+    let plain = Dataset::load("image_folder", &p, &LoadOptions::default()).unwrap();
+    let first = Dataset::load("image_folder", &p, &opts).unwrap();
+    let files = std::fs::read_dir(cache.path().join("cache")).unwrap().count();
+    assert_eq!(files, 1, "one cache file written");
+    let second = Dataset::load("image_folder", &p, &opts).unwrap();
+    let dev = Device::Cpu;
+    for split in [SplitName::Train, SplitName::Validation] {
+        let want = plain.batches(split, 3, Some(5), false, &dev).unwrap();
+        for d in [&first, &second] {
+            assert_eq!(d.classes, plain.classes);
+            assert_eq!(d.labels(split), plain.labels(split));
+            let got = d.batches(split, 3, Some(5), false, &dev).unwrap();
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(pixels(g), pixels(w));
+            }
+        }
+    }
+}
+
+#[test]
 fn glue_sst2_with_trained_and_given_tokenizers() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -204,6 +237,7 @@ fn glue_sst2_with_trained_and_given_tokenizers() {
     tk.save(tdir.path()).unwrap();
     let opts = LoadOptions {
         tokenizer_dir: Some(tdir.path().to_path_buf()),
+        ..LoadOptions::default()
     };
     let d2 = Dataset::load("glue_sst2", &p, &opts).unwrap();
     assert_eq!(d2.token_ids(SplitName::Train), d.token_ids(SplitName::Train));
@@ -244,6 +278,7 @@ fn shared_sst2_sample() {
     if let Some(model) = testdata::models_dir("all-MiniLM-L6-v2") {
         let opts = LoadOptions {
             tokenizer_dir: Some(model),
+            ..LoadOptions::default()
         };
         let d = Dataset::load("glue_sst2", &p, &opts).unwrap();
         assert_eq!(d.tokenizer.as_ref().unwrap().vocab_size(), 30522);

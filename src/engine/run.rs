@@ -339,6 +339,7 @@ fn run_stage(
         progress,
         cancel,
         threads,
+        cache_dir: store.root.join("cache"),
     };
     let started = SystemTime::now();
     let t = Instant::now();

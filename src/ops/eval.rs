@@ -148,7 +148,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
             ))
         }
     };
-    let dataset = load_dataset(ctx.params, model_source::tokenizer_dir(&source)?)?;
+    let dataset = load_dataset(ctx.params, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
     let pretrained = load_pretrained(
         &dir,
         &LoadOptions {

@@ -32,6 +32,9 @@ pub struct OpContext<'a> {
     pub cancel: &'a Cancel,
     /// Threads the op may use.
     pub threads: usize,
+    /// Where ops may keep caches that are never required (decoded dataset images):
+    /// `<store>/cache`.
+    pub cache_dir: PathBuf,
 }
 
 /// What an op reports when it succeeds.

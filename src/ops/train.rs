@@ -9,7 +9,7 @@
 //! `RAYON_NUM_THREADS` or as-many-as-cores tasks, executed by that pool).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -44,14 +44,22 @@ pub(super) fn usize_param(params: &Params, name: &str, default: usize) -> Result
     }
 }
 
-/// Loads the dataset of the `data` parameter, with the given tokenizer directory.
-pub(super) fn load_dataset(params: &Params, tokenizer_dir: Option<PathBuf>) -> Result<Dataset, String> {
+/// Loads the dataset of the `data` parameter, with the given tokenizer directory and cache
+/// directory.
+pub(super) fn load_dataset(
+    params: &Params,
+    tokenizer_dir: Option<PathBuf>,
+    cache_dir: &Path,
+) -> Result<Dataset, String> {
     let spec = match params.get("data") {
         Some(Value::Spec(s)) => s.clone(),
         Some(other) => return Err(format!("`data` must be a dataset, got {}", other.type_name())),
         None => return Err("`data` is missing".into()),
     };
-    let opts = LoadOptions { tokenizer_dir };
+    let opts = LoadOptions {
+        tokenizer_dir,
+        cache_dir: Some(cache_dir.to_path_buf()),
+    };
     Dataset::load(spec.ctor.name, &spec.params, &opts).map_err(|e| e.to_string())
 }
 
@@ -88,7 +96,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
     let device = Device::Cpu;
     ctx.progress.message("loading the model and data");
     let source = model_source::resolve(ctx, "model")?;
-    let dataset = load_dataset(ctx.params, model_source::tokenizer_dir(&source)?)?;
+    let dataset = load_dataset(ctx.params, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
     let log = &mut ctx.log;
     let _ = writeln!(
         log,
@@ -315,6 +323,7 @@ pub(super) mod testing {
             progress: &progress,
             cancel,
             threads,
+            cache_dir: out.with_extension("cache"),
         };
         let r = super::super::execute(&mut ctx);
         drop(ctx);

@@ -8,6 +8,7 @@
 //! <store>/locks/<key>.lock held while a process runs that key (never the same key twice at once)
 //! <store>/runs/            one YAML record per run, and index.json (the latest record of each stage name)
 //! <store>/stat-cache.json  file fingerprints by (path, size, mtime, inode)
+//! <store>/cache/           caches ops may use but never need (decoded image_folder images)
 //! ```
 //! An entry directory appears only complete (rename is atomic), so a crash, Ctrl-C or kill -9
 //! leaves at most a directory in tmp/, which the next run removes.
