@@ -58,12 +58,8 @@ impl Fingerprinter {
         if !self.dirty {
             return Ok(());
         }
-        let dir = cache_file.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-        serde_json::to_writer(&mut tmp, &self.cache)?;
-        tmp.persist(cache_file).map_err(|e| e.error)?;
-        Ok(())
+        std::fs::create_dir_all(cache_file.parent().unwrap_or(Path::new(".")))?;
+        crate::store::records::atomic_write(cache_file, &serde_json::to_vec(&self.cache)?)
     }
 
     /// The fingerprint of a file or directory.
