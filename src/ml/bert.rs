@@ -306,15 +306,6 @@ mod tests {
             .tensors()
             .unwrap();
         assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
-        let bits = |t: &Tensor| -> Vec<u32> {
-            t.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|x| x.to_bits())
-                .collect()
-        };
         for (k, t) in &a {
             assert_eq!(bits(t), bits(&b[k]), "{k}");
         }

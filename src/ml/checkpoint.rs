@@ -239,15 +239,7 @@ mod tests {
     use crate::ml::testutil::*;
 
     fn logits_bits(p: &Pretrained, input: &ModelInput) -> Vec<u32> {
-        let out = p.model.forward(input, &mut ForwardCtx::eval()).unwrap();
-        out.logits
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .map(|x| x.to_bits())
-            .collect()
+        bits(&p.model.forward(input, &mut ForwardCtx::eval()).unwrap().logits)
     }
 
     fn round_trip(config: ModelConfig, input: ModelInput) {

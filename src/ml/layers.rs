@@ -289,25 +289,11 @@ mod tests {
         };
         let ours = ln.forward(&x).unwrap();
         let fused = candle_nn::ops::layer_norm(&x, &ln.weight, &ln.bias, 1e-12).unwrap();
-        let diff: f32 = (ours - fused)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = crate::ml::testutil::max_abs_diff(&ours, &fused);
         assert!(diff < 1e-5, "{diff}");
         let sm = softmax_last_dim(&x).unwrap();
         let fused = candle_nn::ops::softmax_last_dim(&x).unwrap();
-        let diff: f32 = (sm - fused)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = crate::ml::testutil::max_abs_diff(&sm, &fused);
         assert!(diff < 1e-6, "{diff}");
         // Linear on 3-D input equals a per-row matmul.
         let lin = Linear::from_tensors(

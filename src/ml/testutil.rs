@@ -57,10 +57,26 @@ pub fn targets(batch: usize, n: usize, seed: u64) -> Tensor {
     Tensor::from_vec(v, batch, &Device::Cpu).unwrap()
 }
 
+/// A tensor's f32 values as bit patterns, for exact (bit-identical) comparisons.
+pub fn bits(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f32::to_bits)
+        .collect()
+}
+
+/// `max|a - b|`.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+}
+
 /// `max|a - b| / max|b|`.
 pub fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    let d: f32 = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let d = max_abs_diff(a, b);
     let m: f32 = b.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
     d / m.max(f32::MIN_POSITIVE)
 }

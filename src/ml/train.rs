@@ -405,8 +405,7 @@ mod tests {
                 .tensors()
                 .unwrap()
                 .values()
-                .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-                .map(f32::to_bits)
+                .flat_map(crate::ml::testutil::bits)
                 .collect();
             let acc = validate(0).unwrap().accuracy;
             (report, bits, acc)
@@ -466,10 +465,7 @@ mod tests {
         assert_eq!(report.best_epoch, Some(2));
         assert_eq!(report.best_accuracy(), Some(0.9));
         let bits = |m: &std::collections::BTreeMap<String, Tensor>| -> Vec<u32> {
-            m.values()
-                .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
-                .map(f32::to_bits)
-                .collect()
+            m.values().flat_map(crate::ml::testutil::bits).collect()
         };
         let snaps = snapshots.borrow();
         let now = bits(&params.tensors().unwrap());
