@@ -44,22 +44,23 @@ impl SelfAttention {
 
     /// Attends over `x` (`[batch, seq, hidden]`) with an optional additive mask broadcastable
     /// to `[batch, heads, seq, seq]`. Returns the context (`[batch, seq, hidden]`, before the
-    /// output projection) and the attention probabilities (`[batch, heads, seq, seq]`, before
-    /// dropout).
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor)> {
+    /// output projection), the attention probabilities (`[batch, heads, seq, seq]`, before
+    /// dropout) and the scaled scores `q·kᵀ/√d` before the mask and the softmax (what TinyBERT's
+    /// attention loss compares).
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, s, hidden) = x.dims3()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let q = self.split_heads(&self.query.forward(x)?)?;
         let k = self.split_heads(&self.key.forward(x)?)?;
         let v = self.split_heads(&self.value.forward(x)?)?;
         let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = match mask {
+        let masked = match mask {
             Some(m) => scores.broadcast_add(m)?,
-            None => scores,
+            None => scores.clone(),
         };
-        let probs = softmax_last_dim(&scores)?;
+        let probs = softmax_last_dim(&masked)?;
         let dropped = self.dropout.forward(&probs, ctx)?;
         let context = dropped.matmul(&v)?.transpose(1, 2)?.reshape((b, s, hidden))?;
-        Ok((context, probs))
+        Ok((context, probs, scores))
     }
 }

@@ -121,14 +121,14 @@ impl BertLayer {
     }
 
     /// Returns the layer output and its attention probabilities.
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor)> {
-        let (context, probs) = self.attention.forward(x, mask, ctx)?;
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor, Tensor)> {
+        let (context, probs, scores) = self.attention.forward(x, mask, ctx)?;
         let a = self.dropout.forward(&self.attention_output.forward(&context)?, ctx)?;
         let x = self.attention_norm.forward(&(a + x)?)?;
         let h = activation(&self.intermediate.forward(&x)?, self.act)?;
         let h = self.dropout.forward(&self.output.forward(&h)?, ctx)?;
         let out = self.output_norm.forward(&(h + x)?)?;
-        Ok((out, probs))
+        Ok((out, probs, scores))
     }
 }
 
@@ -193,12 +193,14 @@ impl BertForSequenceClassification {
         };
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
         let mut attentions = Vec::with_capacity(self.layers.len());
+        let mut attention_scores = Vec::with_capacity(self.layers.len());
         hidden_states.push(x.clone());
         for layer in &self.layers {
-            let (y, probs) = layer.forward(&x, mask.as_ref(), ctx)?;
+            let (y, probs, scores) = layer.forward(&x, mask.as_ref(), ctx)?;
             x = y;
             hidden_states.push(x.clone());
             attentions.push(probs);
+            attention_scores.push(scores);
         }
         let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
         let pooled = self.pooler.forward(&cls)?.tanh()?;
@@ -209,6 +211,7 @@ impl BertForSequenceClassification {
             logits,
             hidden_states,
             attentions,
+            attention_scores,
             last_hidden_state: x,
             pooled,
         })

@@ -12,6 +12,9 @@ pub struct ModelOutput {
     pub hidden_states: Vec<Tensor>,
     /// Each layer's attention probabilities, `[batch, heads, seq, seq]`, before dropout.
     pub attentions: Vec<Tensor>,
+    /// Each layer's scaled attention scores `q·kᵀ/√d` before the mask and the softmax,
+    /// `[batch, heads, seq, seq]` (TinyBERT's attention loss compares these).
+    pub attention_scores: Vec<Tensor>,
     /// Final sequence representation, `[batch, seq, hidden]` (ViT: after the final LayerNorm).
     pub last_hidden_state: Tensor,
     /// The vector the classifier reads, `[batch, hidden]` (BERT: the tanh pooler; ViT: the

@@ -128,8 +128,8 @@ impl VitLayer {
     }
 
     /// Returns the layer output and its attention probabilities.
-    pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor)> {
-        let (context, probs) = self.attention.forward(&self.layernorm_before.forward(x)?, None, ctx)?;
+    pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor, Tensor)> {
+        let (context, probs, scores) = self.attention.forward(&self.layernorm_before.forward(x)?, None, ctx)?;
         let a = self.dropout.forward(&self.attention_output.forward(&context)?, ctx)?;
         let x = (a + x)?;
         let h = activation(
@@ -137,7 +137,7 @@ impl VitLayer {
             self.act,
         )?;
         let h = self.dropout.forward(&self.output.forward(&h)?, ctx)?;
-        Ok(((h + x)?, probs))
+        Ok(((h + x)?, probs, scores))
     }
 }
 
@@ -187,12 +187,14 @@ impl VitForImageClassification {
         let mut x = self.embeddings.forward(pixel_values, ctx)?;
         let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
         let mut attentions = Vec::with_capacity(self.layers.len());
+        let mut attention_scores = Vec::with_capacity(self.layers.len());
         hidden_states.push(x.clone());
         for layer in &self.layers {
-            let (y, probs) = layer.forward(&x, ctx)?;
+            let (y, probs, scores) = layer.forward(&x, ctx)?;
             x = y;
             hidden_states.push(x.clone());
             attentions.push(probs);
+            attention_scores.push(scores);
         }
         let last_hidden_state = self.layernorm.forward(&x)?;
         let pooled = last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?;
@@ -201,6 +203,7 @@ impl VitForImageClassification {
             logits,
             hidden_states,
             attentions,
+            attention_scores,
             last_hidden_state,
             pooled,
         })
