@@ -9,6 +9,7 @@ pub mod ml;
 pub mod ops;
 pub mod plan;
 pub mod registry;
+pub mod report;
 pub mod source;
 pub mod store;
 pub mod syntax;

@@ -68,6 +68,7 @@ fn plan_json_lists_every_stage_with_key_inputs_and_status() {
         names,
         [
             "teacher",
+            "teacher/predictions",
             "mini[t=2.0,a=0.5]",
             "mini[t=2.0,a=0.9]",
             "mini[t=4.0,a=0.5]",
@@ -95,6 +96,14 @@ fn plan_json_lists_every_stage_with_key_inputs_and_status() {
         assert_eq!(s["status"], "run");
         assert!(s["reasons"][0].as_str().unwrap().starts_with("new"));
     }
+    // The four students share one stage of teacher predictions.
+    for mini in ["mini[t=2.0,a=0.5]", "mini[t=4.0,a=0.9]"] {
+        assert_eq!(
+            by_name(&plan, mini)["inputs"],
+            serde_json::json!(["teacher/predictions", "teacher"])
+        );
+    }
+    assert_eq!(by_name(&plan, "teacher/predictions")["op"], "predict");
     // Defaults are filled in.
     assert_eq!(by_name(&plan, "mini[t=2.0,a=0.5]")["params"]["t2_scale"], true);
     assert_eq!(by_name(&plan, "teacher")["params"]["epochs"], 3);
@@ -159,27 +168,37 @@ fn local_modules_and_stdlib_strategies() {
         names,
         [
             "teacher",
+            "teacher/predictions",
             "mine/kd[0]",
             "mine/kd[1]",
             "chain/step[0]",
+            "chain/step[0]/predictions",
             "chain/step[1]",
+            "chain/step[1]/predictions",
             "f"
         ]
     );
     // successive: each student's teacher is the previous stage.
     assert_eq!(
         by_name(&plan, "chain/step[0]")["inputs"],
-        serde_json::json!(["teacher"])
+        serde_json::json!(["teacher/predictions", "teacher"])
     );
     assert_eq!(
         by_name(&plan, "chain/step[1]")["inputs"],
-        serde_json::json!(["chain/step[0]"])
+        serde_json::json!(["chain/step[0]/predictions", "chain/step[0]"])
     );
     assert_eq!(by_name(&plan, "chain/step[1]")["params"]["epochs"], 1);
     assert_eq!(by_name(&plan, "f")["op"], "fuse");
     assert_eq!(
         by_name(&plan, "f")["inputs"],
-        serde_json::json!(["teacher", "chain/step[0]", "chain/step[1]"])
+        serde_json::json!([
+            "teacher/predictions",
+            "chain/step[0]/predictions",
+            "chain/step[1]/predictions",
+            "teacher",
+            "chain/step[0]",
+            "chain/step[1]"
+        ])
     );
     assert_eq!(by_name(&plan, "mine/kd[1]")["params"]["temperature"], 2.0);
 }

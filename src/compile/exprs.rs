@@ -439,6 +439,10 @@ impl Compiler {
         let Some(params) = self.check_args(op, args, span) else {
             return Value::Poison;
         };
+        let params = match op.name {
+            "distill" | "fuse" => self.add_predictions(op.name, params, &spans, span),
+            _ => params,
+        };
         match op.kind {
             OpKind::Stage(_) => Value::Stage(self.create_stage(op, params, spans, span, bind)),
             OpKind::Model | OpKind::Dataset => Value::Spec(Arc::new(Spec {

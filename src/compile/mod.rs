@@ -7,6 +7,7 @@
 mod args;
 mod exprs;
 mod items;
+pub mod predictions;
 mod stages;
 pub mod stdlib;
 

@@ -1,11 +1,16 @@
 //! Multi-head self-attention (the `query`/`key`/`value` part shared by BERT and ViT).
+//!
+//! A layer whose heads were pruned (HF `pruned_heads`) has fewer heads of the same width: its
+//! projections map `hidden → heads × head_dim` and the context it returns is that wide, which
+//! is what the output projection (`attention.output.dense`, `[hidden, heads × head_dim]`) reads.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{softmax_last_dim, Dropout, ForwardCtx, Linear};
 
-/// Scaled dot-product self-attention with `heads` heads; weights under `query`, `key`, `value`.
+/// Scaled dot-product self-attention with `heads` heads of `head_dim`; weights under `query`,
+/// `key`, `value`, each `[heads × head_dim, hidden]`.
 #[derive(Debug, Clone)]
 pub struct SelfAttention {
     /// Query projection.
@@ -23,16 +28,37 @@ pub struct SelfAttention {
 }
 
 impl SelfAttention {
-    /// Gets or creates the three projections under `vb` (HF names `query`, `key`, `value`).
+    /// Gets or creates the three projections under `vb` (HF names `query`, `key`, `value`),
+    /// `heads` heads of width `hidden / heads`.
     pub fn new(hidden: usize, heads: usize, bias: bool, std: f64, dropout: f64, vb: VarBuilder) -> Result<Self> {
+        Self::with_head_dim(hidden, heads, hidden / heads, bias, std, dropout, vb)
+    }
+
+    /// Like [`SelfAttention::new`] with an explicit head width: `heads` may be fewer than
+    /// `hidden / head_dim` (a head-pruned layer).
+    pub fn with_head_dim(
+        hidden: usize,
+        heads: usize,
+        head_dim: usize,
+        bias: bool,
+        std: f64,
+        dropout: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let all = heads * head_dim;
         Ok(Self {
-            query: Linear::new(hidden, hidden, bias, std, vb.pp("query"))?,
-            key: Linear::new(hidden, hidden, bias, std, vb.pp("key"))?,
-            value: Linear::new(hidden, hidden, bias, std, vb.pp("value"))?,
+            query: Linear::new(hidden, all, bias, std, vb.pp("query"))?,
+            key: Linear::new(hidden, all, bias, std, vb.pp("key"))?,
+            value: Linear::new(hidden, all, bias, std, vb.pp("value"))?,
             heads,
-            head_dim: hidden / heads,
+            head_dim,
             dropout: Dropout::new(dropout),
         })
+    }
+
+    /// Width of the context it returns (`heads × head_dim`; `hidden` unless heads were pruned).
+    pub fn all_head_size(&self) -> usize {
+        self.heads * self.head_dim
     }
 
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
@@ -43,12 +69,12 @@ impl SelfAttention {
     }
 
     /// Attends over `x` (`[batch, seq, hidden]`) with an optional additive mask broadcastable
-    /// to `[batch, heads, seq, seq]`. Returns the context (`[batch, seq, hidden]`, before the
+    /// to `[batch, heads, seq, seq]`. Returns the context (`[batch, seq, heads × head_dim]`, before the
     /// output projection), the attention probabilities (`[batch, heads, seq, seq]`, before
     /// dropout) and the scaled scores `q·kᵀ/√d` before the mask and the softmax (what TinyBERT's
     /// attention loss compares).
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, s, hidden) = x.dims3()?;
+        let (b, s, _) = x.dims3()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let q = self.split_heads(&self.query.forward(x)?)?;
         let k = self.split_heads(&self.key.forward(x)?)?;
@@ -60,7 +86,10 @@ impl SelfAttention {
         };
         let probs = softmax_last_dim(&masked)?;
         let dropped = self.dropout.forward(&probs, ctx)?;
-        let context = dropped.matmul(&v)?.transpose(1, 2)?.reshape((b, s, hidden))?;
+        let context = dropped
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, s, self.all_head_size()))?;
         Ok((context, probs, scores))
     }
 }

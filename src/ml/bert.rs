@@ -97,20 +97,24 @@ pub struct BertLayer {
 }
 
 impl BertLayer {
-    /// Gets or creates the layer's weights under `vb` (`bert.encoder.layer.N`).
-    pub fn new(cfg: &BertConfig, vb: VarBuilder) -> Result<Self> {
+    /// Gets or creates the weights of encoder layer `index` under `vb` (`bert.encoder.layer.N`),
+    /// with the heads the config keeps for that layer (`pruned_heads`).
+    pub fn new(cfg: &BertConfig, index: usize, vb: VarBuilder) -> Result<Self> {
         let (h, std, eps) = (cfg.hidden_size, cfg.initializer_range, cfg.layer_norm_eps);
         let att = vb.pp("attention");
+        let attention = SelfAttention::with_head_dim(
+            h,
+            cfg.heads_in_layer(index),
+            cfg.head_dim(),
+            true,
+            std,
+            cfg.attention_probs_dropout_prob,
+            att.pp("self"),
+        )?;
+        let all_heads = attention.all_head_size();
         Ok(Self {
-            attention: SelfAttention::new(
-                h,
-                cfg.num_attention_heads,
-                true,
-                std,
-                cfg.attention_probs_dropout_prob,
-                att.pp("self"),
-            )?,
-            attention_output: Linear::new(h, h, true, std, att.pp("output").pp("dense"))?,
+            attention,
+            attention_output: Linear::new(all_heads, h, true, std, att.pp("output").pp("dense"))?,
             attention_norm: LayerNorm::new(h, eps, att.pp("output").pp("LayerNorm"))?,
             intermediate: Linear::new(h, cfg.intermediate_size, true, std, vb.pp("intermediate").pp("dense"))?,
             output: Linear::new(cfg.intermediate_size, h, true, std, vb.pp("output").pp("dense"))?,
@@ -156,7 +160,7 @@ impl BertForSequenceClassification {
         let bert = vb.pp("bert");
         let embeddings = BertEmbeddings::new(cfg, bert.pp("embeddings"))?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| BertLayer::new(cfg, bert.pp("encoder").pp("layer").pp(i)))
+            .map(|i| BertLayer::new(cfg, i, bert.pp("encoder").pp("layer").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let std = cfg.initializer_range;
         let pooler = Linear::new(

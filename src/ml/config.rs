@@ -4,7 +4,7 @@
 //! `config.json` written by transformers loads here and one written here loads in
 //! transformers. Unknown fields are kept in `extra` and written back unchanged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -128,6 +128,59 @@ fn d_absolute() -> String {
     "absolute".into()
 }
 
+/// Heads removed from each encoder layer, by layer index: the original indices (among the
+/// config's `num_attention_heads`) of the heads no longer in the weights. HF's `pruned_heads`.
+pub type PrunedHeads = BTreeMap<usize, BTreeSet<usize>>;
+
+/// `pruned_heads` as config.json stores it: `{"layer": [head indices]}` (keys are strings).
+type RawPrunedHeads = BTreeMap<String, Vec<usize>>;
+
+fn pruned_heads_from_raw(raw: RawPrunedHeads) -> Result<PrunedHeads, String> {
+    let mut out = PrunedHeads::new();
+    for (k, heads) in raw {
+        let layer: usize = k
+            .parse()
+            .map_err(|_| format!("pruned_heads key `{k}` is not a layer index"))?;
+        if !heads.is_empty() {
+            out.entry(layer).or_default().extend(heads);
+        }
+    }
+    Ok(out)
+}
+
+fn pruned_heads_to_raw(p: &PrunedHeads) -> RawPrunedHeads {
+    p.iter()
+        .filter(|(_, h)| !h.is_empty())
+        .map(|(l, h)| (l.to_string(), h.iter().copied().collect()))
+        .collect()
+}
+
+/// The heads that layer `layer` keeps: original indices in ascending order.
+fn kept_heads(pruned: &PrunedHeads, heads: usize, layer: usize) -> Vec<usize> {
+    let gone = pruned.get(&layer);
+    (0..heads).filter(|h| !gone.is_some_and(|g| g.contains(h))).collect()
+}
+
+/// Checks that every pruned head names an existing layer and head, and that each layer keeps one.
+fn check_pruned_heads(pruned: &PrunedHeads, layers: usize, heads: usize) -> Result<(), String> {
+    for (&layer, gone) in pruned {
+        if layer >= layers {
+            return Err(format!(
+                "pruned_heads names layer {layer} but the model has {layers} layers"
+            ));
+        }
+        if let Some(&h) = gone.iter().find(|&&h| h >= heads) {
+            return Err(format!(
+                "pruned_heads names head {h} of layer {layer} but layers have {heads} heads"
+            ));
+        }
+        if gone.len() >= heads {
+            return Err(format!("pruned_heads removes every head of layer {layer}"));
+        }
+    }
+    Ok(())
+}
+
 /// Raw serde form shared by the two configs' label handling.
 #[derive(Serialize, Deserialize)]
 struct RawLabels {
@@ -171,6 +224,8 @@ pub struct BertConfig {
     pub pad_token_id: usize,
     /// Dropout before the classifier (`None`: `hidden_dropout_prob`).
     pub classifier_dropout: Option<f64>,
+    /// Attention heads removed per layer (HF `pruned_heads`); empty for an unpruned model.
+    pub pruned_heads: PrunedHeads,
     /// Class labels (`id2label` / `label2id`); `num_labels` is their count.
     pub labels: Labels,
     /// Every other field of config.json, kept for round trips.
@@ -208,6 +263,8 @@ struct RawBertConfig {
     position_embedding_type: String,
     #[serde(default)]
     classifier_dropout: Option<f64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pruned_heads: RawPrunedHeads,
     #[serde(flatten)]
     labels: RawLabels,
     #[serde(flatten)]
@@ -245,6 +302,7 @@ impl TryFrom<RawBertConfig> for BertConfig {
             layer_norm_eps: r.layer_norm_eps,
             pad_token_id: r.pad_token_id,
             classifier_dropout: r.classifier_dropout,
+            pruned_heads: pruned_heads_from_raw(r.pruned_heads)?,
             labels,
             extra,
         };
@@ -274,6 +332,7 @@ impl From<BertConfig> for RawBertConfig {
             pad_token_id: c.pad_token_id,
             position_embedding_type: "absolute".into(),
             classifier_dropout: c.classifier_dropout,
+            pruned_heads: pruned_heads_to_raw(&c.pruned_heads),
             labels: RawLabels {
                 id2label: Some(c.labels.id2label()),
                 label2id: Some(c.labels.label2id()),
@@ -309,6 +368,7 @@ impl BertConfig {
             layer_norm_eps: 1e-12,
             pad_token_id: 0,
             classifier_dropout: None,
+            pruned_heads: PrunedHeads::new(),
             labels: Labels::default_names(num_labels),
             extra: Map::new(),
         }
@@ -324,9 +384,20 @@ impl BertConfig {
         self.hidden_size / self.num_attention_heads
     }
 
+    /// The heads encoder layer `layer` keeps (original indices, ascending).
+    pub fn kept_heads(&self, layer: usize) -> Vec<usize> {
+        kept_heads(&self.pruned_heads, self.num_attention_heads, layer)
+    }
+
+    /// Number of attention heads of encoder layer `layer` (after head pruning).
+    pub fn heads_in_layer(&self, layer: usize) -> usize {
+        self.kept_heads(layer).len()
+    }
+
     /// Checks the shape parameters for consistency.
     pub fn validate(&self) -> Result<(), String> {
         check_heads(self.hidden_size, self.num_attention_heads)?;
+        check_pruned_heads(&self.pruned_heads, self.num_hidden_layers, self.num_attention_heads)?;
         if self.num_labels() == 0 {
             return Err("a classifier needs at least one label".into());
         }
@@ -369,6 +440,8 @@ pub struct VitConfig {
     pub num_channels: usize,
     /// Whether query/key/value projections have a bias.
     pub qkv_bias: bool,
+    /// Attention heads removed per layer (HF `pruned_heads`); empty for an unpruned model.
+    pub pruned_heads: PrunedHeads,
     /// Class labels (`id2label` / `label2id`); `num_labels` is their count.
     pub labels: Labels,
     /// Every other field of config.json, kept for round trips.
@@ -403,6 +476,8 @@ struct RawVitConfig {
     num_channels: usize,
     #[serde(default = "d_true")]
     qkv_bias: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pruned_heads: RawPrunedHeads,
     #[serde(flatten)]
     labels: RawLabels,
     #[serde(flatten)]
@@ -433,6 +508,7 @@ impl TryFrom<RawVitConfig> for VitConfig {
             patch_size: r.patch_size,
             num_channels: r.num_channels,
             qkv_bias: r.qkv_bias,
+            pruned_heads: pruned_heads_from_raw(r.pruned_heads)?,
             labels,
             extra,
         };
@@ -460,6 +536,7 @@ impl From<VitConfig> for RawVitConfig {
             patch_size: c.patch_size,
             num_channels: c.num_channels,
             qkv_bias: c.qkv_bias,
+            pruned_heads: pruned_heads_to_raw(&c.pruned_heads),
             labels: RawLabels {
                 id2label: Some(c.labels.id2label()),
                 label2id: Some(c.labels.label2id()),
@@ -497,6 +574,7 @@ impl VitConfig {
             patch_size,
             num_channels,
             qkv_bias: true,
+            pruned_heads: PrunedHeads::new(),
             labels: Labels::default_names(num_labels),
             extra: Map::new(),
         }
@@ -517,9 +595,20 @@ impl VitConfig {
         self.hidden_size / self.num_attention_heads
     }
 
+    /// The heads encoder layer `layer` keeps (original indices, ascending).
+    pub fn kept_heads(&self, layer: usize) -> Vec<usize> {
+        kept_heads(&self.pruned_heads, self.num_attention_heads, layer)
+    }
+
+    /// Number of attention heads of encoder layer `layer` (after head pruning).
+    pub fn heads_in_layer(&self, layer: usize) -> usize {
+        self.kept_heads(layer).len()
+    }
+
     /// Checks the shape parameters for consistency.
     pub fn validate(&self) -> Result<(), String> {
         check_heads(self.hidden_size, self.num_attention_heads)?;
+        check_pruned_heads(&self.pruned_heads, self.num_hidden_layers, self.num_attention_heads)?;
         if self.image_size.checked_rem(self.patch_size) != Some(0) {
             return Err(format!(
                 "patch_size {} does not divide image_size {}",
@@ -601,6 +690,54 @@ impl ModelConfig {
             ModelConfig::Vit(c) => c.num_labels(),
         }
     }
+
+    /// Number of encoder layers.
+    pub fn num_hidden_layers(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c) => c.num_hidden_layers,
+            ModelConfig::Vit(c) => c.num_hidden_layers,
+        }
+    }
+
+    /// Width of one attention head (`hidden_size / num_attention_heads`, unchanged by head pruning).
+    pub fn head_dim(&self) -> usize {
+        match self {
+            ModelConfig::Bert(c) => c.head_dim(),
+            ModelConfig::Vit(c) => c.head_dim(),
+        }
+    }
+
+    /// The heads encoder layer `layer` keeps (original indices, ascending).
+    pub fn kept_heads(&self, layer: usize) -> Vec<usize> {
+        match self {
+            ModelConfig::Bert(c) => c.kept_heads(layer),
+            ModelConfig::Vit(c) => c.kept_heads(layer),
+        }
+    }
+
+    /// Attention heads removed per layer (HF `pruned_heads`).
+    pub fn pruned_heads(&self) -> &PrunedHeads {
+        match self {
+            ModelConfig::Bert(c) => &c.pruned_heads,
+            ModelConfig::Vit(c) => &c.pruned_heads,
+        }
+    }
+
+    /// Mutable access to the removed heads (call [`ModelConfig::validate`] after changing them).
+    pub fn pruned_heads_mut(&mut self) -> &mut PrunedHeads {
+        match self {
+            ModelConfig::Bert(c) => &mut c.pruned_heads,
+            ModelConfig::Vit(c) => &mut c.pruned_heads,
+        }
+    }
+
+    /// Checks the configuration for consistency.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            ModelConfig::Bert(c) => c.validate(),
+            ModelConfig::Vit(c) => c.validate(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -655,5 +792,46 @@ mod tests {
         assert!(e.contains("num_labels is 3"), "{e}");
         let e = ModelConfig::from_json_str(r#"{"model_type":"gpt2"}"#).unwrap_err();
         assert!(e.contains("gpt2"), "{e}");
+    }
+    #[test]
+    fn pruned_heads_round_trip_in_hf_layout_and_are_checked() {
+        // HF writes `pruned_heads` with string layer keys; an empty list means nothing pruned.
+        let text = r#"{"model_type":"bert","vocab_size":10,"hidden_size":32,"num_hidden_layers":2,
+            "num_attention_heads":4,"intermediate_size":8,"pruned_heads":{"1":[3,0,3],"0":[]}}"#;
+        let ModelConfig::Bert(c) = ModelConfig::from_json_str(text).unwrap() else {
+            panic!("not bert")
+        };
+        assert_eq!(c.pruned_heads, PrunedHeads::from([(1, BTreeSet::from([0, 3]))]));
+        assert!(!c.extra.contains_key("pruned_heads"));
+        assert_eq!(c.kept_heads(0), vec![0, 1, 2, 3]);
+        assert_eq!(c.kept_heads(1), vec![1, 2]);
+        assert_eq!(c.heads_in_layer(1), 2);
+        assert_eq!(c.head_dim(), 8, "head width is unchanged by pruning");
+        let json = ModelConfig::Bert(c.clone()).to_json_string();
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["pruned_heads"], serde_json::json!({"1": [0, 3]}));
+        let back: BertConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+
+        // Unpruned configs write no `pruned_heads` (the same bytes as before it existed).
+        let json = ModelConfig::Vit(VitConfig::new(32, 8, 3, 48, 2, 3, 96, 3)).to_json_string();
+        assert!(!json.contains("pruned_heads"), "{json}");
+        let mut vit = VitConfig::new(32, 8, 3, 48, 2, 3, 96, 3);
+        vit.pruned_heads.insert(0, BTreeSet::from([2]));
+        let back = ModelConfig::from_json_str(&ModelConfig::Vit(vit.clone()).to_json_string()).unwrap();
+        assert_eq!(back, ModelConfig::Vit(vit));
+        assert_eq!(back.kept_heads(0), vec![0, 1]);
+
+        let base = r#"{"model_type":"bert","vocab_size":10,"hidden_size":32,"num_hidden_layers":2,
+            "num_attention_heads":4,"intermediate_size":8,"pruned_heads":"#;
+        for (heads, expect) in [
+            (r#"{"2":[0]}"#, "layer 2 but the model has 2 layers"),
+            (r#"{"0":[4]}"#, "head 4 of layer 0"),
+            (r#"{"1":[0,1,2,3]}"#, "every head of layer 1"),
+            (r#"{"x":[0]}"#, "`x` is not a layer index"),
+        ] {
+            let e = ModelConfig::from_json_str(&format!("{base}{heads}}}")).unwrap_err();
+            assert!(e.contains(expect), "{heads}: {e}");
+        }
     }
 }

@@ -157,6 +157,9 @@ pub struct Hooks<'a> {
     pub after_update: Option<&'a mut dyn FnMut() -> Result<(), String>>,
     /// Checked before every step; `true` stops with [`TrainError::Interrupted`].
     pub interrupted: Option<&'a dyn Fn() -> bool>,
+    /// Trainable variables outside `params` that the loss uses (distillation projections):
+    /// optimised with the model, but not part of its checkpoint.
+    pub extra_vars: Vec<(String, candle_core::Var)>,
 }
 
 /// Trains every variable of `params` (which `model` was built on).
@@ -188,8 +191,10 @@ pub fn train<B>(
     }
     let epochs = planned.div_ceil(per_epoch);
     let schedule = LinearSchedule::new(opts.lr, opts.warmup, planned);
+    let mut vars = params.named_vars();
+    vars.extend(std::mem::take(&mut hooks.extra_vars));
     let mut optimizer = AdamW::new(
-        params.named_vars(),
+        vars,
         AdamWConfig {
             lr: opts.lr,
             weight_decay: opts.weight_decay,

@@ -104,21 +104,26 @@ pub struct VitLayer {
 }
 
 impl VitLayer {
-    /// Gets or creates the layer's weights under `vb` (`vit.encoder.layer.N`).
-    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+    /// Gets or creates the weights of encoder layer `index` under `vb` (`vit.encoder.layer.N`),
+    /// with the heads the config keeps for that layer (`pruned_heads`).
+    pub fn new(cfg: &VitConfig, index: usize, vb: VarBuilder) -> Result<Self> {
         let (h, std, eps) = (cfg.hidden_size, cfg.initializer_range, cfg.layer_norm_eps);
         let att = vb.pp("attention");
+        let layernorm_before = LayerNorm::new(h, eps, vb.pp("layernorm_before"))?;
+        let attention = SelfAttention::with_head_dim(
+            h,
+            cfg.heads_in_layer(index),
+            cfg.head_dim(),
+            cfg.qkv_bias,
+            std,
+            cfg.attention_probs_dropout_prob,
+            att.pp("attention"),
+        )?;
+        let all_heads = attention.all_head_size();
         Ok(Self {
-            layernorm_before: LayerNorm::new(h, eps, vb.pp("layernorm_before"))?,
-            attention: SelfAttention::new(
-                h,
-                cfg.num_attention_heads,
-                cfg.qkv_bias,
-                std,
-                cfg.attention_probs_dropout_prob,
-                att.pp("attention"),
-            )?,
-            attention_output: Linear::new(h, h, true, std, att.pp("output").pp("dense"))?,
+            layernorm_before,
+            attention,
+            attention_output: Linear::new(all_heads, h, true, std, att.pp("output").pp("dense"))?,
             layernorm_after: LayerNorm::new(h, eps, vb.pp("layernorm_after"))?,
             intermediate: Linear::new(h, cfg.intermediate_size, true, std, vb.pp("intermediate").pp("dense"))?,
             output: Linear::new(cfg.intermediate_size, h, true, std, vb.pp("output").pp("dense"))?,
@@ -163,7 +168,7 @@ impl VitForImageClassification {
         let vit = vb.pp("vit");
         let embeddings = VitEmbeddings::new(cfg, vit.pp("embeddings"))?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| VitLayer::new(cfg, vit.pp("encoder").pp("layer").pp(i)))
+            .map(|i| VitLayer::new(cfg, i, vit.pp("encoder").pp("layer").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let layernorm = LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, vit.pp("layernorm"))?;
         let classifier = Linear::new(

@@ -1,8 +1,11 @@
 //! Stage ops: what running a stage does. One file per op.
 
+pub mod distill;
 pub mod eval;
 mod exec;
 pub mod model_source;
+pub mod predict;
+pub mod prune;
 pub mod train;
 
 use crate::engine::cancel::Cancel;
@@ -22,6 +25,8 @@ pub struct OpContext<'a> {
     pub out_dir: PathBuf,
     /// The output directory of an upstream stage.
     pub input_dir: &'a (dyn Fn(StageId) -> PathBuf + Sync),
+    /// The display name of an upstream stage.
+    pub stage_name: &'a (dyn Fn(StageId) -> String + Sync),
     /// The pipeline file's directory (where relative paths point).
     pub pipeline_dir: PathBuf,
     /// The stage's log file.
@@ -44,14 +49,21 @@ pub struct OpOutput {
     pub metrics: BTreeMap<String, f64>,
 }
 
+/// The ops this version can run.
+pub const RUNNABLE: &[&str] = &["exec", "train", "eval", "predict", "distill", "fuse", "prune"];
+
 /// Runs one stage's op.
 pub fn execute(ctx: &mut OpContext) -> Result<OpOutput, String> {
     match ctx.op {
         "exec" => exec::run(ctx),
         "train" => train::run(ctx),
         "eval" => eval::run(ctx),
+        "predict" => predict::run(ctx),
+        "distill" | "fuse" => distill::run(ctx),
+        "prune" => prune::run(ctx),
         other => Err(format!(
-            "the `{other}` op cannot run yet: this version of rkd runs only `exec`, `train` and `eval` stages (the other training and compression ops are not implemented)"
+            "the `{other}` op is not implemented in this version of rkd (it runs {})",
+            RUNNABLE.join(", ")
         )),
     }
 }

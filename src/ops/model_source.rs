@@ -371,6 +371,52 @@ pub fn model_for_training(
     }
 }
 
+/// A trained model for inference: its weights detached (no autograd graph is recorded), with
+/// its configuration. `purpose` names the op for the error on an untrained architecture.
+pub struct Frozen {
+    /// The model, built on detached weights.
+    pub model: crate::ml::Model,
+    /// Its configuration.
+    pub config: ModelConfig,
+    /// Its parameters (for counting and saving).
+    pub params: crate::ml::ParamStore,
+    /// What it is, for messages.
+    pub what: String,
+    /// The directory it was loaded from.
+    pub dir: PathBuf,
+    /// Tensors the checkpoint lacked (initialised at random).
+    pub missing: Vec<String>,
+}
+
+/// Loads a trained model (a stage output or a checkpoint) for inference.
+pub fn load_frozen(src: &ModelSource, purpose: &str, device: &Device) -> Result<Frozen, String> {
+    let (dir, what) = match src {
+        ModelSource::Dir { dir, what } => (dir.clone(), what.clone()),
+        ModelSource::Arch(spec) => {
+            return Err(format!(
+                "{purpose} needs trained weights, not the architecture `{}`: train it first",
+                spec.ctor.name
+            ))
+        }
+    };
+    let opts = crate::ml::checkpoint::LoadOptions {
+        device: device.clone(),
+        ..Default::default()
+    };
+    let p = load_pretrained(&dir, &opts).map_err(|e| format!("{what}: {e}"))?;
+    let config = p.model.config();
+    let model = crate::ml::Model::new(&config, p.params.frozen_var_builder(candle_core::DType::F32, device))
+        .map_err(|e| e.to_string())?;
+    Ok(Frozen {
+        model,
+        config,
+        params: p.params,
+        what,
+        dir,
+        missing: p.report.initialised,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

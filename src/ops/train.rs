@@ -18,9 +18,13 @@ use super::{OpContext, OpOutput};
 use crate::data::{Batch, Dataset, LoadOptions, SplitName};
 use crate::ml::metrics::evaluate;
 use crate::ml::rng::derive_seed;
-use crate::ml::train::{train, with_threads, EpochRecord, Hooks, StepRecord, TrainError, TrainOptions, Validation};
+use crate::ml::train::{
+    train, with_threads, EpochRecord, Hooks, StepRecord, TrainError, TrainOptions, TrainReport, Validation,
+};
+use crate::ml::ParamStore;
 use crate::ml::{ForwardCtx, Model};
 use crate::value::{Params, Value};
+use candle_core::Var;
 
 /// An integer parameter.
 pub(super) fn int(params: &Params, name: &str) -> Option<i64> {
@@ -97,9 +101,45 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
     ctx.progress.message("loading the model and data");
     let source = model_source::resolve(ctx, "model")?;
     let dataset = load_dataset(ctx.params, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
-    let log = &mut ctx.log;
+    log_data(ctx, &dataset, batch_size);
+    let pretrained = model_source::model_for_training(&source, &dataset, opts.seed, &device, &mut ctx.log)?;
+    let model = pretrained.model.clone();
+    let params = pretrained.params.clone();
+    let report = fit(
+        ctx,
+        &model,
+        &params,
+        &dataset,
+        &opts,
+        batch_size,
+        cross_entropy_loss,
+        Vec::new(),
+        |_| None,
+    )?;
+    finish(
+        ctx,
+        &source_label(&source),
+        &model,
+        &params,
+        &dataset,
+        &report,
+        batch_size,
+        serde_json::Map::new(),
+    )
+}
+
+/// A model source as the metrics files name it.
+pub(super) fn source_label(source: &ModelSource) -> String {
+    match source {
+        ModelSource::Dir { dir, what } => format!("{what} ({})", dir.display()),
+        ModelSource::Arch(spec) => spec.label.clone().unwrap_or_else(|| spec.ctor.name.to_string()),
+    }
+}
+
+/// Logs the dataset's shape.
+pub(super) fn log_data(ctx: &mut OpContext, dataset: &Dataset, batch_size: usize) {
     let _ = writeln!(
-        log,
+        ctx.log,
         "data: {} classes {:?}; {} training, {} validation examples; batch size {batch_size}; {} threads",
         dataset.classes.len(),
         dataset.classes,
@@ -107,12 +147,27 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         dataset.len(SplitName::Validation),
         ctx.threads
     );
-    let pretrained = model_source::model_for_training(&source, &dataset, opts.seed, &device, log)?;
-    let params = pretrained.params.clone();
-    let model = pretrained.model.clone();
+}
+
+/// Trains `model` (built on `params`) on the dataset's training split with `loss`, validating
+/// after each epoch and keeping the best epoch's weights; progress, per-epoch log lines
+/// (`epoch_note` may add to them) and Ctrl-C handling included.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fit(
+    ctx: &mut OpContext,
+    model: &Model,
+    params: &ParamStore,
+    dataset: &Dataset,
+    opts: &TrainOptions,
+    batch_size: usize,
+    loss: impl FnMut(&Model, &Batch, &mut ForwardCtx) -> candle_core::Result<Tensor>,
+    extra_vars: Vec<(String, Var)>,
+    mut epoch_note: impl FnMut(&EpochRecord) -> Option<String>,
+) -> Result<TrainReport, String> {
+    let device = Device::Cpu;
     let config = model.config();
-    let n_params = params.num_parameters();
-    let _ = writeln!(log, "parameters: {n_params}");
+    let log = &mut ctx.log;
+    let _ = writeln!(log, "parameters: {}", params.num_parameters());
     let eval_model = Model::new(&config, params.frozen_var_builder(DType::F32, &device)).map_err(|e| e.to_string())?;
     let val_batches = if dataset.len(SplitName::Validation) > 0 {
         dataset
@@ -136,7 +191,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         progress.steps(&format!("epoch {}/{epochs} step", r.epoch), r.step as u64, total as u64);
     };
     let mut on_epoch = |r: &EpochRecord| {
-        let line = match (r.val_accuracy, r.val_loss) {
+        let mut line = match (r.val_accuracy, r.val_loss) {
             (Some(a), Some(l)) => format!(
                 "epoch {}: {} steps, train loss {:.4}, validation loss {l:.4}, accuracy {:.2}%",
                 r.epoch,
@@ -146,14 +201,18 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
             ),
             _ => format!("epoch {}: {} steps, train loss {:.4}", r.epoch, r.steps, r.train_loss),
         };
+        if let Some(note) = epoch_note(r) {
+            line.push_str("; ");
+            line.push_str(&note);
+        }
         let _ = writeln!(log, "{line}");
     };
     let interrupted = || cancel.is_interrupted();
     let seed = opts.seed;
     let result = train(
-        &model,
-        &params,
-        &opts,
+        model,
+        params,
+        opts,
         |epoch| {
             dataset
                 .batches(
@@ -166,7 +225,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
                 )
                 .map_err(|e| e.to_string())
         },
-        cross_entropy_loss,
+        loss,
         Hooks {
             validate: if val_batches.is_empty() {
                 None
@@ -177,32 +236,47 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
             on_epoch: Some(&mut on_epoch),
             after_update: None,
             interrupted: Some(&interrupted),
+            extra_vars,
         },
     );
-    let report = match result {
-        Ok(r) => r,
-        Err(TrainError::Interrupted) => return Err("interrupted".into()),
-        Err(TrainError::Failed(e)) => return Err(e),
-    };
+    match result {
+        Ok(r) => Ok(r),
+        Err(TrainError::Interrupted) => Err("interrupted".into()),
+        Err(TrainError::Failed(e)) => Err(e),
+    }
+}
+
+/// Saves the trained model (HF layout, with the dataset's tokenizer) and `train_metrics.json`
+/// (the run's details, `extra` merged in), and returns the op's headline metrics.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn finish(
+    ctx: &mut OpContext,
+    source: &str,
+    model: &Model,
+    params: &ParamStore,
+    dataset: &Dataset,
+    report: &TrainReport,
+    batch_size: usize,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Result<OpOutput, String> {
     ctx.progress.message("saving");
-    crate::ml::save_pretrained(&ctx.out_dir, &config, &params).map_err(|e| e.to_string())?;
+    let config = model.config();
+    crate::ml::save_pretrained(&ctx.out_dir, &config, params).map_err(|e| e.to_string())?;
     if let Some(tok) = &dataset.tokenizer {
         tok.save(&ctx.out_dir).map_err(|e| e.to_string())?;
     }
     let best = report.best_accuracy();
     if let Some(e) = report.best_epoch {
         let _ = writeln!(
-            log,
+            ctx.log,
             "kept the weights of epoch {e}{}",
             best.map(|a| format!(" (validation accuracy {:.2}%)", 100.0 * a))
                 .unwrap_or_default()
         );
     }
-    let details = serde_json::json!({
-        "source": match &source {
-            ModelSource::Dir { dir, what } => format!("{what} ({})", dir.display()),
-            ModelSource::Arch(spec) => spec.label.clone().unwrap_or_else(|| spec.ctor.name.to_string()),
-        },
+    let n_params = params.num_parameters();
+    let mut details = serde_json::json!({
+        "source": source,
         "params": n_params,
         "batch_size": batch_size,
         "threads": ctx.threads,
@@ -215,6 +289,9 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         "epochs": report.epochs,
         "steps": report.steps,
     });
+    if let Some(map) = details.as_object_mut() {
+        map.extend(extra);
+    }
     let path = ctx.out_dir.join("train_metrics.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&details).unwrap_or_default())
         .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -307,17 +384,31 @@ pub(super) mod testing {
         cancel: &Cancel,
         threads: usize,
     ) -> (Result<OpOutput, String>, String) {
+        let stage_dir = stage_dir.to_path_buf();
+        run_op_with(op, params, out, &move |_: StageId| stage_dir.clone(), cancel, threads)
+    }
+
+    /// Runs `op` with `params` into `out`; `stage_dir(id)` is upstream stage `id`'s output.
+    /// Returns the result and the log.
+    pub fn run_op_with(
+        op: &'static str,
+        params: &Params,
+        out: &Path,
+        stage_dir: &(dyn Fn(StageId) -> PathBuf + Sync),
+        cancel: &Cancel,
+        threads: usize,
+    ) -> (Result<OpOutput, String>, String) {
         std::fs::create_dir_all(out).unwrap();
         let log_path = out.with_extension("log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let stage_dir = stage_dir.to_path_buf();
-        let input_dir = move |_: StageId| -> PathBuf { stage_dir.clone() };
+        let stage_name = |id: StageId| format!("stage{}", id.0);
         let progress = Progress::hidden();
         let mut ctx = OpContext {
             op,
             params,
             out_dir: out.to_path_buf(),
-            input_dir: &input_dir,
+            input_dir: stage_dir,
+            stage_name: &stage_name,
             pipeline_dir: out.to_path_buf(),
             log,
             progress: &progress,

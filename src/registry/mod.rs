@@ -7,6 +7,7 @@ mod ops;
 mod schema;
 
 pub use functions::MAX_RANGE;
+pub use ops::{DISTILL, FUSE, PREDICT};
 pub use schema::{ArgProblem, Default, OpKind, OpSchema, Output, ParamSchema, Range, Ty};
 
 /// Every entry, in documentation order.
@@ -14,6 +15,7 @@ pub static REGISTRY: &[&OpSchema] = &[
     &ops::TRAIN,
     &ops::DISTILL,
     &ops::FUSE,
+    &ops::PREDICT,
     &ops::QLORA,
     &ops::PRUNE,
     &ops::EVAL,

@@ -268,6 +268,34 @@ fn check_fuse(params: &Params) -> Vec<ArgProblem> {
     }
 }
 
+/// `predict`: a teacher's logits on the training split, stored once for every student.
+pub static PREDICT: OpSchema = OpSchema {
+    name: "predict",
+    kind: OpKind::Stage(Output::Predictions),
+    version: 1,
+    doc: "A model's logits on every training example. `distill` and `fuse` create one per teacher and \
+          dataset, so students that share a teacher share its predictions.",
+    params: &[
+        p(
+            "model",
+            Ty::Model,
+            D::Required,
+            None,
+            "the model whose predictions are stored",
+        ),
+        DATA,
+        p(
+            "batch_size",
+            Ty::Int,
+            D::Int(64),
+            Some(Range::at_least(1.0)),
+            "examples per forward pass",
+        ),
+    ],
+    derive: None,
+    check: None,
+};
+
 /// `qlora`: NF4-quantised base with trained LoRA adapters.
 pub static QLORA: OpSchema = OpSchema {
     name: "qlora",

@@ -26,6 +26,8 @@ pub enum Output {
     Report,
     /// Whatever files a command wrote.
     Files,
+    /// A model's logits on every training example (predictions.safetensors).
+    Predictions,
 }
 
 impl Output {
@@ -36,6 +38,7 @@ impl Output {
             Output::Metrics => "metrics",
             Output::Report => "report",
             Output::Files => "files",
+            Output::Predictions => "predictions",
         }
     }
 }

@@ -1,0 +1,270 @@
+//! The report's input rows and the derived columns (compression ratios, accuracy retention).
+
+use super::ReportError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// What the `report` op measured: one row per model, plus the context a reader needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportData {
+    /// Title of the report (the markdown heading and the plots' captions).
+    pub title: String,
+    /// Dataset name (`sst2`, `beans`).
+    pub dataset: String,
+    /// Split the accuracies were measured on (`validation`, `test`).
+    pub split: String,
+    /// Majority-class accuracy on that split, as a fraction in [0, 1].
+    pub chance_level: f64,
+    /// Name of the row the ratios and retention are relative to (the teacher).
+    pub baseline: String,
+    /// The models, in the order they are shown.
+    pub rows: Vec<ReportRow>,
+}
+
+/// One model's measurements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRow {
+    /// Stage name (`teacher`, `mini[t=2.0,a=0.5]`).
+    pub name: String,
+    /// Role or strategy that produced it (`teacher`, `successive`, `multi_agent`, `qlora`, `prune`).
+    #[serde(alias = "role")]
+    pub strategy: String,
+    /// Op of the stage (`train`, `distill`, `fuse`, `qlora`, `prune`).
+    pub op: String,
+    /// Accuracy on the split, as a fraction in [0, 1].
+    pub accuracy: f64,
+    /// Number of parameters.
+    pub parameters: u64,
+    /// Number of nonzero parameters.
+    pub nonzeros: u64,
+    /// Bytes of the weights stored densely as f32.
+    pub dense_bytes: u64,
+    /// Bytes of the NF4-packed weights (4-bit codes + scales); `None` where not quantized.
+    pub nf4_bytes: Option<u64>,
+    /// Bytes of the sparse format (bitmask + nonzero values).
+    pub sparse_bytes: u64,
+    /// Bytes of the stage's artifact on disk.
+    pub disk_bytes: u64,
+    /// Inference latency per example, in milliseconds.
+    pub latency_ms: f64,
+}
+
+/// Columns computed from a row and the baseline row; `None` where the baseline quantity is zero.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Derived {
+    /// Baseline bytes on disk / this row's bytes on disk.
+    pub compression_disk: Option<f64>,
+    /// Baseline parameters / this row's parameters.
+    pub compression_params: Option<f64>,
+    /// This row's accuracy / the baseline's accuracy.
+    pub retention: Option<f64>,
+}
+
+/// A row with its derived columns (flattened into one JSON object).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportEntry {
+    /// The measured columns.
+    #[serde(flatten)]
+    pub row: ReportRow,
+    /// The derived columns.
+    #[serde(flatten)]
+    pub derived: Derived,
+}
+
+/// A validated report: the input's context plus every row with its derived columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Title of the report.
+    pub title: String,
+    /// Dataset name.
+    pub dataset: String,
+    /// Split the accuracies were measured on.
+    pub split: String,
+    /// Majority-class accuracy, as a fraction.
+    pub chance_level: f64,
+    /// Name of the baseline row.
+    pub baseline: String,
+    /// The rows, in input order.
+    pub rows: Vec<ReportEntry>,
+}
+
+impl ReportData {
+    /// Reads report data from JSON: the op's input, or a `report.json` written by [`super::write_report`].
+    pub fn from_json(text: &str) -> Result<ReportData, ReportError> {
+        serde_json::from_str(text).map_err(|e| ReportError::Parse(e.to_string()))
+    }
+
+    /// Checks the data and computes the derived columns.
+    pub fn derive(&self) -> Result<Report, ReportError> {
+        self.validate()?;
+        let base = self
+            .rows
+            .iter()
+            .find(|r| r.name == self.baseline)
+            .expect("validated: baseline exists");
+        let rows = self
+            .rows
+            .iter()
+            .map(|row| ReportEntry {
+                row: row.clone(),
+                derived: derive_row(row, base),
+            })
+            .collect();
+        Ok(Report {
+            title: self.title.clone(),
+            dataset: self.dataset.clone(),
+            split: self.split.clone(),
+            chance_level: self.chance_level,
+            baseline: self.baseline.clone(),
+            rows,
+        })
+    }
+
+    fn validate(&self) -> Result<(), ReportError> {
+        if self.rows.is_empty() {
+            return Err(ReportError::NoRows);
+        }
+        let mut seen = BTreeSet::new();
+        for row in &self.rows {
+            if !seen.insert(row.name.as_str()) {
+                return Err(ReportError::DuplicateRow(row.name.clone()));
+            }
+            check_fraction(&row.name, "accuracy", row.accuracy)?;
+            if !row.latency_ms.is_finite() || row.latency_ms < 0.0 {
+                return Err(ReportError::InvalidValue {
+                    row: row.name.clone(),
+                    field: "latency_ms",
+                    value: row.latency_ms,
+                    expected: "a finite number of milliseconds >= 0",
+                });
+            }
+        }
+        check_fraction("(report)", "chance_level", self.chance_level)?;
+        if !seen.contains(self.baseline.as_str()) {
+            return Err(ReportError::UnknownBaseline {
+                baseline: self.baseline.clone(),
+                rows: self.rows.iter().map(|r| r.name.clone()).collect(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_fraction(row: &str, field: &'static str, value: f64) -> Result<(), ReportError> {
+    if value.is_finite() && (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(ReportError::InvalidValue {
+            row: row.to_string(),
+            field,
+            value,
+            expected: "a fraction in [0, 1]",
+        })
+    }
+}
+
+fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
+    (denominator > 0.0).then(|| numerator / denominator)
+}
+
+fn derive_row(row: &ReportRow, base: &ReportRow) -> Derived {
+    Derived {
+        compression_disk: ratio(base.disk_bytes as f64, row.disk_bytes as f64),
+        compression_params: ratio(base.parameters as f64, row.parameters as f64),
+        retention: ratio(row.accuracy, base.accuracy),
+    }
+}
+
+impl Report {
+    /// The baseline row (validated to exist).
+    pub fn baseline_entry(&self) -> &ReportEntry {
+        self.rows
+            .iter()
+            .find(|e| e.row.name == self.baseline)
+            .expect("a Report's baseline row exists")
+    }
+
+    /// Reads a JSON file of [`ReportData`] (or a `report.json`) and derives the report.
+    pub fn load(path: &Path) -> Result<Report, ReportError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ReportError::Io {
+            path: path.into(),
+            source,
+        })?;
+        ReportData::from_json(&text)?.derive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testdata::sample;
+    use super::*;
+
+    fn close(a: Option<f64>, b: f64) -> bool {
+        a.is_some_and(|a| (a - b).abs() < 1e-12)
+    }
+
+    #[test]
+    fn derived_columns_are_relative_to_the_baseline() {
+        let report = sample().derive().unwrap();
+        let by = |name: &str| report.rows.iter().find(|e| e.row.name == name).unwrap().derived;
+        let teacher = by("teacher");
+        assert!(close(teacher.compression_disk, 1.0));
+        assert!(close(teacher.compression_params, 1.0));
+        assert!(close(teacher.retention, 1.0));
+        let mini = by("mini");
+        // 440_000_000 / 44_800_000 bytes, 110_000_000 / 11_200_000 params, 0.851 / 0.917.
+        assert!(close(mini.compression_disk, 440_000_000.0 / 44_800_000.0));
+        assert!(close(mini.compression_params, 110_000_000.0 / 11_200_000.0));
+        assert!(close(mini.retention, 0.851 / 0.917));
+        let q = by("q");
+        assert!(close(q.compression_disk, 440_000_000.0 / 6_100_000.0));
+    }
+
+    #[test]
+    fn zero_baseline_quantities_give_no_ratio() {
+        let mut data = sample();
+        data.rows[0].accuracy = 0.0;
+        data.rows[1].disk_bytes = 0;
+        let report = data.derive().unwrap();
+        assert_eq!(report.rows[0].derived.retention, None);
+        assert_eq!(report.rows[1].derived.compression_disk, None);
+    }
+
+    #[test]
+    fn empty_rows_are_an_error() {
+        let mut data = sample();
+        data.rows.clear();
+        let err = data.derive().unwrap_err();
+        assert!(matches!(err, ReportError::NoRows));
+        assert!(err.to_string().contains("no rows"), "{err}");
+    }
+
+    #[test]
+    fn unknown_baseline_and_bad_values_are_errors() {
+        let mut data = sample();
+        data.baseline = "techer".into();
+        let err = data.derive().unwrap_err().to_string();
+        assert!(err.contains("techer") && err.contains("teacher"), "{err}");
+
+        let mut data = sample();
+        data.rows[2].accuracy = 85.1;
+        let err = data.derive().unwrap_err().to_string();
+        assert!(err.contains("accuracy") && err.contains("[0, 1]"), "{err}");
+
+        let mut data = sample();
+        data.rows[1].latency_ms = f64::NAN;
+        assert!(data.derive().is_err());
+
+        let mut data = sample();
+        data.rows[2].name = "teacher".into();
+        assert!(matches!(data.derive(), Err(ReportError::DuplicateRow(_))));
+    }
+
+    #[test]
+    fn report_json_reads_back_as_data() {
+        let data = sample();
+        let json = serde_json::to_string(&data.derive().unwrap()).unwrap();
+        assert_eq!(ReportData::from_json(&json).unwrap(), data);
+    }
+}

@@ -1,0 +1,273 @@
+//! The report table, rendered as markdown (`report.md`) and as plain text for the terminal.
+
+use super::units::{self, MISSING};
+use super::{Report, ReportEntry};
+
+/// Marks an accuracy at or below the chance level.
+const AT_CHANCE: &str = "†";
+
+/// One column: its markdown header, its terminal header, and how a row fills it.
+struct Column {
+    markdown: &'static str,
+    text: &'static str,
+    numeric: bool,
+    in_text: bool,
+    cell: fn(&Report, &ReportEntry) -> String,
+}
+
+const COLUMNS: &[Column] = &[
+    Column {
+        markdown: "Stage",
+        text: "Stage",
+        numeric: false,
+        in_text: true,
+        cell: |_, e| e.row.name.clone(),
+    },
+    Column {
+        markdown: "Strategy",
+        text: "Strategy",
+        numeric: false,
+        in_text: true,
+        cell: |_, e| e.row.strategy.clone(),
+    },
+    Column {
+        markdown: "Op",
+        text: "Op",
+        numeric: false,
+        in_text: false,
+        cell: |_, e| e.row.op.clone(),
+    },
+    Column {
+        markdown: "Accuracy",
+        text: "Acc",
+        numeric: true,
+        in_text: true,
+        cell: accuracy,
+    },
+    Column {
+        markdown: "Retention",
+        text: "Ret",
+        numeric: true,
+        in_text: true,
+        cell: |_, e| units::opt_percent(e.derived.retention),
+    },
+    Column {
+        markdown: "Params",
+        text: "Params",
+        numeric: true,
+        in_text: true,
+        cell: |_, e| units::count(e.row.parameters),
+    },
+    Column {
+        markdown: "Nonzeros",
+        text: "NNZ",
+        numeric: true,
+        in_text: true,
+        cell: |_, e| units::count(e.row.nonzeros),
+    },
+    Column {
+        markdown: "Dense f32",
+        text: "Dense",
+        numeric: true,
+        in_text: true,
+        cell: |_, e| units::bytes(e.row.dense_bytes),
+    },
+    Column {
+        markdown: "NF4",
+        text: "NF4",
+        numeric: true,
+        in_text: true,
+        cell: |_, e| units::opt_bytes(e.row.nf4_bytes),
+    },
+    Column {
+        markdown: "Sparse",
+        text: "Sparse",
+        numeric: true,
+        in_text: true,
+        cell: |_, e| units::bytes(e.row.sparse_bytes),
+    },
+    Column {
+        markdown: "On disk",
+        text: "Disk",
+        numeric: true,
+        in_text: true,
+        cell: |_, e| units::bytes(e.row.disk_bytes),
+    },
+    Column {
+        markdown: "Compression (disk)",
+        text: "×Disk",
+        numeric: true,
+        in_text: true,
+        cell: |_, e| units::ratio(e.derived.compression_disk),
+    },
+    Column {
+        markdown: "Compression (params)",
+        text: "×Params",
+        numeric: true,
+        in_text: true,
+        cell: |_, e| units::ratio(e.derived.compression_params),
+    },
+    Column {
+        markdown: "Latency / example",
+        text: "Latency",
+        numeric: true,
+        in_text: true,
+        cell: |_, e| units::millis(e.row.latency_ms),
+    },
+];
+
+fn at_chance(report: &Report, entry: &ReportEntry) -> bool {
+    entry.row.accuracy <= report.chance_level
+}
+
+fn accuracy(report: &Report, entry: &ReportEntry) -> String {
+    let mark = if at_chance(report, entry) { AT_CHANCE } else { "" };
+    format!("{}{mark}", units::percent(entry.row.accuracy))
+}
+
+/// The one-line context shared by both renderings.
+fn context(report: &Report) -> String {
+    let base = report.baseline_entry();
+    format!(
+        "Dataset: {} ({} split) · chance level (majority class): {} · baseline: {} ({}, {} params, {} on disk)",
+        report.dataset,
+        report.split,
+        units::percent(report.chance_level),
+        report.baseline,
+        units::percent(base.row.accuracy),
+        units::count(base.row.parameters),
+        units::bytes(base.row.disk_bytes),
+    )
+}
+
+/// The notes under the table: how the derived columns are defined, and the chance mark if used.
+fn notes(report: &Report) -> Vec<String> {
+    let mut notes = vec![
+        "Retention = accuracy / baseline accuracy. Compression = baseline size / model size, by bytes on disk and \
+         by parameter count."
+            .to_string(),
+        format!(
+            "Sizes in decimal units (1 MB = 10^6 bytes). Dense f32 = 4 bytes per parameter; NF4 = 4-bit codes + \
+             scales ({MISSING} where not quantized); Sparse = bitmask + nonzero values; On disk = the artifact's files."
+        ),
+    ];
+    if report.rows.iter().any(|e| at_chance(report, e)) {
+        notes.push(format!(
+            "{AT_CHANCE} At or below the chance level ({}).",
+            units::percent(report.chance_level)
+        ));
+    }
+    notes
+}
+
+fn escape_markdown(cell: &str) -> String {
+    cell.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+/// The whole `report.md`: heading, context, table, notes and the plots.
+pub fn render_markdown(report: &Report) -> String {
+    let mut out = format!("# {}\n\n{}\n\n", escape_markdown(&report.title), context(report));
+    let header: Vec<&str> = COLUMNS.iter().map(|c| c.markdown).collect();
+    out.push_str(&format!("| {} |\n", header.join(" | ")));
+    let rule: Vec<&str> = COLUMNS.iter().map(|c| if c.numeric { "---:" } else { "---" }).collect();
+    out.push_str(&format!("|{}|\n", rule.join("|")));
+    for entry in &report.rows {
+        let cells: Vec<String> = COLUMNS
+            .iter()
+            .map(|c| escape_markdown(&(c.cell)(report, entry)))
+            .collect();
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+    }
+    out.push('\n');
+    for note in notes(report) {
+        out.push_str(&note);
+        out.push_str("\n\n");
+    }
+    for kind in super::PlotKind::ALL {
+        out.push_str(&format!("![{}]({}.svg)\n\n", kind.caption(), kind.file_stem()));
+    }
+    out.pop();
+    out
+}
+
+/// The table as aligned plain text for the terminal (`rkd report FILE`).
+pub fn render_text(report: &Report) -> String {
+    let columns: Vec<&Column> = COLUMNS.iter().filter(|c| c.in_text).collect();
+    let rows: Vec<Vec<String>> = report
+        .rows
+        .iter()
+        .map(|e| columns.iter().map(|c| (c.cell)(report, e)).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.text.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&columns)
+            .zip(&widths)
+            .map(|((cell, c), &w)| {
+                let pad = " ".repeat(w - cell.chars().count());
+                if c.numeric {
+                    format!("{pad}{cell}")
+                } else {
+                    format!("{cell}{pad}")
+                }
+            })
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = format!("{}\n{}\n\n", report.title, context(report));
+    out.push_str(&line(&columns.iter().map(|c| c.text.to_string()).collect::<Vec<_>>()));
+    out.push_str(&line(&widths.iter().map(|&w| "-".repeat(w)).collect::<Vec<_>>()));
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    out.push('\n');
+    for note in notes(report) {
+        out.push_str(&note);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testdata::sample;
+    use super::*;
+
+    #[test]
+    fn markdown_table() {
+        insta::assert_snapshot!(render_markdown(&sample().derive().unwrap()));
+    }
+
+    #[test]
+    fn text_table() {
+        insta::assert_snapshot!(render_text(&sample().derive().unwrap()));
+    }
+
+    #[test]
+    fn missing_nf4_renders_a_dash() {
+        let md = render_markdown(&sample().derive().unwrap());
+        let teacher = md.lines().find(|l| l.starts_with("| teacher |")).unwrap();
+        assert!(teacher.contains("| — |"), "{teacher}");
+        let q = md.lines().find(|l| l.starts_with("| q |")).unwrap();
+        assert!(q.contains("| 5.8 MB |"), "{q}");
+    }
+
+    #[test]
+    fn pipes_in_names_are_escaped() {
+        let mut data = sample();
+        data.rows[1].name = "a|b".into();
+        let md = render_markdown(&data.derive().unwrap());
+        assert!(md.contains("| a\\|b |"), "{md}");
+    }
+}
