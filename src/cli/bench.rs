@@ -42,6 +42,26 @@ pub enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Time NF4 quantization and dequantization of a 4096×4096 f32 matrix.
+    ///
+    /// Seeded N(0, 0.02) weights, block size 64, without and with double quantization (8-bit
+    /// absmax). Quantize includes allocating its output; dequantize writes into a reused buffer.
+    /// Reports the median of several runs in ms and in GB/s of f32 (4 bytes per element: read by
+    /// quantize, written by dequantize), with the stored bits per parameter.
+    Nf4 {
+        /// Threads [default: all cores].
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed runs per measurement (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Rows and columns of the matrix.
+        #[arg(long, default_value_t = 4096)]
+        size: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs a benchmark.
@@ -49,6 +69,12 @@ pub fn run(b: Bench) -> ExitCode {
     match b {
         Bench::Compile { stages, runs, json } => compile(&stages, runs.max(1), json),
         Bench::Train { threads, steps, json } => super::bench_train::run(threads, steps, json),
+        Bench::Nf4 {
+            threads,
+            runs,
+            size,
+            json,
+        } => super::bench_nf4::run(threads, runs, size, json),
     }
 }
 

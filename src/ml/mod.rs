@@ -15,6 +15,7 @@ pub mod distill;
 pub mod layers;
 pub mod metrics;
 pub mod model;
+pub mod nf4;
 pub mod optim;
 pub mod output;
 pub mod params;
