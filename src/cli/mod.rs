@@ -7,6 +7,7 @@ mod check;
 mod graph;
 mod ops;
 mod plan;
+mod results;
 mod run;
 mod store_cmds;
 
@@ -169,6 +170,38 @@ enum Command {
         /// An op, constructor or function name.
         name: Option<String>,
     },
+    /// Print the tables of the pipeline's `report` stages, and where their files are.
+    ///
+    /// The report (report.md, report.csv, report.json and the plots as SVG and PNG) is written by
+    /// the `report` op when the pipeline runs; this prints it again from the store.
+    Report {
+        /// The pipeline file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
+    /// Copy a trained model out of the store as a Hugging Face directory.
+    ///
+    /// Writes config.json, the weights, and the tokenizer files (text) or
+    /// preprocessor_config.json (images); for a QLoRA stage the NF4 base, the PEFT adapter and,
+    /// with `merge: true`, the merged model in merged/. The directory loads again with
+    /// `pretrained(path: ...)`, and with Hugging Face transformers.
+    Export {
+        /// The pipeline file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The stage, as `rkd plan` names it.
+        #[arg(value_name = "STAGE")]
+        stage: String,
+        /// Where to write (must not exist, or be empty).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -215,6 +248,13 @@ pub fn main() -> ExitCode {
         } => store_cmds::gc(&keep, keep_runs, store.as_deref(), dry_run),
         Command::Graph { file, format } => graph::run(&file, format),
         Command::Ops { name } => ops::run(name.as_deref()),
+        Command::Report { file, store } => results::report(&file, store.as_deref()),
+        Command::Export {
+            file,
+            stage,
+            out,
+            store,
+        } => results::export(&file, &stage, &out, store.as_deref()),
         Command::Bench(b) => bench::run(b),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "rkd", &mut std::io::stdout());

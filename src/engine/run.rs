@@ -329,13 +329,20 @@ fn run_stage(
         Err(e) => return fail(format!("cannot write the store entry: {e}")),
     };
     let input_dir = |id: StageId| store.out_dir(&plan.stage(id).key);
-    let stage_name = |id: StageId| plan.stage(id).def.name.clone();
+    let upstream = |id: StageId| {
+        let def = &plan.stage(id).def;
+        ops::Upstream {
+            name: def.name.clone(),
+            op: def.op.name,
+            params: def.params.clone(),
+        }
+    };
     let mut ctx = OpContext {
         op: stage.def.op.name,
         params: &stage.def.params,
         out_dir: writer.out_dir(),
         input_dir: &input_dir,
-        stage_name: &stage_name,
+        upstream: &upstream,
         pipeline_dir: pipeline_dir.to_path_buf(),
         log,
         progress,

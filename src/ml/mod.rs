@@ -22,6 +22,7 @@ pub mod params;
 pub mod prune;
 pub mod rng;
 pub mod schedule;
+pub mod sizes;
 pub mod student;
 pub mod train;
 pub mod vit;

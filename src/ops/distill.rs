@@ -87,7 +87,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         .iter()
         .enumerate()
         .map(|(i, v)| match v {
-            Value::Stage(id) => (ctx.stage_name)(*id),
+            Value::Stage(id) => (ctx.upstream)(*id).name,
             _ => format!("teacher{i}"),
         })
         .collect();

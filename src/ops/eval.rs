@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
 
-use super::model_source::{self, ModelSource};
+use super::model_source::{self, load_frozen, ModelSource};
 use super::train::{load_dataset, usize_param};
 use super::{OpContext, OpOutput};
+use crate::data::Dataset;
 use crate::data::SplitName;
-use crate::ml::checkpoint::{load_pretrained, LoadOptions};
-use crate::ml::metrics::{evaluate, parameter_counts, Confusion, Evaluation};
+use crate::ml::metrics::{evaluate, Confusion, Evaluation};
+use crate::ml::sizes::Sizes;
 use crate::ml::train::with_threads;
 use crate::ml::{ForwardCtx, Model, ModelInput};
 use crate::value::Value;
@@ -133,70 +134,73 @@ pub fn latency(model: &Model, batch: &ModelInput) -> candle_core::Result<(f64, f
     Ok((1e3 * b1, 1e3 * b32 / m as f64, m))
 }
 
-fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
-    let (split, split_name) = split_of(ctx)?;
-    let batch_size = usize_param(ctx.params, "batch_size", 32)?.max(1);
+/// One model measured on one split: accuracy, sizes and latency.
+pub struct Measured {
+    /// What the model is, for messages.
+    pub what: String,
+    /// Its directory.
+    pub dir: std::path::PathBuf,
+    /// Examples evaluated.
+    pub examples: usize,
+    /// Accuracy, loss and the confusion matrix.
+    pub eval: Evaluation,
+    /// Measured sizes (parameters, nonzeros, dense / NF4 / sparse bytes).
+    pub sizes: Sizes,
+    /// The model's files and their sizes.
+    pub files: BTreeMap<String, u64>,
+    /// Bytes of the whole model directory (weights, config, tokenizer).
+    pub bytes: u64,
+    /// Bytes of its weight files.
+    pub weights_bytes: u64,
+    /// Latency per example at batch 1, in ms.
+    pub latency_b1: f64,
+    /// Latency per example at the larger batch, in ms.
+    pub latency_b32: f64,
+    /// The larger batch's size.
+    pub latency_batch: usize,
+    /// Tensors the checkpoint lacked (initialised at random).
+    pub missing: Vec<String>,
+}
+
+/// Evaluates a trained model on a split of `dataset` (read with the model's tokenizer) and
+/// measures its sizes and latency.
+pub fn measure(
+    ctx: &OpContext,
+    source: &ModelSource,
+    dataset: &Dataset,
+    split: SplitName,
+    batch_size: usize,
+) -> Result<Measured, String> {
     let device = Device::Cpu;
-    ctx.progress.message("loading the model and data");
-    let source = model_source::resolve(ctx, "model")?;
-    let (dir, what) = match &source {
-        ModelSource::Dir { dir, what } => (dir.clone(), what.clone()),
-        ModelSource::Arch(spec) => {
-            return Err(format!(
-                "eval needs trained weights, not the architecture `{}`: train it first",
-                spec.ctor.name
-            ))
-        }
-    };
-    let dataset = load_dataset(ctx.params, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
-    let pretrained = load_pretrained(
-        &dir,
-        &LoadOptions {
-            device: device.clone(),
-            ..LoadOptions::default()
-        },
-    )
-    .map_err(|e| format!("{what}: {e}"))?;
-    let config = pretrained.model.config();
-    model_source::check_fits(&config, &dataset, true)?;
-    let log = &mut ctx.log;
-    if !pretrained.report.initialised.is_empty() {
-        let _ = writeln!(
-            log,
-            "warning: {what} lacks {:?}; they are random, so the accuracy means little",
-            pretrained.report.initialised
-        );
-    }
-    let params = pretrained.params;
-    let model = Model::new(&config, params.frozen_var_builder(DType::F32, &device)).map_err(|e| e.to_string())?;
+    let frozen = load_frozen(source, "eval", &device)?;
+    let config = frozen.config.clone();
+    model_source::check_fits(&config, dataset, true)?;
     let n = dataset.len(split);
     if n == 0 {
-        return Err(format!("the {split_name} split of the dataset is empty"));
+        return Err(format!("the {} split of the dataset is empty", split.as_str()));
     }
     let batches = dataset
         .batches(split, batch_size, None, false, &device)
         .map_err(|e| e.to_string())?;
-    ctx.progress.message(&format!("evaluating {n} {split_name} examples"));
     let mut confusion = Confusion::new(config.num_labels());
     let mut loss_sum = 0.0;
     for (i, b) in batches.iter().enumerate() {
         if ctx.cancel.is_interrupted() {
             return Err("interrupted".into());
         }
-        let ev = evaluate(&model, std::iter::once((&b.input, &b.labels))).map_err(|e| e.to_string())?;
+        let ev = evaluate(&frozen.model, std::iter::once((&b.input, &b.labels))).map_err(|e| e.to_string())?;
         loss_sum += ev.loss * ev.confusion.total() as f64;
         confusion.merge(&ev.confusion).map_err(|e| e.to_string())?;
         ctx.progress.steps("batch", i as u64 + 1, batches.len() as u64);
     }
-    let ev = Evaluation {
+    let eval = Evaluation {
         loss: loss_sum / confusion.total().max(1) as f64,
         confusion,
     };
-    let (n_params, nonzero) = parameter_counts(&params).map_err(|e| e.to_string())?;
-    let files = model_files(&dir)?;
+    let sizes = crate::ml::sizes::measure(&config, &frozen.params).map_err(|e| e.to_string())?;
+    let files = model_files(&frozen.dir)?;
     let bytes: u64 = files.values().sum();
     let weights_bytes: u64 = files.iter().filter(|(k, _)| is_weights(k)).map(|(_, v)| *v).sum();
-
     ctx.progress.message("measuring latency");
     let lat_batches = if batch_size >= 32 {
         None
@@ -211,17 +215,58 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         Some(bs) => &bs[0].input,
         None => &batches[0].input,
     };
-    let (lat1, lat32, lat_batch) = latency(&model, first).map_err(|e| e.to_string())?;
+    let (latency_b1, latency_b32, latency_batch) = latency(&frozen.model, first).map_err(|e| e.to_string())?;
+    Ok(Measured {
+        what: frozen.what,
+        dir: frozen.dir,
+        examples: n,
+        eval,
+        sizes,
+        files,
+        bytes,
+        weights_bytes,
+        latency_b1,
+        latency_b32,
+        latency_batch,
+        missing: frozen.missing,
+    })
+}
 
+fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
+    let (split, split_name) = split_of(ctx)?;
+    let batch_size = usize_param(ctx.params, "batch_size", 32)?.max(1);
+    ctx.progress.message("loading the model and data");
+    let source = model_source::resolve(ctx, "model")?;
+    let dataset = load_dataset(ctx.params, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
+    ctx.progress
+        .message(&format!("evaluating {} {split_name} examples", dataset.len(split)));
+    let m = measure(ctx, &source, &dataset, split, batch_size)?;
+    if !m.missing.is_empty() {
+        let _ = writeln!(
+            ctx.log,
+            "warning: the checkpoint lacks {:?}; they are random, so the accuracy means little",
+            m.missing
+        );
+    }
+    let ev = &m.eval;
+    let (n, s) = (m.examples, m.sizes);
+    let (lat1, lat32, lat_batch) = (m.latency_b1, m.latency_b32, m.latency_batch);
     let per_class = ev.confusion.per_class_accuracy();
     let support = ev.confusion.support();
     let accuracy = ev.confusion.accuracy();
     let _ = writeln!(
-        log,
-        "{split_name}: {n} examples, accuracy {:.2}%, loss {:.4}; {n_params} parameters ({nonzero} nonzero); \
-         {bytes} bytes on disk; latency {lat1:.3} ms/example at batch 1, {lat32:.3} ms/example at batch {lat_batch}",
+        ctx.log,
+        "{split_name}: {n} examples, accuracy {:.2}%, loss {:.4}; {} parameters ({} nonzero); dense {} bytes, NF4 {} \
+         bytes, sparse {} bytes; {} bytes on disk; latency {lat1:.3} ms/example at batch 1, {lat32:.3} ms/example at \
+         batch {lat_batch}",
         100.0 * accuracy,
-        ev.loss
+        ev.loss,
+        s.params,
+        s.nonzeros,
+        s.dense_bytes,
+        s.nf4_bytes,
+        s.sparse_bytes,
+        m.bytes
     );
     let classes: Vec<serde_json::Value> = dataset
         .classes
@@ -236,19 +281,22 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         })
         .collect();
     let report = serde_json::json!({
-        "model": format!("{what} ({})", dir.display()),
+        "model": format!("{} ({})", m.what, m.dir.display()),
         "split": split_name,
         "examples": n,
         "accuracy": accuracy,
         "loss": ev.loss,
         "per_class": classes,
         "confusion": ev.confusion.rows(),
-        "params": n_params,
-        "nonzero": nonzero,
-        "sparsity": if n_params > 0 { 1.0 - nonzero as f64 / n_params as f64 } else { 0.0 },
-        "bytes": bytes,
-        "weights_bytes": weights_bytes,
-        "files": files,
+        "params": s.params,
+        "nonzero": s.nonzeros,
+        "sparsity": if s.params > 0 { 1.0 - s.nonzeros as f64 / s.params as f64 } else { 0.0 },
+        "dense_bytes": s.dense_bytes,
+        "nf4_bytes": s.nf4_bytes,
+        "sparse_bytes": s.sparse_bytes,
+        "bytes": m.bytes,
+        "weights_bytes": m.weights_bytes,
+        "files": m.files,
         "latency": {
             "batch_1_ms_per_example": lat1,
             "batch_32_ms_per_example": lat32,
@@ -261,19 +309,22 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
 
     let mut out = OpOutput::default();
-    let m = &mut out.metrics;
-    m.insert("accuracy".into(), accuracy);
-    m.insert("loss".into(), ev.loss);
-    m.insert("examples".into(), n as f64);
-    m.insert("params".into(), n_params as f64);
-    m.insert("nonzero".into(), nonzero as f64);
-    m.insert("bytes".into(), bytes as f64);
-    m.insert("weights_bytes".into(), weights_bytes as f64);
-    m.insert("latency_ms_b1".into(), lat1);
-    m.insert("latency_ms_b32".into(), lat32);
+    let o = &mut out.metrics;
+    o.insert("accuracy".into(), accuracy);
+    o.insert("loss".into(), ev.loss);
+    o.insert("examples".into(), n as f64);
+    o.insert("params".into(), s.params as f64);
+    o.insert("nonzero".into(), s.nonzeros as f64);
+    o.insert("dense_bytes".into(), s.dense_bytes as f64);
+    o.insert("nf4_bytes".into(), s.nf4_bytes as f64);
+    o.insert("sparse_bytes".into(), s.sparse_bytes as f64);
+    o.insert("bytes".into(), m.bytes as f64);
+    o.insert("weights_bytes".into(), m.weights_bytes as f64);
+    o.insert("latency_ms_b1".into(), lat1);
+    o.insert("latency_ms_b32".into(), lat32);
     for (i, name) in dataset.classes.iter().enumerate() {
         if let Some(Some(a)) = per_class.get(i) {
-            m.insert(format!("class_accuracy.{name}"), *a);
+            o.insert(format!("class_accuracy.{name}"), *a);
         }
     }
     Ok(out)
@@ -313,6 +364,11 @@ mod tests {
         assert!(m["nonzero"] <= m["params"] && m["nonzero"] > 0.9 * m["params"]);
         assert!(m["latency_ms_b1"] > 0.0 && m["latency_ms_b32"] > 0.0);
         assert!(m["latency_ms_b32"] < m["latency_ms_b1"], "batching should pay: {m:?}");
+        assert_eq!(m["dense_bytes"], 4.0 * m["params"]);
+        assert!(
+            m["nf4_bytes"] < m["dense_bytes"] && m["sparse_bytes"] > m["dense_bytes"],
+            "{m:?}"
+        );
         let weights = std::fs::metadata(trained.join("model.safetensors")).unwrap().len() as f64;
         assert_eq!(m["weights_bytes"], weights);
         assert!(m["bytes"] > weights);

@@ -6,6 +6,7 @@ mod exec;
 pub mod model_source;
 pub mod predict;
 pub mod prune;
+pub mod report;
 pub mod train;
 
 use crate::engine::cancel::Cancel;
@@ -25,8 +26,8 @@ pub struct OpContext<'a> {
     pub out_dir: PathBuf,
     /// The output directory of an upstream stage.
     pub input_dir: &'a (dyn Fn(StageId) -> PathBuf + Sync),
-    /// The display name of an upstream stage.
-    pub stage_name: &'a (dyn Fn(StageId) -> String + Sync),
+    /// What an upstream stage is: its name, op and parameters.
+    pub upstream: &'a (dyn Fn(StageId) -> Upstream + Sync),
     /// The pipeline file's directory (where relative paths point).
     pub pipeline_dir: PathBuf,
     /// The stage's log file.
@@ -42,6 +43,17 @@ pub struct OpContext<'a> {
     pub cache_dir: PathBuf,
 }
 
+/// An upstream stage as an op sees it.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Its display name.
+    pub name: String,
+    /// Its op.
+    pub op: &'static str,
+    /// Its parameters.
+    pub params: Params,
+}
+
 /// What an op reports when it succeeds.
 #[derive(Debug, Default)]
 pub struct OpOutput {
@@ -50,7 +62,7 @@ pub struct OpOutput {
 }
 
 /// The ops this version can run.
-pub const RUNNABLE: &[&str] = &["exec", "train", "eval", "predict", "distill", "fuse", "prune"];
+pub const RUNNABLE: &[&str] = &["exec", "train", "eval", "predict", "distill", "fuse", "prune", "report"];
 
 /// Runs one stage's op.
 pub fn execute(ctx: &mut OpContext) -> Result<OpOutput, String> {
@@ -61,6 +73,7 @@ pub fn execute(ctx: &mut OpContext) -> Result<OpOutput, String> {
         "predict" => predict::run(ctx),
         "distill" | "fuse" => distill::run(ctx),
         "prune" => prune::run(ctx),
+        "report" => report::run(ctx),
         other => Err(format!(
             "the `{other}` op is not implemented in this version of rkd (it runs {})",
             RUNNABLE.join(", ")

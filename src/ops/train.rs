@@ -401,14 +401,18 @@ pub(super) mod testing {
         std::fs::create_dir_all(out).unwrap();
         let log_path = out.with_extension("log");
         let log = std::fs::File::create(&log_path).unwrap();
-        let stage_name = |id: StageId| format!("stage{}", id.0);
+        let upstream = |id: StageId| super::super::Upstream {
+            name: format!("stage{}", id.0),
+            op: "train",
+            params: Params::new(),
+        };
         let progress = Progress::hidden();
         let mut ctx = OpContext {
             op,
             params,
             out_dir: out.to_path_buf(),
             input_dir: stage_dir,
-            stage_name: &stage_name,
+            upstream: &upstream,
             pipeline_dir: out.to_path_buf(),
             log,
             progress: &progress,

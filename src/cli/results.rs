@@ -1,0 +1,160 @@
+//! `rkd report` and `rkd export`: reading results out of the store.
+
+use crate::plan::Plan;
+use crate::registry::{OpKind, Output};
+use crate::report::{render_text, Report};
+use crate::store::Store;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Prints the table of each `report` stage of the pipeline that has run, and its files.
+pub fn report(file: &Path, store: Option<&Path>) -> ExitCode {
+    let Some((_, plan, store)) = super::load_plan(file, store) else {
+        return ExitCode::FAILURE;
+    };
+    let reports: Vec<_> = plan.stages().filter(|s| s.def.op.name == "report").collect();
+    if reports.is_empty() {
+        eprintln!(
+            "error: {} has no `report` stage\n  help: add one, e.g. `stage results = report(models: [teacher, student], data: data)`",
+            file.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let mut missing = Vec::new();
+    for (i, s) in reports.iter().enumerate() {
+        let dir = store.out_dir(&s.key);
+        if !store.contains(&s.key) {
+            missing.push(s.def.name.clone());
+            continue;
+        }
+        match Report::load(&dir.join("report.json")) {
+            Ok(r) => {
+                if i > 0 {
+                    println!();
+                }
+                println!("{}", s.def.name);
+                print!("{}", render_text(&r));
+                println!();
+                let mut files: Vec<_> = std::fs::read_dir(&dir)
+                    .map(|d| d.flatten().map(|e| e.path()).collect())
+                    .unwrap_or_default();
+                files.sort();
+                for f in files {
+                    println!("  {}", f.display());
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", dir.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if !missing.is_empty() {
+        eprintln!(
+            "error: not run yet (or changed since): {}\n  help: `rkd run {}` first",
+            missing.join(", "),
+            file.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+/// Copies a model stage's output into `out` as a Hugging Face directory.
+pub fn export(file: &Path, name: &str, out: &Path, store: Option<&Path>) -> ExitCode {
+    let Some((_, plan, store)) = super::load_plan(file, store) else {
+        return ExitCode::FAILURE;
+    };
+    match export_stage(&plan, &store, file, name, out) {
+        Ok(files) => {
+            println!("exported `{name}` to {} ({} files)", out.display(), files.len());
+            for f in files {
+                println!("  {f}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn export_stage(plan: &Plan, store: &Store, file: &Path, name: &str, out: &Path) -> Result<Vec<String>, String> {
+    let Some(stage) = plan.find(name) else {
+        let names: Vec<&str> = plan.stages().map(|s| s.def.name.as_str()).collect();
+        let hint = crate::diagnostic::suggestion(name, names.iter().copied())
+            .unwrap_or_else(|| "`rkd plan` lists the stages".into());
+        return Err(format!("{} has no stage `{name}`\n  help: {hint}", file.display()));
+    };
+    if stage.def.op.kind != OpKind::Stage(Output::Model) {
+        return Err(format!(
+            "`{name}` is a `{}` stage: it has no model to export (export a train, distill, fuse, qlora or prune stage)",
+            stage.def.op.name
+        ));
+    }
+    if !store.contains(&stage.key) {
+        return Err(format!(
+            "`{name}` has not run yet (or changed since)\n  help: `rkd run {} --only {name}` first",
+            file.display()
+        ));
+    }
+    let src = store.out_dir(&stage.key);
+    if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(format!("{} exists and is not empty", out.display()));
+    }
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut copied = Vec::new();
+    copy_model_files(&src, out, Path::new(""), &mut copied)?;
+    let config = crate::ml::checkpoint::read_config(out).map_err(|e| e.to_string())?;
+    if let crate::ml::ModelConfig::Vit(v) = config {
+        let pre = out.join("preprocessor_config.json");
+        if !pre.exists() {
+            std::fs::write(&pre, preprocessor_config(v.image_size)).map_err(|e| format!("{}: {e}", pre.display()))?;
+            copied.push("preprocessor_config.json".into());
+        }
+    }
+    copied.sort();
+    Ok(copied)
+}
+
+/// Copies what makes up the model (not the op's metrics, logs or predictions), subdirectories
+/// (a QLoRA stage's `merged/`) included.
+fn copy_model_files(src: &Path, dst: &Path, rel: &Path, copied: &mut Vec<String>) -> Result<(), String> {
+    let entries = std::fs::read_dir(src).map_err(|e| format!("{}: {e}", src.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let path = entry.path();
+        let skip = name.ends_with("metrics.json") || name.ends_with(".log") || name.starts_with('.');
+        if skip {
+            continue;
+        }
+        if path.is_dir() {
+            std::fs::create_dir_all(dst.join(&name)).map_err(|e| e.to_string())?;
+            copy_model_files(&path, &dst.join(&name), &rel.join(&name), copied)?;
+        } else {
+            std::fs::copy(&path, dst.join(&name)).map_err(|e| format!("{}: {e}", path.display()))?;
+            copied.push(rel.join(&name).display().to_string());
+        }
+    }
+    Ok(())
+}
+
+/// The `ViTImageProcessor` settings of rkd's image pipeline: resize to the model's size, scale
+/// to [0, 1], normalise with the ImageNet mean and standard deviation.
+fn preprocessor_config(size: usize) -> String {
+    let mean = crate::data::pixels::IMAGENET_MEAN;
+    let std = crate::data::pixels::IMAGENET_STD;
+    let v = serde_json::json!({
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": true,
+        "size": {"height": size, "width": size},
+        "resample": 2,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": mean,
+        "image_std": std,
+    });
+    serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+}

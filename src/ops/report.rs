@@ -1,0 +1,264 @@
+//! `report`: every model of the study measured on one split, side by side — accuracy, retention
+//! and compression against the baseline (the teacher), measured sizes, latency — as report.md,
+//! report.csv, report.json and plots (see [`crate::report`]).
+//!
+//! Each model is evaluated here, on its own tokenizer's reading of the data, with
+//! [`measure`](super::eval::measure), so the report depends on nothing but the models and the
+//! data. A row's strategy comes from the stage that made it: `distill` from a trained teacher is
+//! `straightforward`, from another student `successive`; `fuse` is `multi-agent`; the baseline is
+//! the `teacher`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::eval::measure;
+use super::model_source::{self, ModelSource};
+use super::train::load_dataset;
+use super::{OpContext, OpOutput};
+use crate::data::{Dataset, SplitName};
+use crate::ml::train::with_threads;
+use crate::report::{write_report, ReportData, ReportRow};
+use crate::value::Value;
+
+/// Runs a `report` stage.
+pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
+    let threads = ctx.threads;
+    with_threads(threads, || run_on_pool(ctx))
+}
+
+/// A model to report on.
+struct Entry {
+    value: Value,
+    name: String,
+    op: String,
+    strategy: String,
+}
+
+fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
+    let split = match ctx.params.get("split") {
+        Some(Value::Str(s)) => SplitName::parse(s).ok_or_else(|| format!("unknown split `{s}`"))?,
+        _ => SplitName::Validation,
+    };
+    let models: Vec<Value> = match ctx.params.get("models") {
+        Some(Value::List(xs)) => xs.to_vec(),
+        _ => return Err("`models` must be a list of models".into()),
+    };
+    let baseline_value = ctx.params.get("baseline").cloned().unwrap_or_else(|| models[0].clone());
+    let mut entries: Vec<Entry> = Vec::new();
+    for v in models.iter().chain(std::iter::once(&baseline_value)) {
+        if entries.iter().any(|e| same(&e.value, v)) {
+            continue;
+        }
+        entries.push(describe(ctx, v, same(v, &baseline_value), entries.len()));
+    }
+    let baseline = entries
+        .iter()
+        .find(|e| same(&e.value, &baseline_value))
+        .map(|e| e.name.clone())
+        .unwrap_or_default();
+    // Entries are measured in the order given; the baseline, when not among the models, last.
+    let mut datasets: HashMap<Option<PathBuf>, Dataset> = HashMap::new();
+    let mut rows = Vec::with_capacity(entries.len());
+    let mut chance = None;
+    for (i, e) in entries.iter().enumerate() {
+        ctx.progress
+            .message(&format!("measuring {} ({}/{})", e.name, i + 1, entries.len()));
+        let source = model_source::resolve_value(&e.value, &|id| (ctx.input_dir)(id))?;
+        if let ModelSource::Arch(spec) = &source {
+            return Err(format!(
+                "`{}` is the architecture `{}`, not a trained model: report on a stage that trains it",
+                e.name, spec.ctor.name
+            ));
+        }
+        let tok = model_source::tokenizer_dir(&source)?;
+        if !datasets.contains_key(&tok) {
+            let d = load_dataset(ctx.params, tok.clone(), &ctx.cache_dir)?;
+            datasets.insert(tok.clone(), d);
+        }
+        let data = &datasets[&tok];
+        if chance.is_none() {
+            chance = Some(majority(data.labels(split), data.classes.len()));
+        }
+        let m = measure(ctx, &source, data, split, 32).map_err(|err| format!("{}: {err}", e.name))?;
+        let accuracy = m.eval.confusion.accuracy();
+        let _ = writeln!(
+            ctx.log,
+            "{} ({}, {}): accuracy {:.2}% on {} {} examples; {} parameters, {} nonzero; {} bytes on disk; {:.3} ms/example",
+            e.name,
+            e.strategy,
+            e.op,
+            100.0 * accuracy,
+            m.examples,
+            split.as_str(),
+            m.sizes.params,
+            m.sizes.nonzeros,
+            m.bytes,
+            m.latency_b1
+        );
+        rows.push(ReportRow {
+            name: e.name.clone(),
+            strategy: e.strategy.clone(),
+            op: e.op.clone(),
+            accuracy,
+            parameters: m.sizes.params as u64,
+            nonzeros: m.sizes.nonzeros as u64,
+            dense_bytes: m.sizes.dense_bytes,
+            nf4_bytes: Some(m.sizes.nf4_bytes),
+            sparse_bytes: m.sizes.sparse_bytes,
+            disk_bytes: m.bytes,
+            latency_ms: m.latency_b1,
+        });
+    }
+    let dataset_name = match ctx.params.get("data") {
+        Some(Value::Spec(s)) => s.label.clone().unwrap_or_else(|| s.ctor.name.to_string()),
+        _ => "data".into(),
+    };
+    let data = ReportData {
+        title: format!("Compression report: {dataset_name}"),
+        dataset: dataset_name,
+        split: split.as_str().into(),
+        chance_level: chance.unwrap_or(0.0),
+        baseline: baseline.clone(),
+        rows,
+    };
+    ctx.progress.message("writing the report");
+    let files = write_report(&data, &ctx.out_dir).map_err(|e| e.to_string())?;
+    for p in &files.paths {
+        let _ = writeln!(ctx.log, "wrote {}", p.file_name().unwrap_or_default().to_string_lossy());
+    }
+    let mut out = OpOutput::default();
+    let base = data.rows.iter().find(|r| r.name == baseline);
+    if let Some(b) = base {
+        out.metrics.insert("baseline_accuracy".into(), b.accuracy);
+    }
+    if let Some(best) = data
+        .rows
+        .iter()
+        .filter(|r| r.name != baseline)
+        .max_by(|a, b| a.accuracy.total_cmp(&b.accuracy))
+    {
+        out.metrics.insert("best_other_accuracy".into(), best.accuracy);
+    }
+    out.metrics.insert("models".into(), data.rows.len() as f64);
+    out.metrics.insert("chance_level".into(), data.chance_level);
+    Ok(out)
+}
+
+/// Whether two model values are the same model (one stage, or one constructor call).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Stage(x), Value::Stage(y)) => x == y,
+        (Value::Spec(x), Value::Spec(y)) => std::sync::Arc::ptr_eq(x, y),
+        _ => false,
+    }
+}
+
+/// Names a model and says which strategy made it.
+fn describe(ctx: &OpContext, v: &Value, is_baseline: bool, index: usize) -> Entry {
+    let (name, op, strategy) = match v {
+        Value::Stage(id) => {
+            let up = (ctx.upstream)(*id);
+            let strategy = match up.op {
+                "distill" => match up.params.get("teacher") {
+                    Some(Value::Stage(t)) if matches!((ctx.upstream)(*t).op, "distill" | "fuse") => "successive",
+                    _ => "straightforward",
+                },
+                "fuse" => "multi-agent",
+                other => other,
+            };
+            (up.name, up.op.to_string(), strategy.to_string())
+        }
+        Value::Spec(s) => (
+            s.label
+                .clone()
+                .unwrap_or_else(|| format!("{}#{}", s.ctor.name, index + 1)),
+            s.ctor.name.to_string(),
+            "pretrained".to_string(),
+        ),
+        other => (format!("model#{}", index + 1), other.type_name(), "model".into()),
+    };
+    Entry {
+        value: v.clone(),
+        name,
+        op,
+        strategy: if is_baseline { "teacher".into() } else { strategy },
+    }
+}
+
+/// The accuracy of always answering the most frequent class.
+fn majority(labels: &[u32], classes: usize) -> f64 {
+    let mut counts = vec![0usize; classes.max(1)];
+    for &l in labels {
+        if let Some(c) = counts.get_mut(l as usize) {
+            *c += 1;
+        }
+    }
+    counts.iter().copied().max().unwrap_or(0) as f64 / labels.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::train::testing::*;
+    use super::*;
+    use crate::engine::cancel::Cancel;
+    use crate::value::{Params, StageId};
+    use std::sync::Arc;
+
+    #[test]
+    fn reports_measured_models_with_plots() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let mut params = train_params(tiny_bert(), 1, 1);
+        params.insert("max_steps".into(), Value::Int(10));
+        run_op("train", &params, &a, dir.path(), &Cancel::default(), 1)
+            .0
+            .unwrap();
+        let b = dir.path().join("b");
+        let mut p = Params::new();
+        p.insert("model".into(), Value::Stage(StageId(0)));
+        p.insert("sparsity".into(), Value::Float(0.5));
+        run_op("prune", &p, &b, &a, &Cancel::default(), 1).0.unwrap();
+        let dirs = [a.clone(), b.clone()];
+        let mut r = Params::new();
+        r.insert(
+            "models".into(),
+            Value::List(Arc::new(vec![Value::Stage(StageId(0)), Value::Stage(StageId(1))])),
+        );
+        r.insert("data".into(), text_data());
+        let out = dir.path().join("report");
+        let (res, log) = run_op_with(
+            "report",
+            &r,
+            &out,
+            &move |id: StageId| dirs[id.0 as usize].clone(),
+            &Cancel::default(),
+            1,
+        );
+        let m = res.unwrap_or_else(|e| panic!("{e}\n{log}")).metrics;
+        assert_eq!(m["models"], 2.0);
+        assert!((m["chance_level"] - 0.5).abs() < 0.1);
+        for f in [
+            "report.md",
+            "report.csv",
+            "report.json",
+            "params_vs_accuracy.svg",
+            "params_vs_accuracy.png",
+            "size_vs_accuracy.svg",
+            "size_vs_accuracy.png",
+        ] {
+            assert!(out.join(f).is_file(), "{f}\n{log}");
+        }
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+        let rows = report["rows"].as_array().unwrap();
+        assert_eq!(rows[0]["name"], "stage0");
+        assert_eq!(rows[0]["strategy"], "teacher");
+        // Half of the linear weights pruned: fewer nonzeros and a smaller sparse size, same dense size.
+        assert_eq!(rows[0]["dense_bytes"], rows[1]["dense_bytes"]);
+        assert!(rows[1]["nonzeros"].as_u64() < rows[0]["nonzeros"].as_u64());
+        assert!(rows[1]["sparse_bytes"].as_u64() < rows[0]["sparse_bytes"].as_u64());
+        assert_eq!(rows[0]["retention"], 1.0);
+        assert!(log.contains("stage0 (teacher, train): accuracy"), "{log}");
+    }
+}

@@ -1,0 +1,101 @@
+//! `rkd run` to the end of a study — pruning and a report — then `rkd report` and `rkd export`.
+
+mod common;
+use common::Test;
+use serde_json::Value;
+
+const PIPELINE: &str = r#"
+let data = synthetic_text(seed: 3, classes: 2, train_size: 256, val_size: 128, max_len: 16, vocab_size: 48)
+let big = bert(layers: 2, hidden: 32, heads: 2, intermediate: 64, vocab_size: 48, max_position: 32)
+let tiny = bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, vocab_size: 48, max_position: 32)
+stage teacher = train(model: big, data: data, epochs: 2, batch_size: 16, lr: 3e-3, seed: 1)
+stage student = distill(teacher: teacher, student: tiny, data: data, epochs: 1, batch_size: 16, lr: 3e-3)
+stage pruned = prune(model: student, sparsity: 0.3)
+stage results = report(models: [teacher, student, pruned], data: data, baseline: teacher)
+"#;
+
+fn run_ok(t: &Test, args: &[&str]) -> String {
+    let out = t.run_with(args);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    out.stdout
+}
+
+#[test]
+fn a_study_ends_in_a_report_and_its_models_export() {
+    let t = Test::new().file("p.rkd", PIPELINE);
+    // Before the run there is nothing to show.
+    let early = t.run_with(&["report", "p.rkd"]);
+    assert_eq!(early.code, 1);
+    assert!(early.stderr.contains("not run yet"), "{}", early.stderr);
+
+    run_ok(&t, &["run", "p.rkd", "-j", "2"]);
+    let table = run_ok(&t, &["report", "p.rkd"]);
+    for needle in [
+        "teacher",
+        "student",
+        "pruned",
+        "report.md",
+        "params_vs_accuracy.png",
+        "size_vs_accuracy.svg",
+    ] {
+        assert!(table.contains(needle), "{needle} missing from\n{table}");
+    }
+    let plan: Value = serde_json::from_str(&run_ok(&t, &["plan", "p.rkd", "--json"])).unwrap();
+    let key = |name: &str| {
+        plan["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            t.path()
+                .join(".rkd/entries")
+                .join(key("results"))
+                .join("out/report.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let row = |n: &str| rows.iter().find(|r| r["name"] == n).unwrap().clone();
+    assert_eq!(row("teacher")["strategy"], "teacher");
+    assert_eq!(row("student")["strategy"], "straightforward");
+    assert_eq!(row("pruned")["strategy"], "prune");
+    // 30% of the student's linear weights are zero: same dense size, fewer nonzeros.
+    assert_eq!(row("pruned")["dense_bytes"], row("student")["dense_bytes"]);
+    assert!(row("pruned")["nonzeros"].as_u64() < row("student")["nonzeros"].as_u64());
+    assert!(row("student")["compression_params"].as_f64().unwrap() > 1.0);
+
+    // Export the student; a pipeline that loads it with pretrained(path:) measures the same accuracy.
+    let out = run_ok(&t, &["export", "p.rkd", "student", "--out", "exported"]);
+    assert!(out.contains("exported `student`"), "{out}");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(t.path().join("exported").join(f).is_file(), "{f}");
+    }
+    assert!(!t.path().join("exported/train_metrics.json").exists());
+    std::fs::write(
+        t.path().join("q.rkd"),
+        "let data = synthetic_text(seed: 3, classes: 2, train_size: 256, val_size: 128, max_len: 16, vocab_size: 48)\nstage again = eval(model: pretrained(path: \"exported\"), data: data)\n",
+    )
+    .unwrap();
+    run_ok(&t, &["run", "q.rkd"]);
+    let qplan: Value = serde_json::from_str(&run_ok(&t, &["plan", "q.rkd", "--json"])).unwrap();
+    let again_key = qplan["stages"][0]["key"].as_str().unwrap();
+    let metrics: Value = serde_json::from_str(
+        &std::fs::read_to_string(t.path().join(".rkd/entries").join(again_key).join("metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(metrics["accuracy"], row("student")["accuracy"]);
+    // Exporting a stage that is not a model, or into a non-empty directory, is a clear error.
+    let bad = t.run_with(&["export", "p.rkd", "results", "--out", "x"]);
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("no model to export"), "{}", bad.stderr);
+    let full = t.run_with(&["export", "p.rkd", "student", "--out", "exported"]);
+    assert!(full.stderr.contains("not empty"), "{}", full.stderr);
+}
