@@ -99,3 +99,56 @@ fn a_study_ends_in_a_report_and_its_models_export() {
     let full = t.run_with(&["export", "p.rkd", "student", "--out", "exported"]);
     assert!(full.stderr.contains("not empty"), "{}", full.stderr);
 }
+
+/// The quickstart's shape at toy size: teacher, the three strategies, a sweep, QLoRA, pruning of
+/// the QLoRA output, and one report.
+fn study(alphas: &str) -> String {
+    format!(
+        r#"
+use std::strategies::{{straightforward, successive, multi_agent}}
+let data = synthetic_text(seed: 3, classes: 2, train_size: 192, val_size: 64, max_len: 16, vocab_size: 48)
+let big = bert(layers: 2, hidden: 32, heads: 2, intermediate: 64, vocab_size: 48, max_position: 32)
+let small = bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, vocab_size: 48, max_position: 32)
+let tiny = bert(layers: 1, hidden: 8, heads: 2, intermediate: 16, vocab_size: 48, max_position: 32)
+stage teacher = train(model: big, data: data, epochs: 1, batch_size: 16, lr: 3e-3, seed: 1)
+let kd = {{epochs: 1, batch_size: 16, lr: 3e-3, seed: 1}}
+let direct = straightforward(teacher: teacher, students: [small, tiny], data: data, ..kd)
+let chain = successive(teacher: teacher, students: [small, tiny], data: data, ..kd)
+stage fused = multi_agent(teachers: [teacher, chain[0]], student: tiny, data: data, fusion: "confidence", ..kd)
+sweep a in {alphas} {{
+  stage tuned = distill(teacher: teacher, student: tiny, data: data, temperature: 2.0, alpha: a, ..kd)
+}}
+stage q = qlora(base: chain[-1], data: data, rank: 2, alpha: 4, epochs: 1, batch_size: 16, lr: 1e-3)
+stage p = prune(model: q, sparsity: 0.3)
+stage results = report(models: [teacher] + direct + chain + [fused] + tuned + [q, p], data: data, baseline: teacher)
+"#
+    )
+}
+
+fn ran(t: &Test) -> Vec<String> {
+    let out = run_ok(t, &["run", "p.rkd", "--json", "-j", "2"]);
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let mut names: Vec<String> = v["ran"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn changing_one_sweep_value_reruns_only_that_branch_and_the_report() {
+    let t = Test::new().file("p.rkd", &study("[0.0, 0.5]"));
+    let first = ran(&t);
+    for stage in ["teacher/predictions", "q", "p", "results", "tuned[a=0.0]", "fused"] {
+        assert!(first.contains(&stage.to_string()), "{stage} not in {first:?}");
+    }
+    std::fs::write(t.path().join("p.rkd"), study("[0.0, 0.9]")).unwrap();
+    assert_eq!(ran(&t), ["results", "tuned[a=0.9]"]);
+    let table = run_ok(&t, &["report", "p.rkd"]);
+    for needle in ["tuned[a=0.9]", "qlora", "prune", "multi-agent", "successive"] {
+        assert!(table.contains(needle), "{needle} missing from\n{table}");
+    }
+}

@@ -4,7 +4,7 @@
 //! projections map `hidden → heads × head_dim` and the context it returns is that wide, which
 //! is what the output projection (`attention.output.dense`, `[hidden, heads × head_dim]`) reads.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{softmax_last_dim, Dropout, ForwardCtx, Linear};
@@ -76,9 +76,9 @@ impl SelfAttention {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, s, _) = x.dims3()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let q = self.split_heads(&self.query.forward(x)?)?;
-        let k = self.split_heads(&self.key.forward(x)?)?;
-        let v = self.split_heads(&self.value.forward(x)?)?;
+        let q = self.split_heads(&self.query.forward_ctx(x, ctx)?)?;
+        let k = self.split_heads(&self.key.forward_ctx(x, ctx)?)?;
+        let v = self.split_heads(&self.value.forward_ctx(x, ctx)?)?;
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let masked = match mask {
             Some(m) => scores.broadcast_add(m)?,

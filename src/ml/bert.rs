@@ -127,10 +127,12 @@ impl BertLayer {
     /// Returns the layer output and its attention probabilities.
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor, Tensor)> {
         let (context, probs, scores) = self.attention.forward(x, mask, ctx)?;
-        let a = self.dropout.forward(&self.attention_output.forward(&context)?, ctx)?;
+        let a = self
+            .dropout
+            .forward(&self.attention_output.forward_ctx(&context, ctx)?, ctx)?;
         let x = self.attention_norm.forward(&(a + x)?)?;
-        let h = activation(&self.intermediate.forward(&x)?, self.act)?;
-        let h = self.dropout.forward(&self.output.forward(&h)?, ctx)?;
+        let h = activation(&self.intermediate.forward_ctx(&x, ctx)?, self.act)?;
+        let h = self.dropout.forward(&self.output.forward_ctx(&h, ctx)?, ctx)?;
         let out = self.output_norm.forward(&(h + x)?)?;
         Ok((out, probs, scores))
     }
@@ -207,10 +209,10 @@ impl BertForSequenceClassification {
             attention_scores.push(scores);
         }
         let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
-        let pooled = self.pooler.forward(&cls)?.tanh()?;
+        let pooled = self.pooler.forward_ctx(&cls, ctx)?.tanh()?;
         let logits = self
             .classifier
-            .forward(&self.classifier_dropout.forward(&pooled, ctx)?)?;
+            .forward_ctx(&self.classifier_dropout.forward(&pooled, ctx)?, ctx)?;
         Ok(ModelOutput {
             logits,
             hidden_states,

@@ -6,14 +6,22 @@
 //! `ViTModel` saves them; old TensorFlow-converted names (`LayerNorm.gamma`/`beta`) are
 //! accepted. Variables absent from the checkpoint, typically the classification head, are
 //! created from the seed, and the [`LoadReport`] says which.
+//!
+//! QLoRA outputs load as dense models: linear weights stored 4-bit in the bitsandbytes NF4
+//! layout (`<module>.weight` packed, `.absmax`, `.quant_map`, …, see [`super::nf4`]) are
+//! dequantized, the `quantization_config` is dropped from the config, and a PEFT LoRA adapter
+//! in the same directory (`adapter_config.json`, see [`super::lora`]) is merged in
+//! (`W + scale·B·A`, and its fully saved modules replace the base's). [`save_quantized`] writes
+//! that layout.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{Labels, ModelConfig};
+use super::config::{Labels, ModelConfig, QuantizationConfig};
 use super::model::Model;
+use super::nf4::{Nf4Tensor, QUANT_STATE_KEY};
 use super::params::{LoadReport, ParamStore};
 
 /// Why a checkpoint could not be read, written or turned into a model.
@@ -40,6 +48,14 @@ pub enum CheckpointError {
     NoWeights {
         /// The directory.
         dir: PathBuf,
+    },
+    /// Quantized weights or a LoRA adapter are malformed or unsupported.
+    #[error("{path}: {message}")]
+    Format {
+        /// The directory or file concerned.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
     },
     /// A weights file could not be decoded, or the weights do not fit the config.
     #[error("{path}: {source}")]
@@ -191,11 +207,68 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, CheckpointError> {
     ModelConfig::from_file(&path).map_err(|message| CheckpointError::Config { path, message })
 }
 
-/// Loads a local HF directory as a trainable classifier.
+/// The suffix (after the module path) that marks a bitsandbytes 4-bit FP4 weight.
+const FP4_STATE_SUFFIX: &str = "weight.quant_state.bitsandbytes__fp4";
+
+/// Replaces every bitsandbytes NF4 weight of a state dict (`<module>.weight` packed, with its
+/// `.absmax`, `.quant_map`, nested and quant-state tensors) by its dequantized dense tensor, on
+/// `device`. Returns the names of the dequantized weights, sorted.
+pub fn dequantize_nf4(tensors: &mut HashMap<String, Tensor>, device: &Device) -> Result<Vec<String>, String> {
+    if let Some(k) = tensors.keys().find(|k| k.ends_with(FP4_STATE_SUFFIX)) {
+        return Err(format!("`{k}`: 4-bit FP4 weights are not supported (only NF4)"));
+    }
+    let mut prefixes: Vec<String> = tensors
+        .keys()
+        .filter_map(|k| k.strip_suffix(QUANT_STATE_KEY).map(str::to_string))
+        .filter(|p| p.is_empty() || p.ends_with('.'))
+        .collect();
+    prefixes.sort();
+    let mut names = Vec::with_capacity(prefixes.len());
+    for prefix in prefixes {
+        let q = Nf4Tensor::from_state_dict(tensors, &prefix).map_err(|e| format!("`{prefix}weight`: {e}"))?;
+        let dense = q.to_tensor(device).map_err(|e| format!("`{prefix}weight`: {e}"))?;
+        for suffix in [
+            "weight.absmax",
+            "weight.quant_map",
+            "weight.nested_absmax",
+            "weight.nested_quant_map",
+            QUANT_STATE_KEY,
+        ] {
+            tensors.remove(&format!("{prefix}{suffix}"));
+        }
+        let name = format!("{prefix}weight");
+        tensors.insert(name.clone(), dense);
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// Loads a local HF directory as a trainable classifier (NF4 weights dequantized and a PEFT
+/// LoRA adapter in the directory merged, see the module doc).
 pub fn load_pretrained(dir: &Path, opts: &LoadOptions) -> Result<Pretrained, CheckpointError> {
     let mut config = read_config(dir)?;
     let tensors = read_weights(dir, &opts.device)?;
     let mut tensors = normalize_names(&config, tensors);
+    let format_err = |path: PathBuf| move |message: String| CheckpointError::Format { path, message };
+    let quantization = config.quantization().map_err(|message| CheckpointError::Config {
+        path: dir.join("config.json"),
+        message,
+    })?;
+    if quantization.as_ref().is_some_and(|q| q.load_in_8bit) {
+        return Err(CheckpointError::Format {
+            path: dir.to_path_buf(),
+            message: "8-bit bitsandbytes checkpoints are not supported (only 4-bit NF4)".into(),
+        });
+    }
+    dequantize_nf4(&mut tensors, &opts.device).map_err(format_err(dir.to_path_buf()))?;
+    // The weights are dense from here on: a model saved from them is not quantized.
+    config.set_quantization(None);
+    if let Some(adapter) = super::lora::read_adapter(dir).map_err(format_err(dir.to_path_buf()))? {
+        let scale = adapter.config.scale();
+        let adapter_tensors = normalize_names(&config, adapter.tensors);
+        super::lora::merge_tensors(&mut tensors, &adapter_tensors, scale)
+            .map_err(format_err(dir.join(super::lora::ADAPTER_WEIGHTS)))?;
+    }
     if let Some(labels) = &opts.labels {
         match &mut config {
             ModelConfig::Bert(c) => c.labels = labels.clone(),
@@ -219,15 +292,61 @@ pub fn load_pretrained(dir: &Path, opts: &LoadOptions) -> Result<Pretrained, Che
 
 /// Writes `config.json` and `model.safetensors` (all variables, HF names) into `dir`.
 pub fn save_pretrained(dir: &Path, config: &ModelConfig, params: &ParamStore) -> Result<(), CheckpointError> {
+    write_config(dir, config)?;
+    let weights = dir.join("model.safetensors");
+    params.save_safetensors(&weights).map_err(tensor_err(&weights))
+}
+
+/// Creates `dir` and writes `config.json` into it.
+fn write_config(dir: &Path, config: &ModelConfig) -> Result<(), CheckpointError> {
     std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
     let cfg_path = dir.join("config.json");
     std::fs::write(&cfg_path, config.to_json_string() + "\n")
-        .map_err(|source| CheckpointError::Io { path: cfg_path, source })?;
+        .map_err(|source| CheckpointError::Io { path: cfg_path, source })
+}
+
+/// Writes `config.json` and `model.safetensors` holding `tensors` (HF names) into `dir`.
+pub fn save_tensors(
+    dir: &Path,
+    config: &ModelConfig,
+    tensors: &HashMap<String, Tensor>,
+) -> Result<(), CheckpointError> {
+    write_config(dir, config)?;
     let weights = dir.join("model.safetensors");
-    params.save_safetensors(&weights).map_err(tensor_err(&weights))
+    candle_core::safetensors::save(tensors, &weights).map_err(tensor_err(&weights))
+}
+
+/// Writes a 4-bit checkpoint in the bitsandbytes serialization layout: every weight of
+/// `quantized` (by tensor name, `<module>.weight`) as its [`Nf4Tensor::bnb_tensors`] under
+/// `<module>.`, every tensor of `dense` as it is, and `config.json` with `quantization`.
+pub fn save_quantized(
+    dir: &Path,
+    config: &ModelConfig,
+    dense: &HashMap<String, Tensor>,
+    quantized: &BTreeMap<String, Nf4Tensor>,
+    quantization: &QuantizationConfig,
+) -> Result<(), CheckpointError> {
+    let weights = dir.join("model.safetensors");
+    let mut all = dense.clone();
+    for (name, q) in quantized {
+        let prefix = name.strip_suffix("weight").ok_or_else(|| CheckpointError::Format {
+            path: weights.clone(),
+            message: format!("quantized tensor `{name}` is not a `.weight`"),
+        })?;
+        let parts = q.bnb_tensors().map_err(|e| CheckpointError::Format {
+            path: weights.clone(),
+            message: format!("`{name}`: {e}"),
+        })?;
+        for (suffix, t) in parts {
+            all.insert(format!("{prefix}{suffix}"), t);
+        }
+    }
+    let mut config = config.clone();
+    config.set_quantization(Some(quantization));
+    save_tensors(dir, &config, &all)
 }
 
 #[cfg(test)]
@@ -335,6 +454,71 @@ mod tests {
         assert_eq!(r.model.num_labels(), 3);
         let out = r.model.forward(&input, &mut ForwardCtx::eval()).unwrap();
         assert_eq!(out.logits.dims(), &[2, 3]);
+    }
+
+    #[test]
+    fn nf4_checkpoints_load_dequantized_and_dense_again() {
+        let config = ModelConfig::Bert(tiny_bert(2));
+        let p = Pretrained::random(&config, 8, &Device::Cpu).unwrap();
+        let mut dense: HashMap<String, Tensor> = p.params.tensors().unwrap().into_iter().collect();
+        let mut quantized = BTreeMap::new();
+        for module in crate::ml::lora::base_linears(&config) {
+            let name = format!("{module}.weight");
+            let q = Nf4Tensor::from_tensor(&dense.remove(&name).unwrap(), 64, true).unwrap();
+            quantized.insert(name, q);
+        }
+        assert_eq!(quantized.len(), 2 * 6 + 1);
+        let dir = tempfile::tempdir().unwrap();
+        let qc = QuantizationConfig::nf4(true, 64, vec!["classifier".into()]);
+        save_quantized(dir.path(), &config, &dense, &quantized, &qc).unwrap();
+        let q = load_pretrained(dir.path(), &LoadOptions::default()).unwrap();
+        assert!(
+            q.report.initialised.is_empty() && q.report.unused.is_empty(),
+            "{:?}",
+            q.report
+        );
+        assert_eq!(
+            q.model.config(),
+            config,
+            "quantization_config dropped: the loaded model is dense"
+        );
+        let loaded = q.params.tensors().unwrap();
+        for (name, nf4) in &quantized {
+            assert_eq!(
+                bits(&loaded[name]),
+                bits(&nf4.to_tensor(&Device::Cpu).unwrap()),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            bits(&loaded["bert.embeddings.word_embeddings.weight"]),
+            bits(&dense["bert.embeddings.word_embeddings.weight"])
+        );
+        // Saving the loaded model writes a plain dense checkpoint.
+        let dense_dir = tempfile::tempdir().unwrap();
+        q.save(dense_dir.path()).unwrap();
+        let text = std::fs::read_to_string(dense_dir.path().join("config.json")).unwrap();
+        assert!(!text.contains("quantization_config"), "{text}");
+        // FP4 weights and 8-bit checkpoints are refused with a reason.
+        let mut raw = candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu).unwrap();
+        let k = "bert.pooler.dense.weight.quant_state.bitsandbytes__nf4";
+        let state = raw.remove(k).unwrap();
+        raw.insert(k.replace("nf4", "fp4"), state);
+        candle_core::safetensors::save(&raw, dir.path().join("model.safetensors")).unwrap();
+        let e = load_pretrained(dir.path(), &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("FP4 weights are not supported"), "{e}");
+        let mut eight = config.clone();
+        let mut qc8 = qc.clone();
+        qc8.load_in_4bit = false;
+        qc8.load_in_8bit = true;
+        eight.set_quantization(Some(&qc8));
+        std::fs::write(dir.path().join("config.json"), eight.to_json_string()).unwrap();
+        let e = load_pretrained(dir.path(), &LoadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("8-bit"), "{e}");
     }
 
     #[test]

@@ -639,6 +639,72 @@ fn check_prob(name: &str, p: f64) -> Result<(), String> {
     Ok(())
 }
 
+/// The `quantization_config` of a 4-bit bitsandbytes checkpoint (transformers'
+/// `BitsAndBytesConfig.to_dict()` fields), kept in the config's `extra` under that key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizationConfig {
+    /// `"bitsandbytes"`.
+    pub quant_method: String,
+    /// Whether the linear weights are 4-bit.
+    #[serde(default)]
+    pub load_in_4bit: bool,
+    /// Whether the linear weights are 8-bit (not supported here).
+    #[serde(default)]
+    pub load_in_8bit: bool,
+    /// `"nf4"` or `"fp4"`.
+    #[serde(default = "d_fp4")]
+    pub bnb_4bit_quant_type: String,
+    /// Whether the absmax constants are themselves quantized.
+    #[serde(default)]
+    pub bnb_4bit_use_double_quant: bool,
+    /// The dtype the forward pass dequantizes to.
+    #[serde(default = "d_float32")]
+    pub bnb_4bit_compute_dtype: String,
+    /// The storage dtype of the packed weights.
+    #[serde(default = "d_uint8")]
+    pub bnb_4bit_quant_storage: String,
+    /// Values per absmax block (not a transformers field; every weight's quant state has it too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bnb_4bit_blocksize: Option<usize>,
+    /// Linear modules left unquantized (the classification head).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_int8_skip_modules: Option<Vec<String>>,
+    /// Every other field, kept for round trips.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn d_fp4() -> String {
+    "fp4".into()
+}
+fn d_float32() -> String {
+    "float32".into()
+}
+fn d_uint8() -> String {
+    "uint8".into()
+}
+
+impl QuantizationConfig {
+    /// The key of config.json that holds it.
+    pub const KEY: &'static str = "quantization_config";
+
+    /// 4-bit NF4 with f32 compute, as the `qlora` op writes it.
+    pub fn nf4(double_quant: bool, block_size: usize, skip_modules: Vec<String>) -> Self {
+        Self {
+            quant_method: "bitsandbytes".into(),
+            load_in_4bit: true,
+            load_in_8bit: false,
+            bnb_4bit_quant_type: "nf4".into(),
+            bnb_4bit_use_double_quant: double_quant,
+            bnb_4bit_compute_dtype: "float32".into(),
+            bnb_4bit_quant_storage: "uint8".into(),
+            bnb_4bit_blocksize: Some(block_size),
+            llm_int8_skip_modules: Some(skip_modules),
+            extra: Map::new(),
+        }
+    }
+}
+
 /// A model configuration of either supported family, dispatched on `model_type`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
@@ -738,6 +804,46 @@ impl ModelConfig {
             ModelConfig::Vit(c) => c.validate(),
         }
     }
+
+    /// The fields of config.json this crate does not model, kept for round trips.
+    pub fn extra(&self) -> &Map<String, Value> {
+        match self {
+            ModelConfig::Bert(c) => &c.extra,
+            ModelConfig::Vit(c) => &c.extra,
+        }
+    }
+
+    /// Mutable access to the fields this crate does not model.
+    pub fn extra_mut(&mut self) -> &mut Map<String, Value> {
+        match self {
+            ModelConfig::Bert(c) => &mut c.extra,
+            ModelConfig::Vit(c) => &mut c.extra,
+        }
+    }
+
+    /// The `quantization_config`, when the checkpoint is quantized (an error when it is malformed).
+    pub fn quantization(&self) -> Result<Option<QuantizationConfig>, String> {
+        match self.extra().get(QuantizationConfig::KEY) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => serde_json::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", QuantizationConfig::KEY)),
+        }
+    }
+
+    /// Sets (or, with `None`, removes) the `quantization_config`.
+    pub fn set_quantization(&mut self, q: Option<&QuantizationConfig>) {
+        let extra = self.extra_mut();
+        match q {
+            Some(q) => {
+                let v = serde_json::to_value(q).expect("quantization config serialises");
+                extra.insert(QuantizationConfig::KEY.into(), v);
+            }
+            None => {
+                extra.remove(QuantizationConfig::KEY);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -793,6 +899,36 @@ mod tests {
         let e = ModelConfig::from_json_str(r#"{"model_type":"gpt2"}"#).unwrap_err();
         assert!(e.contains("gpt2"), "{e}");
     }
+    #[test]
+    fn quantization_config_round_trips_through_config_json() {
+        let mut c = ModelConfig::Bert(BertConfig::new(100, 32, 2, 4, 64, 2));
+        assert_eq!(c.quantization(), Ok(None));
+        let q = QuantizationConfig::nf4(true, 64, vec!["classifier".into()]);
+        c.set_quantization(Some(&q));
+        let json = c.to_json_string();
+        let v: Value = serde_json::from_str(&json).unwrap();
+        let qc = &v["quantization_config"];
+        assert_eq!(qc["quant_method"], "bitsandbytes");
+        assert_eq!(qc["load_in_4bit"], true);
+        assert_eq!(qc["bnb_4bit_quant_type"], "nf4");
+        assert_eq!(qc["bnb_4bit_use_double_quant"], true);
+        assert_eq!(qc["bnb_4bit_compute_dtype"], "float32");
+        assert_eq!(qc["bnb_4bit_blocksize"], 64);
+        let back = ModelConfig::from_json_str(&json).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(back.quantization(), Ok(Some(q)));
+        // transformers' own dict (private fields included) parses and keeps what it does not know.
+        let hf = r#"{"model_type":"vit","hidden_size":32,"num_hidden_layers":1,"num_attention_heads":2,
+            "intermediate_size":8,"quantization_config":{"_load_in_4bit":true,"load_in_4bit":true,
+            "quant_method":"bitsandbytes","bnb_4bit_quant_type":"nf4","llm_int8_threshold":6.0}}"#;
+        let mut c = ModelConfig::from_json_str(hf).unwrap();
+        let q = c.quantization().unwrap().unwrap();
+        assert!(q.load_in_4bit && !q.bnb_4bit_use_double_quant);
+        assert_eq!(q.extra["_load_in_4bit"], true);
+        c.set_quantization(None);
+        assert!(!c.to_json_string().contains("quantization_config"));
+    }
+
     #[test]
     fn pruned_heads_round_trip_in_hf_layout_and_are_checked() {
         // HF writes `pruned_heads` with string layer keys; an empty list means nothing pruned.

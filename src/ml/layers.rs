@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::config::HiddenAct;
+use super::lora::LoraBranch;
 use super::rng::Rng;
 
 /// Forward-pass context: train or eval mode, and the dropout random stream.
@@ -51,13 +52,16 @@ pub fn normal(std: f64) -> Init {
     Init::Randn { mean: 0.0, stdev: std }
 }
 
-/// Fully connected layer `y = x·Wᵀ + b`, weight `[out, in]` as in PyTorch.
+/// Fully connected layer `y = x·Wᵀ + b`, weight `[out, in]` as in PyTorch, with an optional
+/// LoRA branch added to its output (`+ scale·B·A·dropout(x)`, see [`LoraBranch`]).
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// Weight, `[out_features, in_features]`.
     pub weight: Tensor,
     /// Optional bias, `[out_features]`.
     pub bias: Option<Tensor>,
+    /// Optional low-rank adapter (none unless attached by [`crate::ml::lora::attach`]).
+    pub lora: Option<LoraBranch>,
 }
 
 impl Linear {
@@ -69,30 +73,55 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            lora: None,
+        })
     }
 
     /// Builds the layer from existing tensors.
     pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight,
+            bias,
+            lora: None,
+        }
     }
-}
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The layer in `ctx`'s mode: the LoRA branch's dropout is active in train mode (the base
+    /// path has none). Without a LoRA branch this is exactly [`Module::forward`].
+    pub fn forward_ctx(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        self.apply(x, Some(ctx))
+    }
+
+    fn apply(&self, x: &Tensor, ctx: Option<&mut ForwardCtx>) -> Result<Tensor> {
         // Flatten leading dims into one matmul (no broadcast of the weight, whose backward
         // would sum over a broadcast batch).
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("linear input has at least one dim");
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let x2 = x.reshape((rows, in_dim))?;
+        let y = x2.matmul(&self.weight.t()?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
+        let y = match (&self.lora, ctx) {
+            (Some(l), Some(ctx)) => (y + l.forward(&x2, ctx)?)?,
+            (Some(l), None) => (y + l.forward(&x2, &mut ForwardCtx::eval())?)?,
+            (None, _) => y,
+        };
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
         y.reshape(out_dims)
+    }
+}
+
+impl Module for Linear {
+    /// The layer in eval mode (a LoRA branch is applied without dropout).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.apply(x, None)
     }
 }
 

@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod distill;
 pub mod layers;
+pub mod lora;
 pub mod metrics;
 pub mod model;
 pub mod nf4;

@@ -2,7 +2,7 @@
 //! stores a base) and sparse (bitmask plus values), from the weights themselves.
 //!
 //! - dense: 4 bytes per parameter.
-//! - NF4: every linear weight of the encoder and the pooler quantised with
+//! - NF4: the linear weights QLoRA quantises ([`base_linears`]: the encoder's and the pooler's) with
 //!   [`Nf4Tensor`](super::nf4::Nf4Tensor) (block 64, double quantisation) and counted as it is
 //!   stored (packed codes plus constants); everything else (embeddings, LayerNorms, biases, the
 //!   classifier) in f32.
@@ -14,9 +14,9 @@ use candle_core::{DType, Result, Tensor};
 use serde::Serialize;
 
 use super::config::ModelConfig;
+use super::lora::base_linears;
 use super::nf4::{Nf4Tensor, DEFAULT_BLOCK_SIZE};
 use super::params::ParamStore;
-use super::prune::{prunable_weights, Scope};
 
 /// Measured sizes of one model.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -35,10 +35,7 @@ pub struct Sizes {
 
 /// Measures the sizes of a model's weights.
 pub fn measure(config: &ModelConfig, params: &ParamStore) -> Result<Sizes> {
-    let quantised: Vec<String> = prunable_weights(config, Scope::Linear)
-        .into_iter()
-        .filter(|n| n != "classifier.weight")
-        .collect();
+    let quantised: Vec<String> = base_linears(config).into_iter().map(|m| m + ".weight").collect();
     let mut s = Sizes {
         params: 0,
         nonzeros: 0,

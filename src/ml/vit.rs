@@ -135,13 +135,15 @@ impl VitLayer {
     /// Returns the layer output and its attention probabilities.
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor, Tensor)> {
         let (context, probs, scores) = self.attention.forward(&self.layernorm_before.forward(x)?, None, ctx)?;
-        let a = self.dropout.forward(&self.attention_output.forward(&context)?, ctx)?;
+        let a = self
+            .dropout
+            .forward(&self.attention_output.forward_ctx(&context, ctx)?, ctx)?;
         let x = (a + x)?;
         let h = activation(
-            &self.intermediate.forward(&self.layernorm_after.forward(&x)?)?,
+            &self.intermediate.forward_ctx(&self.layernorm_after.forward(&x)?, ctx)?,
             self.act,
         )?;
-        let h = self.dropout.forward(&self.output.forward(&h)?, ctx)?;
+        let h = self.dropout.forward(&self.output.forward_ctx(&h, ctx)?, ctx)?;
         Ok(((h + x)?, probs, scores))
     }
 }
@@ -203,7 +205,7 @@ impl VitForImageClassification {
         }
         let last_hidden_state = self.layernorm.forward(&x)?;
         let pooled = last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?;
-        let logits = self.classifier.forward(&pooled)?;
+        let logits = self.classifier.forward_ctx(&pooled, ctx)?;
         Ok(ModelOutput {
             logits,
             hidden_states,

@@ -6,6 +6,7 @@ mod exec;
 pub mod model_source;
 pub mod predict;
 pub mod prune;
+pub mod qlora;
 pub mod report;
 pub mod train;
 
@@ -62,7 +63,9 @@ pub struct OpOutput {
 }
 
 /// The ops this version can run.
-pub const RUNNABLE: &[&str] = &["exec", "train", "eval", "predict", "distill", "fuse", "prune", "report"];
+pub const RUNNABLE: &[&str] = &[
+    "exec", "train", "eval", "predict", "distill", "fuse", "prune", "qlora", "report",
+];
 
 /// Runs one stage's op.
 pub fn execute(ctx: &mut OpContext) -> Result<OpOutput, String> {
@@ -73,6 +76,7 @@ pub fn execute(ctx: &mut OpContext) -> Result<OpOutput, String> {
         "predict" => predict::run(ctx),
         "distill" | "fuse" => distill::run(ctx),
         "prune" => prune::run(ctx),
+        "qlora" => qlora::run(ctx),
         "report" => report::run(ctx),
         other => Err(format!(
             "the `{other}` op is not implemented in this version of rkd (it runs {})",
