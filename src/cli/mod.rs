@@ -217,6 +217,9 @@ enum Command {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        quiet_on_closed_pipe();
+    }
     match cli.command {
         Command::Check { files } => check::run(&files),
         Command::Plan { file, store, json } => plan::run(&file, store.as_deref(), json),
@@ -290,6 +293,17 @@ fn load_plan(
         );
     }
     Some((compiled, plan, store))
+}
+
+/// Lets a reporting command end quietly when its reader goes away (`rkd report f.rkd | head`),
+/// as Unix tools do, instead of panicking on the failed write. (`rkd run` keeps the default
+/// handling: it has children and a store to leave in order.)
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any other thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
 
 /// Whether stderr should get colours.

@@ -115,7 +115,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         _ => "data".into(),
     };
     let data = ReportData {
-        title: format!("Compression report: {dataset_name}"),
+        title: "Compression report".into(),
         dataset: dataset_name,
         split: split.as_str().into(),
         chance_level: chance.unwrap_or(0.0),
