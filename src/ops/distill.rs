@@ -20,7 +20,7 @@ use candle_core::{DType, Device, Result as CResult, Tensor};
 
 use super::model_source::{self, load_frozen, Frozen, ModelSource};
 use super::predict::Predictions;
-use super::train::{finish, fit, float, load_dataset, log_data, source_label, train_options};
+use super::train::{finish, fit, float, load_dataset, log_data, source_label, train_options, FitOptions};
 use super::{OpContext, OpOutput};
 use crate::compile::predictions::PREDICTIONS;
 use crate::data::{Batch, Dataset};
@@ -134,6 +134,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
     let student = build_student(ctx, &student_source, &teacher_sources[0], &dataset, opts.seed, &device)?;
     let model = student.model.clone();
     let params = student.params.clone();
+    let _ = writeln!(ctx.log, "parameters: {}", params.num_parameters());
     let intermediate = match ctx.params.get("intermediate") {
         Some(v) => {
             let Teachers::Live(live) = &teachers else {
@@ -280,9 +281,20 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         }
         Some(s)
     };
-    let extra_vars = projection_store.named_vars();
+    let fit_options = FitOptions {
+        extra_vars: projection_store.named_vars(),
+        ..FitOptions::default()
+    };
     let report = fit(
-        ctx, &model, &params, &dataset, &opts, batch_size, loss, extra_vars, note,
+        ctx,
+        &model,
+        &params,
+        &dataset,
+        &opts,
+        batch_size,
+        loss,
+        fit_options,
+        note,
     )?;
 
     let epochs = per_epoch.into_inner();

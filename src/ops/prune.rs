@@ -26,14 +26,13 @@ use std::path::Path;
 use candle_core::{DType, Device};
 
 use super::model_source::{self, ModelSource};
-use super::train::{cross_entropy_loss, float, load_dataset, train_options, usize_param};
+use super::train::{cross_entropy_loss, fit, float, load_dataset, train_options, usize_param, FitOptions};
 use super::{OpContext, OpOutput};
 use crate::data::{Dataset, SplitName};
 use crate::ml::checkpoint::{load_pretrained, LoadOptions};
 use crate::ml::metrics::{evaluate, parameter_counts};
 use crate::ml::prune::{prune, Method, PruneReport, Pruned, Scope};
-use crate::ml::rng::derive_seed;
-use crate::ml::train::{train, with_threads, EpochRecord, Hooks, StepRecord, TrainError, TrainReport, Validation};
+use crate::ml::train::{with_threads, TrainReport};
 use crate::ml::{Model, ParamStore};
 use crate::value::{Params, Value};
 
@@ -301,92 +300,34 @@ fn finetune(
     batch_size: usize,
     masks: &crate::ml::prune::Masks,
 ) -> Result<TrainReport, String> {
-    let device = Device::Cpu;
-    let config = model.config();
-    let eval_model = Model::new(&config, params.frozen_var_builder(DType::F32, &device)).map_err(|e| e.to_string())?;
-    let val_batches = if dataset.len(SplitName::Validation) > 0 {
-        dataset
-            .batches(SplitName::Validation, batch_size, None, false, &device)
-            .map_err(|e| e.to_string())?
-    } else {
-        let _ = writeln!(ctx.log, "no validation split: the last epoch's weights are kept");
-        Vec::new()
-    };
-    let mut validate = |_epoch: usize| -> Result<Validation, String> {
-        let ev = evaluate(&eval_model, val_batches.iter().map(|b| (&b.input, &b.labels))).map_err(|e| e.to_string())?;
-        Ok(Validation {
-            accuracy: ev.confusion.accuracy(),
-            loss: ev.loss,
-        })
-    };
-    let progress = ctx.progress;
-    let cancel = ctx.cancel;
-    let log = &mut ctx.log;
-    let epochs = opts.epochs;
-    let mut on_step = |r: &StepRecord, total: usize| {
-        progress.steps(
-            &format!("fine-tuning epoch {}/{epochs} step", r.epoch),
-            r.step as u64,
-            total as u64,
-        );
-    };
-    let mut on_epoch = |r: &EpochRecord| {
-        let line = match (r.val_accuracy, r.val_loss) {
-            (Some(a), Some(l)) => format!(
-                "fine-tuning epoch {}: {} steps, train loss {:.4}, validation loss {l:.4}, accuracy {}",
-                r.epoch,
-                r.steps,
-                r.train_loss,
-                percent(a)
-            ),
-            _ => format!(
-                "fine-tuning epoch {}: {} steps, train loss {:.4}",
-                r.epoch, r.steps, r.train_loss
-            ),
-        };
-        let _ = writeln!(log, "{line}");
-    };
     let mut reapply = || {
         masks
             .apply(params)
             .map_err(|e| format!("re-applying the pruning masks: {e}"))
     };
-    let interrupted = || cancel.is_interrupted();
-    let seed = opts.seed;
-    let result = train(
+    let fit_options = FitOptions {
+        after_update: if masks.is_empty() { None } else { Some(&mut reapply) },
+        epoch_label: Some("fine-tuning epoch"),
+        ..FitOptions::default()
+    };
+    fit(
+        ctx,
         model,
         params,
+        dataset,
         opts,
-        |epoch| {
-            dataset
-                .batches(
-                    SplitName::Train,
-                    batch_size,
-                    Some(derive_seed(seed, &format!("shuffle/epoch{epoch}"))),
-                    true,
-                    &device,
-                )
-                .map_err(|e| e.to_string())
-        },
+        batch_size,
         cross_entropy_loss,
-        Hooks {
-            validate: if val_batches.is_empty() {
-                None
-            } else {
-                Some(&mut validate)
-            },
-            on_step: Some(&mut on_step),
-            on_epoch: Some(&mut on_epoch),
-            after_update: if masks.is_empty() { None } else { Some(&mut reapply) },
-            interrupted: Some(&interrupted),
-            ..Hooks::default()
-        },
-    );
-    match result {
-        Ok(r) => Ok(r),
-        Err(TrainError::Interrupted) => Err("interrupted".into()),
-        Err(TrainError::Failed(e)) => Err(format!("fine-tuning: {e}")),
-    }
+        fit_options,
+        |_| None,
+    )
+    .map_err(|e| {
+        if e == "interrupted" {
+            e
+        } else {
+            format!("fine-tuning: {e}")
+        }
+    })
 }
 
 /// What goes into `prune_metrics.json`.

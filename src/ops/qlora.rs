@@ -30,19 +30,17 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::model_source::{self, ModelSource};
-use super::train::{cross_entropy_loss, float, load_dataset, log_data, source_label, train_options, usize_param};
+use super::train::{
+    cross_entropy_loss, fit, float, load_dataset, log_data, source_label, train_options, usize_param, FitOptions,
+};
 use super::{OpContext, OpOutput};
 use crate::data::{Dataset, SplitName};
 use crate::ml::checkpoint::{save_quantized, save_tensors, Pretrained};
 use crate::ml::config::QuantizationConfig;
 use crate::ml::layers::Linear;
 use crate::ml::lora::{self, AdapterConfig, LoraConfig, HEAD};
-use crate::ml::metrics::evaluate;
 use crate::ml::nf4::Nf4Tensor;
-use crate::ml::rng::derive_seed;
-use crate::ml::train::{
-    train, with_threads, EpochRecord, Hooks, StepRecord, TrainError, TrainOptions, TrainReport, Validation,
-};
+use crate::ml::train::{with_threads, TrainOptions, TrainReport};
 use crate::ml::{Model, ParamStore};
 use crate::value::{Params, Value};
 
@@ -320,79 +318,21 @@ fn train_adapters(
     opts: &TrainOptions,
     batch_size: usize,
 ) -> Result<TrainReport, String> {
-    let device = Device::Cpu;
-    let eval_model = lora::detached(&q.model);
-    let log = &mut ctx.log;
-    let val_batches = if dataset.len(SplitName::Validation) > 0 {
-        dataset
-            .batches(SplitName::Validation, batch_size, None, false, &device)
-            .map_err(|e| e.to_string())?
-    } else {
-        let _ = writeln!(log, "no validation split: the last epoch's adapters are kept");
-        Vec::new()
+    let fit_options = FitOptions {
+        eval_model: Some(lora::detached(&q.model)),
+        ..FitOptions::default()
     };
-    let mut validate = |_epoch: usize| -> Result<Validation, String> {
-        let ev = evaluate(&eval_model, val_batches.iter().map(|b| (&b.input, &b.labels))).map_err(|e| e.to_string())?;
-        Ok(Validation {
-            accuracy: ev.confusion.accuracy(),
-            loss: ev.loss,
-        })
-    };
-    let progress = ctx.progress;
-    let cancel = ctx.cancel;
-    let epochs = opts.epochs;
-    let mut on_step = |r: &StepRecord, total: usize| {
-        progress.steps(&format!("epoch {}/{epochs} step", r.epoch), r.step as u64, total as u64);
-    };
-    let mut on_epoch = |r: &EpochRecord| {
-        let line = match (r.val_accuracy, r.val_loss) {
-            (Some(a), Some(l)) => format!(
-                "epoch {}: {} steps, train loss {:.4}, validation loss {l:.4}, accuracy {:.2}%",
-                r.epoch,
-                r.steps,
-                r.train_loss,
-                100.0 * a
-            ),
-            _ => format!("epoch {}: {} steps, train loss {:.4}", r.epoch, r.steps, r.train_loss),
-        };
-        let _ = writeln!(log, "{line}");
-    };
-    let interrupted = || cancel.is_interrupted();
-    let seed = opts.seed;
-    let result = train(
+    let report = fit(
+        ctx,
         &q.model,
         &q.trainable,
+        dataset,
         opts,
-        |epoch| {
-            dataset
-                .batches(
-                    SplitName::Train,
-                    batch_size,
-                    Some(derive_seed(seed, &format!("shuffle/epoch{epoch}"))),
-                    true,
-                    &device,
-                )
-                .map_err(|e| e.to_string())
-        },
+        batch_size,
         cross_entropy_loss,
-        Hooks {
-            validate: if val_batches.is_empty() {
-                None
-            } else {
-                Some(&mut validate)
-            },
-            on_step: Some(&mut on_step),
-            on_epoch: Some(&mut on_epoch),
-            after_update: None,
-            interrupted: Some(&interrupted),
-            extra_vars: Vec::new(),
-        },
-    );
-    let report = match result {
-        Ok(r) => r,
-        Err(TrainError::Interrupted) => return Err("interrupted".into()),
-        Err(TrainError::Failed(e)) => return Err(e),
-    };
+        fit_options,
+        |_| None,
+    )?;
     if let Some(e) = report.best_epoch {
         let _ = writeln!(
             ctx.log,
@@ -502,6 +442,7 @@ mod tests {
     use crate::ml::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
     use crate::ml::model::ModelInput;
     use crate::ml::nf4::QUANT_STATE_KEY;
+    use crate::ml::train::{train, Hooks};
     use crate::value::StageId;
 
     fn bits(t: &Tensor) -> Vec<u32> {

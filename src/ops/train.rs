@@ -105,6 +105,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
     let pretrained = model_source::model_for_training(&source, &dataset, opts.seed, &device, &mut ctx.log)?;
     let model = pretrained.model.clone();
     let params = pretrained.params.clone();
+    let _ = writeln!(ctx.log, "parameters: {}", params.num_parameters());
     let report = fit(
         ctx,
         &model,
@@ -113,7 +114,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         &opts,
         batch_size,
         cross_entropy_loss,
-        Vec::new(),
+        FitOptions::default(),
         |_| None,
     )?;
     finish(
@@ -149,6 +150,19 @@ pub(super) fn log_data(ctx: &mut OpContext, dataset: &Dataset, batch_size: usize
     );
 }
 
+/// How [`fit`] differs between ops; the default is `train`'s.
+#[derive(Default)]
+pub(super) struct FitOptions<'a> {
+    /// The model validation runs (default: `model` rebuilt on detached copies of `params`).
+    pub eval_model: Option<Model>,
+    /// Trainable variables outside `params` (distillation projections).
+    pub extra_vars: Vec<(String, Var)>,
+    /// Called after every optimiser update (pruning masks).
+    pub after_update: Option<&'a mut dyn FnMut() -> Result<(), String>>,
+    /// What the progress line and the log call an epoch (default "epoch").
+    pub epoch_label: Option<&'a str>,
+}
+
 /// Trains `model` (built on `params`) on the dataset's training split with `loss`, validating
 /// after each epoch and keeping the best epoch's weights; progress, per-epoch log lines
 /// (`epoch_note` may add to them) and Ctrl-C handling included.
@@ -161,14 +175,18 @@ pub(super) fn fit(
     opts: &TrainOptions,
     batch_size: usize,
     loss: impl FnMut(&Model, &Batch, &mut ForwardCtx) -> candle_core::Result<Tensor>,
-    extra_vars: Vec<(String, Var)>,
+    mut fit: FitOptions,
     mut epoch_note: impl FnMut(&EpochRecord) -> Option<String>,
 ) -> Result<TrainReport, String> {
     let device = Device::Cpu;
-    let config = model.config();
+    let label = fit.epoch_label.unwrap_or("epoch");
     let log = &mut ctx.log;
-    let _ = writeln!(log, "parameters: {}", params.num_parameters());
-    let eval_model = Model::new(&config, params.frozen_var_builder(DType::F32, &device)).map_err(|e| e.to_string())?;
+    let eval_model = match fit.eval_model {
+        Some(m) => m,
+        None => {
+            Model::new(&model.config(), params.frozen_var_builder(DType::F32, &device)).map_err(|e| e.to_string())?
+        }
+    };
     let val_batches = if dataset.len(SplitName::Validation) > 0 {
         dataset
             .batches(SplitName::Validation, batch_size, None, false, &device)
@@ -188,18 +206,22 @@ pub(super) fn fit(
     let cancel = ctx.cancel;
     let epochs = opts.epochs;
     let mut on_step = |r: &StepRecord, total: usize| {
-        progress.steps(&format!("epoch {}/{epochs} step", r.epoch), r.step as u64, total as u64);
+        progress.steps(
+            &format!("{label} {}/{epochs} step", r.epoch),
+            r.step as u64,
+            total as u64,
+        );
     };
     let mut on_epoch = |r: &EpochRecord| {
         let mut line = match (r.val_accuracy, r.val_loss) {
             (Some(a), Some(l)) => format!(
-                "epoch {}: {} steps, train loss {:.4}, validation loss {l:.4}, accuracy {:.2}%",
+                "{label} {}: {} steps, train loss {:.4}, validation loss {l:.4}, accuracy {:.2}%",
                 r.epoch,
                 r.steps,
                 r.train_loss,
                 100.0 * a
             ),
-            _ => format!("epoch {}: {} steps, train loss {:.4}", r.epoch, r.steps, r.train_loss),
+            _ => format!("{label} {}: {} steps, train loss {:.4}", r.epoch, r.steps, r.train_loss),
         };
         if let Some(note) = epoch_note(r) {
             line.push_str("; ");
@@ -234,9 +256,12 @@ pub(super) fn fit(
             },
             on_step: Some(&mut on_step),
             on_epoch: Some(&mut on_epoch),
-            after_update: None,
+            after_update: match fit.after_update.as_mut() {
+                Some(f) => Some(&mut **f),
+                None => None,
+            },
             interrupted: Some(&interrupted),
-            extra_vars,
+            extra_vars: fit.extra_vars,
         },
     );
     match result {
