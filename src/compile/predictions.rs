@@ -21,7 +21,7 @@ pub const PREDICTIONS: &str = "predictions";
 /// Whether a distillation stage with these parameters learns from stored predictions.
 pub fn uses_predictions(params: &Params) -> bool {
     let augments = match params.get("data") {
-        Some(Value::Spec(s)) => matches!(s.params.get("augment"), Some(Value::Bool(true))),
+        Some(Value::Spec(s)) => crate::data::spec_augments(s.ctor.name, &s.params),
         _ => false,
     };
     !params.contains_key("intermediate") && !augments
@@ -79,5 +79,32 @@ impl Compiler {
         }
         params.insert(PREDICTIONS.into(), Value::List(Arc::new(stages)));
         params
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn predict_stages(data: &str) -> usize {
+        let src = format!(
+            "let d = {data}\nlet m = bert(layers: 1, hidden: 16, heads: 2, intermediate: 32)\n\
+             let v = vit(layers: 1, hidden: 16, heads: 2, patch: 4, image_size: 16)\n\
+             stage t = train(model: pretrained(path: \"x\"), data: d)\n\
+             stage s = distill(teacher: t, student: m, data: d)\n\
+             stage u = distill(teacher: t, student: m, data: d, temperature: 2.0)\n"
+        );
+        let c = crate::compile::compile_source("p.rkd", std::path::Path::new("p.rkd"), src);
+        assert!(c.diags.is_empty(), "{:?}", c.diags);
+        c.stages.iter().filter(|s| s.op.name == "predict").count()
+    }
+
+    #[test]
+    fn students_share_stored_predictions_unless_the_data_augments() {
+        assert_eq!(predict_stages("synthetic_text(seed: 1)"), 1);
+        assert_eq!(
+            predict_stages("image_folder(path: \"imgs\", image_size: 16, augment: false)"),
+            1
+        );
+        assert_eq!(predict_stages("image_folder(path: \"imgs\", image_size: 16)"), 0);
+        assert_eq!(predict_stages("synthetic_images(seed: 1, classes: 2)"), 0);
     }
 }

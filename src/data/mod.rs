@@ -166,6 +166,17 @@ fn text_split(tokenizer: &Tokenizer, texts: Vec<String>, labels: Vec<u32>, max_l
     }
 }
 
+/// Whether a dataset constructor call augments its training batches (what
+/// [`Dataset::augments`] will say once it is loaded): `image_folder` unless `augment: false`, and
+/// `synthetic_images`.
+pub fn spec_augments(ctor: &str, params: &Params) -> bool {
+    match ctor {
+        "image_folder" => !matches!(params.get("augment"), Some(crate::value::Value::Bool(false))),
+        "synthetic_images" => true,
+        _ => false,
+    }
+}
+
 impl Dataset {
     /// Loads the dataset a constructor call describes.
     /// `ctor` is `"glue_sst2"`, `"image_folder"`, `"synthetic_text"` or `"synthetic_images"`.
