@@ -1898,3 +1898,14 @@ fn one_directory_spelled_two_ways_is_one_stage() {
     // Identical stages are one node (with aliases), so the engine runs the key once.
     assert_eq!(plan.len(), 1, "one node");
 }
+
+#[test]
+fn resources_say_where_a_stage_runs_not_what_it_computes() {
+    let head = "use std::bert\nlet d = synthetic_text(seed: 1)\n";
+    let plain = keys_of(&format!("{head}stage t = train(model: bert::tiny, data: d)\n")).unwrap();
+    let sized = keys_of(&format!(
+        "{head}stage t = train(model: bert::tiny, data: d, resources: {{cpus: 8, mem: \"16G\", time: \"2h\"}})\n"
+    ))
+    .unwrap();
+    assert_eq!(plain, sized, "resources changed the key");
+}

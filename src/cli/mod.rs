@@ -4,11 +4,13 @@ mod bench;
 mod bench_nf4;
 mod bench_train;
 mod check;
+mod exec_stage;
 mod graph;
 mod ops;
 mod plan;
 mod results;
 mod run;
+mod status;
 mod store_cmds;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -102,6 +104,46 @@ enum Command {
         /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE].
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
+        /// Where stages run: here, or as one Slurm job each (the store must be on a filesystem the
+        /// nodes share).
+        #[arg(long, value_enum, default_value = "local")]
+        executor: Executor,
+        /// Slurm partition (`sbatch --partition`).
+        #[arg(long, value_name = "P")]
+        partition: Option<String>,
+        /// Slurm account (`sbatch --account`).
+        #[arg(long, value_name = "A")]
+        account: Option<String>,
+        /// One more `sbatch` argument for every job (repeatable), e.g. `--sbatch-arg=--qos=short`.
+        #[arg(long = "sbatch-arg", value_name = "ARG", allow_hyphen_values = true)]
+        sbatch_args: Vec<String>,
+        /// With --executor slurm: submit the jobs and return (`rkd status FILE` follows them).
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show each stage's Slurm job and its state, for a pipeline run with --executor slurm.
+    ///
+    /// Asks `squeue`, then `scontrol show job` (Slurm keeps finished jobs for MinJobAge, 300 s by
+    /// default); after that the state the waiting `rkd run` saw is shown. STORED says whether the
+    /// stage's result is in the store.
+    Status {
+        /// The pipeline file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
+    /// Run one stage whose spec `rkd run --executor slurm` wrote into the store (what each Slurm
+    /// job runs).
+    #[command(hide = true)]
+    ExecStage {
+        /// The store directory (on a filesystem shared with the submitting machine).
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
+        /// The stage key (hex).
+        #[arg(value_name = "KEY")]
+        key: String,
     },
     /// Explain one stage: its key, inputs, and whether and why it would run.
     Explain {
@@ -231,6 +273,11 @@ pub fn main() -> ExitCode {
             dry_run,
             json,
             store,
+            executor,
+            partition,
+            account,
+            sbatch_args,
+            no_wait,
         } => {
             let opts = crate::engine::run::RunOptions {
                 jobs,
@@ -238,8 +285,23 @@ pub fn main() -> ExitCode {
                 keep_going,
                 dry_run,
             };
-            run::run(&file, store.as_deref(), opts, json)
+            let slurm_only = partition.is_some() || account.is_some() || !sbatch_args.is_empty() || no_wait;
+            if executor == Executor::Local && slurm_only {
+                eprintln!("error: --partition, --account, --sbatch-arg and --no-wait go with --executor slurm");
+                return ExitCode::from(2);
+            }
+            let slurm = (executor == Executor::Slurm).then_some(run::Slurm {
+                options: crate::engine::slurm::SlurmOptions {
+                    partition,
+                    account,
+                    sbatch_args,
+                },
+                wait: !no_wait,
+            });
+            run::run(&file, store.as_deref(), opts, json, slurm)
         }
+        Command::Status { file, store } => status::run(&file, store.as_deref()),
+        Command::ExecStage { store, key } => exec_stage::run(&store, &key),
         Command::Explain { file, stage, store } => plan::explain(&file, &stage, store.as_deref()),
         Command::Verify { store } => store_cmds::verify(store.as_deref()),
         Command::Log { store, limit } => store_cmds::log(store.as_deref(), limit),
@@ -264,6 +326,15 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Where `rkd run` runs stages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Executor {
+    /// On this machine, up to `-j` at once.
+    Local,
+    /// As one Slurm job per stage (`sbatch`), with dependencies between jobs.
+    Slurm,
 }
 
 /// Default `-j`: the number of CPU cores.

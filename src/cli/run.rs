@@ -2,6 +2,7 @@
 
 use crate::engine::cancel::Cancel;
 use crate::engine::run::{run as run_plan, RunOptions, RunReport};
+use crate::engine::slurm::{submit, wait, SlurmOptions, Submission};
 use crate::plan::key::hex;
 use crate::plan::Plan;
 use crate::store::records::Outcome;
@@ -12,9 +13,17 @@ use std::sync::Arc;
 /// Rows of the final table before it is cut short.
 const MAX_ROWS: usize = 40;
 
-/// Runs the pipeline; exit 0 when every selected stage ran or was cached, 1 on failures,
-/// 130 when interrupted.
-pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool) -> ExitCode {
+/// How to run on Slurm (`--executor slurm`).
+pub struct Slurm {
+    /// Partition, account and extra sbatch arguments.
+    pub options: SlurmOptions,
+    /// Wait for the jobs (the default), or submit and return (`--no-wait`).
+    pub wait: bool,
+}
+
+/// Runs the pipeline (here, or as Slurm jobs); exit 0 when every selected stage ran or was
+/// cached, 1 on failures, 130 when interrupted.
+pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slurm: Option<Slurm>) -> ExitCode {
     let Some((compiled, plan, store)) = super::load_plan(file, store) else {
         return ExitCode::FAILURE;
     };
@@ -35,7 +44,25 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool) -> E
         eprintln!("warning: cannot handle Ctrl-C ({e}); an interrupted run still leaves a safe store");
     }
     let text = compiled.sources.get(crate::source::FileId(0)).text.clone();
-    let report = match run_plan(&plan, file, &text, &store, &opts, &cancel) {
+    let result = match &slurm {
+        // A dry run runs nothing, so it is the same on both executors.
+        Some(slurm) if !opts.dry_run => match submit(&plan, file, &text, &store, &opts, &slurm.options, &cancel) {
+            Ok(sub) if !slurm.wait => return print_submitted(&plan, file, &sub, json),
+            Ok(sub) => {
+                if !sub.jobs.is_empty() {
+                    eprintln!(
+                        "submitted {} Slurm job{}; waiting for them (Ctrl-C cancels them)",
+                        sub.jobs.len(),
+                        if sub.jobs.len() == 1 { "" } else { "s" }
+                    );
+                }
+                wait(&plan, file, &text, &store, sub, opts.keep_going, &cancel)
+            }
+            Err(e) => Err(e),
+        },
+        _ => run_plan(&plan, file, &text, &store, &opts, &cancel),
+    };
+    let report = match result {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
@@ -83,6 +110,41 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool) -> E
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// After `--no-wait`: which stages were submitted as which jobs, and which were cached.
+fn print_submitted(plan: &Plan, file: &Path, sub: &Submission, json: bool) -> ExitCode {
+    let name = |i: usize| plan.stage(crate::value::StageId(i as u32)).def.name.clone();
+    let cached: Vec<String> = (0..plan.len())
+        .filter(|i| {
+            sub.prepared.results[*i]
+                .as_ref()
+                .is_some_and(|r| r.outcome == Outcome::Cached)
+        })
+        .map(name)
+        .collect();
+    if json {
+        let submitted: serde_json::Map<String, serde_json::Value> = sub
+            .jobs
+            .iter()
+            .map(|(i, id)| (name(*i), serde_json::Value::from(id.clone())))
+            .collect();
+        println!("{}", serde_json::json!({ "submitted": submitted, "cached": cached }));
+        return ExitCode::SUCCESS;
+    }
+    for (i, id) in sub.jobs.iter().take(MAX_ROWS) {
+        println!("submitted  {:30}  job {id}", name(*i));
+    }
+    if sub.jobs.len() > MAX_ROWS {
+        println!("... and {} more", sub.jobs.len() - MAX_ROWS);
+    }
+    println!(
+        "{} submitted, {} cached; `rkd status {}` shows the jobs",
+        sub.jobs.len(),
+        cached.len(),
+        file.display()
+    );
+    ExitCode::SUCCESS
 }
 
 fn print_dry_run(plan: &Plan, report: &RunReport) {

@@ -1,5 +1,5 @@
 //! The engine: deciding what runs and why, running stages in parallel with progress, and
-//! recording runs.
+//! recording runs; locally, or as Slurm jobs.
 
 pub mod cancel;
 pub mod explain;
@@ -7,3 +7,4 @@ pub mod progress;
 pub mod record;
 pub mod run;
 pub mod scheduler;
+pub mod slurm;

@@ -49,7 +49,7 @@ pub struct StageResult {
 }
 
 /// How one executed stage ended: outcome, seconds, metrics, error.
-type Finished = (Outcome, f64, BTreeMap<String, f64>, Option<String>);
+pub type Finished = (Outcome, f64, BTreeMap<String, f64>, Option<String>);
 
 /// The result of a run: per plan stage (None when not selected by --only).
 pub struct RunReport {
@@ -74,70 +74,11 @@ pub fn run(
 ) -> Result<RunReport, String> {
     let started_at = SystemTime::now();
     let t0 = Instant::now();
-    let n = plan.len();
-    let selected = select(plan, &opts.only)?;
-    store.clean_tmp();
-
-    // What must run: selected stages whose result is not stored.
-    let mut to_run: HashSet<usize> = HashSet::new();
-    let mut reasons: Vec<Vec<String>> = vec![Vec::new(); n];
-    for (i, v) in verdicts(plan, store, &selected).into_iter().enumerate() {
-        if let Some(Verdict::Run(r)) = v {
-            reasons[i] = r;
-            to_run.insert(i);
-        }
-    }
-
-    // Verify the stored results that running stages will read; damaged ones are discarded and rerun.
-    let mut damaged = Vec::new();
-    let mut verified: HashSet<usize> = HashSet::new();
-    loop {
-        let needed: Vec<usize> = to_run
-            .iter()
-            .flat_map(|&i| plan.stage(StageId(i as u32)).def.inputs.iter().map(|id| id.0 as usize))
-            .filter(|i| !to_run.contains(i) && verified.insert(*i))
-            .collect();
-        if needed.is_empty() {
-            break;
-        }
-        let problems: Vec<(usize, Vec<String>)> = needed
-            .par_iter()
-            .map(|&i| {
-                (
-                    i,
-                    Manifest::verify(&store.entry_dir(&plan.stage(StageId(i as u32)).key)),
-                )
-            })
-            .filter(|(_, p)| !p.is_empty())
-            .collect();
-        for (i, p) in problems {
-            let stage = plan.stage(StageId(i as u32));
-            if !opts.dry_run {
-                store
-                    .remove_entry(&stage.key)
-                    .map_err(|e| format!("cannot discard the damaged entry of `{}`: {e}", stage.def.name))?;
-            }
-            damaged.push((stage.def.name.clone(), p));
-            reasons[i] = vec!["stored result is damaged".into()];
-            to_run.insert(i);
-        }
-    }
-
-    let mut results: Vec<Option<StageResult>> = (0..n)
-        .map(|i| {
-            selected[i].then(|| StageResult {
-                outcome: if to_run.contains(&i) {
-                    Outcome::Skipped
-                } else {
-                    Outcome::Cached
-                },
-                time_s: 0.0,
-                metrics: BTreeMap::new(),
-                error: None,
-                reasons: std::mem::take(&mut reasons[i]),
-            })
-        })
-        .collect();
+    let Prepared {
+        mut results,
+        to_run,
+        damaged,
+    } = prepare(plan, store, opts)?;
     if opts.dry_run {
         return Ok(RunReport {
             stages: results,
@@ -166,11 +107,7 @@ pub fn run(
     // Cores are shared among the stages that can run at once (a lone training stage gets them all).
     let at_once = jobs.min(order.len()).max(1);
     let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / at_once).max(1);
-    let pipeline_dir = pipeline
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."));
+    let pipeline_dir = pipeline_dir(pipeline);
     let display = Display::new(order.len());
     let outcomes: Mutex<Vec<Option<Finished>>> = Mutex::new(vec![None; order.len()]);
     let counts = Mutex::new((0usize, 0usize));
@@ -245,8 +182,101 @@ pub fn run(
     Ok(report)
 }
 
+/// What a run decided before running anything.
+pub struct Prepared {
+    /// One per plan stage: cached, or skipped until it runs (None when not selected).
+    pub results: Vec<Option<StageResult>>,
+    /// The plan indices of the stages that must run.
+    pub to_run: HashSet<usize>,
+    /// Damaged entries that were found and discarded: (stage name, problems).
+    pub damaged: Vec<(String, Vec<String>)>,
+}
+
+/// Decides what must run (selected stages whose result is not stored), after verifying the stored
+/// results that running stages will read (damaged ones are discarded and rerun, unless dry run).
+pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared, String> {
+    let n = plan.len();
+    let selected = select(plan, &opts.only)?;
+    store.clean_tmp();
+
+    // What must run: selected stages whose result is not stored.
+    let mut to_run: HashSet<usize> = HashSet::new();
+    let mut reasons: Vec<Vec<String>> = vec![Vec::new(); n];
+    for (i, v) in verdicts(plan, store, &selected).into_iter().enumerate() {
+        if let Some(Verdict::Run(r)) = v {
+            reasons[i] = r;
+            to_run.insert(i);
+        }
+    }
+
+    // Verify the stored results that running stages will read; damaged ones are discarded and rerun.
+    let mut damaged = Vec::new();
+    let mut verified: HashSet<usize> = HashSet::new();
+    loop {
+        let needed: Vec<usize> = to_run
+            .iter()
+            .flat_map(|&i| plan.stage(StageId(i as u32)).def.inputs.iter().map(|id| id.0 as usize))
+            .filter(|i| !to_run.contains(i) && verified.insert(*i))
+            .collect();
+        if needed.is_empty() {
+            break;
+        }
+        let problems: Vec<(usize, Vec<String>)> = needed
+            .par_iter()
+            .map(|&i| {
+                (
+                    i,
+                    Manifest::verify(&store.entry_dir(&plan.stage(StageId(i as u32)).key)),
+                )
+            })
+            .filter(|(_, p)| !p.is_empty())
+            .collect();
+        for (i, p) in problems {
+            let stage = plan.stage(StageId(i as u32));
+            if !opts.dry_run {
+                store
+                    .remove_entry(&stage.key)
+                    .map_err(|e| format!("cannot discard the damaged entry of `{}`: {e}", stage.def.name))?;
+            }
+            damaged.push((stage.def.name.clone(), p));
+            reasons[i] = vec!["stored result is damaged".into()];
+            to_run.insert(i);
+        }
+    }
+
+    let results: Vec<Option<StageResult>> = (0..n)
+        .map(|i| {
+            selected[i].then(|| StageResult {
+                outcome: if to_run.contains(&i) {
+                    Outcome::Skipped
+                } else {
+                    Outcome::Cached
+                },
+                time_s: 0.0,
+                metrics: BTreeMap::new(),
+                error: None,
+                reasons: std::mem::take(&mut reasons[i]),
+            })
+        })
+        .collect();
+    Ok(Prepared {
+        results,
+        to_run,
+        damaged,
+    })
+}
+
+/// The pipeline file's directory, where stages run and relative paths point.
+pub fn pipeline_dir(pipeline: &Path) -> PathBuf {
+    pipeline
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
 /// "needs `x`, which failed" for a skipped stage (the nearest failed ancestor), or a stop notice.
-fn skip_reason(plan: &Plan, i: usize, failed: &HashSet<usize>) -> String {
+pub(crate) fn skip_reason(plan: &Plan, i: usize, failed: &HashSet<usize>) -> String {
     let mut stack = vec![i];
     let mut seen = HashSet::new();
     while let Some(s) = stack.pop() {
@@ -299,7 +329,8 @@ fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>, String> {
 }
 
 /// Runs one stage under its key's lock; the entry appears in the store only if it succeeds.
-fn run_stage(
+/// The local executor calls it on its workers; `rkd exec-stage` (the Slurm executor's job) calls it once.
+pub fn run_stage(
     plan: &Plan,
     stage: &PlanStage,
     store: &Store,
@@ -391,7 +422,7 @@ fn run_stage(
 }
 
 /// Copies a failed stage's log to `<store>/failed/<key>.log` (the entry itself is discarded).
-fn keep_failed_log(store: &Store, key: &crate::plan::key::Key, log: &Path) -> Option<PathBuf> {
+pub(crate) fn keep_failed_log(store: &Store, key: &crate::plan::key::Key, log: &Path) -> Option<PathBuf> {
     let dir = store.root.join("failed");
     std::fs::create_dir_all(&dir).ok()?;
     let dest = dir.join(format!("{}.log", hex(key)));
@@ -400,7 +431,7 @@ fn keep_failed_log(store: &Store, key: &crate::plan::key::Key, log: &Path) -> Op
 }
 
 /// The last lines of a log, indented.
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(8)..]
@@ -410,7 +441,8 @@ fn log_tail(path: &Path) -> String {
         .join("\n")
 }
 
-fn write_records(
+/// Writes the run record and updates the index of the latest record of each stage name.
+pub(crate) fn write_records(
     plan: &Plan,
     pipeline: &Path,
     source_text: &str,

@@ -43,14 +43,18 @@ pub trait Resolve {
     fn path(&mut self, path: &PathValue) -> Result<Key, Self::Error>;
 }
 
-/// The key of a stage of `op` with `params`.
+/// Parameters that say where and how a stage runs, not what it computes: not part of its key.
+pub const NOT_IN_KEY: &[&str] = &["resources"];
+
+/// The key of a stage of `op` with `params` (all but [`NOT_IN_KEY`]).
 pub fn stage_key<R: Resolve>(op: &OpSchema, params: &Params, resolve: &mut R) -> Result<Key, R::Error> {
     let mut h = blake3::Hasher::new();
     h.update(ENCODING.as_bytes());
     h.update(&[0]);
     str(&mut h, op.name);
     h.update(&op.version.to_le_bytes());
-    record(&mut h, params.iter(), params.len(), resolve)?;
+    let keyed = || params.iter().filter(|(k, _)| !NOT_IN_KEY.contains(&k.as_str()));
+    record(&mut h, keyed(), keyed().count(), resolve)?;
     Ok(*h.finalize().as_bytes())
 }
 

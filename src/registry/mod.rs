@@ -7,7 +7,7 @@ mod ops;
 mod schema;
 
 pub use functions::MAX_RANGE;
-pub use ops::{DISTILL, FUSE, PREDICT};
+pub use ops::{default_resources, resources, Resources, DISTILL, FUSE, PREDICT, RESOURCE_FIELDS};
 pub use schema::{ArgProblem, Default, OpKind, OpSchema, Output, ParamSchema, Range, Ty};
 
 /// Every entry, in documentation order.

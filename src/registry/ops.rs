@@ -109,6 +109,14 @@ const SPLIT: ParamSchema = p(
     "which split to evaluate on",
 );
 
+const RESOURCES: ParamSchema = p(
+    "resources",
+    Ty::Record,
+    D::Optional,
+    None,
+    "what a Slurm job of this stage asks for, e.g. {cpus: 8, mem: \"16G\", time: \"2h\", gpus: 1}",
+);
+
 /// `train`: supervised training of a model on a dataset.
 pub static TRAIN: OpSchema = OpSchema {
     name: "train",
@@ -132,9 +140,10 @@ pub static TRAIN: OpSchema = OpSchema {
         CLIP,
         SEED,
         MAX_STEPS,
+        RESOURCES,
     ],
     derive: None,
-    check: None,
+    check: Some(check_resources),
 };
 
 /// `distill`: Hinton knowledge distillation from one teacher.
@@ -172,9 +181,10 @@ pub static DISTILL: OpSchema = OpSchema {
         CLIP,
         SEED,
         MAX_STEPS,
+        RESOURCES,
     ],
     derive: None,
-    check: None,
+    check: Some(check_resources),
 };
 
 /// `fuse`: multi-agent distillation from several teachers' fused predictions.
@@ -225,9 +235,10 @@ pub static FUSE: OpSchema = OpSchema {
         CLIP,
         SEED,
         MAX_STEPS,
+        RESOURCES,
     ],
     derive: None,
-    check: Some(check_fuse),
+    check: Some(check_fuse_and_resources),
 };
 
 fn check_fuse(params: &Params) -> Vec<ArgProblem> {
@@ -291,9 +302,10 @@ pub static PREDICT: OpSchema = OpSchema {
             Some(Range::at_least(1.0)),
             "examples per forward pass",
         ),
+        RESOURCES,
     ],
     derive: None,
-    check: None,
+    check: Some(check_resources),
 };
 
 /// `qlora`: NF4-quantised base with trained LoRA adapters.
@@ -365,9 +377,10 @@ pub static QLORA: OpSchema = OpSchema {
         ),
         SEED,
         MAX_STEPS,
+        RESOURCES,
     ],
     derive: None,
-    check: Some(check_qlora),
+    check: Some(check_qlora_and_resources),
 };
 
 fn check_qlora(params: &Params) -> Vec<ArgProblem> {
@@ -417,9 +430,10 @@ pub static PRUNE: OpSchema = OpSchema {
         p("data", Ty::Dataset, D::Optional, None, "dataset for fine-tuning"),
         LR,
         SEED,
+        RESOURCES,
     ],
     derive: None,
-    check: Some(check_prune),
+    check: Some(check_prune_and_resources),
 };
 
 fn check_prune(params: &Params) -> Vec<ArgProblem> {
@@ -442,9 +456,10 @@ pub static EVAL: OpSchema = OpSchema {
         DATA,
         SPLIT,
         BATCH,
+        RESOURCES,
     ],
     derive: None,
-    check: None,
+    check: Some(check_resources),
 };
 
 /// `report`: the comparison table and plots.
@@ -470,9 +485,10 @@ pub static REPORT: OpSchema = OpSchema {
             "the reference for retention and compression (default: the first model)",
         ),
         SPLIT,
+        RESOURCES,
     ],
     derive: None,
-    check: None,
+    check: Some(check_resources),
 };
 
 /// `exec`: a shell command as a stage.
@@ -510,7 +526,223 @@ pub static EXEC: OpSchema = OpSchema {
             None,
             "values passed as RKD_PARAM_<NAME> environment variables",
         ),
+        RESOURCES,
     ],
     derive: None,
-    check: None,
+    check: Some(check_resources),
 };
+
+fn check_fuse_and_resources(params: &Params) -> Vec<ArgProblem> {
+    let mut problems = check_fuse(params);
+    problems.extend(check_resources(params));
+    problems
+}
+
+fn check_qlora_and_resources(params: &Params) -> Vec<ArgProblem> {
+    let mut problems = check_qlora(params);
+    problems.extend(check_resources(params));
+    problems
+}
+
+fn check_prune_and_resources(params: &Params) -> Vec<ArgProblem> {
+    let mut problems = check_prune(params);
+    problems.extend(check_resources(params));
+    problems
+}
+
+/// The fields a stage's `resources:` record may have.
+pub const RESOURCE_FIELDS: &[&str] = &["cpus", "mem", "time", "gpus"];
+
+/// What a stage's Slurm job asks for: the op's defaults, overridden by the stage's `resources:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resources {
+    /// CPU cores (`--cpus-per-task`).
+    pub cpus: u32,
+    /// Memory, as Slurm writes it (`--mem`, e.g. "16G"); None leaves the cluster's default.
+    pub mem: Option<String>,
+    /// Time limit in Slurm's format (`--time`, e.g. "2:00:00"); None leaves the partition's default.
+    pub time: Option<String>,
+    /// GPUs (`--gres=gpu:N`); 0 asks for none.
+    pub gpus: u32,
+}
+
+/// The default resources of a stage op: training ops get more cores and memory than `exec`.
+pub fn default_resources(op: &str) -> Resources {
+    let (cpus, mem, time) = match op {
+        "train" | "distill" | "fuse" | "qlora" | "prune" => (8, Some("16G"), Some("12:00:00")),
+        "eval" | "predict" | "report" => (4, Some("8G"), Some("2:00:00")),
+        _ => (1, None, None),
+    };
+    Resources {
+        cpus,
+        mem: mem.map(String::from),
+        time: time.map(String::from),
+        gpus: 0,
+    }
+}
+
+/// A stage's resources: its op's defaults with the fields its `resources:` record gives.
+/// The record was checked when the pipeline compiled, so fields that do not parse are ignored.
+pub fn resources(op: &str, params: &Params) -> Resources {
+    let mut r = default_resources(op);
+    let Some(Value::Record(fields)) = params.get("resources") else {
+        return r;
+    };
+    if let Some(Value::Int(n)) = fields.get("cpus") {
+        r.cpus = u32::try_from(*n).unwrap_or(r.cpus);
+    }
+    if let Some(Value::Int(n)) = fields.get("gpus") {
+        r.gpus = u32::try_from(*n).unwrap_or(r.gpus);
+    }
+    if let Some(m) = fields.get("mem").and_then(|v| slurm_mem(v).ok()) {
+        r.mem = Some(m);
+    }
+    if let Some(t) = fields.get("time").and_then(|v| slurm_time(v).ok()) {
+        r.time = Some(t);
+    }
+    r
+}
+
+/// `mem:` as Slurm's `--mem`: a whole number of megabytes, or a string like "512M", "16G", "1T".
+fn slurm_mem(v: &Value) -> Result<String, String> {
+    let bad = || format!("`mem` must be a size like \"16G\", \"512M\" or a number of megabytes, not {v}");
+    match v {
+        Value::Int(n) if *n > 0 => Ok(format!("{n}M")),
+        Value::Str(s) => {
+            let s = s.trim();
+            let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+                Some((i, _)) => s.split_at(i),
+                None => (s, "M"),
+            };
+            let unit = unit.to_ascii_uppercase();
+            let unit = unit.strip_suffix('B').unwrap_or(&unit);
+            match (digits.parse::<u64>(), unit) {
+                (Ok(n), "K" | "M" | "G" | "T") if n > 0 => Ok(format!("{n}{unit}")),
+                _ => Err(bad()),
+            }
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// `time:` as Slurm's `--time`: minutes as a number, "30m", "2h", "1d", "90s", or Slurm's own
+/// forms ("2:00:00", "1-12:00:00").
+fn slurm_time(v: &Value) -> Result<String, String> {
+    let bad = || format!("`time` must be like \"30m\", \"2h\", \"1d\", \"2:00:00\" or a number of minutes, not {v}");
+    match v {
+        Value::Int(n) if *n > 0 => Ok(n.to_string()),
+        Value::Str(s) => {
+            let s = s.trim();
+            if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == ':' || c == '-') {
+                let ok = s
+                    .split([':', '-'])
+                    .all(|part| !part.is_empty() && part.parse::<u64>().is_ok());
+                return if ok && s.matches('-').count() <= 1 {
+                    Ok(s.to_string())
+                } else {
+                    Err(bad())
+                };
+            }
+            let (num, unit) = s.split_at(s.len().saturating_sub(1));
+            let n: u64 = num.parse().map_err(|_| bad())?;
+            if n == 0 {
+                return Err(bad());
+            }
+            Ok(match unit {
+                "s" => format!("{}:{:02}", n / 60, n % 60),
+                "m" => n.to_string(),
+                "h" => format!("{n}:00:00"),
+                "d" => format!("{n}-0"),
+                _ => return Err(bad()),
+            })
+        }
+        _ => Err(bad()),
+    }
+}
+
+fn check_resources(params: &Params) -> Vec<ArgProblem> {
+    let Some(Value::Record(fields)) = params.get("resources") else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    for (name, v) in fields.iter() {
+        let problem = match name.as_str() {
+            "cpus" => match v {
+                Value::Int(n) if *n >= 1 && *n <= i64::from(u32::MAX) => None,
+                _ => Some(format!("`cpus` must be a whole number >= 1, not {v}")),
+            },
+            "gpus" => match v {
+                Value::Int(n) if *n >= 0 && *n <= i64::from(u32::MAX) => None,
+                _ => Some(format!("`gpus` must be a whole number >= 0, not {v}")),
+            },
+            "mem" => slurm_mem(v).err(),
+            "time" => slurm_time(v).err(),
+            other => Some(format!(
+                "unknown resource `{other}`: a stage's resources are {}",
+                RESOURCE_FIELDS.join(", ")
+            )),
+        };
+        if let Some(p) = problem {
+            problems.push(("resources", p));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod resource_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    fn with(fields: &[(&str, Value)]) -> Params {
+        let record: BTreeMap<String, Value> = fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        let mut params = Params::new();
+        params.insert("resources".into(), Value::Record(Arc::new(record)));
+        params
+    }
+
+    #[test]
+    fn a_stage_overrides_its_ops_defaults() {
+        assert_eq!(default_resources("exec").cpus, 1);
+        let r = resources(
+            "train",
+            &with(&[
+                ("cpus", Value::Int(2)),
+                ("mem", Value::str("512m")),
+                ("time", Value::str("2h")),
+            ]),
+        );
+        assert_eq!(r.cpus, 2);
+        assert_eq!(r.mem.as_deref(), Some("512M"));
+        assert_eq!(r.time.as_deref(), Some("2:00:00"));
+        assert_eq!(r.gpus, 0);
+        assert_eq!(
+            resources("exec", &with(&[("time", Value::Int(5))])).time.as_deref(),
+            Some("5")
+        );
+        assert_eq!(
+            resources("exec", &with(&[("time", Value::str("1-12:00:00"))]))
+                .time
+                .as_deref(),
+            Some("1-12:00:00")
+        );
+    }
+
+    #[test]
+    fn unknown_or_malformed_fields_are_reported() {
+        let problems = check_resources(&with(&[
+            ("cpu", Value::Int(2)),
+            ("mem", Value::str("lots")),
+            ("gpus", Value::Int(-1)),
+        ]));
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems.iter().any(|(_, m)| m.contains("unknown resource `cpu`")));
+        assert!(check_resources(&with(&[
+            ("cpus", Value::Int(4)),
+            ("gpus", Value::Int(1)),
+            ("time", Value::str("30m"))
+        ]))
+        .is_empty());
+    }
+}

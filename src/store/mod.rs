@@ -9,6 +9,8 @@
 //! <store>/runs/            one YAML record per run, and index.json (the latest record of each stage name)
 //! <store>/stat-cache.json  file fingerprints by (path, size, mtime, inode)
 //! <store>/cache/           caches ops may use but never need (decoded image_folder images)
+//! <store>/specs/<key>.json the resolved stage a Slurm job runs (`rkd exec-stage`)
+//! <store>/slurm/           one JSON record per Slurm submission (job ids), job scripts and logs
 //! ```
 //! An entry directory appears only complete (rename is atomic), so a crash, Ctrl-C or kill -9
 //! leaves at most a directory in tmp/, which the next run removes.
@@ -91,6 +93,16 @@ impl Store {
     /// Where run records are.
     pub fn runs_dir(&self) -> PathBuf {
         self.root.join("runs")
+    }
+
+    /// Where the resolved stages that Slurm jobs run are written (`<key>.json`).
+    pub fn specs_dir(&self) -> PathBuf {
+        self.root.join("specs")
+    }
+
+    /// Where Slurm submissions are recorded, with their job scripts and logs.
+    pub fn slurm_dir(&self) -> PathBuf {
+        self.root.join("slurm")
     }
 
     /// The stat cache of file fingerprints.
