@@ -1,14 +1,18 @@
-//! Trainable building blocks made only of differentiable candle tensor ops.
+//! Trainable building blocks, differentiable end to end.
 //!
 //! candle-nn's fused `LayerNorm` / `layer_norm`, `softmax_last_dim` and `rms_norm` have no
-//! backward pass: gradients through them are silently dropped. Every layer here is a
-//! composition of ops that candle's autograd (`candle_core::backprop`) differentiates, and
-//! dropout draws its masks from the seeded [`Rng`] so that training is reproducible.
+//! backward pass: gradients through them are silently dropped. LayerNorm, softmax, GELU (erf)
+//! and dropout here run on f32 CPU tensors as the fused kernels of
+//! [`super::fused`] (with analytic backward passes), and otherwise as compositions of ops that
+//! candle's autograd (`candle_core::backprop`) differentiates (`*_composite`, also the fused
+//! kernels' test reference). Dropout draws its masks from the seeded [`Rng`] so that training
+//! is reproducible.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::config::HiddenAct;
+use super::fused;
 use super::lora::LoraBranch;
 use super::rng::Rng;
 
@@ -146,16 +150,27 @@ impl LayerNorm {
 }
 
 impl Module for LayerNorm {
+    /// The fused kernel ([`fused::layer_norm`]) for f32 CPU tensors, else the composite.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv_std = (var + self.eps)?.sqrt()?.recip()?;
-        centered
-            .broadcast_mul(&inv_std)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        if fused::fusable(x) && fused::fusable(&self.weight) && fused::fusable(&self.bias) {
+            fused::layer_norm(x, &self.weight, &self.bias, self.eps)
+        } else {
+            layer_norm_composite(self, x)
+        }
     }
+}
+
+/// `ln` applied to `x` from mean/variance tensor ops (differentiable by candle's autograd; the
+/// reference for [`fused::layer_norm`]).
+pub fn layer_norm_composite(ln: &LayerNorm, x: &Tensor) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv_std = (var + ln.eps)?.sqrt()?.recip()?;
+    centered
+        .broadcast_mul(&inv_std)?
+        .broadcast_mul(&ln.weight)?
+        .broadcast_add(&ln.bias)
 }
 
 /// Lookup table `[num, dim]` (backward through `index_select`).
@@ -199,22 +214,38 @@ impl Dropout {
         if !ctx.train || self.p <= 0.0 {
             return Ok(x.clone());
         }
+        if fused::fusable(x) {
+            return fused::mul_mask(x, dropout_mask_values(x.elem_count(), self.p, &mut ctx.rng));
+        }
         let mask = dropout_mask(x.dims(), self.p, x.device(), &mut ctx.rng)?.to_dtype(x.dtype())?;
         x.mul(&mask)
     }
 }
 
+/// `n` mask values in `{0, 1/(1-p)}`, drawn from `rng` (the values of [`dropout_mask`]).
+pub fn dropout_mask_values(n: usize, p: f64, rng: &mut Rng) -> Vec<f32> {
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let p = p as f32;
+    (0..n).map(|_| if rng.uniform_f32() < p { 0.0 } else { keep }).collect()
+}
+
 /// A `{0, 1/(1-p)}` f32 mask of the given shape, drawn from `rng`.
 pub fn dropout_mask(dims: &[usize], p: f64, device: &Device, rng: &mut Rng) -> Result<Tensor> {
     let n: usize = dims.iter().product();
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let p = p as f32;
-    let values: Vec<f32> = (0..n).map(|_| if rng.uniform_f32() < p { 0.0 } else { keep }).collect();
-    Tensor::from_vec(values, dims, device)
+    Tensor::from_vec(dropout_mask_values(n, p, rng), dims, device)
 }
 
-/// Applies the configured activation (all variants have a backward in candle).
+/// Applies the configured activation: GELU (erf) through the fused kernel for f32 CPU tensors,
+/// otherwise [`activation_composite`].
 pub fn activation(x: &Tensor, act: HiddenAct) -> Result<Tensor> {
+    match act {
+        HiddenAct::Gelu if fused::fusable(x) => fused::gelu_erf(x),
+        _ => activation_composite(x, act),
+    }
+}
+
+/// Applies the configured activation with candle's own ops (all variants have a backward).
+pub fn activation_composite(x: &Tensor, act: HiddenAct) -> Result<Tensor> {
     match act {
         HiddenAct::Gelu => x.gelu_erf(),
         HiddenAct::GeluTanh => x.gelu(),
@@ -222,10 +253,20 @@ pub fn activation(x: &Tensor, act: HiddenAct) -> Result<Tensor> {
     }
 }
 
+/// Softmax over the last dimension: the fused kernel for f32 CPU tensors, otherwise
+/// [`softmax_composite`].
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fused::fusable(x) {
+        fused::softmax_last_dim(x)
+    } else {
+        softmax_composite(x)
+    }
+}
+
 /// Softmax over the last dimension as `exp(x - max) / sum`, differentiable.
 ///
 /// The max is detached: it only stabilises the exponent and its gradient cancels exactly.
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+pub fn softmax_composite(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;

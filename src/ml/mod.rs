@@ -12,6 +12,7 @@ pub mod bert;
 pub mod checkpoint;
 pub mod config;
 pub mod distill;
+pub mod fused;
 pub mod layers;
 pub mod lora;
 pub mod metrics;

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Side by side: `rkd bench train --json` against bench/torch_bench.sh, same threads and steps.
+
+    bench/compare.py --rkd target/release/rkd --threads 2 --steps 5 [--rounds 2]
+
+Runs the two one after the other (`--rounds` alternates them and takes each entry's median,
+which evens out a shared machine's load) and prints one row per measurement with the ratio
+rkd / torch (below 1.0: rkd is faster). `--torch-json FILE` reuses a saved torch result instead
+of running torch; `--json` prints everything as JSON.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODELS = [("bert_mini", "BERT-mini"), ("vit", "ViT")]
+MEASURES = [("train_step_s", "train step"), ("infer_s", "inference")]
+
+
+def run_json(cmd):
+    """Runs cmd and parses the last line of its stdout as JSON."""
+    print("+ " + " ".join(cmd), file=sys.stderr)
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def medians(runs):
+    """Per model and measure, the median over runs."""
+    return {m: {k: statistics.median(r[m][k] for r in runs) for k, _ in MEASURES} for m, _ in MODELS}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rkd", default=os.path.join(HERE, "..", "target", "release", "rkd"), help="the rkd binary")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=1, help="alternate rkd and torch this many times")
+    ap.add_argument("--torch-json", help="a saved torch_bench.py --json result instead of running torch")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = ap.parse_args(argv)
+    common = ["--threads", str(args.threads), "--steps", str(args.steps), "--json"]
+    rkd_runs, torch_runs = [], []
+    for _ in range(max(args.rounds, 1)):
+        rkd_runs.append(run_json([args.rkd, "bench", "train"] + common))
+        if not args.torch_json:
+            torch_runs.append(run_json([os.path.join(HERE, "torch_bench.sh")] + common))
+    if args.torch_json:
+        with open(args.torch_json) as f:
+            torch_runs.append(json.load(f))
+    ours, theirs = medians(rkd_runs), medians(torch_runs)
+    if args.json:
+        print(json.dumps({"rkd": ours, "torch": theirs}))
+        return 0
+    print(f"{'model':<10}  {'measure':<10}  {'rkd s':>8}  {'torch s':>8}  {'rkd/torch':>9}")
+    for m, label in MODELS:
+        for k, name in MEASURES:
+            a, b = ours[m][k], theirs[m][k]
+            print(f"{label:<10}  {name:<10}  {a:>8.3f}  {b:>8.3f}  {a / b:>8.2f}x")
+    print(f"({args.threads} threads, median of {args.steps} steps, {len(rkd_runs)} round(s))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
