@@ -49,6 +49,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
     let batches = dataset
         .batches(SplitName::Train, batch_size, None, false, &device)
         .map_err(|e| e.to_string())?;
+    let labels = dataset.labels(SplitName::Train);
     let mut logits = vec![0f32; n * classes];
     let mut correct = 0usize;
     for (i, b) in batches.iter().enumerate() {
@@ -60,7 +61,6 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
             .forward(&b.input, &mut ForwardCtx::eval())
             .and_then(|o| o.logits.to_dtype(DType::F32)?.to_vec2::<f32>())
             .map_err(|e| e.to_string())?;
-        let labels = dataset.labels(SplitName::Train);
         for (row, &ex) in out.iter().zip(&b.indices) {
             logits[ex * classes..(ex + 1) * classes].copy_from_slice(row);
             if argmax(row) == labels[ex] as usize {
@@ -76,7 +76,6 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         frozen.what,
         100.0 * accuracy
     );
-    let labels = dataset.labels(SplitName::Train).to_vec();
     let tensors = [
         (
             "logits",
@@ -84,7 +83,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         ),
         (
             "labels",
-            Tensor::from_vec(labels, n, &device).map_err(|e| e.to_string())?,
+            Tensor::from_slice(labels, n, &device).map_err(|e| e.to_string())?,
         ),
     ];
     let path = ctx.out_dir.join(FILE);

@@ -31,10 +31,11 @@ use candle_nn::VarBuilder;
 
 use super::model_source::{self, ModelSource};
 use super::train::{
-    cross_entropy_loss, fit, float, load_dataset, log_data, source_label, train_options, usize_param, FitOptions,
+    cross_entropy_loss, fit, float, load_dataset, log_data, run_metrics, source_label, train_options, usize_param,
+    write_train_metrics, FitOptions,
 };
 use super::{OpContext, OpOutput};
-use crate::data::{Dataset, SplitName};
+use crate::data::Dataset;
 use crate::ml::checkpoint::{save_quantized, save_tensors, Pretrained};
 use crate::ml::config::QuantizationConfig;
 use crate::ml::layers::Linear;
@@ -231,28 +232,11 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
     log_setup(ctx, &settings, &q);
     let report = train_adapters(ctx, &q, &dataset, &opts, batch_size)?;
     save_outputs(ctx, &settings, &q, &dataset, &base_dir)?;
-    let best = report.best_accuracy();
-    write_train_metrics(ctx, &source, &settings, &q, &dataset, &report, batch_size)?;
-    let mut out = OpOutput::default();
+    write_qlora_metrics(ctx, &source, &settings, &q, &dataset, &report, batch_size)?;
+    let mut out = OpOutput {
+        metrics: run_metrics(&report),
+    };
     let m = &mut out.metrics;
-    if let Some(a) = best {
-        m.insert("accuracy".into(), a);
-    }
-    if let Some(l) = report.final_loss() {
-        m.insert("loss".into(), l);
-    }
-    if let Some(l) = report
-        .best_epoch
-        .and_then(|b| report.epochs.iter().find(|e| e.epoch == b))
-        .and_then(|e| e.val_loss)
-    {
-        m.insert("val_loss".into(), l);
-    }
-    m.insert("epochs".into(), report.epochs.len() as f64);
-    if let Some(b) = report.best_epoch {
-        m.insert("best_epoch".into(), b as f64);
-    }
-    m.insert("steps".into(), report.total_steps() as f64);
     m.insert("params".into(), q.num_parameters() as f64);
     m.insert("trainable_params".into(), q.trainable.num_parameters() as f64);
     m.insert("nf4_bytes".into(), q.nf4_bytes() as f64);
@@ -389,7 +373,7 @@ fn save_outputs(
 }
 
 /// Writes `train_metrics.json`: the run, the QLoRA settings and the measured sizes.
-fn write_train_metrics(
+fn write_qlora_metrics(
     ctx: &mut OpContext,
     source: &ModelSource,
     s: &QloraSettings,
@@ -398,9 +382,7 @@ fn write_train_metrics(
     report: &TrainReport,
     batch_size: usize,
 ) -> Result<(), String> {
-    let details = serde_json::json!({
-        "source": source_label(source),
-        "params": q.num_parameters(),
+    let extra = serde_json::json!({
         "trainable_params": q.trainable.num_parameters(),
         "rank": s.lora.rank,
         "alpha": s.lora.alpha,
@@ -413,20 +395,16 @@ fn write_train_metrics(
         "double_quant": s.double_quant,
         "nf4_bytes": q.nf4_bytes(),
         "bits_per_param": bits_per_param(q),
-        "batch_size": batch_size,
-        "threads": ctx.threads,
-        "train_examples": dataset.len(SplitName::Train),
-        "validation_examples": dataset.len(SplitName::Validation),
-        "best_epoch": report.best_epoch,
-        "best_accuracy": report.best_accuracy(),
-        "planned_steps": report.planned_steps,
-        "warmup_steps": report.warmup_steps,
-        "epochs": report.epochs,
-        "steps": report.steps,
     });
-    let path = ctx.out_dir.join("train_metrics.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(&details).unwrap_or_default())
-        .map_err(|e| format!("{}: {e}", path.display()))
+    write_train_metrics(
+        ctx,
+        &source_label(source),
+        q.num_parameters(),
+        dataset,
+        report,
+        batch_size,
+        extra.as_object().cloned().unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]
@@ -435,6 +413,7 @@ mod tests {
 
     use super::super::train::testing::*;
     use super::*;
+    use crate::data::SplitName;
     use crate::engine::cancel::Cancel;
     use crate::ml::checkpoint::{load_pretrained, LoadOptions};
     use crate::ml::config::{BertConfig, ModelConfig};
@@ -925,29 +904,7 @@ mod tests {
     #[test]
     fn a_vit_works_too() {
         let dir = tempfile::tempdir().unwrap();
-        let data = spec(
-            "synthetic_images",
-            &[
-                ("seed", Value::Int(1)),
-                ("classes", Value::Int(3)),
-                ("train_size", Value::Int(96)),
-                ("val_size", Value::Int(48)),
-                ("image_size", Value::Int(16)),
-            ],
-        );
-        let vit = spec(
-            "vit",
-            &[
-                ("layers", Value::Int(1)),
-                ("hidden", Value::Int(32)),
-                ("heads", Value::Int(2)),
-                ("patch", Value::Int(4)),
-                ("image_size", Value::Int(16)),
-                ("channels", Value::Int(3)),
-                ("intermediate", Value::Int(64)),
-                ("dropout", Value::Float(0.0)),
-            ],
-        );
+        let (data, vit) = (image_data(), tiny_vit());
         let base = dir.path().join("base");
         let mut t = train_params(vit, 1, 1);
         t.insert("data".into(), data.clone());

@@ -8,6 +8,7 @@
 //! matrix products and the optimiser run their parallel parts (candle splits a product into
 //! `RAYON_NUM_THREADS` or as-many-as-cores tasks, executed by that pool).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -290,25 +291,44 @@ pub(super) fn finish(
     if let Some(tok) = &dataset.tokenizer {
         tok.save(&ctx.out_dir).map_err(|e| e.to_string())?;
     }
-    let best = report.best_accuracy();
     if let Some(e) = report.best_epoch {
         let _ = writeln!(
             ctx.log,
             "kept the weights of epoch {e}{}",
-            best.map(|a| format!(" (validation accuracy {:.2}%)", 100.0 * a))
+            report
+                .best_accuracy()
+                .map(|a| format!(" (validation accuracy {:.2}%)", 100.0 * a))
                 .unwrap_or_default()
         );
     }
     let n_params = params.num_parameters();
+    write_train_metrics(ctx, source, n_params, dataset, report, batch_size, extra)?;
+    let mut out = OpOutput {
+        metrics: run_metrics(report),
+    };
+    out.metrics.insert("params".into(), n_params as f64);
+    Ok(out)
+}
+
+/// Writes `train_metrics.json`: the run's setting, its loss curve and epochs, `extra` merged in.
+pub(super) fn write_train_metrics(
+    ctx: &OpContext,
+    source: &str,
+    params: usize,
+    dataset: &Dataset,
+    report: &TrainReport,
+    batch_size: usize,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Result<(), String> {
     let mut details = serde_json::json!({
         "source": source,
-        "params": n_params,
+        "params": params,
         "batch_size": batch_size,
         "threads": ctx.threads,
         "train_examples": dataset.len(SplitName::Train),
         "validation_examples": dataset.len(SplitName::Validation),
         "best_epoch": report.best_epoch,
-        "best_accuracy": best,
+        "best_accuracy": report.best_accuracy(),
         "planned_steps": report.planned_steps,
         "warmup_steps": report.warmup_steps,
         "epochs": report.epochs,
@@ -319,11 +339,14 @@ pub(super) fn finish(
     }
     let path = ctx.out_dir.join("train_metrics.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&details).unwrap_or_default())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
 
-    let mut out = OpOutput::default();
-    let m = &mut out.metrics;
-    if let Some(a) = best {
+/// A training run's headline metrics: the kept epoch's validation accuracy and loss, the last
+/// epoch's training loss, and the epochs and steps taken.
+pub(super) fn run_metrics(report: &TrainReport) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    if let Some(a) = report.best_accuracy() {
         m.insert("accuracy".into(), a);
     }
     if let Some(l) = report.final_loss() {
@@ -341,8 +364,7 @@ pub(super) fn finish(
         m.insert("best_epoch".into(), b as f64);
     }
     m.insert("steps".into(), report.total_steps() as f64);
-    m.insert("params".into(), n_params as f64);
-    Ok(out)
+    m
 }
 
 /// Helpers for the op tests: a hand-built stage context on synthetic data.
@@ -395,6 +417,37 @@ pub(super) mod testing {
                 ("max_position", Value::Int(32)),
                 ("dropout", Value::Float(0.1)),
                 ("attention_dropout", Value::Float(0.1)),
+            ],
+        )
+    }
+
+    /// A small generated image task (3 classes, 96 training and 48 validation 16 px images).
+    pub fn image_data() -> Value {
+        spec(
+            "synthetic_images",
+            &[
+                ("seed", Value::Int(1)),
+                ("classes", Value::Int(3)),
+                ("train_size", Value::Int(96)),
+                ("val_size", Value::Int(48)),
+                ("image_size", Value::Int(16)),
+            ],
+        )
+    }
+
+    /// A 1-layer ViT of width 32 for [`image_data`] (patch 4, no dropout).
+    pub fn tiny_vit() -> Value {
+        spec(
+            "vit",
+            &[
+                ("layers", Value::Int(1)),
+                ("hidden", Value::Int(32)),
+                ("heads", Value::Int(2)),
+                ("patch", Value::Int(4)),
+                ("image_size", Value::Int(16)),
+                ("channels", Value::Int(3)),
+                ("intermediate", Value::Int(64)),
+                ("dropout", Value::Float(0.0)),
             ],
         )
     }
@@ -574,29 +627,7 @@ mod tests {
     #[test]
     fn trains_a_tiny_vit_on_generated_images() {
         let dir = tempfile::tempdir().unwrap();
-        let data = spec(
-            "synthetic_images",
-            &[
-                ("seed", Value::Int(1)),
-                ("classes", Value::Int(3)),
-                ("train_size", Value::Int(96)),
-                ("val_size", Value::Int(48)),
-                ("image_size", Value::Int(16)),
-            ],
-        );
-        let vit = spec(
-            "vit",
-            &[
-                ("layers", Value::Int(1)),
-                ("hidden", Value::Int(32)),
-                ("heads", Value::Int(2)),
-                ("patch", Value::Int(4)),
-                ("image_size", Value::Int(16)),
-                ("channels", Value::Int(3)),
-                ("intermediate", Value::Int(64)),
-                ("dropout", Value::Float(0.0)),
-            ],
-        );
+        let (data, vit) = (image_data(), tiny_vit());
         let mut params = train_params(vit, 2, 1);
         params.insert("data".into(), data);
         let out = dir.path().join("v");
