@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 use super::attention::SelfAttention;
 use super::config::{BertConfig, HiddenAct};
 use super::layers::{activation, additive_attention_mask, Dropout, Embedding, ForwardCtx, LayerNorm, Linear};
-use super::output::ModelOutput;
+use super::output::{ModelOutput, Trace};
 
 /// Word + position + token-type embeddings, LayerNorm and dropout (`bert.embeddings`).
 #[derive(Debug, Clone)]
@@ -197,30 +197,18 @@ impl BertForSequenceClassification {
             Some(m) => Some(additive_attention_mask(m, x.dtype())?),
             None => None,
         };
-        let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
-        let mut attentions = Vec::with_capacity(self.layers.len());
-        let mut attention_scores = Vec::with_capacity(self.layers.len());
-        hidden_states.push(x.clone());
+        let mut trace = Trace::start(&x, self.layers.len());
         for layer in &self.layers {
             let (y, probs, scores) = layer.forward(&x, mask.as_ref(), ctx)?;
+            trace.layer(&y, probs, scores);
             x = y;
-            hidden_states.push(x.clone());
-            attentions.push(probs);
-            attention_scores.push(scores);
         }
         let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
         let pooled = self.pooler.forward_ctx(&cls, ctx)?.tanh()?;
         let logits = self
             .classifier
             .forward_ctx(&self.classifier_dropout.forward(&pooled, ctx)?, ctx)?;
-        Ok(ModelOutput {
-            logits,
-            hidden_states,
-            attentions,
-            attention_scores,
-            last_hidden_state: x,
-            pooled,
-        })
+        Ok(trace.finish(logits, x, pooled))
     }
 
     /// Number of classes.

@@ -21,3 +21,42 @@ pub struct ModelOutput {
     /// normalised CLS token), before classifier dropout.
     pub pooled: Tensor,
 }
+
+/// Every layer's outputs, collected while an encoder runs (shared by BERT and ViT).
+pub(crate) struct Trace {
+    hidden_states: Vec<Tensor>,
+    attentions: Vec<Tensor>,
+    attention_scores: Vec<Tensor>,
+}
+
+impl Trace {
+    /// Starts with the embedding output, for an encoder of `layers` layers.
+    pub(crate) fn start(embeddings: &Tensor, layers: usize) -> Self {
+        let mut hidden_states = Vec::with_capacity(layers + 1);
+        hidden_states.push(embeddings.clone());
+        Self {
+            hidden_states,
+            attentions: Vec::with_capacity(layers),
+            attention_scores: Vec::with_capacity(layers),
+        }
+    }
+
+    /// Records one layer's output, attention probabilities and scores.
+    pub(crate) fn layer(&mut self, output: &Tensor, probs: Tensor, scores: Tensor) {
+        self.hidden_states.push(output.clone());
+        self.attentions.push(probs);
+        self.attention_scores.push(scores);
+    }
+
+    /// The model's output, with what was recorded.
+    pub(crate) fn finish(self, logits: Tensor, last_hidden_state: Tensor, pooled: Tensor) -> ModelOutput {
+        ModelOutput {
+            logits,
+            hidden_states: self.hidden_states,
+            attentions: self.attentions,
+            attention_scores: self.attention_scores,
+            last_hidden_state,
+            pooled,
+        }
+    }
+}

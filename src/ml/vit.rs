@@ -13,7 +13,7 @@ use candle_nn::VarBuilder;
 use super::attention::SelfAttention;
 use super::config::{HiddenAct, VitConfig};
 use super::layers::{activation, normal, Dropout, ForwardCtx, LayerNorm, Linear};
-use super::output::ModelOutput;
+use super::output::{ModelOutput, Trace};
 
 /// CLS token, patch projection and position embeddings (`vit.embeddings`).
 #[derive(Debug, Clone)]
@@ -192,28 +192,16 @@ impl VitForImageClassification {
     /// Runs the model on `[batch, channels, image_size, image_size]` normalised pixels.
     pub fn forward(&self, pixel_values: &Tensor, ctx: &mut ForwardCtx) -> Result<ModelOutput> {
         let mut x = self.embeddings.forward(pixel_values, ctx)?;
-        let mut hidden_states = Vec::with_capacity(self.layers.len() + 1);
-        let mut attentions = Vec::with_capacity(self.layers.len());
-        let mut attention_scores = Vec::with_capacity(self.layers.len());
-        hidden_states.push(x.clone());
+        let mut trace = Trace::start(&x, self.layers.len());
         for layer in &self.layers {
             let (y, probs, scores) = layer.forward(&x, ctx)?;
+            trace.layer(&y, probs, scores);
             x = y;
-            hidden_states.push(x.clone());
-            attentions.push(probs);
-            attention_scores.push(scores);
         }
         let last_hidden_state = self.layernorm.forward(&x)?;
         let pooled = last_hidden_state.narrow(1, 0, 1)?.squeeze(1)?;
         let logits = self.classifier.forward_ctx(&pooled, ctx)?;
-        Ok(ModelOutput {
-            logits,
-            hidden_states,
-            attentions,
-            attention_scores,
-            last_hidden_state,
-            pooled,
-        })
+        Ok(trace.finish(logits, last_hidden_state, pooled))
     }
 
     /// Number of classes.
