@@ -1,7 +1,7 @@
 //! Integration tests: the `rkd` binary on real `.rkd` files.
 
 mod common;
-use common::{repo, Test};
+use common::{by_name, repo, Test};
 use serde_json::Value;
 
 const TEACHER: &str =
@@ -15,13 +15,6 @@ fn plan_json(t: &Test, file: &str) -> Value {
 
 fn stages(plan: &Value) -> &Vec<Value> {
     plan["stages"].as_array().unwrap()
-}
-
-fn by_name<'a>(plan: &'a Value, name: &str) -> &'a Value {
-    stages(plan)
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no stage {name} in {plan:#}"))
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! students sharing one teacher whose predictions are computed once, and what reruns after an edit.
 
 mod common;
-use common::Test;
+use common::{by_name, sorted, Test};
 use serde_json::Value;
 
 const HEADER: &str = r#"
@@ -19,17 +19,6 @@ fn run_json(t: &Test) -> Value {
     let out = t.run_with(&["run", "p.rkd", "--json", "-j", "2"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr))
-}
-
-fn sorted(v: &Value) -> Vec<String> {
-    let mut names: Vec<String> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect();
-    names.sort();
-    names
 }
 
 fn sweep(alphas: &str) -> String {
@@ -82,15 +71,7 @@ fn the_three_strategies_run_end_to_end() {
         ]
     );
     let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
-    let stage = |name: &str| {
-        plan["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap_or_else(|| panic!("no {name}"))
-            .clone()
-    };
+    let stage = |name: &str| by_name(&plan, name);
     // successive: the second student learns from the first; the options reach every stage.
     assert!(stage("chain/step[1]")["inputs"]
         .as_array()

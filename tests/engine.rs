@@ -2,7 +2,7 @@
 //! interruption, concurrency and store integrity.
 
 mod common;
-use common::Test;
+use common::{by_name, key_of, sorted, Test};
 use serde_json::Value;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,17 +27,6 @@ fn run_json(t: &Test, extra: &[&str]) -> (i32, Value) {
     let json =
         serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
     (out.code, json)
-}
-
-fn sorted(v: &Value) -> Vec<String> {
-    let mut xs: Vec<String> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().to_string())
-        .collect();
-    xs.sort();
-    xs
 }
 
 fn ran_log(t: &Test) -> Vec<String> {
@@ -73,22 +62,12 @@ fn reruns_only_what_changed() {
     std::fs::write(t.path().join("p.rkd"), pipeline("2", "cp $RKD_INPUTS/x $RKD_OUT/x")).unwrap();
     let plan = t.run_with(&["plan", "p.rkd", "--json"]);
     let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
-    let b = plan["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "b")
-        .unwrap();
+    let b = by_name(&plan, "b");
     assert_eq!(
         b["reasons"],
         serde_json::json!(["parameter changed: params {\"v\":1} → {\"v\":2}"])
     );
-    let c = plan["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "c")
-        .unwrap();
+    let c = by_name(&plan, "c");
     assert_eq!(c["reasons"], serde_json::json!(["upstream changed: b"]));
     let (_, changed) = run_json(&t, &[]);
     assert_eq!(sorted(&changed["ran"]), ["b", "c"]);
@@ -171,18 +150,11 @@ fn damaged_entries_are_reported_and_rerun() {
     assert_eq!(t.run_with(&["verify"]).code, 0);
     // Damage b's output.
     let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
-    let key_of = |name: &str| {
-        plan["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()["key"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    std::fs::write(t.path().join(".rkd/entries").join(key_of("b")).join("out/x"), "B\n2\n").unwrap();
+    std::fs::write(
+        t.path().join(".rkd/entries").join(key_of(&plan, "b")).join("out/x"),
+        "B\n2\n",
+    )
+    .unwrap();
     let verify = t.run_with(&["verify"]);
     assert_eq!(verify.code, 1);
     assert!(verify.stdout.contains("out/x: content changed"), "{}", verify.stdout);
@@ -204,15 +176,7 @@ fn damaged_entries_are_reported_and_rerun() {
 
 fn key_of_c(t: &Test) -> String {
     let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
-    plan["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "c")
-        .unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    key_of(&plan, "c")
 }
 
 fn spawn_run(t: &Test) -> std::process::Child {

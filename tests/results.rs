@@ -1,7 +1,7 @@
 //! `rkd run` to the end of a study — pruning and a report — then `rkd report` and `rkd export`.
 
 mod common;
-use common::Test;
+use common::{key_of, sorted, Test};
 use serde_json::Value;
 
 const PIPELINE: &str = r#"
@@ -41,17 +41,7 @@ fn a_study_ends_in_a_report_and_its_models_export() {
         assert!(table.contains(needle), "{needle} missing from\n{table}");
     }
     let plan: Value = serde_json::from_str(&run_ok(&t, &["plan", "p.rkd", "--json"])).unwrap();
-    let key = |name: &str| {
-        plan["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()["key"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let key = |name: &str| key_of(&plan, name);
     let report: Value = serde_json::from_str(
         &std::fs::read_to_string(
             t.path()
@@ -128,14 +118,7 @@ stage results = report(models: [teacher] + direct + chain + [fused] + tuned + [q
 fn ran(t: &Test) -> Vec<String> {
     let out = run_ok(t, &["run", "p.rkd", "--json", "-j", "2"]);
     let v: Value = serde_json::from_str(out.trim()).unwrap();
-    let mut names: Vec<String> = v["ran"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect();
-    names.sort();
-    names
+    sorted(&v["ran"])
 }
 
 #[test]

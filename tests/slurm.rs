@@ -7,7 +7,7 @@
 //! Slurm executor, and the notes must say so.
 
 mod common;
-use common::Test;
+use common::{sorted, Test};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::Write;
@@ -67,17 +67,6 @@ fn run_json(t: &Test, extra: &[&str]) -> (i32, Value, String) {
     (out.code, json, out.stderr)
 }
 
-fn names(v: &Value) -> Vec<String> {
-    let mut xs: Vec<String> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_str().unwrap().to_string())
-        .collect();
-    xs.sort();
-    xs
-}
-
 /// Stage name → key, from `rkd plan --json`.
 fn keys(t: &Test) -> HashMap<String, String> {
     let out = t.run_with(&["plan", "p.rkd", "--json"]);
@@ -112,7 +101,7 @@ fn a_fan_out_and_a_join_run_as_dependent_slurm_jobs() {
     let t = Test::new().file("p.rkd", &diamond());
     let (code, first, stderr) = run_json(&t, &[]);
     assert_eq!(code, 0, "{first}\n{stderr}");
-    assert_eq!(names(&first["ran"]), ["a", "b", "c", "d"], "{stderr}");
+    assert_eq!(sorted(&first["ran"]), ["a", "b", "c", "d"], "{stderr}");
 
     // Dependency order, from the jobs' own clocks: each stage started after its upstream ended.
     let k = keys(&t);
@@ -143,12 +132,12 @@ fn a_fan_out_and_a_join_run_as_dependent_slurm_jobs() {
     // A rerun submits nothing; a local run sees the Slurm results as cached.
     let (code, again, stderr) = run_json(&t, &[]);
     assert_eq!(code, 0);
-    assert_eq!(names(&again["ran"]), Vec::<String>::new());
-    assert_eq!(names(&again["cached"]), ["a", "b", "c", "d"]);
+    assert_eq!(sorted(&again["ran"]), Vec::<String>::new());
+    assert_eq!(sorted(&again["cached"]), ["a", "b", "c", "d"]);
     assert!(!stderr.contains("submitted"), "{stderr}");
     let local = t.run_with(&["run", "p.rkd", "--json"]);
     let local: Value = serde_json::from_str(local.stdout.trim()).unwrap();
-    assert_eq!(names(&local["cached"]), ["a", "b", "c", "d"]);
+    assert_eq!(sorted(&local["cached"]), ["a", "b", "c", "d"]);
 
     // And the other way: a stage added and run locally is not submitted.
     std::fs::write(
@@ -161,9 +150,9 @@ fn a_fan_out_and_a_join_run_as_dependent_slurm_jobs() {
     .unwrap();
     let local = t.run_with(&["run", "p.rkd", "--json"]);
     let local: Value = serde_json::from_str(local.stdout.trim()).unwrap();
-    assert_eq!(names(&local["ran"]), ["e"]);
+    assert_eq!(sorted(&local["ran"]), ["e"]);
     let (_, after, _) = run_json(&t, &[]);
-    assert_eq!(names(&after["cached"]), ["a", "b", "c", "d", "e"]);
+    assert_eq!(sorted(&after["cached"]), ["a", "b", "c", "d", "e"]);
 }
 
 #[test]
@@ -182,9 +171,9 @@ stage free = exec(cmd: "sleep 2; date +%s.%N > $RKD_OUT/t")
     );
     let (code, out, stderr) = run_json(&t, &["--keep-going"]);
     assert_eq!(code, 1, "{out}\n{stderr}");
-    assert_eq!(names(&out["ran"]), ["a", "free"], "{stderr}");
-    assert_eq!(names(&out["failed"]), ["bad"]);
-    assert_eq!(names(&out["skipped"]), ["after", "last"]);
+    assert_eq!(sorted(&out["ran"]), ["a", "free"], "{stderr}");
+    assert_eq!(sorted(&out["failed"]), ["bad"]);
+    assert_eq!(sorted(&out["skipped"]), ["after", "last"]);
     assert!(!t.path().join("ran-after").exists(), "a dependent of a failed job ran");
     assert!(!t.path().join("ran-last").exists(), "a dependent of a failed job ran");
 

@@ -2,7 +2,7 @@
 //! then evaluated; the stored artifacts, the cache, and bit-identical weights across runs.
 
 mod common;
-use common::Test;
+use common::{key_of, Test};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -25,16 +25,7 @@ fn run_json(t: &Test, extra: &[&str]) -> Value {
 fn entry(t: &Test, store: &str, name: &str) -> PathBuf {
     let out = t.run_with(&["plan", "p.rkd", "--json", "--store", store]);
     let plan: Value = serde_json::from_str(&out.stdout).unwrap();
-    let key = plan["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no stage {name}"))["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    t.path().join(store).join("entries").join(key)
+    t.path().join(store).join("entries").join(key_of(&plan, name))
 }
 
 fn json_file(p: &Path) -> Value {

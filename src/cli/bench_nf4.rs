@@ -9,6 +9,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use super::bench::median;
 use crate::ml::nf4::{Nf4Error, Nf4Tensor, DEFAULT_BLOCK_SIZE};
 use crate::ml::train::with_threads;
 use crate::ml::Rng;
@@ -31,16 +32,6 @@ pub struct Row {
     pub gbps: f64,
     /// Stored bits per parameter of the quantized matrix.
     pub bits_per_parameter: f64,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// Median seconds of `runs` timed calls of `f` after `WARMUP` untimed ones.
@@ -166,11 +157,5 @@ mod tests {
             }
         }
         assert_eq!(results[0]["bits_per_parameter"].as_f64().unwrap(), 4.5);
-    }
-
-    #[test]
-    fn median_of_odd_and_even() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }

@@ -10,6 +10,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use super::bench::median;
 use candle_core::{DType, Device, Tensor};
 
 use crate::ml::optim::{clip_scale, AdamW, AdamWConfig};
@@ -94,16 +95,6 @@ fn inputs(case: &Case, dev: &Device) -> candle_core::Result<(ModelInput, Tensor)
     };
     let labels: Vec<u32> = (0..b).map(|_| rng.below(classes as u64) as u32).collect();
     Ok((input, Tensor::from_vec(labels, b, dev)?))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// Times `f` `warmup + steps` times; the median of the last `steps`.
@@ -243,12 +234,6 @@ mod tests {
                 assert!(s > 0.0 && s.is_finite(), "{k} = {s}");
             }
         }
-    }
-
-    #[test]
-    fn median_of_odd_and_even() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 
     #[test]

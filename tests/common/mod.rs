@@ -89,3 +89,30 @@ impl Test {
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// The stage named `name` in a `plan --json` answer.
+pub fn by_name<'a>(plan: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    plan["stages"]
+        .as_array()
+        .expect("a plan lists stages")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no stage {name} in {plan:#}"))
+}
+
+/// The key of the stage named `name` in a `plan --json` answer.
+pub fn key_of(plan: &serde_json::Value, name: &str) -> String {
+    by_name(plan, name)["key"].as_str().expect("a key").to_string()
+}
+
+/// A JSON list of names, sorted.
+pub fn sorted(v: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = v
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|x| x.as_str().expect("a name").to_string())
+        .collect();
+    names.sort();
+    names
+}
