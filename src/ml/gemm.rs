@@ -1,0 +1,198 @@
+//! Matrix products on strided f32 views, through the `gemm` crate (candle's own CPU kernel).
+//!
+//! candle's `matmul` zero-fills a fresh output and cannot accumulate into an existing buffer or
+//! read a sub-matrix with arbitrary strides; the fused ops ([`super::fused_linear`],
+//! [`super::fused_attention`]) call this instead.
+
+use gemm::Parallelism;
+
+/// A read-only `rows × cols` matrix inside `data`: element `(i, j)` is `data[i·rs + j·cs]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Mat<'a> {
+    /// The backing slice.
+    pub data: &'a [f32],
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// Distance between rows.
+    pub rs: usize,
+    /// Distance between columns.
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major `rows × cols` matrix (`rs = cols`, `cs = 1`).
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self::strided(data, rows, cols, cols, 1)
+    }
+
+    /// A matrix with explicit strides.
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        Self { data, rows, cols, rs, cs }
+    }
+
+    /// The transpose (a view: swaps the shape and the strides).
+    pub fn t(self) -> Self {
+        Self {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    fn check(&self, what: &str) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
+            assert!(last < self.data.len(), "{what}: view past the end of its slice");
+        }
+    }
+}
+
+/// A writable `rows × cols` matrix inside `data` (same layout rules as [`Mat`]).
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    /// The backing slice.
+    pub data: &'a mut [f32],
+    /// Number of rows.
+    pub rows: usize,
+    /// Number of columns.
+    pub cols: usize,
+    /// Distance between rows.
+    pub rs: usize,
+    /// Distance between columns.
+    pub cs: usize,
+}
+
+impl<'a> MatMut<'a> {
+    /// A row-major `rows × cols` matrix.
+    pub fn rows(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        Self::strided(data, rows, cols, cols, 1)
+    }
+
+    /// A matrix with explicit strides.
+    pub fn strided(data: &'a mut [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        Self { data, rows, cols, rs, cs }
+    }
+}
+
+/// Whether a product runs on one thread or on the current rayon pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// The calling thread only (for products already inside a parallel loop).
+    One,
+    /// All threads of the current rayon pool.
+    Pool,
+}
+
+/// `dst = scale·lhs·rhs`, or `dst += scale·lhs·rhs` with `accumulate`; `dst` need not be
+/// initialised when not accumulating. Panics if the shapes disagree or a view leaves its slice
+/// (a programming error, not an input error).
+pub fn matmul(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, accumulate: bool, threads: Threads) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(rhs.rows, k, "matmul: inner dimensions differ");
+    assert_eq!((dst.rows, dst.cols), (m, n), "matmul: destination shape");
+    lhs.check("lhs");
+    rhs.check("rhs");
+    if m > 0 && n > 0 {
+        let last = (m - 1) * dst.rs + (n - 1) * dst.cs;
+        assert!(last < dst.data.len(), "dst: view past the end of its slice");
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    dst.data[i * dst.rs + j * dst.cs] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    let parallelism = match threads {
+        Threads::Pool if rayon::current_num_threads() > 1 => Parallelism::Rayon(rayon::current_num_threads()),
+        _ => Parallelism::None,
+    };
+    // SAFETY: every element the kernel touches lies inside the slices (checked above); `dst`
+    // is borrowed mutably, so nothing else reads or writes it meanwhile.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.data.as_mut_ptr(),
+            dst.cs as isize,
+            dst.rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// A `Vec` of `n` floats whose contents will all be overwritten (no zero-filling pass).
+pub fn uninit_vec(n: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: f32 has no invalid bit patterns; callers overwrite every element before reading.
+    #[allow(clippy::uninit_vec)]
+    unsafe {
+        v.set_len(n)
+    };
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut c = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    #[test]
+    fn products_match_the_definition_with_transposes_scale_and_accumulation() {
+        let (m, k, n) = (7, 5, 9);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let want = naive(&a, &b, m, k, n);
+        let mut c = uninit_vec(m * n);
+        matmul(MatMut::rows(&mut c, m, n), Mat::rows(&a, m, k), Mat::rows(&b, k, n), 1.0, false, Threads::Pool);
+        for (x, y) in c.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-5);
+        }
+        // bᵀ stored as [n, k] and read through a transposed view; result scaled by 2 and added.
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        matmul(MatMut::rows(&mut c, m, n), Mat::rows(&a, m, k), Mat::rows(&bt, n, k).t(), 2.0, true, Threads::One);
+        for (x, y) in c.iter().zip(&want) {
+            assert!((x - 3.0 * y).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "past the end")]
+    fn a_view_outside_its_slice_is_refused() {
+        let a = vec![0.0; 6];
+        let mut c = vec![0.0; 4];
+        matmul(MatMut::rows(&mut c, 2, 2), Mat::rows(&a, 2, 4), Mat::rows(&a, 4, 2), 1.0, false, Threads::One);
+    }
+}
