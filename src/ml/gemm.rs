@@ -29,7 +29,13 @@ impl<'a> Mat<'a> {
 
     /// A matrix with explicit strides.
     pub fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
-        Self { data, rows, cols, rs, cs }
+        Self {
+            data,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
     }
 
     /// The transpose (a view: swaps the shape and the strides).
@@ -74,7 +80,13 @@ impl<'a> MatMut<'a> {
 
     /// A matrix with explicit strides.
     pub fn strided(data: &'a mut [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
-        Self { data, rows, cols, rs, cs }
+        Self {
+            data,
+            rows,
+            cols,
+            rs,
+            cs,
+        }
     }
 }
 
@@ -176,13 +188,27 @@ mod tests {
         let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
         let want = naive(&a, &b, m, k, n);
         let mut c = uninit_vec(m * n);
-        matmul(MatMut::rows(&mut c, m, n), Mat::rows(&a, m, k), Mat::rows(&b, k, n), 1.0, false, Threads::Pool);
+        matmul(
+            MatMut::rows(&mut c, m, n),
+            Mat::rows(&a, m, k),
+            Mat::rows(&b, k, n),
+            1.0,
+            false,
+            Threads::Pool,
+        );
         for (x, y) in c.iter().zip(&want) {
             assert!((x - y).abs() < 1e-5);
         }
         // bᵀ stored as [n, k] and read through a transposed view; result scaled by 2 and added.
         let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
-        matmul(MatMut::rows(&mut c, m, n), Mat::rows(&a, m, k), Mat::rows(&bt, n, k).t(), 2.0, true, Threads::One);
+        matmul(
+            MatMut::rows(&mut c, m, n),
+            Mat::rows(&a, m, k),
+            Mat::rows(&bt, n, k).t(),
+            2.0,
+            true,
+            Threads::One,
+        );
         for (x, y) in c.iter().zip(&want) {
             assert!((x - 3.0 * y).abs() < 1e-4);
         }
@@ -193,6 +219,13 @@ mod tests {
     fn a_view_outside_its_slice_is_refused() {
         let a = vec![0.0; 6];
         let mut c = vec![0.0; 4];
-        matmul(MatMut::rows(&mut c, 2, 2), Mat::rows(&a, 2, 4), Mat::rows(&a, 4, 2), 1.0, false, Threads::One);
+        matmul(
+            MatMut::rows(&mut c, 2, 2),
+            Mat::rows(&a, 2, 4),
+            Mat::rows(&a, 4, 2),
+            1.0,
+            false,
+            Threads::One,
+        );
     }
 }

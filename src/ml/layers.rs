@@ -13,6 +13,7 @@ use candle_nn::{Init, VarBuilder};
 
 use super::config::HiddenAct;
 use super::fused;
+use super::fused_linear;
 use super::lora::LoraBranch;
 use super::rng::Rng;
 
@@ -100,16 +101,24 @@ impl Linear {
     }
 
     fn apply(&self, x: &Tensor, ctx: Option<&mut ForwardCtx>) -> Result<Tensor> {
+        if self.lora.is_none() && fused_linear::applies(x, &self.weight, self.bias.as_ref()) {
+            // One op over any number of leading dims: no reshapes for autograd to undo.
+            return fused_linear::linear(x, &self.weight, self.bias.as_ref());
+        }
         // Flatten leading dims into one matmul (no broadcast of the weight, whose backward
         // would sum over a broadcast batch).
         let dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("linear input has at least one dim");
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_dim))?;
-        let y = x2.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+        let y = if fused_linear::applies(&x2, &self.weight, self.bias.as_ref()) {
+            fused_linear::linear(&x2, &self.weight, self.bias.as_ref())?
+        } else {
+            let y = x2.matmul(&self.weight.t()?)?;
+            match &self.bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
         };
         let y = match (&self.lora, ctx) {
             (Some(l), Some(ctx)) => (y + l.forward(&x2, ctx)?)?,

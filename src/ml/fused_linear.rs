@@ -1,0 +1,333 @@
+//! The fully connected layer `y = x·Wᵀ + b` as one candle op with an analytic backward pass.
+//!
+//! Built from candle ops, a Linear is a reshape, a transpose, a zero-filled matmul, a
+//! broadcast and an add, and candle's autograd allocates and accumulates a gradient for each
+//! of them. Here the forward pass writes the bias into the output and lets the matrix kernel
+//! add `x·Wᵀ` into it; the backward pass computes `dx = g·W`, `dW = gᵀ·x` (straight into the
+//! `[out, in]` layout) and `db = Σ_rows g`, and only for the inputs that need a gradient (a
+//! frozen base weight gets none). The bias gradient sums fixed-size row blocks in block order,
+//! so results do not depend on the thread count.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::fused::{fusable, slice};
+use super::gemm::{matmul, uninit_vec, Mat, MatMut, Threads};
+
+/// Rows per block of the bias gradient's partial sums (fixed, for a thread-count-free order).
+const BIAS_ROW_BLOCK: usize = 128;
+
+/// `x·Wᵀ + b` for `x` of shape `[.., in]`, `weight` `[out, in]` and `bias` `[out]`: `[.., out]`.
+/// f32 CPU tensors only (see [`applies`]).
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let w = weight.contiguous()?;
+    match bias {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearOp),
+        None => x.apply_op2(&w, LinearOp),
+    }
+}
+
+/// Whether [`linear`] applies: input, weight (and bias) are f32 tensors on the CPU.
+pub fn applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
+    fusable(x) && fusable(weight) && bias.is_none_or(fusable)
+}
+
+struct LinearOp;
+
+/// Rows, input and output widths of `x` against `weight`.
+fn dims(x: &Layout, w: &Layout) -> Result<(usize, usize, usize, Shape)> {
+    let xd = x.dims();
+    let (out, inp) = match w.dims() {
+        [o, i] => (*o, *i),
+        d => candle_core::bail!("linear: weight must be [out, in], got {d:?}"),
+    };
+    match xd.last() {
+        Some(&last) if last == inp => {}
+        _ => candle_core::bail!("linear: input {xd:?} does not end in the weight's width {inp}"),
+    }
+    let rows = xd[..xd.len() - 1].iter().product();
+    let mut shape = xd.to_vec();
+    *shape.last_mut().expect("checked above") = out;
+    Ok((rows, inp, out, Shape::from(shape)))
+}
+
+fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, inp: usize, out: usize) -> Vec<f32> {
+    let mut y = uninit_vec(rows * out);
+    if let Some(b) = bias {
+        y.par_chunks_mut(out * 64).for_each(|c| {
+            for row in c.chunks_exact_mut(out) {
+                row.copy_from_slice(b);
+            }
+        });
+    }
+    matmul(
+        MatMut::rows(&mut y, rows, out),
+        Mat::rows(x, rows, inp),
+        Mat::rows(w, out, inp).t(),
+        1.0,
+        bias.is_some(),
+        Threads::Pool,
+    );
+    y
+}
+
+impl CustomOp2 for LinearOp {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (rows, inp, out, shape) = dims(l1, l2)?;
+        let y = forward(slice(s1, l1, "linear")?, slice(s2, l2, "linear")?, None, rows, inp, out);
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = backward(x, w, None, grad)?;
+        Ok((dx, dw))
+    }
+}
+
+impl CustomOp3 for LinearOp {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, inp, out, shape) = dims(l1, l2)?;
+        let b = slice(s3, l3, "linear")?;
+        if b.len() != out {
+            candle_core::bail!("linear: bias has {} values for {out} outputs", b.len())
+        }
+        let y = forward(
+            slice(s1, l1, "linear")?,
+            slice(s2, l2, "linear")?,
+            Some(b),
+            rows,
+            inp,
+            out,
+        );
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        backward(x, w, Some(b), grad)
+    }
+}
+
+/// Runs `f` on the contiguous f32 values of a CPU tensor (no copy when already contiguous).
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("linear: expected a CPU tensor")
+    };
+    f(slice(cpu, layout, "linear backward")?)
+}
+
+/// `(dx, dW, db)`, each only where that input tracks gradients.
+fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    grad: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let (out, inp) = w.dims2()?;
+    let rows = x.elem_count() / inp.max(1);
+    with_values(grad, |g| {
+        let dx = if x.track_op() {
+            let mut dx = uninit_vec(rows * inp);
+            with_values(w, |w| {
+                let (g, w) = (Mat::rows(g, rows, out), Mat::rows(w, out, inp));
+                matmul(MatMut::rows(&mut dx, rows, inp), g, w, 1.0, false, Threads::Pool);
+                Ok(())
+            })?;
+            Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let mut dw = uninit_vec(out * inp);
+            with_values(x, |x| {
+                let (gt, x) = (Mat::rows(g, rows, out).t(), Mat::rows(x, rows, inp));
+                matmul(MatMut::rows(&mut dw, out, inp), gt, x, 1.0, false, Threads::Pool);
+                Ok(())
+            })?;
+            Some(Tensor::from_vec(dw, (out, inp), &Device::Cpu)?)
+        } else {
+            None
+        };
+        let db = match b {
+            Some(b) if b.track_op() => Some(Tensor::from_vec(column_sums(g, out), out, &Device::Cpu)?),
+            _ => None,
+        };
+        Ok((dx, dw, db))
+    })
+}
+
+/// Sum over the rows of a row-major `[rows, n]` matrix, in fixed row blocks combined in order.
+fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let partials: Vec<Vec<f32>> = g
+        .par_chunks(BIAS_ROW_BLOCK * n)
+        .map(|block| {
+            let mut acc = vec![0f32; n];
+            for row in block.chunks_exact(n) {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            acc
+        })
+        .collect();
+    let mut sums = vec![0f32; n];
+    for p in partials {
+        for (s, v) in sums.iter_mut().zip(p) {
+            *s += v;
+        }
+    }
+    sums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ml::Rng;
+    use candle_core::{DType, Var};
+
+    fn randn(rng: &mut Rng, dims: &[usize]) -> Tensor {
+        let n: usize = dims.iter().product();
+        Tensor::from_vec(rng.normal_vec(n, 0.0, 1.0), dims, &Device::Cpu).unwrap()
+    }
+
+    /// max |a − b| / max |b|.
+    fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+        let a: Vec<f64> = a
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let b: Vec<f64> = b
+            .to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+        a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+    }
+
+    /// Output and gradients of `sum(linear(x)·u)` w.r.t. x, W and b (when given).
+    fn grads(x: &Tensor, w: &Tensor, b: Option<&Tensor>, u: &Tensor, fused: bool, dtype: DType) -> Vec<Tensor> {
+        let var = |t: &Tensor| Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap();
+        let (xv, wv) = (var(x), var(w));
+        let bv = b.map(var);
+        let y = if fused {
+            linear(&xv, &wv, bv.as_ref().map(|v| v.as_tensor())).unwrap()
+        } else {
+            // The composite reference: flatten, matmul with the transpose, broadcast the bias.
+            let inp = w.dim(1).unwrap();
+            let y = xv.reshape(((), inp)).unwrap().matmul(&wv.t().unwrap()).unwrap();
+            let y = match &bv {
+                Some(b) => y.broadcast_add(b).unwrap(),
+                None => y,
+            };
+            let mut shape = x.dims().to_vec();
+            *shape.last_mut().unwrap() = w.dim(0).unwrap();
+            y.reshape(shape).unwrap()
+        };
+        let loss = (&y * u.to_dtype(dtype).unwrap()).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        let mut out = vec![y, g.get(&xv).unwrap().clone(), g.get(&wv).unwrap().clone()];
+        if let Some(b) = &bv {
+            out.push(g.get(b).unwrap().clone());
+        }
+        out
+    }
+
+    #[test]
+    fn forward_and_gradients_match_the_composite_layer() {
+        let mut rng = Rng::new(1);
+        for (lead, inp, out, bias) in [
+            (vec![3, 7], 13, 9, true),
+            (vec![300], 64, 40, true),
+            (vec![2, 5], 8, 3, false),
+        ] {
+            let x = randn(&mut rng, &[lead.as_slice(), &[inp]].concat());
+            let w = randn(&mut rng, &[out, inp]);
+            let b = randn(&mut rng, &[out]);
+            let u = randn(&mut rng, &[lead.as_slice(), &[out]].concat());
+            let b = bias.then_some(&b);
+            let fused = grads(&x, &w, b, &u, true, DType::F32);
+            let reference = grads(&x, &w, b, &u, false, DType::F64);
+            for (i, (f, r)) in fused.iter().zip(&reference).enumerate() {
+                assert_eq!(f.dims(), r.dims(), "output {i}");
+                let e = rel_err(f, r);
+                assert!(e <= 1e-5, "output {i} (y, dx, dW, db) relative error {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_frozen_weight_gets_no_gradient_and_the_input_still_does() {
+        let mut rng = Rng::new(2);
+        let x = Var::from_tensor(&randn(&mut rng, &[4, 6])).unwrap();
+        let w = randn(&mut rng, &[3, 6]);
+        let b = randn(&mut rng, &[3]);
+        let loss = linear(&x, &w, Some(&b)).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        assert!(g.get(&w).is_none() && g.get(&b).is_none());
+        assert_eq!(g.get(&x).unwrap().dims(), &[4, 6]);
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let mut rng = Rng::new(3);
+        let (x, w, b, u) = (
+            randn(&mut rng, &[1000, 48]),
+            randn(&mut rng, &[40, 48]),
+            randn(&mut rng, &[40]),
+            randn(&mut rng, &[1000, 40]),
+        );
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                grads(&x, &w, Some(&b), &u, true, DType::F32)
+                    .iter()
+                    .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(run(1), run(2));
+    }
+
+    #[test]
+    fn a_weight_of_the_wrong_width_is_an_error() {
+        let x = Tensor::zeros((2, 5), DType::F32, &Device::Cpu).unwrap();
+        let w = Tensor::zeros((3, 4), DType::F32, &Device::Cpu).unwrap();
+        let e = linear(&x, &w, None).unwrap_err().to_string();
+        assert!(e.contains("does not end in the weight's width 4"), "{e}");
+    }
+}
