@@ -15,6 +15,7 @@ pub mod distill;
 pub mod fused;
 pub mod fused_linear;
 pub mod gemm;
+pub mod heap;
 pub mod layers;
 pub mod lora;
 pub mod metrics;
