@@ -242,7 +242,7 @@ impl CustomOp3 for LayerNormOp {
         if n == 0 || b.len() != n || x.len() % n != 0 {
             candle_core::bail!("layer-norm: shapes do not match ({} / {} / {})", x.len(), n, b.len())
         }
-        let mut y = vec![0f32; x.len()];
+        let mut y = super::gemm::uninit_vec(x.len());
         let eps = self.eps;
         y.par_chunks_mut(n * LN_ROW_BLOCK)
             .zip(x.par_chunks(n * LN_ROW_BLOCK))
@@ -371,7 +371,7 @@ impl CustomOp1 for SoftmaxOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, "softmax")?;
         let n = l.dims().last().copied().unwrap_or(1);
-        let mut y = vec![0f32; x.len()];
+        let mut y = super::gemm::uninit_vec(x.len());
         if n > 0 {
             let k = rows_per_task(n) * n;
             y.par_chunks_mut(k)
@@ -401,7 +401,7 @@ impl CustomOp2 for SoftmaxBwdOp {
         if y.len() != g.len() {
             candle_core::bail!("softmax-bwd: shapes do not match")
         }
-        let mut dx = vec![0f32; y.len()];
+        let mut dx = super::gemm::uninit_vec(y.len());
         if n > 0 {
             let k = rows_per_task(n) * n;
             dx.par_chunks_mut(k)
@@ -447,7 +447,7 @@ impl CustomOp1 for GeluOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, "gelu")?;
-        let mut y = vec![0f32; x.len()];
+        let mut y = super::gemm::uninit_vec(x.len());
         y.par_chunks_mut(ELEM_BLOCK)
             .zip(x.par_chunks(ELEM_BLOCK))
             .for_each(|(yb, xb)| gelu_block(xb, yb));
@@ -473,7 +473,7 @@ impl CustomOp2 for GeluBwdOp {
         if x.len() != g.len() {
             candle_core::bail!("gelu-bwd: shapes do not match")
         }
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = super::gemm::uninit_vec(x.len());
         dx.par_chunks_mut(ELEM_BLOCK)
             .zip(x.par_chunks(ELEM_BLOCK))
             .zip(g.par_chunks(ELEM_BLOCK))
@@ -506,7 +506,7 @@ impl DropoutOp {
         if x.len() != self.mask.len() {
             candle_core::bail!("dropout: {} elements, mask of {}", x.len(), self.mask.len())
         }
-        let mut y = vec![0f32; x.len()];
+        let mut y = super::gemm::uninit_vec(x.len());
         y.par_chunks_mut(ELEM_BLOCK)
             .zip(x.par_chunks(ELEM_BLOCK))
             .zip(self.mask.par_chunks(ELEM_BLOCK))
