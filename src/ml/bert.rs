@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 
 use super::attention::SelfAttention;
 use super::config::{BertConfig, HiddenAct};
-use super::layers::{activation, additive_attention_mask, Dropout, Embedding, ForwardCtx, LayerNorm, Linear};
+use super::layers::{additive_attention_mask, Dropout, Embedding, ForwardCtx, LayerNorm, Linear};
 use super::output::{ModelOutput, Trace};
 
 /// Word + position + token-type embeddings, LayerNorm and dropout (`bert.embeddings`).
@@ -131,7 +131,7 @@ impl BertLayer {
             .dropout
             .forward(&self.attention_output.forward_ctx(&context, ctx)?, ctx)?;
         let x = self.attention_norm.forward(&(a + x)?)?;
-        let h = activation(&self.intermediate.forward_ctx(&x, ctx)?, self.act)?;
+        let h = self.intermediate.forward_act(&x, self.act, ctx)?;
         let h = self.dropout.forward(&self.output.forward_ctx(&h, ctx)?, ctx)?;
         let out = self.output_norm.forward(&(h + x)?)?;
         Ok((out, probs, scores))

@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Re
 use rayon::prelude::*;
 
 /// Elements per parallel task of the element-wise kernels.
-const ELEM_BLOCK: usize = 8192;
+pub(crate) const ELEM_BLOCK: usize = 8192;
 /// Rows per block of LayerNorm's weight/bias gradient partial sums (fixed: the summation order
 /// must not depend on the thread count).
 const LN_ROW_BLOCK: usize = 32;
@@ -75,10 +75,10 @@ fn dot8(x: &[f32], y: &[f32]) -> f32 {
 /// Runs `$body` with AVX2 enabled when the CPU has it (same arithmetic, wider vectors: no FMA
 /// contraction happens in Rust, so both paths give bit-identical results).
 macro_rules! dispatch {
-    ($name:ident, ($($arg:ident: $ty:ty),*), $body:expr) => {
+    ($vis:vis $name:ident, ($($arg:ident: $ty:ty),*), $body:expr) => {
         #[inline(always)]
         #[allow(clippy::too_many_arguments)]
-        fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2")]
@@ -333,7 +333,7 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 // ------------------------------------------------------------------------------------------
 // Softmax over the last dimension.
 
-dispatch!(softmax_rows, (x: &[f32], y: &mut [f32], n: usize), {
+dispatch!(pub(crate) softmax_rows, (x: &[f32], y: &mut [f32], n: usize), {
     for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
         let max = xr.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         for (o, &v) in yr.iter_mut().zip(xr) {
@@ -423,13 +423,13 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
-dispatch!(gelu_block, (x: &[f32], y: &mut [f32]), {
+dispatch!(pub(crate) gelu_block, (x: &[f32], y: &mut [f32]), {
     for (o, &v) in y.iter_mut().zip(x) {
         *o = 0.5 * v * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
     }
 });
 
-dispatch!(gelu_bwd_block, (x: &[f32], g: &[f32], dx: &mut [f32]), {
+dispatch!(pub(crate) gelu_bwd_block, (x: &[f32], g: &[f32], dx: &mut [f32]), {
     for ((o, &v), &gg) in dx.iter_mut().zip(x).zip(g) {
         let cdf = 0.5 * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
         let pdf = FRAC_1_SQRT_2PI * exp_f32(-0.5 * v * v);

@@ -7,11 +7,17 @@
 //! `[out, in]` layout) and `db = Σ_rows g`, and only for the inputs that need a gradient (a
 //! frozen base weight gets none). The bias gradient sums fixed-size row blocks in block order,
 //! so results do not depend on the thread count.
+//!
+//! [`linear_gelu`] adds the feed-forward block's GELU (erf) to the same op: the pre-activation
+//! is kept inside the op for the backward pass instead of being a separate node whose gradient
+//! candle would allocate and accumulate.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use std::sync::OnceLock;
+
 use rayon::prelude::*;
 
-use super::fused::{fusable, slice};
+use super::fused::{fusable, gelu_block, gelu_bwd_block, slice, ELEM_BLOCK};
 use super::gemm::{matmul, uninit_vec, Mat, MatMut, Threads};
 
 /// Rows per block of the bias gradient's partial sums (fixed, for a thread-count-free order).
@@ -26,6 +32,20 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         Some(b) => x.apply_op3(&w, &b.contiguous()?, LinearOp),
         None => x.apply_op2(&w, LinearOp),
     }
+}
+
+/// `gelu(x·Wᵀ + b)` (GELU with the exact erf CDF) as one op; same shapes as [`linear`].
+pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let w = weight.contiguous()?;
+    let keep = x.track_op() || w.track_op() || bias.track_op();
+    x.apply_op3(
+        &w,
+        &bias.contiguous()?,
+        LinearGeluOp {
+            pre: keep.then(OnceLock::new),
+        },
+    )
 }
 
 /// Whether [`linear`] applies: input, weight (and bias) are f32 tensors on the CPU.
@@ -131,6 +151,76 @@ impl CustomOp3 for LinearOp {
     }
 }
 
+/// Linear followed by GELU; `pre` keeps the pre-activation for the backward pass (`None` when
+/// nothing needs a gradient).
+struct LinearGeluOp {
+    pre: Option<OnceLock<Vec<f32>>>,
+}
+
+impl CustomOp3 for LinearGeluOp {
+    fn name(&self) -> &'static str {
+        "fused-linear-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (rows, inp, out, shape) = dims(l1, l2)?;
+        let b = slice(s3, l3, "linear-gelu")?;
+        if b.len() != out {
+            candle_core::bail!("linear: bias has {} values for {out} outputs", b.len())
+        }
+        let pre = forward(
+            slice(s1, l1, "linear")?,
+            slice(s2, l2, "linear")?,
+            Some(b),
+            rows,
+            inp,
+            out,
+        );
+        let mut y = uninit_vec(pre.len());
+        y.par_chunks_mut(ELEM_BLOCK)
+            .zip(pre.par_chunks(ELEM_BLOCK))
+            .for_each(|(yb, pb)| gelu_block(pb, yb));
+        if let Some(keep) = &self.pre {
+            if keep.set(pre).is_err() {
+                candle_core::bail!("linear-gelu: the op ran twice")
+            }
+        }
+        Ok((CpuStorage::F32(y), shape))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(pre) = self.pre.as_ref().and_then(OnceLock::get) else {
+            candle_core::bail!("linear-gelu: no saved pre-activation for the backward pass")
+        };
+        with_values(grad, |g| {
+            if g.len() != pre.len() {
+                candle_core::bail!("linear-gelu: gradient of {} values for {}", g.len(), pre.len())
+            }
+            let mut dpre = uninit_vec(pre.len());
+            dpre.par_chunks_mut(ELEM_BLOCK)
+                .zip(pre.par_chunks(ELEM_BLOCK))
+                .zip(g.par_chunks(ELEM_BLOCK))
+                .for_each(|((db, pb), gb)| gelu_bwd_block(pb, gb, db));
+            grads_from(x, w, Some(b), &dpre)
+        })
+    }
+}
+
 /// Runs `f` on the contiguous f32 values of a CPU tensor (no copy when already contiguous).
 fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
@@ -148,37 +238,48 @@ fn backward(
     b: Option<&Tensor>,
     grad: &Tensor,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    with_values(grad, |g| grads_from(x, w, b, g))
+}
+
+/// [`backward`] from the output gradient's values `g` (`[rows, out]`, row-major).
+fn grads_from(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    g: &[f32],
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let (out, inp) = w.dims2()?;
     let rows = x.elem_count() / inp.max(1);
-    with_values(grad, |g| {
-        let dx = if x.track_op() {
-            let mut dx = uninit_vec(rows * inp);
-            with_values(w, |w| {
-                let (g, w) = (Mat::rows(g, rows, out), Mat::rows(w, out, inp));
-                matmul(MatMut::rows(&mut dx, rows, inp), g, w, 1.0, false, Threads::Pool);
-                Ok(())
-            })?;
-            Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            let mut dw = uninit_vec(out * inp);
-            with_values(x, |x| {
-                let (gt, x) = (Mat::rows(g, rows, out).t(), Mat::rows(x, rows, inp));
-                matmul(MatMut::rows(&mut dw, out, inp), gt, x, 1.0, false, Threads::Pool);
-                Ok(())
-            })?;
-            Some(Tensor::from_vec(dw, (out, inp), &Device::Cpu)?)
-        } else {
-            None
-        };
-        let db = match b {
-            Some(b) if b.track_op() => Some(Tensor::from_vec(column_sums(g, out), out, &Device::Cpu)?),
-            _ => None,
-        };
-        Ok((dx, dw, db))
-    })
+    if g.len() != rows * out {
+        candle_core::bail!("linear: gradient of {} values for {rows}×{out}", g.len())
+    }
+    let dx = if x.track_op() {
+        let mut dx = uninit_vec(rows * inp);
+        with_values(w, |w| {
+            let (g, w) = (Mat::rows(g, rows, out), Mat::rows(w, out, inp));
+            matmul(MatMut::rows(&mut dx, rows, inp), g, w, 1.0, false, Threads::Pool);
+            Ok(())
+        })?;
+        Some(Tensor::from_vec(dx, x.shape(), &Device::Cpu)?)
+    } else {
+        None
+    };
+    let dw = if w.track_op() {
+        let mut dw = uninit_vec(out * inp);
+        with_values(x, |x| {
+            let (gt, x) = (Mat::rows(g, rows, out).t(), Mat::rows(x, rows, inp));
+            matmul(MatMut::rows(&mut dw, out, inp), gt, x, 1.0, false, Threads::Pool);
+            Ok(())
+        })?;
+        Some(Tensor::from_vec(dw, (out, inp), &Device::Cpu)?)
+    } else {
+        None
+    };
+    let db = match b {
+        Some(b) if b.track_op() => Some(Tensor::from_vec(column_sums(g, out), out, &Device::Cpu)?),
+        _ => None,
+    };
+    Ok((dx, dw, db))
 }
 
 /// Sum over the rows of a row-major `[rows, n]` matrix, in fixed row blocks combined in order.
@@ -288,6 +389,48 @@ mod tests {
                 assert!(e <= 1e-5, "output {i} (y, dx, dW, db) relative error {e}");
             }
         }
+    }
+
+    #[test]
+    fn linear_gelu_matches_the_linear_layer_followed_by_gelu() {
+        let mut rng = Rng::new(4);
+        let (x, w, b, u) = (
+            randn(&mut rng, &[2, 9, 12]),
+            randn(&mut rng, &[20, 12]),
+            randn(&mut rng, &[20]),
+            randn(&mut rng, &[2, 9, 20]),
+        );
+        let run = |fused: bool, dtype: DType| {
+            let var = |t: &Tensor| Var::from_tensor(&t.to_dtype(dtype).unwrap()).unwrap();
+            let (xv, wv, bv) = (var(&x), var(&w), var(&b));
+            let y = if fused {
+                linear_gelu(&xv, &wv, &bv).unwrap()
+            } else {
+                let y = xv.reshape((18, 12)).unwrap().matmul(&wv.t().unwrap()).unwrap();
+                y.broadcast_add(&bv)
+                    .unwrap()
+                    .gelu_erf()
+                    .unwrap()
+                    .reshape((2, 9, 20))
+                    .unwrap()
+            };
+            let loss = (&y * u.to_dtype(dtype).unwrap()).unwrap().sum_all().unwrap();
+            let g = loss.backward().unwrap();
+            [
+                y,
+                g.get(&xv).unwrap().clone(),
+                g.get(&wv).unwrap().clone(),
+                g.get(&bv).unwrap().clone(),
+            ]
+        };
+        for (i, (f, r)) in run(true, DType::F32).iter().zip(&run(false, DType::F64)).enumerate() {
+            assert_eq!(f.dims(), r.dims());
+            let e = rel_err(f, r);
+            assert!(e <= 1e-4, "output {i} (y, dx, dW, db) relative error {e}");
+        }
+        // Without anything to differentiate, no pre-activation is kept and the values agree.
+        let plain = linear_gelu(&x, &w, &b).unwrap();
+        assert!(rel_err(&plain, &run(false, DType::F64)[0]) <= 1e-4);
     }
 
     #[test]

@@ -100,6 +100,17 @@ impl Linear {
         self.apply(x, Some(ctx))
     }
 
+    /// `act(layer(x))` in `ctx`'s mode; GELU (erf) is fused into the layer for f32 CPU tensors
+    /// when there is a bias and no LoRA branch.
+    pub fn forward_act(&self, x: &Tensor, act: HiddenAct, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        match (&self.bias, act) {
+            (Some(b), HiddenAct::Gelu) if self.lora.is_none() && fused_linear::applies(x, &self.weight, Some(b)) => {
+                fused_linear::linear_gelu(x, &self.weight, b)
+            }
+            _ => activation(&self.forward_ctx(x, ctx)?, act),
+        }
+    }
+
     fn apply(&self, x: &Tensor, ctx: Option<&mut ForwardCtx>) -> Result<Tensor> {
         if self.lora.is_none() && fused_linear::applies(x, &self.weight, self.bias.as_ref()) {
             // One op over any number of leading dims: no reshapes for autograd to undo.

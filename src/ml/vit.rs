@@ -12,7 +12,7 @@ use candle_nn::VarBuilder;
 
 use super::attention::SelfAttention;
 use super::config::{HiddenAct, VitConfig};
-use super::layers::{activation, normal, Dropout, ForwardCtx, LayerNorm, Linear};
+use super::layers::{normal, Dropout, ForwardCtx, LayerNorm, Linear};
 use super::output::{ModelOutput, Trace};
 
 /// CLS token, patch projection and position embeddings (`vit.embeddings`).
@@ -139,10 +139,9 @@ impl VitLayer {
             .dropout
             .forward(&self.attention_output.forward_ctx(&context, ctx)?, ctx)?;
         let x = (a + x)?;
-        let h = activation(
-            &self.intermediate.forward_ctx(&self.layernorm_after.forward(&x)?, ctx)?,
-            self.act,
-        )?;
+        let h = self
+            .intermediate
+            .forward_act(&self.layernorm_after.forward(&x)?, self.act, ctx)?;
         let h = self.dropout.forward(&self.output.forward_ctx(&h, ctx)?, ctx)?;
         Ok(((h + x)?, probs, scores))
     }
