@@ -7,6 +7,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::fused_attention::{self, AttentionDropout};
 use super::layers::{softmax_last_dim, Dropout, ForwardCtx, Linear};
 
 /// Scaled dot-product self-attention with `heads` heads of `head_dim`; weights under `query`,
@@ -69,16 +70,31 @@ impl SelfAttention {
     }
 
     /// Attends over `x` (`[batch, seq, hidden]`) with an optional additive mask broadcastable
-    /// to `[batch, heads, seq, seq]`. Returns the context (`[batch, seq, heads × head_dim]`, before the
-    /// output projection), the attention probabilities (`[batch, heads, seq, seq]`, before
-    /// dropout) and the scaled scores `q·kᵀ/√d` before the mask and the softmax (what TinyBERT's
-    /// attention loss compares).
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor, Tensor)> {
+    /// to `[batch, heads, seq, seq]` (BERT's `[batch, 1, 1, seq]`). Returns the context
+    /// (`[batch, seq, heads × head_dim]`, before the output projection) and, when `ctx` asks for
+    /// them ([`ForwardCtx::with_attention_maps`]), the attention probabilities
+    /// (`[batch, heads, seq, seq]`, before dropout) and the scaled scores `q·kᵀ/√d` before the
+    /// mask and the softmax (what TinyBERT's attention loss compares).
+    ///
+    /// Without maps, f32 CPU tensors go through the fused kernel ([`fused_attention`]), whose
+    /// dropout mask comes from one draw of `ctx`'s stream.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<(Tensor, Option<Maps>)> {
         let (b, s, _) = x.dims3()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let q = self.split_heads(&self.query.forward_ctx(x, ctx)?)?;
-        let k = self.split_heads(&self.key.forward_ctx(x, ctx)?)?;
-        let v = self.split_heads(&self.value.forward_ctx(x, ctx)?)?;
+        let q = self.query.forward_ctx(x, ctx)?;
+        let k = self.key.forward_ctx(x, ctx)?;
+        let v = self.value.forward_ctx(x, ctx)?;
+        let key_mask = mask.filter(|m| m.elem_count() == b * s);
+        if !ctx.attention_maps() && fused_attention::fusable(&q) && key_mask.is_some() == mask.is_some() {
+            let dropout = (ctx.is_train() && self.dropout.p > 0.0).then(|| AttentionDropout {
+                p: self.dropout.p as f32,
+                seed: ctx.rng().next_u64(),
+            });
+            let context =
+                fused_attention::attention(&q, &k, &v, self.heads, self.head_dim, scale as f32, key_mask, dropout)?;
+            return Ok((context, None));
+        }
+        let (q, k, v) = (self.split_heads(&q)?, self.split_heads(&k)?, self.split_heads(&v)?);
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let masked = match mask {
             Some(m) => scores.broadcast_add(m)?,
@@ -90,6 +106,15 @@ impl SelfAttention {
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, s, self.all_head_size()))?;
-        Ok((context, probs, scores))
+        Ok((context, Some(Maps { probs, scores })))
     }
+}
+
+/// One layer's attention maps, `[batch, heads, seq, seq]` each.
+#[derive(Debug, Clone)]
+pub struct Maps {
+    /// Attention probabilities, before dropout.
+    pub probs: Tensor,
+    /// Scaled scores `q·kᵀ/√d`, before the mask and the softmax.
+    pub scores: Tensor,
 }

@@ -8,7 +8,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::attention::SelfAttention;
+use super::attention::{Maps, SelfAttention};
 use super::config::{BertConfig, HiddenAct};
 use super::layers::{additive_attention_mask, Dropout, Embedding, ForwardCtx, LayerNorm, Linear};
 use super::output::{ModelOutput, Trace};
@@ -124,9 +124,9 @@ impl BertLayer {
         })
     }
 
-    /// Returns the layer output and its attention probabilities.
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor, Tensor)> {
-        let (context, probs, scores) = self.attention.forward(x, mask, ctx)?;
+    /// Returns the layer output and, when `ctx` asks for them, its attention maps.
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<(Tensor, Option<Maps>)> {
+        let (context, maps) = self.attention.forward(x, mask, ctx)?;
         let a = self
             .dropout
             .forward(&self.attention_output.forward_ctx(&context, ctx)?, ctx)?;
@@ -134,7 +134,7 @@ impl BertLayer {
         let h = self.intermediate.forward_act(&x, self.act, ctx)?;
         let h = self.dropout.forward(&self.output.forward_ctx(&h, ctx)?, ctx)?;
         let out = self.output_norm.forward(&(h + x)?)?;
-        Ok((out, probs, scores))
+        Ok((out, maps))
     }
 }
 
@@ -199,8 +199,8 @@ impl BertForSequenceClassification {
         };
         let mut trace = Trace::start(&x, self.layers.len());
         for layer in &self.layers {
-            let (y, probs, scores) = layer.forward(&x, mask.as_ref(), ctx)?;
-            trace.layer(&y, probs, scores);
+            let (y, maps) = layer.forward(&x, mask.as_ref(), ctx)?;
+            trace.layer(&y, maps);
             x = y;
         }
         let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
@@ -247,7 +247,12 @@ mod tests {
         let model = BertForSequenceClassification::new(&cfg, params.var_builder(DType::F32, &Device::Cpu)).unwrap();
         let (ids, mask, types) = text_batch(4, 8, cfg.vocab_size, 1);
         let out = model
-            .forward(&ids, Some(&types), Some(&mask), &mut ForwardCtx::train(3))
+            .forward(
+                &ids,
+                Some(&types),
+                Some(&mask),
+                &mut ForwardCtx::train(3).with_attention_maps(),
+            )
             .unwrap();
         assert_eq!(out.logits.dims(), &[4, 3]);
         assert_eq!(out.hidden_states.len(), 3);

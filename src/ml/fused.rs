@@ -37,7 +37,7 @@ pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [
 
 /// Sum in a fixed order with eight accumulators (vectorisable, deterministic).
 #[inline(always)]
-fn sum8(x: &[f32]) -> f32 {
+pub(crate) fn sum8(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = x.chunks_exact(8);
     let rest = chunks.remainder();
@@ -53,9 +53,30 @@ fn sum8(x: &[f32]) -> f32 {
     s
 }
 
+/// Maximum with eight running maxima (vectorisable; NaNs are skipped, as by `f32::max`);
+/// `-inf` for an empty slice.
+#[inline(always)]
+pub(crate) fn max8(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            if c[i] > acc[i] {
+                acc[i] = c[i];
+            }
+        }
+    }
+    let mut m = acc.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for &v in rest {
+        m = m.max(v);
+    }
+    m
+}
+
 /// Dot product in a fixed order with eight accumulators.
 #[inline(always)]
-fn dot8(x: &[f32], y: &[f32]) -> f32 {
+pub(crate) fn dot8(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let cx = x.chunks_exact(8);
     let cy = y.chunks_exact(8);
@@ -96,6 +117,7 @@ macro_rules! dispatch {
         }
     };
 }
+pub(crate) use dispatch;
 
 // ------------------------------------------------------------------------------------------
 // Scalar math: exp and erf in f32 with plain multiply-adds (auto-vectorised).
@@ -333,9 +355,9 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
 // ------------------------------------------------------------------------------------------
 // Softmax over the last dimension.
 
-dispatch!(pub(crate) softmax_rows, (x: &[f32], y: &mut [f32], n: usize), {
+dispatch!(softmax_rows, (x: &[f32], y: &mut [f32], n: usize), {
     for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
-        let max = xr.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let max = max8(xr);
         for (o, &v) in yr.iter_mut().zip(xr) {
             *o = exp_f32(v - max);
         }

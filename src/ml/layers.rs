@@ -15,13 +15,15 @@ use super::config::HiddenAct;
 use super::fused;
 use super::fused_linear;
 use super::lora::LoraBranch;
-use super::rng::Rng;
+use super::rng::{CounterMask, Rng};
 
-/// Forward-pass context: train or eval mode, and the dropout random stream.
+/// Forward-pass context: train or eval mode, the dropout random stream, and whether the
+/// attention maps are wanted.
 #[derive(Debug, Clone)]
 pub struct ForwardCtx {
     train: bool,
     rng: Rng,
+    attention_maps: bool,
 }
 
 impl ForwardCtx {
@@ -30,6 +32,7 @@ impl ForwardCtx {
         Self {
             train: false,
             rng: Rng::new(0),
+            attention_maps: false,
         }
     }
 
@@ -38,7 +41,26 @@ impl ForwardCtx {
         Self {
             train: true,
             rng: Rng::new(seed),
+            attention_maps: false,
         }
+    }
+
+    /// The same context, asking the model for every layer's attention probabilities and scores
+    /// (`ModelOutput::attentions` / `attention_scores`, differentiable). Attention then runs as
+    /// separate tensor ops instead of the fused kernel, which keeps no maps.
+    pub fn with_attention_maps(mut self) -> Self {
+        self.attention_maps = true;
+        self
+    }
+
+    /// Asks (or stops asking) for the attention maps (see [`ForwardCtx::with_attention_maps`]).
+    pub fn set_attention_maps(&mut self, on: bool) {
+        self.attention_maps = on;
+    }
+
+    /// Whether the attention maps are wanted.
+    pub fn attention_maps(&self) -> bool {
+        self.attention_maps
     }
 
     /// Whether dropout is active.
@@ -242,11 +264,14 @@ impl Dropout {
     }
 }
 
-/// `n` mask values in `{0, 1/(1-p)}`, drawn from `rng` (the values of [`dropout_mask`]).
+/// `n` mask values in `{0, 1/(1-p)}` (the values of [`dropout_mask`]): a [`CounterMask`] seeded
+/// with one draw from `rng`, filled in parallel (the same on any number of threads).
 pub fn dropout_mask_values(n: usize, p: f64, rng: &mut Rng) -> Vec<f32> {
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let p = p as f32;
-    (0..n).map(|_| if rng.uniform_f32() < p { 0.0 } else { keep }).collect()
+    let seed = rng.next_u64();
+    match CounterMask::new(p, seed) {
+        Some(mask) => mask.values(n),
+        None => vec![1.0; n],
+    }
 }
 
 /// A `{0, 1/(1-p)}` f32 mask of the given shape, drawn from `rng`.

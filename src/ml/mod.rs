@@ -13,6 +13,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod distill;
 pub mod fused;
+pub mod fused_attention;
 pub mod fused_linear;
 pub mod gemm;
 pub mod heap;

@@ -2,6 +2,8 @@
 
 use candle_core::Tensor;
 
+use super::attention::Maps;
+
 /// Logits plus every intermediate representation (for intermediate-layer distillation).
 #[derive(Debug, Clone)]
 pub struct ModelOutput {
@@ -10,10 +12,12 @@ pub struct ModelOutput {
     /// Embedding output followed by each encoder layer's output: `num_layers + 1` tensors of
     /// `[batch, seq, hidden]` (as `output_hidden_states=True` in transformers).
     pub hidden_states: Vec<Tensor>,
-    /// Each layer's attention probabilities, `[batch, heads, seq, seq]`, before dropout.
+    /// Each layer's attention probabilities, `[batch, heads, seq, seq]`, before dropout; empty
+    /// unless the forward context asked for them (`ForwardCtx::with_attention_maps`).
     pub attentions: Vec<Tensor>,
     /// Each layer's scaled attention scores `q·kᵀ/√d` before the mask and the softmax,
-    /// `[batch, heads, seq, seq]` (TinyBERT's attention loss compares these).
+    /// `[batch, heads, seq, seq]` (TinyBERT's attention loss compares these); empty unless asked
+    /// for, as `attentions`.
     pub attention_scores: Vec<Tensor>,
     /// Final sequence representation, `[batch, seq, hidden]` (ViT: after the final LayerNorm).
     pub last_hidden_state: Tensor,
@@ -41,11 +45,13 @@ impl Trace {
         }
     }
 
-    /// Records one layer's output, attention probabilities and scores.
-    pub(crate) fn layer(&mut self, output: &Tensor, probs: Tensor, scores: Tensor) {
+    /// Records one layer's output and, when computed, its attention maps.
+    pub(crate) fn layer(&mut self, output: &Tensor, maps: Option<Maps>) {
         self.hidden_states.push(output.clone());
-        self.attentions.push(probs);
-        self.attention_scores.push(scores);
+        if let Some(m) = maps {
+            self.attentions.push(m.probs);
+            self.attention_scores.push(m.scores);
+        }
     }
 
     /// The model's output, with what was recorded.

@@ -874,7 +874,10 @@ mod tests {
             var.set(&zeroed).unwrap();
         }
         let input = text_input();
-        let out = small.model.forward(&input, &mut ForwardCtx::eval()).unwrap();
+        let out = small
+            .model
+            .forward(&input, &mut ForwardCtx::eval().with_attention_maps())
+            .unwrap();
         assert_eq!(out.attentions[0].dims(), &[3, 2, 7, 7]);
         assert_eq!(out.attentions[1].dims(), &[3, 3, 7, 7]);
         let rel = rel_diff(&out.logits, &logits(&p, &input));

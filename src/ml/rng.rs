@@ -19,6 +19,62 @@ fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// SplitMix64's output function (a bijective 64-bit mix).
+#[inline(always)]
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A dropout mask that is a pure function of a seed and the element index: element `i` is
+/// kept iff the top 32 bits of `mix64(key + (i + 1)·φ)` (SplitMix64's `i`-th output from a
+/// state `key` mixed from the seed) are at least `p·2³²`, and kept elements are scaled by
+/// `1/(1 − p)`. Any range can be generated on its own, so masks are filled in parallel and come
+/// out the same on any number of threads, and a backward pass can regenerate instead of store.
+#[derive(Debug, Clone, Copy)]
+pub struct CounterMask {
+    key: u64,
+    threshold: u64,
+    inv_keep: f32,
+}
+
+/// Elements per parallel task when filling a whole mask.
+const MASK_BLOCK: usize = 16384;
+
+impl CounterMask {
+    /// The mask of drop probability `p` for `seed`; `None` when nothing is dropped (`p ≤ 0`).
+    /// `p` must be below 1.
+    pub fn new(p: f64, seed: u64) -> Option<Self> {
+        (p > 0.0).then(|| Self {
+            key: mix64(seed ^ 0x6174_7465_6e74_696f),
+            threshold: (p * 4_294_967_296.0).ceil() as u64,
+            inv_keep: (1.0 / (1.0 - p)) as f32,
+        })
+    }
+
+    /// The multipliers (`0` or `1/(1 − p)`) of elements `start..start + dst.len()`.
+    #[inline]
+    pub fn fill(&self, start: u64, dst: &mut [f32]) {
+        const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+        let base = self.key.wrapping_add(start.wrapping_add(1).wrapping_mul(GOLDEN));
+        for (j, o) in dst.iter_mut().enumerate() {
+            let h = mix64(base.wrapping_add((j as u64).wrapping_mul(GOLDEN))) >> 32;
+            *o = if h >= self.threshold { self.inv_keep } else { 0.0 };
+        }
+    }
+
+    /// The multipliers of elements `0..n`, filled in parallel on the current rayon pool.
+    pub fn values(&self, n: usize) -> Vec<f32> {
+        use rayon::prelude::*;
+        let mut out = super::gemm::uninit_vec(n);
+        out.par_chunks_mut(MASK_BLOCK)
+            .enumerate()
+            .for_each(|(i, block)| self.fill((i * MASK_BLOCK) as u64, block));
+        out
+    }
+}
+
 /// Derives an independent seed for a named stream (e.g. one tensor) from a base seed.
 ///
 /// Each variable gets its own stream, so adding or reordering variables never changes
@@ -129,6 +185,24 @@ impl Rng {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn counter_masks_are_a_function_of_seed_and_index() {
+        let m = CounterMask::new(0.25, 9).unwrap();
+        let all = m.values(100_000);
+        let kept = all.iter().filter(|&&v| v > 0.0).count() as f64 / all.len() as f64;
+        assert!((kept - 0.75).abs() < 0.01, "kept {kept}");
+        assert!(all.iter().all(|&v| v == 0.0 || v == 1.0 / 0.75));
+        // Any range on its own equals the same range of the whole mask (what parallel filling
+        // and regenerating in a backward pass rely on).
+        let mut part = vec![0.0; 777];
+        m.fill(50_000, &mut part);
+        assert_eq!(part, all[50_000..50_777]);
+        assert_eq!(CounterMask::new(0.25, 9).unwrap().values(1000), all[..1000]);
+        assert_ne!(CounterMask::new(0.25, 10).unwrap().values(1000), all[..1000]);
+        assert!(CounterMask::new(0.0, 9).is_none());
+    }
+
     use super::*;
 
     #[test]

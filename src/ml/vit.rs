@@ -10,7 +10,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::attention::SelfAttention;
+use super::attention::{Maps, SelfAttention};
 use super::config::{HiddenAct, VitConfig};
 use super::layers::{normal, Dropout, ForwardCtx, LayerNorm, Linear};
 use super::output::{ModelOutput, Trace};
@@ -132,9 +132,9 @@ impl VitLayer {
         })
     }
 
-    /// Returns the layer output and its attention probabilities.
-    pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, Tensor, Tensor)> {
-        let (context, probs, scores) = self.attention.forward(&self.layernorm_before.forward(x)?, None, ctx)?;
+    /// Returns the layer output and, when `ctx` asks for them, its attention maps.
+    pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, Option<Maps>)> {
+        let (context, maps) = self.attention.forward(&self.layernorm_before.forward(x)?, None, ctx)?;
         let a = self
             .dropout
             .forward(&self.attention_output.forward_ctx(&context, ctx)?, ctx)?;
@@ -143,7 +143,7 @@ impl VitLayer {
             .intermediate
             .forward_act(&self.layernorm_after.forward(&x)?, self.act, ctx)?;
         let h = self.dropout.forward(&self.output.forward_ctx(&h, ctx)?, ctx)?;
-        Ok(((h + x)?, probs, scores))
+        Ok(((h + x)?, maps))
     }
 }
 
@@ -193,8 +193,8 @@ impl VitForImageClassification {
         let mut x = self.embeddings.forward(pixel_values, ctx)?;
         let mut trace = Trace::start(&x, self.layers.len());
         for layer in &self.layers {
-            let (y, probs, scores) = layer.forward(&x, ctx)?;
-            trace.layer(&y, probs, scores);
+            let (y, maps) = layer.forward(&x, ctx)?;
+            trace.layer(&y, maps);
             x = y;
         }
         let last_hidden_state = self.layernorm.forward(&x)?;
@@ -235,7 +235,12 @@ mod tests {
         assert_eq!(out.logits.dims(), &[4, 3]);
         assert_eq!(out.hidden_states.len(), 3);
         assert_eq!(out.hidden_states[0].dims(), &[4, 5, 16]);
-        assert_eq!(out.attentions[1].dims(), &[4, 2, 5, 5]);
+        assert!(out.attentions.is_empty(), "no maps unless asked for");
+        let maps = model
+            .forward(&x, &mut ForwardCtx::eval().with_attention_maps())
+            .unwrap();
+        assert_eq!(maps.attentions[1].dims(), &[4, 2, 5, 5]);
+        assert_eq!(maps.attention_scores[1].dims(), &[4, 2, 5, 5]);
         let loss = candle_nn::loss::cross_entropy(&out.logits, &targets(4, 3, 5)).unwrap();
         let grads = loss.backward().unwrap();
         let n = assert_every_var_has_gradient(&params, &grads);
