@@ -258,7 +258,7 @@ enum Command {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
-    crate::ml::heap::keep_freed_buffers();
+    crate::ml::runtime::configure();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run { .. }) {
         quiet_on_closed_pipe();
