@@ -201,11 +201,19 @@ fn sum_of_squares(g: &Tensor) -> Result<f64> {
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::msg("gradient is not contiguous"))?;
         let slice = &cpu.as_slice::<f32>()?[a..b];
-        Ok(slice.iter().map(|&x| (x as f64) * (x as f64)).sum())
+        // Fixed chunks, summed in order: the same total on any thread count.
+        let partial: Vec<f64> = slice
+            .par_chunks(UPDATE_CHUNK)
+            .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum())
+            .collect();
+        Ok(partial.iter().sum())
     } else {
         g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()
     }
 }
+
+/// Elements per parallel task of the update and of the gradient norm.
+const UPDATE_CHUNK: usize = 1 << 15;
 
 struct StepScalars {
     lr: f64,
@@ -256,16 +264,24 @@ impl InplaceOp2 for FusedUpdate<'_> {
         let eps = s.eps as f32;
         let scale = s.grad_scale as f32;
         let unscaled = s.grad_scale == 1.0;
-        for i in 0..p.len() {
-            let gi = if unscaled { g[i] } else { g[i] * scale };
-            let pi = p[i] * decay;
-            let mi = m[i] + (gi - m[i]) * one_minus_b1;
-            let vi = v[i] * b2 + one_minus_b2 * gi * gi;
-            m[i] = mi;
-            v[i] = vi;
-            let denom = vi.sqrt() / bc2_sqrt + eps;
-            p[i] = pi - step_size * (mi / denom);
-        }
+        // Element-wise, so fixed chunks in parallel give the same result on any thread count
+        // (a large embedding matrix would otherwise keep one thread busy alone).
+        p.par_chunks_mut(UPDATE_CHUNK)
+            .zip(g.par_chunks(UPDATE_CHUNK))
+            .zip(m.par_chunks_mut(UPDATE_CHUNK))
+            .zip(v.par_chunks_mut(UPDATE_CHUNK))
+            .for_each(|(((p, g), m), v)| {
+                for i in 0..p.len() {
+                    let gi = if unscaled { g[i] } else { g[i] * scale };
+                    let pi = p[i] * decay;
+                    let mi = m[i] + (gi - m[i]) * one_minus_b1;
+                    let vi = v[i] * b2 + one_minus_b2 * gi * gi;
+                    m[i] = mi;
+                    v[i] = vi;
+                    let denom = vi.sqrt() / bc2_sqrt + eps;
+                    p[i] = pi - step_size * (mi / denom);
+                }
+            });
         Ok(())
     }
 }
