@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 
 use super::attention::{Maps, SelfAttention};
 use super::config::{BertConfig, HiddenAct};
+use super::fused;
 use super::layers::{additive_attention_mask, Dropout, Embedding, ForwardCtx, LayerNorm, Linear};
 use super::output::{ModelOutput, Trace};
 
@@ -130,10 +131,10 @@ impl BertLayer {
         let a = self
             .dropout
             .forward(&self.attention_output.forward_ctx(&context, ctx)?, ctx)?;
-        let x = self.attention_norm.forward(&(a + x)?)?;
+        let x = self.attention_norm.forward(&fused::add(&a, x)?)?;
         let h = self.intermediate.forward_act(&x, self.act, ctx)?;
         let h = self.dropout.forward(&self.output.forward_ctx(&h, ctx)?, ctx)?;
-        let out = self.output_norm.forward(&(h + x)?)?;
+        let out = self.output_norm.forward(&fused::add(&h, &x)?)?;
         Ok((out, maps))
     }
 }

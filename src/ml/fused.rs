@@ -561,6 +561,51 @@ pub fn mul_mask(x: &Tensor, mask: Vec<f32>) -> Result<Tensor> {
     x.contiguous()?.apply_op1(DropoutOp { mask: Arc::new(mask) })
 }
 
+// ------------------------------------------------------------------------------------------
+// Residual addition.
+
+dispatch!(add_block, (a: &[f32], b: &[f32], y: &mut [f32]), {
+    for ((o, &x), &z) in y.iter_mut().zip(a).zip(b) {
+        *o = x + z;
+    }
+});
+
+/// `a + b` for tensors of the same shape, parallel over element blocks.
+struct AddOp;
+
+impl CustomOp2 for AddOp {
+    fn name(&self) -> &'static str {
+        "fused-add"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (a, b) = (slice(s1, l1, "add")?, slice(s2, l2, "add")?);
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("add: shapes {:?} and {:?} differ", l1.dims(), l2.dims())
+        }
+        let mut y = super::gemm::uninit_vec(a.len());
+        y.par_chunks_mut(ELEM_BLOCK)
+            .zip(a.par_chunks(ELEM_BLOCK))
+            .zip(b.par_chunks(ELEM_BLOCK))
+            .for_each(|((yb, ab), bb)| add_block(ab, bb, yb));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _a: &Tensor, _b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.clone()), Some(grad.clone())))
+    }
+}
+
+/// `a + b` (a residual connection): parallel for f32 CPU tensors of the same shape, candle's
+/// own addition otherwise.
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if fusable(a) && fusable(b) && a.dims() == b.dims() {
+        a.contiguous()?.apply_op2(&b.contiguous()?, AddOp)
+    } else {
+        a + b
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,6 +667,15 @@ mod tests {
             let e = rel_err(a, b);
             assert!(e <= 1e-4, "gradient {i}: relative error {e}");
         }
+    }
+
+    #[test]
+    fn residual_add_matches_candle_and_passes_the_gradient_to_both_sides() {
+        let mut rng = Rng::new(12);
+        let (a, b) = (randn(&mut rng, &[3, 70, 130], 1.0), randn(&mut rng, &[3, 70, 130], 1.0));
+        let add2 = |x: &[Tensor]| add(&x[0], &x[1]).unwrap();
+        let composite = |x: &[Tensor]| (&x[0] + &x[1]).unwrap();
+        check(&add2, &composite, &[a, b]);
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //!   on free, so each step pays page faults, zeroing of fresh pages by the kernel and TLB
 //!   shoot-downs across cores (about a seventh of a BERT-mini step on 2 cores, measured with
 //!   `perf`). Raising the mmap threshold to its maximum (32 MiB) and the trim threshold keeps
-//!   those buffers in the heap.
+//!   those buffers in the heap, and one arena for all threads (`M_ARENA_MAX = 1`) lets a
+//!   buffer freed on one thread serve the next allocation on another: with per-thread arenas
+//!   the ViT backward pass still faulted pages in and varied from 0.42 to 0.60 s between runs;
+//!   with one arena it takes 0.41–0.43 s.
 //! - Threads: candle 0.11 runs its element-wise ops on a pool of its own (`candle-bp-*`
 //!   threads, pinned, spinning 25 000 times after each op) beside rayon's, which runs the
 //!   matrix products and every fused kernel here. On a machine with as many rayon threads as
@@ -24,13 +27,14 @@ pub fn configure() {
     }
 }
 
-/// Serves blocks up to 32 MiB from the heap and keeps up to 1 GiB of freed memory for reuse
-/// (glibc on Linux; elsewhere the allocator's defaults stand).
+/// Serves blocks up to 32 MiB from one shared heap and keeps up to 1 GiB of freed memory for
+/// reuse (glibc on Linux; elsewhere the allocator's defaults stand).
 fn keep_freed_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before other threads start.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }

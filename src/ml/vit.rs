@@ -9,9 +9,11 @@
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use super::attention::{Maps, SelfAttention};
 use super::config::{HiddenAct, VitConfig};
+use super::fused;
 use super::layers::{normal, Dropout, ForwardCtx, LayerNorm, Linear};
 use super::output::{ModelOutput, Trace};
 
@@ -64,13 +66,7 @@ impl VitEmbeddings {
                 s = self.image_size
             )
         }
-        let (gh, gw) = (height / p, width / p);
-        // [b, c, gh, p, gw, p] → [b, gh, gw, c, p, p] → [b, gh·gw, c·p·p]: row-major patches,
-        // each flattened in the Conv2d weight's (channel, row, column) order.
-        let patches = pixel_values
-            .reshape((b, c, gh, p, gw, p))?
-            .permute([0, 2, 4, 1, 3, 5])?
-            .reshape((b, gh * gw, c * p * p))?;
+        let patches = patches(pixel_values, p)?;
         let proj = Linear::from_tensors(
             self.projection_weight.reshape((hidden, c * p * p))?,
             Some(self.projection_bias.clone()),
@@ -80,6 +76,42 @@ impl VitEmbeddings {
         let x = Tensor::cat(&[&cls, &tokens], 1)?.broadcast_add(&self.position_embeddings)?;
         self.dropout.forward(&x, ctx)
     }
+}
+
+/// `[b, c, H, W]` pixels → `[b, (H/p)·(W/p), c·p·p]`: row-major patches, each flattened in the
+/// Conv2d weight's (channel, row, column) order. Pixels without a gradient (always, in
+/// training) are copied in parallel; otherwise a permutation that autograd can follow.
+fn patches(pixel_values: &Tensor, p: usize) -> Result<Tensor> {
+    let (b, c, height, width) = pixel_values.dims4()?;
+    let (gh, gw) = (height / p, width / p);
+    if pixel_values.track_op() || !fused::fusable(pixel_values) || gh * p != height || gw * p != width {
+        // [b, c, gh, p, gw, p] → [b, gh, gw, c, p, p] → [b, gh·gw, c·p·p].
+        return pixel_values
+            .reshape((b, c, gh, p, gw, p))?
+            .permute([0, 2, 4, 1, 3, 5])?
+            .reshape((b, gh * gw, c * p * p));
+    }
+    let x = pixel_values.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("patches: expected a CPU tensor")
+    };
+    let src = fused::slice(cpu, layout, "patches")?;
+    let row = gw * c * p * p;
+    let mut out = super::gemm::uninit_vec(b * gh * row);
+    out.par_chunks_mut(row).enumerate().for_each(|(i, dst)| {
+        let (bi, gy) = (i / gh, i % gh);
+        for gx in 0..gw {
+            for ch in 0..c {
+                for py in 0..p {
+                    let from = ((bi * c + ch) * height + gy * p + py) * width + gx * p;
+                    let to = (gx * c + ch) * p * p + py * p;
+                    dst[to..to + p].copy_from_slice(&src[from..from + p]);
+                }
+            }
+        }
+    });
+    Tensor::from_vec(out, (b, gh * gw, c * p * p), x.device())
 }
 
 /// One pre-LN encoder layer (`vit.encoder.layer.N`).
@@ -138,12 +170,12 @@ impl VitLayer {
         let a = self
             .dropout
             .forward(&self.attention_output.forward_ctx(&context, ctx)?, ctx)?;
-        let x = (a + x)?;
+        let x = fused::add(&a, x)?;
         let h = self
             .intermediate
             .forward_act(&self.layernorm_after.forward(&x)?, self.act, ctx)?;
         let h = self.dropout.forward(&self.output.forward_ctx(&h, ctx)?, ctx)?;
-        Ok(((h + x)?, maps))
+        Ok((fused::add(&h, &x)?, maps))
     }
 }
 
@@ -224,6 +256,22 @@ mod tests {
     use crate::ml::testutil::*;
     use candle_core::Device;
     use candle_transformers::models::vit as oracle;
+
+    #[test]
+    fn parallel_patches_equal_the_differentiable_permutation() {
+        let x = Tensor::arange(0f32, (2 * 3 * 8 * 12) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3, 8, 12))
+            .unwrap();
+        let fast = patches(&x, 4).unwrap();
+        let var = candle_core::Var::from_tensor(&x).unwrap();
+        let tracked = patches(var.as_tensor(), 4).unwrap();
+        assert_eq!(fast.dims(), &[2, 6, 48]);
+        assert_eq!(
+            fast.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            tracked.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
 
     #[test]
     fn one_training_step_gives_every_variable_a_gradient() {
