@@ -121,7 +121,7 @@ const RESOURCES: ParamSchema = p(
 pub static TRAIN: OpSchema = OpSchema {
     name: "train",
     kind: OpKind::Stage(Output::Model),
-    version: 1,
+    version: 2,
     doc: "Train a model on labelled data (AdamW, warm-up then linear decay, best checkpoint kept).",
     params: &[
         p(
@@ -150,7 +150,7 @@ pub static TRAIN: OpSchema = OpSchema {
 pub static DISTILL: OpSchema = OpSchema {
     name: "distill",
     kind: OpKind::Stage(Output::Model),
-    version: 1,
+    version: 2,
     doc: "Distil a teacher into a student: alpha*CE(labels) + (1-alpha)*T^2*KL(teacher/T || student/T).",
     params: &[
         p(
@@ -191,7 +191,7 @@ pub static DISTILL: OpSchema = OpSchema {
 pub static FUSE: OpSchema = OpSchema {
     name: "fuse",
     kind: OpKind::Stage(Output::Model),
-    version: 1,
+    version: 2,
     doc: "Multi-agent distillation: one student learns from the fused predictions of several teachers.",
     params: &[
         p(
@@ -283,7 +283,7 @@ fn check_fuse(params: &Params) -> Vec<ArgProblem> {
 pub static PREDICT: OpSchema = OpSchema {
     name: "predict",
     kind: OpKind::Stage(Output::Predictions),
-    version: 1,
+    version: 2,
     doc: "A model's logits on every training example. `distill` and `fuse` create one per teacher and \
           dataset, so students that share a teacher share its predictions.",
     params: &[
@@ -312,7 +312,7 @@ pub static PREDICT: OpSchema = OpSchema {
 pub static QLORA: OpSchema = OpSchema {
     name: "qlora",
     kind: OpKind::Stage(Output::Model),
-    version: 1,
+    version: 2,
     doc: "QLoRA: freeze the base as 4-bit NF4 and train low-rank adapters (PEFT layout) plus the head.",
     params: &[
         p(
@@ -395,7 +395,7 @@ fn check_qlora(params: &Params) -> Vec<ArgProblem> {
 pub static PRUNE: OpSchema = OpSchema {
     name: "prune",
     kind: OpKind::Stage(Output::Model),
-    version: 1,
+    version: 2,
     doc: "Prune a model: L1 magnitude per layer or globally, or whole attention heads; masks kept while fine-tuning.",
     params: &[
         p("model", Ty::Model, D::Required, None, "the trained model to prune"),
@@ -449,7 +449,7 @@ fn check_prune(params: &Params) -> Vec<ArgProblem> {
 pub static EVAL: OpSchema = OpSchema {
     name: "eval",
     kind: OpKind::Stage(Output::Metrics),
-    version: 1,
+    version: 2,
     doc: "Evaluate a model: accuracy, per-class accuracy, parameters, nonzeros, bytes on disk, latency.",
     params: &[
         p("model", Ty::Model, D::Required, None, "the model to evaluate"),
@@ -466,7 +466,7 @@ pub static EVAL: OpSchema = OpSchema {
 pub static REPORT: OpSchema = OpSchema {
     name: "report",
     kind: OpKind::Stage(Output::Report),
-    version: 1,
+    version: 2,
     doc: "Compare models in one report: accuracy, retention, measured sizes, compression; tables and plots.",
     params: &[
         p(
