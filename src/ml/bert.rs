@@ -241,6 +241,50 @@ mod tests {
         }
     }
 
+    /// The fused attention inside the whole model, in train mode with dropout and padding,
+    /// against the unfused attention (what `with_attention_maps` runs): the same dropout draw
+    /// gives the same mask, so loss and every gradient agree to rounding.
+    #[test]
+    fn fused_and_unfused_attention_train_the_same_way() {
+        let cfg = tiny_bert(3);
+        let params = ParamStore::new(11);
+        let model = BertForSequenceClassification::new(&cfg, params.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let (ids, mask, types) = text_batch(4, 8, cfg.vocab_size, 1);
+        assert!(
+            mask.sum_all().unwrap().to_scalar::<u32>().unwrap() < 32,
+            "the batch has padding"
+        );
+        let labels = Tensor::new(&[0u32, 2, 1, 2], &Device::Cpu).unwrap();
+        let run = |ctx: &mut ForwardCtx| {
+            let out = model.forward(&ids, Some(&types), Some(&mask), ctx).unwrap();
+            let loss = candle_nn::loss::cross_entropy(&out.logits, &labels).unwrap();
+            let grads = loss.backward().unwrap();
+            let mut all = vec![loss.to_scalar::<f32>().unwrap()];
+            for (_, v) in params.named_vars() {
+                all.extend(
+                    grads
+                        .get(v.as_tensor())
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap(),
+                );
+            }
+            all
+        };
+        let fused = run(&mut ForwardCtx::train(5));
+        let unfused = run(&mut ForwardCtx::train(5).with_attention_maps());
+        let scale = unfused.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = fused.iter().zip(&unfused).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+        assert!(err < 1e-4, "relative difference {err}");
+        assert_ne!(
+            fused,
+            run(&mut ForwardCtx::train(6)),
+            "another dropout seed changes the step"
+        );
+    }
+
     #[test]
     fn one_training_step_gives_every_variable_a_gradient() {
         let cfg = tiny_bert(3);
