@@ -611,30 +611,9 @@ mod tests {
     use super::*;
     use crate::ml::config::HiddenAct;
     use crate::ml::layers::{self, LayerNorm};
+    use crate::ml::testutil::{randn, rel_err, values_f64 as values};
     use crate::ml::Rng;
     use candle_core::{Device, Module, Var};
-
-    fn randn(rng: &mut Rng, dims: &[usize], std: f64) -> Tensor {
-        let n: usize = dims.iter().product();
-        Tensor::from_vec(rng.normal_vec(n, 0.0, std), dims, &Device::Cpu).unwrap()
-    }
-
-    fn values(t: &Tensor) -> Vec<f64> {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    }
-
-    /// max |a − b| / max |b|.
-    fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-        let (a, b) = (values(a), values(b));
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-        a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
-    }
 
     /// Output and input gradients (of `sum(f(x)·w)` for random `w`) of `f` at `inputs`, the
     /// inputs as f32 variables; `to` converts them first (f32 for the fused op, f64 for the

@@ -463,30 +463,9 @@ pub fn attention(
 mod tests {
     use super::*;
     use crate::ml::layers;
+    use crate::ml::testutil::{randn, rel_err, values_f64 as values};
     use crate::ml::Rng;
     use candle_core::{DType, Device, Var};
-
-    fn randn(rng: &mut Rng, dims: &[usize], std: f64) -> Tensor {
-        let n: usize = dims.iter().product();
-        Tensor::from_vec(rng.normal_vec(n, 0.0, std), dims, &Device::Cpu).unwrap()
-    }
-
-    fn values(t: &Tensor) -> Vec<f64> {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    }
-
-    /// max |a − b| / max |b|.
-    fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-        let (a, b) = (values(a), values(b));
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-        a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
-    }
 
     /// The composite attention of [`crate::ml::attention`] from candle ops (differentiable, any
     /// float dtype): `mask` `[b, s]`, `mult` the dropout multipliers `[b, heads, s, s]`.

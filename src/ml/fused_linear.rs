@@ -92,6 +92,21 @@ fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, inp: usize, 
     y
 }
 
+/// `x·Wᵀ + b` from the three storages of a `CustomOp3` (shape checks included).
+fn forward_biased(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+) -> Result<(Vec<f32>, Shape)> {
+    let (rows, inp, out, shape) = dims(l1, l2)?;
+    let b = slice(s3, l3, "linear")?;
+    if b.len() != out {
+        candle_core::bail!("linear: bias has {} values for {out} outputs", b.len())
+    }
+    let (x, w) = (slice(s1, l1, "linear")?, slice(s2, l2, "linear")?);
+    Ok((forward(x, w, Some(b), rows, inp, out), shape))
+}
+
 impl CustomOp2 for LinearOp {
     fn name(&self) -> &'static str {
         "fused-linear"
@@ -123,19 +138,7 @@ impl CustomOp3 for LinearOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (rows, inp, out, shape) = dims(l1, l2)?;
-        let b = slice(s3, l3, "linear")?;
-        if b.len() != out {
-            candle_core::bail!("linear: bias has {} values for {out} outputs", b.len())
-        }
-        let y = forward(
-            slice(s1, l1, "linear")?,
-            slice(s2, l2, "linear")?,
-            Some(b),
-            rows,
-            inp,
-            out,
-        );
+        let (y, shape) = forward_biased((s1, l1), (s2, l2), (s3, l3))?;
         Ok((CpuStorage::F32(y), shape))
     }
 
@@ -171,19 +174,7 @@ impl CustomOp3 for LinearGeluOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (rows, inp, out, shape) = dims(l1, l2)?;
-        let b = slice(s3, l3, "linear-gelu")?;
-        if b.len() != out {
-            candle_core::bail!("linear: bias has {} values for {out} outputs", b.len())
-        }
-        let pre = forward(
-            slice(s1, l1, "linear")?,
-            slice(s2, l2, "linear")?,
-            Some(b),
-            rows,
-            inp,
-            out,
-        );
+        let (pre, shape) = forward_biased((s1, l1), (s2, l2), (s3, l3))?;
         let mut y = uninit_vec(pre.len());
         y.par_chunks_mut(ELEM_BLOCK)
             .zip(pre.par_chunks(ELEM_BLOCK))
@@ -311,33 +302,12 @@ fn column_sums(g: &[f32], n: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ml::testutil::{self, rel_err};
     use crate::ml::Rng;
     use candle_core::{DType, Var};
 
     fn randn(rng: &mut Rng, dims: &[usize]) -> Tensor {
-        let n: usize = dims.iter().product();
-        Tensor::from_vec(rng.normal_vec(n, 0.0, 1.0), dims, &Device::Cpu).unwrap()
-    }
-
-    /// max |a − b| / max |b|.
-    fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-        let a: Vec<f64> = a
-            .to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let b: Vec<f64> = b
-            .to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(a.len(), b.len());
-        let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-        a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+        testutil::randn(rng, dims, 1.0)
     }
 
     /// Output and gradients of `sum(linear(x)·u)` w.r.t. x, W and b (when given).

@@ -118,3 +118,27 @@ pub fn minilm_dir() -> Option<PathBuf> {
     }
     Some(dir)
 }
+
+/// A tensor of normal(0, `std`) values from `rng`.
+pub fn randn(rng: &mut Rng, dims: &[usize], std: f64) -> Tensor {
+    let n: usize = dims.iter().product();
+    Tensor::from_vec(rng.normal_vec(n, 0.0, std), dims, &Device::Cpu).unwrap()
+}
+
+/// The values of `t` as f64, flattened.
+pub fn values_f64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(candle_core::DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// max |a − b| / max |b| (b the reference).
+pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (values_f64(a), values_f64(b));
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+    a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+}
