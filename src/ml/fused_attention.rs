@@ -124,7 +124,17 @@ struct Dims {
     d: usize,
 }
 
+/// Multiply-adds worth a parallel task of their own (below that, waking another thread costs
+/// more than the work: tiny models run their whole batch on the calling thread).
+const MIN_TASK_WORK: usize = 1 << 18;
+
 impl Dims {
+    /// Batch elements per parallel task: at least one, and at least [`MIN_TASK_WORK`] of work.
+    fn batches_per_task(&self) -> usize {
+        let per_element = self.heads * self.s * self.s * self.d;
+        MIN_TASK_WORK.div_ceil(per_element.max(1))
+    }
+
     /// Width of a row of q, k, v and the output (`heads·head_dim`).
     fn hd(&self) -> usize {
         self.heads * self.d
@@ -321,6 +331,7 @@ impl CustomOp3 for AttentionOp {
             out.par_chunks_mut(s * hd)
                 .zip(probs.par_chunks_mut(dims.heads * s * s))
                 .enumerate()
+                .with_min_len(dims.batches_per_task())
                 .for_each_init(
                     || uninit_vec(scratch),
                     |sc, (bi, (ob, pb))| {
@@ -380,6 +391,7 @@ impl CustomOp3 for AttentionOp {
                 .zip(dv.par_chunks_mut(s * hd))
                 .zip(probs.par_chunks(dims.heads * s * s))
                 .enumerate()
+                .with_min_len(dims.batches_per_task())
                 .for_each_init(
                     || uninit_vec(scratch),
                     |sc, (bi, (((dqb, dkb), dvb), pb))| {
