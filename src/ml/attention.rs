@@ -84,10 +84,11 @@ impl SelfAttention {
         let q = self.query.forward_ctx(x, ctx)?;
         let k = self.key.forward_ctx(x, ctx)?;
         let v = self.value.forward_ctx(x, ctx)?;
-        let key_mask = mask.filter(|m| m.elem_count() == b * s);
+        // The fused kernel takes a per-key mask: `[b, s]` or BERT's `[b, 1, 1, s]`.
+        let key_mask = mask.filter(|m| m.dims() == [b, 1, 1, s] || m.dims() == [b, s]);
         if !ctx.attention_maps() && fused_attention::fusable(&q) && key_mask.is_some() == mask.is_some() {
             let dropout = (ctx.is_train() && self.dropout.p > 0.0).then(|| AttentionDropout {
-                p: self.dropout.p as f32,
+                p: self.dropout.p,
                 seed: ctx.rng().next_u64(),
             });
             let context =

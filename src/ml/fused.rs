@@ -741,6 +741,8 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
+        // A counter-based mask, filled on the pool of the caller.
+        let dropout_values = |n: usize| crate::ml::rng::CounterMask::new(0.2, 7).unwrap().values(n);
         let mut rng = Rng::new(5);
         let x = randn(&mut rng, &[300, 48], 1.0);
         let w = randn(&mut rng, &[48], 1.0);
@@ -751,6 +753,7 @@ mod tests {
                 let xv = Var::from_tensor(&x)?;
                 let (wv, bv) = (Var::from_tensor(&w)?, Var::from_tensor(&b)?);
                 let h = layer_norm(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), 1e-5)?;
+                let h = add(&h, &mul_mask(&h, dropout_values(h.elem_count()))?)?;
                 let y = softmax_last_dim(&gelu_erf(&h)?)?;
                 let grads = (y.clone() * &gw)?.sum_all()?.backward()?;
                 let mut out = vec![y.flatten_all()?.to_vec1()?];

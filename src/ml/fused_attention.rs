@@ -28,7 +28,7 @@ use super::rng::CounterMask;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttentionDropout {
     /// Drop probability, in `[0, 1)`.
-    pub p: f32,
+    pub p: f64,
     /// Seed of the counter-based mask.
     pub seed: u64,
 }
@@ -47,7 +47,7 @@ fn counter_mask(d: &AttentionDropout) -> Result<Option<CounterMask>> {
     if !(d.p >= 0.0 && d.p < 1.0) {
         candle_core::bail!("attention: dropout probability {} is not in [0, 1)", d.p)
     }
-    Ok(CounterMask::new(d.p as f64, d.seed))
+    Ok(CounterMask::new(d.p, d.seed))
 }
 
 /// The dropout multipliers the op uses (0 or 1/(1-p)) for probabilities of shape `[b, heads, s, s]`,
@@ -208,6 +208,7 @@ fn backward_one(
     scale: f32,
     keep: Option<&CounterMask>,
     (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+    [need_q, need_k, need_v]: [bool; 3],
     scratch: &mut [f32],
 ) {
     let (s, ss) = (dims.s, dims.s * dims.s);
@@ -225,14 +226,19 @@ fn backward_one(
         };
         let gh = dims.head(g, h);
         // dV_h = P'ᵀ·dC_h; dP' = dC_h·v_hᵀ.
-        matmul(
-            dims.head_mut(dv, h),
-            Mat::rows(a, s, s).t(),
-            gh,
-            1.0,
-            false,
-            Threads::One,
-        );
+        if need_v {
+            matmul(
+                dims.head_mut(dv, h),
+                Mat::rows(a, s, s).t(),
+                gh,
+                1.0,
+                false,
+                Threads::One,
+            );
+        }
+        if !(need_q || need_k) {
+            continue;
+        }
         matmul(
             MatMut::rows(dp, s, s),
             gh,
@@ -245,15 +251,19 @@ fn backward_one(
         softmax_bwd_rows(ph, a, dp, m, s);
         // dQ_h = scale·dS·k_h; dK_h = scale·dSᵀ·q_h.
         let ds = Mat::rows(dp, s, s);
-        matmul(dims.head_mut(dq, h), ds, dims.head(k, h), scale, false, Threads::One);
-        matmul(
-            dims.head_mut(dk, h),
-            ds.t(),
-            dims.head(q, h),
-            scale,
-            false,
-            Threads::One,
-        );
+        if need_q {
+            matmul(dims.head_mut(dq, h), ds, dims.head(k, h), scale, false, Threads::One);
+        }
+        if need_k {
+            matmul(
+                dims.head_mut(dk, h),
+                ds.t(),
+                dims.head(q, h),
+                scale,
+                false,
+                Threads::One,
+            );
+        }
     }
 }
 
@@ -382,6 +392,9 @@ impl CustomOp3 for AttentionOp {
         if probs.len() != dims.b * dims.heads * s * s {
             candle_core::bail!("{op}: no saved probabilities of the right size")
         }
+        // Only the inputs that track gradients get one (e.g. a frozen projection's output does
+        // not); the others' buffers are never written nor returned.
+        let need = [q.track_op(), k.track_op(), v.track_op()];
         let n = xs[0].len();
         let (mut dq, mut dk, mut dv) = (uninit_vec(n), uninit_vec(n), uninit_vec(n));
         if n > 0 {
@@ -397,7 +410,17 @@ impl CustomOp3 for AttentionOp {
                     |sc, (bi, (((dqb, dkb), dvb), pb))| {
                         let r = bi * s * hd..(bi + 1) * s * hd;
                         let x = (&xs[0][r.clone()], &xs[1][r.clone()], &xs[2][r.clone()], &xs[3][r]);
-                        backward_one(dims, bi, x, pb, self.scale, self.keep.as_ref(), (dqb, dkb, dvb), sc);
+                        backward_one(
+                            dims,
+                            bi,
+                            x,
+                            pb,
+                            self.scale,
+                            self.keep.as_ref(),
+                            (dqb, dkb, dvb),
+                            need,
+                            sc,
+                        );
                     },
                 );
         }
@@ -405,11 +428,14 @@ impl CustomOp3 for AttentionOp {
         drop(guards);
         let shape = (dims.b, s, hd);
         let dev = q.device();
-        Ok((
-            Some(Tensor::from_vec(dq, shape, dev)?),
-            Some(Tensor::from_vec(dk, shape, dev)?),
-            Some(Tensor::from_vec(dv, shape, dev)?),
-        ))
+        let grad = |needed: bool, values: Vec<f32>| -> Result<Option<Tensor>> {
+            Ok(if needed {
+                Some(Tensor::from_vec(values, shape, dev)?)
+            } else {
+                None
+            })
+        };
+        Ok((grad(need[0], dq)?, grad(need[1], dk)?, grad(need[2], dv)?))
     }
 }
 
@@ -597,6 +623,21 @@ mod tests {
     }
 
     #[test]
+    fn only_inputs_that_track_gradients_get_one() {
+        let mut rng = Rng::new(21);
+        let (q, k) = (randn(&mut rng, &[2, 6, 8], 1.0), randn(&mut rng, &[2, 6, 8], 1.0));
+        let v = Var::from_tensor(&randn(&mut rng, &[2, 6, 8], 1.0)).unwrap();
+        let y = attention(&q, &k, &v, 2, 4, 0.5, None, None).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&q).is_none() && g.get(&k).is_none());
+        // The value gradient equals the one of the all-tracked op.
+        let (qv, kv) = (Var::from_tensor(&q).unwrap(), Var::from_tensor(&k).unwrap());
+        let all = attention(&qv, &kv, &v, 2, 4, 0.5, None, None).unwrap();
+        let ga = all.sum_all().unwrap().backward().unwrap();
+        assert_eq!(rel_err(g.get(&v).unwrap(), ga.get(&v).unwrap()), 0.0);
+    }
+
+    #[test]
     fn fused_attention_matches_the_composite_with_a_mask() {
         let case = Case {
             b: 3,
@@ -729,10 +770,10 @@ mod tests {
         // Independent masks agree on about 0.9² + 0.1² = 82% of the entries.
         assert!((same - 0.82).abs() < 0.02, "agreement {same}");
         // Other probabilities.
-        for p in [0.5f32, 0.9] {
+        for p in [0.5f64, 0.9] {
             let m = dropout_multipliers(1, 1, 300, &AttentionDropout { p, seed: 5 });
             let kept = m.iter().filter(|&&x| x != 0.0).count() as f64 / m.len() as f64;
-            assert!((kept - (1.0 - p as f64)).abs() < 0.01, "p {p}: kept {kept}");
+            assert!((kept - (1.0 - p)).abs() < 0.01, "p {p}: kept {kept}");
         }
         let none = dropout_multipliers(2, 2, 5, &AttentionDropout { p: 0.0, seed: 5 });
         assert!(none.iter().all(|&x| x == 1.0));
@@ -759,7 +800,7 @@ mod tests {
         assert!(!fusable(&x64) && fusable(&x));
         assert!(attention(&x64, &x64, &x64, 2, 4, 0.5, None, None).is_err());
         assert!(attention(&x, &x, &x, 3, 4, 0.5, None, None).is_err());
-        for p in [-0.1f32, 1.0, f32::NAN] {
+        for p in [-0.1f64, 1.0, f64::NAN] {
             assert!(attention(&x, &x, &x, 2, 4, 0.5, None, Some(AttentionDropout { p, seed: 0 })).is_err());
         }
         let bad_mask = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();

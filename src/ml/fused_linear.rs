@@ -427,8 +427,12 @@ mod tests {
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
-                grads(&x, &w, Some(&b), &u, true, DType::F32)
-                    .iter()
+                let mut all = grads(&x, &w, Some(&b), &u, true, DType::F32);
+                let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+                let y = linear_gelu(&xv, &wv, &b).unwrap();
+                let g = (&y * &u).unwrap().sum_all().unwrap().backward().unwrap();
+                all.extend([y, g.get(&xv).unwrap().clone(), g.get(&wv).unwrap().clone()]);
+                all.iter()
                     .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
                     .collect::<Vec<_>>()
             })

@@ -50,10 +50,22 @@ impl<'a> Mat<'a> {
     }
 
     fn check(&self, what: &str) {
-        if self.rows > 0 && self.cols > 0 {
-            let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
-            assert!(last < self.data.len(), "{what}: view past the end of its slice");
-        }
+        check_view(self.data.len(), self.rows, self.cols, self.rs, self.cs, what);
+    }
+}
+
+/// Panics unless every element of the view lies inside a slice of `len` (no overflow, strides
+/// that fit an `isize`).
+fn check_view(len: usize, rows: usize, cols: usize, rs: usize, cs: usize, what: &str) {
+    assert!(
+        rs <= isize::MAX as usize && cs <= isize::MAX as usize,
+        "{what}: stride too large"
+    );
+    if rows > 0 && cols > 0 {
+        let last = (rows - 1)
+            .checked_mul(rs)
+            .and_then(|a| (cols - 1).checked_mul(cs).and_then(|b| a.checked_add(b)));
+        assert!(last.is_some_and(|l| l < len), "{what}: view past the end of its slice");
     }
 }
 
@@ -102,16 +114,20 @@ pub enum Threads {
 /// `dst = scale·lhs·rhs`, or `dst += scale·lhs·rhs` with `accumulate`; `dst` need not be
 /// initialised when not accumulating. Panics if the shapes disagree or a view leaves its slice
 /// (a programming error, not an input error).
-pub fn matmul(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, accumulate: bool, threads: Threads) {
+pub(crate) fn matmul(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, accumulate: bool, threads: Threads) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(rhs.rows, k, "matmul: inner dimensions differ");
     assert_eq!((dst.rows, dst.cols), (m, n), "matmul: destination shape");
     lhs.check("lhs");
     rhs.check("rhs");
-    if m > 0 && n > 0 {
-        let last = (m - 1) * dst.rs + (n - 1) * dst.cs;
-        assert!(last < dst.data.len(), "dst: view past the end of its slice");
-    }
+    check_view(dst.data.len(), m, n, dst.rs, dst.cs, "dst");
+    // Distinct elements of the destination must not share memory (threads write them at once).
+    let one_row_ok = m <= 1 && (n <= 1 || dst.cs > 0);
+    let one_column_ok = n <= 1 && dst.rs > 0;
+    let rows_apart = dst.cs > 0 && dst.rs >= n * dst.cs;
+    let columns_apart = dst.rs > 0 && dst.cs >= m * dst.rs;
+    let disjoint = one_row_ok || one_column_ok || rows_apart || columns_apart;
+    assert!(disjoint, "dst: elements of the view overlap");
     if m == 0 || n == 0 {
         return;
     }
@@ -156,8 +172,9 @@ pub fn matmul(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, accumulat
     }
 }
 
-/// A `Vec` of `n` floats whose contents will all be overwritten (no zero-filling pass).
-pub fn uninit_vec(n: usize) -> Vec<f32> {
+/// A `Vec` of `n` floats whose contents will all be overwritten (no zero-filling pass); its
+/// elements hold arbitrary values until written.
+pub(crate) fn uninit_vec(n: usize) -> Vec<f32> {
     let mut v = Vec::with_capacity(n);
     // SAFETY: f32 has no invalid bit patterns; callers overwrite every element before reading.
     #[allow(clippy::uninit_vec)]
@@ -212,6 +229,37 @@ mod tests {
         for (x, y) in c.iter().zip(&want) {
             assert!((x - 3.0 * y).abs() < 1e-4);
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "overlap")]
+    fn an_overlapping_destination_is_refused() {
+        let a = vec![0.0; 4];
+        let mut c = vec![0.0; 4];
+        matmul(
+            MatMut::strided(&mut c, 2, 2, 1, 1),
+            Mat::rows(&a, 2, 2),
+            Mat::rows(&a, 2, 2),
+            1.0,
+            false,
+            Threads::One,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "past the end")]
+    fn an_overflowing_stride_is_refused() {
+        let a = vec![0.0; 4];
+        let mut c = vec![0.0; 4];
+        let huge = Mat::strided(&a, 3, 1, 1 << 62, 1);
+        matmul(
+            MatMut::rows(&mut c, 3, 1),
+            huge,
+            Mat::rows(&a, 1, 1),
+            1.0,
+            false,
+            Threads::One,
+        );
     }
 
     #[test]

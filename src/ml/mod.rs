@@ -15,7 +15,7 @@ pub mod distill;
 pub mod fused;
 pub mod fused_attention;
 pub mod fused_linear;
-pub mod gemm;
+pub(crate) mod gemm;
 pub mod layers;
 pub mod lora;
 pub mod metrics;

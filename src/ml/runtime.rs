@@ -15,7 +15,12 @@
 //!   cores the two pools fight for the cores: `rkd bench train` on 2 cores took 0.29 s (BERT-mini)
 //!   and 0.80 s (ViT) per step with candle's pool and 0.24 s / 0.64–0.72 s without it. So
 //!   candle's pool is limited to the calling thread (`CANDLE_NUM_THREADS=1`) unless the user
-//!   set that variable.
+//!   set that variable (commands run by `exec` stages do not inherit it).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether [`configure`] set `CANDLE_NUM_THREADS` (rather than the user).
+static SET_CANDLE_THREADS: AtomicBool = AtomicBool::new(false);
 
 /// Applies the settings above; call first thing in `main`, before any other thread starts.
 pub fn configure() {
@@ -24,6 +29,17 @@ pub fn configure() {
         // Safe here: no other thread exists yet (see the doc comment), and candle reads the
         // variable when its pool is first used.
         std::env::set_var("CANDLE_NUM_THREADS", "1");
+        SET_CANDLE_THREADS.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Environment variables rkd set for itself, which commands it runs (`exec` stages) should
+/// not inherit.
+pub fn own_env_vars() -> Vec<&'static str> {
+    if SET_CANDLE_THREADS.load(Ordering::Relaxed) {
+        vec!["CANDLE_NUM_THREADS"]
+    } else {
+        Vec::new()
     }
 }
 

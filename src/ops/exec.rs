@@ -31,6 +31,9 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
         .stderr(ctx.log.try_clone().map_err(|e| e.to_string())?)
         // Its own process group, so that cancelling kills the whole command tree.
         .process_group(0);
+    for var in crate::ml::runtime::own_env_vars() {
+        command.env_remove(var);
+    }
     if let Some(Value::Record(params)) = ctx.params.get("params") {
         for (k, v) in params.iter() {
             command.env(format!("RKD_PARAM_{}", k.to_uppercase()), env_value(v));
