@@ -7,6 +7,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::fused;
 use super::fused_attention::{self, AttentionDropout};
 use super::layers::{softmax_last_dim, Dropout, ForwardCtx, Linear};
 
@@ -86,7 +87,7 @@ impl SelfAttention {
         let v = self.value.forward_ctx(x, ctx)?;
         // The fused kernel takes a per-key mask: `[b, s]` or BERT's `[b, 1, 1, s]`.
         let key_mask = mask.filter(|m| m.dims() == [b, 1, 1, s] || m.dims() == [b, s]);
-        if !ctx.attention_maps() && fused_attention::fusable(&q) && key_mask.is_some() == mask.is_some() {
+        if !ctx.attention_maps() && fused::fusable(&q) && key_mask.is_some() == mask.is_some() {
             let dropout = (ctx.is_train() && self.dropout.p > 0.0).then(|| AttentionDropout {
                 p: self.dropout.p,
                 seed: ctx.rng().next_u64(),

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{dispatch, dot8, exp_f32, max8, slice, sum8};
+use super::fused::{dispatch, dot8, exp_f32, fusable, max8, slice, sum8};
 use super::gemm::{matmul, uninit_vec, Mat, MatMut, Threads};
 use super::rng::CounterMask;
 
@@ -31,11 +31,6 @@ pub struct AttentionDropout {
     pub p: f64,
     /// Seed of the counter-based mask.
     pub seed: u64,
-}
-
-/// Whether the fused attention applies to `q` (and `k`, `v` of the same kind): `f32` on the CPU.
-pub fn fusable(q: &Tensor) -> bool {
-    super::fused::fusable(q)
 }
 
 // ------------------------------------------------------------------------------------------

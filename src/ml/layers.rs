@@ -134,7 +134,8 @@ impl Linear {
     }
 
     fn apply(&self, x: &Tensor, ctx: Option<&mut ForwardCtx>) -> Result<Tensor> {
-        if self.lora.is_none() && fused_linear::applies(x, &self.weight, self.bias.as_ref()) {
+        let fused = fused_linear::applies(x, &self.weight, self.bias.as_ref());
+        if fused && self.lora.is_none() {
             // One op over any number of leading dims: no reshapes for autograd to undo.
             return fused_linear::linear(x, &self.weight, self.bias.as_ref());
         }
@@ -144,7 +145,7 @@ impl Linear {
         let in_dim = *dims.last().expect("linear input has at least one dim");
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_dim))?;
-        let y = if fused_linear::applies(&x2, &self.weight, self.bias.as_ref()) {
+        let y = if fused {
             fused_linear::linear(&x2, &self.weight, self.bias.as_ref())?
         } else {
             let y = x2.matmul(&self.weight.t()?)?;

@@ -491,15 +491,6 @@ mod tests {
         }
     }
 
-    fn text_input() -> ModelInput {
-        let (ids, mask, types) = text_batch(3, 7, 50, 2);
-        ModelInput::Text {
-            input_ids: ids,
-            token_type_ids: Some(types),
-            attention_mask: Some(mask),
-        }
-    }
-
     fn logits(m: &Model, input: &ModelInput, ctx: &mut ForwardCtx) -> Tensor {
         m.forward(input, ctx).unwrap().logits
     }

@@ -44,4 +44,4 @@ pub use rng::Rng;
 pub use vit::VitForImageClassification;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;

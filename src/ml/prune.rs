@@ -651,15 +651,6 @@ mod tests {
         n - nz
     }
 
-    fn text_input() -> ModelInput {
-        let (ids, mask, types) = text_batch(3, 7, 50, 2);
-        ModelInput::Text {
-            input_ids: ids,
-            token_type_ids: Some(types),
-            attention_mask: Some(mask),
-        }
-    }
-
     fn logits(p: &Pretrained, input: &ModelInput) -> Tensor {
         p.model.forward(input, &mut ForwardCtx::eval()).unwrap().logits
     }

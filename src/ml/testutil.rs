@@ -6,6 +6,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 
 use super::config::{BertConfig, VitConfig};
+use super::model::ModelInput;
 use super::params::ParamStore;
 use super::rng::Rng;
 
@@ -55,6 +56,17 @@ pub fn targets(batch: usize, n: usize, seed: u64) -> Tensor {
     let mut rng = Rng::new(seed);
     let v: Vec<u32> = (0..batch).map(|_| rng.below(n as u64) as u32).collect();
     Tensor::from_vec(v, batch, &Device::Cpu).unwrap()
+}
+
+/// A seeded text batch of 3 sequences of 7 tokens (vocabulary 50, the last one padded) as a
+/// model input.
+pub fn text_input() -> ModelInput {
+    let (ids, mask, types) = text_batch(3, 7, 50, 2);
+    ModelInput::Text {
+        input_ids: ids,
+        token_type_ids: Some(types),
+        attention_mask: Some(mask),
+    }
 }
 
 /// A tensor's f32 values as bit patterns, for exact (bit-identical) comparisons.

@@ -421,18 +421,9 @@ mod tests {
     use crate::ml::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
     use crate::ml::model::ModelInput;
     use crate::ml::nf4::QUANT_STATE_KEY;
+    use crate::ml::testutil::bits;
     use crate::ml::train::{train, Hooks};
     use crate::value::StageId;
-
-    fn bits(t: &Tensor) -> Vec<u32> {
-        t.flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .into_iter()
-            .map(f32::to_bits)
-            .collect()
-    }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
