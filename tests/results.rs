@@ -88,6 +88,34 @@ fn a_study_ends_in_a_report_and_its_models_export() {
     assert!(bad.stderr.contains("no model to export"), "{}", bad.stderr);
     let full = t.run_with(&["export", "p.rkd", "student", "--out", "exported"]);
     assert!(full.stderr.contains("not empty"), "{}", full.stderr);
+    // Exported files are the user's to change (the store's own copies are read-only).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(t.path().join("exported/config.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o644);
+    // A damaged stored model is never exported.
+    let weights = t
+        .path()
+        .join(".rkd/entries")
+        .join(key("student"))
+        .join("out/model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::set_permissions(&weights, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&weights, bytes).unwrap();
+    let damaged = t.run_with(&["export", "p.rkd", "student", "--out", "exported2"]);
+    assert_eq!(damaged.code, 1);
+    assert!(
+        damaged
+            .stderr
+            .contains("the stored result of `student` is damaged (out/model.safetensors: content changed)"),
+        "{}",
+        damaged.stderr
+    );
+    assert!(!t.path().join("exported2").exists(), "nothing was copied");
 }
 
 /// The quickstart's shape at toy size: teacher, the three strategies, a sweep, QLoRA, pruning of

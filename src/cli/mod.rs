@@ -82,6 +82,10 @@ enum Command {
     /// leaves a half result. A failed stage's descendants are skipped; with --keep-going the stages
     /// that do not depend on it still run. Exit code: 0 when all selected stages ran or were
     /// cached, 1 when any failed, 130 when interrupted.
+    ///
+    /// Every stored result the run trusts is checked first (file sizes and modification times
+    /// against its manifest; the files are hashed when these differ, or always with --verify);
+    /// a damaged one is moved aside to <store>/damaged/ and runs again.
     Run {
         /// The pipeline file.
         #[arg(value_name = "FILE")]
@@ -98,6 +102,9 @@ enum Command {
         /// Say what would run and why, and run nothing.
         #[arg(long, short = 'n')]
         dry_run: bool,
+        /// Hash every stored result the run trusts, not only those whose sizes or times changed.
+        #[arg(long)]
+        verify: bool,
         /// Print `{"ran":[..],"cached":[..],"failed":[..],"skipped":[..]}` instead of a table.
         #[arg(long)]
         json: bool,
@@ -177,10 +184,12 @@ enum Command {
     },
     /// Remove stored results that nothing you keep refers to, and print the bytes freed.
     ///
-    /// Keeps the entries of the current plans of the `--keep` pipelines and of the last
-    /// `--keep-runs` runs; removes the rest.
+    /// Keeps the entries of the current plans of the `--keep` pipelines (and of their latest
+    /// recorded runs, which may have seen other `env()` values), of the last `--keep-runs` runs,
+    /// and of every pipeline running now; removes the rest, and the damaged entries that runs
+    /// moved aside. Runs that start while gc works wait for it.
     Gc {
-        /// Keep every stage of this pipeline's current plan (repeatable).
+        /// Keep every stage of this pipeline's current plan and of its latest run (repeatable).
         #[arg(long, value_name = "FILE")]
         keep: Vec<PathBuf>,
         /// Keep every stage named in the last N run records.
@@ -272,6 +281,7 @@ pub fn main() -> ExitCode {
             only,
             keep_going,
             dry_run,
+            verify,
             json,
             store,
             executor,
@@ -285,6 +295,7 @@ pub fn main() -> ExitCode {
                 only,
                 keep_going,
                 dry_run,
+                verify,
             };
             let slurm_only = partition.is_some() || account.is_some() || !sbatch_args.is_empty() || no_wait;
             if executor == Executor::Local && slurm_only {

@@ -99,6 +99,14 @@ fn export_stage(plan: &Plan, store: &Store, file: &Path, name: &str, out: &Path)
             file.display()
         ));
     }
+    let problems = crate::store::manifest::Manifest::verify(&store.entry_dir(&stage.key));
+    if !problems.is_empty() {
+        return Err(format!(
+            "the stored result of `{name}` is damaged ({}): nothing was exported\n  help: `rkd run {}` moves it aside and runs the stage again",
+            problems.join("; "),
+            file.display()
+        ));
+    }
     let src = store.out_dir(&stage.key);
     if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(format!("{} exists and is not empty", out.display()));
@@ -133,7 +141,12 @@ fn copy_model_files(src: &Path, dst: &Path, rel: &Path, copied: &mut Vec<String>
             std::fs::create_dir_all(dst.join(&name)).map_err(|e| e.to_string())?;
             copy_model_files(&path, &dst.join(&name), &rel.join(&name), copied)?;
         } else {
-            std::fs::copy(&path, dst.join(&name)).map_err(|e| format!("{}: {e}", path.display()))?;
+            let to = dst.join(&name);
+            std::fs::copy(&path, &to).map_err(|e| format!("{}: {e}", path.display()))?;
+            // Stored files are read-only; the exported copy is the user's to change.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| format!("{}: {e}", to.display()))?;
             copied.push(rel.join(&name).display().to_string());
         }
     }

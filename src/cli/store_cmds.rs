@@ -1,7 +1,7 @@
 //! `rkd verify`, `rkd log` and `rkd gc`: looking after the store.
 
 use crate::plan::key::{hex, Key};
-use crate::store::gc::{collect, keys_of_last_runs};
+use crate::store::gc::{collect, keys_of_last_runs, keys_of_latest_run_of};
 use crate::store::manifest::Manifest;
 use crate::store::Store;
 use rayon::prelude::*;
@@ -49,7 +49,11 @@ pub fn verify(store: Option<&Path>) -> ExitCode {
     if damaged.is_empty() {
         ExitCode::SUCCESS
     } else {
-        println!("damaged entries are discarded and rerun by the next `rkd run` that needs them");
+        println!(
+            "the next `rkd run` of a pipeline that has a damaged entry moves it aside (to {}) and runs it again; \
+             `rkd gc` removes entries no pipeline keeps",
+            store.damaged_dir().display()
+        );
         ExitCode::FAILURE
     }
 }
@@ -121,6 +125,14 @@ pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_
             return ExitCode::FAILURE;
         };
         reachable.extend(plan.stages().map(|s| s.key));
+        // The run may have seen other environment variables (`env()`) than this shell.
+        match keys_of_latest_run_of(&store, file) {
+            Ok(keys) => reachable.extend(keys),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
     }
     if let Some(n) = keep_runs {
         match keys_of_last_runs(&store, n) {
@@ -134,8 +146,22 @@ pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_
     match collect(&store, &reachable, dry_run) {
         Ok(c) => {
             let verb = if dry_run { "would remove" } else { "removed" };
+            let damaged = if c.damaged > 0 {
+                format!(
+                    " and {} damaged entr{}",
+                    c.damaged,
+                    if c.damaged == 1 { "y" } else { "ies" }
+                )
+            } else {
+                String::new()
+            };
+            let in_use = if c.in_use > 0 {
+                format!(" ({} in use by running pipelines)", c.in_use)
+            } else {
+                String::new()
+            };
             println!(
-                "{verb} {} entr{} ({}), kept {} in {}",
+                "{verb} {} entr{}{damaged} ({}), kept {}{in_use} in {}",
                 c.entries,
                 if c.entries == 1 { "y" } else { "ies" },
                 human_bytes(c.bytes),

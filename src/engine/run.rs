@@ -31,6 +31,9 @@ pub struct RunOptions {
     pub keep_going: bool,
     /// Only say what would run.
     pub dry_run: bool,
+    /// Hash every stored result the run trusts (instead of checking sizes and modification
+    /// times, and hashing only what differs).
+    pub verify: bool,
 }
 
 /// The result of one stage in a run.
@@ -209,39 +212,33 @@ pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared
         }
     }
 
-    // Verify the stored results that running stages will read; damaged ones are discarded and rerun.
+    // Check every stored result the run trusts (cheaply, or by hashing with --verify): a damaged
+    // one is moved aside and runs again, whether or not a running stage reads it.
+    let cached: Vec<usize> = (0..n).filter(|i| selected[*i] && !to_run.contains(i)).collect();
+    let problems: Vec<(usize, Vec<String>)> = cached
+        .par_iter()
+        .map(|&i| {
+            let entry = store.entry_dir(&plan.stage(StageId(i as u32)).key);
+            let p = if opts.verify {
+                Manifest::verify(&entry)
+            } else {
+                Manifest::check(&entry)
+            };
+            (i, p)
+        })
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
     let mut damaged = Vec::new();
-    let mut verified: HashSet<usize> = HashSet::new();
-    loop {
-        let needed: Vec<usize> = to_run
-            .iter()
-            .flat_map(|&i| plan.stage(StageId(i as u32)).def.inputs.iter().map(|id| id.0 as usize))
-            .filter(|i| !to_run.contains(i) && verified.insert(*i))
-            .collect();
-        if needed.is_empty() {
-            break;
+    for (i, p) in problems {
+        let stage = plan.stage(StageId(i as u32));
+        if !opts.dry_run {
+            store
+                .move_aside(&stage.key)
+                .map_err(|e| format!("cannot move aside the damaged entry of `{}`: {e}", stage.def.name))?;
         }
-        let problems: Vec<(usize, Vec<String>)> = needed
-            .par_iter()
-            .map(|&i| {
-                (
-                    i,
-                    Manifest::verify(&store.entry_dir(&plan.stage(StageId(i as u32)).key)),
-                )
-            })
-            .filter(|(_, p)| !p.is_empty())
-            .collect();
-        for (i, p) in problems {
-            let stage = plan.stage(StageId(i as u32));
-            if !opts.dry_run {
-                store
-                    .remove_entry(&stage.key)
-                    .map_err(|e| format!("cannot discard the damaged entry of `{}`: {e}", stage.def.name))?;
-            }
-            damaged.push((stage.def.name.clone(), p));
-            reasons[i] = vec!["stored result is damaged".into()];
-            to_run.insert(i);
-        }
+        damaged.push((stage.def.name.clone(), p));
+        reasons[i] = vec!["stored result is damaged".into()];
+        to_run.insert(i);
     }
 
     let results: Vec<Option<StageResult>> = (0..n)
@@ -340,7 +337,7 @@ pub fn run_stage(
     threads: usize,
 ) -> Finished {
     let fail = |e: String| (Outcome::Failed, 0.0, BTreeMap::new(), Some(e));
-    let _lock = match KeyLock::acquire(store, &stage.key) {
+    let lock = match KeyLock::acquire(store, &stage.key) {
         Ok(l) => l,
         Err(e) => return fail(format!("cannot lock the store entry: {e}")),
     };
@@ -380,12 +377,19 @@ pub fn run_stage(
         cancel,
         threads,
         cache_dir: store.root.join("cache"),
+        key_lock: Some(lock.raw_fd()),
     };
     let started = SystemTime::now();
     let t = Instant::now();
     let result = ops::execute(&mut ctx);
     let time_s = t.elapsed().as_secs_f64();
     drop(ctx);
+    // A stage must not change what it read: a changed input is moved aside (and rebuilt by the
+    // next run), and this stage's result, made from it, is not stored.
+    let result = match (result, inputs_changed(plan, stage, store)) {
+        (result, None) => result,
+        (_, Some(changed)) => Err(changed),
+    };
     match result {
         Ok(output) => {
             let meta = serde_json::json!({
@@ -400,6 +404,7 @@ pub fn run_stage(
                     &serde_json::to_vec_pretty(&output.metrics).unwrap_or_default(),
                 )
                 .and_then(|_| writer.write("meta.json", &serde_json::to_vec_pretty(&meta).unwrap_or_default()))
+                .map_err(|e| e.to_string())
                 .and_then(|_| writer.commit());
             match written {
                 Ok(()) => (Outcome::Ran, time_s, output.metrics, None),
@@ -419,6 +424,26 @@ pub fn run_stage(
             (Outcome::Failed, time_s, BTreeMap::new(), Some(msg))
         }
     }
+}
+
+/// Checks the stored inputs of a stage after it ran; when one changed, moves it aside and says so.
+fn inputs_changed(plan: &Plan, stage: &PlanStage, store: &Store) -> Option<String> {
+    let mut changed = Vec::new();
+    for id in &stage.def.inputs {
+        let input = plan.stage(*id);
+        let problems = Manifest::check(&store.entry_dir(&input.key));
+        if !problems.is_empty() {
+            let _ = store.move_aside(&input.key);
+            changed.push(format!("`{}` ({})", input.def.name, problems.join("; ")));
+        }
+    }
+    (!changed.is_empty()).then(|| {
+        format!(
+            "the stage changed its input {}: stages must not write into their inputs (stored results are \
+             read-only); the input was moved aside and runs again next time",
+            changed.join(", ")
+        )
+    })
 }
 
 /// Copies a failed stage's log to `<store>/failed/<key>.log` (the entry itself is discarded).

@@ -675,9 +675,7 @@ pub fn exec_stage(store_dir: &Path, key: &str, cancel: &Cancel) -> Result<Finish
             store_dir.display()
         ));
     }
-    let store = Store {
-        root: store_dir.to_path_buf(),
-    };
+    let store = Store::at(store_dir);
     let spec_path = store.specs_dir().join(format!("{key}.json"));
     let text = std::fs::read(&spec_path).map_err(|e| {
         format!(
@@ -717,6 +715,11 @@ pub fn exec_stage(store_dir: &Path, key: &str, cancel: &Cancel) -> Result<Finish
             &spec.key[..12.min(spec.key.len())]
         ));
     };
+    // While the job runs, `rkd gc` keeps its inputs and its own key.
+    let keys = std::iter::once(stage.key).chain(stage.def.inputs.iter().map(|u| plan.stage(*u).key));
+    let _lease = store
+        .lease(keys)
+        .map_err(|e| format!("cannot register the job in the store {}: {e}", store_dir.display()))?;
     for up in &stage.def.inputs {
         let u = plan.stage(*up);
         if !store.contains(&u.key) {

@@ -363,7 +363,6 @@ mod tests {
         assert_eq!(m["params"], t["params"]);
         assert!(m["nonzero"] <= m["params"] && m["nonzero"] > 0.9 * m["params"]);
         assert!(m["latency_ms_b1"] > 0.0 && m["latency_ms_b32"] > 0.0);
-        assert!(m["latency_ms_b32"] < m["latency_ms_b1"], "batching should pay: {m:?}");
         assert_eq!(m["dense_bytes"], 4.0 * m["params"]);
         assert!(
             m["nf4_bytes"] < m["dense_bytes"] && m["sparse_bytes"] > m["dense_bytes"],

@@ -5,7 +5,9 @@ use crate::value::Value;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 
-/// Runs `sh -c cmd` in the pipeline's directory with RKD_OUT, RKD_INPUTS and RKD_PARAM_<NAME>.
+/// Runs `sh -c cmd` in the pipeline's directory with RKD_OUT, RKD_INPUTS and RKD_PARAM_<NAME>
+/// (every path absolute). The command dies with rkd, inherits the stage's key lock, and whatever
+/// it leaves running in its process group is stopped when it ends.
 pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
     let cmd = match ctx.params.get("cmd") {
         Some(Value::Str(s)) => s.to_string(),
@@ -15,7 +17,7 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
     if let Some(Value::List(xs)) = ctx.params.get("inputs") {
         for x in xs.iter() {
             if let Value::Stage(id) = x {
-                inputs.push((ctx.input_dir)(*id).display().to_string());
+                inputs.push(absolute((ctx.input_dir)(*id)).display().to_string());
             }
         }
     }
@@ -24,13 +26,29 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
         .arg("-c")
         .arg(&cmd)
         .current_dir(&ctx.pipeline_dir)
-        .env("RKD_OUT", &ctx.out_dir)
+        .env("RKD_OUT", absolute(ctx.out_dir.clone()))
         .env("RKD_INPUTS", inputs.join(":"))
         .stdin(Stdio::null())
         .stdout(ctx.log.try_clone().map_err(|e| e.to_string())?)
         .stderr(ctx.log.try_clone().map_err(|e| e.to_string())?)
         // Its own process group, so that cancelling kills the whole command tree.
         .process_group(0);
+    let parent = std::process::id();
+    let key_lock = ctx.key_lock;
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // calls (prctl, getppid, fcntl, _exit).
+    unsafe {
+        command.pre_exec(move || {
+            die_with_parent(parent);
+            if let Some(fd) = key_lock {
+                // The child keeps the key locked: clear close-on-exec on its copy of the lock.
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
     for var in crate::ml::runtime::own_env_vars() {
         command.env_remove(var);
     }
@@ -43,6 +61,9 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
     let mut child = command.spawn().map_err(|e| format!("cannot start `sh`: {e}"))?;
     let guard = ctx.cancel.register(child.id());
     let status = child.wait().map_err(|e| e.to_string());
+    // What the command left running (`cmd &`) must not write into the entry after it is stored.
+    // SAFETY: signals the command's own process group, whose leader we just reaped.
+    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
     drop(guard);
     let status = status?;
     if ctx.cancel.is_interrupted() {
@@ -54,6 +75,27 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
         (None, Some(sig)) => Err(format!("command was killed by signal {sig}")),
         (None, None) => Err("command ended abnormally".into()),
     }
+}
+
+/// Makes the command be killed when rkd dies (Linux; elsewhere the key lock it inherits still
+/// keeps a rerun from running the stage beside it).
+fn die_with_parent(parent: u32) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl/getppid/_exit are async-signal-safe.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // rkd may have died before the prctl took effect.
+        if libc::getppid() as u32 != parent {
+            libc::_exit(137);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = parent;
+}
+
+/// A path made absolute against the current directory (commands run in the pipeline's).
+fn absolute(p: std::path::PathBuf) -> std::path::PathBuf {
+    std::path::absolute(&p).unwrap_or(p)
 }
 
 /// A parameter as an environment variable: strings as they are, numbers and bools as written,

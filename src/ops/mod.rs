@@ -42,6 +42,9 @@ pub struct OpContext<'a> {
     /// Where ops may keep caches that are never required (decoded dataset images):
     /// `<store>/cache`.
     pub cache_dir: PathBuf,
+    /// The stage's key lock, for the commands it starts to inherit: the key stays locked while
+    /// anything they started lives, so a rerun never runs the stage beside an orphan.
+    pub key_lock: Option<std::os::fd::RawFd>,
 }
 
 /// An upstream stage as an op sees it.

@@ -497,6 +497,7 @@ pub(super) mod testing {
             cancel,
             threads,
             cache_dir: out.with_extension("cache"),
+            key_lock: None,
         };
         let r = super::super::execute(&mut ctx);
         drop(ctx);

@@ -13,6 +13,10 @@ pub struct Collected {
     pub bytes: u64,
     /// Entries kept.
     pub kept: usize,
+    /// Of the kept entries, those kept only because a running pipeline may read them.
+    pub in_use: usize,
+    /// Damaged entries (moved aside by earlier runs) removed.
+    pub damaged: usize,
 }
 
 /// Keys named by the last `n` run records.
@@ -30,13 +34,43 @@ pub fn keys_of_last_runs(store: &Store, n: usize) -> Result<HashSet<Key>, String
     Ok(keys)
 }
 
-/// Removes every entry whose key is not in `keep`. Entries being run by another process
-/// (locked) are left alone.
+/// Keys named by the latest run record of this pipeline file (the stages as that run saw them,
+/// with the environment it had), or none when it has no record.
+pub fn keys_of_latest_run_of(store: &Store, pipeline: &std::path::Path) -> Result<HashSet<Key>, String> {
+    let wanted = pipeline
+        .canonicalize()
+        .unwrap_or_else(|_| pipeline.to_path_buf())
+        .display()
+        .to_string();
+    for path in store.record_paths().iter().rev() {
+        let record = Store::read_record(path)?;
+        if record.pipeline == wanted {
+            return Ok(record
+                .stages
+                .iter()
+                .filter_map(|s| blake3::Hash::from_hex(&s.key).ok())
+                .map(|h| *h.as_bytes())
+                .collect());
+        }
+    }
+    Ok(HashSet::new())
+}
+
+/// Removes every entry whose key is not in `keep` and that no running pipeline leased, and the
+/// damaged entries moved aside. Entries being run by another process (locked) are left alone.
+/// Runs that start meanwhile wait until it is done.
 pub fn collect(store: &Store, keep: &HashSet<Key>, dry_run: bool) -> std::io::Result<Collected> {
     let mut out = Collected::default();
+    let registry = store.lock_leases()?;
+    let leased = store.leased_keys(&registry)?;
     for key in store.keys()? {
         if keep.contains(&key) {
             out.kept += 1;
+            continue;
+        }
+        if leased.contains(&key) {
+            out.kept += 1;
+            out.in_use += 1;
             continue;
         }
         let Some(_lock) = super::lock::KeyLock::try_acquire(store, &key)? else {
@@ -51,8 +85,18 @@ pub fn collect(store: &Store, keep: &HashSet<Key>, dry_run: bool) -> std::io::Re
         out.entries += 1;
         out.bytes += bytes;
     }
+    if let Ok(dir) = std::fs::read_dir(store.damaged_dir()) {
+        for entry in dir.flatten() {
+            out.damaged += 1;
+            out.bytes += super::dir_size(&entry.path());
+            if !dry_run {
+                super::files::remove_tree(&entry.path())?;
+            }
+        }
+    }
     if !dry_run {
         store.clean_tmp();
     }
+    drop(registry);
     Ok(out)
 }

@@ -1,4 +1,5 @@
-//! The manifest of an entry: the size and blake3 of every file in it, written last.
+//! The manifest of an entry: the size, modification time and blake3 of every file in it, written
+//! last. Sizes and times make the check before a run cheap; the hashes are the proof.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -14,6 +15,9 @@ pub struct FileRecord {
     pub size: u64,
     /// blake3 of the content, hex.
     pub blake3: String,
+    /// Modification time (nanoseconds since the Unix epoch); absent in entries of older rkd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<u64>,
 }
 
 /// Every file of an entry (relative path → record), excluding the manifest itself.
@@ -42,7 +46,34 @@ impl Manifest {
         serde_json::from_slice(&bytes).map_err(|e| format!("{MANIFEST} is not valid: {e}"))
     }
 
-    /// Checks an entry against its manifest: every problem found, empty when intact.
+    /// Checks an entry cheaply: the same files with the sizes and modification times that the
+    /// manifest records. Only when something differs (or the manifest has no times) are the
+    /// files hashed, and then the hashes decide. Every problem found; empty when intact.
+    pub fn check(entry: &Path) -> Vec<String> {
+        let expected = match Manifest::read(entry) {
+            Ok(m) => m,
+            Err(e) => return vec![e],
+        };
+        let mut seen = BTreeMap::new();
+        let walked = walk(entry, entry, &mut |rel, meta| {
+            seen.insert(rel, (meta.len(), mtime_ns(meta)));
+            Ok(())
+        });
+        let unchanged = walked.is_ok()
+            && seen.len() == expected.files.len()
+            && expected.files.iter().all(|(path, want)| {
+                seen.get(path)
+                    .is_some_and(|(size, mtime)| *size == want.size && want.mtime_ns.is_some_and(|m| Some(m) == *mtime))
+            });
+        if unchanged {
+            Vec::new()
+        } else {
+            Manifest::verify(entry)
+        }
+    }
+
+    /// Checks an entry against its manifest by hashing every file: every problem found, empty
+    /// when intact.
     pub fn verify(entry: &Path) -> Vec<String> {
         let expected = match Manifest::read(entry) {
             Ok(m) => m,
@@ -71,39 +102,51 @@ impl Manifest {
 }
 
 fn collect(root: &Path, dir: &Path, out: &mut BTreeMap<String, FileRecord>) -> std::io::Result<()> {
+    walk(root, dir, &mut |rel, meta| {
+        let mut h = blake3::Hasher::new();
+        h.update_reader(std::fs::File::open(root.join(&rel))?)?;
+        out.insert(
+            rel,
+            FileRecord {
+                size: meta.len(),
+                blake3: h.finalize().to_hex().to_string(),
+                mtime_ns: mtime_ns(meta),
+            },
+        );
+        Ok(())
+    })
+}
+
+/// Calls `visit` with the relative path and metadata of every file under `dir` but the manifest.
+/// Anything that is not a plain file or directory (a symlink, a FIFO) is an error: entries hold
+/// contents only, and opening a FIFO would wait forever.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    visit: &mut dyn FnMut(String, &std::fs::Metadata) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
+        let path = entry?.path();
         let meta = std::fs::symlink_metadata(&path)?;
+        let rel = path
+            .strip_prefix(root)
+            .unwrap_or(&path)
+            .to_string_lossy()
+            .replace('\\', "/");
         if meta.is_dir() {
-            collect(root, &path, out)?;
-        } else {
-            let rel = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .to_string_lossy()
-                .replace('\\', "/");
-            if rel == MANIFEST {
-                continue;
-            }
-            let hash = if meta.is_file() {
-                let mut h = blake3::Hasher::new();
-                h.update_reader(std::fs::File::open(&path)?)?;
-                h.finalize()
-            } else {
-                // A symlink: its target path is what it holds.
-                blake3::hash(std::fs::read_link(&path)?.to_string_lossy().as_bytes())
-            };
-            out.insert(
-                rel,
-                FileRecord {
-                    size: meta.len(),
-                    blake3: hash.to_hex().to_string(),
-                },
-            );
+            walk(root, &path, visit)?;
+        } else if !meta.is_file() {
+            return Err(std::io::Error::other(format!("{rel} is not a plain file")));
+        } else if rel != MANIFEST {
+            visit(rel, &meta)?;
         }
     }
     Ok(())
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> Option<u64> {
+    let since = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_nanos()).ok()
 }
 
 #[cfg(test)]
@@ -133,5 +176,37 @@ mod tests {
         );
         std::fs::remove_file(e.join(MANIFEST)).unwrap();
         assert_eq!(Manifest::verify(e).len(), 1);
+    }
+
+    #[test]
+    fn the_cheap_check_hashes_only_when_sizes_or_times_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = dir.path();
+        std::fs::create_dir(e.join("out")).unwrap();
+        std::fs::write(e.join("out/a.txt"), "hello").unwrap();
+        let m = Manifest::build(e).unwrap();
+        assert!(m.files["out/a.txt"].mtime_ns.is_some());
+        std::fs::write(e.join(MANIFEST), serde_json::to_vec(&m).unwrap()).unwrap();
+        assert!(Manifest::check(e).is_empty());
+        // Touched but unchanged: hashed, and intact.
+        let f = std::fs::File::options().write(true).open(e.join("out/a.txt")).unwrap();
+        f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+            .unwrap();
+        assert!(Manifest::check(e).is_empty());
+        // Changed: found.
+        std::fs::write(e.join("out/a.txt"), "hellO").unwrap();
+        assert_eq!(Manifest::check(e), ["out/a.txt: content changed"]);
+        // An extra file is found without hashing the others first.
+        std::fs::write(e.join("out/a.txt"), "hello").unwrap();
+        std::fs::write(e.join("out/b.txt"), "x").unwrap();
+        assert_eq!(Manifest::check(e), ["out/b.txt: not in the manifest"]);
+        // A manifest of an older rkd (no times) is checked by hashing.
+        std::fs::remove_file(e.join("out/b.txt")).unwrap();
+        let mut old = m.clone();
+        old.files.values_mut().for_each(|f| f.mtime_ns = None);
+        std::fs::write(e.join(MANIFEST), serde_json::to_vec(&old).unwrap()).unwrap();
+        assert!(Manifest::check(e).is_empty());
+        std::fs::write(e.join(MANIFEST), b"{\"files\": {").unwrap();
+        assert_eq!(Manifest::check(e).len(), 1, "a truncated manifest fails the check");
     }
 }

@@ -3,9 +3,12 @@
 //! Layout:
 //! ```text
 //! <store>/entries/<key>/   one finished stage: out/ (the op's outputs), spec.yaml, log.txt,
-//!                          metrics.json, meta.json, and manifest.json (blake3 of every file)
+//!                          metrics.json, meta.json, and manifest.json (size, mtime and blake3 of
+//!                          every file); read-only (files 0444, directories 0555)
 //! <store>/tmp/             entries being written; renamed into entries/ only when complete
+//! <store>/damaged/         entries that failed their check, moved aside (kept for a look; gc empties it)
 //! <store>/locks/<key>.lock held while a process runs that key (never the same key twice at once)
+//! <store>/leases/          one file per running `rkd run`: the keys it may read, which gc keeps
 //! <store>/runs/            one YAML record per run, and index.json (the latest record of each stage name)
 //! <store>/stat-cache.json  file fingerprints by (path, size, mtime, inode)
 //! <store>/cache/           caches ops may use but never need (decoded image_folder images)
@@ -15,7 +18,9 @@
 //! An entry directory appears only complete (rename is atomic), so a crash, Ctrl-C or kill -9
 //! leaves at most a directory in tmp/, which the next run removes.
 
+pub mod files;
 pub mod gc;
+pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod records;
@@ -35,27 +40,31 @@ pub struct Store {
 }
 
 impl Store {
+    /// The store at `root`, made absolute: every path the store hands out (to commands too) is
+    /// absolute, whatever directory they run in.
+    pub fn at(root: &Path) -> Store {
+        Store {
+            root: std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf()),
+        }
+    }
+
     /// The store for a pipeline: `explicit` if given, else `$RKD_STORE`, else `.rkd/` beside the file.
     pub fn for_pipeline(pipeline: &Path, explicit: Option<&Path>) -> Store {
         match Store::overridden(explicit) {
             Some(s) => s,
-            None => Store {
-                root: pipeline.parent().unwrap_or(Path::new(".")).join(".rkd"),
-            },
+            None => Store::at(&pipeline.parent().unwrap_or(Path::new(".")).join(".rkd")),
         }
     }
 
     /// The store named by `explicit` or `$RKD_STORE`, else `.rkd/` in the current directory.
     pub fn for_cwd(explicit: Option<&Path>) -> Store {
-        Store::overridden(explicit).unwrap_or(Store {
-            root: PathBuf::from(".rkd"),
-        })
+        Store::overridden(explicit).unwrap_or_else(|| Store::at(Path::new(".rkd")))
     }
 
     fn overridden(explicit: Option<&Path>) -> Option<Store> {
         match (explicit, std::env::var_os(STORE_ENV)) {
-            (Some(p), _) => Some(Store { root: p.to_path_buf() }),
-            (None, Some(p)) if !p.is_empty() => Some(Store { root: PathBuf::from(p) }),
+            (Some(p), _) => Some(Store::at(p)),
+            (None, Some(p)) if !p.is_empty() => Some(Store::at(Path::new(&p))),
             _ => None,
         }
     }
@@ -75,9 +84,15 @@ impl Store {
         self.entry_dir(key).join("out")
     }
 
-    /// Whether the finished result of the stage with this key is stored.
+    /// Whether the finished result of the stage with this key is stored: its entry has a valid
+    /// manifest (an entry without one is treated as absent, and moved aside when rerun).
     pub fn contains(&self, key: &Key) -> bool {
-        self.entry_dir(key).join(manifest::MANIFEST).is_file()
+        manifest::Manifest::read(&self.entry_dir(key)).is_ok()
+    }
+
+    /// Where damaged entries are moved aside.
+    pub fn damaged_dir(&self) -> PathBuf {
+        self.root.join("damaged")
     }
 
     /// Where entries are written before they are renamed into place.
@@ -132,17 +147,42 @@ impl Store {
     pub fn remove_entry(&self, key: &Key) -> std::io::Result<u64> {
         let dir = self.entry_dir(key);
         let bytes = dir_size(&dir);
-        std::fs::create_dir_all(self.tmp_dir())?;
         let doomed = self
             .tmp_dir()
             .join(format!("{}.removed.{}", hex(key), std::process::id()));
-        std::fs::rename(&dir, &doomed)?;
-        std::fs::remove_dir_all(&doomed)?;
+        self.move_out(&dir, &doomed)?;
+        files::remove_tree(&doomed)?;
         Ok(bytes)
     }
 
-    /// Removes what interrupted runs left in tmp/ (entries whose key no process holds locked).
-    /// Returns how many were removed.
+    /// Moves a damaged entry (or an entry directory without a valid manifest) out of entries/
+    /// into damaged/, where it is no longer trusted; returns where it went.
+    pub fn move_aside(&self, key: &Key) -> std::io::Result<PathBuf> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let dest = self
+            .damaged_dir()
+            .join(format!("{}.{stamp}.{}", hex(key), std::process::id()));
+        self.move_out(&self.entry_dir(key), &dest)?;
+        Ok(dest)
+    }
+
+    /// Renames a (read-only) entry directory to `dest`.
+    fn move_out(&self, dir: &Path, dest: &Path) -> std::io::Result<()> {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        // Moving a directory to another parent rewrites its `..`: it must be writable.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o700))?;
+        std::fs::rename(dir, dest)
+    }
+
+    /// Removes what interrupted runs left in tmp/: directories whose writer (the pid in the name)
+    /// is gone and whose key no process holds locked. A key still held by the orphaned command of
+    /// a dead rkd is freed by stopping that command. Returns how many were removed.
     pub fn clean_tmp(&self) -> usize {
         let Ok(dir) = std::fs::read_dir(self.tmp_dir()) else {
             return 0;
@@ -150,16 +190,35 @@ impl Store {
         let mut removed = 0;
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            if writer_alive(&name) {
+                continue;
+            }
             let key = name.split('.').next().and_then(|h| blake3::Hash::from_hex(h).ok());
             let free = match key {
-                Some(k) => lock::KeyLock::try_acquire(self, k.as_bytes()).ok().flatten().is_some(),
+                Some(k) => lock::KeyLock::try_acquire_reaping(self, k.as_bytes())
+                    .ok()
+                    .flatten()
+                    .is_some(),
                 None => true,
             };
-            if free && std::fs::remove_dir_all(entry.path()).is_ok() {
+            if free && files::remove_tree(&entry.path()).is_ok() {
                 removed += 1;
             }
         }
         removed
+    }
+}
+
+/// Whether the process that named a tmp/ directory (`<key>.<pid>.<n>` or `<key>.removed.<pid>`)
+/// is alive: its work is never removed, even if the lock files were.
+fn writer_alive(name: &str) -> bool {
+    let pid = name.split('.').skip(1).find_map(|part| part.parse::<u32>().ok());
+    match pid {
+        Some(pid) if pid != std::process::id() => {
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+        }
+        _ => false,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Writing one entry: in a private directory under tmp/, renamed into entries/ when complete.
 
+use super::files;
 use super::manifest::{Manifest, MANIFEST};
 use super::Store;
 use crate::plan::key::{hex, Key};
@@ -14,6 +15,8 @@ pub struct EntryWriter {
     dir: PathBuf,
     target: PathBuf,
     committed: bool,
+    store: Store,
+    key: Key,
 }
 
 impl EntryWriter {
@@ -27,6 +30,8 @@ impl EntryWriter {
             dir,
             target: store.entry_dir(key),
             committed: false,
+            store: store.clone(),
+            key: *key,
         })
     }
 
@@ -45,18 +50,33 @@ impl EntryWriter {
         std::fs::write(self.dir.join(name), bytes)
     }
 
-    /// Writes the manifest and moves the entry into place. If another process finished the same
-    /// key meanwhile, its entry is kept (keys are content addresses: both are the same result).
-    pub fn commit(mut self) -> std::io::Result<()> {
-        let manifest = Manifest::build(&self.dir)?;
-        self.write(MANIFEST, &serde_json::to_vec_pretty(&manifest)?)?;
-        match std::fs::rename(&self.dir, &self.target) {
-            Ok(()) => {
-                self.committed = true;
-                Ok(())
+    /// Writes the manifest and moves the entry into place, read-only. Symlinks in the output are
+    /// replaced by copies of what they point to first (an entry holds its contents, nothing
+    /// outside it). If another process finished the same key meanwhile, its entry is kept (keys
+    /// are content addresses: both are the same result); a directory there without a valid
+    /// manifest is moved aside.
+    pub fn commit(mut self) -> Result<(), String> {
+        files::materialize_links(&self.dir)?;
+        let manifest = Manifest::build(&self.dir).map_err(|e| format!("cannot hash the outputs: {e}"))?;
+        let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+        self.write(MANIFEST, &bytes).map_err(|e| e.to_string())?;
+        files::make_read_only(&self.dir, false).map_err(|e| format!("cannot make the entry read-only: {e}"))?;
+        let mut first = true;
+        loop {
+            match std::fs::rename(&self.dir, &self.target) {
+                Ok(()) => {
+                    self.committed = true;
+                    return files::make_read_only_dir(&self.target).map_err(|e| e.to_string());
+                }
+                Err(_) if Manifest::read(&self.target).is_ok() => return Ok(()),
+                Err(_) if first && self.target.exists() => {
+                    first = false;
+                    self.store
+                        .move_aside(&self.key)
+                        .map_err(|e| format!("cannot move aside the invalid entry in its place: {e}"))?;
+                }
+                Err(e) => return Err(format!("cannot move the entry into the store: {e}")),
             }
-            Err(_) if self.target.join(MANIFEST).is_file() => Ok(()),
-            Err(e) => Err(e),
         }
     }
 }
@@ -64,7 +84,7 @@ impl EntryWriter {
 impl Drop for EntryWriter {
     fn drop(&mut self) {
         if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = files::remove_tree(&self.dir);
         }
     }
 }
