@@ -2,9 +2,8 @@
 //! interruption, concurrency and store integrity.
 
 mod common;
-use common::{by_name, key_of, sorted, Test};
+use common::{by_name, key_of, sorted, wait_for, Test};
 use serde_json::Value;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A chain a → b → c and an independent d; every stage appends its name to ran.log.
@@ -180,26 +179,7 @@ fn key_of_c(t: &Test) -> String {
 }
 
 fn spawn_run(t: &Test) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_rkd"))
-        .args(["run", "p.rkd", "-j", "2"])
-        .current_dir(t.path())
-        .env_remove("RKD_STORE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_for(path: &std::path::Path) {
-    let t0 = Instant::now();
-    while !path.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    t.spawn(&["run", "p.rkd", "-j", "2"])
 }
 
 #[test]

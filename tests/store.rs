@@ -3,12 +3,12 @@
 //! pipelines' entries alone; a vanished lock directory is made again.
 
 mod common;
-use common::{key_of, sorted, Test};
+use common::{key_of, sorted, wait_for, Test};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 fn run_json(t: &Test, args: &[&str]) -> (i32, Value, String) {
     let out = t.run_with(args);
@@ -29,29 +29,6 @@ fn plan(t: &Test, file: &str, store: Option<&str>) -> Value {
 fn entry(t: &Test, store: &str, file: &str, stage: &str) -> PathBuf {
     let key = key_of(&plan(t, file, Some(store)), stage);
     t.path().join(store).join("entries").join(key)
-}
-
-fn spawn(t: &Test, args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_rkd"))
-        .args(args)
-        .current_dir(t.path())
-        .env_remove("RKD_STORE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_for(path: &Path) {
-    let t0 = Instant::now();
-    while !path.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -97,7 +74,7 @@ fn a_killed_run_leaves_no_command_behind_and_the_rerun_runs_the_stage_once() {
         "p.rkd",
         "stage s = exec(cmd: \"echo start >> starts.log; (sleep 1.5; echo finished >> starts.log; echo x > $RKD_OUT/x) & touch started; wait\")\n",
     );
-    let mut child = spawn(&t, &["run", "p.rkd"]);
+    let mut child = t.spawn(&["run", "p.rkd"]);
     wait_for(&t.path().join("started"));
     child.kill().unwrap(); // kill -9: rkd gets no chance to clean up
     child.wait().unwrap();
@@ -272,7 +249,7 @@ fn gc_during_a_run_keeps_what_the_run_reads() {
              stage w = exec(cmd: \"touch started; while [ ! -f go ]; do sleep 0.05; done; cat $RKD_INPUTS/u.txt > $RKD_OUT/w.txt\", inputs: [u])\n",
         );
     assert_eq!(t.run_with(&["run", "other.rkd"]).code, 0);
-    let mut run = spawn(&t, &["run", "p.rkd"]);
+    let mut run = t.spawn(&["run", "p.rkd"]);
     wait_for(&t.path().join("started"));
     // The last recorded run is other.rkd's: only the running pipeline's lease keeps `u`.
     let gc = t.run_with(&["gc", "--keep-runs", "1"]);
@@ -319,8 +296,8 @@ fn runs_go_on_when_the_lock_directory_is_removed_under_them() {
     }
     src.push_str("stage all = exec(cmd: \"echo all > $RKD_OUT/x\", inputs: [s0, s1, s2, s3, s4, s5])\n");
     let t = Test::new().file("p.rkd", &src);
-    let mut a = spawn(&t, &["run", "p.rkd", "-j", "2"]);
-    let mut b = spawn(&t, &["run", "p.rkd", "-j", "2"]);
+    let mut a = t.spawn(&["run", "p.rkd", "-j", "2"]);
+    let mut b = t.spawn(&["run", "p.rkd", "-j", "2"]);
     let locks = t.path().join(".rkd/locks");
     let (mut a_done, mut b_done) = (None, None);
     while a_done.is_none() || b_done.is_none() {
@@ -334,4 +311,16 @@ fn runs_go_on_when_the_lock_directory_is_removed_under_them() {
     assert_eq!(t.run_with(&["verify"]).code, 0);
     let (_, res, _) = run_json(&t, &["run", "p.rkd", "--json"]);
     assert_eq!(sorted(&res["cached"]).len(), 7);
+}
+
+#[test]
+fn what_a_command_leaves_running_is_stopped_when_it_ends() {
+    let t = Test::new().file(
+        "p.rkd",
+        "stage s = exec(cmd: \"(sleep 0.5; echo late > $RKD_OUT/late; echo late >> late.log) & echo x > $RKD_OUT/x\")\n",
+    );
+    assert_eq!(t.run_with(&["run", "p.rkd"]).code, 0);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(!t.path().join("late.log").exists(), "the background job was stopped");
+    assert_eq!(t.run_with(&["verify"]).code, 0);
 }

@@ -60,10 +60,8 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
     ctx.progress.message(&first_line(&cmd));
     let mut child = command.spawn().map_err(|e| format!("cannot start `sh`: {e}"))?;
     let guard = ctx.cancel.register(child.id());
+    stop_leftovers(child.id());
     let status = child.wait().map_err(|e| e.to_string());
-    // What the command left running (`cmd &`) must not write into the entry after it is stored.
-    // SAFETY: signals the command's own process group, whose leader we just reaped.
-    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
     drop(guard);
     let status = status?;
     if ctx.cancel.is_interrupted() {
@@ -74,6 +72,22 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
         (Some(code), _) => Err(format!("command exited with status {code}")),
         (None, Some(sig)) => Err(format!("command was killed by signal {sig}")),
         (None, None) => Err("command ended abnormally".into()),
+    }
+}
+
+/// Waits until the command's shell has exited, then kills what it left running in its process
+/// group (`cmd &`), so that nothing writes into the entry after it is stored. The shell is not
+/// reaped yet, so its pid (the group's id) cannot have been reused by another process.
+fn stop_leftovers(pid: u32) {
+    // SAFETY: waitid with WNOWAIT only observes our own child; kill signals its process group.
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        while libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) == -1 {
+            if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return;
+            }
+        }
+        libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
     }
 }
 

@@ -85,6 +85,34 @@ impl Test {
     }
 }
 
+impl Test {
+    /// Starts `rkd` with these arguments in the test directory (output discarded), for tests that
+    /// interrupt it or run it beside another.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_rkd"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("RKD_STORE")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("rkd starts")
+    }
+}
+
+/// Waits until a file exists (a stage's command says it started); fails after 20 s.
+pub fn wait_for(path: &Path) {
+    let t0 = std::time::Instant::now();
+    while !path.exists() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
