@@ -46,6 +46,8 @@ pub enum Kind {
     File,
     /// Arguments that are individually fine but do not fit together.
     Invalid,
+    /// Over one of the compiler's limits (stages, loop rounds, value or file size).
+    Limit,
 }
 
 impl Kind {
@@ -71,6 +73,7 @@ impl Kind {
             Kind::Recursion => "recursion",
             Kind::File => "file",
             Kind::Invalid => "invalid",
+            Kind::Limit => "limit",
         }
     }
 }

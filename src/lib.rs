@@ -13,4 +13,5 @@ pub mod report;
 pub mod source;
 pub mod store;
 pub mod syntax;
+pub mod text;
 pub mod value;

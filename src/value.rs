@@ -148,35 +148,82 @@ impl Value {
         }
     }
 
-    /// Short display used in sweep instance names (`2.0`, `mean`, `teacher`).
+    /// How messages and sweep instance names show it (`2.0`, `mean`, `teacher`).
     pub fn display_with(&self, stage_name: &dyn Fn(StageId) -> String) -> String {
-        match self {
-            Value::Int(i) => i.to_string(),
-            Value::Float(f) => format!("{f:?}"),
-            Value::Str(s) => s.to_string(),
-            Value::Bool(b) => b.to_string(),
-            Value::Path(p) => p.written.clone(),
-            Value::List(xs) => format!(
-                "[{}]",
-                xs.iter()
-                    .map(|x| x.display_with(stage_name))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-            Value::Record(r) => format!(
-                "{{{}}}",
-                r.iter()
-                    .map(|(k, v)| format!("{k}:{}", v.display_with(stage_name)))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-            Value::Spec(s) => s.label.clone().unwrap_or_else(|| s.ctor.name.to_string()),
-            Value::Stage(id) => stage_name(*id),
-            Value::Fn(_) => "fn".into(),
-            Value::Builtin(s) => s.name.into(),
-            Value::Module(_) => "module".into(),
-            Value::Poison => "?".into(),
+        let mut out = String::new();
+        self.write_to(&mut out, stage_name)
+            .expect("writing to a String does not fail");
+        out
+    }
+
+    /// Like [`Value::display_with`], but at most `max` characters, the last of them `…`; stops
+    /// writing once full, so a huge value costs no more than a short one.
+    pub fn display_capped(&self, max: usize, stage_name: &dyn Fn(StageId) -> String) -> String {
+        let mut out = Capped {
+            text: String::new(),
+            left: max,
+        };
+        if self.write_to(&mut out, stage_name).is_err() {
+            let keep: String = out.text.chars().take(max.saturating_sub(1)).collect();
+            return keep + "…";
         }
+        out.text
+    }
+
+    fn write_to(&self, out: &mut dyn fmt::Write, stage_name: &dyn Fn(StageId) -> String) -> fmt::Result {
+        match self {
+            Value::Int(i) => write!(out, "{i}"),
+            Value::Float(f) => write!(out, "{f:?}"),
+            Value::Str(s) => out.write_str(s),
+            Value::Bool(b) => write!(out, "{b}"),
+            Value::Path(p) => out.write_str(&p.written),
+            Value::List(xs) => {
+                out.write_char('[')?;
+                for (i, x) in xs.iter().enumerate() {
+                    if i > 0 {
+                        out.write_char(',')?;
+                    }
+                    x.write_to(out, stage_name)?;
+                }
+                out.write_char(']')
+            }
+            Value::Record(r) => {
+                out.write_char('{')?;
+                for (i, (k, v)) in r.iter().enumerate() {
+                    if i > 0 {
+                        out.write_char(',')?;
+                    }
+                    write!(out, "{k}:")?;
+                    v.write_to(out, stage_name)?;
+                }
+                out.write_char('}')
+            }
+            Value::Spec(s) => out.write_str(s.label.as_deref().unwrap_or(s.ctor.name)),
+            Value::Stage(id) => out.write_str(&stage_name(*id)),
+            Value::Fn(_) => out.write_str("fn"),
+            Value::Builtin(s) => out.write_str(s.name),
+            Value::Module(_) => out.write_str("module"),
+            Value::Poison => out.write_str("?"),
+        }
+    }
+}
+
+/// A writer that takes at most `left` characters, then fails.
+struct Capped {
+    text: String,
+    left: usize,
+}
+
+impl fmt::Write for Capped {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            if self.left == 0 {
+                return Err(fmt::Error);
+            }
+            self.text.push(c);
+            self.left -= 1;
+        }
+        Ok(())
     }
 }
 
@@ -212,5 +259,31 @@ pub fn to_json(v: &Value, stage_name: &dyn Fn(StageId) -> String) -> serde_json:
         }
         Value::Stage(id) => J::from(stage_name(*id)),
         other => J::from(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn show(v: &Value, max: usize) -> String {
+        v.display_capped(max, &|id| format!("s{}", id.0))
+    }
+
+    #[test]
+    fn capped_display_cuts_long_values_only() {
+        let v = Value::list(vec![Value::Int(1), Value::str("ab"), Value::Stage(StageId(3))]);
+        assert_eq!(show(&v, 100), "[1,ab,s3]");
+        assert_eq!(show(&v, 9), "[1,ab,s3]");
+        assert_eq!(show(&v, 8), "[1,ab,s…");
+    }
+
+    #[test]
+    fn capped_display_of_a_huge_shared_value_stops_early() {
+        let mut v = Value::str("x");
+        for _ in 0..60 {
+            v = Value::list(vec![v.clone(), v]);
+        }
+        assert_eq!(show(&v, 10).chars().count(), 10);
     }
 }

@@ -283,6 +283,44 @@ fn a_missing_file_is_an_error_not_a_panic() {
     assert!(out.stderr.contains("cannot read nope.rkd"), "{}", out.stderr);
 }
 
+/// The table lines of a `plan` or `run` answer: from the header to the first empty line.
+fn table_rows(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("STAGE"))
+        .take_while(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn long_and_multiline_stage_names_keep_one_table_line_per_stage() {
+    let long = "s".repeat(65_536);
+    let src = format!(
+        "sweep v in [\"a\\nb\", \"c\\td\"] {{\n  stage e = exec(cmd: \"true\", params: {{v: v}})\n}}\n\
+         stage {long} = exec(cmd: \"true\", params: {{v: 3}})\n"
+    );
+    let t = Test::new().file("p.rkd", &src);
+    for cmd in ["plan", "run"] {
+        let out = t.run_with(&[cmd, "p.rkd"]);
+        assert_eq!(out.code, 0, "rkd {cmd}: {}", out.stderr);
+        let rows = table_rows(&out.stdout);
+        assert_eq!(
+            rows.len(),
+            4,
+            "rkd {cmd}: a header and one line per stage\n{}",
+            out.stdout
+        );
+        assert!(rows.iter().any(|r| r.starts_with("e[v=a\\nb]")), "{}", out.stdout);
+        assert!(rows.iter().any(|r| r.starts_with("e[v=c\\td]")), "{}", out.stdout);
+        assert!(
+            rows.iter().any(|r| r.starts_with("sssss") && r.contains("s…")),
+            "{}",
+            out.stdout
+        );
+        assert!(rows.iter().all(|r| r.chars().count() < 160), "{}", out.stdout);
+    }
+}
+
 #[test]
 fn bench_compile_prints_a_table() {
     let out = Test::new()

@@ -206,6 +206,80 @@ fn several_errors_are_all_reported() {
     insta::assert_snapshot!(err);
 }
 
+/// `let NAME0 = FIRST`, then `count` lines each doubling the previous value with `step`.
+fn doubling(first: &str, step: &str, count: usize) -> String {
+    let mut src = format!("let v0 = {first}\n");
+    for i in 1..=count {
+        src.push_str(&format!(
+            "let v{i} = {}\n",
+            step.replace("PREV", &format!("v{}", i - 1))
+        ));
+    }
+    src
+}
+
+#[test]
+fn sweep_with_too_many_points_is_refused_before_it_is_expanded() {
+    insta::assert_snapshot!(check(
+        "sweep a in range(end: 1000), b in range(end: 1000), c in range(end: 1000) {\n  stage s = exec(cmd: \"true\", params: {a: a, b: b, c: c})\n}\nstage all = exec(cmd: \"true\", inputs: s)\n"
+    ));
+}
+
+#[test]
+fn string_doubled_forty_times_is_refused_at_the_expression() {
+    let err = check(&doubling("\"x\"", "PREV + PREV", 40));
+    assert!(err.contains("has 1 problem"), "{err}");
+    insta::assert_snapshot!(err);
+}
+
+#[test]
+fn list_doubled_forty_times_is_refused_at_the_expression() {
+    let err = check(&doubling("[1]", "[PREV] + [PREV]", 40));
+    assert!(err.contains("has 1 problem"), "{err}");
+    insta::assert_snapshot!(err);
+}
+
+#[test]
+fn use_of_a_device_is_refused() {
+    insta::assert_snapshot!(check("use \"/dev/zero\" as z\n"));
+}
+
+#[test]
+fn use_of_a_file_over_the_size_cap_is_refused() {
+    let t = Test::new()
+        .file("main.rkd", "use \"big.rkd\" as big\n")
+        .file("big.rkd", "");
+    std::fs::File::options()
+        .write(true)
+        .open(t.path().join("big.rkd"))
+        .unwrap()
+        .set_len((16 << 20) + 1)
+        .unwrap();
+    insta::assert_snapshot!(t.args(&["check", "main.rkd"]).expect(1).stderr);
+}
+
+#[test]
+fn use_of_a_fifo_is_refused_without_blocking() {
+    let t = Test::new().file("main.rkd", "use \"pipe.rkd\" as p\n");
+    let made = std::process::Command::new("mkfifo")
+        .arg(t.path().join("pipe.rkd"))
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let err = t.args(&["check", "main.rkd"]).expect(1).stderr;
+    assert!(
+        err.contains("cannot read module \"pipe.rkd\": it is not a regular file"),
+        "{err}"
+    );
+    assert!(err.contains("rkd::file"), "{err}");
+}
+
+#[test]
+fn a_device_as_the_pipeline_file_is_refused() {
+    let out = Test::new().args(&["check", "/dev/zero"]).expect(1);
+    insta::assert_snapshot!(out.stderr);
+}
+
 #[test]
 fn missing_input_file_is_reported_by_plan() {
     let out = Test::new()

@@ -3,6 +3,7 @@
 use crate::engine::explain::{verdict, verdicts, Verdict};
 use crate::plan::key::hex;
 use crate::plan::{Plan, PlanStage};
+use crate::text::cell;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -62,20 +63,21 @@ pub fn run(file: &Path, store: Option<&Path>, json: bool) -> ExitCode {
 
 /// The plan table: stage, op, key prefix, status, reasons.
 fn print_table(plan: &Plan, verdicts: &[Verdict]) {
-    let width = plan.stages().map(|s| shown(s).len()).max().unwrap_or(5).max(5);
+    let names: Vec<String> = plan.stages().map(|s| cell(&shown(s))).collect();
+    let width = crate::text::width(names.iter(), "STAGE");
     let op_width = plan.stages().map(|s| s.def.op.name.len()).max().unwrap_or(2).max(2);
     println!(
         "{:width$}  {:op_width$}  {:12}  {:6}  REASON",
         "STAGE", "OP", "KEY", "STATUS"
     );
-    for (s, v) in plan.stages().zip(verdicts) {
+    for ((s, v), name) in plan.stages().zip(verdicts).zip(&names) {
         let (status, reasons) = match v {
             Verdict::Cached => ("cached", String::new()),
             Verdict::Run(r) => ("run", r.join("; ")),
         };
         println!(
             "{:width$}  {:op_width$}  {:12}  {:6}  {reasons}",
-            shown(s),
+            name,
             s.def.op.name,
             &hex(&s.key)[..12],
             status

@@ -6,6 +6,7 @@ use crate::engine::slurm::{submit, wait, SlurmOptions, Submission};
 use crate::plan::key::hex;
 use crate::plan::Plan;
 use crate::store::records::Outcome;
+use crate::text::cell;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -133,7 +134,7 @@ fn print_submitted(plan: &Plan, file: &Path, sub: &Submission, json: bool) -> Ex
         return ExitCode::SUCCESS;
     }
     for (i, id) in sub.jobs.iter().take(MAX_ROWS) {
-        println!("submitted  {:30}  job {id}", name(*i));
+        println!("submitted  {:30}  job {id}", cell(&name(*i)));
     }
     if sub.jobs.len() > MAX_ROWS {
         println!("... and {} more", sub.jobs.len() - MAX_ROWS);
@@ -157,7 +158,11 @@ fn print_dry_run(plan: &Plan, report: &RunReport) {
         } else {
             would += 1;
             if would <= MAX_ROWS {
-                println!("would run  {:30}  {}", super::plan::shown(s), r.reasons.join("; "));
+                println!(
+                    "would run  {:30}  {}",
+                    cell(&super::plan::shown(s)),
+                    r.reasons.join("; ")
+                );
             }
         }
     }
@@ -175,12 +180,13 @@ fn print_summary(plan: &Plan, report: &RunReport) {
         .filter(|(_, r)| r.outcome != Outcome::Cached)
         .collect();
     if !rows.is_empty() {
-        let width = rows.iter().map(|(s, _)| s.def.name.len()).max().unwrap_or(5).max(5);
+        let names: Vec<String> = rows.iter().map(|(s, _)| cell(&s.def.name)).collect();
+        let width = crate::text::width(names.iter().take(MAX_ROWS), "STAGE");
         println!(
             "{:width$}  {:7}  {:>8}  {:12}  METRIC",
             "STAGE", "STATUS", "TIME", "KEY"
         );
-        for (s, r) in rows.iter().take(MAX_ROWS) {
+        for ((s, r), name) in rows.iter().zip(&names).take(MAX_ROWS) {
             let metric = r
                 .metrics
                 .iter()
@@ -189,7 +195,7 @@ fn print_summary(plan: &Plan, report: &RunReport) {
                 .unwrap_or_default();
             println!(
                 "{:width$}  {:7}  {:>7.2}s  {:12}  {metric}",
-                s.def.name,
+                name,
                 r.outcome.name(),
                 r.time_s,
                 &hex(&s.key)[..12]

@@ -2,6 +2,7 @@
 
 use crate::engine::slurm::{describe, latest_jobs, query};
 use crate::plan::key::hex;
+use crate::text::cell;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -31,9 +32,10 @@ pub fn run(file: &Path, store: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let width = plan.stages().map(|s| s.def.name.len()).max().unwrap_or(5).max(5);
+    let names: Vec<String> = plan.stages().map(|s| cell(&s.def.name)).collect();
+    let width = crate::text::width(names.iter(), "STAGE");
     println!("{:width$}  {:>8}  {:40}  {:6}  KEY", "STAGE", "JOB", "STATE", "STORED");
-    for (s, key) in plan.stages().zip(&keys) {
+    for ((s, key), name) in plan.stages().zip(&keys).zip(&names) {
         let (job, state) = match jobs.get(key) {
             Some(j) => {
                 let state = match (states.get(&j.job), &j.state) {
@@ -46,11 +48,7 @@ pub fn run(file: &Path, store: Option<&Path>) -> ExitCode {
             None => ("-".into(), "-".into()),
         };
         let stored = if store.contains(&s.key) { "yes" } else { "no" };
-        println!(
-            "{:width$}  {job:>8}  {state:40}  {stored:6}  {}",
-            s.def.name,
-            &key[..12]
-        );
+        println!("{:width$}  {job:>8}  {state:40}  {stored:6}  {}", name, &key[..12]);
     }
     ExitCode::SUCCESS
 }

@@ -1,6 +1,7 @@
 //! Expressions: names, operators, indexing, and calls of functions, ops and constructors.
 
-use super::{BindKind, Compiler, Frame, MAX_CALL_DEPTH};
+use super::limits::{self, MAX_CALL_DEPTH};
+use super::{BindKind, Compiler, Frame};
 use crate::diagnostic::{suggestion, Diag, Kind};
 use crate::registry::{self, OpKind, OpSchema};
 use crate::source::Span;
@@ -27,7 +28,10 @@ impl Compiler {
             ExprKind::Str(s) => Value::str(s),
             ExprKind::Bool(b) => Value::Bool(*b),
             ExprKind::Path(path) => return self.eval_path(path, e.span),
-            ExprKind::List(items) => Value::list(items.iter().map(|x| self.eval(x).0).collect()),
+            ExprKind::List(items) => {
+                let list = Value::list(items.iter().map(|x| self.eval(x).0).collect());
+                self.within_limits(list, e.span, "this list")
+            }
             ExprKind::Record(entries) => {
                 let mut map = BTreeMap::new();
                 for (k, x) in entries {
@@ -42,7 +46,7 @@ impl Compiler {
                         self.error(d);
                     }
                 }
-                Value::Record(Arc::new(map))
+                self.within_limits(Value::Record(Arc::new(map)), e.span, "this record")
             }
             ExprKind::Call { callee, args } => return self.eval_call(callee, args, e.span, None),
             ExprKind::Binary(op, a, b) => {
@@ -86,8 +90,7 @@ impl Compiler {
         use Value::*;
         let result = match (op, &x, &y) {
             (_, Poison, _) | (_, _, Poison) => return Poison,
-            (BinOp::Add, List(a), List(b)) => Some(Value::list(a.iter().chain(b.iter()).cloned().collect())),
-            (BinOp::Add, Str(a), Str(b)) => Some(Value::str(&format!("{a}{b}"))),
+            (BinOp::Add, List(_), List(_)) | (BinOp::Add, Str(_), Str(_)) => Some(self.concat(&x, &y, span)),
             (op, Int(a), Int(b)) => match op {
                 BinOp::Add => a.checked_add(*b).map(Int),
                 BinOp::Sub => a.checked_sub(*b).map(Int),
@@ -140,6 +143,64 @@ impl Compiler {
             self.error(d);
             Poison
         })
+    }
+
+    /// `x + y` for two lists or two strings, refused before allocating when the result would be
+    /// over the size limits.
+    fn concat(&mut self, x: &Value, y: &Value, span: Span) -> Value {
+        let mut budget = limits::Budget::default();
+        let (what, fits) = match (x, y) {
+            (Value::Str(a), Value::Str(b)) => ("this string", budget.text_bytes(a.len().saturating_add(b.len()))),
+            _ => ("this list", budget.take(x).and_then(|()| budget.take(y))),
+        };
+        if let Err(over) = fits {
+            self.over_size(over, span, what);
+            return Value::Poison;
+        }
+        match (x, y) {
+            (Value::Str(a), Value::Str(b)) => Value::str(&format!("{a}{b}")),
+            (Value::List(a), Value::List(b)) => Value::list(a.iter().chain(b.iter()).cloned().collect()),
+            _ => unreachable!("concat is called with two lists or two strings"),
+        }
+    }
+
+    /// `v`, or poison and a diagnostic at `span` when it is over the size limits.
+    pub(super) fn within_limits(&mut self, v: Value, span: Span, what: &str) -> Value {
+        match limits::check_size(&v) {
+            Ok(()) => v,
+            Err(over) => {
+                self.over_size(over, span, what);
+                Value::Poison
+            }
+        }
+    }
+
+    fn over_size(&mut self, over: limits::Over, span: Span, what: &str) {
+        let d = Diag::new(Kind::Limit, span, over.message(what))
+            .label("too large")
+            .help(over.help());
+        self.error(d);
+    }
+
+    /// Whether one more stage fits in the pipeline; reports the call at `span` when not.
+    fn room_for_stage(&mut self, span: Span) -> bool {
+        if self.stages.len() < self.caps.stages {
+            return true;
+        }
+        self.over_limit = true;
+        let max = limits::thousands(self.caps.stages as u64);
+        let d = Diag::new(
+            Kind::Limit,
+            span,
+            format!(
+                "this call would make stage {} of a pipeline that may have {max}",
+                limits::thousands(self.stages.len() as u64 + 1)
+            ),
+        )
+        .label("one stage too many")
+        .help("make fewer stages (fewer sweep values or loop rounds), or split the study into several pipeline files");
+        self.error(d);
+        false
     }
 
     fn index(&mut self, xs: Value, i: Value, list_span: Span, index_span: Span) -> Value {
@@ -439,6 +500,9 @@ impl Compiler {
         let Some(params) = self.check_args(op, args, span) else {
             return Value::Poison;
         };
+        if matches!(op.kind, OpKind::Stage(_)) && (self.over_limit || !self.room_for_stage(span)) {
+            return Value::Poison;
+        }
         let params = match op.name {
             "distill" | "fuse" => self.add_predictions(op.name, params, &spans, span),
             _ => params,
@@ -579,7 +643,8 @@ impl Compiler {
             self.declare(&p.name, value, BindKind::Param, origin);
         }
         if let Some(rest) = &def.rest {
-            self.declare(rest, Value::Record(Arc::new(extra)), BindKind::Param, None);
+            let collected = self.within_limits(Value::Record(Arc::new(extra)), span, "the record of other arguments");
+            self.declare(rest, collected, BindKind::Param, None);
             let top = self.frames.len() - 1;
             if let Some(b) = self.vars_of_mut(top).get_mut(&rest.name) {
                 b.field_origins = extra_origins;

@@ -1,6 +1,6 @@
 //! Items: modules and `use`, `let`, `stage`, `fn`, and the `sweep` and `for` blocks.
 
-use super::{stdlib, BindKind, Compiler, Frame, ModKey, ModuleData};
+use super::{limits, stdlib, BindKind, Compiler, Frame, ModKey, ModuleData};
 use crate::diagnostic::{suggestion, Diag, Kind};
 use crate::source::{FileId, Span};
 use crate::syntax::ast::{Binding as AstBinding, Expr, ExprKind, For, Ident, Item, Sweep, Use};
@@ -301,10 +301,13 @@ impl Compiler {
         if let Some(id) = self.module_index.get(&key) {
             return Some(*id);
         }
-        let text = match std::fs::read_to_string(&canonical) {
+        let text = match limits::read_source(&canonical) {
             Ok(t) => t,
             Err(e) => {
-                let d = Diag::new(Kind::File, span, format!("cannot read module \"{written}\": {e}")).label("here");
+                let kind = if e.is_limit() { Kind::Limit } else { Kind::File };
+                let d = Diag::new(kind, span, format!("cannot read module \"{written}\": {e}"))
+                    .label(e.label())
+                    .help(e.help());
                 self.error(d);
                 return None;
             }
@@ -321,28 +324,28 @@ impl Compiler {
     }
 
     fn eval_sweep(&mut self, s: &Sweep) {
+        match self.sweep_points(s) {
+            Some(iterations) => self.run_block(&s.body, iterations),
+            None => self.poison_block_names(&s.body),
+        }
+    }
+
+    /// A sweep's points, each with its variables' values and its name suffix; `None` (reported)
+    /// when a list is empty or repeats a value, or the points are too many.
+    fn sweep_points(&mut self, s: &Sweep) -> Option<Vec<Iteration>> {
+        if self.over_limit {
+            return None;
+        }
         let mut lists = Vec::new();
         for (var, expr) in &s.vars {
-            let Some(items) = self.loop_list(expr, "sweep") else {
-                return;
-            };
-            let mut seen = HashMap::new();
-            for (v, span) in &items {
-                let shown = self.display(v);
-                if let Some(first) = seen.insert(shown.clone(), *span) {
-                    let d = Diag::new(
-                        Kind::Invalid,
-                        *span,
-                        format!("`{}` takes the value {shown} twice", var.name),
-                    )
-                    .label("repeated value")
-                    .note(first, "first here")
-                    .help("each sweep point must be distinct");
-                    self.error(d);
-                    return;
-                }
-            }
-            lists.push((var, items));
+            lists.push((var, self.loop_list(expr, "sweep")?));
+        }
+        let lengths: Vec<usize> = lists.iter().map(|(_, items)| items.len()).collect();
+        if !self.take_rounds(&lengths, s.span, "sweep") {
+            return None;
+        }
+        for (var, items) in &lists {
+            self.distinct_values(var, items)?;
         }
         // The cartesian product, first variable outermost.
         let mut iterations: Vec<Iteration> = vec![(Vec::new(), String::new())];
@@ -360,15 +363,41 @@ impl Compiler {
         for it in &mut iterations {
             let parts: Vec<String> =
                 it.0.iter()
-                    .map(|(var, v, _)| format!("{}={}", var.name, self.display(v)))
+                    .map(|(var, v, _)| format!("{}={}", var.name, self.display_in_name(v)))
                     .collect();
             it.1 = format!("[{}]", parts.join(","));
         }
-        self.run_block(&s.body, iterations);
+        Some(iterations)
+    }
+
+    /// Reports the first value a sweep variable takes twice.
+    fn distinct_values(&mut self, var: &Ident, items: &[(Value, Span)]) -> Option<()> {
+        let mut seen = HashMap::new();
+        for (v, span) in items {
+            let shown = self.display(v);
+            if let Some(first) = seen.insert(shown.clone(), *span) {
+                let d = Diag::new(
+                    Kind::Invalid,
+                    *span,
+                    format!("`{}` takes the value {shown} twice", var.name),
+                )
+                .label("repeated value")
+                .note(first, "first here")
+                .help("each sweep point must be distinct");
+                self.error(d);
+                return None;
+            }
+        }
+        Some(())
     }
 
     fn eval_for(&mut self, f: &For) {
-        let Some(items) = self.loop_list(&f.list, "for") else {
+        let items = match self.over_limit {
+            true => None,
+            false => self.loop_list(&f.list, "for"),
+        };
+        let Some(items) = items.filter(|items| self.take_rounds(&[items.len()], f.span, "for")) else {
+            self.poison_block_names(&f.body);
             return;
         };
         let iterations = items
@@ -377,6 +406,67 @@ impl Compiler {
             .map(|(i, (v, span))| (vec![(f.var.clone(), v, span)], format!("[{i}]")))
             .collect();
         self.run_block(&f.body, iterations);
+    }
+
+    /// Binds the stage names a loop that does not run would have exported, so that their uses
+    /// are not reported again.
+    fn poison_block_names(&mut self, body: &[Item]) {
+        let mut exported = HashMap::new();
+        for item in body {
+            block_stage_names(item, &mut exported);
+        }
+        let mut order: Vec<(String, Span)> = exported.into_iter().collect();
+        order.sort_by_key(|(_, s)| s.start);
+        for (name, span) in order {
+            self.declare(&Ident { name, span }, Value::Poison, BindKind::Stage, None);
+        }
+    }
+
+    /// Counts a loop's rounds (`lengths` multiplied) against [`limits::MAX_LOOP_ROUNDS`] before
+    /// the loop is expanded; reports it at `span` when they do not fit.
+    fn take_rounds(&mut self, lengths: &[usize], span: Span, what: &str) -> bool {
+        let left = self.caps.rounds - self.rounds;
+        match limits::product(lengths) {
+            Some(n) if n <= left => {
+                self.rounds += n;
+                true
+            }
+            n => {
+                self.over_limit = true;
+                let d = self.rounds_diag(lengths, n, span, what);
+                self.error(d);
+                false
+            }
+        }
+    }
+
+    /// The diagnostic for a loop of `n` rounds (`None`: past counting) that does not fit.
+    fn rounds_diag(&self, lengths: &[usize], n: Option<usize>, span: Span, what: &str) -> Diag {
+        let unit = if what == "sweep" { "points" } else { "rounds" };
+        let total = n.map_or_else(|| "too many".to_string(), |n| limits::thousands(n as u64));
+        let formula = match lengths {
+            [_] => String::new(),
+            _ => {
+                let shown: Vec<String> = lengths.iter().map(|&l| limits::thousands(l as u64)).collect();
+                format!(" ({})", shown.join(" × "))
+            }
+        };
+        let before = match self.rounds {
+            0 => String::new(),
+            r => format!("; {} ran before this one", limits::thousands(r as u64)),
+        };
+        Diag::new(
+            Kind::Limit,
+            span,
+            format!("this `{what}` has {total} {unit}{formula}, too many for one pipeline"),
+        )
+        .label(format!("{total} {unit}"))
+        .help(format!(
+            "the loops of a pipeline run at most {} rounds in all (sweep points and `for` iterations{before}), \
+             and a pipeline has at most {} stages; loop over fewer values, or split the study into several files",
+            limits::thousands(self.caps.rounds as u64),
+            limits::thousands(self.caps.stages as u64),
+        ))
     }
 
     /// Evaluates the list a loop runs over, with where each item was written.
@@ -429,6 +519,9 @@ impl Compiler {
             (f.prefix.clone(), f.suffix.clone(), f.module)
         };
         for (bound, it_suffix) in iterations {
+            if self.over_limit {
+                break;
+            }
             self.frames.push(Frame {
                 vars: Some(HashMap::new()),
                 later: Some(HashMap::new()),

@@ -7,6 +7,7 @@
 mod args;
 mod exprs;
 mod items;
+pub mod limits;
 pub mod predictions;
 mod stages;
 pub mod stdlib;
@@ -20,9 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use stages::StageDef;
-
-/// Deepest chain of function calls before recursion is reported.
-const MAX_CALL_DEPTH: usize = 64;
 
 /// The result of compiling one pipeline file.
 #[derive(Debug)]
@@ -40,26 +38,34 @@ pub struct Compiled {
 /// Compiles the pipeline file at `path`.
 pub fn compile_file(path: &Path) -> Compiled {
     let display = path.display().to_string();
-    match std::fs::read_to_string(path) {
+    match limits::read_source(path) {
         Ok(text) => compile_source(&display, path, text),
-        Err(e) => Compiled {
-            sources: Sources::default(),
-            stages: Vec::new(),
-            diags: vec![Diag::global(Kind::File, format!("cannot read {display}: {e}"))],
-            root_dir: PathBuf::from("."),
-        },
+        Err(e) => {
+            let kind = if e.is_limit() { Kind::Limit } else { Kind::File };
+            Compiled {
+                sources: Sources::default(),
+                stages: Vec::new(),
+                diags: vec![Diag::global(kind, format!("cannot read {display}: {e}")).help(e.help())],
+                root_dir: PathBuf::from("."),
+            }
+        }
     }
 }
 
 /// Compiles pipeline source text as if it were the file at `path` (which need not exist).
 pub fn compile_source(display: &str, path: &Path, text: String) -> Compiled {
+    compile_source_with(display, path, text, limits::Caps::default())
+}
+
+/// [`compile_source`] under the stage and loop-round limits `caps`.
+fn compile_source_with(display: &str, path: &Path, text: String, caps: limits::Caps) -> Compiled {
     // Evaluation recurses along the syntax tree, whose depth the parser bounds; a large stack
     // makes that bound safe in unoptimised builds too.
     let (display, path) = (display.to_string(), path.to_path_buf());
     let worker = std::thread::Builder::new()
         .name("rkd-compile".into())
         .stack_size(256 << 20)
-        .spawn(move || compile_on_this_thread(&display, &path, text));
+        .spawn(move || compile_on_this_thread(&display, &path, text, caps));
     match worker.map(|h| h.join()) {
         Ok(Ok(compiled)) => compiled,
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
@@ -67,10 +73,11 @@ pub fn compile_source(display: &str, path: &Path, text: String) -> Compiled {
     }
 }
 
-fn compile_on_this_thread(display: &str, path: &Path, text: String) -> Compiled {
+fn compile_on_this_thread(display: &str, path: &Path, text: String, caps: limits::Caps) -> Compiled {
     let canonical = path.canonicalize().unwrap_or_else(|_| absolute(path));
     let root_dir = canonical.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut c = Compiler::new(root_dir.clone());
+    c.caps = caps;
     let file = c.sources.add(display.to_string(), Some(canonical.clone()), text);
     c.loading.push(ModKey::File(canonical));
     c.load_module(file, String::new(), String::new());
@@ -180,6 +187,12 @@ struct Compiler {
     depth: usize,
     /// Set when recursion went too deep: calls return at once until the outermost one has.
     aborting: bool,
+    /// The stage and loop-round limits.
+    caps: limits::Caps,
+    /// Loop rounds run so far, against `caps.rounds`.
+    rounds: usize,
+    /// Set when the pipeline went over the stage or loop limit: loops stop and make no stages.
+    over_limit: bool,
 }
 
 impl Compiler {
@@ -199,6 +212,9 @@ impl Compiler {
             root_dir,
             depth: 0,
             aborting: false,
+            caps: limits::Caps::default(),
+            rounds: 0,
+            over_limit: false,
         }
     }
 
@@ -362,5 +378,10 @@ impl Compiler {
 
     fn display(&self, v: &Value) -> String {
         v.display_with(&|id| self.display_stage(id))
+    }
+
+    /// A value as a stage name shows it, cut to [`limits::MAX_NAME_VALUE_CHARS`].
+    fn display_in_name(&self, v: &Value) -> String {
+        v.display_capped(limits::MAX_NAME_VALUE_CHARS, &|id| self.display_stage(id))
     }
 }

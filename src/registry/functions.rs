@@ -48,7 +48,10 @@ pub static RANGE: OpSchema = OpSchema {
         (Some(crate::value::Value::Int(s)), Some(crate::value::Value::Int(e))) if e.saturating_sub(*s) > MAX_RANGE => {
             vec![(
                 "end",
-                format!("range of {} integers is too long (at most {MAX_RANGE})", e - s),
+                format!(
+                    "range of {} integers is too long (at most {MAX_RANGE})",
+                    e.saturating_sub(*s)
+                ),
             )]
         }
         _ => Vec::new(),

@@ -190,13 +190,23 @@ pub fn render_markdown(report: &Report) -> String {
     out
 }
 
+/// A cell of the terminal table: names on one line and cut to a sane width.
+fn text_cell(column: &Column, report: &Report, entry: &ReportEntry) -> String {
+    let text = (column.cell)(report, entry);
+    if column.numeric {
+        text
+    } else {
+        crate::text::cell(&text)
+    }
+}
+
 /// The table as aligned plain text for the terminal (`rkd report FILE`).
 pub fn render_text(report: &Report) -> String {
     let columns: Vec<&Column> = COLUMNS.iter().filter(|c| c.in_text).collect();
     let rows: Vec<Vec<String>> = report
         .rows
         .iter()
-        .map(|e| columns.iter().map(|c| (c.cell)(report, e)).collect())
+        .map(|e| columns.iter().map(|c| text_cell(c, report, e)).collect())
         .collect();
     let widths: Vec<usize> = columns
         .iter()
@@ -261,6 +271,17 @@ mod tests {
         assert!(teacher.contains("| — |"), "{teacher}");
         let q = md.lines().find(|l| l.starts_with("| q |")).unwrap();
         assert!(q.contains("| 5.8 MB |"), "{q}");
+    }
+
+    #[test]
+    fn names_in_the_text_table_stay_on_one_line() {
+        let mut data = sample();
+        data.rows[1].name = format!("a\nb{}", "x".repeat(100));
+        let text = render_text(&data.derive().unwrap());
+        let plain = render_text(&sample().derive().unwrap());
+        assert_eq!(text.lines().count(), plain.lines().count(), "{text}");
+        let row = text.lines().find(|l| l.starts_with("a\\nb")).expect("the row, escaped");
+        assert!(row.contains("x…  "), "{row}");
     }
 
     #[test]
