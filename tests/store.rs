@@ -299,15 +299,13 @@ fn runs_go_on_when_the_lock_directory_is_removed_under_them() {
     let mut a = t.spawn(&["run", "p.rkd", "-j", "2"]);
     let mut b = t.spawn(&["run", "p.rkd", "-j", "2"]);
     let locks = t.path().join(".rkd/locks");
-    let (mut a_done, mut b_done) = (None, None);
-    while a_done.is_none() || b_done.is_none() {
+    // Remove it over and over while both runs are going (try_wait keeps a finished one's status).
+    while a.try_wait().unwrap().is_none() || b.try_wait().unwrap().is_none() {
         let _ = std::fs::remove_dir_all(&locks);
         std::thread::sleep(Duration::from_millis(1));
-        a_done = a_done.or_else(|| a.try_wait().unwrap());
-        b_done = b_done.or_else(|| b.try_wait().unwrap());
     }
-    assert!(a_done.unwrap().success(), "first run");
-    assert!(b_done.unwrap().success(), "second run");
+    assert!(a.wait().unwrap().success(), "first run");
+    assert!(b.wait().unwrap().success(), "second run");
     assert_eq!(t.run_with(&["verify"]).code, 0);
     let (_, res, _) = run_json(&t, &["run", "p.rkd", "--json"]);
     assert_eq!(sorted(&res["cached"]).len(), 7);

@@ -28,6 +28,21 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
     let Some((compiled, plan, store)) = super::load_plan(file, store) else {
         return ExitCode::FAILURE;
     };
+    // While this run lives, `rkd gc` keeps every entry it may read or write.
+    let _lease = if opts.dry_run {
+        None
+    } else {
+        match store.lease(plan.stages().map(|s| s.key)) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!(
+                    "error: cannot register the run in the store {}: {e}",
+                    store.root.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    };
     let cancel = Arc::new(Cancel::default());
     let handler = cancel.clone();
     let presses = std::sync::atomic::AtomicUsize::new(0);
@@ -72,8 +87,9 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
     };
     for (name, problems) in &report.damaged {
         eprintln!(
-            "warning: the stored result of `{name}` is damaged ({}); it was discarded and runs again",
-            problems.join("; ")
+            "warning: the stored result of `{name}` is damaged ({}); it was moved aside to {} and runs again",
+            problems.join("; "),
+            store.damaged_dir().display()
         );
     }
     let names = |o: Outcome| -> Vec<&str> {

@@ -63,7 +63,7 @@ fn entry_name(store: &Store, key: &Key) -> String {
     std::fs::read_to_string(store.entry_dir(key).join("spec.yaml"))
         .ok()
         .and_then(|t| serde_yaml::from_str::<crate::store::records::StageRecord>(&t).ok())
-        .map(|r| format!("{} ({})", r.name, r.op))
+        .map(|r| format!("{} ({})", crate::text::cell(&r.name), r.op))
         .unwrap_or_default()
 }
 
