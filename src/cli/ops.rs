@@ -52,9 +52,8 @@ pub fn overview() -> String {
         out.push_str(&format!("  {:width$}  {}\n", op.name, op.doc));
     }
     out.push_str("\n`rkd ops NAME` shows the parameters of one.\n");
-    out.push_str(
-        "Runs today: exec, train and eval; the other stage ops are checked and planned but not implemented yet.\n",
-    );
+    let runs: Vec<&str> = crate::ops::OPS.iter().map(|o| o.name).collect();
+    out.push_str(&format!("Every stage op runs: {}.\n", runs.join(", ")));
     out
 }
 

@@ -388,7 +388,7 @@ pub fn run_stage(
     // next run), and this stage's result, made from it, is not stored.
     let result = match (result, inputs_changed(plan, stage, store)) {
         (result, None) => result,
-        (_, Some(changed)) => Err(changed),
+        (_, Some(changed)) => Err(ops::OpError::Failed(changed)),
     };
     match result {
         Ok(output) => {
@@ -414,7 +414,7 @@ pub fn run_stage(
         Err(e) => {
             let log = keep_failed_log(store, &stage.key, &log_path);
             let tail = log.as_ref().map(|p| log_tail(p)).unwrap_or_default();
-            let mut msg = e;
+            let mut msg = e.to_string();
             if !tail.is_empty() {
                 msg.push_str(&format!("\n{tail}"));
             }

@@ -20,8 +20,8 @@ use candle_core::{DType, Device, Result as CResult, Tensor};
 
 use super::model_source::{self, load_frozen, Frozen, ModelSource};
 use super::predict::Predictions;
-use super::train::{finish, fit, float, load_dataset, log_data, source_label, train_options, FitOptions};
-use super::{OpContext, OpOutput};
+use super::train::{finish, fit, load_dataset, log_data, source_label, FitOptions, Schedule};
+use super::{OpContext, OpError, OpOutput};
 use crate::compile::predictions::PREDICTIONS;
 use crate::data::{Batch, Dataset};
 use crate::ml::distill::{attention_loss, fuse_batch, hidden_loss, kd_loss, uniform_layer_map, Fusion, KdConfig};
@@ -29,12 +29,99 @@ use crate::ml::layers::Linear;
 use crate::ml::student::{every_k_layers, init_student_from_teacher};
 use crate::ml::train::with_threads;
 use crate::ml::{ForwardCtx, Model, ModelConfig, ModelInput, ParamStore, Pretrained};
-use crate::value::{Params, Value};
+use crate::registry::{read, DistillArgs, FuseArgs};
+use crate::value::Value;
 
-/// Runs a `distill` or `fuse` stage.
-pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
+/// Runs a `distill` stage.
+pub fn run_distill(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
+    let kd = KdArgs::from(read(ctx.params, DistillArgs::from_params)?);
     let threads = ctx.threads;
-    with_threads(threads, || run_on_pool(ctx))
+    with_threads(threads, || run_on_pool(ctx, kd))
+}
+
+/// Runs a `fuse` stage.
+pub fn run_fuse(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
+    let kd = KdArgs::try_from(read(ctx.params, FuseArgs::from_params)?)?;
+    let threads = ctx.threads;
+    with_threads(threads, || run_on_pool(ctx, kd))
+}
+
+/// What `distill` and `fuse` share, from either op's typed arguments.
+struct KdArgs {
+    teachers: Vec<Value>,
+    student: Value,
+    data: Value,
+    kd: KdConfig,
+    /// How teacher logits are combined (`None` for `distill`'s one teacher).
+    fusion: Option<Fusion>,
+    init: String,
+    intermediate: Option<Value>,
+    schedule: Schedule,
+}
+
+impl From<DistillArgs> for KdArgs {
+    fn from(a: DistillArgs) -> KdArgs {
+        KdArgs {
+            teachers: vec![a.teacher],
+            student: a.student,
+            data: a.data,
+            kd: KdConfig {
+                temperature: a.temperature,
+                alpha: a.alpha,
+                t2_scale: a.t2_scale,
+            },
+            fusion: None,
+            init: a.init,
+            intermediate: a.intermediate,
+            schedule: Schedule {
+                epochs: a.epochs,
+                batch_size: a.batch_size,
+                lr: a.lr,
+                weight_decay: Some(a.weight_decay),
+                warmup: Some(a.warmup),
+                grad_clip: Some(a.grad_clip),
+                seed: a.seed,
+                max_steps: a.max_steps,
+            },
+        }
+    }
+}
+
+impl TryFrom<FuseArgs> for KdArgs {
+    type Error = String;
+
+    fn try_from(a: FuseArgs) -> Result<KdArgs, String> {
+        let fusion = match (a.fusion.as_str(), a.weights) {
+            ("mean", _) => Fusion::Mean,
+            ("confidence", _) => Fusion::Confidence,
+            ("weighted", Some(ws)) => Fusion::Weighted(ws),
+            ("weighted", None) => return Err("fusion \"weighted\" needs `weights:`".into()),
+            (other, _) => return Err(format!("unknown fusion `{other}` (mean, weighted or confidence)")),
+        };
+        Ok(KdArgs {
+            teachers: a.teachers,
+            student: a.student,
+            data: a.data,
+            kd: KdConfig {
+                temperature: a.temperature,
+                alpha: a.alpha,
+                t2_scale: a.t2_scale,
+            },
+            fusion: Some(fusion),
+            init: a.init,
+            intermediate: None,
+            schedule: Schedule {
+                epochs: a.epochs,
+                batch_size: a.batch_size,
+                lr: a.lr,
+                weight_decay: Some(a.weight_decay),
+                warmup: Some(a.warmup),
+                grad_clip: Some(a.grad_clip),
+                seed: a.seed,
+                max_steps: a.max_steps,
+            },
+        })
+    }
 }
 
 /// Where the teachers' logits come from.
@@ -64,21 +151,17 @@ struct Tally {
     examples: usize,
 }
 
-fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
-    let (opts, batch_size) = train_options(ctx.params)?;
+fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
+    let (opts, batch_size) = args.schedule.options();
     let device = Device::Cpu;
-    let kd = KdConfig {
-        temperature: float(ctx.params, "temperature").unwrap_or(4.0),
-        alpha: float(ctx.params, "alpha").unwrap_or(0.5),
-        t2_scale: !matches!(ctx.params.get("t2_scale"), Some(Value::Bool(false))),
-    };
-    let fusion = fusion_of(ctx.params)?;
+    let kd = args.kd;
+    // One teacher's logits are used as they are: the mean of one.
+    let fusion = args.fusion.clone().unwrap_or(Fusion::Mean);
     ctx.progress.message("loading the models and data");
-    let teacher_values: Vec<Value> = match (ctx.params.get("teacher"), ctx.params.get("teachers")) {
-        (Some(t), _) => vec![t.clone()],
-        (None, Some(Value::List(ts))) => ts.to_vec(),
-        _ => return Err("no teacher given".into()),
-    };
+    let teacher_values = &args.teachers;
+    if teacher_values.is_empty() {
+        return Err("no teacher given".into());
+    }
     let teacher_sources: Vec<ModelSource> = teacher_values
         .iter()
         .map(|v| model_source::resolve_value(v, &|id| (ctx.input_dir)(id)))
@@ -91,9 +174,9 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
             _ => format!("teacher{i}"),
         })
         .collect();
-    let student_source = model_source::resolve(ctx, "student")?;
+    let student_source = model_source::resolve(ctx, &args.student)?;
     let tokenizer = tokenizer_for(&student_source, &teacher_sources)?;
-    let dataset = load_dataset(ctx.params, tokenizer.clone(), &ctx.cache_dir)?;
+    let dataset = load_dataset(&args.data, tokenizer.clone(), &ctx.cache_dir)?;
     log_data(ctx, &dataset, batch_size);
 
     let teachers = match ctx.params.get(PREDICTIONS) {
@@ -131,11 +214,19 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         }
     };
 
-    let student = build_student(ctx, &student_source, &teacher_sources[0], &dataset, opts.seed, &device)?;
+    let student = build_student(
+        ctx,
+        &args.init,
+        &student_source,
+        &teacher_sources[0],
+        &dataset,
+        opts.seed,
+        &device,
+    )?;
     let model = student.model.clone();
     let params = student.params.clone();
     let _ = writeln!(ctx.log, "parameters: {}", params.num_parameters());
-    let intermediate = match ctx.params.get("intermediate") {
+    let intermediate = match &args.intermediate {
         Some(v) => {
             let Teachers::Live(live) = &teachers else {
                 return Err("intermediate losses need the teacher's weights".into());
@@ -329,7 +420,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
                 out.metrics.insert(key.into(), v);
             }
         }
-        if ctx.op == "fuse" {
+        if args.fusion.is_some() {
             if let Some(ws) = last["teacher_weights"].as_object() {
                 for (name, w) in ws {
                     if let Some(w) = w.as_f64() {
@@ -340,23 +431,6 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         }
     }
     Ok(out)
-}
-
-/// The fusion rule of a `fuse` stage (`distill` has one teacher: its logits as they are).
-fn fusion_of(params: &Params) -> Result<Fusion, String> {
-    match params.get("fusion") {
-        None => Ok(Fusion::Mean),
-        Some(Value::Str(s)) => match s.as_ref() {
-            "mean" => Ok(Fusion::Mean),
-            "confidence" => Ok(Fusion::Confidence),
-            "weighted" => match params.get("weights") {
-                Some(Value::List(ws)) => Ok(Fusion::Weighted(ws.iter().filter_map(Value::as_f64).collect())),
-                _ => Err("fusion \"weighted\" needs `weights:`".into()),
-            },
-            other => Err(format!("unknown fusion `{other}` (mean, weighted or confidence)")),
-        },
-        Some(other) => Err(format!("`fusion` must be a string, got {}", other.type_name())),
-    }
 }
 
 /// The tokenizer the student reads the dataset with: a student checkpoint's own, else the
@@ -397,16 +471,13 @@ fn same_tokenizer(teacher: &std::path::Path, student: &std::path::Path) -> Resul
 /// checkpoint.
 fn build_student(
     ctx: &mut OpContext,
+    init: &str,
     student: &ModelSource,
     teacher: &ModelSource,
     dataset: &Dataset,
     seed: u64,
     device: &Device,
 ) -> Result<Pretrained, String> {
-    let init = match ctx.params.get("init") {
-        Some(Value::Str(s)) => s.to_string(),
-        _ => "random".into(),
-    };
     if init != "teacher_layers" {
         return model_source::model_for_training(student, dataset, seed, device, &mut ctx.log);
     }
@@ -529,6 +600,7 @@ mod tests {
     use super::super::train::testing::*;
     use super::*;
     use crate::engine::cancel::Cancel;
+    use crate::value::Params;
     use crate::value::StageId;
     use std::path::Path;
     use std::sync::Arc;
@@ -566,7 +638,7 @@ mod tests {
     }
 
     /// Runs `op`; upstream stage `i` is `dirs[i]`.
-    fn run(op: &'static str, params: &Params, out: &Path, dirs: &[&Path]) -> (Result<OpOutput, String>, String) {
+    fn run(op: &'static str, params: &Params, out: &Path, dirs: &[&Path]) -> (Result<OpOutput, OpError>, String) {
         let dirs: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
         run_op_with(
             op,
@@ -578,7 +650,7 @@ mod tests {
         )
     }
 
-    fn ok(r: (Result<OpOutput, String>, String)) -> (OpOutput, String) {
+    fn ok(r: (Result<OpOutput, OpError>, String)) -> (OpOutput, String) {
         let (r, log) = r;
         (r.unwrap_or_else(|e| panic!("{e}\n{log}")), log)
     }
@@ -680,12 +752,7 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        let ds = load_dataset(
-            &kd_params(bert(1, 8, 2), &d, 1, 0.5),
-            Some(dir.path().join("teacher")),
-            dir.path(),
-        )
-        .unwrap();
+        let ds = load_dataset(&d, Some(dir.path().join("teacher")), dir.path()).unwrap();
         let b = ds
             .batches(crate::data::SplitName::Train, 512, None, false, &Device::Cpu)
             .unwrap();
@@ -702,7 +769,7 @@ mod tests {
             &dir.path().join("x"),
             &[&dir.path().join("teacher"), &dir.path().join("pred")],
         );
-        assert!(r.unwrap_err().contains("do not match the training split"));
+        assert!(r.unwrap_err().to_string().contains("do not match the training split"));
     }
 
     #[test]
@@ -812,7 +879,10 @@ mod tests {
         // Four heads against the teacher's two: a clear error.
         p.insert("student".into(), bert(1, 32, 4));
         let (r, _) = run("distill", &p, &dir.path().join("heads"), &[&t]);
-        assert!(r.unwrap_err().contains("the student has 4 heads and the teacher 2"));
+        assert!(r
+            .unwrap_err()
+            .to_string()
+            .contains("the student has 4 heads and the teacher 2"));
     }
 
     #[test]
@@ -832,6 +902,6 @@ mod tests {
         // A narrower student cannot take the teacher's layers.
         p.insert("student".into(), bert(1, 32, 2));
         let (r, _) = run("distill", &p, &dir.path().join("n"), &[&dirs[0], &dirs[1]]);
-        assert!(r.unwrap_err().contains("hidden_size differs"));
+        assert!(r.unwrap_err().to_string().contains("hidden_size differs"));
     }
 }

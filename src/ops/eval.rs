@@ -14,32 +14,28 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 
 use super::model_source::{self, load_frozen, ModelSource};
-use super::train::{load_dataset, usize_param};
-use super::{OpContext, OpOutput};
+use super::train::load_dataset;
+use super::{OpContext, OpError, OpOutput};
 use crate::data::Dataset;
 use crate::data::SplitName;
 use crate::ml::metrics::{evaluate, Confusion, Evaluation};
 use crate::ml::sizes::Sizes;
 use crate::ml::train::with_threads;
 use crate::ml::{ForwardCtx, Model, ModelInput};
-use crate::value::Value;
+use crate::registry::{read, EvalArgs};
 
 /// Runs an `eval` stage.
-pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
+pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let threads = ctx.threads;
     with_threads(threads, || run_on_pool(ctx))
 }
 
-fn split_of(ctx: &OpContext) -> Result<(SplitName, &'static str), String> {
-    match ctx.params.get("split") {
-        None => Ok((SplitName::Validation, "validation")),
-        Some(Value::Str(s)) => match s.as_ref() {
-            "validation" => Ok((SplitName::Validation, "validation")),
-            "test" => Ok((SplitName::Test, "test")),
-            "train" => Ok((SplitName::Train, "train")),
-            other => Err(format!("unknown split `{other}` (validation, test or train)")),
-        },
-        Some(other) => Err(format!("`split` must be a string, got {}", other.type_name())),
+fn split_of(split: &str) -> Result<(SplitName, &'static str), String> {
+    match split {
+        "validation" => Ok((SplitName::Validation, "validation")),
+        "test" => Ok((SplitName::Test, "test")),
+        "train" => Ok((SplitName::Train, "train")),
+        other => Err(format!("unknown split `{other}` (validation, test or train)")),
     }
 }
 
@@ -170,14 +166,14 @@ pub fn measure(
     dataset: &Dataset,
     split: SplitName,
     batch_size: usize,
-) -> Result<Measured, String> {
+) -> Result<Measured, OpError> {
     let device = Device::Cpu;
     let frozen = load_frozen(source, "eval", &device)?;
     let config = frozen.config.clone();
     model_source::check_fits(&config, dataset, true)?;
     let n = dataset.len(split);
     if n == 0 {
-        return Err(format!("the {} split of the dataset is empty", split.as_str()));
+        return Err(format!("the {} split of the dataset is empty", split.as_str()).into());
     }
     let batches = dataset
         .batches(split, batch_size, None, false, &device)
@@ -186,7 +182,7 @@ pub fn measure(
     let mut loss_sum = 0.0;
     for (i, b) in batches.iter().enumerate() {
         if ctx.cancel.is_interrupted() {
-            return Err("interrupted".into());
+            return Err(OpError::Interrupted);
         }
         let ev = evaluate(&frozen.model, std::iter::once((&b.input, &b.labels))).map_err(|e| e.to_string())?;
         loss_sum += ev.loss * ev.confusion.total() as f64;
@@ -232,12 +228,13 @@ pub fn measure(
     })
 }
 
-fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
-    let (split, split_name) = split_of(ctx)?;
-    let batch_size = usize_param(ctx.params, "batch_size", 32)?.max(1);
+fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
+    let args = read(ctx.params, EvalArgs::from_params)?;
+    let (split, split_name) = split_of(&args.split)?;
+    let batch_size = args.batch_size.max(1);
     ctx.progress.message("loading the model and data");
-    let source = model_source::resolve(ctx, "model")?;
-    let dataset = load_dataset(ctx.params, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
+    let source = model_source::resolve(ctx, &args.model)?;
+    let dataset = load_dataset(&args.data, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
     ctx.progress
         .message(&format!("evaluating {} {split_name} examples", dataset.len(split)));
     let m = measure(ctx, &source, &dataset, split, batch_size)?;
@@ -390,6 +387,6 @@ mod tests {
         // An architecture has no weights to evaluate.
         p.insert("model".into(), tiny_bert());
         let (r, _) = run_op("eval", &p, &dir.path().join("e2"), &trained, &Cancel::default(), 1);
-        assert!(r.unwrap_err().contains("needs trained weights"));
+        assert!(r.unwrap_err().to_string().contains("needs trained weights"));
     }
 }

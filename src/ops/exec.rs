@@ -1,6 +1,7 @@
 //! `exec`: a shell command as a stage.
 
-use super::{OpContext, OpOutput};
+use super::{OpContext, OpError, OpOutput};
+use crate::registry::{read, ExecArgs};
 use crate::value::Value;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
@@ -8,19 +9,17 @@ use std::process::{Command, Stdio};
 /// Runs `sh -c cmd` in the pipeline's directory with RKD_OUT, RKD_INPUTS and RKD_PARAM_<NAME>
 /// (every path absolute). The command dies with rkd, inherits the stage's key lock, and whatever
 /// it leaves running in its process group is stopped when it ends.
-pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
-    let cmd = match ctx.params.get("cmd") {
-        Some(Value::Str(s)) => s.to_string(),
-        _ => return Err("exec needs `cmd`".into()),
-    };
-    let mut inputs = Vec::new();
-    if let Some(Value::List(xs)) = ctx.params.get("inputs") {
-        for x in xs.iter() {
-            if let Value::Stage(id) = x {
-                inputs.push(absolute((ctx.input_dir)(*id)).display().to_string());
-            }
-        }
-    }
+pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
+    let args = read(ctx.params, ExecArgs::from_params)?;
+    let cmd = args.cmd;
+    let inputs: Vec<String> = args
+        .inputs
+        .iter()
+        .filter_map(|x| match x {
+            Value::Stage(id) => Some(absolute((ctx.input_dir)(*id)).display().to_string()),
+            _ => None,
+        })
+        .collect();
     let mut command = Command::new("sh");
     command
         .arg("-c")
@@ -52,7 +51,7 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
     for var in crate::ml::runtime::own_env_vars() {
         command.env_remove(var);
     }
-    if let Some(Value::Record(params)) = ctx.params.get("params") {
+    if let Value::Record(params) = &args.params {
         for (k, v) in params.iter() {
             command.env(format!("RKD_PARAM_{}", k.to_uppercase()), env_value(v));
         }
@@ -65,12 +64,12 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
     drop(guard);
     let status = status?;
     if ctx.cancel.is_interrupted() {
-        return Err("interrupted".into());
+        return Err(OpError::Interrupted);
     }
     match (status.code(), status.signal()) {
         (Some(0), _) => Ok(OpOutput::default()),
-        (Some(code), _) => Err(format!("command exited with status {code}")),
-        (None, Some(sig)) => Err(format!("command was killed by signal {sig}")),
+        (Some(code), _) => Err(format!("command exited with status {code}").into()),
+        (None, Some(sig)) => Err(format!("command was killed by signal {sig}").into()),
         (None, None) => Err("command ended abnormally".into()),
     }
 }

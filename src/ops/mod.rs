@@ -1,6 +1,7 @@
 //! Stage ops: what running a stage does. One file per op.
 
 pub mod distill;
+mod error;
 pub mod eval;
 mod exec;
 pub mod model_source;
@@ -9,6 +10,8 @@ pub mod prune;
 pub mod qlora;
 pub mod report;
 pub mod train;
+
+pub use error::{check_interrupted, OpError};
 
 use crate::engine::cancel::Cancel;
 use crate::engine::progress::Progress;
@@ -65,25 +68,185 @@ pub struct OpOutput {
     pub metrics: BTreeMap<String, f64>,
 }
 
-/// The ops this version can run.
-pub const RUNNABLE: &[&str] = &[
-    "exec", "train", "eval", "predict", "distill", "fuse", "prune", "qlora", "report",
-];
+/// How an op runs one stage.
+pub type RunFn = fn(&mut OpContext) -> Result<OpOutput, OpError>;
+
+/// One runnable op: its name, what runs it, and the parameters its typed arguments read (the
+/// same slice its registry schema lists, so `rkd ops` documents exactly what the op reads).
+pub struct OpImpl {
+    /// The op's name.
+    pub name: &'static str,
+    /// Runs one stage.
+    pub run: RunFn,
+    /// The parameters its typed arguments read.
+    pub params: &'static [crate::registry::ParamSchema],
+}
+
+/// Every op this version runs: the one table that dispatch, `rkd ops` and the tests read.
+pub static OPS: &[OpImpl] = {
+    use crate::registry as r;
+    &[
+        OpImpl {
+            name: "train",
+            run: train::run,
+            params: r::TrainArgs::PARAMS,
+        },
+        OpImpl {
+            name: "distill",
+            run: distill::run_distill,
+            params: r::DistillArgs::PARAMS,
+        },
+        OpImpl {
+            name: "fuse",
+            run: distill::run_fuse,
+            params: r::FuseArgs::PARAMS,
+        },
+        OpImpl {
+            name: "predict",
+            run: predict::run,
+            params: r::PredictArgs::PARAMS,
+        },
+        OpImpl {
+            name: "qlora",
+            run: qlora::run,
+            params: r::QloraArgs::PARAMS,
+        },
+        OpImpl {
+            name: "prune",
+            run: prune::run,
+            params: r::PruneArgs::PARAMS,
+        },
+        OpImpl {
+            name: "eval",
+            run: eval::run,
+            params: r::EvalArgs::PARAMS,
+        },
+        OpImpl {
+            name: "report",
+            run: report::run,
+            params: r::ReportArgs::PARAMS,
+        },
+        OpImpl {
+            name: "exec",
+            run: exec::run,
+            params: r::ExecArgs::PARAMS,
+        },
+    ]
+};
+
+/// The op with this name, if this version runs it.
+pub fn find(name: &str) -> Option<&'static OpImpl> {
+    OPS.iter().find(|o| o.name == name)
+}
 
 /// Runs one stage's op.
-pub fn execute(ctx: &mut OpContext) -> Result<OpOutput, String> {
-    match ctx.op {
-        "exec" => exec::run(ctx),
-        "train" => train::run(ctx),
-        "eval" => eval::run(ctx),
-        "predict" => predict::run(ctx),
-        "distill" | "fuse" => distill::run(ctx),
-        "prune" => prune::run(ctx),
-        "qlora" => qlora::run(ctx),
-        "report" => report::run(ctx),
-        other => Err(format!(
-            "the `{other}` op is not implemented in this version of rkd (it runs {})",
-            RUNNABLE.join(", ")
-        )),
+pub fn execute(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
+    match find(ctx.op) {
+        Some(op) => (op.run)(ctx),
+        None => Err(OpError::Failed(format!(
+            "the `{}` op is not implemented in this version of rkd (it runs {})",
+            ctx.op,
+            OPS.iter().map(|o| o.name).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry as r;
+    use crate::registry::{Default as D, OpKind, Ty, REGISTRY};
+    use crate::value::{Params, Value};
+
+    /// A value of the parameter's type, for a required argument.
+    fn sample(ty: Ty) -> Value {
+        match ty {
+            Ty::Int => Value::Int(1),
+            Ty::Float => Value::Float(0.5),
+            Ty::Bool => Value::Bool(true),
+            Ty::Str | Ty::Enum(_) => Value::str("x"),
+            Ty::List(t) => Value::list(vec![sample(*t)]),
+            Ty::Record => Value::Record(Default::default()),
+            Ty::Model | Ty::Arch | Ty::Init | Ty::Stage => Value::Stage(StageId(0)),
+            Ty::Dataset | Ty::Path | Ty::Any => Value::str("data"),
+        }
+    }
+
+    #[test]
+    fn every_stage_op_runs_and_reads_exactly_what_its_schema_documents() {
+        for schema in REGISTRY.iter().filter(|s| matches!(s.kind, OpKind::Stage(_))) {
+            let op = find(schema.name).unwrap_or_else(|| panic!("`{}` has no implementation", schema.name));
+            let show = |ps: &[crate::registry::ParamSchema]| -> Vec<String> {
+                ps.iter()
+                    .map(|p| {
+                        let range = p.range.map(|r| r.describe()).unwrap_or_default();
+                        format!(
+                            "{} {} {} {range} {}",
+                            p.name,
+                            p.ty.describe(),
+                            p.default.describe(),
+                            p.doc
+                        )
+                    })
+                    .collect()
+            };
+            assert_eq!(
+                show(op.params),
+                show(schema.params),
+                "`{}`: the typed arguments and `rkd ops` must read one declaration",
+                schema.name
+            );
+        }
+        assert_eq!(
+            OPS.len(),
+            REGISTRY.iter().filter(|s| matches!(s.kind, OpKind::Stage(_))).count()
+        );
+    }
+
+    #[test]
+    fn typed_arguments_take_the_documented_defaults() {
+        for op in OPS {
+            // Only the required arguments given: every other one is the schema's default, as
+            // `rkd ops` prints it, converted to the field's type.
+            let params: Params = op
+                .params
+                .iter()
+                .filter(|p| matches!(p.default, D::Required))
+                .map(|p| (p.name.to_string(), sample(p.ty)))
+                .collect();
+            let read = |f: fn(&Params) -> Result<(), r::ArgError>| f(&params);
+            let result = match op.name {
+                "train" => read(|p| r::TrainArgs::from_params(p).map(drop)),
+                "distill" => read(|p| r::DistillArgs::from_params(p).map(drop)),
+                "fuse" => read(|p| r::FuseArgs::from_params(p).map(drop)),
+                "predict" => read(|p| r::PredictArgs::from_params(p).map(drop)),
+                "qlora" => read(|p| r::QloraArgs::from_params(p).map(drop)),
+                "prune" => read(|p| r::PruneArgs::from_params(p).map(drop)),
+                "eval" => read(|p| r::EvalArgs::from_params(p).map(drop)),
+                "report" => read(|p| r::ReportArgs::from_params(p).map(drop)),
+                "exec" => read(|p| r::ExecArgs::from_params(p).map(drop)),
+                other => panic!("no typed arguments for `{other}`"),
+            };
+            result.unwrap_or_else(|e| panic!("{}: {e}", op.name));
+        }
+        // Spot checks of the values the ops now see.
+        let distill = r::DistillArgs::from_params(&Params::from([
+            ("teacher".to_string(), Value::Stage(StageId(0))),
+            ("student".to_string(), Value::Stage(StageId(0))),
+            ("data".to_string(), Value::str("d")),
+        ]))
+        .unwrap();
+        assert_eq!((distill.temperature, distill.alpha, distill.t2_scale), (4.0, 0.5, true));
+        assert_eq!((distill.epochs, distill.batch_size, distill.seed), (3, 32, 0));
+        let qlora = r::QloraArgs::from_params(&Params::from([
+            ("base".to_string(), Value::Stage(StageId(0))),
+            ("data".to_string(), Value::str("d")),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (qlora.rank, qlora.alpha, qlora.lr, qlora.block_size),
+            (8, 16.0, 2e-4, 64)
+        );
+        assert_eq!(qlora.targets, ["query", "value"]);
     }
 }

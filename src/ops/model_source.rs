@@ -31,12 +31,9 @@ pub enum ModelSource {
     Arch(Arc<Spec>),
 }
 
-/// Resolves the model parameter `name` of the op (downloading `hf(...)` checkpoints).
-pub fn resolve(ctx: &OpContext, name: &str) -> Result<ModelSource, String> {
-    match ctx.params.get(name) {
-        Some(v) => resolve_value(v, &|id| (ctx.input_dir)(id)),
-        None => Err(format!("`{name}` is missing")),
-    }
+/// Resolves a model argument of the op (downloading `hf(...)` checkpoints).
+pub fn resolve(ctx: &OpContext, model: &Value) -> Result<ModelSource, String> {
+    resolve_value(model, &|id| (ctx.input_dir)(id))
 }
 
 /// Resolves one model value; `stage_dir` maps a stage to its output directory.

@@ -12,34 +12,37 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use super::model_source::{self, load_frozen};
-use super::train::{load_dataset, usize_param};
-use super::{OpContext, OpOutput};
+use super::train::load_dataset;
+use super::{OpContext, OpError, OpOutput};
 use crate::data::{Dataset, SplitName};
 use crate::ml::train::with_threads;
 use crate::ml::ForwardCtx;
+use crate::registry::{read, PredictArgs};
 
 /// The predictions file in a `predict` stage's output.
 pub const FILE: &str = "predictions.safetensors";
 
 /// Runs a `predict` stage.
-pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
+pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let threads = ctx.threads;
     with_threads(threads, || run_on_pool(ctx))
 }
 
-fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
-    let batch_size = usize_param(ctx.params, "batch_size", 64)?.max(1);
+fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
+    let args = read(ctx.params, PredictArgs::from_params)?;
+    let batch_size = args.batch_size.max(1);
     let device = Device::Cpu;
     ctx.progress.message("loading the model and data");
-    let source = model_source::resolve(ctx, "model")?;
-    let dataset = load_dataset(ctx.params, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
+    let source = model_source::resolve(ctx, &args.model)?;
+    let dataset = load_dataset(&args.data, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
     let frozen = load_frozen(&source, "predict", &device)?;
     model_source::check_fits(&frozen.config, &dataset, true)?;
     if !frozen.missing.is_empty() {
         return Err(format!(
             "{} lacks {:?}: a teacher with random weights has nothing to teach",
             frozen.what, frozen.missing
-        ));
+        )
+        .into());
     }
     let n = dataset.len(SplitName::Train);
     if n == 0 {
@@ -54,7 +57,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
     let mut correct = 0usize;
     for (i, b) in batches.iter().enumerate() {
         if ctx.cancel.is_interrupted() {
-            return Err("interrupted".into());
+            return Err(OpError::Interrupted);
         }
         let out = frozen
             .model

@@ -26,15 +26,15 @@ use std::path::Path;
 use candle_core::{DType, Device};
 
 use super::model_source::{self, ModelSource};
-use super::train::{cross_entropy_loss, fit, float, load_dataset, train_options, usize_param, FitOptions};
-use super::{OpContext, OpOutput};
+use super::train::{cross_entropy_loss, fit, load_dataset, FitOptions, Schedule};
+use super::{check_interrupted, OpContext, OpError, OpOutput};
 use crate::data::{Dataset, SplitName};
 use crate::ml::checkpoint::{load_pretrained, LoadOptions};
 use crate::ml::metrics::{evaluate, parameter_counts};
 use crate::ml::prune::{prune, Method, PruneReport, Pruned, Scope};
 use crate::ml::train::{with_threads, TrainReport};
 use crate::ml::{Model, ParamStore};
-use crate::value::{Params, Value};
+use crate::registry::{read, PruneArgs, DEFAULT_BATCH_SIZE};
 
 /// Files of a model directory that travel with its weights (tokenizer, image preprocessing).
 const COMPANION_FILES: [&str; 5] = [
@@ -46,28 +46,12 @@ const COMPANION_FILES: [&str; 5] = [
 ];
 
 /// Runs a `prune` stage.
-pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
+pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let threads = ctx.threads;
     with_threads(threads, || run_on_pool(ctx))
 }
 
 /// A string parameter, `default` when absent.
-fn str_param(params: &Params, name: &str, default: &str) -> Result<String, String> {
-    match params.get(name) {
-        None => Ok(default.to_string()),
-        Some(Value::Str(s)) => Ok(s.to_string()),
-        Some(other) => Err(format!("`{name}` must be a string, got {}", other.type_name())),
-    }
-}
-
-fn check_interrupted(ctx: &OpContext) -> Result<(), String> {
-    if ctx.cancel.is_interrupted() {
-        Err("interrupted".into())
-    } else {
-        Ok(())
-    }
-}
-
 fn percent(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
 }
@@ -91,34 +75,42 @@ fn validation_accuracy(
     Ok(Some(ev.confusion.accuracy()))
 }
 
-fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
-    let params_in = ctx.params;
-    let method = Method::parse(&str_param(params_in, "method", "l1_unstructured")?)?;
-    let scope = Scope::parse(&str_param(params_in, "scope", "linear")?)?;
-    let sparsity = float(params_in, "sparsity").unwrap_or(0.3);
+fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
+    let args = read(ctx.params, PruneArgs::from_params)?;
+    let method = Method::parse(&args.method)?;
+    let scope = Scope::parse(&args.scope)?;
+    let sparsity = args.sparsity;
     if !(0.0..1.0).contains(&sparsity) {
-        return Err(format!("`sparsity` must be in [0, 1), got {sparsity}"));
+        return Err(format!("`sparsity` must be in [0, 1), got {sparsity}").into());
     }
-    let finetune_epochs = usize_param(params_in, "finetune_epochs", 0)?;
-    let has_data = params_in.get("data").is_some();
-    if finetune_epochs > 0 && !has_data {
-        return Err(format!(
-            "finetune_epochs: {finetune_epochs} needs a dataset to fine-tune on: add `data:`"
-        ));
+    let finetune_epochs = args.finetune_epochs;
+    if finetune_epochs > 0 && args.data.is_none() {
+        return Err(format!("finetune_epochs: {finetune_epochs} needs a dataset to fine-tune on: add `data:`").into());
     }
-    let (mut opts, batch_size) = train_options(params_in)?;
-    opts.epochs = finetune_epochs;
+    // Fine-tuning takes the training loop's defaults for what prune does not ask.
+    let (opts, batch_size) = Schedule {
+        epochs: finetune_epochs,
+        batch_size: DEFAULT_BATCH_SIZE as usize,
+        lr: args.lr,
+        weight_decay: None,
+        warmup: None,
+        grad_clip: None,
+        seed: args.seed,
+        max_steps: None,
+    }
+    .options();
     let device = Device::Cpu;
 
     ctx.progress.message("loading the model");
-    let source = model_source::resolve(ctx, "model")?;
+    let source = model_source::resolve(ctx, &args.model)?;
     let (dir, what) = match &source {
         ModelSource::Dir { dir, what } => (dir.clone(), what.clone()),
         ModelSource::Arch(spec) => {
             return Err(format!(
                 "prune needs trained weights, not the architecture `{}`: train it first",
                 spec.ctor.name
-            ))
+            )
+            .into())
         }
     };
     let pretrained = load_pretrained(
@@ -143,9 +135,9 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
             pretrained.report.initialised
         );
     }
-    let dataset = if has_data {
+    let dataset = if let Some(data) = &args.data {
         ctx.progress.message("loading the data");
-        let d = load_dataset(params_in, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
+        let d = load_dataset(data, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
         model_source::check_fits(&source_config, &d, true)?;
         let _ = writeln!(
             ctx.log,
@@ -159,7 +151,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
     } else {
         None
     };
-    check_interrupted(ctx)?;
+    check_interrupted(ctx.cancel)?;
 
     ctx.progress
         .message(&format!("pruning ({}, sparsity {sparsity})", method.as_str()));
@@ -169,7 +161,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         mut report,
     } = prune(pretrained, method, scope, sparsity).map_err(|e| format!("pruning {what}: {e}"))?;
     log_pruning(&mut ctx.log, &report);
-    check_interrupted(ctx)?;
+    check_interrupted(ctx.cancel)?;
 
     let model = pruned.model.clone();
     let params = pruned.params.clone();
@@ -185,7 +177,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         }
         None => None,
     };
-    check_interrupted(ctx)?;
+    check_interrupted(ctx.cancel)?;
 
     let finetune = match &dataset {
         Some(d) if finetune_epochs > 0 => {
@@ -206,7 +198,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
     // which were masked when saved); re-applying is a no-op that makes sure of it.
     masks.apply(&params).map_err(|e| e.to_string())?;
     report.refresh(&params).map_err(|e| e.to_string())?;
-    check_interrupted(ctx)?;
+    check_interrupted(ctx.cancel)?;
 
     ctx.progress.message("saving");
     crate::ml::save_pretrained(&ctx.out_dir, &config, &params).map_err(|e| e.to_string())?;
@@ -299,7 +291,7 @@ fn finetune(
     opts: &crate::ml::train::TrainOptions,
     batch_size: usize,
     masks: &crate::ml::prune::Masks,
-) -> Result<TrainReport, String> {
+) -> Result<TrainReport, OpError> {
     let mut reapply = || {
         masks
             .apply(params)
@@ -321,13 +313,7 @@ fn finetune(
         fit_options,
         |_| None,
     )
-    .map_err(|e| {
-        if e == "interrupted" {
-            e
-        } else {
-            format!("fine-tuning: {e}")
-        }
-    })
+    .map_err(|e| e.context("fine-tuning"))
 }
 
 /// What goes into `prune_metrics.json`.
@@ -427,6 +413,7 @@ mod tests {
     use crate::engine::cancel::Cancel;
     use crate::ml::prune::{amount_to_prune, prunable_weights};
     use crate::value::StageId;
+    use crate::value::{Params, Value};
 
     /// Trains the tiny BERT briefly into `dir/trained`.
     fn trained(dir: &Path, heads: i64) -> std::path::PathBuf {
@@ -604,13 +591,13 @@ mod tests {
         std::fs::write(empty.join("config.json"), config.to_json_string()).unwrap();
         let params = prune_params("l1_unstructured", 0.3, 0);
         let (r, _) = run_op("prune", &params, &dir.path().join("a"), &empty, &Cancel::default(), 1);
-        let e = r.unwrap_err();
+        let e = r.unwrap_err().to_string();
         assert!(e.contains("no weights found"), "{e}");
         // An architecture has no weights to prune.
         let mut p = params.clone();
         p.insert("model".into(), tiny_bert());
         let (r, _) = run_op("prune", &p, &dir.path().join("b"), &empty, &Cancel::default(), 1);
-        assert!(r.unwrap_err().contains("prune needs trained weights"));
+        assert!(r.unwrap_err().to_string().contains("prune needs trained weights"));
         // Fine-tuning without data, an unknown method, a sparsity out of range.
         let (r, _) = run_op(
             "prune",
@@ -620,7 +607,7 @@ mod tests {
             &Cancel::default(),
             1,
         );
-        assert!(r.unwrap_err().contains("add `data:`"));
+        assert!(r.unwrap_err().to_string().contains("add `data:`"));
         let (r, _) = run_op(
             "prune",
             &prune_params("random", 0.3, 0),
@@ -629,7 +616,7 @@ mod tests {
             &Cancel::default(),
             1,
         );
-        assert!(r.unwrap_err().contains("unknown pruning method `random`"));
+        assert!(r.unwrap_err().to_string().contains("unknown pruning method `random`"));
         let (r, _) = run_op(
             "prune",
             &prune_params("heads", 1.5, 0),
@@ -638,7 +625,7 @@ mod tests {
             &Cancel::default(),
             1,
         );
-        assert!(r.unwrap_err().contains("[0, 1)"));
+        assert!(r.unwrap_err().to_string().contains("[0, 1)"));
         // Interrupted: nothing written.
         let cancel = Cancel::default();
         cancel.interrupt();
@@ -649,7 +636,7 @@ mod tests {
             .unwrap();
         let out = dir.path().join("f");
         let (r, _) = run_op("prune", &params, &out, &src, &cancel, 1);
-        assert_eq!(r.unwrap_err(), "interrupted");
+        assert_eq!(r.unwrap_err(), OpError::Interrupted);
         assert!(!out.join("model.safetensors").exists());
     }
 }

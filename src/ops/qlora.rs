@@ -31,10 +31,10 @@ use candle_nn::VarBuilder;
 
 use super::model_source::{self, ModelSource};
 use super::train::{
-    cross_entropy_loss, fit, float, load_dataset, log_data, run_metrics, source_label, train_options, usize_param,
-    write_train_metrics, FitOptions,
+    cross_entropy_loss, fit, load_dataset, log_data, run_metrics, source_label, write_train_metrics, FitOptions,
+    Schedule,
 };
-use super::{OpContext, OpOutput};
+use super::{OpContext, OpError, OpOutput};
 use crate::data::Dataset;
 use crate::ml::checkpoint::{save_quantized, save_tensors, Pretrained};
 use crate::ml::config::QuantizationConfig;
@@ -43,7 +43,7 @@ use crate::ml::lora::{self, AdapterConfig, LoraConfig, HEAD};
 use crate::ml::nf4::Nf4Tensor;
 use crate::ml::train::{with_threads, TrainOptions, TrainReport};
 use crate::ml::{Model, ParamStore};
-use crate::value::{Params, Value};
+use crate::registry::{read, QloraArgs};
 
 /// The op's QLoRA settings (schema defaults where a parameter is absent).
 #[derive(Debug, Clone, PartialEq)]
@@ -59,42 +59,18 @@ pub struct QloraSettings {
 }
 
 impl QloraSettings {
-    /// Reads and checks the settings from the op's parameters.
-    pub fn from_params(params: &Params) -> Result<Self, String> {
-        let targets = match params.get("targets") {
-            None => vec!["query".to_string(), "value".to_string()],
-            Some(Value::List(items)) => items
-                .iter()
-                .map(|v| match v {
-                    Value::Str(s) => Ok(s.to_string()),
-                    other => Err(format!(
-                        "`targets` must be a list of strings, got {}",
-                        other.type_name()
-                    )),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(other) => {
-                return Err(format!(
-                    "`targets` must be a list of strings, got {}",
-                    other.type_name()
-                ))
-            }
-        };
-        let flag = |name: &str, default: bool| match params.get(name) {
-            None => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(format!("`{name}` must be true or false, got {}", other.type_name())),
-        };
+    /// The settings of the op's typed arguments, checked.
+    pub fn from_args(a: &QloraArgs) -> Result<Self, String> {
         let s = Self {
             lora: LoraConfig {
-                rank: usize_param(params, "rank", 8)?,
-                alpha: float(params, "alpha").unwrap_or(16.0),
-                dropout: float(params, "dropout").unwrap_or(0.05),
-                targets,
+                rank: a.rank,
+                alpha: a.alpha,
+                dropout: a.dropout,
+                targets: a.targets.clone(),
             },
-            double_quant: flag("double_quant", true)?,
-            block_size: usize_param(params, "block_size", crate::ml::nf4::DEFAULT_BLOCK_SIZE)?,
-            merge: flag("merge", false)?,
+            double_quant: a.double_quant,
+            block_size: a.block_size,
+            merge: a.merge,
         };
         s.lora.validate()?;
         if !(s.block_size >= 32 && s.block_size.is_power_of_two()) {
@@ -202,28 +178,39 @@ impl QloraModel {
 }
 
 /// Runs a `qlora` stage.
-pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
+pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let threads = ctx.threads;
     with_threads(threads, || run_on_pool(ctx))
 }
 
-fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
-    let settings = QloraSettings::from_params(ctx.params)?;
-    let (mut opts, batch_size) = train_options(ctx.params)?;
-    opts.lr = float(ctx.params, "lr").unwrap_or(2e-4);
+fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
+    let args = read(ctx.params, QloraArgs::from_params)?;
+    let settings = QloraSettings::from_args(&args)?;
+    let (opts, batch_size) = Schedule {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        weight_decay: None,
+        warmup: None,
+        grad_clip: None,
+        seed: args.seed,
+        max_steps: args.max_steps,
+    }
+    .options();
     let device = Device::Cpu;
     ctx.progress.message("loading the base model and data");
-    let source = model_source::resolve(ctx, "base")?;
+    let source = model_source::resolve(ctx, &args.base)?;
     let base_dir = match &source {
         ModelSource::Dir { dir, .. } => dir.clone(),
         ModelSource::Arch(spec) => {
             return Err(format!(
                 "qlora needs trained weights as `base:`, not the architecture `{}`: train it first",
                 spec.ctor.name
-            ))
+            )
+            .into())
         }
     };
-    let dataset = load_dataset(ctx.params, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
+    let dataset = load_dataset(&args.data, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
     log_data(ctx, &dataset, batch_size);
     let base = model_source::model_for_training(&source, &dataset, opts.seed, &device, &mut ctx.log)?;
     ctx.progress.message("quantizing the base to NF4");
@@ -301,7 +288,7 @@ fn train_adapters(
     dataset: &Dataset,
     opts: &TrainOptions,
     batch_size: usize,
-) -> Result<TrainReport, String> {
+) -> Result<TrainReport, OpError> {
     let fit_options = FitOptions {
         eval_model: Some(lora::detached(&q.model)),
         ..FitOptions::default()
@@ -424,6 +411,7 @@ mod tests {
     use crate::ml::testutil::bits;
     use crate::ml::train::{train, Hooks};
     use crate::value::StageId;
+    use crate::value::{Params, Value};
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap()
@@ -452,11 +440,11 @@ mod tests {
         p
     }
 
-    fn run_qlora(params: &Params, out: &Path, base: &Path) -> (Result<OpOutput, String>, String) {
+    fn run_qlora(params: &Params, out: &Path, base: &Path) -> (Result<OpOutput, OpError>, String) {
         run_op("qlora", params, out, base, &Cancel::default(), 1)
     }
 
-    fn ok(r: (Result<OpOutput, String>, String)) -> (OpOutput, String) {
+    fn ok(r: (Result<OpOutput, OpError>, String)) -> (OpOutput, String) {
         let (r, log) = r;
         (r.unwrap_or_else(|e| panic!("{e}\n{log}")), log)
     }
@@ -471,9 +459,7 @@ mod tests {
 
     /// The validation batches of the synthetic task, read with the tokenizer in `dir`.
     fn val_batches(dir: &Path, cache: &Path) -> Vec<crate::data::Batch> {
-        let mut p = Params::new();
-        p.insert("data".into(), text_data());
-        let data = load_dataset(&p, Some(dir.to_path_buf()), cache).unwrap();
+        let data = load_dataset(&text_data(), Some(dir.to_path_buf()), cache).unwrap();
         data.batches(SplitName::Validation, 64, None, false, &Device::Cpu)
             .unwrap()
     }
@@ -497,7 +483,7 @@ mod tests {
     }
 
     fn settings() -> QloraSettings {
-        QloraSettings::from_params(&qlora_params(1)).unwrap()
+        QloraSettings::from_args(&QloraArgs::from_params(&qlora_params(1)).unwrap()).unwrap()
     }
 
     fn text_input(n: usize, seed: u64) -> (ModelInput, Tensor) {
@@ -857,7 +843,7 @@ mod tests {
     fn bad_inputs_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let base = trained_base(dir.path());
-        let err = |p: &Params, name: &str| run_qlora(p, &dir.path().join(name), &base).0.unwrap_err();
+        let err = |p: &Params, name: &str| run_qlora(p, &dir.path().join(name), &base).0.unwrap_err().to_string();
         let mut p = qlora_params(1);
         p.insert(
             "targets".into(),
@@ -888,7 +874,7 @@ mod tests {
         let cancel = Cancel::default();
         cancel.interrupt();
         let (r, _) = run_op("qlora", &qlora_params(1), &dir.path().join("i"), &base, &cancel, 1);
-        assert_eq!(r.unwrap_err(), "interrupted");
+        assert_eq!(r.unwrap_err(), OpError::Interrupted);
         assert!(!dir.path().join("i").join(ADAPTER_WEIGHTS).exists());
     }
 

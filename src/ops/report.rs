@@ -8,6 +8,7 @@
 //! `straightforward`, from another student `successive`; `fuse` is `multi-agent`; the baseline is
 //! the `teacher`.
 
+use crate::registry::{read, DistillArgs, ReportArgs};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,14 +16,14 @@ use std::path::PathBuf;
 use super::eval::measure;
 use super::model_source::{self, ModelSource};
 use super::train::load_dataset;
-use super::{OpContext, OpOutput};
+use super::{OpContext, OpError, OpOutput};
 use crate::data::{Dataset, SplitName};
 use crate::ml::train::with_threads;
 use crate::report::{write_report, ReportData, ReportRow};
 use crate::value::Value;
 
 /// Runs a `report` stage.
-pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
+pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let threads = ctx.threads;
     with_threads(threads, || run_on_pool(ctx))
 }
@@ -35,16 +36,14 @@ struct Entry {
     strategy: String,
 }
 
-fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
-    let split = match ctx.params.get("split") {
-        Some(Value::Str(s)) => SplitName::parse(s).ok_or_else(|| format!("unknown split `{s}`"))?,
-        _ => SplitName::Validation,
+fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
+    let args = read(ctx.params, ReportArgs::from_params)?;
+    let split = SplitName::parse(&args.split).ok_or_else(|| format!("unknown split `{}`", args.split))?;
+    let models = &args.models;
+    let Some(first) = models.first() else {
+        return Err("`models` must list at least one model".into());
     };
-    let models: Vec<Value> = match ctx.params.get("models") {
-        Some(Value::List(xs)) => xs.to_vec(),
-        _ => return Err("`models` must be a list of models".into()),
-    };
-    let baseline_value = ctx.params.get("baseline").cloned().unwrap_or_else(|| models[0].clone());
+    let baseline_value = args.baseline.clone().unwrap_or_else(|| first.clone());
     let mut entries: Vec<Entry> = Vec::new();
     for v in models.iter().chain(std::iter::once(&baseline_value)) {
         if entries.iter().any(|e| same(&e.value, v)) {
@@ -69,11 +68,12 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
             return Err(format!(
                 "`{}` is the architecture `{}`, not a trained model: report on a stage that trains it",
                 e.name, spec.ctor.name
-            ));
+            )
+            .into());
         }
         let tok = model_source::tokenizer_dir(&source)?;
         if !datasets.contains_key(&tok) {
-            let d = load_dataset(ctx.params, tok.clone(), &ctx.cache_dir)?;
+            let d = load_dataset(&args.data, tok.clone(), &ctx.cache_dir)?;
             datasets.insert(tok.clone(), d);
         }
         let data = &datasets[&tok];
@@ -110,8 +110,8 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
             latency_ms: m.latency_b1,
         });
     }
-    let dataset_name = match ctx.params.get("data") {
-        Some(Value::Spec(s)) => s.label.clone().unwrap_or_else(|| s.ctor.name.to_string()),
+    let dataset_name = match &args.data {
+        Value::Spec(s) => s.label.clone().unwrap_or_else(|| s.ctor.name.to_string()),
         _ => "data".into(),
     };
     let data = ReportData {
@@ -160,8 +160,8 @@ fn describe(ctx: &OpContext, v: &Value, is_baseline: bool, index: usize) -> Entr
         Value::Stage(id) => {
             let up = (ctx.upstream)(*id);
             let strategy = match up.op {
-                "distill" => match up.params.get("teacher") {
-                    Some(Value::Stage(t)) if matches!((ctx.upstream)(*t).op, "distill" | "fuse") => "successive",
+                "distill" => match DistillArgs::from_params(&up.params).map(|a| a.teacher) {
+                    Ok(Value::Stage(t)) if matches!((ctx.upstream)(t).op, "distill" | "fuse") => "successive",
                     _ => "straightforward",
                 },
                 "fuse" => "multi-agent",

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::model_source::{self, ModelSource};
-use super::{OpContext, OpOutput};
+use super::{OpContext, OpError, OpOutput};
 use crate::data::{Batch, Dataset, LoadOptions, SplitName};
 use crate::ml::metrics::evaluate;
 use crate::ml::rng::derive_seed;
@@ -24,42 +24,16 @@ use crate::ml::train::{
 };
 use crate::ml::ParamStore;
 use crate::ml::{ForwardCtx, Model};
-use crate::value::{Params, Value};
+use crate::registry::{read, TrainArgs};
+use crate::value::Value;
 use candle_core::Var;
 
-/// An integer parameter.
-pub(super) fn int(params: &Params, name: &str) -> Option<i64> {
-    match params.get(name) {
-        Some(Value::Int(i)) => Some(*i),
-        _ => None,
-    }
-}
-
-/// A numeric parameter as f64.
-pub(super) fn float(params: &Params, name: &str) -> Option<f64> {
-    params.get(name).and_then(Value::as_f64)
-}
-
-/// A non-negative integer parameter, `default` when absent.
-pub(super) fn usize_param(params: &Params, name: &str, default: usize) -> Result<usize, String> {
-    match int(params, name) {
-        Some(i) if i >= 0 => Ok(i as usize),
-        Some(i) => Err(format!("`{name}` must not be negative, got {i}")),
-        None => Ok(default),
-    }
-}
-
-/// Loads the dataset of the `data` parameter, with the given tokenizer directory and cache
+/// Loads a dataset value (the op's `data` argument), with the given tokenizer directory and cache
 /// directory.
-pub(super) fn load_dataset(
-    params: &Params,
-    tokenizer_dir: Option<PathBuf>,
-    cache_dir: &Path,
-) -> Result<Dataset, String> {
-    let spec = match params.get("data") {
-        Some(Value::Spec(s)) => s.clone(),
-        Some(other) => return Err(format!("`data` must be a dataset, got {}", other.type_name())),
-        None => return Err("`data` is missing".into()),
+pub(super) fn load_dataset(data: &Value, tokenizer_dir: Option<PathBuf>, cache_dir: &Path) -> Result<Dataset, String> {
+    let spec = match data {
+        Value::Spec(s) => s.clone(),
+        other => return Err(format!("`data` must be a dataset, got {}", other.type_name())),
     };
     let opts = LoadOptions {
         tokenizer_dir,
@@ -74,34 +48,73 @@ pub fn cross_entropy_loss(model: &Model, batch: &Batch, ctx: &mut ForwardCtx) ->
     candle_nn::loss::cross_entropy(&out.logits, &batch.labels)
 }
 
-/// The op's training hyper-parameters.
-pub(super) fn train_options(params: &Params) -> Result<(TrainOptions, usize), String> {
-    let d = TrainOptions::default();
-    let opts = TrainOptions {
-        epochs: usize_param(params, "epochs", d.epochs)?,
-        lr: float(params, "lr").unwrap_or(d.lr),
-        weight_decay: float(params, "weight_decay").unwrap_or(d.weight_decay),
-        warmup: float(params, "warmup").unwrap_or(d.warmup),
-        grad_clip: Some(float(params, "grad_clip").unwrap_or(1.0)),
-        seed: usize_param(params, "seed", 0)? as u64,
-        max_steps: int(params, "max_steps").map(|m| m.max(1) as usize),
-    };
-    let batch_size = usize_param(params, "batch_size", 32)?.max(1);
-    Ok((opts, batch_size))
+/// The training hyper-parameters of an op's typed arguments; an op without one of them (qlora
+/// has no `weight_decay`) leaves it at the training loop's default.
+#[derive(Clone, Debug)]
+pub(super) struct Schedule {
+    /// Passes over the training split.
+    pub epochs: usize,
+    /// Examples per optimiser step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// AdamW weight decay.
+    pub weight_decay: Option<f64>,
+    /// Warm-up fraction.
+    pub warmup: Option<f64>,
+    /// Gradient-norm clipping.
+    pub grad_clip: Option<f64>,
+    /// Random seed.
+    pub seed: u64,
+    /// Stop after this many optimiser steps.
+    pub max_steps: Option<usize>,
+}
+
+impl Schedule {
+    /// The training loop's options, and the batch size.
+    pub fn options(&self) -> (TrainOptions, usize) {
+        let d = TrainOptions::default();
+        let opts = TrainOptions {
+            epochs: self.epochs,
+            lr: self.lr,
+            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
+            warmup: self.warmup.unwrap_or(d.warmup),
+            grad_clip: self.grad_clip.or(d.grad_clip),
+            seed: self.seed,
+            max_steps: self.max_steps.map(|m| m.max(1)),
+        };
+        (opts, self.batch_size.max(1))
+    }
+}
+
+impl From<&TrainArgs> for Schedule {
+    fn from(a: &TrainArgs) -> Schedule {
+        Schedule {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            weight_decay: Some(a.weight_decay),
+            warmup: Some(a.warmup),
+            grad_clip: Some(a.grad_clip),
+            seed: a.seed,
+            max_steps: a.max_steps,
+        }
+    }
 }
 
 /// Runs a `train` stage.
-pub fn run(ctx: &mut OpContext) -> Result<OpOutput, String> {
+pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let threads = ctx.threads;
     with_threads(threads, || run_on_pool(ctx))
 }
 
-fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
-    let (opts, batch_size) = train_options(ctx.params)?;
+fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
+    let args = read(ctx.params, TrainArgs::from_params)?;
+    let (opts, batch_size) = Schedule::from(&args).options();
     let device = Device::Cpu;
     ctx.progress.message("loading the model and data");
-    let source = model_source::resolve(ctx, "model")?;
-    let dataset = load_dataset(ctx.params, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
+    let source = model_source::resolve(ctx, &args.model)?;
+    let dataset = load_dataset(&args.data, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
     log_data(ctx, &dataset, batch_size);
     let pretrained = model_source::model_for_training(&source, &dataset, opts.seed, &device, &mut ctx.log)?;
     let model = pretrained.model.clone();
@@ -118,7 +131,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         FitOptions::default(),
         |_| None,
     )?;
-    finish(
+    Ok(finish(
         ctx,
         &source_label(&source),
         &model,
@@ -127,7 +140,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, String> {
         &report,
         batch_size,
         serde_json::Map::new(),
-    )
+    )?)
 }
 
 /// A model source as the metrics files name it.
@@ -178,7 +191,7 @@ pub(super) fn fit(
     loss: impl FnMut(&Model, &Batch, &mut ForwardCtx) -> candle_core::Result<Tensor>,
     mut fit: FitOptions,
     mut epoch_note: impl FnMut(&EpochRecord) -> Option<String>,
-) -> Result<TrainReport, String> {
+) -> Result<TrainReport, OpError> {
     let device = Device::Cpu;
     let label = fit.epoch_label.unwrap_or("epoch");
     let log = &mut ctx.log;
@@ -267,8 +280,8 @@ pub(super) fn fit(
     );
     match result {
         Ok(r) => Ok(r),
-        Err(TrainError::Interrupted) => Err("interrupted".into()),
-        Err(TrainError::Failed(e)) => Err(e),
+        Err(TrainError::Interrupted) => Err(OpError::Interrupted),
+        Err(TrainError::Failed(e)) => Err(OpError::Failed(e)),
     }
 }
 
@@ -376,7 +389,7 @@ pub(super) mod testing {
     use super::*;
     use crate::engine::cancel::Cancel;
     use crate::engine::progress::Progress;
-    use crate::value::{Spec, StageId};
+    use crate::value::{Params, Spec, StageId};
 
     /// A spec value of constructor `ctor` with these integer/float arguments.
     pub fn spec(ctor: &str, args: &[(&str, Value)]) -> Value {
@@ -461,7 +474,7 @@ pub(super) mod testing {
         stage_dir: &Path,
         cancel: &Cancel,
         threads: usize,
-    ) -> (Result<OpOutput, String>, String) {
+    ) -> (Result<OpOutput, OpError>, String) {
         let stage_dir = stage_dir.to_path_buf();
         run_op_with(op, params, out, &move |_: StageId| stage_dir.clone(), cancel, threads)
     }
@@ -475,7 +488,7 @@ pub(super) mod testing {
         stage_dir: &(dyn Fn(StageId) -> PathBuf + Sync),
         cancel: &Cancel,
         threads: usize,
-    ) -> (Result<OpOutput, String>, String) {
+    ) -> (Result<OpOutput, OpError>, String) {
         std::fs::create_dir_all(out).unwrap();
         let log_path = out.with_extension("log");
         let log = std::fs::File::create(&log_path).unwrap();
@@ -621,7 +634,7 @@ mod tests {
         let params = train_params(tiny_bert(), 3, 1);
         let out = dir.path().join("x");
         let (r, _) = run_op("train", &params, &out, dir.path(), &cancel, 1);
-        assert_eq!(r.unwrap_err(), "interrupted");
+        assert_eq!(r.unwrap_err(), OpError::Interrupted);
         assert!(!out.join("model.safetensors").exists());
     }
 
@@ -707,7 +720,10 @@ mod tests {
             &Cancel::default(),
             1,
         );
-        assert_eq!(r.unwrap_err(), "a ViT model needs an image dataset, not text");
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "a ViT model needs an image dataset, not text"
+        );
         let params = train_params(spec("pretrained", &[]), 1, 1);
         let (r, _) = run_op(
             "train",
@@ -717,6 +733,6 @@ mod tests {
             &Cancel::default(),
             1,
         );
-        assert!(r.unwrap_err().contains("needs `path:`"));
+        assert!(r.unwrap_err().to_string().contains("needs `path:`"));
     }
 }

@@ -1,13 +1,19 @@
 //! The one registry of ops, constructors and built-in functions: it drives type checks,
 //! `rkd ops` and "did you mean" suggestions.
 
+mod args;
 mod constructors;
 mod functions;
 mod ops;
 mod schema;
 
+pub use args::{read, ArgError, FromArg};
 pub use functions::MAX_RANGE;
 pub use ops::{default_resources, resources, Resources, DISTILL, FUSE, PREDICT, RESOURCE_FIELDS};
+pub use ops::{
+    DistillArgs, EvalArgs, ExecArgs, FuseArgs, PredictArgs, PruneArgs, QloraArgs, ReportArgs, TrainArgs,
+    DEFAULT_BATCH_SIZE,
+};
 pub use schema::{ArgProblem, Default, OpKind, OpSchema, Output, ParamSchema, Range, Ty};
 
 /// Every entry, in documentation order.

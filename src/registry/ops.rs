@@ -17,10 +17,13 @@ const EPOCHS: ParamSchema = p(
     Some(Range::at_least(1.0)),
     "passes over the training split",
 );
+/// The default batch size of the training ops (prune's fine-tuning uses it too).
+pub const DEFAULT_BATCH_SIZE: i64 = 32;
+
 const BATCH: ParamSchema = p(
     "batch_size",
     Ty::Int,
-    D::Int(32),
+    D::Int(DEFAULT_BATCH_SIZE),
     Some(Range::at_least(1.0)),
     "examples per optimiser step",
 );
@@ -101,6 +104,13 @@ const INTERMEDIATE: ParamSchema = p(
     None,
     "layer losses, e.g. {hidden: 1.0, attention: 1.0, map: \"uniform\"}",
 );
+const STUDENT: ParamSchema = p(
+    "student",
+    Ty::Arch,
+    D::Required,
+    None,
+    "the student architecture (or checkpoint)",
+);
 const SPLIT: ParamSchema = p(
     "split",
     Ty::Enum(&["validation", "test", "train"]),
@@ -117,34 +127,75 @@ const RESOURCES: ParamSchema = p(
     "what a Slurm job of this stage asks for, e.g. {cpus: 8, mem: \"16G\", time: \"2h\", gpus: 1}",
 );
 
-/// `train`: supervised training of a model on a dataset.
-pub static TRAIN: OpSchema = OpSchema {
-    name: "train",
-    kind: OpKind::Stage(Output::Model),
-    version: 2,
-    doc: "Train a model on labelled data (AdamW, warm-up then linear decay, best checkpoint kept).",
-    params: &[
-        p(
+crate::op_args! {
+    /// `train`'s arguments.
+    pub struct TrainArgs {
+        /// Where training starts: an architecture, a checkpoint or a trained stage.
+        model: Value = p(
             "model",
             Ty::Init,
             D::Required,
             None,
             "where training starts: an architecture, a checkpoint, or a trained stage (fine-tuning)",
         ),
-        DATA,
-        EPOCHS,
-        BATCH,
-        LR,
-        WD,
-        WARMUP,
-        CLIP,
-        SEED,
-        MAX_STEPS,
-        RESOURCES,
-    ],
+        /// The dataset.
+        data: Value = DATA,
+        epochs: usize = EPOCHS,
+        batch_size: usize = BATCH,
+        lr: f64 = LR,
+        weight_decay: f64 = WD,
+        warmup: f64 = WARMUP,
+        grad_clip: f64 = CLIP,
+        seed: u64 = SEED,
+        max_steps: Option<usize> = MAX_STEPS,
+        /// Read by the executors, not the op.
+        resources: Option<Value> = RESOURCES,
+    }
+}
+
+/// `train`: supervised training of a model on a dataset.
+pub static TRAIN: OpSchema = OpSchema {
+    name: "train",
+    kind: OpKind::Stage(Output::Model),
+    version: 2,
+    doc: "Train a model on labelled data (AdamW, warm-up then linear decay, best checkpoint kept).",
+    params: TrainArgs::PARAMS,
     derive: None,
     check: Some(check_resources),
 };
+
+crate::op_args! {
+    /// `distill`'s arguments.
+    pub struct DistillArgs {
+        /// The trained model to learn from.
+        teacher: Value = p(
+            "teacher",
+            Ty::Model,
+            D::Required,
+            None,
+            "the trained model to learn from",
+        ),
+        /// The student architecture (or checkpoint).
+        student: Value = STUDENT,
+        /// The dataset.
+        data: Value = DATA,
+        temperature: f64 = TEMPERATURE,
+        alpha: f64 = ALPHA,
+        t2_scale: bool = T2,
+        init: String = INIT,
+        intermediate: Option<Value> = INTERMEDIATE,
+        epochs: usize = EPOCHS,
+        batch_size: usize = BATCH,
+        lr: f64 = LR,
+        weight_decay: f64 = WD,
+        warmup: f64 = WARMUP,
+        grad_clip: f64 = CLIP,
+        seed: u64 = SEED,
+        max_steps: Option<usize> = MAX_STEPS,
+        /// Read by the executors, not the op.
+        resources: Option<Value> = RESOURCES,
+    }
+}
 
 /// `distill`: Hinton knowledge distillation from one teacher.
 pub static DISTILL: OpSchema = OpSchema {
@@ -152,40 +203,58 @@ pub static DISTILL: OpSchema = OpSchema {
     kind: OpKind::Stage(Output::Model),
     version: 2,
     doc: "Distil a teacher into a student: alpha*CE(labels) + (1-alpha)*T^2*KL(teacher/T || student/T).",
-    params: &[
-        p(
-            "teacher",
-            Ty::Model,
-            D::Required,
-            None,
-            "the trained model to learn from",
-        ),
-        p(
-            "student",
-            Ty::Arch,
-            D::Required,
-            None,
-            "the student architecture (or checkpoint)",
-        ),
-        DATA,
-        TEMPERATURE,
-        ALPHA,
-        T2,
-        INIT,
-        INTERMEDIATE,
-        EPOCHS,
-        BATCH,
-        LR,
-        WD,
-        WARMUP,
-        CLIP,
-        SEED,
-        MAX_STEPS,
-        RESOURCES,
-    ],
+    params: DistillArgs::PARAMS,
     derive: None,
     check: Some(check_resources),
 };
+
+crate::op_args! {
+    /// `fuse`'s arguments.
+    pub struct FuseArgs {
+        /// The trained teachers.
+        teachers: Vec<Value> = p(
+            "teachers",
+            Ty::List(&Ty::Model),
+            D::Required,
+            Some(Range::at_least(1.0)),
+            "the trained teachers",
+        ),
+        /// The student architecture (or checkpoint).
+        student: Value = STUDENT,
+        /// The dataset.
+        data: Value = DATA,
+        /// How teacher logits are combined.
+        fusion: String = p(
+            "fusion",
+            Ty::Enum(&["mean", "weighted", "confidence"]),
+            D::Str("mean"),
+            None,
+            "how teacher logits are combined per example",
+        ),
+        /// Fixed teacher weights for fusion "weighted".
+        weights: Option<Vec<f64>> = p(
+            "weights",
+            Ty::List(&Ty::Float),
+            D::Optional,
+            None,
+            "fixed teacher weights for fusion \"weighted\" (sum to 1)",
+        ),
+        temperature: f64 = TEMPERATURE,
+        alpha: f64 = ALPHA,
+        t2_scale: bool = T2,
+        init: String = INIT,
+        epochs: usize = EPOCHS,
+        batch_size: usize = BATCH,
+        lr: f64 = LR,
+        weight_decay: f64 = WD,
+        warmup: f64 = WARMUP,
+        grad_clip: f64 = CLIP,
+        seed: u64 = SEED,
+        max_steps: Option<usize> = MAX_STEPS,
+        /// Read by the executors, not the op.
+        resources: Option<Value> = RESOURCES,
+    }
+}
 
 /// `fuse`: multi-agent distillation from several teachers' fused predictions.
 pub static FUSE: OpSchema = OpSchema {
@@ -193,50 +262,7 @@ pub static FUSE: OpSchema = OpSchema {
     kind: OpKind::Stage(Output::Model),
     version: 2,
     doc: "Multi-agent distillation: one student learns from the fused predictions of several teachers.",
-    params: &[
-        p(
-            "teachers",
-            Ty::List(&Ty::Model),
-            D::Required,
-            Some(Range::at_least(1.0)),
-            "the trained teachers",
-        ),
-        p(
-            "student",
-            Ty::Arch,
-            D::Required,
-            None,
-            "the student architecture (or checkpoint)",
-        ),
-        DATA,
-        p(
-            "fusion",
-            Ty::Enum(&["mean", "weighted", "confidence"]),
-            D::Str("mean"),
-            None,
-            "how teacher logits are combined per example",
-        ),
-        p(
-            "weights",
-            Ty::List(&Ty::Float),
-            D::Optional,
-            None,
-            "fixed teacher weights for fusion \"weighted\" (sum to 1)",
-        ),
-        TEMPERATURE,
-        ALPHA,
-        T2,
-        INIT,
-        EPOCHS,
-        BATCH,
-        LR,
-        WD,
-        WARMUP,
-        CLIP,
-        SEED,
-        MAX_STEPS,
-        RESOURCES,
-    ],
+    params: FuseArgs::PARAMS,
     derive: None,
     check: Some(check_fuse_and_resources),
 };
@@ -279,6 +305,32 @@ fn check_fuse(params: &Params) -> Vec<ArgProblem> {
     }
 }
 
+crate::op_args! {
+    /// `predict`'s arguments.
+    pub struct PredictArgs {
+        /// The model whose predictions are stored.
+        model: Value = p(
+            "model",
+            Ty::Model,
+            D::Required,
+            None,
+            "the model whose predictions are stored",
+        ),
+        /// The dataset.
+        data: Value = DATA,
+        /// Examples per forward pass.
+        batch_size: usize = p(
+            "batch_size",
+            Ty::Int,
+            D::Int(64),
+            Some(Range::at_least(1.0)),
+            "examples per forward pass",
+        ),
+        /// Read by the executors, not the op.
+        resources: Option<Value> = RESOURCES,
+    }
+}
+
 /// `predict`: a teacher's logits on the training split, stored once for every student.
 pub static PREDICT: OpSchema = OpSchema {
     name: "predict",
@@ -286,27 +338,90 @@ pub static PREDICT: OpSchema = OpSchema {
     version: 2,
     doc: "A model's logits on every training example. `distill` and `fuse` create one per teacher and \
           dataset, so students that share a teacher share its predictions.",
-    params: &[
-        p(
-            "model",
-            Ty::Model,
-            D::Required,
-            None,
-            "the model whose predictions are stored",
-        ),
-        DATA,
-        p(
-            "batch_size",
-            Ty::Int,
-            D::Int(64),
-            Some(Range::at_least(1.0)),
-            "examples per forward pass",
-        ),
-        RESOURCES,
-    ],
+    params: PredictArgs::PARAMS,
     derive: None,
     check: Some(check_resources),
 };
+
+crate::op_args! {
+    /// `qlora`'s arguments.
+    pub struct QloraArgs {
+        /// The trained model to quantise and adapt.
+        base: Value = p(
+            "base",
+            Ty::Model,
+            D::Required,
+            None,
+            "the trained model to quantise and adapt",
+        ),
+        /// The dataset.
+        data: Value = DATA,
+        /// LoRA rank r.
+        rank: usize = p("rank", Ty::Int, D::Int(8), Some(Range::at_least(1.0)), "LoRA rank r"),
+        /// LoRA alpha.
+        alpha: f64 = p(
+            "alpha",
+            Ty::Float,
+            D::Float(16.0),
+            Some(Range::above(0.0)),
+            "LoRA alpha; the update is scaled by alpha/r",
+        ),
+        /// Dropout on the adapter input.
+        dropout: f64 = p(
+            "dropout",
+            Ty::Float,
+            D::Float(0.05),
+            Some(Range::half_open(0.0, 1.0)),
+            "dropout on the adapter input",
+        ),
+        /// Linear modules that get adapters.
+        targets: Vec<String> = p(
+            "targets",
+            Ty::List(&Ty::Str),
+            D::Strs(&["query", "value"]),
+            Some(Range::at_least(1.0)),
+            "linear modules that get adapters",
+        ),
+        /// Quantise the absmax constants too.
+        double_quant: bool = p(
+            "double_quant",
+            Ty::Bool,
+            D::Bool(true),
+            None,
+            "quantise the absmax constants too (about 4.127 instead of 4.5 bits/param)",
+        ),
+        /// NF4 block size.
+        block_size: usize = p(
+            "block_size",
+            Ty::Int,
+            D::Int(64),
+            Some(Range::closed(32.0, 4096.0)),
+            "NF4 block size (a power of two)",
+        ),
+        /// Also write a merged dense checkpoint.
+        merge: bool = p(
+            "merge",
+            Ty::Bool,
+            D::Bool(false),
+            None,
+            "also write a merged dense checkpoint",
+        ),
+        epochs: usize = EPOCHS,
+        batch_size: usize = BATCH,
+        /// Peak AdamW learning rate.
+        lr: f64 = p(
+            "lr",
+            Ty::Float,
+            D::Float(2e-4),
+            Some(Range::above(0.0)),
+            "peak AdamW learning rate",
+        ),
+        seed: u64 = SEED,
+        max_steps: Option<usize> = MAX_STEPS,
+        /// Read by the executors, not the op.
+        resources: Option<Value> = RESOURCES,
+    }
+}
 
 /// `qlora`: NF4-quantised base with trained LoRA adapters.
 pub static QLORA: OpSchema = OpSchema {
@@ -314,71 +429,7 @@ pub static QLORA: OpSchema = OpSchema {
     kind: OpKind::Stage(Output::Model),
     version: 2,
     doc: "QLoRA: freeze the base as 4-bit NF4 and train low-rank adapters (PEFT layout) plus the head.",
-    params: &[
-        p(
-            "base",
-            Ty::Model,
-            D::Required,
-            None,
-            "the trained model to quantise and adapt",
-        ),
-        DATA,
-        p("rank", Ty::Int, D::Int(8), Some(Range::at_least(1.0)), "LoRA rank r"),
-        p(
-            "alpha",
-            Ty::Float,
-            D::Float(16.0),
-            Some(Range::above(0.0)),
-            "LoRA alpha; the update is scaled by alpha/r",
-        ),
-        p(
-            "dropout",
-            Ty::Float,
-            D::Float(0.05),
-            Some(Range::half_open(0.0, 1.0)),
-            "dropout on the adapter input",
-        ),
-        p(
-            "targets",
-            Ty::List(&Ty::Str),
-            D::Strs(&["query", "value"]),
-            Some(Range::at_least(1.0)),
-            "linear modules that get adapters",
-        ),
-        p(
-            "double_quant",
-            Ty::Bool,
-            D::Bool(true),
-            None,
-            "quantise the absmax constants too (about 4.127 instead of 4.5 bits/param)",
-        ),
-        p(
-            "block_size",
-            Ty::Int,
-            D::Int(64),
-            Some(Range::closed(32.0, 4096.0)),
-            "NF4 block size (a power of two)",
-        ),
-        p(
-            "merge",
-            Ty::Bool,
-            D::Bool(false),
-            None,
-            "also write a merged dense checkpoint",
-        ),
-        EPOCHS,
-        BATCH,
-        p(
-            "lr",
-            Ty::Float,
-            D::Float(2e-4),
-            Some(Range::above(0.0)),
-            "peak AdamW learning rate",
-        ),
-        SEED,
-        MAX_STEPS,
-        RESOURCES,
-    ],
+    params: QloraArgs::PARAMS,
     derive: None,
     check: Some(check_qlora_and_resources),
 };
@@ -391,47 +442,59 @@ fn check_qlora(params: &Params) -> Vec<ArgProblem> {
     }
 }
 
-/// `prune`: magnitude pruning, optionally followed by masked fine-tuning.
-pub static PRUNE: OpSchema = OpSchema {
-    name: "prune",
-    kind: OpKind::Stage(Output::Model),
-    version: 2,
-    doc: "Prune a model: L1 magnitude per layer or globally, or whole attention heads; masks kept while fine-tuning.",
-    params: &[
-        p("model", Ty::Model, D::Required, None, "the trained model to prune"),
-        p(
+crate::op_args! {
+    /// `prune`'s arguments.
+    pub struct PruneArgs {
+        /// The trained model to prune.
+        model: Value = p("model", Ty::Model, D::Required, None, "the trained model to prune"),
+        /// Fraction of prunable weights (or heads) to remove.
+        sparsity: f64 = p(
             "sparsity",
             Ty::Float,
             D::Float(0.3),
             Some(Range::half_open(0.0, 1.0)),
             "fraction of prunable weights (or heads) to remove",
         ),
-        p(
+        /// How weights are chosen.
+        method: String = p(
             "method",
             Ty::Enum(&["l1_unstructured", "l1_global", "heads"]),
             D::Str("l1_unstructured"),
             None,
             "per-layer L1, one global L1 threshold, or structured head removal",
         ),
-        p(
+        /// Which weights.
+        scope: String = p(
             "scope",
             Ty::Enum(&["linear", "encoder"]),
             D::Str("linear"),
             None,
             "which weights: every linear layer, or the encoder's only (head kept)",
         ),
-        p(
+        /// Epochs of masked fine-tuning.
+        finetune_epochs: usize = p(
             "finetune_epochs",
             Ty::Int,
             D::Int(0),
             Some(Range::at_least(0.0)),
             "epochs of masked fine-tuning after pruning (needs `data:`)",
         ),
-        p("data", Ty::Dataset, D::Optional, None, "dataset for fine-tuning"),
-        LR,
-        SEED,
-        RESOURCES,
-    ],
+        /// Dataset for fine-tuning.
+        data: Option<Value> = p("data", Ty::Dataset, D::Optional, None, "dataset for fine-tuning"),
+        lr: f64 = LR,
+        seed: u64 = SEED,
+        /// Read by the executors, not the op.
+        resources: Option<Value> = RESOURCES,
+    }
+}
+
+/// `prune`: magnitude pruning, optionally followed by masked fine-tuning.
+pub static PRUNE: OpSchema = OpSchema {
+    name: "prune",
+    kind: OpKind::Stage(Output::Model),
+    version: 2,
+    doc: "Prune a model: L1 magnitude per layer or globally, or whole attention heads; masks kept while fine-tuning.",
+    params: PruneArgs::PARAMS,
     derive: None,
     check: Some(check_prune_and_resources),
 };
@@ -445,22 +508,57 @@ fn check_prune(params: &Params) -> Vec<ArgProblem> {
     }
 }
 
+crate::op_args! {
+    /// `eval`'s arguments.
+    pub struct EvalArgs {
+        /// The model to evaluate.
+        model: Value = p("model", Ty::Model, D::Required, None, "the model to evaluate"),
+        /// The dataset.
+        data: Value = DATA,
+        split: String = SPLIT,
+        batch_size: usize = BATCH,
+        /// Read by the executors, not the op.
+        resources: Option<Value> = RESOURCES,
+    }
+}
+
 /// `eval`: accuracy, sizes and latency of one model.
 pub static EVAL: OpSchema = OpSchema {
     name: "eval",
     kind: OpKind::Stage(Output::Metrics),
     version: 2,
     doc: "Evaluate a model: accuracy, per-class accuracy, parameters, nonzeros, bytes on disk, latency.",
-    params: &[
-        p("model", Ty::Model, D::Required, None, "the model to evaluate"),
-        DATA,
-        SPLIT,
-        BATCH,
-        RESOURCES,
-    ],
+    params: EvalArgs::PARAMS,
     derive: None,
     check: Some(check_resources),
 };
+
+crate::op_args! {
+    /// `report`'s arguments.
+    pub struct ReportArgs {
+        /// The models to compare.
+        models: Vec<Value> = p(
+            "models",
+            Ty::List(&Ty::Model),
+            D::Required,
+            Some(Range::at_least(1.0)),
+            "the models to compare",
+        ),
+        /// The dataset.
+        data: Value = DATA,
+        /// The reference for retention and compression.
+        baseline: Option<Value> = p(
+            "baseline",
+            Ty::Model,
+            D::Optional,
+            None,
+            "the reference for retention and compression (default: the first model)",
+        ),
+        split: String = SPLIT,
+        /// Read by the executors, not the op.
+        resources: Option<Value> = RESOURCES,
+    }
+}
 
 /// `report`: the comparison table and plots.
 pub static REPORT: OpSchema = OpSchema {
@@ -468,28 +566,50 @@ pub static REPORT: OpSchema = OpSchema {
     kind: OpKind::Stage(Output::Report),
     version: 2,
     doc: "Compare models in one report: accuracy, retention, measured sizes, compression; tables and plots.",
-    params: &[
-        p(
-            "models",
-            Ty::List(&Ty::Model),
-            D::Required,
-            Some(Range::at_least(1.0)),
-            "the models to compare",
-        ),
-        DATA,
-        p(
-            "baseline",
-            Ty::Model,
-            D::Optional,
-            None,
-            "the reference for retention and compression (default: the first model)",
-        ),
-        SPLIT,
-        RESOURCES,
-    ],
+    params: ReportArgs::PARAMS,
     derive: None,
     check: Some(check_resources),
 };
+
+crate::op_args! {
+    /// `exec`'s arguments.
+    pub struct ExecArgs {
+        /// The command.
+        cmd: String = p(
+            "cmd",
+            Ty::Str,
+            D::Required,
+            None,
+            "the command, run with `sh -c` in the pipeline's directory",
+        ),
+        /// Stages whose outputs the command reads.
+        inputs: Vec<Value> = p(
+            "inputs",
+            Ty::List(&Ty::Stage),
+            D::EmptyList,
+            None,
+            "stages whose outputs the command reads",
+        ),
+        /// Input files.
+        files: Vec<Value> = p(
+            "files",
+            Ty::List(&Ty::Path),
+            D::EmptyList,
+            None,
+            "input files; their content is part of the key",
+        ),
+        /// Values passed as environment variables.
+        params: Value = p(
+            "params",
+            Ty::Record,
+            D::EmptyRecord,
+            None,
+            "values passed as RKD_PARAM_<NAME> environment variables",
+        ),
+        /// Read by the executors, not the op.
+        resources: Option<Value> = RESOURCES,
+    }
+}
 
 /// `exec`: a shell command as a stage.
 pub static EXEC: OpSchema = OpSchema {
@@ -497,37 +617,7 @@ pub static EXEC: OpSchema = OpSchema {
     kind: OpKind::Stage(Output::Files),
     version: 1,
     doc: "Run a shell command as a stage: RKD_OUT is its output directory, RKD_INPUTS its inputs' directories.",
-    params: &[
-        p(
-            "cmd",
-            Ty::Str,
-            D::Required,
-            None,
-            "the command, run with `sh -c` in the pipeline's directory",
-        ),
-        p(
-            "inputs",
-            Ty::List(&Ty::Stage),
-            D::EmptyList,
-            None,
-            "stages whose outputs the command reads",
-        ),
-        p(
-            "files",
-            Ty::List(&Ty::Path),
-            D::EmptyList,
-            None,
-            "input files; their content is part of the key",
-        ),
-        p(
-            "params",
-            Ty::Record,
-            D::EmptyRecord,
-            None,
-            "values passed as RKD_PARAM_<NAME> environment variables",
-        ),
-        RESOURCES,
-    ],
+    params: ExecArgs::PARAMS,
     derive: None,
     check: Some(check_resources),
 };
