@@ -1,5 +1,9 @@
 //! `rkd bench`: benchmarks that print a table.
 
+// Shared by the benchmarks, below them all: `bench_train` and `bench_nf4` import it from here,
+// not from this file, which dispatches to them.
+pub(super) mod stats;
+
 use crate::compile::compile_source;
 use crate::plan::fingerprint::Fingerprinter;
 use crate::plan::Plan;
@@ -75,17 +79,6 @@ pub fn run(b: Bench) -> ExitCode {
             size,
             json,
         } => super::bench_nf4::run(threads, runs, size, json),
-    }
-}
-
-/// The median of some timings (the mean of the middle two for an even count).
-pub(super) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 
@@ -169,15 +162,4 @@ fn compile(sizes: &[usize], runs: usize, json: bool) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median;
-
-    #[test]
-    fn median_of_odd_and_even() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
-    }
 }

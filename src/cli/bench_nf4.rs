@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::bench::median;
+use super::bench::stats::median;
 use crate::ml::nf4::{Nf4Error, Nf4Tensor, DEFAULT_BLOCK_SIZE};
 use crate::ml::train::with_threads;
 use crate::ml::Rng;

@@ -10,7 +10,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use super::bench::median;
+use super::bench::stats::median;
 use candle_core::{DType, Device, Tensor};
 
 use crate::ml::optim::{clip_scale, AdamW, AdamWConfig};

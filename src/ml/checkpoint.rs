@@ -5,12 +5,12 @@
 //! may come with or without the family prefix (`bert.` / `vit.`), as a bare `BertModel` or
 //! `ViTModel` saves them; old TensorFlow-converted names (`LayerNorm.gamma`/`beta`) are
 //! accepted. Variables absent from the checkpoint, typically the classification head, are
-//! created from the seed, and the [`LoadReport`] says which.
+//! created from the seed, and the [`LoadReport`](crate::ml::models::params::LoadReport) says which.
 //!
 //! QLoRA outputs load as dense models: linear weights stored 4-bit in the bitsandbytes NF4
-//! layout (`<module>.weight` packed, `.absmax`, `.quant_map`, …, see [`super::nf4`]) are
+//! layout (`<module>.weight` packed, `.absmax`, `.quant_map`, …, see [`crate::ml::compress::nf4`]) are
 //! dequantized, the `quantization_config` is dropped from the config, and a PEFT LoRA adapter
-//! in the same directory (`adapter_config.json`, see [`super::lora`]) is merged in
+//! in the same directory (`adapter_config.json`, see [`crate::ml::compress::lora`]) is merged in
 //! (`W + scale·B·A`, and its fully saved modules replace the base's). [`save_quantized`] writes
 //! that layout.
 
@@ -19,10 +19,11 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{Labels, ModelConfig, QuantizationConfig};
-use super::model::Model;
-use super::nf4::{Nf4Tensor, QUANT_STATE_KEY};
-use super::params::{LoadReport, ParamStore};
+use crate::ml::compress::nf4::{Nf4Tensor, QUANT_STATE_KEY};
+use crate::ml::models::config::{Labels, ModelConfig, QuantizationConfig};
+use crate::ml::models::model::Model;
+pub use crate::ml::models::model::Pretrained;
+use crate::ml::models::params::ParamStore;
 
 /// Why a checkpoint could not be read, written or turned into a model.
 #[derive(Debug, thiserror::Error)]
@@ -98,26 +99,8 @@ impl Default for LoadOptions {
     }
 }
 
-/// A built model together with its variables and provenance.
-#[derive(Debug, Clone)]
-pub struct Pretrained {
-    /// The model.
-    pub model: Model,
-    /// Its variables (trainable, by HF name).
-    pub params: ParamStore,
-    /// Which variables were loaded, which initialised, which checkpoint tensors went unused.
-    pub report: LoadReport,
-}
-
+/// Saving, beside loading: [`Pretrained`] itself lives with the models.
 impl Pretrained {
-    /// A freshly initialised model from `config`, every variable drawn from `seed`.
-    pub fn random(config: &ModelConfig, seed: u64, device: &Device) -> candle_core::Result<Self> {
-        let params = ParamStore::new(seed);
-        let model = Model::new(config, params.var_builder(DType::F32, device))?;
-        let report = params.report();
-        Ok(Self { model, params, report })
-    }
-
     /// Writes the model as an HF directory (see [`save_pretrained`]).
     pub fn save(&self, dir: &Path) -> Result<(), CheckpointError> {
         save_pretrained(dir, &self.model.config(), &self.params)
@@ -263,11 +246,11 @@ pub fn load_pretrained(dir: &Path, opts: &LoadOptions) -> Result<Pretrained, Che
     dequantize_nf4(&mut tensors, &opts.device).map_err(format_err(dir.to_path_buf()))?;
     // The weights are dense from here on: a model saved from them is not quantized.
     config.set_quantization(None);
-    if let Some(adapter) = super::lora::read_adapter(dir).map_err(format_err(dir.to_path_buf()))? {
+    if let Some(adapter) = crate::ml::compress::lora::read_adapter(dir).map_err(format_err(dir.to_path_buf()))? {
         let scale = adapter.config.scale();
         let adapter_tensors = normalize_names(&config, adapter.tensors);
-        super::lora::merge_tensors(&mut tensors, &adapter_tensors, scale)
-            .map_err(format_err(dir.join(super::lora::ADAPTER_WEIGHTS)))?;
+        crate::ml::compress::lora::merge_tensors(&mut tensors, &adapter_tensors, scale)
+            .map_err(format_err(dir.join(crate::ml::compress::lora::ADAPTER_WEIGHTS)))?;
     }
     if let Some(labels) = &opts.labels {
         match &mut config {
@@ -352,9 +335,9 @@ pub fn save_quantized(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ml::config::Labels;
-    use crate::ml::layers::ForwardCtx;
-    use crate::ml::model::ModelInput;
+    use crate::ml::models::config::Labels;
+    use crate::ml::models::layers::ForwardCtx;
+    use crate::ml::models::model::ModelInput;
     use crate::ml::testutil::*;
 
     fn logits_bits(p: &Pretrained, input: &ModelInput) -> Vec<u32> {
@@ -462,7 +445,7 @@ mod tests {
         let p = Pretrained::random(&config, 8, &Device::Cpu).unwrap();
         let mut dense: HashMap<String, Tensor> = p.params.tensors().unwrap().into_iter().collect();
         let mut quantized = BTreeMap::new();
-        for module in crate::ml::lora::base_linears(&config) {
+        for module in crate::ml::compress::lora::base_linears(&config) {
             let name = format!("{module}.weight");
             let q = Nf4Tensor::from_tensor(&dense.remove(&name).unwrap(), 64, true).unwrap();
             quantized.insert(name, q);

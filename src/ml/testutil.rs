@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 
-use super::config::{BertConfig, VitConfig};
-use super::model::ModelInput;
-use super::params::ParamStore;
-use super::rng::Rng;
+use crate::ml::kernels::rng::Rng;
+use crate::ml::models::config::{BertConfig, VitConfig};
+use crate::ml::models::model::ModelInput;
+use crate::ml::models::params::ParamStore;
 
 /// A 2-layer BERT small enough for sub-second tests, with dropout on.
 pub fn tiny_bert(num_labels: usize) -> BertConfig {

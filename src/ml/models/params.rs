@@ -16,7 +16,7 @@ use candle_nn::init::NormalOrUniform;
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
 
-use super::rng::Rng;
+use crate::ml::kernels::rng::Rng;
 
 /// Where each variable of a model came from, after building it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -18,14 +18,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use candle_core::{DType, Result, Tensor};
-use candle_nn::{Init, VarBuilder};
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::config::ModelConfig;
-use super::layers::{Dropout, ForwardCtx, Linear};
-use super::model::Model;
+use crate::ml::models::config::ModelConfig;
+use crate::ml::models::linears::{linear_modules, Role};
+use crate::ml::models::model::Model;
+
+// The layer and the catalog live with the models; re-exported under their old paths.
+pub use crate::ml::models::layers::LoraBranch;
+pub use crate::ml::models::linears::{linears_mut, HEAD};
 
 /// The file name of a PEFT adapter's configuration.
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -38,9 +42,6 @@ pub const ADAPTER_WEIGHTS_BIN: &str = "adapter_model.bin";
 
 /// The prefix PEFT puts before every module name in an adapter's weights.
 pub const PEFT_PREFIX: &str = "base_model.model.";
-
-/// The classification head's module name (trained in full, never adapted or quantized).
-pub const HEAD: &str = "classifier";
 
 /// LoRA hyper-parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,105 +80,13 @@ impl LoraConfig {
     }
 }
 
-/// The low-rank branch of a [`Linear`]: `scale · B·A·dropout(x)`.
-#[derive(Debug, Clone)]
-pub struct LoraBranch {
-    /// `lora_A.weight`, `[r, in_features]`.
-    pub a: Tensor,
-    /// `lora_B.weight`, `[out_features, r]`.
-    pub b: Tensor,
-    /// `alpha / r`.
-    pub scale: f64,
-    /// Dropout on the branch's input.
-    pub dropout: Dropout,
-}
-
-impl LoraBranch {
-    /// Gets or creates `lora_A.weight` (`U(±1/√in)`) and `lora_B.weight` (zeros) under `vb`.
-    pub fn new(in_dim: usize, out_dim: usize, cfg: &LoraConfig, vb: VarBuilder) -> Result<Self> {
-        let bound = 1.0 / (in_dim.max(1) as f64).sqrt();
-        let a = vb.get_with_hints(
-            (cfg.rank, in_dim),
-            "lora_A.weight",
-            Init::Uniform { lo: -bound, up: bound },
-        )?;
-        let b = vb.get_with_hints((out_dim, cfg.rank), "lora_B.weight", Init::Const(0.0))?;
-        Ok(Self {
-            a,
-            b,
-            scale: cfg.scale(),
-            dropout: Dropout::new(cfg.dropout),
-        })
-    }
-
-    /// The branch's output for `x: [rows, in_features]` (dropout active in train mode).
-    pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let x = self.dropout.forward(x, ctx)?;
-        x.matmul(&self.a.t()?)?.matmul(&self.b.t()?)? * self.scale
-    }
-
-    /// The update it adds to the weight, `scale · B·A` (`[out, in]`, f32).
-    pub fn delta_weight(&self) -> Result<Tensor> {
-        delta(&self.a, &self.b, self.scale)
-    }
-
-    /// The same branch on detached views of its tensors (no autograd graph; sees updates).
-    pub fn detached(&self) -> Self {
-        Self {
-            a: self.a.detach(),
-            b: self.b.detach(),
-            ..self.clone()
-        }
-    }
-}
-
-/// `scale · B·A` in f32.
-fn delta(a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
-    b.to_dtype(DType::F32)?.matmul(&a.to_dtype(DType::F32)?)? * scale
-}
-
-/// Every linear layer of a model with its Hugging Face module name, in a fixed order: each
-/// encoder layer's query, key, value, attention output, intermediate and output projections,
-/// then the pooler (BERT) and the classifier ([`HEAD`]).
-pub fn linears_mut(model: &mut Model) -> Vec<(String, &mut Linear)> {
-    let mut out: Vec<(String, &mut Linear)> = Vec::new();
-    match model {
-        Model::Bert(m) => {
-            for (i, l) in m.layers.iter_mut().enumerate() {
-                let p = format!("bert.encoder.layer.{i}.");
-                out.push((format!("{p}attention.self.query"), &mut l.attention.query));
-                out.push((format!("{p}attention.self.key"), &mut l.attention.key));
-                out.push((format!("{p}attention.self.value"), &mut l.attention.value));
-                out.push((format!("{p}attention.output.dense"), &mut l.attention_output));
-                out.push((format!("{p}intermediate.dense"), &mut l.intermediate));
-                out.push((format!("{p}output.dense"), &mut l.output));
-            }
-            out.push(("bert.pooler.dense".into(), &mut m.pooler));
-            out.push((HEAD.into(), &mut m.classifier));
-        }
-        Model::Vit(m) => {
-            for (i, l) in m.layers.iter_mut().enumerate() {
-                let p = format!("vit.encoder.layer.{i}.");
-                out.push((format!("{p}attention.attention.query"), &mut l.attention.query));
-                out.push((format!("{p}attention.attention.key"), &mut l.attention.key));
-                out.push((format!("{p}attention.attention.value"), &mut l.attention.value));
-                out.push((format!("{p}attention.output.dense"), &mut l.attention_output));
-                out.push((format!("{p}intermediate.dense"), &mut l.intermediate));
-                out.push((format!("{p}output.dense"), &mut l.output));
-            }
-            out.push((HEAD.into(), &mut m.classifier));
-        }
-    }
-    out
-}
-
-/// Module names of the linears below the head (what QLoRA quantizes and may adapt), in the
-/// order of [`linears_mut`]; their weights are `<name>.weight`.
+/// Module names of the linears below the head (what QLoRA quantizes and may adapt), in
+/// catalog order ([`linear_modules`]); their weights are `<name>.weight`.
 pub fn base_linears(config: &ModelConfig) -> Vec<String> {
-    crate::ml::prune::prunable_weights(config, crate::ml::prune::Scope::Linear)
+    linear_modules(config)
         .into_iter()
-        .filter_map(|w| w.strip_suffix(".weight").map(str::to_string))
-        .filter(|m| m != HEAD)
+        .filter(|m| m.role != Role::Classifier)
+        .map(|m| m.name)
         .collect()
 }
 
@@ -230,7 +139,8 @@ pub fn attach(model: &mut Model, cfg: &LoraConfig, vb: VarBuilder) -> std::resul
     for (name, linear) in linears_mut(model) {
         if chosen.contains(&name) {
             let (out_dim, in_dim) = linear.weight.dims2().map_err(|e| e.to_string())?;
-            let branch = LoraBranch::new(in_dim, out_dim, cfg, vb.pp(&name)).map_err(|e| format!("{name}: {e}"))?;
+            let branch = LoraBranch::new(in_dim, out_dim, cfg.rank, cfg.scale(), cfg.dropout, vb.pp(&name))
+                .map_err(|e| format!("{name}: {e}"))?;
             linear.lora = Some(branch);
         }
     }
@@ -282,7 +192,7 @@ pub fn merge_tensors(
         let w = tensors
             .get(&key)
             .ok_or_else(|| format!("the adapter has weights for `{m}` but the model has no `{key}`"))?;
-        let d = delta(a, b, scale).map_err(|e| format!("{m}: {e}"))?;
+        let d = LoraBranch::delta(a, b, scale).map_err(|e| format!("{m}: {e}"))?;
         if d.dims() != w.dims() {
             return Err(format!(
                 "the adapter's update of `{m}` is {:?} (lora_B · lora_A) but `{key}` is {:?}",
@@ -477,8 +387,9 @@ pub fn read_adapter(dir: &Path) -> std::result::Result<Option<PeftAdapter>, Stri
 mod tests {
     use super::*;
     use crate::ml::checkpoint::Pretrained;
-    use crate::ml::model::ModelInput;
-    use crate::ml::params::ParamStore;
+    use crate::ml::models::layers::ForwardCtx;
+    use crate::ml::models::model::ModelInput;
+    use crate::ml::models::params::ParamStore;
     use crate::ml::testutil::*;
     use candle_core::Device;
 

@@ -883,7 +883,7 @@ fn py_float_repr(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ml::rng::Rng;
+    use crate::ml::kernels::rng::Rng;
 
     /// The largest gap between neighbouring NF4 codebook entries (between indices 0 and 1).
     fn max_gap() -> f32 {
@@ -1009,8 +1009,10 @@ mod tests {
     #[test]
     fn quantization_is_deterministic_across_thread_counts() {
         let x = gaussian(100_000, 2);
-        let one = crate::ml::train::with_threads(1, || Nf4Tensor::quantize(&x, &[100_000], 64, true).unwrap());
-        let four = crate::ml::train::with_threads(4, || Nf4Tensor::quantize(&x, &[100_000], 64, true).unwrap());
+        let one =
+            crate::ml::kernels::runtime::with_threads(1, || Nf4Tensor::quantize(&x, &[100_000], 64, true).unwrap());
+        let four =
+            crate::ml::kernels::runtime::with_threads(4, || Nf4Tensor::quantize(&x, &[100_000], 64, true).unwrap());
         assert_eq!(one, four);
         assert_eq!(one.dequantize(), four.dequantize());
     }

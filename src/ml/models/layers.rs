@@ -3,7 +3,7 @@
 //! candle-nn's fused `LayerNorm` / `layer_norm`, `softmax_last_dim` and `rms_norm` have no
 //! backward pass: gradients through them are silently dropped. LayerNorm, softmax, GELU (erf)
 //! and dropout here run on f32 CPU tensors as the fused kernels of
-//! [`super::fused`] (with analytic backward passes), and otherwise as compositions of ops that
+//! [`crate::ml::kernels::fused`] (with analytic backward passes), and otherwise as compositions of ops that
 //! candle's autograd (`candle_core::backprop`) differentiates (`*_composite`, also the fused
 //! kernels' test reference). Dropout draws its masks from the seeded [`Rng`] so that training
 //! is reproducible.
@@ -12,10 +12,9 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::config::HiddenAct;
-use super::fused;
-use super::fused_linear;
-use super::lora::LoraBranch;
-use super::rng::{CounterMask, Rng};
+use crate::ml::kernels::fused;
+use crate::ml::kernels::fused_linear;
+use crate::ml::kernels::rng::{CounterMask, Rng};
 
 /// Forward-pass context: train or eval mode, the dropout random stream, and whether the
 /// attention maps are wanted.
@@ -87,7 +86,7 @@ pub struct Linear {
     pub weight: Tensor,
     /// Optional bias, `[out_features]`.
     pub bias: Option<Tensor>,
-    /// Optional low-rank adapter (none unless attached by [`crate::ml::lora::attach`]).
+    /// Optional low-rank adapter (none unless attached by [`crate::ml::compress::lora::attach`]).
     pub lora: Option<LoraBranch>,
 }
 
@@ -162,6 +161,61 @@ impl Linear {
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
         y.reshape(out_dims)
+    }
+}
+
+/// The low-rank branch of a [`Linear`]: `scale · B·A·dropout(x)` (attached and saved by
+/// [`crate::ml::compress::lora`]).
+#[derive(Debug, Clone)]
+pub struct LoraBranch {
+    /// `lora_A.weight`, `[r, in_features]`.
+    pub a: Tensor,
+    /// `lora_B.weight`, `[out_features, r]`.
+    pub b: Tensor,
+    /// `alpha / r`.
+    pub scale: f64,
+    /// Dropout on the branch's input.
+    pub dropout: Dropout,
+}
+
+impl LoraBranch {
+    /// Gets or creates `lora_A.weight` (`[rank, in]`, `U(±1/√in)`) and `lora_B.weight`
+    /// (`[out, rank]`, zeros) under `vb`; the branch adds `scale · B·A·dropout(x)`.
+    pub fn new(in_dim: usize, out_dim: usize, rank: usize, scale: f64, dropout: f64, vb: VarBuilder) -> Result<Self> {
+        let bound = 1.0 / (in_dim.max(1) as f64).sqrt();
+        let a = vb.get_with_hints((rank, in_dim), "lora_A.weight", Init::Uniform { lo: -bound, up: bound })?;
+        let b = vb.get_with_hints((out_dim, rank), "lora_B.weight", Init::Const(0.0))?;
+        Ok(Self {
+            a,
+            b,
+            scale,
+            dropout: Dropout::new(dropout),
+        })
+    }
+
+    /// The branch's output for `x: [rows, in_features]` (dropout active in train mode).
+    pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let x = self.dropout.forward(x, ctx)?;
+        x.matmul(&self.a.t()?)?.matmul(&self.b.t()?)? * self.scale
+    }
+
+    /// The update it adds to the weight, `scale · B·A` (`[out, in]`, f32).
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        Self::delta(&self.a, &self.b, self.scale)
+    }
+
+    /// The same branch on detached views of its tensors (no autograd graph; sees updates).
+    pub fn detached(&self) -> Self {
+        Self {
+            a: self.a.detach(),
+            b: self.b.detach(),
+            ..self.clone()
+        }
+    }
+
+    /// `scale · B·A` in f32, for any `A: [r, in]` and `B: [out, r]`.
+    pub fn delta(a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+        b.to_dtype(DType::F32)?.matmul(&a.to_dtype(DType::F32)?)? * scale
     }
 }
 

@@ -1,12 +1,13 @@
 //! One type for either model family, so callers can train and evaluate without matching.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::bert::BertForSequenceClassification;
 use super::config::ModelConfig;
 use super::layers::ForwardCtx;
 use super::output::ModelOutput;
+use super::params::{LoadReport, ParamStore};
 use super::vit::VitForImageClassification;
 
 /// A batch of model inputs.
@@ -87,5 +88,27 @@ impl Model {
             Model::Bert(m) => m.layers.len(),
             Model::Vit(m) => m.layers.len(),
         }
+    }
+}
+
+/// A built model together with its variables and provenance (loaded and saved by
+/// [`crate::ml::checkpoint`]).
+#[derive(Debug, Clone)]
+pub struct Pretrained {
+    /// The model.
+    pub model: Model,
+    /// Its variables (trainable, by HF name).
+    pub params: ParamStore,
+    /// Which variables were loaded, which initialised, which checkpoint tensors went unused.
+    pub report: LoadReport,
+}
+
+impl Pretrained {
+    /// A freshly initialised model from `config`, every variable drawn from `seed`.
+    pub fn random(config: &ModelConfig, seed: u64, device: &Device) -> candle_core::Result<Self> {
+        let params = ParamStore::new(seed);
+        let model = Model::new(config, params.var_builder(DType::F32, device))?;
+        let report = params.report();
+        Ok(Self { model, params, report })
     }
 }

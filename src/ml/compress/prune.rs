@@ -36,10 +36,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use serde::Serialize;
 
-use super::checkpoint::Pretrained;
-use super::config::{ModelConfig, PrunedHeads};
-use super::model::Model;
-use super::params::ParamStore;
+use crate::ml::models::config::{ModelConfig, PrunedHeads};
+use crate::ml::models::linears::{encoder_module, linear_modules, LinearModule, Role};
+use crate::ml::models::model::Model;
+use crate::ml::models::model::Pretrained;
+use crate::ml::models::params::ParamStore;
 
 /// Which weights may be pruned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,41 +104,16 @@ impl Method {
     }
 }
 
-/// The family's name prefix and the attention block's sub-module name.
-fn family(config: &ModelConfig) -> (&'static str, &'static str) {
-    match config {
-        ModelConfig::Bert(_) => ("bert", "attention.self"),
-        ModelConfig::Vit(_) => ("vit", "attention.attention"),
-    }
-}
-
-/// Prefix of encoder layer `layer`'s tensor names (`bert.encoder.layer.3.`).
-fn layer_prefix(config: &ModelConfig, layer: usize) -> String {
-    format!("{}.encoder.layer.{layer}.", family(config).0)
-}
-
-/// Names of the prunable linear weights of a model with this config, in a fixed order: each
-/// encoder layer's query, key, value, attention output, intermediate and output weights, then
-/// (scope `linear`) the pooler's (BERT) and the classifier's. Global ties follow this order.
+/// Names of the prunable linear weights of a model with this config, in catalog order
+/// ([`linear_modules`]): each encoder layer's query, key, value, attention output, intermediate
+/// and output weights, then (scope `linear`) the pooler's (BERT) and the classifier's. Global
+/// ties follow this order.
 pub fn prunable_weights(config: &ModelConfig, scope: Scope) -> Vec<String> {
-    let (root, attention) = family(config);
-    let mut names = Vec::new();
-    for layer in 0..config.num_hidden_layers() {
-        let p = layer_prefix(config, layer);
-        for qkv in ["query", "key", "value"] {
-            names.push(format!("{p}{attention}.{qkv}.weight"));
-        }
-        for dense in ["attention.output.dense", "intermediate.dense", "output.dense"] {
-            names.push(format!("{p}{dense}.weight"));
-        }
-    }
-    if scope == Scope::Linear {
-        if matches!(config, ModelConfig::Bert(_)) {
-            names.push(format!("{root}.pooler.dense.weight"));
-        }
-        names.push("classifier.weight".into());
-    }
-    names
+    linear_modules(config)
+        .iter()
+        .filter(|m| scope == Scope::Linear || m.layer.is_some())
+        .map(LinearModule::weight)
+        .collect()
 }
 
 /// The encoder layer a tensor name belongs to (`None` for the head, pooler and embeddings).
@@ -326,12 +302,11 @@ struct HeadTensors {
 }
 
 fn head_tensors(config: &ModelConfig, layer: usize) -> HeadTensors {
-    let p = layer_prefix(config, layer);
-    let attention = family(config).1;
+    let qkv = [Role::Query, Role::Key, Role::Value].map(|role| encoder_module(config, layer, role));
     HeadTensors {
-        qkv_weights: ["query", "key", "value"].map(|n| format!("{p}{attention}.{n}.weight")),
-        qkv_biases: ["query", "key", "value"].map(|n| format!("{p}{attention}.{n}.bias")),
-        output_weight: format!("{p}attention.output.dense.weight"),
+        qkv_weights: qkv.clone().map(|m| format!("{m}.weight")),
+        qkv_biases: qkv.map(|m| format!("{m}.bias")),
+        output_weight: format!("{}.weight", encoder_module(config, layer, Role::AttentionOutput)),
     }
 }
 
@@ -638,8 +613,8 @@ pub fn prune(p: Pretrained, method: Method, scope: Scope, sparsity: f64) -> Resu
 mod tests {
     use super::*;
     use crate::ml::checkpoint::{load_pretrained, LoadOptions};
-    use crate::ml::layers::ForwardCtx;
-    use crate::ml::model::ModelInput;
+    use crate::ml::models::layers::ForwardCtx;
+    use crate::ml::models::model::ModelInput;
     use crate::ml::testutil::*;
 
     fn random_bert(seed: u64) -> Pretrained {

@@ -6,18 +6,21 @@
 //! epoch and a closure that turns a batch into a scalar loss (cross-entropy for `train`, the
 //! KD loss for `distill`). With the same seed, the same batches and the same thread count, two
 //! runs give bit-identical weights: initialisation and dropout draw from the seeded
-//! [`Rng`](super::rng::Rng) (one dropout stream per step), and every parallel kernel used
+//! [`Rng`](crate::ml::kernels::rng::Rng) (one dropout stream per step), and every parallel kernel used
 //! splits its work so that each output is computed by one thread in a fixed order.
 
 use candle_core::Tensor;
 use serde::Serialize;
 
-use super::layers::ForwardCtx;
-use super::model::Model;
 use super::optim::{clip_scale, AdamW, AdamWConfig};
-use super::params::ParamStore;
-use super::rng::derive_seed;
 use super::schedule::LinearSchedule;
+use crate::ml::kernels::rng::derive_seed;
+use crate::ml::models::layers::ForwardCtx;
+use crate::ml::models::model::Model;
+use crate::ml::models::params::ParamStore;
+
+/// Re-exported from [`crate::ml::kernels::runtime`], where it lives.
+pub use crate::ml::kernels::runtime::with_threads;
 
 /// Hyper-parameters of a training run.
 #[derive(Debug, Clone, PartialEq)]
@@ -312,23 +315,13 @@ pub fn train<B>(
     Ok(report)
 }
 
-/// Runs `f` on a rayon pool of `threads` threads, so that candle's parallel kernels (matrix
-/// products) and the optimiser use at most that many; falls back to the global pool when the
-/// pool cannot be built.
-pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
-    match rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build() {
-        Ok(pool) => pool.install(f),
-        Err(_) => f(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ml::config::{BertConfig, ModelConfig};
-    use crate::ml::metrics::evaluate;
-    use crate::ml::model::ModelInput;
-    use crate::ml::rng::Rng;
+    use crate::ml::kernels::rng::Rng;
+    use crate::ml::models::config::{BertConfig, ModelConfig};
+    use crate::ml::models::model::ModelInput;
+    use crate::ml::training::metrics::evaluate;
     use candle_core::{DType, Device};
 
     /// A learnable toy task: filler tokens plus three copies of a signal token (1 or 2) that

@@ -1,7 +1,7 @@
 //! Fused multi-head self-attention core (`softmax(q·kᵀ·scale + mask)·v` per head, with dropout on
 //! the probabilities) as one candle `CustomOp3` on `(q, k, v)` with an analytic backward pass.
 //!
-//! The composite path in [`super::attention`] copies q, k and v into head-major tensors, builds
+//! The composite path in [`crate::ml::models::attention`] copies q, k and v into head-major tensors, builds
 //! the scores, the masked scores, the probabilities and the dropped probabilities as separate
 //! `[b, heads, s, s]` tensors and merges the heads with another copy; candle's autograd then
 //! allocates a tensor for every one of those steps again in the backward pass. Here each head's
@@ -495,12 +495,12 @@ pub fn attention(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ml::layers;
+    use crate::ml::models::layers;
     use crate::ml::testutil::{randn, rel_err, values_f64 as values};
     use crate::ml::Rng;
     use candle_core::{DType, Device, Var};
 
-    /// The composite attention of [`crate::ml::attention`] from candle ops (differentiable, any
+    /// The composite attention of [`crate::ml::models::attention`] from candle ops (differentiable, any
     /// float dtype): `mask` `[b, s]`, `mult` the dropout multipliers `[b, heads, s, s]`.
     fn composite(
         t: &[Tensor],
@@ -838,7 +838,8 @@ mod tests {
                         let p = layers::softmax_last_dim(&scores).unwrap();
                         let p = match dropout {
                             Some(dr) => {
-                                crate::ml::fused::mul_mask(&p, dropout_multipliers(bb, heads, ss, &dr)).unwrap()
+                                crate::ml::kernels::fused::mul_mask(&p, dropout_multipliers(bb, heads, ss, &dr))
+                                    .unwrap()
                             }
                             None => p,
                         };

@@ -9,10 +9,10 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::checkpoint::Pretrained;
-use super::config::ModelConfig;
-use super::model::Model;
-use super::params::ParamStore;
+use crate::ml::models::config::ModelConfig;
+use crate::ml::models::model::Model;
+use crate::ml::models::model::Pretrained;
+use crate::ml::models::params::ParamStore;
 
 /// Evenly spaced teacher layers for a student of `student` layers, first and last included
 /// (12 → 6 gives DistilBERT's `[0, 2, 4, 7, 9, 11]`; a 1-layer student takes layer 0).
@@ -164,7 +164,7 @@ mod tests {
             .unwrap();
         assert!(err.contains("hidden_size differs (student 8, teacher 16)"), "{err}");
         let mut three = scfg;
-        three.labels = crate::ml::config::Labels::default_names(3);
+        three.labels = crate::ml::models::config::Labels::default_names(3);
         let s3 = init_student_from_teacher(&teacher, &ModelConfig::Bert(three), &layers, 2, &Device::Cpu).unwrap();
         assert_eq!(s3.report.initialised, vec!["classifier.bias", "classifier.weight"]);
     }

@@ -1,4 +1,5 @@
-//! Process-wide settings for fast CPU training, applied once at start-up ([`configure`]).
+//! Process-wide settings for fast CPU training, applied once at start-up ([`configure`]), and
+//! rayon pools of a chosen size ([`with_threads`]).
 //!
 //! - Heap: every training step allocates and frees the same few hundred multi-megabyte
 //!   buffers. glibc's malloc serves large blocks with `mmap` and gives them back with `munmap`
@@ -52,5 +53,15 @@ fn keep_freed_buffers() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Runs `f` on a rayon pool of `threads` threads, so that candle's parallel kernels (matrix
+/// products) and the optimiser use at most that many; falls back to the global pool when the
+/// pool cannot be built.
+pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    match rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build() {
+        Ok(pool) => pool.install(f),
+        Err(_) => f(),
     }
 }

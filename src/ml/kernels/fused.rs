@@ -1,7 +1,7 @@
 //! Fused CPU kernels with analytic backward passes: LayerNorm, softmax over the last dimension,
 //! GELU (erf) and dropout, as candle `CustomOp`s.
 //!
-//! The composite versions in [`super::layers`] build each op from a handful of tensor ops, and
+//! The composite versions in [`crate::ml::models::layers`] build each op from a handful of tensor ops, and
 //! candle's autograd allocates a new tensor for every one of them in the backward pass. Here
 //! each op is one pass over contiguous `f32` rows forward and one backward, parallel over rows
 //! (or fixed element blocks) on the current rayon pool. Every output element is computed by one
@@ -609,8 +609,8 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ml::config::HiddenAct;
-    use crate::ml::layers::{self, LayerNorm};
+    use crate::ml::models::config::HiddenAct;
+    use crate::ml::models::layers::{self, LayerNorm};
     use crate::ml::testutil::{randn, rel_err, values_f64 as values};
     use crate::ml::Rng;
     use candle_core::{Device, Module, Var};
@@ -742,14 +742,14 @@ mod tests {
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
         // A counter-based mask, filled on the pool of the caller.
-        let dropout_values = |n: usize| crate::ml::rng::CounterMask::new(0.2, 7).unwrap().values(n);
+        let dropout_values = |n: usize| crate::ml::kernels::rng::CounterMask::new(0.2, 7).unwrap().values(n);
         let mut rng = Rng::new(5);
         let x = randn(&mut rng, &[300, 48], 1.0);
         let w = randn(&mut rng, &[48], 1.0);
         let b = randn(&mut rng, &[48], 1.0);
         let gw = randn(&mut rng, &[300, 48], 1.0);
         let all = |threads: usize| {
-            crate::ml::train::with_threads(threads, || -> Result<Vec<Vec<f32>>> {
+            crate::ml::kernels::runtime::with_threads(threads, || -> Result<Vec<Vec<f32>>> {
                 let xv = Var::from_tensor(&x)?;
                 let (wv, bv) = (Var::from_tensor(&w)?, Var::from_tensor(&b)?);
                 let h = layer_norm(xv.as_tensor(), wv.as_tensor(), bv.as_tensor(), 1e-5)?;

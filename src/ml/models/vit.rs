@@ -13,9 +13,9 @@ use rayon::prelude::*;
 
 use super::attention::{Maps, SelfAttention};
 use super::config::{HiddenAct, VitConfig};
-use super::fused;
 use super::layers::{normal, Dropout, ForwardCtx, LayerNorm, Linear};
 use super::output::{ModelOutput, Trace};
+use crate::ml::kernels::fused;
 
 /// CLS token, patch projection and position embeddings (`vit.embeddings`).
 #[derive(Debug, Clone)]
@@ -98,7 +98,7 @@ fn patches(pixel_values: &Tensor, p: usize) -> Result<Tensor> {
     };
     let src = fused::slice(cpu, layout, "patches")?;
     let row = gw * c * p * p;
-    let mut out = super::gemm::uninit_vec(b * gh * row);
+    let mut out = crate::ml::kernels::gemm::uninit_vec(b * gh * row);
     out.par_chunks_mut(row).enumerate().for_each(|(i, dst)| {
         let (bi, gy) = (i / gh, i % gh);
         for gx in 0..gw {
@@ -250,9 +250,9 @@ impl VitForImageClassification {
 mod tests {
     use super::*;
     use crate::ml::checkpoint::Pretrained;
-    use crate::ml::config::ModelConfig;
-    use crate::ml::model::Model;
-    use crate::ml::params::ParamStore;
+    use crate::ml::models::config::ModelConfig;
+    use crate::ml::models::model::Model;
+    use crate::ml::models::params::ParamStore;
     use crate::ml::testutil::*;
     use candle_core::Device;
     use candle_transformers::models::vit as oracle;

@@ -3,9 +3,9 @@
 
 use candle_core::{Result, Tensor, D};
 
-use super::layers::ForwardCtx;
-use super::model::{Model, ModelInput};
-use super::params::ParamStore;
+use crate::ml::models::layers::ForwardCtx;
+use crate::ml::models::model::{Model, ModelInput};
+use crate::ml::models::params::ParamStore;
 
 /// The predicted class of each row of `logits` (`[batch, classes]`): the arg-max, first on ties.
 pub fn predictions(logits: &Tensor) -> Result<Vec<u32>> {

@@ -10,9 +10,9 @@ use candle_nn::VarBuilder;
 
 use super::attention::{Maps, SelfAttention};
 use super::config::{BertConfig, HiddenAct};
-use super::fused;
 use super::layers::{additive_attention_mask, Dropout, Embedding, ForwardCtx, LayerNorm, Linear};
 use super::output::{ModelOutput, Trace};
+use crate::ml::kernels::fused;
 
 /// Word + position + token-type embeddings, LayerNorm and dropout (`bert.embeddings`).
 #[derive(Debug, Clone)]
@@ -227,9 +227,9 @@ impl BertForSequenceClassification {
 mod tests {
     use super::*;
     use crate::ml::checkpoint::{load_pretrained, LoadOptions, Pretrained};
-    use crate::ml::config::ModelConfig;
-    use crate::ml::model::Model;
-    use crate::ml::params::ParamStore;
+    use crate::ml::models::config::ModelConfig;
+    use crate::ml::models::model::Model;
+    use crate::ml::models::params::ParamStore;
     use crate::ml::testutil::*;
     use candle_core::Device;
     use candle_transformers::models::bert as oracle;

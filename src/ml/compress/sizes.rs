@@ -13,10 +13,10 @@
 use candle_core::{DType, Result, Tensor};
 use serde::Serialize;
 
-use super::config::ModelConfig;
 use super::lora::base_linears;
 use super::nf4::{Nf4Tensor, DEFAULT_BLOCK_SIZE};
-use super::params::ParamStore;
+use crate::ml::models::config::ModelConfig;
+use crate::ml::models::params::ParamStore;
 
 /// Measured sizes of one model.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -69,7 +69,7 @@ fn nf4_bytes(t: &Tensor, values: &[f32]) -> Result<u64> {
 mod tests {
     use super::*;
     use crate::ml::checkpoint::Pretrained;
-    use crate::ml::config::BertConfig;
+    use crate::ml::models::config::BertConfig;
     use candle_core::Device;
 
     #[test]

@@ -7,9 +7,9 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::fused;
-use super::fused_attention::{self, AttentionDropout};
 use super::layers::{softmax_last_dim, Dropout, ForwardCtx, Linear};
+use crate::ml::kernels::fused;
+use crate::ml::kernels::fused_attention::{self, AttentionDropout};
 
 /// Scaled dot-product self-attention with `heads` heads of `head_dim`; weights under `query`,
 /// `key`, `value`, each `[heads × head_dim, hidden]`.

@@ -1,0 +1,15 @@
+//! The bottom of `ml`: CPU kernels and process-wide runtime settings that the model layers call.
+//! Nothing here knows about models, configs or training; it imports nothing else from `ml`.
+
+/// Fused CPU kernels with analytic backward passes (LayerNorm, softmax, GELU, dropout masks).
+pub mod fused;
+/// Fused multi-head self-attention core with dropout on the probabilities.
+pub mod fused_attention;
+/// The fully connected layer `y = x·Wᵀ + b` as one candle op with an analytic backward pass.
+pub mod fused_linear;
+/// Matrix products on strided f32 views through the `gemm` crate.
+pub(crate) mod gemm;
+/// Seeded, portable random numbers, derived seeds and counter-based dropout masks.
+pub mod rng;
+/// Process-wide settings (heap, thread pools) applied once at start-up; rayon pools of a given size.
+pub mod runtime;
