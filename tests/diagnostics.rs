@@ -275,6 +275,46 @@ fn use_of_a_fifo_is_refused_without_blocking() {
 }
 
 #[test]
+fn a_model_for_other_images_than_the_data_gives() {
+    insta::assert_snapshot!(check(
+        "use std::vit\nstage t = train(model: vit::l3, data: synthetic_images(seed: 1, classes: 3))\n"
+    ));
+}
+
+#[test]
+fn a_text_model_on_image_data() {
+    insta::assert_snapshot!(check(&with_header(
+        "stage s = train(model: bert::tiny, data: synthetic_images(seed: 1))\n"
+    )));
+}
+
+#[test]
+fn max_len_longer_than_the_models_positions() {
+    insta::assert_snapshot!(check(
+        "let long = synthetic_text(seed: 1, max_len: 128)\n\
+         let small = bert(layers: 1, hidden: 32, heads: 2, intermediate: 64, max_position: 64)\n\
+         stage t = train(model: small, data: long)\n"
+    ));
+}
+
+#[test]
+fn a_trained_model_on_data_with_other_classes() {
+    insta::assert_snapshot!(check(&with_header(
+        "stage e = eval(model: teacher, data: synthetic_text(seed: 2, classes: 3))\n"
+    )));
+}
+
+#[test]
+fn a_teacher_is_followed_back_to_its_architecture() {
+    insta::assert_snapshot!(check(
+        "use std::vit\nlet big = synthetic_images(seed: 1, image_size: 224)\n\
+         let small = synthetic_images(seed: 1)\n\
+         stage t = train(model: vit::l3, data: big)\n\
+         stage s = distill(teacher: t, student: vit(layers: 1, hidden: 32, heads: 2, patch: 8, image_size: 32), data: small)\n"
+    ));
+}
+
+#[test]
 fn a_device_as_the_pipeline_file_is_refused() {
     let out = Test::new().args(&["check", "/dev/zero"]).expect(1);
     insta::assert_snapshot!(out.stderr);

@@ -28,6 +28,10 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
     let Some((compiled, plan, store)) = super::load_plan(file, store) else {
         return ExitCode::FAILURE;
     };
+    if let Err(problems) = crate::engine::preflight::check(&compiled) {
+        super::report(&problems, &compiled.sources, file);
+        return ExitCode::FAILURE;
+    }
     // While this run lives, `rkd gc` keeps every entry it may read or write.
     let _lease = if opts.dry_run {
         None

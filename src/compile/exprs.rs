@@ -503,6 +503,9 @@ impl Compiler {
         if matches!(op.kind, OpKind::Stage(_)) && (self.over_limit || !self.room_for_stage(span)) {
             return Value::Poison;
         }
+        if matches!(op.kind, OpKind::Stage(_)) && !self.models_fit(op, &params, &spans, span) {
+            return Value::Poison;
+        }
         let params = match op.name {
             "distill" | "fuse" => self.add_predictions(op.name, params, &spans, span),
             _ => params,

@@ -5,6 +5,7 @@
 //! topological order of the DAG.
 
 mod args;
+pub mod compat;
 mod exprs;
 mod items;
 pub mod limits;
@@ -193,6 +194,8 @@ struct Compiler {
     rounds: usize,
     /// Set when the pipeline went over the stage or loop limit: loops stop and make no stages.
     over_limit: bool,
+    /// What is known about the models of the stages so far.
+    compat: compat::Memo,
 }
 
 impl Compiler {
@@ -215,6 +218,7 @@ impl Compiler {
             caps: limits::Caps::default(),
             rounds: 0,
             over_limit: false,
+            compat: compat::Memo::default(),
         }
     }
 

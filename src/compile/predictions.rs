@@ -85,12 +85,13 @@ impl Compiler {
 #[cfg(test)]
 mod tests {
     fn predict_stages(data: &str) -> usize {
+        let m = if data.contains("image") { "v" } else { "m" };
         let src = format!(
             "let d = {data}\nlet m = bert(layers: 1, hidden: 16, heads: 2, intermediate: 32)\n\
              let v = vit(layers: 1, hidden: 16, heads: 2, patch: 4, image_size: 16)\n\
              stage t = train(model: pretrained(path: \"x\"), data: d)\n\
-             stage s = distill(teacher: t, student: m, data: d)\n\
-             stage u = distill(teacher: t, student: m, data: d, temperature: 2.0)\n"
+             stage s = distill(teacher: t, student: {m}, data: d)\n\
+             stage u = distill(teacher: t, student: {m}, data: d, temperature: 2.0)\n"
         );
         let c = crate::compile::compile_source("p.rkd", std::path::Path::new("p.rkd"), src);
         assert!(c.diags.is_empty(), "{:?}", c.diags);
@@ -105,6 +106,9 @@ mod tests {
             1
         );
         assert_eq!(predict_stages("image_folder(path: \"imgs\", image_size: 16)"), 0);
-        assert_eq!(predict_stages("synthetic_images(seed: 1, classes: 2)"), 0);
+        assert_eq!(
+            predict_stages("synthetic_images(seed: 1, classes: 2, image_size: 16)"),
+            0
+        );
     }
 }

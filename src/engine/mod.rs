@@ -3,6 +3,7 @@
 
 pub mod cancel;
 pub mod explain;
+pub mod preflight;
 pub mod progress;
 pub mod record;
 pub mod run;

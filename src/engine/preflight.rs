@@ -1,0 +1,201 @@
+//! The checks `rkd run` makes before it starts the first stage, on what only a checkpoint's
+//! config.json can tell: whether a `pretrained(path:)` model, or an `hf(repo:)` model already in
+//! the local Hugging Face cache, fits the data of the stages that use it (or are trained from
+//! it) — text or images, image size and channels, `max_len` against its positions, vocabulary,
+//! classes — by the rules `rkd check` applies to architectures (`crate::compile::compat`); that
+//! its config.json can be read; and that a BERT checkpoint brings the tokenizer its text data is
+//! read with. An `hf(...)` model that is not in the cache yet is checked when it is downloaded.
+
+use crate::compile::compat::{check_call, Checkpoints, Family, Memo, ModelFacts};
+use crate::compile::Compiled;
+use crate::diagnostic::{Diag, Kind};
+use crate::ml::ModelConfig;
+use crate::source::Span;
+use crate::value::{Spec, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Whether every stage of a compiled pipeline may start; else the problems its checkpoints
+/// show, in source order.
+pub fn check(compiled: &Compiled) -> Result<(), Vec<Diag>> {
+    let mut configs = Configs::default();
+    let mut diags: Vec<Diag> = Vec::new();
+    for stage in &compiled.stages {
+        let has_data = stage.params.contains_key("data");
+        for (param, value) in &stage.params {
+            let at = stage.arg_spans.get(param).copied().unwrap_or(stage.span);
+            let items: Vec<&Value> = match value {
+                Value::List(xs) => xs.iter().collect(),
+                v => vec![v],
+            };
+            for v in items {
+                let Value::Spec(spec) = v else { continue };
+                let Some((dir, what)) = configs.locate(spec) else {
+                    continue;
+                };
+                match configs.read(&dir) {
+                    Err(e) => push(
+                        Diag::new(Kind::File, at, format!("{what}: {e}"))
+                            .label("cannot read its config.json")
+                            .help("a checkpoint directory needs a Hugging Face config.json"),
+                        &mut diags,
+                    ),
+                    // The data of a BERT checkpoint is read with its own tokenizer.
+                    Ok(ModelConfig::Bert(_)) if has_data && MODEL_ARGS.contains(&param.as_str()) => {
+                        if !crate::ops::model_source::has_tokenizer(&dir) {
+                            push(
+                                Diag::new(
+                                    Kind::File,
+                                    at,
+                                    format!("{what} has no tokenizer (tokenizer.json or vocab.txt)"),
+                                )
+                                .label("a BERT checkpoint without its vocabulary")
+                                .help(format!(
+                                    "copy the tokenizer the model was trained with into {}",
+                                    dir.display()
+                                )),
+                                &mut diags,
+                            );
+                        }
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+    let mut memo = Memo::default();
+    // A stage after one that does not fit is not checked: its problem is the same one.
+    let mut unfit = vec![false; compiled.stages.len()];
+    for (i, stage) in compiled.stages.iter().enumerate() {
+        if stage.inputs.iter().any(|id| unfit[id.0 as usize]) {
+            unfit[i] = true;
+            continue;
+        }
+        let problems = check_call(
+            stage.op,
+            &stage.params,
+            &stage.arg_spans,
+            stage.span,
+            &compiled.stages,
+            &mut memo,
+            &mut configs,
+        );
+        unfit[i] = !problems.is_empty();
+        for d in problems {
+            push(d, &mut diags);
+        }
+    }
+    if diags.is_empty() {
+        return Ok(());
+    }
+    diags.sort_by_key(|d| d.span.map(|s: Span| (s.file, s.start)));
+    Err(diags)
+}
+
+/// Adds `d` unless the same problem is already reported at the same place (the stages of a
+/// sweep share their source).
+fn push(d: Diag, diags: &mut Vec<Diag>) {
+    if !diags.iter().any(|x| x.span == d.span && x.message == d.message) {
+        diags.push(d);
+    }
+}
+
+/// The parameters whose model reads the stage's data with its tokenizer.
+const MODEL_ARGS: [&str; 5] = ["model", "base", "student", "models", "baseline"];
+
+/// The checkpoints' configurations, each read once.
+#[derive(Default)]
+struct Configs {
+    read: HashMap<PathBuf, Result<ModelConfig, String>>,
+}
+
+impl Configs {
+    /// The directory of a checkpoint spec and how messages name it; `None` for other specs and
+    /// for `hf(...)` models not in the cache.
+    fn locate(&self, spec: &Spec) -> Option<(PathBuf, String)> {
+        let text = |name: &str| match spec.params.get(name) {
+            Some(Value::Str(s)) => Some(s.to_string()),
+            _ => None,
+        };
+        match spec.ctor.name {
+            "pretrained" => match spec.params.get("path") {
+                Some(Value::Path(p)) => Some((p.resolved.clone(), format!("pretrained(path: \"{}\")", p.written))),
+                _ => None,
+            },
+            "hf" => {
+                let repo = text("repo")?;
+                let revision = text("revision").unwrap_or_else(|| "main".into());
+                let dir = hf_cached(&repo, &revision)?;
+                Some((dir, format!("hf(repo: \"{repo}\", revision: \"{revision}\")")))
+            }
+            _ => None,
+        }
+    }
+
+    fn read(&mut self, dir: &Path) -> Result<ModelConfig, String> {
+        self.read
+            .entry(dir.to_path_buf())
+            .or_insert_with(|| {
+                let path = dir.join("config.json");
+                if path.is_file() {
+                    ModelConfig::from_file(&path)
+                } else {
+                    Err(format!("{} is missing", path.display()))
+                }
+            })
+            .clone()
+    }
+}
+
+impl Checkpoints for Configs {
+    fn facts(&mut self, spec: &Spec) -> Option<ModelFacts> {
+        let (dir, what) = self.locate(spec)?;
+        let config = self.read(&dir).ok()?;
+        let name = match &spec.label {
+            Some(l) => format!("`{l}`"),
+            None => format!("`{what}`"),
+        };
+        let origin = spec.label.clone().unwrap_or(what);
+        let facts = ModelFacts {
+            labels: Some(config.num_labels()),
+            name,
+            origin,
+            ..ModelFacts::default()
+        };
+        Some(match config {
+            ModelConfig::Bert(c) => ModelFacts {
+                family: Some(Family::Bert),
+                max_position: Some(c.max_position_embeddings),
+                vocab_size: Some(c.vocab_size),
+                ..facts
+            },
+            ModelConfig::Vit(c) => ModelFacts {
+                family: Some(Family::Vit),
+                image_size: Some(c.image_size),
+                channels: Some(c.num_channels),
+                ..facts
+            },
+        })
+    }
+}
+
+/// The snapshot directory of `repo` at `revision` when its config and weights are in the local
+/// Hugging Face cache: the directory `rkd run` will load without downloading
+/// (`crate::ops::model_source::hf_download` takes it under the same condition).
+fn hf_cached(repo: &str, revision: &str) -> Option<PathBuf> {
+    use hf_hub::{Repo, RepoType};
+    let cached = hf_hub::Cache::from_env().repo(Repo::with_revision(
+        repo.to_string(),
+        RepoType::Model,
+        revision.to_string(),
+    ));
+    let config = cached.get("config.json")?;
+    let has_weights = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
+        .iter()
+        .any(|f| cached.get(f).is_some());
+    if has_weights {
+        config.parent().map(Path::to_path_buf)
+    } else {
+        None
+    }
+}
