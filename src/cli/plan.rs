@@ -1,8 +1,8 @@
 //! `rkd plan` and `rkd explain`.
 
 use crate::engine::explain::{verdict, verdicts, Verdict};
-use crate::plan::key::hex;
 use crate::plan::{Plan, PlanStage};
+use crate::store::key::hex;
 use crate::text::cell;
 use std::path::Path;
 use std::process::ExitCode;

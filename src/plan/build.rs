@@ -1,9 +1,9 @@
 //! Building the Plan from compiled stages: the petgraph DAG and every stage's key.
 
 use super::fingerprint::Fingerprinter;
-use super::key::{self, Key, Resolve};
 use crate::compile::{Compiled, StageDef};
 use crate::diagnostic::{Diag, Kind};
+use crate::store::key::{self, Key, Resolve};
 use crate::value::{PathValue, StageId, Value};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::HashMap;

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The stat-cache file name inside the store.
-pub const STAT_CACHE: &str = "stat-cache.json";
+pub use crate::store::STAT_CACHE;
 
 /// A file read for hashing: (position in the request, path, stat, content hash).
 type ReadFile = (usize, PathBuf, Stat, [u8; 32]);

@@ -20,14 +20,18 @@
 
 pub mod files;
 pub mod gc;
+pub mod key;
 pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod records;
 pub mod writer;
 
-use crate::plan::key::{hex, Key};
+use key::{hex, Key};
 use std::path::{Path, PathBuf};
+
+/// The stat-cache file name inside the store (file fingerprints, see `plan::fingerprint`).
+pub const STAT_CACHE: &str = "stat-cache.json";
 
 /// Environment variable that overrides the store location.
 pub const STORE_ENV: &str = "RKD_STORE";
@@ -122,7 +126,7 @@ impl Store {
 
     /// The stat cache of file fingerprints.
     pub fn stat_cache(&self) -> PathBuf {
-        self.root.join(crate::plan::fingerprint::STAT_CACHE)
+        self.root.join(STAT_CACHE)
     }
 
     /// Keys of all finished entries (directories in entries/ with a hex name).

@@ -1,9 +1,9 @@
 //! Writing one entry: in a private directory under tmp/, renamed into entries/ when complete.
 
 use super::files;
+use super::key::{hex, Key};
 use super::manifest::{Manifest, MANIFEST};
 use super::Store;
-use crate::plan::key::{hex, Key};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
