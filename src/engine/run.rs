@@ -1,7 +1,7 @@
 //! `rkd run`: decide what must run, verify what it will read, run it in parallel, record it.
 
 use super::cancel::Cancel;
-use super::explain::{verdicts, Verdict};
+use super::explain::{verdicts_of, Verdict};
 use super::progress::{Display, Progress};
 use super::record::stage_record;
 use super::scheduler::{schedule, JobEnd};
@@ -270,7 +270,10 @@ pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared
     // What must run: selected stages whose result is not stored.
     let mut to_run: HashSet<usize> = HashSet::new();
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); n];
-    for (i, v) in verdicts(plan, store, &selected).into_iter().enumerate() {
+    let keys: Vec<_> = plan.stages().map(|s| s.key).collect();
+    let manifests = store.manifests(&keys);
+    let cached: Vec<bool> = manifests.iter().map(Option::is_some).collect();
+    for (i, v) in verdicts_of(plan, store, &selected, &cached).into_iter().enumerate() {
         if let Some(Verdict::Run(r)) = v {
             reasons[i] = r;
             to_run.insert(i);
@@ -284,10 +287,11 @@ pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared
         .par_iter()
         .map(|&i| {
             let entry = store.entry_dir(&plan.stage(StageId(i as u32)).key);
-            let p = if opts.verify {
-                Manifest::verify(&entry)
-            } else {
-                Manifest::check(&entry)
+            // Read a moment ago by `manifests` (a stage found stored has one).
+            let p = match &manifests[i] {
+                Some(m) if opts.verify => m.verify_entry(&entry),
+                Some(m) => m.check_entry(&entry),
+                None => Manifest::check(&entry),
             };
             (i, p)
         })
@@ -480,7 +484,7 @@ pub fn run_stage(
                 )
                 .and_then(|_| writer.write("meta.json", &serde_json::to_vec_pretty(&meta).unwrap_or_default()))
                 .map_err(|e| e.to_string())
-                .and_then(|_| writer.commit());
+                .and_then(|_| writer.commit().map_err(|e| e.to_string()));
             match written {
                 Ok(()) => Finished {
                     outcome: Outcome::Ran,

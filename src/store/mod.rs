@@ -94,6 +94,29 @@ impl Store {
         manifest::Manifest::read(&self.entry_dir(key)).is_ok()
     }
 
+    /// [`Store::contains`] for many keys at once: the entries directory is listed once, and only
+    /// the manifests of the entries found there are read (in parallel).
+    pub fn contains_many(&self, keys: &[Key]) -> Vec<bool> {
+        self.manifests(keys).iter().map(Option::is_some).collect()
+    }
+
+    /// The manifests of the finished entries of these keys (`None` where [`Store::contains`] is
+    /// false), listing the entries directory once and reading only the manifests found there.
+    pub fn manifests(&self, keys: &[Key]) -> Vec<Option<manifest::Manifest>> {
+        use rayon::prelude::*;
+        let read = |k: &Key| manifest::Manifest::read(&self.entry_dir(k)).ok();
+        let present: std::collections::HashSet<Key> = match self.keys() {
+            Ok(found) => found.into_iter().collect(),
+            Err(_) => return keys.par_iter().map(read).collect(),
+        };
+        if present.is_empty() {
+            return vec![None; keys.len()];
+        }
+        keys.par_iter()
+            .map(|k| if present.contains(k) { read(k) } else { None })
+            .collect()
+    }
+
     /// Where damaged entries are moved aside.
     pub fn damaged_dir(&self) -> PathBuf {
         self.root.join("damaged")
