@@ -33,6 +33,10 @@ use std::path::{Path, PathBuf};
 /// The stat-cache file name inside the store (file fingerprints, see `plan::fingerprint`).
 pub const STAT_CACHE: &str = "stat-cache.json";
 
+/// From this many keys on, [`Store::manifests`] may list the entries directory instead of
+/// looking each key up.
+const LIST_ENTRIES_FROM: usize = 64;
+
 /// Environment variable that overrides the store location.
 pub const STORE_ENV: &str = "RKD_STORE";
 
@@ -101,17 +105,23 @@ impl Store {
     }
 
     /// The manifests of the finished entries of these keys (`None` where [`Store::contains`] is
-    /// false), listing the entries directory once and reading only the manifests found there.
+    /// false), read in parallel. For many keys the entries directory is listed once and only the
+    /// manifests found there are read, unless the store holds many more entries than that (the
+    /// directory's size says roughly how many): then each key is looked up.
     pub fn manifests(&self, keys: &[Key]) -> Vec<Option<manifest::Manifest>> {
         use rayon::prelude::*;
         let read = |k: &Key| manifest::Manifest::read(&self.entry_dir(k)).ok();
-        let present: std::collections::HashSet<Key> = match self.keys() {
-            Ok(found) => found.into_iter().collect(),
+        let dir = match std::fs::metadata(self.entries_dir()) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vec![None; keys.len()],
             Err(_) => return keys.par_iter().map(read).collect(),
         };
-        if present.is_empty() {
-            return vec![None; keys.len()];
-        }
+        // A directory entry of a 64-character name takes some 64 to 100 bytes.
+        let list = keys.len() >= LIST_ENTRIES_FROM && dir.len() / 64 <= 8 * keys.len() as u64;
+        let listed = if list { self.keys().ok() } else { None };
+        let Some(present) = listed.map(|found| found.into_iter().collect::<std::collections::HashSet<Key>>()) else {
+            return keys.par_iter().map(read).collect();
+        };
         keys.par_iter()
             .map(|k| if present.contains(k) { read(k) } else { None })
             .collect()
@@ -260,4 +270,30 @@ pub fn dir_size(path: &Path) -> u64 {
     std::fs::read_dir(path)
         .map(|d| d.flatten().map(|e| dir_size(&e.path())).sum())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_of_many_keys_agree_with_contains_whether_listed_or_looked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path());
+        let keys: Vec<Key> = (0..100u8).map(|i| *blake3::hash(&[i]).as_bytes()).collect();
+        assert!(store.manifests(&keys).iter().all(Option::is_none), "no entries/ yet");
+        for k in &keys[..3] {
+            let w = writer::EntryWriter::create(&store, k).unwrap();
+            std::fs::write(w.out_dir().join("f.txt"), "x").unwrap();
+            w.commit().unwrap();
+        }
+        // A directory without a manifest is not a stored result.
+        std::fs::create_dir_all(store.entry_dir(&keys[3])).unwrap();
+        let expected: Vec<bool> = keys.iter().map(|k| store.contains(k)).collect();
+        assert_eq!(expected.iter().filter(|c| **c).count(), 3);
+        // 100 keys: the directory is listed; 5 keys: each is looked up.
+        assert_eq!(store.contains_many(&keys), expected);
+        assert_eq!(store.contains_many(&keys[..5]), expected[..5]);
+        assert_eq!(store.manifests(&keys)[0].as_ref().map(|m| m.files.len()), Some(1));
+    }
 }
