@@ -1,6 +1,6 @@
 //! Building the Plan from compiled stages: the petgraph DAG and every stage's key.
 
-use super::fingerprint::Fingerprinter;
+use super::fingerprint::{FingerprintError, Fingerprinter};
 use crate::compile::{Compiled, StageDef};
 use crate::diagnostic::{Diag, Kind};
 use crate::store::key::{self, Key, Resolve};
@@ -31,16 +31,16 @@ pub struct Plan {
 /// Resolves a stage's upstream keys and input fingerprints, all computed before.
 struct Keys<'a> {
     keys: &'a [Key],
-    fingerprints: &'a HashMap<PathBuf, Result<Key, String>>,
+    fingerprints: &'a HashMap<PathBuf, Result<Key, FingerprintError>>,
     files: Vec<(String, Key)>,
 }
 
 impl Resolve for Keys<'_> {
-    type Error = String;
-    fn stage(&mut self, id: StageId) -> Result<Key, String> {
+    type Error = FingerprintError;
+    fn stage(&mut self, id: StageId) -> Result<Key, FingerprintError> {
         Ok(self.keys[id.0 as usize])
     }
-    fn path(&mut self, path: &PathValue) -> Result<Key, String> {
+    fn path(&mut self, path: &PathValue) -> Result<Key, FingerprintError> {
         let fp = match self.fingerprints.get(&path.resolved) {
             Some(fp) => fp.clone()?,
             None => unreachable!("every keyed path is fingerprinted first: {}", path.resolved.display()),
@@ -83,7 +83,7 @@ impl Plan {
     /// level (a stage's level is one more than its upstream stages'), each level in parallel.
     pub fn from_stages(stages: Vec<StageDef>, fingerprints: &mut Fingerprinter) -> Result<Plan, Vec<Diag>> {
         let n = stages.len();
-        let mut known: HashMap<PathBuf, Result<Key, String>> = HashMap::new();
+        let mut known: HashMap<PathBuf, Result<Key, FingerprintError>> = HashMap::new();
         let mut levels: Vec<Vec<usize>> = Vec::new();
         let mut level_of: Vec<usize> = Vec::with_capacity(n);
         for (i, def) in stages.iter().enumerate() {
@@ -102,7 +102,7 @@ impl Plan {
             }
             levels[level].push(i);
         }
-        type Keyed = Result<(Key, Vec<(String, Key)>), String>;
+        type Keyed = Result<(Key, Vec<(String, Key)>), FingerprintError>;
         let mut keys: Vec<Key> = vec![[0; 32]; n];
         let mut results: Vec<Option<Keyed>> = (0..n).map(|_| None).collect();
         for level in &levels {
@@ -134,9 +134,9 @@ impl Plan {
         for (def, keyed) in stages.iter().zip(results) {
             match keyed.expect("every stage has a level") {
                 Ok((_, f)) => files.push(f),
-                Err(message) => {
-                    if reported.insert(message.clone(), ()).is_none() {
-                        diags.push(missing_input(def, &message));
+                Err(error) => {
+                    if reported.insert(error.to_string(), ()).is_none() {
+                        diags.push(missing_input(def, &error));
                     }
                     files.push(Vec::new());
                 }
@@ -257,24 +257,25 @@ impl serde::Serialize for ValueJson<'_> {
 }
 
 /// The diagnostic for an input that cannot be fingerprinted, at the argument naming it.
-fn missing_input(def: &StageDef, message: &str) -> Diag {
-    // The path value that failed, wherever it sits (directly, in a list, or in a model/dataset spec).
+fn missing_input(def: &StageDef, error: &FingerprintError) -> Diag {
+    // The path value that failed (or holds what failed), wherever it sits (directly, in a list,
+    // or in a model/dataset spec).
     let span = def
         .params
         .values()
-        .find_map(|v| failed_path(v, message))
+        .find_map(|v| failed_path(v, &error.path))
         .unwrap_or(def.span);
-    Diag::new(Kind::File, span, format!("input of stage `{}` cannot be read: {message}", def.name))
+    Diag::new(Kind::File, span, format!("input of stage `{}` cannot be read: {error}", def.name))
         .label("this input")
         .help("paths are relative to the pipeline file's directory; check the path, or set it with env(name: ..., default: ...)")
 }
 
-fn failed_path(v: &Value, message: &str) -> Option<crate::source::Span> {
+fn failed_path(v: &Value, failed: &std::path::Path) -> Option<crate::source::Span> {
     match v {
-        Value::Path(p) => message.contains(&p.resolved.display().to_string()).then_some(p.span),
-        Value::List(xs) => xs.iter().find_map(|x| failed_path(x, message)),
-        Value::Record(r) => r.values().find_map(|x| failed_path(x, message)),
-        Value::Spec(s) => s.params.values().find_map(|x| failed_path(x, message)),
+        Value::Path(p) => failed.starts_with(&p.resolved).then_some(p.span),
+        Value::List(xs) => xs.iter().find_map(|x| failed_path(x, failed)),
+        Value::Record(r) => r.values().find_map(|x| failed_path(x, failed)),
+        Value::Spec(s) => s.params.values().find_map(|x| failed_path(x, failed)),
         _ => None,
     }
 }
@@ -287,11 +288,11 @@ mod tests {
     struct Sequential<'a>(&'a [Key], &'a mut Fingerprinter);
 
     impl Resolve for Sequential<'_> {
-        type Error = String;
-        fn stage(&mut self, id: StageId) -> Result<Key, String> {
+        type Error = FingerprintError;
+        fn stage(&mut self, id: StageId) -> Result<Key, FingerprintError> {
             Ok(self.0[id.0 as usize])
         }
-        fn path(&mut self, path: &PathValue) -> Result<Key, String> {
+        fn path(&mut self, path: &PathValue) -> Result<Key, FingerprintError> {
             self.1.fingerprint(&path.resolved)
         }
     }
