@@ -16,17 +16,17 @@ pub fn run(store: &Path, key: &str) -> ExitCode {
         eprintln!("warning: cannot handle SIGTERM ({e})");
     }
     match exec_stage(store, key, &cancel) {
-        Ok((Outcome::Ran, time_s, metrics, _)) => {
-            let metrics: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-            println!("ran in {time_s:.2}s {}", metrics.join(", "));
+        Ok(f) if f.outcome == Outcome::Ran => {
+            let metrics: Vec<String> = f.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            println!("ran in {:.2}s {}", f.time_s, metrics.join(", "));
             ExitCode::SUCCESS
         }
-        Ok((Outcome::Cached, ..)) => {
+        Ok(f) if f.outcome == Outcome::Cached => {
             println!("already stored (another run finished it)");
             ExitCode::SUCCESS
         }
-        Ok((_, _, _, error)) => {
-            eprintln!("error: the stage failed: {}", error.unwrap_or_default());
+        Ok(f) => {
+            eprintln!("error: the stage failed: {}", f.error.unwrap_or_default());
             ExitCode::FAILURE
         }
         Err(e) => {

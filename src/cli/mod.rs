@@ -355,14 +355,17 @@ fn default_jobs() -> usize {
 }
 
 /// Compiles a pipeline, fingerprints its inputs and builds its plan; on problems prints them.
+/// The plan takes the compiled stages: the returned `Compiled` keeps its sources, not its stages.
 fn load_plan(
     file: &std::path::Path,
     store: Option<&std::path::Path>,
 ) -> Option<(crate::compile::Compiled, crate::plan::Plan, crate::store::Store)> {
-    let compiled = compile_or_report(file)?;
+    let mut compiled = compile_or_report(file)?;
     let store = crate::store::Store::for_pipeline(file, store);
     let mut fingerprints = crate::plan::fingerprint::Fingerprinter::load(&store.stat_cache());
-    let plan = match crate::plan::Plan::build(&compiled, &mut fingerprints) {
+    // The plan takes the stages; callers use the compiled sources only.
+    let stages = std::mem::take(&mut compiled.stages);
+    let plan = match crate::plan::Plan::from_stages(stages, &mut fingerprints) {
         Ok(p) => p,
         Err(diags) => {
             report(&diags, &compiled.sources, file);

@@ -1,9 +1,11 @@
 //! `rkd plan` and `rkd explain`.
 
 use crate::engine::explain::{verdict, verdicts, Verdict};
-use crate::plan::key::hex;
-use crate::plan::{Plan, PlanStage};
+use crate::plan::{ParamsJson, Plan, PlanStage};
+use crate::store::key::hex;
 use crate::text::cell;
+use rayon::prelude::*;
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -26,27 +28,9 @@ pub fn run(file: &Path, store: Option<&Path>, json: bool) -> ExitCode {
         .flatten()
         .collect();
     if json {
-        let stages: Vec<serde_json::Value> = plan
-            .stages()
-            .zip(&verdicts)
-            .map(|(s, v)| {
-                let (status, reasons) = match v {
-                    Verdict::Cached => ("cached", Vec::new()),
-                    Verdict::Run(r) => ("run", r.clone()),
-                };
-                serde_json::json!({
-                    "name": s.def.name,
-                    "aliases": s.def.aliases,
-                    "op": s.def.op.name,
-                    "key": hex(&s.key),
-                    "inputs": s.def.inputs.iter().map(|i| plan.name(*i)).collect::<Vec<_>>(),
-                    "params": plan.params_json(s),
-                    "status": status,
-                    "reasons": reasons,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::json!({ "stages": stages }));
+        print_json(&plan, &verdicts);
+        // The process ends now: freeing a large plan piece by piece would only cost time.
+        std::mem::forget(plan);
         return ExitCode::SUCCESS;
     }
     print_table(&plan, &verdicts);
@@ -58,7 +42,57 @@ pub fn run(file: &Path, store: Option<&Path>, json: bool) -> ExitCode {
         plan.len() - cached,
         store.root.display()
     );
+    std::mem::forget(plan);
     ExitCode::SUCCESS
+}
+
+/// One stage in `rkd plan --json` (fields in the order of a JSON object with sorted keys).
+#[derive(serde::Serialize)]
+struct JsonStage<'a> {
+    aliases: &'a [String],
+    inputs: Vec<&'a str>,
+    key: String,
+    name: &'a str,
+    op: &'a str,
+    params: ParamsJson<'a>,
+    reasons: &'a [String],
+    status: &'static str,
+}
+
+/// `{"stages": [...]}`: the stages are serialized in parallel, then written at once.
+fn print_json(plan: &Plan, verdicts: &[Verdict]) {
+    let stages: Vec<&PlanStage> = plan.stages().collect();
+    let parts: Vec<Vec<u8>> = stages
+        .par_iter()
+        .zip(verdicts)
+        .map(|(s, v)| {
+            let (status, reasons): (_, &[String]) = match v {
+                Verdict::Cached => ("cached", &[]),
+                Verdict::Run(r) => ("run", r),
+            };
+            let stage = JsonStage {
+                aliases: &s.def.aliases,
+                inputs: s.def.inputs.iter().map(|i| plan.name(*i)).collect(),
+                key: hex(&s.key),
+                name: &s.def.name,
+                op: s.def.op.name,
+                params: ParamsJson::new(plan, s),
+                reasons,
+                status,
+            };
+            serde_json::to_vec(&stage).unwrap_or_default()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 16);
+    out.extend_from_slice(b"{\"stages\":[");
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(p);
+    }
+    out.extend_from_slice(b"]}\n");
+    let _ = std::io::stdout().lock().write_all(&out);
 }
 
 /// The plan table: stage, op, key prefix, status, reasons.
@@ -66,7 +100,9 @@ fn print_table(plan: &Plan, verdicts: &[Verdict]) {
     let names: Vec<String> = plan.stages().map(|s| cell(&shown(s))).collect();
     let width = crate::text::width(names.iter(), "STAGE");
     let op_width = plan.stages().map(|s| s.def.op.name.len()).max().unwrap_or(2).max(2);
-    println!(
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let _ = writeln!(
+        out,
         "{:width$}  {:op_width$}  {:12}  {:6}  REASON",
         "STAGE", "OP", "KEY", "STATUS"
     );
@@ -75,7 +111,8 @@ fn print_table(plan: &Plan, verdicts: &[Verdict]) {
             Verdict::Cached => ("cached", String::new()),
             Verdict::Run(r) => ("run", r.join("; ")),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "{:width$}  {:op_width$}  {:12}  {:6}  {reasons}",
             name,
             s.def.op.name,
@@ -83,6 +120,7 @@ fn print_table(plan: &Plan, verdicts: &[Verdict]) {
             status
         );
     }
+    let _ = out.flush();
 }
 
 /// Explains one stage: its key, its inputs, and whether and why it runs.

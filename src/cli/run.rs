@@ -2,9 +2,9 @@
 
 use crate::engine::cancel::Cancel;
 use crate::engine::run::{run as run_plan, RunOptions, RunReport};
-use crate::engine::slurm::{submit, wait, SlurmOptions, Submission};
-use crate::plan::key::hex;
+use crate::engine::slurm::{submit, wait, SlurmError, SlurmOptions, Submission};
 use crate::plan::Plan;
+use crate::store::key::hex;
 use crate::store::records::Outcome;
 use crate::text::cell;
 use std::path::Path;
@@ -80,7 +80,7 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
             }
             Err(e) => Err(e),
         },
-        _ => run_plan(&plan, file, &text, &store, &opts, &cancel),
+        _ => run_plan(&plan, file, &text, &store, &opts, &cancel).map_err(SlurmError::from),
     };
     let report = match result {
         Ok(r) => r,
@@ -89,10 +89,11 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
             return ExitCode::FAILURE;
         }
     };
-    for (name, problems) in &report.damaged {
+    for d in &report.damaged {
         eprintln!(
-            "warning: the stored result of `{name}` is damaged ({}); it was moved aside to {} and runs again",
-            problems.join("; "),
+            "warning: the stored result of `{}` is damaged ({}); it was moved aside to {} and runs again",
+            d.stage,
+            d.problems.join("; "),
             store.damaged_dir().display()
         );
     }
@@ -148,13 +149,13 @@ fn print_submitted(plan: &Plan, file: &Path, sub: &Submission, json: bool) -> Ex
         let submitted: serde_json::Map<String, serde_json::Value> = sub
             .jobs
             .iter()
-            .map(|(i, id)| (name(*i), serde_json::Value::from(id.clone())))
+            .map(|j| (name(j.stage), serde_json::Value::from(j.job.clone())))
             .collect();
         println!("{}", serde_json::json!({ "submitted": submitted, "cached": cached }));
         return ExitCode::SUCCESS;
     }
-    for (i, id) in sub.jobs.iter().take(MAX_ROWS) {
-        println!("submitted  {:30}  job {id}", cell(&name(*i)));
+    for j in sub.jobs.iter().take(MAX_ROWS) {
+        println!("submitted  {:30}  job {}", cell(&name(j.stage)), j.job);
     }
     if sub.jobs.len() > MAX_ROWS {
         println!("... and {} more", sub.jobs.len() - MAX_ROWS);

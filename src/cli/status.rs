@@ -1,7 +1,7 @@
 //! `rkd status`: the Slurm jobs of a pipeline's stages.
 
 use crate::engine::slurm::{describe, latest_jobs, query};
-use crate::plan::key::hex;
+use crate::store::key::hex;
 use crate::text::cell;
 use std::path::Path;
 use std::process::ExitCode;

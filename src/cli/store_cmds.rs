@@ -1,7 +1,7 @@
 //! `rkd verify`, `rkd log` and `rkd gc`: looking after the store.
 
-use crate::plan::key::{hex, Key};
 use crate::store::gc::{collect, keys_of_last_runs, keys_of_latest_run_of};
+use crate::store::key::{hex, Key};
 use crate::store::manifest::Manifest;
 use crate::store::Store;
 use rayon::prelude::*;

@@ -17,8 +17,13 @@ pub enum Verdict {
 /// The verdicts of the selected stages (`None` for the others). The run index is read only
 /// when some stage must run, so that checking a fully cached plan stays cheap.
 pub fn verdicts(plan: &Plan, store: &Store, selected: &[bool]) -> Vec<Option<Verdict>> {
-    let cached: Vec<bool> = plan.stages().map(|s| store.contains(&s.key)).collect();
-    let index = if selected.iter().zip(&cached).any(|(s, c)| *s && !c) {
+    let keys: Vec<_> = plan.stages().map(|s| s.key).collect();
+    verdicts_of(plan, store, selected, &store.contains_many(&keys))
+}
+
+/// [`verdicts`], knowing which stages' results are stored.
+pub fn verdicts_of(plan: &Plan, store: &Store, selected: &[bool], cached: &[bool]) -> Vec<Option<Verdict>> {
+    let index = if selected.iter().zip(cached).any(|(s, c)| *s && !c) {
         store.read_index()
     } else {
         Index::new()
@@ -30,7 +35,7 @@ pub fn verdicts(plan: &Plan, store: &Store, selected: &[bool]) -> Vec<Option<Ver
                 if cached[i] {
                     Verdict::Cached
                 } else {
-                    verdict(plan, s, store, &index)
+                    why_it_runs(plan, s, &index)
                 }
             })
         })
@@ -42,6 +47,11 @@ pub fn verdict(plan: &Plan, stage: &PlanStage, store: &Store, index: &Index) -> 
     if store.contains(&stage.key) {
         return Verdict::Cached;
     }
+    why_it_runs(plan, stage, index)
+}
+
+/// The verdict for a stage whose result is not stored.
+fn why_it_runs(plan: &Plan, stage: &PlanStage, index: &Index) -> Verdict {
     let previous = std::iter::once(&stage.def.name)
         .chain(&stage.def.aliases)
         .find_map(|n| index.get(n));

@@ -1,7 +1,7 @@
 //! Building the record of a plan stage (for run records, the index, and explanations).
 
-use crate::plan::key::hex;
 use crate::plan::{Plan, PlanStage};
+use crate::store::key::hex;
 use crate::store::records::{Outcome, StageRecord};
 use std::collections::BTreeMap;
 

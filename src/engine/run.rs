@@ -1,16 +1,16 @@
 //! `rkd run`: decide what must run, verify what it will read, run it in parallel, record it.
 
 use super::cancel::Cancel;
-use super::explain::{verdicts, Verdict};
+use super::explain::{verdicts_of, Verdict};
 use super::progress::{Display, Progress};
 use super::record::stage_record;
 use super::scheduler::{schedule, JobEnd};
 use crate::ops::{self, OpContext};
-use crate::plan::key::hex;
 use crate::plan::{Plan, PlanStage};
+use crate::store::key::hex;
 use crate::store::lock::KeyLock;
 use crate::store::manifest::Manifest;
-use crate::store::records::{Outcome, RunRecord, StageRecord};
+use crate::store::records::{Decided, Outcome, RunRecord, StageRecord};
 use crate::store::writer::EntryWriter;
 use crate::store::Store;
 use crate::value::StageId;
@@ -51,8 +51,66 @@ pub struct StageResult {
     pub reasons: Vec<String>,
 }
 
-/// How one executed stage ended: outcome, seconds, metrics, error.
-pub type Finished = (Outcome, f64, BTreeMap<String, f64>, Option<String>);
+/// How one executed stage ended.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    /// Ran, cached (another process finished it first) or failed.
+    pub outcome: Outcome,
+    /// Seconds it ran.
+    pub time_s: f64,
+    /// Headline metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl Finished {
+    /// A stage that failed before or while running.
+    fn failed(time_s: f64, error: String) -> Finished {
+        Finished {
+            outcome: Outcome::Failed,
+            time_s,
+            metrics: BTreeMap::new(),
+            error: Some(error),
+        }
+    }
+}
+
+/// A stored result that failed its check and was discarded.
+#[derive(Clone, Debug)]
+pub struct Damaged {
+    /// The stage's name.
+    pub stage: String,
+    /// What was wrong with it.
+    pub problems: Vec<String>,
+}
+
+/// Why a run could not start or be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// `--only` names no stage.
+    #[error("--only: there is no stage `{name}`{hint}; `rkd plan` lists the stages")]
+    NoSuchStage {
+        /// The name given.
+        name: String,
+        /// " (did you mean ...)", or empty.
+        hint: String,
+    },
+    /// A damaged entry could not be moved out of the way.
+    #[error("cannot move aside the damaged entry of `{stage}`: {source}")]
+    MoveAside {
+        /// The stage's name.
+        stage: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The run record could not be written.
+    #[error("cannot write the run record: {0}")]
+    Record(std::io::Error),
+    /// The index of the latest records could not be updated.
+    #[error("cannot update the run index: {0}")]
+    Index(std::io::Error),
+}
 
 /// The result of a run: per plan stage (None when not selected by --only).
 pub struct RunReport {
@@ -60,8 +118,8 @@ pub struct RunReport {
     pub stages: Vec<Option<StageResult>>,
     /// Whether the user interrupted the run.
     pub interrupted: bool,
-    /// Damaged entries that were found and discarded: (stage name, problems).
-    pub damaged: Vec<(String, Vec<String>)>,
+    /// Damaged entries that were found and discarded.
+    pub damaged: Vec<Damaged>,
     /// Seconds the whole run took.
     pub duration_s: f64,
 }
@@ -74,7 +132,7 @@ pub fn run(
     store: &Store,
     opts: &RunOptions,
     cancel: &Cancel,
-) -> Result<RunReport, String> {
+) -> Result<RunReport, RunError> {
     let started_at = SystemTime::now();
     let t0 = Instant::now();
     let Prepared {
@@ -113,7 +171,7 @@ pub fn run(
     let pipeline_dir = pipeline_dir(pipeline);
     let display = Display::new(order.len());
     let outcomes: Mutex<Vec<Option<Finished>>> = Mutex::new(vec![None; order.len()]);
-    let counts = Mutex::new((0usize, 0usize));
+    let counts = Mutex::new(Counts::default());
     let ends = schedule(
         order.len(),
         &deps,
@@ -125,20 +183,20 @@ pub fn run(
             let progress = display.stage(stage.def.op.name, &stage.def.name);
             let result = run_stage(plan, stage, store, &pipeline_dir, &progress, cancel, threads);
             progress.finish();
-            let ok = matches!(result.0, Outcome::Ran | Outcome::Cached);
+            let ok = matches!(result.outcome, Outcome::Ran | Outcome::Cached);
             {
                 let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());
                 if ok {
-                    c.0 += 1
+                    c.done += 1
                 } else {
-                    c.1 += 1
+                    c.failed += 1
                 }
-                let summary = if c.1 > 0 {
-                    format!("{} done, {} failed", c.0, c.1)
+                let summary = if c.failed > 0 {
+                    format!("{} done, {} failed", c.done, c.failed)
                 } else {
-                    format!("{} done", c.0)
+                    format!("{} done", c.done)
                 };
-                if let (Outcome::Failed, Some(e)) = (&result.0, &result.3) {
+                if let (Outcome::Failed, Some(e)) = (&result.outcome, &result.error) {
                     display.println(&format!("✗ {} failed: {e}", stage.def.name));
                 }
                 display.finished(&summary);
@@ -167,11 +225,11 @@ pub fn run(
                     skip_reason(plan, order[j], &failed)
                 });
             }
-            (_, Some((outcome, time_s, metrics, error))) => {
-                r.outcome = outcome;
-                r.time_s = time_s;
-                r.metrics = metrics;
-                r.error = error;
+            (_, Some(finished)) => {
+                r.outcome = finished.outcome;
+                r.time_s = finished.time_s;
+                r.metrics = finished.metrics;
+                r.error = finished.error;
             }
         }
     }
@@ -185,19 +243,26 @@ pub fn run(
     Ok(report)
 }
 
+/// Stages finished so far in a run, for the progress line.
+#[derive(Default)]
+struct Counts {
+    done: usize,
+    failed: usize,
+}
+
 /// What a run decided before running anything.
 pub struct Prepared {
     /// One per plan stage: cached, or skipped until it runs (None when not selected).
     pub results: Vec<Option<StageResult>>,
     /// The plan indices of the stages that must run.
     pub to_run: HashSet<usize>,
-    /// Damaged entries that were found and discarded: (stage name, problems).
-    pub damaged: Vec<(String, Vec<String>)>,
+    /// Damaged entries that were found and discarded.
+    pub damaged: Vec<Damaged>,
 }
 
 /// Decides what must run (selected stages whose result is not stored), after verifying the stored
 /// results that running stages will read (damaged ones are discarded and rerun, unless dry run).
-pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared, String> {
+pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared, RunError> {
     let n = plan.len();
     let selected = select(plan, &opts.only)?;
     store.clean_tmp();
@@ -205,7 +270,10 @@ pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared
     // What must run: selected stages whose result is not stored.
     let mut to_run: HashSet<usize> = HashSet::new();
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); n];
-    for (i, v) in verdicts(plan, store, &selected).into_iter().enumerate() {
+    let keys: Vec<_> = plan.stages().map(|s| s.key).collect();
+    let manifests = store.manifests(&keys);
+    let cached: Vec<bool> = manifests.iter().map(Option::is_some).collect();
+    for (i, v) in verdicts_of(plan, store, &selected, &cached).into_iter().enumerate() {
         if let Some(Verdict::Run(r)) = v {
             reasons[i] = r;
             to_run.insert(i);
@@ -219,10 +287,11 @@ pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared
         .par_iter()
         .map(|&i| {
             let entry = store.entry_dir(&plan.stage(StageId(i as u32)).key);
-            let p = if opts.verify {
-                Manifest::verify(&entry)
-            } else {
-                Manifest::check(&entry)
+            // Read a moment ago by `manifests` (a stage found stored has one).
+            let p = match &manifests[i] {
+                Some(m) if opts.verify => m.verify_entry(&entry),
+                Some(m) => m.check_entry(&entry),
+                None => Manifest::check(&entry),
             };
             (i, p)
         })
@@ -232,11 +301,15 @@ pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared
     for (i, p) in problems {
         let stage = plan.stage(StageId(i as u32));
         if !opts.dry_run {
-            store
-                .move_aside(&stage.key)
-                .map_err(|e| format!("cannot move aside the damaged entry of `{}`: {e}", stage.def.name))?;
+            store.move_aside(&stage.key).map_err(|source| RunError::MoveAside {
+                stage: stage.def.name.clone(),
+                source,
+            })?;
         }
-        damaged.push((stage.def.name.clone(), p));
+        damaged.push(Damaged {
+            stage: stage.def.name.clone(),
+            problems: p,
+        });
         reasons[i] = vec!["stored result is damaged".into()];
         to_run.insert(i);
     }
@@ -291,7 +364,7 @@ pub(crate) fn skip_reason(plan: &Plan, i: usize, failed: &HashSet<usize>) -> Str
 }
 
 /// Which stages `--only` selects: those named and everything they need. All when empty.
-fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>, String> {
+fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>, RunError> {
     let n = plan.len();
     if only.is_empty() {
         return Ok(vec![true; n]);
@@ -310,9 +383,10 @@ fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>, String> {
                 let hint = crate::diagnostic::suggestion(name, names.iter().copied())
                     .map(|s| format!(" ({s})"))
                     .unwrap_or_default();
-                return Err(format!(
-                    "--only: there is no stage `{name}`{hint}; `rkd plan` lists the stages"
-                ));
+                return Err(RunError::NoSuchStage {
+                    name: name.clone(),
+                    hint,
+                });
             }
         }
     }
@@ -336,14 +410,19 @@ pub fn run_stage(
     cancel: &Cancel,
     threads: usize,
 ) -> Finished {
-    let fail = |e: String| (Outcome::Failed, 0.0, BTreeMap::new(), Some(e));
+    let fail = |e: String| Finished::failed(0.0, e);
     let lock = match KeyLock::acquire(store, &stage.key) {
         Ok(l) => l,
         Err(e) => return fail(format!("cannot lock the store entry: {e}")),
     };
     // Another process may have finished it while we waited for the lock.
     if store.contains(&stage.key) {
-        return (Outcome::Cached, 0.0, BTreeMap::new(), None);
+        return Finished {
+            outcome: Outcome::Cached,
+            time_s: 0.0,
+            metrics: BTreeMap::new(),
+            error: None,
+        };
     }
     let writer = match EntryWriter::create(store, &stage.key) {
         Ok(w) => w,
@@ -405,9 +484,14 @@ pub fn run_stage(
                 )
                 .and_then(|_| writer.write("meta.json", &serde_json::to_vec_pretty(&meta).unwrap_or_default()))
                 .map_err(|e| e.to_string())
-                .and_then(|_| writer.commit());
+                .and_then(|_| writer.commit().map_err(|e| e.to_string()));
             match written {
-                Ok(()) => (Outcome::Ran, time_s, output.metrics, None),
+                Ok(()) => Finished {
+                    outcome: Outcome::Ran,
+                    time_s,
+                    metrics: output.metrics,
+                    error: None,
+                },
                 Err(e) => fail(format!("cannot store the result: {e}")),
             }
         }
@@ -421,7 +505,7 @@ pub fn run_stage(
             if let Some(p) = log {
                 msg.push_str(&format!("\n(log: {})", p.display()));
             }
-            (Outcome::Failed, time_s, BTreeMap::new(), Some(msg))
+            Finished::failed(time_s, msg)
         }
     }
 }
@@ -447,7 +531,7 @@ fn inputs_changed(plan: &Plan, stage: &PlanStage, store: &Store) -> Option<Strin
 }
 
 /// Copies a failed stage's log to `<store>/failed/<key>.log` (the entry itself is discarded).
-pub(crate) fn keep_failed_log(store: &Store, key: &crate::plan::key::Key, log: &Path) -> Option<PathBuf> {
+pub(crate) fn keep_failed_log(store: &Store, key: &crate::store::key::Key, log: &Path) -> Option<PathBuf> {
     let dir = store.root.join("failed");
     std::fs::create_dir_all(&dir).ok()?;
     let dest = dir.join(format!("{}.log", hex(key)));
@@ -474,9 +558,9 @@ pub(crate) fn write_records(
     store: &Store,
     report: &RunReport,
     started: SystemTime,
-) -> Result<(), String> {
+) -> Result<(), RunError> {
     let mut stages: Vec<StageRecord> = Vec::new();
-    let mut decided: Vec<(Vec<&str>, &str, bool)> = Vec::new();
+    let mut decided: Vec<Decided> = Vec::new();
     let mut decided_ids: Vec<usize> = Vec::new();
     let keys: Vec<String> = plan.stages().map(|s| hex(&s.key)).collect();
     let mut counts: BTreeMap<String, usize> = ["ran", "cached", "failed", "skipped"]
@@ -504,7 +588,11 @@ pub(crate) fn write_records(
             let names = std::iter::once(stage.def.name.as_str())
                 .chain(stage.def.aliases.iter().map(String::as_str))
                 .collect();
-            decided.push((names, keys[i].as_str(), r.outcome == Outcome::Failed));
+            decided.push(Decided {
+                names,
+                key: keys[i].as_str(),
+                failed: r.outcome == Outcome::Failed,
+            });
             decided_ids.push(i);
         }
     }
@@ -529,13 +617,11 @@ pub(crate) fn write_records(
         counts,
         stages,
     };
-    store
-        .write_record(&record)
-        .map_err(|e| format!("cannot write the run record: {e}"))?;
+    store.write_record(&record).map_err(RunError::Record)?;
     store
         .update_index(&decided, |j| {
             stage_record(plan, plan.stage(StageId(decided_ids[j] as u32)), Outcome::Ran)
         })
-        .map_err(|e| format!("cannot update the run index: {e}"))?;
+        .map_err(RunError::Index)?;
     Ok(())
 }

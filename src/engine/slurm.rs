@@ -13,10 +13,10 @@
 
 use super::cancel::Cancel;
 use super::run::{log_tail, pipeline_dir, prepare, run_stage, skip_reason, write_records, Finished};
-use super::run::{Prepared, RunOptions, RunReport};
-use crate::plan::key::hex;
+use super::run::{Prepared, RunError, RunOptions, RunReport};
 use crate::plan::Plan;
 use crate::registry::Resources;
+use crate::store::key::hex;
 use crate::store::records::{atomic_write, Outcome};
 use crate::store::Store;
 use crate::value::StageId;
@@ -87,19 +87,111 @@ pub struct SlurmRecord {
 pub struct Submission {
     /// What was decided before submitting (cached stages, damaged entries).
     pub prepared: Prepared,
-    /// (plan index, job id) of every submitted stage, in dependency order.
-    pub jobs: Vec<(usize, String)>,
+    /// Every submitted stage, in dependency order.
+    pub jobs: Vec<Submitted>,
     /// Where the submission is recorded.
     pub record: PathBuf,
     started: SystemTime,
     t0: Instant,
 }
 
+/// One submitted stage.
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    /// Its index in the plan.
+    pub stage: usize,
+    /// Its Slurm job id.
+    pub job: String,
+}
+
+/// A job state, as Slurm names it (`squeue %T`, `scontrol`'s `JobState=`); parsed once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Slurm {
+    /// Waiting: for resources, or for its dependencies.
+    Pending,
+    /// Running.
+    Running,
+    /// Ended with exit code 0.
+    Completed,
+    /// Cancelled (by scancel, or by Slurm for a dependency that can no longer be satisfied).
+    Cancelled,
+    /// Ended with a non-zero exit code.
+    Failed,
+    /// Ran past its time limit.
+    Timeout,
+    /// Killed for using more memory than it asked for.
+    OutOfMemory,
+    /// Its node failed.
+    NodeFail,
+    /// Neither squeue nor scontrol knows the job (any more).
+    Unknown,
+    /// Another state that Slurm is still working on (CONFIGURING, COMPLETING, SUSPENDED, ...).
+    Transient(String),
+    /// Another final state (BOOT_FAIL, DEADLINE, PREEMPTED, REVOKED, ...).
+    Ended(String),
+}
+
+/// States of a job that has not ended yet, besides PENDING and RUNNING.
+const TRANSIENT: &[&str] = &[
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+    "RESV_DEL_HOLD",
+];
+
+impl Slurm {
+    /// The state Slurm names so.
+    pub fn parse(name: &str) -> Slurm {
+        match name {
+            "PENDING" => Slurm::Pending,
+            "RUNNING" => Slurm::Running,
+            "COMPLETED" => Slurm::Completed,
+            "CANCELLED" => Slurm::Cancelled,
+            "FAILED" => Slurm::Failed,
+            "TIMEOUT" => Slurm::Timeout,
+            "OUT_OF_MEMORY" => Slurm::OutOfMemory,
+            "NODE_FAIL" => Slurm::NodeFail,
+            "UNKNOWN" => Slurm::Unknown,
+            other if TRANSIENT.contains(&other) => Slurm::Transient(other.to_string()),
+            other => Slurm::Ended(other.to_string()),
+        }
+    }
+
+    /// Slurm's name of the state.
+    pub fn name(&self) -> &str {
+        match self {
+            Slurm::Pending => "PENDING",
+            Slurm::Running => "RUNNING",
+            Slurm::Completed => "COMPLETED",
+            Slurm::Cancelled => "CANCELLED",
+            Slurm::Failed => "FAILED",
+            Slurm::Timeout => "TIMEOUT",
+            Slurm::OutOfMemory => "OUT_OF_MEMORY",
+            Slurm::NodeFail => "NODE_FAIL",
+            Slurm::Unknown => "UNKNOWN",
+            Slurm::Transient(s) | Slurm::Ended(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Display for Slurm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// A job's state as Slurm reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobState {
     /// PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, ...
-    pub state: String,
+    pub state: Slurm,
     /// Why it is pending or ended ("Dependency", "DependencyNeverSatisfied", "None", ...).
     pub reason: String,
 }
@@ -107,42 +199,99 @@ pub struct JobState {
 impl JobState {
     /// Whether the job has ended (it will not change state again).
     pub fn is_final(&self) -> bool {
-        !matches!(
-            self.state.as_str(),
-            "PENDING"
-                | "RUNNING"
-                | "CONFIGURING"
-                | "COMPLETING"
-                | "SUSPENDED"
-                | "REQUEUED"
-                | "REQUEUE_HOLD"
-                | "REQUEUE_FED"
-                | "RESIZING"
-                | "SIGNALING"
-                | "STAGE_OUT"
-                | "STOPPED"
-                | "RESV_DEL_HOLD"
-        )
+        !matches!(self.state, Slurm::Pending | Slurm::Running | Slurm::Transient(_))
+    }
+
+    /// Whether Slurm gave up on the job because an upstream job failed.
+    fn dependency_never_satisfied(&self) -> bool {
+        self.reason.contains("DependencyNeverSatisfied")
     }
 }
 
+/// Why a Slurm command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The program is not on the PATH.
+    #[error("`{0}` is not installed here: the Slurm executor needs Slurm's commands on the PATH")]
+    NotInstalled(String),
+    /// The program could not be started.
+    #[error("cannot run `{program}`: {source}")]
+    CannotRun {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The program ran and failed.
+    #[error("`{command}` failed: {stderr}")]
+    Failed {
+        /// The command line.
+        command: String,
+        /// What it wrote to stderr (trimmed).
+        stderr: String,
+    },
+}
+
+/// Why submitting, following or running Slurm jobs failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SlurmError {
+    /// Deciding what runs, or recording the run, failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// A Slurm command failed.
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    /// Ctrl-C while submitting.
+    #[error("interrupted while submitting; the jobs submitted so far were cancelled")]
+    Interrupted,
+    /// A stage could not be submitted.
+    #[error("cannot submit stage `{stage}`: {source}{undone}")]
+    Submit {
+        /// The stage's name.
+        stage: String,
+        /// Why.
+        source: CommandError,
+        /// " (the N jobs submitted before it were cancelled)", or empty.
+        undone: String,
+    },
+    /// sbatch answered something else than a job id.
+    #[error("sbatch answered `{0}`, not a job id")]
+    NotAJobId(String),
+    /// A file or directory could not be written or read.
+    #[error("{0}")]
+    Io(String),
+    /// Slurm stopped answering while the jobs ran.
+    #[error("cannot follow the Slurm jobs ({source}); they go on: `rkd status {}` shows them", .pipeline.display())]
+    Follow {
+        /// Why.
+        source: CommandError,
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// The job cannot run its stage on this node.
+    #[error("{0}")]
+    Node(String),
+}
+
 /// Runs `sbatch` and friends, or reports that they cannot be run.
-fn slurm_command(program: &str, args: &[String]) -> Result<String, String> {
+fn slurm_command(program: &str, args: &[String]) -> Result<String, CommandError> {
     let out = Command::new(program).args(args).output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            format!("`{program}` is not installed here: the Slurm executor needs Slurm's commands on the PATH")
+            CommandError::NotInstalled(program.to_string())
         } else {
-            format!("cannot run `{program}`: {e}")
+            CommandError::CannotRun {
+                program: program.to_string(),
+                source: e,
+            }
         }
     })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(CommandError::Failed {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
@@ -192,13 +341,13 @@ pub fn submit(
     opts: &RunOptions,
     slurm: &SlurmOptions,
     cancel: &Cancel,
-) -> Result<Submission, String> {
+) -> Result<Submission, SlurmError> {
     let started = SystemTime::now();
     let t0 = Instant::now();
     let prepared = prepare(plan, store, opts)?;
     let mut order: Vec<usize> = prepared.to_run.iter().copied().collect();
     order.sort_unstable();
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the rkd binary: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| SlurmError::Io(format!("cannot find the rkd binary: {e}")))?;
     let pipeline_abs = pipeline.canonicalize().unwrap_or_else(|_| pipeline.to_path_buf());
     let workdir = pipeline_dir(pipeline);
     let dirs = [
@@ -207,22 +356,22 @@ pub fn submit(
         store.slurm_dir().join("logs"),
     ];
     for d in &dirs {
-        std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        std::fs::create_dir_all(d).map_err(|e| SlurmError::Io(format!("cannot create {}: {e}", d.display())))?;
     }
     let store_abs = store
         .root
         .canonicalize()
-        .map_err(|e| format!("cannot resolve the store {}: {e}", store.root.display()))?;
+        .map_err(|e| SlurmError::Io(format!("cannot resolve the store {}: {e}", store.root.display())))?;
     let mut job_of: HashMap<usize, String> = HashMap::new();
-    let mut jobs: Vec<(usize, String)> = Vec::new();
-    let undo = |jobs: &[(usize, String)]| {
-        let ids: Vec<String> = jobs.iter().map(|(_, j)| j.clone()).collect();
+    let mut jobs: Vec<Submitted> = Vec::new();
+    let undo = |jobs: &[Submitted]| {
+        let ids: Vec<String> = jobs.iter().map(|j| j.job.clone()).collect();
         scancel(&ids, false);
     };
     for &i in &order {
         if cancel.is_interrupted() {
             undo(&jobs);
-            return Err("interrupted while submitting; the jobs submitted so far were cancelled".into());
+            return Err(SlurmError::Interrupted);
         }
         let stage = plan.stage(StageId(i as u32));
         let key = hex(&stage.key);
@@ -238,8 +387,9 @@ pub fn submit(
             params: record.params,
         };
         let spec_path = store.specs_dir().join(format!("{key}.json"));
-        let json = serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?;
-        atomic_write(&spec_path, &json).map_err(|e| format!("cannot write {}: {e}", spec_path.display()))?;
+        let json = serde_json::to_vec_pretty(&spec).map_err(|e| SlurmError::Io(e.to_string()))?;
+        atomic_write(&spec_path, &json)
+            .map_err(|e| SlurmError::Io(format!("cannot write {}: {e}", spec_path.display())))?;
         let script_path = store.slurm_dir().join("jobs").join(format!("{key}.sh"));
         let script = format!(
             "#!/bin/sh\n# rkd: stage `{}` of {}\nexec {} exec-stage --store {} {key}\n",
@@ -249,7 +399,7 @@ pub fn submit(
             sh_quote(&store_abs.display().to_string()),
         );
         atomic_write(&script_path, script.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", script_path.display()))?;
+            .map_err(|e| SlurmError::Io(format!("cannot write {}: {e}", script_path.display())))?;
         let upstream: Vec<String> = stage
             .def
             .inputs
@@ -281,7 +431,7 @@ pub fn submit(
                 Some(id) => id,
                 None => {
                     undo(&jobs);
-                    return Err(format!("sbatch answered `{}`, not a job id", out.trim()));
+                    return Err(SlurmError::NotAJobId(out.trim().to_string()));
                 }
             },
             Err(e) => {
@@ -291,23 +441,27 @@ pub fn submit(
                 } else {
                     format!(" (the {} jobs submitted before it were cancelled)", jobs.len())
                 };
-                return Err(format!("cannot submit stage `{}`: {e}{undone}", stage.def.name));
+                return Err(SlurmError::Submit {
+                    stage: stage.def.name.clone(),
+                    source: e,
+                    undone,
+                });
             }
         };
         job_of.insert(i, id.clone());
-        jobs.push((i, id));
+        jobs.push(Submitted { stage: i, job: id });
     }
     let record = SlurmRecord {
         pipeline: pipeline_abs.display().to_string(),
         submitted: humantime::format_rfc3339_seconds(started).to_string(),
         jobs: jobs
             .iter()
-            .map(|(i, id)| {
-                let s = plan.stage(StageId(*i as u32));
+            .map(|j| {
+                let s = plan.stage(StageId(j.stage as u32));
                 SlurmJob {
                     stage: s.def.name.clone(),
                     key: hex(&s.key),
-                    job: id.clone(),
+                    job: j.job.clone(),
                     state: None,
                 }
             })
@@ -331,9 +485,9 @@ pub fn submit(
     })
 }
 
-fn write_slurm_record(path: &Path, record: &SlurmRecord) -> Result<(), String> {
-    let json = serde_json::to_vec_pretty(record).map_err(|e| e.to_string())?;
-    atomic_write(path, &json).map_err(|e| format!("cannot write {}: {e}", path.display()))
+fn write_slurm_record(path: &Path, record: &SlurmRecord) -> Result<(), SlurmError> {
+    let json = serde_json::to_vec_pretty(record).map_err(|e| SlurmError::Io(e.to_string()))?;
+    atomic_write(path, &json).map_err(|e| SlurmError::Io(format!("cannot write {}: {e}", path.display())))
 }
 
 /// Cancels jobs (only those still pending when `pending_only`); errors are ignored, since a job
@@ -362,7 +516,7 @@ pub fn parse_squeue(out: &str) -> HashMap<String, JobState> {
                 (
                     id.to_string(),
                     JobState {
-                        state: state.to_string(),
+                        state: Slurm::parse(state),
                         reason: reason.to_string(),
                     },
                 )
@@ -380,7 +534,7 @@ pub fn scontrol_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 /// The states of these jobs: `squeue` for the ones it knows, then `scontrol show job` for the
 /// rest (finished jobs stay known to the controller for MinJobAge, 300 s by default). Jobs that
 /// neither knows are left out.
-pub fn query(ids: &[String]) -> Result<HashMap<String, JobState>, String> {
+pub fn query(ids: &[String]) -> Result<HashMap<String, JobState>, CommandError> {
     let mut states = HashMap::new();
     if ids.is_empty() {
         return Ok(states);
@@ -408,13 +562,14 @@ pub fn query(ids: &[String]) -> Result<HashMap<String, JobState>, String> {
                     states.insert(
                         id.clone(),
                         JobState {
-                            state: scontrol_field(line, "JobState").unwrap_or("UNKNOWN").to_string(),
+                            state: Slurm::parse(scontrol_field(line, "JobState").unwrap_or("UNKNOWN")),
                             reason: scontrol_field(line, "Reason").unwrap_or("").to_string(),
                         },
                     );
                 }
             }
-            Err(e) if e.contains("Invalid job id") => {}
+            // A job the controller has forgotten.
+            Err(CommandError::Failed { stderr, .. }) if stderr.contains("Invalid job id") => {}
             Err(e) => return Err(squeue_error.unwrap_or(e)),
         }
     }
@@ -436,7 +591,7 @@ pub fn wait(
     sub: Submission,
     keep_going: bool,
     cancel: &Cancel,
-) -> Result<RunReport, String> {
+) -> Result<RunReport, SlurmError> {
     let Submission {
         prepared,
         jobs,
@@ -445,7 +600,7 @@ pub fn wait(
         t0,
     } = sub;
     let mut results = prepared.results;
-    let ids: Vec<String> = jobs.iter().map(|(_, id)| id.clone()).collect();
+    let ids: Vec<String> = jobs.iter().map(|j| j.job.clone()).collect();
     let mut last: Vec<Option<JobState>> = vec![None; jobs.len()];
     let mut unknown_polls = vec![0u32; jobs.len()];
     let mut cancelled_all = false;
@@ -478,10 +633,10 @@ pub fn wait(
             Err(e) => {
                 query_errors += 1;
                 if query_errors >= 30 {
-                    return Err(format!(
-                        "cannot follow the Slurm jobs ({e}); they go on: `rkd status {}` shows them",
-                        pipeline.display()
-                    ));
+                    return Err(SlurmError::Follow {
+                        source: e,
+                        pipeline: pipeline.to_path_buf(),
+                    });
                 }
                 HashMap::new()
             }
@@ -493,16 +648,16 @@ pub fn wait(
             }
             match states.get(&ids[j]) {
                 Some(s) => {
-                    if s.state == "PENDING" && s.reason.contains("DependencyNeverSatisfied") {
+                    if s.state == Slurm::Pending && s.dependency_never_satisfied() {
                         // --kill-on-invalid-dep should have cancelled it; make sure.
                         scancel(&[ids[j].clone()], false);
                     }
                     if s.is_final() {
-                        let stage = plan.stage(StageId(jobs[j].0 as u32));
-                        if s.state != "COMPLETED" && !s.reason.contains("Dependency") && !cancel.is_interrupted() {
+                        let stage = plan.stage(StageId(jobs[j].stage as u32));
+                        if s.state != Slurm::Completed && !s.reason.contains("Dependency") && !cancel.is_interrupted() {
                             newly_failed = true;
                         }
-                        let shown = if s.state == "COMPLETED" { "✓" } else { "✗" };
+                        let shown = if s.state == Slurm::Completed { "✓" } else { "✗" };
                         eprintln!("{shown} {} (Slurm job {}): {}", stage.def.name, ids[j], describe(s));
                     }
                     last[j] = Some(s.clone());
@@ -511,7 +666,7 @@ pub fn wait(
                     unknown_polls[j] += 1;
                     if unknown_polls[j] >= 3 {
                         last[j] = Some(JobState {
-                            state: "UNKNOWN".into(),
+                            state: Slurm::Unknown,
                             reason: "Slurm no longer knows the job".into(),
                         });
                     }
@@ -539,15 +694,15 @@ pub fn wait(
     // Outcomes, in dependency order, so a stage's upstream is decided before it.
     let mut failed: HashSet<usize> = HashSet::new();
     let mut not_ok: HashSet<usize> = HashSet::new();
-    for (j, (i, id)) in jobs.iter().enumerate() {
+    for (j, Submitted { stage: i, job: id }) in jobs.iter().enumerate() {
         let stage = plan.stage(StageId(*i as u32));
         let state = last[j].clone().unwrap_or(JobState {
-            state: "UNKNOWN".into(),
+            state: Slurm::Unknown,
             reason: String::new(),
         });
         let r = results[*i].as_mut().expect("submitted stages are selected");
         let upstream_bad = stage.def.inputs.iter().any(|u| not_ok.contains(&(u.0 as usize)));
-        if state.state == "COMPLETED" && store.contains(&stage.key) {
+        if state.state == Slurm::Completed && store.contains(&stage.key) {
             let (time_s, metrics) = entry_numbers(store, &stage.key);
             r.outcome = Outcome::Ran;
             r.time_s = time_s;
@@ -555,13 +710,13 @@ pub fn wait(
             continue;
         }
         not_ok.insert(*i);
-        if cancel.is_interrupted() && state.state != "FAILED" {
+        if cancel.is_interrupted() && state.state != Slurm::Failed {
             r.outcome = Outcome::Skipped;
             r.error = Some("interrupted".into());
-        } else if upstream_bad || state.reason.contains("DependencyNeverSatisfied") {
+        } else if upstream_bad || state.dependency_never_satisfied() {
             r.outcome = Outcome::Skipped;
             r.error = Some(skip_reason(plan, *i, &failed));
-        } else if stopped && state.state == "CANCELLED" {
+        } else if stopped && state.state == Slurm::Cancelled {
             r.outcome = Outcome::Skipped;
             r.error = Some(
                 "not started: the run stopped after a failure and cancelled it (use --keep-going to run independent stages)"
@@ -595,14 +750,14 @@ pub fn wait(
 /// "COMPLETED", or "CANCELLED (DependencyNeverSatisfied)".
 pub fn describe(s: &JobState) -> String {
     if s.reason.is_empty() || s.reason == "None" {
-        s.state.clone()
+        s.state.to_string()
     } else {
         format!("{} ({})", s.state, s.reason)
     }
 }
 
 /// Seconds and metrics of a stored entry (from its meta.json and metrics.json).
-fn entry_numbers(store: &Store, key: &crate::plan::key::Key) -> (f64, BTreeMap<String, f64>) {
+fn entry_numbers(store: &Store, key: &crate::store::key::Key) -> (f64, BTreeMap<String, f64>) {
     let dir = store.entry_dir(key);
     let time_s = std::fs::read(dir.join("meta.json"))
         .ok()
@@ -618,7 +773,7 @@ fn entry_numbers(store: &Store, key: &crate::plan::key::Key) -> (f64, BTreeMap<S
 
 /// Why a job failed: its state, the tail of the stage's log (or of Slurm's output, when the
 /// stage never started), and where the logs are.
-fn failure_message(store: &Store, key: &crate::plan::key::Key, job: &str, state: &JobState) -> String {
+fn failure_message(store: &Store, key: &crate::store::key::Key, job: &str, state: &JobState) -> String {
     let mut msg = format!("Slurm job {job} ended {}", describe(state));
     let stage_log = store.root.join("failed").join(format!("{}.log", hex(key)));
     let slurm_log = store.slurm_dir().join("logs").join(format!("{}.{job}.out", hex(key)));
@@ -666,25 +821,25 @@ pub fn latest_jobs(store: &Store) -> HashMap<String, SlurmJob> {
 }
 
 /// Runs one stage from its spec in the store: what a Slurm job does (`rkd exec-stage`).
-pub fn exec_stage(store_dir: &Path, key: &str, cancel: &Cancel) -> Result<Finished, String> {
+pub fn exec_stage(store_dir: &Path, key: &str, cancel: &Cancel) -> Result<Finished, SlurmError> {
     let host = hostname();
     if !store_dir.join("entries").is_dir() && !store_dir.join("specs").is_dir() {
-        return Err(format!(
+        return Err(SlurmError::Node(format!(
             "the store {} is not visible on this node ({host}): the Slurm executor needs the store on a \
              filesystem shared by the submitting machine and every node",
             store_dir.display()
-        ));
+        )));
     }
     let store = Store::at(store_dir);
     let spec_path = store.specs_dir().join(format!("{key}.json"));
     let text = std::fs::read(&spec_path).map_err(|e| {
-        format!(
+        SlurmError::Node(format!(
             "cannot read the stage spec {} on {host}: {e} (the store must be on a filesystem shared with the submitting machine)",
             spec_path.display()
-        )
+        ))
     })?;
-    let spec: StageSpec =
-        serde_json::from_slice(&text).map_err(|e| format!("the stage spec {} is damaged: {e}", spec_path.display()))?;
+    let spec: StageSpec = serde_json::from_slice(&text)
+        .map_err(|e| SlurmError::Node(format!("the stage spec {} is damaged: {e}", spec_path.display())))?;
     if spec.rkd_version != env!("CARGO_PKG_VERSION") {
         eprintln!(
             "warning: the stage was submitted by rkd {}, and this is rkd {}",
@@ -695,40 +850,43 @@ pub fn exec_stage(store_dir: &Path, key: &str, cancel: &Cancel) -> Result<Finish
     let display = spec.pipeline.display().to_string();
     let compiled = crate::compile::compile_source(&display, &spec.pipeline, spec.source.clone());
     if !compiled.diags.is_empty() {
-        return Err(format!(
+        return Err(SlurmError::Node(format!(
             "the pipeline does not compile on {host}:\n{}",
             crate::diagnostic::render_all(&compiled.diags, &compiled.sources, false)
-        ));
+        )));
     }
     let mut fingerprints = crate::plan::fingerprint::Fingerprinter::load(&store.stat_cache());
     let plan = Plan::build(&compiled, &mut fingerprints).map_err(|diags| {
-        format!(
+        SlurmError::Node(format!(
             "cannot plan the pipeline on {host} (are its input files on the shared filesystem?):\n{}",
             crate::diagnostic::render_all(&diags, &compiled.sources, false)
-        )
+        ))
     })?;
     let Some(stage) = plan.stages().find(|s| hex(&s.key) == spec.key) else {
-        return Err(format!(
+        return Err(SlurmError::Node(format!(
             "stage `{}` (key {}) is not in the pipeline as this node sees it: its input files differ from \
              the submitting machine's (they must be on a filesystem shared by both, and unchanged)",
             spec.name,
             &spec.key[..12.min(spec.key.len())]
-        ));
+        )));
     };
     // While the job runs, `rkd gc` keeps its inputs and its own key.
     let keys = std::iter::once(stage.key).chain(stage.def.inputs.iter().map(|u| plan.stage(*u).key));
-    let _lease = store
-        .lease(keys)
-        .map_err(|e| format!("cannot register the job in the store {}: {e}", store_dir.display()))?;
+    let _lease = store.lease(keys).map_err(|e| {
+        SlurmError::Node(format!(
+            "cannot register the job in the store {}: {e}",
+            store_dir.display()
+        ))
+    })?;
     for up in &stage.def.inputs {
         let u = plan.stage(*up);
         if !store.contains(&u.key) {
-            return Err(format!(
+            return Err(SlurmError::Node(format!(
                 "needs `{}` (key {}), whose result is not in the store {}",
                 u.def.name,
                 &hex(&u.key)[..12],
                 store_dir.display()
-            ));
+            )));
         }
     }
     let threads = std::env::var("SLURM_CPUS_PER_TASK")
@@ -780,7 +938,14 @@ mod tests {
     #[test]
     fn squeue_and_scontrol_answers_parse() {
         let states = parse_squeue("12|COMPLETED|None\n13|PENDING|DependencyNeverSatisfied\n");
-        assert_eq!(states["12"].state, "COMPLETED");
+        assert_eq!(states["12"].state, Slurm::Completed);
+        assert_eq!(Slurm::parse("COMPLETING"), Slurm::Transient("COMPLETING".into()));
+        assert!(!JobState {
+            state: Slurm::parse("COMPLETING"),
+            reason: String::new()
+        }
+        .is_final());
+        assert_eq!(Slurm::parse("BOOT_FAIL").to_string(), "BOOT_FAIL");
         assert!(states["12"].is_final());
         assert!(!states["13"].is_final());
         assert_eq!(describe(&states["13"]), "PENDING (DependencyNeverSatisfied)");

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The stat-cache file name inside the store.
-pub const STAT_CACHE: &str = "stat-cache.json";
+pub use crate::store::STAT_CACHE;
 
 /// A file read for hashing: (position in the request, path, stat, content hash).
 type ReadFile = (usize, PathBuf, Stat, [u8; 32]);
@@ -63,7 +63,7 @@ impl Fingerprinter {
     }
 
     /// The fingerprint of a file or directory.
-    pub fn fingerprint(&mut self, path: &Path) -> Result<[u8; 32], String> {
+    pub fn fingerprint(&mut self, path: &Path) -> Result<[u8; 32], FingerprintError> {
         if let Some(h) = self.memo.get(path) {
             return Ok(*h);
         }
@@ -92,7 +92,7 @@ impl Fingerprinter {
     }
 
     /// Content hashes of files, from the stat cache where it is current, else read (in parallel).
-    fn hash_files<'a>(&mut self, paths: impl Iterator<Item = &'a Path>) -> Result<Vec<[u8; 32]>, String> {
+    fn hash_files<'a>(&mut self, paths: impl Iterator<Item = &'a Path>) -> Result<Vec<[u8; 32]>, FingerprintError> {
         let mut out = Vec::new();
         let mut to_read = Vec::new();
         for (i, p) in paths.enumerate() {
@@ -112,7 +112,7 @@ impl Fingerprinter {
                 }
             }
         }
-        let read: Vec<Result<ReadFile, String>> = to_read
+        let read: Vec<Result<ReadFile, FingerprintError>> = to_read
             .into_par_iter()
             .map(|(i, p, stat)| {
                 let mut h = blake3::Hasher::new();
@@ -139,7 +139,7 @@ impl Fingerprinter {
 
 /// Collects the regular files under `dir`, following symlinks but entering each real directory
 /// once (a link back to an ancestor would otherwise loop forever).
-fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), String> {
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<(), FingerprintError> {
     let mut visited = std::collections::HashSet::new();
     walk_inner(root, dir, out, &mut visited)
 }
@@ -149,7 +149,7 @@ fn walk_inner(
     dir: &Path,
     out: &mut Vec<(String, PathBuf)>,
     visited: &mut std::collections::HashSet<PathBuf>,
-) -> Result<(), String> {
+) -> Result<(), FingerprintError> {
     if let Ok(real) = dir.canonicalize() {
         if !visited.insert(real) {
             return Ok(());
@@ -209,13 +209,27 @@ fn parse_hex(s: &str) -> Option<[u8; 32]> {
     blake3::Hash::from_hex(s).ok().map(|h| *h.as_bytes())
 }
 
-fn describe_io(path: &Path, e: &std::io::Error) -> String {
-    match e.kind() {
+/// Why an input could not be fingerprinted: the path that failed (the input, or a file or
+/// directory inside it) and what happened.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FingerprintError {
+    /// The path that failed.
+    pub path: PathBuf,
+    message: String,
+}
+
+fn describe_io(path: &Path, e: &std::io::Error) -> FingerprintError {
+    let message = match e.kind() {
         std::io::ErrorKind::NotFound => format!("{} does not exist", path.display()),
         std::io::ErrorKind::PermissionDenied => {
             format!("{} cannot be read (permission denied)", path.display())
         }
         _ => format!("{}: {e}", path.display()),
+    };
+    FingerprintError {
+        path: path.to_path_buf(),
+        message,
     }
 }
 
@@ -276,6 +290,7 @@ mod tests {
     fn a_missing_path_is_an_error_naming_it() {
         let mut f = Fingerprinter::default();
         let e = f.fingerprint(Path::new("/definitely/not/here")).unwrap_err();
-        assert!(e.contains("/definitely/not/here does not exist"), "{e}");
+        assert_eq!(e.to_string(), "/definitely/not/here does not exist");
+        assert_eq!(e.path, Path::new("/definitely/not/here"));
     }
 }

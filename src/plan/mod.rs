@@ -5,4 +5,4 @@ pub mod fingerprint;
 pub mod graph;
 pub mod key;
 
-pub use build::{Plan, PlanStage};
+pub use build::{ParamsJson, Plan, PlanStage};

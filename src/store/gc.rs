@@ -1,7 +1,8 @@
 //! Garbage collection: remove entries that nothing we keep refers to.
 
+use super::key::Key;
+use super::records::RecordError;
 use super::Store;
-use crate::plan::key::Key;
 use std::collections::HashSet;
 
 /// What a collection removed (or would remove, in a dry run).
@@ -20,7 +21,7 @@ pub struct Collected {
 }
 
 /// Keys named by the last `n` run records.
-pub fn keys_of_last_runs(store: &Store, n: usize) -> Result<HashSet<Key>, String> {
+pub fn keys_of_last_runs(store: &Store, n: usize) -> Result<HashSet<Key>, RecordError> {
     let paths = store.record_paths();
     let mut keys = HashSet::new();
     for path in paths.iter().rev().take(n) {
@@ -36,7 +37,7 @@ pub fn keys_of_last_runs(store: &Store, n: usize) -> Result<HashSet<Key>, String
 
 /// Keys named by the latest run record of this pipeline file (the stages as that run saw them,
 /// with the environment it had), or none when it has no record.
-pub fn keys_of_latest_run_of(store: &Store, pipeline: &std::path::Path) -> Result<HashSet<Key>, String> {
+pub fn keys_of_latest_run_of(store: &Store, pipeline: &std::path::Path) -> Result<HashSet<Key>, RecordError> {
     let wanted = pipeline
         .canonicalize()
         .unwrap_or_else(|_| pipeline.to_path_buf())

@@ -5,8 +5,8 @@
 //! Taking a lease and collecting garbage exclude each other (`leases/.registry`): a run that
 //! starts while gc works waits for it, and a run that started before gc is seen by it.
 
+use super::key::{hex, Key};
 use super::Store;
-use crate::plan::key::{hex, Key};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::Write;

@@ -5,8 +5,8 @@
 //! When the rkd that held a key is gone (kill -9, power loss) but its command lives on, the next
 //! process that needs the key stops that orphaned command first: a stage never runs twice at once.
 
+use super::key::{hex, Key};
 use super::Store;
-use crate::plan::key::{hex, Key};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsRawFd, RawFd};

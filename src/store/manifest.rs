@@ -8,6 +8,17 @@ use std::path::Path;
 /// File name of the manifest inside an entry.
 pub const MANIFEST: &str = "manifest.json";
 
+/// Why an entry's manifest cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// There is none, or it cannot be read.
+    #[error("manifest.json: {0}")]
+    Unreadable(std::io::Error),
+    /// It is not a manifest (a truncated or edited file).
+    #[error("manifest.json is not valid: {0}")]
+    Invalid(serde_json::Error),
+}
+
 /// One file of an entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
@@ -41,19 +52,24 @@ impl Manifest {
     }
 
     /// Reads the manifest of an entry directory.
-    pub fn read(entry: &Path) -> Result<Manifest, String> {
-        let bytes = std::fs::read(entry.join(MANIFEST)).map_err(|e| format!("{MANIFEST}: {e}"))?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("{MANIFEST} is not valid: {e}"))
+    pub fn read(entry: &Path) -> Result<Manifest, ManifestError> {
+        let bytes = std::fs::read(entry.join(MANIFEST)).map_err(ManifestError::Unreadable)?;
+        serde_json::from_slice(&bytes).map_err(ManifestError::Invalid)
     }
 
     /// Checks an entry cheaply: the same files with the sizes and modification times that the
     /// manifest records. Only when something differs (or the manifest has no times) are the
     /// files hashed, and then the hashes decide. Every problem found; empty when intact.
     pub fn check(entry: &Path) -> Vec<String> {
-        let expected = match Manifest::read(entry) {
-            Ok(m) => m,
-            Err(e) => return vec![e],
-        };
+        match Manifest::read(entry) {
+            Ok(m) => m.check_entry(entry),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    /// [`Manifest::check`] with the entry's manifest already read.
+    pub fn check_entry(&self, entry: &Path) -> Vec<String> {
+        let expected = self;
         let mut seen = BTreeMap::new();
         let walked = walk(entry, entry, &mut |rel, meta| {
             seen.insert(rel, (meta.len(), mtime_ns(meta)));
@@ -68,17 +84,22 @@ impl Manifest {
         if unchanged {
             Vec::new()
         } else {
-            Manifest::verify(entry)
+            expected.verify_entry(entry)
         }
     }
 
     /// Checks an entry against its manifest by hashing every file: every problem found, empty
     /// when intact.
     pub fn verify(entry: &Path) -> Vec<String> {
-        let expected = match Manifest::read(entry) {
-            Ok(m) => m,
-            Err(e) => return vec![e],
-        };
+        match Manifest::read(entry) {
+            Ok(m) => m.verify_entry(entry),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    /// [`Manifest::verify`] with the entry's manifest already read.
+    pub fn verify_entry(&self, entry: &Path) -> Vec<String> {
+        let expected = self;
         let actual = match Manifest::build(entry) {
             Ok(m) => m,
             Err(e) => return vec![format!("cannot read the entry: {e}")],
@@ -126,19 +147,24 @@ fn walk(
     visit: &mut dyn FnMut(String, &std::fs::Metadata) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        let meta = std::fs::symlink_metadata(&path)?;
-        let rel = path
-            .strip_prefix(root)
-            .unwrap_or(&path)
-            .to_string_lossy()
-            .replace('\\', "/");
-        if meta.is_dir() {
+        let entry = entry?;
+        let path = entry.path();
+        let rel = || {
+            path.strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .replace('\\', "/")
+        };
+        // The type from the directory listing, and the metadata relative to the open directory
+        // (fstatat, not a walk of the whole path): both do not follow symlinks, as
+        // symlink_metadata does not. The manifest itself needs no stat.
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
             walk(root, &path, visit)?;
-        } else if !meta.is_file() {
-            return Err(std::io::Error::other(format!("{rel} is not a plain file")));
-        } else if rel != MANIFEST {
-            visit(rel, &meta)?;
+        } else if !kind.is_file() {
+            return Err(std::io::Error::other(format!("{} is not a plain file", rel())));
+        } else if !(dir == root && entry.file_name() == MANIFEST) {
+            visit(rel(), &entry.metadata()?)?;
         }
     }
     Ok(())

@@ -20,14 +20,22 @@
 
 pub mod files;
 pub mod gc;
+pub mod key;
 pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod records;
 pub mod writer;
 
-use crate::plan::key::{hex, Key};
+use key::{hex, Key};
 use std::path::{Path, PathBuf};
+
+/// The stat-cache file name inside the store (file fingerprints, see `plan::fingerprint`).
+pub const STAT_CACHE: &str = "stat-cache.json";
+
+/// From this many keys on, [`Store::manifests`] may list the entries directory instead of
+/// looking each key up.
+const LIST_ENTRIES_FROM: usize = 64;
 
 /// Environment variable that overrides the store location.
 pub const STORE_ENV: &str = "RKD_STORE";
@@ -90,6 +98,35 @@ impl Store {
         manifest::Manifest::read(&self.entry_dir(key)).is_ok()
     }
 
+    /// [`Store::contains`] for many keys at once: the entries directory is listed once, and only
+    /// the manifests of the entries found there are read (in parallel).
+    pub fn contains_many(&self, keys: &[Key]) -> Vec<bool> {
+        self.manifests(keys).iter().map(Option::is_some).collect()
+    }
+
+    /// The manifests of the finished entries of these keys (`None` where [`Store::contains`] is
+    /// false), read in parallel. For many keys the entries directory is listed once and only the
+    /// manifests found there are read, unless the store holds many more entries than that (the
+    /// directory's size says roughly how many): then each key is looked up.
+    pub fn manifests(&self, keys: &[Key]) -> Vec<Option<manifest::Manifest>> {
+        use rayon::prelude::*;
+        let read = |k: &Key| manifest::Manifest::read(&self.entry_dir(k)).ok();
+        let dir = match std::fs::metadata(self.entries_dir()) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return vec![None; keys.len()],
+            Err(_) => return keys.par_iter().map(read).collect(),
+        };
+        // A directory entry of a 64-character name takes some 64 to 100 bytes.
+        let list = keys.len() >= LIST_ENTRIES_FROM && dir.len() / 64 <= 8 * keys.len() as u64;
+        let listed = if list { self.keys().ok() } else { None };
+        let Some(present) = listed.map(|found| found.into_iter().collect::<std::collections::HashSet<Key>>()) else {
+            return keys.par_iter().map(read).collect();
+        };
+        keys.par_iter()
+            .map(|k| if present.contains(k) { read(k) } else { None })
+            .collect()
+    }
+
     /// Where damaged entries are moved aside.
     pub fn damaged_dir(&self) -> PathBuf {
         self.root.join("damaged")
@@ -122,7 +159,7 @@ impl Store {
 
     /// The stat cache of file fingerprints.
     pub fn stat_cache(&self) -> PathBuf {
-        self.root.join(crate::plan::fingerprint::STAT_CACHE)
+        self.root.join(STAT_CACHE)
     }
 
     /// Keys of all finished entries (directories in entries/ with a hex name).
@@ -233,4 +270,30 @@ pub fn dir_size(path: &Path) -> u64 {
     std::fs::read_dir(path)
         .map(|d| d.flatten().map(|e| dir_size(&e.path())).sum())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_of_many_keys_agree_with_contains_whether_listed_or_looked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path());
+        let keys: Vec<Key> = (0..100u8).map(|i| *blake3::hash(&[i]).as_bytes()).collect();
+        assert!(store.manifests(&keys).iter().all(Option::is_none), "no entries/ yet");
+        for k in &keys[..3] {
+            let w = writer::EntryWriter::create(&store, k).unwrap();
+            std::fs::write(w.out_dir().join("f.txt"), "x").unwrap();
+            w.commit().unwrap();
+        }
+        // A directory without a manifest is not a stored result.
+        std::fs::create_dir_all(store.entry_dir(&keys[3])).unwrap();
+        let expected: Vec<bool> = keys.iter().map(|k| store.contains(k)).collect();
+        assert_eq!(expected.iter().filter(|c| **c).count(), 3);
+        // 100 keys: the directory is listed; 5 keys: each is looked up.
+        assert_eq!(store.contains_many(&keys), expected);
+        assert_eq!(store.contains_many(&keys[..5]), expected[..5]);
+        assert_eq!(store.manifests(&keys)[0].as_ref().map(|m| m.files.len()), Some(1));
+    }
 }

@@ -124,9 +124,13 @@ impl Store {
     }
 
     /// Reads a run record.
-    pub fn read_record(path: &std::path::Path) -> Result<RunRecord, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn read_record(path: &std::path::Path) -> Result<RunRecord, RecordError> {
+        let path = path.to_path_buf();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(error) => return Err(RecordError::Unreadable { path, error }),
+        };
+        serde_yaml::from_str(&text).map_err(|error| RecordError::Invalid { path, error })
     }
 
     /// The index of the latest record of each stage name (empty if there is none).
@@ -137,23 +141,19 @@ impl Store {
             .unwrap_or_default()
     }
 
-    /// Brings the index up to date with a run: `stages` are (name and aliases, key, failed) of
-    /// every stage the run decided about, and `full(i)` builds the complete record of stage `i`
-    /// (only called for stages whose entry changes). Skips all work when the run decided exactly
-    /// what the last update recorded. Runs under a lock, so concurrent runs lose no update.
-    pub fn update_index(
-        &self,
-        stages: &[(Vec<&str>, &str, bool)],
-        full: impl Fn(usize) -> StageRecord,
-    ) -> std::io::Result<()> {
+    /// Brings the index up to date with a run: `stages` are the stages the run decided about,
+    /// and `full(i)` builds the complete record of stage `i` (only called for stages whose entry
+    /// changes). Skips all work when the run decided exactly what the last update recorded. Runs
+    /// under a lock, so concurrent runs lose no update.
+    pub fn update_index(&self, stages: &[Decided<'_>], full: impl Fn(usize) -> StageRecord) -> std::io::Result<()> {
         let mut h = blake3::Hasher::new();
-        for (names, key, failed) in stages {
-            for n in names {
+        for d in stages {
+            for n in &d.names {
                 h.update(n.as_bytes());
                 h.update(&[0]);
             }
-            h.update(key.as_bytes());
-            h.update(&[*failed as u8]);
+            h.update(d.key.as_bytes());
+            h.update(&[d.failed as u8]);
         }
         let digest = h.finalize().to_hex().to_string();
         let digest_path = self.runs_dir().join(INDEX_DIGEST);
@@ -163,16 +163,16 @@ impl Store {
         let lock_key = *blake3::hash(b"rkd-index-lock").as_bytes();
         let _lock = super::lock::KeyLock::acquire(self, &lock_key)?;
         let mut index = self.read_index();
-        for (i, (names, key, failed)) in stages.iter().enumerate() {
-            let current = |e: &StageRecord| e.key == *key && (e.status == Outcome::Failed) == *failed;
-            if names.iter().all(|n| index.get(*n).is_some_and(current)) {
+        for (i, d) in stages.iter().enumerate() {
+            let current = |e: &StageRecord| e.key == d.key && (e.status == Outcome::Failed) == d.failed;
+            if d.names.iter().all(|n| index.get(*n).is_some_and(current)) {
                 continue;
             }
             let mut entry = full(i);
-            entry.status = if *failed { Outcome::Failed } else { Outcome::Ran };
+            entry.status = if d.failed { Outcome::Failed } else { Outcome::Ran };
             entry.time_s = 0.0;
             entry.metrics.clear();
-            for n in names {
+            for n in &d.names {
                 index.insert(n.to_string(), entry.clone());
             }
         }
@@ -180,6 +180,38 @@ impl Store {
         atomic_write(&self.runs_dir().join(INDEX), &serde_json::to_vec(&index)?)?;
         atomic_write(&digest_path, digest.as_bytes())
     }
+}
+
+/// A stage a run decided about (ran, was cached, or failed), for [`Store::update_index`].
+#[derive(Clone, Debug)]
+pub struct Decided<'a> {
+    /// Its name and aliases.
+    pub names: Vec<&'a str>,
+    /// Its key (hex).
+    pub key: &'a str,
+    /// Whether it failed.
+    pub failed: bool,
+}
+
+/// Why a run record cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The file cannot be read.
+    #[error("{}: {error}", .path.display())]
+    Unreadable {
+        /// The record file.
+        path: std::path::PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The file is not a run record.
+    #[error("{}: {error}", .path.display())]
+    Invalid {
+        /// The record file.
+        path: std::path::PathBuf,
+        /// Why.
+        error: serde_yaml::Error,
+    },
 }
 
 /// Writes a file via a temporary file and a rename.

@@ -1,9 +1,9 @@
 //! Writing one entry: in a private directory under tmp/, renamed into entries/ when complete.
 
 use super::files;
+use super::key::{hex, Key};
 use super::manifest::{Manifest, MANIFEST};
 use super::Store;
-use crate::plan::key::{hex, Key};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -55,30 +55,51 @@ impl EntryWriter {
     /// outside it). If another process finished the same key meanwhile, its entry is kept (keys
     /// are content addresses: both are the same result); a directory there without a valid
     /// manifest is moved aside.
-    pub fn commit(mut self) -> Result<(), String> {
-        files::materialize_links(&self.dir)?;
-        let manifest = Manifest::build(&self.dir).map_err(|e| format!("cannot hash the outputs: {e}"))?;
-        let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
-        self.write(MANIFEST, &bytes).map_err(|e| e.to_string())?;
-        files::make_read_only(&self.dir, false).map_err(|e| format!("cannot make the entry read-only: {e}"))?;
+    pub fn commit(mut self) -> Result<(), CommitError> {
+        files::materialize_links(&self.dir).map_err(CommitError::Links)?;
+        let manifest = Manifest::build(&self.dir).map_err(CommitError::Hash)?;
+        let bytes = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other)?;
+        self.write(MANIFEST, &bytes)?;
+        files::make_read_only(&self.dir, false).map_err(CommitError::ReadOnly)?;
         let mut first = true;
         loop {
             match std::fs::rename(&self.dir, &self.target) {
                 Ok(()) => {
                     self.committed = true;
-                    return files::make_read_only_dir(&self.target).map_err(|e| e.to_string());
+                    return Ok(files::make_read_only_dir(&self.target)?);
                 }
                 Err(_) if Manifest::read(&self.target).is_ok() => return Ok(()),
                 Err(_) if first && self.target.exists() => {
                     first = false;
-                    self.store
-                        .move_aside(&self.key)
-                        .map_err(|e| format!("cannot move aside the invalid entry in its place: {e}"))?;
+                    self.store.move_aside(&self.key).map_err(CommitError::MoveAside)?;
                 }
-                Err(e) => return Err(format!("cannot move the entry into the store: {e}")),
+                Err(e) => return Err(CommitError::Rename(e)),
             }
         }
     }
+}
+
+/// Why an entry could not be committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// A symlink in the output cannot be replaced by what it points to.
+    #[error("{0}")]
+    Links(String),
+    /// The files cannot be hashed.
+    #[error("cannot hash the outputs: {0}")]
+    Hash(std::io::Error),
+    /// The files cannot be made read-only.
+    #[error("cannot make the entry read-only: {0}")]
+    ReadOnly(std::io::Error),
+    /// A directory without a valid manifest is in the entry's place and cannot be moved aside.
+    #[error("cannot move aside the invalid entry in its place: {0}")]
+    MoveAside(std::io::Error),
+    /// The entry cannot be renamed into place.
+    #[error("cannot move the entry into the store: {0}")]
+    Rename(std::io::Error),
+    /// Another write failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 impl Drop for EntryWriter {

@@ -1,0 +1,137 @@
+//! Stage keys, owned by the store (they are its content addresses): blake3 over a canonical,
+//! versioned encoding of what determines a stage's result.
+//!
+//! # Encoding, version 1
+//!
+//! ```text
+//! key      = blake3( "rkd-stage-key/1" 0x00 str(op name) u32(op version) record(params) )
+//! str(s)   = u64(byte length of s) bytes(s, UTF-8)
+//! u32, u64 = little-endian; i64 = two's complement little-endian
+//! record   = u64(field count) { str(name) value }   -- fields sorted by name (byte order)
+//! value    = 'i' i64                    integer
+//!          | 'f' u64(f64 bits)          float; -0.0 is written as 0.0
+//!          | 's' str                    string
+//!          | 'b' u8 (0 or 1)            bool
+//!          | 'l' u64(count) { value }   list, in order
+//!          | 'r' record                 record
+//!          | 'm' str(ctor) u32(version) record(params)   model or dataset spec
+//!          | 'k' 32 bytes               an upstream stage: its key
+//!          | 'p' 32 bytes               an input file or directory: its content fingerprint
+//! ```
+//!
+//! Parameters are the checked arguments with defaults filled in, so writing a default explicitly
+//! changes nothing. Names, comments, formatting and declaration order are not encoded, and a
+//! path contributes only its content, so renaming, reformatting or moving data reruns nothing.
+//! Upstream keys are encoded where the stage is referenced, so changing anything upstream changes
+//! every descendant's key.
+
+use crate::registry::OpSchema;
+use crate::value::{Params, PathValue, StageId, Value};
+
+/// Version tag of the encoding; bump it when the encoding changes.
+pub const ENCODING: &str = "rkd-stage-key/1";
+
+/// A stage key.
+pub type Key = [u8; 32];
+
+/// Supplies the hashes that stand for upstream stages and input paths.
+pub trait Resolve {
+    /// Why a path could not be fingerprinted.
+    type Error;
+    /// The key of an upstream stage.
+    fn stage(&mut self, id: StageId) -> Result<Key, Self::Error>;
+    /// The fingerprint of an input path.
+    fn path(&mut self, path: &PathValue) -> Result<Key, Self::Error>;
+}
+
+/// Parameters that say where and how a stage runs, not what it computes: not part of its key.
+pub const NOT_IN_KEY: &[&str] = &["resources"];
+
+/// The key of a stage of `op` with `params` (all but [`NOT_IN_KEY`]).
+pub fn stage_key<R: Resolve>(op: &OpSchema, params: &Params, resolve: &mut R) -> Result<Key, R::Error> {
+    let mut h = blake3::Hasher::new();
+    h.update(ENCODING.as_bytes());
+    h.update(&[0]);
+    str(&mut h, op.name);
+    h.update(&op.version.to_le_bytes());
+    let keyed = || params.iter().filter(|(k, _)| !NOT_IN_KEY.contains(&k.as_str()));
+    record(&mut h, keyed(), keyed().count(), resolve)?;
+    Ok(*h.finalize().as_bytes())
+}
+
+fn str(h: &mut blake3::Hasher, s: &str) {
+    h.update(&(s.len() as u64).to_le_bytes());
+    h.update(s.as_bytes());
+}
+
+fn record<'a, R: Resolve>(
+    h: &mut blake3::Hasher,
+    fields: impl Iterator<Item = (&'a String, &'a Value)>,
+    len: usize,
+    resolve: &mut R,
+) -> Result<(), R::Error> {
+    h.update(&(len as u64).to_le_bytes());
+    // BTreeMap iterates in byte order of the keys already.
+    for (k, v) in fields {
+        str(h, k);
+        value(h, v, resolve)?;
+    }
+    Ok(())
+}
+
+fn value<R: Resolve>(h: &mut blake3::Hasher, v: &Value, resolve: &mut R) -> Result<(), R::Error> {
+    match v {
+        Value::Int(i) => {
+            h.update(b"i");
+            h.update(&i.to_le_bytes());
+        }
+        Value::Float(f) => {
+            h.update(b"f");
+            let f = if *f == 0.0 { 0.0 } else { *f };
+            h.update(&f.to_bits().to_le_bytes());
+        }
+        Value::Str(s) => {
+            h.update(b"s");
+            str(h, s);
+        }
+        Value::Bool(b) => {
+            h.update(b"b");
+            h.update(&[*b as u8]);
+        }
+        Value::List(xs) => {
+            h.update(b"l");
+            h.update(&(xs.len() as u64).to_le_bytes());
+            for x in xs.iter() {
+                value(h, x, resolve)?;
+            }
+        }
+        Value::Record(r) => {
+            h.update(b"r");
+            record(h, r.iter(), r.len(), resolve)?;
+        }
+        Value::Spec(s) => {
+            h.update(b"m");
+            str(h, s.ctor.name);
+            h.update(&s.ctor.version.to_le_bytes());
+            record(h, s.params.iter(), s.params.len(), resolve)?;
+        }
+        Value::Stage(id) => {
+            h.update(b"k");
+            h.update(&resolve.stage(*id)?);
+        }
+        Value::Path(p) => {
+            h.update(b"p");
+            h.update(&resolve.path(p)?);
+        }
+        // Checked parameters never hold functions, modules or poison.
+        Value::Fn(_) | Value::Builtin(_) | Value::Module(_) | Value::Poison => {
+            unreachable!("unchecked value in stage parameters: {v:?}")
+        }
+    }
+    Ok(())
+}
+
+/// A key as lowercase hex (an entry's directory name).
+pub fn hex(key: &Key) -> String {
+    blake3::Hash::from_bytes(*key).to_hex().to_string()
+}
