@@ -28,7 +28,8 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
     let Some((compiled, plan, store)) = super::load_plan(file, store) else {
         return ExitCode::FAILURE;
     };
-    if let Err(problems) = crate::engine::preflight::check(&compiled) {
+    let defs: Vec<_> = plan.stages().map(|s| s.def.clone()).collect();
+    if let Err(problems) = crate::engine::preflight::check(&defs) {
         super::report(&problems, &compiled.sources, file);
         return ExitCode::FAILURE;
     }

@@ -10,6 +10,7 @@ mod exprs;
 mod items;
 pub mod limits;
 pub mod predictions;
+mod stage_def;
 mod stages;
 pub mod stdlib;
 
@@ -21,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use stages::StageDef;
+pub use stage_def::StageDef;
 
 /// The result of compiling one pipeline file.
 #[derive(Debug)]

@@ -7,7 +7,7 @@
 //! read with. An `hf(...)` model that is not in the cache yet is checked when it is downloaded.
 
 use crate::compile::compat::{check_call, Checkpoints, Family, Memo, ModelFacts};
-use crate::compile::Compiled;
+use crate::compile::StageDef;
 use crate::diagnostic::{Diag, Kind};
 use crate::ml::ModelConfig;
 use crate::source::Span;
@@ -15,12 +15,12 @@ use crate::value::{Spec, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Whether every stage of a compiled pipeline may start; else the problems its checkpoints
-/// show, in source order.
-pub fn check(compiled: &Compiled) -> Result<(), Vec<Diag>> {
+/// Whether every stage of a pipeline (its compiled stages, in plan order) may start; else the
+/// problems its checkpoints show, in source order.
+pub fn check(stages: &[StageDef]) -> Result<(), Vec<Diag>> {
     let mut configs = Configs::default();
     let mut diags: Vec<Diag> = Vec::new();
-    for stage in &compiled.stages {
+    for stage in stages {
         let has_data = stage.params.contains_key("data");
         for (param, value) in &stage.params {
             let at = stage.arg_spans.get(param).copied().unwrap_or(stage.span);
@@ -65,8 +65,8 @@ pub fn check(compiled: &Compiled) -> Result<(), Vec<Diag>> {
     }
     let mut memo = Memo::default();
     // A stage after one that does not fit is not checked: its problem is the same one.
-    let mut unfit = vec![false; compiled.stages.len()];
-    for (i, stage) in compiled.stages.iter().enumerate() {
+    let mut unfit = vec![false; stages.len()];
+    for (i, stage) in stages.iter().enumerate() {
         if stage.inputs.iter().any(|id| unfit[id.0 as usize]) {
             unfit[i] = true;
             continue;
@@ -76,7 +76,7 @@ pub fn check(compiled: &Compiled) -> Result<(), Vec<Diag>> {
             &stage.params,
             &stage.arg_spans,
             stage.span,
-            &compiled.stages,
+            stages,
             &mut memo,
             &mut configs,
         );

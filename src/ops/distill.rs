@@ -599,7 +599,7 @@ fn intermediate_of(v: &Value, student: &ModelConfig, teacher: &ModelConfig) -> R
 mod tests {
     use super::super::train::testing::*;
     use super::*;
-    use crate::engine::cancel::Cancel;
+    use crate::ops::cancel::Cancel;
     use crate::value::Params;
     use crate::value::StageId;
     use std::path::Path;

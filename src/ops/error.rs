@@ -40,7 +40,7 @@ impl From<crate::registry::ArgError> for OpError {
 }
 
 /// `Err(Interrupted)` once the run was interrupted.
-pub fn check_interrupted(cancel: &crate::engine::cancel::Cancel) -> Result<(), OpError> {
+pub fn check_interrupted(cancel: &crate::ops::cancel::Cancel) -> Result<(), OpError> {
     if cancel.is_interrupted() {
         Err(OpError::Interrupted)
     } else {

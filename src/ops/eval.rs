@@ -330,7 +330,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
 #[cfg(test)]
 mod tests {
     use super::super::train::testing::*;
-    use crate::engine::cancel::Cancel;
+    use crate::ops::cancel::Cancel;
     use crate::value::{Params, StageId, Value};
 
     #[test]

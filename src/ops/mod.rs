@@ -1,11 +1,13 @@
 //! Stage ops: what running a stage does. One file per op.
 
+pub mod cancel;
 pub mod distill;
 mod error;
 pub mod eval;
 mod exec;
 pub mod model_source;
 pub mod predict;
+pub mod progress;
 pub mod prune;
 pub mod qlora;
 pub mod report;
@@ -13,9 +15,9 @@ pub mod train;
 
 pub use error::{check_interrupted, OpError};
 
-use crate::engine::cancel::Cancel;
-use crate::engine::progress::Progress;
 use crate::value::{Params, StageId};
+use cancel::Cancel;
+use progress::Progress;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::PathBuf;

@@ -410,8 +410,8 @@ mod tests {
 
     use super::super::train::testing::*;
     use super::*;
-    use crate::engine::cancel::Cancel;
     use crate::ml::prune::{amount_to_prune, prunable_weights};
+    use crate::ops::cancel::Cancel;
     use crate::value::StageId;
     use crate::value::{Params, Value};
 

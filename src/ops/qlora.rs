@@ -401,7 +401,6 @@ mod tests {
     use super::super::train::testing::*;
     use super::*;
     use crate::data::SplitName;
-    use crate::engine::cancel::Cancel;
     use crate::ml::checkpoint::{load_pretrained, LoadOptions};
     use crate::ml::config::{BertConfig, ModelConfig};
     use crate::ml::layers::ForwardCtx;
@@ -410,6 +409,7 @@ mod tests {
     use crate::ml::nf4::QUANT_STATE_KEY;
     use crate::ml::testutil::bits;
     use crate::ml::train::{train, Hooks};
+    use crate::ops::cancel::Cancel;
     use crate::value::StageId;
     use crate::value::{Params, Value};
 

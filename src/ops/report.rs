@@ -201,7 +201,7 @@ fn majority(labels: &[u32], classes: usize) -> f64 {
 mod tests {
     use super::super::train::testing::*;
     use super::*;
-    use crate::engine::cancel::Cancel;
+    use crate::ops::cancel::Cancel;
     use crate::value::{Params, StageId};
     use std::sync::Arc;
 

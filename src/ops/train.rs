@@ -387,8 +387,8 @@ pub(super) mod testing {
     use std::sync::Arc;
 
     use super::*;
-    use crate::engine::cancel::Cancel;
-    use crate::engine::progress::Progress;
+    use crate::ops::cancel::Cancel;
+    use crate::ops::progress::Progress;
     use crate::value::{Params, Spec, StageId};
 
     /// A spec value of constructor `ctor` with these integer/float arguments.
@@ -537,7 +537,7 @@ pub(super) mod testing {
 mod tests {
     use super::testing::*;
     use super::*;
-    use crate::engine::cancel::Cancel;
+    use crate::ops::cancel::Cancel;
     use crate::value::StageId;
 
     #[test]

@@ -1,6 +1,6 @@
 //! The report's input rows and the derived columns (compression ratios, accuracy retention).
 
-use super::ReportError;
+use super::error::ReportError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! The font that PNG text is drawn with: DejaVu Sans compiled into the binary, never a system font.
 
-use super::ReportError;
+use super::error::ReportError;
 use plotters::style::{register_font, FontStyle};
 use std::sync::OnceLock;
 

@@ -1,8 +1,9 @@
 //! The two scatter plots (parameters vs accuracy, size on disk vs accuracy), as SVG and PNG.
 
+use super::error::ReportError;
 use super::font::{self, FAMILY};
 use super::marks::{self, Mark};
-use super::{units, Report, ReportEntry, ReportError};
+use super::{units, Report, ReportEntry};
 use image::ImageEncoder;
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
