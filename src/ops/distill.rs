@@ -20,7 +20,7 @@ use candle_core::{DType, Device, Result as CResult, Tensor};
 
 use super::model_source::{self, load_frozen, Frozen, ModelSource};
 use super::predict::Predictions;
-use super::train::{finish, fit, load_dataset, log_data, source_label, FitOptions, Schedule};
+use super::train::{finish, fit, full_schedule, load_dataset, log_data, source_label, FitOptions, Schedule};
 use super::{OpContext, OpError, OpOutput};
 use crate::compile::predictions::PREDICTIONS;
 use crate::data::{Batch, Dataset};
@@ -73,16 +73,7 @@ impl From<DistillArgs> for KdArgs {
             fusion: None,
             init: a.init,
             intermediate: a.intermediate,
-            schedule: Schedule {
-                epochs: a.epochs,
-                batch_size: a.batch_size,
-                lr: a.lr,
-                weight_decay: Some(a.weight_decay),
-                warmup: Some(a.warmup),
-                grad_clip: Some(a.grad_clip),
-                seed: a.seed,
-                max_steps: a.max_steps,
-            },
+            schedule: full_schedule!(a),
         }
     }
 }
@@ -110,16 +101,7 @@ impl TryFrom<FuseArgs> for KdArgs {
             fusion: Some(fusion),
             init: a.init,
             intermediate: None,
-            schedule: Schedule {
-                epochs: a.epochs,
-                batch_size: a.batch_size,
-                lr: a.lr,
-                weight_decay: Some(a.weight_decay),
-                warmup: Some(a.warmup),
-                grad_clip: Some(a.grad_clip),
-                seed: a.seed,
-                max_steps: a.max_steps,
-            },
+            schedule: full_schedule!(a),
         })
     }
 }

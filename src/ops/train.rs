@@ -87,20 +87,23 @@ impl Schedule {
     }
 }
 
-impl From<&TrainArgs> for Schedule {
-    fn from(a: &TrainArgs) -> Schedule {
-        Schedule {
-            epochs: a.epochs,
-            batch_size: a.batch_size,
-            lr: a.lr,
-            weight_decay: Some(a.weight_decay),
-            warmup: Some(a.warmup),
-            grad_clip: Some(a.grad_clip),
-            seed: a.seed,
-            max_steps: a.max_steps,
+/// The [`Schedule`] of typed arguments that declare all of the training parameters (`train`,
+/// `distill`, `fuse`).
+macro_rules! full_schedule {
+    ($a:expr) => {
+        $crate::ops::train::Schedule {
+            epochs: $a.epochs,
+            batch_size: $a.batch_size,
+            lr: $a.lr,
+            weight_decay: Some($a.weight_decay),
+            warmup: Some($a.warmup),
+            grad_clip: Some($a.grad_clip),
+            seed: $a.seed,
+            max_steps: $a.max_steps,
         }
-    }
+    };
 }
+pub(super) use full_schedule;
 
 /// Runs a `train` stage.
 pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
@@ -110,7 +113,7 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
 
 fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let args = read(ctx.params, TrainArgs::from_params)?;
-    let (opts, batch_size) = Schedule::from(&args).options();
+    let (opts, batch_size) = full_schedule!(args).options();
     let device = Device::Cpu;
     ctx.progress.message("loading the model and data");
     let source = model_source::resolve(ctx, &args.model)?;
