@@ -36,6 +36,11 @@ pub struct FileRecord {
 pub struct Manifest {
     /// The files.
     pub files: BTreeMap<String, FileRecord>,
+    /// Modification times of the entry's subdirectories (`out`, ...): a file added to or removed
+    /// from one changes it, so the cheap check needs no directory listing. Absent in entries of
+    /// older rkd, which are checked by listing them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dirs: BTreeMap<String, u64>,
 }
 
 impl Manifest {
@@ -43,7 +48,9 @@ impl Manifest {
     pub fn build(dir: &Path) -> std::io::Result<Manifest> {
         let mut files = BTreeMap::new();
         collect(dir, dir, &mut files)?;
-        Ok(Manifest { files })
+        let mut dirs = BTreeMap::new();
+        subdir_mtimes(dir, dir, &mut dirs)?;
+        Ok(Manifest { files, dirs })
     }
 
     /// Total bytes of the files.
@@ -69,6 +76,13 @@ impl Manifest {
 
     /// [`Manifest::check`] with the entry's manifest already read.
     pub fn check_entry(&self, entry: &Path) -> Vec<String> {
+        if !self.dirs.is_empty() {
+            return if self.unchanged_by_stat(entry) {
+                Vec::new()
+            } else {
+                self.verify_entry(entry)
+            };
+        }
         let expected = self;
         let mut seen = BTreeMap::new();
         let walked = walk(entry, entry, &mut |rel, meta| {
@@ -86,6 +100,20 @@ impl Manifest {
         } else {
             expected.verify_entry(entry)
         }
+    }
+
+    /// Whether every listed file still has its size and modification time, and every listed
+    /// subdirectory its modification time (one stat each, no listing, no reading).
+    fn unchanged_by_stat(&self, entry: &Path) -> bool {
+        let same_file = |(path, want): (&String, &FileRecord)| {
+            std::fs::symlink_metadata(entry.join(path)).is_ok_and(|m| {
+                m.is_file() && m.len() == want.size && want.mtime_ns.is_some() && mtime_ns(&m) == want.mtime_ns
+            })
+        };
+        let same_dir = |(path, want): (&String, &u64)| {
+            std::fs::symlink_metadata(entry.join(path)).is_ok_and(|m| m.is_dir() && mtime_ns(&m) == Some(*want))
+        };
+        self.files.iter().all(same_file) && self.dirs.iter().all(same_dir)
     }
 
     /// Checks an entry against its manifest by hashing every file: every problem found, empty
@@ -165,6 +193,27 @@ fn walk(
             return Err(std::io::Error::other(format!("{} is not a plain file", rel())));
         } else if !(dir == root && entry.file_name() == MANIFEST) {
             visit(rel(), &entry.metadata()?)?;
+        }
+    }
+    Ok(())
+}
+
+/// The modification times of the directories below `root` (not `root` itself: moving an entry
+/// into place rewrites its `..`, and with it its time).
+fn subdir_mtimes(root: &Path, dir: &Path, out: &mut BTreeMap<String, u64>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .replace('\\', "/");
+            if let Some(t) = mtime_ns(&entry.metadata()?) {
+                out.insert(rel, t);
+            }
+            subdir_mtimes(root, &path, out)?;
         }
     }
     Ok(())
