@@ -7,8 +7,8 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 
 /// Runs `sh -c cmd` in the pipeline's directory with RKD_OUT, RKD_INPUTS and RKD_PARAM_<NAME>
-/// (every path absolute). The command dies with rkd, inherits the stage's key lock, and whatever
-/// it leaves running in its process group is stopped when it ends.
+/// (every path absolute). The command inherits the stage's key lock, and whatever it leaves
+/// running in its process group is stopped when it ends.
 pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let args = read(ctx.params, ExecArgs::from_params)?;
     let cmd = args.cmd;
@@ -32,22 +32,6 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         .stderr(ctx.log.try_clone().map_err(|e| e.to_string())?)
         // Its own process group, so that cancelling kills the whole command tree.
         .process_group(0);
-    let parent = std::process::id();
-    let key_lock = ctx.key_lock;
-    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
-    // calls (prctl, getppid, fcntl, _exit).
-    unsafe {
-        command.pre_exec(move || {
-            die_with_parent(parent);
-            if let Some(fd) = key_lock {
-                // The child keeps the key locked: clear close-on-exec on its copy of the lock.
-                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
     for var in crate::ml::runtime::own_env_vars() {
         command.env_remove(var);
     }
@@ -57,7 +41,7 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         }
     }
     ctx.progress.message(&first_line(&cmd));
-    let mut child = command.spawn().map_err(|e| format!("cannot start `sh`: {e}"))?;
+    let mut child = spawn_holding(&mut command, ctx.key_lock).map_err(|e| format!("cannot start `sh`: {e}"))?;
     let guard = ctx.cancel.register(child.id());
     stop_leftovers(child.id());
     let status = child.wait().map_err(|e| e.to_string());
@@ -90,20 +74,22 @@ fn stop_leftovers(pid: u32) {
     }
 }
 
-/// Makes the command be killed when rkd dies (Linux; elsewhere the key lock it inherits still
-/// keeps a rerun from running the stage beside it).
-fn die_with_parent(parent: u32) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl/getppid/_exit are async-signal-safe.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        // rkd may have died before the prctl took effect.
-        if libc::getppid() as u32 != parent {
-            libc::_exit(137);
-        }
+/// Spawns the command with a copy of the stage's key lock, so the key stays locked while anything
+/// the command started lives (a rerun after `kill -9` stops those orphans before it runs the
+/// stage). The copy is made without close-on-exec only for this spawn, under a lock, so no other
+/// stage's command inherits it; no code runs in the child before exec, so the spawn stays a
+/// cheap vfork (`posix_spawn`) however large rkd's memory is.
+fn spawn_holding(command: &mut Command, key_lock: Option<std::os::fd::RawFd>) -> std::io::Result<std::process::Child> {
+    static SPAWN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: dup of a descriptor we own; the copy is closed below.
+    let inherited = key_lock.map(|fd| unsafe { libc::dup(fd) });
+    let child = command.spawn();
+    if let Some(fd) = inherited.filter(|fd| *fd >= 0) {
+        // SAFETY: closing the copy made above (the child has its own).
+        unsafe { libc::close(fd) };
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = parent;
+    child
 }
 
 /// A path made absolute against the current directory (commands run in the pipeline's).
