@@ -29,19 +29,19 @@ use crate::ml::layers::Linear;
 use crate::ml::student::{every_k_layers, init_student_from_teacher};
 use crate::ml::train::with_threads;
 use crate::ml::{ForwardCtx, Model, ModelConfig, ModelInput, ParamStore, Pretrained};
-use crate::registry::{read, DistillArgs, FuseArgs};
+use crate::registry::{DistillArgs, FuseArgs};
 use crate::value::Value;
 
 /// Runs a `distill` stage.
 pub fn run_distill(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
-    let kd = KdArgs::from(read(ctx.params, DistillArgs::from_params)?);
+    let kd = KdArgs::from(DistillArgs::from_params(ctx.params)?);
     let threads = ctx.threads;
     with_threads(threads, || run_on_pool(ctx, kd))
 }
 
 /// Runs a `fuse` stage.
 pub fn run_fuse(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
-    let kd = KdArgs::try_from(read(ctx.params, FuseArgs::from_params)?)?;
+    let kd = KdArgs::try_from(FuseArgs::from_params(ctx.params)?)?;
     let threads = ctx.threads;
     with_threads(threads, || run_on_pool(ctx, kd))
 }

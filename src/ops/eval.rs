@@ -22,7 +22,7 @@ use crate::ml::metrics::{evaluate, Confusion, Evaluation};
 use crate::ml::sizes::Sizes;
 use crate::ml::train::with_threads;
 use crate::ml::{ForwardCtx, Model, ModelInput};
-use crate::registry::{read, EvalArgs};
+use crate::registry::EvalArgs;
 
 /// Runs an `eval` stage.
 pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
@@ -229,7 +229,7 @@ pub fn measure(
 }
 
 fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
-    let args = read(ctx.params, EvalArgs::from_params)?;
+    let args = EvalArgs::from_params(ctx.params)?;
     let (split, split_name) = split_of(&args.split)?;
     let batch_size = args.batch_size.max(1);
     ctx.progress.message("loading the model and data");

@@ -1,22 +1,22 @@
 //! `exec`: a shell command as a stage.
 
 use super::{OpContext, OpError, OpOutput};
-use crate::registry::{read, ExecArgs};
+use crate::registry::ExecArgs;
 use crate::value::Value;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 
 /// Runs `sh -c cmd` in the pipeline's directory with RKD_OUT, RKD_INPUTS and RKD_PARAM_<NAME>
-/// (every path absolute). The command inherits the stage's key lock, and whatever it leaves
+/// (absolute paths: the store's root is made absolute by `Store::at`). The command inherits the stage's key lock, and whatever it leaves
 /// running in its process group is stopped when it ends.
 pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
-    let args = read(ctx.params, ExecArgs::from_params)?;
+    let args = ExecArgs::from_params(ctx.params)?;
     let cmd = args.cmd;
     let inputs: Vec<String> = args
         .inputs
         .iter()
         .filter_map(|x| match x {
-            Value::Stage(id) => Some(absolute((ctx.input_dir)(*id)).display().to_string()),
+            Value::Stage(id) => Some((ctx.input_dir)(*id).display().to_string()),
             _ => None,
         })
         .collect();
@@ -25,7 +25,7 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         .arg("-c")
         .arg(&cmd)
         .current_dir(&ctx.pipeline_dir)
-        .env("RKD_OUT", absolute(ctx.out_dir.clone()))
+        .env("RKD_OUT", &ctx.out_dir)
         .env("RKD_INPUTS", inputs.join(":"))
         .stdin(Stdio::null())
         .stdout(ctx.log.try_clone().map_err(|e| e.to_string())?)
@@ -90,11 +90,6 @@ fn spawn_holding(command: &mut Command, key_lock: Option<std::os::fd::RawFd>) ->
         unsafe { libc::close(fd) };
     }
     child
-}
-
-/// A path made absolute against the current directory (commands run in the pipeline's).
-fn absolute(p: std::path::PathBuf) -> std::path::PathBuf {
-    std::path::absolute(&p).unwrap_or(p)
 }
 
 /// A parameter as an environment variable: strings as they are, numbers and bools as written,

@@ -17,7 +17,7 @@ use super::{OpContext, OpError, OpOutput};
 use crate::data::{Dataset, SplitName};
 use crate::ml::train::with_threads;
 use crate::ml::ForwardCtx;
-use crate::registry::{read, PredictArgs};
+use crate::registry::PredictArgs;
 
 /// The predictions file in a `predict` stage's output.
 pub const FILE: &str = "predictions.safetensors";
@@ -29,7 +29,7 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
 }
 
 fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
-    let args = read(ctx.params, PredictArgs::from_params)?;
+    let args = PredictArgs::from_params(ctx.params)?;
     let batch_size = args.batch_size.max(1);
     let device = Device::Cpu;
     ctx.progress.message("loading the model and data");

@@ -34,7 +34,7 @@ use crate::ml::metrics::{evaluate, parameter_counts};
 use crate::ml::prune::{prune, Method, PruneReport, Pruned, Scope};
 use crate::ml::train::{with_threads, TrainReport};
 use crate::ml::{Model, ParamStore};
-use crate::registry::{read, PruneArgs, DEFAULT_BATCH_SIZE};
+use crate::registry::{PruneArgs, DEFAULT_BATCH_SIZE};
 
 /// Files of a model directory that travel with its weights (tokenizer, image preprocessing).
 const COMPANION_FILES: [&str; 5] = [
@@ -76,7 +76,7 @@ fn validation_accuracy(
 }
 
 fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
-    let args = read(ctx.params, PruneArgs::from_params)?;
+    let args = PruneArgs::from_params(ctx.params)?;
     let method = Method::parse(&args.method)?;
     let scope = Scope::parse(&args.scope)?;
     let sparsity = args.sparsity;

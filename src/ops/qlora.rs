@@ -43,7 +43,7 @@ use crate::ml::lora::{self, AdapterConfig, LoraConfig, HEAD};
 use crate::ml::nf4::Nf4Tensor;
 use crate::ml::train::{with_threads, TrainOptions, TrainReport};
 use crate::ml::{Model, ParamStore};
-use crate::registry::{read, QloraArgs};
+use crate::registry::QloraArgs;
 
 /// The op's QLoRA settings (schema defaults where a parameter is absent).
 #[derive(Debug, Clone, PartialEq)]
@@ -184,7 +184,7 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
 }
 
 fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
-    let args = read(ctx.params, QloraArgs::from_params)?;
+    let args = QloraArgs::from_params(ctx.params)?;
     let settings = QloraSettings::from_args(&args)?;
     let (opts, batch_size) = Schedule {
         epochs: args.epochs,

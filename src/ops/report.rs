@@ -8,7 +8,7 @@
 //! `straightforward`, from another student `successive`; `fuse` is `multi-agent`; the baseline is
 //! the `teacher`.
 
-use crate::registry::{read, DistillArgs, ReportArgs};
+use crate::registry::{DistillArgs, ReportArgs};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,7 +37,7 @@ struct Entry {
 }
 
 fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
-    let args = read(ctx.params, ReportArgs::from_params)?;
+    let args = ReportArgs::from_params(ctx.params)?;
     let split = SplitName::parse(&args.split).ok_or_else(|| format!("unknown split `{}`", args.split))?;
     let models = &args.models;
     let Some(first) = models.first() else {

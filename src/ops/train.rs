@@ -24,7 +24,7 @@ use crate::ml::train::{
 };
 use crate::ml::ParamStore;
 use crate::ml::{ForwardCtx, Model};
-use crate::registry::{read, TrainArgs};
+use crate::registry::TrainArgs;
 use crate::value::Value;
 use candle_core::Var;
 
@@ -112,7 +112,7 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
 }
 
 fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
-    let args = read(ctx.params, TrainArgs::from_params)?;
+    let args = TrainArgs::from_params(ctx.params)?;
     let (opts, batch_size) = full_schedule!(args).options();
     let device = Device::Cpu;
     ctx.progress.message("loading the model and data");

@@ -4,7 +4,7 @@
 //! written twice, and no op reads a parameter by its name.
 
 use super::schema::{Default as D, ParamSchema};
-use crate::value::{Params, Value};
+use crate::value::Value;
 
 /// Why resolved arguments do not make an op's typed arguments.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -170,15 +170,11 @@ macro_rules! op_args {
     };
 }
 
-/// Reads typed arguments; shorthand for ops whose errors are strings.
-pub fn read<T>(params: &Params, from: fn(&Params) -> Result<T, ArgError>) -> Result<T, String> {
-    from(params).map_err(String::from)
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::schema::{p, Range, Ty};
     use super::*;
+    use crate::value::Params;
 
     crate::op_args! {
         /// A test op's arguments.

@@ -7,7 +7,7 @@ mod functions;
 mod ops;
 mod schema;
 
-pub use args::{read, ArgError, FromArg};
+pub use args::{ArgError, FromArg};
 pub use functions::MAX_RANGE;
 pub use ops::{default_resources, resources, Resources, DISTILL, FUSE, PREDICT, RESOURCE_FIELDS};
 pub use ops::{
