@@ -5,6 +5,7 @@ pub mod compile;
 pub mod data;
 pub mod diagnostic;
 pub mod engine;
+pub mod keyword;
 pub mod ml;
 pub mod ops;
 pub mod plan;

@@ -1,6 +1,6 @@
 //! Compile-time values of the language.
 
-use crate::registry::OpSchema;
+use crate::registry::schema::{self, Default, OpKind};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -20,6 +20,9 @@ pub struct ModuleId(pub u32);
 
 /// Keyword arguments after checking: parameter name → value, defaults filled in.
 pub type Params = BTreeMap<String, Value>;
+
+/// The schema of a built-in, its argument hooks reading checked [`Params`].
+pub type OpSchema = schema::OpSchema<Params>;
 
 /// A value computed while compiling a pipeline.
 #[derive(Clone, Debug)]
@@ -75,6 +78,20 @@ pub struct Spec {
 }
 
 impl Value {
+    /// A parameter's default as a value, if it has one.
+    pub fn from_default(default: &Default) -> Option<Value> {
+        Some(match default {
+            Default::Required | Default::Optional => return None,
+            Default::Int(i) => Value::Int(*i),
+            Default::Float(f) => Value::Float(*f),
+            Default::Bool(b) => Value::Bool(*b),
+            Default::Str(s) => Value::str(s),
+            Default::Strs(xs) => Value::list(xs.iter().map(|s| Value::str(s)).collect()),
+            Default::EmptyList => Value::list(Vec::new()),
+            Default::EmptyRecord => Value::Record(Arc::new(BTreeMap::new())),
+        })
+    }
+
     /// A string value.
     pub fn str(s: &str) -> Value {
         Value::Str(Arc::from(s))
@@ -96,7 +113,7 @@ impl Value {
             Value::List(xs) => format!("a list of {} item{}", xs.len(), if xs.len() == 1 { "" } else { "s" }),
             Value::Record(_) => "a record".into(),
             Value::Spec(s) => match s.ctor.kind {
-                crate::registry::OpKind::Dataset => format!("a dataset ({})", s.ctor.name),
+                OpKind::Dataset => format!("a dataset ({})", s.ctor.name),
                 _ => format!("a model ({})", s.ctor.name),
             },
             Value::Stage(_) => "a stage".into(),

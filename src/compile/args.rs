@@ -112,7 +112,7 @@ impl Compiler {
         }
         for p in op.params {
             if !params.contains_key(p.name) {
-                if let Some(v) = p.default.value() {
+                if let Some(v) = Value::from_default(&p.default) {
                     params.insert(p.name.to_string(), v);
                 }
             }

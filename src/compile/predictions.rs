@@ -61,7 +61,7 @@ impl Compiler {
             p.insert("data".into(), data.clone());
             for param in PREDICT.params {
                 if !p.contains_key(param.name) {
-                    if let Some(v) = param.default.value() {
+                    if let Some(v) = Value::from_default(&param.default) {
                         p.insert(param.name.to_string(), v);
                     }
                 }

@@ -9,11 +9,12 @@
 use crate::compile::compat::{check_call, Checkpoints, Family, Memo, ModelFacts};
 use crate::compile::StageDef;
 use crate::diagnostic::{Diag, Kind};
-use crate::ml::ModelConfig;
+use crate::ml::{ConfigError, ModelConfig};
 use crate::source::Span;
 use crate::value::{Spec, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Whether every stage of a pipeline (its compiled stages, in plan order) may start; else the
 /// problems its checkpoints show, in source order.
@@ -106,7 +107,7 @@ const MODEL_ARGS: [&str; 5] = ["model", "base", "student", "models", "baseline"]
 /// The checkpoints' configurations, each read once.
 #[derive(Default)]
 struct Configs {
-    read: HashMap<PathBuf, Result<ModelConfig, String>>,
+    read: HashMap<PathBuf, Result<ModelConfig, Arc<ConfigError>>>,
 }
 
 impl Configs {
@@ -132,15 +133,15 @@ impl Configs {
         }
     }
 
-    fn read(&mut self, dir: &Path) -> Result<ModelConfig, String> {
+    fn read(&mut self, dir: &Path) -> Result<ModelConfig, Arc<ConfigError>> {
         self.read
             .entry(dir.to_path_buf())
             .or_insert_with(|| {
                 let path = dir.join("config.json");
                 if path.is_file() {
-                    ModelConfig::from_file(&path)
+                    ModelConfig::from_file(&path).map_err(Arc::new)
                 } else {
-                    Err(format!("{} is missing", path.display()))
+                    Err(Arc::new(ConfigError::Missing(path)))
                 }
             })
             .clone()

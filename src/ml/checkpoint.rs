@@ -36,6 +36,12 @@ pub enum CheckpointError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The PEFT adapter in the directory cannot be read (the error names the file).
+    #[error(transparent)]
+    Adapter(#[from] crate::ml::compress::lora_error::LoraError),
+    /// config.json cannot be read or is invalid (the error names the file).
+    #[error(transparent)]
+    ModelConfig(#[from] crate::ml::models::config_error::ConfigError),
     /// config.json is missing or invalid.
     #[error("{path}: {message}")]
     Config {
@@ -187,7 +193,7 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, CheckpointError> {
             path,
         });
     }
-    ModelConfig::from_file(&path).map_err(|message| CheckpointError::Config { path, message })
+    Ok(ModelConfig::from_file(&path)?)
 }
 
 /// The suffix (after the module path) that marks a bitsandbytes 4-bit FP4 weight.
@@ -233,9 +239,9 @@ pub fn load_pretrained(dir: &Path, opts: &LoadOptions) -> Result<Pretrained, Che
     let tensors = read_weights(dir, &opts.device)?;
     let mut tensors = normalize_names(&config, tensors);
     let format_err = |path: PathBuf| move |message: String| CheckpointError::Format { path, message };
-    let quantization = config.quantization().map_err(|message| CheckpointError::Config {
+    let quantization = config.quantization().map_err(|e| CheckpointError::Config {
         path: dir.join("config.json"),
-        message,
+        message: e.to_string(),
     })?;
     if quantization.as_ref().is_some_and(|q| q.load_in_8bit) {
         return Err(CheckpointError::Format {
@@ -246,11 +252,11 @@ pub fn load_pretrained(dir: &Path, opts: &LoadOptions) -> Result<Pretrained, Che
     dequantize_nf4(&mut tensors, &opts.device).map_err(format_err(dir.to_path_buf()))?;
     // The weights are dense from here on: a model saved from them is not quantized.
     config.set_quantization(None);
-    if let Some(adapter) = crate::ml::compress::lora::read_adapter(dir).map_err(format_err(dir.to_path_buf()))? {
+    if let Some(adapter) = crate::ml::compress::lora::read_adapter(dir)? {
         let scale = adapter.config.scale();
         let adapter_tensors = normalize_names(&config, adapter.tensors);
         crate::ml::compress::lora::merge_tensors(&mut tensors, &adapter_tensors, scale)
-            .map_err(format_err(dir.join(crate::ml::compress::lora::ADAPTER_WEIGHTS)))?;
+            .map_err(|e| format_err(dir.join(crate::ml::compress::lora::ADAPTER_WEIGHTS))(e.to_string()))?;
     }
     if let Some(labels) = &opts.labels {
         match &mut config {

@@ -42,6 +42,7 @@ pub use checkpoint::{load_pretrained, save_pretrained, CheckpointError, LoadOpti
 pub use kernels::rng::Rng;
 pub use models::bert::BertForSequenceClassification;
 pub use models::config::{BertConfig, HiddenAct, Labels, ModelConfig, VitConfig};
+pub use models::config_error::ConfigError;
 pub use models::layers::ForwardCtx;
 pub use models::model::{Model, ModelInput, Pretrained};
 pub use models::output::ModelOutput;

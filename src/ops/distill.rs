@@ -24,9 +24,11 @@ use super::train::{finish, fit, full_schedule, load_dataset, log_data, source_la
 use super::{OpContext, OpError, OpOutput};
 use crate::compile::predictions::PREDICTIONS;
 use crate::data::{Batch, Dataset};
-use crate::ml::distill::{attention_loss, fuse_batch, hidden_loss, kd_loss, uniform_layer_map, Fusion, KdConfig};
+use crate::ml::distill::{
+    attention_loss, fuse_batch, hidden_loss, kd_loss, uniform_layer_map, Fusion, FusionKind, KdConfig,
+};
 use crate::ml::layers::Linear;
-use crate::ml::student::{every_k_layers, init_student_from_teacher};
+use crate::ml::student::{every_k_layers, init_student_from_teacher, StudentInit};
 use crate::ml::train::with_threads;
 use crate::ml::{ForwardCtx, Model, ModelConfig, ModelInput, ParamStore, Pretrained};
 use crate::registry::{DistillArgs, FuseArgs};
@@ -54,7 +56,7 @@ struct KdArgs {
     kd: KdConfig,
     /// How teacher logits are combined (`None` for `distill`'s one teacher).
     fusion: Option<Fusion>,
-    init: String,
+    init: StudentInit,
     intermediate: Option<Value>,
     schedule: Schedule,
 }
@@ -79,15 +81,14 @@ impl From<DistillArgs> for KdArgs {
 }
 
 impl TryFrom<FuseArgs> for KdArgs {
-    type Error = String;
+    type Error = OpError;
 
-    fn try_from(a: FuseArgs) -> Result<KdArgs, String> {
-        let fusion = match (a.fusion.as_str(), a.weights) {
-            ("mean", _) => Fusion::Mean,
-            ("confidence", _) => Fusion::Confidence,
-            ("weighted", Some(ws)) => Fusion::Weighted(ws),
-            ("weighted", None) => return Err("fusion \"weighted\" needs `weights:`".into()),
-            (other, _) => return Err(format!("unknown fusion `{other}` (mean, weighted or confidence)")),
+    fn try_from(a: FuseArgs) -> Result<KdArgs, OpError> {
+        let fusion = match (a.fusion, a.weights) {
+            (FusionKind::Mean, _) => Fusion::Mean,
+            (FusionKind::Confidence, _) => Fusion::Confidence,
+            (FusionKind::Weighted, Some(ws)) => Fusion::Weighted(ws),
+            (FusionKind::Weighted, None) => return Err("fusion \"weighted\" needs `weights:`".into()),
         };
         Ok(KdArgs {
             teachers: a.teachers,
@@ -142,7 +143,7 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
     ctx.progress.message("loading the models and data");
     let teacher_values = &args.teachers;
     if teacher_values.is_empty() {
-        return Err("no teacher given".into());
+        return Err(OpError::Failed(String::from("no teacher given")));
     }
     let teacher_sources: Vec<ModelSource> = teacher_values
         .iter()
@@ -166,7 +167,7 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
             let mut stored = Vec::with_capacity(stages.len());
             for v in stages.iter() {
                 let Value::Stage(id) = v else {
-                    return Err("`predictions` must list stages".into());
+                    return Err(OpError::Failed(String::from("`predictions` must list stages")));
                 };
                 stored.push(Predictions::load(&(ctx.input_dir)(*id), &dataset)?);
             }
@@ -198,7 +199,7 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
 
     let student = build_student(
         ctx,
-        &args.init,
+        args.init,
         &student_source,
         &teacher_sources[0],
         &dataset,
@@ -211,7 +212,9 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
     let intermediate = match &args.intermediate {
         Some(v) => {
             let Teachers::Live(live) = &teachers else {
-                return Err("intermediate losses need the teacher's weights".into());
+                return Err(OpError::Failed(String::from(
+                    "intermediate losses need the teacher's weights",
+                )));
             };
             Some(intermediate_of(v, &model.config(), &live[0].config)?)
         }
@@ -417,7 +420,7 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
 
 /// The tokenizer the student reads the dataset with: a student checkpoint's own, else the
 /// first teacher's that has one (none for images, or when every model is an architecture).
-fn tokenizer_for(student: &ModelSource, teachers: &[ModelSource]) -> Result<Option<PathBuf>, String> {
+fn tokenizer_for(student: &ModelSource, teachers: &[ModelSource]) -> Result<Option<PathBuf>, OpError> {
     if let ModelSource::Dir { .. } = student {
         return model_source::tokenizer_dir(student);
     }
@@ -430,7 +433,7 @@ fn tokenizer_for(student: &ModelSource, teachers: &[ModelSource]) -> Result<Opti
 }
 
 /// Checks that a teacher run on the student's batches reads the same tokens.
-fn same_tokenizer(teacher: &std::path::Path, student: &std::path::Path) -> Result<(), String> {
+fn same_tokenizer(teacher: &std::path::Path, student: &std::path::Path) -> Result<(), OpError> {
     let read = |d: &std::path::Path| {
         ["tokenizer.json", "vocab.txt"]
             .iter()
@@ -440,12 +443,12 @@ fn same_tokenizer(teacher: &std::path::Path, student: &std::path::Path) -> Resul
     if teacher == student || read(teacher) == read(student) {
         Ok(())
     } else {
-        Err(format!(
+        Err(OpError::Failed(format!(
             "the teacher ({}) and the student ({}) use different tokenizers, so the teacher cannot read the \
              student's batches: intermediate losses need a student that uses the teacher's vocabulary",
             teacher.display(),
             student.display()
-        ))
+        )))
     }
 }
 
@@ -453,14 +456,14 @@ fn same_tokenizer(teacher: &std::path::Path, student: &std::path::Path) -> Resul
 /// checkpoint.
 fn build_student(
     ctx: &mut OpContext,
-    init: &str,
+    init: StudentInit,
     student: &ModelSource,
     teacher: &ModelSource,
     dataset: &Dataset,
     seed: u64,
     device: &Device,
-) -> Result<Pretrained, String> {
-    if init != "teacher_layers" {
+) -> Result<Pretrained, OpError> {
+    if init != StudentInit::TeacherLayers {
         return model_source::model_for_training(student, dataset, seed, device, &mut ctx.log);
     }
     let ModelSource::Arch(spec) = student else {
@@ -478,7 +481,7 @@ fn build_student(
         device: device.clone(),
         ..Default::default()
     };
-    let t = crate::ml::load_pretrained(dir, &opts).map_err(|e| format!("{what}: {e}"))?;
+    let t = crate::ml::load_pretrained(dir, &opts).map_err(|e| OpError::Failed(format!("{what}: {e}")))?;
     let layers = every_k_layers(t.model.num_layers(), config.num_hidden_layers());
     let p = init_student_from_teacher(&t, &config, &layers, seed, device)?;
     let _ = writeln!(
@@ -506,29 +509,36 @@ fn heads(c: &ModelConfig) -> usize {
 }
 
 /// Reads `intermediate: {hidden:, attention:, map:}` and checks it against both models.
-fn intermediate_of(v: &Value, student: &ModelConfig, teacher: &ModelConfig) -> Result<Intermediate, String> {
+fn intermediate_of(v: &Value, student: &ModelConfig, teacher: &ModelConfig) -> Result<Intermediate, OpError> {
     let Value::Record(r) = v else {
-        return Err(format!("`intermediate` must be a record, got {}", v.type_name()));
+        return Err(OpError::Failed(format!(
+            "`intermediate` must be a record, got {}",
+            v.type_name()
+        )));
     };
     for key in r.keys() {
         if !["hidden", "attention", "map"].contains(&key.as_str()) {
-            return Err(format!(
+            return Err(OpError::Failed(format!(
                 "`intermediate` has no field `{key}` (it takes hidden:, attention: and map:)"
-            ));
+            )));
         }
     }
-    let weight = |name: &str| -> Result<f64, String> {
+    let weight = |name: &str| -> Result<f64, OpError> {
         match r.get(name) {
             None => Ok(0.0),
             Some(x) => match x.as_f64() {
                 Some(w) if w >= 0.0 && w.is_finite() => Ok(w),
-                _ => Err(format!("intermediate `{name}:` must be a non-negative number")),
+                _ => Err(OpError::Failed(format!(
+                    "intermediate `{name}:` must be a non-negative number"
+                ))),
             },
         }
     };
     let (hidden, attention) = (weight("hidden")?, weight("attention")?);
     if hidden == 0.0 && attention == 0.0 {
-        return Err("`intermediate` needs a positive `hidden:` or `attention:` weight".into());
+        return Err(OpError::Failed(String::from(
+            "`intermediate` needs a positive `hidden:` or `attention:` weight",
+        )));
     }
     let (sl, tl) = (student.num_hidden_layers(), teacher.num_hidden_layers());
     let map = match r.get("map") {
@@ -539,39 +549,41 @@ fn intermediate_of(v: &Value, student: &ModelConfig, teacher: &ModelConfig) -> R
                 .iter()
                 .map(|x| match x {
                     Value::Int(i) if *i >= 0 && (*i as usize) < tl => Ok(*i as usize),
-                    other => Err(format!(
+                    other => Err(OpError::Failed(format!(
                         "intermediate `map:` lists teacher layers 0..{}, got {}",
                         tl - 1,
                         other.type_name()
-                    )),
+                    ))),
                 })
                 .collect::<Result<_, _>>()?;
             if map.len() != sl {
-                return Err(format!(
+                return Err(OpError::Failed(format!(
                     "intermediate `map:` has {} teacher layers for a {sl}-layer student",
                     map.len()
-                ));
+                )));
             }
             map
         }
         Some(other) => {
-            return Err(format!(
+            return Err(OpError::Failed(format!(
                 "intermediate `map:` is \"uniform\" or a list of teacher layers, got {}",
                 other.type_name()
-            ))
+            )))
         }
     };
     if attention > 0.0 && heads(student) != heads(teacher) {
-        return Err(format!(
+        return Err(OpError::Failed(format!(
             "the attention loss compares attention maps head by head, but the student has {} heads and the teacher \
              {}: use a student with the teacher's head count, or set `attention: 0`",
             heads(student),
             heads(teacher)
-        ));
+        )));
     }
     if let (ModelConfig::Vit(s), ModelConfig::Vit(t)) = (student, teacher) {
         if s.patch_size != t.patch_size {
-            return Err("intermediate losses need the student's and the teacher's patch sizes to match".into());
+            return Err(OpError::Failed(String::from(
+                "intermediate losses need the student's and the teacher's patch sizes to match",
+            )));
         }
     }
     Ok(Intermediate { hidden, attention, map })

@@ -33,6 +33,54 @@ impl From<&str> for OpError {
     }
 }
 
+impl From<crate::ml::ConfigError> for OpError {
+    fn from(e: crate::ml::ConfigError) -> OpError {
+        OpError::Failed(e.to_string())
+    }
+}
+
+impl From<crate::ml::CheckpointError> for OpError {
+    fn from(e: crate::ml::CheckpointError) -> OpError {
+        OpError::Failed(e.to_string())
+    }
+}
+
+impl From<crate::data::DataError> for OpError {
+    fn from(e: crate::data::DataError) -> OpError {
+        OpError::Failed(e.to_string())
+    }
+}
+
+impl From<crate::ml::lora::LoraError> for OpError {
+    fn from(e: crate::ml::lora::LoraError) -> OpError {
+        OpError::Failed(e.to_string())
+    }
+}
+
+impl From<candle_core::Error> for OpError {
+    fn from(e: candle_core::Error) -> OpError {
+        OpError::Failed(e.to_string())
+    }
+}
+
+impl From<crate::ml::train::TrainError> for OpError {
+    fn from(e: crate::ml::train::TrainError) -> OpError {
+        match e {
+            crate::ml::train::TrainError::Interrupted => OpError::Interrupted,
+            crate::ml::train::TrainError::Failed(m) => OpError::Failed(m),
+        }
+    }
+}
+
+impl From<OpError> for crate::ml::train::TrainError {
+    fn from(e: OpError) -> Self {
+        match e {
+            OpError::Interrupted => crate::ml::train::TrainError::Interrupted,
+            OpError::Failed(m) => crate::ml::train::TrainError::Failed(m),
+        }
+    }
+}
+
 impl From<crate::registry::ArgError> for OpError {
     fn from(e: crate::registry::ArgError) -> OpError {
         OpError::Failed(e.to_string())

@@ -30,20 +30,22 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     with_threads(threads, || run_on_pool(ctx))
 }
 
-fn split_of(split: &str) -> Result<(SplitName, &'static str), String> {
+fn split_of(split: &str) -> Result<(SplitName, &'static str), OpError> {
     match split {
         "validation" => Ok((SplitName::Validation, "validation")),
         "test" => Ok((SplitName::Test, "test")),
         "train" => Ok((SplitName::Train, "train")),
-        other => Err(format!("unknown split `{other}` (validation, test or train)")),
+        other => Err(OpError::Failed(format!(
+            "unknown split `{other}` (validation, test or train)"
+        ))),
     }
 }
 
 /// Files of a model directory that make up the model (weights, config, tokenizer), with their
 /// sizes; the op's own reports and logs are left out.
-pub fn model_files(dir: &Path) -> Result<BTreeMap<String, u64>, String> {
+pub fn model_files(dir: &Path) -> Result<BTreeMap<String, u64>, OpError> {
     let mut files = BTreeMap::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| OpError::Failed(format!("{}: {e}", dir.display())))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         let report =
@@ -173,7 +175,10 @@ pub fn measure(
     model_source::check_fits(&config, dataset, true)?;
     let n = dataset.len(split);
     if n == 0 {
-        return Err(format!("the {} split of the dataset is empty", split.as_str()).into());
+        return Err(OpError::Failed(format!(
+            "the {} split of the dataset is empty",
+            split.as_str()
+        )));
     }
     let batches = dataset
         .batches(split, batch_size, None, false, &device)
@@ -303,7 +308,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     });
     let path = ctx.out_dir.join("eval.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap_or_default())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))?;
 
     let mut out = OpOutput::default();
     let o = &mut out.metrics;

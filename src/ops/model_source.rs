@@ -12,6 +12,7 @@ use std::sync::Arc;
 use candle_core::Device;
 
 use super::OpContext;
+use super::OpError;
 use crate::data::{DataKind, Dataset};
 use crate::ml::checkpoint::{load_pretrained, read_config, Pretrained};
 use crate::ml::{BertConfig, Labels, ModelConfig, VitConfig};
@@ -32,12 +33,12 @@ pub enum ModelSource {
 }
 
 /// Resolves a model argument of the op (downloading `hf(...)` checkpoints).
-pub fn resolve(ctx: &OpContext, model: &Value) -> Result<ModelSource, String> {
+pub fn resolve(ctx: &OpContext, model: &Value) -> Result<ModelSource, OpError> {
     resolve_value(model, &|id| (ctx.input_dir)(id))
 }
 
 /// Resolves one model value; `stage_dir` maps a stage to its output directory.
-pub fn resolve_value(v: &Value, stage_dir: &dyn Fn(crate::value::StageId) -> PathBuf) -> Result<ModelSource, String> {
+pub fn resolve_value(v: &Value, stage_dir: &dyn Fn(crate::value::StageId) -> PathBuf) -> Result<ModelSource, OpError> {
     match v {
         Value::Stage(id) => Ok(ModelSource::Dir {
             dir: stage_dir(*id),
@@ -49,7 +50,7 @@ pub fn resolve_value(v: &Value, stage_dir: &dyn Fn(crate::value::StageId) -> Pat
                     dir: p.resolved.clone(),
                     what: format!("pretrained(path: \"{}\")", p.written),
                 }),
-                _ => Err("pretrained(...) needs `path:`".into()),
+                _ => Err(OpError::Failed(String::from("pretrained(...) needs `path:`"))),
             },
             "hf" => {
                 let repo = str_param(&spec.params, "repo").ok_or("hf(...) needs `repo:`")?;
@@ -61,9 +62,9 @@ pub fn resolve_value(v: &Value, stage_dir: &dyn Fn(crate::value::StageId) -> Pat
                 })
             }
             "bert" | "vit" => Ok(ModelSource::Arch(spec.clone())),
-            other => Err(format!("`{other}(...)` is not a model")),
+            other => Err(OpError::Failed(format!("`{other}(...)` is not a model"))),
         },
-        other => Err(format!("expected a model, got {}", other.type_name())),
+        other => Err(OpError::Failed(format!("expected a model, got {}", other.type_name()))),
     }
 }
 
@@ -74,12 +75,12 @@ fn str_param(p: &Params, name: &str) -> Option<String> {
     }
 }
 
-fn int_param(p: &Params, name: &str) -> Result<usize, String> {
+fn int_param(p: &Params, name: &str) -> Result<usize, OpError> {
     match p.get(name) {
         Some(Value::Int(i)) if *i >= 0 => Ok(*i as usize),
-        _ => Err(format!(
+        _ => Err(OpError::Failed(format!(
             "model parameter `{name}` is missing or not a non-negative integer"
-        )),
+        ))),
     }
 }
 
@@ -98,7 +99,7 @@ const TOKENIZER_FILES: [&str; 5] = [
 
 /// Downloads `repo` at `revision` from the Hugging Face Hub into hf-hub's cache (or finds it
 /// there) and returns the snapshot directory.
-pub fn hf_download(repo: &str, revision: &str) -> Result<PathBuf, String> {
+pub fn hf_download(repo: &str, revision: &str) -> Result<PathBuf, OpError> {
     let cache = hf_hub::Cache::from_env();
     let builder = hf_hub::api::sync::ApiBuilder::from_env();
     hf_download_with(repo, revision, cache, builder)
@@ -116,7 +117,7 @@ fn hf_download_with(
     revision: &str,
     cache: hf_hub::Cache,
     builder: hf_hub::api::sync::ApiBuilder,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, OpError> {
     use hf_hub::{Repo, RepoType};
     let hub_repo = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
     // Fully cached already: no network needed.
@@ -140,7 +141,9 @@ fn hf_download_with(
     let files: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).collect();
     let has = |f: &str| files.iter().any(|x| x == f);
     if !has("config.json") {
-        return Err(format!("{repo} on the Hugging Face Hub has no config.json"));
+        return Err(OpError::Failed(format!(
+            "{repo} on the Hugging Face Hub has no config.json"
+        )));
     }
     let get = |f: &str| api_repo.get(f).map_err(|e| offline_error(repo, e));
     let config = get("config.json")?;
@@ -148,8 +151,9 @@ fn hf_download_with(
         get("model.safetensors")?;
     } else if has("model.safetensors.index.json") {
         let index = get("model.safetensors.index.json")?;
-        let text = std::fs::read_to_string(&index).map_err(|e| format!("{}: {e}", index.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", index.display()))?;
+        let text = std::fs::read_to_string(&index).map_err(|e| OpError::Failed(format!("{}: {e}", index.display())))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| OpError::Failed(format!("{}: {e}", index.display())))?;
         let mut shards: Vec<String> = v
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -163,9 +167,9 @@ fn hf_download_with(
     } else if has("pytorch_model.bin") {
         get("pytorch_model.bin")?;
     } else {
-        return Err(format!(
+        return Err(OpError::Failed(format!(
             "{repo} on the Hugging Face Hub has no model.safetensors or pytorch_model.bin"
-        ));
+        )));
     }
     for f in TOKENIZER_FILES {
         if has(f) {
@@ -175,7 +179,7 @@ fn hf_download_with(
     config
         .parent()
         .map(Path::to_path_buf)
-        .ok_or_else(|| format!("{repo}: unexpected cache path {}", config.display()))
+        .ok_or_else(|| OpError::Failed(format!("{repo}: unexpected cache path {}", config.display())))
 }
 
 /// Whether `dir` holds tokenizer files.
@@ -186,19 +190,19 @@ pub fn has_tokenizer(dir: &Path) -> bool {
 /// The tokenizer directory the dataset should use with this model: the checkpoint's own for a
 /// BERT checkpoint (an error when it has none), none for architectures (the dataset then builds
 /// its vocabulary) and for ViT checkpoints.
-pub fn tokenizer_dir(src: &ModelSource) -> Result<Option<PathBuf>, String> {
+pub fn tokenizer_dir(src: &ModelSource) -> Result<Option<PathBuf>, OpError> {
     match src {
         ModelSource::Arch(_) => Ok(None),
         ModelSource::Dir { dir, what } => {
-            let config = read_config(dir).map_err(|e| format!("{what}: {e}"))?;
+            let config = read_config(dir).map_err(|e| OpError::Failed(format!("{what}: {e}")))?;
             match config {
                 ModelConfig::Vit(_) => Ok(None),
                 ModelConfig::Bert(_) if has_tokenizer(dir) => Ok(Some(dir.clone())),
-                ModelConfig::Bert(_) => Err(format!(
+                ModelConfig::Bert(_) => Err(OpError::Failed(format!(
                     "{what} ({}) has no tokenizer (tokenizer.json or vocab.txt): a BERT checkpoint needs the \
                      vocabulary it was trained with",
                     dir.display()
-                )),
+                ))),
             }
         }
     }
@@ -206,13 +210,15 @@ pub fn tokenizer_dir(src: &ModelSource) -> Result<Option<PathBuf>, String> {
 
 /// The model configuration an architecture spec describes, sized for `data`: labels from its
 /// classes, and (BERT) the vocabulary of its tokenizer. Notes what it adjusted in `log`.
-pub fn arch_config(spec: &Spec, data: &Dataset, log: &mut dyn Write) -> Result<ModelConfig, String> {
+pub fn arch_config(spec: &Spec, data: &Dataset, log: &mut dyn Write) -> Result<ModelConfig, OpError> {
     let p = &spec.params;
     let labels = Labels::from_names(data.classes.iter().cloned());
     match spec.ctor.name {
         "bert" => {
             let DataKind::Text { max_len } = data.kind else {
-                return Err("a BERT model needs a text dataset, not images".into());
+                return Err(OpError::Failed(String::from(
+                    "a BERT model needs a text dataset, not images",
+                )));
             };
             let mut c = BertConfig::new(
                 int_param(p, "vocab_size")?,
@@ -227,10 +233,10 @@ pub fn arch_config(spec: &Spec, data: &Dataset, log: &mut dyn Write) -> Result<M
             c.hidden_dropout_prob = float_param(p, "dropout", 0.1);
             c.attention_probs_dropout_prob = float_param(p, "attention_dropout", 0.1);
             if max_len > c.max_position_embeddings {
-                return Err(format!(
+                return Err(OpError::Failed(format!(
                     "the dataset's max_len {max_len} exceeds the model's max_position {}",
                     c.max_position_embeddings
-                ));
+                )));
             }
             if let Some(tok) = &data.tokenizer {
                 let n = tok.vocab_size();
@@ -249,15 +255,17 @@ pub fn arch_config(spec: &Spec, data: &Dataset, log: &mut dyn Write) -> Result<M
         }
         "vit" => {
             let DataKind::Images { image_size, channels } = data.kind else {
-                return Err("a ViT model needs an image dataset, not text".into());
+                return Err(OpError::Failed(String::from(
+                    "a ViT model needs an image dataset, not text",
+                )));
             };
             let size = int_param(p, "image_size")?;
             let ch = int_param(p, "channels")?;
             if size != image_size || ch != channels {
-                return Err(format!(
+                return Err(OpError::Failed(format!(
                     "the model expects {size}×{size} images with {ch} channels but the dataset gives \
                      {image_size}×{image_size} with {channels}: make vit(image_size:, channels:) match the dataset"
-                ));
+                )));
             }
             let hidden = int_param(p, "hidden")?;
             let intermediate = match p.get("intermediate") {
@@ -279,50 +287,54 @@ pub fn arch_config(spec: &Spec, data: &Dataset, log: &mut dyn Write) -> Result<M
             c.validate()?;
             Ok(ModelConfig::Vit(c))
         }
-        other => Err(format!("`{other}(...)` is not an architecture")),
+        other => Err(OpError::Failed(format!("`{other}(...)` is not an architecture"))),
     }
 }
 
 /// Checks that a model fits a dataset: the family, the number of classes (when `labels` is
 /// set), the vocabulary, the image size.
-pub fn check_fits(config: &ModelConfig, data: &Dataset, check_labels: bool) -> Result<(), String> {
+pub fn check_fits(config: &ModelConfig, data: &Dataset, check_labels: bool) -> Result<(), OpError> {
     if check_labels && config.num_labels() != data.classes.len() {
-        return Err(format!(
+        return Err(OpError::Failed(format!(
             "the model has {} labels but the dataset has {} classes",
             config.num_labels(),
             data.classes.len()
-        ));
+        )));
     }
     match (config, &data.kind) {
         (ModelConfig::Bert(c), DataKind::Text { max_len }) => {
             if *max_len > c.max_position_embeddings {
-                return Err(format!(
+                return Err(OpError::Failed(format!(
                     "the dataset's max_len {max_len} exceeds the model's max_position_embeddings {}",
                     c.max_position_embeddings
-                ));
+                )));
             }
             if let Some(tok) = &data.tokenizer {
                 if tok.vocab_size() > c.vocab_size {
-                    return Err(format!(
+                    return Err(OpError::Failed(format!(
                         "the tokenizer has {} tokens but the model's vocabulary holds {}",
                         tok.vocab_size(),
                         c.vocab_size
-                    ));
+                    )));
                 }
             }
             Ok(())
         }
         (ModelConfig::Vit(c), DataKind::Images { image_size, channels }) => {
             if c.image_size != *image_size || c.num_channels != *channels {
-                return Err(format!(
+                return Err(OpError::Failed(format!(
                     "the model expects {0}×{0} images with {1} channels but the dataset gives {2}×{2} with {3}",
                     c.image_size, c.num_channels, image_size, channels
-                ));
+                )));
             }
             Ok(())
         }
-        (ModelConfig::Bert(_), DataKind::Images { .. }) => Err("a BERT model cannot read an image dataset".into()),
-        (ModelConfig::Vit(_), DataKind::Text { .. }) => Err("a ViT model cannot read a text dataset".into()),
+        (ModelConfig::Bert(_), DataKind::Images { .. }) => Err(OpError::Failed(String::from(
+            "a BERT model cannot read an image dataset",
+        ))),
+        (ModelConfig::Vit(_), DataKind::Text { .. }) => {
+            Err(OpError::Failed(String::from("a ViT model cannot read a text dataset")))
+        }
     }
 }
 
@@ -334,7 +346,7 @@ pub fn model_for_training(
     seed: u64,
     device: &Device,
     log: &mut dyn Write,
-) -> Result<Pretrained, String> {
+) -> Result<Pretrained, OpError> {
     match src {
         ModelSource::Arch(spec) => {
             let config = arch_config(spec, data, log)?;
@@ -343,7 +355,7 @@ pub fn model_for_training(
                 "model: {} initialised from seed {seed}",
                 spec.label.clone().unwrap_or_else(|| spec.ctor.name.to_string())
             );
-            Pretrained::random(&config, seed, device).map_err(|e| e.to_string())
+            Ok(Pretrained::random(&config, seed, device)?)
         }
         ModelSource::Dir { dir, what } => {
             let opts = crate::ml::checkpoint::LoadOptions {
@@ -352,7 +364,7 @@ pub fn model_for_training(
                 device: device.clone(),
                 ..Default::default()
             };
-            let p = load_pretrained(dir, &opts).map_err(|e| format!("{what}: {e}"))?;
+            let p = load_pretrained(dir, &opts).map_err(|e| OpError::Failed(format!("{what}: {e}")))?;
             check_fits(&p.model.config(), data, true)?;
             let _ = writeln!(
                 log,
@@ -386,21 +398,21 @@ pub struct Frozen {
 }
 
 /// Loads a trained model (a stage output or a checkpoint) for inference.
-pub fn load_frozen(src: &ModelSource, purpose: &str, device: &Device) -> Result<Frozen, String> {
+pub fn load_frozen(src: &ModelSource, purpose: &str, device: &Device) -> Result<Frozen, OpError> {
     let (dir, what) = match src {
         ModelSource::Dir { dir, what } => (dir.clone(), what.clone()),
         ModelSource::Arch(spec) => {
-            return Err(format!(
+            return Err(OpError::Failed(format!(
                 "{purpose} needs trained weights, not the architecture `{}`: train it first",
                 spec.ctor.name
-            ))
+            )))
         }
     };
     let opts = crate::ml::checkpoint::LoadOptions {
         device: device.clone(),
         ..Default::default()
     };
-    let p = load_pretrained(&dir, &opts).map_err(|e| format!("{what}: {e}"))?;
+    let p = load_pretrained(&dir, &opts).map_err(|e| OpError::Failed(format!("{what}: {e}")))?;
     let config = p.model.config();
     let model = crate::ml::Model::new(&config, p.params.frozen_var_builder(candle_core::DType::F32, device))
         .map_err(|e| e.to_string())?;
@@ -426,7 +438,9 @@ mod tests {
         let builder = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
             .with_endpoint("http://127.0.0.1:9".into())
             .with_retries(0);
-        let e = hf_download_with("google/bert_uncased_L-2_H-128_A-2", "main", cache, builder).unwrap_err();
+        let e = hf_download_with("google/bert_uncased_L-2_H-128_A-2", "main", cache, builder)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("cannot download google/bert_uncased_L-2_H-128_A-2 from the Hugging Face Hub (offline?): "),
             "{e}"

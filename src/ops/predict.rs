@@ -38,15 +38,16 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let frozen = load_frozen(&source, "predict", &device)?;
     model_source::check_fits(&frozen.config, &dataset, true)?;
     if !frozen.missing.is_empty() {
-        return Err(format!(
+        return Err(OpError::Failed(format!(
             "{} lacks {:?}: a teacher with random weights has nothing to teach",
             frozen.what, frozen.missing
-        )
-        .into());
+        )));
     }
     let n = dataset.len(SplitName::Train);
     if n == 0 {
-        return Err("the training split of the dataset is empty".into());
+        return Err(OpError::Failed(String::from(
+            "the training split of the dataset is empty",
+        )));
     }
     let classes = dataset.classes.len();
     let batches = dataset
@@ -91,7 +92,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     ];
     let path = ctx.out_dir.join(FILE);
     candle_core::safetensors::save(&tensors.into_iter().collect(), &path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))?;
     let meta = serde_json::json!({
         "model": frozen.what,
         "classes": dataset.classes,
@@ -100,7 +101,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     });
     let meta_path = ctx.out_dir.join("predictions.json");
     std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap_or_default())
-        .map_err(|e| format!("{}: {e}", meta_path.display()))?;
+        .map_err(|e| OpError::Failed(format!("{}: {e}", meta_path.display())))?;
     let mut out = OpOutput::default();
     out.metrics.insert("accuracy".into(), accuracy);
     out.metrics.insert("examples".into(), n as f64);
@@ -129,25 +130,25 @@ pub struct Predictions {
 impl Predictions {
     /// Reads a `predict` stage's output and checks that it describes `data`'s training split:
     /// the same number of examples, classes and labels, in the same order.
-    pub fn load(dir: &Path, data: &Dataset) -> Result<Self, String> {
+    pub fn load(dir: &Path, data: &Dataset) -> Result<Self, OpError> {
         let path = dir.join(FILE);
-        let tensors =
-            candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| format!("{}: {e}", path.display()))?;
+        let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+            .map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))?;
         let get = |name: &str| {
             tensors
                 .get(name)
-                .ok_or_else(|| format!("{}: no `{name}` tensor", path.display()))
+                .ok_or_else(|| OpError::Failed(format!("{}: no `{name}` tensor", path.display())))
         };
         let (n, classes) = get("logits")?.dims2().map_err(|e| e.to_string())?;
         let labels = get("labels")?.to_vec1::<u32>().map_err(|e| e.to_string())?;
         if n != data.len(SplitName::Train) || classes != data.classes.len() || labels != data.labels(SplitName::Train) {
-            return Err(format!(
+            return Err(OpError::Failed(format!(
                 "{}: the stored predictions ({n} examples, {classes} classes) do not match the training split \
                  ({} examples, {} classes) or its labels",
                 path.display(),
                 data.len(SplitName::Train),
                 data.classes.len()
-            ));
+            )));
         }
         let logits = get("logits")?
             .flatten_all()

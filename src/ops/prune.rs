@@ -29,10 +29,11 @@ use super::model_source::{self, ModelSource};
 use super::train::{cross_entropy_loss, fit, load_dataset, FitOptions, Schedule};
 use super::{check_interrupted, OpContext, OpError, OpOutput};
 use crate::data::{Dataset, SplitName};
+use crate::keyword::Keyword;
 use crate::ml::checkpoint::{load_pretrained, LoadOptions};
 use crate::ml::metrics::{evaluate, parameter_counts};
-use crate::ml::prune::{prune, Method, PruneReport, Pruned, Scope};
-use crate::ml::train::{with_threads, TrainReport};
+use crate::ml::prune::{prune, Method, PruneReport, Pruned};
+use crate::ml::train::{with_threads, TrainError, TrainReport};
 use crate::ml::{Model, ParamStore};
 use crate::registry::{PruneArgs, DEFAULT_BATCH_SIZE};
 
@@ -62,7 +63,7 @@ fn validation_accuracy(
     params: &ParamStore,
     dataset: &Dataset,
     batch_size: usize,
-) -> Result<Option<f64>, String> {
+) -> Result<Option<f64>, OpError> {
     if dataset.len(SplitName::Validation) == 0 {
         return Ok(None);
     }
@@ -77,15 +78,16 @@ fn validation_accuracy(
 
 fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let args = PruneArgs::from_params(ctx.params)?;
-    let method = Method::parse(&args.method)?;
-    let scope = Scope::parse(&args.scope)?;
+    let (method, scope) = (args.method, args.scope);
     let sparsity = args.sparsity;
     if !(0.0..1.0).contains(&sparsity) {
-        return Err(format!("`sparsity` must be in [0, 1), got {sparsity}").into());
+        return Err(OpError::Failed(format!("`sparsity` must be in [0, 1), got {sparsity}")));
     }
     let finetune_epochs = args.finetune_epochs;
     if finetune_epochs > 0 && args.data.is_none() {
-        return Err(format!("finetune_epochs: {finetune_epochs} needs a dataset to fine-tune on: add `data:`").into());
+        return Err(OpError::Failed(format!(
+            "finetune_epochs: {finetune_epochs} needs a dataset to fine-tune on: add `data:`"
+        )));
     }
     // Fine-tuning takes the training loop's defaults for what prune does not ask.
     let (opts, batch_size) = Schedule {
@@ -106,11 +108,10 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let (dir, what) = match &source {
         ModelSource::Dir { dir, what } => (dir.clone(), what.clone()),
         ModelSource::Arch(spec) => {
-            return Err(format!(
+            return Err(OpError::Failed(format!(
                 "prune needs trained weights, not the architecture `{}`: train it first",
                 spec.ctor.name
-            )
-            .into())
+            )))
         }
     };
     let pretrained = load_pretrained(
@@ -120,7 +121,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             ..LoadOptions::default()
         },
     )
-    .map_err(|e| format!("{what}: {e}"))?;
+    .map_err(|e| OpError::Failed(format!("{what}: {e}")))?;
     let source_config = pretrained.model.config();
     let (params_before, nonzeros_before) = parameter_counts(&pretrained.params).map_err(|e| e.to_string())?;
     let _ = writeln!(
@@ -154,12 +155,12 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     check_interrupted(ctx.cancel)?;
 
     ctx.progress
-        .message(&format!("pruning ({}, sparsity {sparsity})", method.as_str()));
+        .message(&format!("pruning ({}, sparsity {sparsity})", method.word()));
     let Pruned {
         model: pruned,
         masks,
         mut report,
-    } = prune(pretrained, method, scope, sparsity).map_err(|e| format!("pruning {what}: {e}"))?;
+    } = prune(pretrained, method, scope, sparsity).map_err(|e| OpError::Failed(format!("pruning {what}: {e}")))?;
     log_pruning(&mut ctx.log, &report);
     check_interrupted(ctx.cancel)?;
 
@@ -206,7 +207,8 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         let from = dir.join(f);
         if from.is_file() {
             let to = ctx.out_dir.join(f);
-            std::fs::copy(&from, &to).map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))?;
+            std::fs::copy(&from, &to)
+                .map_err(|e| OpError::Failed(format!("copying {} to {}: {e}", from.display(), to.display())))?;
         }
     }
     let (params_after, nonzeros_after) = parameter_counts(&params).map_err(|e| e.to_string())?;
@@ -295,7 +297,7 @@ fn finetune(
     let mut reapply = || {
         masks
             .apply(params)
-            .map_err(|e| format!("re-applying the pruning masks: {e}"))
+            .map_err(|e| TrainError::Failed(format!("re-applying the pruning masks: {e}")))
     };
     let fit_options = FitOptions {
         after_update: if masks.is_empty() { None } else { Some(&mut reapply) },
@@ -326,7 +328,7 @@ struct MetricsFile<'a> {
     finetune: Option<&'a TrainReport>,
 }
 
-fn write_metrics(out_dir: &Path, m: &MetricsFile) -> Result<(), String> {
+fn write_metrics(out_dir: &Path, m: &MetricsFile) -> Result<(), OpError> {
     let r = m.report;
     let layers: Vec<serde_json::Value> = r
         .heads_before
@@ -400,7 +402,7 @@ fn write_metrics(out_dir: &Path, m: &MetricsFile) -> Result<(), String> {
     });
     let path = out_dir.join("prune_metrics.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&details).unwrap_or_default())
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -410,6 +412,7 @@ mod tests {
 
     use super::super::train::testing::*;
     use super::*;
+    use crate::ml::prune::Scope;
     use crate::ml::prune::{amount_to_prune, prunable_weights};
     use crate::ops::cancel::Cancel;
     use crate::value::StageId;
@@ -616,7 +619,11 @@ mod tests {
             &Cancel::default(),
             1,
         );
-        assert!(r.unwrap_err().to_string().contains("unknown pruning method `random`"));
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("`method` must be one of l1_unstructured, l1_global, heads, got \"random\""),
+            "{e}"
+        );
         let (r, _) = run_op(
             "prune",
             &prune_params("heads", 1.5, 0),

@@ -60,7 +60,7 @@ pub struct QloraSettings {
 
 impl QloraSettings {
     /// The settings of the op's typed arguments, checked.
-    pub fn from_args(a: &QloraArgs) -> Result<Self, String> {
+    pub fn from_args(a: &QloraArgs) -> Result<Self, OpError> {
         let s = Self {
             lora: LoraConfig {
                 rank: a.rank,
@@ -74,10 +74,10 @@ impl QloraSettings {
         };
         s.lora.validate()?;
         if !(s.block_size >= 32 && s.block_size.is_power_of_two()) {
-            return Err(format!(
+            return Err(OpError::Failed(format!(
                 "`block_size` must be a power of two >= 32, got {}",
                 s.block_size
-            ));
+            )));
         }
         Ok(s)
     }
@@ -103,16 +103,22 @@ pub struct QloraModel {
 impl QloraModel {
     /// Quantizes `base`'s linears below the head, freezes everything but the head, and
     /// attaches adapters; the adapters and the head are variables of a store seeded with `seed`.
-    pub fn build(base: &Pretrained, settings: &QloraSettings, seed: u64, device: &Device) -> Result<Self, String> {
+    pub fn build(base: &Pretrained, settings: &QloraSettings, seed: u64, device: &Device) -> Result<Self, OpError> {
         let config = base.model.config();
         let mut tensors = base.params.tensors().map_err(|e| e.to_string())?;
         let mut quantized = BTreeMap::new();
         for module in lora::base_linears(&config) {
             let name = format!("{module}.weight");
-            let w = tensors.get(&name).ok_or_else(|| format!("the base has no `{name}`"))?;
+            let w = tensors
+                .get(&name)
+                .ok_or_else(|| OpError::Failed(format!("the base has no `{name}`")))?;
             let q = Nf4Tensor::from_tensor(w, settings.block_size, settings.double_quant)
-                .map_err(|e| format!("{name}: {e}"))?;
-            tensors.insert(name.clone(), q.to_tensor(device).map_err(|e| format!("{name}: {e}"))?);
+                .map_err(|e| OpError::Failed(format!("{name}: {e}")))?;
+            tensors.insert(
+                name.clone(),
+                q.to_tensor(device)
+                    .map_err(|e| OpError::Failed(format!("{name}: {e}")))?,
+            );
             quantized.insert(name, q);
         }
         let is_head = |k: &str| k.strip_prefix(HEAD).is_some_and(|r| r.starts_with('.'));
@@ -164,12 +170,12 @@ impl QloraModel {
     }
 
     /// The current head and adapter values, by model name.
-    pub fn trained_tensors(&self) -> Result<BTreeMap<String, Tensor>, String> {
-        self.trainable.tensors().map_err(|e| e.to_string())
+    pub fn trained_tensors(&self) -> Result<BTreeMap<String, Tensor>, OpError> {
+        Ok(self.trainable.tensors()?)
     }
 
     /// The dense model with the adapters merged: `W = dequant(NF4) + scale·B·A`, the head as trained.
-    pub fn merged_tensors(&self) -> Result<HashMap<String, Tensor>, String> {
+    pub fn merged_tensors(&self) -> Result<HashMap<String, Tensor>, OpError> {
         let mut all: HashMap<String, Tensor> = self.frozen.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
         let trained: HashMap<String, Tensor> = self.trained_tensors()?.into_iter().collect();
         lora::merge_tensors(&mut all, &trained, self.lora.scale())?;
@@ -203,11 +209,10 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let base_dir = match &source {
         ModelSource::Dir { dir, .. } => dir.clone(),
         ModelSource::Arch(spec) => {
-            return Err(format!(
+            return Err(OpError::Failed(format!(
                 "qlora needs trained weights as `base:`, not the architecture `{}`: train it first",
                 spec.ctor.name
-            )
-            .into())
+            )))
         }
     };
     let dataset = load_dataset(&args.data, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
@@ -324,7 +329,7 @@ fn save_outputs(
     q: &QloraModel,
     dataset: &Dataset,
     base_dir: &Path,
-) -> Result<(), String> {
+) -> Result<(), OpError> {
     ctx.progress.message("saving");
     let out = ctx.out_dir.clone();
     let config = q.model.config();
@@ -368,7 +373,7 @@ fn write_qlora_metrics(
     dataset: &Dataset,
     report: &TrainReport,
     batch_size: usize,
-) -> Result<(), String> {
+) -> Result<(), OpError> {
     let extra = serde_json::json!({
         "trainable_params": q.trainable.num_parameters(),
         "rank": s.lora.rank,
@@ -752,7 +757,7 @@ mod tests {
         let trained = logits(&q.model, input);
         let reloaded = load_pretrained(&out, &LoadOptions::default()).unwrap();
         assert!(reloaded.report.initialised.is_empty() && reloaded.report.unused.is_empty());
-        assert_eq!(reloaded.model.config().quantization(), Ok(None));
+        assert_eq!(reloaded.model.config().quantization().unwrap(), None);
         let d = max_abs_diff(&logits(&reloaded.model, input), &trained);
         assert!(d < 1e-5, "reloaded vs trained: {d}");
         let merged_dir = out.join("merged");

@@ -30,16 +30,21 @@ use candle_core::Var;
 
 /// Loads a dataset value (the op's `data` argument), with the given tokenizer directory and cache
 /// directory.
-pub(super) fn load_dataset(data: &Value, tokenizer_dir: Option<PathBuf>, cache_dir: &Path) -> Result<Dataset, String> {
+pub(super) fn load_dataset(data: &Value, tokenizer_dir: Option<PathBuf>, cache_dir: &Path) -> Result<Dataset, OpError> {
     let spec = match data {
         Value::Spec(s) => s.clone(),
-        other => return Err(format!("`data` must be a dataset, got {}", other.type_name())),
+        other => {
+            return Err(OpError::Failed(format!(
+                "`data` must be a dataset, got {}",
+                other.type_name()
+            )))
+        }
     };
     let opts = LoadOptions {
         tokenizer_dir,
         cache_dir: Some(cache_dir.to_path_buf()),
     };
-    Dataset::load(spec.ctor.name, &spec.params, &opts).map_err(|e| e.to_string())
+    Ok(Dataset::load(spec.ctor.name, &spec.params, &opts)?)
 }
 
 /// Cross-entropy of the model's logits against the batch's labels.
@@ -134,7 +139,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         FitOptions::default(),
         |_| None,
     )?;
-    Ok(finish(
+    finish(
         ctx,
         &source_label(&source),
         &model,
@@ -143,7 +148,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         &report,
         batch_size,
         serde_json::Map::new(),
-    )?)
+    )
 }
 
 /// A model source as the metrics files name it.
@@ -175,7 +180,7 @@ pub(super) struct FitOptions<'a> {
     /// Trainable variables outside `params` (distillation projections).
     pub extra_vars: Vec<(String, Var)>,
     /// Called after every optimiser update (pruning masks).
-    pub after_update: Option<&'a mut dyn FnMut() -> Result<(), String>>,
+    pub after_update: Option<&'a mut dyn FnMut() -> Result<(), TrainError>>,
     /// What the progress line and the log call an epoch (default "epoch").
     pub epoch_label: Option<&'a str>,
 }
@@ -212,8 +217,8 @@ pub(super) fn fit(
         let _ = writeln!(log, "no validation split: the last epoch's weights are kept");
         Vec::new()
     };
-    let mut validate = |_epoch: usize| -> Result<Validation, String> {
-        let ev = evaluate(&eval_model, val_batches.iter().map(|b| (&b.input, &b.labels))).map_err(|e| e.to_string())?;
+    let mut validate = |_epoch: usize| -> Result<Validation, TrainError> {
+        let ev = evaluate(&eval_model, val_batches.iter().map(|b| (&b.input, &b.labels)))?;
         Ok(Validation {
             accuracy: ev.confusion.accuracy(),
             loss: ev.loss,
@@ -262,7 +267,7 @@ pub(super) fn fit(
                     true,
                     &device,
                 )
-                .map_err(|e| e.to_string())
+                .map_err(|e| TrainError::Failed(e.to_string()))
         },
         loss,
         Hooks {
@@ -300,7 +305,7 @@ pub(super) fn finish(
     report: &TrainReport,
     batch_size: usize,
     extra: serde_json::Map<String, serde_json::Value>,
-) -> Result<OpOutput, String> {
+) -> Result<OpOutput, OpError> {
     ctx.progress.message("saving");
     let config = model.config();
     crate::ml::save_pretrained(&ctx.out_dir, &config, params).map_err(|e| e.to_string())?;
@@ -335,7 +340,7 @@ pub(super) fn write_train_metrics(
     report: &TrainReport,
     batch_size: usize,
     extra: serde_json::Map<String, serde_json::Value>,
-) -> Result<(), String> {
+) -> Result<(), OpError> {
     let mut details = serde_json::json!({
         "source": source,
         "params": params,
@@ -355,7 +360,7 @@ pub(super) fn write_train_metrics(
     }
     let path = ctx.out_dir.join("train_metrics.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&details).unwrap_or_default())
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))
 }
 
 /// A training run's headline metrics: the kept epoch's validation accuracy and loss, the last

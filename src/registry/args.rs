@@ -4,6 +4,10 @@
 //! written twice, and no op reads a parameter by its name.
 
 use super::schema::{Default as D, ParamSchema};
+use crate::keyword::Keyword;
+use crate::ml::distill::FusionKind;
+use crate::ml::prune::{Method, Scope};
+use crate::ml::student::StudentInit;
 use crate::value::Value;
 
 /// Why resolved arguments do not make an op's typed arguments.
@@ -22,6 +26,16 @@ pub enum ArgError {
         /// What it is.
         found: String,
     },
+    /// A word argument that is none of its words.
+    #[error("`{name}` must be one of {}, got \"{found}\"", words.join(", "))]
+    NotOneOf {
+        /// The parameter.
+        name: &'static str,
+        /// What it is.
+        found: String,
+        /// The words it may be.
+        words: &'static [&'static str],
+    },
 }
 
 impl From<ArgError> for String {
@@ -39,7 +53,7 @@ pub trait FromArg: Sized {
 /// The argument, or the schema's default, or `Missing`.
 fn given(v: Option<&Value>, p: &ParamSchema) -> Result<Value, ArgError> {
     v.cloned()
-        .or_else(|| p.default.value())
+        .or_else(|| Value::from_default(&p.default))
         .ok_or(ArgError::Missing(p.name))
 }
 
@@ -123,6 +137,29 @@ impl<T: FromArg> FromArg for Option<T> {
         }
     }
 }
+
+/// Reads an argument written as one of `K`'s words.
+fn keyword<K: Keyword>(v: Option<&Value>, p: &ParamSchema) -> Result<K, ArgError> {
+    let word = String::from_arg(v, p)?;
+    K::from_word(&word).ok_or(ArgError::NotOneOf {
+        name: p.name,
+        found: word,
+        words: K::WORDS,
+    })
+}
+
+/// `FromArg` for enums declared with [`crate::keywords!`].
+macro_rules! keyword_args {
+    ($($t:ty),+ $(,)?) => {
+        $(impl FromArg for $t {
+            fn from_arg(v: Option<&Value>, p: &ParamSchema) -> Result<Self, ArgError> {
+                keyword(v, p)
+            }
+        })+
+    };
+}
+
+keyword_args!(Method, Scope, FusionKind, StudentInit);
 
 /// Declares an op's typed arguments: a struct whose fields are read from the resolved arguments,
 /// and `PARAMS`, the parameter schemas in documentation order (what the op's [`super::OpSchema`]

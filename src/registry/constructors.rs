@@ -1,7 +1,7 @@
 //! Model and dataset constructors: calls that describe, not run.
 
-use super::schema::{p, ArgProblem, Default as D, OpKind, OpSchema, Range, Ty};
-use crate::value::{Params, Value};
+use super::schema::{p, ArgProblem, Default as D, OpKind, Range, Ty};
+use crate::value::{OpSchema, Params, Value};
 
 fn int(params: &Params, name: &str) -> Option<i64> {
     match params.get(name) {

@@ -1,6 +1,7 @@
 //! Built-in functions evaluated while compiling.
 
-use super::schema::{p, Default as D, OpKind, OpSchema, Ty};
+use super::schema::{p, Default as D, OpKind, Ty};
+use crate::value::OpSchema;
 
 /// `env`: an environment variable, with a fallback.
 pub static ENV: OpSchema = OpSchema {

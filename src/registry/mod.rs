@@ -5,8 +5,9 @@ mod args;
 mod constructors;
 mod functions;
 mod ops;
-mod schema;
+pub mod schema;
 
+pub use crate::value::OpSchema;
 pub use args::{ArgError, FromArg};
 pub use functions::MAX_RANGE;
 pub use ops::{default_resources, resources, Resources, DISTILL, FUSE, PREDICT, RESOURCE_FIELDS};
@@ -14,7 +15,7 @@ pub use ops::{
     DistillArgs, EvalArgs, ExecArgs, FuseArgs, PredictArgs, PruneArgs, QloraArgs, ReportArgs, TrainArgs,
     DEFAULT_BATCH_SIZE,
 };
-pub use schema::{ArgProblem, Default, OpKind, OpSchema, Output, ParamSchema, Range, Ty};
+pub use schema::{ArgProblem, Default, OpKind, Output, ParamSchema, Range, Ty};
 
 /// Every entry, in documentation order.
 pub static REGISTRY: &[&OpSchema] = &[
@@ -57,7 +58,9 @@ mod tests {
         assert_eq!(names.len(), REGISTRY.len());
         for op in REGISTRY {
             for p in op.params {
-                let Some(v) = p.default.value() else { continue };
+                let Some(v) = crate::value::Value::from_default(&p.default) else {
+                    continue;
+                };
                 if let (Some(r), Some(x)) = (p.range, v.as_f64()) {
                     assert!(
                         r.contains(x),

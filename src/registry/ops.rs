@@ -1,7 +1,11 @@
 //! The stage ops: each call creates one content-hashed stage.
 
-use super::schema::{p, ArgProblem, Default as D, OpKind, OpSchema, Output, ParamSchema, Range, Ty};
-use crate::value::{Params, Value};
+use super::schema::{p, ArgProblem, Default as D, OpKind, Output, ParamSchema, Range, Ty};
+use crate::keyword::Keyword;
+use crate::ml::distill::FusionKind;
+use crate::ml::prune::{Method, Scope};
+use crate::ml::student::StudentInit;
+use crate::value::{OpSchema, Params, Value};
 
 const DATA: ParamSchema = p(
     "data",
@@ -92,7 +96,7 @@ const T2: ParamSchema = p(
 );
 const INIT: ParamSchema = p(
     "init",
-    Ty::Enum(&["random", "teacher_layers"]),
+    Ty::Enum(StudentInit::WORDS),
     D::Str("random"),
     None,
     "student initialisation: random, or every k-th teacher layer",
@@ -182,7 +186,7 @@ crate::op_args! {
         temperature: f64 = TEMPERATURE,
         alpha: f64 = ALPHA,
         t2_scale: bool = T2,
-        init: String = INIT,
+        init: StudentInit = INIT,
         intermediate: Option<Value> = INTERMEDIATE,
         epochs: usize = EPOCHS,
         batch_size: usize = BATCH,
@@ -224,9 +228,9 @@ crate::op_args! {
         /// The dataset.
         data: Value = DATA,
         /// How teacher logits are combined.
-        fusion: String = p(
+        fusion: FusionKind = p(
             "fusion",
-            Ty::Enum(&["mean", "weighted", "confidence"]),
+            Ty::Enum(FusionKind::WORDS),
             D::Str("mean"),
             None,
             "how teacher logits are combined per example",
@@ -242,7 +246,7 @@ crate::op_args! {
         temperature: f64 = TEMPERATURE,
         alpha: f64 = ALPHA,
         t2_scale: bool = T2,
-        init: String = INIT,
+        init: StudentInit = INIT,
         epochs: usize = EPOCHS,
         batch_size: usize = BATCH,
         lr: f64 = LR,
@@ -268,14 +272,16 @@ pub static FUSE: OpSchema = OpSchema {
 };
 
 fn check_fuse(params: &Params) -> Vec<ArgProblem> {
-    let teachers = match params.get("teachers") {
-        Some(Value::List(xs)) => xs.len(),
-        _ => return Vec::new(),
+    // Arguments of the wrong type are reported by the type check; nothing to add here.
+    let Ok(args) = FuseArgs::from_params(params) else {
+        return Vec::new();
     };
-    let fusion = params.get("fusion").map(|v| v.to_string()).unwrap_or_default();
-    match (fusion.as_str(), params.get("weights")) {
-        ("weighted", None) => vec![("fusion", "fusion \"weighted\" needs `weights:`, one per teacher".into())],
-        ("weighted", Some(Value::List(ws))) => {
+    let teachers = args.teachers.len();
+    match (args.fusion, args.weights) {
+        (FusionKind::Weighted, None) => {
+            vec![("fusion", "fusion \"weighted\" needs `weights:`, one per teacher".into())]
+        }
+        (FusionKind::Weighted, Some(ws)) => {
             let mut problems = Vec::new();
             if ws.len() != teachers {
                 problems.push((
@@ -288,18 +294,21 @@ fn check_fuse(params: &Params) -> Vec<ArgProblem> {
                     ),
                 ));
             }
-            let sum: f64 = ws.iter().filter_map(Value::as_f64).sum();
+            let sum: f64 = ws.iter().sum();
             if (sum - 1.0).abs() > 1e-6 {
                 problems.push(("weights", format!("the weights sum to {sum}, not 1")));
             }
-            if ws.iter().filter_map(Value::as_f64).any(|w| w < 0.0) {
+            if ws.iter().any(|w| *w < 0.0) {
                 problems.push(("weights", "weights must not be negative".into()));
             }
             problems
         }
-        (_, Some(_)) => vec![(
+        (other, Some(_)) => vec![(
             "weights",
-            format!("`weights:` is only used with fusion \"weighted\", not \"{fusion}\""),
+            format!(
+                "`weights:` is only used with fusion \"weighted\", not \"{}\"",
+                other.word()
+            ),
         )],
         _ => Vec::new(),
     }
@@ -435,9 +444,13 @@ pub static QLORA: OpSchema = OpSchema {
 };
 
 fn check_qlora(params: &Params) -> Vec<ArgProblem> {
-    match params.get("block_size") {
-        Some(Value::Int(b)) if (*b as u64).is_power_of_two() => Vec::new(),
-        Some(Value::Int(b)) => vec![("block_size", format!("block size {b} is not a power of two"))],
+    match QloraArgs::from_params(params) {
+        Ok(a) if !(a.block_size as u64).is_power_of_two() => {
+            vec![(
+                "block_size",
+                format!("block size {} is not a power of two", a.block_size),
+            )]
+        }
         _ => Vec::new(),
     }
 }
@@ -456,17 +469,17 @@ crate::op_args! {
             "fraction of prunable weights (or heads) to remove",
         ),
         /// How weights are chosen.
-        method: String = p(
+        method: Method = p(
             "method",
-            Ty::Enum(&["l1_unstructured", "l1_global", "heads"]),
+            Ty::Enum(Method::WORDS),
             D::Str("l1_unstructured"),
             None,
             "per-layer L1, one global L1 threshold, or structured head removal",
         ),
         /// Which weights.
-        scope: String = p(
+        scope: Scope = p(
             "scope",
-            Ty::Enum(&["linear", "encoder"]),
+            Ty::Enum(Scope::WORDS),
             D::Str("linear"),
             None,
             "which weights: every linear layer, or the encoder's only (head kept)",
@@ -500,8 +513,8 @@ pub static PRUNE: OpSchema = OpSchema {
 };
 
 fn check_prune(params: &Params) -> Vec<ArgProblem> {
-    match (params.get("finetune_epochs"), params.get("data")) {
-        (Some(Value::Int(n)), None) if *n > 0 => {
+    match PruneArgs::from_params(params) {
+        Ok(a) if a.finetune_epochs > 0 && a.data.is_none() => {
             vec![("finetune_epochs", "fine-tuning needs a dataset: add `data:`".into())]
         }
         _ => Vec::new(),

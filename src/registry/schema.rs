@@ -1,7 +1,5 @@
 //! The shape of an op's schema: parameters, types, defaults, ranges and docs.
 
-use crate::value::{Params, Value};
-
 /// What calling a registry entry produces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OpKind {
@@ -196,41 +194,21 @@ pub enum Default {
 }
 
 impl Default {
-    /// The default as a value, if there is one.
-    pub fn value(&self) -> Option<Value> {
-        Some(match self {
-            Default::Required | Default::Optional => return None,
-            Default::Int(i) => Value::Int(*i),
-            Default::Float(f) => Value::Float(*f),
-            Default::Bool(b) => Value::Bool(*b),
-            Default::Str(s) => Value::str(s),
-            Default::Strs(xs) => Value::list(xs.iter().map(|s| Value::str(s)).collect()),
-            Default::EmptyList => Value::list(Vec::new()),
-            Default::EmptyRecord => Value::Record(Default::empty_record()),
-        })
-    }
-
-    fn empty_record() -> std::sync::Arc<std::collections::BTreeMap<String, Value>> {
-        std::sync::Arc::new(std::collections::BTreeMap::new())
-    }
-
     /// How the default is written in docs.
     pub fn describe(&self) -> String {
         match self {
             Default::Required => "required".into(),
             Default::Optional => "optional".into(),
-            other => other
-                .value()
-                .map(|v| match v {
-                    Value::Str(s) => format!("\"{s}\""),
-                    Value::List(xs) => format!(
-                        "[{}]",
-                        xs.iter().map(|x| format!("\"{x}\"")).collect::<Vec<_>>().join(", ")
-                    ),
-                    Value::Record(_) => "{}".into(),
-                    v => v.to_string(),
-                })
-                .unwrap_or_default(),
+            Default::Int(i) => i.to_string(),
+            Default::Float(f) => format!("{f:?}"),
+            Default::Bool(b) => b.to_string(),
+            Default::Str(s) => format!("\"{s}\""),
+            Default::Strs(xs) => format!(
+                "[{}]",
+                xs.iter().map(|x| format!("\"{x}\"")).collect::<Vec<_>>().join(", ")
+            ),
+            Default::EmptyList => "[]".into(),
+            Default::EmptyRecord => "{}".into(),
         }
     }
 }
@@ -254,8 +232,12 @@ pub struct ParamSchema {
 pub type ArgProblem = (&'static str, String);
 
 /// An op, constructor or built-in function: everything the checker and `rkd ops` know about it.
+///
+/// `P` is what the argument hooks read: the checked arguments (`crate::registry::OpSchema` fixes
+/// it to the language's `Params`), so that this description of signatures does not depend on
+/// the values the language computes.
 #[derive(Debug)]
-pub struct OpSchema {
+pub struct OpSchema<P: 'static> {
     /// The name it is called by.
     pub name: &'static str,
     /// What a call produces.
@@ -267,12 +249,12 @@ pub struct OpSchema {
     /// Parameters in documentation order.
     pub params: &'static [ParamSchema],
     /// Fills in defaults that depend on other arguments.
-    pub derive: Option<fn(&mut Params)>,
+    pub derive: Option<fn(&mut P)>,
     /// Checks that arguments fit together.
-    pub check: Option<fn(&Params) -> Vec<ArgProblem>>,
+    pub check: Option<fn(&P) -> Vec<ArgProblem>>,
 }
 
-impl OpSchema {
+impl<P> OpSchema<P> {
     /// The parameter with this name.
     pub fn param(&self, name: &str) -> Option<&'static ParamSchema> {
         self.params.iter().find(|p| p.name == name)

@@ -27,6 +27,8 @@ use crate::ml::models::config::ModelConfig;
 use crate::ml::models::linears::{linear_modules, Role};
 use crate::ml::models::model::Model;
 
+pub use super::lora_error::LoraError;
+
 // The layer and the catalog live with the models; re-exported under their old paths.
 pub use crate::ml::models::layers::LoraBranch;
 pub use crate::ml::models::linears::{linears_mut, HEAD};
@@ -63,18 +65,24 @@ impl LoraConfig {
     }
 
     /// Checks the ranges (rank ≥ 1, alpha > 0, dropout in [0, 1), at least one target).
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> Result<(), LoraError> {
         if self.rank == 0 {
-            return Err("the LoRA rank must be at least 1".into());
+            return Err(LoraError::Unsupported("the LoRA rank must be at least 1".into()));
         }
         if !(self.alpha > 0.0 && self.alpha.is_finite()) {
-            return Err(format!("the LoRA alpha must be positive, got {}", self.alpha));
+            return Err(LoraError::Unsupported(format!(
+                "the LoRA alpha must be positive, got {}",
+                self.alpha
+            )));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!("the LoRA dropout must be in [0, 1), got {}", self.dropout));
+            return Err(LoraError::Unsupported(format!(
+                "the LoRA dropout must be in [0, 1), got {}",
+                self.dropout
+            )));
         }
         if self.targets.is_empty() {
-            return Err("LoRA needs at least one target module".into());
+            return Err(LoraError::Unsupported("LoRA needs at least one target module".into()));
         }
         Ok(())
     }
@@ -97,7 +105,7 @@ pub fn target_matches(module: &str, target: &str) -> bool {
 
 /// The modules of `modules` that some target matches, in order. A target that matches none is
 /// an error naming the module names there are (per encoder layer, and the others).
-pub fn match_targets(modules: &[String], targets: &[String]) -> std::result::Result<Vec<String>, String> {
+pub fn match_targets(modules: &[String], targets: &[String]) -> Result<Vec<String>, LoraError> {
     for t in targets {
         if !modules.iter().any(|m| target_matches(m, t)) {
             let mut kinds: Vec<String> = Vec::new();
@@ -115,12 +123,12 @@ pub fn match_targets(modules: &[String], targets: &[String]) -> std::result::Res
             } else {
                 ""
             };
-            return Err(format!(
+            return Err(LoraError::Mismatch(format!(
                 "LoRA target `{t}` matches no linear module{head}; the model's linear modules are {} \
                  (in every encoder layer `<family>.encoder.layer.N.`); a target matches a module whose name \
                  equals it or ends with `.` followed by it",
                 kinds.join(", ")
-            ));
+            )));
         }
     }
     Ok(modules
@@ -132,15 +140,15 @@ pub fn match_targets(modules: &[String], targets: &[String]) -> std::result::Res
 
 /// Gives every linear that `cfg.targets` match a LoRA branch whose variables come from `vb`
 /// (`<module>.lora_A.weight`, `<module>.lora_B.weight`). Returns the adapted module names.
-pub fn attach(model: &mut Model, cfg: &LoraConfig, vb: VarBuilder) -> std::result::Result<Vec<String>, String> {
+pub fn attach(model: &mut Model, cfg: &LoraConfig, vb: VarBuilder) -> Result<Vec<String>, LoraError> {
     cfg.validate()?;
     let candidates = base_linears(&model.config());
     let chosen = match_targets(&candidates, &cfg.targets)?;
     for (name, linear) in linears_mut(model) {
         if chosen.contains(&name) {
-            let (out_dim, in_dim) = linear.weight.dims2().map_err(|e| e.to_string())?;
+            let (out_dim, in_dim) = linear.weight.dims2().map_err(|e| LoraError::tensor(&name, e))?;
             let branch = LoraBranch::new(in_dim, out_dim, cfg.rank, cfg.scale(), cfg.dropout, vb.pp(&name))
-                .map_err(|e| format!("{name}: {e}"))?;
+                .map_err(|e| LoraError::tensor(&name, e))?;
             linear.lora = Some(branch);
         }
     }
@@ -167,7 +175,7 @@ pub fn merge_tensors(
     tensors: &mut HashMap<String, Tensor>,
     adapter: &HashMap<String, Tensor>,
     scale: f64,
-) -> std::result::Result<Vec<String>, String> {
+) -> Result<Vec<String>, LoraError> {
     let mut pairs: BTreeMap<String, (Option<&Tensor>, Option<&Tensor>)> = BTreeMap::new();
     for (k, t) in adapter {
         if let Some(m) = k.strip_suffix(".lora_A.weight") {
@@ -175,34 +183,36 @@ pub fn merge_tensors(
         } else if let Some(m) = k.strip_suffix(".lora_B.weight") {
             pairs.entry(m.to_string()).or_default().1 = Some(t);
         } else if k.contains("lora_") {
-            return Err(format!(
+            return Err(LoraError::Unsupported(format!(
                 "adapter tensor `{k}` is not a LoRA A/B weight (unsupported LoRA variant)"
-            ));
+            )));
         } else {
             tensors.insert(k.clone(), t.clone());
         }
     }
     for (m, pair) in &pairs {
         let (Some(a), Some(b)) = *pair else {
-            return Err(format!(
+            return Err(LoraError::Mismatch(format!(
                 "the adapter has only one of `{m}.lora_A.weight` and `{m}.lora_B.weight`"
-            ));
+            )));
         };
         let key = format!("{m}.weight");
-        let w = tensors
-            .get(&key)
-            .ok_or_else(|| format!("the adapter has weights for `{m}` but the model has no `{key}`"))?;
-        let d = LoraBranch::delta(a, b, scale).map_err(|e| format!("{m}: {e}"))?;
+        let w = tensors.get(&key).ok_or_else(|| {
+            LoraError::Mismatch(format!(
+                "the adapter has weights for `{m}` but the model has no `{key}`"
+            ))
+        })?;
+        let d = LoraBranch::delta(a, b, scale).map_err(|e| LoraError::tensor(m, e))?;
         if d.dims() != w.dims() {
-            return Err(format!(
+            return Err(LoraError::Mismatch(format!(
                 "the adapter's update of `{m}` is {:?} (lora_B · lora_A) but `{key}` is {:?}",
                 d.dims(),
                 w.dims()
-            ));
+            )));
         }
         let merged = (w.to_dtype(DType::F32).and_then(|w| w + d))
             .and_then(|t| t.to_dtype(w.dtype()))
-            .map_err(|e| format!("{m}: {e}"))?;
+            .map_err(|e| LoraError::tensor(m, e))?;
         tensors.insert(key, merged);
     }
     Ok(pairs.into_keys().collect())
@@ -303,18 +313,20 @@ impl AdapterConfig {
     }
 
     /// Checks that the adapter is a plain LoRA this crate can merge.
-    pub fn check_supported(&self) -> std::result::Result<(), String> {
+    pub fn check_supported(&self) -> Result<(), LoraError> {
         if self.peft_type != "LORA" {
-            return Err(format!(
+            return Err(LoraError::Unsupported(format!(
                 "peft_type is `{}`, only LORA adapters are supported",
                 self.peft_type
-            ));
+            )));
         }
         if self.r == 0 {
-            return Err("r is 0".into());
+            return Err(LoraError::Unsupported("r is 0".into()));
         }
         if self.use_dora || self.fan_in_fan_out || !self.alpha_pattern.is_empty() || !self.rank_pattern.is_empty() {
-            return Err("DoRA, fan_in_fan_out and per-module rank/alpha patterns are not supported".into());
+            return Err(LoraError::Unsupported(
+                "DoRA, fan_in_fan_out and per-module rank/alpha patterns are not supported".into(),
+            ));
         }
         Ok(())
     }
@@ -323,21 +335,17 @@ impl AdapterConfig {
 /// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir`; `tensors` are the
 /// adapter's variables by model name (`<module>.lora_A.weight`, `classifier.weight`, …) and
 /// are saved under [`PEFT_PREFIX`].
-pub fn save_adapter(
-    dir: &Path,
-    config: &AdapterConfig,
-    tensors: &BTreeMap<String, Tensor>,
-) -> std::result::Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+pub fn save_adapter(dir: &Path, config: &AdapterConfig, tensors: &BTreeMap<String, Tensor>) -> Result<(), LoraError> {
+    std::fs::create_dir_all(dir).map_err(|e| LoraError::file(dir, e))?;
     let path = dir.join(ADAPTER_CONFIG);
-    let json = serde_json::to_string_pretty(config).map_err(|e| e.to_string())?;
-    std::fs::write(&path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    let json = serde_json::to_string_pretty(config).map_err(|e| LoraError::file(&path, e))?;
+    std::fs::write(&path, json + "\n").map_err(|e| LoraError::file(&path, e))?;
     let map: HashMap<String, Tensor> = tensors
         .iter()
         .map(|(k, t)| (format!("{PEFT_PREFIX}{k}"), t.clone()))
         .collect();
     let path = dir.join(ADAPTER_WEIGHTS);
-    candle_core::safetensors::save(&map, &path).map_err(|e| format!("{}: {e}", path.display()))
+    candle_core::safetensors::save(&map, &path).map_err(|e| LoraError::file(&path, e))
 }
 
 /// A PEFT LoRA adapter read from disk: its configuration and tensors by model name (the
@@ -351,30 +359,31 @@ pub struct PeftAdapter {
 }
 
 /// Reads the PEFT adapter in `dir`, or `None` when there is no `adapter_config.json`.
-pub fn read_adapter(dir: &Path) -> std::result::Result<Option<PeftAdapter>, String> {
+pub fn read_adapter(dir: &Path) -> Result<Option<PeftAdapter>, LoraError> {
     let cfg_path = dir.join(ADAPTER_CONFIG);
     if !cfg_path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&cfg_path).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
-    let config: AdapterConfig = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
-    config
-        .check_supported()
-        .map_err(|e| format!("{}: {e}", cfg_path.display()))?;
+    let text = std::fs::read_to_string(&cfg_path).map_err(|e| LoraError::file(&cfg_path, e))?;
+    let config: AdapterConfig = serde_json::from_str(&text).map_err(|e| LoraError::file(&cfg_path, e))?;
+    config.check_supported().map_err(|e| LoraError::InFile {
+        path: cfg_path.clone(),
+        source: Box::new(e),
+    })?;
     let st = dir.join(ADAPTER_WEIGHTS);
     let bin = dir.join(ADAPTER_WEIGHTS_BIN);
     let raw = if st.is_file() {
-        candle_core::safetensors::load(&st, &candle_core::Device::Cpu).map_err(|e| format!("{}: {e}", st.display()))?
+        candle_core::safetensors::load(&st, &candle_core::Device::Cpu).map_err(|e| LoraError::file(&st, e))?
     } else if bin.is_file() {
         candle_core::pickle::read_all(&bin)
-            .map_err(|e| format!("{}: {e}", bin.display()))?
+            .map_err(|e| LoraError::file(&bin, e))?
             .into_iter()
             .collect()
     } else {
-        return Err(format!(
+        return Err(LoraError::Mismatch(format!(
             "{}: the adapter has no weights ({ADAPTER_WEIGHTS} or {ADAPTER_WEIGHTS_BIN})",
             dir.display()
-        ));
+        )));
     };
     let tensors = raw
         .into_iter()
@@ -427,11 +436,11 @@ mod tests {
         assert_eq!(m(&["output.dense"]).unwrap().len(), 4);
         assert_eq!(m(&["dense"]).unwrap().len(), 7);
         // A partial component is not a match, and the head is never adapted.
-        let e = m(&["uery"]).unwrap_err();
+        let e = m(&["uery"]).unwrap_err().to_string();
         assert!(e.contains("`uery` matches no linear module"), "{e}");
         assert!(e.contains("attention.self.query, attention.self.key"), "{e}");
         assert!(e.contains("bert.pooler.dense"), "{e}");
-        let e = m(&["query", "classifier"]).unwrap_err();
+        let e = m(&["query", "classifier"]).unwrap_err().to_string();
         assert!(e.contains("trained in full"), "{e}");
         // The walk and the list agree.
         let mut model = Pretrained::random(&config, 1, &Device::Cpu).unwrap().model;
@@ -585,9 +594,11 @@ mod tests {
         assert_eq!(state["classifier.bias"].to_vec1::<f32>().unwrap(), vec![1.0; 2]);
         // Mismatches are clear errors.
         let mut small = HashMap::from([("m.weight".to_string(), Tensor::zeros((3, 3), DType::F32, &dev).unwrap())]);
-        let e = merge_tensors(&mut small, &back.tensors, 1.0).unwrap_err();
+        let e = merge_tensors(&mut small, &back.tensors, 1.0).unwrap_err().to_string();
         assert!(e.contains("[2, 3]") && e.contains("[3, 3]"), "{e}");
-        let e = merge_tensors(&mut HashMap::new(), &back.tensors, 1.0).unwrap_err();
+        let e = merge_tensors(&mut HashMap::new(), &back.tensors, 1.0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no `m.weight`"), "{e}");
         let mut dora = config.clone();
         dora.use_dora = true;

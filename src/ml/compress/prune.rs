@@ -36,71 +36,32 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use serde::Serialize;
 
+use crate::keyword::Keyword;
 use crate::ml::models::config::{ModelConfig, PrunedHeads};
 use crate::ml::models::linears::{encoder_module, linear_modules, LinearModule, Role};
 use crate::ml::models::model::Model;
 use crate::ml::models::model::Pretrained;
 use crate::ml::models::params::ParamStore;
 
-/// Which weights may be pruned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Every linear weight: the encoder's, the pooler's (BERT) and the classifier's.
-    Linear,
-    /// Only the encoder layers' linear weights (pooler and classifier kept whole).
-    Encoder,
-}
-
-impl Scope {
-    /// Parses the op's `scope:` value (`"linear"` or `"encoder"`).
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "linear" => Ok(Scope::Linear),
-            "encoder" => Ok(Scope::Encoder),
-            other => Err(format!("unknown pruning scope `{other}` (linear or encoder)")),
-        }
-    }
-
-    /// The name used in `.rkd` files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Linear => "linear",
-            Scope::Encoder => "encoder",
-        }
+crate::keywords! {
+    /// Which weights may be pruned.
+    pub enum Scope {
+        /// Every linear weight: the encoder's, the pooler's (BERT) and the classifier's.
+        Linear = "linear",
+        /// Only the encoder layers' linear weights (pooler and classifier kept whole).
+        Encoder = "encoder",
     }
 }
 
-/// How weights are chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    /// The smallest |w| of each prunable weight tensor separately.
-    L1Unstructured,
-    /// The smallest |w| over all prunable weights together (one threshold).
-    L1Global,
-    /// Whole attention heads of smallest L1 norm, removed from the matrices.
-    Heads,
-}
-
-impl Method {
-    /// Parses the op's `method:` value.
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "l1_unstructured" => Ok(Method::L1Unstructured),
-            "l1_global" => Ok(Method::L1Global),
-            "heads" => Ok(Method::Heads),
-            other => Err(format!(
-                "unknown pruning method `{other}` (l1_unstructured, l1_global or heads)"
-            )),
-        }
-    }
-
-    /// The name used in `.rkd` files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::L1Unstructured => "l1_unstructured",
-            Method::L1Global => "l1_global",
-            Method::Heads => "heads",
-        }
+crate::keywords! {
+    /// How weights are chosen.
+    pub enum Method {
+        /// The smallest |w| of each prunable weight tensor separately.
+        L1Unstructured = "l1_unstructured",
+        /// The smallest |w| over all prunable weights together (one threshold).
+        L1Global = "l1_global",
+        /// Whole attention heads of smallest L1 norm, removed from the matrices.
+        Heads = "heads",
     }
 }
 
@@ -598,8 +559,8 @@ pub fn prune(p: Pretrained, method: Method, scope: Scope, sparsity: f64) -> Resu
         .collect();
     let masks = Masks::of_zeros(&model.params, &names)?;
     let report = PruneReport {
-        method: method.as_str(),
-        scope: scope.as_str(),
+        method: method.word(),
+        scope: scope.word(),
         sparsity_target: sparsity,
         tensors,
         heads_removed,
@@ -945,9 +906,9 @@ mod tests {
         assert!(e.to_string().contains("sparsity must be in [0, 1)"), "{e}");
         let e = prune_unstructured(&p.params, &["nope.weight".into()], 0.3, false).unwrap_err();
         assert!(e.to_string().contains("no weight `nope.weight`"), "{e}");
-        assert_eq!(Method::parse("heads"), Ok(Method::Heads));
-        assert!(Method::parse("l2").unwrap_err().contains("l1_unstructured"));
-        assert!(Scope::parse("all").unwrap_err().contains("linear or encoder"));
+        assert_eq!(Method::from_word("heads"), Some(Method::Heads));
+        assert_eq!(Method::from_word("l2"), None);
+        assert_eq!(Scope::WORDS, &["linear", "encoder"]);
         // Sparsity 0 prunes nothing.
         let same = prune(p, Method::L1Global, Scope::Linear, 0.0).unwrap();
         assert_eq!(same.report.sparsity(), 0.0);

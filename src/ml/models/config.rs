@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use super::config_error::ConfigError;
 use serde_json::{Map, Value};
 
 /// The activation named by `hidden_act`.
@@ -60,27 +62,30 @@ impl Labels {
     }
 
     /// Builds labels from the raw `id2label` map and an optional explicit `num_labels`.
-    fn from_raw(id2label: Option<BTreeMap<String, String>>, num_labels: Option<usize>) -> Result<Self, String> {
+    fn from_raw(id2label: Option<BTreeMap<String, String>>, num_labels: Option<usize>) -> Result<Self, ConfigError> {
         match id2label {
             Some(map) if !map.is_empty() => {
                 let mut names = vec![None; map.len()];
                 for (k, v) in map {
                     let i: usize = k
                         .parse()
-                        .map_err(|_| format!("id2label key `{k}` is not a class index"))?;
+                        .map_err(|_| ConfigError::Invalid(format!("id2label key `{k}` is not a class index")))?;
                     if i >= names.len() {
-                        return Err(format!(
+                        return Err(ConfigError::Invalid(format!(
                             "id2label has {} entries but a key `{i}` outside 0..{}",
                             names.len(),
                             names.len()
-                        ));
+                        )));
                     }
                     names[i] = Some(v);
                 }
                 let names: Vec<String> = names.into_iter().map(|n| n.unwrap_or_default()).collect();
                 if let Some(n) = num_labels {
                     if n != names.len() {
-                        return Err(format!("num_labels is {n} but id2label has {} entries", names.len()));
+                        return Err(ConfigError::Invalid(format!(
+                            "num_labels is {n} but id2label has {} entries",
+                            names.len()
+                        )));
                     }
                 }
                 Ok(Self { names })
@@ -135,12 +140,12 @@ pub type PrunedHeads = BTreeMap<usize, BTreeSet<usize>>;
 /// `pruned_heads` as config.json stores it: `{"layer": [head indices]}` (keys are strings).
 type RawPrunedHeads = BTreeMap<String, Vec<usize>>;
 
-fn pruned_heads_from_raw(raw: RawPrunedHeads) -> Result<PrunedHeads, String> {
+fn pruned_heads_from_raw(raw: RawPrunedHeads) -> Result<PrunedHeads, ConfigError> {
     let mut out = PrunedHeads::new();
     for (k, heads) in raw {
         let layer: usize = k
             .parse()
-            .map_err(|_| format!("pruned_heads key `{k}` is not a layer index"))?;
+            .map_err(|_| ConfigError::Invalid(format!("pruned_heads key `{k}` is not a layer index")))?;
         if !heads.is_empty() {
             out.entry(layer).or_default().extend(heads);
         }
@@ -162,20 +167,22 @@ fn kept_heads(pruned: &PrunedHeads, heads: usize, layer: usize) -> Vec<usize> {
 }
 
 /// Checks that every pruned head names an existing layer and head, and that each layer keeps one.
-fn check_pruned_heads(pruned: &PrunedHeads, layers: usize, heads: usize) -> Result<(), String> {
+fn check_pruned_heads(pruned: &PrunedHeads, layers: usize, heads: usize) -> Result<(), ConfigError> {
     for (&layer, gone) in pruned {
         if layer >= layers {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "pruned_heads names layer {layer} but the model has {layers} layers"
-            ));
+            )));
         }
         if let Some(&h) = gone.iter().find(|&&h| h >= heads) {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "pruned_heads names head {h} of layer {layer} but layers have {heads} heads"
-            ));
+            )));
         }
         if gone.len() >= heads {
-            return Err(format!("pruned_heads removes every head of layer {layer}"));
+            return Err(ConfigError::Invalid(format!(
+                "pruned_heads removes every head of layer {layer}"
+            )));
         }
     }
     Ok(())
@@ -272,16 +279,19 @@ struct RawBertConfig {
 }
 
 impl TryFrom<RawBertConfig> for BertConfig {
-    type Error = String;
-    fn try_from(r: RawBertConfig) -> Result<Self, String> {
+    type Error = ConfigError;
+    fn try_from(r: RawBertConfig) -> Result<Self, ConfigError> {
         if r.model_type != "bert" {
-            return Err(format!("model_type is `{}`, expected `bert`", r.model_type));
+            return Err(ConfigError::Invalid(format!(
+                "model_type is `{}`, expected `bert`",
+                r.model_type
+            )));
         }
         if r.position_embedding_type != "absolute" {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "position_embedding_type `{}` is not supported (only `absolute`)",
                 r.position_embedding_type
-            ));
+            )));
         }
         let labels = Labels::from_raw(r.labels.id2label, r.labels.num_labels)?;
         // `architectures` is rewritten on save (this crate always saves a classifier).
@@ -395,11 +405,13 @@ impl BertConfig {
     }
 
     /// Checks the shape parameters for consistency.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         check_heads(self.hidden_size, self.num_attention_heads)?;
         check_pruned_heads(&self.pruned_heads, self.num_hidden_layers, self.num_attention_heads)?;
         if self.num_labels() == 0 {
-            return Err("a classifier needs at least one label".into());
+            return Err(ConfigError::Invalid(String::from(
+                "a classifier needs at least one label",
+            )));
         }
         check_prob("hidden_dropout_prob", self.hidden_dropout_prob)?;
         check_prob("attention_probs_dropout_prob", self.attention_probs_dropout_prob)?;
@@ -485,10 +497,13 @@ struct RawVitConfig {
 }
 
 impl TryFrom<RawVitConfig> for VitConfig {
-    type Error = String;
-    fn try_from(r: RawVitConfig) -> Result<Self, String> {
+    type Error = ConfigError;
+    fn try_from(r: RawVitConfig) -> Result<Self, ConfigError> {
         if r.model_type != "vit" {
-            return Err(format!("model_type is `{}`, expected `vit`", r.model_type));
+            return Err(ConfigError::Invalid(format!(
+                "model_type is `{}`, expected `vit`",
+                r.model_type
+            )));
         }
         let labels = Labels::from_raw(r.labels.id2label, r.labels.num_labels)?;
         // `architectures` is rewritten on save (this crate always saves a classifier).
@@ -606,35 +621,37 @@ impl VitConfig {
     }
 
     /// Checks the shape parameters for consistency.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         check_heads(self.hidden_size, self.num_attention_heads)?;
         check_pruned_heads(&self.pruned_heads, self.num_hidden_layers, self.num_attention_heads)?;
         if self.image_size.checked_rem(self.patch_size) != Some(0) {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "patch_size {} does not divide image_size {}",
                 self.patch_size, self.image_size
-            ));
+            )));
         }
         if self.num_labels() == 0 {
-            return Err("a classifier needs at least one label".into());
+            return Err(ConfigError::Invalid(String::from(
+                "a classifier needs at least one label",
+            )));
         }
         check_prob("hidden_dropout_prob", self.hidden_dropout_prob)?;
         check_prob("attention_probs_dropout_prob", self.attention_probs_dropout_prob)
     }
 }
 
-fn check_heads(hidden: usize, heads: usize) -> Result<(), String> {
+fn check_heads(hidden: usize, heads: usize) -> Result<(), ConfigError> {
     if hidden.checked_rem(heads) != Some(0) {
-        return Err(format!(
+        return Err(ConfigError::Invalid(format!(
             "hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
-        ));
+        )));
     }
     Ok(())
 }
 
-fn check_prob(name: &str, p: f64) -> Result<(), String> {
+fn check_prob(name: &str, p: f64) -> Result<(), ConfigError> {
     if !(0.0..1.0).contains(&p) {
-        return Err(format!("{name} must be in [0, 1), got {p}"));
+        return Err(ConfigError::Invalid(format!("{name} must be in [0, 1), got {p}")));
     }
     Ok(())
 }
@@ -716,28 +733,30 @@ pub enum ModelConfig {
 
 impl ModelConfig {
     /// Parses config.json text, choosing the family from `model_type`.
-    pub fn from_json_str(text: &str) -> Result<Self, String> {
-        let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
+        let v: Value = serde_json::from_str(text)?;
         let model_type = v
             .get("model_type")
             .and_then(Value::as_str)
-            .ok_or("config.json has no `model_type`")?
+            .ok_or(ConfigError::NoModelType)?
             .to_string();
         match model_type.as_str() {
-            "bert" => serde_json::from_value(v)
-                .map(ModelConfig::Bert)
-                .map_err(|e| e.to_string()),
-            "vit" => serde_json::from_value(v)
-                .map(ModelConfig::Vit)
-                .map_err(|e| e.to_string()),
-            other => Err(format!("model_type `{other}` is not supported (supported: bert, vit)")),
+            "bert" => Ok(ModelConfig::Bert(serde_json::from_value(v)?)),
+            "vit" => Ok(ModelConfig::Vit(serde_json::from_value(v)?)),
+            other => Err(ConfigError::UnsupportedModelType(other.to_string())),
         }
     }
 
     /// Reads and parses a config.json file; errors name the file.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Self::from_json_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json_str(&text).map_err(|e| ConfigError::InFile {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
     /// Pretty JSON in HF layout.
@@ -798,7 +817,7 @@ impl ModelConfig {
     }
 
     /// Checks the configuration for consistency.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         match self {
             ModelConfig::Bert(c) => c.validate(),
             ModelConfig::Vit(c) => c.validate(),
@@ -822,12 +841,12 @@ impl ModelConfig {
     }
 
     /// The `quantization_config`, when the checkpoint is quantized (an error when it is malformed).
-    pub fn quantization(&self) -> Result<Option<QuantizationConfig>, String> {
+    pub fn quantization(&self) -> Result<Option<QuantizationConfig>, ConfigError> {
         match self.extra().get(QuantizationConfig::KEY) {
             None | Some(Value::Null) => Ok(None),
             Some(v) => serde_json::from_value(v.clone())
                 .map(Some)
-                .map_err(|e| format!("{}: {e}", QuantizationConfig::KEY)),
+                .map_err(ConfigError::Quantization),
         }
     }
 
@@ -890,19 +909,21 @@ mod tests {
 
         let bad = r#"{"model_type":"bert","vocab_size":10,"hidden_size":30,"num_hidden_layers":1,
             "num_attention_heads":4,"intermediate_size":8}"#;
-        let e = ModelConfig::from_json_str(bad).unwrap_err();
+        let e = ModelConfig::from_json_str(bad).unwrap_err().to_string();
         assert!(e.contains("not a multiple"), "{e}");
         let bad = r#"{"model_type":"bert","vocab_size":10,"hidden_size":32,"num_hidden_layers":1,
             "num_attention_heads":4,"intermediate_size":8,"id2label":{"0":"a","1":"b"},"num_labels":3}"#;
-        let e = ModelConfig::from_json_str(bad).unwrap_err();
+        let e = ModelConfig::from_json_str(bad).unwrap_err().to_string();
         assert!(e.contains("num_labels is 3"), "{e}");
-        let e = ModelConfig::from_json_str(r#"{"model_type":"gpt2"}"#).unwrap_err();
+        let e = ModelConfig::from_json_str(r#"{"model_type":"gpt2"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("gpt2"), "{e}");
     }
     #[test]
     fn quantization_config_round_trips_through_config_json() {
         let mut c = ModelConfig::Bert(BertConfig::new(100, 32, 2, 4, 64, 2));
-        assert_eq!(c.quantization(), Ok(None));
+        assert_eq!(c.quantization().unwrap(), None);
         let q = QuantizationConfig::nf4(true, 64, vec!["classifier".into()]);
         c.set_quantization(Some(&q));
         let json = c.to_json_string();
@@ -916,7 +937,7 @@ mod tests {
         assert_eq!(qc["bnb_4bit_blocksize"], 64);
         let back = ModelConfig::from_json_str(&json).unwrap();
         assert_eq!(back, c);
-        assert_eq!(back.quantization(), Ok(Some(q)));
+        assert_eq!(back.quantization().unwrap(), Some(q));
         // transformers' own dict (private fields included) parses and keeps what it does not know.
         let hf = r#"{"model_type":"vit","hidden_size":32,"num_hidden_layers":1,"num_attention_heads":2,
             "intermediate_size":8,"quantization_config":{"_load_in_4bit":true,"load_in_4bit":true,
@@ -966,7 +987,9 @@ mod tests {
             (r#"{"1":[0,1,2,3]}"#, "every head of layer 1"),
             (r#"{"x":[0]}"#, "`x` is not a layer index"),
         ] {
-            let e = ModelConfig::from_json_str(&format!("{base}{heads}}}")).unwrap_err();
+            let e = ModelConfig::from_json_str(&format!("{base}{heads}}}"))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(expect), "{heads}: {e}");
         }
     }

@@ -8,6 +8,8 @@ pub mod attention;
 pub mod bert;
 /// Model configurations in the Hugging Face `config.json` layout.
 pub mod config;
+/// Why a `config.json` cannot be used.
+pub mod config_error;
 /// Trainable building blocks (Linear with an optional LoRA branch, LayerNorm, Dropout, …).
 pub mod layers;
 /// The one catalog of a model's linear layers: names, roles, and mutable access.

@@ -81,6 +81,18 @@ pub fn scalar(t: &Tensor) -> Result<f64> {
     t.to_dtype(DType::F64)?.to_scalar::<f64>()
 }
 
+crate::keywords! {
+    /// How several teachers' logits are combined, as written in `fusion:` ([`Fusion`] adds the weights).
+    pub enum FusionKind {
+        /// The plain average.
+        Mean = "mean",
+        /// Fixed weights, one per teacher.
+        Weighted = "weighted",
+        /// Per example, by each teacher's confidence in the label.
+        Confidence = "confidence",
+    }
+}
+
 /// How several teachers' logits are combined into one target per example.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fusion {
@@ -148,12 +160,12 @@ fn softmax_f64(x: &[f64]) -> Vec<f64> {
 
 /// TinyBERT's uniform layer map: student layer `m` (0-based) learns from teacher layer
 /// `(m + 1)·k − 1` with `k = teacher_layers / student_layers` (rounded down).
-pub fn uniform_layer_map(student_layers: usize, teacher_layers: usize) -> std::result::Result<Vec<usize>, String> {
+pub fn uniform_layer_map(student_layers: usize, teacher_layers: usize) -> Result<Vec<usize>> {
     if student_layers > teacher_layers {
-        return Err(format!(
+        candle_core::bail!(
             "the student has more layers ({student_layers}) than the teacher ({teacher_layers}): \
              give an explicit `map:` of teacher layers"
-        ));
+        );
     }
     let k = teacher_layers / student_layers.max(1);
     Ok((0..student_layers).map(|m| (m + 1) * k - 1).collect())
@@ -396,7 +408,10 @@ mod tests {
         assert_eq!(uniform_layer_map(4, 12).unwrap(), vec![2, 5, 8, 11]);
         assert_eq!(uniform_layer_map(3, 6).unwrap(), vec![1, 3, 5]);
         assert_eq!(uniform_layer_map(2, 2).unwrap(), vec![0, 1]);
-        assert!(uniform_layer_map(4, 2).unwrap_err().contains("explicit `map:`"));
+        assert!(uniform_layer_map(4, 2)
+            .unwrap_err()
+            .to_string()
+            .contains("explicit `map:`"));
     }
 
     #[test]

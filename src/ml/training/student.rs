@@ -39,34 +39,36 @@ pub fn student_tensors(
     teacher: &HashMap<String, Tensor>,
     student_cfg: &ModelConfig,
     layers: &[usize],
-) -> Result<HashMap<String, Tensor>, String> {
+) -> candle_core::Result<HashMap<String, Tensor>> {
     let (tf, th, ti, tl) = widths(teacher_cfg);
     let (sf, sh, si, sl) = widths(student_cfg);
     if tf != sf {
-        return Err(format!("cannot initialise a {sf} student from a {tf} teacher"));
+        return Err(candle_core::Error::msg(format!(
+            "cannot initialise a {sf} student from a {tf} teacher"
+        )));
     }
     if th != sh {
-        return Err(format!(
+        return Err(candle_core::Error::msg(format!(
             "cannot initialise the student from the teacher's layers: hidden_size differs \
              (student {sh}, teacher {th}); use random initialisation, or a student as wide as the teacher"
-        ));
+        )));
     }
     if ti != si {
-        return Err(format!(
+        return Err(candle_core::Error::msg(format!(
             "cannot initialise the student from the teacher's layers: intermediate_size differs \
              (student {si}, teacher {ti}); use random initialisation, or the teacher's intermediate_size"
-        ));
+        )));
     }
     if layers.len() != sl {
-        return Err(format!(
+        return Err(candle_core::Error::msg(format!(
             "{} teacher layers chosen for a {sl}-layer student",
             layers.len()
-        ));
+        )));
     }
     if let Some(&bad) = layers.iter().find(|&&l| l >= tl) {
-        return Err(format!(
+        return Err(candle_core::Error::msg(format!(
             "teacher layer {bad} does not exist (the teacher has {tl} layers)"
-        ));
+        )));
     }
     let layer_prefix = format!("{tf}.encoder.layer.");
     let mut out = HashMap::new();
@@ -74,8 +76,10 @@ pub fn student_tensors(
         if let Some(rest) = name.strip_prefix(&layer_prefix) {
             let (idx, tail) = rest
                 .split_once('.')
-                .ok_or_else(|| format!("odd tensor name `{name}`"))?;
-            let idx: usize = idx.parse().map_err(|_| format!("odd tensor name `{name}`"))?;
+                .ok_or_else(|| candle_core::Error::msg(format!("odd tensor name `{name}`")))?;
+            let idx: usize = idx
+                .parse()
+                .map_err(|_| candle_core::Error::msg(format!("odd tensor name `{name}`")))?;
             for (s, _) in layers.iter().enumerate().filter(|(_, &l)| l == idx) {
                 out.insert(format!("{layer_prefix}{s}.{tail}"), t.clone());
             }
@@ -90,6 +94,16 @@ pub fn student_tensors(
     Ok(out)
 }
 
+crate::keywords! {
+    /// How a student's weights start (`init:`).
+    pub enum StudentInit {
+        /// From the seed, like any architecture.
+        Random = "random",
+        /// Every k-th teacher layer, its embeddings and head (see [`every_k_layers`]).
+        TeacherLayers = "teacher_layers",
+    }
+}
+
 /// Builds a student from `teacher` with the given layer selection (see [`every_k_layers`]).
 pub fn init_student_from_teacher(
     teacher: &Pretrained,
@@ -97,16 +111,11 @@ pub fn init_student_from_teacher(
     layers: &[usize],
     seed: u64,
     device: &Device,
-) -> Result<Pretrained, String> {
-    let tensors: HashMap<String, Tensor> = teacher
-        .params
-        .tensors()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .collect();
+) -> candle_core::Result<Pretrained> {
+    let tensors: HashMap<String, Tensor> = teacher.params.tensors()?.into_iter().collect();
     let source = student_tensors(&teacher.model.config(), &tensors, student_cfg, layers)?;
     let params = ParamStore::with_source(seed, source);
-    let model = Model::new(student_cfg, params.var_builder(DType::F32, device)).map_err(|e| e.to_string())?;
+    let model = Model::new(student_cfg, params.var_builder(DType::F32, device))?;
     let report = params.report();
     params.release_source();
     Ok(Pretrained { model, params, report })
@@ -161,7 +170,8 @@ mod tests {
         narrow.hidden_size = 8;
         let err = init_student_from_teacher(&teacher, &ModelConfig::Bert(narrow), &layers, 2, &Device::Cpu)
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(err.contains("hidden_size differs (student 8, teacher 16)"), "{err}");
         let mut three = scfg;
         three.labels = crate::ml::models::config::Labels::default_names(3);

@@ -151,13 +151,13 @@ pub type OnStep<'a> = &'a mut dyn FnMut(&StepRecord, usize);
 #[derive(Default)]
 pub struct Hooks<'a> {
     /// Validation after each epoch (0-based epoch); its accuracy picks the best checkpoint.
-    pub validate: Option<&'a mut dyn FnMut(usize) -> Result<Validation, String>>,
+    pub validate: Option<&'a mut dyn FnMut(usize) -> Result<Validation, TrainError>>,
     /// After each step, with the planned number of steps (progress lines, logs).
     pub on_step: Option<OnStep<'a>>,
     /// After each epoch's validation.
     pub on_epoch: Option<&'a mut dyn FnMut(&EpochRecord)>,
     /// After each optimiser update (e.g. re-applying pruning masks).
-    pub after_update: Option<&'a mut dyn FnMut() -> Result<(), String>>,
+    pub after_update: Option<&'a mut dyn FnMut() -> Result<(), TrainError>>,
     /// Checked before every step; `true` stops with [`TrainError::Interrupted`].
     pub interrupted: Option<&'a dyn Fn() -> bool>,
     /// Trainable variables outside `params` that the loss uses (distillation projections):
@@ -175,7 +175,7 @@ pub fn train<B>(
     model: &Model,
     params: &ParamStore,
     opts: &TrainOptions,
-    mut batches: impl FnMut(usize) -> Result<Vec<B>, String>,
+    mut batches: impl FnMut(usize) -> Result<Vec<B>, TrainError>,
     mut loss: impl FnMut(&Model, &B, &mut ForwardCtx) -> candle_core::Result<Tensor>,
     mut hooks: Hooks,
 ) -> Result<TrainReport, TrainError> {
@@ -183,7 +183,7 @@ pub fn train<B>(
     if interrupted() {
         return Err(TrainError::Interrupted);
     }
-    let mut epoch_batches = batches(0).map_err(TrainError::Failed)?;
+    let mut epoch_batches = batches(0)?;
     let per_epoch = epoch_batches.len();
     if per_epoch == 0 {
         return Err(TrainError::Failed("the training split gives no batches".into()));
@@ -215,7 +215,7 @@ pub fn train<B>(
     let mut step = 0usize;
     for epoch in 0..epochs {
         if epoch > 0 {
-            epoch_batches = batches(epoch).map_err(TrainError::Failed)?;
+            epoch_batches = batches(epoch)?;
             if epoch_batches.len() != per_epoch {
                 return Err(TrainError::Failed(format!(
                     "epoch {} has {} batches, the first had {per_epoch}",
@@ -250,7 +250,7 @@ pub fn train<B>(
             optimizer.step(&grads, scale)?;
             drop(grads);
             if let Some(f) = hooks.after_update.as_mut() {
-                f().map_err(TrainError::Failed)?;
+                f()?;
             }
             step += 1;
             steps_in_epoch += 1;
@@ -271,7 +271,7 @@ pub fn train<B>(
             return Err(TrainError::Interrupted);
         }
         let validation = match hooks.validate.as_mut() {
-            Some(f) => Some(f(epoch).map_err(TrainError::Failed)?),
+            Some(f) => Some(f(epoch)?),
             None => None,
         };
         let record = EpochRecord {
@@ -375,7 +375,7 @@ mod tests {
             let eval_model = Model::new(&tiny(), params.frozen_var_builder(DType::F32, &Device::Cpu)).unwrap();
             let val = toy_batches(4, 32, 12, 999);
             let mut validate = |_e: usize| {
-                let ev = evaluate(&eval_model, val.iter().map(|(i, l)| (i, l))).map_err(|e| e.to_string())?;
+                let ev = evaluate(&eval_model, val.iter().map(|(i, l)| (i, l)))?;
                 Ok(Validation {
                     accuracy: ev.confusion.accuracy(),
                     loss: ev.loss,
