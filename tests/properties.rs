@@ -842,7 +842,7 @@ fn node() -> impl Strategy<Value = Node> {
         1 => (raw_ref(), prop::collection::vec(arch(), 1..=3), prop::option::of(select(TEMPS)))
             .prop_map(|(teacher, students, temperature)| Node::Chain { teacher, students, temperature }),
         1 => (raw_ref(), select(SPARSITIES)).prop_map(|(model, sparsity)| Node::Prune { model, sparsity }),
-        1 => (raw_ref(), prop::option::of(select(&["validation", "test", "train"][..])))
+        1 => (raw_ref(), prop::option::of(select(&["auto", "validation", "test", "train"][..])))
             .prop_map(|(model, split)| Node::Eval { model, split }),
         1 => (prop::collection::vec(raw_ref(), 0..3), subsequence(EXEC_PARAMS.to_vec(), 0..3), prop::collection::vec(-5i64..50, 3), 0u32..1000)
             .prop_map(|(inputs, names, values, cmd)| Node::Exec {
@@ -1347,7 +1347,7 @@ impl Pipe {
                         ("batch_size", Val::Int(8 + i as i64 + 1000 * self.bumps[i])),
                     ];
                     push_opt(&mut args, "split", *split, |s| Val::Str(s.into()));
-                    let args = with_defaults(style, args, &[("split", Val::Str("validation".into()))]);
+                    let args = with_defaults(style, args, &[("split", Val::Str("auto".into()))]);
                     w.t("stage");
                     w.t(name);
                     w.t("=");
@@ -1499,7 +1499,7 @@ fn apply(p: &mut Pipe, edit: Edit) -> Option<usize> {
                 Node::Chain { temperature, .. } => *temperature = bigger(*temperature),
                 Node::Prune { sparsity, .. } => *sparsity = (*sparsity + 0.05) % 1.0,
                 Node::Eval { split, .. } => {
-                    *split = Some(match split.unwrap_or("validation") {
+                    *split = Some(match split.unwrap_or("auto") {
                         "validation" => "test",
                         _ => "validation",
                     })

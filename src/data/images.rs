@@ -44,6 +44,8 @@ fn split_dirs(split: SplitName) -> &'static [&'static str] {
         SplitName::Train => &["train"],
         SplitName::Validation => &["validation", "val", "valid", "dev"],
         SplitName::Test => &["test"],
+        // Carved out of train by `holdout:`, never read from a folder.
+        SplitName::Holdout => &[],
     }
 }
 

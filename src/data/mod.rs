@@ -48,11 +48,19 @@ pub enum SplitName {
     Validation,
     /// The test split.
     Test,
+    /// Training examples held out for model selection (`holdout:`), so that the validation split
+    /// stays unseen and can be reported.
+    Holdout,
 }
 
 impl SplitName {
     /// All splits, in order.
-    pub const ALL: [SplitName; 3] = [SplitName::Train, SplitName::Validation, SplitName::Test];
+    pub const ALL: [SplitName; 4] = [
+        SplitName::Train,
+        SplitName::Validation,
+        SplitName::Test,
+        SplitName::Holdout,
+    ];
 
     /// `train`, `validation` or `test`.
     pub fn as_str(self) -> &'static str {
@@ -60,6 +68,7 @@ impl SplitName {
             SplitName::Train => "train",
             SplitName::Validation => "validation",
             SplitName::Test => "test",
+            SplitName::Holdout => "holdout",
         }
     }
 
@@ -127,6 +136,23 @@ struct Split {
     labels: Vec<u32>,
 }
 
+impl Split {
+    /// The examples at `idx`, in that order.
+    fn select(&self, idx: &[usize]) -> Split {
+        let examples = match &self.examples {
+            Examples::Text { ids, texts } => Examples::Text {
+                ids: idx.iter().map(|&i| ids[i].clone()).collect(),
+                texts: idx.iter().map(|&i| texts[i].clone()).collect(),
+            },
+            Examples::Images(images) => Examples::Images(idx.iter().map(|&i| images[i].clone()).collect()),
+        };
+        Split {
+            examples,
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+        }
+    }
+}
+
 /// A loaded dataset: class names, kind, tokenizer (text) and up to three splits.
 #[derive(Clone)]
 pub struct Dataset {
@@ -136,7 +162,7 @@ pub struct Dataset {
     pub kind: DataKind,
     /// The tokenizer of a text dataset (`None` for images).
     pub tokenizer: Option<Tokenizer>,
-    splits: [Option<Split>; 3],
+    splits: [Option<Split>; 4],
     augment: bool,
 }
 
@@ -182,7 +208,7 @@ impl Dataset {
     /// `ctor` is `"glue_sst2"`, `"image_folder"`, `"synthetic_text"` or `"synthetic_images"`.
     pub fn load(ctor: &str, params: &Params, opts: &LoadOptions) -> Result<Dataset, DataError> {
         let args = Args::new(ctor, params)?;
-        match ctor {
+        let mut data = match ctor {
             "glue_sst2" => Self::load_sst2(&args, opts),
             "image_folder" => Self::load_image_folder(&args, opts),
             "synthetic_text" => Self::load_synthetic_text(&args),
@@ -190,6 +216,53 @@ impl Dataset {
             other => Err(DataError::new(format!(
                 "no loader for the dataset constructor `{other}`"
             ))),
+        }?;
+        if let Some(fraction) = args.opt_f64("holdout")? {
+            data.hold_out(fraction)?;
+        }
+        Ok(data)
+    }
+
+    /// Moves `fraction` of each class's training examples (at least one per class that has two
+    /// or more) into the [`SplitName::Holdout`] split: stratified, and seeded with a fixed seed,
+    /// so that every stage that reads this dataset sees the same rows held out.
+    pub fn hold_out(&mut self, fraction: f64) -> Result<(), DataError> {
+        if !(fraction > 0.0 && fraction < 1.0) {
+            return Err(DataError::new(format!("holdout must be in (0, 1), got {fraction}")));
+        }
+        let Some(train) = self.split(SplitName::Train).cloned() else {
+            return Err(DataError::new(
+                "holdout: the dataset has no training split to hold examples out of",
+            ));
+        };
+        let mut rng = Rng::for_stream(0, "rkd-holdout");
+        let mut held = Vec::new();
+        for class in 0..self.num_classes() as u32 {
+            let mut idx: Vec<usize> = (0..train.labels.len()).filter(|&i| train.labels[i] == class).collect();
+            if idx.len() < 2 {
+                continue;
+            }
+            for i in (1..idx.len()).rev() {
+                idx.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            let n = ((fraction * idx.len() as f64).round() as usize).clamp(1, idx.len() - 1);
+            held.extend_from_slice(&idx[..n]);
+        }
+        held.sort_unstable();
+        let held_set: std::collections::HashSet<usize> = held.iter().copied().collect();
+        let kept: Vec<usize> = (0..train.labels.len()).filter(|i| !held_set.contains(i)).collect();
+        self.splits[SplitName::Holdout.index()] = Some(train.select(&held));
+        self.splits[SplitName::Train.index()] = Some(train.select(&kept));
+        Ok(())
+    }
+
+    /// The split that model selection (the best epoch) uses: the held-out part of the training
+    /// split when the dataset was given `holdout:`, else the validation split.
+    pub fn selection_split(&self) -> SplitName {
+        if self.has_split(SplitName::Holdout) {
+            SplitName::Holdout
+        } else {
+            SplitName::Validation
         }
     }
 
@@ -213,7 +286,7 @@ impl Dataset {
             classes: tsv::SST2_CLASSES.iter().map(|s| s.to_string()).collect(),
             kind: DataKind::Text { max_len },
             tokenizer: Some(tokenizer),
-            splits: [Some(train), Some(dev), None],
+            splits: [Some(train), Some(dev), None, None],
             augment: false,
         })
     }
@@ -223,7 +296,7 @@ impl Dataset {
         let image_size = args.usize("image_size")?;
         let augment = args.bool("augment")?;
         let folder = images::load_image_folder_cached(&root, image_size, opts.cache_dir.as_deref())?;
-        let mut splits: [Option<Split>; 3] = [None, None, None];
+        let mut splits: [Option<Split>; 4] = [None, None, None, None];
         for (name, s) in folder.splits {
             splits[name.index()] = Some(Split {
                 examples: Examples::Images(s.images),
@@ -248,6 +321,7 @@ impl Dataset {
             classes: args.usize("classes")?,
             train_size: args.usize("train_size")?,
             val_size: args.usize("val_size")?,
+            test_size: args.usize("test_size")?,
             max_len: args.usize("max_len")?,
             vocab_size: args.usize("vocab_size")?,
             noise: args.f64("noise")?,
@@ -264,7 +338,12 @@ impl Dataset {
             classes: data.classes,
             kind: DataKind::Text { max_len: spec.max_len },
             tokenizer: Some(data.tokenizer),
-            splits: [Some(split(data.train)), Some(split(data.validation)), None],
+            splits: [
+                Some(split(data.train)),
+                Some(split(data.validation)),
+                Some(split(data.test)),
+                None,
+            ],
             augment: false,
         })
     }
@@ -275,6 +354,7 @@ impl Dataset {
             classes: args.usize("classes")?,
             train_size: args.usize("train_size")?,
             val_size: args.usize("val_size")?,
+            test_size: args.usize("test_size")?,
             image_size: args.usize("image_size")?,
             noise: args.f64("noise")?,
         };
@@ -290,7 +370,12 @@ impl Dataset {
                 channels: 3,
             },
             tokenizer: None,
-            splits: [Some(split(data.train)), Some(split(data.validation)), None],
+            splits: [
+                Some(split(data.train)),
+                Some(split(data.validation)),
+                Some(split(data.test)),
+                None,
+            ],
             augment: true,
         })
     }

@@ -77,6 +77,16 @@ impl<'a> Args<'a> {
         }
     }
 
+    /// An optional number argument (absent: `None`).
+    pub(crate) fn opt_f64(&self, name: &str) -> Result<Option<f64>, DataError> {
+        match self.params.get(name) {
+            None => Ok(None),
+            Some(Value::Float(f)) => Ok(Some(*f)),
+            Some(Value::Int(i)) => Ok(Some(*i as f64)),
+            Some(v) => Err(self.wrong(name, "a number", v)),
+        }
+    }
+
     /// A bool argument.
     pub(crate) fn bool(&self, name: &str) -> Result<bool, DataError> {
         match self.value(name)? {

@@ -24,6 +24,8 @@ pub struct ImageSpec {
     pub train_size: usize,
     /// Validation images.
     pub val_size: usize,
+    /// Test examples (generated after the validation ones, so adding them changes neither).
+    pub test_size: usize,
     /// Image side in pixels.
     pub image_size: usize,
     /// Standard deviation of the pixel noise (0–1 scale).
@@ -48,6 +50,8 @@ pub struct SyntheticImages {
     pub train: GeneratedImages,
     /// Validation split.
     pub validation: GeneratedImages,
+    /// Test split.
+    pub test: GeneratedImages,
 }
 
 fn grating(class: u32, classes: usize, side: usize, noise: f64, rng: &mut Rng) -> Vec<u8> {
@@ -85,9 +89,9 @@ pub fn generate(spec: &ImageSpec) -> Result<SyntheticImages, DataError> {
             spec.classes
         )));
     }
-    if spec.train_size == 0 || spec.val_size == 0 {
+    if spec.train_size == 0 || spec.val_size == 0 || spec.test_size == 0 {
         return Err(DataError::new(
-            "synthetic_images: empty split (train_size and val_size must be positive)",
+            "synthetic_images: empty split (train_size, val_size and test_size must be positive)",
         ));
     }
     if spec.image_size < 2 {
@@ -104,10 +108,12 @@ pub fn generate(spec: &ImageSpec) -> Result<SyntheticImages, DataError> {
     };
     let train = make(spec.train_size);
     let validation = make(spec.val_size);
+    let test = make(spec.test_size);
     Ok(SyntheticImages {
         classes: (0..spec.classes).map(|c| format!("class_{c}")).collect(),
         train,
         validation,
+        test,
     })
 }
 
@@ -121,6 +127,7 @@ mod tests {
             classes: 3,
             train_size: 60,
             val_size: 30,
+            test_size: 30,
             image_size: 16,
             noise: 0.2,
         }

@@ -29,6 +29,8 @@ pub struct TextSpec {
     pub train_size: usize,
     /// Validation examples.
     pub val_size: usize,
+    /// Test examples (generated after the validation ones, so adding them changes neither).
+    pub test_size: usize,
     /// Ids per example, `[CLS]` and `[SEP]` included (≥ 3).
     pub max_len: usize,
     /// Vocabulary size, special tokens included.
@@ -59,6 +61,8 @@ pub struct SyntheticText {
     pub train: TextSplit,
     /// Validation split.
     pub validation: TextSplit,
+    /// Test split.
+    pub test: TextSplit,
 }
 
 /// `n` labels, as balanced as possible over `classes`, in a random order.
@@ -109,9 +113,9 @@ pub fn generate(spec: &TextSpec) -> Result<SyntheticText, DataError> {
             "synthetic_text: max_len must be at least 3 ([CLS], a word, [SEP])",
         ));
     }
-    if spec.train_size == 0 || spec.val_size == 0 {
+    if spec.train_size == 0 || spec.val_size == 0 || spec.test_size == 0 {
         return Err(DataError::new(
-            "synthetic_text: empty split (train_size and val_size must be positive)",
+            "synthetic_text: empty split (train_size, val_size and test_size must be positive)",
         ));
     }
     let tokenizer = Tokenizer::identity(spec.vocab_size)?;
@@ -161,11 +165,13 @@ pub fn generate(spec: &TextSpec) -> Result<SyntheticText, DataError> {
     };
     let train = make(spec.train_size);
     let validation = make(spec.val_size);
+    let test = make(spec.test_size);
     Ok(SyntheticText {
         classes: (0..spec.classes).map(|c| format!("class_{c}")).collect(),
         tokenizer,
         train,
         validation,
+        test,
     })
 }
 
@@ -179,6 +185,7 @@ mod tests {
             classes: 3,
             train_size: 600,
             val_size: 90,
+            test_size: 90,
             max_len: 24,
             vocab_size: 200,
             noise: 0.1,
@@ -222,6 +229,7 @@ mod tests {
         let s = TextSpec {
             train_size: 2000,
             val_size: 1000,
+            test_size: 1000,
             ..spec(4)
         };
         let d = generate(&s).unwrap();

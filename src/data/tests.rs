@@ -48,10 +48,50 @@ fn synthetic_text() -> Dataset {
         ("seed", Value::Int(3)),
         ("train_size", Value::Int(50)),
         ("val_size", Value::Int(20)),
+        ("test_size", Value::Int(20)),
         ("max_len", Value::Int(16)),
         ("vocab_size", Value::Int(100)),
     ]);
     Dataset::load("synthetic_text", &p, &LoadOptions::default()).unwrap()
+}
+
+#[test]
+fn holdout_moves_a_stratified_fixed_part_of_train_and_leaves_the_other_splits() {
+    let plain = synthetic_text();
+    assert_eq!(plain.selection_split(), SplitName::Validation);
+    let with = |h: f64| {
+        let p = params(&[
+            ("seed", Value::Int(3)),
+            ("train_size", Value::Int(50)),
+            ("val_size", Value::Int(20)),
+            ("test_size", Value::Int(20)),
+            ("max_len", Value::Int(16)),
+            ("vocab_size", Value::Int(100)),
+            ("holdout", Value::Float(h)),
+        ]);
+        Dataset::load("synthetic_text", &p, &LoadOptions::default()).unwrap()
+    };
+    let d = with(0.2);
+    assert_eq!(d.selection_split(), SplitName::Holdout);
+    assert_eq!(d.len(SplitName::Train) + d.len(SplitName::Holdout), 50);
+    // Stratified: each class gives a fifth of its training examples.
+    for class in 0..2u32 {
+        let count = |s: SplitName, d: &Dataset| d.labels(s).iter().filter(|&&l| l == class).count();
+        let before = count(SplitName::Train, &plain);
+        assert_eq!(count(SplitName::Holdout, &d), (0.2 * before as f64).round() as usize);
+    }
+    // Validation and test are untouched, and the carve is the same on every load.
+    for s in [SplitName::Validation, SplitName::Test] {
+        assert_eq!(d.token_ids(s), plain.token_ids(s));
+    }
+    let again = with(0.2);
+    assert_eq!(again.token_ids(SplitName::Holdout), d.token_ids(SplitName::Holdout));
+    assert_eq!(again.token_ids(SplitName::Train), d.token_ids(SplitName::Train));
+    // Every held-out example came from train.
+    let train: Vec<&Vec<u32>> = plain.token_ids(SplitName::Train).unwrap().iter().collect();
+    for ids in d.token_ids(SplitName::Holdout).unwrap() {
+        assert!(train.contains(&ids));
+    }
 }
 
 fn synthetic_images() -> Dataset {
@@ -74,7 +114,7 @@ fn text_batches_pad_dynamically_with_a_mask() {
             d.len(SplitName::Validation),
             d.len(SplitName::Test)
         ),
-        (50, 20, 0)
+        (50, 20, 20)
     );
     assert_eq!(d.classes, ["class_0", "class_1"]);
     assert_eq!(d.tokenizer.as_ref().unwrap().vocab_size(), 100);
@@ -99,11 +139,11 @@ fn text_batches_pad_dynamically_with_a_mask() {
     }
     assert_eq!(bs[0].indices, (0..16).collect::<Vec<_>>());
     assert!(d
-        .batches(SplitName::Test, 8, None, false, &Device::Cpu)
+        .batches(SplitName::Holdout, 8, None, false, &Device::Cpu)
         .unwrap()
         .is_empty());
     assert!(d.batches(SplitName::Train, 0, None, false, &Device::Cpu).is_err());
-    assert!(d.labels(SplitName::Test).is_empty());
+    assert!(d.labels(SplitName::Holdout).is_empty());
 }
 
 #[test]

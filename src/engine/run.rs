@@ -457,6 +457,7 @@ pub fn run_stage(
         threads,
         cache_dir: store.root.join("cache"),
         key_lock: Some(lock.raw_fd()),
+        selection: Default::default(),
     };
     let started = SystemTime::now();
     let t = Instant::now();

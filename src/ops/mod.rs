@@ -11,6 +11,7 @@ pub mod progress;
 pub mod prune;
 pub mod qlora;
 pub mod report;
+pub mod selection;
 pub mod train;
 
 pub use error::{check_interrupted, OpError};
@@ -50,6 +51,9 @@ pub struct OpContext<'a> {
     /// The stage's key lock, for the commands it starts to inherit: the key stays locked while
     /// anything they started lives, so a rerun never runs the stage beside an orphan.
     pub key_lock: Option<std::os::fd::RawFd>,
+    /// The splits this stage's own model selection used (set by the training loop); with its
+    /// inputs' selections it is written to `selection.json` beside the output.
+    pub selection: selection::Selection,
 }
 
 /// An upstream stage as an op sees it.
@@ -144,7 +148,15 @@ pub fn find(name: &str) -> Option<&'static OpImpl> {
 /// Runs one stage's op.
 pub fn execute(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     match find(ctx.op) {
-        Some(op) => (op.run)(ctx),
+        // An exec command's output is the user's files: nothing is added to it.
+        Some(op) if op.name == "exec" => (op.run)(ctx),
+        Some(op) => {
+            let out = (op.run)(ctx)?;
+            let mut selection = selection::Selection::inherited(ctx)?;
+            selection.merge(std::mem::take(&mut ctx.selection));
+            selection.write(&ctx.out_dir)?;
+            Ok(out)
+        }
         None => Err(OpError::Failed(format!(
             "the `{}` op is not implemented in this version of rkd (it runs {})",
             ctx.op,

@@ -99,6 +99,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         grad_clip: None,
         seed: args.seed,
         max_steps: None,
+        select: args.select,
     }
     .options();
     let device = Device::Cpu;
@@ -580,7 +581,8 @@ mod tests {
         e.insert("batch_size".into(), Value::Int(32));
         let (r, log) = run_op("eval", &e, &dir.path().join("e"), &out, &Cancel::default(), 1);
         let em = r.unwrap_or_else(|e| panic!("{e}\n{log}")).metrics;
-        assert_eq!(em["accuracy"], m["accuracy"]);
+        // eval measures the test split (the op's own figure is on validation, which selected it).
+        assert!((em["accuracy"] - m["accuracy"]).abs() < 0.1, "{em:?} vs {m:?}");
         assert_eq!(em["params"], m["params"]);
     }
 

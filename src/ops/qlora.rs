@@ -201,6 +201,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         grad_clip: None,
         seed: args.seed,
         max_steps: args.max_steps,
+        select: args.select,
     }
     .options();
     let device = Device::Cpu;
@@ -315,7 +316,7 @@ fn train_adapters(
             "kept the adapters and head of epoch {e}{}",
             report
                 .best_accuracy()
-                .map(|a| format!(" (validation accuracy {:.2}%)", 100.0 * a))
+                .map(|a| format!(" ({} accuracy {:.2}%)", dataset.selection_split(), 100.0 * a))
                 .unwrap_or_default()
         );
     }
@@ -816,7 +817,8 @@ mod tests {
         e.insert("data".into(), text_data());
         e.insert("batch_size".into(), Value::Int(16));
         let (ev, log) = ok(run_op("eval", &e, &dir.path().join("e"), &out, &Cancel::default(), 1));
-        assert_eq!(ev.metrics["accuracy"], q.metrics["accuracy"], "{log}");
+        // eval measures the test split (qlora's own figure is on validation, which selected it).
+        assert!((ev.metrics["accuracy"] - q.metrics["accuracy"]).abs() < 0.1, "{log}");
         let mut pr = Params::new();
         pr.insert("model".into(), Value::Stage(StageId(0)));
         pr.insert("sparsity".into(), Value::Float(0.3));

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use super::eval::measure;
 use super::model_source::{self, ModelSource};
+use super::selection::{report_split, Selection};
 use super::train::load_dataset;
 use super::{OpContext, OpError, OpOutput};
 use crate::data::{Dataset, SplitName};
@@ -38,7 +39,8 @@ struct Entry {
 
 fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let args = ReportArgs::from_params(ctx.params)?;
-    let split = SplitName::parse(&args.split).ok_or_else(|| format!("unknown split `{}`", args.split))?;
+    let mut split: Option<SplitName> = None;
+    let mut selection = Selection::default();
     let models = &args.models;
     let Some(first) = models.first() else {
         return Err("`models` must list at least one model".into());
@@ -77,6 +79,15 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             datasets.insert(tok.clone(), d);
         }
         let data = &datasets[&tok];
+        let split = *match &mut split {
+            Some(s) => s,
+            none => none.insert(report_split(&args.split, data)?),
+        };
+        if let Value::Stage(id) = &e.value {
+            let s = Selection::read(&(ctx.input_dir)(*id))?;
+            s.check_reportable(split, &format!("`{}`", e.name))?;
+            selection.merge(s);
+        }
         if chance.is_none() {
             chance = Some(majority(data.labels(split), data.classes.len()));
         }
@@ -117,7 +128,8 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let data = ReportData {
         title: "Compression report".into(),
         dataset: dataset_name,
-        split: split.as_str().into(),
+        split: split.map_or("validation", SplitName::as_str).into(),
+        selection: selection.how.into_iter().collect(),
         chance_level: chance.unwrap_or(0.0),
         baseline: baseline.clone(),
         rows,

@@ -15,10 +15,12 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 
 use super::model_source::{self, ModelSource};
+use super::selection::Selection;
 use super::{OpContext, OpError, OpOutput};
 use crate::data::{Batch, Dataset, LoadOptions, SplitName};
 use crate::ml::metrics::evaluate;
 use crate::ml::rng::derive_seed;
+use crate::ml::train::Select;
 use crate::ml::train::{
     train, with_threads, EpochRecord, Hooks, StepRecord, TrainError, TrainOptions, TrainReport, Validation,
 };
@@ -73,6 +75,8 @@ pub(super) struct Schedule {
     pub seed: u64,
     /// Stop after this many optimiser steps.
     pub max_steps: Option<usize>,
+    /// Which epoch's weights are kept.
+    pub select: Select,
 }
 
 impl Schedule {
@@ -87,6 +91,7 @@ impl Schedule {
             grad_clip: self.grad_clip.or(d.grad_clip),
             seed: self.seed,
             max_steps: self.max_steps.map(|m| m.max(1)),
+            select: self.select,
         };
         (opts, self.batch_size.max(1))
     }
@@ -105,6 +110,7 @@ macro_rules! full_schedule {
             grad_clip: Some($a.grad_clip),
             seed: $a.seed,
             max_steps: $a.max_steps,
+            select: $a.select,
         }
     };
 }
@@ -209,13 +215,25 @@ pub(super) fn fit(
             Model::new(&model.config(), params.frozen_var_builder(DType::F32, &device)).map_err(|e| e.to_string())?
         }
     };
-    let val_batches = if dataset.len(SplitName::Validation) > 0 {
-        dataset
-            .batches(SplitName::Validation, batch_size, None, false, &device)
-            .map_err(|e| e.to_string())?
-    } else {
-        let _ = writeln!(log, "no validation split: the last epoch's weights are kept");
-        Vec::new()
+    let selection_split = dataset.selection_split();
+    let val_batches = match opts.select {
+        Select::Last => {
+            let _ = writeln!(
+                log,
+                "select: \"last\": the last epoch's weights are kept (no split selects them)"
+            );
+            Vec::new()
+        }
+        Select::Best if dataset.len(selection_split) > 0 => dataset
+            .batches(selection_split, batch_size, None, false, &device)
+            .map_err(|e| e.to_string())?,
+        Select::Best => {
+            let _ = writeln!(
+                log,
+                "no {selection_split} split to select on: the last epoch's weights are kept"
+            );
+            Vec::new()
+        }
     };
     let mut validate = |_epoch: usize| -> Result<Validation, TrainError> {
         let ev = evaluate(&eval_model, val_batches.iter().map(|b| (&b.input, &b.labels)))?;
@@ -237,7 +255,7 @@ pub(super) fn fit(
     let mut on_epoch = |r: &EpochRecord| {
         let mut line = match (r.val_accuracy, r.val_loss) {
             (Some(a), Some(l)) => format!(
-                "{label} {}: {} steps, train loss {:.4}, validation loss {l:.4}, accuracy {:.2}%",
+                "{label} {}: {} steps, train loss {:.4}, {selection_split} loss {l:.4}, accuracy {:.2}%",
                 r.epoch,
                 r.steps,
                 r.train_loss,
@@ -286,11 +304,11 @@ pub(super) fn fit(
             extra_vars: fit.extra_vars,
         },
     );
-    match result {
-        Ok(r) => Ok(r),
-        Err(TrainError::Interrupted) => Err(OpError::Interrupted),
-        Err(TrainError::Failed(e)) => Err(OpError::Failed(e)),
+    let report = result?;
+    if report.best_epoch.is_some() {
+        ctx.selection.merge(Selection::on(selection_split, dataset));
     }
+    Ok(report)
 }
 
 /// Saves the trained model (HF layout, with the dataset's tokenizer) and `train_metrics.json`
@@ -318,7 +336,7 @@ pub(super) fn finish(
             "kept the weights of epoch {e}{}",
             report
                 .best_accuracy()
-                .map(|a| format!(" (validation accuracy {:.2}%)", 100.0 * a))
+                .map(|a| format!(" ({} accuracy {:.2}%)", dataset.selection_split(), 100.0 * a))
                 .unwrap_or_default()
         );
     }
@@ -348,6 +366,9 @@ pub(super) fn write_train_metrics(
         "threads": ctx.threads,
         "train_examples": dataset.len(SplitName::Train),
         "validation_examples": dataset.len(SplitName::Validation),
+        "kept_epoch": kept_epoch(report),
+        "selection_split": report.best_epoch.map(|_| dataset.selection_split().as_str()),
+        "selection_examples": report.best_epoch.map(|_| dataset.len(dataset.selection_split())),
         "best_epoch": report.best_epoch,
         "best_accuracy": report.best_accuracy(),
         "planned_steps": report.planned_steps,
@@ -361,6 +382,15 @@ pub(super) fn write_train_metrics(
     let path = ctx.out_dir.join("train_metrics.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&details).unwrap_or_default())
         .map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))
+}
+
+/// Which epoch's weights a run kept: `best` (chosen on the selection split) or `last`.
+fn kept_epoch(report: &TrainReport) -> &'static str {
+    if report.best_epoch.is_some() {
+        "best"
+    } else {
+        "last"
+    }
 }
 
 /// A training run's headline metrics: the kept epoch's validation accuracy and loss, the last
@@ -418,6 +448,7 @@ pub(super) mod testing {
                 ("classes", Value::Int(2)),
                 ("train_size", Value::Int(512)),
                 ("val_size", Value::Int(256)),
+                ("test_size", Value::Int(256)),
                 ("max_len", Value::Int(24)),
                 ("vocab_size", Value::Int(64)),
                 ("noise", Value::Float(0.1)),
@@ -519,6 +550,7 @@ pub(super) mod testing {
             threads,
             cache_dir: out.with_extension("cache"),
             key_lock: None,
+            selection: Default::default(),
         };
         let r = super::super::execute(&mut ctx);
         drop(ctx);

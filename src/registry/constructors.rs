@@ -1,6 +1,6 @@
 //! Model and dataset constructors: calls that describe, not run.
 
-use super::schema::{p, ArgProblem, Default as D, OpKind, Range, Ty};
+use super::schema::{p, ArgProblem, Default as D, OpKind, ParamSchema, Range, Ty};
 use crate::value::{OpSchema, Params, Value};
 
 fn int(params: &Params, name: &str) -> Option<i64> {
@@ -216,6 +216,18 @@ pub static HF: OpSchema = OpSchema {
     check: None,
 };
 
+/// `holdout:` of every dataset: a fraction of the training split kept for model selection.
+const HOLDOUT: ParamSchema = p(
+    "holdout",
+    Ty::Float,
+    D::Optional,
+    Some(Range {
+        min: Some((0.0, false)),
+        max: Some((0.5, true)),
+    }),
+    "fraction of train held out (stratified, fixed seed) to select epochs on, so validation stays unseen",
+);
+
 /// `glue_sst2`: the GLUE SST-2 TSV files.
 pub static GLUE_SST2: OpSchema = OpSchema {
     name: "glue_sst2",
@@ -244,6 +256,7 @@ pub static GLUE_SST2: OpSchema = OpSchema {
             Some(Range::closed(100.0, 200000.0)),
             "WordPiece vocabulary trained when the model brings none",
         ),
+        HOLDOUT,
     ],
     derive: None,
     check: None,
@@ -277,6 +290,7 @@ pub static IMAGE_FOLDER: OpSchema = OpSchema {
             None,
             "random flips and crops on the training split",
         ),
+        HOLDOUT,
     ],
     derive: None,
     check: None,
@@ -311,6 +325,14 @@ pub static SYNTHETIC_TEXT: OpSchema = OpSchema {
             Some(Range::at_least(1.0)),
             "validation examples",
         ),
+        p(
+            "test_size",
+            Ty::Int,
+            D::Int(500),
+            Some(Range::at_least(1.0)),
+            "test examples (generated after the validation ones)",
+        ),
+        HOLDOUT,
         p(
             "max_len",
             Ty::Int,
@@ -366,6 +388,14 @@ pub static SYNTHETIC_IMAGES: OpSchema = OpSchema {
             Some(Range::at_least(1.0)),
             "validation images",
         ),
+        p(
+            "test_size",
+            Ty::Int,
+            D::Int(150),
+            Some(Range::at_least(1.0)),
+            "test images (generated after the validation ones)",
+        ),
+        HOLDOUT,
         p(
             "image_size",
             Ty::Int,

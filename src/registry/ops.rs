@@ -5,6 +5,7 @@ use crate::keyword::Keyword;
 use crate::ml::distill::FusionKind;
 use crate::ml::prune::{Method, Scope};
 use crate::ml::student::StudentInit;
+use crate::ml::train::Select;
 use crate::value::{OpSchema, Params, Value};
 
 const DATA: ParamSchema = p(
@@ -13,6 +14,13 @@ const DATA: ParamSchema = p(
     D::Required,
     None,
     "the dataset to train and validate on",
+);
+const SELECT: ParamSchema = p(
+    "select",
+    Ty::Enum(Select::WORDS),
+    D::Str("best"),
+    None,
+    "keep the epoch best on the selection split (validation, or `holdout:` of the data), or the last",
 );
 const EPOCHS: ParamSchema = p(
     "epochs",
@@ -117,10 +125,10 @@ const STUDENT: ParamSchema = p(
 );
 const SPLIT: ParamSchema = p(
     "split",
-    Ty::Enum(&["validation", "test", "train"]),
-    D::Str("validation"),
+    Ty::Enum(&["auto", "test", "validation", "train"]),
+    D::Str("auto"),
     None,
-    "which split to evaluate on",
+    "split to measure on: auto is test when the data has one, else validation; never one that selected the model",
 );
 
 const RESOURCES: ParamSchema = p(
@@ -145,6 +153,7 @@ crate::op_args! {
         /// The dataset.
         data: Value = DATA,
         epochs: usize = EPOCHS,
+        select: Select = SELECT,
         batch_size: usize = BATCH,
         lr: f64 = LR,
         weight_decay: f64 = WD,
@@ -161,7 +170,7 @@ crate::op_args! {
 pub static TRAIN: OpSchema = OpSchema {
     name: "train",
     kind: OpKind::Stage(Output::Model),
-    version: 2,
+    version: 3,
     doc: "Train a model on labelled data (AdamW, warm-up then linear decay, best checkpoint kept).",
     params: TrainArgs::PARAMS,
     derive: None,
@@ -189,6 +198,7 @@ crate::op_args! {
         init: StudentInit = INIT,
         intermediate: Option<Value> = INTERMEDIATE,
         epochs: usize = EPOCHS,
+        select: Select = SELECT,
         batch_size: usize = BATCH,
         lr: f64 = LR,
         weight_decay: f64 = WD,
@@ -205,7 +215,7 @@ crate::op_args! {
 pub static DISTILL: OpSchema = OpSchema {
     name: "distill",
     kind: OpKind::Stage(Output::Model),
-    version: 2,
+    version: 3,
     doc: "Distil a teacher into a student: alpha*CE(labels) + (1-alpha)*T^2*KL(teacher/T || student/T).",
     params: DistillArgs::PARAMS,
     derive: None,
@@ -248,6 +258,7 @@ crate::op_args! {
         t2_scale: bool = T2,
         init: StudentInit = INIT,
         epochs: usize = EPOCHS,
+        select: Select = SELECT,
         batch_size: usize = BATCH,
         lr: f64 = LR,
         weight_decay: f64 = WD,
@@ -264,7 +275,7 @@ crate::op_args! {
 pub static FUSE: OpSchema = OpSchema {
     name: "fuse",
     kind: OpKind::Stage(Output::Model),
-    version: 2,
+    version: 3,
     doc: "Multi-agent distillation: one student learns from the fused predictions of several teachers.",
     params: FuseArgs::PARAMS,
     derive: None,
@@ -344,7 +355,7 @@ crate::op_args! {
 pub static PREDICT: OpSchema = OpSchema {
     name: "predict",
     kind: OpKind::Stage(Output::Predictions),
-    version: 2,
+    version: 3,
     doc: "A model's logits on every training example. `distill` and `fuse` create one per teacher and \
           dataset, so students that share a teacher share its predictions.",
     params: PredictArgs::PARAMS,
@@ -416,6 +427,7 @@ crate::op_args! {
             "also write a merged dense checkpoint",
         ),
         epochs: usize = EPOCHS,
+        select: Select = SELECT,
         batch_size: usize = BATCH,
         /// Peak AdamW learning rate.
         lr: f64 = p(
@@ -436,7 +448,7 @@ crate::op_args! {
 pub static QLORA: OpSchema = OpSchema {
     name: "qlora",
     kind: OpKind::Stage(Output::Model),
-    version: 2,
+    version: 3,
     doc: "QLoRA: freeze the base as 4-bit NF4 and train low-rank adapters (PEFT layout) plus the head.",
     params: QloraArgs::PARAMS,
     derive: None,
@@ -494,6 +506,7 @@ crate::op_args! {
         ),
         /// Dataset for fine-tuning.
         data: Option<Value> = p("data", Ty::Dataset, D::Optional, None, "dataset for fine-tuning"),
+        select: Select = SELECT,
         lr: f64 = LR,
         seed: u64 = SEED,
         /// Read by the executors, not the op.
@@ -505,7 +518,7 @@ crate::op_args! {
 pub static PRUNE: OpSchema = OpSchema {
     name: "prune",
     kind: OpKind::Stage(Output::Model),
-    version: 2,
+    version: 3,
     doc: "Prune a model: L1 magnitude per layer or globally, or whole attention heads; masks kept while fine-tuning.",
     params: PruneArgs::PARAMS,
     derive: None,
@@ -539,7 +552,7 @@ crate::op_args! {
 pub static EVAL: OpSchema = OpSchema {
     name: "eval",
     kind: OpKind::Stage(Output::Metrics),
-    version: 2,
+    version: 3,
     doc: "Evaluate a model: accuracy, per-class accuracy, parameters, nonzeros, bytes on disk, latency.",
     params: EvalArgs::PARAMS,
     derive: None,
@@ -577,7 +590,7 @@ crate::op_args! {
 pub static REPORT: OpSchema = OpSchema {
     name: "report",
     kind: OpKind::Stage(Output::Report),
-    version: 2,
+    version: 3,
     doc: "Compare models in one report: accuracy, retention, measured sizes, compression; tables and plots.",
     params: ReportArgs::PARAMS,
     derive: None,

@@ -14,6 +14,9 @@ pub struct ReportData {
     pub dataset: String,
     /// Split the accuracies were measured on (`validation`, `test`).
     pub split: String,
+    /// How the models' epochs were selected, one sentence each (never on `split`).
+    #[serde(default)]
+    pub selection: Vec<String>,
     /// Majority-class accuracy on that split, as a fraction in [0, 1].
     pub chance_level: f64,
     /// Name of the row the ratios and retention are relative to (the teacher).
@@ -81,6 +84,9 @@ pub struct Report {
     pub dataset: String,
     /// Split the accuracies were measured on.
     pub split: String,
+    /// How the models' epochs were selected, one sentence each.
+    #[serde(default)]
+    pub selection: Vec<String>,
     /// Majority-class accuracy, as a fraction.
     pub chance_level: f64,
     /// Name of the baseline row.
@@ -115,6 +121,7 @@ impl ReportData {
             title: self.title.clone(),
             dataset: self.dataset.clone(),
             split: self.split.clone(),
+            selection: self.selection.clone(),
             chance_level: self.chance_level,
             baseline: self.baseline.clone(),
             rows,

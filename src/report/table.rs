@@ -128,8 +128,13 @@ fn accuracy(report: &Report, entry: &ReportEntry) -> String {
 /// The one-line context shared by both renderings.
 fn context(report: &Report) -> String {
     let base = report.baseline_entry();
+    let selection = if report.selection.is_empty() {
+        "no epoch selected on a split".to_string()
+    } else {
+        report.selection.join("; ")
+    };
     format!(
-        "Dataset: {} ({} split) · chance level (majority class): {} · baseline: {} ({}, {} params, {} on disk)",
+        "Dataset: {} · accuracy on the {} split ({selection}) · chance level (majority class): {} · baseline: {} ({}, {} params, {} on disk)",
         report.dataset,
         report.split,
         units::percent(report.chance_level),

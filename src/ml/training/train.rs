@@ -22,6 +22,16 @@ use crate::ml::models::params::ParamStore;
 /// Re-exported from [`crate::ml::kernels::runtime`], where it lives.
 pub use crate::ml::kernels::runtime::with_threads;
 
+crate::keywords! {
+    /// Which epoch's weights a training run keeps (`select:`).
+    pub enum Select {
+        /// The epoch with the best accuracy on the selection split (validation, or `holdout:`).
+        Best = "best",
+        /// The last epoch's: no split is used for selection.
+        Last = "last",
+    }
+}
+
 /// Hyper-parameters of a training run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainOptions {
@@ -39,6 +49,9 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Stop after this many optimiser steps (the schedule is planned for them).
     pub max_steps: Option<usize>,
+    /// Which epoch's weights are kept (the op's training driver reads it: the loop restores the
+    /// best epoch whenever it is given validation).
+    pub select: Select,
 }
 
 impl Default for TrainOptions {
@@ -51,6 +64,7 @@ impl Default for TrainOptions {
             grad_clip: Some(1.0),
             seed: 0,
             max_steps: None,
+            select: Select::Best,
         }
     }
 }
