@@ -85,11 +85,10 @@ impl Selection {
             return Ok(());
         }
         Err(OpError::Failed(format!(
-            "{what} was selected on the {split} split ({}), so its accuracy there is biased upwards and is \
-             not reported. Report another split (`split: \"test\"`), or keep the {split} split unseen: add \
-             `holdout: 0.1` to the dataset (epochs are then selected on 10% of train held out), or train \
-             with `select: \"last\"`",
-            self.how.iter().cloned().collect::<Vec<_>>().join("; ")
+            "{what} was selected on the {split} split (its epochs, or those of a model it was made from), \
+             so its accuracy there is biased upwards and is not reported. Report another split \
+             (`split: \"test\"`), or keep the {split} split unseen: add `holdout: 0.1` to the dataset (epochs \
+             are then selected on 10% of train held out), or train with `select: \"last\"`"
         )))
     }
 }

@@ -169,12 +169,17 @@ pub(super) fn source_label(source: &ModelSource) -> String {
 pub(super) fn log_data(ctx: &mut OpContext, dataset: &Dataset, batch_size: usize) {
     let _ = writeln!(
         ctx.log,
-        "data: {} classes {:?}; {} training, {} validation examples; batch size {batch_size}; {} threads",
+        "data: {} classes {:?}; {} training, {} validation{} examples; batch size {batch_size}; {} thread{}",
         dataset.classes.len(),
         dataset.classes,
         dataset.len(SplitName::Train),
         dataset.len(SplitName::Validation),
-        ctx.threads
+        match dataset.len(SplitName::Holdout) {
+            0 => String::new(),
+            n => format!(", {n} held-out"),
+        },
+        ctx.threads,
+        if ctx.threads == 1 { "" } else { "s" }
     );
 }
 

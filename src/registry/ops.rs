@@ -13,7 +13,21 @@ const DATA: ParamSchema = p(
     Ty::Dataset,
     D::Required,
     None,
-    "the dataset to train and validate on",
+    "the dataset to train on (and select epochs on: its holdout, else validation)",
+);
+const MEASURED_DATA: ParamSchema = p(
+    "data",
+    Ty::Dataset,
+    D::Required,
+    None,
+    "the dataset whose split (`split:`) is measured",
+);
+const PREDICT_DATA: ParamSchema = p(
+    "data",
+    Ty::Dataset,
+    D::Required,
+    None,
+    "the dataset whose training split the teacher predicts",
 );
 const SELECT: ParamSchema = p(
     "select",
@@ -337,7 +351,7 @@ crate::op_args! {
             "the model whose predictions are stored",
         ),
         /// The dataset.
-        data: Value = DATA,
+        data: Value = PREDICT_DATA,
         /// Examples per forward pass.
         batch_size: usize = p(
             "batch_size",
@@ -540,7 +554,7 @@ crate::op_args! {
         /// The model to evaluate.
         model: Value = p("model", Ty::Model, D::Required, None, "the model to evaluate"),
         /// The dataset.
-        data: Value = DATA,
+        data: Value = MEASURED_DATA,
         split: String = SPLIT,
         batch_size: usize = BATCH,
         /// Read by the executors, not the op.
@@ -571,7 +585,7 @@ crate::op_args! {
             "the models to compare",
         ),
         /// The dataset.
-        data: Value = DATA,
+        data: Value = MEASURED_DATA,
         /// The reference for retention and compression.
         baseline: Option<Value> = p(
             "baseline",
