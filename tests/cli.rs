@@ -99,7 +99,8 @@ fn plan_json_lists_every_stage_with_key_inputs_and_status() {
     assert_eq!(by_name(&plan, "teacher/predictions")["op"], "predict");
     // Defaults are filled in.
     assert_eq!(by_name(&plan, "mini[t=2.0,a=0.5]")["params"]["t2_scale"], true);
-    assert_eq!(by_name(&plan, "teacher")["params"]["epochs"], 3);
+    // (bert::mini is an architecture: it trains from scratch, with 5 epochs.)
+    assert_eq!(by_name(&plan, "teacher")["params"]["epochs"], 5);
 }
 
 #[test]
@@ -358,4 +359,38 @@ fn the_study_pipelines_plan_on_the_shared_samples() {
         assert!(stages(&plan).len() >= 10);
         assert!(store.path().join("stat-cache.json").exists());
     }
+}
+
+/// A model trained from random weights gets a larger learning rate and more epochs than one
+/// fine-tuned from a checkpoint or a stage, unless the pipeline says otherwise.
+#[test]
+fn training_from_scratch_gets_its_own_defaults() {
+    let t = Test::new().file(
+        "p.rkd",
+        "use std::bert\nlet data = synthetic_text(seed: 1)\n\
+         stage scratch = train(model: bert::mini, data: data)\n\
+         stage told = train(model: bert::mini, data: data, lr: 1e-4, epochs: 2)\n\
+         stage further = train(model: scratch, data: data)\n\
+         stage student = distill(teacher: scratch, student: bert::tiny, data: data)\n\
+         stage copied = distill(teacher: scratch, student: bert::tiny, data: data, init: \"teacher_layers\")\n",
+    );
+    let plan = plan_json(&t, "p.rkd");
+    let got = |name: &str| {
+        let s = by_name(&plan, name);
+        (
+            s["params"]["lr"].as_f64().unwrap(),
+            s["params"]["epochs"].as_i64().unwrap(),
+        )
+    };
+    assert_eq!(got("scratch"), (3e-4, 5));
+    assert_eq!(got("told"), (1e-4, 2));
+    assert_eq!(got("further"), (1e-4, 3));
+    assert_eq!(got("student"), (3e-4, 5));
+    assert_eq!(got("copied"), (1e-4, 3));
+    let ops = t.run_with(&["ops", "train"]);
+    assert!(
+        ops.stdout.contains("3e-4 when the model starts from random weights"),
+        "{}",
+        ops.stdout
+    );
 }

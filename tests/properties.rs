@@ -1119,11 +1119,13 @@ fn with_defaults(
     args
 }
 
+/// The defaults of a model trained from random weights: every trained model and student the
+/// generator writes is an architecture (`lr` and `epochs` differ for checkpoints).
 fn training_defaults() -> Vec<(&'static str, Val)> {
     vec![
-        ("epochs", Val::Int(3)),
+        ("epochs", Val::Int(5)),
         ("batch_size", Val::Int(32)),
-        ("lr", Val::Float(1e-4)),
+        ("lr", Val::Float(3e-4)),
         ("weight_decay", Val::Float(0.01)),
         ("warmup", Val::Float(0.1)),
         ("grad_clip", Val::Float(1.0)),
@@ -1494,7 +1496,7 @@ fn apply(p: &mut Pipe, edit: Edit) -> Option<usize> {
         Edit::Param(i) => {
             match &mut p.nodes[i] {
                 Node::Train { epochs, .. } | Node::Distill { epochs, .. } | Node::Sweep { epochs, .. } => {
-                    *epochs = Some(epochs.unwrap_or(3) + 7)
+                    *epochs = Some(epochs.unwrap_or(5) + 7)
                 }
                 Node::Chain { temperature, .. } => *temperature = bigger(*temperature),
                 Node::Prune { sparsity, .. } => *sparsity = (*sparsity + 0.05) % 1.0,

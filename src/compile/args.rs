@@ -110,15 +110,17 @@ impl Compiler {
         if !ok || !missing.is_empty() {
             return None;
         }
+        // Defaults that depend on other arguments first (they see only what was given), then the
+        // schema's defaults for the rest.
+        if let Some(derive) = op.derive {
+            derive(&mut params);
+        }
         for p in op.params {
             if !params.contains_key(p.name) {
                 if let Some(v) = Value::from_default(&p.default) {
                     params.insert(p.name.to_string(), v);
                 }
             }
-        }
-        if let Some(derive) = op.derive {
-            derive(&mut params);
         }
         if let Some(check) = op.check {
             let problems = check(&params);

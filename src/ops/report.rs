@@ -40,6 +40,7 @@ struct Entry {
 fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let args = ReportArgs::from_params(ctx.params)?;
     let mut split: Option<SplitName> = None;
+    let mut split_examples = None;
     let mut selection = Selection::default();
     let models = &args.models;
     let Some(first) = models.first() else {
@@ -90,6 +91,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         }
         if chance.is_none() {
             chance = Some(majority(data.labels(split), data.classes.len()));
+            split_examples = Some(data.len(split) as u64);
         }
         let m = measure(ctx, &source, data, split, 32).map_err(|err| format!("{}: {err}", e.name))?;
         let accuracy = m.eval.confusion.accuracy();
@@ -130,6 +132,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         dataset: dataset_name,
         split: split.map_or("validation", SplitName::as_str).into(),
         selection: selection.how.into_iter().collect(),
+        examples: split_examples,
         chance_level: chance.unwrap_or(0.0),
         baseline: baseline.clone(),
         rows,

@@ -310,6 +310,13 @@ pub(super) fn fit(
         },
     );
     let report = result?;
+    if report.loss_fell() == Some(false) {
+        let _ = writeln!(
+            ctx.log,
+            "warning: the training loss did not fall (the last tenth of the steps is not 5% below the first): \
+             did it learn? A model trained from scratch often needs a larger `lr` (3e-4 or more) and more epochs"
+        );
+    }
     if report.best_epoch.is_some() {
         ctx.selection.merge(Selection::on(selection_split, dataset));
     }
@@ -372,6 +379,7 @@ pub(super) fn write_train_metrics(
         "train_examples": dataset.len(SplitName::Train),
         "validation_examples": dataset.len(SplitName::Validation),
         "kept_epoch": kept_epoch(report),
+        "loss_fell": report.loss_fell(),
         "selection_split": report.best_epoch.map(|_| dataset.selection_split().as_str()),
         "selection_examples": report.best_epoch.map(|_| dataset.len(dataset.selection_split())),
         "best_epoch": report.best_epoch,

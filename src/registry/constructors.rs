@@ -216,6 +216,9 @@ pub static HF: OpSchema = OpSchema {
     check: None,
 };
 
+/// The model constructors that are architectures (random weights), not checkpoints.
+pub static ARCHITECTURES: &[&OpSchema] = &[&BERT, &VIT];
+
 /// `holdout:` of every dataset: a fraction of the training split kept for model selection.
 const HOLDOUT: ParamSchema = p(
     "holdout",

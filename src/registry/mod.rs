@@ -9,6 +9,7 @@ pub mod schema;
 
 pub use crate::value::OpSchema;
 pub use args::{ArgError, FromArg};
+pub use constructors::ARCHITECTURES;
 pub use functions::MAX_RANGE;
 pub use ops::{default_resources, resources, Resources, DISTILL, FUSE, PREDICT, RESOURCE_FIELDS};
 pub use ops::{

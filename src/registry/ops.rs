@@ -41,7 +41,7 @@ const EPOCHS: ParamSchema = p(
     Ty::Int,
     D::Int(3),
     Some(Range::at_least(1.0)),
-    "passes over the training split",
+    "passes over the training split (5 when the model starts from random weights)",
 );
 /// The default batch size of the training ops (prune's fine-tuning uses it too).
 pub const DEFAULT_BATCH_SIZE: i64 = 32;
@@ -58,8 +58,42 @@ const LR: ParamSchema = p(
     Ty::Float,
     D::Float(1e-4),
     Some(Range::above(0.0)),
-    "peak AdamW learning rate",
+    "peak AdamW learning rate (3e-4 when the model starts from random weights: an architecture)",
 );
+
+/// The learning rate and epochs a model trained from random weights gets unless told otherwise:
+/// 1e-4 × 3 epochs suits fine-tuning a pretrained model, but leaves a small model trained from
+/// scratch at the majority class.
+const SCRATCH_LR: f64 = 3e-4;
+const SCRATCH_EPOCHS: i64 = 5;
+
+/// Whether a model argument is an architecture (random weights), not a checkpoint or a stage.
+fn is_architecture(v: Option<&Value>) -> bool {
+    matches!(v, Some(Value::Spec(s)) if super::constructors::ARCHITECTURES.iter().any(|a| std::ptr::eq(*a, s.ctor)))
+}
+
+/// Fills `lr` and `epochs` for training from scratch when they were not given.
+fn scratch_defaults(params: &mut Params) {
+    params.entry("lr".into()).or_insert(Value::Float(SCRATCH_LR));
+    params.entry("epochs".into()).or_insert(Value::Int(SCRATCH_EPOCHS));
+}
+
+/// `train`: a model given as an architecture trains from scratch.
+fn derive_train(params: &mut Params) {
+    if is_architecture(params.get("model")) {
+        scratch_defaults(params);
+    }
+}
+
+/// `distill`/`fuse`: a student architecture trains from scratch unless it starts from the
+/// teacher's layers.
+fn derive_student(params: &mut Params) {
+    let from_teacher =
+        matches!(params.get("init"), Some(Value::Str(s)) if s.as_ref() == StudentInit::TeacherLayers.word());
+    if is_architecture(params.get("student")) && !from_teacher {
+        scratch_defaults(params);
+    }
+}
 const WD: ParamSchema = p(
     "weight_decay",
     Ty::Float,
@@ -187,7 +221,7 @@ pub static TRAIN: OpSchema = OpSchema {
     version: 3,
     doc: "Train a model on labelled data (AdamW, warm-up then linear decay, best checkpoint kept).",
     params: TrainArgs::PARAMS,
-    derive: None,
+    derive: Some(derive_train),
     check: Some(check_resources),
 };
 
@@ -232,7 +266,7 @@ pub static DISTILL: OpSchema = OpSchema {
     version: 3,
     doc: "Distil a teacher into a student: alpha*CE(labels) + (1-alpha)*T^2*KL(teacher/T || student/T).",
     params: DistillArgs::PARAMS,
-    derive: None,
+    derive: Some(derive_student),
     check: Some(check_resources),
 };
 
@@ -292,7 +326,7 @@ pub static FUSE: OpSchema = OpSchema {
     version: 3,
     doc: "Multi-agent distillation: one student learns from the fused predictions of several teachers.",
     params: FuseArgs::PARAMS,
-    derive: None,
+    derive: Some(derive_student),
     check: Some(check_fuse_and_resources),
 };
 

@@ -17,6 +17,9 @@ pub struct ReportData {
     /// How the models' epochs were selected, one sentence each (never on `split`).
     #[serde(default)]
     pub selection: Vec<String>,
+    /// Examples in the split (what "within noise of chance" is judged by), when known.
+    #[serde(default)]
+    pub examples: Option<u64>,
     /// Majority-class accuracy on that split, as a fraction in [0, 1].
     pub chance_level: f64,
     /// Name of the row the ratios and retention are relative to (the teacher).
@@ -87,6 +90,9 @@ pub struct Report {
     /// How the models' epochs were selected, one sentence each.
     #[serde(default)]
     pub selection: Vec<String>,
+    /// Examples in the split, when known.
+    #[serde(default)]
+    pub examples: Option<u64>,
     /// Majority-class accuracy, as a fraction.
     pub chance_level: f64,
     /// Name of the baseline row.
@@ -122,6 +128,7 @@ impl ReportData {
             dataset: self.dataset.clone(),
             split: self.split.clone(),
             selection: self.selection.clone(),
+            examples: self.examples,
             chance_level: self.chance_level,
             baseline: self.baseline.clone(),
             rows,

@@ -3,7 +3,7 @@
 use super::units::{self, MISSING};
 use super::{Report, ReportEntry};
 
-/// Marks an accuracy at or below the chance level.
+/// Marks an accuracy within noise of the chance level (or below it).
 const AT_CHANCE: &str = "†";
 
 /// One column: its markdown header, its terminal header, and how a row fills it.
@@ -117,7 +117,18 @@ const COLUMNS: &[Column] = &[
 ];
 
 fn at_chance(report: &Report, entry: &ReportEntry) -> bool {
-    entry.row.accuracy <= report.chance_level
+    entry.row.accuracy <= chance_bound(report)
+}
+
+/// The highest accuracy a model that learned nothing would plausibly reach: the chance level
+/// plus two standard errors of a proportion on the split's examples (the chance level itself
+/// when their number is unknown).
+fn chance_bound(report: &Report) -> f64 {
+    let p = report.chance_level;
+    match report.examples {
+        Some(n) if n > 0 => p + 2.0 * (p * (1.0 - p) / n as f64).sqrt(),
+        _ => p,
+    }
 }
 
 fn accuracy(report: &Report, entry: &ReportEntry) -> String {
@@ -157,10 +168,18 @@ fn notes(report: &Report) -> Vec<String> {
         ),
     ];
     if report.rows.iter().any(|e| at_chance(report, e)) {
-        notes.push(format!(
-            "{AT_CHANCE} At or below the chance level ({}).",
-            units::percent(report.chance_level)
-        ));
+        notes.push(match report.examples {
+            Some(n) if n > 0 => format!(
+                "{AT_CHANCE} Within noise of the chance level: at most {} ({} plus two standard errors on {n} \
+                 examples) — did it learn?",
+                units::percent(chance_bound(report)),
+                units::percent(report.chance_level)
+            ),
+            _ => format!(
+                "{AT_CHANCE} At or below the chance level ({}) — did it learn?",
+                units::percent(report.chance_level)
+            ),
+        });
     }
     notes
 }

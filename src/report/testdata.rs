@@ -35,6 +35,7 @@ pub fn sample() -> ReportData {
         title: "BERT on SST-2".into(),
         dataset: "sst2".into(),
         split: "validation".into(),
+        examples: Some(872),
         selection: vec!["epochs selected on 80 held-out training examples".into()],
         chance_level: 0.509,
         baseline: "teacher".into(),

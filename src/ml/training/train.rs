@@ -129,6 +129,20 @@ impl TrainReport {
         self.steps.len()
     }
 
+    /// Whether training reduced the loss: the mean of the last tenth of the steps at least 5%
+    /// below that of the first tenth (`None` with fewer than 4 steps).
+    pub fn loss_fell(&self) -> Option<bool> {
+        // The mean loss of the first and of the last tenth of the steps (at least one each).
+        let n = self.steps.len();
+        if n < 4 {
+            return None;
+        }
+        let k = (n / 10).max(1);
+        let mean = |s: &[StepRecord]| s.iter().map(|r| r.loss).sum::<f64>() / s.len() as f64;
+        let (first, last) = (mean(&self.steps[..k]), mean(&self.steps[n - k..]));
+        Some(last < 0.95 * first)
+    }
+
     /// Validation accuracy of the kept weights.
     pub fn best_accuracy(&self) -> Option<f64> {
         let best = self.best_epoch?;
