@@ -237,6 +237,9 @@ fn ctrl_c_stops_the_run_and_keeps_what_finished() {
     let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
     assert_eq!(plan["stages"][0]["status"], "cached");
     assert_eq!(plan["stages"][1]["status"], "run");
+    // Stopped by the user, not failed.
+    let reason = plan["stages"][1]["reasons"][0].as_str().unwrap();
+    assert!(reason.starts_with("interrupted last time"), "{reason}");
 }
 
 #[test]

@@ -119,7 +119,13 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
         };
         println!(
             "{}",
-            serde_json::json!({ key: ran, "cached": names(Outcome::Cached), "failed": names(Outcome::Failed), "skipped": skipped })
+            serde_json::json!({
+                key: ran,
+                "cached": names(Outcome::Cached),
+                "failed": names(Outcome::Failed),
+                "interrupted": names(Outcome::Interrupted),
+                "skipped": skipped
+            })
         );
     } else if opts.dry_run {
         print_dry_run(&plan, &report);
@@ -234,13 +240,17 @@ fn print_summary(plan: &Plan, report: &RunReport) {
     }
     let count = |o: Outcome| report.stages.iter().flatten().filter(|r| r.outcome == o).count();
     let skipped = count(Outcome::Skipped);
+    let interrupted = match count(Outcome::Interrupted) {
+        0 if report.interrupted => " (interrupted)".to_string(),
+        0 => String::new(),
+        n => format!(", {n} interrupted"),
+    };
     println!(
-        "\n{} ran, {} cached, {} failed, {skipped} skipped in {:.2}s{}",
+        "\n{} ran, {} cached, {} failed, {skipped} skipped in {:.2}s{interrupted}",
         count(Outcome::Ran),
         count(Outcome::Cached),
         count(Outcome::Failed),
         report.duration_s,
-        if report.interrupted { " (interrupted)" } else { "" }
     );
     if skipped > 0 && !report.interrupted {
         if let Some((s, r)) = rows.iter().find(|(_, r)| r.outcome == Outcome::Skipped) {

@@ -99,6 +99,7 @@ pub fn reasons(now: &StageRecord, old: &StageRecord) -> Vec<String> {
         out.push(if now.key == old.key {
             match old.status {
                 Outcome::Failed => "failed last time".to_string(),
+                Outcome::Interrupted => "interrupted last time (nothing was stored)".to_string(),
                 _ => "result missing from the store (removed, or damaged and discarded)".to_string(),
             }
         } else {

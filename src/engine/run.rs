@@ -496,6 +496,12 @@ pub fn run_stage(
                 Err(e) => fail(format!("cannot store the result: {e}")),
             }
         }
+        Err(ops::OpError::Interrupted) => Finished {
+            outcome: Outcome::Interrupted,
+            time_s,
+            metrics: BTreeMap::new(),
+            error: Some("interrupted".into()),
+        },
         Err(e) => {
             let log = keep_failed_log(store, &stage.key, &log_path);
             let tail = log.as_ref().map(|p| log_tail(p)).unwrap_or_default();
@@ -592,7 +598,10 @@ pub(crate) fn write_records(
             decided.push(Decided {
                 names,
                 key: keys[i].as_str(),
-                failed: r.outcome == Outcome::Failed,
+                status: match r.outcome {
+                    Outcome::Failed | Outcome::Interrupted => r.outcome,
+                    _ => Outcome::Ran,
+                },
             });
             decided_ids.push(i);
         }

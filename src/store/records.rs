@@ -18,6 +18,9 @@ pub enum Outcome {
     Failed,
     /// It did not run because something it needs failed (or the run stopped).
     Skipped,
+    /// It was running when the run was interrupted (Ctrl-C, SIGTERM, scancel): nothing stored,
+    /// nothing failed.
+    Interrupted,
 }
 
 impl Outcome {
@@ -28,6 +31,7 @@ impl Outcome {
             Outcome::Cached => "cached",
             Outcome::Failed => "failed",
             Outcome::Skipped => "skipped",
+            Outcome::Interrupted => "interrupted",
         }
     }
 }
@@ -153,7 +157,7 @@ impl Store {
                 h.update(&[0]);
             }
             h.update(d.key.as_bytes());
-            h.update(&[d.failed as u8]);
+            h.update(d.status.name().as_bytes());
         }
         let digest = h.finalize().to_hex().to_string();
         let digest_path = self.runs_dir().join(INDEX_DIGEST);
@@ -164,12 +168,12 @@ impl Store {
         let _lock = super::lock::KeyLock::acquire(self, &lock_key)?;
         let mut index = self.read_index();
         for (i, d) in stages.iter().enumerate() {
-            let current = |e: &StageRecord| e.key == d.key && (e.status == Outcome::Failed) == d.failed;
+            let current = |e: &StageRecord| e.key == d.key && e.status == d.status;
             if d.names.iter().all(|n| index.get(*n).is_some_and(current)) {
                 continue;
             }
             let mut entry = full(i);
-            entry.status = if d.failed { Outcome::Failed } else { Outcome::Ran };
+            entry.status = d.status;
             entry.time_s = 0.0;
             entry.metrics.clear();
             for n in &d.names {
@@ -189,8 +193,8 @@ pub struct Decided<'a> {
     pub names: Vec<&'a str>,
     /// Its key (hex).
     pub key: &'a str,
-    /// Whether it failed.
-    pub failed: bool,
+    /// How it ended, as the index keeps it: `Failed`, `Interrupted`, or `Ran` (ran or cached).
+    pub status: Outcome,
 }
 
 /// Why a run record cannot be read.
