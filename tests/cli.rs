@@ -394,3 +394,14 @@ fn training_from_scratch_gets_its_own_defaults() {
         ops.stdout
     );
 }
+
+/// A file without stages runs "successfully", but says that there was nothing to run.
+#[test]
+fn a_file_without_stages_warns() {
+    let t = Test::new().file("p.rkd", "# nothing yet\nlet x = 1\n");
+    for cmd in ["plan", "run"] {
+        let out = t.run_with(&[cmd, "p.rkd"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(out.stderr.contains("defines no stages"), "{cmd}: {}", out.stderr);
+    }
+}

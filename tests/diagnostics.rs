@@ -337,3 +337,26 @@ fn missing_input_file_is_reported_by_plan() {
 fn out_dir_marker() -> String {
     std::env::temp_dir().display().to_string()
 }
+
+/// Habits from Python get a hint that says what rkd writes instead.
+#[test]
+fn python_habits_get_a_hint() {
+    insta::assert_snapshot!(
+        "python_equals_for_arguments",
+        check("let d = synthetic_text(seed = 1)\n")
+    );
+    insta::assert_snapshot!(
+        "python_single_quotes",
+        check("let d = synthetic_text(seed: 1, name: 'x')\n")
+    );
+    insta::assert_snapshot!(
+        "python_missing_comma",
+        check("let d = synthetic_text(seed: 1 classes: 2)\n")
+    );
+    insta::assert_snapshot!(
+        "python_capital_true",
+        check(&with_header(
+            "stage s = eval(model: teacher, data: data, split: True)\n"
+        ))
+    );
+}

@@ -3,6 +3,7 @@
 mod common;
 use common::{key_of, sorted, Test};
 use serde_json::Value;
+use std::path::Path;
 
 const PIPELINE: &str = r#"
 let data = synthetic_text(seed: 3, classes: 2, train_size: 256, val_size: 128, max_len: 16, vocab_size: 48)
@@ -162,4 +163,12 @@ fn changing_one_sweep_value_reruns_only_that_branch_and_the_report() {
     for needle in ["tuned[a=0.9]", "qlora", "prune", "multi-agent", "successive"] {
         assert!(table.contains(needle), "{needle} missing from\n{table}");
     }
+    // An exported QLoRA stage names itself as the adapter's base (it holds the NF4 base), not a
+    // directory inside the store; rkd's own bookkeeping stays behind.
+    run_ok(&t, &["export", "p.rkd", "q", "--out", "q_export"]);
+    let dir = t.path().join("q_export");
+    let ac: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+    let base = ac["base_model_name_or_path"].as_str().unwrap();
+    assert_eq!(Path::new(base), std::fs::canonicalize(&dir).unwrap(), "{base}");
+    assert!(!dir.join("selection.json").exists());
 }

@@ -378,6 +378,12 @@ fn load_plan(
             store.root.display()
         );
     }
+    if plan.is_empty() {
+        eprintln!(
+            "warning: {} defines no stages: nothing to run (a stage is `stage NAME = OP(...)`)",
+            file.display()
+        );
+    }
     Some((compiled, plan, store))
 }
 

@@ -114,6 +114,7 @@ fn export_stage(plan: &Plan, store: &Store, file: &Path, name: &str, out: &Path)
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut copied = Vec::new();
     copy_model_files(&src, out, Path::new(""), &mut copied)?;
+    point_adapter_at(out, &store.root)?;
     let config = crate::ml::checkpoint::read_config(out).map_err(|e| e.to_string())?;
     if let crate::ml::ModelConfig::Vit(v) = config {
         let pre = out.join("preprocessor_config.json");
@@ -126,6 +127,25 @@ fn export_stage(plan: &Plan, store: &Store, file: &Path, name: &str, out: &Path)
     Ok(copied)
 }
 
+/// A QLoRA stage's `adapter_config.json` names its base by where the base was when it trained,
+/// often inside the store; the export holds that base itself (the NF4 weights beside the adapter),
+/// so a path into the store becomes the export's own directory. A Hub id is kept.
+fn point_adapter_at(out: &Path, store_root: &Path) -> Result<(), String> {
+    let path = out.join(crate::ml::compress::lora::ADAPTER_CONFIG);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let mut v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let base = v["base_model_name_or_path"].as_str().map(Path::new);
+    if base.is_some_and(|b| b.starts_with(store_root)) {
+        let here = std::fs::canonicalize(out).unwrap_or_else(|_| out.to_path_buf());
+        v["base_model_name_or_path"] = serde_json::Value::from(here.display().to_string());
+        std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Copies what makes up the model (not the op's metrics, logs or predictions), subdirectories
 /// (a QLoRA stage's `merged/`) included.
 fn copy_model_files(src: &Path, dst: &Path, rel: &Path, copied: &mut Vec<String>) -> Result<(), String> {
@@ -133,7 +153,10 @@ fn copy_model_files(src: &Path, dst: &Path, rel: &Path, copied: &mut Vec<String>
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         let path = entry.path();
-        let skip = name.ends_with("metrics.json") || name.ends_with(".log") || name.starts_with('.');
+        let skip = name.ends_with("metrics.json")
+            || name.ends_with(".log")
+            || name.starts_with('.')
+            || name == crate::ops::selection::FILE;
         if skip {
             continue;
         }

@@ -351,7 +351,15 @@ impl Compiler {
             return;
         }
         let is_std = super::stdlib::source(&name.name).is_some();
-        let help = if is_std {
+        let python = match name.name.as_str() {
+            "True" => Some("booleans are lowercase: `true`"),
+            "False" => Some("booleans are lowercase: `false`"),
+            "None" | "null" | "nil" => Some("there is no null value: leave the argument out to take its default"),
+            _ => None,
+        };
+        let help = if let Some(h) = python {
+            Some(h.to_string())
+        } else if is_std {
             Some(format!(
                 "`{0}` is a standard module: add `use std::{0}` at the top of the file",
                 name.name

@@ -31,6 +31,9 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     with_threads(threads, || run_on_pool(ctx))
 }
 
+/// Each example's label and predicted class (`index,label,predicted,correct`), beside eval.json.
+pub const PREDICTIONS_CSV: &str = "predictions.csv";
+
 /// Files of a model directory that make up the model (weights, config, tokenizer), with their
 /// sizes; the op's own reports and logs are left out.
 pub fn model_files(dir: &Path) -> Result<BTreeMap<String, u64>, OpError> {
@@ -178,6 +181,7 @@ pub fn measure(
         .map_err(|e| e.to_string())?;
     let mut confusion = Confusion::new(config.num_labels());
     let mut loss_sum = 0.0;
+    let mut predicted = vec![0u32; n];
     for (i, b) in batches.iter().enumerate() {
         if ctx.cancel.is_interrupted() {
             return Err(OpError::Interrupted);
@@ -185,11 +189,15 @@ pub fn measure(
         let ev = evaluate(&frozen.model, std::iter::once((&b.input, &b.labels))).map_err(|e| e.to_string())?;
         loss_sum += ev.loss * ev.confusion.total() as f64;
         confusion.merge(&ev.confusion).map_err(|e| e.to_string())?;
+        for (&at, &p) in b.indices.iter().zip(&ev.predicted) {
+            predicted[at] = p;
+        }
         ctx.progress.steps("batch", i as u64 + 1, batches.len() as u64);
     }
     let eval = Evaluation {
         loss: loss_sum / confusion.total().max(1) as f64,
         confusion,
+        predicted,
     };
     let sizes = crate::ml::sizes::measure(&config, &frozen.params).map_err(|e| e.to_string())?;
     let files = model_files(&frozen.dir)?;
@@ -306,6 +314,13 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let path = ctx.out_dir.join("eval.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap_or_default())
         .map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))?;
+    // Per example, so that two models measured on the same split can be compared pairwise.
+    let mut csv = String::from("index,label,predicted,correct\n");
+    for (i, (&label, &p)) in dataset.labels(split).iter().zip(&ev.predicted).enumerate() {
+        csv.push_str(&format!("{i},{label},{p},{}\n", u8::from(label == p)));
+    }
+    let path = ctx.out_dir.join(PREDICTIONS_CSV);
+    std::fs::write(&path, csv).map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))?;
 
     let mut out = OpOutput::default();
     let o = &mut out.metrics;
@@ -382,6 +397,12 @@ mod tests {
         assert_eq!(per_class.len(), 2);
         let support: u64 = per_class.iter().map(|c| c["support"].as_u64().unwrap()).sum();
         assert_eq!(support, 256);
+        // Every example's prediction is kept, and they add up to the accuracy.
+        let csv = std::fs::read_to_string(out.join(super::PREDICTIONS_CSV)).unwrap();
+        let rows: Vec<&str> = csv.lines().skip(1).collect();
+        assert_eq!(rows.len(), 256);
+        let correct = rows.iter().filter(|r| r.ends_with(",1")).count();
+        assert!((correct as f64 / 256.0 - m["accuracy"]).abs() < 1e-12);
         // Overall accuracy is the support-weighted mean of the per-class accuracies.
         let weighted: f64 = per_class
             .iter()

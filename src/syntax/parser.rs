@@ -195,6 +195,26 @@ fn syntax_error(file: FileId, text: &str, e: pest::error::Error<Rule>) -> Diag {
             .help(format!("add the missing `{close}`"));
     } else if text[..start].trim_end().ends_with(',') && found == "`)`" {
         d = d.help("remove the trailing comma or add the missing argument");
+    } else if text[start..].starts_with('=')
+        && !text[start..].starts_with("==")
+        && unclosed.last().is_some_and(|&(_, c)| c == '(')
+    {
+        d = d.help("arguments are written `name: value`, with a colon (`lr: 1e-3`, not `lr = 1e-3`)");
+    } else if text[start..].starts_with('\'') {
+        d = d.help("strings use double quotes: \"like this\"");
+    } else if unclosed.last().is_some_and(|&(_, c)| c == '(' || c == '[')
+        && found.starts_with('`')
+        && found
+            .chars()
+            .nth(1)
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '"')
+        && text[..start]
+            .trim_end()
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_alphanumeric() || matches!(c, ')' | ']' | '"' | '}'))
+    {
+        d = d.help("items are separated by commas: is one missing before this?");
     } else if found.starts_with("`use`") || found.starts_with("`let`") || found.starts_with("`stage`") {
         d = d.help("each item starts on its own; check the item before this one is complete");
     }

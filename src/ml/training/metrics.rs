@@ -125,6 +125,8 @@ pub struct Evaluation {
     pub confusion: Confusion,
     /// Mean cross-entropy per example.
     pub loss: f64,
+    /// The predicted class of every example, in batch order (for paired comparisons).
+    pub predicted: Vec<u32>,
 }
 
 /// Runs `model` in eval mode over `(input, labels)` batches; the model should be built on
@@ -135,17 +137,21 @@ pub fn evaluate<'a>(
 ) -> Result<Evaluation> {
     let mut confusion = Confusion::new(model.num_labels());
     let mut loss_sum = 0.0;
+    let mut predicted = Vec::new();
     for (input, labels) in batches {
         let out = model.forward(input, &mut ForwardCtx::eval())?;
         let n = labels.dim(0)?;
         let loss = candle_nn::loss::cross_entropy(&out.logits, labels)?.to_scalar::<f32>()? as f64;
         loss_sum += loss * n as f64;
-        confusion.add_all(&labels.to_vec1::<u32>()?, &predictions(&out.logits)?)?;
+        let p = predictions(&out.logits)?;
+        confusion.add_all(&labels.to_vec1::<u32>()?, &p)?;
+        predicted.extend(p);
     }
     let n = confusion.total().max(1) as f64;
     Ok(Evaluation {
         confusion,
         loss: loss_sum / n,
+        predicted,
     })
 }
 
