@@ -62,10 +62,7 @@ fn reruns_only_what_changed() {
     let plan = t.run_with(&["plan", "p.rkd", "--json"]);
     let plan: Value = serde_json::from_str(&plan.stdout).unwrap();
     let b = by_name(&plan, "b");
-    assert_eq!(
-        b["reasons"],
-        serde_json::json!(["parameter changed: params {\"v\":1} → {\"v\":2}"])
-    );
+    assert_eq!(b["reasons"], serde_json::json!(["parameter changed: params.v 1 → 2"]));
     let c = by_name(&plan, "c");
     assert_eq!(c["reasons"], serde_json::json!(["upstream changed: b"]));
     let (_, changed) = run_json(&t, &[]);

@@ -61,6 +61,16 @@ fn trains_evaluates_caches_and_repeats_bit_for_bit() {
     assert_eq!(config["id2label"], serde_json::json!({"0": "class_0", "1": "class_1"}));
     let curve = json_file(&out.join("train_metrics.json"));
     assert_eq!(curve["steps"].as_array().unwrap().len(), 128);
+    // The curves as CSV too: a header and one row per step / per epoch.
+    let steps = std::fs::read_to_string(out.join("steps.csv")).unwrap();
+    assert_eq!(steps.lines().next(), Some("step,epoch,loss,lr,grad_norm"));
+    assert_eq!(steps.lines().count(), 1 + 128);
+    let epochs = std::fs::read_to_string(out.join("epochs.csv")).unwrap();
+    assert_eq!(
+        epochs.lines().next(),
+        Some("epoch,steps,train_loss,validation_loss,validation_accuracy")
+    );
+    assert_eq!(epochs.lines().count(), 1 + 4);
 
     let score = entry(&t, "a", "score");
     let eval = json_file(&score.join("metrics.json"));

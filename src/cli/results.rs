@@ -156,7 +156,8 @@ fn copy_model_files(src: &Path, dst: &Path, rel: &Path, copied: &mut Vec<String>
         let skip = name.ends_with("metrics.json")
             || name.ends_with(".log")
             || name.starts_with('.')
-            || name == crate::ops::selection::FILE;
+            || name == crate::ops::selection::FILE
+            || name.ends_with(".csv");
         if skip {
             continue;
         }

@@ -75,7 +75,7 @@ pub fn reasons(now: &StageRecord, old: &StageRecord) -> Vec<String> {
         keys.dedup();
         for k in keys {
             match (prev.get(k), new.get(k)) {
-                (Some(a), Some(b)) if a != b => out.push(format!("parameter changed: {k} {} → {}", show(a), show(b))),
+                (Some(a), Some(b)) if a != b => changed(k, a, b, &mut out),
                 (None, Some(b)) => out.push(format!("parameter added: {k} = {}", show(b))),
                 (Some(a), None) => out.push(format!("parameter removed: {k} (was {})", show(a))),
                 _ => {}
@@ -109,6 +109,40 @@ pub fn reasons(now: &StageRecord, old: &StageRecord) -> Vec<String> {
     out
 }
 
+/// "parameter changed: PATH old → new" for each innermost value that differs, so that a changed
+/// seed inside a dataset reads `data.synthetic_text.seed 0 → 1`, not two whole datasets.
+fn changed(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value as J;
+    match (a, b) {
+        (J::Object(x), J::Object(y)) if x.len() == y.len() && x.keys().eq(y.keys()) => {
+            for (k, va) in x {
+                if let Some(vb) = y.get(k).filter(|vb| *vb != va) {
+                    changed(&format!("{path}.{k}"), va, vb, out);
+                }
+            }
+        }
+        (J::Array(x), J::Array(y)) if x.len() == y.len() => {
+            for (i, (va, vb)) in x.iter().zip(y).enumerate() {
+                if va != vb {
+                    changed(&format!("{path}[{i}]"), va, vb, out);
+                }
+            }
+        }
+        _ => out.push(format!("parameter changed: {path} {} → {}", short(a), short(b))),
+    }
+}
+
+/// A value for a reason line, cut to a readable length.
+fn short(v: &serde_json::Value) -> String {
+    const MAX: usize = 80;
+    let s = show(v);
+    if s.chars().count() <= MAX {
+        s
+    } else {
+        s.chars().take(MAX - 1).collect::<String>() + "…"
+    }
+}
+
 fn show(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::Number(n) if n.is_f64() => {
@@ -116,5 +150,50 @@ fn show(v: &serde_json::Value) -> String {
             format!("{f:?}")
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(params: serde_json::Value) -> StageRecord {
+        StageRecord {
+            name: "t".into(),
+            aliases: Vec::new(),
+            op: "train".into(),
+            op_version: 1,
+            key: "k".into(),
+            status: Outcome::Ran,
+            time_s: 0.0,
+            metrics: Default::default(),
+            params,
+            inputs: Default::default(),
+            files: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_changed_value_inside_a_dataset_is_named_by_its_path() {
+        let words = "w ".repeat(500);
+        let old = record(
+            serde_json::json!({"data": {"synthetic_text": {"seed": 0, "noise": 0.1, "text": words}}, "lr": 1e-3}),
+        );
+        let new = record(
+            serde_json::json!({"data": {"synthetic_text": {"seed": 1, "noise": 0.1, "text": words}}, "lr": 1e-3}),
+        );
+        assert_eq!(
+            reasons(&new, &old),
+            ["parameter changed: data.synthetic_text.seed 0 → 1"]
+        );
+        // A whole value that differs in shape is shown cut to a readable length.
+        let other = record(serde_json::json!({"data": {"glue_sst2": {"path": words}}, "lr": 1e-3}));
+        let r = reasons(&other, &old);
+        assert_eq!(r.len(), 1);
+        assert!(
+            r[0].starts_with("parameter changed: data {") && r[0].chars().count() < 200,
+            "{}",
+            r[0]
+        );
     }
 }

@@ -44,6 +44,7 @@ pub fn model_files(dir: &Path) -> Result<BTreeMap<String, u64>, OpError> {
         let report = name.ends_with("metrics.json")
             || name == "eval.json"
             || name == super::selection::FILE
+            || name.ends_with(".csv")
             || name.ends_with(".log")
             || name == "log.txt";
         if report || name.starts_with('.') {

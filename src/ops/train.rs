@@ -252,7 +252,7 @@ pub(super) fn fit(
     let epochs = opts.epochs;
     let mut on_step = |r: &StepRecord, total: usize| {
         progress.steps(
-            &format!("{label} {}/{epochs} step", r.epoch),
+            &format!("{label} {}/{epochs} · loss {:.4} · step", r.epoch, r.loss),
             r.step as u64,
             total as u64,
         );
@@ -310,6 +310,7 @@ pub(super) fn fit(
         },
     );
     let report = result?;
+    write_curves(&ctx.out_dir, &report, selection_split)?;
     if report.loss_fell() == Some(false) {
         let _ = writeln!(
             ctx.log,
@@ -396,6 +397,38 @@ pub(super) fn write_train_metrics(
     std::fs::write(&path, serde_json::to_vec_pretty(&details).unwrap_or_default())
         .map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))
 }
+
+/// The training curves as CSV, for spreadsheets and plotting scripts: `steps.csv` (step, epoch,
+/// loss, lr, grad_norm) and `epochs.csv` (epoch, train loss, and loss and accuracy on the
+/// selection split).
+pub(super) fn write_curves(dir: &Path, report: &TrainReport, selection: SplitName) -> Result<(), OpError> {
+    let mut steps = String::from("step,epoch,loss,lr,grad_norm\n");
+    for s in &report.steps {
+        steps.push_str(&format!("{},{},{},{},{}\n", s.step, s.epoch, s.loss, s.lr, s.grad_norm));
+    }
+    let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
+    let mut epochs = format!("epoch,steps,train_loss,{selection}_loss,{selection}_accuracy\n");
+    for e in &report.epochs {
+        epochs.push_str(&format!(
+            "{},{},{},{},{}\n",
+            e.epoch,
+            e.steps,
+            e.train_loss,
+            opt(e.val_loss),
+            opt(e.val_accuracy)
+        ));
+    }
+    for (name, text) in [(STEPS_CSV, steps), (EPOCHS_CSV, epochs)] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// The per-step training curve beside a trained model.
+pub const STEPS_CSV: &str = "steps.csv";
+/// The per-epoch training curve beside a trained model.
+pub const EPOCHS_CSV: &str = "epochs.csv";
 
 /// Which epoch's weights a run kept: `best` (chosen on the selection split) or `last`.
 fn kept_epoch(report: &TrainReport) -> &'static str {
