@@ -405,3 +405,18 @@ fn a_file_without_stages_warns() {
         assert!(out.stderr.contains("defines no stages"), "{cmd}: {}", out.stderr);
     }
 }
+
+/// `rkd log FILE` and `rkd verify FILE` read the store `rkd run FILE` wrote, from any directory.
+#[test]
+fn log_and_verify_take_the_pipeline_file() {
+    let t = Test::new().file("d/p.rkd", "stage a = exec(cmd: \"echo hi > $RKD_OUT/x\")\n");
+    assert_eq!(t.run_with(&["run", "d/p.rkd"]).code, 0);
+    let log = t.run_with(&["log", "d/p.rkd"]);
+    assert_eq!(log.code, 0, "{}", log.stderr);
+    assert!(log.stdout.contains("p.rkd"), "{}", log.stdout);
+    let verify = t.run_with(&["verify", "d/p.rkd"]);
+    assert_eq!(verify.code, 0, "{}", verify.stderr);
+    assert!(verify.stdout.contains("1 entry checked"), "{}", verify.stdout);
+    // Without the file, the current directory's store is meant: there is none here.
+    assert!(t.run_with(&["log"]).stdout.contains("no runs recorded"));
+}

@@ -169,13 +169,19 @@ enum Command {
     /// Exits with 1 when any entry is damaged. A damaged entry is never used: the next run that
     /// needs it discards it and runs the stage again.
     Verify {
-        /// The store directory [default: $RKD_STORE, else .rkd/ in the current directory].
+        /// A pipeline file: its store (.rkd/ beside it, as `rkd run` uses) is verified.
+        file: Option<PathBuf>,
+        /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE, else in the current
+        /// directory].
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
     },
     /// List the runs recorded in the store.
     Log {
-        /// The store directory [default: $RKD_STORE, else .rkd/ in the current directory].
+        /// A pipeline file: the runs of its store (.rkd/ beside it, as `rkd run` uses) are listed.
+        file: Option<PathBuf>,
+        /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE, else in the current
+        /// directory].
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
         /// Show the last N runs.
@@ -315,8 +321,8 @@ pub fn main() -> ExitCode {
         Command::Status { file, store } => status::run(&file, store.as_deref()),
         Command::ExecStage { store, key } => exec_stage::run(&store, &key),
         Command::Explain { file, stage, store } => plan::explain(&file, &stage, store.as_deref()),
-        Command::Verify { store } => store_cmds::verify(store.as_deref()),
-        Command::Log { store, limit } => store_cmds::log(store.as_deref(), limit),
+        Command::Verify { file, store } => store_cmds::verify(file.as_deref(), store.as_deref()),
+        Command::Log { file, store, limit } => store_cmds::log(file.as_deref(), store.as_deref(), limit),
         Command::Gc {
             keep,
             keep_runs,

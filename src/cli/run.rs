@@ -141,6 +141,28 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
     }
 }
 
+/// The one number of a stage's metrics that says most, named so that it cannot be mistaken:
+/// a training op's accuracy is on the split that selected its epochs, predict's on the training
+/// split, eval's on the split it reports.
+fn headline(op: &str, m: &std::collections::BTreeMap<String, f64>) -> String {
+    let pct = |v: f64| format!("{:.2}%", 100.0 * v);
+    let acc = m.get("accuracy").copied();
+    match (op, acc) {
+        ("eval", Some(a)) => format!("accuracy {}", pct(a)),
+        ("predict", Some(a)) => format!("train-split accuracy {}", pct(a)),
+        ("train" | "distill" | "fuse" | "qlora" | "prune", Some(a)) => format!("selection accuracy {}", pct(a)),
+        ("report", _) => m
+            .get("baseline_accuracy")
+            .map(|b| format!("baseline accuracy {}", pct(*b)))
+            .unwrap_or_default(),
+        ("prune", None) => m
+            .get("sparsity")
+            .map(|s| format!("sparsity {}", pct(*s)))
+            .unwrap_or_default(),
+        _ => m.iter().next().map(|(k, v)| format!("{k} {v:.4}")).unwrap_or_default(),
+    }
+}
+
 /// After `--no-wait`: which stages were submitted as which jobs, and which were cached.
 fn print_submitted(plan: &Plan, file: &Path, sub: &Submission, json: bool) -> ExitCode {
     let name = |i: usize| plan.stage(crate::value::StageId(i as u32)).def.name.clone();
@@ -215,12 +237,7 @@ fn print_summary(plan: &Plan, report: &RunReport) {
             "STAGE", "STATUS", "TIME", "KEY"
         );
         for ((s, r), name) in rows.iter().zip(&names).take(MAX_ROWS) {
-            let metric = r
-                .metrics
-                .iter()
-                .next()
-                .map(|(k, v)| format!("{k} {v:.4}"))
-                .unwrap_or_default();
+            let metric = headline(s.def.op.name, &r.metrics);
             println!(
                 "{:width$}  {:7}  {:>7.2}s  {:12}  {metric}",
                 name,
@@ -260,5 +277,40 @@ fn print_summary(plan: &Plan, report: &RunReport) {
                 r.error.as_deref().unwrap_or("")
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::headline;
+    use std::collections::BTreeMap;
+
+    fn m(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn the_headline_names_which_accuracy_it_is() {
+        assert_eq!(
+            headline("eval", &m(&[("accuracy", 0.725), ("bytes", 9.0)])),
+            "accuracy 72.50%"
+        );
+        assert_eq!(
+            headline("train", &m(&[("accuracy", 0.685)])),
+            "selection accuracy 68.50%"
+        );
+        assert_eq!(
+            headline("predict", &m(&[("accuracy", 0.97)])),
+            "train-split accuracy 97.00%"
+        );
+        assert_eq!(
+            headline("prune", &m(&[("nonzeros", 43469.0), ("sparsity", 0.3)])),
+            "sparsity 30.00%"
+        );
+        assert_eq!(
+            headline("report", &m(&[("baseline_accuracy", 0.775), ("models", 8.0)])),
+            "baseline accuracy 77.50%"
+        );
+        assert_eq!(headline("exec", &m(&[])), "");
     }
 }

@@ -9,9 +9,17 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// The store of a pipeline file (as `rkd run` chooses it), else the current directory's.
+fn store_of(file: Option<&Path>, store: Option<&Path>) -> Store {
+    match file {
+        Some(f) => Store::for_pipeline(f, store),
+        None => Store::for_cwd(store),
+    }
+}
+
 /// Checks every entry against its manifest; exit 1 when any is damaged.
-pub fn verify(store: Option<&Path>) -> ExitCode {
-    let store = Store::for_cwd(store);
+pub fn verify(file: Option<&Path>, store: Option<&Path>) -> ExitCode {
+    let store = store_of(file, store);
     if !store.root.is_dir() {
         eprintln!(
             "error: there is no store at {} (use --store DIR or RKD_STORE)",
@@ -68,8 +76,8 @@ fn entry_name(store: &Store, key: &Key) -> String {
 }
 
 /// Lists the runs recorded in the store, oldest first.
-pub fn log(store: Option<&Path>, limit: usize) -> ExitCode {
-    let store = Store::for_cwd(store);
+pub fn log(file: Option<&Path>, store: Option<&Path>, limit: usize) -> ExitCode {
+    let store = store_of(file, store);
     let paths = store.record_paths();
     if paths.is_empty() {
         println!("no runs recorded in {}", store.root.display());
