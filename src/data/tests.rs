@@ -44,7 +44,12 @@ fn pixels(b: &Batch) -> Vec<f32> {
 }
 
 fn synthetic_text() -> Dataset {
-    let p = params(&[
+    synthetic_text_with(&[])
+}
+
+/// The small synthetic text set, with `extra` arguments added.
+fn synthetic_text_with(extra: &[(&str, Value)]) -> Dataset {
+    let mut p = params(&[
         ("seed", Value::Int(3)),
         ("train_size", Value::Int(50)),
         ("val_size", Value::Int(20)),
@@ -52,6 +57,7 @@ fn synthetic_text() -> Dataset {
         ("max_len", Value::Int(16)),
         ("vocab_size", Value::Int(100)),
     ]);
+    p.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     Dataset::load("synthetic_text", &p, &LoadOptions::default()).unwrap()
 }
 
@@ -59,18 +65,7 @@ fn synthetic_text() -> Dataset {
 fn holdout_moves_a_stratified_fixed_part_of_train_and_leaves_the_other_splits() {
     let plain = synthetic_text();
     assert_eq!(plain.selection_split(), SplitName::Validation);
-    let with = |h: f64| {
-        let p = params(&[
-            ("seed", Value::Int(3)),
-            ("train_size", Value::Int(50)),
-            ("val_size", Value::Int(20)),
-            ("test_size", Value::Int(20)),
-            ("max_len", Value::Int(16)),
-            ("vocab_size", Value::Int(100)),
-            ("holdout", Value::Float(h)),
-        ]);
-        Dataset::load("synthetic_text", &p, &LoadOptions::default()).unwrap()
-    };
+    let with = |h: f64| synthetic_text_with(&[("holdout", Value::Float(h))]);
     let d = with(0.2);
     assert_eq!(d.selection_split(), SplitName::Holdout);
     assert_eq!(d.len(SplitName::Train) + d.len(SplitName::Holdout), 50);
