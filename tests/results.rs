@@ -172,3 +172,25 @@ fn changing_one_sweep_value_reruns_only_that_branch_and_the_report() {
     assert_eq!(Path::new(base), std::fs::canonicalize(&dir).unwrap(), "{base}");
     assert!(!dir.join("selection.json").exists());
 }
+
+/// Names are not part of keys: renaming a stage reruns nothing, and `rkd report` shows the
+/// model under its new name.
+#[test]
+fn renaming_a_stage_relabels_the_report_without_rerunning() {
+    let t = Test::new().file("p.rkd", PIPELINE);
+    run_ok(&t, &["run", "p.rkd", "-j", "2"]);
+    std::fs::write(
+        t.path().join("p.rkd"),
+        PIPELINE
+            .replace("stage student", "stage pupil")
+            .replace("model: student", "model: pupil")
+            .replace(", student,", ", pupil,"),
+    )
+    .unwrap();
+    let again: Value = serde_json::from_str(run_ok(&t, &["run", "p.rkd", "--json"]).trim()).unwrap();
+    assert_eq!(again["ran"], serde_json::json!([]), "{again}");
+    let table = run_ok(&t, &["report", "p.rkd"]);
+    assert!(table.contains("pupil"), "{table}");
+    assert!(!table.lines().any(|l| l.starts_with("student")), "{table}");
+    assert!(table.contains("1 model shown under its current name"), "{table}");
+}

@@ -28,12 +28,26 @@ pub fn report(file: &Path, store: Option<&Path>) -> ExitCode {
             continue;
         }
         match Report::load(&dir.join("report.json")) {
-            Ok(r) => {
+            Ok(mut r) => {
+                // Names are not part of keys: show each model under its name in the file now.
+                let names: std::collections::HashMap<String, String> = plan
+                    .stages()
+                    .map(|st| (crate::store::key::hex(&st.key), st.def.name.clone()))
+                    .collect();
+                let renamed = r.relabel(&|k| names.get(k).cloned());
                 if i > 0 {
                     println!();
                 }
                 println!("{}", s.def.name);
                 print!("{}", render_text(&r));
+                if renamed > 0 {
+                    println!(
+                        "({renamed} model{} shown under {} current name; the stored report files keep the names of \
+                         when it ran)",
+                        if renamed == 1 { "" } else { "s" },
+                        if renamed == 1 { "its" } else { "their" }
+                    );
+                }
                 println!();
                 let mut files: Vec<_> = std::fs::read_dir(&dir)
                     .map(|d| d.flatten().map(|e| e.path()).collect())

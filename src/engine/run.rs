@@ -442,6 +442,7 @@ pub fn run_stage(
             name: def.name.clone(),
             op: def.op.name,
             params: def.params.clone(),
+            key: crate::store::key::hex(&plan.stage(id).key),
         }
     };
     let mut ctx = OpContext {

@@ -65,6 +65,8 @@ pub struct Upstream {
     pub op: &'static str,
     /// Its parameters.
     pub params: Params,
+    /// Its key (hex): what names a result across renames.
+    pub key: String,
 }
 
 /// What an op reports when it succeeds.

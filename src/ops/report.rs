@@ -33,6 +33,7 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
 struct Entry {
     value: Value,
     name: String,
+    key: Option<String>,
     op: String,
     strategy: String,
 }
@@ -111,6 +112,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         );
         rows.push(ReportRow {
             name: e.name.clone(),
+            key: e.key.clone(),
             strategy: e.strategy.clone(),
             op: e.op.clone(),
             accuracy,
@@ -171,6 +173,10 @@ fn same(a: &Value, b: &Value) -> bool {
 
 /// Names a model and says which strategy made it.
 fn describe(ctx: &OpContext, v: &Value, is_baseline: bool, index: usize) -> Entry {
+    let key = match v {
+        Value::Stage(id) => Some((ctx.upstream)(*id).key),
+        _ => None,
+    };
     let (name, op, strategy) = match v {
         Value::Stage(id) => {
             let up = (ctx.upstream)(*id);
@@ -196,6 +202,7 @@ fn describe(ctx: &OpContext, v: &Value, is_baseline: bool, index: usize) -> Entr
     Entry {
         value: v.clone(),
         name,
+        key,
         op,
         strategy: if is_baseline { "teacher".into() } else { strategy },
     }

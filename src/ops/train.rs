@@ -581,6 +581,7 @@ pub(super) mod testing {
             name: format!("stage{}", id.0),
             op: "train",
             params: Params::new(),
+            key: format!("stage{}", id.0),
         };
         let progress = Progress::hidden();
         let mut ctx = OpContext {

@@ -33,6 +33,10 @@ pub struct ReportData {
 pub struct ReportRow {
     /// Stage name (`teacher`, `mini[t=2.0,a=0.5]`).
     pub name: String,
+    /// The stage's key (hex), when the model is a stage: `rkd report` relabels the row with the
+    /// stage's current name, so a rename shows without rerunning anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// Role or strategy that produced it (`teacher`, `successive`, `multi_agent`, `qlora`, `prune`).
     #[serde(alias = "role")]
     pub strategy: String,
@@ -191,6 +195,26 @@ fn derive_row(row: &ReportRow, base: &ReportRow) -> Derived {
 }
 
 impl Report {
+    /// Gives each row whose stage key `current` knows that stage's name now (the baseline
+    /// follows its row), so a stage renamed since the report ran shows under its new name.
+    /// Returns how many rows were renamed.
+    pub fn relabel(&mut self, current: &dyn Fn(&str) -> Option<String>) -> usize {
+        let mut renamed = 0;
+        for e in &mut self.rows {
+            let Some(now) = e.row.key.as_deref().and_then(current) else {
+                continue;
+            };
+            if now != e.row.name {
+                if e.row.name == self.baseline {
+                    self.baseline = now.clone();
+                }
+                e.row.name = now;
+                renamed += 1;
+            }
+        }
+        renamed
+    }
+
     /// The baseline row (validated to exist).
     pub fn baseline_entry(&self) -> &ReportEntry {
         self.rows
@@ -216,6 +240,20 @@ mod tests {
 
     fn close(a: Option<f64>, b: f64) -> bool {
         a.is_some_and(|a| (a - b).abs() < 1e-12)
+    }
+
+    #[test]
+    fn relabel_gives_rows_their_current_names_and_the_baseline_follows() {
+        let mut report = sample().derive().unwrap();
+        let renamed = report.relabel(&|key| match key {
+            "key-of-teacher" => Some("bert_base".into()),
+            "key-of-q" => Some("q".into()),
+            _ => None,
+        });
+        assert_eq!(renamed, 1);
+        assert_eq!(report.baseline, "bert_base");
+        assert_eq!(report.baseline_entry().row.name, "bert_base");
+        assert!(report.rows.iter().any(|e| e.row.name == "q"));
     }
 
     #[test]

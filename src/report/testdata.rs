@@ -16,6 +16,7 @@ fn row(
 ) -> ReportRow {
     ReportRow {
         name: name.into(),
+        key: Some(format!("key-of-{name}")),
         strategy: strategy.into(),
         op: op.into(),
         accuracy,
