@@ -241,7 +241,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     ctx.progress.message("loading the model and data");
     let source = model_source::resolve(ctx, &args.model)?;
     let dataset = load_dataset(&args.data, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
-    let split = report_split(&args.split, &dataset)?;
+    let split = report_split(args.split, &dataset);
     let split_name = split.as_str();
     let selection = Selection::inherited(ctx)?;
     selection.check_reportable(split, "the model")?;

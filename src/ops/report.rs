@@ -83,7 +83,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         let data = &datasets[&tok];
         let split = *match &mut split {
             Some(s) => s,
-            none => none.insert(report_split(&args.split, data)?),
+            none => none.insert(report_split(args.split, data)),
         };
         if let Value::Stage(id) = &e.value {
             let s = Selection::read(&(ctx.input_dir)(*id))?;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{OpContext, OpError};
 use crate::data::{Dataset, SplitName};
+use crate::registry::SplitChoice;
 use crate::value::Value;
 
 /// The file beside a stage's output.
@@ -95,16 +96,12 @@ impl Selection {
 
 /// The split `eval` and `report` measure on: `auto` is the test split when the dataset has
 /// one with examples, else the validation split.
-pub fn report_split(split: &str, dataset: &Dataset) -> Result<SplitName, OpError> {
+pub fn report_split(split: SplitChoice, dataset: &Dataset) -> SplitName {
     match split {
-        "auto" if dataset.len(SplitName::Test) > 0 => Ok(SplitName::Test),
-        "auto" => Ok(SplitName::Validation),
-        "test" => Ok(SplitName::Test),
-        "validation" => Ok(SplitName::Validation),
-        "train" => Ok(SplitName::Train),
-        other => Err(OpError::Failed(format!(
-            "unknown split `{other}` (auto, test, validation or train)"
-        ))),
+        SplitChoice::Auto if dataset.len(SplitName::Test) > 0 => SplitName::Test,
+        SplitChoice::Auto | SplitChoice::Validation => SplitName::Validation,
+        SplitChoice::Test => SplitName::Test,
+        SplitChoice::Train => SplitName::Train,
     }
 }
 

@@ -160,7 +160,7 @@ macro_rules! keyword_args {
     };
 }
 
-keyword_args!(Method, Scope, FusionKind, StudentInit, Select);
+keyword_args!(Method, Scope, FusionKind, StudentInit, Select, super::ops::SplitChoice);
 
 /// Declares an op's typed arguments: a struct whose fields are read from the resolved arguments,
 /// and `PARAMS`, the parameter schemas in documentation order (what the op's [`super::OpSchema`]

@@ -13,7 +13,7 @@ pub use constructors::ARCHITECTURES;
 pub use functions::MAX_RANGE;
 pub use ops::{default_resources, resources, Resources, DISTILL, FUSE, PREDICT, RESOURCE_FIELDS};
 pub use ops::{
-    DistillArgs, EvalArgs, ExecArgs, FuseArgs, PredictArgs, PruneArgs, QloraArgs, ReportArgs, TrainArgs,
+    DistillArgs, EvalArgs, ExecArgs, FuseArgs, PredictArgs, PruneArgs, QloraArgs, ReportArgs, SplitChoice, TrainArgs,
     DEFAULT_BATCH_SIZE,
 };
 pub use schema::{ArgProblem, Default, OpKind, Output, ParamSchema, Range, Ty};

@@ -171,9 +171,23 @@ const STUDENT: ParamSchema = p(
     None,
     "the student architecture (or checkpoint)",
 );
+crate::keywords! {
+    /// The split `eval` and `report` measure on (`split:`).
+    pub enum SplitChoice {
+        /// The test split when the dataset has one, else validation.
+        Auto = "auto",
+        /// The test split.
+        Test = "test",
+        /// The validation split.
+        Validation = "validation",
+        /// The training split.
+        Train = "train",
+    }
+}
+
 const SPLIT: ParamSchema = p(
     "split",
-    Ty::Enum(&["auto", "test", "validation", "train"]),
+    Ty::Enum(SplitChoice::WORDS),
     D::Str("auto"),
     None,
     "split to measure on: auto is test when the data has one, else validation; never one that selected the model",
@@ -589,7 +603,7 @@ crate::op_args! {
         model: Value = p("model", Ty::Model, D::Required, None, "the model to evaluate"),
         /// The dataset.
         data: Value = MEASURED_DATA,
-        split: String = SPLIT,
+        split: SplitChoice = SPLIT,
         batch_size: usize = BATCH,
         /// Read by the executors, not the op.
         resources: Option<Value> = RESOURCES,
@@ -628,7 +642,7 @@ crate::op_args! {
             None,
             "the reference for retention and compression (default: the first model)",
         ),
-        split: String = SPLIT,
+        split: SplitChoice = SPLIT,
         /// Read by the executors, not the op.
         resources: Option<Value> = RESOURCES,
     }
