@@ -167,12 +167,7 @@ fn copy_model_files(src: &Path, dst: &Path, rel: &Path, copied: &mut Vec<String>
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         let path = entry.path();
-        let skip = name.ends_with("metrics.json")
-            || name.ends_with(".log")
-            || name.starts_with('.')
-            || name == crate::ops::selection::FILE
-            || name.ends_with(".csv");
-        if skip {
+        if !crate::ops::eval::is_model_file(&name) {
             continue;
         }
         if path.is_dir() {

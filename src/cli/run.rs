@@ -150,7 +150,7 @@ fn headline(op: &str, m: &std::collections::BTreeMap<String, f64>) -> String {
     match (op, acc) {
         ("eval", Some(a)) => format!("accuracy {}", pct(a)),
         ("predict", Some(a)) => format!("train-split accuracy {}", pct(a)),
-        ("train" | "distill" | "fuse" | "qlora" | "prune", Some(a)) => format!("selection accuracy {}", pct(a)),
+        (op, Some(a)) if crate::registry::trains(op) => format!("selection accuracy {}", pct(a)),
         ("report", _) => m
             .get("baseline_accuracy")
             .map(|b| format!("baseline accuracy {}", pct(*b)))

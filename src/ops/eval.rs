@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device};
 
 use super::model_source::{self, load_frozen, ModelSource};
-use super::selection::{report_split, Selection};
+use super::selection::report_split;
 use super::train::load_dataset;
 use super::{OpContext, OpError, OpOutput};
 use crate::data::Dataset;
@@ -34,6 +34,18 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
 /// Each example's label and predicted class (`index,label,predicted,correct`), beside eval.json.
 pub const PREDICTIONS_CSV: &str = "predictions.csv";
 
+/// Whether a file of a model directory is part of the model (weights, config, tokenizer,
+/// adapter), not rkd's record of how it was made (metrics, curves, selection, logs) or hidden.
+pub fn is_model_file(name: &str) -> bool {
+    let bookkeeping = name.ends_with("metrics.json")
+        || name == "eval.json"
+        || name == super::selection::FILE
+        || name.ends_with(".csv")
+        || name.ends_with(".log")
+        || name == "log.txt";
+    !bookkeeping && !name.starts_with('.')
+}
+
 /// Files of a model directory that make up the model (weights, config, tokenizer), with their
 /// sizes; the op's own reports and logs are left out.
 pub fn model_files(dir: &Path) -> Result<BTreeMap<String, u64>, OpError> {
@@ -41,13 +53,7 @@ pub fn model_files(dir: &Path) -> Result<BTreeMap<String, u64>, OpError> {
     let entries = std::fs::read_dir(dir).map_err(|e| OpError::Failed(format!("{}: {e}", dir.display())))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        let report = name.ends_with("metrics.json")
-            || name == "eval.json"
-            || name == super::selection::FILE
-            || name.ends_with(".csv")
-            || name.ends_with(".log")
-            || name == "log.txt";
-        if report || name.starts_with('.') {
+        if !is_model_file(&name) {
             continue;
         }
         // Follows symlinks (the hf-hub cache links snapshot files to blobs).
@@ -243,8 +249,8 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let dataset = load_dataset(&args.data, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
     let split = report_split(args.split, &dataset);
     let split_name = split.as_str();
-    let selection = Selection::inherited(ctx)?;
-    selection.check_reportable(split, "the model")?;
+    // What selected the model (its stage's `selection.json`, read before the op ran).
+    ctx.selection.check_reportable(split, "the model")?;
     ctx.progress
         .message(&format!("evaluating {} {split_name} examples", dataset.len(split)));
     let m = measure(ctx, &source, &dataset, split, batch_size)?;
@@ -290,7 +296,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let report = serde_json::json!({
         "model": format!("{} ({})", m.what, m.dir.display()),
         "split": split_name,
-        "selection": selection.how,
+        "selection": ctx.selection.how,
         "examples": n,
         "accuracy": accuracy,
         "loss": ev.loss,

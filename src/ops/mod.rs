@@ -51,8 +51,8 @@ pub struct OpContext<'a> {
     /// The stage's key lock, for the commands it starts to inherit: the key stays locked while
     /// anything they started lives, so a rerun never runs the stage beside an orphan.
     pub key_lock: Option<std::os::fd::RawFd>,
-    /// The splits this stage's own model selection used (set by the training loop); with its
-    /// inputs' selections it is written to `selection.json` beside the output.
+    /// The splits that selected this stage's result: its inputs' (read before the op runs) and its
+    /// own (added by the training loop); written to `selection.json` beside the output.
     pub selection: selection::Selection,
 }
 
@@ -153,10 +153,10 @@ pub fn execute(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         // An exec command's output is the user's files: nothing is added to it.
         Some(op) if op.name == "exec" => (op.run)(ctx),
         Some(op) => {
+            let inherited = selection::Selection::inherited(ctx)?;
+            ctx.selection.merge(inherited);
             let out = (op.run)(ctx)?;
-            let mut selection = selection::Selection::inherited(ctx)?;
-            selection.merge(std::mem::take(&mut ctx.selection));
-            selection.write(&ctx.out_dir)?;
+            ctx.selection.write(&ctx.out_dir)?;
             Ok(out)
         }
         None => Err(OpError::Failed(format!(

@@ -81,10 +81,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             datasets.insert(tok.clone(), d);
         }
         let data = &datasets[&tok];
-        let split = *match &mut split {
-            Some(s) => s,
-            none => none.insert(report_split(args.split, data)),
-        };
+        let split = *split.get_or_insert_with(|| report_split(args.split, data));
         if let Value::Stage(id) = &e.value {
             let s = Selection::read(&(ctx.input_dir)(*id))?;
             s.check_reportable(split, &format!("`{}`", e.name))?;

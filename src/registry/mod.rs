@@ -11,7 +11,7 @@ pub use crate::value::OpSchema;
 pub use args::{ArgError, FromArg};
 pub use constructors::ARCHITECTURES;
 pub use functions::MAX_RANGE;
-pub use ops::{default_resources, resources, Resources, DISTILL, FUSE, PREDICT, RESOURCE_FIELDS};
+pub use ops::{default_resources, resources, trains, Resources, DISTILL, FUSE, PREDICT, RESOURCE_FIELDS, TRAINING_OPS};
 pub use ops::{
     DistillArgs, EvalArgs, ExecArgs, FuseArgs, PredictArgs, PruneArgs, QloraArgs, ReportArgs, SplitChoice, TrainArgs,
     DEFAULT_BATCH_SIZE,

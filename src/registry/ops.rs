@@ -744,10 +744,18 @@ pub struct Resources {
     pub gpus: u32,
 }
 
+/// The ops that train weights (and so select epochs): the training loop runs inside them.
+pub static TRAINING_OPS: &[&OpSchema] = &[&TRAIN, &DISTILL, &FUSE, &QLORA, &PRUNE];
+
+/// Whether the op of this name trains weights (one of [`TRAINING_OPS`]).
+pub fn trains(op: &str) -> bool {
+    TRAINING_OPS.iter().any(|o| o.name == op)
+}
+
 /// The default resources of a stage op: training ops get more cores and memory than `exec`.
 pub fn default_resources(op: &str) -> Resources {
     let (cpus, mem, time) = match op {
-        "train" | "distill" | "fuse" | "qlora" | "prune" => (8, Some("16G"), Some("12:00:00")),
+        op if trains(op) => (8, Some("16G"), Some("12:00:00")),
         "eval" | "predict" | "report" => (4, Some("8G"), Some("2:00:00")),
         _ => (1, None, None),
     };
