@@ -229,16 +229,13 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
                 None
             } else {
                 let _ = writeln!(ctx.log, "hidden-state loss through a learned {s}→{t} projection");
-                Some(
-                    Linear::new(
-                        s,
-                        t,
-                        true,
-                        0.02,
-                        projection_store.var_builder(DType::F32, &device).pp("projection"),
-                    )
-                    .map_err(|e| e.to_string())?,
-                )
+                Some(Linear::new(
+                    s,
+                    t,
+                    true,
+                    0.02,
+                    projection_store.var_builder(DType::F32, &device).pp("projection"),
+                )?)
             }
         }
         _ => None,

@@ -183,9 +183,7 @@ pub fn measure(
             split.as_str()
         )));
     }
-    let batches = dataset
-        .batches(split, batch_size, None, false, &device)
-        .map_err(|e| e.to_string())?;
+    let batches = dataset.batches(split, batch_size, None, false, &device)?;
     let mut confusion = Confusion::new(config.num_labels());
     let mut loss_sum = 0.0;
     let mut predicted = vec![0u32; n];
@@ -193,9 +191,9 @@ pub fn measure(
         if ctx.cancel.is_interrupted() {
             return Err(OpError::Interrupted);
         }
-        let ev = evaluate(&frozen.model, std::iter::once((&b.input, &b.labels))).map_err(|e| e.to_string())?;
+        let ev = evaluate(&frozen.model, std::iter::once((&b.input, &b.labels)))?;
         loss_sum += ev.loss * ev.confusion.total() as f64;
-        confusion.merge(&ev.confusion).map_err(|e| e.to_string())?;
+        confusion.merge(&ev.confusion)?;
         for (&at, &p) in b.indices.iter().zip(&ev.predicted) {
             predicted[at] = p;
         }
@@ -206,7 +204,7 @@ pub fn measure(
         confusion,
         predicted,
     };
-    let sizes = crate::ml::sizes::measure(&config, &frozen.params).map_err(|e| e.to_string())?;
+    let sizes = crate::ml::sizes::measure(&config, &frozen.params)?;
     let files = model_files(&frozen.dir)?;
     let bytes: u64 = files.values().sum();
     let weights_bytes: u64 = files.iter().filter(|(k, _)| is_weights(k)).map(|(_, v)| *v).sum();
@@ -214,17 +212,13 @@ pub fn measure(
     let lat_batches = if batch_size >= 32 {
         None
     } else {
-        Some(
-            dataset
-                .batches(split, 32, None, false, &device)
-                .map_err(|e| e.to_string())?,
-        )
+        Some(dataset.batches(split, 32, None, false, &device)?)
     };
     let first = match &lat_batches {
         Some(bs) => &bs[0].input,
         None => &batches[0].input,
     };
-    let (latency_b1, latency_b32, latency_batch) = latency(&frozen.model, first).map_err(|e| e.to_string())?;
+    let (latency_b1, latency_b32, latency_batch) = latency(&frozen.model, first)?;
     Ok(Measured {
         what: frozen.what,
         dir: frozen.dir,

@@ -414,8 +414,7 @@ pub fn load_frozen(src: &ModelSource, purpose: &str, device: &Device) -> Result<
     };
     let p = load_pretrained(&dir, &opts).map_err(|e| OpError::Failed(format!("{what}: {e}")))?;
     let config = p.model.config();
-    let model = crate::ml::Model::new(&config, p.params.frozen_var_builder(candle_core::DType::F32, device))
-        .map_err(|e| e.to_string())?;
+    let model = crate::ml::Model::new(&config, p.params.frozen_var_builder(candle_core::DType::F32, device))?;
     Ok(Frozen {
         model,
         config,

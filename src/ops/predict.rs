@@ -50,9 +50,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         )));
     }
     let classes = dataset.classes.len();
-    let batches = dataset
-        .batches(SplitName::Train, batch_size, None, false, &device)
-        .map_err(|e| e.to_string())?;
+    let batches = dataset.batches(SplitName::Train, batch_size, None, false, &device)?;
     let labels = dataset.labels(SplitName::Train);
     let mut logits = vec![0f32; n * classes];
     let mut correct = 0usize;
@@ -63,8 +61,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         let out = frozen
             .model
             .forward(&b.input, &mut ForwardCtx::eval())
-            .and_then(|o| o.logits.to_dtype(DType::F32)?.to_vec2::<f32>())
-            .map_err(|e| e.to_string())?;
+            .and_then(|o| o.logits.to_dtype(DType::F32)?.to_vec2::<f32>())?;
         for (row, &ex) in out.iter().zip(&b.indices) {
             logits[ex * classes..(ex + 1) * classes].copy_from_slice(row);
             if argmax(row) == labels[ex] as usize {
@@ -81,14 +78,8 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         100.0 * accuracy
     );
     let tensors = [
-        (
-            "logits",
-            Tensor::from_vec(logits, (n, classes), &device).map_err(|e| e.to_string())?,
-        ),
-        (
-            "labels",
-            Tensor::from_slice(labels, n, &device).map_err(|e| e.to_string())?,
-        ),
+        ("logits", Tensor::from_vec(logits, (n, classes), &device)?),
+        ("labels", Tensor::from_slice(labels, n, &device)?),
     ];
     let path = ctx.out_dir.join(FILE);
     candle_core::safetensors::save(&tensors.into_iter().collect(), &path)
@@ -139,8 +130,8 @@ impl Predictions {
                 .get(name)
                 .ok_or_else(|| OpError::Failed(format!("{}: no `{name}` tensor", path.display())))
         };
-        let (n, classes) = get("logits")?.dims2().map_err(|e| e.to_string())?;
-        let labels = get("labels")?.to_vec1::<u32>().map_err(|e| e.to_string())?;
+        let (n, classes) = get("logits")?.dims2()?;
+        let labels = get("labels")?.to_vec1::<u32>()?;
         if n != data.len(SplitName::Train) || classes != data.classes.len() || labels != data.labels(SplitName::Train) {
             return Err(OpError::Failed(format!(
                 "{}: the stored predictions ({n} examples, {classes} classes) do not match the training split \
@@ -150,10 +141,7 @@ impl Predictions {
                 data.classes.len()
             )));
         }
-        let logits = get("logits")?
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| e.to_string())?;
+        let logits = get("logits")?.flatten_all().and_then(|t| t.to_vec1::<f32>())?;
         Ok(Self { logits, classes })
     }
 

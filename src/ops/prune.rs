@@ -68,11 +68,9 @@ fn validation_accuracy(
         return Ok(None);
     }
     let device = Device::Cpu;
-    let model = Model::new(config, params.frozen_var_builder(DType::F32, &device)).map_err(|e| e.to_string())?;
-    let batches = dataset
-        .batches(SplitName::Validation, batch_size, None, false, &device)
-        .map_err(|e| e.to_string())?;
-    let ev = evaluate(&model, batches.iter().map(|b| (&b.input, &b.labels))).map_err(|e| e.to_string())?;
+    let model = Model::new(config, params.frozen_var_builder(DType::F32, &device))?;
+    let batches = dataset.batches(SplitName::Validation, batch_size, None, false, &device)?;
+    let ev = evaluate(&model, batches.iter().map(|b| (&b.input, &b.labels)))?;
     Ok(Some(ev.confusion.accuracy()))
 }
 
@@ -124,7 +122,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     )
     .map_err(|e| OpError::Failed(format!("{what}: {e}")))?;
     let source_config = pretrained.model.config();
-    let (params_before, nonzeros_before) = parameter_counts(&pretrained.params).map_err(|e| e.to_string())?;
+    let (params_before, nonzeros_before) = parameter_counts(&pretrained.params)?;
     let _ = writeln!(
         ctx.log,
         "model: {what} ({}): {params_before} parameters, {nonzeros_before} nonzero",
@@ -198,12 +196,12 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     };
     // The masks hold after the last update too (training restores the best epoch's weights,
     // which were masked when saved); re-applying is a no-op that makes sure of it.
-    masks.apply(&params).map_err(|e| e.to_string())?;
-    report.refresh(&params).map_err(|e| e.to_string())?;
+    masks.apply(&params)?;
+    report.refresh(&params)?;
     check_interrupted(ctx.cancel)?;
 
     ctx.progress.message("saving");
-    crate::ml::save_pretrained(&ctx.out_dir, &config, &params).map_err(|e| e.to_string())?;
+    crate::ml::save_pretrained(&ctx.out_dir, &config, &params)?;
     for f in COMPANION_FILES {
         let from = dir.join(f);
         if from.is_file() {
@@ -212,7 +210,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
                 .map_err(|e| OpError::Failed(format!("copying {} to {}: {e}", from.display(), to.display())))?;
         }
     }
-    let (params_after, nonzeros_after) = parameter_counts(&params).map_err(|e| e.to_string())?;
+    let (params_after, nonzeros_after) = parameter_counts(&params)?;
     let accuracy = match &finetune {
         Some(r) => r.best_accuracy(),
         None => pruned_accuracy,

@@ -105,7 +105,7 @@ impl QloraModel {
     /// attaches adapters; the adapters and the head are variables of a store seeded with `seed`.
     pub fn build(base: &Pretrained, settings: &QloraSettings, seed: u64, device: &Device) -> Result<Self, OpError> {
         let config = base.model.config();
-        let mut tensors = base.params.tensors().map_err(|e| e.to_string())?;
+        let mut tensors = base.params.tensors()?;
         let mut quantized = BTreeMap::new();
         for module in lora::base_linears(&config) {
             let name = format!("{module}.weight");
@@ -130,15 +130,12 @@ impl QloraModel {
         let trainable = ParamStore::with_source(seed, head);
         let vb = trainable.var_builder(DType::F32, device);
         let all: HashMap<String, Tensor> = tensors.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
-        let mut model =
-            Model::new(&config, VarBuilder::from_tensors(all, DType::F32, device)).map_err(|e| e.to_string())?;
+        let mut model = Model::new(&config, VarBuilder::from_tensors(all, DType::F32, device))?;
         for (name, linear) in lora::linears_mut(&mut model) {
             if name == HEAD {
-                let (out_dim, in_dim) = linear.weight.dims2().map_err(|e| e.to_string())?;
-                let weight = vb
-                    .get((out_dim, in_dim), "classifier.weight")
-                    .map_err(|e| e.to_string())?;
-                let bias = vb.get(out_dim, "classifier.bias").map_err(|e| e.to_string())?;
+                let (out_dim, in_dim) = linear.weight.dims2()?;
+                let weight = vb.get((out_dim, in_dim), "classifier.weight")?;
+                let bias = vb.get(out_dim, "classifier.bias")?;
                 *linear = Linear::from_tensors(weight, Some(bias));
             }
         }
@@ -348,17 +345,17 @@ fn save_outputs(
             .map(|(k, t)| (k.clone(), t.clone())),
     );
     let quantization = QuantizationConfig::nf4(s.double_quant, s.block_size, vec![HEAD.to_string()]);
-    save_quantized(&out, &config, &dense, &q.quantized, &quantization).map_err(|e| e.to_string())?;
+    save_quantized(&out, &config, &dense, &q.quantized, &quantization)?;
     let adapter = AdapterConfig::seq_cls(&s.lora, Some(base_dir.display().to_string()));
     lora::save_adapter(&out, &adapter, &trained)?;
     if let Some(tok) = &dataset.tokenizer {
-        tok.save(&out).map_err(|e| e.to_string())?;
+        tok.save(&out)?;
     }
     if s.merge {
         let merged_dir = out.join("merged");
-        save_tensors(&merged_dir, &config, &q.merged_tensors()?).map_err(|e| e.to_string())?;
+        save_tensors(&merged_dir, &config, &q.merged_tensors()?)?;
         if let Some(tok) = &dataset.tokenizer {
-            tok.save(&merged_dir).map_err(|e| e.to_string())?;
+            tok.save(&merged_dir)?;
         }
         let _ = writeln!(ctx.log, "merged dense checkpoint written to merged/");
     }

@@ -216,9 +216,7 @@ pub(super) fn fit(
     let log = &mut ctx.log;
     let eval_model = match fit.eval_model {
         Some(m) => m,
-        None => {
-            Model::new(&model.config(), params.frozen_var_builder(DType::F32, &device)).map_err(|e| e.to_string())?
-        }
+        None => Model::new(&model.config(), params.frozen_var_builder(DType::F32, &device))?,
     };
     let selection_split = dataset.selection_split();
     let val_batches = match opts.select {
@@ -229,9 +227,9 @@ pub(super) fn fit(
             );
             Vec::new()
         }
-        Select::Best if dataset.len(selection_split) > 0 => dataset
-            .batches(selection_split, batch_size, None, false, &device)
-            .map_err(|e| e.to_string())?,
+        Select::Best if dataset.len(selection_split) > 0 => {
+            dataset.batches(selection_split, batch_size, None, false, &device)?
+        }
         Select::Best => {
             let _ = writeln!(
                 log,
@@ -339,9 +337,9 @@ pub(super) fn finish(
 ) -> Result<OpOutput, OpError> {
     ctx.progress.message("saving");
     let config = model.config();
-    crate::ml::save_pretrained(&ctx.out_dir, &config, params).map_err(|e| e.to_string())?;
+    crate::ml::save_pretrained(&ctx.out_dir, &config, params)?;
     if let Some(tok) = &dataset.tokenizer {
-        tok.save(&ctx.out_dir).map_err(|e| e.to_string())?;
+        tok.save(&ctx.out_dir)?;
     }
     if let Some(e) = report.best_epoch {
         let _ = writeln!(
