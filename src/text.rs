@@ -20,6 +20,18 @@ pub fn cell(name: &str) -> String {
     out
 }
 
+/// A sweep point's name, `tuned[t=2.0,a=0.5]`, as its stage name and coordinates (`tuned`,
+/// `[(t, 2.0), (a, 0.5)]`); `None` for any other name (`chain/step[1]`).
+pub fn sweep_point(name: &str) -> Option<(&str, Vec<(&str, &str)>)> {
+    let inner = name.strip_suffix(']')?;
+    let open = inner.rfind('[')?;
+    let coords = inner[open + 1..]
+        .split(',')
+        .map(|kv| kv.split_once('='))
+        .collect::<Option<Vec<_>>>()?;
+    (open > 0).then(|| (&inner[..open], coords))
+}
+
 /// The width of the widest cell, at least the header's.
 pub fn width<'a>(cells: impl Iterator<Item = &'a String>, header: &str) -> usize {
     cells

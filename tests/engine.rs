@@ -293,6 +293,15 @@ fn gc_removes_what_no_kept_plan_needs() {
     run_json(&t, &[]);
     let dry = t.run_with(&["gc", "--keep", "p.rkd", "--dry-run"]);
     assert!(dry.stdout.contains("would remove 2 entries"), "{}", dry.stdout);
+    // The dry run names what it would remove: the old versions of `b` and `c`.
+    let listed: Vec<&str> = dry.stdout.lines().filter(|l| l.ends_with("(exec)")).collect();
+    assert_eq!(listed.len(), 2, "{}", dry.stdout);
+    assert!(
+        listed[0].ends_with(" b (exec)") || listed[1].ends_with(" b (exec)"),
+        "{}",
+        dry.stdout
+    );
+    assert!(listed.iter().any(|l| l.ends_with(" c (exec)")), "{}", dry.stdout);
     let out = t.run_with(&["gc", "--keep", "p.rkd"]);
     assert!(
         out.stdout.contains("removed 2 entries") && out.stdout.contains("kept 4"),

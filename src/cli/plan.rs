@@ -9,15 +9,6 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// A stage's name with its aliases.
-pub fn shown(s: &PlanStage) -> String {
-    if s.def.aliases.is_empty() {
-        s.def.name.clone()
-    } else {
-        format!("{} (= {})", s.def.name, s.def.aliases.join(", "))
-    }
-}
-
 /// Prints every stage with its key and status.
 pub fn run(file: &Path, store: Option<&Path>, json: bool) -> ExitCode {
     let Some((_, plan, store)) = super::load_plan(file, store) else {
@@ -97,7 +88,7 @@ fn print_json(plan: &Plan, verdicts: &[Verdict]) {
 
 /// The plan table: stage, op, key prefix, status, reasons.
 fn print_table(plan: &Plan, verdicts: &[Verdict]) {
-    let names: Vec<String> = plan.stages().map(|s| cell(&shown(s))).collect();
+    let names: Vec<String> = plan.stages().map(|s| cell(&s.def.shown())).collect();
     let width = crate::text::width(names.iter(), "STAGE");
     let op_width = plan.stages().map(|s| s.def.op.name.len()).max().unwrap_or(2).max(2);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -136,7 +127,7 @@ pub fn explain(file: &Path, name: &str, store: Option<&Path>) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let index = store.read_index();
-    println!("stage   {}", shown(stage));
+    println!("stage   {}", stage.def.shown());
     println!("op      {} (version {})", stage.def.op.name, stage.def.op.version);
     println!("key     {}", hex(&stage.key));
     for id in &stage.def.inputs {

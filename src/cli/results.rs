@@ -32,7 +32,7 @@ pub fn report(file: &Path, store: Option<&Path>) -> ExitCode {
                 // Names are not part of keys: show each model under its name in the file now.
                 let names: std::collections::HashMap<String, String> = plan
                     .stages()
-                    .map(|st| (crate::store::key::hex(&st.key), st.def.name.clone()))
+                    .map(|st| (crate::store::key::hex(&st.key), st.def.shown()))
                     .collect();
                 let renamed = r.relabel(&|k| names.get(k).cloned());
                 if i > 0 {

@@ -208,11 +208,7 @@ fn print_dry_run(plan: &Plan, report: &RunReport) {
         } else {
             would += 1;
             if would <= MAX_ROWS {
-                println!(
-                    "would run  {:30}  {}",
-                    cell(&super::plan::shown(s)),
-                    r.reasons.join("; ")
-                );
+                println!("would run  {:30}  {}", cell(&s.def.shown()), r.reasons.join("; "));
             }
         }
     }
@@ -230,7 +226,7 @@ fn print_summary(plan: &Plan, report: &RunReport) {
         .filter(|(_, r)| r.outcome != Outcome::Cached)
         .collect();
     if !rows.is_empty() {
-        let names: Vec<String> = rows.iter().map(|(s, _)| cell(&s.def.name)).collect();
+        let names: Vec<String> = rows.iter().map(|(s, _)| cell(&s.def.shown())).collect();
         let width = crate::text::width(names.iter().take(MAX_ROWS), "STAGE");
         println!(
             "{:width$}  {:7}  {:>8}  {:12}  METRIC",

@@ -154,6 +154,17 @@ pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_
     match collect(&store, &reachable, dry_run) {
         Ok(c) => {
             let verb = if dry_run { "would remove" } else { "removed" };
+            if dry_run && !c.removed.is_empty() {
+                println!("{:12}  {:>10}  STAGE (OP)", "KEY", "SIZE");
+                for (key, bytes) in &c.removed {
+                    println!(
+                        "{:12}  {:>10}  {}",
+                        &hex(key)[..12],
+                        human_bytes(*bytes),
+                        entry_name(&store, key)
+                    );
+                }
+            }
             let damaged = if c.damaged > 0 {
                 format!(
                     " and {} damaged entr{}",

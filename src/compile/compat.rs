@@ -41,6 +41,9 @@ pub struct ModelFacts {
     pub max_position: Option<usize>,
     /// BERT: the vocabulary the embedding table holds.
     pub vocab_size: Option<usize>,
+    /// An architecture whose `vocab_size` differs from the constructor's default: written on
+    /// purpose, so resizing it to the data is worth an error rather than a silent change.
+    pub vocab_written: bool,
     /// ViT: the image side.
     pub image_size: Option<usize>,
     /// ViT: the image channels.
@@ -197,6 +200,10 @@ impl Facts<'_> {
                 family: Some(Family::Bert),
                 max_position: int(p, "max_position"),
                 vocab_size: int(p, "vocab_size"),
+                vocab_written: match (spec.ctor.param("vocab_size").map(|d| &d.default), p.get("vocab_size")) {
+                    (Some(crate::registry::Default::Int(d)), Some(Value::Int(v))) => d != v,
+                    _ => false,
+                },
                 ..base
             }),
             "vit" => Some(ModelFacts {
@@ -434,7 +441,24 @@ fn problems(model: &ModelFacts, role: Role, data: &DataFacts, at: Span, data_at:
                 .help(help);
                 out.push(with_data(d, data_at, format!("{max_len} tokens per example")));
             }
-            // An architecture's embedding table is sized to the data; trained weights are not.
+            // An architecture's embedding table is sized to the data: a size written on purpose
+            // that the data contradicts would be changed behind the writer's back.
+            if let (true, true, Some(v), Some(held)) = (model.arch, model.vocab_written, vocab, model.vocab_size) {
+                if v != held {
+                    let d = Diag::new(
+                        Kind::Invalid,
+                        at,
+                        format!("{name} sets vocab_size {held}, but {dname} has a vocabulary of {v} tokens"),
+                    )
+                    .label(format!("{held} tokens"))
+                    .help(format!(
+                        "training sizes a model's embedding table to its data's tokenizer: write bert(vocab_size: {v}, ..) \
+                         or leave vocab_size out"
+                    ));
+                    out.push(with_data(d, data_at, format!("{v} tokens")));
+                }
+            }
+            // Trained weights keep the vocabulary they were trained with.
             if let (false, Some(v), Some(held)) = (model.arch, vocab, model.vocab_size) {
                 if v > held {
                     let d = Diag::new(
@@ -663,6 +687,52 @@ mod tests {
             "{src}stage e = eval(model: t, data: glue_sst2(path: \"sst2\"))\n"
         ));
         assert_eq!(p.len(), 1, "{p:?}");
+    }
+
+    #[test]
+    fn a_test_split_the_data_never_has_is_refused_before_running() {
+        let sst2 = format!("{TINY_BERT}let d = glue_sst2(path: \"sst2\")\nstage t = train(model: b, data: d)\n");
+        let p = problems(&format!("{sst2}stage e = eval(model: t, data: d, split: \"test\")\n"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].0
+                .contains("`glue_sst2(...)` has no test split (GLUE hides the labels"),
+            "{p:?}"
+        );
+        // Validation, or `auto`, compiles; so does test on data that has one.
+        for split in ["validation", "auto"] {
+            fits(&format!(
+                "{sst2}stage e = eval(model: t, data: d, split: \"{split}\")\n"
+            ));
+        }
+        let train = format!("{TINY_BERT}stage t = train(model: b, data: synthetic_text(seed: 1))\n");
+        fits(&format!(
+            "{train}stage r = report(models: [t], data: synthetic_text(seed: 1), split: \"test\")\n"
+        ));
+    }
+
+    #[test]
+    fn a_written_vocabulary_the_data_contradicts_is_refused() {
+        let b = "let b = bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, max_position: 64, vocab_size: 200)\n";
+        assert_eq!(
+            problems(&format!(
+                "{b}stage t = train(model: b, data: synthetic_text(seed: 1, vocab_size: 1000))\n"
+            )),
+            [(
+                "`b` sets vocab_size 200, but `synthetic_text(...)` has a vocabulary of 1000 tokens".to_string(),
+                "training sizes a model's embedding table to its data's tokenizer: write bert(vocab_size: 1000, ..) \
+                 or leave vocab_size out"
+                    .to_string()
+            )]
+        );
+        // The default (BERT's 30522) is resized without a word; an equal size is fine.
+        fits(&format!(
+            "{TINY_BERT}stage t = train(model: b, data: synthetic_text(seed: 1, vocab_size: 1000))\n"
+        ));
+        fits(&format!(
+            "{}stage t = train(model: b, data: synthetic_text(seed: 1, vocab_size: 200))\n",
+            b
+        ));
     }
 
     #[test]

@@ -25,3 +25,14 @@ pub struct StageDef {
     /// Hash of the stage's definition with paths instead of file contents: equal for identical stages.
     pub identity: [u8; 32],
 }
+
+impl StageDef {
+    /// The name with the other names the same stage was given: `chain/step[2] (= tuned[t=4.0,a=0.5])`.
+    pub fn shown(&self) -> String {
+        if self.aliases.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{} (= {})", self.name, self.aliases.join(", "))
+        }
+    }
+}

@@ -4,6 +4,8 @@ use super::record::stage_record;
 use crate::plan::{Plan, PlanStage};
 use crate::store::records::{Index, Outcome, StageRecord};
 use crate::store::Store;
+use crate::text::sweep_point;
+use std::collections::HashSet;
 
 /// Whether a stage's result is stored, and if not, why it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +30,7 @@ pub fn verdicts_of(plan: &Plan, store: &Store, selected: &[bool], cached: &[bool
     } else {
         Index::new()
     };
+    let vanished = vanished_points(plan, &index);
     plan.stages()
         .enumerate()
         .map(|(i, s)| {
@@ -35,7 +38,7 @@ pub fn verdicts_of(plan: &Plan, store: &Store, selected: &[bool], cached: &[bool
                 if cached[i] {
                     Verdict::Cached
                 } else {
-                    why_it_runs(plan, s, &index)
+                    why_it_runs(plan, s, &index, &vanished)
                 }
             })
         })
@@ -47,17 +50,69 @@ pub fn verdict(plan: &Plan, stage: &PlanStage, store: &Store, index: &Index) -> 
     if store.contains(&stage.key) {
         return Verdict::Cached;
     }
-    why_it_runs(plan, stage, index)
+    why_it_runs(plan, stage, index, &vanished_points(plan, index))
+}
+
+/// The recorded sweep points that the plan no longer has: where a new point's values came from.
+fn vanished_points<'a>(plan: &Plan, index: &'a Index) -> Vec<&'a StageRecord> {
+    if !index.keys().any(|n| sweep_point(n).is_some()) {
+        return Vec::new();
+    }
+    let names: HashSet<&str> = plan
+        .stages()
+        .flat_map(|s| std::iter::once(&s.def.name).chain(&s.def.aliases))
+        .map(String::as_str)
+        .collect();
+    index
+        .iter()
+        .filter(|(n, _)| sweep_point(n).is_some() && !names.contains(n.as_str()))
+        .map(|(_, r)| r)
+        .collect()
+}
+
+/// The vanished point of the same sweep closest to `name` (fewest values changed), with the
+/// changes: `t 8.0 → 16.0`.
+fn moved_from<'a>(name: &str, vanished: &[&'a StageRecord]) -> Option<(&'a StageRecord, String)> {
+    let (base, coords) = sweep_point(name)?;
+    vanished
+        .iter()
+        .filter_map(|old| {
+            let (old_base, old_coords) = sweep_point(&old.name)?;
+            let same_vars = old_coords.len() == coords.len() && old_coords.iter().zip(&coords).all(|(a, b)| a.0 == b.0);
+            (old_base == base && same_vars).then(|| {
+                let changes: Vec<String> = old_coords
+                    .iter()
+                    .zip(&coords)
+                    .filter(|(a, b)| a.1 != b.1)
+                    .map(|(a, b)| format!("{} {} → {}", a.0, a.1, b.1))
+                    .collect();
+                (*old, changes)
+            })
+        })
+        .filter(|(_, changes)| !changes.is_empty())
+        .min_by_key(|(_, changes)| changes.len())
+        .map(|(old, changes)| (old, changes.join(", ")))
 }
 
 /// The verdict for a stage whose result is not stored.
-fn why_it_runs(plan: &Plan, stage: &PlanStage, index: &Index) -> Verdict {
+fn why_it_runs(plan: &Plan, stage: &PlanStage, index: &Index, vanished: &[&StageRecord]) -> Verdict {
     let previous = std::iter::once(&stage.def.name)
         .chain(&stage.def.aliases)
         .find_map(|n| index.get(n));
     Verdict::Run(match previous {
-        None => vec!["new".into()],
         Some(old) => reasons(&stage_record(plan, stage, Outcome::Ran), old),
+        None => match moved_from(&stage.def.name, vanished) {
+            Some((old, changes)) => {
+                let mut out = vec![format!("sweep value changed: {changes} (was {})", old.name)];
+                out.extend(
+                    reasons(&stage_record(plan, stage, Outcome::Ran), old)
+                        .into_iter()
+                        .filter(|r| r.starts_with("parameter")),
+                );
+                out
+            }
+            None => vec!["new".into()],
+        },
     })
 }
 
@@ -195,5 +250,28 @@ mod tests {
             "{}",
             r[0]
         );
+    }
+
+    #[test]
+    fn a_new_sweep_point_is_named_after_the_vanished_point_it_replaces() {
+        let named = |name: &str| StageRecord {
+            name: name.into(),
+            ..record(serde_json::json!({}))
+        };
+        let (a, b, other) = (
+            named("tuned[t=8.0,a=0.5]"),
+            named("tuned[t=8.0,a=0.9]"),
+            named("x[t=8.0]"),
+        );
+        let vanished = [&a, &b, &other];
+        let (old, changes) = moved_from("tuned[t=16.0,a=0.5]", &vanished).unwrap();
+        assert_eq!(
+            (old.name.as_str(), changes.as_str()),
+            ("tuned[t=8.0,a=0.5]", "t 8.0 → 16.0")
+        );
+        let (_, changes) = moved_from("tuned[t=2.0,a=0.7]", &vanished).unwrap();
+        assert_eq!(changes, "t 8.0 → 2.0, a 0.5 → 0.7");
+        assert!(moved_from("chain/step[1]", &vanished).is_none());
+        assert!(moved_from("tuned[lr=0.1]", &vanished).is_none());
     }
 }

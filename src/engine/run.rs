@@ -440,6 +440,7 @@ pub fn run_stage(
         let def = &plan.stage(id).def;
         ops::Upstream {
             name: def.name.clone(),
+            shown: def.shown(),
             op: def.op.name,
             params: def.params.clone(),
             key: crate::store::key::hex(&plan.stage(id).key),

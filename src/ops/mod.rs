@@ -61,6 +61,8 @@ pub struct OpContext<'a> {
 pub struct Upstream {
     /// Its display name.
     pub name: String,
+    /// Its name with the other names it was given (`chain/step[2] (= tuned[t=4.0,a=0.5])`).
+    pub shown: String,
     /// Its op.
     pub op: &'static str,
     /// Its parameters.

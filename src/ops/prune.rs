@@ -141,11 +141,12 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         model_source::check_fits(&source_config, &d, true)?;
         let _ = writeln!(
             ctx.log,
-            "data: {} classes; {} training, {} validation examples; batch size {batch_size}; {} threads",
+            "data: {} classes; {} training, {} validation examples; batch size {batch_size}; {} thread{}",
             d.classes.len(),
             d.len(SplitName::Train),
             d.len(SplitName::Validation),
-            ctx.threads
+            ctx.threads,
+            if ctx.threads == 1 { "" } else { "s" }
         );
         Some(d)
     } else {

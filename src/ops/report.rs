@@ -20,7 +20,7 @@ use super::train::load_dataset;
 use super::{OpContext, OpError, OpOutput};
 use crate::data::{Dataset, SplitName};
 use crate::ml::train::with_threads;
-use crate::report::{write_report, ReportData, ReportRow};
+use crate::report::{write_report, Curve, ReportData, ReportRow};
 use crate::value::Value;
 
 /// Runs a `report` stage.
@@ -63,6 +63,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     // Entries are measured in the order given; the baseline, when not among the models, last.
     let mut datasets: HashMap<Option<PathBuf>, Dataset> = HashMap::new();
     let mut rows = Vec::with_capacity(entries.len());
+    let mut curves = Vec::new();
     let mut chance = None;
     for (i, e) in entries.iter().enumerate() {
         ctx.progress
@@ -83,9 +84,11 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         let data = &datasets[&tok];
         let split = *split.get_or_insert_with(|| report_split(args.split, data));
         if let Value::Stage(id) = &e.value {
-            let s = Selection::read(&(ctx.input_dir)(*id))?;
+            let dir = (ctx.input_dir)(*id);
+            let s = Selection::read(&dir)?;
             s.check_reportable(split, &format!("`{}`", e.name))?;
             selection.merge(s);
+            curves.extend(Curve::read(&e.name, e.key.clone(), &dir).map_err(|err| err.to_string())?);
         }
         if chance.is_none() {
             chance = Some(majority(data.labels(split), data.classes.len()));
@@ -135,6 +138,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         chance_level: chance.unwrap_or(0.0),
         baseline: baseline.clone(),
         rows,
+        curves,
     };
     ctx.progress.message("writing the report");
     let files = write_report(&data, &ctx.out_dir).map_err(|e| e.to_string())?;
@@ -185,7 +189,7 @@ fn describe(ctx: &OpContext, v: &Value, is_baseline: bool, index: usize) -> Entr
                 "fuse" => "multi-agent",
                 other => other,
             };
-            (up.name, up.op.to_string(), strategy.to_string())
+            (up.shown, up.op.to_string(), strategy.to_string())
         }
         Value::Spec(s) => (
             s.label

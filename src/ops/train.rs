@@ -577,6 +577,7 @@ pub(super) mod testing {
         let log = std::fs::File::create(&log_path).unwrap();
         let upstream = |id: StageId| super::super::Upstream {
             name: format!("stage{}", id.0),
+            shown: format!("stage{}", id.0),
             op: "train",
             params: Params::new(),
             key: format!("stage{}", id.0),

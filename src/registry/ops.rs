@@ -618,7 +618,7 @@ pub static EVAL: OpSchema = OpSchema {
     doc: "Evaluate a model: accuracy, per-class accuracy, parameters, nonzeros, bytes on disk, latency.",
     params: EvalArgs::PARAMS,
     derive: None,
-    check: Some(check_resources),
+    check: Some(check_measured),
 };
 
 crate::op_args! {
@@ -652,11 +652,11 @@ crate::op_args! {
 pub static REPORT: OpSchema = OpSchema {
     name: "report",
     kind: OpKind::Stage(Output::Report),
-    version: 3,
+    version: 4,
     doc: "Compare models in one report: accuracy, retention, measured sizes, compression; tables and plots.",
     params: ReportArgs::PARAMS,
     derive: None,
-    check: Some(check_resources),
+    check: Some(check_measured),
 };
 
 crate::op_args! {
@@ -844,6 +844,33 @@ fn slurm_time(v: &Value) -> Result<String, String> {
         }
         _ => Err(bad()),
     }
+}
+
+/// `eval` and `report`: the resources, and a `split: "test"` that the dataset is known never to have.
+fn check_measured(params: &Params) -> Vec<ArgProblem> {
+    let mut problems = check_resources(params);
+    let (Some(Value::Str(split)), Some(Value::Spec(data))) = (params.get("split"), params.get("data")) else {
+        return problems;
+    };
+    if &**split != SplitChoice::Test.word() {
+        return problems;
+    }
+    // Synthetic sets always have a test split (`test_size` >= 1); an image folder's is known only
+    // when it is read.
+    let empty = match data.ctor.name {
+        "glue_sst2" => Some("GLUE hides the labels of its test split: rkd reads train.tsv and dev.tsv only"),
+        _ => None,
+    };
+    if let Some(why) = empty {
+        problems.push((
+            "split",
+            format!(
+                "`{}(...)` has no test split ({why}); use split: \"validation\", or \"auto\" (test where there is one)",
+                data.ctor.name
+            ),
+        ));
+    }
+    problems
 }
 
 fn check_resources(params: &Params) -> Vec<ArgProblem> {

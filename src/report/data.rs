@@ -1,5 +1,6 @@
 //! The report's input rows and the derived columns (compression ratios, accuracy retention).
 
+use super::curves::Curve;
 use super::error::ReportError;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -26,6 +27,9 @@ pub struct ReportData {
     pub baseline: String,
     /// The models, in the order they are shown.
     pub rows: Vec<ReportRow>,
+    /// The training curves of the models that were trained, in the same order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub curves: Vec<Curve>,
 }
 
 /// One model's measurements.
@@ -103,6 +107,9 @@ pub struct Report {
     pub baseline: String,
     /// The rows, in input order.
     pub rows: Vec<ReportEntry>,
+    /// The training curves of the models that were trained.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub curves: Vec<Curve>,
 }
 
 impl ReportData {
@@ -136,6 +143,7 @@ impl ReportData {
             chance_level: self.chance_level,
             baseline: self.baseline.clone(),
             rows,
+            curves: self.curves.clone(),
         })
     }
 
@@ -207,6 +215,11 @@ impl Report {
             if now != e.row.name {
                 if e.row.name == self.baseline {
                     self.baseline = now.clone();
+                }
+                for c in &mut self.curves {
+                    if c.key.is_some() && c.key == e.row.key {
+                        c.name = now.clone();
+                    }
                 }
                 e.row.name = now;
                 renamed += 1;

@@ -4,11 +4,14 @@
 //! columns relative to the baseline; [`write_report`] writes every file; [`render_text`] prints the
 //! table for the terminal. Same data, same bytes: nothing here reads the clock, the machine or its fonts.
 
+mod canvas;
 mod csv;
+mod curves;
 mod data;
 mod font;
 mod marks;
 mod plots;
+mod sweeps;
 mod table;
 pub mod units;
 
@@ -17,10 +20,13 @@ mod testdata;
 
 mod error;
 
+pub use canvas::PLOT_SIZE;
 pub use csv::{render_csv, CSV_HEADER};
+pub use curves::{render_curves_csv, Curve};
 pub use data::{Derived, Report, ReportData, ReportEntry, ReportRow};
 pub use error::ReportError;
-pub use plots::{plot_png, plot_svg, PlotKind, PLOT_SIZE};
+pub use plots::{plot_png, plot_svg, PlotKind};
+pub use sweeps::{sweep_tables, SweepTable};
 pub use table::{render_markdown, render_text};
 
 use std::path::{Path, PathBuf};
@@ -39,8 +45,8 @@ pub fn render_json(report: &Report) -> String {
     json
 }
 
-/// Checks `data`, then writes `report.md`, `report.csv`, `report.json` and every plot as SVG and PNG into `dir`
-/// (created if missing).
+/// Checks `data`, then writes `report.md`, `report.csv`, `report.json`, every plot as SVG and PNG, and the
+/// training curves (`training_curves.csv`/`.svg`/`.png`, when some model has them) into `dir` (created if missing).
 pub fn write_report(data: &ReportData, dir: &Path) -> Result<ReportFiles, ReportError> {
     let report = data.derive()?;
     std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
@@ -68,6 +74,8 @@ pub fn write_report(data: &ReportData, dir: &Path) -> Result<ReportFiles, Report
         })?;
         paths.push(path);
     }
+    let title = format!("{}: training curves ({})", report.title, report.dataset);
+    paths.extend(curves::write_curves(&report.curves, &title, dir)?);
     Ok(ReportFiles { paths })
 }
 

@@ -1,16 +1,13 @@
 //! The two scatter plots (parameters vs accuracy, size on disk vs accuracy), as SVG and PNG.
 
+use super::canvas::{plot_err, render_png, render_svg, PLOT_SIZE};
 use super::error::ReportError;
-use super::font::{self, FAMILY};
+use super::font::FAMILY;
 use super::marks::{self, Mark};
 use super::{units, Report, ReportEntry};
-use image::ImageEncoder;
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
-
-/// Width and height of every plot, in pixels (SVG user units too).
-pub const PLOT_SIZE: (u32, u32) = (1200, 750);
 
 /// Which quantity goes on the (logarithmic) x axis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,37 +61,14 @@ impl PlotKind {
     }
 }
 
-fn plot_err(e: impl std::fmt::Display) -> ReportError {
-    ReportError::Plot(e.to_string())
-}
-
 /// The plot as an SVG document (text as `<text>` elements in the `sans-serif` family).
 pub fn plot_svg(report: &Report, kind: PlotKind) -> Result<String, ReportError> {
-    font::ensure_registered()?;
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
-        draw(&root, report, kind)?;
-        root.present().map_err(plot_err)?;
-    }
-    Ok(svg)
+    render_svg(|root| draw(root, report, kind).map(drop))
 }
 
 /// The plot as a PNG file (RGB, [`PLOT_SIZE`]), text drawn with the embedded font.
 pub fn plot_png(report: &Report, kind: PlotKind) -> Result<Vec<u8>, ReportError> {
-    font::ensure_registered()?;
-    let (w, h) = PLOT_SIZE;
-    let mut pixels = vec![0u8; w as usize * h as usize * 3];
-    {
-        let root = BitMapBackend::with_buffer(&mut pixels, PLOT_SIZE).into_drawing_area();
-        draw(&root, report, kind)?;
-        root.present().map_err(plot_err)?;
-    }
-    let mut png = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut png)
-        .write_image(&pixels, w, h, image::ExtendedColorType::Rgb8)
-        .map_err(plot_err)?;
-    Ok(png)
+    render_png(|root| draw(root, report, kind).map(drop))
 }
 
 /// A point to draw: where, what mark, what label.
@@ -180,12 +154,27 @@ fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, Vec<f64>) {
     (all.iter().map(|t| t.1).collect(), Vec::new())
 }
 
-/// The y range in percent, in steps of 5, holding every accuracy and the chance line.
-fn y_range(ys: impl Iterator<Item = f64>) -> (f64, f64) {
+/// The y axis in percent: the models' accuracies with some room, in round steps, so that differences of a
+/// point stay visible. The chance line is inside when it is near the data; `false` when it lies below.
+fn y_range(ys: impl Iterator<Item = f64>, chance: f64) -> (f64, f64, f64, bool) {
     let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
-    let lo = (((lo - 3.0) / 5.0).floor() * 5.0).clamp(0.0, 95.0);
-    let hi = (((hi + 3.0) / 5.0).ceil() * 5.0).clamp(lo + 5.0, 100.0);
-    (lo, hi)
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (chance, chance) };
+    let span = (hi - lo).max(2.0);
+    // The chance line joins the axis when that at most doubles the span the data needs.
+    let chance_inside = chance >= lo - span - 2.0;
+    let (lo, hi) = if chance_inside {
+        (lo.min(chance), hi.max(chance))
+    } else {
+        (lo, hi)
+    };
+    let pad = ((hi - lo) * 0.12).max(1.0);
+    let step = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0]
+        .into_iter()
+        .find(|s| (hi - lo + 2.0 * pad) / s <= 10.0)
+        .unwrap_or(20.0);
+    let y_lo = (((lo - pad) / step).floor() * step).max(0.0);
+    let y_hi = (((hi + pad) / step).ceil() * step).min(100.0).max(y_lo + step);
+    (y_lo, y_hi, step, chance_inside)
 }
 
 type Boxes = Vec<(i32, i32, i32, i32)>;
@@ -194,49 +183,75 @@ fn overlaps(a: (i32, i32, i32, i32), b: (i32, i32, i32, i32)) -> bool {
     a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3
 }
 
-/// Where to put a `w`×`h` label beside a point at `p`: the first candidate that stays inside `area` and
-/// overlaps no marker and no earlier label; up-right if none does.
-fn place_label(p: (i32, i32), (w, h): (i32, i32), r: i32, area: (i32, i32, i32, i32), taken: &Boxes) -> (i32, i32) {
-    let gap = r + 3;
-    let candidates = [
-        (gap, -h - 1),
-        (gap, 1),
-        (-gap - w, -h - 1),
-        (-gap - w, 1),
-        (-w / 2, -h - gap),
-        (-w / 2, gap),
-    ];
-    candidates
-        .iter()
-        .map(|&(dx, dy)| (p.0 + dx, p.1 + dy))
-        .find(|&(x, y)| {
+/// Where to put a `w`×`h` label for a point at `p`: beside it if a place there stays inside `area` and
+/// overlaps no marker and no earlier label, else on rings further out (drawn with a leader line); `None`
+/// when the plot is too crowded for it.
+fn place_label(
+    p: (i32, i32),
+    (w, h): (i32, i32),
+    r: i32,
+    area: (i32, i32, i32, i32),
+    taken: &Boxes,
+) -> Option<(i32, i32)> {
+    (0..10).find_map(|ring| {
+        let gap = r + 3 + ring * (h + 4);
+        let candidates = [
+            (gap, -h / 2 - ring * 2),
+            (gap, -h - 1),
+            (gap, 1),
+            (-gap - w, -h - 1),
+            (-gap - w, 1),
+            (-w / 2, -h - gap),
+            (-w / 2, gap),
+            (gap, -h - gap),
+            (gap, gap),
+            (-gap - w, -h - gap),
+            (-gap - w, gap),
+        ];
+        candidates.iter().map(|&(dx, dy)| (p.0 + dx, p.1 + dy)).find(|&(x, y)| {
             let b = (x, y, x + w, y + h);
             b.0 >= area.0 && b.1 >= area.1 && b.2 <= area.2 && b.3 <= area.3 && !taken.iter().any(|&t| overlaps(b, t))
         })
-        .unwrap_or((p.0 + candidates[0].0, p.1 + candidates[0].1))
+    })
 }
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report, kind: PlotKind) -> Result<(), ReportError> {
+/// Width of the legend column, right of the plot.
+const LEGEND_WIDTH: u32 = 290;
+
+/// Draws the plot; returns the boxes of the text labels drawn in the plotting area (stage names and the
+/// reference lines' labels), for the test that they never overlap.
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    report: &Report,
+    kind: PlotKind,
+) -> Result<Boxes, ReportError> {
     let groups = groups(report, kind);
     let points = || groups.iter().flat_map(|g| g.2.iter());
     let teacher = report.baseline_entry().row.accuracy * 100.0;
     let chance = report.chance_level * 100.0;
     let (x_lo, x_hi) = x_range(points().map(|p| p.x));
-    let (y_lo, y_hi) = y_range(points().map(|p| p.y).chain([teacher, chance]));
+    let (y_lo, y_hi, y_step, chance_inside) = y_range(points().map(|p| p.y).chain([teacher]), chance);
+    let y_ticks = ((y_hi - y_lo) / y_step).round() as usize + 1;
+    let y_decimals = usize::from(y_step < 1.0);
 
     let (bold, light) = log_ticks(x_lo, x_hi);
 
     root.fill(&WHITE).map_err(plot_err)?;
     let caption = format!(
-        "{}: {} ({}, {})",
+        "{}: {} ({}, {} split)",
         report.title,
         kind.caption(),
         report.dataset,
         report.split
     );
-    let mut chart = ChartBuilder::on(root)
-        .caption(caption, (FAMILY, 24))
+    let body = root
+        .margin(10, 0, 0, 0)
+        .titled(&caption, (FAMILY, 24).into_font().color(&RGBColor(30, 30, 30)))
+        .map_err(plot_err)?;
+    let (plot_side, legend_side) = body.split_horizontally(PLOT_SIZE.0 - LEGEND_WIDTH);
+    let mut chart = ChartBuilder::on(&plot_side)
         .margin(20)
+        .margin_right(8)
         .x_label_area_size(56)
         .y_label_area_size(72)
         .build_cartesian_2d(
@@ -250,9 +265,10 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report, kind
         .x_desc(kind.x_desc())
         .y_desc("Accuracy (%)")
         .x_label_formatter(&x_label)
-        .y_label_formatter(&|v| format!("{v:.0}%"))
-        .label_style((FAMILY, 15))
-        .axis_desc_style((FAMILY, 17))
+        .y_labels(y_ticks)
+        .y_label_formatter(&|v| format!("{v:.y_decimals$}%"))
+        .label_style((FAMILY, 15).into_font().color(&RGBColor(60, 60, 60)))
+        .axis_desc_style((FAMILY, 17).into_font().color(&RGBColor(30, 30, 30)))
         .bold_line_style(RGBColor(220, 220, 220))
         .light_line_style(RGBColor(242, 242, 242))
         .y_max_light_lines(0)
@@ -260,30 +276,34 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report, kind
         .map_err(plot_err)?;
 
     // Reference lines; their labels are placed with the stage names, away from the markers.
-    let lines = [
-        (
-            teacher,
-            RGBColor(0, 0, 0),
-            format!("baseline {} ({})", report.baseline, units::percent(teacher / 100.0)),
-        ),
-        (
+    let baseline_color = RGBColor(0, 0, 0);
+    let chance_color = RGBColor(190, 30, 45);
+    let mut lines = vec![(
+        teacher,
+        baseline_color,
+        format!("baseline {} ({})", report.baseline, units::percent(teacher / 100.0)),
+    )];
+    if chance_inside {
+        lines.push((
             chance,
-            RGBColor(190, 30, 45),
+            chance_color,
             format!("chance level, majority class ({})", units::percent(chance / 100.0)),
-        ),
-    ];
-    for (y, color, label) in &lines {
-        let style = color.stroke_width(2);
+        ));
+    }
+    for (y, color, _) in &lines {
         chart
-            .draw_series(DashedLineSeries::new([(x_lo, *y), (x_hi, *y)], 10, 6, style))
-            .map_err(plot_err)?
-            .label(label.clone())
-            .legend(move |(x, y)| DashedPathElement::new([(x - 12, y), (x + 12, y)], 5, 3, style));
+            .draw_series(DashedLineSeries::new(
+                [(x_lo, *y), (x_hi, *y)],
+                10,
+                6,
+                color.stroke_width(2),
+            ))
+            .map_err(plot_err)?;
     }
 
-    // Markers, one legend entry per group.
-    for (legend, mark, group) in &groups {
-        let (mark, fill) = (*mark, mark.color.filled());
+    // Markers.
+    for (_, mark, group) in &groups {
+        let fill = mark.color.filled();
         let outline = mark.outline();
         let closed: Vec<(i32, i32)> = outline.iter().chain(outline.first()).copied().collect();
         chart
@@ -292,12 +312,10 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report, kind
                     + Polygon::new(outline.clone(), fill)
                     + PathElement::new(closed.clone(), WHITE.stroke_width(1))
             }))
-            .map_err(plot_err)?
-            .label(legend.clone())
-            .legend(move |c| Polygon::new(mark.outline_at(c), fill));
+            .map_err(plot_err)?;
     }
 
-    // Stage names beside their markers, avoiding markers and each other.
+    // Stage names beside their markers, avoiding markers, lines and each other.
     let (xr, yr) = chart.plotting_area().get_pixel_range();
     let area = (xr.start, yr.start, xr.end, yr.end);
     let centers: Vec<((i32, i32), i32, &Point)> = groups
@@ -311,7 +329,9 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report, kind
         .collect();
     let line_ys: Vec<i32> = lines.iter().map(|l| chart.backend_coord(&(x_lo, l.0)).1).collect();
     taken.extend(line_ys.iter().map(|&y| (area.0, y - 1, area.2, y + 1)));
-    // Reference line labels at either end, above or below the line, wherever no marker is.
+    let mut labels: Boxes = Vec::new();
+    let mut texts: Vec<(String, (i32, i32), TextStyle)> = Vec::new();
+    // Reference line labels at either end, above or below the line, wherever nothing else is.
     for ((_, color, label), &line_y) in lines.iter().zip(&line_ys) {
         let style = TextStyle::from((FAMILY, 14).into_font()).color(color);
         let (w, h) = root.estimate_text_size(label, &style).map_err(plot_err)?;
@@ -323,13 +343,17 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report, kind
             (left, line_y + 4),
             (right, line_y + 4),
         ];
-        let at = candidates
-            .into_iter()
-            .find(|&(x, y)| !taken.iter().any(|&t| overlaps((x, y, x + w, y + h), t)))
-            .unwrap_or(candidates[0]);
-        taken.push((at.0, at.1, at.0 + w, at.1 + h));
-        root.draw(&Text::new(label.clone(), at, style)).map_err(plot_err)?;
+        if let Some(at) = candidates.into_iter().find(|&(x, y)| {
+            let b = (x, y, x + w, y + h);
+            b.1 >= area.1 && b.3 <= area.3 && !taken.iter().any(|&t| overlaps(b, t))
+        }) {
+            taken.push((at.0, at.1, at.0 + w, at.1 + h));
+            labels.push((at.0, at.1, at.0 + w, at.1 + h));
+            texts.push((label.clone(), at, style));
+        }
     }
+    let mut unplaced: Vec<&str> = Vec::new();
+    let mut leaders: Vec<[(i32, i32); 2]> = Vec::new();
     for &(c, r, p) in &centers {
         let font = if p.baseline {
             (FAMILY, 15).into_font().style(FontStyle::Bold)
@@ -339,25 +363,122 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, report: &Report, kind
         let style = TextStyle::from(font).color(&RGBColor(40, 40, 40));
         let (w, h) = root.estimate_text_size(p.name, &style).map_err(plot_err)?;
         let (w, h) = (w as i32, h as i32);
-        let at = place_label(c, (w, h), r, area, &taken);
-        taken.push((at.0, at.1, at.0 + w, at.1 + h));
-        root.draw(&Text::new(p.name.to_string(), at, style)).map_err(plot_err)?;
+        let Some(at) = place_label(c, (w, h), r, area, &taken) else {
+            unplaced.push(p.name);
+            continue;
+        };
+        let b = (at.0, at.1, at.0 + w, at.1 + h);
+        // A label away from its marker gets a thin line to it, ending at the label's nearest edge.
+        let near = (c.0.clamp(b.0, b.2), c.1.clamp(b.1, b.3));
+        if (near.0 - c.0).abs().max((near.1 - c.1).abs()) > r + 8 {
+            leaders.push([c, near]);
+        }
+        taken.push(b);
+        labels.push(b);
+        texts.push((p.name.to_string(), at, style));
+    }
+    for leader in leaders {
+        root.draw(&PathElement::new(leader, RGBColor(150, 150, 150).stroke_width(1)))
+            .map_err(plot_err)?;
+    }
+    for (text, at, style) in texts {
+        root.draw(&Text::new(text, at, style)).map_err(plot_err)?;
     }
 
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font((FAMILY, 14))
-        .background_style(WHITE.mix(0.9))
-        .border_style(RGBColor(180, 180, 180))
-        .draw()
+    draw_legend(
+        &legend_side,
+        area.1,
+        &groups,
+        &lines,
+        (!chance_inside).then_some(chance),
+        &unplaced,
+    )?;
+    Ok(labels)
+}
+
+/// The legend, in its own column right of the plot: one entry per group, the reference lines, and what
+/// the plot could not show (a chance line below the axis, labels with no room).
+fn draw_legend<DB: DrawingBackend>(
+    side: &DrawingArea<DB, Shift>,
+    top: i32,
+    groups: &[(String, Mark, Vec<Point<'_>>)],
+    lines: &[(f64, RGBColor, String)],
+    chance_below: Option<f64>,
+    unplaced: &[&str],
+) -> Result<(), ReportError> {
+    fn style(color: &RGBColor) -> TextStyle<'_> {
+        TextStyle::from((FAMILY, 14).into_font()).color(color)
+    }
+    let text_color = RGBColor(40, 40, 40);
+    // The side's own coordinates: its top-left corner is (0, 0); `top` is in the root's.
+    let (mark_x, text_x) = (22, 42);
+    let mut y = top - side.get_base_pixel().1 + 10;
+    let row = 24;
+    for (legend, mark, _) in groups {
+        side.draw(&Polygon::new(mark.outline_at((mark_x, y)), mark.color.filled()))
+            .map_err(plot_err)?;
+        side.draw(&Text::new(legend.clone(), (text_x, y - 10), style(&text_color)))
+            .map_err(plot_err)?;
+        y += row;
+    }
+    for (_, color, label) in lines {
+        side.draw(&DashedPathElement::new(
+            [(mark_x - 12, y), (mark_x + 12, y)],
+            5,
+            3,
+            color.stroke_width(2),
+        ))
         .map_err(plot_err)?;
+        let short = label.split(" (").next().unwrap_or(label).to_string();
+        side.draw(&Text::new(short, (text_x, y - 10), style(color)))
+            .map_err(plot_err)?;
+        y += row;
+    }
+    let note = |text: String, color: RGBColor, y: &mut i32| -> Result<(), ReportError> {
+        for line in wrap(&text, 34) {
+            side.draw(&Text::new(line, (10, *y), style(&color))).map_err(plot_err)?;
+            *y += 18;
+        }
+        *y += 6;
+        Ok(())
+    };
+    y += 8;
+    if let Some(chance) = chance_below {
+        let text = format!(
+            "Chance level (majority class) {} lies below the axis.",
+            units::percent(chance / 100.0)
+        );
+        note(text, RGBColor(190, 30, 45), &mut y)?;
+    }
+    if !unplaced.is_empty() {
+        note(
+            format!("Not labelled (no room): {}.", unplaced.join(", ")),
+            text_color,
+            &mut y,
+        )?;
+    }
     Ok(())
+}
+
+/// Words of `text` in lines of at most `width` characters (a longer word gets a line of its own).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + word.chars().count() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testdata::sample;
+    use super::super::ReportData;
     use super::*;
 
     #[test]
@@ -367,9 +488,21 @@ mod tests {
         let (lo, hi) = x_range([7.0, 7.0, 7.0].into_iter());
         assert!(lo < 7.0 && hi > 7.0);
         assert_eq!(x_range(std::iter::empty()), (1.0, 10.0));
-        assert_eq!(y_range([85.1, 85.1].into_iter()), (80.0, 90.0));
-        assert_eq!(y_range([100.0, 100.0].into_iter()), (95.0, 100.0));
-        assert_eq!(y_range([0.0, 1.0].into_iter()), (0.0, 5.0));
+        // Close accuracies get a zoomed axis; a far chance level stays off it.
+        let (lo, hi, step, chance) = y_range([77.0, 78.4, 79.0].into_iter(), 52.0);
+        assert!(
+            (74.0..77.0).contains(&lo) && (79.0..=82.0).contains(&hi) && step <= 1.0,
+            "{lo} {hi} {step}"
+        );
+        assert!(!chance);
+        // A near one joins it.
+        let (lo, _, _, chance) = y_range([58.0, 62.0].into_iter(), 52.0);
+        assert!(chance && lo <= 52.0);
+        assert_eq!(y_range([100.0, 100.0].into_iter(), 50.0).1, 100.0);
+        let (lo, hi, _, _) = y_range([0.0, 1.0].into_iter(), 0.5);
+        assert!(lo == 0.0 && hi > 1.0);
+        let (lo, hi, _, _) = y_range(std::iter::empty(), 0.5);
+        assert!(lo < hi);
     }
 
     #[test]
@@ -388,18 +521,53 @@ mod tests {
     #[test]
     fn labels_move_away_from_taken_places() {
         let area = (0, 0, 1000, 1000);
-        let first = place_label((500, 500), (40, 10), 6, area, &vec![]);
-        assert_eq!(first, (509, 489));
-        let second = place_label(
-            (500, 500),
-            (40, 10),
-            6,
-            area,
-            &vec![(first.0, first.1, first.0 + 40, first.1 + 10)],
-        );
-        assert_eq!(second, (509, 501));
+        let first = place_label((500, 500), (40, 10), 6, area, &vec![]).unwrap();
+        assert_eq!(first, (509, 495));
+        let taken = vec![(first.0, first.1, first.0 + 40, first.1 + 10)];
+        let second = place_label((500, 500), (40, 10), 6, area, &taken).unwrap();
+        assert!(!overlaps((second.0, second.1, second.0 + 40, second.1 + 10), taken[0]));
         // At the right edge the label goes left.
-        assert_eq!(place_label((990, 500), (40, 10), 6, area, &vec![]).0, 990 - 9 - 40);
+        assert_eq!(
+            place_label((990, 500), (40, 10), 6, area, &vec![]).unwrap().0,
+            990 - 9 - 40
+        );
+        // No room anywhere: none.
+        assert_eq!(place_label((5, 5), (40, 10), 6, (0, 0, 10, 10), &vec![]), None);
+    }
+
+    /// The boxes of every label in the plot of `data`.
+    fn label_boxes(data: &ReportData, kind: PlotKind) -> Boxes {
+        super::super::font::ensure_registered().unwrap();
+        let report = data.derive().unwrap();
+        let mut svg = String::new();
+        let root = SVGBackend::with_string(&mut svg, PLOT_SIZE).into_drawing_area();
+        draw(&root, &report, kind).unwrap()
+    }
+
+    #[test]
+    fn labels_never_overlap_even_for_a_sweep_of_equal_sizes() {
+        // The sample, and a sweep: nine students of one size with accuracies a tenth of a point apart.
+        let mut sweep = sample();
+        let template = sweep.rows[1].clone();
+        for (i, t) in ["2.0", "4.0", "8.0"].iter().enumerate() {
+            for (j, a) in ["0.5", "0.7", "0.9"].iter().enumerate() {
+                let mut row = template.clone();
+                row.name = format!("tuned[t={t},a={a}]");
+                row.accuracy = 0.85 + 0.001 * (3 * i + j) as f64;
+                sweep.rows.push(row);
+            }
+        }
+        for data in [sample(), sweep] {
+            for kind in PlotKind::ALL {
+                let boxes = label_boxes(&data, kind);
+                assert!(boxes.len() >= data.rows.len().min(8), "{} labels", boxes.len());
+                for (i, a) in boxes.iter().enumerate() {
+                    for b in &boxes[i + 1..] {
+                        assert!(!overlaps(*a, *b), "{kind:?}: {a:?} overlaps {b:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

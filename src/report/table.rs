@@ -1,5 +1,6 @@
 //! The report table, rendered as markdown (`report.md`) and as plain text for the terminal.
 
+use super::sweeps::sweep_tables;
 use super::units::{self, MISSING};
 use super::{Report, ReportEntry};
 
@@ -207,8 +208,24 @@ pub fn render_markdown(report: &Report) -> String {
         out.push_str(&note);
         out.push_str("\n\n");
     }
+    for sweep in sweep_tables(report) {
+        let grid = sweep.grid(report, &|e| accuracy(report, e));
+        out.push_str(&format!("### Sweep {}\n\n", escape_markdown(&sweep.title())));
+        for (i, row) in grid.iter().enumerate() {
+            let cells: Vec<String> = row.iter().map(|c| escape_markdown(c)).collect();
+            out.push_str(&format!("| {} |\n", cells.join(" | ")));
+            if i == 0 {
+                out.push_str(&format!("|---|{}\n", "---:|".repeat(row.len() - 1)));
+            }
+        }
+        out.push('\n');
+    }
     for kind in super::PlotKind::ALL {
         out.push_str(&format!("![{}]({}.svg)\n\n", kind.caption(), kind.file_stem()));
+    }
+    if !report.curves.is_empty() {
+        out.push_str("![training curves](training_curves.svg)\n\n");
+        out.push_str("The curves as numbers: training_curves.csv.\n\n");
     }
     out.pop();
     out
@@ -270,6 +287,42 @@ pub fn render_text(report: &Report) -> String {
         out.push_str(&note);
         out.push('\n');
     }
+    for sweep in sweep_tables(report) {
+        out.push_str(&format!("\nSweep {}\n", sweep.title()));
+        out.push_str(&aligned(&sweep.grid(report, &|e| accuracy(report, e))));
+    }
+    out
+}
+
+/// Rows of cells as aligned text: the first column left-aligned, the others right-aligned.
+fn aligned(grid: &[Vec<String>]) -> String {
+    let columns = grid.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            grid.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in grid {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let pad = " ".repeat(widths[i] - c.chars().count());
+                if i == 0 {
+                    format!("{c}{pad}")
+                } else {
+                    format!("{pad}{c}")
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
     out
 }
 
@@ -306,6 +359,27 @@ mod tests {
         assert_eq!(text.lines().count(), plain.lines().count(), "{text}");
         let row = text.lines().find(|l| l.starts_with("a\\nb")).expect("the row, escaped");
         assert!(row.contains("x…  "), "{row}");
+    }
+
+    #[test]
+    fn a_sweep_gets_a_pivot_table_in_both_renderings() {
+        let mut data = sample();
+        let mut other = data.rows.iter().find(|r| r.name.starts_with("mini[")).unwrap().clone();
+        other.name = "mini[t=8.0,a=0.5]".into();
+        other.accuracy = 0.5;
+        data.rows.push(other);
+        let report = data.derive().unwrap();
+        let md = render_markdown(&report);
+        assert!(
+            md.contains("### Sweep mini: accuracy by t × a\n\n| t \\ a | 0.5 |\n|---|---:|\n| 2.0 | "),
+            "{md}"
+        );
+        assert!(md.contains("| 8.0 | 50.0%† |"), "{md}");
+        let text = render_text(&report);
+        assert!(
+            text.contains("Sweep mini: accuracy by t × a\nt \\ a     0.5\n"),
+            "{text}"
+        );
     }
 
     #[test]

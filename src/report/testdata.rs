@@ -122,5 +122,6 @@ pub fn sample() -> ReportData {
                 "tiny-raw", "train", "train", 0.505, 4_400_000, 4_400_000, None, 17_600_000, 0.5,
             ),
         ],
+        curves: Vec::new(),
     }
 }

@@ -18,6 +18,8 @@ pub struct Collected {
     pub in_use: usize,
     /// Damaged entries (moved aside by earlier runs) removed.
     pub damaged: usize,
+    /// Each entry removed (or that would be), with its bytes, in key order.
+    pub removed: Vec<(Key, u64)>,
 }
 
 /// Keys named by the last `n` run records.
@@ -85,6 +87,7 @@ pub fn collect(store: &Store, keep: &HashSet<Key>, dry_run: bool) -> std::io::Re
         };
         out.entries += 1;
         out.bytes += bytes;
+        out.removed.push((key, bytes));
     }
     if let Ok(dir) = std::fs::read_dir(store.damaged_dir()) {
         for entry in dir.flatten() {
@@ -98,6 +101,7 @@ pub fn collect(store: &Store, keep: &HashSet<Key>, dry_run: bool) -> std::io::Re
     if !dry_run {
         store.clean_tmp();
     }
+    out.removed.sort();
     drop(registry);
     Ok(out)
 }
