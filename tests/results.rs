@@ -38,6 +38,8 @@ fn a_study_ends_in_a_report_and_its_models_export() {
         "report.md",
         "params_vs_accuracy.png",
         "size_vs_accuracy.svg",
+        "training_curves.png",
+        "training_curves.csv",
     ] {
         assert!(table.contains(needle), "{needle} missing from\n{table}");
     }
@@ -55,6 +57,22 @@ fn a_study_ends_in_a_report_and_its_models_export() {
     .unwrap();
     let rows = report["rows"].as_array().unwrap();
     let row = |n: &str| rows.iter().find(|r| r["name"] == n).unwrap().clone();
+    // Training curves of the trained models, from their stages' steps.csv and epochs.csv.
+    let curves = std::fs::read_to_string(
+        t.path()
+            .join(".rkd/entries")
+            .join(key("results"))
+            .join("out/training_curves.csv"),
+    )
+    .unwrap();
+    assert!(curves.starts_with("model,series,x,value\n"), "{curves}");
+    for needle in [
+        "\nteacher,train_loss,1,",
+        "\nteacher,validation_accuracy,1,",
+        "\nstudent,train_loss,1,",
+    ] {
+        assert!(curves.contains(needle), "{needle} missing from the curves");
+    }
     assert_eq!(row("teacher")["strategy"], "teacher");
     assert_eq!(row("student")["strategy"], "straightforward");
     assert_eq!(row("pruned")["strategy"], "prune");
@@ -158,11 +176,24 @@ fn changing_one_sweep_value_reruns_only_that_branch_and_the_report() {
         assert!(first.contains(&stage.to_string()), "{stage} not in {first:?}");
     }
     std::fs::write(t.path().join("p.rkd"), study("[0.0, 0.9]")).unwrap();
+    // The plan names the new point after the one it replaces.
+    let plan = run_ok(&t, &["plan", "p.rkd"]);
+    let line = plan.lines().find(|l| l.starts_with("tuned[a=0.9]")).unwrap();
+    assert!(
+        line.contains("sweep value changed: a 0.5 → 0.9 (was tuned[a=0.5])") && line.contains("alpha 0.5 → 0.9"),
+        "{line}"
+    );
     assert_eq!(ran(&t), ["results", "tuned[a=0.9]"]);
     let table = run_ok(&t, &["report", "p.rkd"]);
     for needle in ["tuned[a=0.9]", "qlora", "prune", "multi-agent", "successive"] {
         assert!(table.contains(needle), "{needle} missing from\n{table}");
     }
+    // The sweep as a pivot table, one column per value of `a`.
+    assert!(table.contains("Sweep tuned: accuracy by a\n"), "{table}");
+    assert!(
+        table.lines().any(|l| l.contains("a=0.0") && l.contains("a=0.9")),
+        "{table}"
+    );
     // An exported QLoRA stage names itself as the adapter's base (it holds the NF4 base), not a
     // directory inside the store; rkd's own bookkeeping stays behind.
     run_ok(&t, &["export", "p.rkd", "q", "--out", "q_export"]);
