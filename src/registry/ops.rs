@@ -653,7 +653,7 @@ pub static REPORT: OpSchema = OpSchema {
     name: "report",
     kind: OpKind::Stage(Output::Report),
     version: 4,
-    doc: "Compare models in one report: accuracy, retention, measured sizes, compression; tables and plots.",
+    doc: "Compare models in one report: accuracy, retention, measured sizes, compression; tables, sweep pivots, plots, training curves.",
     params: ReportArgs::PARAMS,
     derive: None,
     check: Some(check_measured),
