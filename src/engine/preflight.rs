@@ -16,6 +16,20 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Whether any stage reads a checkpoint (`pretrained(path:)` or `hf(repo:)`): without one, the
+/// compiler's checks were already complete and [`check`] has nothing to add.
+pub fn reads_checkpoints<'a>(mut stages: impl Iterator<Item = &'a StageDef>) -> bool {
+    fn any(v: &Value) -> bool {
+        match v {
+            Value::Spec(s) => matches!(s.ctor.name, "pretrained" | "hf") || s.params.values().any(any),
+            Value::List(xs) => xs.iter().any(any),
+            Value::Record(r) => r.values().any(any),
+            _ => false,
+        }
+    }
+    stages.any(|s| s.params.values().any(any))
+}
+
 /// Whether every stage of a pipeline (its compiled stages, in plan order) may start; else the
 /// problems its checkpoints show, in source order.
 pub fn check(stages: &[StageDef]) -> Result<(), Vec<Diag>> {

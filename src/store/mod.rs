@@ -9,7 +9,7 @@
 //! <store>/damaged/         entries that failed their check, moved aside (kept for a look; gc empties it)
 //! <store>/locks/<key>.lock held while a process runs that key (never the same key twice at once)
 //! <store>/leases/          one file per running `rkd run`: the keys it may read, which gc keeps
-//! <store>/runs/            one YAML record per run, and index.json (the latest record of each stage name)
+//! <store>/runs/            one JSON record per run, and index.json (the latest record of each stage name)
 //! <store>/stat-cache.json  file fingerprints by (path, size, mtime, inode)
 //! <store>/cache/           caches ops may use but never need (decoded image_folder images)
 //! <store>/specs/<key>.json the resolved stage a Slurm job runs (`rkd exec-stage`)

@@ -1,4 +1,4 @@
-//! Run records: one YAML file per run, plus an index of the latest record of each stage name
+//! Run records: one JSON file per run (older runs: YAML), plus an index of the latest record of each stage name
 //! (what `plan` compares against to say why a stage runs).
 
 use super::Store;
@@ -107,19 +107,22 @@ impl Store {
             .replace([':', '-'], "")
             .replace('T', "-")
             .replace('Z', "");
-        let path = dir.join(format!("{stamp}-{}.yaml", std::process::id()));
-        let yaml = serde_yaml::to_string(record).map_err(std::io::Error::other)?;
-        atomic_write(&path, yaml.as_bytes())?;
+        let path = dir.join(format!("{stamp}-{}.json", std::process::id()));
+        let mut json = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+        json.push(b'\n');
+        atomic_write(&path, &json)?;
         Ok(path)
     }
 
-    /// Every run record's path, oldest first.
+    /// Every run record's path, oldest first (JSON, and the YAML of rkd before 2026-12).
     pub fn record_paths(&self) -> Vec<PathBuf> {
         let mut paths: Vec<PathBuf> = std::fs::read_dir(self.runs_dir())
             .map(|d| {
                 d.flatten()
                     .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+                    .filter(|p| p.extension().is_some_and(|x| x == "json" || x == "yaml"))
+                    // `<started>-<pid>`: not the index kept beside them.
+                    .filter(|p| p.file_name().is_some_and(|n| n.as_encoded_bytes()[0].is_ascii_digit()))
                     .collect()
             })
             .unwrap_or_default();
@@ -134,7 +137,12 @@ impl Store {
             Ok(t) => t,
             Err(error) => return Err(RecordError::Unreadable { path, error }),
         };
-        serde_yaml::from_str(&text).map_err(|error| RecordError::Invalid { path, error })
+        let parsed = if path.extension().is_some_and(|x| x == "yaml") {
+            serde_yaml::from_str(&text).map_err(|e| e.to_string())
+        } else {
+            serde_json::from_str(&text).map_err(|e| e.to_string())
+        };
+        parsed.map_err(|error| RecordError::Invalid { path, error })
     }
 
     /// The index of the latest record of each stage name (empty if there is none).
@@ -214,7 +222,7 @@ pub enum RecordError {
         /// The record file.
         path: std::path::PathBuf,
         /// Why.
-        error: serde_yaml::Error,
+        error: String,
     },
 }
 
@@ -225,4 +233,57 @@ pub fn atomic_write(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     std::io::Write::write_all(&mut tmp, bytes)?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(started: &str) -> RunRecord {
+        RunRecord {
+            rkd_version: "0.1.0".into(),
+            pipeline: "/p.rkd".into(),
+            pipeline_hash: "h".into(),
+            started: started.into(),
+            duration_s: 1.5,
+            status: "ok".into(),
+            counts: BTreeMap::from([("ran".to_string(), 1)]),
+            stages: vec![StageRecord {
+                name: "teacher".into(),
+                aliases: Vec::new(),
+                op: "train".into(),
+                op_version: 3,
+                key: "ab".into(),
+                status: Outcome::Ran,
+                time_s: 1.0,
+                metrics: BTreeMap::from([("accuracy".to_string(), 0.75)]),
+                params: serde_json::Value::Null,
+                inputs: BTreeMap::new(),
+                files: BTreeMap::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn records_are_json_and_the_yaml_of_older_runs_is_still_read_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path());
+        let new = store.write_record(&record("2026-12-02T09:00:00Z")).unwrap();
+        assert_eq!(new.extension().unwrap(), "json");
+        let old = store.runs_dir().join("20261101-080000-1.yaml");
+        std::fs::write(&old, serde_yaml::to_string(&record("2026-11-01T08:00:00Z")).unwrap()).unwrap();
+        std::fs::write(store.runs_dir().join(INDEX), "{}").unwrap();
+        assert_eq!(
+            store.record_paths(),
+            [old.clone(), new.clone()],
+            "the index is not a record"
+        );
+        for (path, started) in [(&old, "2026-11-01T08:00:00Z"), (&new, "2026-12-02T09:00:00Z")] {
+            let r = Store::read_record(path).unwrap();
+            assert_eq!(r.started, started);
+            assert_eq!(r.stages[0].metrics["accuracy"], 0.75);
+        }
+        std::fs::write(&new, "{ not json").unwrap();
+        assert!(matches!(Store::read_record(&new), Err(RecordError::Invalid { .. })));
+    }
 }
