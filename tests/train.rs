@@ -92,9 +92,48 @@ fn trains_evaluates_caches_and_repeats_bit_for_bit() {
     assert_eq!(again["cached"], serde_json::json!(["teacher", "score"]));
     assert_eq!(again["ran"], serde_json::json!([]));
 
-    // A fresh store, the same machine: the same weights, byte for byte.
-    run_json(&t, &["--store", "b"]);
+    // The device is recorded, and is not part of any key.
+    assert_eq!(report["latency"]["device"], "cpu");
+    assert_eq!(json_file(&teacher.join("meta.json"))["device"], "cpu");
+    let runs: Vec<PathBuf> = std::fs::read_dir(t.path().join("a/runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("20"))
+        .collect();
+    assert!(runs.iter().all(|r| json_file(r)["device"] == "cpu"), "{runs:?}");
+
+    // A fresh store, the same machine, the device named: the same keys and weights, byte for byte.
+    run_json(&t, &["--store", "b", "--device", "cpu"]);
+    assert_eq!(entry(&t, "b", "teacher").file_name(), teacher.file_name());
     let a = std::fs::read(out.join("model.safetensors")).unwrap();
     let b = std::fs::read(entry(&t, "b", "teacher").join("out/model.safetensors")).unwrap();
     assert!(a == b, "two runs of the same pipeline gave different weights");
+}
+
+#[test]
+fn a_device_that_cannot_be_used_is_a_clear_error_before_anything_runs() {
+    let t = Test::new().file("p.rkd", PIPELINE);
+    let bad = t.run_with(&["run", "p.rkd", "--device", "tpu"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("unknown device `tpu`: use auto, cpu, cuda or cuda:N"),
+        "{}",
+        bad.stderr
+    );
+    let from_env = Test::new()
+        .file("p.rkd", PIPELINE)
+        .env("RKD_DEVICE", "cuda:x")
+        .run_with(&["run", "p.rkd"]);
+    assert_eq!(from_env.code, 2, "{}", from_env.stderr);
+    if !cfg!(feature = "cuda") {
+        let cuda = t.run_with(&["run", "p.rkd", "--device", "cuda"]);
+        assert_eq!(cuda.code, 2, "{}", cuda.stderr);
+        assert!(
+            cuda.stderr.contains("built without CUDA") && cuda.stderr.contains("--features cuda"),
+            "{}",
+            cuda.stderr
+        );
+    }
+    assert!(!t.path().join(".rkd/entries").exists(), "nothing ran");
 }

@@ -127,6 +127,11 @@ enum Command {
         /// With --executor slurm: submit the jobs and return (`rkd status FILE` follows them).
         #[arg(long)]
         no_wait: bool,
+        /// Where the ops compute: auto (a GPU when this rkd was built with `--features cuda` and one
+        /// is there, else the CPU), cpu, cuda or cuda:N. Not part of any stage's key: a result
+        /// computed on a GPU serves a CPU rerun and back.
+        #[arg(long, value_name = "DEVICE", env = "RKD_DEVICE", default_value = "auto")]
+        device: crate::ml::DeviceChoice,
     },
     /// Show each stage's Slurm job and its state, for a pipeline run with --executor slurm.
     ///
@@ -295,8 +300,17 @@ pub fn main() -> ExitCode {
             account,
             sbatch_args,
             no_wait,
+            device,
         } => {
+            let device = match crate::ml::kernels::device::resolve(device) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             let opts = crate::engine::run::RunOptions {
+                device,
                 jobs,
                 only,
                 keep_going,

@@ -20,9 +20,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
+/// What a stage computes with: its share of the cores, and the device.
+#[derive(Clone, Debug)]
+pub struct Compute {
+    /// Threads the op may use.
+    pub threads: usize,
+    /// The device the op computes on.
+    pub device: candle_core::Device,
+}
+
 /// What to run and how.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RunOptions {
+    /// The device the ops compute on (`--device`, resolved).
+    pub device: candle_core::Device,
     /// Stages run at once.
     pub jobs: usize,
     /// Run only these stages (and what they need).
@@ -122,6 +133,8 @@ pub struct RunReport {
     pub damaged: Vec<Damaged>,
     /// Seconds the whole run took.
     pub duration_s: f64,
+    /// The device its stages computed on (`cpu`, `cuda:0`), as run records name it.
+    pub device: String,
 }
 
 /// Runs the plan against the store.
@@ -146,6 +159,7 @@ pub fn run(
             interrupted: false,
             damaged,
             duration_s: t0.elapsed().as_secs_f64(),
+            device: crate::ml::kernels::device::label(&opts.device),
         });
     }
 
@@ -181,7 +195,11 @@ pub fn run(
         |j| {
             let stage = plan.stage(StageId(order[j] as u32));
             let progress = display.stage(stage.def.op.name, &stage.def.name);
-            let result = run_stage(plan, stage, store, &pipeline_dir, &progress, cancel, threads);
+            let compute = Compute {
+                threads,
+                device: opts.device.clone(),
+            };
+            let result = run_stage(plan, stage, store, &pipeline_dir, &progress, cancel, &compute);
             progress.finish();
             let ok = matches!(result.outcome, Outcome::Ran | Outcome::Cached);
             {
@@ -238,6 +256,7 @@ pub fn run(
         interrupted: cancel.is_interrupted(),
         damaged,
         duration_s: t0.elapsed().as_secs_f64(),
+        device: crate::ml::kernels::device::label(&opts.device),
     };
     write_records(plan, pipeline, source_text, store, &report, started_at)?;
     Ok(report)
@@ -408,8 +427,9 @@ pub fn run_stage(
     pipeline_dir: &Path,
     progress: &Progress,
     cancel: &Cancel,
-    threads: usize,
+    compute: &Compute,
 ) -> Finished {
+    let (threads, device) = (compute.threads, &compute.device);
     let fail = |e: String| Finished::failed(0.0, e);
     let lock = match KeyLock::acquire(store, &stage.key) {
         Ok(l) => l,
@@ -457,6 +477,7 @@ pub fn run_stage(
         progress,
         cancel,
         threads,
+        device: device.clone(),
         cache_dir: store.root.join("cache"),
         key_lock: Some(lock.raw_fd()),
         selection: Default::default(),
@@ -479,6 +500,7 @@ pub fn run_stage(
                 "started": humantime::format_rfc3339_seconds(started).to_string(),
                 "time_s": time_s,
                 "threads": threads,
+                "device": crate::ml::kernels::device::label(device),
             });
             let written = writer
                 .write(
@@ -626,6 +648,7 @@ pub(crate) fn write_records(
         started: humantime::format_rfc3339_seconds(started).to_string(),
         duration_s: report.duration_s,
         status: status.into(),
+        device: report.device.clone(),
         counts,
         stages,
     };

@@ -12,7 +12,7 @@
 //! Slurm's output of each job are in `<store>/slurm/jobs/` and `<store>/slurm/logs/`.
 
 use super::cancel::Cancel;
-use super::run::{log_tail, pipeline_dir, prepare, run_stage, skip_reason, write_records, Finished};
+use super::run::{log_tail, pipeline_dir, prepare, run_stage, skip_reason, write_records, Compute, Finished};
 use super::run::{Prepared, RunError, RunOptions, RunReport};
 use crate::plan::Plan;
 use crate::registry::Resources;
@@ -742,6 +742,9 @@ pub fn wait(
         interrupted: cancel.is_interrupted(),
         damaged: prepared.damaged,
         duration_s: t0.elapsed().as_secs_f64(),
+        // Each job uses its node's device (`RKD_DEVICE`, else a GPU the job was given); each
+        // entry's meta.json names it.
+        device: "each Slurm node's own".into(),
     };
     write_records(plan, pipeline, source_text, store, &report, started)?;
     Ok(report)
@@ -900,7 +903,21 @@ pub fn exec_stage(store_dir: &Path, key: &str, cancel: &Cancel) -> Result<Finish
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
-    Ok(run_stage(&plan, stage, &store, &dir, &progress, cancel, threads))
+    // The node's own device: its GPU when the job was given one (`RKD_DEVICE` overrides).
+    let choice = match std::env::var("RKD_DEVICE") {
+        Ok(word) => word.parse().map_err(SlurmError::Node)?,
+        Err(_) => crate::ml::DeviceChoice::Auto,
+    };
+    let device = crate::ml::kernels::device::resolve(choice).map_err(|e| SlurmError::Node(e.to_string()))?;
+    Ok(run_stage(
+        &plan,
+        stage,
+        &store,
+        &dir,
+        &progress,
+        cancel,
+        &Compute { threads, device },
+    ))
 }
 
 fn hostname() -> String {

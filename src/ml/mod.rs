@@ -39,6 +39,7 @@ pub use models::{attention, bert, config, layers, model, output, params, vit};
 pub use training::{distill, metrics, optim, schedule, student, train};
 
 pub use checkpoint::{load_pretrained, save_pretrained, CheckpointError, LoadOptions};
+pub use kernels::device::{DeviceChoice, DeviceError};
 pub use kernels::rng::Rng;
 pub use models::bert::BertForSequenceClassification;
 pub use models::config::{BertConfig, HiddenAct, Labels, ModelConfig, VitConfig};

@@ -136,7 +136,7 @@ struct Tally {
 
 fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
     let (opts, batch_size) = args.schedule.options();
-    let device = Device::Cpu;
+    let device = ctx.device.clone();
     let kd = args.kd;
     // One teacher's logits are used as they are: the mean of one.
     let fusion = args.fusion.clone().unwrap_or(Fusion::Mean);

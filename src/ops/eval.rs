@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device};
+use candle_core::DType;
 
 use super::model_source::{self, load_frozen, ModelSource};
 use super::selection::report_split;
@@ -172,7 +172,7 @@ pub fn measure(
     split: SplitName,
     batch_size: usize,
 ) -> Result<Measured, OpError> {
-    let device = Device::Cpu;
+    let device = ctx.device.clone();
     let frozen = load_frozen(source, "eval", &device)?;
     let config = frozen.config.clone();
     model_source::check_fits(&config, dataset, true)?;
@@ -310,6 +310,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             "batch_32_ms_per_example": lat32,
             "batch_32_size": lat_batch,
             "threads": ctx.threads,
+            "device": crate::ml::kernels::device::label(&ctx.device),
         },
     });
     let path = ctx.out_dir.join("eval.json");

@@ -45,6 +45,8 @@ pub struct OpContext<'a> {
     pub cancel: &'a Cancel,
     /// Threads the op may use.
     pub threads: usize,
+    /// The device the op computes on (`--device`); the fused CPU kernels run where it is the CPU.
+    pub device: candle_core::Device,
     /// Where ops may keep caches that are never required (decoded dataset images):
     /// `<store>/cache`.
     pub cache_dir: PathBuf,

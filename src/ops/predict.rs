@@ -31,7 +31,7 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
 fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let args = PredictArgs::from_params(ctx.params)?;
     let batch_size = args.batch_size.max(1);
-    let device = Device::Cpu;
+    let device = ctx.device.clone();
     ctx.progress.message("loading the model and data");
     let source = model_source::resolve(ctx, &args.model)?;
     let dataset = load_dataset(&args.data, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;

@@ -63,11 +63,12 @@ fn validation_accuracy(
     params: &ParamStore,
     dataset: &Dataset,
     batch_size: usize,
+    device: &Device,
 ) -> Result<Option<f64>, OpError> {
     if dataset.len(SplitName::Validation) == 0 {
         return Ok(None);
     }
-    let device = Device::Cpu;
+    let device = device.clone();
     let model = Model::new(config, params.frozen_var_builder(DType::F32, &device))?;
     let batches = dataset.batches(SplitName::Validation, batch_size, None, false, &device)?;
     let ev = evaluate(&model, batches.iter().map(|b| (&b.input, &b.labels)))?;
@@ -100,7 +101,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         select: args.select,
     }
     .options();
-    let device = Device::Cpu;
+    let device = ctx.device.clone();
 
     ctx.progress.message("loading the model");
     let source = model_source::resolve(ctx, &args.model)?;
@@ -170,7 +171,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let pruned_accuracy = match &dataset {
         Some(d) => {
             ctx.progress.message("validating the pruned model");
-            let acc = validation_accuracy(&config, &params, d, batch_size)?;
+            let acc = validation_accuracy(&config, &params, d, batch_size, &device)?;
             if let Some(a) = acc {
                 let _ = writeln!(ctx.log, "validation accuracy after pruning: {}", percent(a));
             }

@@ -201,7 +201,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         select: args.select,
     }
     .options();
-    let device = Device::Cpu;
+    let device = ctx.device.clone();
     ctx.progress.message("loading the base model and data");
     let source = model_source::resolve(ctx, &args.base)?;
     let base_dir = match &source {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::model_source::{self, ModelSource};
 use super::selection::Selection;
@@ -125,7 +125,7 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
 fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let args = TrainArgs::from_params(ctx.params)?;
     let (opts, batch_size) = full_schedule!(args).options();
-    let device = Device::Cpu;
+    let device = ctx.device.clone();
     ctx.progress.message("loading the model and data");
     let source = model_source::resolve(ctx, &args.model)?;
     let dataset = load_dataset(&args.data, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
@@ -211,7 +211,7 @@ pub(super) fn fit(
     mut fit: FitOptions,
     mut epoch_note: impl FnMut(&EpochRecord) -> Option<String>,
 ) -> Result<TrainReport, OpError> {
-    let device = Device::Cpu;
+    let device = ctx.device.clone();
     let label = fit.epoch_label.unwrap_or("epoch");
     let log = &mut ctx.log;
     let eval_model = match fit.eval_model {
@@ -594,6 +594,7 @@ pub(super) mod testing {
             progress: &progress,
             cancel,
             threads,
+            device: candle_core::Device::Cpu,
             cache_dir: out.with_extension("cache"),
             key_lock: None,
             selection: Default::default(),

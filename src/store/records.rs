@@ -85,6 +85,9 @@ pub struct RunRecord {
     pub duration_s: f64,
     /// ok, failed or interrupted.
     pub status: String,
+    /// The device the stages computed on (`cpu`, `cuda:0`); empty in records of older rkd.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub device: String,
     /// How many stages ran, were cached, failed, were skipped.
     pub counts: BTreeMap<String, usize>,
     /// Every stage of the plan.
@@ -247,6 +250,7 @@ mod tests {
             started: started.into(),
             duration_s: 1.5,
             status: "ok".into(),
+            device: "cpu".into(),
             counts: BTreeMap::from([("ran".to_string(), 1)]),
             stages: vec![StageRecord {
                 name: "teacher".into(),

@@ -61,6 +61,7 @@ impl Test {
         cmd.args(args)
             .current_dir(self.dir.path())
             .env_remove("RKD_STORE")
+            .env_remove("RKD_DEVICE")
             .env("NO_COLOR", "1");
         for (k, v) in &self.env {
             cmd.env(k, v);

@@ -20,9 +20,24 @@ pub(crate) const ELEM_BLOCK: usize = 8192;
 /// must not depend on the thread count).
 const LN_ROW_BLOCK: usize = 32;
 
-/// Whether the fused kernels apply to `x`: an `f32` tensor on the CPU.
+thread_local! {
+    /// Set while [`device_generic`] runs: the fused kernels are off on this thread.
+    static GENERIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the fused CPU kernels off on the calling thread, so that every layer built and
+/// differentiated there takes the device-generic path — the one a GPU runs. For the tests that
+/// check both paths agree.
+pub fn device_generic<R>(f: impl FnOnce() -> R) -> R {
+    let before = GENERIC.with(|g| g.replace(true));
+    let out = f();
+    GENERIC.with(|g| g.set(before));
+    out
+}
+
+/// Whether the fused kernels apply to `x`: an `f32` tensor on the CPU (outside [`device_generic`]).
 pub fn fusable(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
+    x.device().is_cpu() && x.dtype() == DType::F32 && !GENERIC.with(|g| g.get())
 }
 
 pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {

@@ -1,6 +1,8 @@
 //! The bottom of `ml`: CPU kernels and process-wide runtime settings that the model layers call.
 //! Nothing here knows about models, configs or training; it imports nothing else from `ml`.
 
+/// The device the ops compute on (`--device`): choice, resolution, labels.
+pub mod device;
 /// Fused CPU kernels with analytic backward passes (LayerNorm, softmax, GELU, dropout masks).
 pub mod fused;
 /// Fused multi-head self-attention core with dropout on the probabilities.

@@ -1,0 +1,137 @@
+//! Which device the ops compute on: `--device auto|cpu|cuda|cuda:N` (or `RKD_DEVICE`), resolved once
+//! per run. `auto` takes the first GPU when this binary was built with the `cuda` feature and a GPU is
+//! there, else the CPU; asking for CUDA from a binary or a machine without it is an error, never a
+//! silent fallback and never a panic.
+
+use candle_core::Device;
+use std::str::FromStr;
+
+/// A device as the user asks for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// A GPU when there is one (and this binary can use it), else the CPU.
+    #[default]
+    Auto,
+    /// The CPU (the fused CPU kernels).
+    Cpu,
+    /// The GPU with this ordinal (`cuda` is `cuda:0`).
+    Cuda(usize),
+}
+
+/// The device words, for help texts and errors.
+pub const DEVICE_WORDS: &str = "auto, cpu, cuda or cuda:N";
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
+                _ => Err(format!("unknown device `{s}`: use {DEVICE_WORDS}")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Why the device asked for cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// The binary has no CUDA support.
+    #[error(
+        "`--device {0}`: this rkd was built without CUDA; build it with `cargo build --release --features cuda` \
+         (README: \"GPUs\"), or run with `--device cpu`"
+    )]
+    NotBuilt(DeviceChoice),
+    /// CUDA is built in, but the GPU cannot be opened (no driver, no such ordinal).
+    #[error("`--device {choice}`: cannot open the GPU ({reason}); check `nvidia-smi`, or run with `--device cpu`")]
+    Unavailable {
+        /// What was asked for.
+        choice: DeviceChoice,
+        /// What CUDA said.
+        reason: String,
+    },
+}
+
+/// Whether this binary was built with the `cuda` feature.
+pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
+
+/// Opens GPU `n`; a missing driver is an error, not a panic (the CUDA bindings load the driver
+/// library at run time and may panic without one).
+fn open_cuda(n: usize) -> Result<Device, String> {
+    match std::panic::catch_unwind(|| Device::new_cuda(n)) {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the CUDA driver could not be loaded".into())),
+    }
+}
+
+/// The device for `choice`.
+pub fn resolve(choice: DeviceChoice) -> Result<Device, DeviceError> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto if CUDA_BUILT => Ok(open_cuda(0).unwrap_or(Device::Cpu)),
+        DeviceChoice::Auto => Ok(Device::Cpu),
+        DeviceChoice::Cuda(_) if !CUDA_BUILT => Err(DeviceError::NotBuilt(choice)),
+        DeviceChoice::Cuda(n) => open_cuda(n).map_err(|reason| DeviceError::Unavailable { choice, reason }),
+    }
+}
+
+/// How records and logs name a device: `cpu`, `cuda:0`.
+pub fn label(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_words_parse_and_print_back() {
+        for (word, choice) in [
+            ("auto", DeviceChoice::Auto),
+            ("cpu", DeviceChoice::Cpu),
+            ("CUDA", DeviceChoice::Cuda(0)),
+            ("cuda:3", DeviceChoice::Cuda(3)),
+        ] {
+            assert_eq!(word.parse::<DeviceChoice>(), Ok(choice));
+        }
+        assert_eq!(DeviceChoice::Cuda(3).to_string(), "cuda:3");
+        let err = "tpu".parse::<DeviceChoice>().unwrap_err();
+        assert!(err.contains("unknown device `tpu`") && err.contains("cuda:N"), "{err}");
+        assert!("cuda:x".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn cpu_and_auto_always_resolve_and_cuda_needs_the_feature() {
+        assert!(resolve(DeviceChoice::Cpu).unwrap().is_cpu());
+        assert!(resolve(DeviceChoice::Auto).is_ok());
+        assert_eq!(label(&Device::Cpu), "cpu");
+        if !CUDA_BUILT {
+            let err = resolve(DeviceChoice::Cuda(0)).unwrap_err();
+            assert_eq!(err, DeviceError::NotBuilt(DeviceChoice::Cuda(0)));
+            assert!(err.to_string().contains("--features cuda"), "{err}");
+        }
+    }
+}
