@@ -45,6 +45,10 @@ pub enum Bench {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Where to compute: auto, cpu, cuda or cuda:N (on a GPU, BERT-base and ViT-B/16 are
+        /// timed as well).
+        #[arg(long, value_name = "DEVICE", env = "RKD_DEVICE", default_value = "auto")]
+        device: crate::ml::DeviceChoice,
     },
     /// Time NF4 quantization and dequantization of a 4096×4096 f32 matrix.
     ///
@@ -72,7 +76,12 @@ pub enum Bench {
 pub fn run(b: Bench) -> ExitCode {
     match b {
         Bench::Compile { stages, runs, json } => compile(&stages, runs.max(1), json),
-        Bench::Train { threads, steps, json } => super::bench_train::run(threads, steps, json),
+        Bench::Train {
+            threads,
+            steps,
+            json,
+            device,
+        } => super::bench_train::run(threads, steps, json, device),
         Bench::Nf4 {
             threads,
             runs,

@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::ml::optim::{clip_scale, AdamW, AdamWConfig};
 use crate::ml::rng::derive_seed;
 use crate::ml::train::with_threads;
-use crate::ml::{BertConfig, ForwardCtx, Model, ModelConfig, ModelInput, ParamStore, Rng, VitConfig};
+use crate::ml::{BertConfig, DeviceChoice, ForwardCtx, Model, ModelConfig, ModelInput, ParamStore, Rng, VitConfig};
 
 /// Untimed steps before the timed ones.
 const WARMUP: usize = 1;
@@ -67,6 +67,27 @@ pub fn default_cases() -> Vec<Case> {
     ]
 }
 
+/// On a GPU, the study's own sizes as well: BERT-base (seq 128, batch 32, 2 classes) and ViT-B/16
+/// (224 px, batch 32, 3 classes).
+pub fn gpu_cases() -> Vec<Case> {
+    vec![
+        Case {
+            key: "bert_base",
+            label: "BERT-base",
+            config: ModelConfig::Bert(BertConfig::new(30522, 768, 12, 12, 3072, 2)),
+            seq_len: 128,
+            batch: 32,
+        },
+        Case {
+            key: "vit_base",
+            label: "ViT-B/16",
+            config: ModelConfig::Vit(VitConfig::new(224, 16, 3, 768, 12, 12, 3072, 3)),
+            seq_len: 0,
+            batch: 32,
+        },
+    ]
+}
+
 /// Seeded random inputs and targets for `case`.
 fn inputs(case: &Case, dev: &Device) -> candle_core::Result<(ModelInput, Tensor)> {
     let mut rng = Rng::new(SEED);
@@ -110,9 +131,10 @@ fn time(steps: usize, warmup: usize, mut f: impl FnMut(usize) -> candle_core::Re
     Ok(median(samples))
 }
 
-/// Times the training step and the inference forward of one case (on the current rayon pool).
-pub fn bench_case(case: &Case, steps: usize, warmup: usize) -> candle_core::Result<Timing> {
-    let dev = Device::Cpu;
+/// Times the training step and the inference forward of one case on `dev` (on the current rayon
+/// pool; on a GPU each timed step ends when the device has finished it).
+pub fn bench_case(case: &Case, steps: usize, warmup: usize, dev: &Device) -> candle_core::Result<Timing> {
+    let dev = dev.clone();
     let params = ParamStore::new(SEED);
     let model = Model::new(&case.config, params.var_builder(DType::F32, &dev))?;
     let (input, labels) = inputs(case, &dev)?;
@@ -133,7 +155,8 @@ pub fn bench_case(case: &Case, steps: usize, warmup: usize) -> candle_core::Resu
         }
         let grads = loss.backward()?;
         let scale = clip_scale(opt.grad_norm(&grads)?, 1.0);
-        opt.step(&grads, scale)
+        opt.step(&grads, scale)?;
+        dev.synchronize()
     })?;
     drop(model);
     let frozen = Model::new(&case.config, params.frozen_var_builder(DType::F32, &dev))?;
@@ -144,14 +167,14 @@ pub fn bench_case(case: &Case, steps: usize, warmup: usize) -> candle_core::Resu
     Ok(Timing { train_step_s, infer_s })
 }
 
-/// Runs every case, in order.
-pub fn bench_all(cases: &[Case], steps: usize, warmup: usize) -> candle_core::Result<Vec<Timing>> {
-    cases.iter().map(|c| bench_case(c, steps, warmup)).collect()
+/// Runs every case, in order, on `dev`.
+pub fn bench_all(cases: &[Case], steps: usize, warmup: usize, dev: &Device) -> candle_core::Result<Vec<Timing>> {
+    cases.iter().map(|c| bench_case(c, steps, warmup, dev)).collect()
 }
 
-/// The `--json` form of the results.
-pub fn to_json(cases: &[Case], timings: &[Timing]) -> serde_json::Value {
-    let map: serde_json::Map<String, serde_json::Value> = cases
+/// The `--json` form of the results: one object per case, and the device.
+pub fn to_json(cases: &[Case], timings: &[Timing], device: &str) -> serde_json::Value {
+    let mut map: serde_json::Map<String, serde_json::Value> = cases
         .iter()
         .zip(timings)
         .map(|(c, t)| {
@@ -161,15 +184,27 @@ pub fn to_json(cases: &[Case], timings: &[Timing]) -> serde_json::Value {
             )
         })
         .collect();
+    map.insert("device".into(), device.into());
     serde_json::Value::Object(map)
 }
 
 /// `rkd bench train`.
-pub fn run(threads: Option<usize>, steps: usize, json: bool) -> ExitCode {
+pub fn run(threads: Option<usize>, steps: usize, json: bool, device: DeviceChoice) -> ExitCode {
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let steps = steps.max(1);
-    let cases = default_cases();
-    let timings = match with_threads(threads, || bench_all(&cases, steps, WARMUP)) {
+    let dev = match crate::ml::kernels::device::resolve(device) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let label = crate::ml::kernels::device::label(&dev);
+    let mut cases = default_cases();
+    if !dev.is_cpu() {
+        cases.extend(gpu_cases());
+    }
+    let timings = match with_threads(threads, || bench_all(&cases, steps, WARMUP, &dev)) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: the benchmark failed: {e}");
@@ -177,7 +212,7 @@ pub fn run(threads: Option<usize>, steps: usize, json: bool) -> ExitCode {
         }
     };
     if json {
-        println!("{}", to_json(&cases, &timings));
+        println!("{}", to_json(&cases, &timings, &label));
         return ExitCode::SUCCESS;
     }
     println!(
@@ -194,7 +229,7 @@ pub fn run(threads: Option<usize>, steps: usize, json: bool) -> ExitCode {
             c.batch as f64 / t.infer_s
         );
     }
-    println!("(f32, batch 32, median of {steps} steps after {WARMUP} warm-up; {threads} threads)");
+    println!("(f32, batch 32, median of {steps} steps after {WARMUP} warm-up; {threads} threads; on {label})");
     ExitCode::SUCCESS
 }
 
@@ -222,11 +257,12 @@ mod tests {
                 batch: 4,
             },
         ];
-        let timings = with_threads(1, || bench_all(&cases, 1, 1)).unwrap();
-        let v = to_json(&cases, &timings);
+        let timings = with_threads(1, || bench_all(&cases, 1, 1, &Device::Cpu)).unwrap();
+        let v = to_json(&cases, &timings, "cpu");
         let obj = v.as_object().unwrap();
-        assert_eq!(obj.keys().collect::<Vec<_>>(), ["bert_mini", "vit"]);
-        for m in obj.values() {
+        assert_eq!(obj.keys().collect::<Vec<_>>(), ["bert_mini", "device", "vit"]);
+        assert_eq!(obj["device"], "cpu");
+        for m in [&obj["bert_mini"], &obj["vit"]] {
             let m = m.as_object().unwrap();
             assert_eq!(m.len(), 2);
             for k in ["train_step_s", "infer_s"] {
@@ -234,6 +270,20 @@ mod tests {
                 assert!(s > 0.0 && s.is_finite(), "{k} = {s}");
             }
         }
+    }
+
+    #[test]
+    fn gpu_cases_are_the_studys_base_models() {
+        let cases = gpu_cases();
+        let (ModelConfig::Bert(b), ModelConfig::Vit(v)) = (&cases[0].config, &cases[1].config) else {
+            panic!()
+        };
+        assert_eq!((b.num_hidden_layers, b.hidden_size, cases[0].seq_len), (12, 768, 128));
+        assert_eq!(
+            (v.num_hidden_layers, v.hidden_size, v.image_size, v.patch_size),
+            (12, 768, 224, 16)
+        );
+        assert!(cases.iter().all(|c| c.batch == 32));
     }
 
     #[test]
