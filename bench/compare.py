@@ -18,6 +18,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = [("bert_mini", "BERT-mini"), ("vit", "ViT")]
+GPU_MODELS = [("bert_base", "BERT-base"), ("vit_base", "ViT-B/16")]
 MEASURES = [("train_step_s", "train step"), ("infer_s", "inference")]
 
 
@@ -28,9 +29,9 @@ def run_json(cmd):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def medians(runs):
+def medians(runs, models):
     """Per model and measure, the median over runs."""
-    return {m: {k: statistics.median(r[m][k] for r in runs) for k, _ in MEASURES} for m, _ in MODELS}
+    return {m: {k: statistics.median(r[m][k] for r in runs) for k, _ in MEASURES} for m, _ in models}
 
 
 def main(argv=None):
@@ -41,26 +42,30 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=1, help="alternate rkd and torch this many times")
     ap.add_argument("--torch-json", help="a saved torch_bench.py --json result instead of running torch")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N, for both sides")
+    ap.add_argument("--torch", default=os.path.join(HERE, "torch_bench.sh"),
+                    help="the torch side (a Python with torch can run torch_bench.py directly)")
     args = ap.parse_args(argv)
-    common = ["--threads", str(args.threads), "--steps", str(args.steps), "--json"]
+    common = ["--threads", str(args.threads), "--steps", str(args.steps), "--json", "--device", args.device]
+    models = MODELS + (GPU_MODELS if args.device.startswith("cuda") else [])
     rkd_runs, torch_runs = [], []
     for _ in range(max(args.rounds, 1)):
         rkd_runs.append(run_json([args.rkd, "bench", "train"] + common))
         if not args.torch_json:
-            torch_runs.append(run_json([os.path.join(HERE, "torch_bench.sh")] + common))
+            torch_runs.append(run_json(args.torch.split() + common))
     if args.torch_json:
         with open(args.torch_json) as f:
             torch_runs.append(json.load(f))
-    ours, theirs = medians(rkd_runs), medians(torch_runs)
+    ours, theirs = medians(rkd_runs, models), medians(torch_runs, models)
     if args.json:
         print(json.dumps({"rkd": ours, "torch": theirs}))
         return 0
     print(f"{'model':<10}  {'measure':<10}  {'rkd s':>8}  {'torch s':>8}  {'rkd/torch':>9}")
-    for m, label in MODELS:
+    for m, label in models:
         for k, name in MEASURES:
             a, b = ours[m][k], theirs[m][k]
             print(f"{label:<10}  {name:<10}  {a:>8.3f}  {b:>8.3f}  {a / b:>8.2f}x")
-    print(f"({args.threads} threads, median of {args.steps} steps, {len(rkd_runs)} round(s))")
+    print(f"({args.threads} threads, median of {args.steps} steps, {len(rkd_runs)} round(s), on {args.device})")
     return 0
 
 

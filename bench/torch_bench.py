@@ -12,8 +12,10 @@ Each is the median of `--steps` timed runs after `--warmup` untimed ones (rkd: 1
 
 Uses transformers' BertForSequenceClassification / ViTForImageClassification when transformers
 imports, else hand-written models of the same architecture (`--hand-written` forces them).
-`--json` prints `{"bert_mini": {"train_step_s": .., "infer_s": ..}, "vit": {...}}` like
-`rkd bench train --json`; otherwise a table.
+`--json` prints `{"bert_mini": {"train_step_s": .., "infer_s": ..}, "vit": {...}, "device": "cpu"}`
+like `rkd bench train --json`; otherwise a table. `--device cuda` runs on a GPU (every step
+synchronized before the clock stops), adds BERT-base (seq 128) and ViT-B/16, and reports each
+case's peak GPU memory (`peak_mem_bytes`).
 """
 
 import argparse
@@ -129,8 +131,19 @@ class HandVit(nn.Module):
 # ---------------------------------------------------------------- the cases
 
 
-def build(key, hand_written, attn):
-    """The model of case `key` and a function from (model) to logits on the case's inputs."""
+# key: (kind, hidden, layers, heads, intermediate, labels, sequence length); as `rkd bench train`.
+CASES = {
+    "bert_mini": ("bert", 256, 4, 4, 1024, 2, 64),
+    "vit": ("vit", 192, 6, 3, 768, 3, 0),
+    "bert_base": ("bert", 768, 12, 12, 3072, 2, 128),
+    "vit_base": ("vit", 768, 12, 12, 3072, 3, 0),
+}
+LABELS = {"bert_mini": "BERT-mini", "vit": "ViT", "bert_base": "BERT-base", "vit_base": "ViT-B/16"}
+
+
+def build(key, hand_written, attn, device):
+    """The model of case `key` on `device` and a function from (model) to logits on the case's inputs."""
+    kind, hidden, layers, heads, inter, n_labels, seq = CASES[key]
     g = torch.Generator().manual_seed(SEED)
     transformers = None
     if not hand_written:
@@ -138,40 +151,40 @@ def build(key, hand_written, attn):
             import transformers  # noqa: F811
         except ImportError:
             transformers = None
-    if key == "bert_mini":
-        ids = torch.randint(0, 30522, (BATCH, 64), generator=g)
-        labels = torch.randint(0, 2, (BATCH,), generator=g)
+    if kind == "bert":
+        ids = torch.randint(0, 30522, (BATCH, seq), generator=g).to(device)
+        labels = torch.randint(0, n_labels, (BATCH,), generator=g).to(device)
         if transformers is not None:
             cfg = transformers.BertConfig(
                 vocab_size=30522,
-                hidden_size=256,
-                num_hidden_layers=4,
-                num_attention_heads=4,
-                intermediate_size=1024,
-                num_labels=2,
+                hidden_size=hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                intermediate_size=inter,
+                num_labels=n_labels,
                 attn_implementation=attn,
             )
-            model = transformers.BertForSequenceClassification(cfg)
+            model = transformers.BertForSequenceClassification(cfg).to(device)
             return model, (lambda m: m(input_ids=ids).logits), labels, "transformers"
-        model = HandBert(30522, 256, 4, 4, 1024, 2)
+        model = HandBert(30522, hidden, layers, heads, inter, n_labels).to(device)
         return model, (lambda m: m(ids)), labels, "hand-written"
-    pixels = torch.randn(BATCH, 3, 224, 224, generator=g)
-    labels = torch.randint(0, 3, (BATCH,), generator=g)
+    pixels = torch.randn(BATCH, 3, 224, 224, generator=g).to(device)
+    labels = torch.randint(0, n_labels, (BATCH,), generator=g).to(device)
     if transformers is not None:
         cfg = transformers.ViTConfig(
             image_size=224,
             patch_size=16,
             num_channels=3,
-            hidden_size=192,
-            num_hidden_layers=6,
-            num_attention_heads=3,
-            intermediate_size=768,
-            num_labels=3,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=inter,
+            num_labels=n_labels,
             attn_implementation=attn,
         )
-        model = transformers.ViTForImageClassification(cfg)
+        model = transformers.ViTForImageClassification(cfg).to(device)
         return model, (lambda m: m(pixel_values=pixels).logits), labels, "transformers"
-    model = HandVit(224, 16, 3, 192, 6, 3, 768, 3)
+    model = HandVit(224, 16, 3, hidden, layers, heads, inter, n_labels).to(device)
     return model, (lambda m: m(pixels)), labels, "hand-written"
 
 
@@ -185,21 +198,25 @@ def param_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def timed(steps, warmup, f):
-    """Median wall time of `steps` calls of f after `warmup` untimed ones."""
+def timed(steps, warmup, f, device):
+    """Median wall time of `steps` calls of f after `warmup` untimed ones (each waits for the GPU)."""
     samples = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         f()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         if i >= warmup:
             samples.append(time.perf_counter() - t0)
     return statistics.median(samples)
 
 
-def bench_case(key, steps, warmup, hand_written, attn):
-    """{"train_step_s", "infer_s"} of one case, and which implementation ran."""
+def bench_case(key, steps, warmup, hand_written, attn, device):
+    """{"train_step_s", "infer_s"} (and on a GPU "peak_mem_bytes") of one case, and which implementation ran."""
     torch.manual_seed(SEED)
-    model, logits_of, labels, impl = build(key, hand_written, attn)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model, logits_of, labels, impl = build(key, hand_written, attn, device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-4, betas=(0.9, 0.999), eps=1e-8)
 
@@ -217,11 +234,14 @@ def bench_case(key, steps, warmup, hand_written, attn):
     def infer():
         model.eval()
         with torch.no_grad():
-            logits_of(model).numpy()
+            logits_of(model).cpu().numpy()
 
-    train = timed(steps, warmup, train_step)
-    inference = timed(steps, max(warmup, 1), infer)
-    return {"train_step_s": train, "infer_s": inference}, impl
+    train = timed(steps, warmup, train_step, device)
+    inference = timed(steps, max(warmup, 1), infer, device)
+    out = {"train_step_s": train, "infer_s": inference}
+    if device.type == "cuda":
+        out["peak_mem_bytes"] = torch.cuda.max_memory_allocated(device)
+    return out, impl
 
 
 def main(argv=None):
@@ -232,17 +252,23 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--hand-written", action="store_true", help="use the hand-written models, not transformers'")
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="transformers attention implementation")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (on a GPU, BERT-base and ViT-B/16 too)")
     args = ap.parse_args(argv)
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
+    keys = ["bert_mini", "vit"] + (["bert_base", "vit_base"] if device.type == "cuda" else [])
     results, impls = {}, {}
-    for key in ["bert_mini", "vit"]:
-        results[key], impls[key] = bench_case(key, max(args.steps, 1), args.warmup, args.hand_written, args.attn)
+    for key in keys:
+        results[key], impls[key] = bench_case(
+            key, max(args.steps, 1), args.warmup, args.hand_written, args.attn, device
+        )
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps(dict(results, device=str(device))))
         return 0
     print(f"{'model':<10}  {'train step s':>12}  {'train ex/s':>10}  {'inference s':>12}  {'infer ex/s':>10}")
-    for key, label in [("bert_mini", "BERT-mini"), ("vit", "ViT")]:
+    for key in keys:
+        label = LABELS[key]
         t = results[key]
         print(
             f"{label:<10}  {t['train_step_s']:>12.3f}  {BATCH / t['train_step_s']:>10.1f}  "
@@ -250,7 +276,7 @@ def main(argv=None):
         )
     print(
         f"(torch {torch.__version__}, {impls['bert_mini']} models, f32, batch {BATCH}, median of {args.steps} steps "
-        f"after {args.warmup} warm-up; {args.threads} threads)"
+        f"after {args.warmup} warm-up; {args.threads} threads; on {device})"
     )
     return 0
 
