@@ -313,3 +313,48 @@ fn gc_removes_what_no_kept_plan_needs() {
     let none = t.run_with(&["gc"]);
     assert_eq!(none.code, 2, "gc without --keep refuses to guess");
 }
+
+/// `--gpus`: each `exec` stage that asks for a GPU holds its own slot (its command sees it as
+/// CUDA_VISIBLE_DEVICES), stages never share one, and CPU stages run beside them.
+#[test]
+fn gpu_slots_give_each_gpu_stage_its_own_gpu() {
+    let stage = |name: &str| {
+        format!(
+            "stage {name} = exec(cmd: \"echo start {name} $CUDA_VISIBLE_DEVICES >> gpu.log; sleep 0.3; \
+             echo end {name} >> gpu.log; echo $CUDA_VISIBLE_DEVICES > $RKD_OUT/gpu\", resources: {{gpus: 1}})\n"
+        )
+    };
+    let src = format!(
+        "{}{}stage cpu = exec(cmd: \"echo cpu > $RKD_OUT/x\")\n",
+        stage("a"),
+        stage("b")
+    );
+    let gpu_of = |t: &Test, name: &str| {
+        let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
+        let key = key_of(&plan, name);
+        std::fs::read_to_string(t.path().join(".rkd/entries").join(key).join("out/gpu")).unwrap()
+    };
+    // Two slots: a and b run at once, on different GPUs (as the parent's CUDA_VISIBLE_DEVICES names them).
+    let t = Test::new().file("p.rkd", &src).env("CUDA_VISIBLE_DEVICES", "5,7");
+    let out = t.run_with(&["run", "p.rkd", "-j", "3", "--gpus", "0,1", "--device", "cpu"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut seen = [gpu_of(&t, "a"), gpu_of(&t, "b")];
+    seen.sort();
+    assert_eq!(seen, ["5\n", "7\n"]);
+    let log = std::fs::read_to_string(t.path().join("gpu.log")).unwrap();
+    assert!(
+        log.lines().nth(1).unwrap().starts_with("start"),
+        "both started before either ended:\n{log}"
+    );
+    // One slot: they take turns on it.
+    let t = Test::new().file("p.rkd", &src);
+    let out = t.run_with(&["run", "p.rkd", "-j", "3", "--gpus", "3", "--device", "cpu"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!((gpu_of(&t, "a"), gpu_of(&t, "b")), ("3\n".into(), "3\n".into()));
+    let log = std::fs::read_to_string(t.path().join("gpu.log")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines[0].starts_with("start") && lines[1].starts_with("end") && lines[2].starts_with("start"),
+        "one at a time:\n{log}"
+    );
+}

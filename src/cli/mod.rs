@@ -132,6 +132,12 @@ enum Command {
         /// computed on a GPU serves a CPU rerun and back.
         #[arg(long, value_name = "DEVICE", env = "RKD_DEVICE", default_value = "auto")]
         device: crate::ml::DeviceChoice,
+        /// GPU slots, by ordinal (e.g. `--gpus 0,1`): each running stage that computes on a GPU
+        /// holds one of its own, and an `exec` stage with `resources: {gpus: N}` holds N (its
+        /// command sees them as CUDA_VISIBLE_DEVICES); CPU-only stages run beside them up to -j
+        /// [default: every visible GPU when the device is a GPU, else none].
+        #[arg(long, value_name = "N,...", value_delimiter = ',')]
+        gpus: Option<Vec<usize>>,
     },
     /// Show each stage's Slurm job and its state, for a pipeline run with --executor slurm.
     ///
@@ -301,6 +307,7 @@ pub fn main() -> ExitCode {
             sbatch_args,
             no_wait,
             device,
+            gpus,
         } => {
             let device = match crate::ml::kernels::device::resolve(device) {
                 Ok(d) => d,
@@ -309,8 +316,16 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let gpus = gpus.unwrap_or_else(|| {
+                if device.is_cpu() {
+                    Vec::new()
+                } else {
+                    crate::ml::kernels::device::visible_gpus()
+                }
+            });
             let opts = crate::engine::run::RunOptions {
                 device,
+                gpus,
                 jobs,
                 only,
                 keep_going,

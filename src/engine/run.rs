@@ -4,7 +4,7 @@ use super::cancel::Cancel;
 use super::explain::{verdicts_of, Verdict};
 use super::progress::{Display, Progress};
 use super::record::stage_record;
-use super::scheduler::{schedule, JobEnd};
+use super::scheduler::{schedule, Gpus, JobEnd};
 use crate::ops::{self, OpContext};
 use crate::plan::{Plan, PlanStage};
 use crate::store::key::hex;
@@ -20,13 +20,26 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
-/// What a stage computes with: its share of the cores, and the device.
+/// What a stage computes with: its share of the cores, the device, and the GPU slots it holds.
 #[derive(Clone, Debug)]
 pub struct Compute {
     /// Threads the op may use.
     pub threads: usize,
     /// The device the op computes on.
     pub device: candle_core::Device,
+    /// The GPU ordinals the stage holds (what an `exec` command sees as `CUDA_VISIBLE_DEVICES`).
+    pub gpus: Vec<usize>,
+}
+
+/// GPUs a stage needs from the run's slots: one for a model op when the run computes on a GPU,
+/// and an `exec` stage what its `resources` ask for.
+pub fn gpu_need(stage: &PlanStage, run_device: &candle_core::Device) -> usize {
+    let op = stage.def.op.name;
+    if op == "exec" {
+        crate::registry::resources(op, &stage.def.params).gpus as usize
+    } else {
+        usize::from(!run_device.is_cpu())
+    }
 }
 
 /// What to run and how.
@@ -34,6 +47,9 @@ pub struct Compute {
 pub struct RunOptions {
     /// The device the ops compute on (`--device`, resolved).
     pub device: candle_core::Device,
+    /// GPU slots (`--gpus`): each running stage that computes on a GPU, or an `exec` stage whose
+    /// `resources` ask for GPUs, holds its own; none: GPUs are not scheduled.
+    pub gpus: Vec<usize>,
     /// Stages run at once.
     pub jobs: usize,
     /// Run only these stages (and what they need).
@@ -186,20 +202,34 @@ pub fn run(
     let display = Display::new(order.len());
     let outcomes: Mutex<Vec<Option<Finished>>> = Mutex::new(vec![None; order.len()]);
     let counts = Mutex::new(Counts::default());
+    let gpus = Gpus {
+        slots: opts.gpus.clone(),
+        need: order
+            .iter()
+            .map(|&i| gpu_need(plan.stage(StageId(i as u32)), &opts.device))
+            .collect(),
+    };
     let ends = schedule(
         order.len(),
         &deps,
         jobs,
+        &gpus,
         opts.keep_going,
         cancel,
-        |j| {
+        |j, slots| {
             let stage = plan.stage(StageId(order[j] as u32));
             let progress = display.stage(stage.def.op.name, &stage.def.name);
-            let compute = Compute {
-                threads,
-                device: opts.device.clone(),
+            let result = match crate::ml::kernels::device::for_slot(&opts.device, slots.first().copied()) {
+                Ok(device) => {
+                    let compute = Compute {
+                        threads,
+                        device,
+                        gpus: slots.to_vec(),
+                    };
+                    run_stage(plan, stage, store, &pipeline_dir, &progress, cancel, &compute)
+                }
+                Err(e) => Finished::failed(0.0, e.to_string()),
             };
-            let result = run_stage(plan, stage, store, &pipeline_dir, &progress, cancel, &compute);
             progress.finish();
             let ok = matches!(result.outcome, Outcome::Ran | Outcome::Cached);
             {
@@ -478,6 +508,7 @@ pub fn run_stage(
         cancel,
         threads,
         device: device.clone(),
+        gpus: compute.gpus.clone(),
         cache_dir: store.root.join("cache"),
         key_lock: Some(lock.raw_fd()),
         selection: Default::default(),

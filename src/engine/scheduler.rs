@@ -1,5 +1,6 @@
-//! Runs a DAG of jobs on N worker threads: ready jobs start as soon as a worker is free; a
-//! failure skips the failed job's descendants and, unless told to keep going, stops new starts.
+//! Runs a DAG of jobs on N worker threads: ready jobs start as soon as a worker is free (and, for
+//! a job that needs GPUs, as soon as enough GPU slots are free: each running job holds its own);
+//! a failure skips the failed job's descendants and, unless told to keep going, stops new starts.
 
 use super::cancel::Cancel;
 use std::collections::VecDeque;
@@ -17,20 +18,40 @@ pub enum JobEnd {
     Skipped,
 }
 
-/// Runs `n` jobs where `deps[i]` lists the jobs `i` needs (indices < n). `run(i)` returns
-/// whether job `i` succeeded. `on_end(i, end)` is called on the scheduling thread as each job
-/// ends or is skipped. Returns every job's end.
+/// GPU slots: the GPUs a run may use, and how many each job needs.
+#[derive(Clone, Debug, Default)]
+pub struct Gpus {
+    /// The GPUs (ordinals) jobs may hold; none: GPUs are not scheduled.
+    pub slots: Vec<usize>,
+    /// GPUs each job needs (0 for most); at most all the slots.
+    pub need: Vec<usize>,
+}
+
+impl Gpus {
+    fn need(&self, job: usize) -> usize {
+        match self.need.get(job) {
+            Some(&n) if !self.slots.is_empty() => n.min(self.slots.len()),
+            _ => 0,
+        }
+    }
+}
+
+/// Runs `n` jobs where `deps[i]` lists the jobs `i` needs (indices < n). `run(i, gpus)` runs job
+/// `i` holding those GPU slots (see [`Gpus`]) and returns whether it succeeded. `on_end(i, end)` is
+/// called on the scheduling thread as each job ends or is skipped. Returns every job's end.
+#[allow(clippy::too_many_arguments)]
 pub fn schedule<R, E>(
     n: usize,
     deps: &[Vec<usize>],
     workers: usize,
+    gpus: &Gpus,
     keep_going: bool,
     cancel: &Cancel,
     run: R,
     mut on_end: E,
 ) -> Vec<JobEnd>
 where
-    R: Fn(usize) -> bool + Sync,
+    R: Fn(usize, &[usize]) -> bool + Sync,
     E: FnMut(usize, &JobEnd),
 {
     let mut ends: Vec<Option<JobEnd>> = vec![None; n];
@@ -42,7 +63,9 @@ where
         }
     }
     let mut ready: VecDeque<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
-    let (job_tx, job_rx) = mpsc::channel::<usize>();
+    let (job_tx, job_rx) = mpsc::channel::<(usize, Vec<usize>)>();
+    let mut free_gpus: Vec<usize> = gpus.slots.clone();
+    let mut held: Vec<Vec<usize>> = vec![Vec::new(); n];
     let job_rx = Mutex::new(job_rx);
     let (done_tx, done_rx) = mpsc::channel::<(usize, bool)>();
     let workers = workers.clamp(1, n.max(1));
@@ -53,8 +76,8 @@ where
             let run = &run;
             scope.spawn(move || loop {
                 let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                let Ok(i) = job else { break };
-                let ok = run(i);
+                let Ok((i, slots)) = job else { break };
+                let ok = run(i, &slots);
                 if done_tx.send((i, ok)).is_err() {
                     break;
                 }
@@ -65,9 +88,15 @@ where
         let mut finished = 0usize;
         while finished < n {
             while !cancel.is_cancelled() && running < workers {
-                let Some(i) = ready.pop_front() else { break };
+                // The first ready job whose GPUs are free (a CPU job passes a waiting GPU job).
+                let Some(at) = ready.iter().position(|&i| gpus.need(i) <= free_gpus.len()) else {
+                    break;
+                };
+                let i = ready.remove(at).expect("found");
+                let slots: Vec<usize> = free_gpus.drain(..gpus.need(i)).collect();
+                held[i] = slots.clone();
                 running += 1;
-                if job_tx.send(i).is_err() {
+                if job_tx.send((i, slots)).is_err() {
                     break;
                 }
             }
@@ -83,6 +112,8 @@ where
             }
             let Ok((i, ok)) = done_rx.recv() else { break };
             running -= 1;
+            free_gpus.append(&mut held[i]);
+            free_gpus.sort_unstable();
             finished += 1;
             let end = if ok { JobEnd::Done } else { JobEnd::Failed };
             on_end(i, &end);
@@ -133,9 +164,10 @@ mod tests {
             5,
             &deps(),
             2,
+            &Gpus::default(),
             true,
             &Cancel::default(),
-            |i| {
+            |i, _| {
                 ran.fetch_add(1, Ordering::SeqCst);
                 i != 1
             },
@@ -157,7 +189,16 @@ mod tests {
     #[test]
     fn without_keep_going_nothing_new_starts_after_a_failure() {
         // One worker, so the order is deterministic: a, e, b (fails); d never starts.
-        let ends = schedule(5, &deps(), 1, false, &Cancel::default(), |i| i != 1, |_, _| {});
+        let ends = schedule(
+            5,
+            &deps(),
+            1,
+            &Gpus::default(),
+            false,
+            &Cancel::default(),
+            |i, _| i != 1,
+            |_, _| {},
+        );
         assert_eq!(ends[1], JobEnd::Failed);
         assert_eq!(ends[2], JobEnd::Skipped);
         assert_eq!(ends[3], JobEnd::Skipped);
@@ -173,9 +214,10 @@ mod tests {
             50,
             &deps,
             4,
+            &Gpus::default(),
             false,
             &Cancel::default(),
-            |i| {
+            |i, _| {
                 order.lock().unwrap().push(i);
                 true
             },
@@ -189,5 +231,65 @@ mod tests {
                 assert!(pos(d) < pos(i), "{d} must run before {i}");
             }
         }
+    }
+
+    #[test]
+    fn each_running_gpu_job_holds_its_own_gpus_and_cpu_jobs_pass_waiting_ones() {
+        // Six independent jobs on 4 workers and 2 GPUs: jobs 0–3 need one GPU, 4 and 5 none.
+        let gpus = Gpus {
+            slots: vec![0, 1],
+            need: vec![1, 1, 1, 1, 0, 0],
+        };
+        let holding = Mutex::new(Vec::<(usize, usize)>::new());
+        let most = AtomicUsize::new(0);
+        let cpu_started = AtomicUsize::new(0);
+        let ends = schedule(
+            6,
+            &vec![vec![]; 6],
+            4,
+            &gpus,
+            false,
+            &Cancel::default(),
+            |i, slots| {
+                if i >= 4 {
+                    assert!(slots.is_empty());
+                    cpu_started.fetch_add(1, Ordering::SeqCst);
+                    return true;
+                }
+                assert_eq!(slots.len(), 1, "job {i}");
+                {
+                    let mut h = holding.lock().unwrap();
+                    assert!(!h.iter().any(|&(_, g)| g == slots[0]), "GPU {} held twice", slots[0]);
+                    h.push((i, slots[0]));
+                    most.fetch_max(h.len(), Ordering::SeqCst);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                holding.lock().unwrap().retain(|&(j, _)| j != i);
+                true
+            },
+            |_, _| {},
+        );
+        assert!(ends.iter().all(|e| *e == JobEnd::Done));
+        assert_eq!(most.load(Ordering::SeqCst), 2, "both GPUs used at once, never more");
+        assert_eq!(cpu_started.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn without_slots_gpu_needs_are_ignored() {
+        let gpus = Gpus {
+            slots: Vec::new(),
+            need: vec![1, 2],
+        };
+        let ends = schedule(
+            2,
+            &[vec![], vec![]],
+            2,
+            &gpus,
+            false,
+            &Cancel::default(),
+            |_, s| s.is_empty(),
+            |_, _| {},
+        );
+        assert_eq!(ends, [JobEnd::Done, JobEnd::Done]);
     }
 }

@@ -916,7 +916,11 @@ pub fn exec_stage(store_dir: &Path, key: &str, cancel: &Cancel) -> Result<Finish
         &dir,
         &progress,
         cancel,
-        &Compute { threads, device },
+        &Compute {
+            threads,
+            device,
+            gpus: Vec::new(),
+        },
     ))
 }
 

@@ -35,6 +35,14 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     for var in crate::ml::runtime::own_env_vars() {
         command.env_remove(var);
     }
+    // The GPUs this stage holds (`--gpus` with `resources: {gpus: N}`), and no others.
+    if !ctx.gpus.is_empty() {
+        let parent = std::env::var("CUDA_VISIBLE_DEVICES").ok();
+        command.env(
+            "CUDA_VISIBLE_DEVICES",
+            crate::ml::kernels::device::cuda_visible_devices(&ctx.gpus, parent.as_deref()),
+        );
+    }
     if let Value::Record(params) = &args.params {
         for (k, v) in params.iter() {
             command.env(format!("RKD_PARAM_{}", k.to_uppercase()), env_value(v));

@@ -47,6 +47,8 @@ pub struct OpContext<'a> {
     pub threads: usize,
     /// The device the op computes on (`--device`); the fused CPU kernels run where it is the CPU.
     pub device: candle_core::Device,
+    /// The GPU slots the stage holds (`--gpus`): an `exec` command sees them as `CUDA_VISIBLE_DEVICES`.
+    pub gpus: Vec<usize>,
     /// Where ops may keep caches that are never required (decoded dataset images):
     /// `<store>/cache`.
     pub cache_dir: PathBuf,

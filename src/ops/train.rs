@@ -595,6 +595,7 @@ pub(super) mod testing {
             cancel,
             threads,
             device: candle_core::Device::Cpu,
+            gpus: Vec::new(),
             cache_dir: out.with_extension("cache"),
             key_lock: None,
             selection: Default::default(),

@@ -94,6 +94,40 @@ pub fn resolve(choice: DeviceChoice) -> Result<Device, DeviceError> {
     }
 }
 
+/// The GPUs this process can open, by ordinal: none in a binary without CUDA.
+pub fn visible_gpus() -> Vec<usize> {
+    if !CUDA_BUILT {
+        return Vec::new();
+    }
+    (0..64).take_while(|&n| open_cuda(n).is_ok()).collect()
+}
+
+/// The device of GPU slot `ordinal` when the run computes on a GPU; `run_device` otherwise.
+pub fn for_slot(run_device: &Device, ordinal: Option<usize>) -> Result<Device, DeviceError> {
+    match (run_device.location(), ordinal) {
+        (candle_core::DeviceLocation::Cuda { gpu_id }, Some(n)) if gpu_id != n => {
+            open_cuda(n).map_err(|reason| DeviceError::Unavailable {
+                choice: DeviceChoice::Cuda(n),
+                reason,
+            })
+        }
+        _ => Ok(run_device.clone()),
+    }
+}
+
+/// `CUDA_VISIBLE_DEVICES` for a command given these GPU ordinals: the ordinals mapped through
+/// this process's own `CUDA_VISIBLE_DEVICES` (`parent`), which renumbers the GPUs it lists.
+pub fn cuda_visible_devices(ordinals: &[usize], parent: Option<&str>) -> String {
+    let listed: Vec<&str> = parent
+        .map(|p| p.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    ordinals
+        .iter()
+        .map(|&n| listed.get(n).map_or_else(|| n.to_string(), |s| s.to_string()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// How records and logs name a device: `cpu`, `cuda:0`.
 pub fn label(device: &Device) -> String {
     match device.location() {
@@ -121,6 +155,20 @@ mod tests {
         let err = "tpu".parse::<DeviceChoice>().unwrap_err();
         assert!(err.contains("unknown device `tpu`") && err.contains("cuda:N"), "{err}");
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
+    }
+
+    #[test]
+    fn gpu_ordinals_map_through_the_parents_visible_devices() {
+        assert_eq!(cuda_visible_devices(&[0, 1], None), "0,1");
+        assert_eq!(cuda_visible_devices(&[1], Some("4,6")), "6");
+        assert_eq!(cuda_visible_devices(&[0, 2], Some("GPU-a, GPU-b")), "GPU-a,2");
+        assert!(
+            for_slot(&Device::Cpu, Some(1)).unwrap().is_cpu(),
+            "a CPU run stays on the CPU"
+        );
+        if !CUDA_BUILT {
+            assert!(visible_gpus().is_empty());
+        }
     }
 
     #[test]
