@@ -137,3 +137,37 @@ fn a_device_that_cannot_be_used_is_a_clear_error_before_anything_runs() {
     }
     assert!(!t.path().join(".rkd/entries").exists(), "nothing ran");
 }
+
+/// `precision:` — the linear layers in bf16 or f16 (with loss scaling) on f32 weights: it learns on
+/// the CPU too, it is part of the key unless it is the default, and f32 written out changes no key.
+#[test]
+fn mixed_precision_learns_and_is_keyed_unless_f32() {
+    let with = |precision: &str| PIPELINE.replace("lr: 3e-3, seed: 1)", &format!("lr: 3e-3, seed: 1{precision})"));
+    let key = |src: &str| {
+        let t = Test::new().file("p.rkd", src);
+        let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
+        key_of(&plan, "teacher")
+    };
+    let plain = key(PIPELINE);
+    assert_eq!(
+        key(&with(", precision: \"f32\"")),
+        plain,
+        "f32 written out is the default"
+    );
+    assert_ne!(key(&with(", precision: \"bf16\"")), plain);
+    assert_ne!(key(&with(", precision: \"f16\"")), key(&with(", precision: \"bf16\"")));
+    for precision in ["bf16", "f16"] {
+        let t = Test::new().file("p.rkd", &with(&format!(", precision: \"{precision}\"")));
+        run_json(&t, &[]);
+        let teacher = entry(&t, ".rkd", "teacher");
+        let acc = json_file(&teacher.join("metrics.json"))["accuracy"].as_f64().unwrap();
+        assert!(acc > 0.6, "{precision}: validation accuracy {acc} (chance 0.5)");
+        let log = std::fs::read_to_string(teacher.join("log.txt")).unwrap();
+        assert!(log.contains(&format!("precision: {precision}")), "{log}");
+    }
+    let bad = Test::new()
+        .file("p.rkd", &with(", precision: \"fp8\""))
+        .run_with(&["check", "p.rkd"]);
+    assert_eq!(bad.code, 1);
+    assert!(bad.stderr.contains("bf16"), "{}", bad.stderr);
+}

@@ -99,6 +99,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         seed: args.seed,
         max_steps: None,
         select: args.select,
+        precision: args.precision,
     }
     .options();
     let device = ctx.device.clone();

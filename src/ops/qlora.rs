@@ -199,6 +199,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         seed: args.seed,
         max_steps: args.max_steps,
         select: args.select,
+        precision: args.precision,
     }
     .options();
     let device = ctx.device.clone();

@@ -18,12 +18,13 @@ use super::model_source::{self, ModelSource};
 use super::selection::Selection;
 use super::{OpContext, OpError, OpOutput};
 use crate::data::{Batch, Dataset, LoadOptions, SplitName};
+use crate::keyword::Keyword;
 use crate::ml::metrics::evaluate;
 use crate::ml::rng::derive_seed;
-use crate::ml::train::Select;
 use crate::ml::train::{
     train, with_threads, EpochRecord, Hooks, StepRecord, TrainError, TrainOptions, TrainReport, Validation,
 };
+use crate::ml::train::{Precision, Select};
 use crate::ml::ParamStore;
 use crate::ml::{ForwardCtx, Model};
 use crate::registry::TrainArgs;
@@ -77,6 +78,8 @@ pub(super) struct Schedule {
     pub max_steps: Option<usize>,
     /// Which epoch's weights are kept.
     pub select: Select,
+    /// What the linear layers compute in.
+    pub precision: Precision,
 }
 
 impl Schedule {
@@ -92,6 +95,7 @@ impl Schedule {
             seed: self.seed,
             max_steps: self.max_steps.map(|m| m.max(1)),
             select: self.select,
+            precision: self.precision,
         };
         (opts, self.batch_size.max(1))
     }
@@ -111,6 +115,7 @@ macro_rules! full_schedule {
             seed: $a.seed,
             max_steps: $a.max_steps,
             select: $a.select,
+            precision: $a.precision,
         }
     };
 }
@@ -214,6 +219,19 @@ pub(super) fn fit(
     let device = ctx.device.clone();
     let label = fit.epoch_label.unwrap_or("epoch");
     let log = &mut ctx.log;
+    if opts.precision != Precision::F32 {
+        let _ = writeln!(
+            log,
+            "precision: {} (the linear layers' products in {}; weights, gradients and optimizer state f32{})",
+            opts.precision.word(),
+            opts.precision.word(),
+            if opts.precision == Precision::F16 {
+                "; dynamic loss scaling"
+            } else {
+                ""
+            }
+        );
+    }
     let eval_model = match fit.eval_model {
         Some(m) => m,
         None => Model::new(&model.config(), params.frozen_var_builder(DType::F32, &device))?,

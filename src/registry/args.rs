@@ -8,7 +8,7 @@ use crate::keyword::Keyword;
 use crate::ml::distill::FusionKind;
 use crate::ml::prune::{Method, Scope};
 use crate::ml::student::StudentInit;
-use crate::ml::train::Select;
+use crate::ml::train::{Precision, Select};
 use crate::value::Value;
 
 /// Why resolved arguments do not make an op's typed arguments.
@@ -160,7 +160,15 @@ macro_rules! keyword_args {
     };
 }
 
-keyword_args!(Method, Scope, FusionKind, StudentInit, Select, super::ops::SplitChoice);
+keyword_args!(
+    Method,
+    Scope,
+    FusionKind,
+    StudentInit,
+    Select,
+    Precision,
+    super::ops::SplitChoice
+);
 
 /// Declares an op's typed arguments: a struct whose fields are read from the resolved arguments,
 /// and `PARAMS`, the parameter schemas in documentation order (what the op's [`super::OpSchema`]

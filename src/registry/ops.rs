@@ -5,7 +5,7 @@ use crate::keyword::Keyword;
 use crate::ml::distill::FusionKind;
 use crate::ml::prune::{Method, Scope};
 use crate::ml::student::StudentInit;
-use crate::ml::train::Select;
+use crate::ml::train::{Precision, Select};
 use crate::value::{OpSchema, Params, Value};
 
 const DATA: ParamSchema = p(
@@ -35,6 +35,13 @@ const SELECT: ParamSchema = p(
     D::Str("best"),
     None,
     "keep the epoch best on the selection split (validation, or `holdout:` of the data), or the last",
+);
+const PRECISION: ParamSchema = p(
+    "precision",
+    Ty::Enum(Precision::WORDS),
+    D::Str("f32"),
+    None,
+    "what the linear layers compute in: f32, or bf16 / f16 (mixed precision: weights and optimizer state stay f32; f16 with loss scaling)",
 );
 const EPOCHS: ParamSchema = p(
     "epochs",
@@ -216,6 +223,7 @@ crate::op_args! {
         data: Value = DATA,
         epochs: usize = EPOCHS,
         select: Select = SELECT,
+        precision: Precision = PRECISION,
         batch_size: usize = BATCH,
         lr: f64 = LR,
         weight_decay: f64 = WD,
@@ -261,6 +269,7 @@ crate::op_args! {
         intermediate: Option<Value> = INTERMEDIATE,
         epochs: usize = EPOCHS,
         select: Select = SELECT,
+        precision: Precision = PRECISION,
         batch_size: usize = BATCH,
         lr: f64 = LR,
         weight_decay: f64 = WD,
@@ -321,6 +330,7 @@ crate::op_args! {
         init: StudentInit = INIT,
         epochs: usize = EPOCHS,
         select: Select = SELECT,
+        precision: Precision = PRECISION,
         batch_size: usize = BATCH,
         lr: f64 = LR,
         weight_decay: f64 = WD,
@@ -490,6 +500,7 @@ crate::op_args! {
         ),
         epochs: usize = EPOCHS,
         select: Select = SELECT,
+        precision: Precision = PRECISION,
         batch_size: usize = BATCH,
         /// Peak AdamW learning rate.
         lr: f64 = p(
@@ -569,6 +580,7 @@ crate::op_args! {
         /// Dataset for fine-tuning.
         data: Option<Value> = p("data", Ty::Dataset, D::Optional, None, "dataset for fine-tuning"),
         select: Select = SELECT,
+        precision: Precision = PRECISION,
         lr: f64 = LR,
         seed: u64 = SEED,
         /// Read by the executors, not the op.

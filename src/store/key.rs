@@ -47,14 +47,29 @@ pub trait Resolve {
 /// Parameters that say where and how a stage runs, not what it computes: not part of its key.
 pub const NOT_IN_KEY: &[&str] = &["resources"];
 
-/// The key of a stage of `op` with `params` (all but [`NOT_IN_KEY`]).
+/// Parameters added after keys existed, with the value that computes what their absence did:
+/// at that value they stay out of the key, so adding them changed no stored stage's key.
+pub const IN_KEY_UNLESS: &[(&str, &str)] = &[("precision", "f32")];
+
+/// Whether parameter `name` with `value` enters the key.
+fn keyed(name: &str, value: &Value) -> bool {
+    if NOT_IN_KEY.contains(&name) {
+        return false;
+    }
+    !IN_KEY_UNLESS
+        .iter()
+        .any(|(n, neutral)| *n == name && matches!(value, Value::Str(s) if &**s == *neutral))
+}
+
+/// The key of a stage of `op` with `params` (all but [`NOT_IN_KEY`], and [`IN_KEY_UNLESS`] at their
+/// neutral values).
 pub fn stage_key<R: Resolve>(op: &OpSchema, params: &Params, resolve: &mut R) -> Result<Key, R::Error> {
     let mut h = blake3::Hasher::new();
     h.update(ENCODING.as_bytes());
     h.update(&[0]);
     str(&mut h, op.name);
     h.update(&op.version.to_le_bytes());
-    let keyed = || params.iter().filter(|(k, _)| !NOT_IN_KEY.contains(&k.as_str()));
+    let keyed = || params.iter().filter(|(k, v)| keyed(k, v));
     record(&mut h, keyed(), keyed().count(), resolve)?;
     Ok(*h.finalize().as_bytes())
 }

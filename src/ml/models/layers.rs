@@ -23,6 +23,7 @@ pub struct ForwardCtx {
     train: bool,
     rng: Rng,
     attention_maps: bool,
+    compute: DType,
 }
 
 impl ForwardCtx {
@@ -32,6 +33,7 @@ impl ForwardCtx {
             train: false,
             rng: Rng::new(0),
             attention_maps: false,
+            compute: DType::F32,
         }
     }
 
@@ -41,6 +43,7 @@ impl ForwardCtx {
             train: true,
             rng: Rng::new(seed),
             attention_maps: false,
+            compute: DType::F32,
         }
     }
 
@@ -50,6 +53,18 @@ impl ForwardCtx {
     pub fn with_attention_maps(mut self) -> Self {
         self.attention_maps = true;
         self
+    }
+
+    /// The same context with the linear layers' products computed in `dtype` (bf16 or f16 for
+    /// mixed precision; their inputs, weights and outputs stay f32, so gradients reach f32 weights).
+    pub fn with_compute(mut self, dtype: DType) -> Self {
+        self.compute = dtype;
+        self
+    }
+
+    /// What the linear layers' products compute in.
+    pub fn compute(&self) -> DType {
+        self.compute
     }
 
     /// Asks (or stops asking) for the attention maps (see [`ForwardCtx::with_attention_maps`]).
@@ -125,7 +140,11 @@ impl Linear {
     /// when there is a bias and no LoRA branch.
     pub fn forward_act(&self, x: &Tensor, act: HiddenAct, ctx: &mut ForwardCtx) -> Result<Tensor> {
         match (&self.bias, act) {
-            (Some(b), HiddenAct::Gelu) if self.lora.is_none() && fused_linear::applies(x, &self.weight, Some(b)) => {
+            (Some(b), HiddenAct::Gelu)
+                if self.lora.is_none()
+                    && ctx.compute == DType::F32
+                    && fused_linear::applies(x, &self.weight, Some(b)) =>
+            {
                 fused_linear::linear_gelu(x, &self.weight, b)
             }
             _ => activation(&self.forward_ctx(x, ctx)?, act),
@@ -133,7 +152,8 @@ impl Linear {
     }
 
     fn apply(&self, x: &Tensor, ctx: Option<&mut ForwardCtx>) -> Result<Tensor> {
-        let fused = fused_linear::applies(x, &self.weight, self.bias.as_ref());
+        let compute = ctx.as_ref().map_or(DType::F32, |c| c.compute);
+        let fused = compute == DType::F32 && fused_linear::applies(x, &self.weight, self.bias.as_ref());
         if fused && self.lora.is_none() {
             // One op over any number of leading dims: no reshapes for autograd to undo.
             return fused_linear::linear(x, &self.weight, self.bias.as_ref());
@@ -146,6 +166,16 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?;
         let y = if fused {
             fused_linear::linear(&x2, &self.weight, self.bias.as_ref())?
+        } else if compute != x2.dtype() {
+            // Mixed precision: the product in `compute`, the sum with the bias back in f32.
+            let y = x2
+                .to_dtype(compute)?
+                .matmul(&self.weight.to_dtype(compute)?.t()?)?
+                .to_dtype(x2.dtype())?;
+            match &self.bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
         } else {
             let y = x2.matmul(&self.weight.t()?)?;
             match &self.bias {
@@ -500,5 +530,33 @@ mod tests {
         assert!(av.iter().all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-6));
         let e = d.forward(&x, &mut ForwardCtx::eval()).unwrap();
         assert_eq!(e.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![1.0; 64 * 64]);
+    }
+}
+
+#[cfg(test)]
+mod mixed_precision_tests {
+    use super::*;
+    use crate::ml::testutil::{randn, rel_err};
+
+    /// A linear layer computing in bf16 or f16 stays close to f32, returns f32, and passes
+    /// gradients back to its f32 weight.
+    #[test]
+    fn a_linear_layer_in_half_precision_stays_close_and_f32_outside() {
+        let mut rng = Rng::new(3);
+        let w = candle_core::Var::from_tensor(&randn(&mut rng, &[8, 16], 0.2)).unwrap();
+        let b = candle_core::Var::from_tensor(&randn(&mut rng, &[8], 0.1)).unwrap();
+        let layer = Linear::from_tensors(w.as_tensor().clone(), Some(b.as_tensor().clone()));
+        let x = randn(&mut rng, &[2, 5, 16], 1.0);
+        let reference = layer.forward_ctx(&x, &mut ForwardCtx::train(1)).unwrap();
+        for (dtype, tolerance) in [(DType::BF16, 2e-2), (DType::F16, 2e-3)] {
+            let mut ctx = ForwardCtx::train(1).with_compute(dtype);
+            let y = layer.forward_ctx(&x, &mut ctx).unwrap();
+            assert_eq!((y.dtype(), y.dims()), (DType::F32, reference.dims()));
+            let e = rel_err(&y, &reference);
+            assert!(e < tolerance, "{dtype:?}: relative error {e}");
+            let grads = y.sum_all().unwrap().backward().unwrap();
+            let g = grads.get(w.as_tensor()).expect("a gradient for the f32 weight");
+            assert_eq!(g.dtype(), DType::F32);
+        }
     }
 }

@@ -32,6 +32,71 @@ crate::keywords! {
     }
 }
 
+crate::keywords! {
+    /// What the matrix products of a training run compute in (`precision:`); the weights, their
+    /// gradients and the optimizer state stay f32 (mixed precision).
+    pub enum Precision {
+        /// Everything in f32.
+        F32 = "f32",
+        /// The linear layers' products in bfloat16.
+        Bf16 = "bf16",
+        /// The linear layers' products in float16, with dynamic loss scaling.
+        F16 = "f16",
+    }
+}
+
+impl Precision {
+    /// The dtype the linear layers compute in.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::Bf16 => candle_core::DType::BF16,
+            Precision::F16 => candle_core::DType::F16,
+        }
+    }
+}
+
+/// Dynamic loss scaling for f16 (as PyTorch's `GradScaler`): the loss is multiplied by the scale
+/// before the backward pass so that small gradients survive f16; a step whose gradients overflow
+/// is skipped and halves the scale, and every 2,000 good steps double it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossScale {
+    /// The current factor.
+    pub scale: f64,
+    good_steps: usize,
+}
+
+impl LossScale {
+    /// Starts at 2^16.
+    pub fn new() -> Self {
+        Self {
+            scale: 65536.0,
+            good_steps: 0,
+        }
+    }
+
+    /// Records a step: `finite` when every gradient was finite. Returns whether to apply it.
+    pub fn update(&mut self, finite: bool) -> bool {
+        if finite {
+            self.good_steps += 1;
+            if self.good_steps == 2000 {
+                self.scale *= 2.0;
+                self.good_steps = 0;
+            }
+        } else {
+            self.scale = (self.scale / 2.0).max(1.0);
+            self.good_steps = 0;
+        }
+        finite
+    }
+}
+
+impl Default for LossScale {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Hyper-parameters of a training run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainOptions {
@@ -52,6 +117,8 @@ pub struct TrainOptions {
     /// Which epoch's weights are kept (the op's training driver reads it: the loop restores the
     /// best epoch whenever it is given validation).
     pub select: Select,
+    /// What the linear layers compute in (weights and optimizer state stay f32).
+    pub precision: Precision,
 }
 
 impl Default for TrainOptions {
@@ -65,6 +132,7 @@ impl Default for TrainOptions {
             seed: 0,
             max_steps: None,
             select: Select::Best,
+            precision: Precision::F32,
         }
     }
 }
@@ -241,6 +309,7 @@ pub fn train<B>(
     };
     let mut best: Option<(f64, std::collections::BTreeMap<String, Tensor>)> = None;
     let mut step = 0usize;
+    let mut loss_scale = (opts.precision == Precision::F16).then(LossScale::new);
     for epoch in 0..epochs {
         if epoch > 0 {
             epoch_batches = batches(epoch)?;
@@ -263,7 +332,8 @@ pub fn train<B>(
             }
             let lr = schedule.lr(step);
             optimizer.set_lr(lr);
-            let mut ctx = ForwardCtx::train(derive_seed(opts.seed, &format!("dropout/step{step}")));
+            let mut ctx = ForwardCtx::train(derive_seed(opts.seed, &format!("dropout/step{step}")))
+                .with_compute(opts.precision.dtype());
             let l = loss(model, batch, &mut ctx)?;
             let value = l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
@@ -272,10 +342,21 @@ pub fn train<B>(
                     step + 1
                 )));
             }
-            let grads = l.backward()?;
-            let grad_norm = optimizer.grad_norm(&grads)?;
-            let scale = opts.grad_clip.map_or(1.0, |c| clip_scale(grad_norm, c));
-            optimizer.step(&grads, scale)?;
+            let factor = loss_scale.as_ref().map_or(1.0, |s| s.scale);
+            let grads = if factor == 1.0 {
+                l.backward()?
+            } else {
+                (l * factor)?.backward()?
+            };
+            let grad_norm = optimizer.grad_norm(&grads)? / factor;
+            let apply = match loss_scale.as_mut() {
+                Some(s) => s.update(grad_norm.is_finite()),
+                None => true,
+            };
+            if apply {
+                let scale = opts.grad_clip.map_or(1.0, |c| clip_scale(grad_norm, c));
+                optimizer.step(&grads, scale / factor)?;
+            }
             drop(grads);
             if let Some(f) = hooks.after_update.as_mut() {
                 f()?;
@@ -346,6 +427,24 @@ pub fn train<B>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loss_scale_halves_on_overflow_and_doubles_after_2000_good_steps() {
+        let mut s = LossScale::new();
+        assert_eq!(s.scale, 65536.0);
+        assert!(!s.update(false), "an overflowing step is skipped");
+        assert_eq!(s.scale, 32768.0);
+        for _ in 0..1999 {
+            assert!(s.update(true));
+        }
+        assert_eq!(s.scale, 32768.0);
+        s.update(true);
+        assert_eq!(s.scale, 65536.0);
+        for _ in 0..40 {
+            s.update(false);
+        }
+        assert_eq!(s.scale, 1.0, "never below 1");
+    }
     use crate::ml::kernels::rng::Rng;
     use crate::ml::models::config::{BertConfig, ModelConfig};
     use crate::ml::models::model::ModelInput;
