@@ -309,11 +309,17 @@ pub fn main() -> ExitCode {
             device,
             gpus,
         } => {
-            let device = match crate::ml::kernels::device::resolve(device) {
-                Ok(d) => d,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
+            // A Slurm run resolves the device on each node (the submitting machine may have no GPU).
+            let choice = device;
+            let device = if executor == Executor::Slurm {
+                candle_core::Device::Cpu
+            } else {
+                match crate::ml::kernels::device::resolve(device) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
                 }
             };
             let gpus = gpus.unwrap_or_else(|| {
@@ -342,6 +348,7 @@ pub fn main() -> ExitCode {
                     partition,
                     account,
                     sbatch_args,
+                    device: choice,
                 },
                 wait: !no_wait,
             });

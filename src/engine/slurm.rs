@@ -35,6 +35,29 @@ pub struct SlurmOptions {
     pub account: Option<String>,
     /// More `sbatch` arguments, passed as they are (after rkd's own, so they win).
     pub sbatch_args: Vec<String>,
+    /// `--device`: resolved on each node, not here (the submitting machine may have no GPU).
+    pub device: crate::ml::DeviceChoice,
+}
+
+/// A stage's resources as its job asks for them: with `--device cuda`, a stage that computes (any
+/// op but `exec`) asks for one GPU unless its `resources` say how many.
+pub fn job_resources(stage: &crate::compile::StageDef, device: crate::ml::DeviceChoice) -> Resources {
+    let mut r = crate::registry::resources(stage.op.name, &stage.params);
+    let said = matches!(stage.params.get("resources"), Some(crate::value::Value::Record(f)) if f.contains_key("gpus"));
+    if matches!(device, crate::ml::DeviceChoice::Cuda(_)) && stage.op.name != "exec" && !said {
+        r.gpus = 1;
+    }
+    r
+}
+
+/// The line of a job script that sets the node's device: the GPU Slurm gave the job (`cuda`, its
+/// first visible one), the CPU, or nothing for `auto`.
+fn device_env(device: crate::ml::DeviceChoice) -> &'static str {
+    match device {
+        crate::ml::DeviceChoice::Cuda(_) => "RKD_DEVICE=cuda; export RKD_DEVICE\n",
+        crate::ml::DeviceChoice::Cpu => "RKD_DEVICE=cpu; export RKD_DEVICE\n",
+        crate::ml::DeviceChoice::Auto => "",
+    }
 }
 
 /// The resolved stage a Slurm job runs, written to `<store>/specs/<key>.json` before submission.
@@ -392,9 +415,10 @@ pub fn submit(
             .map_err(|e| SlurmError::Io(format!("cannot write {}: {e}", spec_path.display())))?;
         let script_path = store.slurm_dir().join("jobs").join(format!("{key}.sh"));
         let script = format!(
-            "#!/bin/sh\n# rkd: stage `{}` of {}\nexec {} exec-stage --store {} {key}\n",
+            "#!/bin/sh\n# rkd: stage `{}` of {}\n{}exec {} exec-stage --store {} {key}\n",
             stage.def.name.replace('\n', " "),
             pipeline_abs.display(),
+            device_env(slurm.device),
             sh_quote(&exe.display().to_string()),
             sh_quote(&store_abs.display().to_string()),
         );
@@ -413,10 +437,7 @@ pub fn submit(
             format!("--output={}", log.display()),
             format!("--chdir={}", workdir.display()),
         ];
-        args.extend(resource_args(&crate::registry::resources(
-            stage.def.op.name,
-            &stage.def.params,
-        )));
+        args.extend(resource_args(&job_resources(&stage.def, slurm.device)));
         if let Some(p) = &slurm.partition {
             args.push(format!("--partition={p}"));
         }
@@ -933,6 +954,26 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_device_cuda_computing_stages_ask_for_a_gpu_unless_they_say() {
+        let src = "let b = bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, max_position: 32)\n\
+                   let d = synthetic_text(seed: 1, max_len: 16)\n\
+                   stage t = train(model: b, data: d)\n\
+                   stage u = train(model: b, data: d, seed: 2, resources: {gpus: 0})\n\
+                   stage x = exec(cmd: \"true\")\n";
+        let c = crate::compile::compile_source("p.rkd", Path::new("p.rkd"), src.into());
+        assert!(c.diags.is_empty(), "{:?}", c.diags);
+        let gpus = |name: &str, device| {
+            let stage = c.stages.iter().find(|s| s.name == name).unwrap();
+            job_resources(stage, device).gpus
+        };
+        use crate::ml::DeviceChoice::{Auto, Cuda};
+        assert_eq!((gpus("t", Cuda(0)), gpus("u", Cuda(0)), gpus("x", Cuda(0))), (1, 0, 0));
+        assert_eq!(gpus("t", Auto), 0);
+        assert_eq!(device_env(Cuda(1)), "RKD_DEVICE=cuda; export RKD_DEVICE\n");
+        assert_eq!(device_env(Auto), "");
+    }
 
     #[test]
     fn sbatch_options_from_resources_and_dependencies() {
