@@ -4,6 +4,7 @@
 use super::canvas::{plot_err, render_png, render_svg, PLOT_SIZE};
 use super::error::ReportError;
 use super::font::FAMILY;
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -152,6 +153,69 @@ pub fn curves_png(curves: &[Curve], title: &str) -> Result<Vec<u8>, ReportError>
     render_png(|root| draw(root, curves, title))
 }
 
+/// The `i`-th model's line through `points`: its colour, dashed past the palette.
+fn draw_line<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    points: &[(f64, f64)],
+    i: usize,
+) -> Result<(), ReportError> {
+    let (color, dashed) = line_style(i);
+    let style = color.stroke_width(2);
+    if dashed {
+        chart
+            .draw_series(DashedLineSeries::new(points.to_vec(), 8, 5, style))
+            .map_err(plot_err)?;
+    } else {
+        chart
+            .draw_series(LineSeries::new(points.to_vec(), style))
+            .map_err(plot_err)?;
+    }
+    Ok(())
+}
+
+/// Text of the curves' labels at `size` pixels.
+fn text(size: i32) -> TextStyle<'static> {
+    (FAMILY, size).into_font().color(&RGBColor(40, 40, 40))
+}
+
+/// How an axis writes its tick labels.
+type Format<'a> = &'a dyn Fn(&f64) -> String;
+
+/// A panel's axes: the x description, label count and format; the y description and format.
+struct Axes<'a> {
+    x: (String, usize, Format<'a>),
+    y: (String, Format<'a>),
+}
+
+/// A chart on `area` over `x` × `y` with its grid and labelled axes drawn.
+fn panel<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    axes: &Axes,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, ReportError> {
+    let mut chart = ChartBuilder::on(area)
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x, y)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc(axes.x.0.as_str())
+        .x_labels(axes.x.1)
+        .x_label_formatter(axes.x.2)
+        .y_desc(axes.y.0.as_str())
+        .y_label_formatter(axes.y.1)
+        .label_style(text(14))
+        .axis_desc_style(text(15))
+        .bold_line_style(RGBColor(225, 225, 225))
+        .light_line_style(RGBColor(245, 245, 245))
+        .draw()
+        .map_err(plot_err)?;
+    Ok(chart)
+}
+
 /// Smoothing weight of the loss lines.
 const SMOOTHING: f64 = 0.8;
 
@@ -163,7 +227,6 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, curves: &[Curve], tit
         .map_err(plot_err)?;
     let (panels, legend) = body.split_horizontally(PLOT_SIZE.0 - 290);
     let (top, bottom) = panels.split_vertically(panels.dim_in_pixel().1 / 2);
-    let text = |size: i32| (FAMILY, size).into_font().color(&RGBColor(40, 40, 40));
 
     // Loss by step.
     let max_step = curves
@@ -175,36 +238,15 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, curves: &[Curve], tit
         .max(2) as f64;
     let losses: Vec<Vec<(f64, f64)>> = curves.iter().map(|c| c.smoothed_loss(SMOOTHING)).collect();
     let max_loss = losses.iter().flatten().map(|p| p.1).fold(0.0f64, f64::max).max(1e-3) * 1.05;
-    let mut chart = ChartBuilder::on(&top)
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(1.0..max_step, 0.0..max_loss)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("Optimizer step")
-        .y_desc(format!("Training loss (smoothed, EMA {SMOOTHING})"))
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.2}"))
-        .label_style(text(14))
-        .axis_desc_style(text(15))
-        .bold_line_style(RGBColor(225, 225, 225))
-        .light_line_style(RGBColor(245, 245, 245))
-        .draw()
-        .map_err(plot_err)?;
+    let loss_axes = Axes {
+        x: ("Optimizer step".into(), 10, &|v| format!("{v:.0}")),
+        y: (format!("Training loss (smoothed, EMA {SMOOTHING})"), &|v| {
+            format!("{v:.2}")
+        }),
+    };
+    let mut chart = panel(&top, 1.0..max_step, 0.0..max_loss, &loss_axes)?;
     for (i, points) in losses.iter().enumerate() {
-        let (color, dashed) = line_style(i);
-        let style = color.stroke_width(2);
-        if dashed {
-            chart
-                .draw_series(DashedLineSeries::new(points.clone(), 8, 5, style))
-                .map_err(plot_err)?;
-        } else {
-            chart
-                .draw_series(LineSeries::new(points.clone(), style))
-                .map_err(plot_err)?;
-        }
+        draw_line(&mut chart, points, i)?;
     }
 
     // Selection accuracy by epoch.
@@ -224,44 +266,22 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, curves: &[Curve], tit
         .max()
         .unwrap_or(1)
         .max(2) as f64;
-    let mut chart = ChartBuilder::on(&bottom)
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0.8..max_epoch + 0.2, lo..hi)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("Epoch")
-        .y_desc(format!("Accuracy on {split} (%)"))
-        .x_labels(max_epoch as usize + 1)
-        .x_label_formatter(&|v| {
-            if v.fract().abs() < 1e-9 {
-                format!("{v:.0}")
-            } else {
-                String::new()
-            }
-        })
-        .y_label_formatter(&|v| format!("{v:.0}%"))
-        .label_style(text(14))
-        .axis_desc_style(text(15))
-        .bold_line_style(RGBColor(225, 225, 225))
-        .light_line_style(RGBColor(245, 245, 245))
-        .draw()
-        .map_err(plot_err)?;
-    for (i, c) in curves.iter().enumerate() {
-        let (color, dashed) = line_style(i);
-        let points: Vec<(f64, f64)> = c.epochs.iter().map(|&(e, a)| (e as f64, a * 100.0)).collect();
-        let style = color.stroke_width(2);
-        if dashed {
-            chart
-                .draw_series(DashedLineSeries::new(points.clone(), 8, 5, style))
-                .map_err(plot_err)?;
+    let whole = |v: &f64| {
+        if v.fract().abs() < 1e-9 {
+            format!("{v:.0}")
         } else {
-            chart
-                .draw_series(LineSeries::new(points.clone(), style))
-                .map_err(plot_err)?;
+            String::new()
         }
+    };
+    let accuracy_axes = Axes {
+        x: ("Epoch".into(), max_epoch as usize + 1, &whole),
+        y: (format!("Accuracy on {split} (%)"), &|v| format!("{v:.0}%")),
+    };
+    let mut chart = panel(&bottom, 0.8..max_epoch + 0.2, lo..hi, &accuracy_axes)?;
+    for (i, c) in curves.iter().enumerate() {
+        let (color, _) = line_style(i);
+        let points: Vec<(f64, f64)> = c.epochs.iter().map(|&(e, a)| (e as f64, a * 100.0)).collect();
+        draw_line(&mut chart, &points, i)?;
         chart
             .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
             .map_err(plot_err)?;
@@ -304,26 +324,16 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, curves: &[Curve], tit
     Ok(())
 }
 
-/// Writes `training_curves.csv`, `.svg` and `.png` into `dir`; nothing when no model has curves.
-pub fn write_curves(curves: &[Curve], title: &str, dir: &Path) -> Result<Vec<std::path::PathBuf>, ReportError> {
+/// The files `training_curves.csv`, `.svg` and `.png` (name, bytes); none when no model has curves.
+pub fn curve_files(curves: &[Curve], title: &str) -> Result<Vec<(String, Vec<u8>)>, ReportError> {
     if curves.is_empty() {
         return Ok(Vec::new());
     }
-    let files: [(&str, Vec<u8>); 3] = [
-        ("training_curves.csv", render_curves_csv(curves).into_bytes()),
-        ("training_curves.svg", curves_svg(curves, title)?.into_bytes()),
-        ("training_curves.png", curves_png(curves, title)?),
-    ];
-    let mut paths = Vec::new();
-    for (name, bytes) in files {
-        let path = dir.join(name);
-        std::fs::write(&path, bytes).map_err(|source| ReportError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        paths.push(path);
-    }
-    Ok(paths)
+    Ok(vec![
+        ("training_curves.csv".into(), render_curves_csv(curves).into_bytes()),
+        ("training_curves.svg".into(), curves_svg(curves, title)?.into_bytes()),
+        ("training_curves.png".into(), curves_png(curves, title)?),
+    ])
 }
 
 #[cfg(test)]
@@ -381,15 +391,18 @@ mod tests {
     }
 
     #[test]
-    fn plots_many_models_and_writes_three_files() {
+    fn plots_many_models_as_three_files() {
         let curves: Vec<Curve> = (0..30).map(|i| curve(&format!("model{i}"), 20 + i)).collect();
         let svg = curves_svg(&curves, "Training curves").unwrap();
         assert!(svg.contains("model0") && svg.contains("more (training_curves.csv)"));
         let png = curves_png(&curves[..3], "Training curves").unwrap();
         let image = image::load_from_memory_with_format(&png, image::ImageFormat::Png).unwrap();
         assert_eq!((image.width(), image.height()), PLOT_SIZE);
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(write_curves(&curves, "t", dir.path()).unwrap().len(), 3);
-        assert!(write_curves(&[], "t", dir.path()).unwrap().is_empty());
+        let names: Vec<String> = curve_files(&curves, "t").unwrap().into_iter().map(|f| f.0).collect();
+        assert_eq!(
+            names,
+            ["training_curves.csv", "training_curves.svg", "training_curves.png"]
+        );
+        assert!(curve_files(&[], "t").unwrap().is_empty());
     }
 }

@@ -65,6 +65,8 @@ pub fn write_report(data: &ReportData, dir: &Path) -> Result<ReportFiles, Report
         ));
         files.push((format!("{}.png", kind.file_stem()), plot_png(&report, kind)?));
     }
+    let title = format!("{}: training curves ({})", report.title, report.dataset);
+    files.extend(curves::curve_files(&report.curves, &title)?);
     let mut paths = Vec::with_capacity(files.len());
     for (name, bytes) in files {
         let path = dir.join(name);
@@ -74,8 +76,6 @@ pub fn write_report(data: &ReportData, dir: &Path) -> Result<ReportFiles, Report
         })?;
         paths.push(path);
     }
-    let title = format!("{}: training curves ({})", report.title, report.dataset);
-    paths.extend(curves::write_curves(&report.curves, &title, dir)?);
     Ok(ReportFiles { paths })
 }
 
