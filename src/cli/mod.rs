@@ -322,12 +322,11 @@ pub fn main() -> ExitCode {
                     }
                 }
             };
-            let gpus = gpus.unwrap_or_else(|| {
-                if device.is_cpu() {
-                    Vec::new()
-                } else {
-                    crate::ml::kernels::device::visible_gpus()
-                }
+            // `--device cuda:N` alone means that GPU only; `auto` or `cuda` on a GPU, every one.
+            let gpus = gpus.unwrap_or_else(|| match choice {
+                _ if device.is_cpu() => Vec::new(),
+                crate::ml::DeviceChoice::Cuda(n) if n > 0 => vec![n],
+                _ => crate::ml::kernels::device::visible_gpus(),
             });
             let opts = crate::engine::run::RunOptions {
                 device,
