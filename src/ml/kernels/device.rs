@@ -94,12 +94,29 @@ pub fn resolve(choice: DeviceChoice) -> Result<Device, DeviceError> {
     }
 }
 
-/// The GPUs this process can open, by ordinal: none in a binary without CUDA.
+/// The GPUs this process can open, by ordinal: none in a binary without CUDA or without a driver.
 pub fn visible_gpus() -> Vec<usize> {
-    if !CUDA_BUILT {
-        return Vec::new();
+    #[cfg(feature = "cuda")]
+    {
+        use candle_core::cuda::cudarc::driver::CudaContext;
+        let count = std::panic::catch_unwind(CudaContext::device_count)
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        (0..count.max(0) as usize).collect()
     }
-    (0..64).take_while(|&n| open_cuda(n).is_ok()).collect()
+    #[cfg(not(feature = "cuda"))]
+    Vec::new()
+}
+
+/// The GPU's name (`NVIDIA H200`), for records; `None` on the CPU.
+pub fn gpu_name(device: &Device) -> Option<String> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        return d.cuda_stream().context().name().ok();
+    }
+    let _ = device;
+    None
 }
 
 /// The device of GPU slot `ordinal` when the run computes on a GPU; `run_device` otherwise.
@@ -128,12 +145,16 @@ pub fn cuda_visible_devices(ordinals: &[usize], parent: Option<&str>) -> String 
         .join(",")
 }
 
-/// How records and logs name a device: `cpu`, `cuda:0`.
+/// How records and logs name a device: `cpu`, `cuda:0 (NVIDIA H200)`.
 pub fn label(device: &Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
+    let at = match device.location() {
+        candle_core::DeviceLocation::Cpu => return "cpu".into(),
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    };
+    match gpu_name(device) {
+        Some(name) => format!("{at} ({name})"),
+        None => at,
     }
 }
 
