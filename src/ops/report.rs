@@ -174,11 +174,7 @@ fn same(a: &Value, b: &Value) -> bool {
 
 /// Names a model and says which strategy made it.
 fn describe(ctx: &OpContext, v: &Value, is_baseline: bool, index: usize) -> Entry {
-    let key = match v {
-        Value::Stage(id) => Some((ctx.upstream)(*id).key),
-        _ => None,
-    };
-    let (name, op, strategy) = match v {
+    let (name, key, op, strategy) = match v {
         Value::Stage(id) => {
             let up = (ctx.upstream)(*id);
             let strategy = match up.op {
@@ -189,16 +185,17 @@ fn describe(ctx: &OpContext, v: &Value, is_baseline: bool, index: usize) -> Entr
                 "fuse" => "multi-agent",
                 other => other,
             };
-            (up.shown, up.op.to_string(), strategy.to_string())
+            (up.shown, Some(up.key), up.op.to_string(), strategy.to_string())
         }
         Value::Spec(s) => (
             s.label
                 .clone()
                 .unwrap_or_else(|| format!("{}#{}", s.ctor.name, index + 1)),
+            None,
             s.ctor.name.to_string(),
             "pretrained".to_string(),
         ),
-        other => (format!("model#{}", index + 1), other.type_name(), "model".into()),
+        other => (format!("model#{}", index + 1), None, other.type_name(), "model".into()),
     };
     Entry {
         value: v.clone(),

@@ -28,6 +28,7 @@ use crate::ml::train::{Precision, Select};
 use crate::ml::ParamStore;
 use crate::ml::{ForwardCtx, Model};
 use crate::registry::TrainArgs;
+use crate::report::{EPOCHS_CSV, STEPS_CSV};
 use crate::value::Value;
 use candle_core::Var;
 
@@ -414,9 +415,8 @@ pub(super) fn write_train_metrics(
         .map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))
 }
 
-/// The training curves as CSV, for spreadsheets and plotting scripts: `steps.csv` (step, epoch,
-/// loss, lr, grad_norm) and `epochs.csv` (epoch, train loss, and loss and accuracy on the
-/// selection split).
+/// The training curves as CSV, for spreadsheets, plotting scripts and the report's curves
+/// ([`crate::report::Curve::read`]): [`STEPS_CSV`] and [`EPOCHS_CSV`].
 pub(super) fn write_curves(dir: &Path, report: &TrainReport, selection: SplitName) -> Result<(), OpError> {
     let mut steps = String::from("step,epoch,loss,lr,grad_norm\n");
     for s in &report.steps {
@@ -440,11 +440,6 @@ pub(super) fn write_curves(dir: &Path, report: &TrainReport, selection: SplitNam
     }
     Ok(())
 }
-
-/// The per-step training curve beside a trained model.
-pub const STEPS_CSV: &str = "steps.csv";
-/// The per-epoch training curve beside a trained model.
-pub const EPOCHS_CSV: &str = "epochs.csv";
 
 /// Which epoch's weights a run kept: `best` (chosen on the selection split) or `last`.
 fn kept_epoch(report: &TrainReport) -> &'static str {

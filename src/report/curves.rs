@@ -26,6 +26,13 @@ pub struct Curve {
     pub epochs: Vec<(u64, f64)>,
 }
 
+/// The per-step training curve a training stage leaves beside its model (step, epoch, loss, lr,
+/// grad_norm).
+pub const STEPS_CSV: &str = "steps.csv";
+/// The per-epoch training curve beside the model (epoch, steps, train loss, and loss and accuracy
+/// on the selection split as `<split>_loss`, `<split>_accuracy`).
+pub const EPOCHS_CSV: &str = "epochs.csv";
+
 /// A CSV of numbers: its header, and its rows (empty cells as `None`).
 type Table = (Vec<String>, Vec<Vec<Option<f64>>>);
 
@@ -53,14 +60,14 @@ fn read_csv(path: &Path) -> Result<Option<Table>, ReportError> {
 impl Curve {
     /// Reads the curves a training op left in `dir`; `None` when it has none (an untrained or pruned model).
     pub fn read(name: &str, key: Option<String>, dir: &Path) -> Result<Option<Curve>, ReportError> {
-        let Some((header, rows)) = read_csv(&dir.join("steps.csv"))? else {
+        let Some((header, rows)) = read_csv(&dir.join(STEPS_CSV))? else {
             return Ok(None);
         };
         let col = |header: &[String], name: &str| header.iter().position(|h| h == name);
         let (Some(step), Some(loss)) = (col(&header, "step"), col(&header, "loss")) else {
             return Err(ReportError::Parse(format!(
                 "{}: no `step` and `loss` columns",
-                dir.join("steps.csv").display()
+                dir.join(STEPS_CSV).display()
             )));
         };
         let steps = rows
@@ -68,7 +75,7 @@ impl Curve {
             .filter_map(|r| Some((r.get(step).copied()?? as u64, r.get(loss).copied()??)))
             .collect();
         let (mut split, mut epochs) = (String::from("validation"), Vec::new());
-        if let Some((header, rows)) = read_csv(&dir.join("epochs.csv"))? {
+        if let Some((header, rows)) = read_csv(&dir.join(EPOCHS_CSV))? {
             let accuracy = header
                 .iter()
                 .position(|h| h.ends_with("_accuracy") && !h.starts_with("train"));
@@ -216,6 +223,11 @@ fn panel<'a, DB: DrawingBackend>(
     Ok(chart)
 }
 
+/// The right end of an x axis over these series (each ordered by x): the largest last x, at least 2.
+fn x_end<'a>(series: impl Iterator<Item = &'a [(u64, f64)]>) -> f64 {
+    series.filter_map(|s| s.last()).map(|p| p.0).max().unwrap_or(1).max(2) as f64
+}
+
 /// Smoothing weight of the loss lines.
 const SMOOTHING: f64 = 0.8;
 
@@ -229,13 +241,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, curves: &[Curve], tit
     let (top, bottom) = panels.split_vertically(panels.dim_in_pixel().1 / 2);
 
     // Loss by step.
-    let max_step = curves
-        .iter()
-        .flat_map(|c| c.steps.last())
-        .map(|s| s.0)
-        .max()
-        .unwrap_or(1)
-        .max(2) as f64;
+    let max_step = x_end(curves.iter().map(|c| c.steps.as_slice()));
     let losses: Vec<Vec<(f64, f64)>> = curves.iter().map(|c| c.smoothed_loss(SMOOTHING)).collect();
     let max_loss = losses.iter().flatten().map(|p| p.1).fold(0.0f64, f64::max).max(1e-3) * 1.05;
     let loss_axes = Axes {
@@ -259,13 +265,7 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, curves: &[Curve], tit
         (0.0, 100.0)
     };
     let (lo, hi) = (lo.max(0.0), hi.min(100.0).max(lo.max(0.0) + 5.0));
-    let max_epoch = curves
-        .iter()
-        .flat_map(|c| c.epochs.last())
-        .map(|e| e.0)
-        .max()
-        .unwrap_or(1)
-        .max(2) as f64;
+    let max_epoch = x_end(curves.iter().map(|c| c.epochs.as_slice()));
     let whole = |v: &f64| {
         if v.fract().abs() < 1e-9 {
             format!("{v:.0}")

@@ -22,7 +22,7 @@ mod error;
 
 pub use canvas::PLOT_SIZE;
 pub use csv::{render_csv, CSV_HEADER};
-pub use curves::{render_curves_csv, Curve};
+pub use curves::{render_curves_csv, Curve, EPOCHS_CSV, STEPS_CSV};
 pub use data::{Derived, Report, ReportData, ReportEntry, ReportRow};
 pub use error::ReportError;
 pub use plots::{plot_png, plot_svg, PlotKind};

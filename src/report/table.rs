@@ -244,44 +244,16 @@ fn text_cell(column: &Column, report: &Report, entry: &ReportEntry) -> String {
 /// The table as aligned plain text for the terminal (`rkd report FILE`).
 pub fn render_text(report: &Report) -> String {
     let columns: Vec<&Column> = COLUMNS.iter().filter(|c| c.in_text).collect();
-    let rows: Vec<Vec<String>> = report
-        .rows
-        .iter()
-        .map(|e| columns.iter().map(|c| text_cell(c, report, e)).collect())
+    let grid: Vec<Vec<String>> = std::iter::once(columns.iter().map(|c| c.text.to_string()).collect())
+        .chain(
+            report
+                .rows
+                .iter()
+                .map(|e| columns.iter().map(|c| text_cell(c, report, e)).collect()),
+        )
         .collect();
-    let widths: Vec<usize> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([c.text.chars().count()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: &[String]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&columns)
-            .zip(&widths)
-            .map(|((cell, c), &w)| {
-                let pad = " ".repeat(w - cell.chars().count());
-                if c.numeric {
-                    format!("{pad}{cell}")
-                } else {
-                    format!("{cell}{pad}")
-                }
-            })
-            .collect();
-        format!("{}\n", padded.join("  ").trim_end())
-    };
     let mut out = format!("{}\n{}\n\n", report.title, context(report));
-    out.push_str(&line(&columns.iter().map(|c| c.text.to_string()).collect::<Vec<_>>()));
-    out.push_str(&line(&widths.iter().map(|&w| "-".repeat(w)).collect::<Vec<_>>()));
-    for row in &rows {
-        out.push_str(&line(row));
-    }
+    out.push_str(&aligned(&grid, |i| !columns[i].numeric, true));
     out.push('\n');
     for note in notes(report) {
         out.push_str(&note);
@@ -289,13 +261,18 @@ pub fn render_text(report: &Report) -> String {
     }
     for sweep in sweep_tables(report) {
         out.push_str(&format!("\nSweep {}\n", sweep.title()));
-        out.push_str(&aligned(&sweep.grid(report, &|e| accuracy(report, e))));
+        out.push_str(&aligned(
+            &sweep.grid(report, &|e| accuracy(report, e)),
+            |i| i == 0,
+            false,
+        ));
     }
     out
 }
 
-/// Rows of cells as aligned text: the first column left-aligned, the others right-aligned.
-fn aligned(grid: &[Vec<String>]) -> String {
+/// Rows of cells as aligned text, two spaces apart: columns for which `left(i)` holds padded on the
+/// right, the others (numbers) on the left; with `rule`, a line of dashes under the first row.
+fn aligned(grid: &[Vec<String>], left: impl Fn(usize) -> bool, rule: bool) -> String {
     let columns = grid.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|i| {
@@ -306,22 +283,27 @@ fn aligned(grid: &[Vec<String>]) -> String {
                 .unwrap_or(0)
         })
         .collect();
-    let mut out = String::new();
-    for row in grid {
-        let cells: Vec<String> = row
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
             .iter()
             .enumerate()
             .map(|(i, c)| {
                 let pad = " ".repeat(widths[i] - c.chars().count());
-                if i == 0 {
+                if left(i) {
                     format!("{c}{pad}")
                 } else {
                     format!("{pad}{c}")
                 }
             })
             .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = String::new();
+    for (i, row) in grid.iter().enumerate() {
+        out.push_str(&line(row));
+        if rule && i == 0 {
+            out.push_str(&line(&widths.iter().map(|&w| "-".repeat(w)).collect::<Vec<_>>()));
+        }
     }
     out
 }

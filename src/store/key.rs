@@ -52,7 +52,7 @@ pub const NOT_IN_KEY: &[&str] = &["resources"];
 pub const IN_KEY_UNLESS: &[(&str, &str)] = &[("precision", "f32")];
 
 /// Whether parameter `name` with `value` enters the key.
-fn keyed(name: &str, value: &Value) -> bool {
+fn in_key(name: &str, value: &Value) -> bool {
     if NOT_IN_KEY.contains(&name) {
         return false;
     }
@@ -69,7 +69,7 @@ pub fn stage_key<R: Resolve>(op: &OpSchema, params: &Params, resolve: &mut R) ->
     h.update(&[0]);
     str(&mut h, op.name);
     h.update(&op.version.to_le_bytes());
-    let keyed = || params.iter().filter(|(k, v)| keyed(k, v));
+    let keyed = || params.iter().filter(|(k, v)| in_key(k, v));
     record(&mut h, keyed(), keyed().count(), resolve)?;
     Ok(*h.finalize().as_bytes())
 }

@@ -62,11 +62,6 @@ impl ForwardCtx {
         self
     }
 
-    /// What the linear layers' products compute in.
-    pub fn compute(&self) -> DType {
-        self.compute
-    }
-
     /// Asks (or stops asking) for the attention maps (see [`ForwardCtx::with_attention_maps`]).
     pub fn set_attention_maps(&mut self, on: bool) {
         self.attention_maps = on;
@@ -166,18 +161,16 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?;
         let y = if fused {
             fused_linear::linear(&x2, &self.weight, self.bias.as_ref())?
-        } else if compute != x2.dtype() {
-            // Mixed precision: the product in `compute`, the sum with the bias back in f32.
-            let y = x2
-                .to_dtype(compute)?
-                .matmul(&self.weight.to_dtype(compute)?.t()?)?
-                .to_dtype(x2.dtype())?;
-            match &self.bias {
-                Some(b) => y.broadcast_add(b)?,
-                None => y,
-            }
         } else {
-            let y = x2.matmul(&self.weight.t()?)?;
+            // Only a precision asked for (bf16, f16) casts; an input of another dtype keeps its own.
+            let y = if compute == DType::F32 || compute == x2.dtype() {
+                x2.matmul(&self.weight.t()?)?
+            } else {
+                // Mixed precision: the product in `compute`, the sum with the bias back in f32.
+                x2.to_dtype(compute)?
+                    .matmul(&self.weight.to_dtype(compute)?.t()?)?
+                    .to_dtype(x2.dtype())?
+            };
             match &self.bias {
                 Some(b) => y.broadcast_add(b)?,
                 None => y,

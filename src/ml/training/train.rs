@@ -428,6 +428,12 @@ pub fn train<B>(
 mod tests {
     use super::*;
 
+    use crate::ml::kernels::rng::Rng;
+    use crate::ml::models::config::{BertConfig, ModelConfig};
+    use crate::ml::models::model::ModelInput;
+    use crate::ml::training::metrics::evaluate;
+    use candle_core::{DType, Device};
+
     #[test]
     fn the_loss_scale_halves_on_overflow_and_doubles_after_2000_good_steps() {
         let mut s = LossScale::new();
@@ -445,11 +451,6 @@ mod tests {
         }
         assert_eq!(s.scale, 1.0, "never below 1");
     }
-    use crate::ml::kernels::rng::Rng;
-    use crate::ml::models::config::{BertConfig, ModelConfig};
-    use crate::ml::models::model::ModelInput;
-    use crate::ml::training::metrics::evaluate;
-    use candle_core::{DType, Device};
 
     /// A learnable toy task: filler tokens plus three copies of a signal token (1 or 2) that
     /// gives the class.
