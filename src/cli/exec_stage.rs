@@ -5,17 +5,47 @@ use crate::engine::slurm::exec_stage;
 use crate::store::records::Outcome;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Set by SIGUSR1: Slurm's warning that the job's time is nearly up (`--signal=B:USR1@lead`).
+static TIME_NEARLY_UP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    // Only an atomic store: safe in a signal handler.
+    TIME_NEARLY_UP.store(true, Ordering::SeqCst);
+}
 
 /// Runs the stage with this key from its spec in the store; exit 0 when it ran (or was already
-/// stored), 1 when it failed. scancel's SIGTERM stops the stage's commands, and leaves no entry.
-pub fn run(store: &Path, key: &str) -> ExitCode {
+/// stored), 1 when it failed. scancel's SIGTERM stops the stage's commands, and leaves no entry;
+/// a training stage writes a checkpoint first. On SIGUSR1 (the job's time limit is near) the
+/// stage checkpoints and the job requeues itself (`scontrol requeue`): Slurm starts it again,
+/// and it goes on from the checkpoint.
+pub fn run(store: &Path, key: &str, retries: usize, retry_delay: Duration) -> ExitCode {
     let cancel = Arc::new(Cancel::default());
     let handler = cancel.clone();
     if let Err(e) = ctrlc::set_handler(move || handler.interrupt()) {
         eprintln!("warning: cannot handle SIGTERM ({e})");
     }
-    match exec_stage(store, key, &cancel) {
+    // SAFETY: installs a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
+    }
+    let watched = cancel.clone();
+    std::thread::spawn(move || loop {
+        if TIME_NEARLY_UP.load(Ordering::SeqCst) {
+            eprintln!("SIGUSR1: the job's time limit is near: checkpointing, then requeueing the job");
+            watched.interrupt();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    let result = exec_stage(store, key, &cancel, (retries, retry_delay));
+    if TIME_NEARLY_UP.load(Ordering::SeqCst) && matches!(&result, Ok(f) if f.outcome == Outcome::Interrupted) {
+        return requeue();
+    }
+    match result {
         Ok(f) if f.outcome == Outcome::Ran => {
             let metrics: Vec<String> = f.metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
             println!("ran in {:.2}s {}", f.time_s, metrics.join(", "));
@@ -31,6 +61,28 @@ pub fn run(store: &Path, key: &str) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Puts this job back in the queue (`scontrol requeue $SLURM_JOB_ID`); Slurm then stops it.
+fn requeue() -> ExitCode {
+    let Ok(job) = std::env::var("SLURM_JOB_ID") else {
+        eprintln!("error: SIGUSR1 outside a Slurm job (no SLURM_JOB_ID): the stage stopped after its checkpoint");
+        return ExitCode::FAILURE;
+    };
+    match std::process::Command::new("scontrol").args(["requeue", &job]).status() {
+        Ok(s) if s.success() => {
+            eprintln!("requeued job {job}: it goes on from the checkpoint when Slurm starts it again");
+            ExitCode::SUCCESS
+        }
+        Ok(s) => {
+            eprintln!("error: `scontrol requeue {job}` failed ({s}); the next `rkd run` resumes from the checkpoint");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: cannot run scontrol ({e}); the next `rkd run` resumes from the checkpoint");
             ExitCode::FAILURE
         }
     }

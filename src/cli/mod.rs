@@ -105,6 +105,18 @@ enum Command {
         /// Hash every stored result the run trusts, not only those whose sizes or times changed.
         #[arg(long)]
         verify: bool,
+        /// Start every stage that runs at step 0: its in-stage checkpoints are removed, not resumed
+        /// from (by default an interrupted training stage goes on from its last checkpoint).
+        #[arg(long)]
+        fresh: bool,
+        /// Rerun a failed stage up to N times, from its last checkpoint, waiting --retry-delay,
+        /// then twice that, ... (a stage's `retries:` argument overrides it). Failures that would
+        /// fail again (bad data, a model that does not fit it, a diverging loss) are not retried.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        retries: usize,
+        /// The wait before the first retry, e.g. `30s`, `2m`.
+        #[arg(long, value_name = "DURATION", default_value = "10s")]
+        retry_delay: humantime::Duration,
         /// Print `{"ran":[..],"cached":[..],"failed":[..],"skipped":[..]}` instead of a table.
         #[arg(long)]
         json: bool,
@@ -138,12 +150,20 @@ enum Command {
         /// [default: every visible GPU when the device is a GPU, else none].
         #[arg(long, value_name = "N,...", value_delimiter = ',')]
         gpus: Option<Vec<usize>>,
+        /// With --executor slurm: jobs are submitted requeueable and get SIGUSR1 this long before
+        /// their time limit (`--signal=B:USR1@...`); the stage then checkpoints and requeues
+        /// itself, and goes on from there when Slurm starts it again. `0s`: no signal.
+        #[arg(long, value_name = "DURATION", default_value = "2m")]
+        signal_lead: humantime::Duration,
     },
-    /// Show each stage's Slurm job and its state, for a pipeline run with --executor slurm.
+    /// Show how far each stage is: stored, training progress and checkpoints, Slurm jobs.
     ///
-    /// Asks `squeue`, then `scontrol show job` (Slurm keeps finished jobs for MinJobAge, 300 s by
-    /// default); after that the state the waiting `rkd run` saw is shown. STORED says whether the
-    /// stage's result is in the store.
+    /// STORED says whether the stage's result is in the store. PROGRESS, for an unfinished
+    /// training stage: its step and epoch (written while it trains) and the step a rerun resumes
+    /// from. For a pipeline run with
+    /// --executor slurm, JOB and STATE come from `squeue`, then `scontrol show job` (Slurm keeps
+    /// finished jobs for MinJobAge, 300 s by default); after that the state the waiting `rkd run`
+    /// saw is shown.
     Status {
         /// The pipeline file.
         #[arg(value_name = "FILE")]
@@ -162,6 +182,12 @@ enum Command {
         /// The stage key (hex).
         #[arg(value_name = "KEY")]
         key: String,
+        /// Rerun a failed stage up to N times (its `retries:` argument wins).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        retries: usize,
+        /// The wait before the first retry.
+        #[arg(long, value_name = "DURATION", default_value = "10s")]
+        retry_delay: humantime::Duration,
     },
     /// Explain one stage: its key, inputs, and whether and why it would run.
     Explain {
@@ -299,6 +325,9 @@ pub fn main() -> ExitCode {
             keep_going,
             dry_run,
             verify,
+            fresh,
+            retries,
+            retry_delay,
             json,
             store,
             executor,
@@ -308,6 +337,7 @@ pub fn main() -> ExitCode {
             no_wait,
             device,
             gpus,
+            signal_lead,
         } => {
             // A Slurm run resolves the device on each node (the submitting machine may have no GPU).
             let choice = device;
@@ -336,6 +366,9 @@ pub fn main() -> ExitCode {
                 keep_going,
                 dry_run,
                 verify,
+                fresh,
+                retries,
+                retry_delay: retry_delay.into(),
             };
             let slurm_only = partition.is_some() || account.is_some() || !sbatch_args.is_empty() || no_wait;
             if executor == Executor::Local && slurm_only {
@@ -348,13 +381,19 @@ pub fn main() -> ExitCode {
                     account,
                     sbatch_args,
                     device: choice,
+                    signal_lead: signal_lead.into(),
                 },
                 wait: !no_wait,
             });
             run::run(&file, store.as_deref(), opts, json, slurm)
         }
         Command::Status { file, store } => status::run(&file, store.as_deref()),
-        Command::ExecStage { store, key } => exec_stage::run(&store, &key),
+        Command::ExecStage {
+            store,
+            key,
+            retries,
+            retry_delay,
+        } => exec_stage::run(&store, &key, retries, retry_delay.into()),
         Command::Explain { file, stage, store } => plan::explain(&file, &stage, store.as_deref()),
         Command::Verify { file, store } => store_cmds::verify(file.as_deref(), store.as_deref()),
         Command::Log { file, store, limit } => store_cmds::log(file.as_deref(), store.as_deref(), limit),

@@ -14,10 +14,16 @@ pub fn run(file: &Path, store: Option<&Path>, json: bool) -> ExitCode {
     let Some((_, plan, store)) = super::load_plan(file, store) else {
         return ExitCode::FAILURE;
     };
-    let verdicts: Vec<Verdict> = verdicts(&plan, &store, &vec![true; plan.len()])
+    let mut verdicts: Vec<Verdict> = verdicts(&plan, &store, &vec![true; plan.len()])
         .into_iter()
         .flatten()
         .collect();
+    let checkpointed: std::collections::HashSet<_> = store.checkpointed_keys().into_iter().collect();
+    for (s, v) in plan.stages().zip(verdicts.iter_mut()) {
+        if let (Verdict::Run(reasons), true) = (v, checkpointed.contains(&s.key)) {
+            reasons.extend(crate::engine::run::resumable(&store, &s.key));
+        }
+    }
     if json {
         print_json(&plan, &verdicts);
         // The process ends now: freeing a large plan piece by piece would only cost time.

@@ -111,6 +111,20 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
             .collect()
     };
     if json {
+        // Stage name → the step it resumed from; → its attempts, where more than one.
+        let resumed: serde_json::Map<String, serde_json::Value> = plan
+            .stages()
+            .zip(&report.stages)
+            .filter_map(|(s, r)| Some((s.def.name.clone(), r.as_ref()?.resumed_from?.into())))
+            .collect();
+        let attempts: serde_json::Map<String, serde_json::Value> = plan
+            .stages()
+            .zip(&report.stages)
+            .filter_map(|(s, r)| {
+                let n = r.as_ref()?.attempts;
+                (n > 1).then(|| (s.def.name.clone(), n.into()))
+            })
+            .collect();
         let key = if opts.dry_run { "would_run" } else { "ran" };
         let ran = if opts.dry_run {
             names(Outcome::Skipped)
@@ -129,7 +143,9 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
                 "cached": names(Outcome::Cached),
                 "failed": names(Outcome::Failed),
                 "interrupted": names(Outcome::Interrupted),
-                "skipped": skipped
+                "skipped": skipped,
+                "resumed": resumed,
+                "attempts": attempts
             })
         );
     } else if opts.dry_run {
@@ -238,7 +254,17 @@ fn print_summary(plan: &Plan, report: &RunReport) {
             "STAGE", "STATUS", "TIME", "KEY"
         );
         for ((s, r), name) in rows.iter().zip(&names).take(MAX_ROWS) {
-            let metric = headline(s.def.op.name, &r.metrics);
+            let mut metric = headline(s.def.op.name, &r.metrics);
+            let notes: Vec<String> = [
+                r.resumed_from.map(|step| format!("resumed from step {step}")),
+                (r.attempts > 1).then(|| format!("{} attempts", r.attempts)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if !notes.is_empty() {
+                metric = format!("{metric} ({})", notes.join(", ")).trim_start().to_string();
+            }
             println!(
                 "{:width$}  {:7}  {:>7.2}s  {:12}  {metric}",
                 name,

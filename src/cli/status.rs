@@ -1,14 +1,19 @@
-//! `rkd status`: the Slurm jobs of a pipeline's stages.
+//! `rkd status`: how far each stage of a pipeline is (stored, training progress and checkpoints,
+//! Slurm jobs).
 
 use crate::engine::slurm::{describe, latest_jobs, query};
+use crate::store::checkpoints::StageCheckpoints;
 use crate::store::key::hex;
 use crate::text::cell;
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
 
-/// Prints, for each stage of the pipeline's current plan, its latest Slurm job, the job's state
-/// and whether the stage's result is stored. Exit 1 when the pipeline does not load or Slurm
-/// cannot be asked.
+/// Prints, for each stage of the pipeline's current plan, whether its result is stored, the
+/// progress of an unfinished training stage (step, epoch, last checkpoint) and, for a pipeline
+/// run with `--executor slurm`, its latest job and the job's state. Exit 1 when the pipeline does
+/// not load or Slurm cannot be asked.
 pub fn run(file: &Path, store: Option<&Path>) -> ExitCode {
     let Some((_, plan, store)) = super::load_plan(file, store) else {
         return ExitCode::FAILURE;
@@ -16,39 +21,98 @@ pub fn run(file: &Path, store: Option<&Path>) -> ExitCode {
     let jobs = latest_jobs(&store);
     let keys: Vec<String> = plan.stages().map(|s| hex(&s.key)).collect();
     let ids: Vec<String> = keys.iter().filter_map(|k| jobs.get(k)).map(|j| j.job.clone()).collect();
-    if ids.is_empty() {
+    let states = if ids.is_empty() {
+        None
+    } else {
+        match query(&ids) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    let checkpointed: HashSet<_> = store.checkpointed_keys().into_iter().collect();
+    let progress: Vec<String> = plan
+        .stages()
+        .map(|s| match checkpointed.contains(&s.key) && !store.contains(&s.key) {
+            true => progress_text(&store.checkpoints(&s.key)),
+            false => "-".to_string(),
+        })
+        .collect();
+    let names: Vec<String> = plan.stages().map(|s| cell(&s.def.name)).collect();
+    let width = crate::text::width(names.iter(), "STAGE");
+    let pwidth = crate::text::width(progress.iter(), "PROGRESS");
+    match &states {
+        Some(_) => println!(
+            "{:width$}  {:>8}  {:40}  {:6}  {:pwidth$}  KEY",
+            "STAGE", "JOB", "STATE", "STORED", "PROGRESS"
+        ),
+        None => println!("{:width$}  {:6}  {:pwidth$}  KEY", "STAGE", "STORED", "PROGRESS"),
+    }
+    for (((s, key), name), progress) in plan.stages().zip(&keys).zip(&names).zip(&progress) {
+        let stored = if store.contains(&s.key) { "yes" } else { "no" };
+        match &states {
+            Some(states) => {
+                let (job, state) = match jobs.get(key) {
+                    Some(j) => {
+                        let state = match (states.get(&j.job), &j.state) {
+                            (Some(st), _) => describe(st),
+                            (None, Some(seen)) => format!("{seen} (seen by rkd run)"),
+                            (None, None) => "unknown (Slurm no longer knows it)".into(),
+                        };
+                        (j.job.clone(), state)
+                    }
+                    None => ("-".into(), "-".into()),
+                };
+                println!(
+                    "{name:width$}  {job:>8}  {state:40}  {stored:6}  {progress:pwidth$}  {}",
+                    &key[..12]
+                );
+            }
+            None => println!("{name:width$}  {stored:6}  {progress:pwidth$}  {}", &key[..12]),
+        }
+    }
+    if states.is_none() {
         println!(
-            "no stage of {} was submitted to Slurm from the store {} (`rkd run {} --executor slurm` submits them)",
-            file.display(),
+            "\n(no stage was submitted to Slurm from the store {}: `rkd run {} --executor slurm` submits them)",
             store.root.display(),
             file.display()
         );
-        return ExitCode::SUCCESS;
-    }
-    let states = match query(&ids) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let names: Vec<String> = plan.stages().map(|s| cell(&s.def.name)).collect();
-    let width = crate::text::width(names.iter(), "STAGE");
-    println!("{:width$}  {:>8}  {:40}  {:6}  KEY", "STAGE", "JOB", "STATE", "STORED");
-    for ((s, key), name) in plan.stages().zip(&keys).zip(&names) {
-        let (job, state) = match jobs.get(key) {
-            Some(j) => {
-                let state = match (states.get(&j.job), &j.state) {
-                    (Some(st), _) => describe(st),
-                    (None, Some(seen)) => format!("{seen} (seen by rkd run)"),
-                    (None, None) => "unknown (Slurm no longer knows it)".into(),
-                };
-                (j.job.clone(), state)
-            }
-            None => ("-".into(), "-".into()),
-        };
-        let stored = if store.contains(&s.key) { "yes" } else { "no" };
-        println!("{:width$}  {job:>8}  {state:40}  {stored:6}  {}", name, &key[..12]);
     }
     ExitCode::SUCCESS
+}
+
+/// An unfinished stage's progress: "step 120/300 · epoch 2/3 · checkpoint at step 100, 3m ago"
+/// (or "resumable from step 100" when only a checkpoint is known).
+pub fn progress_text(checkpoints: &StageCheckpoints) -> String {
+    let latest = checkpoints.latest();
+    let ago = |time: &str| -> String {
+        humantime::parse_rfc3339(time)
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map(|d| format!("{} ago", humantime::format_duration(Duration::from_secs(d.as_secs()))))
+            .unwrap_or_else(|| time.to_string())
+    };
+    match checkpoints.progress() {
+        Some(p) => {
+            let mut text = format!(
+                "step {}/{} · epoch {}/{} ({})",
+                p.step,
+                p.planned_steps,
+                p.epoch,
+                p.epochs,
+                ago(&p.updated)
+            );
+            match (&latest, &p.checkpoint) {
+                (Some(c), Some((step, time))) if c.step == *step => {
+                    text.push_str(&format!(" · resumable from step {step} ({})", ago(time)))
+                }
+                (Some(c), _) => text.push_str(&format!(" · resumable from step {}", c.step)),
+                (None, _) => text.push_str(" · no checkpoint"),
+            }
+            text
+        }
+        None => latest.map_or("-".to_string(), |c| format!("resumable from step {}", c.step)),
+    }
 }

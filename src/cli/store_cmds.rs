@@ -174,6 +174,15 @@ pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_
             } else {
                 String::new()
             };
+            let damaged = if c.checkpoints > 0 {
+                format!(
+                    "{damaged} and the checkpoints of {} unfinished stage{}",
+                    c.checkpoints,
+                    if c.checkpoints == 1 { "" } else { "s" }
+                )
+            } else {
+                damaged
+            };
             let in_use = if c.in_use > 0 {
                 format!(" ({} in use by running pipelines)", c.in_use)
             } else {

@@ -225,6 +225,8 @@ mod tests {
             params,
             inputs: Default::default(),
             files: Default::default(),
+            resumed_from: None,
+            attempts: 1,
         }
     }
 

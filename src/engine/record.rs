@@ -24,5 +24,7 @@ pub fn stage_record(plan: &Plan, stage: &PlanStage, status: Outcome) -> StageRec
             .map(|id| (plan.name(*id).to_string(), hex(&plan.stage(*id).key)))
             .collect(),
         files: stage.files.iter().map(|(p, k)| (p.clone(), hex(k))).collect(),
+        resumed_from: None,
+        attempts: 1,
     }
 }

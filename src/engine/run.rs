@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What a stage computes with: its share of the cores, the device, and the GPU slots it holds.
 #[derive(Clone, Debug)]
@@ -61,6 +61,14 @@ pub struct RunOptions {
     /// Hash every stored result the run trusts (instead of checking sizes and modification
     /// times, and hashing only what differs).
     pub verify: bool,
+    /// Ignore the in-stage checkpoints of the stages that run (they are removed first): every
+    /// stage starts at step 0.
+    pub fresh: bool,
+    /// Rerun a failed stage this many times (a stage's `retries` argument overrides it), from its
+    /// checkpoint, after a growing delay; failures that cannot succeed on retry are not retried.
+    pub retries: usize,
+    /// The delay before the first retry (doubled for each further one, at most 10 minutes).
+    pub retry_delay: std::time::Duration,
 }
 
 /// The result of one stage in a run.
@@ -76,6 +84,10 @@ pub struct StageResult {
     pub error: Option<String>,
     /// Why it ran (or would run).
     pub reasons: Vec<String>,
+    /// The step its training resumed from, when it went on from a checkpoint.
+    pub resumed_from: Option<u64>,
+    /// Times it was run (0 when cached or skipped; more than 1 after retries).
+    pub attempts: u32,
 }
 
 /// How one executed stage ended.
@@ -89,6 +101,12 @@ pub struct Finished {
     pub metrics: BTreeMap<String, f64>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Whether running it again could succeed (not for bad input or a diverging loss).
+    pub retryable: bool,
+    /// The step its training resumed from, when it went on from a checkpoint.
+    pub resumed_from: Option<u64>,
+    /// Times it was run (more than one after retries).
+    pub attempts: u32,
 }
 
 impl Finished {
@@ -99,6 +117,22 @@ impl Finished {
             time_s,
             metrics: BTreeMap::new(),
             error: Some(error),
+            retryable: true,
+            resumed_from: None,
+            attempts: 1,
+        }
+    }
+
+    /// A stage whose result was already stored.
+    fn cached() -> Finished {
+        Finished {
+            outcome: Outcome::Cached,
+            time_s: 0.0,
+            metrics: BTreeMap::new(),
+            error: None,
+            retryable: false,
+            resumed_from: None,
+            attempts: 1,
         }
     }
 }
@@ -226,7 +260,15 @@ pub fn run(
                         device,
                         gpus: slots.to_vec(),
                     };
-                    run_stage(plan, stage, store, &pipeline_dir, &progress, cancel, &compute)
+                    with_retries(
+                        retries_of(stage, opts.retries),
+                        opts.retry_delay,
+                        cancel,
+                        || run_stage(plan, stage, store, &pipeline_dir, &progress, cancel, &compute),
+                        |failed, attempt, wait| {
+                            display.println(&retry_line(&stage.def.name, failed, attempt, wait));
+                        },
+                    )
                 }
                 Err(e) => Finished::failed(0.0, e.to_string()),
             };
@@ -278,6 +320,8 @@ pub fn run(
                 r.time_s = finished.time_s;
                 r.metrics = finished.metrics;
                 r.error = finished.error;
+                r.resumed_from = finished.resumed_from;
+                r.attempts = finished.attempts;
             }
         }
     }
@@ -290,6 +334,19 @@ pub fn run(
     };
     write_records(plan, pipeline, source_text, store, &report, started_at)?;
     Ok(report)
+}
+
+/// What the terminal says before a retry: the failure's first line, the attempt and the wait.
+pub fn retry_line(stage: &str, failed: &Finished, attempt: u32, wait: Duration) -> String {
+    let why = failed
+        .error
+        .as_deref()
+        .and_then(|e| e.lines().next())
+        .unwrap_or("failed");
+    format!(
+        "↻ {stage} failed (attempt {attempt}): {why}; retrying in {} from its last checkpoint",
+        humantime::format_duration(Duration::from_secs(wait.as_secs()))
+    )
 }
 
 /// Stages finished so far in a run, for the progress line.
@@ -363,6 +420,21 @@ pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared
         to_run.insert(i);
     }
 
+    let checkpointed: HashSet<_> = store.checkpointed_keys().into_iter().collect();
+    for &i in &to_run {
+        let key = &plan.stage(StageId(i as u32)).key;
+        if !checkpointed.contains(key) {
+            continue;
+        }
+        if opts.fresh {
+            if !opts.dry_run {
+                discard_checkpoints(store, key);
+            }
+        } else {
+            reasons[i].extend(resumable(store, key));
+        }
+    }
+
     let results: Vec<Option<StageResult>> = (0..n)
         .map(|i| {
             selected[i].then(|| StageResult {
@@ -375,6 +447,8 @@ pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared
                 metrics: BTreeMap::new(),
                 error: None,
                 reasons: std::mem::take(&mut reasons[i]),
+                resumed_from: None,
+                attempts: 0,
             })
         })
         .collect();
@@ -383,6 +457,66 @@ pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared
         to_run,
         damaged,
     })
+}
+
+/// "resumable from step N" when the stage has an in-stage checkpoint (not yet verified: a rerun
+/// hashes it before trusting it).
+pub fn resumable(store: &Store, key: &crate::store::key::Key) -> Option<String> {
+    store
+        .checkpoints(key)
+        .latest()
+        .map(|c| format!("resumable from step {}", c.step))
+}
+
+/// Removes a stage's in-stage checkpoints (`--fresh`), unless a process is running the stage now.
+fn discard_checkpoints(store: &Store, key: &crate::store::key::Key) {
+    if let Ok(Some(_lock)) = KeyLock::try_acquire(store, key) {
+        let _ = store.checkpoints(key).clear();
+    }
+}
+
+/// The retries a stage gets: its own `retries` argument, else the run's `--retries`.
+pub fn retries_of(stage: &PlanStage, default: usize) -> usize {
+    crate::registry::RunArgs::from_params(&stage.def.params)
+        .ok()
+        .and_then(|a| a.retries)
+        .unwrap_or(default)
+}
+
+/// The longest wait between two attempts.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
+
+/// Runs a stage (`attempt`) and, while it fails in a way that a retry may mend and retries are
+/// left, again after a delay that doubles each time (`on_retry` is told first); a training stage
+/// goes on from its last checkpoint. Stops retrying when the run is cancelled.
+pub fn with_retries(
+    retries: usize,
+    delay: Duration,
+    cancel: &Cancel,
+    mut attempt: impl FnMut() -> Finished,
+    mut on_retry: impl FnMut(&Finished, u32, Duration),
+) -> Finished {
+    let mut attempts = 1u32;
+    loop {
+        let mut result = attempt();
+        result.attempts = attempts;
+        if result.outcome != Outcome::Failed || !result.retryable || attempts as usize > retries {
+            return result;
+        }
+        let wait = delay.saturating_mul(1 << (attempts - 1).min(16)).min(MAX_RETRY_DELAY);
+        if cancel.is_cancelled() {
+            return result;
+        }
+        on_retry(&result, attempts, wait);
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if cancel.is_cancelled() {
+                return result;
+            }
+            std::thread::sleep(Duration::from_millis(50).min(until.saturating_duration_since(Instant::now())));
+        }
+        attempts += 1;
+    }
 }
 
 /// The pipeline file's directory, where stages run and relative paths point.
@@ -465,14 +599,11 @@ pub fn run_stage(
         Ok(l) => l,
         Err(e) => return fail(format!("cannot lock the store entry: {e}")),
     };
+    let checkpoints = store.checkpoints(&stage.key);
     // Another process may have finished it while we waited for the lock.
     if store.contains(&stage.key) {
-        return Finished {
-            outcome: Outcome::Cached,
-            time_s: 0.0,
-            metrics: BTreeMap::new(),
-            error: None,
-        };
+        let _ = checkpoints.clear();
+        return Finished::cached();
     }
     let writer = match EntryWriter::create(store, &stage.key) {
         Ok(w) => w,
@@ -510,6 +641,8 @@ pub fn run_stage(
         device: device.clone(),
         gpus: compute.gpus.clone(),
         cache_dir: store.root.join("cache"),
+        checkpoints: Some(checkpoints.clone()),
+        resumed_from: None,
         key_lock: Some(lock.raw_fd()),
         selection: Default::default(),
     };
@@ -517,12 +650,13 @@ pub fn run_stage(
     let t = Instant::now();
     let result = ops::execute(&mut ctx);
     let time_s = t.elapsed().as_secs_f64();
+    let resumed_from = ctx.resumed_from;
     drop(ctx);
     // A stage must not change what it read: a changed input is moved aside (and rebuilt by the
     // next run), and this stage's result, made from it, is not stored.
     let result = match (result, inputs_changed(plan, stage, store)) {
         (result, None) => result,
-        (_, Some(changed)) => Err(ops::OpError::Failed(changed)),
+        (_, Some(changed)) => Err(ops::OpError::Invalid(changed)),
     };
     match result {
         Ok(output) => {
@@ -542,12 +676,19 @@ pub fn run_stage(
                 .map_err(|e| e.to_string())
                 .and_then(|_| writer.commit().map_err(|e| e.to_string()));
             match written {
-                Ok(()) => Finished {
-                    outcome: Outcome::Ran,
-                    time_s,
-                    metrics: output.metrics,
-                    error: None,
-                },
+                Ok(()) => {
+                    // The stored result makes the stage's checkpoints useless.
+                    let _ = checkpoints.clear();
+                    Finished {
+                        outcome: Outcome::Ran,
+                        time_s,
+                        metrics: output.metrics,
+                        error: None,
+                        retryable: false,
+                        resumed_from,
+                        attempts: 1,
+                    }
+                }
                 Err(e) => fail(format!("cannot store the result: {e}")),
             }
         }
@@ -556,6 +697,9 @@ pub fn run_stage(
             time_s,
             metrics: BTreeMap::new(),
             error: Some("interrupted".into()),
+            retryable: false,
+            resumed_from,
+            attempts: 1,
         },
         Err(e) => {
             let log = keep_failed_log(store, &stage.key, &log_path);
@@ -567,7 +711,11 @@ pub fn run_stage(
             if let Some(p) = log {
                 msg.push_str(&format!("\n(log: {})", p.display()));
             }
-            Finished::failed(time_s, msg)
+            Finished {
+                retryable: e.retryable(),
+                resumed_from,
+                ..Finished::failed(time_s, msg)
+            }
         }
     }
 }
@@ -645,6 +793,8 @@ pub(crate) fn write_records(
             params: serde_json::Value::Null,
             inputs: BTreeMap::new(),
             files: BTreeMap::new(),
+            resumed_from: r.resumed_from,
+            attempts: r.attempts,
         });
         if r.outcome != Outcome::Skipped {
             let names = std::iter::once(stage.def.name.as_str())

@@ -37,6 +37,20 @@ pub struct SlurmOptions {
     pub sbatch_args: Vec<String>,
     /// `--device`: resolved on each node, not here (the submitting machine may have no GPU).
     pub device: crate::ml::DeviceChoice,
+    /// How long before its time limit a job gets SIGUSR1 (`--signal=B:USR1@...`): the stage then
+    /// checkpoints and requeues itself. Zero: no signal.
+    pub signal_lead: Duration,
+}
+
+/// The `sbatch` arguments that make a job survive its time limit and preemption: requeueable,
+/// and warned `lead` before the limit (rounded up to whole seconds; none when zero).
+pub fn requeue_args(lead: Duration) -> Vec<String> {
+    let mut args = vec!["--requeue".to_string()];
+    let secs = lead.as_secs() + u64::from(lead.subsec_nanos() > 0);
+    if secs > 0 {
+        args.push(format!("--signal=B:USR1@{secs}"));
+    }
+    args
 }
 
 /// A stage's resources as its job asks for them: with `--device cuda`, a stage that computes (any
@@ -414,13 +428,16 @@ pub fn submit(
         atomic_write(&spec_path, &json)
             .map_err(|e| SlurmError::Io(format!("cannot write {}: {e}", spec_path.display())))?;
         let script_path = store.slurm_dir().join("jobs").join(format!("{key}.sh"));
+        // `exec`: rkd is the batch shell, so `--signal=B:USR1` reaches it.
         let script = format!(
-            "#!/bin/sh\n# rkd: stage `{}` of {}\n{}exec {} exec-stage --store {} {key}\n",
+            "#!/bin/sh\n# rkd: stage `{}` of {}\n{}exec {} exec-stage --store {} --retries {} --retry-delay {}s {key}\n",
             stage.def.name.replace('\n', " "),
             pipeline_abs.display(),
             device_env(slurm.device),
             sh_quote(&exe.display().to_string()),
             sh_quote(&store_abs.display().to_string()),
+            super::run::retries_of(stage, opts.retries),
+            opts.retry_delay.as_secs(),
         );
         atomic_write(&script_path, script.as_bytes())
             .map_err(|e| SlurmError::Io(format!("cannot write {}: {e}", script_path.display())))?;
@@ -438,6 +455,7 @@ pub fn submit(
             format!("--chdir={}", workdir.display()),
         ];
         args.extend(resource_args(&job_resources(&stage.def, slurm.device)));
+        args.extend(requeue_args(slurm.signal_lead));
         if let Some(p) = &slurm.partition {
             args.push(format!("--partition={p}"));
         }
@@ -845,7 +863,14 @@ pub fn latest_jobs(store: &Store) -> HashMap<String, SlurmJob> {
 }
 
 /// Runs one stage from its spec in the store: what a Slurm job does (`rkd exec-stage`).
-pub fn exec_stage(store_dir: &Path, key: &str, cancel: &Cancel) -> Result<Finished, SlurmError> {
+/// A failed attempt is rerun up to `retries` times (the stage's own `retries` argument wins),
+/// `retry_delay` apart and doubling.
+pub fn exec_stage(
+    store_dir: &Path,
+    key: &str,
+    cancel: &Cancel,
+    (retries, retry_delay): (usize, Duration),
+) -> Result<Finished, SlurmError> {
     let host = hostname();
     if !store_dir.join("entries").is_dir() && !store_dir.join("specs").is_dir() {
         return Err(SlurmError::Node(format!(
@@ -930,18 +955,17 @@ pub fn exec_stage(store_dir: &Path, key: &str, cancel: &Cancel) -> Result<Finish
         Err(_) => crate::ml::DeviceChoice::Auto,
     };
     let device = crate::ml::kernels::device::resolve(choice).map_err(|e| SlurmError::Node(e.to_string()))?;
-    Ok(run_stage(
-        &plan,
-        stage,
-        &store,
-        &dir,
-        &progress,
+    let compute = Compute {
+        threads,
+        device,
+        gpus: Vec::new(),
+    };
+    Ok(super::run::with_retries(
+        super::run::retries_of(stage, retries),
+        retry_delay,
         cancel,
-        &Compute {
-            threads,
-            device,
-            gpus: Vec::new(),
-        },
+        || run_stage(&plan, stage, &store, &dir, &progress, cancel, &compute),
+        |failed, attempt, wait| eprintln!("{}", super::run::retry_line(&stage.def.name, failed, attempt, wait)),
     ))
 }
 

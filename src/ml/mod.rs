@@ -36,7 +36,7 @@ pub(crate) mod testutil;
 pub use compress::{lora, nf4, prune, sizes};
 pub use kernels::{fused, fused_attention, fused_linear, rng, runtime};
 pub use models::{attention, bert, config, layers, model, output, params, vit};
-pub use training::{distill, metrics, optim, schedule, student, train};
+pub use training::{distill, metrics, optim, resume, schedule, student, train};
 
 pub use checkpoint::{load_pretrained, save_pretrained, CheckpointError, LoadOptions};
 pub use kernels::device::{DeviceChoice, DeviceError};

@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Result as CResult, Tensor};
 
 use super::model_source::{self, load_frozen, Frozen, ModelSource};
 use super::predict::Predictions;
+use super::resume::OpState;
 use super::train::{finish, fit, full_schedule, load_dataset, log_data, source_label, FitOptions, Schedule};
 use super::{OpContext, OpError, OpOutput};
 use crate::compile::predictions::PREDICTIONS;
@@ -124,7 +125,7 @@ struct Intermediate {
 }
 
 /// Per-epoch sums of the loss terms and fusion weights.
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Tally {
     hard: f64,
     soft: f64,
@@ -135,7 +136,7 @@ struct Tally {
 }
 
 fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
-    let (opts, batch_size) = args.schedule.options();
+    let (opts, batch_size, policy) = args.schedule.options();
     let device = ctx.device.clone();
     let kd = args.kd;
     // One teacher's logits are used as they are: the mean of one.
@@ -362,8 +363,39 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
         }
         Some(s)
     };
+    // A checkpoint keeps the running epoch's tallies and the finished epochs' summaries, so that a
+    // resumed stage reports the same losses as an uninterrupted one.
+    let save_state = || {
+        serde_json::json!({
+            "tally": &*tally.borrow(),
+            "per_epoch": &*per_epoch.borrow(),
+        })
+    };
+    let restore_state = |v: serde_json::Value| -> Result<(), String> {
+        if v.is_null() {
+            *tally.borrow_mut() = Tally {
+                weights: vec![0.0; k],
+                ..Tally::default()
+            };
+            per_epoch.borrow_mut().clear();
+            return Ok(());
+        }
+        let t: Tally =
+            serde_json::from_value(v["tally"].clone()).map_err(|e| format!("the distillation tallies: {e}"))?;
+        let e: Vec<serde_json::Value> =
+            serde_json::from_value(v["per_epoch"].clone()).map_err(|e| format!("the distillation epochs: {e}"))?;
+        *tally.borrow_mut() = t;
+        *per_epoch.borrow_mut() = e;
+        Ok(())
+    };
+    let op_state = OpState {
+        save: &save_state,
+        restore: &restore_state,
+    };
     let fit_options = FitOptions {
         extra_vars: projection_store.named_vars(),
+        policy,
+        op_state: Some(&op_state),
         ..FitOptions::default()
     };
     let report = fit(

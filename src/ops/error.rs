@@ -6,16 +6,28 @@ pub enum OpError {
     /// The run was interrupted (Ctrl-C, SIGTERM, scancel): nothing is stored, nothing failed.
     #[error("interrupted")]
     Interrupted,
-    /// The op failed; the message says why and what to do.
+    /// The op failed; the message says why and what to do. A retry may succeed (out of memory,
+    /// a lost node, a file system that hiccuped): `--retries` reruns it from its checkpoint.
     #[error("{0}")]
     Failed(String),
+    /// The op failed in a way that fails the same way again (bad input data, a model that does
+    /// not fit the data, a loss that diverges): never retried.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl OpError {
+    /// Whether running the stage again could succeed (`--retries`): not for an interruption,
+    /// not for an [`OpError::Invalid`] failure.
+    pub fn retryable(&self) -> bool {
+        matches!(self, OpError::Failed(_))
+    }
+
     /// Puts `what` before a failure's message ("fine-tuning: …"); an interruption stays one.
     pub fn context(self, what: &str) -> OpError {
         match self {
             OpError::Failed(e) => OpError::Failed(format!("{what}: {e}")),
+            OpError::Invalid(e) => OpError::Invalid(format!("{what}: {e}")),
             interrupted => interrupted,
         }
     }
@@ -33,9 +45,10 @@ impl From<&str> for OpError {
     }
 }
 
+// Bad configurations, data, adapters and arguments fail the same way on every attempt.
 impl From<crate::ml::ConfigError> for OpError {
     fn from(e: crate::ml::ConfigError) -> OpError {
-        OpError::Failed(e.to_string())
+        OpError::Invalid(e.to_string())
     }
 }
 
@@ -47,13 +60,13 @@ impl From<crate::ml::CheckpointError> for OpError {
 
 impl From<crate::data::DataError> for OpError {
     fn from(e: crate::data::DataError) -> OpError {
-        OpError::Failed(e.to_string())
+        OpError::Invalid(e.to_string())
     }
 }
 
 impl From<crate::ml::lora::LoraError> for OpError {
     fn from(e: crate::ml::lora::LoraError) -> OpError {
-        OpError::Failed(e.to_string())
+        OpError::Invalid(e.to_string())
     }
 }
 
@@ -67,7 +80,8 @@ impl From<crate::ml::train::TrainError> for OpError {
     fn from(e: crate::ml::train::TrainError) -> OpError {
         match e {
             crate::ml::train::TrainError::Interrupted => OpError::Interrupted,
-            crate::ml::train::TrainError::Failed(m) => OpError::Failed(m),
+            crate::ml::train::TrainError::Failed(m) | crate::ml::train::TrainError::Unusable(m) => OpError::Failed(m),
+            crate::ml::train::TrainError::Diverged(m) => OpError::Invalid(m),
         }
     }
 }
@@ -76,14 +90,14 @@ impl From<OpError> for crate::ml::train::TrainError {
     fn from(e: OpError) -> Self {
         match e {
             OpError::Interrupted => crate::ml::train::TrainError::Interrupted,
-            OpError::Failed(m) => crate::ml::train::TrainError::Failed(m),
+            OpError::Failed(m) | OpError::Invalid(m) => crate::ml::train::TrainError::Failed(m),
         }
     }
 }
 
 impl From<crate::registry::ArgError> for OpError {
     fn from(e: crate::registry::ArgError) -> OpError {
-        OpError::Failed(e.to_string())
+        OpError::Invalid(e.to_string())
     }
 }
 

@@ -11,6 +11,7 @@ pub mod progress;
 pub mod prune;
 pub mod qlora;
 pub mod report;
+pub mod resume;
 pub mod selection;
 pub mod train;
 
@@ -52,6 +53,11 @@ pub struct OpContext<'a> {
     /// Where ops may keep caches that are never required (decoded dataset images):
     /// `<store>/cache`.
     pub cache_dir: PathBuf,
+    /// Where a training op keeps its in-stage checkpoints (the store's folder for the stage key),
+    /// and resumes from; none outside a store.
+    pub checkpoints: Option<crate::store::checkpoints::StageCheckpoints>,
+    /// Set by a training op that resumed from a checkpoint: the step it went on from.
+    pub resumed_from: Option<u64>,
     /// The stage's key lock, for the commands it starts to inherit: the key stays locked while
     /// anything they started lives, so a rerun never runs the stage beside an orphan.
     pub key_lock: Option<std::os::fd::RawFd>,

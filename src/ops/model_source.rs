@@ -50,7 +50,7 @@ pub fn resolve_value(v: &Value, stage_dir: &dyn Fn(crate::value::StageId) -> Pat
                     dir: p.resolved.clone(),
                     what: format!("pretrained(path: \"{}\")", p.written),
                 }),
-                _ => Err(OpError::Failed(String::from("pretrained(...) needs `path:`"))),
+                _ => Err(OpError::Invalid(String::from("pretrained(...) needs `path:`"))),
             },
             "hf" => {
                 let repo = str_param(&spec.params, "repo").ok_or("hf(...) needs `repo:`")?;
@@ -62,9 +62,9 @@ pub fn resolve_value(v: &Value, stage_dir: &dyn Fn(crate::value::StageId) -> Pat
                 })
             }
             "bert" | "vit" => Ok(ModelSource::Arch(spec.clone())),
-            other => Err(OpError::Failed(format!("`{other}(...)` is not a model"))),
+            other => Err(OpError::Invalid(format!("`{other}(...)` is not a model"))),
         },
-        other => Err(OpError::Failed(format!("expected a model, got {}", other.type_name()))),
+        other => Err(OpError::Invalid(format!("expected a model, got {}", other.type_name()))),
     }
 }
 
@@ -78,7 +78,7 @@ fn str_param(p: &Params, name: &str) -> Option<String> {
 fn int_param(p: &Params, name: &str) -> Result<usize, OpError> {
     match p.get(name) {
         Some(Value::Int(i)) if *i >= 0 => Ok(*i as usize),
-        _ => Err(OpError::Failed(format!(
+        _ => Err(OpError::Invalid(format!(
             "model parameter `{name}` is missing or not a non-negative integer"
         ))),
     }
@@ -198,7 +198,7 @@ pub fn tokenizer_dir(src: &ModelSource) -> Result<Option<PathBuf>, OpError> {
             match config {
                 ModelConfig::Vit(_) => Ok(None),
                 ModelConfig::Bert(_) if has_tokenizer(dir) => Ok(Some(dir.clone())),
-                ModelConfig::Bert(_) => Err(OpError::Failed(format!(
+                ModelConfig::Bert(_) => Err(OpError::Invalid(format!(
                     "{what} ({}) has no tokenizer (tokenizer.json or vocab.txt): a BERT checkpoint needs the \
                      vocabulary it was trained with",
                     dir.display()
@@ -216,7 +216,7 @@ pub fn arch_config(spec: &Spec, data: &Dataset, log: &mut dyn Write) -> Result<M
     match spec.ctor.name {
         "bert" => {
             let DataKind::Text { max_len } = data.kind else {
-                return Err(OpError::Failed(String::from(
+                return Err(OpError::Invalid(String::from(
                     "a BERT model needs a text dataset, not images",
                 )));
             };
@@ -233,7 +233,7 @@ pub fn arch_config(spec: &Spec, data: &Dataset, log: &mut dyn Write) -> Result<M
             c.hidden_dropout_prob = float_param(p, "dropout", 0.1);
             c.attention_probs_dropout_prob = float_param(p, "attention_dropout", 0.1);
             if max_len > c.max_position_embeddings {
-                return Err(OpError::Failed(format!(
+                return Err(OpError::Invalid(format!(
                     "the dataset's max_len {max_len} exceeds the model's max_position {}",
                     c.max_position_embeddings
                 )));
@@ -255,14 +255,14 @@ pub fn arch_config(spec: &Spec, data: &Dataset, log: &mut dyn Write) -> Result<M
         }
         "vit" => {
             let DataKind::Images { image_size, channels } = data.kind else {
-                return Err(OpError::Failed(String::from(
+                return Err(OpError::Invalid(String::from(
                     "a ViT model needs an image dataset, not text",
                 )));
             };
             let size = int_param(p, "image_size")?;
             let ch = int_param(p, "channels")?;
             if size != image_size || ch != channels {
-                return Err(OpError::Failed(format!(
+                return Err(OpError::Invalid(format!(
                     "the model expects {size}×{size} images with {ch} channels but the dataset gives \
                      {image_size}×{image_size} with {channels}: make vit(image_size:, channels:) match the dataset"
                 )));
@@ -287,7 +287,7 @@ pub fn arch_config(spec: &Spec, data: &Dataset, log: &mut dyn Write) -> Result<M
             c.validate()?;
             Ok(ModelConfig::Vit(c))
         }
-        other => Err(OpError::Failed(format!("`{other}(...)` is not an architecture"))),
+        other => Err(OpError::Invalid(format!("`{other}(...)` is not an architecture"))),
     }
 }
 
@@ -295,7 +295,7 @@ pub fn arch_config(spec: &Spec, data: &Dataset, log: &mut dyn Write) -> Result<M
 /// set), the vocabulary, the image size.
 pub fn check_fits(config: &ModelConfig, data: &Dataset, check_labels: bool) -> Result<(), OpError> {
     if check_labels && config.num_labels() != data.classes.len() {
-        return Err(OpError::Failed(format!(
+        return Err(OpError::Invalid(format!(
             "the model has {} labels but the dataset has {} classes",
             config.num_labels(),
             data.classes.len()
@@ -304,14 +304,14 @@ pub fn check_fits(config: &ModelConfig, data: &Dataset, check_labels: bool) -> R
     match (config, &data.kind) {
         (ModelConfig::Bert(c), DataKind::Text { max_len }) => {
             if *max_len > c.max_position_embeddings {
-                return Err(OpError::Failed(format!(
+                return Err(OpError::Invalid(format!(
                     "the dataset's max_len {max_len} exceeds the model's max_position_embeddings {}",
                     c.max_position_embeddings
                 )));
             }
             if let Some(tok) = &data.tokenizer {
                 if tok.vocab_size() > c.vocab_size {
-                    return Err(OpError::Failed(format!(
+                    return Err(OpError::Invalid(format!(
                         "the tokenizer has {} tokens but the model's vocabulary holds {}",
                         tok.vocab_size(),
                         c.vocab_size
@@ -322,18 +322,18 @@ pub fn check_fits(config: &ModelConfig, data: &Dataset, check_labels: bool) -> R
         }
         (ModelConfig::Vit(c), DataKind::Images { image_size, channels }) => {
             if c.image_size != *image_size || c.num_channels != *channels {
-                return Err(OpError::Failed(format!(
+                return Err(OpError::Invalid(format!(
                     "the model expects {0}×{0} images with {1} channels but the dataset gives {2}×{2} with {3}",
                     c.image_size, c.num_channels, image_size, channels
                 )));
             }
             Ok(())
         }
-        (ModelConfig::Bert(_), DataKind::Images { .. }) => Err(OpError::Failed(String::from(
+        (ModelConfig::Bert(_), DataKind::Images { .. }) => Err(OpError::Invalid(String::from(
             "a BERT model cannot read an image dataset",
         ))),
         (ModelConfig::Vit(_), DataKind::Text { .. }) => {
-            Err(OpError::Failed(String::from("a ViT model cannot read a text dataset")))
+            Err(OpError::Invalid(String::from("a ViT model cannot read a text dataset")))
         }
     }
 }

@@ -2,6 +2,7 @@
 //! a terminal).
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The progress display of a run.
@@ -14,6 +15,8 @@ pub struct Display {
 pub struct Progress {
     bar: ProgressBar,
     started: Instant,
+    /// Steps that were done before this process started (a resumed stage): not in the ETA.
+    resumed_at: AtomicU64,
 }
 
 impl Display {
@@ -43,6 +46,7 @@ impl Display {
         Progress {
             bar,
             started: Instant::now(),
+            resumed_at: AtomicU64::new(0),
         }
     }
 
@@ -73,6 +77,7 @@ impl Progress {
         Progress {
             bar: ProgressBar::hidden(),
             started: Instant::now(),
+            resumed_at: AtomicU64::new(0),
         }
     }
 
@@ -81,12 +86,25 @@ impl Progress {
         self.bar.set_message(msg.to_string());
     }
 
+    /// Prints a line above the progress lines (nothing when the display is hidden).
+    pub fn note(&self, line: &str) {
+        if !self.bar.is_hidden() {
+            self.bar.println(line);
+        }
+    }
+
+    /// Says that the first `steps` were done by an earlier process (the ETA counts from here).
+    pub fn resumed_at(&self, steps: u64) {
+        self.resumed_at.store(steps, Ordering::Relaxed);
+    }
+
     /// Reports `done` of `total` steps of `what` (e.g. "epoch 1/3 step"), with an estimate of
     /// the time left.
     pub fn steps(&self, what: &str, done: u64, total: u64) {
         let elapsed = self.started.elapsed().as_secs_f64();
-        let eta = if done > 0 && total > done {
-            let left = elapsed / done as f64 * (total - done) as f64;
+        let here = done.saturating_sub(self.resumed_at.load(Ordering::Relaxed));
+        let eta = if here > 0 && total > done {
+            let left = elapsed / here as f64 * (total - done) as f64;
             format!(
                 ", ETA {}",
                 humantime::format_duration(Duration::from_secs(left.round() as u64))

@@ -26,7 +26,8 @@ use std::path::Path;
 use candle_core::{DType, Device};
 
 use super::model_source::{self, ModelSource};
-use super::train::{cross_entropy_loss, fit, load_dataset, FitOptions, Schedule};
+use super::resume::Policy;
+use super::train::{checkpoint_policy, cross_entropy_loss, fit, load_dataset, FitOptions, Schedule};
 use super::{check_interrupted, OpContext, OpError, OpOutput};
 use crate::data::{Dataset, SplitName};
 use crate::keyword::Keyword;
@@ -89,7 +90,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         )));
     }
     // Fine-tuning takes the training loop's defaults for what prune does not ask.
-    let (opts, batch_size) = Schedule {
+    let (opts, batch_size, policy) = Schedule {
         epochs: finetune_epochs,
         batch_size: DEFAULT_BATCH_SIZE as usize,
         lr: args.lr,
@@ -100,6 +101,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         max_steps: None,
         select: args.select,
         precision: args.precision,
+        checkpoint: checkpoint_policy!(args),
     }
     .options();
     let device = ctx.device.clone();
@@ -193,7 +195,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
                 opts.seed,
                 masks.len()
             );
-            Some(finetune(ctx, &model, &params, d, &opts, batch_size, &masks)?)
+            Some(finetune(ctx, &model, &params, d, (&opts, batch_size, policy), &masks)?)
         }
         _ => None,
     };
@@ -292,8 +294,7 @@ fn finetune(
     model: &Model,
     params: &ParamStore,
     dataset: &Dataset,
-    opts: &crate::ml::train::TrainOptions,
-    batch_size: usize,
+    (opts, batch_size, policy): (&crate::ml::train::TrainOptions, usize, Policy),
     masks: &crate::ml::prune::Masks,
 ) -> Result<TrainReport, OpError> {
     let mut reapply = || {
@@ -304,6 +305,7 @@ fn finetune(
     let fit_options = FitOptions {
         after_update: if masks.is_empty() { None } else { Some(&mut reapply) },
         epoch_label: Some("fine-tuning epoch"),
+        policy,
         ..FitOptions::default()
     };
     fit(

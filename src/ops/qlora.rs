@@ -30,9 +30,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use super::model_source::{self, ModelSource};
+use super::resume::Policy;
 use super::train::{
-    cross_entropy_loss, fit, load_dataset, log_data, run_metrics, source_label, write_train_metrics, FitOptions,
-    Schedule,
+    checkpoint_policy, cross_entropy_loss, fit, load_dataset, log_data, run_metrics, source_label, write_train_metrics,
+    FitOptions, Schedule,
 };
 use super::{OpContext, OpError, OpOutput};
 use crate::data::Dataset;
@@ -189,7 +190,7 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
 fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let args = QloraArgs::from_params(ctx.params)?;
     let settings = QloraSettings::from_args(&args)?;
-    let (opts, batch_size) = Schedule {
+    let (opts, batch_size, policy) = Schedule {
         epochs: args.epochs,
         batch_size: args.batch_size,
         lr: args.lr,
@@ -200,6 +201,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         max_steps: args.max_steps,
         select: args.select,
         precision: args.precision,
+        checkpoint: checkpoint_policy!(args),
     }
     .options();
     let device = ctx.device.clone();
@@ -221,7 +223,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let q = QloraModel::build(&base, &settings, opts.seed, &device)?;
     drop(base);
     log_setup(ctx, &settings, &q);
-    let report = train_adapters(ctx, &q, &dataset, &opts, batch_size)?;
+    let report = train_adapters(ctx, &q, &dataset, &opts, batch_size, policy)?;
     save_outputs(ctx, &settings, &q, &dataset, &base_dir)?;
     write_qlora_metrics(ctx, &source, &settings, &q, &dataset, &report, batch_size)?;
     let mut out = OpOutput {
@@ -292,9 +294,11 @@ fn train_adapters(
     dataset: &Dataset,
     opts: &TrainOptions,
     batch_size: usize,
+    policy: Policy,
 ) -> Result<TrainReport, OpError> {
     let fit_options = FitOptions {
         eval_model: Some(lora::detached(&q.model)),
+        policy,
         ..FitOptions::default()
     };
     let report = fit(

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 
 use super::model_source::{self, ModelSource};
+use super::resume::{self, OpState, Policy, StageCheckpointer};
 use super::selection::Selection;
 use super::{OpContext, OpError, OpOutput};
 use crate::data::{Batch, Dataset, LoadOptions, SplitName};
@@ -81,11 +82,13 @@ pub(super) struct Schedule {
     pub select: Select,
     /// What the linear layers compute in.
     pub precision: Precision,
+    /// When in-stage checkpoints are written.
+    pub checkpoint: Policy,
 }
 
 impl Schedule {
-    /// The training loop's options, and the batch size.
-    pub fn options(&self) -> (TrainOptions, usize) {
+    /// The training loop's options, the batch size and when to checkpoint.
+    pub fn options(&self) -> (TrainOptions, usize, Policy) {
         let d = TrainOptions::default();
         let opts = TrainOptions {
             epochs: self.epochs,
@@ -98,7 +101,7 @@ impl Schedule {
             select: self.select,
             precision: self.precision,
         };
-        (opts, self.batch_size.max(1))
+        (opts, self.batch_size.max(1), self.checkpoint)
     }
 }
 
@@ -117,10 +120,21 @@ macro_rules! full_schedule {
             max_steps: $a.max_steps,
             select: $a.select,
             precision: $a.precision,
+            checkpoint: $crate::ops::train::checkpoint_policy!($a),
         }
     };
 }
-pub(super) use full_schedule;
+
+/// The checkpoint [`Policy`] of a training op's typed arguments.
+macro_rules! checkpoint_policy {
+    ($a:expr) => {
+        $crate::ops::resume::Policy {
+            every_steps: $a.checkpoint_every,
+            minutes: $a.checkpoint_minutes,
+        }
+    };
+}
+pub(super) use {checkpoint_policy, full_schedule};
 
 /// Runs a `train` stage.
 pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
@@ -130,7 +144,7 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
 
 fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let args = TrainArgs::from_params(ctx.params)?;
-    let (opts, batch_size) = full_schedule!(args).options();
+    let (opts, batch_size, policy) = full_schedule!(args).options();
     let device = ctx.device.clone();
     ctx.progress.message("loading the model and data");
     let source = model_source::resolve(ctx, &args.model)?;
@@ -148,7 +162,10 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         &opts,
         batch_size,
         cross_entropy_loss,
-        FitOptions::default(),
+        FitOptions {
+            policy,
+            ..FitOptions::default()
+        },
         |_| None,
     )?;
     finish(
@@ -192,6 +209,10 @@ pub(super) fn log_data(ctx: &mut OpContext, dataset: &Dataset, batch_size: usize
 /// How [`fit`] differs between ops; the default is `train`'s.
 #[derive(Default)]
 pub(super) struct FitOptions<'a> {
+    /// When in-stage checkpoints are written.
+    pub policy: Policy,
+    /// The op's own running state, kept in checkpoints (distillation's loss tallies).
+    pub op_state: Option<&'a OpState<'a>>,
     /// The model validation runs (default: `model` rebuilt on detached copies of `params`).
     pub eval_model: Option<Model>,
     /// Trainable variables outside `params` (distillation projections).
@@ -213,36 +234,38 @@ pub(super) fn fit(
     dataset: &Dataset,
     opts: &TrainOptions,
     batch_size: usize,
-    loss: impl FnMut(&Model, &Batch, &mut ForwardCtx) -> candle_core::Result<Tensor>,
+    mut loss: impl FnMut(&Model, &Batch, &mut ForwardCtx) -> candle_core::Result<Tensor>,
     mut fit: FitOptions,
     mut epoch_note: impl FnMut(&EpochRecord) -> Option<String>,
 ) -> Result<TrainReport, OpError> {
     let device = ctx.device.clone();
     let label = fit.epoch_label.unwrap_or("epoch");
-    let log = &mut ctx.log;
+    let log = &ctx.log;
     if opts.precision != Precision::F32 {
-        let _ = writeln!(
+        note(
             log,
-            "precision: {} (the linear layers' products in {}; weights, gradients and optimizer state f32{})",
-            opts.precision.word(),
-            opts.precision.word(),
-            if opts.precision == Precision::F16 {
-                "; dynamic loss scaling"
-            } else {
-                ""
-            }
+            &format!(
+                "precision: {} (the linear layers' products in {}; weights, gradients and optimizer state f32{})",
+                opts.precision.word(),
+                opts.precision.word(),
+                if opts.precision == Precision::F16 {
+                    "; dynamic loss scaling"
+                } else {
+                    ""
+                }
+            ),
         );
     }
-    let eval_model = match fit.eval_model {
+    let eval_model = match fit.eval_model.take() {
         Some(m) => m,
         None => Model::new(&model.config(), params.frozen_var_builder(DType::F32, &device))?,
     };
     let selection_split = dataset.selection_split();
     let val_batches = match opts.select {
         Select::Last => {
-            let _ = writeln!(
+            note(
                 log,
-                "select: \"last\": the last epoch's weights are kept (no split selects them)"
+                "select: \"last\": the last epoch's weights are kept (no split selects them)",
             );
             Vec::new()
         }
@@ -250,9 +273,9 @@ pub(super) fn fit(
             dataset.batches(selection_split, batch_size, None, false, &device)?
         }
         Select::Best => {
-            let _ = writeln!(
+            note(
                 log,
-                "no {selection_split} split to select on: the last epoch's weights are kept"
+                &format!("no {selection_split} split to select on: the last epoch's weights are kept"),
             );
             Vec::new()
         }
@@ -285,60 +308,108 @@ pub(super) fn fit(
             ),
             _ => format!("{label} {}: {} steps, train loss {:.4}", r.epoch, r.steps, r.train_loss),
         };
-        if let Some(note) = epoch_note(r) {
+        if let Some(n) = epoch_note(r) {
             line.push_str("; ");
-            line.push_str(&note);
+            line.push_str(&n);
         }
-        let _ = writeln!(log, "{line}");
+        note(log, &line);
     };
     let interrupted = || cancel.is_interrupted();
     let seed = opts.seed;
-    let result = train(
-        model,
-        params,
-        opts,
-        |epoch| {
-            dataset
-                .batches(
-                    SplitName::Train,
-                    batch_size,
-                    Some(derive_seed(seed, &format!("shuffle/epoch{epoch}"))),
-                    // Applied only where the dataset allows it (images, `augment: true`).
-                    true,
-                    &device,
-                )
-                .map_err(|e| TrainError::Failed(e.to_string()))
-        },
-        loss,
-        Hooks {
-            validate: if val_batches.is_empty() {
-                None
-            } else {
-                Some(&mut validate)
+    let checkpoints = ctx.checkpoints.clone();
+    let mut resume = match &checkpoints {
+        Some(c) => resume::load_latest(c, log, progress)?,
+        None => None,
+    };
+    let mut resumed_from = None;
+    let result = loop {
+        if let (Some(state), Some(op_state)) = (&resume, fit.op_state) {
+            (op_state.restore)(state.extra.clone()).map_err(|e| OpError::Failed(format!("resuming: {e}")))?;
+        }
+        if let Some(state) = &resume {
+            let at = state.position;
+            resumed_from = Some(at.step as u64);
+            let line = format!(
+                "resumed from the checkpoint at step {} (epoch {}, batch {}): the steps before it are not run again",
+                at.step,
+                at.epoch + 1,
+                at.batch
+            );
+            note(log, &line);
+            progress.note(&format!("↻ {line}"));
+            progress.resumed_at(at.step as u64);
+        }
+        let mut checkpointer = checkpoints
+            .clone()
+            .map(|c| StageCheckpointer::new(c, fit.policy, fit.op_state, log, progress));
+        let result = train(
+            model,
+            params,
+            opts,
+            |epoch| {
+                dataset
+                    .batches(
+                        SplitName::Train,
+                        batch_size,
+                        Some(derive_seed(seed, &format!("shuffle/epoch{epoch}"))),
+                        // Applied only where the dataset allows it (images, `augment: true`).
+                        true,
+                        &device,
+                    )
+                    .map_err(|e| TrainError::Failed(e.to_string()))
             },
-            on_step: Some(&mut on_step),
-            on_epoch: Some(&mut on_epoch),
-            after_update: match fit.after_update.as_mut() {
-                Some(f) => Some(&mut **f),
-                None => None,
+            &mut loss,
+            Hooks {
+                validate: if val_batches.is_empty() {
+                    None
+                } else {
+                    Some(&mut validate)
+                },
+                on_step: Some(&mut on_step),
+                on_epoch: Some(&mut on_epoch),
+                after_update: match fit.after_update.as_mut() {
+                    Some(f) => Some(&mut **f),
+                    None => None,
+                },
+                interrupted: Some(&interrupted),
+                extra_vars: fit.extra_vars.clone(),
+                checkpoint: checkpointer
+                    .as_mut()
+                    .map(|c| c as &mut dyn crate::ml::resume::Checkpointer),
+                resume: resume.take(),
             },
-            interrupted: Some(&interrupted),
-            extra_vars: fit.extra_vars,
-        },
-    );
+        );
+        match (result, &checkpoints) {
+            (Err(TrainError::Unusable(why)), Some(c)) => {
+                resume::discard_unusable(c, &why, log, progress)?;
+                if let Some(op_state) = fit.op_state {
+                    (op_state.restore)(serde_json::Value::Null).map_err(OpError::Failed)?;
+                }
+                resumed_from = None;
+            }
+            (result, _) => break result,
+        }
+    };
+    ctx.resumed_from = resumed_from;
     let report = result?;
     write_curves(&ctx.out_dir, &report, selection_split)?;
     if report.loss_fell() == Some(false) {
-        let _ = writeln!(
-            ctx.log,
+        note(
+            &ctx.log,
             "warning: the training loss did not fall (the last tenth of the steps is not 5% below the first): \
-             did it learn? A model trained from scratch often needs a larger `lr` (3e-4 or more) and more epochs"
+             did it learn? A model trained from scratch often needs a larger `lr` (3e-4 or more) and more epochs",
         );
     }
     if report.best_epoch.is_some() {
         ctx.selection.merge(Selection::on(selection_split, dataset));
     }
     Ok(report)
+}
+
+/// Appends a line to a stage's log (a log that cannot be written is no reason to fail a stage).
+fn note(log: &std::fs::File, line: &str) {
+    let mut log = log;
+    let _ = writeln!(log, "{line}");
 }
 
 /// Saves the trained model (HF layout, with the dataset's tokenizer) and `train_metrics.json`
@@ -610,6 +681,8 @@ pub(super) mod testing {
             device: candle_core::Device::Cpu,
             gpus: Vec::new(),
             cache_dir: out.with_extension("cache"),
+            checkpoints: None,
+            resumed_from: None,
             key_lock: None,
             selection: Default::default(),
         };

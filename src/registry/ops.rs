@@ -208,6 +208,36 @@ const RESOURCES: ParamSchema = p(
     "what a Slurm job of this stage asks for, e.g. {cpus: 8, mem: \"16G\", time: \"2h\", gpus: 1}",
 );
 
+const CHECKPOINT_EVERY: ParamSchema = p(
+    "checkpoint_every",
+    Ty::Int,
+    D::Optional,
+    Some(Range::at_least(1.0)),
+    "also write an in-stage checkpoint every this many optimiser steps (not part of the stage key)",
+);
+const CHECKPOINT_MINUTES: ParamSchema = p(
+    "checkpoint_minutes",
+    Ty::Float,
+    D::Float(10.0),
+    Some(Range::at_least(0.0)),
+    "write an in-stage checkpoint after this many minutes of training; 0: never by time (not part of the stage key)",
+);
+const RETRIES: ParamSchema = p(
+    "retries",
+    Ty::Int,
+    D::Optional,
+    Some(Range::at_least(0.0)),
+    "rerun the stage this many times when it fails (from its checkpoint, with backoff); default: `rkd run --retries` (not part of the stage key)",
+);
+
+crate::op_args! {
+    /// What the executors read from any stage's arguments (how it runs, not what it computes).
+    pub struct RunArgs {
+        resources: Option<Value> = RESOURCES,
+        retries: Option<usize> = RETRIES,
+    }
+}
+
 crate::op_args! {
     /// `train`'s arguments.
     pub struct TrainArgs {
@@ -224,6 +254,8 @@ crate::op_args! {
         epochs: usize = EPOCHS,
         select: Select = SELECT,
         precision: Precision = PRECISION,
+        checkpoint_every: Option<usize> = CHECKPOINT_EVERY,
+        checkpoint_minutes: f64 = CHECKPOINT_MINUTES,
         batch_size: usize = BATCH,
         lr: f64 = LR,
         weight_decay: f64 = WD,
@@ -233,6 +265,8 @@ crate::op_args! {
         max_steps: Option<usize> = MAX_STEPS,
         /// Read by the executors, not the op.
         resources: Option<Value> = RESOURCES,
+        /// Read by the executors, not the op.
+        retries: Option<usize> = RETRIES,
     }
 }
 
@@ -270,6 +304,8 @@ crate::op_args! {
         epochs: usize = EPOCHS,
         select: Select = SELECT,
         precision: Precision = PRECISION,
+        checkpoint_every: Option<usize> = CHECKPOINT_EVERY,
+        checkpoint_minutes: f64 = CHECKPOINT_MINUTES,
         batch_size: usize = BATCH,
         lr: f64 = LR,
         weight_decay: f64 = WD,
@@ -279,6 +315,8 @@ crate::op_args! {
         max_steps: Option<usize> = MAX_STEPS,
         /// Read by the executors, not the op.
         resources: Option<Value> = RESOURCES,
+        /// Read by the executors, not the op.
+        retries: Option<usize> = RETRIES,
     }
 }
 
@@ -331,6 +369,8 @@ crate::op_args! {
         epochs: usize = EPOCHS,
         select: Select = SELECT,
         precision: Precision = PRECISION,
+        checkpoint_every: Option<usize> = CHECKPOINT_EVERY,
+        checkpoint_minutes: f64 = CHECKPOINT_MINUTES,
         batch_size: usize = BATCH,
         lr: f64 = LR,
         weight_decay: f64 = WD,
@@ -340,6 +380,8 @@ crate::op_args! {
         max_steps: Option<usize> = MAX_STEPS,
         /// Read by the executors, not the op.
         resources: Option<Value> = RESOURCES,
+        /// Read by the executors, not the op.
+        retries: Option<usize> = RETRIES,
     }
 }
 
@@ -420,6 +462,8 @@ crate::op_args! {
         ),
         /// Read by the executors, not the op.
         resources: Option<Value> = RESOURCES,
+        /// Read by the executors, not the op.
+        retries: Option<usize> = RETRIES,
     }
 }
 
@@ -501,6 +545,8 @@ crate::op_args! {
         epochs: usize = EPOCHS,
         select: Select = SELECT,
         precision: Precision = PRECISION,
+        checkpoint_every: Option<usize> = CHECKPOINT_EVERY,
+        checkpoint_minutes: f64 = CHECKPOINT_MINUTES,
         batch_size: usize = BATCH,
         /// Peak AdamW learning rate.
         lr: f64 = p(
@@ -514,6 +560,8 @@ crate::op_args! {
         max_steps: Option<usize> = MAX_STEPS,
         /// Read by the executors, not the op.
         resources: Option<Value> = RESOURCES,
+        /// Read by the executors, not the op.
+        retries: Option<usize> = RETRIES,
     }
 }
 
@@ -581,10 +629,14 @@ crate::op_args! {
         data: Option<Value> = p("data", Ty::Dataset, D::Optional, None, "dataset for fine-tuning"),
         select: Select = SELECT,
         precision: Precision = PRECISION,
+        checkpoint_every: Option<usize> = CHECKPOINT_EVERY,
+        checkpoint_minutes: f64 = CHECKPOINT_MINUTES,
         lr: f64 = LR,
         seed: u64 = SEED,
         /// Read by the executors, not the op.
         resources: Option<Value> = RESOURCES,
+        /// Read by the executors, not the op.
+        retries: Option<usize> = RETRIES,
     }
 }
 
@@ -619,6 +671,8 @@ crate::op_args! {
         batch_size: usize = BATCH,
         /// Read by the executors, not the op.
         resources: Option<Value> = RESOURCES,
+        /// Read by the executors, not the op.
+        retries: Option<usize> = RETRIES,
     }
 }
 
@@ -657,6 +711,8 @@ crate::op_args! {
         split: SplitChoice = SPLIT,
         /// Read by the executors, not the op.
         resources: Option<Value> = RESOURCES,
+        /// Read by the executors, not the op.
+        retries: Option<usize> = RETRIES,
     }
 }
 
@@ -708,6 +764,8 @@ crate::op_args! {
         ),
         /// Read by the executors, not the op.
         resources: Option<Value> = RESOURCES,
+        /// Read by the executors, not the op.
+        retries: Option<usize> = RETRIES,
     }
 }
 

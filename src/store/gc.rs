@@ -18,6 +18,9 @@ pub struct Collected {
     pub in_use: usize,
     /// Damaged entries (moved aside by earlier runs) removed.
     pub damaged: usize,
+    /// Stages whose in-stage checkpoints were removed (no kept pipeline needs them, or their
+    /// result is stored).
+    pub checkpoints: usize,
     /// Each entry removed (or that would be), with its bytes, in key order.
     pub removed: Vec<(Key, u64)>,
 }
@@ -88,6 +91,23 @@ pub fn collect(store: &Store, keep: &HashSet<Key>, dry_run: bool) -> std::io::Re
         out.entries += 1;
         out.bytes += bytes;
         out.removed.push((key, bytes));
+    }
+    // Checkpoints are kept only for unfinished stages that a kept (or running) pipeline needs.
+    for key in store.checkpointed_keys() {
+        let needed = (keep.contains(&key) || leased.contains(&key)) && !store.contains(&key);
+        if needed {
+            continue;
+        }
+        let Some(_lock) = super::lock::KeyLock::try_acquire(store, &key)? else {
+            continue;
+        };
+        let checkpoints = store.checkpoints(&key);
+        out.checkpoints += 1;
+        out.bytes += if dry_run {
+            super::dir_size(checkpoints.dir())
+        } else {
+            checkpoints.clear()?
+        };
     }
     if let Ok(dir) = std::fs::read_dir(store.damaged_dir()) {
         for entry in dir.flatten() {

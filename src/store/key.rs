@@ -45,7 +45,7 @@ pub trait Resolve {
 }
 
 /// Parameters that say where and how a stage runs, not what it computes: not part of its key.
-pub const NOT_IN_KEY: &[&str] = &["resources"];
+pub const NOT_IN_KEY: &[&str] = &["resources", "retries", "checkpoint_every", "checkpoint_minutes"];
 
 /// Parameters added after keys existed, with the value that computes what their absence did:
 /// at that value they stay out of the key, so adding them changed no stored stage's key.

@@ -11,6 +11,7 @@
 //! <store>/leases/          one file per running `rkd run`: the keys it may read, which gc keeps
 //! <store>/runs/            one JSON record per run, and index.json (the latest record of each stage name)
 //! <store>/stat-cache.json  file fingerprints by (path, size, mtime, inode)
+//! <store>/checkpoints/<key>/ in-stage checkpoints of unfinished training stages (never entries)
 //! <store>/cache/           caches ops may use but never need (decoded image_folder images)
 //! <store>/specs/<key>.json the resolved stage a Slurm job runs (`rkd exec-stage`)
 //! <store>/slurm/           one JSON record per Slurm submission (job ids), job scripts and logs
@@ -18,6 +19,7 @@
 //! An entry directory appears only complete (rename is atomic), so a crash, Ctrl-C or kill -9
 //! leaves at most a directory in tmp/, which the next run removes.
 
+pub mod checkpoints;
 pub mod files;
 pub mod gc;
 pub mod key;
@@ -248,7 +250,7 @@ impl Store {
 
 /// Whether the process that named a tmp/ directory (`<key>.<pid>.<n>` or `<key>.removed.<pid>`)
 /// is alive: its work is never removed, even if the lock files were.
-fn writer_alive(name: &str) -> bool {
+pub(crate) fn writer_alive(name: &str) -> bool {
     let pid = name.split('.').skip(1).find_map(|part| part.parse::<u32>().ok());
     match pid {
         Some(pid) if pid != std::process::id() => {

@@ -68,6 +68,17 @@ pub struct StageRecord {
     /// Input files: path as written → fingerprint (hex).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
+    /// The step its training resumed from, when it went on from an in-stage checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<u64>,
+    /// Times it was run in this run, when more than once (`--retries`).
+    #[serde(default, skip_serializing_if = "is_one_or_less")]
+    pub attempts: u32,
+}
+
+/// Whether a stage ran at most once (the attempts a record leaves out).
+fn is_one_or_less(n: &u32) -> bool {
+    *n <= 1
 }
 
 /// One run of one pipeline.
@@ -264,6 +275,8 @@ mod tests {
                 params: serde_json::Value::Null,
                 inputs: BTreeMap::new(),
                 files: BTreeMap::new(),
+                resumed_from: None,
+                attempts: 1,
             }],
         }
     }

@@ -3,10 +3,18 @@
 
 /// Knowledge-distillation losses and multi-teacher fusion.
 pub mod distill;
+/// Why a training run stopped early.
+pub mod error;
+/// Dynamic loss scaling for f16 training.
+pub mod loss_scale;
 /// Classification metrics: predictions, confusion counts, accuracy, loss.
 pub mod metrics;
 /// AdamW and global-norm gradient clipping.
 pub mod optim;
+/// What a training run did: loss curve, epochs, kept epoch.
+pub mod report;
+/// Training checkpoints: what the loop saves and resumes from.
+pub mod resume;
 /// Learning-rate schedule: linear warm-up then linear decay.
 pub mod schedule;
 /// Student initialisation from a teacher's weights (DistilBERT-style layer selection).

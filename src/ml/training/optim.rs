@@ -132,6 +132,62 @@ impl AdamW {
         self.slots.iter().filter(|s| s.decay).map(|s| s.name.as_str()).collect()
     }
 
+    /// The moment estimates of every variable, by name: `(name, first, second)` as tensors on
+    /// the variable's device (what a training checkpoint saves).
+    pub fn moments(&self) -> Result<Vec<(String, Tensor, Tensor)>> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let (m, v) = match &s.moments {
+                    Moments::Cpu { m, v } => {
+                        let shape = s.var.shape();
+                        (
+                            Tensor::from_slice(m, shape, &candle_core::Device::Cpu)?,
+                            Tensor::from_slice(v, shape, &candle_core::Device::Cpu)?,
+                        )
+                    }
+                    Moments::Tensors { m, v } => (m.clone(), v.clone()),
+                };
+                Ok((s.name.clone(), m, v))
+            })
+            .collect()
+    }
+
+    /// Restores a saved state: the steps taken and every variable's moments (`moments(name)`
+    /// gives a variable's first and second moments). Fails when a variable is missing or its
+    /// shape differs, leaving nothing half-restored that a caller would trust.
+    pub fn restore(&mut self, steps: u64, moments: impl Fn(&str) -> Option<(Tensor, Tensor)>) -> Result<()> {
+        let mut restored = Vec::with_capacity(self.slots.len());
+        for s in &self.slots {
+            let Some((m, v)) = moments(&s.name) else {
+                candle_core::bail!("the checkpoint has no optimizer state for `{}`", s.name)
+            };
+            if m.shape() != s.var.shape() || v.shape() != s.var.shape() {
+                candle_core::bail!(
+                    "the checkpoint's optimizer state for `{}` has shape {:?}, the variable {:?}",
+                    s.name,
+                    m.dims(),
+                    s.var.dims()
+                )
+            }
+            restored.push(match &s.moments {
+                Moments::Cpu { .. } => Moments::Cpu {
+                    m: m.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+                    v: v.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?,
+                },
+                Moments::Tensors { .. } => Moments::Tensors {
+                    m: m.to_device(s.var.device())?.to_dtype(s.var.dtype())?,
+                    v: v.to_device(s.var.device())?.to_dtype(s.var.dtype())?,
+                },
+            });
+        }
+        for (slot, moments) in self.slots.iter_mut().zip(restored) {
+            slot.moments = moments;
+        }
+        self.step = steps;
+        Ok(())
+    }
+
     /// The global L2 norm of the gradients of this optimiser's variables (those without a
     /// gradient count as zero), accumulated in f64 in variable order.
     pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {

@@ -10,9 +10,12 @@
 //! splits its work so that each output is computed by one thread in a fixed order.
 
 use candle_core::Tensor;
-use serde::Serialize;
 
+pub use super::error::TrainError;
+pub use super::loss_scale::LossScale;
 use super::optim::{clip_scale, AdamW, AdamWConfig};
+pub use super::report::{EpochRecord, StepRecord, TrainReport, Validation};
+use super::resume::{Checkpointer, Position, Snapshot, TrainState};
 use super::schedule::LinearSchedule;
 use crate::ml::kernels::rng::derive_seed;
 use crate::ml::models::layers::ForwardCtx;
@@ -56,47 +59,6 @@ impl Precision {
     }
 }
 
-/// Dynamic loss scaling for f16 (as PyTorch's `GradScaler`): the loss is multiplied by the scale
-/// before the backward pass so that small gradients survive f16; a step whose gradients overflow
-/// is skipped and halves the scale, and every 2,000 good steps double it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LossScale {
-    /// The current factor.
-    pub scale: f64,
-    good_steps: usize,
-}
-
-impl LossScale {
-    /// Starts at 2^16.
-    pub fn new() -> Self {
-        Self {
-            scale: 65536.0,
-            good_steps: 0,
-        }
-    }
-
-    /// Records a step: `finite` when every gradient was finite. Returns whether to apply it.
-    pub fn update(&mut self, finite: bool) -> bool {
-        if finite {
-            self.good_steps += 1;
-            if self.good_steps == 2000 {
-                self.scale *= 2.0;
-                self.good_steps = 0;
-            }
-        } else {
-            self.scale = (self.scale / 2.0).max(1.0);
-            self.good_steps = 0;
-        }
-        finite
-    }
-}
-
-impl Default for LossScale {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Hyper-parameters of a training run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainOptions {
@@ -137,109 +99,6 @@ impl Default for TrainOptions {
     }
 }
 
-/// One optimiser step, as recorded in the loss curve.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StepRecord {
-    /// Global step, from 1.
-    pub step: usize,
-    /// Epoch, from 1.
-    pub epoch: usize,
-    /// The batch's loss.
-    pub loss: f64,
-    /// The learning rate used.
-    pub lr: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-}
-
-/// The end of one epoch.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EpochRecord {
-    /// Epoch, from 1.
-    pub epoch: usize,
-    /// Global steps done at its end.
-    pub steps: usize,
-    /// Mean training loss over its steps.
-    pub train_loss: f64,
-    /// Validation accuracy, when there is validation.
-    pub val_accuracy: Option<f64>,
-    /// Validation loss, when there is validation.
-    pub val_loss: Option<f64>,
-}
-
-/// Validation result after an epoch.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Validation {
-    /// Accuracy (what the best checkpoint is chosen by).
-    pub accuracy: f64,
-    /// Mean loss.
-    pub loss: f64,
-}
-
-/// What a training run did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TrainReport {
-    /// Steps the schedule was planned for.
-    pub planned_steps: usize,
-    /// Warm-up steps of the schedule.
-    pub warmup_steps: usize,
-    /// Every step (the loss curve).
-    pub steps: Vec<StepRecord>,
-    /// Every epoch (the last one may be partial when `max_steps` stopped it).
-    pub epochs: Vec<EpochRecord>,
-    /// The epoch whose weights were kept (best validation accuracy; the last without validation).
-    pub best_epoch: Option<usize>,
-}
-
-impl TrainReport {
-    /// Optimiser steps taken.
-    pub fn total_steps(&self) -> usize {
-        self.steps.len()
-    }
-
-    /// Whether training reduced the loss: the mean of the last tenth of the steps at least 5%
-    /// below that of the first tenth (`None` with fewer than 4 steps).
-    pub fn loss_fell(&self) -> Option<bool> {
-        // The mean loss of the first and of the last tenth of the steps (at least one each).
-        let n = self.steps.len();
-        if n < 4 {
-            return None;
-        }
-        let k = (n / 10).max(1);
-        let mean = |s: &[StepRecord]| s.iter().map(|r| r.loss).sum::<f64>() / s.len() as f64;
-        let (first, last) = (mean(&self.steps[..k]), mean(&self.steps[n - k..]));
-        Some(last < 0.95 * first)
-    }
-
-    /// Validation accuracy of the kept weights.
-    pub fn best_accuracy(&self) -> Option<f64> {
-        let best = self.best_epoch?;
-        self.epochs.iter().find(|e| e.epoch == best)?.val_accuracy
-    }
-
-    /// Mean training loss of the last epoch.
-    pub fn final_loss(&self) -> Option<f64> {
-        self.epochs.last().map(|e| e.train_loss)
-    }
-}
-
-/// Why training stopped early.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// The interrupt check said stop.
-    #[error("interrupted")]
-    Interrupted,
-    /// Something failed (a batch, the loss, validation).
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl From<candle_core::Error> for TrainError {
-    fn from(e: candle_core::Error) -> Self {
-        TrainError::Failed(e.to_string())
-    }
-}
-
 /// A progress callback: the step just taken and the planned number of steps.
 pub type OnStep<'a> = &'a mut dyn FnMut(&StepRecord, usize);
 
@@ -259,6 +118,10 @@ pub struct Hooks<'a> {
     /// Trainable variables outside `params` that the loss uses (distillation projections):
     /// optimised with the model, but not part of its checkpoint.
     pub extra_vars: Vec<(String, candle_core::Var)>,
+    /// Where periodic checkpoints go (also written when an interruption stops the loop).
+    pub checkpoint: Option<&'a mut dyn Checkpointer>,
+    /// A checkpoint to continue from instead of starting at step 0.
+    pub resume: Option<TrainState>,
 }
 
 /// Trains every variable of `params` (which `model` was built on).
@@ -267,6 +130,11 @@ pub struct Hooks<'a> {
 /// epoch must have the same number); `loss(model, batch, ctx)` gives the scalar loss of a batch
 /// in train mode. The schedule covers `epochs × batches`, or `max_steps` when that is smaller.
 /// When there is validation, the weights of the best epoch are restored into `params` at the end.
+///
+/// With `hooks.resume`, the run continues from that checkpoint: weights, optimizer moments, loss
+/// scale, best epoch so far, loss curve and position are restored, and the remaining steps are
+/// exactly those an uninterrupted run would take (same batches, same dropout), so the weights at
+/// the end are bit-identical to it on the same machine and thread count.
 pub fn train<B>(
     model: &Model,
     params: &ParamStore,
@@ -279,7 +147,9 @@ pub fn train<B>(
     if interrupted() {
         return Err(TrainError::Interrupted);
     }
-    let mut epoch_batches = batches(0)?;
+    let resume = hooks.resume.take();
+    let first_epoch = resume.as_ref().map_or(0, |r| r.position.epoch);
+    let mut epoch_batches = batches(first_epoch)?;
     let per_epoch = epoch_batches.len();
     if per_epoch == 0 {
         return Err(TrainError::Failed("the training split gives no batches".into()));
@@ -293,7 +163,7 @@ pub fn train<B>(
     let mut vars = params.named_vars();
     vars.extend(std::mem::take(&mut hooks.extra_vars));
     let mut optimizer = AdamW::new(
-        vars,
+        vars.clone(),
         AdamWConfig {
             lr: opts.lr,
             weight_decay: opts.weight_decay,
@@ -308,10 +178,51 @@ pub fn train<B>(
         best_epoch: None,
     };
     let mut best: Option<(f64, std::collections::BTreeMap<String, Tensor>)> = None;
-    let mut step = 0usize;
     let mut loss_scale = (opts.precision == Precision::F16).then(LossScale::new);
-    for epoch in 0..epochs {
-        if epoch > 0 {
+    let mut at = Position {
+        step: 0,
+        epoch: 0,
+        batch: 0,
+        loss_sum: 0.0,
+    };
+    if let Some(state) = resume {
+        state
+            .check_fits(planned, per_epoch, &vars)
+            .and_then(|()| restore(&state, &vars, &mut optimizer))
+            .map_err(|e| TrainError::Unusable(e.to_string()))?;
+        loss_scale = state.loss_scale.clone().or(loss_scale);
+        best = state.best();
+        report.steps = state.report.steps.clone();
+        report.epochs = state.report.epochs.clone();
+        report.best_epoch = state.report.best_epoch;
+        at = state.position;
+    }
+    let mut saved_at = at.step;
+    let mut checkpoint = hooks.checkpoint.take();
+    // Writes a checkpoint of the loop as it stands (`at`), unless one of this step exists; gives
+    // the step of the newest checkpoint.
+    macro_rules! save_checkpoint {
+        () => {
+            match checkpoint.as_mut() {
+                Some(c) if at.step > saved_at => {
+                    c.save(&Snapshot {
+                        position: at,
+                        planned_steps: planned,
+                        batches_per_epoch: per_epoch,
+                        report: &report,
+                        optimizer: &optimizer,
+                        loss_scale: loss_scale.as_ref(),
+                        best: best.as_ref(),
+                        vars: &vars,
+                    })?;
+                    at.step
+                }
+                _ => saved_at,
+            }
+        };
+    }
+    for epoch in first_epoch..epochs {
+        if epoch > first_epoch {
             epoch_batches = batches(epoch)?;
             if epoch_batches.len() != per_epoch {
                 return Err(TrainError::Failed(format!(
@@ -321,15 +232,23 @@ pub fn train<B>(
                 )));
             }
         }
-        let mut loss_sum = 0.0;
-        let mut steps_in_epoch = 0usize;
-        for batch in &epoch_batches {
-            if step >= planned {
+        if at.epoch != epoch {
+            at = Position {
+                step: at.step,
+                epoch,
+                batch: 0,
+                loss_sum: 0.0,
+            };
+        }
+        for batch in &epoch_batches[at.batch.min(per_epoch)..] {
+            if at.step >= planned {
                 break;
             }
             if interrupted() {
+                save_checkpoint!();
                 return Err(TrainError::Interrupted);
             }
+            let step = at.step;
             let lr = schedule.lr(step);
             optimizer.set_lr(lr);
             let mut ctx = ForwardCtx::train(derive_seed(opts.seed, &format!("dropout/step{step}")))
@@ -337,7 +256,7 @@ pub fn train<B>(
             let l = loss(model, batch, &mut ctx)?;
             let value = l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
-                return Err(TrainError::Failed(format!(
+                return Err(TrainError::Diverged(format!(
                     "the loss is {value} at step {} (learning rate {lr:e} too high?)",
                     step + 1
                 )));
@@ -361,11 +280,11 @@ pub fn train<B>(
             if let Some(f) = hooks.after_update.as_mut() {
                 f()?;
             }
-            step += 1;
-            steps_in_epoch += 1;
-            loss_sum += value;
+            at.step += 1;
+            at.batch += 1;
+            at.loss_sum += value;
             let record = StepRecord {
-                step,
+                step: at.step,
                 epoch: epoch + 1,
                 loss: value,
                 lr,
@@ -375,8 +294,12 @@ pub fn train<B>(
                 f(&record, planned);
             }
             report.steps.push(record);
+            if checkpoint.as_mut().is_some_and(|c| c.after_step(&at, planned, epochs)) {
+                saved_at = save_checkpoint!();
+            }
         }
         if interrupted() {
+            save_checkpoint!();
             return Err(TrainError::Interrupted);
         }
         let validation = match hooks.validate.as_mut() {
@@ -385,8 +308,8 @@ pub fn train<B>(
         };
         let record = EpochRecord {
             epoch: epoch + 1,
-            steps: step,
-            train_loss: loss_sum / steps_in_epoch.max(1) as f64,
+            steps: at.step,
+            train_loss: at.loss_sum / at.batch.max(1) as f64,
             val_accuracy: validation.map(|v| v.accuracy),
             val_loss: validation.map(|v| v.loss),
         };
@@ -424,6 +347,32 @@ pub fn train<B>(
     Ok(report)
 }
 
+/// Puts a checkpoint's variables and optimizer moments back (every shape checked before anything
+/// is changed).
+fn restore(state: &TrainState, vars: &[(String, candle_core::Var)], optimizer: &mut AdamW) -> Result<(), TrainError> {
+    let mut values = Vec::with_capacity(vars.len());
+    for (name, var) in vars {
+        let t = state
+            .tensor("var", name)
+            .ok_or_else(|| TrainError::Failed(format!("the checkpoint has no values for `{name}`")))?;
+        if t.shape() != var.shape() {
+            return Err(TrainError::Failed(format!(
+                "the checkpoint's `{name}` has shape {:?}, the model's {:?}",
+                t.dims(),
+                var.dims()
+            )));
+        }
+        values.push((var, t.to_device(var.device())?.to_dtype(var.dtype())?));
+    }
+    optimizer.restore(state.optimizer_steps, |name| {
+        Some((state.tensor("m", name)?.clone(), state.tensor("v", name)?.clone()))
+    })?;
+    for (var, t) in values {
+        var.set(&t)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,6 +381,7 @@ mod tests {
     use crate::ml::models::config::{BertConfig, ModelConfig};
     use crate::ml::models::model::ModelInput;
     use crate::ml::training::metrics::evaluate;
+    use crate::ml::training::resume::{Checkpointer, Position, Snapshot, TrainState};
     use candle_core::{DType, Device};
 
     #[test]
@@ -650,6 +600,154 @@ mod tests {
             let b = after[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
             a != b
         }));
+    }
+
+    /// Writes every checkpoint into its own folder `s<step>` under `dir`.
+    struct DirCheckpointer {
+        dir: std::path::PathBuf,
+        every: usize,
+    }
+
+    impl Checkpointer for DirCheckpointer {
+        fn after_step(&mut self, at: &Position, _planned: usize, _epochs: usize) -> bool {
+            at.step.is_multiple_of(self.every)
+        }
+
+        fn save(&mut self, s: &Snapshot) -> Result<(), TrainError> {
+            let dir = self.dir.join(format!("s{}", s.position.step));
+            std::fs::create_dir_all(&dir).unwrap();
+            s.save(&dir, serde_json::json!({"op": s.position.step}))
+        }
+    }
+
+    /// Three epochs of 8 toy batches with dropout; validation says epoch 1 is best (so its
+    /// weights are the ones kept, from the snapshot a checkpoint must carry). Stops (interrupted)
+    /// once `stop_at` steps are done; resumes from `resume`. Returns the report and the weights.
+    fn resumable_run(
+        stop_at: Option<usize>,
+        resume: Option<TrainState>,
+        checkpoints: &std::path::Path,
+    ) -> Result<(TrainReport, Vec<u32>), TrainError> {
+        with_threads(2, || {
+            let params = ParamStore::new(5);
+            let model = Model::new(&tiny(), params.var_builder(DType::F32, &Device::Cpu)).unwrap();
+            let accuracies = [0.9, 0.5, 0.6];
+            let mut validate = |e: usize| {
+                Ok(Validation {
+                    accuracy: accuracies[e],
+                    loss: 0.0,
+                })
+            };
+            let steps = std::cell::Cell::new(0);
+            let mut on_step = |r: &StepRecord, _: usize| steps.set(r.step);
+            let stop = || stop_at.is_some_and(|n| steps.get() >= n);
+            let mut checkpointer = DirCheckpointer {
+                dir: checkpoints.to_path_buf(),
+                every: 8,
+            };
+            let opts = TrainOptions {
+                epochs: 3,
+                lr: 3e-3,
+                seed: 5,
+                ..TrainOptions::default()
+            };
+            let report = train(
+                &model,
+                &params,
+                &opts,
+                |e| Ok(toy_batches(8, 16, 12, 40 + e as u64)),
+                ce,
+                Hooks {
+                    validate: Some(&mut validate),
+                    on_step: Some(&mut on_step),
+                    interrupted: Some(&stop),
+                    checkpoint: Some(&mut checkpointer),
+                    resume,
+                    ..Hooks::default()
+                },
+            )?;
+            let bits = params
+                .tensors()
+                .unwrap()
+                .values()
+                .flat_map(crate::ml::testutil::bits)
+                .collect();
+            Ok((report, bits))
+        })
+    }
+
+    #[test]
+    fn a_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (full, full_bits) = resumable_run(None, None, &tmp.path().join("full")).unwrap();
+        assert_eq!(full.best_epoch, Some(1));
+        assert_eq!(full.total_steps(), 24);
+        // Periodic checkpoints at steps 8 and 16.
+        for step in [8, 16] {
+            assert!(tmp.path().join(format!("full/s{step}/state.json")).is_file());
+        }
+
+        // Interrupted in the middle of epoch 2: a checkpoint of step 11 is written on the way out.
+        let dir = tmp.path().join("stopped");
+        let err = resumable_run(Some(11), None, &dir).unwrap_err();
+        assert!(matches!(err, TrainError::Interrupted), "{err}");
+        let state = TrainState::load(&dir.join("s11")).unwrap();
+        assert_eq!(state.position.step, 11);
+        assert_eq!((state.position.epoch, state.position.batch), (1, 3));
+        assert_eq!(state.extra, serde_json::json!({"op": 11}));
+        let (resumed, bits) = resumable_run(None, Some(state), &dir).unwrap();
+        assert_eq!(resumed.steps, full.steps, "the loss curve differs");
+        assert_eq!(resumed.epochs, full.epochs);
+        assert!(
+            bits == full_bits,
+            "the resumed run's weights differ from the uninterrupted run's"
+        );
+
+        // From the checkpoint at an epoch's end (step 16, before that epoch's validation), which
+        // carries epoch 1's weights as the best so far.
+        let state = TrainState::load(&tmp.path().join("full/s16")).unwrap();
+        let (resumed, bits) = resumable_run(None, Some(state), &tmp.path().join("again")).unwrap();
+        assert_eq!(resumed, full);
+        assert!(bits == full_bits);
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_run_shape_is_refused_before_anything_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a");
+        resumable_run(Some(3), None, &dir).unwrap_err();
+        let state = TrainState::load(&dir.join("s3")).unwrap();
+        let params = ParamStore::new(5);
+        let model = Model::new(&tiny(), params.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let before = params.tensors().unwrap();
+        let err = train(
+            &model,
+            &params,
+            &TrainOptions {
+                epochs: 5,
+                ..TrainOptions::default()
+            },
+            |e| Ok(toy_batches(8, 16, 12, e as u64)),
+            ce,
+            Hooks {
+                resume: Some(state),
+                ..Hooks::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(err, TrainError::Unusable(_)), "{err}");
+        assert!(
+            err.to_string().contains("planned for 24 steps, this run for 40"),
+            "{err}"
+        );
+        let after = params.tensors().unwrap();
+        let bits = |m: &std::collections::BTreeMap<String, Tensor>| -> Vec<u32> {
+            m.values().flat_map(crate::ml::testutil::bits).collect()
+        };
+        assert!(
+            bits(&before) == bits(&after),
+            "a refused checkpoint changed the weights"
+        );
     }
 
     #[test]
