@@ -275,3 +275,107 @@ stage next = exec(cmd: "touch next-done", inputs: [slow])
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert!(!t.path().join("slow-done").exists() && !t.path().join("next-done").exists());
 }
+
+/// The job ids of the test's store, from its Slurm records.
+fn job_ids(t: &Test) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(t.path().join(".rkd/slurm")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| serde_json::from_slice::<Value>(&std::fs::read(e.path()).ok()?).ok())
+        .flat_map(|r| {
+            r["jobs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|j| j["job"].as_str().map(String::from))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn a_job_that_reaches_its_time_limit_checkpoints_requeues_itself_and_completes() {
+    if !slurm_available("a_job_that_reaches_its_time_limit_checkpoints_requeues_itself_and_completes") {
+        return;
+    }
+    // About a minute of training on 2 cores, in jobs of one minute that get SIGUSR1 55 s before
+    // their limit: no job can finish the stage, every job goes on from the last one's checkpoint.
+    let t = Test::new().file(
+        "p.rkd",
+        r#"let data = synthetic_text(seed: 3, classes: 2, train_size: 4096, val_size: 128, max_len: 24, vocab_size: 64)
+let tiny = bert(layers: 2, hidden: 48, heads: 2, intermediate: 96, vocab_size: 64, max_position: 32)
+stage teacher = train(model: tiny, data: data, epochs: 32, batch_size: 16, lr: 1e-3, seed: 1,
+                      resources: {cpus: 2, mem: "2G", time: "1m"})
+"#,
+    );
+    let out_path = t.path().join("out.json");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rkd"))
+        .args(["run", "p.rkd", "--json", "--executor", "slurm", "--signal-lead", "55s"])
+        .current_dir(t.path())
+        .env_remove("RKD_STORE")
+        .env("NO_COLOR", "1")
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(t.path().join("err.txt")).unwrap())
+        .spawn()
+        .unwrap();
+    // Slurm holds a requeued job for two minutes before it may start again; the test lifts the
+    // hold (as `scontrol update` lets a job's owner) after 5 s — sooner, Slurm may start it before
+    // the node let go of the last run ("Job credential revoked") — so the test takes a minute or two.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let mut held_since: HashMap<String, std::time::Instant> = HashMap::new();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the stage never completed");
+        for id in job_ids(&t) {
+            let reason = std::process::Command::new("squeue")
+                .args(["-h", "-j", &id, "-o", "%r"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default();
+            if reason != "BeginTime" {
+                held_since.remove(&id);
+                continue;
+            }
+            let since = *held_since.entry(id.clone()).or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= std::time::Duration::from_secs(5) {
+                let _ = std::process::Command::new("scontrol")
+                    .args(["update", &format!("JobId={id}"), "StartTime=now"])
+                    .status();
+                held_since.remove(&id);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap();
+    let stderr = std::fs::read_to_string(t.path().join("err.txt")).unwrap();
+    assert!(status.success(), "{stdout}\n{stderr}");
+    let res: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(res["ran"], serde_json::json!(["teacher"]), "{stdout}");
+    // The job that finished went on from a checkpoint written when an earlier one was warned.
+    let resumed = res["resumed"]["teacher"].as_u64().unwrap_or(0);
+    assert!(resumed > 0, "the stage never resumed: {stdout}");
+    let logs: String = std::fs::read_dir(t.path().join(".rkd/slurm/logs"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    let metrics: Value = serde_json::from_slice(
+        &std::fs::read(
+            t.path()
+                .join(".rkd/entries")
+                .join(&keys(&t)["teacher"])
+                .join("metrics.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(metrics["steps"], 8192.0, "{logs}");
+    // Nothing is left of the checkpoints, and the stage is stored for a local rerun.
+    assert!(!t.path().join(".rkd/checkpoints").join(&keys(&t)["teacher"]).exists());
+    let rerun = t.run_with(&["run", "p.rkd", "--json"]);
+    assert!(rerun.stdout.contains("\"cached\":[\"teacher\"]"), "{}", rerun.stdout);
+}

@@ -666,6 +666,7 @@ pub fn run_stage(
                 "time_s": time_s,
                 "threads": threads,
                 "device": crate::ml::kernels::device::label(device),
+                "resumed_from": resumed_from,
             });
             let written = writer
                 .write(

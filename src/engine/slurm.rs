@@ -742,10 +742,12 @@ pub fn wait(
         let r = results[*i].as_mut().expect("submitted stages are selected");
         let upstream_bad = stage.def.inputs.iter().any(|u| not_ok.contains(&(u.0 as usize)));
         if state.state == Slurm::Completed && store.contains(&stage.key) {
-            let (time_s, metrics) = entry_numbers(store, &stage.key);
+            let numbers = entry_numbers(store, &stage.key);
             r.outcome = Outcome::Ran;
-            r.time_s = time_s;
-            r.metrics = metrics;
+            r.time_s = numbers.time_s;
+            r.metrics = numbers.metrics;
+            r.resumed_from = numbers.resumed_from;
+            r.attempts = 1;
             continue;
         }
         not_ok.insert(*i);
@@ -799,18 +801,29 @@ pub fn describe(s: &JobState) -> String {
 }
 
 /// Seconds and metrics of a stored entry (from its meta.json and metrics.json).
-fn entry_numbers(store: &Store, key: &crate::store::key::Key) -> (f64, BTreeMap<String, f64>) {
+fn entry_numbers(store: &Store, key: &crate::store::key::Key) -> EntryNumbers {
     let dir = store.entry_dir(key);
-    let time_s = std::fs::read(dir.join("meta.json"))
+    let meta = std::fs::read(dir.join("meta.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|m| m["time_s"].as_f64())
-        .unwrap_or(0.0);
+        .unwrap_or_default();
     let metrics = std::fs::read(dir.join("metrics.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
-    (time_s, metrics)
+    EntryNumbers {
+        time_s: meta["time_s"].as_f64().unwrap_or(0.0),
+        metrics,
+        resumed_from: meta["resumed_from"].as_u64(),
+    }
+}
+
+/// What a job's stored entry says about its run.
+struct EntryNumbers {
+    time_s: f64,
+    metrics: BTreeMap<String, f64>,
+    /// The step its training resumed from (a requeued job, a rerun after a kill).
+    resumed_from: Option<u64>,
 }
 
 /// Why a job failed: its state, the tail of the stage's log (or of Slurm's output, when the
@@ -997,6 +1010,19 @@ mod tests {
         assert_eq!(gpus("t", Auto), 0);
         assert_eq!(device_env(Cuda(1)), "RKD_DEVICE=cuda; export RKD_DEVICE\n");
         assert_eq!(device_env(Auto), "");
+    }
+
+    #[test]
+    fn jobs_are_requeueable_and_warned_before_their_time_limit() {
+        assert_eq!(
+            requeue_args(Duration::from_secs(120)),
+            ["--requeue", "--signal=B:USR1@120"]
+        );
+        assert_eq!(
+            requeue_args(Duration::from_millis(1500)),
+            ["--requeue", "--signal=B:USR1@2"]
+        );
+        assert_eq!(requeue_args(Duration::ZERO), ["--requeue"]);
     }
 
     #[test]

@@ -120,6 +120,15 @@ impl Checkpointer for StageCheckpointer<'_> {
             })?;
         self.last = Instant::now();
         self.saved = Some((step, now()));
+        let at = snapshot.position;
+        let _ = self.store.write_progress(&StageProgress {
+            step,
+            planned_steps: snapshot.planned_steps as u64,
+            epoch: at.epoch as u64 + 1,
+            epochs: snapshot.planned_steps.div_ceil(snapshot.batches_per_epoch.max(1)) as u64,
+            updated: now(),
+            checkpoint: self.saved.clone(),
+        });
         let mut log = self.log;
         let _ = writeln!(
             log,
