@@ -200,6 +200,38 @@ fn a_killed_or_interrupted_training_stage_resumes_to_the_same_weights() {
 }
 
 #[test]
+fn qlora_and_a_pruned_fine_tune_resume_to_the_same_weights_too() {
+    let t = Test::new().file(
+        "p.rkd",
+        r#"
+let data = synthetic_text(seed: 3, classes: 2, train_size: 512, val_size: 128, test_size: 64, max_len: 24, vocab_size: 64)
+let tiny = bert(layers: 2, hidden: 48, heads: 2, intermediate: 96, vocab_size: 64, max_position: 32)
+stage teacher = train(model: tiny, data: data, epochs: 1, batch_size: 16, lr: 3e-3, seed: 1)
+stage q = qlora(base: teacher, data: data, rank: 4, alpha: 8, epochs: 6, batch_size: 16, lr: 1e-3, seed: 7, checkpoint_every: 4)
+stage p = prune(model: teacher, sparsity: 0.5, finetune_epochs: 6, data: data, lr: 1e-3, seed: 7, checkpoint_every: 4)
+"#,
+    );
+    let (code, _, out) = run(&t, "ref", &[]);
+    assert_eq!(code, 0, "{out}");
+    // Killed in the middle of the adapters' training, then in the middle of the fine-tuning.
+    for (stage, file) in [("q", "adapter_model.safetensors"), ("p", "model.safetensors")] {
+        let dir = checkpoints_dir(&t, "k", stage);
+        let mut child = spawn(&t, "k");
+        wait_for_checkpoint(&mut child, &dir, random_step(12, 80));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let saved = *checkpoint_steps(&dir).last().unwrap();
+        let (code, res, out) = run(&t, "k", &["--only", stage]);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(res["resumed"][stage], saved, "{out}");
+        assert!(
+            output(&t, "k", stage, file) == output(&t, "ref", stage, file),
+            "the resumed `{stage}` differs from the uninterrupted one"
+        );
+    }
+}
+
+#[test]
 fn ctrl_c_checkpoints_then_stops_and_fresh_starts_over() {
     // No periodic checkpoints (and `checkpoint_every` is not part of a key: same stages as above).
     let t = Test::new().file("p.rkd", &PIPELINE.replace(", checkpoint_every: 4)", ")"));
