@@ -149,6 +149,12 @@ pub fn explain(file: &Path, name: &str, store: Option<&Path>) -> ExitCode {
             for r in reasons {
                 println!("  - {r}");
             }
+            if let Some(resumable) = crate::engine::run::resumable(&store, &stage.key) {
+                println!(
+                    "        ({resumable}: {})",
+                    store.checkpoints(&stage.key).dir().display()
+                );
+            }
         }
     }
     ExitCode::SUCCESS

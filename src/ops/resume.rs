@@ -195,3 +195,48 @@ pub fn discard_unusable(store: &StageCheckpoints, why: &str, log: &File, progres
 fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(step: usize) -> Position {
+        Position {
+            step,
+            epoch: 0,
+            batch: step,
+            loss_sum: 0.0,
+        }
+    }
+
+    #[test]
+    fn checkpoints_fall_due_by_steps_by_time_and_never_on_the_last_step() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::at(tmp.path()).checkpoints(&[3; 32]);
+        let log = File::create(tmp.path().join("log.txt")).unwrap();
+        let progress = Progress::hidden();
+        let policy = Policy {
+            every_steps: Some(5),
+            minutes: 0.0,
+        };
+        let mut c = StageCheckpointer::new(store.clone(), policy, None, &log, &progress);
+        let due: Vec<usize> = (1..=20).filter(|s| c.after_step(&at(*s), 20, 1)).collect();
+        assert_eq!(
+            due,
+            [5, 10, 15],
+            "the last step is followed by the stored result, not a checkpoint"
+        );
+        // The progress file follows the steps.
+        assert_eq!(store.progress().map(|p| (p.step, p.planned_steps)), Some((20, 20)));
+
+        // By time: not before the interval, then after it.
+        let policy = Policy {
+            every_steps: None,
+            minutes: 0.1 / 60.0,
+        };
+        let mut c = StageCheckpointer::new(store, policy, None, &log, &progress);
+        assert!(!c.after_step(&at(1), 20, 1));
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(c.after_step(&at(2), 20, 1));
+    }
+}
