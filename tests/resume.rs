@@ -113,7 +113,13 @@ fn a_killed_or_interrupted_training_stage_resumes_to_the_same_weights() {
     child.kill().unwrap();
     child.wait().unwrap();
     let saved = *checkpoint_steps(&teacher_dir).last().unwrap();
-    assert!(checkpoint_steps(&teacher_dir).len() <= 2, "only the last two are kept");
+    // The last two are kept (and a third for a moment, between writing a new one and removing
+    // the oldest).
+    assert!(
+        checkpoint_steps(&teacher_dir).len() <= 3,
+        "{:?}",
+        checkpoint_steps(&teacher_dir)
+    );
     // `plan` and `status` say where it would go on from.
     let plan = t.run_with(&["plan", "p.rkd", "--store", "k"]);
     assert!(
@@ -130,9 +136,10 @@ fn a_killed_or_interrupted_training_stage_resumes_to_the_same_weights() {
 
     // A damaged newest checkpoint is discarded with a warning, and the one before it is used.
     let steps = checkpoint_steps(&teacher_dir);
-    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert!(steps.len() >= 2, "{steps:?}");
+    let (older, newest) = (steps[steps.len() - 2], steps[steps.len() - 1]);
     let tensors = teacher_dir
-        .join(format!("step-{:09}", steps[1]))
+        .join(format!("step-{newest:09}"))
         .join("tensors.safetensors");
     let mut bytes = std::fs::read(&tensors).unwrap();
     let last = bytes.len() - 1;
@@ -157,7 +164,7 @@ fn a_killed_or_interrupted_training_stage_resumes_to_the_same_weights() {
         "{teacher_log}"
     );
     assert!(
-        teacher_log.contains(&format!("resumed from the checkpoint at step {}", steps[0])),
+        teacher_log.contains(&format!("resumed from the checkpoint at step {older}")),
         "{teacher_log}"
     );
     assert!(
@@ -237,13 +244,8 @@ fn ctrl_c_checkpoints_then_stops_and_fresh_starts_over() {
     let t = Test::new().file("p.rkd", &PIPELINE.replace(", checkpoint_every: 4)", ")"));
     let dir = checkpoints_dir(&t, "s", "teacher");
     let mut child = spawn(&t, "s");
-    // The progress file appears with the first step.
+    // The progress file appears with the teacher's first step (of 192).
     common::wait_for(&dir.join("progress.json"));
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        child.try_wait().unwrap().is_none(),
-        "the teacher finished too soon to be interrupted"
-    );
     // SAFETY: sending SIGINT to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
@@ -251,6 +253,7 @@ fn ctrl_c_checkpoints_then_stops_and_fresh_starts_over() {
     // The only checkpoint is the one written on the way out.
     let steps = checkpoint_steps(&dir);
     assert_eq!(steps.len(), 1, "{steps:?}");
+    assert!(steps[0] < 192, "{steps:?}");
     let (code, res, out) = run(&t, "s", &["--only", "teacher"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(res["resumed"]["teacher"], steps[0], "{out}");
@@ -259,7 +262,7 @@ fn ctrl_c_checkpoints_then_stops_and_fresh_starts_over() {
     let mut child = spawn(&t, "f");
     let dir = checkpoints_dir(&t, "f", "teacher");
     common::wait_for(&dir.join("progress.json"));
-    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert_eq!(child.wait().unwrap().code(), Some(130));
     assert_eq!(checkpoint_steps(&dir).len(), 1);
@@ -292,17 +295,26 @@ fn gc_removes_the_checkpoints_no_kept_pipeline_needs() {
 
 #[test]
 fn a_failure_that_may_pass_is_retried_and_one_that_cannot_is_not() {
-    // Fails the first time, succeeds the second (a file outside the store remembers).
+    // Each fails the first time and succeeds the second (a file outside the store remembers).
+    let flaky = |name: &str, retries: usize| {
+        format!(
+            "stage {name} = exec(cmd: \"if [ -f {name}.tried ]; then echo ok > $RKD_OUT/x; else touch {name}.tried; exit 1; fi\", retries: {retries})\n"
+        )
+    };
     let t = Test::new()
         .file(
             "p.rkd",
-            "stage flaky = exec(cmd: \"if [ -f tried ]; then echo ok > $RKD_OUT/x; else touch tried; exit 1; fi\", retries: 2)\n\
-             stage bad = train(model: bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, max_position: 16), \
-             data: glue_sst2(path: \"sst\", max_len: 8), epochs: 1)\n",
+            &format!(
+                "{}{}stage bad = train(model: bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, max_position: 16), \
+                 data: glue_sst2(path: \"sst\", max_len: 8), epochs: 1)\n",
+                flaky("again", 1),
+                flaky("once", 0)
+            ),
         )
         // Not a GLUE table: reading it fails the same way every time.
         .file("sst/train.tsv", "nonsense\n")
         .file("sst/dev.tsv", "nonsense\n");
+    // A stage's own `retries` wins over `--retries`, both ways.
     let out = t.run_with(&[
         "run",
         "p.rkd",
@@ -316,18 +328,18 @@ fn a_failure_that_may_pass_is_retried_and_one_that_cannot_is_not() {
     assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.starts_with('{'), "{}{}", out.stdout, out.stderr);
     let res: Value = serde_json::from_str(out.stdout.trim()).unwrap();
-    assert_eq!(res["ran"], serde_json::json!(["flaky"]));
-    assert_eq!(res["attempts"]["flaky"], 2, "{}", out.stdout);
-    // Data that cannot be read fails the same way every time: one attempt.
-    assert_eq!(res["failed"], serde_json::json!(["bad"]));
-    assert!(res["attempts"].get("bad").is_none(), "{}", out.stdout);
+    assert_eq!(res["ran"], serde_json::json!(["again"]));
+    assert_eq!(res["attempts"]["again"], 2, "{}", out.stdout);
+    // `once` has `retries: 0`; `bad` cannot read its data, which fails the same way every time.
+    assert_eq!(common::sorted(&res["failed"]), ["bad", "once"]);
+    assert!(
+        res["attempts"].get("bad").is_none() && res["attempts"].get("once").is_none(),
+        "{}",
+        out.stdout
+    );
     // `retries` is not part of the key: the stored result serves a run without it.
-    std::fs::write(
-        t.path().join("p.rkd"),
-        "stage flaky = exec(cmd: \"if [ -f tried ]; then echo ok > $RKD_OUT/x; else touch tried; exit 1; fi\")\n",
-    )
-    .unwrap();
+    std::fs::write(t.path().join("p.rkd"), flaky("again", 1).replace(", retries: 1", "")).unwrap();
     let out = t.run_with(&["run", "p.rkd", "--json"]);
     let res: Value = serde_json::from_str(out.stdout.trim()).unwrap();
-    assert_eq!(res["cached"], serde_json::json!(["flaky"]), "{}", out.stdout);
+    assert_eq!(res["cached"], serde_json::json!(["again"]), "{}", out.stdout);
 }

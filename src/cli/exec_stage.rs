@@ -23,14 +23,15 @@ extern "C" fn on_usr1(_: libc::c_int) {
 /// stage checkpoints and the job requeues itself (`scontrol requeue`): Slurm starts it again,
 /// and it goes on from the checkpoint.
 pub fn run(store: &Path, key: &str, retries: usize, retry_delay: Duration) -> ExitCode {
+    // First of all: Slurm may warn early, and an unhandled SIGUSR1 would end the job.
+    // SAFETY: installs a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
+    }
     let cancel = Arc::new(Cancel::default());
     let handler = cancel.clone();
     if let Err(e) = ctrlc::set_handler(move || handler.interrupt()) {
         eprintln!("warning: cannot handle SIGTERM ({e})");
-    }
-    // SAFETY: installs a handler that only stores to an atomic.
-    unsafe {
-        libc::signal(libc::SIGUSR1, on_usr1 as *const () as libc::sighandler_t);
     }
     let watched = cancel.clone();
     std::thread::spawn(move || loop {
@@ -41,9 +42,26 @@ pub fn run(store: &Path, key: &str, retries: usize, retry_delay: Duration) -> Ex
         }
         std::thread::sleep(Duration::from_millis(100));
     });
+    let checkpoints = blake3::Hash::from_hex(key)
+        .ok()
+        .map(|k| crate::store::Store::at(store).checkpoints(k.as_bytes()));
+    let step_of =
+        |c: &Option<crate::store::checkpoints::StageCheckpoints>| c.as_ref().and_then(|c| c.latest()).map(|s| s.step);
+    let before = step_of(&checkpoints);
     let result = exec_stage(store, key, &cancel, (retries, retry_delay));
-    if TIME_NEARLY_UP.load(Ordering::SeqCst) && matches!(&result, Ok(f) if f.outcome == Outcome::Interrupted) {
-        return requeue();
+    let unfinished = matches!(&result, Ok(f) if matches!(f.outcome, Outcome::Interrupted | Outcome::Failed));
+    if TIME_NEARLY_UP.load(Ordering::SeqCst) && unfinished {
+        let after = step_of(&checkpoints);
+        if after.is_some() && after != before {
+            return requeue();
+        }
+        eprintln!(
+            "error: the job was warned of its time limit before its stage wrote a checkpoint past step {}: \
+             not requeued (it would start where it started). Give the job a time limit well above \
+             `--signal-lead` (Slurm may warn up to a minute early)",
+            before.unwrap_or(0)
+        );
+        return ExitCode::FAILURE;
     }
     match result {
         Ok(f) if f.outcome == Outcome::Ran => {

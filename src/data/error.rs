@@ -12,6 +12,9 @@ pub struct DataError {
     pub line: Option<usize>,
     /// What is wrong, in words.
     pub message: String,
+    /// A failure of the machine rather than of the data (an I/O error other than a missing or
+    /// unreadable file, a tensor that could not be built): running again may succeed.
+    pub transient: bool,
 }
 
 impl DataError {
@@ -21,6 +24,7 @@ impl DataError {
             path: None,
             line: None,
             message: message.into(),
+            transient: false,
         }
     }
 
@@ -30,6 +34,7 @@ impl DataError {
             path: Some(path.as_ref().to_path_buf()),
             line: None,
             message: message.into(),
+            transient: false,
         }
     }
 
@@ -39,17 +44,21 @@ impl DataError {
             path: Some(path.as_ref().to_path_buf()),
             line: Some(line),
             message: message.into(),
+            transient: false,
         }
     }
 
     /// An I/O failure on `path`, with a plain-words reason for the common cases.
     pub fn io(path: impl AsRef<Path>, err: &std::io::Error) -> Self {
-        let message = match err.kind() {
-            std::io::ErrorKind::NotFound => "missing file (not found)".to_string(),
-            std::io::ErrorKind::PermissionDenied => "cannot read it (permission denied)".to_string(),
-            _ => format!("cannot read it: {err}"),
+        let (message, transient) = match err.kind() {
+            std::io::ErrorKind::NotFound => ("missing file (not found)".to_string(), false),
+            std::io::ErrorKind::PermissionDenied => ("cannot read it (permission denied)".to_string(), false),
+            _ => (format!("cannot read it: {err}"), true),
         };
-        DataError::file(path, message)
+        DataError {
+            transient,
+            ..DataError::file(path, message)
+        }
     }
 }
 
@@ -67,7 +76,10 @@ impl std::error::Error for DataError {}
 
 impl From<candle_core::Error> for DataError {
     fn from(err: candle_core::Error) -> Self {
-        DataError::new(format!("building a batch tensor failed: {err}"))
+        DataError {
+            transient: true,
+            ..DataError::new(format!("building a batch tensor failed: {err}"))
+        }
     }
 }
 

@@ -656,7 +656,11 @@ pub fn run_stage(
     // next run), and this stage's result, made from it, is not stored.
     let result = match (result, inputs_changed(plan, stage, store)) {
         (result, None) => result,
-        (_, Some(changed)) => Err(ops::OpError::Invalid(changed)),
+        (_, Some(changed)) => {
+            // Its checkpoints were trained on the changed input: not to be resumed from.
+            let _ = checkpoints.clear();
+            Err(ops::OpError::Invalid(changed))
+        }
     };
     match result {
         Ok(output) => {

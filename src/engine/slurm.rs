@@ -430,14 +430,14 @@ pub fn submit(
         let script_path = store.slurm_dir().join("jobs").join(format!("{key}.sh"));
         // `exec`: rkd is the batch shell, so `--signal=B:USR1` reaches it.
         let script = format!(
-            "#!/bin/sh\n# rkd: stage `{}` of {}\n{}exec {} exec-stage --store {} --retries {} --retry-delay {}s {key}\n",
+            "#!/bin/sh\n# rkd: stage `{}` of {}\n{}exec {} exec-stage --store {} --retries {} --retry-delay {} {key}\n",
             stage.def.name.replace('\n', " "),
             pipeline_abs.display(),
             device_env(slurm.device),
             sh_quote(&exe.display().to_string()),
             sh_quote(&store_abs.display().to_string()),
             super::run::retries_of(stage, opts.retries),
-            opts.retry_delay.as_secs(),
+            sh_quote(&humantime::format_duration(opts.retry_delay).to_string()),
         );
         atomic_write(&script_path, script.as_bytes())
             .map_err(|e| SlurmError::Io(format!("cannot write {}: {e}", script_path.display())))?;

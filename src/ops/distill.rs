@@ -144,7 +144,7 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
     ctx.progress.message("loading the models and data");
     let teacher_values = &args.teachers;
     if teacher_values.is_empty() {
-        return Err(OpError::Failed(String::from("no teacher given")));
+        return Err(OpError::Invalid(String::from("no teacher given")));
     }
     let teacher_sources: Vec<ModelSource> = teacher_values
         .iter()
@@ -168,7 +168,7 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
             let mut stored = Vec::with_capacity(stages.len());
             for v in stages.iter() {
                 let Value::Stage(id) = v else {
-                    return Err(OpError::Failed(String::from("`predictions` must list stages")));
+                    return Err(OpError::Invalid(String::from("`predictions` must list stages")));
                 };
                 stored.push(Predictions::load(&(ctx.input_dir)(*id), &dataset)?);
             }
@@ -213,7 +213,7 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
     let intermediate = match &args.intermediate {
         Some(v) => {
             let Teachers::Live(live) = &teachers else {
-                return Err(OpError::Failed(String::from(
+                return Err(OpError::Invalid(String::from(
                     "intermediate losses need the teacher's weights",
                 )));
             };
@@ -472,7 +472,7 @@ fn same_tokenizer(teacher: &std::path::Path, student: &std::path::Path) -> Resul
     if teacher == student || read(teacher) == read(student) {
         Ok(())
     } else {
-        Err(OpError::Failed(format!(
+        Err(OpError::Invalid(format!(
             "the teacher ({}) and the student ({}) use different tokenizers, so the teacher cannot read the \
              student's batches: intermediate losses need a student that uses the teacher's vocabulary",
             teacher.display(),
@@ -540,14 +540,14 @@ fn heads(c: &ModelConfig) -> usize {
 /// Reads `intermediate: {hidden:, attention:, map:}` and checks it against both models.
 fn intermediate_of(v: &Value, student: &ModelConfig, teacher: &ModelConfig) -> Result<Intermediate, OpError> {
     let Value::Record(r) = v else {
-        return Err(OpError::Failed(format!(
+        return Err(OpError::Invalid(format!(
             "`intermediate` must be a record, got {}",
             v.type_name()
         )));
     };
     for key in r.keys() {
         if !["hidden", "attention", "map"].contains(&key.as_str()) {
-            return Err(OpError::Failed(format!(
+            return Err(OpError::Invalid(format!(
                 "`intermediate` has no field `{key}` (it takes hidden:, attention: and map:)"
             )));
         }
@@ -557,7 +557,7 @@ fn intermediate_of(v: &Value, student: &ModelConfig, teacher: &ModelConfig) -> R
             None => Ok(0.0),
             Some(x) => match x.as_f64() {
                 Some(w) if w >= 0.0 && w.is_finite() => Ok(w),
-                _ => Err(OpError::Failed(format!(
+                _ => Err(OpError::Invalid(format!(
                     "intermediate `{name}:` must be a non-negative number"
                 ))),
             },
@@ -565,7 +565,7 @@ fn intermediate_of(v: &Value, student: &ModelConfig, teacher: &ModelConfig) -> R
     };
     let (hidden, attention) = (weight("hidden")?, weight("attention")?);
     if hidden == 0.0 && attention == 0.0 {
-        return Err(OpError::Failed(String::from(
+        return Err(OpError::Invalid(String::from(
             "`intermediate` needs a positive `hidden:` or `attention:` weight",
         )));
     }
@@ -578,7 +578,7 @@ fn intermediate_of(v: &Value, student: &ModelConfig, teacher: &ModelConfig) -> R
                 .iter()
                 .map(|x| match x {
                     Value::Int(i) if *i >= 0 && (*i as usize) < tl => Ok(*i as usize),
-                    other => Err(OpError::Failed(format!(
+                    other => Err(OpError::Invalid(format!(
                         "intermediate `map:` lists teacher layers 0..{}, got {}",
                         tl - 1,
                         other.type_name()
@@ -586,7 +586,7 @@ fn intermediate_of(v: &Value, student: &ModelConfig, teacher: &ModelConfig) -> R
                 })
                 .collect::<Result<_, _>>()?;
             if map.len() != sl {
-                return Err(OpError::Failed(format!(
+                return Err(OpError::Invalid(format!(
                     "intermediate `map:` has {} teacher layers for a {sl}-layer student",
                     map.len()
                 )));
@@ -594,14 +594,14 @@ fn intermediate_of(v: &Value, student: &ModelConfig, teacher: &ModelConfig) -> R
             map
         }
         Some(other) => {
-            return Err(OpError::Failed(format!(
+            return Err(OpError::Invalid(format!(
                 "intermediate `map:` is \"uniform\" or a list of teacher layers, got {}",
                 other.type_name()
             )))
         }
     };
     if attention > 0.0 && heads(student) != heads(teacher) {
-        return Err(OpError::Failed(format!(
+        return Err(OpError::Invalid(format!(
             "the attention loss compares attention maps head by head, but the student has {} heads and the teacher \
              {}: use a student with the teacher's head count, or set `attention: 0`",
             heads(student),
@@ -610,7 +610,7 @@ fn intermediate_of(v: &Value, student: &ModelConfig, teacher: &ModelConfig) -> R
     }
     if let (ModelConfig::Vit(s), ModelConfig::Vit(t)) = (student, teacher) {
         if s.patch_size != t.patch_size {
-            return Err(OpError::Failed(String::from(
+            return Err(OpError::Invalid(String::from(
                 "intermediate losses need the student's and the teacher's patch sizes to match",
             )));
         }

@@ -60,7 +60,11 @@ impl From<crate::ml::CheckpointError> for OpError {
 
 impl From<crate::data::DataError> for OpError {
     fn from(e: crate::data::DataError) -> OpError {
-        OpError::Invalid(e.to_string())
+        if e.transient {
+            OpError::Failed(e.to_string())
+        } else {
+            OpError::Invalid(e.to_string())
+        }
     }
 }
 
@@ -81,7 +85,7 @@ impl From<crate::ml::train::TrainError> for OpError {
         match e {
             crate::ml::train::TrainError::Interrupted => OpError::Interrupted,
             crate::ml::train::TrainError::Failed(m) | crate::ml::train::TrainError::Unusable(m) => OpError::Failed(m),
-            crate::ml::train::TrainError::Diverged(m) => OpError::Invalid(m),
+            crate::ml::train::TrainError::Invalid(m) => OpError::Invalid(m),
         }
     }
 }

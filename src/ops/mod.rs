@@ -171,7 +171,7 @@ pub fn execute(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             ctx.selection.write(&ctx.out_dir)?;
             Ok(out)
         }
-        None => Err(OpError::Failed(format!(
+        None => Err(OpError::Invalid(format!(
             "the `{}` op is not implemented in this version of rkd (it runs {})",
             ctx.op,
             OPS.iter().map(|o| o.name).collect::<Vec<_>>().join(", ")

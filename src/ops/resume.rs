@@ -100,24 +100,31 @@ impl Checkpointer for StageCheckpointer<'_> {
             .policy
             .every_steps
             .is_some_and(|n| n > 0 && at.step.is_multiple_of(n));
-        let by_time =
-            self.policy.minutes > 0.0 && self.last.elapsed() >= Duration::from_secs_f64(self.policy.minutes * 60.0);
+        let interval = Duration::try_from_secs_f64(self.policy.minutes * 60.0).unwrap_or(Duration::MAX);
+        let by_time = self.policy.minutes > 0.0 && self.last.elapsed() >= interval;
         by_steps || by_time
     }
 
+    /// Writes one. A checkpoint that cannot be written (a full disk) is a warning, not a failure:
+    /// training goes on (and a stop still stops), only without that checkpoint.
     fn save(&mut self, snapshot: &Snapshot) -> Result<(), TrainError> {
         let step = snapshot.position.step as u64;
         self.progress.message(&format!("writing a checkpoint at step {step}"));
         let t = Instant::now();
         let extra = self.op_state.map_or(serde_json::Value::Null, |s| (s.save)());
-        self.store
-            .write(step, |dir| snapshot.save(dir, extra).map_err(CheckpointWrite::Train))
-            .map_err(|e| {
-                TrainError::Failed(format!(
-                    "cannot write a checkpoint in {}: {e}",
-                    self.store.dir().display()
-                ))
-            })?;
+        let written = self
+            .store
+            .write(step, |dir| snapshot.save(dir, extra).map_err(CheckpointWrite::Train));
+        let mut log = self.log;
+        if let Err(e) = written {
+            let warning = format!(
+                "warning: cannot write the checkpoint of step {step} in {}: {e}; training goes on without it",
+                self.store.dir().display()
+            );
+            let _ = writeln!(log, "{warning}");
+            self.progress.note(&warning);
+            return Ok(());
+        }
         self.last = Instant::now();
         self.saved = Some((step, now()));
         let at = snapshot.position;
@@ -129,7 +136,6 @@ impl Checkpointer for StageCheckpointer<'_> {
             updated: now(),
             checkpoint: self.saved.clone(),
         });
-        let mut log = self.log;
         let _ = writeln!(
             log,
             "checkpoint: step {step} of {} written in {:.2}s",
@@ -232,11 +238,11 @@ mod tests {
         // By time: not before the interval, then after it.
         let policy = Policy {
             every_steps: None,
-            minutes: 0.1 / 60.0,
+            minutes: 0.5 / 60.0,
         };
         let mut c = StageCheckpointer::new(store, policy, None, &log, &progress);
         assert!(!c.after_step(&at(1), 20, 1));
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(600));
         assert!(c.after_step(&at(2), 20, 1));
     }
 }

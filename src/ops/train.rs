@@ -39,7 +39,7 @@ pub(super) fn load_dataset(data: &Value, tokenizer_dir: Option<PathBuf>, cache_d
     let spec = match data {
         Value::Spec(s) => s.clone(),
         other => {
-            return Err(OpError::Failed(format!(
+            return Err(OpError::Invalid(format!(
                 "`data` must be a dataset, got {}",
                 other.type_name()
             )))
@@ -323,8 +323,13 @@ pub(super) fn fit(
     };
     let mut resumed_from = None;
     let result = loop {
-        if let (Some(state), Some(op_state)) = (&resume, fit.op_state) {
-            (op_state.restore)(state.extra.clone()).map_err(|e| OpError::Failed(format!("resuming: {e}")))?;
+        if let (Some(state), Some(op_state), Some(c)) = (&resume, fit.op_state, &checkpoints) {
+            if let Err(why) = (op_state.restore)(state.extra.clone()) {
+                // The op cannot take its state back: the checkpoint is of no use.
+                resume::discard_unusable(c, &why, log, progress)?;
+                (op_state.restore)(serde_json::Value::Null).map_err(OpError::Failed)?;
+                resume = None;
+            }
         }
         if let Some(state) = &resume {
             let at = state.position;

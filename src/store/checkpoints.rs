@@ -119,8 +119,8 @@ impl StageCheckpoints {
     }
 
     /// Writes checkpoint `step`: `fill` writes its files into a private directory, which gets a
-    /// manifest and is flushed to disk; the older ones beyond [`KEEP`] are removed, and it is
-    /// renamed into place (a kill at any moment leaves at least one complete checkpoint).
+    /// manifest, is flushed to disk and renamed into place; then the oldest beyond [`KEEP`] are
+    /// removed (a kill at any moment leaves the newest complete checkpoints; briefly one more).
     pub fn write<E: From<std::io::Error>>(
         &self,
         step: u64,
@@ -137,10 +137,6 @@ impl StageCheckpoints {
             std::fs::write(partial.join(MANIFEST), bytes)?;
             sync_tree(&partial)?;
             let dest = self.dir.join(format!("step-{step:09}"));
-            // Room for the new one first (it is complete on disk): never more than KEEP.
-            for old in self.list().into_iter().filter(|o| o.dir != dest).skip(KEEP - 1) {
-                files::remove_tree(&old.dir)?;
-            }
             if dest.exists() {
                 files::remove_tree(&dest)?;
             }
@@ -151,7 +147,12 @@ impl StageCheckpoints {
         if written.is_err() {
             let _ = files::remove_tree(&partial);
         }
-        written
+        let saved = written?;
+        // Only once the new one is in place do the oldest go.
+        for old in self.list().into_iter().skip(KEEP) {
+            let _ = files::remove_tree(&old.dir);
+        }
+        Ok(saved)
     }
 
     /// Checks a checkpoint against its manifest by hashing every file: the problems found, empty
@@ -192,17 +193,18 @@ impl StageCheckpoints {
         serde_json::from_slice(&std::fs::read(self.dir.join(PROGRESS)).ok()?).ok()
     }
 
-    /// Removes partial checkpoints whose writer is gone (killed while writing).
+    /// Removes partial checkpoints and progress files whose writer is gone (killed while writing).
     fn remove_partials(&self) {
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return;
         };
         for e in dir.flatten() {
             let name = e.file_name();
-            let Some(name) = name.to_str().filter(|n| n.starts_with(".partial.")) else {
+            let leftover = |n: &&str| n.starts_with(".partial.") || n.starts_with(".progress.json.");
+            let Some(name) = name.to_str().filter(leftover) else {
                 continue;
             };
-            let ours = name.split('.').nth(2) == Some(&std::process::id().to_string());
+            let ours = name.split('.').any(|part| part == std::process::id().to_string());
             if !ours && !super::writer_alive(name) {
                 let _ = files::remove_tree(&e.path());
             }

@@ -13,9 +13,10 @@ pub enum TrainError {
     /// start afresh).
     #[error("{0}")]
     Unusable(String),
-    /// The loss became NaN or infinite: the same settings diverge again, so this is never retried.
+    /// The run cannot succeed as it is set up (the loss became NaN or infinite, the training split
+    /// gives no batches): the same settings fail again, so this is never retried.
     #[error("{0}")]
-    Diverged(String),
+    Invalid(String),
 }
 
 impl From<candle_core::Error> for TrainError {

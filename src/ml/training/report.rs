@@ -14,6 +14,7 @@ pub struct StepRecord {
     /// The learning rate used.
     pub lr: f64,
     /// Global gradient norm before clipping.
+    #[serde(with = "non_finite")]
     pub grad_norm: f64,
 }
 
@@ -27,8 +28,10 @@ pub struct EpochRecord {
     /// Mean training loss over its steps.
     pub train_loss: f64,
     /// Validation accuracy, when there is validation.
+    #[serde(with = "non_finite::option")]
     pub val_accuracy: Option<f64>,
     /// Validation loss, when there is validation.
+    #[serde(with = "non_finite::option")]
     pub val_loss: Option<f64>,
 }
 
@@ -85,5 +88,111 @@ impl TrainReport {
     /// Mean training loss of the last epoch.
     pub fn final_loss(&self) -> Option<f64> {
         self.epochs.last().map(|e| e.train_loss)
+    }
+}
+
+/// f64 values that may be infinite or NaN (an f16 step whose gradients overflowed has an infinite
+/// norm): JSON has no such numbers, so they are written as the strings "inf", "-inf" and "nan"
+/// and read back as the same values (a checkpoint's loss curve must come back exactly).
+mod non_finite {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Number {
+        Finite(f64),
+        Word(String),
+    }
+
+    fn word(x: f64) -> &'static str {
+        if x.is_nan() {
+            "nan"
+        } else if x > 0.0 {
+            "inf"
+        } else {
+            "-inf"
+        }
+    }
+
+    fn read<E: Error>(n: Number) -> Result<f64, E> {
+        match n {
+            Number::Finite(x) => Ok(x),
+            Number::Word(w) => match w.as_str() {
+                "nan" => Ok(f64::NAN),
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                other => Err(E::custom(format!(
+                    "expected a number, \"inf\", \"-inf\" or \"nan\", got \"{other}\""
+                ))),
+            },
+        }
+    }
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f64(*x)
+        } else {
+            s.serialize_str(word(*x))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        read(Number::deserialize(d)?)
+    }
+
+    /// The same for an optional value (absent stays `null`).
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(x: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+            match x {
+                Some(x) => super::serialize(x, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+            Option::<Number>::deserialize(d)?.map(read).transpose()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infinite_and_nan_values_survive_json_exactly() {
+        let steps = vec![
+            StepRecord {
+                step: 1,
+                epoch: 1,
+                loss: 0.1 + 0.2,
+                lr: 1e-4,
+                grad_norm: f64::INFINITY,
+            },
+            StepRecord {
+                step: 2,
+                epoch: 1,
+                loss: 0.7,
+                lr: 2e-4,
+                grad_norm: 1.0 / 3.0,
+            },
+        ];
+        let epoch = EpochRecord {
+            epoch: 1,
+            steps: 2,
+            train_loss: 0.5,
+            val_accuracy: None,
+            val_loss: Some(f64::NAN),
+        };
+        let json = serde_json::to_string(&(&steps, &epoch)).unwrap();
+        assert!(json.contains("\"inf\"") && json.contains("\"nan\""), "{json}");
+        let (back, e): (Vec<StepRecord>, EpochRecord) = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, steps);
+        assert_eq!(e.val_accuracy, None);
+        assert!(e.val_loss.unwrap().is_nan());
+        assert!(serde_json::from_str::<StepRecord>(r#"{"step":1,"epoch":1,"loss":1,"lr":1,"grad_norm":"x"}"#).is_err());
     }
 }

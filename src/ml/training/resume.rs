@@ -26,6 +26,9 @@ pub const TENSORS: &str = "tensors.safetensors";
 /// Bumped when the layout changes: an older checkpoint is then not resumed from.
 const FORMAT: u32 = 1;
 
+/// The best epoch so far: its validation accuracy and a copy of its weights (by variable name).
+pub type BestWeights = (f64, BTreeMap<String, Tensor>);
+
 /// Where in the run the loop stands after a step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Position {
@@ -67,7 +70,7 @@ pub struct Snapshot<'a> {
     pub report: &'a TrainReport,
     pub(super) optimizer: &'a AdamW,
     pub(super) loss_scale: Option<&'a LossScale>,
-    pub(super) best: Option<&'a (f64, BTreeMap<String, Tensor>)>,
+    pub(super) best: Option<&'a BestWeights>,
     pub(super) vars: &'a [(String, Var)],
 }
 
@@ -168,7 +171,7 @@ impl TrainState {
     }
 
     /// The best epoch's weights and accuracy, when an earlier epoch was the best so far.
-    pub(super) fn best(&self) -> Option<(f64, BTreeMap<String, Tensor>)> {
+    pub(super) fn best(&self) -> Option<BestWeights> {
         let accuracy = self.best_accuracy?;
         let weights = self
             .tensors
@@ -205,7 +208,9 @@ impl TrainState {
             None
         };
         match problem {
-            Some(p) => Err(TrainError::Failed(format!("the checkpoint does not fit this run: {p}"))),
+            Some(p) => Err(TrainError::Unusable(format!(
+                "the checkpoint does not fit this run: {p}"
+            ))),
             None => Ok(()),
         }
     }

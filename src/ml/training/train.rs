@@ -15,7 +15,7 @@ pub use super::error::TrainError;
 pub use super::loss_scale::LossScale;
 use super::optim::{clip_scale, AdamW, AdamWConfig};
 pub use super::report::{EpochRecord, StepRecord, TrainReport, Validation};
-use super::resume::{Checkpointer, Position, Snapshot, TrainState};
+use super::resume::{BestWeights, Checkpointer, Position, Snapshot, TrainState};
 use super::schedule::LinearSchedule;
 use crate::ml::kernels::rng::derive_seed;
 use crate::ml::models::layers::ForwardCtx;
@@ -152,7 +152,7 @@ pub fn train<B>(
     let mut epoch_batches = batches(first_epoch)?;
     let per_epoch = epoch_batches.len();
     if per_epoch == 0 {
-        return Err(TrainError::Failed("the training split gives no batches".into()));
+        return Err(TrainError::Invalid("the training split gives no batches".into()));
     }
     let mut planned = opts.epochs.max(1) * per_epoch;
     if let Some(m) = opts.max_steps {
@@ -177,7 +177,7 @@ pub fn train<B>(
         epochs: Vec::with_capacity(epochs),
         best_epoch: None,
     };
-    let mut best: Option<(f64, std::collections::BTreeMap<String, Tensor>)> = None;
+    let mut best: Option<BestWeights> = None;
     let mut loss_scale = (opts.precision == Precision::F16).then(LossScale::new);
     let mut at = Position {
         step: 0,
@@ -186,12 +186,10 @@ pub fn train<B>(
         loss_sum: 0.0,
     };
     if let Some(state) = resume {
-        state
-            .check_fits(planned, per_epoch, &vars)
-            .and_then(|()| restore(&state, &vars, &mut optimizer))
-            .map_err(|e| TrainError::Unusable(e.to_string()))?;
+        state.check_fits(planned, per_epoch, &vars)?;
+        restore(&state, &vars, &mut optimizer)?;
         loss_scale = state.loss_scale.clone().or(loss_scale);
-        best = state.best();
+        best = best_on_devices(state.best(), &vars)?;
         report.steps = state.report.steps.clone();
         report.epochs = state.report.epochs.clone();
         report.best_epoch = state.report.best_epoch;
@@ -225,7 +223,7 @@ pub fn train<B>(
         if epoch > first_epoch {
             epoch_batches = batches(epoch)?;
             if epoch_batches.len() != per_epoch {
-                return Err(TrainError::Failed(format!(
+                return Err(TrainError::Invalid(format!(
                     "epoch {} has {} batches, the first had {per_epoch}",
                     epoch + 1,
                     epoch_batches.len()
@@ -256,7 +254,7 @@ pub fn train<B>(
             let l = loss(model, batch, &mut ctx)?;
             let value = l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
-                return Err(TrainError::Diverged(format!(
+                return Err(TrainError::Invalid(format!(
                     "the loss is {value} at step {} (learning rate {lr:e} too high?)",
                     step + 1
                 )));
@@ -339,7 +337,7 @@ pub fn train<B>(
         if best_epoch < epochs {
             for (name, var) in params.named_vars() {
                 if let Some(t) = snapshot.get(&name) {
-                    var.set(t)?;
+                    var.set(&t.to_device(var.device())?)?;
                 }
             }
         }
@@ -350,19 +348,28 @@ pub fn train<B>(
 /// Puts a checkpoint's variables and optimizer moments back (every shape checked before anything
 /// is changed).
 fn restore(state: &TrainState, vars: &[(String, candle_core::Var)], optimizer: &mut AdamW) -> Result<(), TrainError> {
+    // What does not fit is `Unusable` (the caller may start afresh); a device failure while
+    // moving the values is an ordinary failure, and the checkpoint is kept.
+    let unusable = |what: String| TrainError::Unusable(format!("the checkpoint {what}"));
+    for (name, var) in vars {
+        for group in ["var", "m", "v"] {
+            let t = state
+                .tensor(group, name)
+                .ok_or_else(|| unusable(format!("has no `{group}` values for `{name}`")))?;
+            if t.shape() != var.shape() {
+                return Err(unusable(format!(
+                    "has `{group}` values of shape {:?} for `{name}`, the model {:?}",
+                    t.dims(),
+                    var.dims()
+                )));
+            }
+        }
+    }
     let mut values = Vec::with_capacity(vars.len());
     for (name, var) in vars {
-        let t = state
-            .tensor("var", name)
-            .ok_or_else(|| TrainError::Failed(format!("the checkpoint has no values for `{name}`")))?;
-        if t.shape() != var.shape() {
-            return Err(TrainError::Failed(format!(
-                "the checkpoint's `{name}` has shape {:?}, the model's {:?}",
-                t.dims(),
-                var.dims()
-            )));
+        if let Some(t) = state.tensor("var", name) {
+            values.push((var, t.to_device(var.device())?.to_dtype(var.dtype())?));
         }
-        values.push((var, t.to_device(var.device())?.to_dtype(var.dtype())?));
     }
     optimizer.restore(state.optimizer_steps, |name| {
         Some((state.tensor("m", name)?.clone(), state.tensor("v", name)?.clone()))
@@ -371,6 +378,25 @@ fn restore(state: &TrainState, vars: &[(String, candle_core::Var)], optimizer: &
         var.set(&t)?;
     }
     Ok(())
+}
+
+/// The best epoch's weights of a checkpoint, on the devices of the variables they belong to.
+fn best_on_devices(
+    best: Option<BestWeights>,
+    vars: &[(String, candle_core::Var)],
+) -> Result<Option<BestWeights>, TrainError> {
+    let Some((accuracy, weights)) = best else {
+        return Ok(None);
+    };
+    let mut moved = std::collections::BTreeMap::new();
+    for (name, t) in weights {
+        let t = match vars.iter().find(|(n, _)| *n == name) {
+            Some((_, var)) => t.to_device(var.device())?.to_dtype(var.dtype())?,
+            None => t,
+        };
+        moved.insert(name, t);
+    }
+    Ok(Some((accuracy, moved)))
 }
 
 #[cfg(test)]
