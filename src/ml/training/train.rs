@@ -654,6 +654,16 @@ mod tests {
         resume: Option<TrainState>,
         checkpoints: &std::path::Path,
     ) -> Result<(TrainReport, Vec<u32>), TrainError> {
+        resumable_run_in(Precision::F32, stop_at, resume, checkpoints)
+    }
+
+    /// [`resumable_run`] with the linear layers in `precision`.
+    fn resumable_run_in(
+        precision: Precision,
+        stop_at: Option<usize>,
+        resume: Option<TrainState>,
+        checkpoints: &std::path::Path,
+    ) -> Result<(TrainReport, Vec<u32>), TrainError> {
         with_threads(2, || {
             let params = ParamStore::new(5);
             let model = Model::new(&tiny(), params.var_builder(DType::F32, &Device::Cpu)).unwrap();
@@ -675,6 +685,7 @@ mod tests {
                 epochs: 3,
                 lr: 3e-3,
                 seed: 5,
+                precision,
                 ..TrainOptions::default()
             };
             let report = train(
@@ -735,6 +746,18 @@ mod tests {
         let (resumed, bits) = resumable_run(None, Some(state), &tmp.path().join("again")).unwrap();
         assert_eq!(resumed, full);
         assert!(bits == full_bits);
+    }
+
+    #[test]
+    fn an_f16_run_with_its_loss_scale_resumes_bit_identical() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (full, full_bits) = resumable_run_in(Precision::F16, None, None, &tmp.path().join("full")).unwrap();
+        let dir = tmp.path().join("stopped");
+        resumable_run_in(Precision::F16, Some(13), None, &dir).unwrap_err();
+        let state = TrainState::load(&dir.join("s13")).unwrap();
+        let (resumed, bits) = resumable_run_in(Precision::F16, None, Some(state), &dir).unwrap();
+        assert_eq!(format!("{:?}", resumed.steps), format!("{:?}", full.steps));
+        assert!(bits == full_bits, "the resumed f16 run's weights differ");
     }
 
     #[test]
