@@ -73,7 +73,8 @@ pub fn run(file: &Path, store: Option<&Path>) -> ExitCode {
             None => println!("{name:width$}  {stored:6}  {progress:pwidth$}  {}", &key[..12]),
         }
     }
-    if states.is_none() {
+    // Said when the table has nothing but STORED to tell.
+    if states.is_none() && progress.iter().all(|p| p == "-") {
         println!(
             "\n(no stage was submitted to Slurm from the store {}: `rkd run {} --executor slurm` submits them)",
             store.root.display(),
