@@ -147,6 +147,14 @@ fn data_facts(v: Option<&Value>) -> Option<DataFacts> {
             },
             Some(crate::data::tsv::SST2_CLASSES.len()),
         ),
+        // Its classes are its training labels, known when it is read.
+        "text_table" => (
+            Shape::Text {
+                max_len: int(p, "max_len")?,
+                vocab: None,
+            },
+            None,
+        ),
         "synthetic_images" => (
             Shape::Images {
                 image_size: int(p, "image_size")?,

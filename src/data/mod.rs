@@ -18,6 +18,7 @@ mod params;
 pub mod pixels;
 pub mod synthetic_images;
 pub mod synthetic_text;
+pub mod table;
 pub mod tokenizer;
 pub mod tsv;
 pub mod wordpiece;
@@ -25,6 +26,7 @@ pub mod wordpiece;
 #[cfg(test)]
 pub(crate) mod testdata;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -34,6 +36,7 @@ pub use batch::Batch;
 pub use error::DataError;
 pub use tokenizer::Tokenizer;
 
+use crate::keyword::Keyword;
 use crate::ml::rng::derive_seed;
 use crate::ml::Rng;
 use crate::value::Params;
@@ -205,11 +208,13 @@ pub fn spec_augments(ctor: &str, params: &Params) -> bool {
 
 impl Dataset {
     /// Loads the dataset a constructor call describes.
-    /// `ctor` is `"glue_sst2"`, `"image_folder"`, `"synthetic_text"` or `"synthetic_images"`.
+    /// `ctor` is `"glue_sst2"`, `"text_table"`, `"image_folder"`, `"synthetic_text"` or
+    /// `"synthetic_images"`.
     pub fn load(ctor: &str, params: &Params, opts: &LoadOptions) -> Result<Dataset, DataError> {
         let args = Args::new(ctor, params)?;
         let mut data = match ctor {
             "glue_sst2" => Self::load_sst2(&args, opts),
+            "text_table" => Self::load_text_table(&args, opts),
             "image_folder" => Self::load_image_folder(&args, opts),
             "synthetic_text" => Self::load_synthetic_text(&args),
             "synthetic_images" => Self::load_synthetic_images(&args),
@@ -287,6 +292,46 @@ impl Dataset {
             kind: DataKind::Text { max_len },
             tokenizer: Some(tokenizer),
             splits: [Some(train), Some(dev), None, None],
+            augment: false,
+        })
+    }
+
+    fn load_text_table(args: &Args, opts: &LoadOptions) -> Result<Dataset, DataError> {
+        let dir = args.path("path")?;
+        let max_len = args.usize("max_len")?;
+        let vocab_size = args.usize("vocab_size")?;
+        let (text, label) = (args.str("text")?, args.str("label")?);
+        let columns = table::Columns {
+            text: &text,
+            label: &label,
+        };
+        let format = match args.opt_str("format")? {
+            Some(word) => Some(table::Format::from_word(&word).ok_or_else(|| {
+                DataError::new(format!("text_table: format must be csv, tsv or jsonl, got \"{word}\""))
+            })?),
+            None => None,
+        };
+        let files = table::split_files(&dir)?;
+        let mut read = BTreeMap::new();
+        for (name, paths) in &files {
+            read.insert(*name, table::read_split(paths, format, columns)?);
+        }
+        let train = &read[&SplitName::Train];
+        let classes = table::classes(train, &files[&SplitName::Train][0])?;
+        let tokenizer = match &opts.tokenizer_dir {
+            Some(d) => Tokenizer::from_dir(d)?,
+            None => Tokenizer::train_wordpiece(&train.texts, vocab_size)?,
+        };
+        let mut splits: [Option<Split>; 4] = [None, None, None, None];
+        for (name, split) in read {
+            let labels = table::label_ids(&split, &classes, name, &files[&name][0])?;
+            splits[name.index()] = Some(text_split(&tokenizer, split.texts, labels, max_len));
+        }
+        Ok(Dataset {
+            classes: classes.iter().map(table::label_name).collect(),
+            kind: DataKind::Text { max_len },
+            tokenizer: Some(tokenizer),
+            splits,
             augment: false,
         })
     }

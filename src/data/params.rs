@@ -20,7 +20,7 @@ impl<'a> Args<'a> {
             .filter(|s| s.kind == crate::registry::OpKind::Dataset)
             .ok_or_else(|| {
                 DataError::new(format!(
-                    "`{ctor}` is not a dataset constructor (expected glue_sst2, image_folder, synthetic_text or synthetic_images)"
+                    "`{ctor}` is not a dataset constructor (expected glue_sst2, text_table, image_folder, synthetic_text or synthetic_images)"
                 ))
             })?;
         Ok(Args { schema, params })
@@ -92,6 +92,23 @@ impl<'a> Args<'a> {
         match self.value(name)? {
             Value::Bool(b) => Ok(b),
             v => Err(self.wrong(name, "a bool", &v)),
+        }
+    }
+
+    /// A string argument.
+    pub(crate) fn str(&self, name: &str) -> Result<String, DataError> {
+        match self.value(name)? {
+            Value::Str(s) => Ok(s.to_string()),
+            v => Err(self.wrong(name, "a string", &v)),
+        }
+    }
+
+    /// An optional string argument (absent: `None`).
+    pub(crate) fn opt_str(&self, name: &str) -> Result<Option<String>, DataError> {
+        match self.params.get(name) {
+            None => Ok(None),
+            Some(Value::Str(s)) => Ok(Some(s.to_string())),
+            Some(v) => Err(self.wrong(name, "a string", v)),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Model and dataset constructors: calls that describe, not run.
 
 use super::schema::{p, ArgProblem, Default as D, OpKind, ParamSchema, Range, Ty};
+use crate::keyword::Keyword;
 use crate::value::{OpSchema, Params, Value};
 
 fn int(params: &Params, name: &str) -> Option<i64> {
@@ -249,6 +250,67 @@ pub static GLUE_SST2: OpSchema = OpSchema {
             "max_len",
             Ty::Int,
             D::Int(64),
+            Some(Range::closed(8.0, 512.0)),
+            "tokens per example (longer ones are cut)",
+        ),
+        p(
+            "vocab_size",
+            Ty::Int,
+            D::Int(8000),
+            Some(Range::closed(100.0, 200000.0)),
+            "WordPiece vocabulary trained when the model brings none",
+        ),
+        HOLDOUT,
+    ],
+    derive: None,
+    check: None,
+};
+
+crate::keywords! {
+    /// How a `text_table` file is written (`format:`; by default from its extension).
+    pub enum TableFormat {
+        /// Comma-separated values with a header row (RFC 4180 quoting).
+        Csv = "csv",
+        /// Tab-separated values with a header row.
+        Tsv = "tsv",
+        /// One JSON object per line.
+        Jsonl = "jsonl",
+    }
+}
+
+/// `text_table`: labelled text in CSV, TSV or JSON Lines files named by split.
+pub static TEXT_TABLE: OpSchema = OpSchema {
+    name: "text_table",
+    kind: OpKind::Dataset,
+    version: 1,
+    doc: "Labelled text in CSV, TSV or JSON Lines: train.*, validation.* (or dev.*), test.* in the directory or its data/, shards train-00000-of-00002.* too.",
+    params: &[
+        p(
+            "path",
+            Ty::Path,
+            D::Required,
+            None,
+            "the directory, relative to the pipeline file",
+        ),
+        p("text", Ty::Str, D::Required, None, "the column (or JSON field) holding the text"),
+        p(
+            "label",
+            Ty::Str,
+            D::Required,
+            None,
+            "the column holding the label: integers, or strings (classes in sorted order)",
+        ),
+        p(
+            "format",
+            Ty::Enum(TableFormat::WORDS),
+            D::Optional,
+            None,
+            "csv, tsv or jsonl (default: from each file's extension)",
+        ),
+        p(
+            "max_len",
+            Ty::Int,
+            D::Int(128),
             Some(Range::closed(8.0, 512.0)),
             "tokens per example (longer ones are cut)",
         ),
