@@ -232,6 +232,24 @@ const HOLDOUT: ParamSchema = p(
     "fraction of train held out (stratified, fixed seed) to select epochs on, so validation stays unseen",
 );
 
+/// A text dataset's directory.
+const DATA_DIR: ParamSchema = p(
+    "path",
+    Ty::Path,
+    D::Required,
+    None,
+    "the directory, relative to the pipeline file",
+);
+
+/// The WordPiece vocabulary a text dataset trains when the model brings none.
+const WORDPIECE_VOCAB: ParamSchema = p(
+    "vocab_size",
+    Ty::Int,
+    D::Int(8000),
+    Some(Range::closed(100.0, 200000.0)),
+    "WordPiece vocabulary trained when the model brings none",
+);
+
 /// `glue_sst2`: the GLUE SST-2 TSV files.
 pub static GLUE_SST2: OpSchema = OpSchema {
     name: "glue_sst2",
@@ -239,13 +257,7 @@ pub static GLUE_SST2: OpSchema = OpSchema {
     version: 1,
     doc: "GLUE SST-2: a directory with train.tsv and dev.tsv (`sentence<TAB>label`).",
     params: &[
-        p(
-            "path",
-            Ty::Path,
-            D::Required,
-            None,
-            "the directory, relative to the pipeline file",
-        ),
+        DATA_DIR,
         p(
             "max_len",
             Ty::Int,
@@ -253,13 +265,7 @@ pub static GLUE_SST2: OpSchema = OpSchema {
             Some(Range::closed(8.0, 512.0)),
             "tokens per example (longer ones are cut)",
         ),
-        p(
-            "vocab_size",
-            Ty::Int,
-            D::Int(8000),
-            Some(Range::closed(100.0, 200000.0)),
-            "WordPiece vocabulary trained when the model brings none",
-        ),
+        WORDPIECE_VOCAB,
         HOLDOUT,
     ],
     derive: None,
@@ -285,13 +291,7 @@ pub static TEXT_TABLE: OpSchema = OpSchema {
     version: 1,
     doc: "Labelled text in CSV, TSV or JSON Lines: train.*, validation.* (or dev.*), test.* in the directory or its data/, shards train-00000-of-00002.* too.",
     params: &[
-        p(
-            "path",
-            Ty::Path,
-            D::Required,
-            None,
-            "the directory, relative to the pipeline file",
-        ),
+        DATA_DIR,
         p("text", Ty::Str, D::Required, None, "the column (or JSON field) holding the text"),
         p(
             "label",
@@ -314,13 +314,7 @@ pub static TEXT_TABLE: OpSchema = OpSchema {
             Some(Range::closed(8.0, 512.0)),
             "tokens per example (longer ones are cut)",
         ),
-        p(
-            "vocab_size",
-            Ty::Int,
-            D::Int(8000),
-            Some(Range::closed(100.0, 200000.0)),
-            "WordPiece vocabulary trained when the model brings none",
-        ),
+        WORDPIECE_VOCAB,
         HOLDOUT,
     ],
     derive: None,
@@ -334,13 +328,7 @@ pub static IMAGE_FOLDER: OpSchema = OpSchema {
     version: 1,
     doc: "Images in the Beans layout `<split>/<class>/*.{jpg,png}`; resized and ImageNet-normalised.",
     params: &[
-        p(
-            "path",
-            Ty::Path,
-            D::Required,
-            None,
-            "the directory, relative to the pipeline file",
-        ),
+        DATA_DIR,
         p(
             "image_size",
             Ty::Int,
