@@ -135,6 +135,16 @@ struct Tally {
     examples: usize,
 }
 
+impl Tally {
+    /// Nothing counted yet, with a weight sum for each of `teachers`.
+    fn empty(teachers: usize) -> Tally {
+        Tally {
+            weights: vec![0.0; teachers],
+            ..Tally::default()
+        }
+    }
+}
+
 fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
     let (opts, batch_size, policy) = args.schedule.options();
     let device = ctx.device.clone();
@@ -258,10 +268,7 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
     );
 
     let k = teacher_sources.len();
-    let tally = RefCell::new(Tally {
-        weights: vec![0.0; k],
-        ..Tally::default()
-    });
+    let tally = RefCell::new(Tally::empty(k));
     // TinyBERT's attention loss compares attention scores, which only the unfused attention keeps.
     let attention_maps = intermediate.as_ref().is_some_and(|i| i.attention > 0.0);
     let teacher_ctx = || {
@@ -337,13 +344,7 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
     let per_epoch: RefCell<Vec<serde_json::Value>> = RefCell::new(Vec::new());
     let names = teacher_names.clone();
     let note = |r: &crate::ml::train::EpochRecord| {
-        let t = std::mem::replace(
-            &mut *tally.borrow_mut(),
-            Tally {
-                weights: vec![0.0; k],
-                ..Tally::default()
-            },
-        );
+        let t = std::mem::replace(&mut *tally.borrow_mut(), Tally::empty(k));
         let steps = t.steps.max(1) as f64;
         let weights: Vec<f64> = t.weights.iter().map(|w| w / t.examples.max(1) as f64).collect();
         per_epoch.borrow_mut().push(serde_json::json!({
@@ -373,10 +374,7 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
     };
     let restore_state = |v: serde_json::Value| -> Result<(), String> {
         if v.is_null() {
-            *tally.borrow_mut() = Tally {
-                weights: vec![0.0; k],
-                ..Tally::default()
-            };
+            *tally.borrow_mut() = Tally::empty(k);
             per_epoch.borrow_mut().clear();
             return Ok(());
         }

@@ -79,18 +79,25 @@ impl<'a> StageCheckpointer<'a> {
     }
 }
 
+impl StageCheckpointer<'_> {
+    /// Rewrites the progress file: where the loop stands, and the last checkpoint written.
+    fn write_progress(&mut self, at: &Position, planned_steps: usize, epochs: usize) {
+        self.last_progress = Some(Instant::now());
+        let _ = self.store.write_progress(&StageProgress {
+            step: at.step as u64,
+            planned_steps: planned_steps as u64,
+            epoch: at.epoch as u64 + 1,
+            epochs: epochs as u64,
+            updated: now(),
+            checkpoint: self.saved.clone(),
+        });
+    }
+}
+
 impl Checkpointer for StageCheckpointer<'_> {
     fn after_step(&mut self, at: &Position, planned_steps: usize, epochs: usize) -> bool {
         if self.last_progress.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) || at.step == planned_steps {
-            self.last_progress = Some(Instant::now());
-            let _ = self.store.write_progress(&StageProgress {
-                step: at.step as u64,
-                planned_steps: planned_steps as u64,
-                epoch: at.epoch as u64 + 1,
-                epochs: epochs as u64,
-                updated: now(),
-                checkpoint: self.saved.clone(),
-            });
+            self.write_progress(at, planned_steps, epochs);
         }
         if at.step >= planned_steps {
             // The stage is about to finish and store its result: a checkpoint would be thrown away.
@@ -127,15 +134,8 @@ impl Checkpointer for StageCheckpointer<'_> {
         }
         self.last = Instant::now();
         self.saved = Some((step, now()));
-        let at = snapshot.position;
-        let _ = self.store.write_progress(&StageProgress {
-            step,
-            planned_steps: snapshot.planned_steps as u64,
-            epoch: at.epoch as u64 + 1,
-            epochs: snapshot.planned_steps.div_ceil(snapshot.batches_per_epoch.max(1)) as u64,
-            updated: now(),
-            checkpoint: self.saved.clone(),
-        });
+        let epochs = snapshot.planned_steps.div_ceil(snapshot.batches_per_epoch.max(1));
+        self.write_progress(&snapshot.position, snapshot.planned_steps, epochs);
         let _ = writeln!(
             log,
             "checkpoint: step {step} of {} written in {:.2}s",

@@ -76,16 +76,7 @@ impl Store {
 
     /// Keys that have a checkpoint folder.
     pub fn checkpointed_keys(&self) -> Vec<Key> {
-        let Ok(dir) = std::fs::read_dir(self.checkpoints_dir()) else {
-            return Vec::new();
-        };
-        let mut keys: Vec<Key> = dir
-            .flatten()
-            .filter_map(|e| blake3::Hash::from_hex(e.file_name().to_str()?).ok())
-            .map(|h| *h.as_bytes())
-            .collect();
-        keys.sort();
-        keys
+        super::hex_keys(&self.checkpoints_dir()).unwrap_or_default()
     }
 }
 
@@ -179,13 +170,8 @@ impl StageCheckpoints {
     /// Writes the running stage's progress (atomically: readers see the old or the new file).
     pub fn write_progress(&self, progress: &StageProgress) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!(".{PROGRESS}.{}.{n}", std::process::id()));
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(progress).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(&tmp, self.dir.join(PROGRESS))
+        let json = serde_json::to_vec_pretty(progress).map_err(std::io::Error::other)?;
+        super::records::atomic_write(&self.dir.join(PROGRESS), &json)
     }
 
     /// The stage's last written progress, if any.
@@ -193,18 +179,17 @@ impl StageCheckpoints {
         serde_json::from_slice(&std::fs::read(self.dir.join(PROGRESS)).ok()?).ok()
     }
 
-    /// Removes partial checkpoints and progress files whose writer is gone (killed while writing).
+    /// Removes partial checkpoints whose writer is gone (killed while writing).
     fn remove_partials(&self) {
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return;
         };
         for e in dir.flatten() {
             let name = e.file_name();
-            let leftover = |n: &&str| n.starts_with(".partial.") || n.starts_with(".progress.json.");
-            let Some(name) = name.to_str().filter(leftover) else {
+            let Some(name) = name.to_str().filter(|n| n.starts_with(".partial.")) else {
                 continue;
             };
-            let ours = name.split('.').any(|part| part == std::process::id().to_string());
+            let ours = name.split('.').nth(2) == Some(&std::process::id().to_string());
             if !ours && !super::writer_alive(name) {
                 let _ = files::remove_tree(&e.path());
             }

@@ -166,20 +166,7 @@ impl Store {
 
     /// Keys of all finished entries (directories in entries/ with a hex name).
     pub fn keys(&self) -> std::io::Result<Vec<Key>> {
-        let mut keys = Vec::new();
-        let dir = match std::fs::read_dir(self.entries_dir()) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
-            Err(e) => return Err(e),
-        };
-        for entry in dir {
-            let name = entry?.file_name();
-            if let Ok(h) = blake3::Hash::from_hex(name.to_string_lossy().as_bytes()) {
-                keys.push(*h.as_bytes());
-            }
-        }
-        keys.sort();
-        Ok(keys)
+        hex_keys(&self.entries_dir())
     }
 
     /// Removes a finished entry: renamed into tmp/ first, so it disappears at once.
@@ -259,6 +246,24 @@ pub(crate) fn writer_alive(name: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// The keys named by a directory's hex-named entries, sorted (none when it does not exist).
+fn hex_keys(dir: &Path) -> std::io::Result<Vec<Key>> {
+    let mut keys = Vec::new();
+    let dir = match std::fs::read_dir(dir) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
+        Err(e) => return Err(e),
+    };
+    for entry in dir {
+        let name = entry?.file_name();
+        if let Ok(h) = blake3::Hash::from_hex(name.to_string_lossy().as_bytes()) {
+            keys.push(*h.as_bytes());
+        }
+    }
+    keys.sort();
+    Ok(keys)
 }
 
 /// Total size of the files under a directory.

@@ -188,10 +188,10 @@ pub fn train<B>(
     if let Some(state) = resume {
         state.check_fits(planned, per_epoch, &vars)?;
         restore(&state, &vars, &mut optimizer)?;
-        loss_scale = state.loss_scale.clone().or(loss_scale);
         best = best_on_devices(state.best(), &vars)?;
-        report.steps = state.report.steps.clone();
-        report.epochs = state.report.epochs.clone();
+        loss_scale = state.loss_scale.or(loss_scale);
+        report.steps = state.report.steps;
+        report.epochs = state.report.epochs;
         report.best_epoch = state.report.best_epoch;
         at = state.position;
     }
