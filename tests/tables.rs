@@ -1,7 +1,10 @@
-//! `text_table`: your own labelled text in CSV, TSV or JSON Lines. The same rows in two formats
-//! train to identical weights; string labels become the model's classes in sorted order.
+//! Your own data: `text_table` (CSV, TSV, JSON Lines, Parquet; sentence pairs), `image_table`
+//! (Parquet with embedded images) and `hf_dataset` (the Hub's files, from the Hugging Face cache
+//! offline). The same rows in every format train to identical weights; string labels become the
+//! model's classes in sorted order.
 
 mod common;
+use common::parquet::{write as write_parquet, Col};
 use common::{key_of, Test};
 use serde_json::Value;
 
@@ -40,10 +43,28 @@ fn jsonl(rows: &[(String, &str)]) -> String {
         .collect()
 }
 
+/// The rows as the Hub's Parquet: the text, and the label as a string column.
+fn parquet(path: &std::path::Path, rows: &[(String, &str)], per_group: usize) {
+    write_parquet(
+        path,
+        &[
+            Col::Int("idx", (0..rows.len() as i64).collect()),
+            Col::Str("review", rows.iter().map(|(t, _)| t.clone()).collect()),
+            Col::Str("sentiment", rows.iter().map(|(_, l)| l.to_string()).collect()),
+        ],
+        per_group,
+    );
+}
+
 fn pipeline(dir: &str) -> String {
+    pipeline_from(&format!("text_table(path: \"{dir}\""))
+}
+
+/// The pipeline on a dataset call opened by `call` (its arguments are appended).
+fn pipeline_from(call: &str) -> String {
     format!(
         r#"let tiny = bert(layers: 1, hidden: 32, heads: 2, intermediate: 64, max_position: 32)
-let reviews = text_table(path: "{dir}", text: "review", label: "sentiment", max_len: 24, vocab_size: 200)
+let reviews = {call}, text: "review", label: "sentiment", max_len: 24, vocab_size: 200)
 stage model = train(model: tiny, data: reviews, epochs: 10, batch_size: 16, lr: 3e-3, seed: 1)
 stage score = eval(model: model, data: reviews, split: "test", batch_size: 16)
 "#
@@ -51,7 +72,7 @@ stage score = eval(model: model, data: reviews, split: "test", batch_size: 16)
 }
 
 #[test]
-fn the_same_rows_as_csv_and_json_lines_train_identical_weights() {
+fn the_same_rows_as_csv_json_lines_parquet_and_a_cached_hub_dataset_train_identical_weights() {
     let rows = rows();
     let (train, rest) = rows.split_at(160);
     let (dev, test) = rest.split_at(40);
@@ -65,9 +86,28 @@ fn the_same_rows_as_csv_and_json_lines_train_identical_weights() {
         .file("jsonl/data/validation.jsonl", &jsonl(dev))
         .file("jsonl/data/test.jsonl", &jsonl(test))
         .file("a.rkd", &pipeline("csv"))
-        .file("b.rkd", &pipeline("jsonl"));
+        .file("b.rkd", &pipeline("jsonl"))
+        .file("c.rkd", &pipeline("parquet"))
+        .file(
+            "d.rkd",
+            &pipeline_from("hf_dataset(repo: \"someone/reviews\", revision: \"v1\""),
+        );
+    // Parquet in row groups of 64 rows: the reader crosses row-group boundaries.
+    parquet(&t.path().join("parquet/train.parquet"), train, 64);
+    parquet(&t.path().join("parquet/validation.parquet"), dev, 64);
+    parquet(&t.path().join("parquet/test.parquet"), test, 64);
+    // A Hugging Face cache as hf-hub lays it out: refs/<revision> names the snapshot.
+    let hf = t.path().join("hf");
+    let repo = hf.join("hub/datasets--someone--reviews");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/v1"), "0123abcd").unwrap();
+    let snapshot = repo.join("snapshots/0123abcd/data");
+    parquet(&snapshot.join("train-00000-of-00001.parquet"), train, 1000);
+    parquet(&snapshot.join("validation-00000-of-00001.parquet"), dev, 1000);
+    parquet(&snapshot.join("test-00000-of-00001.parquet"), test, 1000);
+    let t = t.env("HF_HOME", hf.to_str().unwrap()).env("HF_HUB_OFFLINE", "1");
     let mut weights = Vec::new();
-    for file in ["a.rkd", "b.rkd"] {
+    for file in ["a.rkd", "b.rkd", "c.rkd", "d.rkd"] {
         let out = t.run_with(&["run", file, "--json", "-j", "1"]);
         assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
         let plan: Value = serde_json::from_str(&t.run_with(&["plan", file, "--json"]).stdout).unwrap();
@@ -85,10 +125,129 @@ fn the_same_rows_as_csv_and_json_lines_train_identical_weights() {
         let acc = metrics["accuracy"].as_f64().unwrap();
         assert!(acc > 0.8, "{file}: test accuracy {acc}");
     }
+    for (i, format) in ["JSON Lines", "Parquet", "the cached Hub dataset"].iter().enumerate() {
+        assert!(
+            weights[0] == weights[i + 1],
+            "the same rows in CSV and {format} trained different weights"
+        );
+    }
+}
+
+#[test]
+fn a_hub_dataset_not_in_the_cache_offline_is_a_clear_error() {
+    let t = Test::new().file("p.rkd", &pipeline_from("hf_dataset(repo: \"someone/missing\""));
+    let hf = t.path().join("hf");
+    let out = t
+        .env("HF_HOME", hf.to_str().unwrap())
+        .env("HF_HUB_OFFLINE", "1")
+        .run_with(&["run", "p.rkd"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(
-        weights[0] == weights[1],
-        "the same rows in CSV and JSON Lines trained different weights"
+        out.stderr
+            .contains("someone/missing (revision main) is not in the Hugging Face cache")
+            && out.stderr.contains("HF_HUB_OFFLINE is set"),
+        "{}",
+        out.stderr
     );
+}
+
+/// Pairs whose label is the polarity of the second text (the first is a distraction): a model
+/// must read past the first [SEP] to learn it.
+fn pairs() -> Vec<(String, String, &'static str)> {
+    rows()
+        .into_iter()
+        .enumerate()
+        .map(|(i, (text, label))| {
+            let other = [
+                "the film was shown on a tuesday",
+                "a story about a family",
+                "the cast was large",
+            ];
+            (other[i % 3].to_string(), text, label)
+        })
+        .collect()
+}
+
+#[test]
+fn sentence_pairs_train_distil_and_evaluate() {
+    let pairs = pairs();
+    let jsonl = |rows: &[(String, String, &str)]| -> String {
+        rows.iter()
+            .map(|(a, b, l)| serde_json::json!({"premise": a, "hypothesis": b, "label": l}).to_string() + "\n")
+            .collect()
+    };
+    let (train, rest) = pairs.split_at(160);
+    let (dev, test) = rest.split_at(40);
+    let t = Test::new()
+        .file("pairs/train.jsonl", &jsonl(train))
+        .file("pairs/validation.jsonl", &jsonl(dev))
+        .file("pairs/test.jsonl", &jsonl(test))
+        .file(
+            "p.rkd",
+            r#"let data = text_table(path: "pairs", text: "premise", text_pair: "hypothesis", label: "label", max_len: 32, vocab_size: 200)
+stage teacher = train(model: bert(layers: 1, hidden: 32, heads: 2, intermediate: 64, max_position: 32), data: data, epochs: 10, batch_size: 16, lr: 3e-3, seed: 1)
+stage student = distill(teacher: teacher, student: bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, max_position: 32), data: data, epochs: 10, batch_size: 16, lr: 3e-3, seed: 1)
+stage score = eval(model: student, data: data, split: "test", batch_size: 16)
+"#,
+        );
+    let out = t.run_with(&["run", "p.rkd", "--json", "-j", "1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
+    let entry = t.path().join(".rkd/entries");
+    let metrics: Value =
+        serde_json::from_slice(&std::fs::read(entry.join(key_of(&plan, "score")).join("metrics.json")).unwrap())
+            .unwrap();
+    let acc = metrics["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.8, "a student distilled on sentence pairs: test accuracy {acc}");
+}
+
+/// A 16×16 PNG: reddish for class "angular_leaf_spot", greenish for "healthy", with noise.
+fn leaf(i: usize, healthy: bool) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(16, 16, |x, y| {
+        let noise = ((i * 31 + x as usize * 7 + y as usize * 13) % 40) as u8;
+        if healthy {
+            image::Rgb([30 + noise, 160 + noise, 40])
+        } else {
+            image::Rgb([170 + noise, 60, 30 + noise])
+        }
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn parquet_with_embedded_images_trains_a_vit() {
+    let t = Test::new().file(
+        "p.rkd",
+        r#"let beans = image_table(path: "beans", image: "image", label: "labels", image_size: 16, augment: false)
+stage model = train(model: vit(layers: 1, hidden: 32, heads: 2, patch: 8, image_size: 16), data: beans, epochs: 8, batch_size: 8, lr: 3e-3, seed: 1)
+stage score = eval(model: model, data: beans, split: "test", batch_size: 8)
+"#,
+    );
+    // The Hub's Beans layout: data/<split>-*.parquet, an image struct and an integer label.
+    for (split, n) in [("train", 48), ("validation", 16), ("test", 16)] {
+        let images: Vec<(Vec<u8>, String)> = (0..n)
+            .map(|i| (leaf(i, i % 2 == 0), format!("{split}/{i}.png")))
+            .collect();
+        write_parquet(
+            &t.path().join(format!("beans/data/{split}-00000-of-00001.parquet")),
+            &[
+                Col::Image("image", images),
+                Col::Int("labels", (0..n as i64).map(|i| i % 2).collect()),
+            ],
+            20,
+        );
+    }
+    let out = t.run_with(&["run", "p.rkd", "--json", "-j", "1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
+    let entry = t.path().join(".rkd/entries");
+    let metrics: Value =
+        serde_json::from_slice(&std::fs::read(entry.join(key_of(&plan, "score")).join("metrics.json")).unwrap())
+            .unwrap();
+    let acc = metrics["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.9, "a ViT on Parquet images: test accuracy {acc}");
 }
 
 #[test]
@@ -98,17 +257,19 @@ fn a_table_without_the_named_column_fails_naming_the_file_and_the_columns() {
         "stage m = train(model: bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, max_position: 16), \
              data: text_table(path: \"t\", text: \"review\", label: \"label\", max_len: 8), epochs: 1)\n",
     );
-    let out = t.run_with(&["run", "p.rkd"]);
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr
-            .contains("train.csv:1: no column `review`; the columns are text, label"),
-        "{}",
-        out.stderr
-    );
+    // Both `rkd run` (before any stage starts) and `rkd check` find it.
+    for command in ["run", "check"] {
+        let out = t.run_with(&[command, "p.rkd"]);
+        assert_eq!(out.code, 1);
+        assert!(
+            out.stderr
+                .contains("t/train.csv:1: no column `review`; the columns are text, label"),
+            "{}",
+            out.stderr
+        );
+        assert!(!t.path().join(".rkd/entries").exists(), "nothing ran");
+    }
     // A format that does not exist is a compile error.
-    let bad = t.run_with(&["check", "p.rkd"]);
-    assert_eq!(bad.code, 0, "{}", bad.stderr);
     std::fs::write(
         t.path().join("q.rkd"),
         "let d = text_table(path: \"t\", text: \"text\", label: \"label\", format: \"xlsx\")\n\

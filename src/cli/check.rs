@@ -9,6 +9,11 @@ pub fn run(files: &[PathBuf]) -> ExitCode {
     for file in files {
         match super::compile_or_report(file) {
             Some(c) => {
+                if let Err(problems) = crate::engine::data_check::check(&c.stages, false) {
+                    super::report(&problems, &c.sources, file);
+                    failed += 1;
+                    continue;
+                }
                 let n = c.stages.len();
                 println!("ok: {} ({n} stage{})", file.display(), if n == 1 { "" } else { "s" });
             }

@@ -31,6 +31,21 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
     };
     // Dropping a plan of many stages takes milliseconds; the process is about to end anyway.
     let (compiled, plan) = (ManuallyDrop::new(compiled), ManuallyDrop::new(plan));
+    // The tables that stages about to run read are read through once first: a bad row fails
+    // here, at its call, not hours into a run.
+    if crate::engine::data_check::reads_tables(plan.stages().map(|s| &s.def)) {
+        let keys: Vec<_> = plan.stages().map(|s| s.key).collect();
+        let stored = store.contains_many(&keys);
+        let to_run = plan
+            .stages()
+            .zip(stored)
+            .filter(|(_, stored)| !stored)
+            .map(|(s, _)| &s.def);
+        if let Err(problems) = crate::engine::data_check::check(to_run, true) {
+            super::report(&problems, &compiled.sources, file);
+            return ExitCode::FAILURE;
+        }
+    }
     if crate::engine::preflight::reads_checkpoints(plan.stages().map(|s| &s.def)) {
         let defs: Vec<_> = plan.stages().map(|s| s.def.clone()).collect();
         if let Err(problems) = crate::engine::preflight::check(&defs) {

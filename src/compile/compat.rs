@@ -161,8 +161,21 @@ fn data_facts(v: Option<&Value>) -> Option<DataFacts> {
             },
             int(p, "classes"),
         ),
-        // The classes are its folders.
-        "image_folder" => (
+        "hf_dataset" if p.contains_key("image") => (
+            Shape::Images {
+                image_size: int(p, "image_size")?,
+            },
+            None,
+        ),
+        "hf_dataset" => (
+            Shape::Text {
+                max_len: int(p, "max_len")?,
+                vocab: None,
+            },
+            None,
+        ),
+        // The classes are its folders, or its training labels.
+        "image_folder" | "image_table" => (
             Shape::Images {
                 image_size: int(p, "image_size")?,
             },

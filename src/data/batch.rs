@@ -48,9 +48,11 @@ fn label_tensor(labels: &[u32], indices: &[usize], device: &Device) -> Result<Te
 }
 
 /// A text batch: ids padded with `pad_id` to the longest sequence (at most `max_len`), a 0/1
-/// attention mask, zero token types; all u32 `[batch, seq]`.
+/// attention mask, and token types: 0, or 1 from `segments[i]` on for a sentence pair (`segments`
+/// empty: single texts, all 0); all u32 `[batch, seq]`.
 pub fn text_batch(
     seqs: &[Vec<u32>],
+    segments: &[u32],
     labels: &[u32],
     indices: &[usize],
     pad_id: u32,
@@ -67,17 +69,22 @@ pub fn text_batch(
     let b = indices.len();
     let mut ids = Vec::with_capacity(b * len);
     let mut mask = Vec::with_capacity(b * len);
+    let mut types = Vec::with_capacity(b * len);
     for &i in indices {
         let s = &seqs[i][..seqs[i].len().min(len)];
         ids.extend_from_slice(s);
         ids.extend(std::iter::repeat_n(pad_id, len - s.len()));
         mask.extend(std::iter::repeat_n(1u32, s.len()));
         mask.extend(std::iter::repeat_n(0u32, len - s.len()));
+        let second = segments.get(i).map_or(s.len(), |&at| (at as usize).min(s.len()));
+        types.extend(std::iter::repeat_n(0u32, second));
+        types.extend(std::iter::repeat_n(1u32, s.len() - second));
+        types.extend(std::iter::repeat_n(0u32, len - s.len()));
     }
     Ok(Batch {
         input: ModelInput::Text {
             input_ids: Tensor::from_vec(ids, (b, len), device)?,
-            token_type_ids: Some(Tensor::zeros((b, len), candle_core::DType::U32, device)?),
+            token_type_ids: Some(Tensor::from_vec(types, (b, len), device)?),
             attention_mask: Some(Tensor::from_vec(mask, (b, len), device)?),
         },
         labels: label_tensor(labels, indices, device)?,
@@ -139,7 +146,7 @@ mod tests {
     #[test]
     fn dynamic_padding_and_mask() {
         let seqs = vec![vec![2, 7, 3], vec![2, 7, 8, 9, 3], vec![2, 3]];
-        let b = text_batch(&seqs, &[1, 0, 1], &[0, 2], 0, 64, &Device::Cpu).unwrap();
+        let b = text_batch(&seqs, &[], &[1, 0, 1], &[0, 2], 0, 64, &Device::Cpu).unwrap();
         let ModelInput::Text {
             input_ids,
             attention_mask,
@@ -155,10 +162,24 @@ mod tests {
         );
         assert_eq!(token_type_ids.as_ref().unwrap().dims(), [2, 3]);
         assert_eq!(b.labels.to_vec1::<u32>().unwrap(), [1, 1]);
-        let b = text_batch(&seqs, &[1, 0, 1], &[1, 0], 0, 4, &Device::Cpu).unwrap();
+        let b = text_batch(&seqs, &[], &[1, 0, 1], &[1, 0], 0, 4, &Device::Cpu).unwrap();
         let ModelInput::Text { input_ids, .. } = &b.input else {
             panic!()
         };
         assert_eq!(input_ids.dims(), [2, 4]);
+    }
+
+    #[test]
+    fn a_sentence_pair_has_token_type_one_from_its_second_segment_to_its_end() {
+        // [CLS] a [SEP] b c [SEP] and [CLS] a [SEP] b [SEP]: the second text starts at 3.
+        let seqs = vec![vec![2, 7, 3, 8, 9, 3], vec![2, 7, 3, 8, 3]];
+        let b = text_batch(&seqs, &[3, 3], &[0, 1], &[0, 1], 0, 64, &Device::Cpu).unwrap();
+        let ModelInput::Text { token_type_ids, .. } = &b.input else {
+            panic!("not text")
+        };
+        assert_eq!(
+            token_type_ids.as_ref().unwrap().to_vec2::<u32>().unwrap(),
+            [[0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 0]]
+        );
     }
 }

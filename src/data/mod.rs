@@ -13,6 +13,8 @@
 
 pub mod batch;
 pub mod error;
+pub mod hub;
+pub mod image_table;
 pub mod images;
 mod params;
 pub mod pixels;
@@ -28,7 +30,7 @@ pub(crate) mod testdata;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 
@@ -127,8 +129,13 @@ pub struct LoadOptions {
 /// The examples of one split.
 #[derive(Clone)]
 enum Examples {
-    /// Token ids, `[CLS] … [SEP]`, and the texts they came from.
-    Text { ids: Vec<Vec<u32>>, texts: Vec<String> },
+    /// Token ids, `[CLS] … [SEP]` (or `[CLS] a [SEP] b [SEP]`), the texts they came from, and
+    /// for sentence pairs where each example's second segment starts (else empty).
+    Text {
+        ids: Vec<Vec<u32>>,
+        texts: Vec<String>,
+        segments: Vec<u32>,
+    },
     /// RGB bytes `[side, side, 3]`.
     Images(Vec<Vec<u8>>),
 }
@@ -143,9 +150,10 @@ impl Split {
     /// The examples at `idx`, in that order.
     fn select(&self, idx: &[usize]) -> Split {
         let examples = match &self.examples {
-            Examples::Text { ids, texts } => Examples::Text {
+            Examples::Text { ids, texts, segments } => Examples::Text {
                 ids: idx.iter().map(|&i| ids[i].clone()).collect(),
                 texts: idx.iter().map(|&i| texts[i].clone()).collect(),
+                segments: idx.iter().filter_map(|&i| segments.get(i).copied()).collect(),
             },
             Examples::Images(images) => Examples::Images(idx.iter().map(|&i| images[i].clone()).collect()),
         };
@@ -190,7 +198,36 @@ fn text_split(tokenizer: &Tokenizer, texts: Vec<String>, labels: Vec<u32>, max_l
     use rayon::prelude::*;
     let ids = texts.par_iter().map(|t| tokenizer.encode(t, max_len)).collect();
     Split {
-        examples: Examples::Text { ids, texts },
+        examples: Examples::Text {
+            ids,
+            texts,
+            segments: Vec::new(),
+        },
+        labels,
+    }
+}
+
+/// A split of sentence pairs: `[CLS] a [SEP] b [SEP]`; the texts kept are `a [SEP] b`.
+fn pair_split(
+    tokenizer: &Tokenizer,
+    texts: Vec<String>,
+    pairs: Vec<String>,
+    labels: Vec<u32>,
+    max_len: usize,
+) -> Split {
+    use rayon::prelude::*;
+    let (ids, segments) = texts
+        .par_iter()
+        .zip(&pairs)
+        .map(|(a, b)| tokenizer.encode_pair(a, b, max_len))
+        .unzip();
+    let texts = texts
+        .into_iter()
+        .zip(pairs)
+        .map(|(a, b)| format!("{a} [SEP] {b}"))
+        .collect();
+    Split {
+        examples: Examples::Text { ids, texts, segments },
         labels,
     }
 }
@@ -200,22 +237,45 @@ fn text_split(tokenizer: &Tokenizer, texts: Vec<String>, labels: Vec<u32>, max_l
 /// `synthetic_images`.
 pub fn spec_augments(ctor: &str, params: &Params) -> bool {
     match ctor {
-        "image_folder" => !matches!(params.get("augment"), Some(crate::value::Value::Bool(false))),
+        "image_folder" | "image_table" => !matches!(params.get("augment"), Some(crate::value::Value::Bool(false))),
+        "hf_dataset" => {
+            params.contains_key("image") && !matches!(params.get("augment"), Some(crate::value::Value::Bool(false)))
+        }
         "synthetic_images" => true,
         _ => false,
     }
 }
 
+/// The `format:` argument of a table, if given.
+fn table_format(args: &Args) -> Result<Option<table::Format>, DataError> {
+    match args.opt_str("format")? {
+        Some(word) => table::Format::from_word(&word)
+            .map(Some)
+            .ok_or_else(|| DataError::new(format!("format must be csv, tsv, jsonl or parquet, got \"{word}\""))),
+        None => Ok(None),
+    }
+}
+
 impl Dataset {
     /// Loads the dataset a constructor call describes.
-    /// `ctor` is `"glue_sst2"`, `"text_table"`, `"image_folder"`, `"synthetic_text"` or
-    /// `"synthetic_images"`.
+    /// `ctor` is `"glue_sst2"`, `"text_table"`, `"image_folder"`, `"image_table"`,
+    /// `"hf_dataset"`, `"synthetic_text"` or `"synthetic_images"`.
     pub fn load(ctor: &str, params: &Params, opts: &LoadOptions) -> Result<Dataset, DataError> {
         let args = Args::new(ctor, params)?;
         let mut data = match ctor {
             "glue_sst2" => Self::load_sst2(&args, opts),
-            "text_table" => Self::load_text_table(&args, opts),
+            "text_table" => Self::load_text_table(&args, opts, &args.path("path")?),
             "image_folder" => Self::load_image_folder(&args, opts),
+            "image_table" => Self::load_image_table(&args, &args.path("path")?),
+            "hf_dataset" => {
+                let config = args.opt_str("config")?;
+                let dir = hub::fetch(&args.str("repo")?, config.as_deref(), &args.str("revision")?)?;
+                if args.opt_str("image")?.is_some() {
+                    Self::load_image_table(&args, &dir)
+                } else {
+                    Self::load_text_table(&args, opts, &dir)
+                }
+            }
             "synthetic_text" => Self::load_synthetic_text(&args),
             "synthetic_images" => Self::load_synthetic_images(&args),
             other => Err(DataError::new(format!(
@@ -226,6 +286,53 @@ impl Dataset {
             data.hold_out(fraction)?;
         }
         Ok(data)
+    }
+
+    /// Checks a table dataset (`text_table`, `image_table`) without loading it: its split files
+    /// are found, open, have the columns asked for, and their rows read (text, a label that is
+    /// an integer or a string, an image: the first of each file decoded) — the first row of
+    /// each file, or every row with `all_rows`. Other datasets pass (they are checked when
+    /// loaded). What `rkd check` and `rkd run` do before any stage starts.
+    pub fn check(ctor: &str, params: &Params, all_rows: bool) -> Result<(), DataError> {
+        let args = Args::new(ctor, params)?;
+        let label = args.str("label");
+        let text_row = |_: &Path, cells: Vec<table::rows::Cell>| -> Result<(), (usize, String)> {
+            for (i, cell) in cells.into_iter().enumerate() {
+                match i {
+                    1 => table::Label::from_cell(cell).map(drop),
+                    _ => table::text_of(cell).map(drop),
+                }
+                .map_err(|e| (i, e))?;
+            }
+            Ok(())
+        };
+        let decoded = std::sync::Mutex::new(std::collections::HashSet::new());
+        let image_row = |file: &Path, mut cells: Vec<table::rows::Cell>| -> Result<(), (usize, String)> {
+            let label = cells.pop().unwrap_or(table::rows::Cell::Null);
+            let image = cells.pop().unwrap_or(table::rows::Cell::Null);
+            // The first image of each file is decoded; the rest are decoded when loaded.
+            let first = decoded
+                .lock()
+                .map(|mut d| d.insert(file.to_path_buf()))
+                .unwrap_or(false);
+            image_table::check_cell(image, file, first).map_err(|e| (0, e))?;
+            table::Label::from_cell(label).map(drop).map_err(|e| (1, e))
+        };
+        let (columns, row): (Vec<String>, table::RowCheck) = match ctor {
+            "text_table" => {
+                let mut columns = vec![args.str("text")?, label?];
+                columns.extend(args.opt_str("text_pair")?);
+                (columns, &text_row)
+            }
+            "image_table" => (vec![args.str("image")?, label?], &image_row),
+            _ => return Ok(()),
+        };
+        let format = table_format(&args)?;
+        let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+        for files in table::split_files(&args.path("path")?)?.values() {
+            table::check_split(files, format, &columns, all_rows, row)?;
+        }
+        Ok(())
     }
 
     /// Moves `fraction` of each class's training examples (at least one per class that has two
@@ -296,36 +403,38 @@ impl Dataset {
         })
     }
 
-    fn load_text_table(args: &Args, opts: &LoadOptions) -> Result<Dataset, DataError> {
-        let dir = args.path("path")?;
+    /// A `text_table`, or a text `hf_dataset` once fetched: the table in `dir`.
+    fn load_text_table(args: &Args, opts: &LoadOptions, dir: &Path) -> Result<Dataset, DataError> {
         let max_len = args.usize("max_len")?;
         let vocab_size = args.usize("vocab_size")?;
-        let (text, label) = (args.str("text")?, args.str("label")?);
+        let (text, label, pair) = (args.str("text")?, args.str("label")?, args.opt_str("text_pair")?);
         let columns = table::Columns {
             text: &text,
+            pair: pair.as_deref(),
             label: &label,
         };
-        let format = match args.opt_str("format")? {
-            Some(word) => Some(table::Format::from_word(&word).ok_or_else(|| {
-                DataError::new(format!("text_table: format must be csv, tsv or jsonl, got \"{word}\""))
-            })?),
-            None => None,
-        };
-        let files = table::split_files(&dir)?;
+        let format = table_format(args)?;
+        let files = table::split_files(dir)?;
         let mut read = BTreeMap::new();
         for (name, paths) in &files {
             read.insert(*name, table::read_split(paths, format, columns)?);
         }
         let train = &read[&SplitName::Train];
-        let classes = table::classes(train, &files[&SplitName::Train][0])?;
+        let classes = table::classes(&train.labels, &files[&SplitName::Train][0])?;
         let tokenizer = match &opts.tokenizer_dir {
             Some(d) => Tokenizer::from_dir(d)?,
-            None => Tokenizer::train_wordpiece(&train.texts, vocab_size)?,
+            None => {
+                let corpus: Vec<&String> = train.texts.iter().chain(&train.pairs).collect();
+                Tokenizer::train_wordpiece(&corpus, vocab_size)?
+            }
         };
         let mut splits: [Option<Split>; 4] = [None, None, None, None];
         for (name, split) in read {
-            let labels = table::label_ids(&split, &classes, name, &files[&name][0])?;
-            splits[name.index()] = Some(text_split(&tokenizer, split.texts, labels, max_len));
+            let labels = table::label_ids(&split.labels, &classes, name, &files[&name][0])?;
+            splits[name.index()] = Some(match pair {
+                Some(_) => pair_split(&tokenizer, split.texts, split.pairs, labels, max_len),
+                None => text_split(&tokenizer, split.texts, labels, max_len),
+            });
         }
         Ok(Dataset {
             classes: classes.iter().map(table::label_name).collect(),
@@ -360,6 +469,30 @@ impl Dataset {
         })
     }
 
+    /// An `image_table`, or an image `hf_dataset` once fetched: the table in `dir`.
+    fn load_image_table(args: &Args, dir: &Path) -> Result<Dataset, DataError> {
+        let image_size = args.usize("image_size")?;
+        let (image, label) = (args.str("image")?, args.str("label")?);
+        let read = image_table::load(dir, &image, &label, table_format(args)?, image_size)?;
+        let mut splits: [Option<Split>; 4] = [None, None, None, None];
+        for (name, images, labels) in read.splits {
+            splits[name.index()] = Some(Split {
+                examples: Examples::Images(images),
+                labels,
+            });
+        }
+        Ok(Dataset {
+            classes: read.classes,
+            kind: DataKind::Images {
+                image_size,
+                channels: 3,
+            },
+            tokenizer: None,
+            splits,
+            augment: args.bool("augment")?,
+        })
+    }
+
     fn load_synthetic_text(args: &Args) -> Result<Dataset, DataError> {
         let spec = synthetic_text::TextSpec {
             seed: args.u64("seed")?,
@@ -376,6 +509,7 @@ impl Dataset {
             examples: Examples::Text {
                 ids: s.ids,
                 texts: s.texts,
+                segments: Vec::new(),
             },
             labels: s.labels,
         };
@@ -514,9 +648,9 @@ impl Dataset {
         Ok(chunks.into_iter().map(move |idx| {
             let s = self.split(split).expect("a split with examples exists");
             match (&s.examples, &self.kind) {
-                (Examples::Text { ids, .. }, DataKind::Text { max_len }) => {
+                (Examples::Text { ids, segments, .. }, DataKind::Text { max_len }) => {
                     let pad = self.tokenizer.as_ref().map_or(0, |t| t.pad_id());
-                    batch::text_batch(ids, &s.labels, &idx, pad, *max_len, device)
+                    batch::text_batch(ids, segments, &s.labels, &idx, pad, *max_len, device)
                 }
                 (Examples::Images(imgs), DataKind::Images { image_size, .. }) => {
                     let side = *image_size;

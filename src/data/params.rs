@@ -20,7 +20,7 @@ impl<'a> Args<'a> {
             .filter(|s| s.kind == crate::registry::OpKind::Dataset)
             .ok_or_else(|| {
                 DataError::new(format!(
-                    "`{ctor}` is not a dataset constructor (expected glue_sst2, text_table, image_folder, synthetic_text or synthetic_images)"
+                    "`{ctor}` is not a dataset constructor (expected glue_sst2, text_table, image_folder, image_table, hf_dataset, synthetic_text or synthetic_images)"
                 ))
             })?;
         Ok(Args { schema, params })
@@ -35,6 +35,7 @@ impl<'a> Args<'a> {
             Some(D::Int(i)) => Ok(Value::Int(*i)),
             Some(D::Float(f)) => Ok(Value::Float(*f)),
             Some(D::Bool(b)) => Ok(Value::Bool(*b)),
+            Some(D::Str(s)) => Ok(Value::str(s)),
             _ => Err(DataError::new(format!(
                 "{}: missing argument `{name}`",
                 self.schema.name

@@ -186,6 +186,33 @@ impl Tokenizer {
         ids
     }
 
+    /// Sentence-pair input `[CLS] a… [SEP] b… [SEP]`, at most `max_len` ids (below 3 counts as
+    /// 3), and where `b`'s segment starts (its token type is 1 from there). Too long a pair is
+    /// cut from the end of the longer text, one token at a time (BERT's `longest_first`).
+    pub fn encode_pair(&self, a: &str, b: &str, max_len: usize) -> (Vec<u32>, u32) {
+        let max_len = max_len.max(3);
+        let pieces = |t: &str| match self.inner.encode(t, false) {
+            Ok(enc) => enc.get_ids().to_vec(),
+            Err(_) => vec![self.unk],
+        };
+        let (mut pa, mut pb) = (pieces(a), pieces(b));
+        while pa.len() + pb.len() > max_len - 3 {
+            if pa.len() > pb.len() {
+                pa.pop();
+            } else {
+                pb.pop();
+            }
+        }
+        let mut ids = Vec::with_capacity(pa.len() + pb.len() + 3);
+        ids.push(self.cls);
+        ids.extend_from_slice(&pa);
+        ids.push(self.sep);
+        let start = ids.len() as u32;
+        ids.extend_from_slice(&pb);
+        ids.push(self.sep);
+        (ids, start)
+    }
+
     /// The tokens of `ids` joined back into text (special tokens dropped).
     pub fn decode(&self, ids: &[u32]) -> String {
         self.inner.decode(ids, true).unwrap_or_default()
@@ -324,6 +351,21 @@ mod tests {
         assert_eq!(tk.encode("t50 [MASK]", 8), vec![2, 1, 4, 3]);
         assert_eq!(tk.pad_id(), 0);
         assert!(Tokenizer::identity(5).is_err());
+    }
+
+    #[test]
+    fn a_pair_is_cut_from_the_longer_text_and_marks_where_the_second_starts() {
+        let tk = Tokenizer::identity(50).unwrap();
+        assert_eq!(tk.encode_pair("t7 t8", "t9", 16), (vec![2, 7, 8, 3, 9, 3], 4));
+        // 8 ids: 5 pieces fit; the longer first text loses its tail.
+        assert_eq!(
+            tk.encode_pair("t10 t11 t12 t13 t14", "t20 t21", 8),
+            (vec![2, 10, 11, 12, 3, 20, 21, 3], 5)
+        );
+        assert_eq!(
+            tk.encode_pair("t10 t11", "t20 t21 t22 t23", 7),
+            (vec![2, 10, 11, 3, 20, 21, 3], 4)
+        );
     }
 
     #[test]

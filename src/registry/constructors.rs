@@ -281,32 +281,47 @@ crate::keywords! {
         Tsv = "tsv",
         /// One JSON object per line.
         Jsonl = "jsonl",
+        /// Apache Parquet (the Hugging Face Hub's format).
+        Parquet = "parquet",
     }
 }
 
-/// `text_table`: labelled text in CSV, TSV or JSON Lines files named by split.
+/// `format:` of a table.
+const TABLE_FORMAT: ParamSchema = p(
+    "format",
+    Ty::Enum(TableFormat::WORDS),
+    D::Optional,
+    None,
+    "csv, tsv, jsonl or parquet (default: from each file's extension)",
+);
+
+/// A table's label column.
+const LABEL_COLUMN: ParamSchema = p(
+    "label",
+    Ty::Str,
+    D::Required,
+    None,
+    "the column holding the label: integers, or strings (classes in sorted order)",
+);
+
+/// `text_table`: labelled text in CSV, TSV, JSON Lines or Parquet files named by split.
 pub static TEXT_TABLE: OpSchema = OpSchema {
     name: "text_table",
     kind: OpKind::Dataset,
     version: 1,
-    doc: "Labelled text in CSV, TSV or JSON Lines: train.*, validation.* (or dev.*), test.* in the directory or its data/, shards train-00000-of-00002.* too.",
+    doc: "Labelled text in CSV, TSV, JSON Lines or Parquet: train.*, validation.* (or dev.*), test.* in the directory or its data/, shards train-00000-of-00002.* too.",
     params: &[
         DATA_DIR,
         p("text", Ty::Str, D::Required, None, "the column (or JSON field) holding the text"),
         p(
-            "label",
+            "text_pair",
             Ty::Str,
-            D::Required,
-            None,
-            "the column holding the label: integers, or strings (classes in sorted order)",
-        ),
-        p(
-            "format",
-            Ty::Enum(TableFormat::WORDS),
             D::Optional,
             None,
-            "csv, tsv or jsonl (default: from each file's extension)",
+            "a second text column: sentence-pair input [CLS] text [SEP] pair [SEP] with token types",
         ),
+        LABEL_COLUMN,
+        TABLE_FORMAT,
         p(
             "max_len",
             Ty::Int,
@@ -347,6 +362,130 @@ pub static IMAGE_FOLDER: OpSchema = OpSchema {
     ],
     derive: None,
     check: None,
+};
+
+/// `image_table`: labelled images listed in a table (the Hub's Parquet layout).
+pub static IMAGE_TABLE: OpSchema = OpSchema {
+    name: "image_table",
+    kind: OpKind::Dataset,
+    version: 1,
+    doc: "Labelled images in a table (Parquet as the Hub stores Beans, or CSV/JSON Lines): the image column holds the encoded file ({bytes, path} struct or bytes) or a path relative to the table file.",
+    params: &[
+        DATA_DIR,
+        p(
+            "image",
+            Ty::Str,
+            D::Required,
+            None,
+            "the column holding each image: encoded bytes, the Hub's {bytes, path} struct, or a file path",
+        ),
+        LABEL_COLUMN,
+        TABLE_FORMAT,
+        p(
+            "image_size",
+            Ty::Int,
+            D::Int(224),
+            Some(Range::closed(8.0, 4096.0)),
+            "images are resized to this side",
+        ),
+        p(
+            "augment",
+            Ty::Bool,
+            D::Bool(true),
+            None,
+            "random flips and crops on the training split",
+        ),
+        HOLDOUT,
+    ],
+    derive: None,
+    check: None,
+};
+
+fn check_hf_dataset(params: &Params) -> Vec<ArgProblem> {
+    match (params.contains_key("text"), params.contains_key("image")) {
+        (true, true) => vec![(
+            "image",
+            "give `text:` for a text dataset or `image:` for an image dataset, not both".to_string(),
+        )],
+        (false, false) => vec![(
+            "repo",
+            "name the column to read: `text:` (a text dataset) or `image:` (an image dataset)".to_string(),
+        )],
+        (false, true) if params.contains_key("text_pair") => {
+            vec![(
+                "text_pair",
+                "`text_pair:` is for text datasets (with `text:`)".to_string(),
+            )]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// `hf_dataset`: a dataset repository of the Hugging Face Hub, read as a text or image table.
+pub static HF_DATASET: OpSchema = OpSchema {
+    name: "hf_dataset",
+    kind: OpKind::Dataset,
+    version: 1,
+    doc: "A Hugging Face Hub dataset (its Parquet split files), fetched into the Hugging Face cache when first used and read as text_table (text:) or image_table (image:); HF_HUB_OFFLINE=1 reads the cache alone.",
+    params: &[
+        p(
+            "repo",
+            Ty::Str,
+            D::Required,
+            None,
+            "the dataset repository, e.g. \"stanfordnlp/sst2\"",
+        ),
+        p(
+            "config",
+            Ty::Str,
+            D::Optional,
+            None,
+            "the configuration (subset) folder, e.g. \"sst2\" of \"nyu-mll/glue\"",
+        ),
+        p(
+            "revision",
+            Ty::Str,
+            D::Str("main"),
+            None,
+            "branch, tag or commit (a commit hash pins the data and needs no network once cached)",
+        ),
+        p("text", Ty::Str, D::Optional, None, "the text column (a text dataset)"),
+        p(
+            "text_pair",
+            Ty::Str,
+            D::Optional,
+            None,
+            "a second text column (sentence pairs)",
+        ),
+        p("image", Ty::Str, D::Optional, None, "the image column (an image dataset)"),
+        LABEL_COLUMN,
+        TABLE_FORMAT,
+        p(
+            "max_len",
+            Ty::Int,
+            D::Int(128),
+            Some(Range::closed(8.0, 512.0)),
+            "tokens per example (text)",
+        ),
+        WORDPIECE_VOCAB,
+        p(
+            "image_size",
+            Ty::Int,
+            D::Int(224),
+            Some(Range::closed(8.0, 4096.0)),
+            "images are resized to this side (images)",
+        ),
+        p(
+            "augment",
+            Ty::Bool,
+            D::Bool(true),
+            None,
+            "random flips and crops on the training split (images)",
+        ),
+        HOLDOUT,
+    ],
+    derive: None,
+    check: Some(check_hf_dataset),
 };
 
 /// `synthetic_text`: a generated, seeded text classification task.

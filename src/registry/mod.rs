@@ -36,6 +36,8 @@ pub static REGISTRY: &[&OpSchema] = &[
     &constructors::GLUE_SST2,
     &constructors::TEXT_TABLE,
     &constructors::IMAGE_FOLDER,
+    &constructors::IMAGE_TABLE,
+    &constructors::HF_DATASET,
     &constructors::SYNTHETIC_TEXT,
     &constructors::SYNTHETIC_IMAGES,
     &functions::ENV,

@@ -1,6 +1,8 @@
 //! A small builder for running the `rkd` binary on files in a temporary directory.
 #![allow(dead_code)]
 
+pub mod parquet;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

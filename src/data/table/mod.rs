@@ -1,17 +1,23 @@
-//! Tables of labelled text in the formats people keep them in: CSV, TSV and JSON Lines, one file
-//! (or several shards) per split, named by the split as the Hugging Face Hub lays them out.
+//! Tables of labelled examples in the formats people keep them in: CSV, TSV, JSON Lines and
+//! Parquet, one file (or several shards) per split, named by the split as the Hugging Face Hub
+//! lays them out.
 //!
 //! A directory holds `train.*`, `validation.*` (or `dev.*`) and `test.*` — directly or in a
-//! `data/` subfolder — each possibly sharded (`train-00000-of-00002.csv`, shards read in name
-//! order). The format comes from the extension (`.csv`, `.tsv`, `.jsonl`/`.json`) unless given.
-//! Labels may be integers or strings; the classes are the training split's distinct labels in
-//! sorted order (numerically for integers), so the same table always gives the same class ids.
+//! `data/` subfolder — each possibly sharded (`train-00000-of-00002.parquet`, shards read in name
+//! order). The format comes from the extension (`.csv`, `.tsv`, `.jsonl`/`.json`, `.parquet`)
+//! unless given. Labels may be integers or strings; the classes are the training split's distinct
+//! labels in sorted order (numerically for integers), so the same table always gives the same
+//! class ids.
+
+pub mod parquet;
+pub mod rows;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::error::DataError;
 use super::SplitName;
+use rows::{Cell, Flow};
 
 /// How a table file is written (`format:`; declared with the constructor's arguments).
 pub use crate::registry::TableFormat as Format;
@@ -23,8 +29,14 @@ impl Format {
             "csv" => Some(Format::Csv),
             "tsv" => Some(Format::Tsv),
             "jsonl" | "json" | "ndjson" => Some(Format::Jsonl),
+            "parquet" | "pq" => Some(Format::Parquet),
             _ => None,
         }
+    }
+
+    /// The format of `path`: `given` (`format:`), else its extension's, else CSV.
+    pub fn for_file(path: &Path, given: Option<Format>) -> Format {
+        given.or_else(|| Format::of(path)).unwrap_or(Format::Csv)
     }
 }
 
@@ -37,11 +49,45 @@ pub enum Label {
     Str(String),
 }
 
-/// One split of a table: its texts and labels, in file order.
+impl Label {
+    /// A label cell: an integer (a boolean counts as 0/1), or text (that reads as an integer
+    /// when it is one, so the same rows as CSV and as JSON Lines give the same classes).
+    pub fn from_cell(cell: Cell) -> Result<Label, String> {
+        match cell {
+            Cell::Int(i) => Ok(Label::Int(i)),
+            Cell::Bool(b) => Ok(Label::Int(i64::from(b))),
+            Cell::Text(s) => {
+                let s = s.trim();
+                if s.is_empty() {
+                    return Err("empty label".to_string());
+                }
+                Ok(s.parse::<i64>().map_or_else(|_| Label::Str(s.to_string()), Label::Int))
+            }
+            Cell::Null => Err("empty label (null)".to_string()),
+            other => Err(format!(
+                "must be an integer or a string label, got {}",
+                other.describe()
+            )),
+        }
+    }
+}
+
+/// A text cell: text, or bytes that are UTF-8. Empty text is allowed; a null is not.
+pub fn text_of(cell: Cell) -> Result<String, String> {
+    match cell {
+        Cell::Text(s) => Ok(s),
+        Cell::Bytes(b) => String::from_utf8(b).map_err(|_| "not valid UTF-8 text".to_string()),
+        other => Err(format!("must be text, got {}", other.describe())),
+    }
+}
+
+/// One split of a table: its texts (and second texts of a pair) and labels, in file order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TableSplit {
     /// The text column.
     pub texts: Vec<String>,
+    /// The second text of each example (`text_pair:`), else empty.
+    pub pairs: Vec<String>,
     /// The label column.
     pub labels: Vec<Label>,
 }
@@ -51,8 +97,18 @@ pub struct TableSplit {
 pub struct Columns<'a> {
     /// The text column's name.
     pub text: &'a str,
+    /// The second text column of sentence-pair input.
+    pub pair: Option<&'a str>,
     /// The label column's name.
     pub label: &'a str,
+}
+
+impl Columns<'_> {
+    fn names(&self) -> Vec<&str> {
+        let mut v = vec![self.text, self.label];
+        v.extend(self.pair);
+        v
+    }
 }
 
 /// The files of each split in a table directory (shards in name order).
@@ -66,7 +122,7 @@ pub fn split_files(dir: &Path) -> Result<BTreeMap<SplitName, Vec<PathBuf>>, Data
         return Err(DataError::file(
             dir,
             format!(
-                "{why} (text_table expects a directory with train.csv, validation.csv, test.csv, or the same in data/)"
+                "{why} (a table is a directory with train.csv, validation.csv, test.csv — or .tsv, .jsonl, .parquet — or the same in data/)"
             ),
         ));
     }
@@ -102,7 +158,7 @@ pub fn split_files(dir: &Path) -> Result<BTreeMap<SplitName, Vec<PathBuf>>, Data
         return Err(DataError::file(
             dir,
             format!(
-                "no training split: expected a file named train.csv, train.tsv or train.jsonl (or train-*-of-*) here or in data/{}",
+                "no training split: expected a file named train.csv, train.tsv, train.jsonl or train.parquet (or train-*-of-*) here or in data/{}",
                 if names.is_empty() {
                     String::new()
                 } else {
@@ -117,131 +173,72 @@ pub fn split_files(dir: &Path) -> Result<BTreeMap<SplitName, Vec<PathBuf>>, Data
 /// Reads one split from its files (`format` overrides the extensions).
 pub fn read_split(files: &[PathBuf], format: Option<Format>, columns: Columns) -> Result<TableSplit, DataError> {
     let mut split = TableSplit::default();
+    let names = columns.names();
     for path in files {
-        let format = format.or_else(|| Format::of(path)).unwrap_or(Format::Csv);
-        match format {
-            Format::Csv => read_delimited(path, b',', columns, &mut split)?,
-            Format::Tsv => read_delimited(path, b'\t', columns, &mut split)?,
-            Format::Jsonl => read_jsonl(path, columns, &mut split)?,
-        }
+        let format = Format::for_file(path, format);
+        rows::read_rows(path, format, &names, &mut |place, cells| {
+            let mut cells = cells.into_iter();
+            let mut next = |column: &str| {
+                let cell = cells.next().unwrap_or(Cell::Null);
+                (cell, column.to_string())
+            };
+            let bad = |column: &str, e: String| place.error(path, format!("column `{column}`: {e}"));
+            let (text, c) = next(columns.text);
+            split.texts.push(text_of(text).map_err(|e| bad(&c, e))?);
+            let (label, c) = next(columns.label);
+            split.labels.push(Label::from_cell(label).map_err(|e| bad(&c, e))?);
+            if let Some(pair) = columns.pair {
+                let (text, c) = next(pair);
+                split.pairs.push(text_of(text).map_err(|e| bad(&c, e))?);
+            }
+            Ok(Flow::Continue(()))
+        })?;
     }
     if split.texts.is_empty() {
-        let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
-        return Err(DataError::new(format!("{}: empty split (no rows)", names.join(", "))));
+        return Err(empty_split(files));
     }
     Ok(split)
 }
 
-/// A label cell of a CSV/TSV file: an integer, or else a string.
-fn cell_label(cell: &str) -> Option<Label> {
-    let cell = cell.trim();
-    if cell.is_empty() {
-        return None;
-    }
-    Some(match cell.parse::<i64>() {
-        Ok(i) => Label::Int(i),
-        Err(_) => Label::Str(cell.to_string()),
-    })
+/// The error for a split whose files hold no rows.
+pub fn empty_split(files: &[PathBuf]) -> DataError {
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    DataError::new(format!("{}: empty split (no rows)", names.join(", ")))
 }
 
-fn read_delimited(path: &Path, delimiter: u8, columns: Columns, out: &mut TableSplit) -> Result<(), DataError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .from_path(path)
-        .map_err(|e| csv_error(path, e))?;
-    let headers = reader.headers().map_err(|e| csv_error(path, e))?.clone();
-    let index = |name: &str| -> Result<usize, DataError> {
-        headers.iter().position(|h| h.trim() == name).ok_or_else(|| {
-            let have: Vec<&str> = headers.iter().collect();
-            DataError::at(
-                path,
-                1,
-                format!("no column `{name}`; the columns are {}", have.join(", ")),
-            )
-        })
-    };
-    let (text, label) = (index(columns.text)?, index(columns.label)?);
-    for record in reader.records() {
-        let record = record.map_err(|e| csv_error(path, e))?;
-        let line = record.position().map_or(0, |p| p.line() as usize);
-        let text = record.get(text).unwrap_or_default();
-        let label = cell_label(record.get(label).unwrap_or_default())
-            .ok_or_else(|| DataError::at(path, line, format!("column `{}`: empty label", columns.label)))?;
-        out.texts.push(text.to_string());
-        out.labels.push(label);
-    }
-    Ok(())
-}
+/// A check of a row's cells: `Err((column index, why))` for a bad one; given the table file
+/// (an image path is relative to it).
+pub type RowCheck<'a> = &'a dyn Fn(&Path, Vec<Cell>) -> Result<(), (usize, String)>;
 
-/// A CSV reader's error, with the file and line.
-fn csv_error(path: &Path, e: csv::Error) -> DataError {
-    let line = e.position().map(|p| p.line() as usize);
-    let message = match e.kind() {
-        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
-            format!("a row with {len} fields, where the header has {expected_len}")
-        }
-        csv::ErrorKind::Utf8 { .. } => "not valid UTF-8 text".to_string(),
-        csv::ErrorKind::Io(io) => return DataError::io(path, io),
-        _ => e.to_string(),
-    };
-    match line {
-        Some(l) => DataError::at(path, l, message),
-        None => DataError::file(path, message),
+/// Checks a split without loading it: its files open, have the columns, and their rows pass
+/// `row` — the first row of each file, or every row when `all_rows`. What `rkd check` (first
+/// rows) and `rkd run` (every row, before any stage starts) do.
+pub fn check_split(
+    files: &[PathBuf],
+    format: Option<Format>,
+    columns: &[&str],
+    all_rows: bool,
+    row: RowCheck,
+) -> Result<(), DataError> {
+    let mut any = false;
+    for path in files {
+        let format = Format::for_file(path, format);
+        rows::read_rows(path, format, columns, &mut |place, cells| {
+            any = true;
+            row(path, cells).map_err(|(i, e)| place.error(path, format!("column `{}`: {e}", columns[i])))?;
+            Ok(if all_rows { Flow::Continue(()) } else { Flow::Break(()) })
+        })?;
     }
-}
-
-fn read_jsonl(path: &Path, columns: Columns, out: &mut TableSplit) -> Result<(), DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidData => DataError::file(path, "not valid UTF-8 text"),
-        _ => DataError::io(path, &e),
-    })?;
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let row: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(line).map_err(|e| DataError::at(path, n, format!("not a JSON object: {e}")))?;
-        let field = |name: &str| {
-            row.get(name).ok_or_else(|| {
-                let have: Vec<&str> = row.keys().map(String::as_str).collect();
-                DataError::at(path, n, format!("no field `{name}`; the row has {}", have.join(", ")))
-            })
-        };
-        let text = match field(columns.text)? {
-            serde_json::Value::String(s) => s.clone(),
-            other => {
-                return Err(DataError::at(
-                    path,
-                    n,
-                    format!("field `{}` must be a string, got {other}", columns.text),
-                ))
-            }
-        };
-        let label = match field(columns.label)? {
-            serde_json::Value::Number(x) if x.as_i64().is_some() => Label::Int(x.as_i64().unwrap_or_default()),
-            serde_json::Value::String(s) if !s.is_empty() => Label::Str(s.clone()),
-            other => {
-                return Err(DataError::at(
-                    path,
-                    n,
-                    format!(
-                        "field `{}` must be an integer or a string label, got {other}",
-                        columns.label
-                    ),
-                ))
-            }
-        };
-        out.texts.push(text);
-        out.labels.push(label);
+    if !any {
+        return Err(empty_split(files));
     }
     Ok(())
 }
 
 /// The classes of a table: the training split's distinct labels, sorted (integers numerically,
 /// strings by bytes); a table must not mix the two.
-pub fn classes(train: &TableSplit, where_: &Path) -> Result<Vec<Label>, DataError> {
-    let set: BTreeSet<&Label> = train.labels.iter().collect();
+pub fn classes(train: &[Label], where_: &Path) -> Result<Vec<Label>, DataError> {
+    let set: BTreeSet<&Label> = train.iter().collect();
     let ints = set.iter().filter(|l| matches!(l, Label::Int(_))).count();
     if ints > 0 && ints < set.len() {
         return Err(DataError::file(
@@ -262,9 +259,8 @@ pub fn classes(train: &TableSplit, where_: &Path) -> Result<Vec<Label>, DataErro
 }
 
 /// A split's labels as class ids; a label the training split does not have is an error.
-pub fn label_ids(split: &TableSplit, classes: &[Label], name: SplitName, where_: &Path) -> Result<Vec<u32>, DataError> {
-    split
-        .labels
+pub fn label_ids(labels: &[Label], classes: &[Label], name: SplitName, where_: &Path) -> Result<Vec<u32>, DataError> {
+    labels
         .iter()
         .enumerate()
         .map(|(i, l)| {
@@ -296,6 +292,7 @@ mod tests {
 
     const COLS: Columns = Columns {
         text: "sentence",
+        pair: None,
         label: "label",
     };
 
@@ -357,9 +354,12 @@ mod tests {
         assert_eq!(a.labels, [Label::Str("pos".into()), Label::Str("neg".into())]);
         assert_eq!(read(&tsv), a);
         assert_eq!(read(&jsonl), a);
-        let classes = classes(&a, tmp.path()).unwrap();
+        let classes = classes(&a.labels, tmp.path()).unwrap();
         assert_eq!(classes, [Label::Str("neg".into()), Label::Str("pos".into())]);
-        assert_eq!(label_ids(&a, &classes, SplitName::Train, tmp.path()).unwrap(), [1, 0]);
+        assert_eq!(
+            label_ids(&a.labels, &classes, SplitName::Train, tmp.path()).unwrap(),
+            [1, 0]
+        );
     }
 
     #[test]
@@ -367,9 +367,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let p = write(tmp.path(), "t.csv", "sentence,label\na,10\nb,2\nc,10\n");
         let s = read_split(&[p], None, COLS).unwrap();
-        let c = classes(&s, tmp.path()).unwrap();
+        let c = classes(&s.labels, tmp.path()).unwrap();
         assert_eq!(c, [Label::Int(2), Label::Int(10)]);
-        assert_eq!(label_ids(&s, &c, SplitName::Train, tmp.path()).unwrap(), [1, 0, 1]);
+        assert_eq!(
+            label_ids(&s.labels, &c, SplitName::Train, tmp.path()).unwrap(),
+            [1, 0, 1]
+        );
         assert_eq!(c.iter().map(label_name).collect::<Vec<_>>(), ["2", "10"]);
     }
 
@@ -387,7 +390,7 @@ mod tests {
         );
         let e = err("b.csv", "sentence,label\nx,1\ny\n");
         assert!(
-            e.contains("b.csv:3") && e.contains("a row with 1 fields, where the header has 2"),
+            e.contains("b.csv:3") && e.contains("a row with 1 field, where the header has 2"),
             "{e}"
         );
         let e = err("c.csv", "sentence,label\n");
@@ -406,29 +409,28 @@ mod tests {
         let mixed = TableSplit {
             texts: vec!["a".into(), "b".into()],
             labels: vec![Label::Int(1), Label::Str("x".into())],
+            ..Default::default()
         };
-        assert!(classes(&mixed, tmp.path()).unwrap_err().to_string().contains("mix"));
+        assert!(classes(&mixed.labels, tmp.path())
+            .unwrap_err()
+            .to_string()
+            .contains("mix"));
         let one = TableSplit {
             texts: vec!["a".into()],
             labels: vec![Label::Int(1)],
+            ..Default::default()
         };
-        let c = classes(
-            &TableSplit {
-                texts: vec!["a".into(), "b".into()],
-                labels: vec![Label::Int(0), Label::Int(1)],
-            },
-            tmp.path(),
-        )
-        .unwrap();
+        let c = classes(&[Label::Int(0), Label::Int(1)], tmp.path()).unwrap();
         let unseen = TableSplit {
             texts: vec!["a".into()],
             labels: vec![Label::Int(7)],
+            ..Default::default()
         };
-        let e = label_ids(&unseen, &c, SplitName::Validation, tmp.path())
+        let e = label_ids(&unseen.labels, &c, SplitName::Validation, tmp.path())
             .unwrap_err()
             .to_string();
         assert!(e.contains("row 1 of the validation split has label 7"), "{e}");
-        assert!(classes(&one, tmp.path())
+        assert!(classes(&one.labels, tmp.path())
             .unwrap_err()
             .to_string()
             .contains("at least 2"));

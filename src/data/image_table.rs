@@ -1,0 +1,189 @@
+//! `image_table`: labelled images listed in a table (the Hub's layout for image datasets such as
+//! Beans): an image column holding the encoded file (the Hub's `{bytes, path}` struct, or plain
+//! bytes) or a path relative to the table file, and a label column, split files named as for
+//! [`super::table`].
+//!
+//! Rows are read in chunks and each chunk is decoded in parallel, so only the resized RGB images
+//! stay in memory, never the whole table's encoded bytes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::error::DataError;
+use super::pixels::resize_square;
+use super::table::rows::{self, Cell, Flow, Place};
+use super::table::{self, Format, Label};
+use super::SplitName;
+
+/// Rows decoded together (in parallel).
+const CHUNK: usize = 256;
+
+/// The image table's splits, decoded, with the classes (the training split's labels, sorted).
+#[derive(Debug, Clone)]
+pub struct ImageTable {
+    /// Class names, indexed by label.
+    pub classes: Vec<String>,
+    /// The splits present, in `SplitName` order: RGB bytes `[side, side, 3]` and class ids.
+    pub splits: Vec<(SplitName, Vec<Vec<u8>>, Vec<u32>)>,
+}
+
+/// Where one row's image is.
+enum Source {
+    /// The encoded file, embedded in the table.
+    Bytes(Vec<u8>),
+    /// A file, relative to the table file.
+    File(PathBuf),
+}
+
+/// One row, read but not decoded yet.
+struct Pending {
+    place: Place,
+    file: PathBuf,
+    source: Source,
+}
+
+/// The image of a cell: embedded bytes first, else a path relative to the table's folder.
+fn source(cell: Cell, table_dir: &Path) -> Result<Source, String> {
+    match cell {
+        Cell::Bytes(b) => Ok(Source::Bytes(b)),
+        Cell::Image { bytes: Some(b), .. } => Ok(Source::Bytes(b)),
+        Cell::Image {
+            bytes: None,
+            path: Some(p),
+        }
+        | Cell::Text(p) => {
+            if p.trim().is_empty() {
+                return Err("empty image path".to_string());
+            }
+            Ok(Source::File(table_dir.join(p)))
+        }
+        other => Err(format!(
+            "must hold an image (encoded bytes, the Hub's {{bytes, path}} struct, or a file path), got {}",
+            other.describe()
+        )),
+    }
+}
+
+/// Checks an image cell of the table file `file`: it names an image (embedded, or a file that
+/// exists), and with `decode` the image decodes.
+pub fn check_cell(cell: Cell, file: &Path, decode: bool) -> Result<(), String> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let img = match source(cell, dir)? {
+        Source::File(f) if !decode => {
+            return match f.is_file() {
+                true => Ok(()),
+                false => Err(format!("no image file {}", f.display())),
+            }
+        }
+        _ if !decode => return Ok(()),
+        Source::Bytes(b) => image::load_from_memory(&b),
+        Source::File(f) => image::ImageReader::open(&f)
+            .map_err(|e| format!("{}: {e}", f.display()))?
+            .with_guessed_format()
+            .map_err(|e| format!("{}: {e}", f.display()))?
+            .decode(),
+    };
+    img.map(drop).map_err(|e| format!("cannot decode the image: {e}"))
+}
+
+/// Decodes one image as RGB resized to `side`×`side`.
+fn decode(p: &Pending, column: &str, side: u32) -> Result<Vec<u8>, DataError> {
+    let img = match &p.source {
+        Source::Bytes(b) => image::load_from_memory(b),
+        Source::File(f) => {
+            let reader = image::ImageReader::open(f).map_err(|e| {
+                p.place
+                    .error(&p.file, format!("column `{column}`: {}: {e}", f.display()))
+            })?;
+            reader
+                .with_guessed_format()
+                .map_err(|e| {
+                    p.place
+                        .error(&p.file, format!("column `{column}`: {}: {e}", f.display()))
+                })?
+                .decode()
+        }
+    }
+    .map_err(|e| {
+        p.place
+            .error(&p.file, format!("column `{column}`: cannot decode the image: {e}"))
+    })?;
+    Ok(resize_square(&img.to_rgb8(), side).into_raw())
+}
+
+/// Reads and decodes one split; labels stay as the table wrote them.
+fn read_split(
+    files: &[PathBuf],
+    format: Option<Format>,
+    image: &str,
+    label: &str,
+    side: u32,
+) -> Result<(Vec<Vec<u8>>, Vec<Label>), DataError> {
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    let mut pending: Vec<Pending> = Vec::with_capacity(CHUNK);
+    let flush = |pending: &mut Vec<Pending>, images: &mut Vec<Vec<u8>>| -> Result<(), DataError> {
+        let decoded: Vec<Result<Vec<u8>, DataError>> = pending.par_iter().map(|p| decode(p, image, side)).collect();
+        pending.clear();
+        for d in decoded {
+            images.push(d?);
+        }
+        Ok(())
+    };
+    for path in files {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        rows::read_rows(
+            path,
+            Format::for_file(path, format),
+            &[image, label],
+            &mut |place, cells| {
+                let mut cells = cells.into_iter();
+                let bad = |column: &str, e: String| place.error(path, format!("column `{column}`: {e}"));
+                let src = source(cells.next().unwrap_or(Cell::Null), dir).map_err(|e| bad(image, e))?;
+                labels.push(Label::from_cell(cells.next().unwrap_or(Cell::Null)).map_err(|e| bad(label, e))?);
+                pending.push(Pending {
+                    place,
+                    file: path.clone(),
+                    source: src,
+                });
+                if pending.len() == CHUNK {
+                    flush(&mut pending, &mut images)?;
+                }
+                Ok(Flow::Continue(()))
+            },
+        )?;
+    }
+    flush(&mut pending, &mut images)?;
+    if images.is_empty() {
+        return Err(table::empty_split(files));
+    }
+    Ok((images, labels))
+}
+
+/// Loads an image table: every split's images decoded and resized to `side`×`side`.
+pub fn load(
+    dir: &Path,
+    image: &str,
+    label: &str,
+    format: Option<Format>,
+    side: usize,
+) -> Result<ImageTable, DataError> {
+    let side = u32::try_from(side).map_err(|_| DataError::new(format!("image_size {side} is too large")))?;
+    let files = table::split_files(dir)?;
+    let mut read = BTreeMap::new();
+    for (name, paths) in &files {
+        read.insert(*name, read_split(paths, format, image, label, side)?);
+    }
+    let classes = table::classes(&read[&SplitName::Train].1, &files[&SplitName::Train][0])?;
+    let mut splits = Vec::new();
+    for (name, (images, labels)) in read {
+        let labels = table::label_ids(&labels, &classes, name, &files[&name][0])?;
+        splits.push((name, images, labels));
+    }
+    Ok(ImageTable {
+        classes: classes.iter().map(table::label_name).collect(),
+        splits,
+    })
+}

@@ -1,0 +1,267 @@
+//! Reading a table file row by row, whatever its format: the cells of the columns asked for.
+//!
+//! Files are streamed (a CSV or JSON Lines file line by line, a Parquet file row group by row
+//! group, only the columns asked for), so a large table never sits in memory as text.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use super::parquet;
+use super::Format;
+use crate::data::error::DataError;
+
+/// One cell of a row, as the file typed it (CSV and TSV cells are always text).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    /// A JSON `null` or a Parquet null.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// An integer of any width.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+    /// Text.
+    Text(String),
+    /// Raw bytes (a Parquet binary column).
+    Bytes(Vec<u8>),
+    /// An image as the Hugging Face Hub stores it: a struct of encoded `bytes` and/or a `path`.
+    Image {
+        /// The encoded file (PNG, JPEG), when the table embeds it.
+        bytes: Option<Vec<u8>>,
+        /// The image's file name or path.
+        path: Option<String>,
+    },
+    /// Anything else (a list, a date, a nested record): named for the error that follows.
+    Other(&'static str),
+}
+
+impl Cell {
+    /// What the cell is, for an error message: `an integer (3)`, `a float (1.5)`, `null`.
+    pub fn describe(&self) -> String {
+        match self {
+            Cell::Null => "null".to_string(),
+            Cell::Bool(b) => format!("a boolean ({b})"),
+            Cell::Int(i) => format!("an integer ({i})"),
+            Cell::Float(x) => format!("a float ({x})"),
+            Cell::Text(s) if s.chars().count() > 40 => {
+                format!("text (\"{}...\")", s.chars().take(40).collect::<String>())
+            }
+            Cell::Text(s) => format!("text (\"{s}\")"),
+            Cell::Bytes(b) => format!("{} bytes", b.len()),
+            Cell::Image { .. } => "an image struct".to_string(),
+            Cell::Other(what) => format!("a {what}"),
+        }
+    }
+}
+
+/// Where a row is in its file (1-based): a line of a text file, or a row of a Parquet file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A line of a CSV, TSV or JSON Lines file.
+    Line(usize),
+    /// A row of a Parquet file.
+    Row(usize),
+}
+
+impl Place {
+    /// An error about this row of `path`.
+    pub fn error(self, path: &Path, message: impl Into<String>) -> DataError {
+        match self {
+            Place::Line(n) => DataError::at(path, n, message),
+            Place::Row(n) => DataError::file(path, format!("row {n}: {}", message.into())),
+        }
+    }
+}
+
+/// What to do after a row: read on, or stop (a check that has seen enough).
+pub type Flow = std::ops::ControlFlow<()>;
+
+/// Calls `row` with the cells of `columns` (in that order) for each row of the file, in order,
+/// until it returns [`Flow::Break`]. A missing column is an error naming the columns there are.
+pub fn read_rows(
+    path: &Path,
+    format: Format,
+    columns: &[&str],
+    row: &mut dyn FnMut(Place, Vec<Cell>) -> Result<Flow, DataError>,
+) -> Result<(), DataError> {
+    match format {
+        Format::Csv => read_delimited(path, b',', columns, row),
+        Format::Tsv => read_delimited(path, b'\t', columns, row),
+        Format::Jsonl => read_jsonl(path, columns, row),
+        Format::Parquet => parquet::read_rows(path, columns, row),
+    }
+}
+
+/// The error for a column the file does not have, listing the ones it has.
+pub fn no_column(path: &Path, place: Place, name: &str, have: &[&str]) -> DataError {
+    place.error(path, format!("no column `{name}`; the columns are {}", have.join(", ")))
+}
+
+fn read_delimited(
+    path: &Path,
+    delimiter: u8,
+    columns: &[&str],
+    row: &mut dyn FnMut(Place, Vec<Cell>) -> Result<Flow, DataError>,
+) -> Result<(), DataError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .from_path(path)
+        .map_err(|e| csv_error(path, e))?;
+    let headers = reader.headers().map_err(|e| csv_error(path, e))?.clone();
+    let have: Vec<&str> = headers.iter().map(str::trim).collect();
+    let index: Vec<usize> = columns
+        .iter()
+        .map(|name| {
+            have.iter()
+                .position(|h| h == name)
+                .ok_or_else(|| no_column(path, Place::Line(1), name, &have))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut record = csv::StringRecord::new();
+    while reader.read_record(&mut record).map_err(|e| csv_error(path, e))? {
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        let cells = index
+            .iter()
+            .map(|&i| Cell::Text(record.get(i).unwrap_or_default().to_string()))
+            .collect();
+        if row(Place::Line(line), cells)?.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A CSV reader's error, with the file and line.
+fn csv_error(path: &Path, e: csv::Error) -> DataError {
+    let line = e.position().map(|p| p.line() as usize);
+    let message = match e.kind() {
+        csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+            let fields = if *len == 1 { "field" } else { "fields" };
+            format!("a row with {len} {fields}, where the header has {expected_len}")
+        }
+        csv::ErrorKind::Utf8 { .. } => "not valid UTF-8 text".to_string(),
+        csv::ErrorKind::Io(io) => return DataError::io(path, io),
+        _ => e.to_string(),
+    };
+    match line {
+        Some(l) => DataError::at(path, l, message),
+        None => DataError::file(path, message),
+    }
+}
+
+fn json_cell(v: &serde_json::Value) -> Cell {
+    use serde_json::Value as J;
+    match v {
+        J::Null => Cell::Null,
+        J::Bool(b) => Cell::Bool(*b),
+        J::Number(x) => match x.as_i64() {
+            Some(i) => Cell::Int(i),
+            None => Cell::Float(x.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Cell::Text(s.clone()),
+        J::Array(_) => Cell::Other("list"),
+        // An image given by its file, as the Hub writes an image without embedded bytes.
+        J::Object(o) => match o.get("path").and_then(J::as_str) {
+            Some(p) if o.keys().all(|k| k == "path" || k == "bytes") => Cell::Image {
+                bytes: None,
+                path: Some(p.to_string()),
+            },
+            _ => Cell::Other("JSON object"),
+        },
+    }
+}
+
+fn read_jsonl(
+    path: &Path,
+    columns: &[&str],
+    row: &mut dyn FnMut(Place, Vec<Cell>) -> Result<Flow, DataError>,
+) -> Result<(), DataError> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, &e))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut line = String::new();
+    let mut n = 0;
+    loop {
+        line.clear();
+        n += 1;
+        let read = reader.read_line(&mut line).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => DataError::at(path, n, "not valid UTF-8 text"),
+            _ => DataError::io(path, &e),
+        })?;
+        if read == 0 {
+            return Ok(());
+        }
+        if line.trim().is_empty() {
+            continue;
+        }
+        let object: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&line).map_err(|e| DataError::at(path, n, format!("not a JSON object: {e}")))?;
+        let cells = columns
+            .iter()
+            .map(|name| {
+                object.get(*name).map(json_cell).ok_or_else(|| {
+                    let have: Vec<&str> = object.keys().map(String::as_str).collect();
+                    DataError::at(path, n, format!("no field `{name}`; the row has {}", have.join(", ")))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        if row(Place::Line(n), cells)?.is_break() {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_values_keep_their_types() {
+        let cell = |s: &str| json_cell(&serde_json::from_str(s).unwrap());
+        assert_eq!(cell("3"), Cell::Int(3));
+        assert_eq!(cell("1.5"), Cell::Float(1.5));
+        assert_eq!(cell("\"x\""), Cell::Text("x".into()));
+        assert_eq!(cell("null"), Cell::Null);
+        assert_eq!(
+            cell(r#"{"path": "a.png", "bytes": null}"#),
+            Cell::Image {
+                bytes: None,
+                path: Some("a.png".into())
+            }
+        );
+        assert_eq!(cell(r#"{"x": 1}"#), Cell::Other("JSON object"));
+        assert_eq!(cell("[1]").describe(), "a list");
+        assert_eq!(Cell::Float(0.25).describe(), "a float (0.25)");
+    }
+
+    #[test]
+    fn a_row_names_its_line_or_its_row() {
+        let p = Path::new("t/train.parquet");
+        assert_eq!(Place::Row(7).error(p, "bad").to_string(), "t/train.parquet: row 7: bad");
+        assert_eq!(Place::Line(3).error(p, "bad").to_string(), "t/train.parquet:3: bad");
+    }
+
+    #[test]
+    fn reading_stops_when_asked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("a.csv");
+        std::fs::write(&p, "a,b\n1,x\n2,y\n3,z\n").unwrap();
+        let mut seen = Vec::new();
+        read_rows(&p, Format::Csv, &["b"], &mut |place, cells| {
+            seen.push((place, cells));
+            Ok(if seen.len() == 2 {
+                Flow::Break(())
+            } else {
+                Flow::Continue(())
+            })
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                (Place::Line(2), vec![Cell::Text("x".into())]),
+                (Place::Line(3), vec![Cell::Text("y".into())])
+            ]
+        );
+    }
+}

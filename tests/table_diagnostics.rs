@@ -1,0 +1,128 @@
+//! Snapshot tests of the diagnostics for bad tables: each points at the dataset call in the
+//! `.rkd` file and names the file, row and column. `rkd run` reads every row before any stage
+//! starts, so a bad row deep in a file fails at once, never hours into a run.
+
+mod common;
+use common::parquet::{write as write_parquet, Col};
+use common::Test;
+
+const TEXT_MODEL: &str = "bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, max_position: 16)";
+
+/// A pipeline training on `dataset`.
+fn pipeline(dataset: &str) -> String {
+    format!("let data = {dataset}\nstage m = train(model: {TEXT_MODEL}, data: data, epochs: 1)\n")
+}
+
+/// `rkd <command> p.rkd` in `t`, which must fail before any stage runs; returns stderr.
+fn fails(t: &Test, command: &str) -> String {
+    let out = t.run_with(&[command, "p.rkd"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let entries = t.path().join(".rkd/entries");
+    let stored = std::fs::read_dir(&entries).map_or(0, |d| d.count());
+    assert_eq!(stored, 0, "a stage ran: {}", out.stdout);
+    out.stderr
+}
+
+fn csv_table(dataset: &str, train: &str) -> Test {
+    Test::new().file("t/train.csv", train).file("p.rkd", &pipeline(dataset))
+}
+
+#[test]
+fn a_missing_column_lists_the_columns_there_are() {
+    let t = csv_table(
+        r#"text_table(path: "t", text: "review", label: "label", max_len: 8)"#,
+        "text,label\nfine,1\nbad,0\n",
+    );
+    let check = fails(&t, "check");
+    assert_eq!(check, fails(&t, "run"));
+    insta::assert_snapshot!(check);
+}
+
+#[test]
+fn a_missing_parquet_column_lists_the_columns_there_are() {
+    let t = Test::new().file(
+        "p.rkd",
+        &pipeline(r#"text_table(path: "t", text: "sentence", label: "sentiment", max_len: 8)"#),
+    );
+    write_parquet(
+        &t.path().join("t/data/train-00000-of-00001.parquet"),
+        &[
+            Col::Int("idx", vec![0, 1]),
+            Col::Str("sentence", vec!["fine".into(), "bad".into()]),
+            Col::Int("label", vec![1, 0]),
+        ],
+        10,
+    );
+    insta::assert_snapshot!(fails(&t, "check"));
+}
+
+#[test]
+fn an_empty_split() {
+    let t = csv_table(
+        r#"text_table(path: "t", text: "text", label: "label", max_len: 8)"#,
+        "text,label\n",
+    );
+    insta::assert_snapshot!(fails(&t, "check"));
+}
+
+#[test]
+fn a_label_that_is_neither_an_integer_nor_a_string() {
+    let t = Test::new().file(
+        "p.rkd",
+        &pipeline(r#"text_table(path: "t", text: "sentence", label: "score", max_len: 8)"#),
+    );
+    write_parquet(
+        &t.path().join("t/train.parquet"),
+        &[
+            Col::Str("sentence", vec!["fine".into(), "bad".into()]),
+            Col::Float("score", vec![0.75, 0.25]),
+        ],
+        10,
+    );
+    insta::assert_snapshot!(fails(&t, "check"));
+}
+
+#[test]
+fn a_corrupt_parquet_file() {
+    let t = Test::new()
+        .file("t/train.parquet", "PAR1 this is not really parquet")
+        .file(
+            "p.rkd",
+            &pipeline(r#"text_table(path: "t", text: "sentence", label: "label", max_len: 8)"#),
+        );
+    insta::assert_snapshot!(fails(&t, "check"));
+}
+
+#[test]
+fn a_corrupt_image() {
+    let t = Test::new().file(
+        "p.rkd",
+        "let data = image_table(path: \"beans\", image: \"image\", label: \"labels\", image_size: 16)\n\
+         stage m = train(model: vit(layers: 1, hidden: 16, heads: 2, patch: 8, image_size: 16), data: data, epochs: 1)\n",
+    );
+    write_parquet(
+        &t.path().join("beans/data/train-00000-of-00001.parquet"),
+        &[
+            Col::Image("image", vec![(b"\x89PNG but cut short".to_vec(), "leaf.png".into())]),
+            Col::Int("labels", vec![0]),
+        ],
+        10,
+    );
+    insta::assert_snapshot!(fails(&t, "check"));
+}
+
+#[test]
+fn a_row_with_too_few_fields_deep_in_the_file_fails_the_run_before_it_starts() {
+    let mut rows = String::from("text,label\n");
+    for i in 0..500 {
+        rows.push_str(&format!("row number {i},{}\n", i % 2));
+    }
+    rows.push_str("a row without its label\n");
+    let t = csv_table(
+        r#"text_table(path: "t", text: "text", label: "label", max_len: 8)"#,
+        &rows,
+    );
+    // `rkd check` reads first rows only; `rkd run` reads every row before it starts.
+    assert_eq!(t.run_with(&["check", "p.rkd"]).code, 0);
+    insta::assert_snapshot!(fails(&t, "run"));
+}
