@@ -9,6 +9,7 @@
 //! labels in sorted order (numerically for integers), so the same table always gives the same
 //! class ids.
 
+pub mod cells;
 pub mod parquet;
 pub mod rows;
 

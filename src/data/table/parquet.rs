@@ -7,7 +7,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use parquet::schema::types::Type;
 
-use super::rows::{no_column, Cell, Flow, Place};
+use super::cells::{no_column, Cell, Flow, Place};
 use crate::data::error::DataError;
 
 /// Opens a Parquet file; a file that is not Parquet (or is cut short) is a clear error.
