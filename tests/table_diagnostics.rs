@@ -126,3 +126,14 @@ fn a_row_with_too_few_fields_deep_in_the_file_fails_the_run_before_it_starts() {
     assert_eq!(t.run_with(&["check", "p.rkd"]).code, 0);
     insta::assert_snapshot!(fails(&t, "run"));
 }
+
+#[test]
+fn a_glue_task_without_its_validation_file() {
+    let t = Test::new()
+        .file(
+            "rte/train.tsv",
+            "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n",
+        )
+        .file("p.rkd", &pipeline(r#"glue(task: "rte", path: "rte", max_len: 8)"#));
+    insta::assert_snapshot!(fails(&t, "check"));
+}

@@ -147,6 +147,20 @@ fn data_facts(v: Option<&Value>) -> Option<DataFacts> {
             },
             Some(crate::data::tsv::SST2_CLASSES.len()),
         ),
+        "glue" => {
+            let task = match p.get("task") {
+                Some(Value::Str(t)) => <crate::registry::GlueTask as crate::keyword::Keyword>::from_word(t)?,
+                _ => return None,
+            };
+            let classes = crate::data::glue::classes(task).len();
+            (
+                Shape::Text {
+                    max_len: int(p, "max_len")?,
+                    vocab: None,
+                },
+                (classes > 0).then_some(classes),
+            )
+        }
         // Its classes are its training labels, known when it is read.
         "text_table" => (
             Shape::Text {

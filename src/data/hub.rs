@@ -40,7 +40,12 @@ fn wanted(file: &str, config: Option<&str>) -> bool {
     };
     let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
     let split = stem.split_once('-').map_or(stem, |(n, _)| n);
-    in_folder && matches!(split, "train" | "validation" | "dev" | "valid" | "test")
+    // GLUE's MNLI keeps two validation sets (matched, mismatched).
+    in_folder
+        && matches!(
+            split,
+            "train" | "validation" | "dev" | "valid" | "test" | "validation_matched" | "validation_mismatched"
+        )
 }
 
 /// The cached snapshot directory of `repo` at `revision`, if the cache has one.

@@ -13,6 +13,7 @@
 
 pub mod batch;
 pub mod error;
+pub mod glue;
 pub mod hub;
 pub mod image_table;
 pub mod images;
@@ -173,6 +174,8 @@ pub struct Dataset {
     pub kind: DataKind,
     /// The tokenizer of a text dataset (`None` for images).
     pub tokenizer: Option<Tokenizer>,
+    /// The number its task is scored by besides accuracy (a GLUE task's; accuracy elsewhere).
+    pub metric: glue::Metric,
     splits: [Option<Split>; 4],
     augment: bool,
 }
@@ -264,6 +267,7 @@ impl Dataset {
         let args = Args::new(ctor, params)?;
         let mut data = match ctor {
             "glue_sst2" => Self::load_sst2(&args, opts),
+            "glue" => Self::load_glue(&args, opts),
             "text_table" => Self::load_text_table(&args, opts, &args.path("path")?),
             "image_folder" => Self::load_image_folder(&args, opts),
             "image_table" => Self::load_image_table(&args, &args.path("path")?),
@@ -288,7 +292,8 @@ impl Dataset {
         Ok(data)
     }
 
-    /// Checks a table dataset (`text_table`, `image_table`) without loading it: its split files
+    /// Checks a table dataset (`text_table`, `image_table`, `glue` with a `path:`) without
+    /// loading it: its split files
     /// are found, open, have the columns asked for, and their rows read (text, a label that is
     /// an integer or a string, an image: the first of each file decoded) — the first row of
     /// each file, or every row with `all_rows`. Other datasets pass (they are checked when
@@ -325,6 +330,18 @@ impl Dataset {
                 (columns, &text_row)
             }
             "image_table" => (vec![args.str("image")?, label?], &image_row),
+            // A GLUE task's files are read whole (GLUE's largest, MNLI's, is 80 MB).
+            "glue" => {
+                return match args.opt_path("path")? {
+                    Some(dir) => {
+                        let word = args.str("task")?;
+                        let task = glue::Task::from_word(&word)
+                            .ok_or_else(|| DataError::new(format!("glue: no GLUE task `{word}`")))?;
+                        glue::read(task, &dir).map(drop)
+                    }
+                    None => Ok(()),
+                }
+            }
             _ => return Ok(()),
         };
         let format = table_format(&args)?;
@@ -398,7 +415,47 @@ impl Dataset {
             classes: tsv::SST2_CLASSES.iter().map(|s| s.to_string()).collect(),
             kind: DataKind::Text { max_len },
             tokenizer: Some(tokenizer),
+            metric: glue::Metric::Accuracy,
             splits: [Some(train), Some(dev), None, None],
+            augment: false,
+        })
+    }
+
+    fn load_glue(args: &Args, opts: &LoadOptions) -> Result<Dataset, DataError> {
+        let word = args.str("task")?;
+        let task =
+            glue::Task::from_word(&word).ok_or_else(|| DataError::new(format!("glue: no GLUE task `{word}`")))?;
+        let max_len = args.usize("max_len")?;
+        let dir = match args.opt_path("path")? {
+            Some(dir) => dir,
+            None => {
+                let (repo, config) = glue::hub_config(task);
+                hub::fetch(repo, Some(config), "main")?
+            }
+        };
+        let read = glue::read(task, &dir)?;
+        let train = &read.splits[0].1;
+        let tokenizer = match &opts.tokenizer_dir {
+            Some(d) => Tokenizer::from_dir(d)?,
+            None => {
+                let corpus: Vec<&String> = train.texts.iter().chain(&train.pairs).collect();
+                Tokenizer::train_wordpiece(&corpus, args.usize("vocab_size")?)?
+            }
+        };
+        let mut splits: [Option<Split>; 4] = [None, None, None, None];
+        for (name, rows, labels) in read.splits {
+            splits[name.index()] = Some(if rows.pairs.is_empty() {
+                text_split(&tokenizer, rows.texts, labels, max_len)
+            } else {
+                pair_split(&tokenizer, rows.texts, rows.pairs, labels, max_len)
+            });
+        }
+        Ok(Dataset {
+            classes: glue::classes(task).iter().map(|c| c.to_string()).collect(),
+            kind: DataKind::Text { max_len },
+            tokenizer: Some(tokenizer),
+            metric: glue::metric(task),
+            splits,
             augment: false,
         })
     }
@@ -440,6 +497,7 @@ impl Dataset {
             classes: classes.iter().map(table::label_name).collect(),
             kind: DataKind::Text { max_len },
             tokenizer: Some(tokenizer),
+            metric: glue::Metric::Accuracy,
             splits,
             augment: false,
         })
@@ -464,6 +522,7 @@ impl Dataset {
                 channels: 3,
             },
             tokenizer: None,
+            metric: glue::Metric::Accuracy,
             splits,
             augment,
         })
@@ -488,6 +547,7 @@ impl Dataset {
                 channels: 3,
             },
             tokenizer: None,
+            metric: glue::Metric::Accuracy,
             splits,
             augment: args.bool("augment")?,
         })
@@ -517,6 +577,7 @@ impl Dataset {
             classes: data.classes,
             kind: DataKind::Text { max_len: spec.max_len },
             tokenizer: Some(data.tokenizer),
+            metric: glue::Metric::Accuracy,
             splits: [
                 Some(split(data.train)),
                 Some(split(data.validation)),
@@ -549,6 +610,7 @@ impl Dataset {
                 channels: 3,
             },
             tokenizer: None,
+            metric: glue::Metric::Accuracy,
             splits: [
                 Some(split(data.train)),
                 Some(split(data.validation)),

@@ -20,7 +20,7 @@ impl<'a> Args<'a> {
             .filter(|s| s.kind == crate::registry::OpKind::Dataset)
             .ok_or_else(|| {
                 DataError::new(format!(
-                    "`{ctor}` is not a dataset constructor (expected glue_sst2, text_table, image_folder, image_table, hf_dataset, synthetic_text or synthetic_images)"
+                    "`{ctor}` is not a dataset constructor (expected glue_sst2, glue, text_table, image_folder, image_table, hf_dataset, synthetic_text or synthetic_images)"
                 ))
             })?;
         Ok(Args { schema, params })
@@ -110,6 +110,14 @@ impl<'a> Args<'a> {
             None => Ok(None),
             Some(Value::Str(s)) => Ok(Some(s.to_string())),
             Some(v) => Err(self.wrong(name, "a string", v)),
+        }
+    }
+
+    /// An optional path argument (absent: `None`).
+    pub(crate) fn opt_path(&self, name: &str) -> Result<Option<PathBuf>, DataError> {
+        match self.params.contains_key(name) {
+            true => self.path(name).map(Some),
+            false => Ok(None),
         }
     }
 

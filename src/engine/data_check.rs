@@ -53,7 +53,7 @@ pub fn check<'a>(stages: impl IntoIterator<Item = &'a StageDef>, all_rows: bool)
 /// Calls `f` on every table dataset in a value.
 fn each_table(v: &Value, f: &mut impl FnMut(&Spec)) {
     match v {
-        Value::Spec(s) if matches!(s.ctor.name, "text_table" | "image_table") => f(s),
+        Value::Spec(s) if matches!(s.ctor.name, "text_table" | "image_table" | "glue") => f(s),
         Value::Spec(s) => s.params.values().for_each(|x| each_table(x, f)),
         Value::List(xs) => xs.iter().for_each(|x| each_table(x, f)),
         Value::Record(r) => r.values().for_each(|x| each_table(x, f)),

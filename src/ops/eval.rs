@@ -135,6 +135,20 @@ pub fn latency(model: &Model, batch: &ModelInput) -> candle_core::Result<(f64, f
     Ok((1e3 * b1, 1e3 * b32 / m as f64, m))
 }
 
+/// A task's own score besides accuracy, as (key, value): F1 of class 1 (MRPC, QQP), Matthews
+/// correlation (CoLA); `None` where accuracy is the task's metric.
+pub fn task_score(
+    metric: crate::data::glue::Metric,
+    confusion: &crate::ml::training::metrics::Confusion,
+) -> Option<(&'static str, f64)> {
+    use crate::data::glue::Metric;
+    match metric {
+        Metric::F1 => Some(("f1", confusion.f1(1))),
+        Metric::Matthews => Some(("mcc", confusion.matthews())),
+        Metric::Accuracy | Metric::Correlation => None,
+    }
+}
+
 /// One model measured on one split: accuracy, sizes and latency.
 pub struct Measured {
     /// What the model is, for messages.
@@ -261,9 +275,11 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let per_class = ev.confusion.per_class_accuracy();
     let support = ev.confusion.support();
     let accuracy = ev.confusion.accuracy();
+    let score = task_score(dataset.metric, &ev.confusion);
+    let score_text = score.map_or(String::new(), |(k, v)| format!(", {} {v:.4}", k.to_uppercase()));
     let _ = writeln!(
         ctx.log,
-        "{split_name}: {n} examples, accuracy {:.2}%, loss {:.4}; {} parameters ({} nonzero); dense {} bytes, NF4 {} \
+        "{split_name}: {n} examples, accuracy {:.2}%{score_text}, loss {:.4}; {} parameters ({} nonzero); dense {} bytes, NF4 {} \
          bytes, sparse {} bytes; {} bytes on disk; latency {lat1:.3} ms/example at batch 1, {lat32:.3} ms/example at \
          batch {lat_batch}",
         100.0 * accuracy,
@@ -287,7 +303,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             })
         })
         .collect();
-    let report = serde_json::json!({
+    let mut report = serde_json::json!({
         "model": format!("{} ({})", m.what, m.dir.display()),
         "split": split_name,
         "selection": ctx.selection.how,
@@ -313,6 +329,9 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             "device": crate::ml::kernels::device::label(&ctx.device),
         },
     });
+    if let Some((k, v)) = score {
+        report[k] = serde_json::json!(v);
+    }
     let path = ctx.out_dir.join("eval.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap_or_default())
         .map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))?;
@@ -327,6 +346,9 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let mut out = OpOutput::default();
     let o = &mut out.metrics;
     o.insert("accuracy".into(), accuracy);
+    if let Some((k, v)) = score {
+        o.insert(k.into(), v);
+    }
     o.insert("loss".into(), ev.loss);
     o.insert("examples".into(), n as f64);
     o.insert("params".into(), s.params as f64);

@@ -65,6 +65,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let mut rows = Vec::with_capacity(entries.len());
     let mut curves = Vec::new();
     let mut chance = None;
+    let mut score_name = None;
     for (i, e) in entries.iter().enumerate() {
         ctx.progress
             .message(&format!("measuring {} ({}/{})", e.name, i + 1, entries.len()));
@@ -96,13 +97,18 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         }
         let m = measure(ctx, &source, data, split, 32).map_err(|err| format!("{}: {err}", e.name))?;
         let accuracy = m.eval.confusion.accuracy();
+        let score = super::eval::task_score(data.metric, &m.eval.confusion);
+        if let Some((k, _)) = score {
+            score_name = Some(k.to_uppercase());
+        }
         let _ = writeln!(
             ctx.log,
-            "{} ({}, {}): accuracy {:.2}% on {} {} examples; {} parameters, {} nonzero; {} bytes on disk; {:.3} ms/example",
+            "{} ({}, {}): accuracy {:.2}%{} on {} {} examples; {} parameters, {} nonzero; {} bytes on disk; {:.3} ms/example",
             e.name,
             e.strategy,
             e.op,
             100.0 * accuracy,
+            score.map_or(String::new(), |(k, v)| format!(", {} {v:.4}", k.to_uppercase())),
             m.examples,
             split.as_str(),
             m.sizes.params,
@@ -116,6 +122,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             strategy: e.strategy.clone(),
             op: e.op.clone(),
             accuracy,
+            score: score.map(|(_, v)| v),
             parameters: m.sizes.params as u64,
             nonzeros: m.sizes.nonzeros as u64,
             dense_bytes: m.sizes.dense_bytes,
@@ -136,6 +143,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         selection: selection.how.into_iter().collect(),
         examples: split_examples,
         chance_level: chance.unwrap_or(0.0),
+        score_name,
         baseline: baseline.clone(),
         rows,
         curves,

@@ -273,6 +273,67 @@ pub static GLUE_SST2: OpSchema = OpSchema {
 };
 
 crate::keywords! {
+    /// A GLUE task (`glue(task:)`).
+    pub enum GlueTask {
+        /// CoLA: grammatical acceptability (Matthews correlation).
+        Cola = "cola",
+        /// SST-2: sentiment (accuracy).
+        Sst2 = "sst2",
+        /// MRPC: paraphrase (accuracy and F1).
+        Mrpc = "mrpc",
+        /// QQP: duplicate questions (accuracy and F1).
+        Qqp = "qqp",
+        /// STS-B: similarity score 0-5, a regression (Pearson and Spearman).
+        Stsb = "stsb",
+        /// MNLI, evaluated on the matched validation set (accuracy).
+        Mnli = "mnli",
+        /// MNLI, evaluated on the mismatched validation set (accuracy).
+        MnliMismatched = "mnli_mismatched",
+        /// QNLI: question answering as entailment (accuracy).
+        Qnli = "qnli",
+        /// RTE: entailment (accuracy).
+        Rte = "rte",
+        /// WNLI: Winograd entailment (accuracy).
+        Wnli = "wnli",
+    }
+}
+
+/// `glue`: a GLUE task, from GLUE's TSV files, the Hub's Parquet, or the Hub itself.
+pub static GLUE: OpSchema = OpSchema {
+    name: "glue",
+    kind: OpKind::Dataset,
+    version: 1,
+    doc: "A GLUE task with its metric: GLUE's TSV files (train.tsv, dev.tsv) or the Hub's Parquet (nyu-mll/glue's folder of the task) in path:, or fetched from the Hub without it. No test split (GLUE hides its labels).",
+    params: &[
+        p(
+            "task",
+            Ty::Enum(GlueTask::WORDS),
+            D::Required,
+            None,
+            "cola, sst2, mrpc, qqp, stsb, mnli, mnli_mismatched, qnli, rte or wnli",
+        ),
+        p(
+            "path",
+            Ty::Path,
+            D::Optional,
+            None,
+            "the task's directory (default: fetch nyu-mll/glue's files into the Hugging Face cache)",
+        ),
+        p(
+            "max_len",
+            Ty::Int,
+            D::Int(128),
+            Some(Range::closed(8.0, 512.0)),
+            "tokens per example, both texts of a pair together (longer ones are cut)",
+        ),
+        WORDPIECE_VOCAB,
+        HOLDOUT,
+    ],
+    derive: None,
+    check: None,
+};
+
+crate::keywords! {
     /// How a `text_table` file is written (`format:`; by default from its extension).
     pub enum TableFormat {
         /// Comma-separated values with a header row (RFC 4180 quoting).

@@ -9,7 +9,7 @@ pub mod schema;
 
 pub use crate::value::OpSchema;
 pub use args::{ArgError, FromArg};
-pub use constructors::{TableFormat, ARCHITECTURES};
+pub use constructors::{GlueTask, TableFormat, ARCHITECTURES};
 pub use functions::MAX_RANGE;
 pub use ops::{default_resources, resources, trains, Resources, DISTILL, FUSE, PREDICT, RESOURCE_FIELDS, TRAINING_OPS};
 pub use ops::{
@@ -34,6 +34,7 @@ pub static REGISTRY: &[&OpSchema] = &[
     &constructors::PRETRAINED,
     &constructors::HF,
     &constructors::GLUE_SST2,
+    &constructors::GLUE,
     &constructors::TEXT_TABLE,
     &constructors::IMAGE_FOLDER,
     &constructors::IMAGE_TABLE,

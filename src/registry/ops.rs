@@ -928,7 +928,9 @@ fn check_measured(params: &Params) -> Vec<ArgProblem> {
     // Synthetic sets always have a test split (`test_size` >= 1); an image folder's is known only
     // when it is read.
     let empty = match data.ctor.name {
-        "glue_sst2" => Some("GLUE hides the labels of its test split: rkd reads train.tsv and dev.tsv only"),
+        "glue_sst2" | "glue" => {
+            Some("GLUE hides the labels of its test split: rkd reads its training and validation files only")
+        }
         _ => None,
     };
     if let Some(why) = empty {

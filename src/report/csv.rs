@@ -1,4 +1,5 @@
-//! `report.csv`: raw numbers, one row per model, with a header row (RFC 4180 quoting).
+//! `report.csv`: raw numbers, one row per model, with a header row (RFC 4180 quoting). `score`
+//! is the task's own metric (`report.json`'s `score_name`: MCC, F1), empty where it has none.
 
 use super::Report;
 
@@ -8,6 +9,7 @@ pub const CSV_HEADER: &[&str] = &[
     "strategy",
     "op",
     "accuracy",
+    "score",
     "parameters",
     "nonzeros",
     "dense_bytes",
@@ -44,6 +46,7 @@ pub fn render_csv(report: &Report) -> String {
             field(&r.strategy),
             field(&r.op),
             r.accuracy.to_string(),
+            opt(r.score),
             r.parameters.to_string(),
             r.nonzeros.to_string(),
             r.dense_bytes.to_string(),

@@ -23,6 +23,10 @@ pub struct ReportData {
     pub examples: Option<u64>,
     /// Majority-class accuracy on that split, as a fraction in [0, 1].
     pub chance_level: f64,
+    /// The task's own metric besides accuracy (`MCC` for CoLA, `F1` for MRPC and QQP), when it
+    /// has one; each row's value is its `score`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_name: Option<String>,
     /// Name of the row the ratios and retention are relative to (the teacher).
     pub baseline: String,
     /// The models, in the order they are shown.
@@ -48,6 +52,9 @@ pub struct ReportRow {
     pub op: String,
     /// Accuracy on the split, as a fraction in [0, 1].
     pub accuracy: f64,
+    /// The task's own metric on the split (see [`ReportData::score_name`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
     /// Number of parameters.
     pub parameters: u64,
     /// Number of nonzero parameters.
@@ -103,6 +110,9 @@ pub struct Report {
     pub examples: Option<u64>,
     /// Majority-class accuracy, as a fraction.
     pub chance_level: f64,
+    /// The task's own metric besides accuracy, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_name: Option<String>,
     /// Name of the baseline row.
     pub baseline: String,
     /// The rows, in input order.
@@ -141,6 +151,7 @@ impl ReportData {
             selection: self.selection.clone(),
             examples: self.examples,
             chance_level: self.chance_level,
+            score_name: self.score_name.clone(),
             baseline: self.baseline.clone(),
             rows,
             curves: self.curves.clone(),

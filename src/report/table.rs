@@ -16,6 +16,31 @@ struct Column {
     cell: fn(&Report, &ReportEntry) -> String,
 }
 
+/// The header that stands for the task's own metric (`MCC`, `F1`): a column shown only when the
+/// report has one.
+const SCORE: &str = "{score}";
+
+impl Column {
+    /// Whether this report shows the column.
+    fn shown(&self, report: &Report) -> bool {
+        self.markdown != SCORE || report.score_name.is_some()
+    }
+
+    /// The header, in markdown or for the terminal.
+    fn header<'a>(&'a self, report: &'a Report, markdown: bool) -> &'a str {
+        match (self.markdown, &report.score_name) {
+            (SCORE, Some(name)) => name,
+            _ if markdown => self.markdown,
+            _ => self.text,
+        }
+    }
+}
+
+/// The columns this report shows.
+fn columns(report: &Report) -> impl Iterator<Item = &'static Column> + '_ {
+    COLUMNS.iter().filter(|c| c.shown(report))
+}
+
 const COLUMNS: &[Column] = &[
     Column {
         markdown: "Stage",
@@ -44,6 +69,13 @@ const COLUMNS: &[Column] = &[
         numeric: true,
         in_text: true,
         cell: accuracy,
+    },
+    Column {
+        markdown: SCORE,
+        text: SCORE,
+        numeric: true,
+        in_text: true,
+        cell: |_, e| e.row.score.map_or(MISSING.to_string(), |v| format!("{v:.3}")),
     },
     Column {
         markdown: "Retention",
@@ -168,6 +200,16 @@ fn notes(report: &Report) -> Vec<String> {
              scales ({MISSING} where not quantized); Sparse = bitmask + nonzero values; On disk = the artifact's files."
         ),
     ];
+    match report.score_name.as_deref() {
+        Some("MCC") => notes.push(
+            "MCC = Matthews correlation coefficient of the predictions (the task's metric): 1 perfect, 0 no better \
+             than chance."
+                .to_string(),
+        ),
+        Some("F1") => notes.push("F1 = F1 score of the positive class (the task's metric).".to_string()),
+        Some(other) => notes.push(format!("{other} = the task's metric.")),
+        None => {}
+    }
     if report.rows.iter().any(|e| at_chance(report, e)) {
         notes.push(match report.examples {
             Some(n) if n > 0 => format!(
@@ -192,13 +234,14 @@ fn escape_markdown(cell: &str) -> String {
 /// The whole `report.md`: heading, context, table, notes and the plots.
 pub fn render_markdown(report: &Report) -> String {
     let mut out = format!("# {}\n\n{}\n\n", escape_markdown(&report.title), context(report));
-    let header: Vec<&str> = COLUMNS.iter().map(|c| c.markdown).collect();
+    let header: Vec<&str> = columns(report).map(|c| c.header(report, true)).collect();
     out.push_str(&format!("| {} |\n", header.join(" | ")));
-    let rule: Vec<&str> = COLUMNS.iter().map(|c| if c.numeric { "---:" } else { "---" }).collect();
+    let rule: Vec<&str> = columns(report)
+        .map(|c| if c.numeric { "---:" } else { "---" })
+        .collect();
     out.push_str(&format!("|{}|\n", rule.join("|")));
     for entry in &report.rows {
-        let cells: Vec<String> = COLUMNS
-            .iter()
+        let cells: Vec<String> = columns(report)
             .map(|c| escape_markdown(&(c.cell)(report, entry)))
             .collect();
         out.push_str(&format!("| {} |\n", cells.join(" | ")));
@@ -243,8 +286,8 @@ fn text_cell(column: &Column, report: &Report, entry: &ReportEntry) -> String {
 
 /// The table as aligned plain text for the terminal (`rkd report FILE`).
 pub fn render_text(report: &Report) -> String {
-    let columns: Vec<&Column> = COLUMNS.iter().filter(|c| c.in_text).collect();
-    let grid: Vec<Vec<String>> = std::iter::once(columns.iter().map(|c| c.text.to_string()).collect())
+    let columns: Vec<&Column> = columns(report).filter(|c| c.in_text).collect();
+    let grid: Vec<Vec<String>> = std::iter::once(columns.iter().map(|c| c.header(report, false).to_string()).collect())
         .chain(
             report
                 .rows
@@ -321,6 +364,27 @@ mod tests {
     #[test]
     fn text_table() {
         insta::assert_snapshot!(render_text(&sample().derive().unwrap()));
+    }
+
+    #[test]
+    fn a_task_metric_gets_its_own_column_and_note() {
+        let mut data = sample();
+        data.score_name = Some("MCC".into());
+        for (i, r) in data.rows.iter_mut().enumerate() {
+            r.score = (i != 1).then_some(0.5 - i as f64 / 20.0);
+        }
+        let report = data.derive().unwrap();
+        let md = render_markdown(&report);
+        assert!(
+            md.contains("| Stage | Strategy | Op | Accuracy | MCC | Retention |"),
+            "{md}"
+        );
+        assert!(md.contains("MCC = Matthews correlation coefficient"), "{md}");
+        let text = render_text(&report);
+        assert!(text.lines().nth(3).unwrap().contains(" MCC "), "{text}");
+        assert!(!render_markdown(&sample().derive().unwrap()).contains("MCC"));
+        let csv = super::super::csv::render_csv(&report);
+        assert!(csv.starts_with("name,strategy,op,accuracy,score,"), "{csv}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ fn row(
         strategy: strategy.into(),
         op: op.into(),
         accuracy,
+        score: None,
         parameters,
         nonzeros,
         dense_bytes: parameters * 4,
@@ -39,6 +40,7 @@ pub fn sample() -> ReportData {
         examples: Some(872),
         selection: vec!["epochs selected on 80 held-out training examples".into()],
         chance_level: 0.509,
+        score_name: None,
         baseline: "teacher".into(),
         rows: vec![
             row(

@@ -100,6 +100,47 @@ impl Confusion {
             .collect()
     }
 
+    /// Matthews correlation coefficient (Gorodkin's multi-class form; for two classes the usual
+    /// `(tp·tn − fp·fn) / √((tp+fp)(tp+fn)(tn+fp)(tn+fn))`): 1 perfect, 0 no better than chance,
+    /// and 0 where it is undefined (all examples, or all predictions, in one class), as
+    /// scikit-learn reports it.
+    pub fn matthews(&self) -> f64 {
+        let k = self.classes;
+        let s = self.total() as f64;
+        let c = self.correct() as f64;
+        let t: Vec<f64> = self.support().iter().map(|&n| n as f64).collect();
+        let p: Vec<f64> = (0..k)
+            .map(|j| (0..k).map(|i| self.counts[i * k + j]).sum::<u64>() as f64)
+            .collect();
+        let tp: f64 = t.iter().zip(&p).map(|(a, b)| a * b).sum();
+        let tt: f64 = t.iter().map(|a| a * a).sum();
+        let pp: f64 = p.iter().map(|b| b * b).sum();
+        let denominator = ((s * s - pp) * (s * s - tt)).sqrt();
+        if denominator == 0.0 {
+            0.0
+        } else {
+            (c * s - tp) / denominator
+        }
+    }
+
+    /// F1 of class `positive`: the harmonic mean of its precision and recall (0 when it was
+    /// never predicted and never true).
+    pub fn f1(&self, positive: usize) -> f64 {
+        let k = self.classes;
+        if positive >= k {
+            return 0.0;
+        }
+        let tp = self.counts[positive * k + positive] as f64;
+        let predicted: u64 = (0..k).map(|i| self.counts[i * k + positive]).sum();
+        let actual: u64 = self.counts[positive * k..(positive + 1) * k].iter().sum();
+        let denominator = (predicted + actual) as f64;
+        if denominator == 0.0 {
+            0.0
+        } else {
+            2.0 * tp / denominator
+        }
+    }
+
     /// Rows of the table: `rows[truth][predicted]`.
     pub fn rows(&self) -> Vec<Vec<u64>> {
         self.counts.chunks(self.classes.max(1)).map(<[u64]>::to_vec).collect()
@@ -190,6 +231,35 @@ mod tests {
         empty.add_all(&[0], &[0]).unwrap();
         assert_eq!(empty.per_class_accuracy(), vec![Some(1.0), None]);
         assert_eq!(majority_accuracy(&[1, 1, 0, 2]), 0.5);
+    }
+
+    #[test]
+    fn matthews_and_f1_match_hand_computed_values() {
+        // Two classes: tp 3, fn 1, fp 2, tn 4 (truth 1 is positive).
+        let mut c = Confusion::new(2);
+        let truth = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0];
+        let pred = [1, 1, 1, 0, 1, 1, 0, 0, 0, 0];
+        c.add_all(&truth, &pred).unwrap();
+        // (3·4 − 2·1) / √(5·4·6·5) = 10 / √600
+        assert!((c.matthews() - 10.0 / 600f64.sqrt()).abs() < 1e-12, "{}", c.matthews());
+        // precision 3/5, recall 3/4: F1 = 2·3 / (5 + 4) = 2/3
+        assert!((c.f1(1) - 2.0 / 3.0).abs() < 1e-12);
+        // All predictions in one class: MCC undefined, reported as 0 (scikit-learn's convention).
+        let mut one = Confusion::new(2);
+        one.add_all(&[0, 1, 1], &[1, 1, 1]).unwrap();
+        assert_eq!(one.matthews(), 0.0);
+        // Perfect and inverted.
+        let mut perfect = Confusion::new(3);
+        perfect.add_all(&[0, 1, 2, 2], &[0, 1, 2, 2]).unwrap();
+        assert!((perfect.matthews() - 1.0).abs() < 1e-12);
+        let mut inverted = Confusion::new(2);
+        inverted.add_all(&[0, 0, 1, 1], &[1, 1, 0, 0]).unwrap();
+        assert!((inverted.matthews() + 1.0).abs() < 1e-12);
+        // Multi-class (Gorodkin): truth [0,0,1,1,2,2], predicted [0,1,1,1,2,0]:
+        // s = 6, c = 4, t = (2,2,2), p = (2,3,1): (4·6 − 13) / √((36 − 14)(36 − 12)) = 11 / √528.
+        let mut multi = Confusion::new(3);
+        multi.add_all(&[0, 0, 1, 1, 2, 2], &[0, 1, 1, 1, 2, 0]).unwrap();
+        assert!((multi.matthews() - 11.0 / 528f64.sqrt()).abs() < 1e-12);
     }
 
     #[test]

@@ -1,0 +1,229 @@
+//! `glue(task:)`: the GLUE tasks in GLUE's own TSV files and in the Hub's Parquet (read from a
+//! Hugging Face cache laid out by the test, offline), each scored by its metric: CoLA by
+//! Matthews correlation, MRPC by F1, MNLI on its matched and mismatched validation sets.
+
+mod common;
+use common::parquet::{write as write_parquet, Col};
+use common::{key_of, Test};
+use serde_json::Value;
+
+/// Sentences whose label (1 acceptable, 0 not) follows from their words, deterministically,
+/// with every sixth label flipped so that the model is not perfect and MCC is not trivially 1.
+fn sentences(n: usize, offset: usize) -> Vec<(String, u32)> {
+    let good = [
+        "the cat sat on the mat",
+        "she reads books",
+        "we walked home",
+        "they sang loudly",
+    ];
+    let bad = [
+        "cat the mat sat on",
+        "books she reads reads",
+        "home walked we we",
+        "loudly sang they the",
+    ];
+    (0..n)
+        .map(|k| {
+            let i = k + offset;
+            let ok = (i * 5 + i / 3) % 2 == 0;
+            let text = if ok { good[i % 4] } else { bad[i % 4] };
+            let label = u32::from(ok) ^ u32::from(i % 6 == 5);
+            (format!("{text} {}", ["today", "again", "now"][i % 3]), label)
+        })
+        .collect()
+}
+
+/// CoLA as GLUE ships it: no header; source, label, original mark, sentence.
+fn cola_tsv(rows: &[(String, u32)]) -> String {
+    rows.iter()
+        .map(|(t, l)| format!("gj04\t{l}\t{}\t{t}\n", if *l == 0 { "*" } else { "" }))
+        .collect()
+}
+
+fn metrics(t: &Test, file: &str, stage: &str) -> Value {
+    let plan: Value = serde_json::from_str(&t.run_with(&["plan", file, "--json"]).stdout).unwrap();
+    let dir = t.path().join(".rkd/entries").join(key_of(&plan, stage));
+    serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap()
+}
+
+/// Matthews correlation of (label, predicted) pairs, two classes, by the textbook formula.
+fn mcc(pairs: &[(u32, u32)]) -> f64 {
+    let count = |l: u32, p: u32| pairs.iter().filter(|&&x| x == (l, p)).count() as f64;
+    let (tp, tn, fp, fn_) = (count(1, 1), count(0, 0), count(0, 1), count(1, 0));
+    let d = ((tp + fp) * (tp + fn_) * (tn + fp) * (tn + fn_)).sqrt();
+    if d == 0.0 {
+        0.0
+    } else {
+        (tp * tn - fp * fn_) / d
+    }
+}
+
+const TINY: &str = "bert(layers: 1, hidden: 32, heads: 2, intermediate: 64, max_position: 32)";
+
+#[test]
+fn cola_is_scored_by_matthews_correlation_in_eval_and_report() {
+    let t = Test::new()
+        .file("cola/train.tsv", &cola_tsv(&sentences(192, 0)))
+        .file("cola/dev.tsv", &cola_tsv(&sentences(60, 1000)))
+        .file(
+            "p.rkd",
+            &format!(
+                "let cola = glue(task: \"cola\", path: \"cola\", max_len: 16, vocab_size: 120, holdout: 0.1)\n\
+                 stage m = train(model: {TINY}, data: cola, epochs: 6, batch_size: 16, lr: 3e-3, seed: 1)\n\
+                 stage score = eval(model: m, data: cola, batch_size: 16)\n\
+                 stage r = report(models: [m], data: cola, baseline: m)\n"
+            ),
+        );
+    let out = t.run_with(&["run", "p.rkd", "-j", "1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let m = metrics(&t, "p.rkd", "score");
+    let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
+    let out_dir = t.path().join(".rkd/entries").join(key_of(&plan, "score")).join("out");
+    let predictions = std::fs::read_to_string(out_dir.join("predictions.csv")).unwrap();
+    let pairs: Vec<(u32, u32)> = predictions
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<u32> = l.split(',').map(|x| x.parse().unwrap()).collect();
+            (f[1], f[2])
+        })
+        .collect();
+    assert_eq!(pairs.len(), 60);
+    let by_hand = mcc(&pairs);
+    assert!((m["mcc"].as_f64().unwrap() - by_hand).abs() < 1e-9, "{m} vs {by_hand}");
+    assert!(by_hand > 0.3, "the model learned something: MCC {by_hand}");
+    let eval: Value = serde_json::from_slice(&std::fs::read(out_dir.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(eval["mcc"], m["mcc"]);
+    // The report shows the task's metric beside accuracy.
+    let report_dir = t.path().join(".rkd/entries").join(key_of(&plan, "r")).join("out");
+    let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
+    assert!(md.contains("| Accuracy | MCC |"), "{md}");
+    let json: Value = serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["score_name"], "MCC");
+    // GLUE hides its test labels: asking for the test split is refused before anything runs.
+    std::fs::write(
+        t.path().join("q.rkd"),
+        format!(
+            "let cola = glue(task: \"cola\", path: \"cola\", max_len: 16)\n\
+             stage m = train(model: {TINY}, data: cola)\n\
+             stage s = eval(model: m, data: cola, split: \"test\")\n"
+        ),
+    )
+    .unwrap();
+    let refused = t.run_with(&["check", "q.rkd"]);
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("has no test split (GLUE hides the labels"),
+        "{}",
+        refused.stderr
+    );
+}
+
+/// Paraphrase pairs, equivalent (1) or not: the second sentence's wording gives it away.
+fn paraphrases(n: usize, offset: usize) -> Vec<(String, String, i64)> {
+    let subjects = ["the bank", "a company", "the court", "the team"];
+    (0..n)
+        .map(|k| {
+            let i = k + offset;
+            let same = (i * 7 + i / 4) % 2 == 0;
+            let a = format!("{} said on monday", subjects[i % 4]);
+            let b = if same {
+                format!("indeed {} said it monday", subjects[i % 4])
+            } else {
+                format!("however {} denied it friday", subjects[(i + 1) % 4])
+            };
+            (a, b, i64::from(same))
+        })
+        .collect()
+}
+
+fn mrpc_parquet(path: &std::path::Path, rows: &[(String, String, i64)]) {
+    write_parquet(
+        path,
+        &[
+            Col::Str("sentence1", rows.iter().map(|r| r.0.clone()).collect()),
+            Col::Str("sentence2", rows.iter().map(|r| r.1.clone()).collect()),
+            Col::Int("label", rows.iter().map(|r| r.2).collect()),
+            Col::Int("idx", (0..rows.len() as i64).collect()),
+        ],
+        50,
+    );
+}
+
+#[test]
+fn mrpc_from_the_hubs_parquet_offline_is_scored_by_f1() {
+    let t = Test::new().file(
+        "p.rkd",
+        &format!(
+            "let mrpc = glue(task: \"mrpc\", max_len: 24, vocab_size: 120, holdout: 0.1)\n\
+             stage m = train(model: {TINY}, data: mrpc, epochs: 8, batch_size: 16, lr: 3e-3, seed: 1)\n\
+             stage score = eval(model: m, data: mrpc, batch_size: 16)\n"
+        ),
+    );
+    // nyu-mll/glue in a Hugging Face cache: one folder per task.
+    let repo = t.path().join("hf/hub/datasets--nyu-mll--glue");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "cafe01").unwrap();
+    let task = repo.join("snapshots/cafe01/mrpc");
+    mrpc_parquet(&task.join("train-00000-of-00001.parquet"), &paraphrases(160, 0));
+    mrpc_parquet(&task.join("validation-00000-of-00001.parquet"), &paraphrases(48, 500));
+    // The Hub's test labels are -1: never read.
+    mrpc_parquet(
+        &task.join("test-00000-of-00001.parquet"),
+        &[("a".into(), "b".into(), -1)],
+    );
+    let hf = t.path().join("hf");
+    let t = t.env("HF_HOME", hf.to_str().unwrap()).env("HF_HUB_OFFLINE", "1");
+    let out = t.run_with(&["run", "p.rkd", "-j", "1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let m = metrics(&t, "p.rkd", "score");
+    assert_eq!(m["examples"], 48.0);
+    let (acc, f1) = (m["accuracy"].as_f64().unwrap(), m["f1"].as_f64().unwrap());
+    assert!(acc > 0.8 && f1 > 0.8, "accuracy {acc}, F1 {f1}");
+}
+
+#[test]
+fn mnli_trains_once_and_is_evaluated_on_matched_and_mismatched() {
+    let header = "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label\n";
+    let labels = ["entailment", "neutral", "contradiction"];
+    let rows = |n: usize, offset: usize| -> String {
+        let mut s = String::from(header);
+        for k in 0..n {
+            let i = k + offset;
+            let l = (i * 5 + i / 7) % 3;
+            let hyp = ["yes certainly", "perhaps maybe", "never wrong"][l];
+            s.push_str(&format!(
+                "{i}\t0\t0e\tgov\t-\t-\t-\t-\tthe man spoke {}\t{hyp}\t{}\t{}\n",
+                i % 5,
+                labels[l],
+                labels[l]
+            ));
+        }
+        s
+    };
+    let t = Test::new()
+        .file("mnli/train.tsv", &rows(180, 0))
+        .file("mnli/dev_matched.tsv", &rows(30, 1000))
+        .file("mnli/dev_mismatched.tsv", &rows(36, 2000))
+        .file(
+            "p.rkd",
+            &format!(
+                "let mnli = glue(task: \"mnli\", path: \"mnli\", max_len: 24, vocab_size: 120, holdout: 0.1)\n\
+                 stage m = train(model: {TINY}, data: mnli, epochs: 15, batch_size: 16, lr: 1e-3, seed: 1)\n\
+                 stage matched = eval(model: m, data: mnli, batch_size: 16)\n\
+                 stage mismatched = eval(model: m, data: glue(task: \"mnli_mismatched\", path: \"mnli\", max_len: 24, vocab_size: 120), batch_size: 16)\n"
+            ),
+        );
+    let out = t.run_with(&["run", "p.rkd", "-j", "1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let matched = metrics(&t, "p.rkd", "matched");
+    let mismatched = metrics(&t, "p.rkd", "mismatched");
+    assert_eq!(
+        (matched["examples"].as_f64(), mismatched["examples"].as_f64()),
+        (Some(30.0), Some(36.0))
+    );
+    for m in [&matched, &mismatched] {
+        assert!(m["accuracy"].as_f64().unwrap() > 0.9, "{m}");
+        assert!(m.get("f1").is_none() && m.get("mcc").is_none(), "{m}");
+    }
+}
