@@ -25,7 +25,7 @@ fn sentences(n: usize, offset: usize) -> Vec<(String, u32)> {
     (0..n)
         .map(|k| {
             let i = k + offset;
-            let ok = (i * 5 + i / 3) % 2 == 0;
+            let ok = (i * 5 + i / 3).is_multiple_of(2);
             let text = if ok { good[i % 4] } else { bad[i % 4] };
             let label = u32::from(ok) ^ u32::from(i % 6 == 5);
             (format!("{text} {}", ["today", "again", "now"][i % 3]), label)
@@ -125,7 +125,7 @@ fn paraphrases(n: usize, offset: usize) -> Vec<(String, String, i64)> {
     (0..n)
         .map(|k| {
             let i = k + offset;
-            let same = (i * 7 + i / 4) % 2 == 0;
+            let same = (i * 7 + i / 4).is_multiple_of(2);
             let a = format!("{} said on monday", subjects[i % 4]);
             let b = if same {
                 format!("indeed {} said it monday", subjects[i % 4])
@@ -226,4 +226,102 @@ fn mnli_trains_once_and_is_evaluated_on_matched_and_mismatched() {
         assert!(m["accuracy"].as_f64().unwrap() > 0.9, "{m}");
         assert!(m.get("f1").is_none() && m.get("mcc").is_none(), "{m}");
     }
+}
+
+/// Pearson correlation, by the textbook formula.
+fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len() as f64;
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let sxy: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let sxx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+    let syy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
+    sxy / (sxx * syy).sqrt()
+}
+
+#[test]
+fn stsb_is_a_regression_that_trains_distils_and_is_scored_by_correlation() {
+    let header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n";
+    // The second sentence's first word says how similar the pair is; the score adds a little
+    // deterministic noise.
+    let words = ["unrelated", "barely", "somewhat", "mostly", "nearly", "exactly"];
+    let rows = |n: usize, offset: usize| -> String {
+        let mut s = String::from(header);
+        for k in 0..n {
+            let i = k + offset;
+            let level = (i * 7 + i / 5) % 6;
+            let score = level as f64 + ((i % 3) as f64 - 1.0) * 0.2;
+            let score = score.clamp(0.0, 5.0);
+            s.push_str(&format!(
+                "{i}\tmain\tx\t2012\t{i}\tnone\tnone\ta man plays music {}\t{} the same thing\t{score:.3}\n",
+                i % 4,
+                words[level]
+            ));
+        }
+        s
+    };
+    let t = Test::new()
+        .file("stsb/train.tsv", &rows(240, 0))
+        .file("stsb/dev.tsv", &rows(60, 1000))
+        .file(
+            "p.rkd",
+            &format!(
+                "let stsb = glue(task: \"stsb\", path: \"stsb\", max_len: 24, vocab_size: 120, holdout: 0.1)\n\
+                 stage teacher = train(model: {TINY}, data: stsb, epochs: 15, batch_size: 16, lr: 1e-3, seed: 1)\n\
+                 stage student = distill(teacher: teacher, student: bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, max_position: 32), data: stsb, epochs: 15, batch_size: 16, lr: 3e-3, seed: 1)\n\
+                 stage teacher_score = eval(model: teacher, data: stsb, batch_size: 16)\n\
+                 stage student_score = eval(model: student, data: stsb, batch_size: 16)\n"
+            ),
+        );
+    let out = t.run_with(&["run", "p.rkd", "-j", "1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("selection Pearson"), "{}", out.stdout);
+    let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
+    for stage in ["teacher_score", "student_score"] {
+        let m = metrics(&t, "p.rkd", stage);
+        assert!(m.get("accuracy").is_none(), "a regression has no accuracy: {m}");
+        let p = m["pearson"].as_f64().unwrap();
+        assert!(p > 0.8, "{stage}: Pearson {p}");
+        // The reported correlation is the one of the predictions it wrote.
+        let dir = t.path().join(".rkd/entries").join(key_of(&plan, stage)).join("out");
+        let csv = std::fs::read_to_string(dir.join("predictions.csv")).unwrap();
+        assert!(csv.starts_with("index,label,predicted\n"), "{csv}");
+        let (y, x): (Vec<f64>, Vec<f64>) = csv
+            .lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<f64> = l.split(',').map(|v| v.parse().unwrap()).collect();
+                (f[1], f[2])
+            })
+            .unzip();
+        assert_eq!(x.len(), 60);
+        assert!(
+            (pearson(&x, &y) - p).abs() < 1e-4,
+            "{stage}: {} vs {p}",
+            pearson(&x, &y)
+        );
+        assert!(m["spearman"].as_f64().unwrap() > 0.7, "{m}");
+    }
+    // The model has one output, as Hugging Face's regression heads do.
+    let config: Value = serde_json::from_slice(
+        &std::fs::read(
+            t.path()
+                .join(".rkd/entries")
+                .join(key_of(&plan, "teacher"))
+                .join("out/config.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["id2label"], serde_json::json!({"0": "score"}));
+    let train: Value = serde_json::from_slice(
+        &std::fs::read(
+            t.path()
+                .join(".rkd/entries")
+                .join(key_of(&plan, "teacher"))
+                .join("out/train_metrics.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(train["selection_metric"], "pearson");
 }

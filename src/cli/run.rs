@@ -183,8 +183,25 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
 fn headline(op: &str, m: &std::collections::BTreeMap<String, f64>) -> String {
     let pct = |v: f64| format!("{:.2}%", 100.0 * v);
     let acc = m.get("accuracy").copied();
+    // A task's own score beside accuracy (CoLA's MCC, MRPC's F1).
+    let task = ["mcc", "f1"]
+        .iter()
+        .find_map(|k| m.get(*k).map(|v| format!(" · {} {v:.3}", k.to_uppercase())))
+        .unwrap_or_default();
+    // A regression (STS-B) is scored by correlation.
+    if let Some(p) = m.get("pearson") {
+        let spearman = m
+            .get("spearman")
+            .map(|s| format!(" · Spearman {s:.3}"))
+            .unwrap_or_default();
+        return match op {
+            "eval" => format!("Pearson {p:.3}{spearman}"),
+            "predict" => format!("train-split Pearson {p:.3}"),
+            _ => format!("selection Pearson {p:.3}"),
+        };
+    }
     match (op, acc) {
-        ("eval", Some(a)) => format!("accuracy {}", pct(a)),
+        ("eval", Some(a)) => format!("accuracy {}{task}", pct(a)),
         ("predict", Some(a)) => format!("train-split accuracy {}", pct(a)),
         (op, Some(a)) if crate::registry::trains(op) => format!("selection accuracy {}", pct(a)),
         ("report", _) => m

@@ -115,9 +115,12 @@ fn layout(task: Task) -> Layout {
     }
 }
 
-/// A task's class names, by id (empty for STS-B, a regression).
+/// A task's class names, by id; for STS-B, a regression, its one output: `score`.
 pub fn classes(task: Task) -> &'static [&'static str] {
-    layout(task).classes
+    match layout(task).classes {
+        [] => &["score"],
+        c => c,
+    }
 }
 
 /// A task's metric.
@@ -134,11 +137,24 @@ pub fn hub_config(task: Task) -> (&'static str, &'static str) {
     ("nyu-mll/glue", config)
 }
 
+/// One read split of a task.
+#[derive(Debug)]
+pub struct GlueSplit {
+    /// Which split.
+    pub name: SplitName,
+    /// Texts and second texts (empty for single sentences).
+    pub rows: TableSplit,
+    /// Class ids (classification; all 0 for regression).
+    pub labels: Vec<u32>,
+    /// Regression targets (STS-B's scores; empty for classification).
+    pub targets: Vec<f32>,
+}
+
 /// A read task: its training and validation splits.
 #[derive(Debug)]
 pub struct GlueData {
-    /// (split, texts, second texts (empty for single sentences), class ids).
-    pub splits: Vec<(SplitName, TableSplit, Vec<u32>)>,
+    /// Training, then validation.
+    pub splits: Vec<GlueSplit>,
 }
 
 /// The validation file stems of a task: GLUE's `dev`, the Hub's `validation`; MNLI's matched
@@ -202,15 +218,19 @@ pub fn read(task: Task, dir: &Path) -> Result<GlueData, DataError> {
                 ),
             ));
         }
-        let mut rows = TableSplit::default();
-        let mut labels = Vec::new();
+        let mut read = GlueSplit {
+            name: split,
+            rows: TableSplit::default(),
+            labels: Vec::new(),
+            targets: Vec::new(),
+        };
         for f in &files {
-            read_file(&lay, f, &mut rows, &mut labels)?;
+            read_file(&lay, f, &mut read)?;
         }
-        if rows.texts.is_empty() {
+        if read.rows.texts.is_empty() {
             return Err(table::empty_split(&files));
         }
-        splits.push((split, rows, labels));
+        splits.push(read);
     }
     Ok(GlueData { splits })
 }
@@ -236,24 +256,38 @@ fn class_id(cell: Cell, classes: &[&str]) -> Result<u32, String> {
     })
 }
 
-fn read_file(lay: &Layout, path: &Path, rows: &mut TableSplit, labels: &mut Vec<u32>) -> Result<(), DataError> {
+/// A regression target: a number (STS-B's score).
+fn target(cell: Cell) -> Result<f32, String> {
+    let x = match &cell {
+        Cell::Float(x) => Some(*x),
+        Cell::Int(i) => Some(*i as f64),
+        Cell::Text(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    x.filter(|x| x.is_finite())
+        .map(|x| x as f32)
+        .ok_or_else(|| format!("the score must be a number, got {}", cell.describe()))
+}
+
+fn read_file(lay: &Layout, path: &Path, out: &mut GlueSplit) -> Result<(), DataError> {
     let format = Format::for_file(path, None);
-    if lay.classes.is_empty() {
-        return Err(DataError::new(
-            "glue(task: \"stsb\"): STS-B is a regression task (a similarity score from 0 to 5), which rkd does not train yet",
-        ));
-    }
+    let regression = lay.classes.is_empty();
     let mut add = |place: super::table::rows::Place, cells: Vec<Cell>, pair: bool| -> Result<Flow, DataError> {
         let mut cells = cells.into_iter();
         let mut next = || cells.next().unwrap_or(Cell::Null);
         let text = table::text_of(next()).map_err(|e| place.error(path, format!("the text: {e}")))?;
-        let label = class_id(next(), lay.classes).map_err(|e| place.error(path, e))?;
-        rows.texts.push(text);
+        if regression {
+            out.targets.push(target(next()).map_err(|e| place.error(path, e))?);
+            out.labels.push(0);
+        } else {
+            out.labels
+                .push(class_id(next(), lay.classes).map_err(|e| place.error(path, e))?);
+        }
+        out.rows.texts.push(text);
         if pair {
             let second = table::text_of(next()).map_err(|e| place.error(path, format!("the second text: {e}")))?;
-            rows.pairs.push(second);
+            out.rows.pairs.push(second);
         }
-        labels.push(label);
         Ok(Flow::Continue(()))
     };
     match (format, &lay.tsv) {
@@ -365,11 +399,15 @@ mod tests {
         );
         write(tmp.path(), "dev.tsv", "gj04\t1\t\tHe said \"so\".\n");
         let d = read(Task::Cola, tmp.path()).unwrap();
-        let (split, rows, labels) = &d.splits[0];
-        assert_eq!(*split, SplitName::Train);
-        assert_eq!(rows.texts[1], "The more we study verbs, the crazier they get get.");
-        assert_eq!(labels, &[1, 0]);
-        assert_eq!(d.splits[1].1.texts, ["He said \"so\"."]);
+        let train = &d.splits[0];
+        assert_eq!(train.name, SplitName::Train);
+        assert_eq!(
+            train.rows.texts[1],
+            "The more we study verbs, the crazier they get get."
+        );
+        assert_eq!(train.labels, [1, 0]);
+        assert!(train.targets.is_empty());
+        assert_eq!(d.splits[1].rows.texts, ["He said \"so\"."]);
     }
 
     #[test]
@@ -392,12 +430,12 @@ mod tests {
             &format!("{header}0\t1\t1n\tgov\tC.\tD.\tentailment\tentailment\n"),
         );
         let m = read(Task::Mnli, tmp.path()).unwrap();
-        assert_eq!(m.splits[0].2, [0, 2]);
-        assert_eq!(m.splits[0].1.pairs, ["A person.", "No cat."]);
-        assert_eq!(m.splits[1].2, [1]);
+        assert_eq!(m.splits[0].labels, [0, 2]);
+        assert_eq!(m.splits[0].rows.pairs, ["A person.", "No cat."]);
+        assert_eq!(m.splits[1].labels, [1]);
         let mm = read(Task::MnliMismatched, tmp.path()).unwrap();
-        assert_eq!(mm.splits[1].1.texts, ["C."]);
-        assert_eq!(mm.splits[1].2, [0]);
+        assert_eq!(mm.splits[1].rows.texts, ["C."]);
+        assert_eq!(mm.splits[1].labels, [0]);
     }
 
     #[test]
@@ -419,6 +457,36 @@ mod tests {
         assert!(e.contains("missing directory"), "{e}");
         let e = read(Task::Qqp, tmp.path()).unwrap_err().to_string();
         assert!(e.contains("no column `question1`"), "{e}");
+    }
+
+    #[test]
+    fn stsb_reads_scores_as_regression_targets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n";
+        write(
+            tmp.path(),
+            "train.tsv",
+            &format!("{header}0\tmain\tx\t2012\t1\tnone\tnone\tA plane.\tAn airplane.\t5.000\n"),
+        );
+        write(
+            tmp.path(),
+            "dev.tsv",
+            &format!("{header}0\tmain\tx\t2012\t1\tnone\tnone\tA.\tB.\t0.5\n"),
+        );
+        let d = read(Task::Stsb, tmp.path()).unwrap();
+        assert_eq!(d.splits[0].targets, [5.0]);
+        assert_eq!(d.splits[1].targets, [0.5]);
+        assert_eq!(classes(Task::Stsb), ["score"]);
+        write(
+            tmp.path(),
+            "dev.tsv",
+            &format!("{header}0\tmain\tx\t2012\t1\tnone\tnone\tA.\tB.\thigh\n"),
+        );
+        let e = read(Task::Stsb, tmp.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("dev.tsv:2: the score must be a number, got text (\"high\")"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -145,6 +145,8 @@ enum Examples {
 struct Split {
     examples: Examples,
     labels: Vec<u32>,
+    /// Regression targets (all labels are then 0); empty for classification.
+    targets: Vec<f32>,
 }
 
 impl Split {
@@ -161,6 +163,7 @@ impl Split {
         Split {
             examples,
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
+            targets: idx.iter().filter_map(|&i| self.targets.get(i).copied()).collect(),
         }
     }
 }
@@ -207,6 +210,7 @@ fn text_split(tokenizer: &Tokenizer, texts: Vec<String>, labels: Vec<u32>, max_l
             segments: Vec::new(),
         },
         labels,
+        targets: Vec::new(),
     }
 }
 
@@ -232,6 +236,7 @@ fn pair_split(
     Split {
         examples: Examples::Text { ids, texts, segments },
         labels,
+        targets: Vec::new(),
     }
 }
 
@@ -434,7 +439,7 @@ impl Dataset {
             }
         };
         let read = glue::read(task, &dir)?;
-        let train = &read.splits[0].1;
+        let train = &read.splits[0].rows;
         let tokenizer = match &opts.tokenizer_dir {
             Some(d) => Tokenizer::from_dir(d)?,
             None => {
@@ -443,12 +448,15 @@ impl Dataset {
             }
         };
         let mut splits: [Option<Split>; 4] = [None, None, None, None];
-        for (name, rows, labels) in read.splits {
-            splits[name.index()] = Some(if rows.pairs.is_empty() {
+        for s in read.splits {
+            let (rows, labels) = (s.rows, s.labels);
+            let mut split = if rows.pairs.is_empty() {
                 text_split(&tokenizer, rows.texts, labels, max_len)
             } else {
                 pair_split(&tokenizer, rows.texts, rows.pairs, labels, max_len)
-            });
+            };
+            split.targets = s.targets;
+            splits[s.name.index()] = Some(split);
         }
         Ok(Dataset {
             classes: glue::classes(task).iter().map(|c| c.to_string()).collect(),
@@ -513,6 +521,7 @@ impl Dataset {
             splits[name.index()] = Some(Split {
                 examples: Examples::Images(s.images),
                 labels: s.labels,
+                targets: Vec::new(),
             });
         }
         Ok(Dataset {
@@ -538,6 +547,7 @@ impl Dataset {
             splits[name.index()] = Some(Split {
                 examples: Examples::Images(images),
                 labels,
+                targets: Vec::new(),
             });
         }
         Ok(Dataset {
@@ -572,6 +582,7 @@ impl Dataset {
                 segments: Vec::new(),
             },
             labels: s.labels,
+            targets: Vec::new(),
         };
         Ok(Dataset {
             classes: data.classes,
@@ -602,6 +613,7 @@ impl Dataset {
         let split = |s: synthetic_images::GeneratedImages| Split {
             examples: Examples::Images(s.images),
             labels: s.labels,
+            targets: Vec::new(),
         };
         Ok(Dataset {
             classes: data.classes,
@@ -645,7 +657,18 @@ impl Dataset {
         self.split(split).map_or(&[], |s| &s.labels)
     }
 
-    /// Number of classes.
+    /// Whether the task is a regression (GLUE's STS-B): its labels are f32 targets, its model
+    /// has one output.
+    pub fn is_regression(&self) -> bool {
+        self.metric == glue::Metric::Correlation
+    }
+
+    /// The regression targets of a split, in example order (empty for classification).
+    pub fn targets(&self, split: SplitName) -> &[f32] {
+        self.split(split).map_or(&[], |s| &s.targets)
+    }
+
+    /// Number of classes (1 for a regression: its one output).
     pub fn num_classes(&self) -> usize {
         self.classes.len()
     }
@@ -709,7 +732,7 @@ impl Dataset {
         let aug_seed = derive_seed(shuffle_seed.unwrap_or(0), "rkd-data-augment");
         Ok(chunks.into_iter().map(move |idx| {
             let s = self.split(split).expect("a split with examples exists");
-            match (&s.examples, &self.kind) {
+            let mut batch = match (&s.examples, &self.kind) {
                 (Examples::Text { ids, segments, .. }, DataKind::Text { max_len }) => {
                     let pad = self.tokenizer.as_ref().map_or(0, |t| t.pad_id());
                     batch::text_batch(ids, segments, &s.labels, &idx, pad, *max_len, device)
@@ -724,7 +747,13 @@ impl Dataset {
                     batch::image_batch(imgs, &s.labels, &idx, side, transform, device)
                 }
                 _ => Err(DataError::new("dataset kind and examples disagree")),
+            }?;
+            // A regression's labels are its f32 targets.
+            if !s.targets.is_empty() {
+                let targets: Vec<f32> = idx.iter().map(|&i| s.targets[i]).collect();
+                batch.labels = candle_core::Tensor::from_vec(targets, idx.len(), device)?;
             }
+            Ok(batch)
         }))
     }
 }

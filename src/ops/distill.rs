@@ -251,13 +251,21 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
         }
         _ => None,
     };
+    let regression = dataset.is_regression();
+    let prediction_loss = if regression {
+        format!("{}·MSE(labels) + {}·MSE(teacher outputs)", kd.alpha, 1.0 - kd.alpha)
+    } else {
+        format!(
+            "{}·CE + {}·{}KL at T = {}",
+            kd.alpha,
+            1.0 - kd.alpha,
+            if kd.t2_scale { "T²·" } else { "" },
+            kd.temperature
+        )
+    };
     let _ = writeln!(
         ctx.log,
-        "loss: {}·CE + {}·{}KL at T = {}{}",
-        kd.alpha,
-        1.0 - kd.alpha,
-        if kd.t2_scale { "T²·" } else { "" },
-        kd.temperature,
+        "loss: {prediction_loss}{}",
         match &intermediate {
             Some(i) => format!(
                 " + {}·hidden MSE + {}·attention MSE, teacher layers {:?}",
@@ -279,7 +287,11 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
     let loss = |m: &Model, batch: &Batch, fctx: &mut ForwardCtx| -> CResult<Tensor> {
         fctx.set_attention_maps(attention_maps);
         let out = m.forward(&batch.input, fctx)?;
-        let labels = batch.labels.to_vec1::<u32>()?;
+        // Class ids weigh the teachers (`fusion: "confidence"`); a regression has none to weigh by.
+        let labels = match crate::ml::training::regression::is_regression(&batch.labels) {
+            true => vec![0u32; batch.len()],
+            false => batch.labels.to_vec1::<u32>()?,
+        };
         let (teacher_logits, teacher_out) = match &teachers {
             Teachers::Stored(preds) => {
                 let rows: Vec<Vec<&[f32]>> = preds
@@ -354,7 +366,12 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
             "intermediate_loss": t.inter / steps,
             "teacher_weights": names.iter().cloned().zip(weights.iter().map(|w| serde_json::json!(w))).collect::<serde_json::Map<_, _>>(),
         }));
-        let mut s = format!("CE {:.4}, KL {:.4}", t.hard / steps, t.soft / steps);
+        let (hard, soft) = if regression {
+            ("MSE", "teacher MSE")
+        } else {
+            ("CE", "KL")
+        };
+        let mut s = format!("{hard} {:.4}, {soft} {:.4}", t.hard / steps, t.soft / steps);
         if intermediate.is_some() {
             s.push_str(&format!(", intermediate {:.4}", t.inter / steps));
         }

@@ -198,26 +198,20 @@ pub fn measure(
         )));
     }
     let batches = dataset.batches(split, batch_size, None, false, &device)?;
-    let mut confusion = Confusion::new(config.num_labels());
-    let mut loss_sum = 0.0;
-    let mut predicted = vec![0u32; n];
+    let mut eval = Evaluation {
+        confusion: Confusion::new(config.num_labels()),
+        loss: 0.0,
+        predicted: Vec::new(),
+        outputs: Vec::new(),
+        targets: Vec::new(),
+    };
     for (i, b) in batches.iter().enumerate() {
         if ctx.cancel.is_interrupted() {
             return Err(OpError::Interrupted);
         }
-        let ev = evaluate(&frozen.model, std::iter::once((&b.input, &b.labels)))?;
-        loss_sum += ev.loss * ev.confusion.total() as f64;
-        confusion.merge(&ev.confusion)?;
-        for (&at, &p) in b.indices.iter().zip(&ev.predicted) {
-            predicted[at] = p;
-        }
+        eval.merge(evaluate(&frozen.model, std::iter::once((&b.input, &b.labels)))?)?;
         ctx.progress.steps("batch", i as u64 + 1, batches.len() as u64);
     }
-    let eval = Evaluation {
-        loss: loss_sum / confusion.total().max(1) as f64,
-        confusion,
-        predicted,
-    };
     let sizes = crate::ml::sizes::measure(&config, &frozen.params)?;
     let files = model_files(&frozen.dir)?;
     let bytes: u64 = files.values().sum();
@@ -272,46 +266,85 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let ev = &m.eval;
     let (n, s) = (m.examples, m.sizes);
     let (lat1, lat32, lat_batch) = (m.latency_b1, m.latency_b32, m.latency_batch);
-    let per_class = ev.confusion.per_class_accuracy();
-    let support = ev.confusion.support();
-    let accuracy = ev.confusion.accuracy();
-    let score = task_score(dataset.metric, &ev.confusion);
-    let score_text = score.map_or(String::new(), |(k, v)| format!(", {} {v:.4}", k.to_uppercase()));
-    let _ = writeln!(
-        ctx.log,
-        "{split_name}: {n} examples, accuracy {:.2}%{score_text}, loss {:.4}; {} parameters ({} nonzero); dense {} bytes, NF4 {} \
-         bytes, sparse {} bytes; {} bytes on disk; latency {lat1:.3} ms/example at batch 1, {lat32:.3} ms/example at \
-         batch {lat_batch}",
-        100.0 * accuracy,
-        ev.loss,
-        s.params,
-        s.nonzeros,
-        s.dense_bytes,
-        s.nf4_bytes,
-        s.sparse_bytes,
-        m.bytes
-    );
-    let classes: Vec<serde_json::Value> = dataset
-        .classes
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            serde_json::json!({
-                "class": name,
-                "accuracy": per_class.get(i).copied().flatten(),
-                "support": support.get(i).copied().unwrap_or(0),
-            })
-        })
-        .collect();
+    // How well: accuracy (and the task's own score) for classes, correlations for a regression.
+    let mut quality: Vec<(String, f64)> = Vec::new();
     let mut report = serde_json::json!({
         "model": format!("{} ({})", m.what, m.dir.display()),
         "split": split_name,
         "selection": ctx.selection.how,
         "examples": n,
-        "accuracy": accuracy,
-        "loss": ev.loss,
-        "per_class": classes,
-        "confusion": ev.confusion.rows(),
+    });
+    let mut csv;
+    if ev.is_regression() {
+        let (pearson, spearman) = (ev.pearson(), ev.spearman());
+        quality.push(("pearson".into(), pearson));
+        quality.push(("spearman".into(), spearman));
+        quality.push(("loss".into(), ev.loss));
+        let _ = writeln!(
+            ctx.log,
+            "{split_name}: {n} examples, Pearson {pearson:.4}, Spearman {spearman:.4}, MSE {:.4}",
+            ev.loss
+        );
+        report["pearson"] = serde_json::json!(pearson);
+        report["spearman"] = serde_json::json!(spearman);
+        report["mse"] = serde_json::json!(ev.loss);
+        // Per example: the target and the model's output.
+        csv = String::from("index,label,predicted\n");
+        for (i, (t, p)) in ev.targets.iter().zip(&ev.outputs).enumerate() {
+            csv.push_str(&format!("{i},{t},{p}\n"));
+        }
+    } else {
+        let per_class = ev.confusion.per_class_accuracy();
+        let support = ev.confusion.support();
+        let accuracy = ev.confusion.accuracy();
+        let score = task_score(dataset.metric, &ev.confusion);
+        let score_text = score.map_or(String::new(), |(k, v)| format!(", {} {v:.4}", k.to_uppercase()));
+        let _ = writeln!(
+            ctx.log,
+            "{split_name}: {n} examples, accuracy {:.2}%{score_text}, loss {:.4}",
+            100.0 * accuracy,
+            ev.loss
+        );
+        quality.push(("accuracy".into(), accuracy));
+        if let Some((k, v)) = score {
+            quality.push((k.into(), v));
+            report[k] = serde_json::json!(v);
+        }
+        quality.push(("loss".into(), ev.loss));
+        for (i, name) in dataset.classes.iter().enumerate() {
+            if let Some(Some(a)) = per_class.get(i) {
+                quality.push((format!("class_accuracy.{name}"), *a));
+            }
+        }
+        let classes: Vec<serde_json::Value> = dataset
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                serde_json::json!({
+                    "class": name,
+                    "accuracy": per_class.get(i).copied().flatten(),
+                    "support": support.get(i).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        report["accuracy"] = serde_json::json!(accuracy);
+        report["loss"] = serde_json::json!(ev.loss);
+        report["per_class"] = serde_json::json!(classes);
+        report["confusion"] = serde_json::json!(ev.confusion.rows());
+        // Per example, so that two models measured on the same split can be compared pairwise.
+        csv = String::from("index,label,predicted,correct\n");
+        for (i, (&label, &p)) in dataset.labels(split).iter().zip(&ev.predicted).enumerate() {
+            csv.push_str(&format!("{i},{label},{p},{}\n", u8::from(label == p)));
+        }
+    }
+    let _ = writeln!(
+        ctx.log,
+        "{} parameters ({} nonzero); dense {} bytes, NF4 {} bytes, sparse {} bytes; {} bytes on disk; latency \
+         {lat1:.3} ms/example at batch 1, {lat32:.3} ms/example at batch {lat_batch}",
+        s.params, s.nonzeros, s.dense_bytes, s.nf4_bytes, s.sparse_bytes, m.bytes
+    );
+    let sizes = serde_json::json!({
         "params": s.params,
         "nonzero": s.nonzeros,
         "sparsity": if s.params > 0 { 1.0 - s.nonzeros as f64 / s.params as f64 } else { 0.0 },
@@ -329,27 +362,18 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             "device": crate::ml::kernels::device::label(&ctx.device),
         },
     });
-    if let Some((k, v)) = score {
-        report[k] = serde_json::json!(v);
+    if let (Some(r), Some(extra)) = (report.as_object_mut(), sizes.as_object()) {
+        r.extend(extra.clone());
     }
     let path = ctx.out_dir.join("eval.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap_or_default())
         .map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))?;
-    // Per example, so that two models measured on the same split can be compared pairwise.
-    let mut csv = String::from("index,label,predicted,correct\n");
-    for (i, (&label, &p)) in dataset.labels(split).iter().zip(&ev.predicted).enumerate() {
-        csv.push_str(&format!("{i},{label},{p},{}\n", u8::from(label == p)));
-    }
     let path = ctx.out_dir.join(PREDICTIONS_CSV);
     std::fs::write(&path, csv).map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))?;
 
     let mut out = OpOutput::default();
     let o = &mut out.metrics;
-    o.insert("accuracy".into(), accuracy);
-    if let Some((k, v)) = score {
-        o.insert(k.into(), v);
-    }
-    o.insert("loss".into(), ev.loss);
+    o.extend(quality);
     o.insert("examples".into(), n as f64);
     o.insert("params".into(), s.params as f64);
     o.insert("nonzero".into(), s.nonzeros as f64);
@@ -360,11 +384,6 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     o.insert("weights_bytes".into(), m.weights_bytes as f64);
     o.insert("latency_ms_b1".into(), lat1);
     o.insert("latency_ms_b32".into(), lat32);
-    for (i, name) in dataset.classes.iter().enumerate() {
-        if let Some(Some(a)) = per_class.get(i) {
-            o.insert(format!("class_accuracy.{name}"), *a);
-        }
-    }
     Ok(out)
 }
 

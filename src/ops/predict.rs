@@ -70,12 +70,27 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         }
         ctx.progress.steps("batch", i as u64 + 1, batches.len() as u64);
     }
-    let accuracy = correct as f64 / n as f64;
+    // How well the teacher fits the training split: accuracy, or a regression's Pearson.
+    let (quality, score) = if dataset.is_regression() {
+        let outputs: Vec<f64> = logits.iter().map(|&x| f64::from(x)).collect();
+        let targets: Vec<f64> = dataset
+            .targets(SplitName::Train)
+            .iter()
+            .map(|&x| f64::from(x))
+            .collect();
+        ("pearson", crate::ml::training::regression::pearson(&outputs, &targets))
+    } else {
+        ("accuracy", correct as f64 / n as f64)
+    };
+    let what = match dataset.is_regression() {
+        true => "outputs (a regression)".to_string(),
+        false => format!("{classes} classes"),
+    };
     let _ = writeln!(
         ctx.log,
-        "{}: logits for {n} training examples, {classes} classes; accuracy on them {:.2}%",
+        "{}: logits for {n} training examples, {what}; on them {}",
         frozen.what,
-        100.0 * accuracy
+        super::train::score_text(&dataset, score)
     );
     let tensors = [
         ("logits", Tensor::from_vec(logits, (n, classes), &device)?),
@@ -88,13 +103,13 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         "model": frozen.what,
         "classes": dataset.classes,
         "examples": n,
-        "accuracy": accuracy,
+        quality: score,
     });
     let meta_path = ctx.out_dir.join("predictions.json");
     std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap_or_default())
         .map_err(|e| OpError::Failed(format!("{}: {e}", meta_path.display())))?;
     let mut out = OpOutput::default();
-    out.metrics.insert("accuracy".into(), accuracy);
+    out.metrics.insert(quality.into(), score);
     out.metrics.insert("examples".into(), n as f64);
     Ok(out)
 }

@@ -27,7 +27,7 @@ use candle_core::{DType, Device};
 
 use super::model_source::{self, ModelSource};
 use super::resume::Policy;
-use super::train::{checkpoint_policy, cross_entropy_loss, fit, load_dataset, FitOptions, Schedule};
+use super::train::{checkpoint_policy, fit, load_dataset, supervised_loss, FitOptions, Schedule};
 use super::{check_interrupted, OpContext, OpError, OpOutput};
 use crate::data::{Dataset, SplitName};
 use crate::keyword::Keyword;
@@ -73,7 +73,7 @@ fn validation_accuracy(
     let model = Model::new(config, params.frozen_var_builder(DType::F32, &device))?;
     let batches = dataset.batches(SplitName::Validation, batch_size, None, false, &device)?;
     let ev = evaluate(&model, batches.iter().map(|b| (&b.input, &b.labels)))?;
-    Ok(Some(ev.confusion.accuracy()))
+    Ok(Some(ev.score()))
 }
 
 fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
@@ -315,7 +315,7 @@ fn finetune(
         dataset,
         opts,
         batch_size,
-        cross_entropy_loss,
+        supervised_loss,
         fit_options,
         |_| None,
     )

@@ -32,7 +32,7 @@ use candle_nn::VarBuilder;
 use super::model_source::{self, ModelSource};
 use super::resume::Policy;
 use super::train::{
-    checkpoint_policy, cross_entropy_loss, fit, load_dataset, log_data, run_metrics, source_label, write_train_metrics,
+    checkpoint_policy, fit, load_dataset, log_data, run_metrics, source_label, supervised_loss, write_train_metrics,
     FitOptions, Schedule,
 };
 use super::{OpContext, OpError, OpOutput};
@@ -227,7 +227,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     save_outputs(ctx, &settings, &q, &dataset, &base_dir)?;
     write_qlora_metrics(ctx, &source, &settings, &q, &dataset, &report, batch_size)?;
     let mut out = OpOutput {
-        metrics: run_metrics(&report),
+        metrics: run_metrics(&report, &dataset),
     };
     let m = &mut out.metrics;
     m.insert("params".into(), q.num_parameters() as f64);
@@ -308,7 +308,7 @@ fn train_adapters(
         dataset,
         opts,
         batch_size,
-        cross_entropy_loss,
+        supervised_loss,
         fit_options,
         |_| None,
     )?;

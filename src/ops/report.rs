@@ -83,6 +83,13 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             datasets.insert(tok.clone(), d);
         }
         let data = &datasets[&tok];
+        if data.is_regression() {
+            return Err(OpError::Invalid(
+                "report compares accuracy, sizes and latency; a regression task (STS-B) is not reported yet: \
+                 measure each model with eval (Pearson and Spearman)"
+                    .into(),
+            ));
+        }
         let split = *split.get_or_insert_with(|| report_split(args.split, data));
         if let Value::Stage(id) = &e.value {
             let dir = (ctx.input_dir)(*id);

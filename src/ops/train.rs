@@ -52,10 +52,11 @@ pub(super) fn load_dataset(data: &Value, tokenizer_dir: Option<PathBuf>, cache_d
     Ok(Dataset::load(spec.ctor.name, &spec.params, &opts)?)
 }
 
-/// Cross-entropy of the model's logits against the batch's labels.
-pub fn cross_entropy_loss(model: &Model, batch: &Batch, ctx: &mut ForwardCtx) -> candle_core::Result<Tensor> {
+/// The supervised loss of the model on a batch: cross-entropy against class ids, or the mean
+/// squared error against a regression's targets.
+pub fn supervised_loss(model: &Model, batch: &Batch, ctx: &mut ForwardCtx) -> candle_core::Result<Tensor> {
     let out = model.forward(&batch.input, ctx)?;
-    candle_nn::loss::cross_entropy(&out.logits, &batch.labels)
+    crate::ml::training::regression::supervised_loss(&out.logits, &batch.labels)
 }
 
 /// The training hyper-parameters of an op's typed arguments; an op without one of them (qlora
@@ -161,7 +162,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         &dataset,
         &opts,
         batch_size,
-        cross_entropy_loss,
+        supervised_loss,
         FitOptions {
             policy,
             ..FitOptions::default()
@@ -283,7 +284,7 @@ pub(super) fn fit(
     let mut validate = |_epoch: usize| -> Result<Validation, TrainError> {
         let ev = evaluate(&eval_model, val_batches.iter().map(|b| (&b.input, &b.labels)))?;
         Ok(Validation {
-            accuracy: ev.confusion.accuracy(),
+            accuracy: ev.score(),
             loss: ev.loss,
         })
     };
@@ -300,11 +301,11 @@ pub(super) fn fit(
     let mut on_epoch = |r: &EpochRecord| {
         let mut line = match (r.val_accuracy, r.val_loss) {
             (Some(a), Some(l)) => format!(
-                "{label} {}: {} steps, train loss {:.4}, {selection_split} loss {l:.4}, accuracy {:.2}%",
+                "{label} {}: {} steps, train loss {:.4}, {selection_split} loss {l:.4}, {}",
                 r.epoch,
                 r.steps,
                 r.train_loss,
-                100.0 * a
+                score_text(dataset, a)
             ),
             _ => format!("{label} {}: {} steps, train loss {:.4}", r.epoch, r.steps, r.train_loss),
         };
@@ -397,7 +398,8 @@ pub(super) fn fit(
     };
     ctx.resumed_from = resumed_from;
     let report = result?;
-    write_curves(&ctx.out_dir, &report, selection_split)?;
+    let metric = if dataset.is_regression() { "pearson" } else { "accuracy" };
+    write_curves(&ctx.out_dir, &report, selection_split, metric)?;
     if report.loss_fell() == Some(false) {
         note(
             &ctx.log,
@@ -442,14 +444,14 @@ pub(super) fn finish(
             "kept the weights of epoch {e}{}",
             report
                 .best_accuracy()
-                .map(|a| format!(" ({} accuracy {:.2}%)", dataset.selection_split(), 100.0 * a))
+                .map(|a| format!(" ({} {})", dataset.selection_split(), score_text(dataset, a)))
                 .unwrap_or_default()
         );
     }
     let n_params = params.num_parameters();
     write_train_metrics(ctx, source, n_params, dataset, report, batch_size, extra)?;
     let mut out = OpOutput {
-        metrics: run_metrics(report),
+        metrics: run_metrics(report, dataset),
     };
     out.metrics.insert("params".into(), n_params as f64);
     Ok(out)
@@ -477,7 +479,10 @@ pub(super) fn write_train_metrics(
         "selection_split": report.best_epoch.map(|_| dataset.selection_split().as_str()),
         "selection_examples": report.best_epoch.map(|_| dataset.len(dataset.selection_split())),
         "best_epoch": report.best_epoch,
-        "best_accuracy": report.best_accuracy(),
+        // What epochs were selected by (and what `val_accuracy` of each epoch holds): accuracy,
+        // or a regression's Pearson correlation.
+        "selection_metric": if dataset.is_regression() { "pearson" } else { "accuracy" },
+        (if dataset.is_regression() { "best_pearson" } else { "best_accuracy" }): report.best_accuracy(),
         "planned_steps": report.planned_steps,
         "warmup_steps": report.warmup_steps,
         "epochs": report.epochs,
@@ -493,13 +498,19 @@ pub(super) fn write_train_metrics(
 
 /// The training curves as CSV, for spreadsheets, plotting scripts and the report's curves
 /// ([`crate::report::Curve::read`]): [`STEPS_CSV`] and [`EPOCHS_CSV`].
-pub(super) fn write_curves(dir: &Path, report: &TrainReport, selection: SplitName) -> Result<(), OpError> {
+/// `metric` names what each epoch was scored by (`accuracy`, or `pearson` for a regression).
+pub(super) fn write_curves(
+    dir: &Path,
+    report: &TrainReport,
+    selection: SplitName,
+    metric: &str,
+) -> Result<(), OpError> {
     let mut steps = String::from("step,epoch,loss,lr,grad_norm\n");
     for s in &report.steps {
         steps.push_str(&format!("{},{},{},{},{}\n", s.step, s.epoch, s.loss, s.lr, s.grad_norm));
     }
     let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
-    let mut epochs = format!("epoch,steps,train_loss,{selection}_loss,{selection}_accuracy\n");
+    let mut epochs = format!("epoch,steps,train_loss,{selection}_loss,{selection}_{metric}\n");
     for e in &report.epochs {
         epochs.push_str(&format!(
             "{},{},{},{},{}\n",
@@ -528,10 +539,20 @@ fn kept_epoch(report: &TrainReport) -> &'static str {
 
 /// A training run's headline metrics: the kept epoch's validation accuracy and loss, the last
 /// epoch's training loss, and the epochs and steps taken.
-pub(super) fn run_metrics(report: &TrainReport) -> BTreeMap<String, f64> {
+/// A selection score in words: `accuracy 81.25%`, or for a regression `Pearson 0.8123`.
+pub(super) fn score_text(dataset: &Dataset, score: f64) -> String {
+    if dataset.is_regression() {
+        format!("Pearson {score:.4}")
+    } else {
+        format!("accuracy {:.2}%", 100.0 * score)
+    }
+}
+
+pub(super) fn run_metrics(report: &TrainReport, dataset: &Dataset) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
+    // The selection score: accuracy, or a regression's Pearson correlation.
     if let Some(a) = report.best_accuracy() {
-        m.insert("accuracy".into(), a);
+        m.insert(if dataset.is_regression() { "pearson" } else { "accuracy" }.into(), a);
     }
     if let Some(l) = report.final_loss() {
         m.insert("loss".into(), l);

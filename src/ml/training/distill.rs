@@ -56,10 +56,19 @@ pub fn soft_kl(student: &Tensor, teacher: &Tensor, temperature: f64) -> Result<T
 
 /// The prediction loss of a batch: `alpha·CE + (1 − alpha)·[T²]·KL`. Terms whose weight is zero
 /// are reported but left out of the graph.
+///
+/// For regression (f32 `labels`, one output) the terms are mean squared errors, against the
+/// labels and against the teacher's output, and the temperature plays no part.
 pub fn kd_loss(student: &Tensor, labels: &Tensor, teacher: &Tensor, cfg: &KdConfig) -> Result<KdLoss> {
-    let hard = candle_nn::loss::cross_entropy(student, labels)?;
-    let soft = soft_kl(student, teacher, cfg.temperature)?;
-    let scale = if cfg.t2_scale {
+    use super::regression::{is_regression, mse, outputs, supervised_loss};
+    let hard = supervised_loss(student, labels)?;
+    let regression = is_regression(labels);
+    let soft = if regression {
+        mse(&outputs(student)?, &outputs(&teacher.detach())?)?
+    } else {
+        soft_kl(student, teacher, cfg.temperature)?
+    };
+    let scale = if cfg.t2_scale && !regression {
         cfg.temperature * cfg.temperature
     } else {
         1.0

@@ -3,6 +3,7 @@
 
 use candle_core::{Result, Tensor, D};
 
+use super::regression;
 use crate::ml::models::layers::ForwardCtx;
 use crate::ml::models::model::{Model, ModelInput};
 use crate::ml::models::params::ParamStore;
@@ -166,8 +167,68 @@ pub struct Evaluation {
     pub confusion: Confusion,
     /// Mean cross-entropy per example.
     pub loss: f64,
-    /// The predicted class of every example, in batch order (for paired comparisons).
+    /// The predicted class of every example, in batch order (for paired comparisons; empty for
+    /// regression).
     pub predicted: Vec<u32>,
+    /// Regression: the model's output for every example, in batch order (else empty).
+    pub outputs: Vec<f32>,
+    /// Regression: the targets, in the same order (else empty).
+    pub targets: Vec<f32>,
+}
+
+impl Evaluation {
+    /// Examples evaluated.
+    pub fn examples(&self) -> usize {
+        if self.targets.is_empty() {
+            self.confusion.total() as usize
+        } else {
+            self.targets.len()
+        }
+    }
+
+    /// Whether the labels were regression targets.
+    pub fn is_regression(&self) -> bool {
+        !self.targets.is_empty()
+    }
+
+    /// Pearson correlation of outputs and targets (regression; 0 for classification).
+    pub fn pearson(&self) -> f64 {
+        let (x, y) = self.pairs();
+        regression::pearson(&x, &y)
+    }
+
+    /// Spearman correlation of outputs and targets (regression; 0 for classification).
+    pub fn spearman(&self) -> f64 {
+        let (x, y) = self.pairs();
+        regression::spearman(&x, &y)
+    }
+
+    fn pairs(&self) -> (Vec<f64>, Vec<f64>) {
+        let f = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect();
+        (f(&self.outputs), f(&self.targets))
+    }
+
+    /// What the best epoch is chosen by: accuracy, or for regression Pearson correlation.
+    pub fn score(&self) -> f64 {
+        if self.is_regression() {
+            self.pearson()
+        } else {
+            self.confusion.accuracy()
+        }
+    }
+
+    /// Adds another evaluation's examples (the mean loss weighted by examples).
+    pub fn merge(&mut self, other: Evaluation) -> Result<()> {
+        let (a, b) = (self.examples() as f64, other.examples() as f64);
+        if a + b > 0.0 {
+            self.loss = (self.loss * a + other.loss * b) / (a + b);
+        }
+        self.confusion.merge(&other.confusion)?;
+        self.predicted.extend(other.predicted);
+        self.outputs.extend(other.outputs);
+        self.targets.extend(other.targets);
+        Ok(())
+    }
 }
 
 /// Runs `model` in eval mode over `(input, labels)` batches; the model should be built on
@@ -179,20 +240,33 @@ pub fn evaluate<'a>(
     let mut confusion = Confusion::new(model.num_labels());
     let mut loss_sum = 0.0;
     let mut predicted = Vec::new();
+    let (mut outputs, mut targets) = (Vec::new(), Vec::new());
+    let mut n = 0usize;
     for (input, labels) in batches {
         let out = model.forward(input, &mut ForwardCtx::eval())?;
-        let n = labels.dim(0)?;
-        let loss = candle_nn::loss::cross_entropy(&out.logits, labels)?.to_scalar::<f32>()? as f64;
-        loss_sum += loss * n as f64;
-        let p = predictions(&out.logits)?;
-        confusion.add_all(&labels.to_vec1::<u32>()?, &p)?;
-        predicted.extend(p);
+        let b = labels.dim(0)?;
+        let loss = regression::supervised_loss(&out.logits, labels)?.to_scalar::<f32>()? as f64;
+        loss_sum += loss * b as f64;
+        n += b;
+        if regression::is_regression(labels) {
+            outputs.extend(
+                regression::outputs(&out.logits)?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()?,
+            );
+            targets.extend(labels.to_vec1::<f32>()?);
+        } else {
+            let p = predictions(&out.logits)?;
+            confusion.add_all(&labels.to_vec1::<u32>()?, &p)?;
+            predicted.extend(p);
+        }
     }
-    let n = confusion.total().max(1) as f64;
     Ok(Evaluation {
         confusion,
-        loss: loss_sum / n,
+        loss: loss_sum / n.max(1) as f64,
         predicted,
+        outputs,
+        targets,
     })
 }
 
@@ -256,10 +330,10 @@ mod tests {
         inverted.add_all(&[0, 0, 1, 1], &[1, 1, 0, 0]).unwrap();
         assert!((inverted.matthews() + 1.0).abs() < 1e-12);
         // Multi-class (Gorodkin): truth [0,0,1,1,2,2], predicted [0,1,1,1,2,0]:
-        // s = 6, c = 4, t = (2,2,2), p = (2,3,1): (4·6 − 13) / √((36 − 14)(36 − 12)) = 11 / √528.
+        // s = 6, c = 4, t = (2,2,2), p = (2,3,1), t·p = 12: (4·6 − 12) / √((36 − 14)(36 − 12)) = 12 / √528.
         let mut multi = Confusion::new(3);
         multi.add_all(&[0, 0, 1, 1, 2, 2], &[0, 1, 1, 1, 2, 0]).unwrap();
-        assert!((multi.matthews() - 11.0 / 528f64.sqrt()).abs() < 1e-12);
+        assert!((multi.matthews() - 12.0 / 528f64.sqrt()).abs() < 1e-12);
     }
 
     #[test]

@@ -11,6 +11,8 @@ pub mod loss_scale;
 pub mod metrics;
 /// AdamW and global-norm gradient clipping.
 pub mod optim;
+/// Regression: the loss against f32 targets, Pearson and Spearman correlation.
+pub mod regression;
 /// What a training run did: loss curve, epochs, kept epoch.
 pub mod report;
 /// Training checkpoints: what the loop saves and resumes from.
