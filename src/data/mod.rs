@@ -130,13 +130,9 @@ pub struct LoadOptions {
 /// The examples of one split.
 #[derive(Clone)]
 enum Examples {
-    /// Token ids, `[CLS] … [SEP]` (or `[CLS] a [SEP] b [SEP]`), the texts they came from, and
-    /// for sentence pairs where each example's second segment starts (else empty).
-    Text {
-        ids: Vec<Vec<u32>>,
-        texts: Vec<String>,
-        segments: Vec<u32>,
-    },
+    /// Token ids, `[CLS] … [SEP]` (or `[CLS] a [SEP] b [SEP]`), and for sentence pairs where
+    /// each example's second segment starts (else empty). The texts are not kept.
+    Text { ids: Vec<Vec<u32>>, segments: Vec<u32> },
     /// RGB bytes `[side, side, 3]`.
     Images(Vec<Vec<u8>>),
 }
@@ -153,9 +149,8 @@ impl Split {
     /// The examples at `idx`, in that order.
     fn select(&self, idx: &[usize]) -> Split {
         let examples = match &self.examples {
-            Examples::Text { ids, texts, segments } => Examples::Text {
+            Examples::Text { ids, segments } => Examples::Text {
                 ids: idx.iter().map(|&i| ids[i].clone()).collect(),
-                texts: idx.iter().map(|&i| texts[i].clone()).collect(),
                 segments: idx.iter().filter_map(|&i| segments.get(i).copied()).collect(),
             },
             Examples::Images(images) => Examples::Images(idx.iter().map(|&i| images[i].clone()).collect()),
@@ -201,20 +196,12 @@ impl fmt::Debug for Dataset {
 }
 
 fn text_split(tokenizer: &Tokenizer, texts: Vec<String>, labels: Vec<u32>, max_len: usize) -> Split {
-    use rayon::prelude::*;
-    let ids = texts.par_iter().map(|t| tokenizer.encode(t, max_len)).collect();
-    Split {
-        examples: Examples::Text {
-            ids,
-            texts,
-            segments: Vec::new(),
-        },
-        labels,
-        targets: Vec::new(),
-    }
+    let mut enc = Encoder::new(tokenizer, max_len);
+    texts.into_iter().for_each(|t| enc.push(t, None));
+    enc.split(labels)
 }
 
-/// A split of sentence pairs: `[CLS] a [SEP] b [SEP]`; the texts kept are `a [SEP] b`.
+/// A split of sentence pairs: `[CLS] a [SEP] b [SEP]`.
 fn pair_split(
     tokenizer: &Tokenizer,
     texts: Vec<String>,
@@ -222,21 +209,75 @@ fn pair_split(
     labels: Vec<u32>,
     max_len: usize,
 ) -> Split {
-    use rayon::prelude::*;
-    let (ids, segments) = texts
-        .par_iter()
-        .zip(&pairs)
-        .map(|(a, b)| tokenizer.encode_pair(a, b, max_len))
-        .unzip();
-    let texts = texts
-        .into_iter()
-        .zip(pairs)
-        .map(|(a, b)| format!("{a} [SEP] {b}"))
-        .collect();
-    Split {
-        examples: Examples::Text { ids, texts, segments },
-        labels,
-        targets: Vec::new(),
+    let mut enc = Encoder::new(tokenizer, max_len);
+    texts.into_iter().zip(pairs).for_each(|(a, b)| enc.push(a, Some(b)));
+    enc.split(labels)
+}
+
+/// Texts tokenised as they are read, a chunk at a time in parallel: only the ids are kept, so a
+/// large table never sits in memory as strings.
+struct Encoder<'a> {
+    tokenizer: &'a Tokenizer,
+    max_len: usize,
+    pending: Vec<(String, Option<String>)>,
+    ids: Vec<Vec<u32>>,
+    segments: Vec<u32>,
+}
+
+impl<'a> Encoder<'a> {
+    /// Texts encoded together.
+    const CHUNK: usize = 4096;
+
+    fn new(tokenizer: &'a Tokenizer, max_len: usize) -> Self {
+        Encoder {
+            tokenizer,
+            max_len,
+            pending: Vec::with_capacity(Self::CHUNK),
+            ids: Vec::new(),
+            segments: Vec::new(),
+        }
+    }
+
+    /// One example: a text, or a sentence pair.
+    fn push(&mut self, text: String, pair: Option<String>) {
+        self.pending.push((text, pair));
+        if self.pending.len() == Self::CHUNK {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        use rayon::prelude::*;
+        let (tk, max_len) = (self.tokenizer, self.max_len);
+        let encoded: Vec<(Vec<u32>, Option<u32>)> = self
+            .pending
+            .par_iter()
+            .map(|(a, b)| match b {
+                Some(b) => {
+                    let (ids, at) = tk.encode_pair(a, b, max_len);
+                    (ids, Some(at))
+                }
+                None => (tk.encode(a, max_len), None),
+            })
+            .collect();
+        self.pending.clear();
+        for (ids, at) in encoded {
+            self.ids.push(ids);
+            self.segments.extend(at);
+        }
+    }
+
+    /// The encoded split, with its labels.
+    fn split(mut self, labels: Vec<u32>) -> Split {
+        self.flush();
+        Split {
+            examples: Examples::Text {
+                ids: self.ids,
+                segments: self.segments,
+            },
+            labels,
+            targets: Vec::new(),
+        }
     }
 }
 
@@ -468,7 +509,9 @@ impl Dataset {
         })
     }
 
-    /// A `text_table`, or a text `hf_dataset` once fetched: the table in `dir`.
+    /// A `text_table`, or a text `hf_dataset` once fetched: the table in `dir`, streamed twice
+    /// (the training texts for the vocabulary when the model brings none, then every split
+    /// tokenised as it is read), so that only token ids and labels stay in memory.
     fn load_text_table(args: &Args, opts: &LoadOptions, dir: &Path) -> Result<Dataset, DataError> {
         let max_len = args.usize("max_len")?;
         let vocab_size = args.usize("vocab_size")?;
@@ -480,26 +523,37 @@ impl Dataset {
         };
         let format = table_format(args)?;
         let files = table::split_files(dir)?;
-        let mut read = BTreeMap::new();
-        for (name, paths) in &files {
-            read.insert(*name, table::read_split(paths, format, columns)?);
-        }
-        let train = &read[&SplitName::Train];
-        let classes = table::classes(&train.labels, &files[&SplitName::Train][0])?;
+        let train_files = &files[&SplitName::Train];
         let tokenizer = match &opts.tokenizer_dir {
             Some(d) => Tokenizer::from_dir(d)?,
             None => {
-                let corpus: Vec<&String> = train.texts.iter().chain(&train.pairs).collect();
-                Tokenizer::train_wordpiece(&corpus, vocab_size)?
+                let mut words = wordpiece::WordCounts::new(true);
+                table::for_each_row(train_files, format, columns, &mut |row| {
+                    words.add(&row.text)?;
+                    row.pair.as_deref().map_or(Ok(()), |p| words.add(p))
+                })?;
+                Tokenizer::from_word_counts(&words.into_counts(), vocab_size)?
             }
         };
+        let mut read = BTreeMap::new();
+        for (name, paths) in &files {
+            let mut enc = Encoder::new(&tokenizer, max_len);
+            let mut labels = Vec::new();
+            table::for_each_row(paths, format, columns, &mut |row| {
+                labels.push(row.label);
+                enc.push(row.text, row.pair);
+                Ok(())
+            })?;
+            if labels.is_empty() {
+                return Err(table::empty_split(paths));
+            }
+            read.insert(*name, (enc, labels));
+        }
+        let classes = table::classes(&read[&SplitName::Train].1, &train_files[0])?;
         let mut splits: [Option<Split>; 4] = [None, None, None, None];
-        for (name, split) in read {
-            let labels = table::label_ids(&split.labels, &classes, name, &files[&name][0])?;
-            splits[name.index()] = Some(match pair {
-                Some(_) => pair_split(&tokenizer, split.texts, split.pairs, labels, max_len),
-                None => text_split(&tokenizer, split.texts, labels, max_len),
-            });
+        for (name, (enc, labels)) in read {
+            let labels = table::label_ids(&labels, &classes, name, &files[&name][0])?;
+            splits[name.index()] = Some(enc.split(labels));
         }
         Ok(Dataset {
             classes: classes.iter().map(table::label_name).collect(),
@@ -578,7 +632,6 @@ impl Dataset {
         let split = |s: synthetic_text::TextSplit| Split {
             examples: Examples::Text {
                 ids: s.ids,
-                texts: s.texts,
                 segments: Vec::new(),
             },
             labels: s.labels,
@@ -677,14 +730,6 @@ impl Dataset {
     /// synthetic images, false for text).
     pub fn augments(&self) -> bool {
         self.augment
-    }
-
-    /// The texts of a text split (`None` for images or a missing split).
-    pub fn texts(&self, split: SplitName) -> Option<&[String]> {
-        match &self.split(split)?.examples {
-            Examples::Text { texts, .. } => Some(texts),
-            Examples::Images(_) => None,
-        }
     }
 
     /// The token ids of a text split, `[CLS] … [SEP]` each (`None` for images or a missing split).

@@ -259,7 +259,6 @@ fn glue_sst2_with_trained_and_given_tokenizers() {
     let d = Dataset::load("glue_sst2", &p, &LoadOptions::default()).unwrap();
     assert_eq!(d.classes, ["negative", "positive"]);
     assert_eq!(d.labels(SplitName::Train), [1, 0, 1]);
-    assert_eq!(d.texts(SplitName::Validation).unwrap(), ["tedious film"]);
     assert_eq!(d.kind, DataKind::Text { max_len: 64 });
     let tk = d.tokenizer.clone().unwrap();
     assert_eq!(
@@ -298,11 +297,6 @@ fn shared_sst2_sample() {
     assert_eq!(d.labels(SplitName::Train).iter().filter(|&&l| l == 1).count(), 1130);
     assert_eq!(d.labels(SplitName::Validation).iter().filter(|&&l| l == 0).count(), 92);
     assert_eq!(d.classes, ["negative", "positive"]);
-    assert!(d
-        .texts(SplitName::Train)
-        .unwrap()
-        .iter()
-        .all(|t| !t.ends_with(' ') && !t.contains('\t')));
     let vocab = d.tokenizer.as_ref().unwrap().vocab_size();
     assert!(vocab > 1000 && vocab <= 8000, "trained vocabulary of {vocab}");
     let unk = d.tokenizer.as_ref().unwrap().unk_id();

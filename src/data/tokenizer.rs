@@ -126,13 +126,21 @@ impl Tokenizer {
     /// included) on `texts`; the same texts give the same vocabulary, byte for byte
     /// (see [`super::wordpiece`] for why it does not use the crate's trainer).
     pub fn train_wordpiece<S: AsRef<str>>(texts: &[S], vocab_size: usize) -> Result<Tokenizer, DataError> {
-        let words = wordpiece::word_counts(texts, true)?;
+        Tokenizer::from_word_counts(&wordpiece::word_counts(texts, true)?, vocab_size)
+    }
+
+    /// Trains an uncased WordPiece vocabulary of at most `vocab_size` tokens on word counts
+    /// ([`wordpiece::WordCounts`], gathered while a table is streamed).
+    pub fn from_word_counts(
+        words: &std::collections::BTreeMap<String, u64>,
+        vocab_size: usize,
+    ) -> Result<Tokenizer, DataError> {
         if words.is_empty() {
             return Err(DataError::new(
                 "cannot train a vocabulary: the training texts have no words",
             ));
         }
-        let tokens = wordpiece::train_vocab(&words, vocab_size, &SPECIAL_TOKENS);
+        let tokens = wordpiece::train_vocab(words, vocab_size, &SPECIAL_TOKENS);
         Tokenizer::from_tokens(&tokens, true)
     }
 

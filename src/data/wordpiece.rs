@@ -24,13 +24,26 @@ pub const CONTINUATION: &str = "##";
 /// Merges seen fewer times than this are not made.
 pub const MIN_PAIR_COUNT: i64 = 2;
 
-/// Word counts of `texts` after uncased BERT normalisation and pre-tokenisation.
-pub fn word_counts<S: AsRef<str>>(texts: &[S], lowercase: bool) -> Result<BTreeMap<String, u64>, DataError> {
-    let normalizer = BertNormalizer::new(true, true, None, lowercase);
-    let mut counts = BTreeMap::new();
-    for t in texts {
-        let mut n = NormalizedString::from(t.as_ref());
-        normalizer
+/// Word counts of texts added one at a time (streamed from a file), after BERT normalisation
+/// and pre-tokenisation: what a vocabulary is trained on.
+pub struct WordCounts {
+    normalizer: BertNormalizer,
+    counts: BTreeMap<String, u64>,
+}
+
+impl WordCounts {
+    /// No words yet; `lowercase` for an uncased vocabulary.
+    pub fn new(lowercase: bool) -> Self {
+        WordCounts {
+            normalizer: BertNormalizer::new(true, true, None, lowercase),
+            counts: BTreeMap::new(),
+        }
+    }
+
+    /// Counts the words of one text.
+    pub fn add(&mut self, text: &str) -> Result<(), DataError> {
+        let mut n = NormalizedString::from(text);
+        self.normalizer
             .normalize(&mut n)
             .map_err(|e| DataError::new(format!("normalising a training text failed: {e}")))?;
         let mut pre = PreTokenizedString::from(n);
@@ -38,10 +51,24 @@ pub fn word_counts<S: AsRef<str>>(texts: &[S], lowercase: bool) -> Result<BTreeM
             .pre_tokenize(&mut pre)
             .map_err(|e| DataError::new(format!("pre-tokenising a training text failed: {e}")))?;
         for (w, _, _) in pre.get_splits(OffsetReferential::Original, OffsetType::Byte) {
-            *counts.entry(w.to_string()).or_insert(0) += 1;
+            *self.counts.entry(w.to_string()).or_insert(0) += 1;
         }
+        Ok(())
     }
-    Ok(counts)
+
+    /// The counts, by word.
+    pub fn into_counts(self) -> BTreeMap<String, u64> {
+        self.counts
+    }
+}
+
+/// Word counts of `texts` after uncased BERT normalisation and pre-tokenisation.
+pub fn word_counts<S: AsRef<str>>(texts: &[S], lowercase: bool) -> Result<BTreeMap<String, u64>, DataError> {
+    let mut counts = WordCounts::new(lowercase);
+    for t in texts {
+        counts.add(t.as_ref())?;
+    }
+    Ok(counts.into_counts())
 }
 
 /// The tokens of a vocabulary of at most `vocab_size` entries (more only when the special

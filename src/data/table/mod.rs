@@ -171,30 +171,60 @@ pub fn split_files(dir: &Path) -> Result<BTreeMap<SplitName, Vec<PathBuf>>, Data
     Ok(found)
 }
 
-/// Reads one split from its files (`format` overrides the extensions).
-pub fn read_split(files: &[PathBuf], format: Option<Format>, columns: Columns) -> Result<TableSplit, DataError> {
-    let mut split = TableSplit::default();
+/// One row of a text table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextRow {
+    /// The text.
+    pub text: String,
+    /// The second text of a sentence pair (`text_pair:`).
+    pub pair: Option<String>,
+    /// The label.
+    pub label: Label,
+}
+
+/// Calls `f` with every row of a split's files, in order, as they are read (`format` overrides
+/// the extensions); a cell that is not text, or a label that is neither an integer nor a string,
+/// is an error naming the file, row and column.
+pub fn for_each_row(
+    files: &[PathBuf],
+    format: Option<Format>,
+    columns: Columns,
+    f: &mut dyn FnMut(TextRow) -> Result<(), DataError>,
+) -> Result<(), DataError> {
     let names = columns.names();
     for path in files {
         let format = Format::for_file(path, format);
         rows::read_rows(path, format, &names, &mut |place, cells| {
             let mut cells = cells.into_iter();
-            let mut next = |column: &str| {
-                let cell = cells.next().unwrap_or(Cell::Null);
-                (cell, column.to_string())
-            };
+            let mut next = |column: &str| (cells.next().unwrap_or(Cell::Null), column.to_string());
             let bad = |column: &str, e: String| place.error(path, format!("column `{column}`: {e}"));
             let (text, c) = next(columns.text);
-            split.texts.push(text_of(text).map_err(|e| bad(&c, e))?);
+            let text = text_of(text).map_err(|e| bad(&c, e))?;
             let (label, c) = next(columns.label);
-            split.labels.push(Label::from_cell(label).map_err(|e| bad(&c, e))?);
-            if let Some(pair) = columns.pair {
-                let (text, c) = next(pair);
-                split.pairs.push(text_of(text).map_err(|e| bad(&c, e))?);
-            }
+            let label = Label::from_cell(label).map_err(|e| bad(&c, e))?;
+            let pair = match columns.pair {
+                Some(p) => {
+                    let (cell, c) = next(p);
+                    Some(text_of(cell).map_err(|e| bad(&c, e))?)
+                }
+                None => None,
+            };
+            f(TextRow { text, pair, label })?;
             Ok(Flow::Continue(()))
         })?;
     }
+    Ok(())
+}
+
+/// Reads one split from its files into memory (`format` overrides the extensions).
+pub fn read_split(files: &[PathBuf], format: Option<Format>, columns: Columns) -> Result<TableSplit, DataError> {
+    let mut split = TableSplit::default();
+    for_each_row(files, format, columns, &mut |row| {
+        split.texts.push(row.text);
+        split.pairs.extend(row.pair);
+        split.labels.push(row.label);
+        Ok(())
+    })?;
     if split.texts.is_empty() {
         return Err(empty_split(files));
     }
