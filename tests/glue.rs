@@ -4,7 +4,7 @@
 
 mod common;
 use common::parquet::{write as write_parquet, Col};
-use common::{key_of, Test};
+use common::{entry_json, entry_of, Test};
 use serde_json::Value;
 
 /// Sentences whose label (1 acceptable, 0 not) follows from their words, deterministically,
@@ -41,9 +41,7 @@ fn cola_tsv(rows: &[(String, u32)]) -> String {
 }
 
 fn metrics(t: &Test, file: &str, stage: &str) -> Value {
-    let plan: Value = serde_json::from_str(&t.run_with(&["plan", file, "--json"]).stdout).unwrap();
-    let dir = t.path().join(".rkd/entries").join(key_of(&plan, stage));
-    serde_json::from_slice(&std::fs::read(dir.join("metrics.json")).unwrap()).unwrap()
+    entry_json(t, file, stage, "metrics.json")
 }
 
 /// Matthews correlation of (label, predicted) pairs, two classes, by the textbook formula.
@@ -56,6 +54,18 @@ fn mcc(pairs: &[(u32, u32)]) -> f64 {
     } else {
         (tp * tn - fp * fn_) / d
     }
+}
+
+/// The (label, predicted) columns of an eval's `predictions.csv`.
+fn predictions(out_dir: &std::path::Path) -> Vec<(f64, f64)> {
+    let csv = std::fs::read_to_string(out_dir.join("predictions.csv")).unwrap();
+    csv.lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<f64> = l.split(',').map(|x| x.parse().unwrap()).collect();
+            (f[1], f[2])
+        })
+        .collect()
 }
 
 const TINY: &str = "bert(layers: 1, hidden: 32, heads: 2, intermediate: 64, max_position: 32)";
@@ -77,16 +87,10 @@ fn cola_is_scored_by_matthews_correlation_in_eval_and_report() {
     let out = t.run_with(&["run", "p.rkd", "-j", "1"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let m = metrics(&t, "p.rkd", "score");
-    let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
-    let out_dir = t.path().join(".rkd/entries").join(key_of(&plan, "score")).join("out");
-    let predictions = std::fs::read_to_string(out_dir.join("predictions.csv")).unwrap();
-    let pairs: Vec<(u32, u32)> = predictions
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<u32> = l.split(',').map(|x| x.parse().unwrap()).collect();
-            (f[1], f[2])
-        })
+    let out_dir = entry_of(&t, "p.rkd", "score").join("out");
+    let pairs: Vec<(u32, u32)> = predictions(&out_dir)
+        .into_iter()
+        .map(|(l, p)| (l as u32, p as u32))
         .collect();
     assert_eq!(pairs.len(), 60);
     let by_hand = mcc(&pairs);
@@ -95,7 +99,7 @@ fn cola_is_scored_by_matthews_correlation_in_eval_and_report() {
     let eval: Value = serde_json::from_slice(&std::fs::read(out_dir.join("eval.json")).unwrap()).unwrap();
     assert_eq!(eval["mcc"], m["mcc"]);
     // The report shows the task's metric beside accuracy.
-    let report_dir = t.path().join(".rkd/entries").join(key_of(&plan, "r")).join("out");
+    let report_dir = entry_of(&t, "p.rkd", "r").join("out");
     let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
     assert!(md.contains("| Accuracy | MCC |"), "{md}");
     let json: Value = serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
@@ -275,24 +279,16 @@ fn stsb_is_a_regression_that_trains_distils_and_is_scored_by_correlation() {
     let out = t.run_with(&["run", "p.rkd", "-j", "1"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("selection Pearson"), "{}", out.stdout);
-    let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
     for stage in ["teacher_score", "student_score"] {
         let m = metrics(&t, "p.rkd", stage);
         assert!(m.get("accuracy").is_none(), "a regression has no accuracy: {m}");
         let p = m["pearson"].as_f64().unwrap();
         assert!(p > 0.8, "{stage}: Pearson {p}");
         // The reported correlation is the one of the predictions it wrote.
-        let dir = t.path().join(".rkd/entries").join(key_of(&plan, stage)).join("out");
+        let dir = entry_of(&t, "p.rkd", stage).join("out");
         let csv = std::fs::read_to_string(dir.join("predictions.csv")).unwrap();
         assert!(csv.starts_with("index,label,predicted\n"), "{csv}");
-        let (y, x): (Vec<f64>, Vec<f64>) = csv
-            .lines()
-            .skip(1)
-            .map(|l| {
-                let f: Vec<f64> = l.split(',').map(|v| v.parse().unwrap()).collect();
-                (f[1], f[2])
-            })
-            .unzip();
+        let (y, x): (Vec<f64>, Vec<f64>) = predictions(&dir).into_iter().unzip();
         assert_eq!(x.len(), 60);
         assert!(
             (pearson(&x, &y) - p).abs() < 1e-4,
@@ -302,26 +298,8 @@ fn stsb_is_a_regression_that_trains_distils_and_is_scored_by_correlation() {
         assert!(m["spearman"].as_f64().unwrap() > 0.7, "{m}");
     }
     // The model has one output, as Hugging Face's regression heads do.
-    let config: Value = serde_json::from_slice(
-        &std::fs::read(
-            t.path()
-                .join(".rkd/entries")
-                .join(key_of(&plan, "teacher"))
-                .join("out/config.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let config = entry_json(&t, "p.rkd", "teacher", "out/config.json");
     assert_eq!(config["id2label"], serde_json::json!({"0": "score"}));
-    let train: Value = serde_json::from_slice(
-        &std::fs::read(
-            t.path()
-                .join(".rkd/entries")
-                .join(key_of(&plan, "teacher"))
-                .join("out/train_metrics.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let train = entry_json(&t, "p.rkd", "teacher", "out/train_metrics.json");
     assert_eq!(train["selection_metric"], "pearson");
 }

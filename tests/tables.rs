@@ -5,8 +5,7 @@
 
 mod common;
 use common::parquet::{write as write_parquet, Col};
-use common::{key_of, Test};
-use serde_json::Value;
+use common::{entry_json, entry_of, Test};
 
 /// 240 short reviews, two classes, deterministic: (text, label).
 fn rows() -> Vec<(String, &'static str)> {
@@ -110,19 +109,16 @@ fn the_same_rows_as_csv_json_lines_parquet_and_a_cached_hub_dataset_train_identi
     for file in ["a.rkd", "b.rkd", "c.rkd", "d.rkd"] {
         let out = t.run_with(&["run", file, "--json", "-j", "1"]);
         assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-        let plan: Value = serde_json::from_str(&t.run_with(&["plan", file, "--json"]).stdout).unwrap();
-        let entry = t.path().join(".rkd/entries");
-        let model = entry.join(key_of(&plan, "model")).join("out");
+        let model = entry_of(&t, file, "model").join("out");
         weights.push(std::fs::read(model.join("model.safetensors")).unwrap());
-        let config: Value = serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
+        let config = entry_json(&t, file, "model", "out/config.json");
         assert_eq!(
             config["id2label"],
             serde_json::json!({"0": "negative", "1": "positive"})
         );
-        let metrics: Value =
-            serde_json::from_slice(&std::fs::read(entry.join(key_of(&plan, "score")).join("metrics.json")).unwrap())
-                .unwrap();
-        let acc = metrics["accuracy"].as_f64().unwrap();
+        let acc = entry_json(&t, file, "score", "metrics.json")["accuracy"]
+            .as_f64()
+            .unwrap();
         assert!(acc > 0.8, "{file}: test accuracy {acc}");
     }
     for (i, format) in ["JSON Lines", "Parquet", "the cached Hub dataset"].iter().enumerate() {
@@ -192,12 +188,9 @@ stage score = eval(model: student, data: data, split: "test", batch_size: 16)
         );
     let out = t.run_with(&["run", "p.rkd", "--json", "-j", "1"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
-    let entry = t.path().join(".rkd/entries");
-    let metrics: Value =
-        serde_json::from_slice(&std::fs::read(entry.join(key_of(&plan, "score")).join("metrics.json")).unwrap())
-            .unwrap();
-    let acc = metrics["accuracy"].as_f64().unwrap();
+    let acc = entry_json(&t, "p.rkd", "score", "metrics.json")["accuracy"]
+        .as_f64()
+        .unwrap();
     assert!(acc > 0.8, "a student distilled on sentence pairs: test accuracy {acc}");
 }
 
@@ -241,12 +234,9 @@ stage score = eval(model: model, data: beans, split: "test", batch_size: 8)
     }
     let out = t.run_with(&["run", "p.rkd", "--json", "-j", "1"]);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
-    let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
-    let entry = t.path().join(".rkd/entries");
-    let metrics: Value =
-        serde_json::from_slice(&std::fs::read(entry.join(key_of(&plan, "score")).join("metrics.json")).unwrap())
-            .unwrap();
-    let acc = metrics["accuracy"].as_f64().unwrap();
+    let acc = entry_json(&t, "p.rkd", "score", "metrics.json")["accuracy"]
+        .as_f64()
+        .unwrap();
     assert!(acc > 0.9, "a ViT on Parquet images: test accuracy {acc}");
 }
 

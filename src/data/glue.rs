@@ -329,14 +329,7 @@ fn read_glue_tsv(path: &Path, columns: &[&str], row: &mut RowFn) -> Result<(), D
         .map_err(|e| DataError::file(path, format!("cannot read its header: {e}")))?
         .clone();
     let have: Vec<&str> = headers.iter().map(str::trim).collect();
-    let index: Vec<usize> = columns
-        .iter()
-        .map(|name| {
-            have.iter()
-                .position(|h| h == name)
-                .ok_or_else(|| super::table::rows::no_column(path, super::table::rows::Place::Line(1), name, &have))
-        })
-        .collect::<Result<_, _>>()?;
+    let index = super::table::rows::column_positions(path, &have, columns)?;
     for_each_record(path, reader, &index, row)
 }
 

@@ -570,16 +570,27 @@ impl Dataset {
         let image_size = args.usize("image_size")?;
         let augment = args.bool("augment")?;
         let folder = images::load_image_folder_cached(&root, image_size, opts.cache_dir.as_deref())?;
+        let splits = folder.splits.into_iter().map(|(name, s)| (name, s.images, s.labels));
+        Ok(Dataset::of_images(folder.classes, image_size, splits, augment))
+    }
+
+    /// An image classification dataset of decoded RGB splits: (split, images, class ids).
+    fn of_images(
+        classes: Vec<String>,
+        image_size: usize,
+        read: impl IntoIterator<Item = (SplitName, Vec<Vec<u8>>, Vec<u32>)>,
+        augment: bool,
+    ) -> Dataset {
         let mut splits: [Option<Split>; 4] = [None, None, None, None];
-        for (name, s) in folder.splits {
+        for (name, images, labels) in read {
             splits[name.index()] = Some(Split {
-                examples: Examples::Images(s.images),
-                labels: s.labels,
+                examples: Examples::Images(images),
+                labels,
                 targets: Vec::new(),
             });
         }
-        Ok(Dataset {
-            classes: folder.classes,
+        Dataset {
+            classes,
             kind: DataKind::Images {
                 image_size,
                 channels: 3,
@@ -588,7 +599,7 @@ impl Dataset {
             metric: glue::Metric::Accuracy,
             splits,
             augment,
-        })
+        }
     }
 
     /// An `image_table`, or an image `hf_dataset` once fetched: the table in `dir`.
@@ -596,25 +607,12 @@ impl Dataset {
         let image_size = args.usize("image_size")?;
         let (image, label) = (args.str("image")?, args.str("label")?);
         let read = image_table::load(dir, &image, &label, table_format(args)?, image_size)?;
-        let mut splits: [Option<Split>; 4] = [None, None, None, None];
-        for (name, images, labels) in read.splits {
-            splits[name.index()] = Some(Split {
-                examples: Examples::Images(images),
-                labels,
-                targets: Vec::new(),
-            });
-        }
-        Ok(Dataset {
-            classes: read.classes,
-            kind: DataKind::Images {
-                image_size,
-                channels: 3,
-            },
-            tokenizer: None,
-            metric: glue::Metric::Accuracy,
-            splits,
-            augment: args.bool("augment")?,
-        })
+        Ok(Dataset::of_images(
+            read.classes,
+            image_size,
+            read.splits,
+            args.bool("augment")?,
+        ))
     }
 
     fn load_synthetic_text(args: &Args) -> Result<Dataset, DataError> {

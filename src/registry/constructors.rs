@@ -310,7 +310,7 @@ pub static GLUE: OpSchema = OpSchema {
             Ty::Enum(GlueTask::WORDS),
             D::Required,
             None,
-            "cola, sst2, mrpc, qqp, stsb, mnli, mnli_mismatched, qnli, rte or wnli",
+            "the task (mnli_mismatched: MNLI with its mismatched validation set)",
         ),
         p(
             "path",
@@ -397,30 +397,31 @@ pub static TEXT_TABLE: OpSchema = OpSchema {
     check: None,
 };
 
+/// The side an image dataset's images are resized to.
+const IMAGE_SIZE: ParamSchema = p(
+    "image_size",
+    Ty::Int,
+    D::Int(224),
+    Some(Range::closed(8.0, 4096.0)),
+    "images are resized to this side",
+);
+
+/// Whether an image dataset's training batches are augmented.
+const AUGMENT: ParamSchema = p(
+    "augment",
+    Ty::Bool,
+    D::Bool(true),
+    None,
+    "random flips and crops on the training split",
+);
+
 /// `image_folder`: images in `<split>/<class>/*.jpg|png`.
 pub static IMAGE_FOLDER: OpSchema = OpSchema {
     name: "image_folder",
     kind: OpKind::Dataset,
     version: 1,
     doc: "Images in the Beans layout `<split>/<class>/*.{jpg,png}`; resized and ImageNet-normalised.",
-    params: &[
-        DATA_DIR,
-        p(
-            "image_size",
-            Ty::Int,
-            D::Int(224),
-            Some(Range::closed(8.0, 4096.0)),
-            "images are resized to this side",
-        ),
-        p(
-            "augment",
-            Ty::Bool,
-            D::Bool(true),
-            None,
-            "random flips and crops on the training split",
-        ),
-        HOLDOUT,
-    ],
+    params: &[DATA_DIR, IMAGE_SIZE, AUGMENT, HOLDOUT],
     derive: None,
     check: None,
 };
@@ -442,20 +443,8 @@ pub static IMAGE_TABLE: OpSchema = OpSchema {
         ),
         LABEL_COLUMN,
         TABLE_FORMAT,
-        p(
-            "image_size",
-            Ty::Int,
-            D::Int(224),
-            Some(Range::closed(8.0, 4096.0)),
-            "images are resized to this side",
-        ),
-        p(
-            "augment",
-            Ty::Bool,
-            D::Bool(true),
-            None,
-            "random flips and crops on the training split",
-        ),
+        IMAGE_SIZE,
+        AUGMENT,
         HOLDOUT,
     ],
     derive: None,
@@ -529,20 +518,8 @@ pub static HF_DATASET: OpSchema = OpSchema {
             "tokens per example (text)",
         ),
         WORDPIECE_VOCAB,
-        p(
-            "image_size",
-            Ty::Int,
-            D::Int(224),
-            Some(Range::closed(8.0, 4096.0)),
-            "images are resized to this side (images)",
-        ),
-        p(
-            "augment",
-            Ty::Bool,
-            D::Bool(true),
-            None,
-            "random flips and crops on the training split (images)",
-        ),
+        IMAGE_SIZE,
+        AUGMENT,
         HOLDOUT,
     ],
     derive: None,

@@ -136,6 +136,20 @@ pub fn key_of(plan: &serde_json::Value, name: &str) -> String {
     by_name(plan, name)["key"].as_str().expect("a key").to_string()
 }
 
+/// The store entry of the stage named `stage` of the pipeline `file` in `t` (by `rkd plan`).
+pub fn entry_of(t: &Test, file: &str, stage: &str) -> PathBuf {
+    let plan: serde_json::Value =
+        serde_json::from_str(&t.run_with(&["plan", file, "--json"]).stdout).expect("plan --json");
+    t.path().join(".rkd/entries").join(key_of(&plan, stage))
+}
+
+/// A JSON file of a stage's entry (`metrics.json`, `out/eval.json`).
+pub fn entry_json(t: &Test, file: &str, stage: &str, name: &str) -> serde_json::Value {
+    let path = entry_of(t, file, stage).join(name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).expect("JSON")
+}
+
 /// A JSON list of names, sorted.
 pub fn sorted(v: &serde_json::Value) -> Vec<String> {
     let mut names: Vec<String> = v

@@ -71,6 +71,19 @@ impl Place {
 /// What to do after a row: read on, or stop (a check that has seen enough).
 pub type Flow = std::ops::ControlFlow<()>;
 
+/// The positions of `columns` among a header's names (`have`); a missing one is an error at
+/// the header's line naming the columns there are.
+pub fn column_positions(path: &Path, have: &[&str], columns: &[&str]) -> Result<Vec<usize>, DataError> {
+    columns
+        .iter()
+        .map(|name| {
+            have.iter()
+                .position(|h| h == name)
+                .ok_or_else(|| no_column(path, Place::Line(1), name, have))
+        })
+        .collect()
+}
+
 /// The error for a column the file does not have, listing the ones it has.
 pub fn no_column(path: &Path, place: Place, name: &str, have: &[&str]) -> DataError {
     place.error(path, format!("no column `{name}`; the columns are {}", have.join(", ")))

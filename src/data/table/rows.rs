@@ -6,7 +6,7 @@
 use std::io::BufRead;
 use std::path::Path;
 
-pub use super::cells::{no_column, Cell, Flow, Place};
+pub use super::cells::{column_positions, no_column, Cell, Flow, Place};
 use super::parquet;
 use crate::data::error::DataError;
 use crate::registry::TableFormat as Format;
@@ -39,14 +39,7 @@ fn read_delimited(
         .map_err(|e| csv_error(path, e))?;
     let headers = reader.headers().map_err(|e| csv_error(path, e))?.clone();
     let have: Vec<&str> = headers.iter().map(str::trim).collect();
-    let index: Vec<usize> = columns
-        .iter()
-        .map(|name| {
-            have.iter()
-                .position(|h| h == name)
-                .ok_or_else(|| no_column(path, Place::Line(1), name, &have))
-        })
-        .collect::<Result<_, _>>()?;
+    let index = column_positions(path, &have, columns)?;
     let mut record = csv::StringRecord::new();
     while reader.read_record(&mut record).map_err(|e| csv_error(path, e))? {
         let line = record.position().map_or(0, |p| p.line() as usize);
