@@ -527,11 +527,19 @@ impl Dataset {
         let tokenizer = match &opts.tokenizer_dir {
             Some(d) => Tokenizer::from_dir(d)?,
             None => {
+                // Counted a chunk of texts at a time, in parallel.
                 let mut words = wordpiece::WordCounts::new(true);
+                let mut chunk: Vec<String> = Vec::with_capacity(Encoder::CHUNK);
                 table::for_each_row(train_files, format, columns, &mut |row| {
-                    words.add(&row.text)?;
-                    row.pair.as_deref().map_or(Ok(()), |p| words.add(p))
+                    chunk.push(row.text);
+                    chunk.extend(row.pair);
+                    if chunk.len() >= Encoder::CHUNK {
+                        words.add_all(&chunk)?;
+                        chunk.clear();
+                    }
+                    Ok(())
                 })?;
+                words.add_all(&chunk)?;
                 Tokenizer::from_word_counts(&words.into_counts(), vocab_size)?
             }
         };

@@ -182,10 +182,7 @@ impl Tokenizer {
     /// `[CLS] pieces… [SEP]`, truncated to at most `max_len` ids (`max_len` below 2 counts as 2).
     pub fn encode(&self, text: &str, max_len: usize) -> Vec<u32> {
         let max_len = max_len.max(2);
-        let pieces = match self.inner.encode(text, false) {
-            Ok(enc) => enc.get_ids().to_vec(),
-            Err(_) => vec![self.unk],
-        };
+        let pieces = self.first_pieces(text, max_len - 2);
         let keep = pieces.len().min(max_len - 2);
         let mut ids = Vec::with_capacity(keep + 2);
         ids.push(self.cls);
@@ -199,11 +196,7 @@ impl Tokenizer {
     /// cut from the end of the longer text, one token at a time (BERT's `longest_first`).
     pub fn encode_pair(&self, a: &str, b: &str, max_len: usize) -> (Vec<u32>, u32) {
         let max_len = max_len.max(3);
-        let pieces = |t: &str| match self.inner.encode(t, false) {
-            Ok(enc) => enc.get_ids().to_vec(),
-            Err(_) => vec![self.unk],
-        };
-        let (mut pa, mut pb) = (pieces(a), pieces(b));
+        let (mut pa, mut pb) = (self.first_pieces(a, max_len - 3), self.first_pieces(b, max_len - 3));
         while pa.len() + pb.len() > max_len - 3 {
             if pa.len() > pb.len() {
                 pa.pop();
@@ -219,6 +212,44 @@ impl Tokenizer {
         ids.extend_from_slice(&pb);
         ids.push(self.sep);
         (ids, start)
+    }
+
+    /// The WordPiece ids of `text`, at least its first `need` of them (all when it has fewer).
+    ///
+    /// A long text is encoded by its beginning only: every whitespace-separated word gives at
+    /// least one piece, and normalisation and pre-tokenisation never join across whitespace, so
+    /// the first `need` words give the same first pieces as the whole text. Should they give
+    /// fewer (words that normalise to nothing), the whole text is encoded.
+    fn first_pieces(&self, text: &str, need: usize) -> Vec<u32> {
+        let encode = |t: &str| match self.inner.encode(t, false) {
+            Ok(enc) => enc.get_ids().to_vec(),
+            Err(_) => vec![self.unk],
+        };
+        // The end of the `need`-th word, if the text goes on after it.
+        let mut words = 0;
+        let mut in_word = false;
+        let mut cut = None;
+        for (i, c) in text.char_indices() {
+            if c.is_whitespace() {
+                if in_word {
+                    words += 1;
+                    if words == need {
+                        cut = Some(i);
+                        break;
+                    }
+                }
+                in_word = false;
+            } else {
+                in_word = true;
+            }
+        }
+        if let Some(end) = cut {
+            let pieces = encode(&text[..end]);
+            if pieces.len() >= need {
+                return pieces;
+            }
+        }
+        encode(text)
     }
 
     /// The tokens of `ids` joined back into text (special tokens dropped).
@@ -374,6 +405,63 @@ mod tests {
             tk.encode_pair("t10 t11", "t20 t21 t22 t23", 7),
             (vec![2, 10, 11, 3, 20, 21, 3], 4)
         );
+    }
+
+    #[test]
+    fn a_long_text_cut_to_max_len_gives_the_ids_of_the_whole_text_cut() {
+        let tk = Tokenizer::train_wordpiece(&TEXTS, 120).unwrap();
+        let long: String = (0..300)
+            .map(|i| match i % 7 {
+                0 => "Café, crème!".to_string(),
+                1 => "unflinchingly".to_string(),
+                2 => "\u{7}\u{8}".to_string(), // control characters only: normalised away
+                3 => "漢字".to_string(),
+                4 => "does n't".to_string(),
+                5 => "(bleak)".to_string(),
+                _ => format!("w{i}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" \t ");
+        for max_len in [2, 3, 5, 16, 64, 512, 4096] {
+            let whole = match tk.inner().encode(long.as_str(), false) {
+                Ok(e) => e.get_ids().to_vec(),
+                Err(_) => panic!("encodes"),
+            };
+            let keep = whole.len().min(max_len.max(2) - 2);
+            let mut expected = vec![tk.cls_id()];
+            expected.extend_from_slice(&whole[..keep]);
+            expected.push(tk.sep_id());
+            assert_eq!(tk.encode(&long, max_len), expected, "max_len {max_len}");
+        }
+        // Pairs: longest_first on the cut texts ends where it ends on the whole ones.
+        let whole = |t: &str| tk.inner().encode(t, false).unwrap().get_ids().to_vec();
+        let short = "a bleak journey , desperate";
+        for (a, b) in [
+            (long.as_str(), short),
+            (short, long.as_str()),
+            (long.as_str(), long.as_str()),
+        ] {
+            for max_len in [3, 8, 61, 300] {
+                let (mut pa, mut pb) = (whole(a), whole(b));
+                while pa.len() + pb.len() > max_len - 3 {
+                    if pa.len() > pb.len() {
+                        pa.pop();
+                    } else {
+                        pb.pop();
+                    }
+                }
+                let mut ids = vec![tk.cls_id()];
+                ids.extend(&pa);
+                ids.push(tk.sep_id());
+                let at = ids.len() as u32;
+                ids.extend(&pb);
+                ids.push(tk.sep_id());
+                assert_eq!(tk.encode_pair(a, b, max_len), (ids, at), "max_len {max_len}");
+            }
+        }
+        // Words that normalise to nothing: fewer pieces than words, so the whole text is read.
+        let blanks = format!("{} real words here", "\u{7} ".repeat(10));
+        assert_eq!(tk.encode(&blanks, 5).len(), 5);
     }
 
     #[test]

@@ -42,16 +42,26 @@ impl WordCounts {
 
     /// Counts the words of one text.
     pub fn add(&mut self, text: &str) -> Result<(), DataError> {
-        let mut n = NormalizedString::from(text);
-        self.normalizer
-            .normalize(&mut n)
-            .map_err(|e| DataError::new(format!("normalising a training text failed: {e}")))?;
-        let mut pre = PreTokenizedString::from(n);
-        BertPreTokenizer
-            .pre_tokenize(&mut pre)
-            .map_err(|e| DataError::new(format!("pre-tokenising a training text failed: {e}")))?;
-        for (w, _, _) in pre.get_splits(OffsetReferential::Original, OffsetType::Byte) {
-            *self.counts.entry(w.to_string()).or_insert(0) += 1;
+        count_words(&self.normalizer, text, &mut self.counts)
+    }
+
+    /// Counts the words of many texts, in parallel (the counts do not depend on the order).
+    pub fn add_all(&mut self, texts: &[String]) -> Result<(), DataError> {
+        use rayon::prelude::*;
+        let normalizer = &self.normalizer;
+        let counted = texts
+            .par_iter()
+            .try_fold(BTreeMap::new, |mut counts, t| {
+                count_words(normalizer, t, &mut counts).map(|()| counts)
+            })
+            .try_reduce(BTreeMap::new, |mut a, b| {
+                for (w, n) in b {
+                    *a.entry(w).or_insert(0) += n;
+                }
+                Ok(a)
+            })?;
+        for (w, n) in counted {
+            *self.counts.entry(w).or_insert(0) += n;
         }
         Ok(())
     }
@@ -60,6 +70,22 @@ impl WordCounts {
     pub fn into_counts(self) -> BTreeMap<String, u64> {
         self.counts
     }
+}
+
+/// Adds the words of `text` (BERT-normalised and pre-tokenised) to `counts`.
+fn count_words(normalizer: &BertNormalizer, text: &str, counts: &mut BTreeMap<String, u64>) -> Result<(), DataError> {
+    let mut n = NormalizedString::from(text);
+    normalizer
+        .normalize(&mut n)
+        .map_err(|e| DataError::new(format!("normalising a training text failed: {e}")))?;
+    let mut pre = PreTokenizedString::from(n);
+    BertPreTokenizer
+        .pre_tokenize(&mut pre)
+        .map_err(|e| DataError::new(format!("pre-tokenising a training text failed: {e}")))?;
+    for (w, _, _) in pre.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+        *counts.entry(w.to_string()).or_insert(0) += 1;
+    }
+    Ok(())
 }
 
 /// Word counts of `texts` after uncased BERT normalisation and pre-tokenisation.
