@@ -274,3 +274,31 @@ fn a_table_without_the_named_column_fails_naming_the_file_and_the_columns() {
         bad.stderr
     );
 }
+
+#[test]
+fn a_cached_hub_dataset_is_checked_before_anything_runs() {
+    let t = Test::new().file("p.rkd", &pipeline_from("hf_dataset(repo: \"someone/reviews\""));
+    let repo = t.path().join("hf/hub/datasets--someone--reviews");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "beef42").unwrap();
+    // The cached files name the text column `sentence`, not `review`.
+    let rows = rows();
+    write_parquet(
+        &repo.join("snapshots/beef42/data/train-00000-of-00001.parquet"),
+        &[
+            Col::Str("sentence", rows.iter().map(|(t, _)| t.clone()).collect()),
+            Col::Str("sentiment", rows.iter().map(|(_, l)| l.to_string()).collect()),
+        ],
+        100,
+    );
+    let hf = t.path().join("hf");
+    let t = t.env("HF_HOME", hf.to_str().unwrap()).env("HF_HUB_OFFLINE", "1");
+    let out = t.run_with(&["check", "p.rkd"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("row 1: no column `review`; the columns are sentence, sentiment"),
+        "{}",
+        out.stderr
+    );
+}

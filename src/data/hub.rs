@@ -70,6 +70,13 @@ fn unreachable_hint(repo: &str) -> String {
     )
 }
 
+/// The directory of `repo`'s configuration at `revision` in the Hugging Face cache, if the cache
+/// has that snapshot (no network).
+pub fn cached(repo: &str, config: Option<&str>, revision: &str) -> Option<PathBuf> {
+    let hub_repo = Repo::with_revision(repo.to_string(), RepoType::Dataset, revision.to_string());
+    cached_snapshot(&hf_hub::Cache::from_env(), &hub_repo).map(|s| table_dir(&s, config))
+}
+
 /// Fetches (or finds in the cache) the split files of `repo`'s configuration at `revision` and
 /// returns the directory to read them from.
 pub fn fetch(repo: &str, config: Option<&str>, revision: &str) -> Result<PathBuf, DataError> {

@@ -338,8 +338,8 @@ impl Dataset {
         Ok(data)
     }
 
-    /// Checks a table dataset (`text_table`, `image_table`, `glue` with a `path:`) without
-    /// loading it: its split files
+    /// Checks a table dataset (`text_table`, `image_table`, `glue` with a `path:`, an
+    /// `hf_dataset` already in the Hugging Face cache) without loading it: its split files
     /// are found, open, have the columns asked for, and their rows read (text, a label that is
     /// an integer or a string, an image: the first of each file decoded) — the first row of
     /// each file, or every row with `all_rows`. Other datasets pass (they are checked when
@@ -369,13 +369,25 @@ impl Dataset {
             image_table::check_cell(image, file, first).map_err(|e| (0, e))?;
             table::Label::from_cell(label).map(drop).map_err(|e| (1, e))
         };
+        // A Hub dataset is checked when its files are in the cache already (no network here).
+        let cached = match ctor {
+            "hf_dataset" => {
+                let config = args.opt_str("config")?;
+                match hub::cached(&args.str("repo")?, config.as_deref(), &args.str("revision")?) {
+                    Some(dir) => Some(dir),
+                    None => return Ok(()),
+                }
+            }
+            _ => None,
+        };
+        let image = args.opt_str("image")?;
         let (columns, row): (Vec<String>, table::RowCheck) = match ctor {
-            "text_table" => {
+            "text_table" | "hf_dataset" if image.is_none() => {
                 let mut columns = vec![args.str("text")?, label?];
                 columns.extend(args.opt_str("text_pair")?);
                 (columns, &text_row)
             }
-            "image_table" => (vec![args.str("image")?, label?], &image_row),
+            "image_table" | "hf_dataset" => (vec![args.str("image")?, label?], &image_row),
             // A GLUE task's files are read whole (GLUE's largest, MNLI's, is 80 MB).
             "glue" => {
                 return match args.opt_path("path")? {
@@ -392,7 +404,11 @@ impl Dataset {
         };
         let format = table_format(&args)?;
         let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-        for files in table::split_files(&args.path("path")?)?.values() {
+        let dir = match cached {
+            Some(dir) => dir,
+            None => args.path("path")?,
+        };
+        for files in table::split_files(&dir)?.values() {
             table::check_split(files, format, &columns, all_rows, row)?;
         }
         Ok(())

@@ -1,5 +1,6 @@
 //! The check `rkd check` and `rkd run` make of the tables a pipeline reads (`text_table`,
-//! `image_table`) before any stage starts: each table's split files are found, open as their
+//! `image_table`, `glue` with a `path:`, an `hf_dataset` already in the Hugging Face cache) before
+//! any stage starts: each table's split files are found, open as their
 //! format, have the columns the call names, and their rows read — the first row of each file for
 //! `rkd check`, every row for `rkd run` (of the tables that stages about to run read). A problem is
 //! reported at the call's `path:` in the `.rkd` file, naming the file, row and column.
@@ -53,7 +54,7 @@ pub fn check<'a>(stages: impl IntoIterator<Item = &'a StageDef>, all_rows: bool)
 /// Calls `f` on every table dataset in a value.
 fn each_table(v: &Value, f: &mut impl FnMut(&Spec)) {
     match v {
-        Value::Spec(s) if matches!(s.ctor.name, "text_table" | "image_table" | "glue") => f(s),
+        Value::Spec(s) if matches!(s.ctor.name, "text_table" | "image_table" | "glue" | "hf_dataset") => f(s),
         Value::Spec(s) => s.params.values().for_each(|x| each_table(x, f)),
         Value::List(xs) => xs.iter().for_each(|x| each_table(x, f)),
         Value::Record(r) => r.values().for_each(|x| each_table(x, f)),
