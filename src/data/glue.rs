@@ -167,28 +167,6 @@ fn validation_stems(task: Task) -> &'static [&'static str] {
     }
 }
 
-/// The files of a split in `dir` (or its `data/`): `<stem>.<ext>` or shards `<stem>-*.<ext>`.
-fn files_of(dir: &Path, stems: &[&str]) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for folder in [dir.to_path_buf(), dir.join("data")] {
-        let Ok(entries) = std::fs::read_dir(&folder) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
-                continue;
-            };
-            let base = stem.split_once('-').map_or(stem, |(n, _)| n);
-            if path.is_file() && Format::of(&path).is_some() && stems.contains(&base) {
-                found.push(path);
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
 /// Reads a GLUE task from `dir`.
 pub fn read(task: Task, dir: &Path) -> Result<GlueData, DataError> {
     if !dir.is_dir() {
@@ -206,7 +184,10 @@ pub fn read(task: Task, dir: &Path) -> Result<GlueData, DataError> {
         (SplitName::Train, &["train"][..]),
         (SplitName::Validation, validation_stems(task)),
     ] {
-        let files = files_of(dir, stems);
+        let files: Vec<PathBuf> = table::table_files(dir)
+            .into_iter()
+            .filter(|f| table::split_stem(f).is_some_and(|s| stems.contains(&s)))
+            .collect();
         if files.is_empty() {
             return Err(DataError::file(
                 dir,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use hf_hub::{Repo, RepoType};
 
 use super::error::DataError;
-use super::table::Format;
+use super::table;
 
 /// Whether `HF_HUB_OFFLINE` asks for the cache alone (`1`, `true`, `yes`, `on`).
 pub fn offline() -> bool {
@@ -30,21 +30,16 @@ fn folder(config: Option<&str>) -> &str {
 /// (or, without a config, at the top or in `data/` or `default/`) named by its split.
 fn wanted(file: &str, config: Option<&str>) -> bool {
     let path = Path::new(file);
-    if Format::of(path).is_none() {
-        return false;
-    }
     let parent = path.parent().and_then(|p| p.to_str()).unwrap_or("");
     let in_folder = match config {
         Some(c) => parent == c || parent == format!("{c}/data"),
         None => matches!(parent, "" | "data" | "default"),
     };
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
-    let split = stem.split_once('-').map_or(stem, |(n, _)| n);
     // GLUE's MNLI keeps two validation sets (matched, mismatched).
     in_folder
         && matches!(
-            split,
-            "train" | "validation" | "dev" | "valid" | "test" | "validation_matched" | "validation_mismatched"
+            table::split_stem(path),
+            Some("train" | "validation" | "dev" | "valid" | "test" | "validation_matched" | "validation_mismatched")
         )
 }
 

@@ -66,50 +66,37 @@ fn source(cell: Cell, table_dir: &Path) -> Result<Source, String> {
     }
 }
 
+impl Source {
+    /// The image, decoded (the format guessed from the bytes); the error in words.
+    fn open(&self) -> Result<image::DynamicImage, String> {
+        let decoded = match self {
+            Source::Bytes(b) => image::load_from_memory(b),
+            Source::File(f) => image::ImageReader::open(f)
+                .and_then(|r| r.with_guessed_format())
+                .map_err(|e| format!("{}: {e}", f.display()))?
+                .decode(),
+        };
+        decoded.map_err(|e| format!("cannot decode the image: {e}"))
+    }
+}
+
 /// Checks an image cell of the table file `file`: it names an image (embedded, or a file that
 /// exists), and with `decode` the image decodes.
 pub fn check_cell(cell: Cell, file: &Path, decode: bool) -> Result<(), String> {
     let dir = file.parent().unwrap_or(Path::new("."));
-    let img = match source(cell, dir)? {
-        Source::File(f) if !decode => {
-            return match f.is_file() {
-                true => Ok(()),
-                false => Err(format!("no image file {}", f.display())),
-            }
-        }
-        _ if !decode => return Ok(()),
-        Source::Bytes(b) => image::load_from_memory(&b),
-        Source::File(f) => image::ImageReader::open(&f)
-            .map_err(|e| format!("{}: {e}", f.display()))?
-            .with_guessed_format()
-            .map_err(|e| format!("{}: {e}", f.display()))?
-            .decode(),
-    };
-    img.map(drop).map_err(|e| format!("cannot decode the image: {e}"))
+    match source(cell, dir)? {
+        src if decode => src.open().map(drop),
+        Source::File(f) if !f.is_file() => Err(format!("no image file {}", f.display())),
+        _ => Ok(()),
+    }
 }
 
 /// Decodes one image as RGB resized to `side`×`side`.
 fn decode(p: &Pending, column: &str, side: u32) -> Result<Vec<u8>, DataError> {
-    let img = match &p.source {
-        Source::Bytes(b) => image::load_from_memory(b),
-        Source::File(f) => {
-            let reader = image::ImageReader::open(f).map_err(|e| {
-                p.place
-                    .error(&p.file, format!("column `{column}`: {}: {e}", f.display()))
-            })?;
-            reader
-                .with_guessed_format()
-                .map_err(|e| {
-                    p.place
-                        .error(&p.file, format!("column `{column}`: {}: {e}", f.display()))
-                })?
-                .decode()
-        }
-    }
-    .map_err(|e| {
-        p.place
-            .error(&p.file, format!("column `{column}`: cannot decode the image: {e}"))
-    })?;
+    let img = p
+        .source
+        .open()
+        .map_err(|e| p.place.error(&p.file, format!("column `{column}`: {e}")))?;
     Ok(resize_square(&img.to_rgb8(), side).into_raw())
 }
 

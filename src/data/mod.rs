@@ -295,6 +295,17 @@ pub fn spec_augments(ctor: &str, params: &Params) -> bool {
     }
 }
 
+/// The task of a `glue(task:)` call.
+fn glue_task(args: &Args) -> Result<glue::Task, DataError> {
+    let word = args.str("task")?;
+    glue::Task::from_word(&word).ok_or_else(|| DataError::new(format!("glue: no GLUE task `{word}`")))
+}
+
+/// Where an `hf_dataset` is on the Hub: repository, configuration, revision.
+fn hub_location(args: &Args) -> Result<(String, Option<String>, String), DataError> {
+    Ok((args.str("repo")?, args.opt_str("config")?, args.str("revision")?))
+}
+
 /// The `format:` argument of a table, if given.
 fn table_format(args: &Args) -> Result<Option<table::Format>, DataError> {
     match args.opt_str("format")? {
@@ -318,8 +329,8 @@ impl Dataset {
             "image_folder" => Self::load_image_folder(&args, opts),
             "image_table" => Self::load_image_table(&args, &args.path("path")?),
             "hf_dataset" => {
-                let config = args.opt_str("config")?;
-                let dir = hub::fetch(&args.str("repo")?, config.as_deref(), &args.str("revision")?)?;
+                let (repo, config, revision) = hub_location(&args)?;
+                let dir = hub::fetch(&repo, config.as_deref(), &revision)?;
                 if args.opt_str("image")?.is_some() {
                     Self::load_image_table(&args, &dir)
                 } else {
@@ -372,8 +383,8 @@ impl Dataset {
         // A Hub dataset is checked when its files are in the cache already (no network here).
         let cached = match ctor {
             "hf_dataset" => {
-                let config = args.opt_str("config")?;
-                match hub::cached(&args.str("repo")?, config.as_deref(), &args.str("revision")?) {
+                let (repo, config, revision) = hub_location(&args)?;
+                match hub::cached(&repo, config.as_deref(), &revision) {
                     Some(dir) => Some(dir),
                     None => return Ok(()),
                 }
@@ -391,12 +402,7 @@ impl Dataset {
             // A GLUE task's files are read whole (GLUE's largest, MNLI's, is 80 MB).
             "glue" => {
                 return match args.opt_path("path")? {
-                    Some(dir) => {
-                        let word = args.str("task")?;
-                        let task = glue::Task::from_word(&word)
-                            .ok_or_else(|| DataError::new(format!("glue: no GLUE task `{word}`")))?;
-                        glue::read(task, &dir).map(drop)
-                    }
+                    Some(dir) => glue::read(glue_task(&args)?, &dir).map(drop),
                     None => Ok(()),
                 }
             }
@@ -484,9 +490,7 @@ impl Dataset {
     }
 
     fn load_glue(args: &Args, opts: &LoadOptions) -> Result<Dataset, DataError> {
-        let word = args.str("task")?;
-        let task =
-            glue::Task::from_word(&word).ok_or_else(|| DataError::new(format!("glue: no GLUE task `{word}`")))?;
+        let task = glue_task(args)?;
         let max_len = args.usize("max_len")?;
         let dir = match args.opt_path("path")? {
             Some(dir) => dir,
@@ -736,6 +740,16 @@ impl Dataset {
     /// has one output.
     pub fn is_regression(&self) -> bool {
         self.metric == glue::Metric::Correlation
+    }
+
+    /// What a split is scored by when epochs are selected: `accuracy`, or for a regression
+    /// `pearson` (the metric's name in metrics, logs and files).
+    pub fn score_name(&self) -> &'static str {
+        if self.is_regression() {
+            "pearson"
+        } else {
+            "accuracy"
+        }
     }
 
     /// The regression targets of a split, in example order (empty for classification).

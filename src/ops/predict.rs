@@ -71,16 +71,17 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         ctx.progress.steps("batch", i as u64 + 1, batches.len() as u64);
     }
     // How well the teacher fits the training split: accuracy, or a regression's Pearson.
-    let (quality, score) = if dataset.is_regression() {
+    let quality = dataset.score_name();
+    let score = if dataset.is_regression() {
         let outputs: Vec<f64> = logits.iter().map(|&x| f64::from(x)).collect();
         let targets: Vec<f64> = dataset
             .targets(SplitName::Train)
             .iter()
             .map(|&x| f64::from(x))
             .collect();
-        ("pearson", crate::ml::training::regression::pearson(&outputs, &targets))
+        crate::ml::training::regression::pearson(&outputs, &targets)
     } else {
-        ("accuracy", correct as f64 / n as f64)
+        correct as f64 / n as f64
     };
     let what = match dataset.is_regression() {
         true => "outputs (a regression)".to_string(),

@@ -398,8 +398,7 @@ pub(super) fn fit(
     };
     ctx.resumed_from = resumed_from;
     let report = result?;
-    let metric = if dataset.is_regression() { "pearson" } else { "accuracy" };
-    write_curves(&ctx.out_dir, &report, selection_split, metric)?;
+    write_curves(&ctx.out_dir, &report, selection_split, dataset.score_name())?;
     if report.loss_fell() == Some(false) {
         note(
             &ctx.log,
@@ -481,8 +480,8 @@ pub(super) fn write_train_metrics(
         "best_epoch": report.best_epoch,
         // What epochs were selected by (and what `val_accuracy` of each epoch holds): accuracy,
         // or a regression's Pearson correlation.
-        "selection_metric": if dataset.is_regression() { "pearson" } else { "accuracy" },
-        (if dataset.is_regression() { "best_pearson" } else { "best_accuracy" }): report.best_accuracy(),
+        "selection_metric": dataset.score_name(),
+        (format!("best_{}", dataset.score_name())): report.best_accuracy(),
         "planned_steps": report.planned_steps,
         "warmup_steps": report.warmup_steps,
         "epochs": report.epochs,
@@ -552,7 +551,7 @@ pub(super) fn run_metrics(report: &TrainReport, dataset: &Dataset) -> BTreeMap<S
     let mut m = BTreeMap::new();
     // The selection score: accuracy, or a regression's Pearson correlation.
     if let Some(a) = report.best_accuracy() {
-        m.insert(if dataset.is_regression() { "pearson" } else { "accuracy" }.into(), a);
+        m.insert(dataset.score_name().into(), a);
     }
     if let Some(l) = report.final_loss() {
         m.insert("loss".into(), l);

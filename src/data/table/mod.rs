@@ -112,6 +112,26 @@ impl Columns<'_> {
     }
 }
 
+/// The split a table file's name gives: its stem up to a shard suffix (`train` for `train.csv`
+/// and for `train-00000-of-00002.parquet`); `None` for a file that is not a table format's.
+pub fn split_stem(path: &Path) -> Option<&str> {
+    Format::of(path)?;
+    let stem = path.file_stem()?.to_str()?;
+    Some(stem.split_once('-').map_or(stem, |(name, _)| name))
+}
+
+/// The table files (by extension) directly in `dir` and in its `data/`, in name order.
+pub fn table_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = [dir.to_path_buf(), dir.join("data")]
+        .iter()
+        .filter_map(|folder| std::fs::read_dir(folder).ok())
+        .flat_map(|entries| entries.flatten().map(|e| e.path()))
+        .filter(|path| path.is_file() && Format::of(path).is_some())
+        .collect();
+    found.sort();
+    found
+}
+
 /// The files of each split in a table directory (shards in name order).
 pub fn split_files(dir: &Path) -> Result<BTreeMap<SplitName, Vec<PathBuf>>, DataError> {
     if !dir.is_dir() {
@@ -128,31 +148,14 @@ pub fn split_files(dir: &Path) -> Result<BTreeMap<SplitName, Vec<PathBuf>>, Data
         ));
     }
     let mut found: BTreeMap<SplitName, Vec<PathBuf>> = BTreeMap::new();
-    for folder in [dir.to_path_buf(), dir.join("data")] {
-        let Ok(entries) = std::fs::read_dir(&folder) else {
-            continue;
+    for path in table_files(dir) {
+        let split = match split_stem(&path) {
+            Some("train") => SplitName::Train,
+            Some("validation" | "dev" | "valid") => SplitName::Validation,
+            Some("test") => SplitName::Test,
+            _ => continue,
         };
-        for e in entries.flatten() {
-            let path = e.path();
-            if !path.is_file() || Format::of(&path).is_none() {
-                continue;
-            }
-            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
-                continue;
-            };
-            // `train`, or a shard `train-00000-of-00002`.
-            let name = stem.split_once('-').map_or(stem, |(n, _)| n);
-            let split = match name {
-                "train" => SplitName::Train,
-                "validation" | "dev" | "valid" => SplitName::Validation,
-                "test" => SplitName::Test,
-                _ => continue,
-            };
-            found.entry(split).or_default().push(path);
-        }
-    }
-    for files in found.values_mut() {
-        files.sort();
+        found.entry(split).or_default().push(path);
     }
     if !found.contains_key(&SplitName::Train) {
         let names: Vec<String> = found.values().flatten().map(|p| p.display().to_string()).collect();
@@ -214,21 +217,6 @@ pub fn for_each_row(
         })?;
     }
     Ok(())
-}
-
-/// Reads one split from its files into memory (`format` overrides the extensions).
-pub fn read_split(files: &[PathBuf], format: Option<Format>, columns: Columns) -> Result<TableSplit, DataError> {
-    let mut split = TableSplit::default();
-    for_each_row(files, format, columns, &mut |row| {
-        split.texts.push(row.text);
-        split.pairs.extend(row.pair);
-        split.labels.push(row.label);
-        Ok(())
-    })?;
-    if split.texts.is_empty() {
-        return Err(empty_split(files));
-    }
-    Ok(split)
 }
 
 /// The error for a split whose files hold no rows.
@@ -320,6 +308,21 @@ pub fn label_name(l: &Label) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One split read into memory (the loaders stream instead).
+    fn read_split(files: &[PathBuf], format: Option<Format>, columns: Columns) -> Result<TableSplit, DataError> {
+        let mut split = TableSplit::default();
+        for_each_row(files, format, columns, &mut |row| {
+            split.texts.push(row.text);
+            split.pairs.extend(row.pair);
+            split.labels.push(row.label);
+            Ok(())
+        })?;
+        if split.texts.is_empty() {
+            return Err(empty_split(files));
+        }
+        Ok(split)
+    }
 
     const COLS: Columns = Columns {
         text: "sentence",
