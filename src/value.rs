@@ -66,6 +66,23 @@ pub struct PathValue {
     pub span: crate::source::Span,
 }
 
+/// The path with `x/..` removed lexically, so that one location spelled two ways
+/// is one (stage identities; whether an image path stays inside its dataset's folder).
+pub fn normalize_path(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// The result of a model or dataset constructor.
 #[derive(Clone, Debug)]
 pub struct Spec {

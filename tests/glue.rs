@@ -104,6 +104,10 @@ fn cola_is_scored_by_matthews_correlation_in_eval_and_report() {
     assert!(md.contains("| Accuracy | MCC |"), "{md}");
     let json: Value = serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["score_name"], "MCC");
+    // Its plots show the task's metric.
+    assert!(md.contains("![parameters vs MCC](params_vs_accuracy.svg)"), "{md}");
+    let svg = std::fs::read_to_string(report_dir.join("params_vs_accuracy.svg")).unwrap();
+    assert!(svg.contains("Matthews correlation (× 100)"), "the y axis is MCC");
     // GLUE hides its test labels: asking for the test split is refused before anything runs.
     std::fs::write(
         t.path().join("q.rkd"),
@@ -273,7 +277,8 @@ fn stsb_is_a_regression_that_trains_distils_and_is_scored_by_correlation() {
                  stage teacher = train(model: {TINY}, data: stsb, epochs: 15, batch_size: 16, lr: 1e-3, seed: 1)\n\
                  stage student = distill(teacher: teacher, student: bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, max_position: 32), data: stsb, epochs: 15, batch_size: 16, lr: 3e-3, seed: 1)\n\
                  stage teacher_score = eval(model: teacher, data: stsb, batch_size: 16)\n\
-                 stage student_score = eval(model: student, data: stsb, batch_size: 16)\n"
+                 stage student_score = eval(model: student, data: stsb, batch_size: 16)\n\
+                 stage r = report(models: [teacher, student], data: stsb, baseline: teacher)\n"
             ),
         );
     let out = t.run_with(&["run", "p.rkd", "-j", "1"]);
@@ -302,4 +307,34 @@ fn stsb_is_a_regression_that_trains_distils_and_is_scored_by_correlation() {
     assert_eq!(config["id2label"], serde_json::json!({"0": "score"}));
     let train = entry_json(&t, "p.rkd", "teacher", "out/train_metrics.json");
     assert_eq!(train["selection_metric"], "pearson");
+    // The report compares the models by Pearson's r, with Spearman beside it, in its table,
+    // CSV, JSON and plots; its numbers are eval's.
+    let report_dir = entry_of(&t, "p.rkd", "r").join("out");
+    let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
+    assert!(md.contains("| Pearson | Spearman |"), "{md}");
+    assert!(md.contains("Retention = pearson / baseline pearson"), "{md}");
+    let csv = std::fs::read_to_string(report_dir.join("report.csv")).unwrap();
+    assert!(csv.starts_with("name,strategy,op,pearson,score,"), "{csv}");
+    let json: Value = serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(
+        (json["quality_name"].as_str(), json["score_name"].as_str()),
+        (Some("pearson"), Some("Spearman"))
+    );
+    for (row, stage) in json["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(["teacher_score", "student_score"])
+    {
+        let m = metrics(&t, "p.rkd", stage);
+        let (r, p) = (row["quality"].as_f64().unwrap(), m["pearson"].as_f64().unwrap());
+        assert!((r - p).abs() < 1e-4, "{stage}: report {r} vs eval {p}");
+        let (rs, s) = (row["score"].as_f64().unwrap(), m["spearman"].as_f64().unwrap());
+        assert!((rs - s).abs() < 1e-4, "{stage}: report {rs} vs eval {s}");
+    }
+    let svg = std::fs::read_to_string(report_dir.join("size_vs_accuracy.svg")).unwrap();
+    assert!(
+        svg.contains("Pearson r (× 100)") && svg.contains("o correlation (0)"),
+        "the y axis is Pearson: {svg}"
+    );
 }

@@ -100,7 +100,7 @@ fn a_study_ends_in_a_report_and_its_models_export() {
         &std::fs::read_to_string(t.path().join(".rkd/entries").join(again_key).join("metrics.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(metrics["accuracy"], row("student")["accuracy"]);
+    assert_eq!(metrics["accuracy"], row("student")["quality"]);
     // Exporting a stage that is not a model, or into a non-empty directory, is a clear error.
     let bad = t.run_with(&["export", "p.rkd", "results", "--out", "x"]);
     assert_eq!(bad.code, 1);

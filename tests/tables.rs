@@ -192,6 +192,35 @@ stage score = eval(model: student, data: data, split: "test", batch_size: 16)
         .as_f64()
         .unwrap();
     assert!(acc > 0.8, "a student distilled on sentence pairs: test accuracy {acc}");
+    // The table was read and tokenised once, by the teacher (which trained the vocabulary);
+    // its predictions, the student (which brings the teacher's tokenizer) and eval read it.
+    let log = |stage: &str| std::fs::read_to_string(entry_of(&t, "p.rkd", stage).join("log.txt")).unwrap();
+    assert!(
+        log("teacher").contains("kept in the store for the next stage"),
+        "{}",
+        log("teacher")
+    );
+    for stage in ["teacher/predictions", "student", "score"] {
+        assert!(
+            log(stage).contains("prepared once, read from the store"),
+            "{stage}: {}",
+            log(stage)
+        );
+    }
+    // The prepared copies are a cache: gc removes them, and nothing needs them again. The
+    // teacher kept one copy under two keys (its own vocabulary's, the trained tokenizer's), each
+    // with its hash.
+    let prepared = t.path().join(".rkd/cache/prepared");
+    assert_eq!(std::fs::read_dir(&prepared).unwrap().count(), 4);
+    let gc = t.run_with(&["gc", "--keep", "p.rkd"]);
+    assert!(gc.stdout.contains("and 4 cache files"), "{}", gc.stdout);
+    assert_eq!(std::fs::read_dir(&prepared).unwrap().count(), 0);
+    let again = t.run_with(&["run", "p.rkd", "--json", "-j", "1"]);
+    let again: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(
+        common::sorted(&again["cached"]),
+        ["score", "student", "teacher", "teacher/predictions"]
+    );
 }
 
 /// A 16×16 PNG: reddish for class "angular_leaf_spot", greenish for "healthy", with noise.
@@ -301,4 +330,35 @@ fn a_cached_hub_dataset_is_checked_before_anything_runs() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn a_datasets_key_is_the_files_it_reads_wherever_the_folder_is() {
+    let rows = rows();
+    let key = |t: &Test, file: &str| -> String {
+        let out = t.run_with(&["plan", file, "--json"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        common::key_of(&serde_json::from_str(&out.stdout).unwrap(), "model")
+    };
+    let t = Test::new()
+        .file("reviews/train.csv", &csv(&rows[..160]))
+        .file("reviews/validation.csv", &csv(&rows[160..200]))
+        .file("reviews/test.csv", &csv(&rows[200..]))
+        .file("a.rkd", &pipeline("reviews"))
+        .file("b.rkd", &pipeline("moved/here"));
+    let before = key(&t, "a.rkd");
+
+    // Files that are not read change nothing: a README, notes, a table of no split.
+    std::fs::write(t.path().join("reviews/README.md"), "# reviews\n").unwrap();
+    std::fs::write(t.path().join("reviews/notes.csv"), "a,b\n1,2\n").unwrap();
+    assert_eq!(key(&t, "a.rkd"), before);
+
+    // Moved and renamed, the same files: the same key.
+    std::fs::create_dir(t.path().join("moved")).unwrap();
+    std::fs::rename(t.path().join("reviews"), t.path().join("moved/here")).unwrap();
+    assert_eq!(key(&t, "b.rkd"), before);
+
+    // A file that is read changed: a new key.
+    std::fs::write(t.path().join("moved/here/test.csv"), csv(&rows[199..])).unwrap();
+    assert_ne!(key(&t, "b.rkd"), before);
 }

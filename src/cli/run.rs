@@ -207,6 +207,7 @@ fn headline(op: &str, m: &std::collections::BTreeMap<String, f64>) -> String {
         ("report", _) => m
             .get("baseline_accuracy")
             .map(|b| format!("baseline accuracy {}", pct(*b)))
+            .or_else(|| m.get("baseline_pearson").map(|b| format!("baseline Pearson {b:.3}")))
             .unwrap_or_default(),
         ("prune", None) => m
             .get("sparsity")

@@ -183,6 +183,15 @@ pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_
             } else {
                 damaged
             };
+            let damaged = if c.cache_files > 0 {
+                format!(
+                    "{damaged} and {} cache file{} (prepared datasets, decoded images)",
+                    c.cache_files,
+                    if c.cache_files == 1 { "" } else { "s" }
+                )
+            } else {
+                damaged
+            };
             let in_use = if c.in_use > 0 {
                 format!(" ({} in use by running pipelines)", c.in_use)
             } else {

@@ -16,26 +16,14 @@ impl Resolve for Identity<'_> {
     fn stage(&mut self, id: StageId) -> Result<[u8; 32], Self::Error> {
         Ok(self.0[id.0 as usize].identity)
     }
-    fn path(&mut self, path: &PathValue) -> Result<[u8; 32], Self::Error> {
-        Ok(*blake3::hash(normalize(&path.resolved).to_string_lossy().as_bytes()).as_bytes())
+    fn path(&mut self, path: &PathValue, _: Option<&crate::value::Spec>) -> Result<[u8; 32], Self::Error> {
+        Ok(*blake3::hash(
+            crate::value::normalize_path(&path.resolved)
+                .to_string_lossy()
+                .as_bytes(),
+        )
+        .as_bytes())
     }
-}
-
-/// The path with `x/..` removed lexically, so that one location spelled two ways is one stage.
-/// (Only for identity: fingerprints read the path as written, which is right through symlinks.)
-fn normalize(path: &std::path::Path) -> std::path::PathBuf {
-    use std::path::Component;
-    let mut out = std::path::PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 impl Compiler {

@@ -18,7 +18,8 @@ use super::SplitName;
 pub use crate::registry::GlueTask as Task;
 
 /// The number a task is scored by (besides accuracy, which every classification task reports).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Metric {
     /// Accuracy alone (SST-2, MNLI, QNLI, RTE, WNLI).
     Accuracy,
@@ -167,6 +168,30 @@ fn validation_stems(task: Task) -> &'static [&'static str] {
     }
 }
 
+/// The splits a task reads and the file stems of each.
+fn split_stems(task: Task) -> [(SplitName, &'static [&'static str]); 2] {
+    [
+        (SplitName::Train, &["train"][..]),
+        (SplitName::Validation, validation_stems(task)),
+    ]
+}
+
+/// The table files in `dir` (or its `data/`) whose split name is one of `stems`, in name order.
+fn files_of(dir: &Path, stems: &[&str]) -> Vec<PathBuf> {
+    table::table_files(dir)
+        .into_iter()
+        .filter(|f| table::split_stem(f).is_some_and(|s| stems.contains(&s)))
+        .collect()
+}
+
+/// Every file [`read`] reads for `task` in `dir` (training, then validation), in name order.
+pub fn task_files(task: Task, dir: &Path) -> Vec<PathBuf> {
+    split_stems(task)
+        .iter()
+        .flat_map(|(_, stems)| files_of(dir, stems))
+        .collect()
+}
+
 /// Reads a GLUE task from `dir`.
 pub fn read(task: Task, dir: &Path) -> Result<GlueData, DataError> {
     if !dir.is_dir() {
@@ -180,14 +205,8 @@ pub fn read(task: Task, dir: &Path) -> Result<GlueData, DataError> {
     }
     let lay = layout(task);
     let mut splits = Vec::new();
-    for (split, stems) in [
-        (SplitName::Train, &["train"][..]),
-        (SplitName::Validation, validation_stems(task)),
-    ] {
-        let files: Vec<PathBuf> = table::table_files(dir)
-            .into_iter()
-            .filter(|f| table::split_stem(f).is_some_and(|s| stems.contains(&s)))
-            .collect();
+    for (split, stems) in split_stems(task) {
+        let files = files_of(dir, stems);
         if files.is_empty() {
             return Err(DataError::file(
                 dir,

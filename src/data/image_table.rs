@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::error::DataError;
+use super::images::{is_image, IMAGE_EXTENSIONS};
 use super::pixels::resize_square;
 use super::table::rows::{self, Cell, Flow, Place};
 use super::table::{self, Format, Label};
 use super::SplitName;
+use crate::value::normalize_path;
 
 /// Rows decoded together (in parallel).
 const CHUNK: usize = 256;
@@ -44,8 +46,10 @@ struct Pending {
     source: Source,
 }
 
-/// The image of a cell: embedded bytes first, else a path relative to the table's folder.
-fn source(cell: Cell, table_dir: &Path) -> Result<Source, String> {
+/// The image of a cell: embedded bytes first, else a path relative to the table's folder, which
+/// must name a .jpg/.jpeg/.png file inside the dataset's folder `root` (so that it is one of the
+/// files the stage key hashes, see [`super::reads`]).
+fn source(cell: Cell, table_dir: &Path, root: &Path) -> Result<Source, String> {
     match cell {
         Cell::Bytes(b) => Ok(Source::Bytes(b)),
         Cell::Image { bytes: Some(b), .. } => Ok(Source::Bytes(b)),
@@ -57,7 +61,20 @@ fn source(cell: Cell, table_dir: &Path) -> Result<Source, String> {
             if p.trim().is_empty() {
                 return Err("empty image path".to_string());
             }
-            Ok(Source::File(table_dir.join(p)))
+            let file = normalize_path(&table_dir.join(&p));
+            if !file.starts_with(normalize_path(root)) {
+                return Err(format!(
+                    "the image path `{p}` leads outside the dataset folder {}; keep the images inside it (its files make up the stage key)",
+                    root.display()
+                ));
+            }
+            if !is_image(&file) {
+                return Err(format!(
+                    "the image path `{p}` must name a {} file",
+                    IMAGE_EXTENSIONS.map(|e| format!(".{e}")).join(", ")
+                ));
+            }
+            Ok(Source::File(file))
         }
         other => Err(format!(
             "must hold an image (encoded bytes, the Hub's {{bytes, path}} struct, or a file path), got {}",
@@ -80,11 +97,11 @@ impl Source {
     }
 }
 
-/// Checks an image cell of the table file `file`: it names an image (embedded, or a file that
+/// Checks an image cell of the table file `file` in the dataset folder `root`: it names an image (embedded, or a file that
 /// exists), and with `decode` the image decodes.
-pub fn check_cell(cell: Cell, file: &Path, decode: bool) -> Result<(), String> {
+pub fn check_cell(cell: Cell, file: &Path, root: &Path, decode: bool) -> Result<(), String> {
     let dir = file.parent().unwrap_or(Path::new("."));
-    match source(cell, dir)? {
+    match source(cell, dir, root)? {
         src if decode => src.open().map(drop),
         Source::File(f) if !f.is_file() => Err(format!("no image file {}", f.display())),
         _ => Ok(()),
@@ -102,6 +119,7 @@ fn decode(p: &Pending, column: &str, side: u32) -> Result<Vec<u8>, DataError> {
 
 /// Reads and decodes one split; labels stay as the table wrote them.
 fn read_split(
+    root: &Path,
     files: &[PathBuf],
     format: Option<Format>,
     image: &str,
@@ -128,7 +146,7 @@ fn read_split(
             &mut |place, cells| {
                 let mut cells = cells.into_iter();
                 let bad = |column: &str, e: String| place.error(path, format!("column `{column}`: {e}"));
-                let src = source(cells.next().unwrap_or(Cell::Null), dir).map_err(|e| bad(image, e))?;
+                let src = source(cells.next().unwrap_or(Cell::Null), dir, root).map_err(|e| bad(image, e))?;
                 labels.push(Label::from_cell(cells.next().unwrap_or(Cell::Null)).map_err(|e| bad(label, e))?);
                 pending.push(Pending {
                     place,
@@ -161,7 +179,7 @@ pub fn load(
     let files = table::split_files(dir)?;
     let mut read = BTreeMap::new();
     for (name, paths) in &files {
-        read.insert(*name, read_split(paths, format, image, label, side)?);
+        read.insert(*name, read_split(dir, paths, format, image, label, side)?);
     }
     let classes = table::classes(&read[&SplitName::Train].1, &files[&SplitName::Train][0])?;
     let mut splits = Vec::new();

@@ -49,7 +49,8 @@ fn split_dirs(split: SplitName) -> &'static [&'static str] {
     }
 }
 
-fn is_image(path: &Path) -> bool {
+/// Whether the file has an image extension rkd decodes.
+pub(crate) fn is_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
@@ -282,7 +283,8 @@ mod cache {
     use std::io::{BufReader, BufWriter, Read, Write};
     use std::path::Path;
 
-    use super::{relative_bytes, ImageFolder, SplitName};
+    use crate::data::images::{relative_bytes, ImageFolder};
+    use crate::data::SplitName;
 
     const MAGIC: &[u8; 8] = b"RKDIMGC\0";
     const VERSION: u32 = 1;

@@ -19,6 +19,9 @@ pub mod image_table;
 pub mod images;
 mod params;
 pub mod pixels;
+pub mod prepared;
+pub mod reads;
+mod split;
 pub mod synthetic_images;
 pub mod synthetic_text;
 pub mod table;
@@ -37,6 +40,7 @@ use candle_core::Device;
 
 pub use batch::Batch;
 pub use error::DataError;
+pub use split::SplitName;
 pub use tokenizer::Tokenizer;
 
 use crate::keyword::Keyword;
@@ -44,63 +48,11 @@ use crate::ml::rng::derive_seed;
 use crate::ml::Rng;
 use crate::value::Params;
 use params::Args;
-
-/// One of a dataset's splits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SplitName {
-    /// The training split.
-    Train,
-    /// The validation split (GLUE's dev.tsv).
-    Validation,
-    /// The test split.
-    Test,
-    /// Training examples held out for model selection (`holdout:`), so that the validation split
-    /// stays unseen and can be reported.
-    Holdout,
-}
-
-impl SplitName {
-    /// All splits, in order.
-    pub const ALL: [SplitName; 4] = [
-        SplitName::Train,
-        SplitName::Validation,
-        SplitName::Test,
-        SplitName::Holdout,
-    ];
-
-    /// `train`, `validation` or `test`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SplitName::Train => "train",
-            SplitName::Validation => "validation",
-            SplitName::Test => "test",
-            SplitName::Holdout => "holdout",
-        }
-    }
-
-    /// Parses a split name (`validation` also as `val`, `valid` or `dev`).
-    pub fn parse(s: &str) -> Option<SplitName> {
-        match s {
-            "train" => Some(SplitName::Train),
-            "validation" | "val" | "valid" | "dev" => Some(SplitName::Validation),
-            "test" => Some(SplitName::Test),
-            _ => None,
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-impl fmt::Display for SplitName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use reads::Reads;
 
 /// What the examples are.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DataKind {
     /// Token sequences of at most `max_len` ids (`[CLS]` and `[SEP]` included).
     Text {
@@ -174,6 +126,8 @@ pub struct Dataset {
     pub tokenizer: Option<Tokenizer>,
     /// The number its task is scored by besides accuracy (a GLUE task's; accuracy elsewhere).
     pub metric: glue::Metric,
+    /// Whether it came from, or went into, the store's prepared copy.
+    pub prepared: prepared::Prepared,
     splits: [Option<Split>; 4],
     augment: bool,
 }
@@ -323,20 +277,10 @@ impl Dataset {
     pub fn load(ctor: &str, params: &Params, opts: &LoadOptions) -> Result<Dataset, DataError> {
         let args = Args::new(ctor, params)?;
         let mut data = match ctor {
-            "glue_sst2" => Self::load_sst2(&args, opts),
-            "glue" => Self::load_glue(&args, opts),
-            "text_table" => Self::load_text_table(&args, opts, &args.path("path")?),
-            "image_folder" => Self::load_image_folder(&args, opts),
-            "image_table" => Self::load_image_table(&args, &args.path("path")?),
-            "hf_dataset" => {
-                let (repo, config, revision) = hub_location(&args)?;
-                let dir = hub::fetch(&repo, config.as_deref(), &revision)?;
-                if args.opt_str("image")?.is_some() {
-                    Self::load_image_table(&args, &dir)
-                } else {
-                    Self::load_text_table(&args, opts, &dir)
-                }
+            "glue_sst2" | "glue" | "text_table" | "image_table" | "hf_dataset" => {
+                Self::load_prepared(ctor, &args, params, opts)
             }
+            "image_folder" => Self::load_image_folder(&args, opts),
             "synthetic_text" => Self::load_synthetic_text(&args),
             "synthetic_images" => Self::load_synthetic_images(&args),
             other => Err(DataError::new(format!(
@@ -345,6 +289,79 @@ impl Dataset {
         }?;
         if let Some(fraction) = args.opt_f64("holdout")? {
             data.hold_out(fraction)?;
+        }
+        Ok(data)
+    }
+
+    /// A dataset read from files: from the store's prepared copy when there is one for these
+    /// files, arguments and tokenizer, else read (and tokenised or decoded) and kept there.
+    fn load_prepared(ctor: &str, args: &Args, params: &Params, opts: &LoadOptions) -> Result<Dataset, DataError> {
+        let images = ctor == "image_table" || (ctor == "hf_dataset" && args.opt_str("image")?.is_some());
+        let (dir, reads) = match ctor {
+            "hf_dataset" => {
+                let (repo, config, revision) = hub_location(args)?;
+                let reads = if images { Reads::ImageTables } else { Reads::Tables };
+                (hub::fetch(&repo, config.as_deref(), &revision)?, reads)
+            }
+            "glue" => {
+                let task = glue_task(args)?;
+                let dir = match args.opt_path("path")? {
+                    Some(dir) => dir,
+                    None => {
+                        let (repo, config) = glue::hub_config(task);
+                        hub::fetch(repo, Some(config), "main")?
+                    }
+                };
+                (dir, Reads::Glue(task))
+            }
+            "glue_sst2" => (args.path("path")?, Reads::Sst2),
+            "text_table" => (args.path("path")?, Reads::Tables),
+            _ => (args.path("path")?, Reads::ImageTables),
+        };
+        let tokenizer = match &opts.tokenizer_dir {
+            Some(d) if !images => Some(Tokenizer::from_dir(d)?),
+            _ => None,
+        };
+        let own_vocabulary = tokenizer.is_none() && !images;
+        let files = reads.files(&dir);
+        let kept = match &opts.cache_dir {
+            Some(cache) if !files.is_empty() => prepared::key(ctor, params, &dir, &files, tokenizer.as_ref())
+                .map(|key| (cache.join(prepared::FOLDER), key)),
+            _ => None,
+        };
+        let mut damaged = false;
+        if let Some((folder, key)) = &kept {
+            match prepared::read(folder, key) {
+                prepared::Lookup::Found(mut data) => {
+                    data.prepared = prepared::Prepared::Read(key.to_hex().to_string());
+                    return Ok(*data);
+                }
+                prepared::Lookup::Damaged => damaged = true,
+                prepared::Lookup::Missing => {}
+            }
+        }
+        let mut data = match ctor {
+            "glue_sst2" => Self::load_sst2(args, tokenizer, &dir),
+            "glue" => Self::load_glue(args, tokenizer, &dir),
+            _ if images => Self::load_image_table(args, &dir),
+            _ => Self::load_text_table(args, tokenizer, &dir),
+        }?;
+        if let Some((folder, key)) = &kept {
+            let hex = key.to_hex().to_string();
+            // A vocabulary trained here is what the model's students will bring as their
+            // tokenizer: kept under that key too, they read it prepared.
+            let mut keys = vec![*key];
+            if own_vocabulary {
+                keys.extend(prepared::key(ctor, params, &dir, &files, data.tokenizer.as_ref()));
+            }
+            // A copy that cannot be written is only a lost speed-up for the next stage.
+            if prepared::write(folder, &keys, &data).is_ok() {
+                data.prepared = if damaged {
+                    prepared::Prepared::Replaced(hex)
+                } else {
+                    prepared::Prepared::Written(hex)
+                };
+            }
         }
         Ok(data)
     }
@@ -368,18 +385,6 @@ impl Dataset {
             }
             Ok(())
         };
-        let decoded = std::sync::Mutex::new(std::collections::HashSet::new());
-        let image_row = |file: &Path, mut cells: Vec<table::rows::Cell>| -> Result<(), (usize, String)> {
-            let label = cells.pop().unwrap_or(table::rows::Cell::Null);
-            let image = cells.pop().unwrap_or(table::rows::Cell::Null);
-            // The first image of each file is decoded; the rest are decoded when loaded.
-            let first = decoded
-                .lock()
-                .map(|mut d| d.insert(file.to_path_buf()))
-                .unwrap_or(false);
-            image_table::check_cell(image, file, first).map_err(|e| (0, e))?;
-            table::Label::from_cell(label).map(drop).map_err(|e| (1, e))
-        };
         // A Hub dataset is checked when its files are in the cache already (no network here).
         let cached = match ctor {
             "hf_dataset" => {
@@ -392,13 +397,13 @@ impl Dataset {
             _ => None,
         };
         let image = args.opt_str("image")?;
-        let (columns, row): (Vec<String>, table::RowCheck) = match ctor {
+        let (columns, images) = match ctor {
             "text_table" | "hf_dataset" if image.is_none() => {
                 let mut columns = vec![args.str("text")?, label?];
                 columns.extend(args.opt_str("text_pair")?);
-                (columns, &text_row)
+                (columns, false)
             }
-            "image_table" | "hf_dataset" => (vec![args.str("image")?, label?], &image_row),
+            "image_table" | "hf_dataset" => (vec![args.str("image")?, label?], true),
             // A GLUE task's files are read whole (GLUE's largest, MNLI's, is 80 MB).
             "glue" => {
                 return match args.opt_path("path")? {
@@ -414,6 +419,19 @@ impl Dataset {
             Some(dir) => dir,
             None => args.path("path")?,
         };
+        let decoded = std::sync::Mutex::new(std::collections::HashSet::new());
+        let image_row = |file: &Path, mut cells: Vec<table::rows::Cell>| -> Result<(), (usize, String)> {
+            let label = cells.pop().unwrap_or(table::rows::Cell::Null);
+            let image = cells.pop().unwrap_or(table::rows::Cell::Null);
+            // The first image of each file is decoded; the rest are decoded when loaded.
+            let first = decoded
+                .lock()
+                .map(|mut d| d.insert(file.to_path_buf()))
+                .unwrap_or(false);
+            image_table::check_cell(image, file, &dir, first).map_err(|e| (0, e))?;
+            table::Label::from_cell(label).map(drop).map_err(|e| (1, e))
+        };
+        let row: table::RowCheck = if images { &image_row } else { &text_row };
         for files in table::split_files(&dir)?.values() {
             table::check_split(files, format, &columns, all_rows, row)?;
         }
@@ -463,18 +481,17 @@ impl Dataset {
         }
     }
 
-    fn load_sst2(args: &Args, opts: &LoadOptions) -> Result<Dataset, DataError> {
-        let dir = args.path("path")?;
+    fn load_sst2(args: &Args, tokenizer: Option<Tokenizer>, dir: &Path) -> Result<Dataset, DataError> {
         let max_len = args.usize("max_len")?;
         let vocab_size = args.usize("vocab_size")?;
-        let (train, dev) = tsv::read_sst2_dir(&dir)?;
+        let (train, dev) = tsv::read_sst2_dir(dir)?;
         let unzip = |rows: Vec<tsv::TsvRow>| -> (Vec<String>, Vec<u32>) {
             rows.into_iter().map(|r| (r.sentence, r.label)).unzip()
         };
         let (train_texts, train_labels) = unzip(train);
         let (dev_texts, dev_labels) = unzip(dev);
-        let tokenizer = match &opts.tokenizer_dir {
-            Some(d) => Tokenizer::from_dir(d)?,
+        let tokenizer = match tokenizer {
+            Some(t) => t,
             None => Tokenizer::train_wordpiece(&train_texts, vocab_size)?,
         };
         let train = text_split(&tokenizer, train_texts, train_labels, max_len);
@@ -486,23 +503,17 @@ impl Dataset {
             metric: glue::Metric::Accuracy,
             splits: [Some(train), Some(dev), None, None],
             augment: false,
+            prepared: prepared::Prepared::NotKept,
         })
     }
 
-    fn load_glue(args: &Args, opts: &LoadOptions) -> Result<Dataset, DataError> {
+    fn load_glue(args: &Args, tokenizer: Option<Tokenizer>, dir: &Path) -> Result<Dataset, DataError> {
         let task = glue_task(args)?;
         let max_len = args.usize("max_len")?;
-        let dir = match args.opt_path("path")? {
-            Some(dir) => dir,
-            None => {
-                let (repo, config) = glue::hub_config(task);
-                hub::fetch(repo, Some(config), "main")?
-            }
-        };
-        let read = glue::read(task, &dir)?;
+        let read = glue::read(task, dir)?;
         let train = &read.splits[0].rows;
-        let tokenizer = match &opts.tokenizer_dir {
-            Some(d) => Tokenizer::from_dir(d)?,
+        let tokenizer = match tokenizer {
+            Some(t) => t,
             None => {
                 let corpus: Vec<&String> = train.texts.iter().chain(&train.pairs).collect();
                 Tokenizer::train_wordpiece(&corpus, args.usize("vocab_size")?)?
@@ -526,13 +537,14 @@ impl Dataset {
             metric: glue::metric(task),
             splits,
             augment: false,
+            prepared: prepared::Prepared::NotKept,
         })
     }
 
     /// A `text_table`, or a text `hf_dataset` once fetched: the table in `dir`, streamed twice
     /// (the training texts for the vocabulary when the model brings none, then every split
     /// tokenised as it is read), so that only token ids and labels stay in memory.
-    fn load_text_table(args: &Args, opts: &LoadOptions, dir: &Path) -> Result<Dataset, DataError> {
+    fn load_text_table(args: &Args, tokenizer: Option<Tokenizer>, dir: &Path) -> Result<Dataset, DataError> {
         let max_len = args.usize("max_len")?;
         let vocab_size = args.usize("vocab_size")?;
         let (text, label, pair) = (args.str("text")?, args.str("label")?, args.opt_str("text_pair")?);
@@ -544,8 +556,8 @@ impl Dataset {
         let format = table_format(args)?;
         let files = table::split_files(dir)?;
         let train_files = &files[&SplitName::Train];
-        let tokenizer = match &opts.tokenizer_dir {
-            Some(d) => Tokenizer::from_dir(d)?,
+        let tokenizer = match tokenizer {
+            Some(t) => t,
             None => {
                 // Counted a chunk of texts at a time, in parallel.
                 let mut words = wordpiece::WordCounts::new(true);
@@ -590,6 +602,7 @@ impl Dataset {
             metric: glue::Metric::Accuracy,
             splits,
             augment: false,
+            prepared: prepared::Prepared::NotKept,
         })
     }
 
@@ -627,6 +640,7 @@ impl Dataset {
             metric: glue::Metric::Accuracy,
             splits,
             augment,
+            prepared: prepared::Prepared::NotKept,
         }
     }
 
@@ -675,6 +689,7 @@ impl Dataset {
                 None,
             ],
             augment: false,
+            prepared: prepared::Prepared::NotKept,
         })
     }
 
@@ -709,6 +724,7 @@ impl Dataset {
                 None,
             ],
             augment: true,
+            prepared: prepared::Prepared::NotKept,
         })
     }
 

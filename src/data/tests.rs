@@ -343,3 +343,269 @@ fn shared_beans_sample() {
     };
     assert_eq!(pixel_values.dims(), [32, 3, 32, 32]);
 }
+
+/// A small sentence-pair table with string labels in `dir`.
+fn write_pair_table(dir: &Path) {
+    std::fs::write(
+        dir.join("train.csv"),
+        "a,b,label\nthe cat sat,a cat sat down,same\nrain today,sunny skies,different\nhe left early,he went early,same\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("validation.csv"), "a,b,label\ncats sit,a cat sits,same\n").unwrap();
+}
+
+fn pair_table_params(dir: &Path) -> Params {
+    params(&[
+        ("path", path_value(dir)),
+        ("text", Value::str("a")),
+        ("text_pair", Value::str("b")),
+        ("label", Value::str("label")),
+        ("max_len", Value::Int(16)),
+        ("vocab_size", Value::Int(60)),
+    ])
+}
+
+/// Everything a stage sees of a text dataset: classes, ids, token types, labels, vocabulary.
+fn text_view(d: &Dataset) -> (Vec<String>, Vec<Batch>, Vec<u32>, usize) {
+    let batches = d.batches(SplitName::Train, 8, None, false, &Device::Cpu).unwrap();
+    (
+        d.classes.clone(),
+        batches,
+        d.labels(SplitName::Train).to_vec(),
+        d.tokenizer.as_ref().unwrap().vocab_size(),
+    )
+}
+
+fn same_batches(a: &[Batch], b: &[Batch]) -> bool {
+    let parts = |b: &Batch| {
+        let ModelInput::Text {
+            input_ids,
+            token_type_ids,
+            ..
+        } = &b.input
+        else {
+            panic!("expected a text batch")
+        };
+        let types: Option<Vec<Vec<u32>>> = token_type_ids.as_ref().map(|t| t.to_vec2().unwrap());
+        (input_ids.to_vec2::<u32>().unwrap(), types)
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| parts(x) == parts(y))
+}
+
+#[test]
+fn a_table_is_tokenised_once_and_read_prepared_by_the_next_load_even_after_a_move() {
+    let store = tempfile::tempdir().unwrap();
+    let opts = LoadOptions {
+        cache_dir: Some(store.path().join("cache")),
+        ..LoadOptions::default()
+    };
+    let data = tempfile::tempdir().unwrap();
+    let first_dir = data.path().join("pairs");
+    std::fs::create_dir(&first_dir).unwrap();
+    write_pair_table(&first_dir);
+
+    let fresh = Dataset::load("text_table", &pair_table_params(&first_dir), &opts).unwrap();
+    let prepared::Prepared::Written(key) = fresh.prepared.clone() else {
+        panic!("the first load prepares: {:?}", fresh.prepared)
+    };
+    let again = Dataset::load("text_table", &pair_table_params(&first_dir), &opts).unwrap();
+    assert_eq!(again.prepared, prepared::Prepared::Read(key.clone()));
+    let (a, b) = (text_view(&fresh), text_view(&again));
+    assert_eq!((&a.0, &a.2, a.3), (&b.0, &b.2, b.3));
+    assert!(
+        same_batches(&a.1, &b.1),
+        "prepared token ids and token types equal fresh ones"
+    );
+    assert_eq!(
+        again.tokenizer.as_ref().unwrap().encode_pair("the cat", "a cat", 16),
+        fresh.tokenizer.as_ref().unwrap().encode_pair("the cat", "a cat", 16)
+    );
+    // The tokenizer a model saves is byte for byte the same, prepared or fresh.
+    let json = |d: &Dataset| d.tokenizer.as_ref().unwrap().inner().to_string(true).unwrap();
+    assert_eq!(json(&again), json(&fresh));
+
+    // Moved, with a README beside it: the same files are read, the prepared copy serves.
+    let moved = data.path().join("moved");
+    std::fs::rename(&first_dir, &moved).unwrap();
+    std::fs::write(moved.join("README.md"), "notes").unwrap();
+    let after_move = Dataset::load("text_table", &pair_table_params(&moved), &opts).unwrap();
+    assert_eq!(after_move.prepared, prepared::Prepared::Read(key.clone()));
+
+    // A changed row, or another max_len, is prepared anew.
+    std::fs::write(
+        moved.join("validation.csv"),
+        "a,b,label\ncats sit,a dog sits,different\n",
+    )
+    .unwrap();
+    let edited = Dataset::load("text_table", &pair_table_params(&moved), &opts).unwrap();
+    assert!(matches!(edited.prepared, prepared::Prepared::Written(ref k) if *k != key));
+    let mut shorter = pair_table_params(&moved);
+    shorter.insert("max_len".into(), Value::Int(8));
+    let shorter = Dataset::load("text_table", &shorter, &opts).unwrap();
+    assert!(matches!(shorter.prepared, prepared::Prepared::Written(_)));
+
+    // The tokenizer is part of the key. The vocabulary trained here was kept under its
+    // tokenizer's key too: a model that brings that tokenizer (a student) reads it prepared.
+    let with_tokenizer = |d: &Dataset, dir: &Path| {
+        d.tokenizer.as_ref().unwrap().save(dir).unwrap();
+        LoadOptions {
+            tokenizer_dir: Some(dir.to_path_buf()),
+            ..opts.clone()
+        }
+    };
+    let same = tempfile::tempdir().unwrap();
+    let given = Dataset::load(
+        "text_table",
+        &pair_table_params(&moved),
+        &with_tokenizer(&fresh, same.path()),
+    )
+    .unwrap();
+    assert!(
+        matches!(given.prepared, prepared::Prepared::Read(_)),
+        "{:?}",
+        given.prepared
+    );
+    assert!(same_batches(&text_view(&given).1, &text_view(&edited).1));
+    // Another tokenizer prepares anew.
+    let other = tempfile::tempdir().unwrap();
+    Tokenizer::train_wordpiece(&["an entirely different corpus of words"], 40)
+        .unwrap()
+        .save(other.path())
+        .unwrap();
+    let other_opts = LoadOptions {
+        tokenizer_dir: Some(other.path().to_path_buf()),
+        ..opts.clone()
+    };
+    let by_other = Dataset::load("text_table", &pair_table_params(&moved), &other_opts).unwrap();
+    assert!(
+        matches!(by_other.prepared, prepared::Prepared::Written(_)),
+        "{:?}",
+        by_other.prepared
+    );
+}
+
+#[test]
+fn a_damaged_prepared_copy_is_never_used_and_is_replaced() {
+    let store = tempfile::tempdir().unwrap();
+    let opts = LoadOptions {
+        cache_dir: Some(store.path().join("cache")),
+        ..LoadOptions::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_pair_table(dir.path());
+    let fresh = Dataset::load("text_table", &pair_table_params(dir.path()), &opts).unwrap();
+    let prepared::Prepared::Written(key) = fresh.prepared.clone() else {
+        panic!("prepared: {:?}", fresh.prepared)
+    };
+    let file = store
+        .path()
+        .join("cache")
+        .join(prepared::FOLDER)
+        .join(format!("{key}.safetensors"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&file, bytes).unwrap();
+    let reloaded = Dataset::load("text_table", &pair_table_params(dir.path()), &opts).unwrap();
+    assert_eq!(reloaded.prepared, prepared::Prepared::Replaced(key.clone()));
+    assert!(same_batches(&text_view(&fresh).1, &text_view(&reloaded).1));
+    let healed = Dataset::load("text_table", &pair_table_params(dir.path()), &opts).unwrap();
+    assert_eq!(healed.prepared, prepared::Prepared::Read(key));
+}
+
+#[test]
+fn a_regression_task_keeps_its_targets_prepared() {
+    let store = tempfile::tempdir().unwrap();
+    let opts = LoadOptions {
+        cache_dir: Some(store.path().join("cache")),
+        ..LoadOptions::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n";
+    std::fs::write(
+        dir.path().join("train.tsv"),
+        format!("{header}0\tmain\tf\t2012\t0\tnone\tnone\ta man plays\ta man is playing\t4.5\n1\tmain\tf\t2012\t1\tnone\tnone\ta dog runs\tthe sky is blue\t0.25\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("dev.tsv"),
+        format!("{header}0\tmain\tf\t2012\t0\tnone\tnone\ta cat sits\ta cat is sitting\t3.8\n"),
+    )
+    .unwrap();
+    let p = params(&[
+        ("task", Value::str("stsb")),
+        ("path", path_value(dir.path())),
+        ("max_len", Value::Int(16)),
+        ("vocab_size", Value::Int(50)),
+    ]);
+    let fresh = Dataset::load("glue", &p, &opts).unwrap();
+    let read = Dataset::load("glue", &p, &opts).unwrap();
+    assert!(
+        matches!(read.prepared, prepared::Prepared::Read(_)),
+        "{:?}",
+        read.prepared
+    );
+    assert!(read.is_regression());
+    assert_eq!(read.targets(SplitName::Train), [4.5, 0.25]);
+    assert_eq!(
+        read.targets(SplitName::Validation),
+        fresh.targets(SplitName::Validation)
+    );
+    assert_eq!(read.token_ids(SplitName::Train), fresh.token_ids(SplitName::Train));
+}
+
+#[test]
+fn an_image_table_is_decoded_once_and_its_images_must_stay_inside_its_folder() {
+    let folder = images::tests::tiny_folder();
+    let root = folder.path();
+    std::fs::write(
+        root.join("train.csv"),
+        "file,label\ntrain/a_cls/a_cls_0.png,dark\ntrain/b_cls/b_cls_0.png,light\ntrain/a_cls/a_cls_1.png,dark\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("validation.csv"),
+        "file,label\nvalidation/b_cls/b_cls_0.png,light\n",
+    )
+    .unwrap();
+    let p = params(&[
+        ("path", path_value(root)),
+        ("image", Value::str("file")),
+        ("label", Value::str("label")),
+        ("image_size", Value::Int(8)),
+        ("augment", Value::Bool(false)),
+    ]);
+    let store = tempfile::tempdir().unwrap();
+    let opts = LoadOptions {
+        cache_dir: Some(store.path().join("cache")),
+        ..LoadOptions::default()
+    };
+    let fresh = Dataset::load("image_table", &p, &opts).unwrap();
+    assert!(matches!(fresh.prepared, prepared::Prepared::Written(_)));
+    let read = Dataset::load("image_table", &p, &opts).unwrap();
+    assert!(matches!(read.prepared, prepared::Prepared::Read(_)));
+    assert_eq!(read.classes, ["dark", "light"]);
+    for split in [SplitName::Train, SplitName::Validation] {
+        let (a, b) = (
+            fresh.batches(split, 2, None, false, &Device::Cpu).unwrap(),
+            read.batches(split, 2, None, false, &Device::Cpu).unwrap(),
+        );
+        assert_eq!(read.labels(split), fresh.labels(split));
+        assert!(a.iter().zip(&b).all(|(x, y)| pixels(x) == pixels(y)));
+    }
+
+    // An image file that is read is part of the key.
+    images::tests::write_png(&root.join("train/a_cls/a_cls_1.png"), 12, 90);
+    let redrawn = Dataset::load("image_table", &p, &opts).unwrap();
+    assert!(matches!(redrawn.prepared, prepared::Prepared::Written(_)));
+
+    // An image outside the folder would not be: refused, naming the row.
+    std::fs::write(root.join("validation.csv"), "file,label\n../elsewhere.png,light\n").unwrap();
+    let e = Dataset::load("image_table", &p, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("validation.csv:2") && e.contains("leads outside the dataset folder"),
+        "{e}"
+    );
+}

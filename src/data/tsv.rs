@@ -99,6 +99,9 @@ fn shorten(s: &str) -> String {
     }
 }
 
+/// The files `glue_sst2` reads: training, then validation.
+pub const SST2_FILES: [&str; 2] = ["train.tsv", "dev.tsv"];
+
 /// The training and validation rows of a GLUE SST-2 directory (`train.tsv`, `dev.tsv`).
 pub fn read_sst2_dir(dir: &Path) -> Result<(Vec<TsvRow>, Vec<TsvRow>), DataError> {
     if !dir.is_dir() {
@@ -109,8 +112,9 @@ pub fn read_sst2_dir(dir: &Path) -> Result<(Vec<TsvRow>, Vec<TsvRow>), DataError
         };
         return Err(DataError::file(dir, why));
     }
-    let train = read_glue_tsv(&dir.join("train.tsv"))?;
-    let dev = read_glue_tsv(&dir.join("dev.tsv"))?;
+    let [train, dev] = SST2_FILES.map(|f| dir.join(f));
+    let train = read_glue_tsv(&train)?;
+    let dev = read_glue_tsv(&dev)?;
     Ok((train, dev))
 }
 

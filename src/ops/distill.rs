@@ -170,7 +170,7 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
         .collect();
     let student_source = model_source::resolve(ctx, &args.student)?;
     let tokenizer = tokenizer_for(&student_source, &teacher_sources)?;
-    let dataset = load_dataset(&args.data, tokenizer.clone(), &ctx.cache_dir)?;
+    let dataset = load_dataset(&args.data, tokenizer.clone(), &ctx.cache_dir, &mut ctx.log)?;
     log_data(ctx, &dataset, batch_size);
 
     let teachers = match ctx.params.get(PREDICTIONS) {
@@ -790,7 +790,7 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        let ds = load_dataset(&d, Some(dir.path().join("teacher")), dir.path()).unwrap();
+        let ds = load_dataset(&d, Some(dir.path().join("teacher")), dir.path(), &mut std::io::sink()).unwrap();
         let b = ds
             .batches(crate::data::SplitName::Train, 512, None, false, &Device::Cpu)
             .unwrap();

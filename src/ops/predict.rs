@@ -34,7 +34,12 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let device = ctx.device.clone();
     ctx.progress.message("loading the model and data");
     let source = model_source::resolve(ctx, &args.model)?;
-    let dataset = load_dataset(&args.data, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
+    let dataset = load_dataset(
+        &args.data,
+        model_source::tokenizer_dir(&source)?,
+        &ctx.cache_dir,
+        &mut ctx.log,
+    )?;
     let frozen = load_frozen(&source, "predict", &device)?;
     model_source::check_fits(&frozen.config, &dataset, true)?;
     if !frozen.missing.is_empty() {

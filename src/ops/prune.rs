@@ -141,7 +141,12 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     }
     let dataset = if let Some(data) = &args.data {
         ctx.progress.message("loading the data");
-        let d = load_dataset(data, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
+        let d = load_dataset(
+            data,
+            model_source::tokenizer_dir(&source)?,
+            &ctx.cache_dir,
+            &mut ctx.log,
+        )?;
         model_source::check_fits(&source_config, &d, true)?;
         let _ = writeln!(
             ctx.log,

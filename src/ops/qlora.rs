@@ -216,7 +216,12 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             )))
         }
     };
-    let dataset = load_dataset(&args.data, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
+    let dataset = load_dataset(
+        &args.data,
+        model_source::tokenizer_dir(&source)?,
+        &ctx.cache_dir,
+        &mut ctx.log,
+    )?;
     log_data(ctx, &dataset, batch_size);
     let base = model_source::model_for_training(&source, &dataset, opts.seed, &device, &mut ctx.log)?;
     ctx.progress.message("quantizing the base to NF4");
@@ -467,7 +472,7 @@ mod tests {
 
     /// The validation batches of the synthetic task, read with the tokenizer in `dir`.
     fn val_batches(dir: &Path, cache: &Path) -> Vec<crate::data::Batch> {
-        let data = load_dataset(&text_data(), Some(dir.to_path_buf()), cache).unwrap();
+        let data = load_dataset(&text_data(), Some(dir.to_path_buf()), cache, &mut std::io::sink()).unwrap();
         data.batches(SplitName::Validation, 64, None, false, &Device::Cpu)
             .unwrap()
     }

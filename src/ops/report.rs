@@ -66,6 +66,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let mut curves = Vec::new();
     let mut chance = None;
     let mut score_name = None;
+    let mut quality_name = "accuracy";
     for (i, e) in entries.iter().enumerate() {
         ctx.progress
             .message(&format!("measuring {} ({}/{})", e.name, i + 1, entries.len()));
@@ -79,17 +80,10 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         }
         let tok = model_source::tokenizer_dir(&source)?;
         if !datasets.contains_key(&tok) {
-            let d = load_dataset(&args.data, tok.clone(), &ctx.cache_dir)?;
+            let d = load_dataset(&args.data, tok.clone(), &ctx.cache_dir, &mut ctx.log)?;
             datasets.insert(tok.clone(), d);
         }
         let data = &datasets[&tok];
-        if data.is_regression() {
-            return Err(OpError::Invalid(
-                "report compares accuracy, sizes and latency; a regression task (STS-B) is not reported yet: \
-                 measure each model with eval (Pearson and Spearman)"
-                    .into(),
-            ));
-        }
         let split = *split.get_or_insert_with(|| report_split(args.split, data));
         if let Value::Stage(id) = &e.value {
             let dir = (ctx.input_dir)(*id);
@@ -99,23 +93,39 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             curves.extend(Curve::read(&e.name, e.key.clone(), &dir).map_err(|err| err.to_string())?);
         }
         if chance.is_none() {
-            chance = Some(majority(data.labels(split), data.classes.len()));
+            // A regression's "chance" is no correlation.
+            chance = Some(if data.is_regression() {
+                0.0
+            } else {
+                majority(data.labels(split), data.classes.len())
+            });
             split_examples = Some(data.len(split) as u64);
+            quality_name = data.score_name();
         }
         let m = measure(ctx, &source, data, split, 32).map_err(|err| format!("{}: {err}", e.name))?;
-        let accuracy = m.eval.confusion.accuracy();
-        let score = super::eval::task_score(data.metric, &m.eval.confusion);
+        // The quality: accuracy, or a regression's Pearson r (with Spearman as its score).
+        let (quality, score) = if data.is_regression() {
+            (m.eval.pearson(), Some(("Spearman", m.eval.spearman())))
+        } else {
+            let score = super::eval::task_score(data.metric, &m.eval.confusion);
+            (m.eval.confusion.accuracy(), score.map(|(k, v)| (score_label(k), v)))
+        };
         if let Some((k, _)) = score {
-            score_name = Some(k.to_uppercase());
+            score_name = Some(k.to_string());
         }
         let _ = writeln!(
             ctx.log,
-            "{} ({}, {}): accuracy {:.2}%{} on {} {} examples; {} parameters, {} nonzero; {} bytes on disk; {:.3} ms/example",
+            "{} ({}, {}): {} {}{} on {} {} examples; {} parameters, {} nonzero; {} bytes on disk; {:.3} ms/example",
             e.name,
             e.strategy,
             e.op,
-            100.0 * accuracy,
-            score.map_or(String::new(), |(k, v)| format!(", {} {v:.4}", k.to_uppercase())),
+            data.score_name(),
+            if data.is_regression() {
+                format!("{quality:.4}")
+            } else {
+                format!("{:.2}%", 100.0 * quality)
+            },
+            score.map_or(String::new(), |(k, v)| format!(", {k} {v:.4}")),
             m.examples,
             split.as_str(),
             m.sizes.params,
@@ -128,7 +138,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             key: e.key.clone(),
             strategy: e.strategy.clone(),
             op: e.op.clone(),
-            accuracy,
+            quality,
             score: score.map(|(_, v)| v),
             parameters: m.sizes.params as u64,
             nonzeros: m.sizes.nonzeros as u64,
@@ -150,6 +160,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         selection: selection.how.into_iter().collect(),
         examples: split_examples,
         chance_level: chance.unwrap_or(0.0),
+        quality_name: quality_name.into(),
         score_name,
         baseline: baseline.clone(),
         rows,
@@ -163,19 +174,28 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let mut out = OpOutput::default();
     let base = data.rows.iter().find(|r| r.name == baseline);
     if let Some(b) = base {
-        out.metrics.insert("baseline_accuracy".into(), b.accuracy);
+        out.metrics.insert(format!("baseline_{quality_name}"), b.quality);
     }
     if let Some(best) = data
         .rows
         .iter()
         .filter(|r| r.name != baseline)
-        .max_by(|a, b| a.accuracy.total_cmp(&b.accuracy))
+        .max_by(|a, b| a.quality.total_cmp(&b.quality))
     {
-        out.metrics.insert("best_other_accuracy".into(), best.accuracy);
+        out.metrics.insert(format!("best_other_{quality_name}"), best.quality);
     }
     out.metrics.insert("models".into(), data.rows.len() as f64);
     out.metrics.insert("chance_level".into(), data.chance_level);
     Ok(out)
+}
+
+/// How the report names a task's metric (eval's `mcc` and `f1`).
+fn score_label(key: &str) -> &'static str {
+    match key {
+        "mcc" => "MCC",
+        "f1" => "F1",
+        _ => "score",
+    }
 }
 
 /// Whether two model values are the same model (one stage, or one constructor call).

@@ -34,8 +34,13 @@ use crate::value::Value;
 use candle_core::Var;
 
 /// Loads a dataset value (the op's `data` argument), with the given tokenizer directory and cache
-/// directory.
-pub(super) fn load_dataset(data: &Value, tokenizer_dir: Option<PathBuf>, cache_dir: &Path) -> Result<Dataset, OpError> {
+/// directory; says in `log` whether it came prepared from the store.
+pub(super) fn load_dataset(
+    data: &Value,
+    tokenizer_dir: Option<PathBuf>,
+    cache_dir: &Path,
+    log: &mut dyn std::io::Write,
+) -> Result<Dataset, OpError> {
     let spec = match data {
         Value::Spec(s) => s.clone(),
         other => {
@@ -49,7 +54,11 @@ pub(super) fn load_dataset(data: &Value, tokenizer_dir: Option<PathBuf>, cache_d
         tokenizer_dir,
         cache_dir: Some(cache_dir.to_path_buf()),
     };
-    Ok(Dataset::load(spec.ctor.name, &spec.params, &opts)?)
+    let dataset = Dataset::load(spec.ctor.name, &spec.params, &opts)?;
+    if let Some(line) = dataset.prepared.describe() {
+        let _ = writeln!(log, "{line}");
+    }
+    Ok(dataset)
 }
 
 /// The supervised loss of the model on a batch: cross-entropy against class ids, or the mean
@@ -149,7 +158,12 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let device = ctx.device.clone();
     ctx.progress.message("loading the model and data");
     let source = model_source::resolve(ctx, &args.model)?;
-    let dataset = load_dataset(&args.data, model_source::tokenizer_dir(&source)?, &ctx.cache_dir)?;
+    let dataset = load_dataset(
+        &args.data,
+        model_source::tokenizer_dir(&source)?,
+        &ctx.cache_dir,
+        &mut ctx.log,
+    )?;
     log_data(ctx, &dataset, batch_size);
     let pretrained = model_source::model_for_training(&source, &dataset, opts.seed, &device, &mut ctx.log)?;
     let model = pretrained.model.clone();

@@ -2,9 +2,10 @@
 
 use super::fingerprint::{FingerprintError, Fingerprinter};
 use crate::compile::{Compiled, StageDef};
+use crate::data::reads::Reads;
 use crate::diagnostic::{Diag, Kind};
 use crate::store::key::{self, Key, Resolve};
-use crate::value::{Params, PathValue, StageId, Value};
+use crate::value::{Params, PathValue, Spec, StageId, Value};
 use petgraph::graph::{DiGraph, NodeIndex};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -31,7 +32,7 @@ pub struct Plan {
 /// Resolves a stage's upstream keys and input fingerprints, all computed before.
 struct Keys<'a> {
     keys: &'a [Key],
-    fingerprints: &'a HashMap<PathBuf, Result<Key, FingerprintError>>,
+    fingerprints: &'a HashMap<(PathBuf, Option<Reads>), Result<Key, FingerprintError>>,
     files: Vec<(String, Key)>,
 }
 
@@ -40,8 +41,11 @@ impl Resolve for Keys<'_> {
     fn stage(&mut self, id: StageId) -> Result<Key, FingerprintError> {
         Ok(self.keys[id.0 as usize])
     }
-    fn path(&mut self, path: &PathValue) -> Result<Key, FingerprintError> {
-        let fp = match self.fingerprints.get(&path.resolved) {
+    fn path(&mut self, path: &PathValue, reader: Option<&Spec>) -> Result<Key, FingerprintError> {
+        let fp = match self
+            .fingerprints
+            .get(&(path.resolved.clone(), reader.and_then(Reads::of)))
+        {
             Some(fp) => fp.clone()?,
             None => unreachable!("every keyed path is fingerprinted first: {}", path.resolved.display()),
         };
@@ -53,21 +57,22 @@ impl Resolve for Keys<'_> {
 /// Levels with at least this many stages have their keys computed in parallel.
 const PARALLEL_LEVEL: usize = 64;
 
-/// Calls `f` on every input path in the parameters that make up a stage's key, in key order.
-fn for_each_keyed_path(params: &Params, f: &mut impl FnMut(&PathValue)) {
-    fn walk(v: &Value, f: &mut impl FnMut(&PathValue)) {
+/// Calls `f` on every input path in the parameters that make up a stage's key, in key order,
+/// with what is read from it when it is a dataset's folder.
+fn for_each_keyed_path(params: &Params, f: &mut impl FnMut(&PathValue, Option<Reads>)) {
+    fn walk(v: &Value, reads: Option<Reads>, f: &mut impl FnMut(&PathValue, Option<Reads>)) {
         match v {
-            Value::Path(p) => f(p),
-            Value::List(xs) => xs.iter().for_each(|x| walk(x, f)),
-            Value::Record(r) => r.values().for_each(|x| walk(x, f)),
-            Value::Spec(s) => s.params.values().for_each(|x| walk(x, f)),
+            Value::Path(p) => f(p, reads),
+            Value::List(xs) => xs.iter().for_each(|x| walk(x, None, f)),
+            Value::Record(r) => r.values().for_each(|x| walk(x, None, f)),
+            Value::Spec(s) => s.params.values().for_each(|x| walk(x, Reads::of(s), f)),
             _ => {}
         }
     }
     params
         .iter()
         .filter(|(k, _)| !key::NOT_IN_KEY.contains(&k.as_str()))
-        .for_each(|(_, v)| walk(v, f));
+        .for_each(|(_, v)| walk(v, None, f));
 }
 
 impl Plan {
@@ -83,14 +88,14 @@ impl Plan {
     /// level (a stage's level is one more than its upstream stages'), each level in parallel.
     pub fn from_stages(stages: Vec<StageDef>, fingerprints: &mut Fingerprinter) -> Result<Plan, Vec<Diag>> {
         let n = stages.len();
-        let mut known: HashMap<PathBuf, Result<Key, FingerprintError>> = HashMap::new();
+        let mut known: HashMap<(PathBuf, Option<Reads>), Result<Key, FingerprintError>> = HashMap::new();
         let mut levels: Vec<Vec<usize>> = Vec::new();
         let mut level_of: Vec<usize> = Vec::with_capacity(n);
         for (i, def) in stages.iter().enumerate() {
-            for_each_keyed_path(&def.params, &mut |p| {
-                if !known.contains_key(&p.resolved) {
-                    known.insert(p.resolved.clone(), fingerprints.fingerprint(&p.resolved));
-                }
+            for_each_keyed_path(&def.params, &mut |p, reads| {
+                known
+                    .entry((p.resolved.clone(), reads))
+                    .or_insert_with(|| fingerprints.fingerprint_read(&p.resolved, reads));
             });
             let mut level = 0;
             for v in def.params.values() {
@@ -292,8 +297,8 @@ mod tests {
         fn stage(&mut self, id: StageId) -> Result<Key, FingerprintError> {
             Ok(self.0[id.0 as usize])
         }
-        fn path(&mut self, path: &PathValue) -> Result<Key, FingerprintError> {
-            self.1.fingerprint(&path.resolved)
+        fn path(&mut self, path: &PathValue, reader: Option<&Spec>) -> Result<Key, FingerprintError> {
+            self.1.fingerprint_read(&path.resolved, reader.and_then(Reads::of))
         }
     }
 

@@ -3,9 +3,11 @@
 //!
 //! A file's fingerprint is blake3 of its bytes. A directory's is blake3 over its regular files in
 //! sorted order, each as (relative path, file fingerprint); hidden entries (names starting with
-//! `.`) are skipped. The stat cache maps (path, size, mtime, inode) to the content hash: a file
+//! `.`) are skipped. A dataset's folder is fingerprinted the same way over only the files its
+//! loader reads ([`Reads`]), so files beside the data change nothing. The stat cache maps (path, size, mtime, inode) to the content hash: a file
 //! that was touched but not changed is re-read once and keeps its fingerprint.
 
+use crate::data::reads::Reads;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -35,7 +37,7 @@ struct CacheEntry {
 pub struct Fingerprinter {
     cache: HashMap<PathBuf, CacheEntry>,
     dirty: bool,
-    memo: HashMap<PathBuf, [u8; 32]>,
+    memo: HashMap<(PathBuf, Option<Reads>), [u8; 32]>,
     /// How many files were actually read (not answered from the stat cache).
     pub files_read: usize,
 }
@@ -64,13 +66,26 @@ impl Fingerprinter {
 
     /// The fingerprint of a file or directory.
     pub fn fingerprint(&mut self, path: &Path) -> Result<[u8; 32], FingerprintError> {
-        if let Some(h) = self.memo.get(path) {
+        self.fingerprint_read(path, None)
+    }
+
+    /// The fingerprint of a file or directory, of a dataset's folder only over the files it
+    /// `reads` (the whole folder if none of them is there, so that its loader reports that).
+    pub fn fingerprint_read(&mut self, path: &Path, reads: Option<Reads>) -> Result<[u8; 32], FingerprintError> {
+        let memo_key = (path.to_path_buf(), reads);
+        if let Some(h) = self.memo.get(&memo_key) {
             return Ok(*h);
         }
         let meta = std::fs::metadata(path).map_err(|e| describe_io(path, &e))?;
+        let selected: Vec<(String, PathBuf)> = match reads {
+            Some(reads) if meta.is_dir() => reads.files(path).into_iter().map(|f| (relative(path, &f), f)).collect(),
+            _ => Vec::new(),
+        };
         let hash = if meta.is_dir() {
-            let mut files = Vec::new();
-            walk(path, path, &mut files)?;
+            let mut files = selected;
+            if files.is_empty() {
+                walk(path, path, &mut files)?;
+            }
             files.sort();
             let hashes = self.hash_files(files.iter().map(|(_, abs)| abs.as_path()))?;
             let mut h = blake3::Hasher::new();
@@ -87,7 +102,7 @@ impl Fingerprinter {
             h.update(&self.hash_files(std::iter::once(path))?[0]);
             *h.finalize().as_bytes()
         };
-        self.memo.insert(path.to_path_buf(), hash);
+        self.memo.insert(memo_key, hash);
         Ok(hash)
     }
 
@@ -167,15 +182,18 @@ fn walk_inner(
         if meta.is_dir() {
             walk_inner(root, &path, out, visited)?;
         } else if meta.is_file() {
-            let rel = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .to_string_lossy()
-                .replace('\\', "/");
-            out.push((rel, path));
+            out.push((relative(root, &path), path));
         }
     }
     Ok(())
+}
+
+/// `path` relative to `root`, with `/` separators (the whole path if it is not inside).
+fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .replace('\\', "/")
 }
 
 #[cfg(unix)]

@@ -720,7 +720,7 @@ crate::op_args! {
 pub static REPORT: OpSchema = OpSchema {
     name: "report",
     kind: OpKind::Stage(Output::Report),
-    version: 4,
+    version: 5,
     doc: "Compare models in one report: accuracy, retention, measured sizes, compression; tables, sweep pivots, plots, training curves.",
     params: ReportArgs::PARAMS,
     derive: None,

@@ -1,5 +1,6 @@
-//! `report.csv`: raw numbers, one row per model, with a header row (RFC 4180 quoting). `score`
-//! is the task's own metric (`report.json`'s `score_name`: MCC, F1), empty where it has none.
+//! `report.csv`: raw numbers, one row per model, with a header row (RFC 4180 quoting). The
+//! quality column is `accuracy`, or `pearson` for a regression; `score` is the task's own metric
+//! (`report.json`'s `score_name`: MCC, F1, Spearman), empty where it has none.
 
 use super::Report;
 
@@ -37,7 +38,18 @@ fn opt<T: ToString>(value: Option<T>) -> String {
 
 /// The whole `report.csv`; a missing value is an empty field, floats print in shortest round-trip form.
 pub fn render_csv(report: &Report) -> String {
-    let mut out = CSV_HEADER.join(",");
+    // The quality column is named for what it holds: `accuracy`, or `pearson` for a regression.
+    let header: Vec<&str> = CSV_HEADER
+        .iter()
+        .map(|&h| {
+            if h == "accuracy" {
+                report.quality_name.as_str()
+            } else {
+                h
+            }
+        })
+        .collect();
+    let mut out = header.join(",");
     out.push('\n');
     for e in &report.rows {
         let (r, d) = (&e.row, &e.derived);
@@ -45,7 +57,7 @@ pub fn render_csv(report: &Report) -> String {
             field(&r.name),
             field(&r.strategy),
             field(&r.op),
-            r.accuracy.to_string(),
+            r.quality.to_string(),
             opt(r.score),
             r.parameters.to_string(),
             r.nonzeros.to_string(),

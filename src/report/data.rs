@@ -1,4 +1,5 @@
-//! The report's input rows and the derived columns (compression ratios, accuracy retention).
+//! The report's input rows and the derived columns (compression ratios, retention of the
+//! quality figure: accuracy, or Pearson's r for a regression).
 
 use super::curves::Curve;
 use super::error::ReportError;
@@ -21,10 +22,14 @@ pub struct ReportData {
     /// Examples in the split (what "within noise of chance" is judged by), when known.
     #[serde(default)]
     pub examples: Option<u64>,
-    /// Majority-class accuracy on that split, as a fraction in [0, 1].
+    /// Majority-class accuracy on that split, as a fraction in [0, 1] (0 for a regression: no
+    /// correlation).
     pub chance_level: f64,
-    /// The task's own metric besides accuracy (`MCC` for CoLA, `F1` for MRPC and QQP), when it
-    /// has one; each row's value is its `score`.
+    /// What each row's `quality` is: `accuracy`, or `pearson` for a regression (STS-B).
+    #[serde(default = "accuracy")]
+    pub quality_name: String,
+    /// The task's own metric besides the quality (`MCC` for CoLA, `F1` for MRPC and QQP,
+    /// `Spearman` for STS-B), when it has one; each row's value is its `score`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score_name: Option<String>,
     /// Name of the row the ratios and retention are relative to (the teacher).
@@ -50,8 +55,10 @@ pub struct ReportRow {
     pub strategy: String,
     /// Op of the stage (`train`, `distill`, `fuse`, `qlora`, `prune`).
     pub op: String,
-    /// Accuracy on the split, as a fraction in [0, 1].
-    pub accuracy: f64,
+    /// Accuracy on the split, as a fraction in [0, 1]; for a regression Pearson's r, in [-1, 1]
+    /// (see [`ReportData::quality_name`]).
+    #[serde(alias = "accuracy")]
+    pub quality: f64,
     /// The task's own metric on the split (see [`ReportData::score_name`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
@@ -78,7 +85,7 @@ pub struct Derived {
     pub compression_disk: Option<f64>,
     /// Baseline parameters / this row's parameters.
     pub compression_params: Option<f64>,
-    /// This row's accuracy / the baseline's accuracy.
+    /// This row's quality / the baseline's quality.
     pub retention: Option<f64>,
 }
 
@@ -108,9 +115,12 @@ pub struct Report {
     /// Examples in the split, when known.
     #[serde(default)]
     pub examples: Option<u64>,
-    /// Majority-class accuracy, as a fraction.
+    /// Majority-class accuracy, as a fraction (0 for a regression).
     pub chance_level: f64,
-    /// The task's own metric besides accuracy, when it has one.
+    /// What each row's `quality` is: `accuracy` or `pearson`.
+    #[serde(default = "accuracy")]
+    pub quality_name: String,
+    /// The task's own metric besides the quality, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score_name: Option<String>,
     /// Name of the baseline row.
@@ -151,6 +161,7 @@ impl ReportData {
             selection: self.selection.clone(),
             examples: self.examples,
             chance_level: self.chance_level,
+            quality_name: self.quality_name.clone(),
             score_name: self.score_name.clone(),
             baseline: self.baseline.clone(),
             rows,
@@ -167,7 +178,11 @@ impl ReportData {
             if !seen.insert(row.name.as_str()) {
                 return Err(ReportError::DuplicateRow(row.name.clone()));
             }
-            check_fraction(&row.name, "accuracy", row.accuracy)?;
+            match self.quality_name.as_str() {
+                "accuracy" => check_fraction(&row.name, "accuracy", row.quality)?,
+                "pearson" => check_correlation(&row.name, "pearson", row.quality)?,
+                other => return Err(ReportError::UnknownQuality(other.to_string())),
+            }
             if !row.latency_ms.is_finite() || row.latency_ms < 0.0 {
                 return Err(ReportError::InvalidValue {
                     row: row.name.clone(),
@@ -201,6 +216,24 @@ fn check_fraction(row: &str, field: &'static str, value: f64) -> Result<(), Repo
     }
 }
 
+fn check_correlation(row: &str, field: &'static str, value: f64) -> Result<(), ReportError> {
+    if value.is_finite() && (-1.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(ReportError::InvalidValue {
+            row: row.to_string(),
+            field,
+            value,
+            expected: "a correlation in [-1, 1]",
+        })
+    }
+}
+
+/// The default quality: accuracy.
+fn accuracy() -> String {
+    "accuracy".to_string()
+}
+
 fn ratio(numerator: f64, denominator: f64) -> Option<f64> {
     (denominator > 0.0).then(|| numerator / denominator)
 }
@@ -209,7 +242,7 @@ fn derive_row(row: &ReportRow, base: &ReportRow) -> Derived {
     Derived {
         compression_disk: ratio(base.disk_bytes as f64, row.disk_bytes as f64),
         compression_params: ratio(base.parameters as f64, row.parameters as f64),
-        retention: ratio(row.accuracy, base.accuracy),
+        retention: ratio(row.quality, base.quality),
     }
 }
 
@@ -300,7 +333,7 @@ mod tests {
     #[test]
     fn zero_baseline_quantities_give_no_ratio() {
         let mut data = sample();
-        data.rows[0].accuracy = 0.0;
+        data.rows[0].quality = 0.0;
         data.rows[1].disk_bytes = 0;
         let report = data.derive().unwrap();
         assert_eq!(report.rows[0].derived.retention, None);
@@ -324,7 +357,7 @@ mod tests {
         assert!(err.contains("techer") && err.contains("teacher"), "{err}");
 
         let mut data = sample();
-        data.rows[2].accuracy = 85.1;
+        data.rows[2].quality = 85.1;
         let err = data.derive().unwrap_err().to_string();
         assert!(err.contains("accuracy") && err.contains("[0, 1]"), "{err}");
 

@@ -31,6 +31,9 @@ pub enum ReportError {
         /// What was expected.
         expected: &'static str,
     },
+    /// The rows' quality is neither accuracy nor Pearson's r.
+    #[error("the report's quality is `{0}`, expected `accuracy` or `pearson`")]
+    UnknownQuality(String),
     /// The JSON is not report data.
     #[error("not report data: {0}")]
     Parse(String),

@@ -10,6 +10,7 @@ mod curves;
 mod data;
 mod font;
 mod marks;
+mod measure;
 mod plots;
 mod sweeps;
 mod table;

@@ -4,6 +4,7 @@ use super::canvas::{plot_err, render_png, render_svg, PLOT_SIZE};
 use super::error::ReportError;
 use super::font::FAMILY;
 use super::marks::{self, Mark};
+use super::measure::Axis;
 use super::{units, Report, ReportEntry};
 use plotters::coord::Shift;
 use plotters::element::DashedPathElement;
@@ -30,12 +31,13 @@ impl PlotKind {
         }
     }
 
-    /// Short description, used in captions and alt texts.
-    pub fn caption(self) -> &'static str {
-        match self {
-            PlotKind::ParamsVsAccuracy => "parameters vs accuracy",
-            PlotKind::SizeVsAccuracy => "size on disk vs accuracy",
-        }
+    /// Short description, used in captions and alt texts: what is plotted against what.
+    pub fn caption(self, report: &Report) -> String {
+        let x = match self {
+            PlotKind::ParamsVsAccuracy => "parameters",
+            PlotKind::SizeVsAccuracy => "size on disk",
+        };
+        format!("{x} vs {}", Axis::of(report).name)
     }
 
     fn x_desc(self) -> &'static str {
@@ -80,7 +82,7 @@ struct Point<'a> {
 }
 
 /// One legend entry and its points: the baseline first, then each strategy in order of first appearance.
-fn groups(report: &Report, kind: PlotKind) -> Vec<(String, Mark, Vec<Point<'_>>)> {
+fn groups<'a>(report: &'a Report, kind: PlotKind, axis: &Axis) -> Vec<(String, Mark, Vec<Point<'a>>)> {
     let mut groups: Vec<(String, Mark, Vec<Point>)> = Vec::new();
     let mut unknown = 0;
     for entry in &report.rows {
@@ -89,7 +91,7 @@ fn groups(report: &Report, kind: PlotKind) -> Vec<(String, Mark, Vec<Point<'_>>)
         // A log axis cannot show 0; such a row stays in the tables.
         let point = (x > 0).then(|| Point {
             x: x as f64,
-            y: entry.row.accuracy * 100.0,
+            y: axis.value(entry),
             name: &entry.row.name,
             baseline,
         });
@@ -154,25 +156,28 @@ fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, Vec<f64>) {
     (all.iter().map(|t| t.1).collect(), Vec::new())
 }
 
-/// The y axis in percent: the models' accuracies with some room, in round steps, so that differences of a
-/// point stay visible. The chance line is inside when it is near the data; `false` when it lies below.
-fn y_range(ys: impl Iterator<Item = f64>, chance: f64) -> (f64, f64, f64, bool) {
-    let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
-    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (chance, chance) };
+/// The y axis in points (percent for accuracy): the models' values with some room, in round
+/// steps, so that differences of a point stay visible, never below `floor` nor above 100. The
+/// chance line is inside when it is near the data; `false` when it lies below (or there is none).
+fn y_range(ys: impl Iterator<Item = f64>, chance: Option<f64>, floor: f64) -> (f64, f64, f64, bool) {
+    let (lo, hi) = ys
+        .filter(|y| y.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let anchor = chance.unwrap_or(floor.max(0.0));
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (anchor, anchor) };
     let span = (hi - lo).max(2.0);
     // The chance line joins the axis when that at most doubles the span the data needs.
-    let chance_inside = chance >= lo - span - 2.0;
-    let (lo, hi) = if chance_inside {
-        (lo.min(chance), hi.max(chance))
-    } else {
-        (lo, hi)
+    let chance_inside = chance.is_some_and(|c| c >= lo - span - 2.0);
+    let (lo, hi) = match chance {
+        Some(c) if chance_inside => (lo.min(c), hi.max(c)),
+        _ => (lo, hi),
     };
     let pad = ((hi - lo) * 0.12).max(1.0);
     let step = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0]
         .into_iter()
         .find(|s| (hi - lo + 2.0 * pad) / s <= 10.0)
         .unwrap_or(20.0);
-    let y_lo = (((lo - pad) / step).floor() * step).max(0.0);
+    let y_lo = (((lo - pad) / step).floor() * step).max(floor);
     let y_hi = (((hi + pad) / step).ceil() * step).min(100.0).max(y_lo + step);
     (y_lo, y_hi, step, chance_inside)
 }
@@ -225,12 +230,13 @@ fn draw<DB: DrawingBackend>(
     report: &Report,
     kind: PlotKind,
 ) -> Result<Boxes, ReportError> {
-    let groups = groups(report, kind);
+    let axis = Axis::of(report);
+    let groups = groups(report, kind, &axis);
     let points = || groups.iter().flat_map(|g| g.2.iter());
-    let teacher = report.baseline_entry().row.accuracy * 100.0;
-    let chance = report.chance_level * 100.0;
+    let teacher = axis.value(report.baseline_entry());
+    let chance = axis.chance.as_ref().map(|c| c.0);
     let (x_lo, x_hi) = x_range(points().map(|p| p.x));
-    let (y_lo, y_hi, y_step, chance_inside) = y_range(points().map(|p| p.y).chain([teacher]), chance);
+    let (y_lo, y_hi, y_step, chance_inside) = y_range(points().map(|p| p.y).chain([teacher]), chance, axis.floor);
     let y_ticks = ((y_hi - y_lo) / y_step).round() as usize + 1;
     let y_decimals = usize::from(y_step < 1.0);
 
@@ -240,7 +246,7 @@ fn draw<DB: DrawingBackend>(
     let caption = format!(
         "{}: {} ({}, {} split)",
         report.title,
-        kind.caption(),
+        kind.caption(report),
         report.dataset,
         report.split
     );
@@ -263,10 +269,10 @@ fn draw<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .x_desc(kind.x_desc())
-        .y_desc("Accuracy (%)")
+        .y_desc(axis.title.as_str())
         .x_label_formatter(&x_label)
         .y_labels(y_ticks)
-        .y_label_formatter(&|v| format!("{v:.y_decimals$}%"))
+        .y_label_formatter(&|v| axis.show(*v, y_decimals))
         .label_style((FAMILY, 15).into_font().color(&RGBColor(60, 60, 60)))
         .axis_desc_style((FAMILY, 17).into_font().color(&RGBColor(30, 30, 30)))
         .bold_line_style(RGBColor(220, 220, 220))
@@ -281,14 +287,10 @@ fn draw<DB: DrawingBackend>(
     let mut lines = vec![(
         teacher,
         baseline_color,
-        format!("baseline {} ({})", report.baseline, units::percent(teacher / 100.0)),
+        format!("baseline {} ({})", report.baseline, axis.show(teacher, 1)),
     )];
-    if chance_inside {
-        lines.push((
-            chance,
-            chance_color,
-            format!("chance level, majority class ({})", units::percent(chance / 100.0)),
-        ));
+    if let (Some((at, label)), true) = (&axis.chance, chance_inside) {
+        lines.push((*at, chance_color, label.clone()));
     }
     for (y, color, _) in &lines {
         chart
@@ -390,7 +392,7 @@ fn draw<DB: DrawingBackend>(
         area.1,
         &groups,
         &lines,
-        (!chance_inside).then_some(chance),
+        axis.chance.as_ref().filter(|_| !chance_inside),
         &unplaced,
     )?;
     Ok(labels)
@@ -403,7 +405,7 @@ fn draw_legend<DB: DrawingBackend>(
     top: i32,
     groups: &[(String, Mark, Vec<Point<'_>>)],
     lines: &[(f64, RGBColor, String)],
-    chance_below: Option<f64>,
+    chance_below: Option<&(f64, String)>,
     unplaced: &[&str],
 ) -> Result<(), ReportError> {
     fn style(color: &RGBColor) -> TextStyle<'_> {
@@ -443,11 +445,11 @@ fn draw_legend<DB: DrawingBackend>(
         Ok(())
     };
     y += 8;
-    if let Some(chance) = chance_below {
-        let text = format!(
-            "Chance level (majority class) {} lies below the axis.",
-            units::percent(chance / 100.0)
-        );
+    if let Some((_, label)) = chance_below {
+        let mut text = format!("{label} lies below the axis.");
+        if let Some(first) = text.get_mut(0..1) {
+            first.make_ascii_uppercase();
+        }
         note(text, RGBColor(190, 30, 45), &mut y)?;
     }
     if !unplaced.is_empty() {
@@ -489,19 +491,19 @@ mod tests {
         assert!(lo < 7.0 && hi > 7.0);
         assert_eq!(x_range(std::iter::empty()), (1.0, 10.0));
         // Close accuracies get a zoomed axis; a far chance level stays off it.
-        let (lo, hi, step, chance) = y_range([77.0, 78.4, 79.0].into_iter(), 52.0);
+        let (lo, hi, step, chance) = y_range([77.0, 78.4, 79.0].into_iter(), Some(52.0), 0.0);
         assert!(
             (74.0..77.0).contains(&lo) && (79.0..=82.0).contains(&hi) && step <= 1.0,
             "{lo} {hi} {step}"
         );
         assert!(!chance);
         // A near one joins it.
-        let (lo, _, _, chance) = y_range([58.0, 62.0].into_iter(), 52.0);
+        let (lo, _, _, chance) = y_range([58.0, 62.0].into_iter(), Some(52.0), 0.0);
         assert!(chance && lo <= 52.0);
-        assert_eq!(y_range([100.0, 100.0].into_iter(), 50.0).1, 100.0);
-        let (lo, hi, _, _) = y_range([0.0, 1.0].into_iter(), 0.5);
+        assert_eq!(y_range([100.0, 100.0].into_iter(), Some(50.0), 0.0).1, 100.0);
+        let (lo, hi, _, _) = y_range([0.0, 1.0].into_iter(), Some(0.5), 0.0);
         assert!(lo == 0.0 && hi > 1.0);
-        let (lo, hi, _, _) = y_range(std::iter::empty(), 0.5);
+        let (lo, hi, _, _) = y_range(std::iter::empty(), Some(0.5), 0.0);
         assert!(lo < hi);
     }
 
@@ -553,7 +555,7 @@ mod tests {
             for (j, a) in ["0.5", "0.7", "0.9"].iter().enumerate() {
                 let mut row = template.clone();
                 row.name = format!("tuned[t={t},a={a}]");
-                row.accuracy = 0.85 + 0.001 * (3 * i + j) as f64;
+                row.quality = 0.85 + 0.001 * (3 * i + j) as f64;
                 sweep.rows.push(row);
             }
         }
@@ -598,7 +600,7 @@ mod tests {
         for row in &mut equal.rows {
             row.parameters = 1_000;
             row.disk_bytes = 4_000;
-            row.accuracy = 0.5;
+            row.quality = 0.5;
         }
         let mut zero = sample();
         for row in &mut zero.rows {

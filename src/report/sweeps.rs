@@ -118,9 +118,9 @@ fn sort_values(labels: &mut [String]) {
 }
 
 impl SweepTable {
-    /// The heading: `tuned: accuracy by t × a`.
-    pub fn title(&self) -> String {
-        format!("{}: accuracy by {}", self.name, self.vars.join(" × "))
+    /// The heading: `tuned: accuracy by t × a` (`pearson by` for a regression).
+    pub fn title(&self, report: &Report) -> String {
+        format!("{}: {} by {}", self.name, report.quality_name, self.vars.join(" × "))
     }
 
     /// The table as rows of cells (header first), each cell filled by `cell` for a measured point.
@@ -143,7 +143,7 @@ impl SweepTable {
         let mut grid = vec![header];
         for (label, cells) in self.row_labels.iter().zip(&self.cells) {
             let mut row = vec![if side.is_empty() {
-                "accuracy".to_string()
+                report.quality_name.clone()
             } else {
                 label.clone()
             }];
@@ -191,7 +191,7 @@ mod tests {
         for (t, a, acc) in [("8.0", "0.5", 0.82), ("2.0", "0.5", 0.80), ("2.0", "0.9", 0.81)] {
             let mut row = template.clone();
             row.name = format!("tuned[t={t},a={a}]");
-            row.accuracy = acc;
+            row.quality = acc;
             data.rows.push(row);
         }
         data.rows[1].name = format!("chain/step[2] (= {})", data.rows[1].name);
@@ -199,12 +199,12 @@ mod tests {
         let tables = sweep_tables(&report);
         assert_eq!(tables.len(), 1);
         let t = &tables[0];
-        assert_eq!(t.title(), "tuned: accuracy by t × a");
+        assert_eq!(t.title(&report), "tuned: accuracy by t × a");
         assert_eq!(
             (t.row_labels.clone(), t.col_labels.clone()),
             (vec!["2.0".into(), "8.0".into()], vec!["0.5".into(), "0.9".into()])
         );
-        let grid = t.grid(&report, &|e| format!("{:.2}", e.row.accuracy));
+        let grid = t.grid(&report, &|e| format!("{:.2}", e.row.quality));
         assert_eq!(
             grid,
             [

@@ -20,6 +20,9 @@ struct Column {
 /// report has one.
 const SCORE: &str = "{score}";
 
+/// The header that stands for the quality: `Accuracy`, or `Pearson` for a regression.
+const QUALITY: &str = "{quality}";
+
 impl Column {
     /// Whether this report shows the column.
     fn shown(&self, report: &Report) -> bool {
@@ -30,6 +33,8 @@ impl Column {
     fn header<'a>(&'a self, report: &'a Report, markdown: bool) -> &'a str {
         match (self.markdown, &report.score_name) {
             (SCORE, Some(name)) => name,
+            (QUALITY, _) if markdown || report.is_regression() => report.quality_header(),
+            (QUALITY, _) => "Acc",
             _ if markdown => self.markdown,
             _ => self.text,
         }
@@ -64,11 +69,11 @@ const COLUMNS: &[Column] = &[
         cell: |_, e| e.row.op.clone(),
     },
     Column {
-        markdown: "Accuracy",
-        text: "Acc",
+        markdown: QUALITY,
+        text: QUALITY,
         numeric: true,
         in_text: true,
-        cell: accuracy,
+        cell: quality,
     },
     Column {
         markdown: SCORE,
@@ -150,23 +155,25 @@ const COLUMNS: &[Column] = &[
 ];
 
 fn at_chance(report: &Report, entry: &ReportEntry) -> bool {
-    entry.row.accuracy <= chance_bound(report)
+    entry.row.quality <= chance_bound(report)
 }
 
-/// The highest accuracy a model that learned nothing would plausibly reach: the chance level
-/// plus two standard errors of a proportion on the split's examples (the chance level itself
-/// when their number is unknown).
+/// The highest quality a model that learned nothing would plausibly reach: the chance level
+/// plus two standard errors on the split's examples — of a proportion for accuracy, of Pearson's
+/// r under no correlation (1/√n) for a regression — or the chance level itself when their
+/// number is unknown.
 fn chance_bound(report: &Report) -> f64 {
     let p = report.chance_level;
     match report.examples {
+        Some(n) if n > 0 && report.is_regression() => 2.0 / (n as f64).sqrt(),
         Some(n) if n > 0 => p + 2.0 * (p * (1.0 - p) / n as f64).sqrt(),
         _ => p,
     }
 }
 
-fn accuracy(report: &Report, entry: &ReportEntry) -> String {
+fn quality(report: &Report, entry: &ReportEntry) -> String {
     let mark = if at_chance(report, entry) { AT_CHANCE } else { "" };
-    format!("{}{mark}", units::percent(entry.row.accuracy))
+    format!("{}{mark}", report.show_quality(entry.row.quality))
 }
 
 /// The one-line context shared by both renderings.
@@ -178,12 +185,17 @@ fn context(report: &Report) -> String {
         report.selection.join("; ")
     };
     format!(
-        "Dataset: {} · accuracy on the {} split ({selection}) · chance level (majority class): {} · baseline: {} ({}, {} params, {} on disk)",
+        "Dataset: {} · {} on the {} split ({selection}) · {} · baseline: {} ({}, {} params, {} on disk)",
         report.dataset,
+        report.quality_name,
         report.split,
-        units::percent(report.chance_level),
+        if report.is_regression() {
+            "chance level: no correlation (0)".to_string()
+        } else {
+            format!("chance level (majority class): {}", units::percent(report.chance_level))
+        },
         report.baseline,
-        units::percent(base.row.accuracy),
+        report.show_quality(base.row.quality),
         units::count(base.row.parameters),
         units::bytes(base.row.disk_bytes),
     )
@@ -191,10 +203,12 @@ fn context(report: &Report) -> String {
 
 /// The notes under the table: how the derived columns are defined, and the chance mark if used.
 fn notes(report: &Report) -> Vec<String> {
+    let quality = report.quality_name.as_str();
     let mut notes = vec![
-        "Retention = accuracy / baseline accuracy. Compression = baseline size / model size, by bytes on disk and \
-         by parameter count."
-            .to_string(),
+        format!(
+            "Retention = {quality} / baseline {quality}. Compression = baseline size / model size, by bytes on disk \
+             and by parameter count."
+        ),
         format!(
             "Sizes in decimal units (1 MB = 10^6 bytes). Dense f32 = 4 bytes per parameter; NF4 = 4-bit codes + \
              scales ({MISSING} where not quantized); Sparse = bitmask + nonzero values; On disk = the artifact's files."
@@ -207,11 +221,21 @@ fn notes(report: &Report) -> Vec<String> {
                 .to_string(),
         ),
         Some("F1") => notes.push("F1 = F1 score of the positive class (the task's metric).".to_string()),
+        Some("Spearman") => notes.push(
+            "Pearson = Pearson correlation of the predicted and true scores; Spearman = the correlation of their ranks \
+             (the task's metrics: 1 perfect, 0 none)."
+                .to_string(),
+        ),
         Some(other) => notes.push(format!("{other} = the task's metric.")),
         None => {}
     }
     if report.rows.iter().any(|e| at_chance(report, e)) {
         notes.push(match report.examples {
+            Some(n) if n > 0 && report.is_regression() => format!(
+                "{AT_CHANCE} Within noise of no correlation: r at most {:.3} (two standard errors on {n} examples) — \
+                 did it learn?",
+                chance_bound(report)
+            ),
             Some(n) if n > 0 => format!(
                 "{AT_CHANCE} Within noise of the chance level: at most {} ({} plus two standard errors on {n} \
                  examples) — did it learn?",
@@ -252,8 +276,8 @@ pub fn render_markdown(report: &Report) -> String {
         out.push_str("\n\n");
     }
     for sweep in sweep_tables(report) {
-        let grid = sweep.grid(report, &|e| accuracy(report, e));
-        out.push_str(&format!("### Sweep {}\n\n", escape_markdown(&sweep.title())));
+        let grid = sweep.grid(report, &|e| quality(report, e));
+        out.push_str(&format!("### Sweep {}\n\n", escape_markdown(&sweep.title(report))));
         for (i, row) in grid.iter().enumerate() {
             let cells: Vec<String> = row.iter().map(|c| escape_markdown(c)).collect();
             out.push_str(&format!("| {} |\n", cells.join(" | ")));
@@ -264,7 +288,7 @@ pub fn render_markdown(report: &Report) -> String {
         out.push('\n');
     }
     for kind in super::PlotKind::ALL {
-        out.push_str(&format!("![{}]({}.svg)\n\n", kind.caption(), kind.file_stem()));
+        out.push_str(&format!("![{}]({}.svg)\n\n", kind.caption(report), kind.file_stem()));
     }
     if !report.curves.is_empty() {
         out.push_str("![training curves](training_curves.svg)\n\n");
@@ -303,9 +327,9 @@ pub fn render_text(report: &Report) -> String {
         out.push('\n');
     }
     for sweep in sweep_tables(report) {
-        out.push_str(&format!("\nSweep {}\n", sweep.title()));
+        out.push_str(&format!("\nSweep {}\n", sweep.title(report)));
         out.push_str(&aligned(
-            &sweep.grid(report, &|e| accuracy(report, e)),
+            &sweep.grid(report, &|e| quality(report, e)),
             |i| i == 0,
             false,
         ));
@@ -412,7 +436,7 @@ mod tests {
         let mut data = sample();
         let mut other = data.rows.iter().find(|r| r.name.starts_with("mini[")).unwrap().clone();
         other.name = "mini[t=8.0,a=0.5]".into();
-        other.accuracy = 0.5;
+        other.quality = 0.5;
         data.rows.push(other);
         let report = data.derive().unwrap();
         let md = render_markdown(&report);

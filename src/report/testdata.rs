@@ -19,7 +19,7 @@ fn row(
         key: Some(format!("key-of-{name}")),
         strategy: strategy.into(),
         op: op.into(),
-        accuracy,
+        quality: accuracy,
         score: None,
         parameters,
         nonzeros,
@@ -40,6 +40,7 @@ pub fn sample() -> ReportData {
         examples: Some(872),
         selection: vec!["epochs selected on 80 held-out training examples".into()],
         chance_level: 0.509,
+        quality_name: "accuracy".into(),
         score_name: None,
         baseline: "teacher".into(),
         rows: vec![

@@ -21,6 +21,8 @@ pub struct Collected {
     /// Stages whose in-stage checkpoints were removed (no kept pipeline needs them, or their
     /// result is stored).
     pub checkpoints: usize,
+    /// Files of `cache/` removed (prepared datasets, decoded images): speed-ups any stage rebuilds.
+    pub cache_files: usize,
     /// Each entry removed (or that would be), with its bytes, in key order.
     pub removed: Vec<(Key, u64)>,
 }
@@ -115,6 +117,29 @@ pub fn collect(store: &Store, keep: &HashSet<Key>, dry_run: bool) -> std::io::Re
             out.bytes += super::dir_size(&entry.path());
             if !dry_run {
                 super::files::remove_tree(&entry.path())?;
+            }
+        }
+    }
+    // Caches are only speed-ups: a stage that needs one again rebuilds it (a stage reading one
+    // while it goes finds it missing or incomplete, and prepares its data anew).
+    let cache = store.root.join("cache");
+    let mut stack = vec![cache];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(_) => {
+                    out.cache_files += 1;
+                    out.bytes += entry.metadata().map_or(0, |m| m.len());
+                    if !dry_run {
+                        std::fs::remove_file(&path)?;
+                    }
+                }
+                Err(_) => {}
             }
         }
     }

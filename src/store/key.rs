@@ -17,6 +17,7 @@
 //!          | 'm' str(ctor) u32(version) record(params)   model or dataset spec
 //!          | 'k' 32 bytes               an upstream stage: its key
 //!          | 'p' 32 bytes               an input file or directory: its content fingerprint
+//!                                       (a dataset's folder: over the files it reads)
 //! ```
 //!
 //! Parameters are the checked arguments with defaults filled in, so writing a default explicitly
@@ -26,7 +27,7 @@
 //! every descendant's key.
 
 use crate::registry::OpSchema;
-use crate::value::{Params, PathValue, StageId, Value};
+use crate::value::{Params, PathValue, Spec, StageId, Value};
 
 /// Version tag of the encoding; bump it when the encoding changes.
 pub const ENCODING: &str = "rkd-stage-key/1";
@@ -40,8 +41,9 @@ pub trait Resolve {
     type Error;
     /// The key of an upstream stage.
     fn stage(&mut self, id: StageId) -> Result<Key, Self::Error>;
-    /// The fingerprint of an input path.
-    fn path(&mut self, path: &PathValue) -> Result<Key, Self::Error>;
+    /// The fingerprint of an input path; `reader` is the dataset or model spec whose argument it
+    /// is (a dataset's fingerprint covers the files it reads), `None` for a stage's own path.
+    fn path(&mut self, path: &PathValue, reader: Option<&Spec>) -> Result<Key, Self::Error>;
 }
 
 /// Parameters that say where and how a stage runs, not what it computes: not part of its key.
@@ -70,7 +72,7 @@ pub fn stage_key<R: Resolve>(op: &OpSchema, params: &Params, resolve: &mut R) ->
     str(&mut h, op.name);
     h.update(&op.version.to_le_bytes());
     let keyed = || params.iter().filter(|(k, v)| in_key(k, v));
-    record(&mut h, keyed(), keyed().count(), resolve)?;
+    record(&mut h, keyed(), keyed().count(), resolve, None)?;
     Ok(*h.finalize().as_bytes())
 }
 
@@ -84,17 +86,19 @@ fn record<'a, R: Resolve>(
     fields: impl Iterator<Item = (&'a String, &'a Value)>,
     len: usize,
     resolve: &mut R,
+    spec: Option<&Spec>,
 ) -> Result<(), R::Error> {
     h.update(&(len as u64).to_le_bytes());
     // BTreeMap iterates in byte order of the keys already.
     for (k, v) in fields {
         str(h, k);
-        value(h, v, resolve)?;
+        value(h, v, resolve, spec)?;
     }
     Ok(())
 }
 
-fn value<R: Resolve>(h: &mut blake3::Hasher, v: &Value, resolve: &mut R) -> Result<(), R::Error> {
+/// Encodes `v`; `spec` is the spec whose argument it is, if any.
+fn value<R: Resolve>(h: &mut blake3::Hasher, v: &Value, resolve: &mut R, spec: Option<&Spec>) -> Result<(), R::Error> {
     match v {
         Value::Int(i) => {
             h.update(b"i");
@@ -117,18 +121,18 @@ fn value<R: Resolve>(h: &mut blake3::Hasher, v: &Value, resolve: &mut R) -> Resu
             h.update(b"l");
             h.update(&(xs.len() as u64).to_le_bytes());
             for x in xs.iter() {
-                value(h, x, resolve)?;
+                value(h, x, resolve, None)?;
             }
         }
         Value::Record(r) => {
             h.update(b"r");
-            record(h, r.iter(), r.len(), resolve)?;
+            record(h, r.iter(), r.len(), resolve, None)?;
         }
         Value::Spec(s) => {
             h.update(b"m");
             str(h, s.ctor.name);
             h.update(&s.ctor.version.to_le_bytes());
-            record(h, s.params.iter(), s.params.len(), resolve)?;
+            record(h, s.params.iter(), s.params.len(), resolve, Some(s))?;
         }
         Value::Stage(id) => {
             h.update(b"k");
@@ -136,7 +140,7 @@ fn value<R: Resolve>(h: &mut blake3::Hasher, v: &Value, resolve: &mut R) -> Resu
         }
         Value::Path(p) => {
             h.update(b"p");
-            h.update(&resolve.path(p)?);
+            h.update(&resolve.path(p, spec)?);
         }
         // Checked parameters never hold functions, modules or poison.
         Value::Fn(_) | Value::Builtin(_) | Value::Module(_) | Value::Poison => {

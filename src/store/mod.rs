@@ -12,7 +12,8 @@
 //! <store>/runs/            one JSON record per run, and index.json (the latest record of each stage name)
 //! <store>/stat-cache.json  file fingerprints by (path, size, mtime, inode)
 //! <store>/checkpoints/<key>/ in-stage checkpoints of unfinished training stages (never entries)
-//! <store>/cache/           caches ops may use but never need (decoded image_folder images)
+//! <store>/cache/           caches ops may use but never need (decoded image_folder images,
+//!                          prepared datasets in cache/prepared/); gc empties it
 //! <store>/specs/<key>.json the resolved stage a Slurm job runs (`rkd exec-stage`)
 //! <store>/slurm/           one JSON record per Slurm submission (job ids), job scripts and logs
 //! ```
