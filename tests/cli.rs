@@ -31,13 +31,14 @@ fn the_shipped_pipelines_and_examples_check_clean() {
             "examples/own_pairs.rkd",
             "examples/own_images.rkd",
             "examples/hub_dataset.rkd",
+            "examples/seeds.rkd",
         ])
         .current_dir(repo())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout.matches("ok: ").count(), 9, "{stdout}");
+    assert_eq!(stdout.matches("ok: ").count(), 10, "{stdout}");
 }
 
 #[test]

@@ -4,6 +4,7 @@ mod bench;
 mod bench_nf4;
 mod bench_train;
 mod check;
+mod compare;
 mod exec_stage;
 mod graph;
 mod ops;
@@ -213,6 +214,34 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
     },
+    /// Compare two results of a pipeline, stage by stage: the parameters that changed, how
+    /// every recorded metric moved (B − A), and for two evaluations of the same examples
+    /// McNemar's exact test on per-example correctness.
+    ///
+    /// A and B are run records (a file in .rkd/runs/, or its name there), pipeline files (their
+    /// current plan, with the results the store holds) or FILE@REV (a pipeline file at a git
+    /// revision, e.g. `p.rkd@HEAD~1`). With only A, a pipeline file: its last two runs.
+    ///
+    /// Example: change a temperature, `rkd run p.rkd`, then `rkd compare p.rkd`.
+    Compare {
+        /// Side A (or, alone, a pipeline file whose last two runs are compared).
+        #[arg(value_name = "A")]
+        a: String,
+        /// Side B.
+        #[arg(value_name = "B")]
+        b: Option<String>,
+        /// Print JSON (stable: `a`, `b`, and `stages` with `name`, `op`, `status`, `changes`,
+        /// `metrics` [{name, a, b, delta}], `mcnemar`).
+        #[arg(long, conflicts_with = "md")]
+        json: bool,
+        /// Print a markdown table.
+        #[arg(long)]
+        md: bool,
+        /// The store directory [default: $RKD_STORE, else .rkd/ beside a pipeline file, else in
+        /// the current directory].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
     /// List the runs recorded in the store.
     Log {
         /// A pipeline file: the runs of its store (.rkd/ beside it, as `rkd run` uses) are listed.
@@ -397,6 +426,14 @@ pub fn main() -> ExitCode {
         } => exec_stage::run(&store, &key, retries, retry_delay.into()),
         Command::Explain { file, stage, store } => plan::explain(&file, &stage, store.as_deref()),
         Command::Verify { file, store } => store_cmds::verify(file.as_deref(), store.as_deref()),
+        Command::Compare { a, b, json, md, store } => {
+            let format = match (json, md) {
+                (true, _) => compare::Format::Json,
+                (_, true) => compare::Format::Markdown,
+                _ => compare::Format::Text,
+            };
+            compare::run(&a, b.as_deref(), store.as_deref(), format)
+        }
         Command::Log { file, store, limit } => store_cmds::log(file.as_deref(), store.as_deref(), limit),
         Command::Gc {
             keep,

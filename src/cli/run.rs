@@ -140,6 +140,15 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
                 (n > 1).then(|| (s.def.name.clone(), n.into()))
             })
             .collect();
+        // Failed stage name → why.
+        let errors: serde_json::Map<String, serde_json::Value> = plan
+            .stages()
+            .zip(&report.stages)
+            .filter_map(|(s, r)| {
+                let r = r.as_ref().filter(|r| r.outcome == Outcome::Failed)?;
+                Some((s.def.name.clone(), r.error.clone()?.into()))
+            })
+            .collect();
         let key = if opts.dry_run { "would_run" } else { "ran" };
         let ran = if opts.dry_run {
             names(Outcome::Skipped)
@@ -160,7 +169,8 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
                 "interrupted": names(Outcome::Interrupted),
                 "skipped": skipped,
                 "resumed": resumed,
-                "attempts": attempts
+                "attempts": attempts,
+                "errors": errors
             })
         );
     } else if opts.dry_run {

@@ -68,9 +68,8 @@ pub fn verify(file: Option<&Path>, store: Option<&Path>) -> ExitCode {
 
 /// The stage name recorded in an entry's spec, for messages.
 fn entry_name(store: &Store, key: &Key) -> String {
-    std::fs::read_to_string(store.entry_dir(key).join("spec.yaml"))
-        .ok()
-        .and_then(|t| serde_yaml::from_str::<crate::store::records::StageRecord>(&t).ok())
+    store
+        .stage_spec(key)
         .map(|r| format!("{} ({})", crate::text::cell(&r.name), r.op))
         .unwrap_or_default()
 }

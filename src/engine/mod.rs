@@ -1,6 +1,7 @@
 //! The engine: deciding what runs and why, running stages in parallel with progress, and
 //! recording runs; locally, or as Slurm jobs.
 
+pub mod compare;
 pub mod data_check;
 pub mod explain;
 pub mod preflight;

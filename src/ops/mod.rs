@@ -11,6 +11,7 @@ pub mod progress;
 pub mod prune;
 pub mod qlora;
 pub mod report;
+pub mod require;
 pub mod resume;
 pub mod selection;
 pub mod train;
@@ -147,6 +148,11 @@ pub static OPS: &[OpImpl] = {
             params: r::ReportArgs::PARAMS,
         },
         OpImpl {
+            name: "require",
+            run: require::run,
+            params: r::RequireArgs::PARAMS,
+        },
+        OpImpl {
             name: "exec",
             run: exec::run,
             params: r::ExecArgs::PARAMS,
@@ -252,6 +258,7 @@ mod tests {
                 "prune" => read(|p| r::PruneArgs::from_params(p).map(drop)),
                 "eval" => read(|p| r::EvalArgs::from_params(p).map(drop)),
                 "report" => read(|p| r::ReportArgs::from_params(p).map(drop)),
+                "require" => read(|p| r::RequireArgs::from_params(p).map(drop)),
                 "exec" => read(|p| r::ExecArgs::from_params(p).map(drop)),
                 other => panic!("no typed arguments for `{other}`"),
             };

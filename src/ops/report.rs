@@ -212,6 +212,18 @@ fn describe(ctx: &OpContext, v: &Value, is_baseline: bool, index: usize) -> Entr
     let (name, key, op, strategy) = match v {
         Value::Stage(id) => {
             let up = (ctx.upstream)(*id);
+            // A gate passes a model on: it is what made that model (the row keeps the gate's name).
+            if let Ok(gate) = crate::registry::RequireArgs::from_params(&up.params).map(|a| a.model) {
+                if up.op == "require" {
+                    let made = describe(ctx, &gate, is_baseline, index);
+                    return Entry {
+                        value: v.clone(),
+                        name: up.shown,
+                        key: Some(up.key),
+                        ..made
+                    };
+                }
+            }
             let strategy = match up.op {
                 "distill" => match DistillArgs::from_params(&up.params).map(|a| a.teacher) {
                     Ok(Value::Stage(t)) if matches!((ctx.upstream)(t).op, "distill" | "fuse") => "successive",

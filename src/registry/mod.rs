@@ -13,8 +13,8 @@ pub use constructors::{GlueTask, TableFormat, ARCHITECTURES};
 pub use functions::MAX_RANGE;
 pub use ops::{default_resources, resources, trains, Resources, DISTILL, FUSE, PREDICT, RESOURCE_FIELDS, TRAINING_OPS};
 pub use ops::{
-    DistillArgs, EvalArgs, ExecArgs, FuseArgs, PredictArgs, PruneArgs, QloraArgs, ReportArgs, RunArgs, SplitChoice,
-    TrainArgs, DEFAULT_BATCH_SIZE,
+    DistillArgs, EvalArgs, ExecArgs, FuseArgs, PredictArgs, PruneArgs, QloraArgs, ReportArgs, RequireArgs, RunArgs,
+    SplitChoice, TrainArgs, DEFAULT_BATCH_SIZE,
 };
 pub use schema::{ArgProblem, Default, OpKind, Output, ParamSchema, Range, Ty};
 
@@ -28,6 +28,7 @@ pub static REGISTRY: &[&OpSchema] = &[
     &ops::PRUNE,
     &ops::EVAL,
     &ops::REPORT,
+    &ops::REQUIRE,
     &ops::EXEC,
     &constructors::BERT,
     &constructors::VIT,

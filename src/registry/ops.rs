@@ -728,6 +728,111 @@ pub static REPORT: OpSchema = OpSchema {
 };
 
 crate::op_args! {
+    /// `require`'s arguments.
+    pub struct RequireArgs {
+        /// The model that passes the gate.
+        model: Value = p(
+            "model",
+            Ty::Model,
+            D::Required,
+            None,
+            "the model that passes on when the condition holds (what depends on the gate uses it)",
+        ),
+        /// The stage whose recorded metric is checked.
+        measured_by: Option<Value> = p(
+            "measured_by",
+            Ty::Stage,
+            D::Optional,
+            None,
+            "the stage whose recorded metric is checked, e.g. an eval of the model (default: the model's own stage)",
+        ),
+        /// The metric's name in metrics.json.
+        metric: String = p(
+            "metric",
+            Ty::Str,
+            D::Str("accuracy"),
+            None,
+            "the metric, as the stage's metrics.json names it (accuracy, mcc, f1, pearson, latency_ms_b1, ...)",
+        ),
+        /// The lowest value that passes.
+        at_least: Option<f64> = p("at_least", Ty::Float, D::Optional, None, "fail when the metric is below this"),
+        /// The highest value that passes.
+        at_most: Option<f64> = p("at_most", Ty::Float, D::Optional, None, "fail when the metric is above this"),
+        /// The stage the drop is measured from.
+        baseline: Option<Value> = p(
+            "baseline",
+            Ty::Stage,
+            D::Optional,
+            None,
+            "a stage whose same metric the value may not fall far below (with max_drop)",
+        ),
+        /// How far below the baseline's value the metric may fall.
+        max_drop: Option<f64> = p(
+            "max_drop",
+            Ty::Float,
+            D::Optional,
+            Some(Range::at_least(0.0)),
+            "fail when the metric is more than this below the baseline's (absolute: 0.02 = two points of accuracy)",
+        ),
+        /// Read by the executors, not the op.
+        resources: Option<Value> = RESOURCES,
+        /// Read by the executors, not the op.
+        retries: Option<usize> = RETRIES,
+    }
+}
+
+/// `require`: a gate on a recorded metric.
+pub static REQUIRE: OpSchema = OpSchema {
+    name: "require",
+    kind: OpKind::Stage(Output::Model),
+    version: 1,
+    doc: "Gate a model on a recorded metric (at_least, at_most, or max_drop from a baseline): fails, and what depends on it does not run, when the condition does not hold.",
+    params: RequireArgs::PARAMS,
+    derive: None,
+    check: Some(check_require),
+};
+
+fn check_require(params: &Params) -> Vec<ArgProblem> {
+    let mut problems = check_resources(params);
+    let Ok(a) = RequireArgs::from_params(params) else {
+        return problems;
+    };
+    if a.at_least.is_none() && a.at_most.is_none() && a.max_drop.is_none() {
+        problems.push((
+            "metric",
+            "a gate needs a condition: add `at_least:`, `at_most:`, or `baseline:` with `max_drop:`".into(),
+        ));
+    }
+    match (&a.baseline, a.max_drop) {
+        (Some(_), None) => problems.push((
+            "baseline",
+            "a baseline needs `max_drop:` (how far below it the metric may fall)".into(),
+        )),
+        (None, Some(_)) => problems.push((
+            "max_drop",
+            "`max_drop` is measured from a baseline: add `baseline:` (a stage that recorded the same metric)".into(),
+        )),
+        _ => {}
+    }
+    if let (Some(lo), Some(hi)) = (a.at_least, a.at_most) {
+        if lo > hi {
+            problems.push((
+                "at_most",
+                format!("no value passes: at_least {lo} is above at_most {hi}"),
+            ));
+        }
+    }
+    if !matches!(a.model, Value::Stage(_)) && a.measured_by.is_none() {
+        problems.push((
+            "measured_by",
+            "a pretrained model has no recorded metrics: name the stage that measured it, e.g. `measured_by: its_eval`"
+                .into(),
+        ));
+    }
+    problems
+}
+
+crate::op_args! {
     /// `exec`'s arguments.
     pub struct ExecArgs {
         /// The command.

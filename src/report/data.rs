@@ -3,6 +3,7 @@
 
 use super::curves::Curve;
 use super::error::ReportError;
+use super::seeds::{seed_groups, SeedGroup};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -130,6 +131,9 @@ pub struct Report {
     /// The training curves of the models that were trained.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub curves: Vec<Curve>,
+    /// Rows that differ only in their seed, summarised (mean, sample std, 95% CI).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seed_groups: Vec<SeedGroup>,
 }
 
 impl ReportData {
@@ -146,7 +150,7 @@ impl ReportData {
             .iter()
             .find(|r| r.name == self.baseline)
             .expect("validated: baseline exists");
-        let rows = self
+        let rows: Vec<ReportEntry> = self
             .rows
             .iter()
             .map(|row| ReportEntry {
@@ -154,6 +158,12 @@ impl ReportData {
                 derived: derive_row(row, base),
             })
             .collect();
+        let floor = if self.quality_name == "pearson" { -1.0 } else { 0.0 };
+        let seed_rows: Vec<_> = rows
+            .iter()
+            .map(|e| (e.row.name.as_str(), e.row.quality, e.row.score))
+            .collect();
+        let seed_groups = seed_groups(&seed_rows, floor);
         Ok(Report {
             title: self.title.clone(),
             dataset: self.dataset.clone(),
@@ -166,6 +176,7 @@ impl ReportData {
             baseline: self.baseline.clone(),
             rows,
             curves: self.curves.clone(),
+            seed_groups,
         })
     }
 

@@ -12,6 +12,7 @@ mod font;
 mod marks;
 mod measure;
 mod plots;
+mod seeds;
 mod sweeps;
 mod table;
 pub mod units;
@@ -27,6 +28,7 @@ pub use curves::{render_curves_csv, Curve, EPOCHS_CSV, STEPS_CSV};
 pub use data::{Derived, Report, ReportData, ReportEntry, ReportRow};
 pub use error::ReportError;
 pub use plots::{plot_png, plot_svg, PlotKind};
+pub use seeds::{SeedGroup, Spread};
 pub use sweeps::{sweep_tables, SweepTable};
 pub use table::{render_markdown, render_text};
 

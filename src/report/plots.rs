@@ -303,6 +303,42 @@ fn draw<DB: DrawingBackend>(
             .map_err(plot_err)?;
     }
 
+    // A model trained with several seeds: a bar of ± one sample standard deviation around the
+    // mean of its seeds, with a tick at the mean, in its strategy's colour.
+    for seeds in report.seed_groups.iter().filter(|g| g.quality.n >= 2) {
+        let entries: Vec<&ReportEntry> = seeds
+            .rows
+            .iter()
+            .filter_map(|name| report.rows.iter().find(|e| &e.row.name == name))
+            .collect();
+        let ys: Vec<f64> = entries.iter().map(|e| axis.value(e)).collect();
+        let spread = super::Spread::of(&ys);
+        let (Some(std), Some(first)) = (spread.std, entries.first()) else {
+            continue;
+        };
+        let x = kind.x_value(first) as f64;
+        let Some(color) = groups
+            .iter()
+            .find(|g| g.2.iter().any(|p| p.name == first.row.name))
+            .map(|g| g.1.color)
+        else {
+            continue;
+        };
+        let (lo, hi) = ((spread.mean - std).max(y_lo), (spread.mean + std).min(y_hi));
+        let cap = |y: f64| PathElement::new([(x / 1.04, y), (x * 1.04, y)], color.stroke_width(2));
+        chart
+            .draw_series([
+                PathElement::new([(x, lo), (x, hi)], color.stroke_width(2)),
+                cap(lo),
+                cap(hi),
+                PathElement::new(
+                    [(x / 1.08, spread.mean), (x * 1.08, spread.mean)],
+                    color.stroke_width(3),
+                ),
+            ])
+            .map_err(plot_err)?;
+    }
+
     // Markers.
     for (_, mark, group) in &groups {
         let fill = mark.color.filled();

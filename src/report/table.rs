@@ -275,6 +275,17 @@ pub fn render_markdown(report: &Report) -> String {
         out.push_str(&note);
         out.push_str("\n\n");
     }
+    if let Some(grid) = seed_grid(report) {
+        out.push_str(&format!("### Seeds\n\n{}\n\n", seed_note(report)));
+        for (i, row) in grid.iter().enumerate() {
+            let cells: Vec<String> = row.iter().map(|c| escape_markdown(c)).collect();
+            out.push_str(&format!("| {} |\n", cells.join(" | ")));
+            if i == 0 {
+                out.push_str(&format!("|---|---|{}\n", "---:|".repeat(row.len() - 2)));
+            }
+        }
+        out.push('\n');
+    }
     for sweep in sweep_tables(report) {
         let grid = sweep.grid(report, &|e| quality(report, e));
         out.push_str(&format!("### Sweep {}\n\n", escape_markdown(&sweep.title(report))));
@@ -326,6 +337,10 @@ pub fn render_text(report: &Report) -> String {
         out.push_str(&note);
         out.push('\n');
     }
+    if let Some(grid) = seed_grid(report) {
+        out.push_str(&format!("\nSeeds. {}\n", seed_note(report)));
+        out.push_str(&aligned(&grid, |i| i < 2, true));
+    }
     for sweep in sweep_tables(report) {
         out.push_str(&format!("\nSweep {}\n", sweep.title(report)));
         out.push_str(&aligned(
@@ -335,6 +350,74 @@ pub fn render_text(report: &Report) -> String {
         ));
     }
     out
+}
+
+/// What the seeds table says, in one sentence.
+fn seed_note(report: &Report) -> String {
+    if report.seed_groups.iter().all(|g| g.quality.n < 2) {
+        "One seed per model, so no spread is measured: train each with several (`sweep seed in [1, 2, 3]`) \
+         to see how much a result moves between runs."
+            .to_string()
+    } else {
+        "Mean ± sample standard deviation over the seeds (n), and the 95% confidence interval of the mean \
+         (Student's t, n − 1 degrees of freedom)."
+            .to_string()
+    }
+}
+
+/// A figure over seeds: `84.0% ± 2.0 (n=3)` (points of accuracy), `0.840 ± 0.020 (n=3)`, or for
+/// one seed `84.0% (one seed)`.
+fn show_spread(spread: &super::Spread, percent: bool) -> String {
+    let value = |v: f64| {
+        if percent {
+            units::percent(v)
+        } else {
+            format!("{v:.3}")
+        }
+    };
+    match spread.std {
+        Some(std) if percent => format!("{} ± {:.1} (n={})", value(spread.mean), 100.0 * std, spread.n),
+        Some(std) => format!("{} ± {std:.3} (n={})", value(spread.mean), spread.n),
+        None => format!("{} (one seed)", value(spread.mean)),
+    }
+}
+
+/// The seeds table (header first), when some row is a seed sweep point.
+fn seed_grid(report: &Report) -> Option<Vec<Vec<String>>> {
+    if report.seed_groups.is_empty() {
+        return None;
+    }
+    let percent = !report.is_regression();
+    let score = report.score_name.as_deref();
+    let mut header = vec![
+        "Model".to_string(),
+        "Seeds".to_string(),
+        report.quality_header().to_string(),
+        "95% CI".to_string(),
+    ];
+    header.extend(score.map(str::to_string));
+    let mut grid = vec![header];
+    for g in &report.seed_groups {
+        let mut row = vec![
+            g.name.clone(),
+            g.seeds.join(", "),
+            show_spread(&g.quality, percent),
+            match g.quality.ci95 {
+                Some([lo, hi]) if percent => format!("{}–{}", units::percent(lo), units::percent(hi)),
+                Some([lo, hi]) => format!("{lo:.3}–{hi:.3}"),
+                None => MISSING.to_string(),
+            },
+        ];
+        if score.is_some() {
+            row.push(
+                g.score
+                    .as_ref()
+                    .map_or(MISSING.to_string(), |s| show_spread(s, score == Some("F1"))),
+            );
+        }
+        grid.push(row);
+    }
+    Some(grid)
 }
 
 /// Rows of cells as aligned text, two spaces apart: columns for which `left(i)` holds padded on the
@@ -379,6 +462,44 @@ fn aligned(grid: &[Vec<String>], left: impl Fn(usize) -> bool, rule: bool) -> St
 mod tests {
     use super::super::testdata::sample;
     use super::*;
+
+    #[test]
+    fn seeds_are_summarised_and_a_single_seed_says_so() {
+        let mut data = sample();
+        // Three seeds of `tuned[t=2.0]` with an MCC each, and one seed of `solo`.
+        data.score_name = Some("MCC".into());
+        for (row, name, acc) in [
+            (1, "tuned[t=2.0,seed=1]", 0.80),
+            (2, "tuned[t=2.0,seed=2]", 0.84),
+            (3, "tuned[t=2.0,seed=3]", 0.88),
+            (4, "solo[seed=7]", 0.7),
+        ] {
+            data.rows[row].name = name.into();
+            data.rows[row].quality = acc;
+        }
+        for (i, row) in data.rows.iter_mut().enumerate() {
+            row.score = Some(0.1 * i as f64);
+        }
+        let report = data.derive().unwrap();
+        let md = render_markdown(&report);
+        assert!(md.contains("| Model | Seeds | Accuracy | 95% CI | MCC |"), "{md}");
+        // mean 0.84, sample std 0.04; t(0.975, 2) · 0.04 / √3 = 0.0994.
+        assert!(
+            md.contains("| tuned[t=2.0] | 1, 2, 3 | 84.0% ± 4.0 (n=3) | 74.1%–93.9% | 0.200 ± 0.100 (n=3) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| solo | 7 | 70.0% (one seed) | — | 0.400 (one seed) |"),
+            "{md}"
+        );
+        let text = render_text(&report);
+        assert!(text.contains("Seeds. Mean ± sample standard deviation"), "{text}");
+
+        let mut single = sample();
+        single.rows[1].name = "only[seed=1]".into();
+        let md = render_markdown(&single.derive().unwrap());
+        assert!(md.contains("One seed per model, so no spread is measured"), "{md}");
+    }
 
     #[test]
     fn markdown_table() {

@@ -144,6 +144,19 @@ impl Store {
         paths
     }
 
+    /// The stage an entry holds, as its `spec.yaml` records it (`None` when the store does not
+    /// hold the key, or the file cannot be read).
+    pub fn stage_spec(&self, key: &super::key::Key) -> Option<StageRecord> {
+        let text = std::fs::read_to_string(self.entry_dir(key).join("spec.yaml")).ok()?;
+        serde_yaml::from_str(&text).ok()
+    }
+
+    /// The metrics an entry's stage recorded (`metrics.json`).
+    pub fn stage_metrics(&self, key: &super::key::Key) -> Option<BTreeMap<String, f64>> {
+        let bytes = std::fs::read(self.entry_dir(key).join("metrics.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     /// Reads a run record.
     pub fn read_record(path: &std::path::Path) -> Result<RunRecord, RecordError> {
         let path = path.to_path_buf();
