@@ -186,3 +186,48 @@ fn a_pipeline_at_a_git_revision_is_compared_with_the_file_now() {
     assert_eq!(bad.code, 2);
     assert!(bad.stderr.contains("git cannot show p.rkd at nope"), "{}", bad.stderr);
 }
+
+#[test]
+fn results_lists_every_runs_metrics_filtered_and_sorted() {
+    let t = Test::new().file("p.rkd", &pipeline("2.0"));
+    run(&t);
+    std::fs::write(t.path().join("p.rkd"), pipeline("4.0")).unwrap();
+    run(&t);
+    let out = t.run_with(&["results", "p.rkd", "--stage", "score", "--sort", "loss", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows: Value = serde_json::from_str(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    // Both runs evaluated `score` (its upstream changed), the teacher ran once.
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|r| r["stage"] == "score" && r["op"] == "eval"));
+    let loss: Vec<f64> = rows.iter().map(|r| r["metrics"]["loss"].as_f64().unwrap()).collect();
+    assert!(loss[0] >= loss[1], "highest first: {loss:?}");
+    let all = t.run_with(&["results", "p.rkd", "--metric", "accuracy,loss"]).stdout;
+    let header = all.lines().next().unwrap();
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(columns, ["RUN", "STAGE", "OP", "ACCURACY", "LOSS"], "{all}");
+    // teacher, its predictions, student and score in the first run; student and score again.
+    assert!(all.contains("(6 stage runs;"), "{all}");
+}
+
+#[test]
+fn compare_draws_both_runs_reports_in_one_plot() {
+    let with_report = |t: &str| {
+        format!(
+            "{}stage results = report(models: [teacher, student], data: data, baseline: teacher)\n",
+            pipeline(t)
+        )
+    };
+    let t = Test::new().file("p.rkd", &with_report("2.0"));
+    run(&t);
+    std::fs::write(t.path().join("p.rkd"), with_report("4.0")).unwrap();
+    run(&t);
+    let out = t.run_with(&["compare", "p.rkd", "--plot", "overlay"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let svg = std::fs::read_to_string(t.path().join("overlay/size_vs_accuracy.svg")).unwrap();
+    assert!(
+        svg.contains("student (A)") && svg.contains("run A"),
+        "A's student beside B's"
+    );
+    assert!(t.path().join("overlay/params_vs_accuracy.png").is_file());
+}

@@ -51,4 +51,55 @@ fn a_three_seed_sweep_is_reported_as_mean_and_sample_standard_deviation() {
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     let shown = format!("{:.1}% ± {:.1} (n=3)", 100.0 * mean, 100.0 * var.sqrt());
     assert!(md.contains("### Seeds") && md.contains(&shown), "{shown} in\n{md}");
+    // The plots draw the spread as a bar, and say so.
+    let svg = std::fs::read_to_string(dir.join("params_vs_accuracy.svg")).unwrap();
+    assert!(
+        svg.contains("Bars: the mean over seeds"),
+        "the legend says what the bars are"
+    );
+}
+
+#[test]
+fn a_seeds_argument_is_a_sweep_over_seed() {
+    let head =
+        "let data = synthetic_text(seed: 1)\nlet tiny = bert(layers: 1, hidden: 16, heads: 2, intermediate: 32)\n";
+    let t = Test::new()
+        .file(
+            "a.rkd",
+            &format!("{head}stage s = train(model: tiny, data: data, seeds: [1, 2, 3])\nstage r = report(models: s, data: data)\n"),
+        )
+        .file(
+            "b.rkd",
+            &format!(
+                "{head}sweep seed in [1, 2, 3] {{\n  stage s = train(model: tiny, data: data, seed: seed)\n}}\nstage r = report(models: s, data: data)\n"
+            ),
+        )
+        .file("c.rkd", &format!("{head}stage s = train(model: tiny, data: data, seed: 4, seeds: [1, 2])\n"));
+    let plan = |file: &str| -> Vec<(String, String)> {
+        let out = t.run_with(&["plan", file, "--json"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let plan: Value = serde_json::from_str(&out.stdout).unwrap();
+        plan["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].as_str().unwrap().to_string(),
+                    s["key"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let a = plan("a.rkd");
+    let names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["s[seed=1]", "s[seed=2]", "s[seed=3]", "r"]);
+    assert_eq!(a, plan("b.rkd"), "the same stages, with the same keys, as the sweep");
+    let both = t.run_with(&["check", "c.rkd"]);
+    assert_eq!(both.code, 1);
+    assert!(
+        both.stderr.contains("give `seed:` or `seeds:`, not both"),
+        "{}",
+        both.stderr
+    );
 }

@@ -109,8 +109,49 @@ fn revision_side(file: &Path, rev: &str, store: Option<&Path>) -> Result<Side, S
     Ok(Side::of_plan(&plan, &st, format!("{} at {rev}", file.display())))
 }
 
-/// Runs `rkd compare`: with one argument, a pipeline file, its last two runs.
-pub fn run(a: &str, b: Option<&str>, store: Option<&Path>, format: Format) -> ExitCode {
+/// Draws the report stages both sides have (by name) into one pair of plots each, under `dir`
+/// (in a folder per report when there are several); returns the files written.
+fn plot_reports(a: &Side, b: &Side, dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let reports = |side: &Side| -> Vec<(String, PathBuf)> {
+        side.stages
+            .iter()
+            .filter(|s| s.record.op == "report")
+            .filter_map(|s| Some((s.record.name.clone(), s.out.clone()?)))
+            .collect()
+    };
+    let (ra, rb) = (reports(a), reports(b));
+    let common: Vec<(&String, &PathBuf, &PathBuf)> = rb
+        .iter()
+        .filter_map(|(name, out_b)| {
+            ra.iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, out_a)| (name, out_a, out_b))
+        })
+        .collect();
+    if common.is_empty() {
+        return Err(
+            "--plot: no `report` stage whose results both sides hold (run the pipeline so that each side has one)"
+                .into(),
+        );
+    }
+    let mut written = Vec::new();
+    for (name, out_a, out_b) in &common {
+        let load = |out: &Path| crate::report::Report::load(&out.join("report.json")).map_err(|e| e.to_string());
+        let target = if common.len() == 1 {
+            dir.to_path_buf()
+        } else {
+            dir.join(name.replace(|c: char| !(c.is_ascii_alphanumeric() || "_.-".contains(c)), "_"))
+        };
+        written.extend(
+            crate::report::write_overlay(&load(out_a)?, &load(out_b)?, &target).map_err(|e| format!("{name}: {e}"))?,
+        );
+    }
+    Ok(written)
+}
+
+/// Runs `rkd compare`: with one argument, a pipeline file, its last two runs; with `plot`, the
+/// reports of both sides overlaid in plots written there.
+pub fn run(a: &str, b: Option<&str>, store: Option<&Path>, format: Format, plot: Option<&Path>) -> ExitCode {
     let sides = match b {
         Some(b) => side(a, store).and_then(|x| Ok((x, side(b, store)?))),
         None => last_two(a, store),
@@ -123,6 +164,19 @@ pub fn run(a: &str, b: Option<&str>, store: Option<&Path>, format: Format) -> Ex
         }
     };
     let c = compare(&a, &b);
+    if let Some(dir) = plot {
+        match plot_reports(&a, &b, dir) {
+            Ok(files) => {
+                for f in files {
+                    eprintln!("wrote {}", f.display());
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&c).expect("a comparison serializes")),
         Format::Markdown => print!("{}", markdown(&c)),

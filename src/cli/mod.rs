@@ -11,6 +11,7 @@ mod ops;
 mod plan;
 mod results;
 mod run;
+mod runs_table;
 mod status;
 mod store_cmds;
 
@@ -237,8 +238,37 @@ enum Command {
         /// Print a markdown table.
         #[arg(long)]
         md: bool,
+        /// Also draw the `report` stages both sides hold into one pair of plots (A's models
+        /// beside B's), written into DIR as SVG and PNG.
+        #[arg(long, value_name = "DIR")]
+        plot: Option<PathBuf>,
         /// The store directory [default: $RKD_STORE, else .rkd/ beside a pipeline file, else in
         /// the current directory].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
+    /// Every recorded run's metrics in one table: one row per stage that ran, one column per
+    /// metric (the six most common, or `--metric`).
+    ///
+    /// Example: `rkd results p.rkd --stage score --sort accuracy` ranks every evaluation that
+    /// was ever run by accuracy.
+    Results {
+        /// A pipeline file: the runs of its store (.rkd/ beside it) are listed.
+        file: Option<PathBuf>,
+        /// Only stages whose name contains this.
+        #[arg(long, value_name = "TEXT")]
+        stage: Option<String>,
+        /// The metric columns, in order.
+        #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+        metric: Vec<String>,
+        /// Sort by this metric, highest first.
+        #[arg(long, value_name = "METRIC")]
+        sort: Option<String>,
+        /// Print JSON: [{run, pipeline, stage, op, key, metrics}].
+        #[arg(long)]
+        json: bool,
+        /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE, else in the current
+        /// directory].
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
     },
@@ -426,14 +456,38 @@ pub fn main() -> ExitCode {
         } => exec_stage::run(&store, &key, retries, retry_delay.into()),
         Command::Explain { file, stage, store } => plan::explain(&file, &stage, store.as_deref()),
         Command::Verify { file, store } => store_cmds::verify(file.as_deref(), store.as_deref()),
-        Command::Compare { a, b, json, md, store } => {
+        Command::Compare {
+            a,
+            b,
+            json,
+            md,
+            plot,
+            store,
+        } => {
             let format = match (json, md) {
                 (true, _) => compare::Format::Json,
                 (_, true) => compare::Format::Markdown,
                 _ => compare::Format::Text,
             };
-            compare::run(&a, b.as_deref(), store.as_deref(), format)
+            compare::run(&a, b.as_deref(), store.as_deref(), format, plot.as_deref())
         }
+        Command::Results {
+            file,
+            stage,
+            metric,
+            sort,
+            json,
+            store,
+        } => runs_table::run(
+            file.as_deref(),
+            store.as_deref(),
+            &runs_table::Query {
+                stage: stage.as_deref(),
+                metrics: &metric,
+                sort: sort.as_deref(),
+                json,
+            },
+        ),
         Command::Log { file, store, limit } => store_cmds::log(file.as_deref(), store.as_deref(), limit),
         Command::Gc {
             keep,

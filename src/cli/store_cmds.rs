@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// The store of a pipeline file (as `rkd run` chooses it), else the current directory's.
-fn store_of(file: Option<&Path>, store: Option<&Path>) -> Store {
+pub(super) fn store_of(file: Option<&Path>, store: Option<&Path>) -> Store {
     match file {
         Some(f) => Store::for_pipeline(f, store),
         None => Store::for_cwd(store),

@@ -3,7 +3,7 @@
 use super::{limits, stdlib, BindKind, Compiler, Frame, ModKey, ModuleData};
 use crate::diagnostic::{suggestion, Diag, Kind};
 use crate::source::{FileId, Span};
-use crate::syntax::ast::{Binding as AstBinding, Expr, ExprKind, For, Ident, Item, Sweep, Use};
+use crate::syntax::ast::{Arg, Binding as AstBinding, Expr, ExprKind, For, Ident, Item, Sweep, Use};
 use crate::value::{ModuleId, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,6 +83,7 @@ impl Compiler {
                 };
                 self.declare(&b.name, value, BindKind::Let, None);
             }
+            Item::Stage(b) if seeds_arg(b).is_some() => self.eval_seeded(b),
             Item::Stage(b) => {
                 let before = self.stages.len();
                 let value = self.eval_bound(b);
@@ -321,6 +322,51 @@ impl Compiler {
             self.module_index.insert(key, id);
         }
         id
+    }
+
+    /// `stage s = op(.., seeds: [1, 2, 3])`: the same as `sweep seed in [1, 2, 3] { stage s =
+    /// op(.., seed: seed) }`, one stage per seed named `s[seed=1]`, …, and `s` the list of them.
+    fn eval_seeded(&mut self, b: &AstBinding) {
+        let (Some((at, seeds_name, seeds)), ExprKind::Call { callee, args }) = (seeds_arg(b), &b.value.kind) else {
+            return;
+        };
+        if let Some(Arg::Named(given, _)) = args.iter().find(|a| matches!(a, Arg::Named(n, _) if n.name == "seed")) {
+            self.error(
+                Diag::new(Kind::Invalid, given.span, "give `seed:` or `seeds:`, not both")
+                    .label("one seed")
+                    .help("`seeds: [1, 2, 3]` makes one stage per seed; `seed: 1` one stage"),
+            );
+            self.declare(&b.name, Value::Poison, BindKind::Stage, None);
+            return;
+        }
+        let var = Ident {
+            name: "seed".into(),
+            span: seeds_name.span,
+        };
+        let mut args = args.clone();
+        args[at] = Arg::Named(
+            var.clone(),
+            Expr {
+                kind: ExprKind::Path(vec![var.clone()]),
+                span: seeds.span,
+            },
+        );
+        let body = vec![Item::Stage(AstBinding {
+            name: b.name.clone(),
+            value: Expr {
+                kind: ExprKind::Call {
+                    callee: callee.clone(),
+                    args,
+                },
+                span: b.value.span,
+            },
+            span: b.span,
+        })];
+        self.eval_sweep(&Sweep {
+            vars: vec![(var, seeds.clone())],
+            body,
+            span: seeds_name.span,
+        });
     }
 
     fn eval_sweep(&mut self, s: &Sweep) {
@@ -569,6 +615,17 @@ impl Compiler {
             self.declare(&ident, Value::List(list), BindKind::Stage, None);
         }
     }
+}
+
+/// The `seeds:` argument of a `stage NAME = op(...)` item: its position, name and value.
+fn seeds_arg(b: &AstBinding) -> Option<(usize, &Ident, &Expr)> {
+    let ExprKind::Call { args, .. } = &b.value.kind else {
+        return None;
+    };
+    args.iter().enumerate().find_map(|(i, a)| match a {
+        Arg::Named(name, value) if name.name == "seeds" => Some((i, name, value)),
+        _ => None,
+    })
 }
 
 /// Names an item declares in its scope (loop blocks export their stage names).

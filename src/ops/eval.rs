@@ -15,7 +15,7 @@ use candle_core::DType;
 
 use super::model_source::{self, load_frozen, ModelSource};
 use super::selection::report_split;
-use super::train::load_dataset;
+use super::train::load_for;
 use super::{OpContext, OpError, OpOutput};
 use crate::data::Dataset;
 use crate::data::SplitName;
@@ -248,12 +248,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let batch_size = args.batch_size.max(1);
     ctx.progress.message("loading the model and data");
     let source = model_source::resolve(ctx, &args.model)?;
-    let dataset = load_dataset(
-        &args.data,
-        model_source::tokenizer_dir(&source)?,
-        &ctx.cache_dir,
-        &mut ctx.log,
-    )?;
+    let dataset = load_for(ctx, &args.data, &source)?;
     let split = report_split(args.split, &dataset);
     let split_name = split.as_str();
     // What selected the model (its stage's `selection.json`, read before the op ran).

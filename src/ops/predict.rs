@@ -12,7 +12,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use super::model_source::{self, load_frozen};
-use super::train::load_dataset;
+use super::train::load_for;
 use super::{OpContext, OpError, OpOutput};
 use crate::data::{Dataset, SplitName};
 use crate::ml::train::with_threads;
@@ -34,12 +34,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let device = ctx.device.clone();
     ctx.progress.message("loading the model and data");
     let source = model_source::resolve(ctx, &args.model)?;
-    let dataset = load_dataset(
-        &args.data,
-        model_source::tokenizer_dir(&source)?,
-        &ctx.cache_dir,
-        &mut ctx.log,
-    )?;
+    let dataset = load_for(ctx, &args.data, &source)?;
     let frozen = load_frozen(&source, "predict", &device)?;
     model_source::check_fits(&frozen.config, &dataset, true)?;
     if !frozen.missing.is_empty() {

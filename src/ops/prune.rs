@@ -27,7 +27,7 @@ use candle_core::{DType, Device};
 
 use super::model_source::{self, ModelSource};
 use super::resume::Policy;
-use super::train::{checkpoint_policy, fit, load_dataset, supervised_loss, FitOptions, Schedule};
+use super::train::{checkpoint_policy, fit, load_for, supervised_loss, FitOptions, Schedule};
 use super::{check_interrupted, OpContext, OpError, OpOutput};
 use crate::data::{Dataset, SplitName};
 use crate::keyword::Keyword;
@@ -141,12 +141,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     }
     let dataset = if let Some(data) = &args.data {
         ctx.progress.message("loading the data");
-        let d = load_dataset(
-            data,
-            model_source::tokenizer_dir(&source)?,
-            &ctx.cache_dir,
-            &mut ctx.log,
-        )?;
+        let d = load_for(ctx, data, &source)?;
         model_source::check_fits(&source_config, &d, true)?;
         let _ = writeln!(
             ctx.log,

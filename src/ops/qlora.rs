@@ -32,7 +32,7 @@ use candle_nn::VarBuilder;
 use super::model_source::{self, ModelSource};
 use super::resume::Policy;
 use super::train::{
-    checkpoint_policy, fit, load_dataset, log_data, run_metrics, source_label, supervised_loss, write_train_metrics,
+    checkpoint_policy, fit, load_for, log_data, run_metrics, source_label, supervised_loss, write_train_metrics,
     FitOptions, Schedule,
 };
 use super::{OpContext, OpError, OpOutput};
@@ -216,12 +216,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             )))
         }
     };
-    let dataset = load_dataset(
-        &args.data,
-        model_source::tokenizer_dir(&source)?,
-        &ctx.cache_dir,
-        &mut ctx.log,
-    )?;
+    let dataset = load_for(ctx, &args.data, &source)?;
     log_data(ctx, &dataset, batch_size);
     let base = model_source::model_for_training(&source, &dataset, opts.seed, &device, &mut ctx.log)?;
     ctx.progress.message("quantizing the base to NF4");
@@ -472,7 +467,9 @@ mod tests {
 
     /// The validation batches of the synthetic task, read with the tokenizer in `dir`.
     fn val_batches(dir: &Path, cache: &Path) -> Vec<crate::data::Batch> {
-        let data = load_dataset(&text_data(), Some(dir.to_path_buf()), cache, &mut std::io::sink()).unwrap();
+        let data =
+            super::super::train::load_dataset(&text_data(), Some(dir.to_path_buf()), cache, &mut std::io::sink())
+                .unwrap();
         data.batches(SplitName::Validation, 64, None, false, &Device::Cpu)
             .unwrap()
     }

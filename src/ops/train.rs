@@ -61,6 +61,16 @@ pub(super) fn load_dataset(
     Ok(dataset)
 }
 
+/// Loads the op's dataset with the tokenizer of the model `source` (see [`load_dataset`]).
+pub(super) fn load_for(
+    ctx: &mut OpContext,
+    data: &Value,
+    source: &model_source::ModelSource,
+) -> Result<Dataset, OpError> {
+    let tokenizer = model_source::tokenizer_dir(source)?;
+    load_dataset(data, tokenizer, &ctx.cache_dir, &mut ctx.log)
+}
+
 /// The supervised loss of the model on a batch: cross-entropy against class ids, or the mean
 /// squared error against a regression's targets.
 pub fn supervised_loss(model: &Model, batch: &Batch, ctx: &mut ForwardCtx) -> candle_core::Result<Tensor> {
@@ -158,12 +168,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let device = ctx.device.clone();
     ctx.progress.message("loading the model and data");
     let source = model_source::resolve(ctx, &args.model)?;
-    let dataset = load_dataset(
-        &args.data,
-        model_source::tokenizer_dir(&source)?,
-        &ctx.cache_dir,
-        &mut ctx.log,
-    )?;
+    let dataset = load_for(ctx, &args.data, &source)?;
     log_data(ctx, &dataset, batch_size);
     let pretrained = model_source::model_for_training(&source, &dataset, opts.seed, &device, &mut ctx.log)?;
     let model = pretrained.model.clone();

@@ -190,8 +190,8 @@ impl ReportData {
                 return Err(ReportError::DuplicateRow(row.name.clone()));
             }
             match self.quality_name.as_str() {
-                "accuracy" => check_fraction(&row.name, "accuracy", row.quality)?,
-                "pearson" => check_correlation(&row.name, "pearson", row.quality)?,
+                "accuracy" => check_range(&row.name, "accuracy", row.quality, FRACTION)?,
+                "pearson" => check_range(&row.name, "pearson", row.quality, CORRELATION)?,
                 other => return Err(ReportError::UnknownQuality(other.to_string())),
             }
             if !row.latency_ms.is_finite() || row.latency_ms < 0.0 {
@@ -203,7 +203,7 @@ impl ReportData {
                 });
             }
         }
-        check_fraction("(report)", "chance_level", self.chance_level)?;
+        check_range("(report)", "chance_level", self.chance_level, FRACTION)?;
         if !seen.contains(self.baseline.as_str()) {
             return Err(ReportError::UnknownBaseline {
                 baseline: self.baseline.clone(),
@@ -214,28 +214,25 @@ impl ReportData {
     }
 }
 
-fn check_fraction(row: &str, field: &'static str, value: f64) -> Result<(), ReportError> {
-    if value.is_finite() && (0.0..=1.0).contains(&value) {
-        Ok(())
-    } else {
-        Err(ReportError::InvalidValue {
-            row: row.to_string(),
-            field,
-            value,
-            expected: "a fraction in [0, 1]",
-        })
-    }
-}
+/// A fraction in [0, 1].
+const FRACTION: (f64, f64, &str) = (0.0, 1.0, "a fraction in [0, 1]");
+/// A correlation in [-1, 1].
+const CORRELATION: (f64, f64, &str) = (-1.0, 1.0, "a correlation in [-1, 1]");
 
-fn check_correlation(row: &str, field: &'static str, value: f64) -> Result<(), ReportError> {
-    if value.is_finite() && (-1.0..=1.0).contains(&value) {
+fn check_range(
+    row: &str,
+    field: &'static str,
+    value: f64,
+    (lo, hi, expected): (f64, f64, &'static str),
+) -> Result<(), ReportError> {
+    if value.is_finite() && (lo..=hi).contains(&value) {
         Ok(())
     } else {
         Err(ReportError::InvalidValue {
             row: row.to_string(),
             field,
             value,
-            expected: "a correlation in [-1, 1]",
+            expected,
         })
     }
 }

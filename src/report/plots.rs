@@ -220,6 +220,39 @@ fn place_label(
     })
 }
 
+/// The bars of the models trained with several seeds: (x, mean, mean − std, mean + std, colour)
+/// on the axis, for each seed group of two or more whose rows are drawn.
+fn seed_bars(
+    report: &Report,
+    kind: PlotKind,
+    axis: &Axis,
+    groups: &[(String, Mark, Vec<Point<'_>>)],
+) -> Vec<(f64, f64, f64, f64, RGBColor)> {
+    let mut bars = Vec::new();
+    for seeds in report.seed_groups.iter().filter(|g| g.quality.n >= 2) {
+        let entries: Vec<&ReportEntry> = seeds
+            .rows
+            .iter()
+            .filter_map(|name| report.rows.iter().find(|e| &e.row.name == name))
+            .collect();
+        let ys: Vec<f64> = entries.iter().map(|e| axis.value(e)).collect();
+        let spread = super::Spread::of(&ys);
+        let (Some(std), Some(first)) = (spread.std, entries.first()) else {
+            continue;
+        };
+        let color = groups
+            .iter()
+            .find(|g| g.2.iter().any(|p| p.name == first.row.name))
+            .map(|g| g.1.color);
+        // A log axis cannot show 0 (such rows are not drawn either).
+        let x = kind.x_value(first) as f64;
+        if let (Some(color), true) = (color, std.is_finite() && x > 0.0) {
+            bars.push((x, spread.mean, spread.mean - std, spread.mean + std, color));
+        }
+    }
+    bars
+}
+
 /// Width of the legend column, right of the plot.
 const LEGEND_WIDTH: u32 = 290;
 
@@ -235,8 +268,14 @@ fn draw<DB: DrawingBackend>(
     let points = || groups.iter().flat_map(|g| g.2.iter());
     let teacher = axis.value(report.baseline_entry());
     let chance = axis.chance.as_ref().map(|c| c.0);
+    let bars = seed_bars(report, kind, &axis, &groups);
     let (x_lo, x_hi) = x_range(points().map(|p| p.x));
-    let (y_lo, y_hi, y_step, chance_inside) = y_range(points().map(|p| p.y).chain([teacher]), chance, axis.floor);
+    let bar_ends = bars.iter().flat_map(|b| [b.2, b.3]).map(|y| y.clamp(axis.floor, 100.0));
+    let (y_lo, y_hi, y_step, chance_inside) = y_range(
+        points().map(|p| p.y).chain([teacher]).chain(bar_ends),
+        chance,
+        axis.floor,
+    );
     let y_ticks = ((y_hi - y_lo) / y_step).round() as usize + 1;
     let y_decimals = usize::from(y_step < 1.0);
 
@@ -305,37 +344,17 @@ fn draw<DB: DrawingBackend>(
 
     // A model trained with several seeds: a bar of ± one sample standard deviation around the
     // mean of its seeds, with a tick at the mean, in its strategy's colour.
-    for seeds in report.seed_groups.iter().filter(|g| g.quality.n >= 2) {
-        let entries: Vec<&ReportEntry> = seeds
-            .rows
-            .iter()
-            .filter_map(|name| report.rows.iter().find(|e| &e.row.name == name))
-            .collect();
-        let ys: Vec<f64> = entries.iter().map(|e| axis.value(e)).collect();
-        let spread = super::Spread::of(&ys);
-        let (Some(std), Some(first)) = (spread.std, entries.first()) else {
-            continue;
-        };
-        let x = kind.x_value(first) as f64;
-        let Some(color) = groups
-            .iter()
-            .find(|g| g.2.iter().any(|p| p.name == first.row.name))
-            .map(|g| g.1.color)
-        else {
-            continue;
-        };
-        let (lo, hi) = ((spread.mean - std).max(y_lo), (spread.mean + std).min(y_hi));
+    for &(x, mean, lo, hi, color) in &bars {
         let cap = |y: f64| PathElement::new([(x / 1.04, y), (x * 1.04, y)], color.stroke_width(2));
         chart
             .draw_series([
-                PathElement::new([(x, lo), (x, hi)], color.stroke_width(2)),
-                cap(lo),
-                cap(hi),
-                PathElement::new(
-                    [(x / 1.08, spread.mean), (x * 1.08, spread.mean)],
-                    color.stroke_width(3),
-                ),
+                PathElement::new([(x, lo.max(y_lo)), (x, hi.min(y_hi))], color.stroke_width(2)),
+                PathElement::new([(x / 1.08, mean), (x * 1.08, mean)], color.stroke_width(3)),
             ])
+            .map_err(plot_err)?;
+        // A cap marks where the bar ends; none where the axis cut it.
+        chart
+            .draw_series([lo, hi].into_iter().filter(|y| (y_lo..=y_hi).contains(y)).map(cap))
             .map_err(plot_err)?;
     }
 
@@ -429,19 +448,22 @@ fn draw<DB: DrawingBackend>(
         &groups,
         &lines,
         axis.chance.as_ref().filter(|_| !chance_inside),
+        !bars.is_empty(),
         &unplaced,
     )?;
     Ok(labels)
 }
 
-/// The legend, in its own column right of the plot: one entry per group, the reference lines, and what
-/// the plot could not show (a chance line below the axis, labels with no room).
+/// The legend, in its own column right of the plot: one entry per group, the reference lines, what
+/// the seed bars are (when drawn), and what the plot could not show (a chance line below the axis,
+/// labels with no room).
 fn draw_legend<DB: DrawingBackend>(
     side: &DrawingArea<DB, Shift>,
     top: i32,
     groups: &[(String, Mark, Vec<Point<'_>>)],
     lines: &[(f64, RGBColor, String)],
     chance_below: Option<&(f64, String)>,
+    bars: bool,
     unplaced: &[&str],
 ) -> Result<(), ReportError> {
     fn style(color: &RGBColor) -> TextStyle<'_> {
@@ -487,6 +509,13 @@ fn draw_legend<DB: DrawingBackend>(
             first.make_ascii_uppercase();
         }
         note(text, RGBColor(190, 30, 45), &mut y)?;
+    }
+    if bars {
+        note(
+            "Bars: the mean over seeds (tick) ± one sample standard deviation.".to_string(),
+            text_color,
+            &mut y,
+        )?;
     }
     if !unplaced.is_empty() {
         note(

@@ -251,6 +251,22 @@ fn notes(report: &Report) -> Vec<String> {
     notes
 }
 
+/// Rows of cells (header first) as a markdown table: the first `text` columns left-aligned, the
+/// rest (numbers) right-aligned; a blank line after it.
+fn markdown_grid(grid: &[Vec<String>], text: usize) -> String {
+    let mut out = String::new();
+    for (i, row) in grid.iter().enumerate() {
+        let cells: Vec<String> = row.iter().map(|c| escape_markdown(c)).collect();
+        out.push_str(&format!("| {} |\n", cells.join(" | ")));
+        if i == 0 {
+            let rule: Vec<&str> = (0..row.len()).map(|c| if c < text { "---" } else { "---:" }).collect();
+            out.push_str(&format!("|{}|\n", rule.join("|")));
+        }
+    }
+    out.push('\n');
+    out
+}
+
 fn escape_markdown(cell: &str) -> String {
     cell.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
@@ -277,26 +293,12 @@ pub fn render_markdown(report: &Report) -> String {
     }
     if let Some(grid) = seed_grid(report) {
         out.push_str(&format!("### Seeds\n\n{}\n\n", seed_note(report)));
-        for (i, row) in grid.iter().enumerate() {
-            let cells: Vec<String> = row.iter().map(|c| escape_markdown(c)).collect();
-            out.push_str(&format!("| {} |\n", cells.join(" | ")));
-            if i == 0 {
-                out.push_str(&format!("|---|---|{}\n", "---:|".repeat(row.len() - 2)));
-            }
-        }
-        out.push('\n');
+        out.push_str(&markdown_grid(&grid, 2));
     }
     for sweep in sweep_tables(report) {
         let grid = sweep.grid(report, &|e| quality(report, e));
         out.push_str(&format!("### Sweep {}\n\n", escape_markdown(&sweep.title(report))));
-        for (i, row) in grid.iter().enumerate() {
-            let cells: Vec<String> = row.iter().map(|c| escape_markdown(c)).collect();
-            out.push_str(&format!("| {} |\n", cells.join(" | ")));
-            if i == 0 {
-                out.push_str(&format!("|---|{}\n", "---:|".repeat(row.len() - 1)));
-            }
-        }
-        out.push('\n');
+        out.push_str(&markdown_grid(&grid, 1));
     }
     for kind in super::PlotKind::ALL {
         out.push_str(&format!("![{}]({}.svg)\n\n", kind.caption(report), kind.file_stem()));

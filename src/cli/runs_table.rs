@@ -1,0 +1,160 @@
+//! `rkd results`: every recorded run's metrics in one table — one row per stage that ran, one
+//! column per metric — filterable by stage name and sortable by a metric, as `dvc exp show`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::store::records::Outcome;
+use crate::store::Store;
+
+/// Metric columns shown when none are asked for.
+const DEFAULT_COLUMNS: usize = 6;
+
+/// One stage that ran in one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// When the run started.
+    pub run: String,
+    /// The run's pipeline file.
+    pub pipeline: String,
+    /// The stage's name.
+    pub stage: String,
+    /// Its op.
+    pub op: String,
+    /// Its key (hex).
+    pub key: String,
+    /// What it recorded.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// What to show.
+pub struct Query<'a> {
+    /// Only stages whose name contains this.
+    pub stage: Option<&'a str>,
+    /// These metric columns (default: the most common ones).
+    pub metrics: &'a [String],
+    /// Sort by this metric, highest first (rows without it last).
+    pub sort: Option<&'a str>,
+    /// Print JSON.
+    pub json: bool,
+}
+
+/// The rows of every run recorded in `store`, oldest first: each stage that ran in it.
+pub fn rows(store: &Store) -> Vec<Row> {
+    let mut out = Vec::new();
+    for path in store.record_paths() {
+        let Ok(record) = Store::read_record(&path) else {
+            continue;
+        };
+        for s in record.stages.iter().filter(|s| s.status == Outcome::Ran) {
+            out.push(Row {
+                run: record.started.clone(),
+                pipeline: record.pipeline.clone(),
+                stage: s.name.clone(),
+                op: s.op.clone(),
+                key: s.key.clone(),
+                metrics: s.metrics.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// The metric columns: those asked for, else the most common (ties by name).
+fn columns(rows: &[Row], asked: &[String]) -> (Vec<String>, usize) {
+    if !asked.is_empty() {
+        return (asked.to_vec(), 0);
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in rows {
+        for k in r.metrics.keys() {
+            *counts.entry(k).or_default() += 1;
+        }
+    }
+    let mut names: Vec<(&str, usize)> = counts.into_iter().collect();
+    names.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let more = names.len().saturating_sub(DEFAULT_COLUMNS);
+    (
+        names
+            .into_iter()
+            .take(DEFAULT_COLUMNS)
+            .map(|(n, _)| n.to_string())
+            .collect(),
+        more,
+    )
+}
+
+/// Runs `rkd results`.
+pub fn run(file: Option<&Path>, store: Option<&Path>, q: &Query) -> ExitCode {
+    let store = super::store_cmds::store_of(file, store);
+    let mut rows: Vec<Row> = rows(&store)
+        .into_iter()
+        .filter(|r| q.stage.is_none_or(|s| r.stage.contains(s)))
+        .collect();
+    if let Some(metric) = q.sort {
+        // Highest first; rows without the metric last, in run order.
+        rows.sort_by(|a, b| match (a.metrics.get(metric), b.metrics.get(metric)) {
+            (Some(x), Some(y)) => y.total_cmp(x),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        });
+    }
+    if q.json {
+        println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialize"));
+        return ExitCode::SUCCESS;
+    }
+    if rows.is_empty() {
+        println!(
+            "no recorded stage{} in {}",
+            q.stage.map(|s| format!(" named like `{s}`")).unwrap_or_default(),
+            store.runs_dir().display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let (metrics, more) = columns(&rows, q.metrics);
+    let mut grid: Vec<Vec<String>> = vec![["RUN", "STAGE", "OP"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(metrics.iter().map(|m| m.to_uppercase()))
+        .collect()];
+    for r in &rows {
+        let mut line = vec![r.run.clone(), crate::text::cell(&r.stage), r.op.clone()];
+        line.extend(
+            metrics
+                .iter()
+                .map(|m| r.metrics.get(m).map_or("—".to_string(), |v| format!("{v:.4}"))),
+        );
+        grid.push(line);
+    }
+    let widths: Vec<usize> = (0..grid[0].len())
+        .map(|i| grid.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for line in &grid {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| if i < 3 { format!("{c:w$}") } else { format!("{c:>w$}") })
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+    println!(
+        "({} stage run{}{}; records in {})",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" },
+        if more > 0 {
+            format!(
+                "; {more} more metric{}: --metric NAME,...",
+                if more == 1 { "" } else { "s" }
+            )
+        } else {
+            String::new()
+        },
+        store.runs_dir().display()
+    );
+    ExitCode::SUCCESS
+}
