@@ -75,22 +75,7 @@ fn a_seeds_argument_is_a_sweep_over_seed() {
             ),
         )
         .file("c.rkd", &format!("{head}stage s = train(model: tiny, data: data, seed: 4, seeds: [1, 2])\n"));
-    let plan = |file: &str| -> Vec<(String, String)> {
-        let out = t.run_with(&["plan", file, "--json"]);
-        assert_eq!(out.code, 0, "{}", out.stderr);
-        let plan: Value = serde_json::from_str(&out.stdout).unwrap();
-        plan["stages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                (
-                    s["name"].as_str().unwrap().to_string(),
-                    s["key"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
+    let plan = |file: &str| common::plan_keys(&t, file);
     let a = plan("a.rkd");
     let names: Vec<&str> = a.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["s[seed=1]", "s[seed=2]", "s[seed=3]", "r"]);

@@ -69,19 +69,7 @@ fn run_json(t: &Test, extra: &[&str]) -> (i32, Value, String) {
 
 /// Stage name → key, from `rkd plan --json`.
 fn keys(t: &Test) -> HashMap<String, String> {
-    let out = t.run_with(&["plan", "p.rkd", "--json"]);
-    let plan: Value = serde_json::from_str(&out.stdout).unwrap();
-    plan["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap().to_string(),
-                s["key"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    common::plan_keys(t, "p.rkd").into_iter().collect()
 }
 
 fn stamp(t: &Test, key: &str, which: &str) -> f64 {

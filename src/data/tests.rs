@@ -344,6 +344,14 @@ fn shared_beans_sample() {
     assert_eq!(pixel_values.dims(), [32, 3, 32, 32]);
 }
 
+/// Load options that keep prepared datasets in the store `store`.
+fn kept_in(store: &tempfile::TempDir) -> LoadOptions {
+    LoadOptions {
+        cache_dir: Some(store.path().join("cache")),
+        ..LoadOptions::default()
+    }
+}
+
 /// A small sentence-pair table with string labels in `dir`.
 fn write_pair_table(dir: &Path) {
     std::fs::write(
@@ -395,10 +403,7 @@ fn same_batches(a: &[Batch], b: &[Batch]) -> bool {
 #[test]
 fn a_table_is_tokenised_once_and_read_prepared_by_the_next_load_even_after_a_move() {
     let store = tempfile::tempdir().unwrap();
-    let opts = LoadOptions {
-        cache_dir: Some(store.path().join("cache")),
-        ..LoadOptions::default()
-    };
+    let opts = kept_in(&store);
     let data = tempfile::tempdir().unwrap();
     let first_dir = data.path().join("pairs");
     std::fs::create_dir(&first_dir).unwrap();
@@ -487,10 +492,7 @@ fn a_table_is_tokenised_once_and_read_prepared_by_the_next_load_even_after_a_mov
 #[test]
 fn a_damaged_prepared_copy_is_never_used_and_is_replaced() {
     let store = tempfile::tempdir().unwrap();
-    let opts = LoadOptions {
-        cache_dir: Some(store.path().join("cache")),
-        ..LoadOptions::default()
-    };
+    let opts = kept_in(&store);
     let dir = tempfile::tempdir().unwrap();
     write_pair_table(dir.path());
     let fresh = Dataset::load("text_table", &pair_table_params(dir.path()), &opts).unwrap();
@@ -516,10 +518,7 @@ fn a_damaged_prepared_copy_is_never_used_and_is_replaced() {
 #[test]
 fn a_regression_task_keeps_its_targets_prepared() {
     let store = tempfile::tempdir().unwrap();
-    let opts = LoadOptions {
-        cache_dir: Some(store.path().join("cache")),
-        ..LoadOptions::default()
-    };
+    let opts = kept_in(&store);
     let dir = tempfile::tempdir().unwrap();
     let header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n";
     std::fs::write(
@@ -576,10 +575,7 @@ fn an_image_table_is_decoded_once_and_its_images_must_stay_inside_its_folder() {
         ("augment", Value::Bool(false)),
     ]);
     let store = tempfile::tempdir().unwrap();
-    let opts = LoadOptions {
-        cache_dir: Some(store.path().join("cache")),
-        ..LoadOptions::default()
-    };
+    let opts = kept_in(&store);
     let fresh = Dataset::load("image_table", &p, &opts).unwrap();
     assert!(matches!(fresh.prepared, prepared::Prepared::Written(_)));
     let read = Dataset::load("image_table", &p, &opts).unwrap();

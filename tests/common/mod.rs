@@ -131,6 +131,22 @@ pub fn by_name<'a>(plan: &'a serde_json::Value, name: &str) -> &'a serde_json::V
         .unwrap_or_else(|| panic!("no stage {name} in {plan:#}"))
 }
 
+/// Every stage's (name, key) in plan order, from `rkd plan FILE --json` in `t` (which must plan).
+pub fn plan_keys(t: &Test, file: &str) -> Vec<(String, String)> {
+    let out = t.run_with(&["plan", file, "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan: serde_json::Value = serde_json::from_str(&out.stdout).expect("plan --json");
+    plan["stages"]
+        .as_array()
+        .expect("a plan lists stages")
+        .iter()
+        .map(|s| {
+            let text = |k: &str| s[k].as_str().expect("a string").to_string();
+            (text("name"), text("key"))
+        })
+        .collect()
+}
+
 /// The key of the stage named `name` in a `plan --json` answer.
 pub fn key_of(plan: &serde_json::Value, name: &str) -> String {
     by_name(plan, name)["key"].as_str().expect("a key").to_string()
