@@ -21,11 +21,7 @@ pub enum Format {
 
 /// The runs of `pipeline` recorded in `store`, oldest first.
 fn runs_of(store: &Store, pipeline: &Path) -> Result<Vec<(PathBuf, RunRecord)>, String> {
-    let wanted = pipeline
-        .canonicalize()
-        .unwrap_or_else(|_| pipeline.to_path_buf())
-        .display()
-        .to_string();
+    let wanted = RunRecord::pipeline_name(pipeline);
     let mut out = Vec::new();
     for path in store.record_paths() {
         let record = Store::read_record(&path).map_err(|e| e.to_string())?;

@@ -16,7 +16,7 @@ impl Resolve for Identity<'_> {
     fn stage(&mut self, id: StageId) -> Result<[u8; 32], Self::Error> {
         Ok(self.0[id.0 as usize].identity)
     }
-    fn path(&mut self, path: &PathValue, _: Option<&crate::value::Spec>) -> Result<[u8; 32], Self::Error> {
+    fn path(&mut self, path: &PathValue, _: Option<crate::data::reads::Reads>) -> Result<[u8; 32], Self::Error> {
         Ok(*blake3::hash(
             crate::value::normalize_path(&path.resolved)
                 .to_string_lossy()

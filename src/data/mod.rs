@@ -296,37 +296,37 @@ impl Dataset {
     /// A dataset read from files: from the store's prepared copy when there is one for these
     /// files, arguments and tokenizer, else read (and tokenised or decoded) and kept there.
     fn load_prepared(ctor: &str, args: &Args, params: &Params, opts: &LoadOptions) -> Result<Dataset, DataError> {
-        let images = ctor == "image_table" || (ctor == "hf_dataset" && args.opt_str("image")?.is_some());
-        let (dir, reads) = match ctor {
-            "hf_dataset" => {
+        let reads =
+            Reads::of(ctor, params).ok_or_else(|| DataError::new(format!("`{ctor}` is no dataset read from files")))?;
+        let dir = match reads {
+            Reads::Glue(task) => match args.opt_path("path")? {
+                Some(dir) => dir,
+                None => {
+                    let (repo, config) = glue::hub_config(task);
+                    hub::fetch(repo, Some(config), "main")?
+                }
+            },
+            _ if ctor == "hf_dataset" => {
                 let (repo, config, revision) = hub_location(args)?;
-                let reads = if images { Reads::ImageTables } else { Reads::Tables };
-                (hub::fetch(&repo, config.as_deref(), &revision)?, reads)
+                hub::fetch(&repo, config.as_deref(), &revision)?
             }
-            "glue" => {
-                let task = glue_task(args)?;
-                let dir = match args.opt_path("path")? {
-                    Some(dir) => dir,
-                    None => {
-                        let (repo, config) = glue::hub_config(task);
-                        hub::fetch(repo, Some(config), "main")?
-                    }
-                };
-                (dir, Reads::Glue(task))
-            }
-            "glue_sst2" => (args.path("path")?, Reads::Sst2),
-            "text_table" => (args.path("path")?, Reads::Tables),
-            _ => (args.path("path")?, Reads::ImageTables),
+            _ => args.path("path")?,
         };
         let tokenizer = match &opts.tokenizer_dir {
-            Some(d) if !images => Some(Tokenizer::from_dir(d)?),
+            Some(d) if !reads.images() => Some(Tokenizer::from_dir(d)?),
             _ => None,
         };
-        let own_vocabulary = tokenizer.is_none() && !images;
+        let own_vocabulary = tokenizer.is_none() && !reads.images();
         let files = reads.files(&dir);
-        let kept = match &opts.cache_dir {
-            Some(cache) if !files.is_empty() => prepared::key(ctor, params, &dir, &files, tokenizer.as_ref())
-                .map(|key| (cache.join(prepared::FOLDER), key)),
+        // The files are hashed once; the key of a trained vocabulary below reuses the digest.
+        let digest = match &opts.cache_dir {
+            Some(_) if !files.is_empty() => reads::digest_of(&dir, &files),
+            _ => None,
+        };
+        let kept = match (&opts.cache_dir, &digest) {
+            (Some(cache), Some(digest)) => {
+                prepared::key(ctor, params, digest, tokenizer.as_ref()).map(|key| (cache.join(prepared::FOLDER), key))
+            }
             _ => None,
         };
         let mut damaged = false;
@@ -340,10 +340,10 @@ impl Dataset {
                 prepared::Lookup::Missing => {}
             }
         }
-        let mut data = match ctor {
-            "glue_sst2" => Self::load_sst2(args, tokenizer, &dir),
-            "glue" => Self::load_glue(args, tokenizer, &dir),
-            _ if images => Self::load_image_table(args, &dir),
+        let mut data = match reads {
+            Reads::Sst2 => Self::load_sst2(args, tokenizer, &dir),
+            Reads::Glue(_) => Self::load_glue(args, tokenizer, &dir),
+            _ if reads.images() => Self::load_image_table(args, &dir),
             _ => Self::load_text_table(args, tokenizer, &dir),
         }?;
         if let Some((folder, key)) = &kept {
@@ -351,8 +351,8 @@ impl Dataset {
             // A vocabulary trained here is what the model's students will bring as their
             // tokenizer: kept under that key too, they read it prepared.
             let mut keys = vec![*key];
-            if own_vocabulary {
-                keys.extend(prepared::key(ctor, params, &dir, &files, data.tokenizer.as_ref()));
+            if let (true, Some(digest)) = (own_vocabulary, &digest) {
+                keys.extend(prepared::key(ctor, params, digest, data.tokenizer.as_ref()));
             }
             // A copy that cannot be written is only a lost speed-up for the next stage.
             if prepared::write(folder, &keys, &data).is_ok() {

@@ -5,8 +5,8 @@
 //! prepared tensors instead of reading, training a vocabulary and tokenising again.
 //!
 //! The key is blake3 over the constructor, its reading arguments (all but `path:`, which stands
-//! for the files, and `holdout:`, applied after), each file read (its path inside the folder and
-//! its content hash) and the tokenizer (its serialised vocabulary and rules, or none when the
+//! for the files, and `holdout:`, applied after), the digest of the files read (each one's path
+//! inside the folder and content hash, as a stage key hashes them) and the tokenizer (its serialised vocabulary and rules, or none when the
 //! dataset trains its own vocabulary, which is then part of what is kept). So moving the data
 //! folder keeps the prepared copy, editing a file read or changing the tokenizer prepares anew.
 //!
@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 
@@ -81,15 +80,10 @@ struct Description {
     splits: Vec<String>,
 }
 
-/// The key of a dataset read from `files` inside `root`, with the constructor's `params` and the
-/// tokenizer it is given; `None` when a file cannot be read (loading then reports it).
-pub fn key(
-    ctor: &str,
-    params: &Params,
-    root: &Path,
-    files: &[PathBuf],
-    tokenizer: Option<&Tokenizer>,
-) -> Option<blake3::Hash> {
+/// The key of a dataset whose files read have the digest `files` ([`super::reads::digest_of`]),
+/// with the constructor's `params` and the tokenizer it is given (`None`: it trains its own),
+/// or `None` when the tokenizer cannot be serialised.
+pub fn key(ctor: &str, params: &Params, files: &[u8; 32], tokenizer: Option<&Tokenizer>) -> Option<blake3::Hash> {
     let mut h = blake3::Hasher::new();
     let mut field = |bytes: &[u8]| {
         h.update(&(bytes.len() as u64).to_le_bytes());
@@ -101,25 +95,7 @@ pub fn key(
         field(name.as_bytes());
         field(describe_value(v).as_bytes());
     }
-    let hashes: Vec<Option<blake3::Hash>> = files
-        .par_iter()
-        .map(|f| {
-            let mut fh = blake3::Hasher::new();
-            fh.update_mmap(f).ok()?;
-            Some(fh.finalize())
-        })
-        .collect();
-    field(&(files.len() as u64).to_le_bytes());
-    for (f, fh) in files.iter().zip(hashes) {
-        field(
-            f.strip_prefix(root)
-                .unwrap_or(f)
-                .to_string_lossy()
-                .replace('\\', "/")
-                .as_bytes(),
-        );
-        field(fh?.as_bytes());
-    }
+    field(files);
     match tokenizer {
         Some(t) => field(t.inner().to_string(false).ok()?.as_bytes()),
         None => field(b"own vocabulary"),
@@ -191,13 +167,9 @@ pub fn write(folder: &Path, keys: &[blake3::Hash], data: &Dataset) -> Result<(),
     Ok(())
 }
 
+/// Writes `bytes` to `path` whole or not at all (temporary file, then rename).
 fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let io = |e: std::io::Error| DataError::io(path, &e);
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    std::io::Write::write_all(&mut tmp, bytes).map_err(io)?;
-    tmp.persist(path).map_err(|e| io(e.error))?;
-    Ok(())
+    crate::store::records::atomic_write(path, bytes).map_err(|e| DataError::io(path, &e))
 }
 
 /// One tensor to write: dtype, shape, little-endian bytes.

@@ -12,7 +12,7 @@ use super::glue::Task;
 use super::images::is_image;
 use super::{table, tsv};
 use crate::keyword::Keyword;
-use crate::value::{Spec, Value};
+use crate::value::{Params, Value};
 
 /// What a dataset constructor reads from its folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,19 +30,27 @@ pub enum Reads {
 }
 
 impl Reads {
-    /// What the dataset `spec` reads from its `path:`, if it is a dataset that reads a folder.
-    pub fn of(spec: &Spec) -> Option<Reads> {
-        Some(match spec.ctor.name {
+    /// What the dataset constructor `ctor` with `params` reads from its folder (its `path:`, or an
+    /// `hf_dataset`'s files in the Hugging Face cache), if it is a dataset that reads one.
+    pub fn of(ctor: &str, params: &Params) -> Option<Reads> {
+        Some(match ctor {
             "glue_sst2" => Reads::Sst2,
-            "glue" => match spec.params.get("task") {
+            "glue" => match params.get("task") {
                 Some(Value::Str(word)) => Reads::Glue(Task::from_word(word)?),
                 _ => return None,
             },
             "text_table" => Reads::Tables,
             "image_table" => Reads::ImageTables,
+            "hf_dataset" if params.contains_key("image") => Reads::ImageTables,
+            "hf_dataset" => Reads::Tables,
             "image_folder" => Reads::Images,
             _ => return None,
         })
+    }
+
+    /// Whether what is read are images (decoded, not tokenised).
+    pub fn images(self) -> bool {
+        matches!(self, Reads::ImageTables | Reads::Images)
     }
 
     /// The files read from `dir`, sorted; empty when there are none (or `dir` is no folder).
@@ -70,6 +78,44 @@ impl Reads {
         files.dedup();
         files
     }
+}
+
+/// `path` inside `root`, with `/` separators (the whole path if it is not inside).
+pub fn relative(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .replace('\\', "/")
+}
+
+/// A folder's digest: blake3 over `dir` and, for each file in the order given, its path inside
+/// the folder and its content hash. What a dataset folder's part of a stage key is, and what its
+/// prepared copy is keyed by.
+pub fn folder_digest<'a>(files: impl IntoIterator<Item = (&'a str, &'a [u8; 32])>) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"dir\0");
+    for (rel, hash) in files {
+        h.update(&(rel.len() as u64).to_le_bytes());
+        h.update(rel.as_bytes());
+        h.update(hash);
+    }
+    *h.finalize().as_bytes()
+}
+
+/// The [`folder_digest`] of `files` (sorted) inside `root`, reading each file (in parallel);
+/// `None` when one cannot be read.
+pub fn digest_of(root: &Path, files: &[PathBuf]) -> Option<[u8; 32]> {
+    use rayon::prelude::*;
+    let hashes: Vec<[u8; 32]> = files
+        .par_iter()
+        .map(|f| {
+            let mut h = blake3::Hasher::new();
+            h.update_mmap(f).ok()?;
+            Some(*h.finalize().as_bytes())
+        })
+        .collect::<Option<_>>()?;
+    let names: Vec<String> = files.iter().map(|f| relative(root, f)).collect();
+    Some(folder_digest(names.iter().map(String::as_str).zip(&hashes)))
 }
 
 /// The table files that belong to a split.

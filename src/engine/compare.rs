@@ -7,7 +7,7 @@
 //! entries' `spec.yaml`) or a pipeline's current plan (its metrics read from the entries the
 //! store holds). Stages are matched by name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -16,7 +16,6 @@ use statrs::distribution::{Binomial, DiscreteCDF};
 use super::explain::reasons;
 use super::record::stage_record;
 use crate::plan::Plan;
-use crate::store::key::Key;
 use crate::store::records::{Outcome, RunRecord, StageRecord};
 use crate::store::Store;
 
@@ -38,10 +37,6 @@ pub struct Side {
     pub stages: Vec<SideStage>,
 }
 
-fn parse_key(hex: &str) -> Option<Key> {
-    blake3::Hash::from_hex(hex).ok().map(|h| *h.as_bytes())
-}
-
 impl Side {
     /// The stages of a run record, with their parameters from the store's entries.
     pub fn of_record(store: &Store, record: &RunRecord, label: String) -> Side {
@@ -49,7 +44,7 @@ impl Side {
             .stages
             .iter()
             .map(|s| {
-                let key = parse_key(&s.key);
+                let key = crate::store::key::parse(&s.key);
                 let mut r = s.clone();
                 if let Some(spec) = key.and_then(|k| store.stage_spec(&k)) {
                     r.params = spec.params;
@@ -149,16 +144,23 @@ pub struct Comparison {
 
 /// Compares two sides stage by stage.
 pub fn compare(a: &Side, b: &Side) -> Comparison {
-    let find = |side: &'_ Side, name: &str| side.stages.iter().find(|s| s.record.name == name).cloned();
+    let by_name = |side: &Side| -> HashMap<String, usize> {
+        side.stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.record.name.clone(), i))
+            .collect()
+    };
+    let (in_a, in_b) = (by_name(a), by_name(b));
     let mut stages: Vec<StageDiff> = a
         .stages
         .iter()
-        .map(|sa| diff(Some(sa), find(b, &sa.record.name).as_ref()))
+        .map(|sa| diff(Some(sa), in_b.get(&sa.record.name).map(|&i| &b.stages[i])))
         .collect();
     stages.extend(
         b.stages
             .iter()
-            .filter(|sb| find(a, &sb.record.name).is_none())
+            .filter(|sb| !in_a.contains_key(&sb.record.name))
             .map(|sb| diff(None, Some(sb))),
     );
     Comparison {

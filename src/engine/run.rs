@@ -825,11 +825,7 @@ pub(crate) fn write_records(
     };
     let record = RunRecord {
         rkd_version: env!("CARGO_PKG_VERSION").into(),
-        pipeline: pipeline
-            .canonicalize()
-            .unwrap_or_else(|_| pipeline.to_path_buf())
-            .display()
-            .to_string(),
+        pipeline: RunRecord::pipeline_name(pipeline),
         pipeline_hash: blake3::hash(source_text.as_bytes()).to_hex().to_string(),
         started: humantime::format_rfc3339_seconds(started).to_string(),
         duration_s: report.duration_s,

@@ -105,13 +105,13 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         let m = measure(ctx, &source, data, split, 32).map_err(|err| format!("{}: {err}", e.name))?;
         // The quality: accuracy, or a regression's Pearson r (with Spearman as its score).
         let (quality, score) = if data.is_regression() {
-            (m.eval.pearson(), Some(("Spearman", m.eval.spearman())))
+            (m.eval.pearson(), Some(("Spearman".to_string(), m.eval.spearman())))
         } else {
             let score = super::eval::task_score(data.metric, &m.eval.confusion);
-            (m.eval.confusion.accuracy(), score.map(|(k, v)| (score_label(k), v)))
+            (m.eval.confusion.accuracy(), score.map(|(k, v)| (k.to_uppercase(), v)))
         };
-        if let Some((k, _)) = score {
-            score_name = Some(k.to_string());
+        if let Some((k, _)) = &score {
+            score_name = Some(k.clone());
         }
         let _ = writeln!(
             ctx.log,
@@ -125,7 +125,7 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             } else {
                 format!("{:.2}%", 100.0 * quality)
             },
-            score.map_or(String::new(), |(k, v)| format!(", {k} {v:.4}")),
+            score.as_ref().map_or(String::new(), |(k, v)| format!(", {k} {v:.4}")),
             m.examples,
             split.as_str(),
             m.sizes.params,
@@ -189,15 +189,6 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     Ok(out)
 }
 
-/// How the report names a task's metric (eval's `mcc` and `f1`).
-fn score_label(key: &str) -> &'static str {
-    match key {
-        "mcc" => "MCC",
-        "f1" => "F1",
-        _ => "score",
-    }
-}
-
 /// Whether two model values are the same model (one stage, or one constructor call).
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
@@ -213,9 +204,9 @@ fn describe(ctx: &OpContext, v: &Value, is_baseline: bool, index: usize) -> Entr
         Value::Stage(id) => {
             let up = (ctx.upstream)(*id);
             // A gate passes a model on: it is what made that model (the row keeps the gate's name).
-            if let Ok(gate) = crate::registry::RequireArgs::from_params(&up.params).map(|a| a.model) {
-                if up.op == "require" {
-                    let made = describe(ctx, &gate, is_baseline, index);
+            if up.op == "require" {
+                if let Ok(gate) = crate::registry::RequireArgs::from_params(&up.params) {
+                    let made = describe(ctx, &gate.model, is_baseline, index);
                     return Entry {
                         value: v.clone(),
                         name: up.shown,

@@ -5,7 +5,7 @@ use crate::compile::{Compiled, StageDef};
 use crate::data::reads::Reads;
 use crate::diagnostic::{Diag, Kind};
 use crate::store::key::{self, Key, Resolve};
-use crate::value::{Params, PathValue, Spec, StageId, Value};
+use crate::value::{Params, PathValue, StageId, Value};
 use petgraph::graph::{DiGraph, NodeIndex};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -41,11 +41,8 @@ impl Resolve for Keys<'_> {
     fn stage(&mut self, id: StageId) -> Result<Key, FingerprintError> {
         Ok(self.keys[id.0 as usize])
     }
-    fn path(&mut self, path: &PathValue, reader: Option<&Spec>) -> Result<Key, FingerprintError> {
-        let fp = match self
-            .fingerprints
-            .get(&(path.resolved.clone(), reader.and_then(Reads::of)))
-        {
+    fn path(&mut self, path: &PathValue, reads: Option<Reads>) -> Result<Key, FingerprintError> {
+        let fp = match self.fingerprints.get(&(path.resolved.clone(), reads)) {
             Some(fp) => fp.clone()?,
             None => unreachable!("every keyed path is fingerprinted first: {}", path.resolved.display()),
         };
@@ -65,7 +62,10 @@ fn for_each_keyed_path(params: &Params, f: &mut impl FnMut(&PathValue, Option<Re
             Value::Path(p) => f(p, reads),
             Value::List(xs) => xs.iter().for_each(|x| walk(x, None, f)),
             Value::Record(r) => r.values().for_each(|x| walk(x, None, f)),
-            Value::Spec(s) => s.params.values().for_each(|x| walk(x, Reads::of(s), f)),
+            Value::Spec(s) => s
+                .params
+                .values()
+                .for_each(|x| walk(x, Reads::of(s.ctor.name, &s.params), f)),
             _ => {}
         }
     }
@@ -297,8 +297,8 @@ mod tests {
         fn stage(&mut self, id: StageId) -> Result<Key, FingerprintError> {
             Ok(self.0[id.0 as usize])
         }
-        fn path(&mut self, path: &PathValue, reader: Option<&Spec>) -> Result<Key, FingerprintError> {
-            self.1.fingerprint_read(&path.resolved, reader.and_then(Reads::of))
+        fn path(&mut self, path: &PathValue, reads: Option<Reads>) -> Result<Key, FingerprintError> {
+            self.1.fingerprint_read(&path.resolved, reads)
         }
     }
 

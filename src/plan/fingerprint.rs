@@ -4,10 +4,11 @@
 //! A file's fingerprint is blake3 of its bytes. A directory's is blake3 over its regular files in
 //! sorted order, each as (relative path, file fingerprint); hidden entries (names starting with
 //! `.`) are skipped. A dataset's folder is fingerprinted the same way over only the files its
-//! loader reads ([`Reads`]), so files beside the data change nothing. The stat cache maps (path, size, mtime, inode) to the content hash: a file
-//! that was touched but not changed is re-read once and keeps its fingerprint.
+//! loader reads ([`Reads`]), so files beside the data change nothing. The stat cache maps (path,
+//! size, mtime, inode) to the content hash: a file that was touched but not changed is re-read
+//! once and keeps its fingerprint.
 
-use crate::data::reads::Reads;
+use crate::data::reads::{folder_digest, relative, Reads};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -77,25 +78,19 @@ impl Fingerprinter {
             return Ok(*h);
         }
         let meta = std::fs::metadata(path).map_err(|e| describe_io(path, &e))?;
-        let selected: Vec<(String, PathBuf)> = match reads {
-            Some(reads) if meta.is_dir() => reads.files(path).into_iter().map(|f| (relative(path, &f), f)).collect(),
-            _ => Vec::new(),
-        };
         let hash = if meta.is_dir() {
-            let mut files = selected;
+            let mut files: Vec<(String, PathBuf)> = reads
+                .map(|r| r.files(path))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|f| (relative(path, &f), f))
+                .collect();
             if files.is_empty() {
                 walk(path, path, &mut files)?;
             }
             files.sort();
             let hashes = self.hash_files(files.iter().map(|(_, abs)| abs.as_path()))?;
-            let mut h = blake3::Hasher::new();
-            h.update(b"dir\0");
-            for ((rel, _), fh) in files.iter().zip(hashes) {
-                h.update(&(rel.len() as u64).to_le_bytes());
-                h.update(rel.as_bytes());
-                h.update(&fh);
-            }
-            *h.finalize().as_bytes()
+            folder_digest(files.iter().map(|(rel, _)| rel.as_str()).zip(&hashes))
         } else {
             let mut h = blake3::Hasher::new();
             h.update(b"file\0");
@@ -114,7 +109,7 @@ impl Fingerprinter {
             let meta = std::fs::metadata(p).map_err(|e| describe_io(p, &e))?;
             let stat = stat_of(&meta);
             match self.cache.get(p) {
-                Some(e) if e.stat == stat => match parse_hex(&e.hash) {
+                Some(e) if e.stat == stat => match crate::store::key::parse(&e.hash) {
                     Some(h) => out.push(h),
                     None => {
                         out.push([0; 32]);
@@ -188,14 +183,6 @@ fn walk_inner(
     Ok(())
 }
 
-/// `path` relative to `root`, with `/` separators (the whole path if it is not inside).
-fn relative(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root)
-        .unwrap_or(path)
-        .to_string_lossy()
-        .replace('\\', "/")
-}
-
 #[cfg(unix)]
 fn stat_of(meta: &std::fs::Metadata) -> Stat {
     use std::os::unix::fs::MetadataExt;
@@ -221,10 +208,6 @@ fn stat_of(meta: &std::fs::Metadata) -> Stat {
         mtime_ns,
         inode: 0,
     }
-}
-
-fn parse_hex(s: &str) -> Option<[u8; 32]> {
-    blake3::Hash::from_hex(s).ok().map(|h| *h.as_bytes())
 }
 
 /// Why an input could not be fingerprinted: the path that failed (the input, or a file or

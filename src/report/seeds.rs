@@ -49,6 +49,13 @@ impl Spread {
             ci95: Some([mean - half, mean + half]),
         }
     }
+
+    /// The same spread with its confidence interval cut to what the figure can be (`[0, 1]` for
+    /// accuracy, `[-1, 1]` for a correlation): a t interval of few seeds can reach past them.
+    fn within(mut self, lo: f64, hi: f64) -> Spread {
+        self.ci95 = self.ci95.map(|[a, b]| [a.max(lo), b.min(hi)]);
+        self
+    }
 }
 
 /// One model trained with several seeds: the rows that differ only in their seed.
@@ -83,15 +90,6 @@ fn without_seed(name: &str) -> Option<(String, String)> {
         format!("{base}[{}]", rest.join(","))
     };
     Some((name, seed))
-}
-
-impl Spread {
-    /// The same spread with its confidence interval cut to what the figure can be (`[0, 1]` for
-    /// accuracy, `[-1, 1]` for a correlation): a t interval of few seeds can reach past them.
-    fn within(mut self, lo: f64, hi: f64) -> Spread {
-        self.ci95 = self.ci95.map(|[a, b]| [a.max(lo), b.min(hi)]);
-        self
-    }
 }
 
 /// One report row as the seed groups see it: its name, quality and score.

@@ -34,9 +34,7 @@ pub fn keys_of_last_runs(store: &Store, n: usize) -> Result<HashSet<Key>, Record
     for path in paths.iter().rev().take(n) {
         let record = Store::read_record(path)?;
         for s in record.stages {
-            if let Ok(h) = blake3::Hash::from_hex(&s.key) {
-                keys.insert(*h.as_bytes());
-            }
+            keys.extend(super::key::parse(&s.key));
         }
     }
     Ok(keys)
@@ -45,20 +43,11 @@ pub fn keys_of_last_runs(store: &Store, n: usize) -> Result<HashSet<Key>, Record
 /// Keys named by the latest run record of this pipeline file (the stages as that run saw them,
 /// with the environment it had), or none when it has no record.
 pub fn keys_of_latest_run_of(store: &Store, pipeline: &std::path::Path) -> Result<HashSet<Key>, RecordError> {
-    let wanted = pipeline
-        .canonicalize()
-        .unwrap_or_else(|_| pipeline.to_path_buf())
-        .display()
-        .to_string();
+    let wanted = super::records::RunRecord::pipeline_name(pipeline);
     for path in store.record_paths().iter().rev() {
         let record = Store::read_record(path)?;
         if record.pipeline == wanted {
-            return Ok(record
-                .stages
-                .iter()
-                .filter_map(|s| blake3::Hash::from_hex(&s.key).ok())
-                .map(|h| *h.as_bytes())
-                .collect());
+            return Ok(record.stages.iter().filter_map(|s| super::key::parse(&s.key)).collect());
         }
     }
     Ok(HashSet::new())

@@ -26,6 +26,7 @@
 //! Upstream keys are encoded where the stage is referenced, so changing anything upstream changes
 //! every descendant's key.
 
+use crate::data::reads::Reads;
 use crate::registry::OpSchema;
 use crate::value::{Params, PathValue, Spec, StageId, Value};
 
@@ -41,9 +42,9 @@ pub trait Resolve {
     type Error;
     /// The key of an upstream stage.
     fn stage(&mut self, id: StageId) -> Result<Key, Self::Error>;
-    /// The fingerprint of an input path; `reader` is the dataset or model spec whose argument it
-    /// is (a dataset's fingerprint covers the files it reads), `None` for a stage's own path.
-    fn path(&mut self, path: &PathValue, reader: Option<&Spec>) -> Result<Key, Self::Error>;
+    /// The fingerprint of an input path; `reads` says what a dataset reads from it when it is a
+    /// dataset's folder (its fingerprint covers those files only), `None` for any other path.
+    fn path(&mut self, path: &PathValue, reads: Option<Reads>) -> Result<Key, Self::Error>;
 }
 
 /// Parameters that say where and how a stage runs, not what it computes: not part of its key.
@@ -140,7 +141,7 @@ fn value<R: Resolve>(h: &mut blake3::Hasher, v: &Value, resolve: &mut R, spec: O
         }
         Value::Path(p) => {
             h.update(b"p");
-            h.update(&resolve.path(p, spec)?);
+            h.update(&resolve.path(p, spec.and_then(|s| Reads::of(s.ctor.name, &s.params)))?);
         }
         // Checked parameters never hold functions, modules or poison.
         Value::Fn(_) | Value::Builtin(_) | Value::Module(_) | Value::Poison => {
@@ -153,4 +154,9 @@ fn value<R: Resolve>(h: &mut blake3::Hasher, v: &Value, resolve: &mut R, spec: O
 /// A key as lowercase hex (an entry's directory name).
 pub fn hex(key: &Key) -> String {
     blake3::Hash::from_bytes(*key).to_hex().to_string()
+}
+
+/// The key a hex string names (as [`hex`] writes it), if it is one.
+pub fn parse(text: &str) -> Option<Key> {
+    blake3::Hash::from_hex(text).ok().map(|h| *h.as_bytes())
 }

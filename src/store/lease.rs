@@ -87,11 +87,7 @@ impl Store {
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {
                     let text = std::fs::read_to_string(&path)?;
-                    keys.extend(
-                        text.lines()
-                            .filter_map(|l| blake3::Hash::from_hex(l.trim()).ok())
-                            .map(|h| *h.as_bytes()),
-                    );
+                    keys.extend(text.lines().filter_map(|l| super::key::parse(l.trim())));
                 }
                 Err(std::fs::TryLockError::Error(e)) => return Err(e),
             }

@@ -259,9 +259,7 @@ fn hex_keys(dir: &Path) -> std::io::Result<Vec<Key>> {
     };
     for entry in dir {
         let name = entry?.file_name();
-        if let Ok(h) = blake3::Hash::from_hex(name.to_string_lossy().as_bytes()) {
-            keys.push(*h.as_bytes());
-        }
+        keys.extend(key::parse(&name.to_string_lossy()));
     }
     keys.sort();
     Ok(keys)

@@ -105,6 +105,17 @@ pub struct RunRecord {
     pub stages: Vec<StageRecord>,
 }
 
+impl RunRecord {
+    /// How a record names the pipeline file it ran (`pipeline`): its canonical path.
+    pub fn pipeline_name(pipeline: &std::path::Path) -> String {
+        pipeline
+            .canonicalize()
+            .unwrap_or_else(|_| pipeline.to_path_buf())
+            .display()
+            .to_string()
+    }
+}
+
 /// The latest record of each stage name: name → (record file, stage).
 pub type Index = BTreeMap<String, StageRecord>;
 
