@@ -164,33 +164,34 @@ pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_
                     );
                 }
             }
-            let damaged = if c.damaged > 0 {
-                format!(
-                    " and {} damaged entr{}",
+            // What else went: " and 2 damaged entries and the checkpoints of 1 unfinished stage …".
+            let plural = |n: usize, one: &str, many: &str| if n == 1 { one.to_string() } else { many.to_string() };
+            let damaged: String = [
+                (
                     c.damaged,
-                    if c.damaged == 1 { "y" } else { "ies" }
-                )
-            } else {
-                String::new()
-            };
-            let damaged = if c.checkpoints > 0 {
-                format!(
-                    "{damaged} and the checkpoints of {} unfinished stage{}",
+                    format!("{} damaged entr{}", c.damaged, plural(c.damaged, "y", "ies")),
+                ),
+                (
                     c.checkpoints,
-                    if c.checkpoints == 1 { "" } else { "s" }
-                )
-            } else {
-                damaged
-            };
-            let damaged = if c.cache_files > 0 {
-                format!(
-                    "{damaged} and {} cache file{} (prepared datasets, decoded images)",
+                    format!(
+                        "the checkpoints of {} unfinished stage{}",
+                        c.checkpoints,
+                        plural(c.checkpoints, "", "s")
+                    ),
+                ),
+                (
                     c.cache_files,
-                    if c.cache_files == 1 { "" } else { "s" }
-                )
-            } else {
-                damaged
-            };
+                    format!(
+                        "{} cache file{} (prepared datasets, decoded images)",
+                        c.cache_files,
+                        plural(c.cache_files, "", "s")
+                    ),
+                ),
+            ]
+            .into_iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(_, text)| format!(" and {text}"))
+            .collect();
             let in_use = if c.in_use > 0 {
                 format!(" ({} in use by running pipelines)", c.in_use)
             } else {
