@@ -61,6 +61,11 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// Every file, in the order they were added (the pipeline first).
+    pub fn files(&self) -> impl Iterator<Item = &SourceFile> {
+        self.files.iter()
+    }
+
     /// Adds a file and returns its id.
     pub fn add(&mut self, name: String, path: Option<PathBuf>, text: String) -> FileId {
         self.files.push(SourceFile {

@@ -1,10 +1,11 @@
-//! `rkd check`.
+//! `rkd check` and `rkd update`.
 
-use std::path::PathBuf;
+use crate::lockfile::{LockFile, Mode};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// Checks each file; 0 when all are clean.
-pub fn run(files: &[PathBuf]) -> ExitCode {
+/// Checks each file (with `locked`, against its lock file too); 0 when all are clean.
+pub fn run(files: &[PathBuf], locked: bool) -> ExitCode {
     let mut failed = 0;
     for file in files {
         match super::compile_or_report(file) {
@@ -14,8 +15,13 @@ pub fn run(files: &[PathBuf]) -> ExitCode {
                     failed += 1;
                     continue;
                 }
+                if locked && !agrees_with_lock(file) {
+                    failed += 1;
+                    continue;
+                }
                 let n = c.stages.len();
-                println!("ok: {} ({n} stage{})", file.display(), if n == 1 { "" } else { "s" });
+                let lock = if locked { ", agrees with its lock file" } else { "" };
+                println!("ok: {} ({n} stage{}{lock})", file.display(), if n == 1 { "" } else { "s" });
             }
             None => failed += 1,
         }
@@ -24,5 +30,61 @@ pub fn run(files: &[PathBuf]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Whether the file's plan agrees with its lock file; prints every disagreement.
+fn agrees_with_lock(file: &Path) -> bool {
+    let Some((_, plan, _, pinned)) = super::load_locked(file, None, Mode::Locked) else {
+        return false;
+    };
+    let problems = match &pinned.old {
+        None => vec![format!(
+            "there is no lock file {} (`rkd run` or `rkd update` writes it)",
+            pinned.path.display()
+        )],
+        Some(old) => old.differences(&LockFile::of(&plan, &pinned.pins)),
+    };
+    for p in &problems {
+        eprintln!("error: {p}");
+    }
+    if !problems.is_empty() {
+        eprintln!(
+            "error: {} disagrees with {} ({} difference{}); `rkd run` or `rkd update` brings the lock up to date",
+            file.display(),
+            pinned.path.display(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
+    }
+    problems.is_empty()
+}
+
+/// `rkd update`: resolves every Hub reference again and rewrites the lock file.
+pub fn update(file: &Path) -> ExitCode {
+    let Some((_, plan, _, pinned)) = super::load_locked(file, None, Mode::Update) else {
+        return ExitCode::FAILURE;
+    };
+    for line in &pinned.resolved {
+        println!("{line}");
+    }
+    let lock = LockFile::of(&plan, &pinned.pins);
+    match lock.write_if_changed(&pinned.path, file) {
+        Ok(wrote) => {
+            let what = if wrote { "wrote" } else { "unchanged:" };
+            println!(
+                "{what} {} ({} pin{}, {} stage{})",
+                pinned.path.display(),
+                pinned.pins.len(),
+                if pinned.pins.len() == 1 { "" } else { "s" },
+                plan.len(),
+                if plan.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot write {}: {e}", pinned.path.display());
+            ExitCode::FAILURE
+        }
     }
 }

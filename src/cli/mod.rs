@@ -3,12 +3,14 @@
 mod bench;
 mod bench_nf4;
 mod bench_train;
+mod bundle;
 mod check;
 mod compare;
 mod exec_stage;
 mod graph;
 mod ops;
 mod plan;
+mod remote_cmds;
 mod results;
 mod run;
 mod runs_table;
@@ -56,10 +58,28 @@ enum Command {
     /// op call against its schema (types, ranges, required arguments). All problems are reported,
     /// each with its source span and a hint. Exits with 1 if any file has a problem. Input files
     /// are not read: `rkd plan` does that.
+    ///
+    /// With --locked, each file is also planned (its inputs fingerprinted) and compared with its
+    /// lock file (`exp.lock` beside `exp.rkd`): a Hub reference without a pin, a changed input,
+    /// a stage whose key moved, or a missing lock file is an error. Nothing is resolved online.
     Check {
         /// The .rkd files to check.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// Fail when a file and its lock file disagree.
+        #[arg(long)]
+        locked: bool,
+    },
+    /// Move the lock file's pins to what the Hugging Face Hub names now.
+    ///
+    /// Every moving reference of the pipeline (`hf(repo:, revision: \"main\")`, `hf_dataset`,
+    /// `glue(task:)` without path) is resolved at the Hub to its current commit, and the lock
+    /// file (`exp.lock` beside `exp.rkd`) is rewritten with them, the inputs' content hashes and
+    /// the stage keys. Stages of a moved pin get new keys, so the next run recomputes them.
+    Update {
+        /// The pipeline file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
     /// Show every stage with its key and whether it would run.
     ///
@@ -76,6 +96,8 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: remote_cmds::RemoteArgs,
     },
     /// Run the stages whose results are not stored yet.
     ///
@@ -88,6 +110,11 @@ enum Command {
     /// Every stored result the run trusts is checked first (file sizes and modification times
     /// against its manifest; the files are hashed when these differ, or always with --verify);
     /// a damaged one is moved aside to <store>/damaged/ and runs again.
+    ///
+    /// With a remote cache (--remote, $RKD_REMOTE or rkd.toml), the stages this run needs that
+    /// the store lacks are looked up there first; what the remote holds is downloaded, verified
+    /// file by file, and not run. With --push (or `push = true` in rkd.toml), results stored
+    /// here that the remote lacks are uploaded after the run.
     Run {
         /// The pipeline file.
         #[arg(value_name = "FILE")]
@@ -157,6 +184,52 @@ enum Command {
         /// itself, and goes on from there when Slurm starts it again. `0s`: no signal.
         #[arg(long, value_name = "DURATION", default_value = "2m")]
         signal_lead: humantime::Duration,
+        #[command(flatten)]
+        remote: remote_cmds::RemoteArgs,
+        /// Upload the results stored here that the remote lacks after the run (also when a
+        /// stage failed: what finished is pushed).
+        #[arg(long)]
+        push: bool,
+        /// Use the lock file as it is: fail (exit 1, nothing run) when the pipeline, its inputs
+        /// or its Hub references disagree with it, instead of updating it.
+        #[arg(long)]
+        locked: bool,
+    },
+    /// Upload the pipeline's stored results that the remote cache lacks.
+    ///
+    /// Files go first, each stage's record last, so a reader never sees half a result; a
+    /// result the remote holds already is not uploaded again, and blobs it has are skipped.
+    /// Example: `rkd push exp.rkd --remote s3://team-bucket/rkd`.
+    Push {
+        /// The pipeline file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Only these stages, and what they need.
+        #[arg(long, value_name = "NAME", value_delimiter = ',')]
+        only: Vec<String>,
+        /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+        #[command(flatten)]
+        remote: remote_cmds::RemoteArgs,
+    },
+    /// Download the pipeline's results that the remote cache holds and the store lacks.
+    ///
+    /// Every file is checked against its recorded size and blake3 as it arrives; a result that
+    /// does not match is reported and not stored. `rkd run` pulls by itself; this fetches
+    /// results without running anything (to look at a colleague's report, say).
+    Pull {
+        /// The pipeline file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Only these stages, and what they need.
+        #[arg(long, value_name = "NAME", value_delimiter = ',')]
+        only: Vec<String>,
+        /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+        #[command(flatten)]
+        remote: remote_cmds::RemoteArgs,
     },
     /// Show how far each stage is: stored, training progress and checkpoints, Slurm jobs.
     ///
@@ -305,6 +378,40 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
     },
+    /// Pack a pipeline into one file a colleague or reviewer can rerun: the pipeline, the
+    /// modules it `use`s, its lock file, and optionally its data and stored results.
+    ///
+    /// With --with-results the bundle holds every result of the pipeline stored here (verified
+    /// first) and an rkd.toml naming them as its remote cache, so that `rkd unbundle exp.tar.zst
+    /// && rkd run exp/exp.rkd` pulls them (checked against their hashes) instead of computing
+    /// them. Keys still need the inputs: give --with-data, or the reviewer needs the same data at
+    /// the same paths.
+    Bundle {
+        /// The pipeline file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The bundle to write (a zstd-compressed tar).
+        #[arg(short = 'o', long = "out", value_name = "FILE.tar.zst")]
+        out: PathBuf,
+        /// Include the stored results the pipeline reaches.
+        #[arg(long)]
+        with_results: bool,
+        /// Include the input files and folders it reads (they must be inside its folder).
+        #[arg(long)]
+        with_data: bool,
+        /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE].
+        #[arg(long, value_name = "DIR")]
+        store: Option<PathBuf>,
+    },
+    /// Unpack a bundle written by `rkd bundle` (then `rkd run` the pipeline inside).
+    Unbundle {
+        /// The bundle.
+        #[arg(value_name = "FILE.tar.zst")]
+        bundle: PathBuf,
+        /// Where to unpack it.
+        #[arg(short = 'C', long = "dir", value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
     /// Print the stage DAG as Graphviz dot or Mermaid.
     ///
     /// Example: `rkd graph pipelines/sst2.rkd | dot -Tsvg > sst2.svg`.
@@ -376,8 +483,26 @@ pub fn main() -> ExitCode {
         quiet_on_closed_pipe();
     }
     match cli.command {
-        Command::Check { files } => check::run(&files),
-        Command::Plan { file, store, json } => plan::run(&file, store.as_deref(), json),
+        Command::Check { files, locked } => check::run(&files, locked),
+        Command::Update { file } => check::update(&file),
+        Command::Plan {
+            file,
+            store,
+            json,
+            remote,
+        } => plan::run(&file, store.as_deref(), json, &remote),
+        Command::Push {
+            file,
+            only,
+            store,
+            remote,
+        } => remote_cmds::push(&file, store.as_deref(), &remote, &only),
+        Command::Pull {
+            file,
+            only,
+            store,
+            remote,
+        } => remote_cmds::pull(&file, store.as_deref(), &remote, &only),
         Command::Run {
             file,
             jobs,
@@ -398,6 +523,9 @@ pub fn main() -> ExitCode {
             device,
             gpus,
             signal_lead,
+            remote,
+            push,
+            locked,
         } => {
             // A Slurm run resolves the device on each node (the submitting machine may have no GPU).
             let choice = device;
@@ -429,6 +557,8 @@ pub fn main() -> ExitCode {
                 fresh,
                 retries,
                 retry_delay: retry_delay.into(),
+                from_remote: Default::default(),
+                remote: None,
             };
             let slurm_only = partition.is_some() || account.is_some() || !sbatch_args.is_empty() || no_wait;
             if executor == Executor::Local && slurm_only {
@@ -445,7 +575,12 @@ pub fn main() -> ExitCode {
                 },
                 wait: !no_wait,
             });
-            run::run(&file, store.as_deref(), opts, json, slurm)
+            let sharing = run::Sharing {
+                remote,
+                push,
+                locked,
+            };
+            run::run(&file, store.as_deref(), opts, json, slurm, &sharing)
         }
         Command::Status { file, store } => status::run(&file, store.as_deref()),
         Command::ExecStage {
@@ -495,6 +630,22 @@ pub fn main() -> ExitCode {
             dry_run,
             store,
         } => store_cmds::gc(&keep, keep_runs, store.as_deref(), dry_run),
+        Command::Bundle {
+            file,
+            out,
+            with_results,
+            with_data,
+            store,
+        } => bundle::run(
+            &file,
+            &out,
+            store.as_deref(),
+            &bundle::Extras {
+                results: with_results,
+                data: with_data,
+            },
+        ),
+        Command::Unbundle { bundle: b, dir } => bundle::unbundle(&b, &dir),
         Command::Graph { file, format } => graph::run(&file, format),
         Command::Ops { name } => ops::run(name.as_deref()),
         Command::Report { file, store } => results::report(&file, store.as_deref()),
@@ -526,14 +677,43 @@ fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Compiles a pipeline, fingerprints its inputs and builds its plan; on problems prints them.
-/// The plan takes the compiled stages: the returned `Compiled` keeps its sources, not its stages.
+/// Compiles a pipeline, pins its moving references (the lock file's commits), fingerprints its
+/// inputs and builds its plan; on problems prints them. The plan takes the compiled stages: the
+/// returned `Compiled` keeps its sources, not its stages.
 fn load_plan(
     file: &std::path::Path,
     store: Option<&std::path::Path>,
 ) -> Option<(crate::compile::Compiled, crate::plan::Plan, crate::store::Store)> {
+    load_locked(file, store, crate::lockfile::Mode::Use).map(|(c, p, s, _)| (c, p, s))
+}
+
+/// [`load_plan`] with the references pinned as `mode` says; also returns the pins.
+fn load_locked(
+    file: &std::path::Path,
+    store: Option<&std::path::Path>,
+    mode: crate::lockfile::Mode,
+) -> Option<(
+    crate::compile::Compiled,
+    crate::plan::Plan,
+    crate::store::Store,
+    crate::lockfile::Pinned,
+)> {
     let mut compiled = compile_or_report(file)?;
     let store = crate::store::Store::for_pipeline(file, store);
+    let pinned = match crate::lockfile::pin(file, &mut compiled.stages, mode) {
+        Ok(p) => p,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
+            return None;
+        }
+    };
+    if mode != crate::lockfile::Mode::Update {
+        for line in &pinned.resolved {
+            eprintln!("note: {line}");
+        }
+    }
     let mut fingerprints = crate::plan::fingerprint::Fingerprinter::load(&store.stat_cache());
     // The plan takes the stages; callers use the compiled sources only.
     let stages = std::mem::take(&mut compiled.stages);
@@ -556,7 +736,7 @@ fn load_plan(
             file.display()
         );
     }
-    Some((compiled, plan, store))
+    Some((compiled, plan, store, pinned))
 }
 
 /// Lets a reporting command end quietly when its reader goes away (`rkd report f.rkd | head`),

@@ -10,9 +10,13 @@ use std::path::Path;
 use std::process::ExitCode;
 
 /// Prints every stage with its key and status.
-pub fn run(file: &Path, store: Option<&Path>, json: bool) -> ExitCode {
+pub fn run(file: &Path, store: Option<&Path>, json: bool, remote_args: &super::remote_cmds::RemoteArgs) -> ExitCode {
     let Some((_, plan, store)) = super::load_plan(file, store) else {
         return ExitCode::FAILURE;
+    };
+    let remote = match super::remote_cmds::open(file, remote_args) {
+        Ok(r) => r,
+        Err(code) => return code,
     };
     let mut verdicts: Vec<Verdict> = verdicts(&plan, &store, &vec![true; plan.len()])
         .into_iter()
@@ -24,19 +28,32 @@ pub fn run(file: &Path, store: Option<&Path>, json: bool) -> ExitCode {
             reasons.extend(crate::engine::run::resumable(&store, &s.key));
         }
     }
+    // Stages the remote cache holds are pulled, not run.
+    let mut in_remote = vec![false; plan.len()];
+    if let Some((remote, _)) = &remote {
+        match crate::engine::sync::remote_hits(&plan, &store, remote, &vec![true; plan.len()]) {
+            Ok(hits) => hits.into_iter().for_each(|i| in_remote[i] = true),
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
     if json {
-        print_json(&plan, &verdicts);
+        print_json(&plan, &verdicts, &in_remote);
         // The process ends now: freeing a large plan piece by piece would only cost time.
         std::mem::forget(plan);
         return ExitCode::SUCCESS;
     }
-    print_table(&plan, &verdicts);
+    print_table(&plan, &verdicts, &in_remote);
     let cached = verdicts.iter().filter(|v| **v == Verdict::Cached).count();
+    let held = in_remote.iter().filter(|h| **h).count();
+    let remote_part = match &remote {
+        Some((r, _)) => format!(", {held} in the remote cache {}", r.shown()),
+        None => String::new(),
+    };
     println!(
-        "\n{} stage{}: {cached} cached, {} to run (store: {})",
+        "\n{} stage{}: {cached} cached{remote_part}, {} to run (store: {})",
         plan.len(),
         if plan.len() == 1 { "" } else { "s" },
-        plan.len() - cached,
+        plan.len() - cached - held,
         store.root.display()
     );
     std::mem::forget(plan);
@@ -57,14 +74,16 @@ struct JsonStage<'a> {
 }
 
 /// `{"stages": [...]}`: the stages are serialized in parallel, then written at once.
-fn print_json(plan: &Plan, verdicts: &[Verdict]) {
+fn print_json(plan: &Plan, verdicts: &[Verdict], in_remote: &[bool]) {
     let stages: Vec<&PlanStage> = plan.stages().collect();
     let parts: Vec<Vec<u8>> = stages
         .par_iter()
         .zip(verdicts)
-        .map(|(s, v)| {
+        .zip(in_remote)
+        .map(|((s, v), held)| {
             let (status, reasons): (_, &[String]) = match v {
                 Verdict::Cached => ("cached", &[]),
+                Verdict::Run(_) if *held => ("remote", &[]),
                 Verdict::Run(r) => ("run", r),
             };
             let stage = JsonStage {
@@ -93,7 +112,7 @@ fn print_json(plan: &Plan, verdicts: &[Verdict]) {
 }
 
 /// The plan table: stage, op, key prefix, status, reasons.
-fn print_table(plan: &Plan, verdicts: &[Verdict]) {
+fn print_table(plan: &Plan, verdicts: &[Verdict], in_remote: &[bool]) {
     let names: Vec<String> = plan.stages().map(|s| cell(&s.def.shown())).collect();
     let width = crate::text::width(names.iter(), "STAGE");
     let op_width = plan.stages().map(|s| s.def.op.name.len()).max().unwrap_or(2).max(2);
@@ -103,9 +122,10 @@ fn print_table(plan: &Plan, verdicts: &[Verdict]) {
         "{:width$}  {:op_width$}  {:12}  {:6}  REASON",
         "STAGE", "OP", "KEY", "STATUS"
     );
-    for ((s, v), name) in plan.stages().zip(verdicts).zip(&names) {
+    for (((s, v), name), held) in plan.stages().zip(verdicts).zip(&names).zip(in_remote) {
         let (status, reasons) = match v {
             Verdict::Cached => ("cached", String::new()),
+            Verdict::Run(_) if *held => ("remote", "the remote cache holds it: a run pulls it".to_string()),
             Verdict::Run(r) => ("run", r.join("; ")),
         };
         let _ = writeln!(

@@ -3,6 +3,9 @@
 use crate::engine::cancel::Cancel;
 use crate::engine::run::{run as run_plan, RunOptions, RunReport};
 use crate::engine::slurm::{submit, wait, SlurmError, SlurmOptions, Submission};
+use crate::engine::sync::{pull, push as push_stored, remote_hits, PullReport};
+use super::remote_cmds::RemoteArgs;
+use crate::lockfile::{LockFile, Mode};
 use crate::plan::Plan;
 use crate::store::key::hex;
 use crate::store::records::Outcome;
@@ -23,14 +26,102 @@ pub struct Slurm {
     pub wait: bool,
 }
 
+/// How a run shares: its remote cache and lock file.
+pub struct Sharing {
+    /// `--remote` / `--no-remote`.
+    pub remote: RemoteArgs,
+    /// `--push`.
+    pub push: bool,
+    /// `--locked`.
+    pub locked: bool,
+}
+
 /// Runs the pipeline (here, or as Slurm jobs); exit 0 when every selected stage ran or was
 /// cached, 1 on failures, 130 when interrupted.
-pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slurm: Option<Slurm>) -> ExitCode {
-    let Some((compiled, plan, store)) = super::load_plan(file, store) else {
+pub fn run(
+    file: &Path,
+    store: Option<&Path>,
+    mut opts: RunOptions,
+    json: bool,
+    slurm: Option<Slurm>,
+    sharing: &Sharing,
+) -> ExitCode {
+    let mode = if sharing.locked { Mode::Locked } else { Mode::Use };
+    let Some((compiled, plan, store, pinned)) = super::load_locked(file, store, mode) else {
         return ExitCode::FAILURE;
     };
+    let lock = LockFile::of(&plan, &pinned.pins);
+    if sharing.locked {
+        let problems = match &pinned.old {
+            None => vec![format!("there is no lock file {} (`rkd run` without --locked writes it)", pinned.path.display())],
+            Some(old) => old.differences(&lock),
+        };
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
+            eprintln!("error: {} disagrees with {}; nothing was run", file.display(), pinned.path.display());
+            return ExitCode::FAILURE;
+        }
+    } else if !opts.dry_run {
+        match lock.write_if_changed(&pinned.path, file) {
+            Ok(true) if pinned.old.is_none() => eprintln!("note: wrote {}", pinned.path.display()),
+            Ok(_) => {}
+            Err(e) => eprintln!("warning: cannot write {}: {e}", pinned.path.display()),
+        }
+    }
+    let (remote_args, push) = (&sharing.remote, sharing.push);
     // Dropping a plan of many stages takes milliseconds; the process is about to end anyway.
     let (compiled, plan) = (ManuallyDrop::new(compiled), ManuallyDrop::new(plan));
+    let remote = match super::remote_cmds::open(file, remote_args) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let push = push || remote.as_ref().is_some_and(|(_, c)| c.push);
+    if push && remote.is_none() {
+        eprintln!(
+            "error: --push needs a remote cache: --remote URL, RKD_REMOTE, or `[remote] url = \"...\"` in {}",
+            crate::remote::config::config_path(file).display()
+        );
+        return ExitCode::from(2);
+    }
+    let selected = match crate::engine::run::select(&plan, &opts.only) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // While this run lives, `rkd gc` keeps every entry it may read or write.
+    let _lease = if opts.dry_run {
+        None
+    } else {
+        match store.lease(plan.stages().map(|s| s.key)) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!(
+                    "error: cannot register the run in the store {}: {e}",
+                    store.root.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    // What the remote holds of what this run needs is pulled (verified) instead of run.
+    let mut pulled = PullReport::default();
+    if let Some((remote, _)) = &remote {
+        opts.remote = Some(remote.shown().to_string());
+        match remote_hits(&plan, &store, remote, &selected) {
+            Ok(hits) if opts.dry_run => opts.from_remote = hits.into_iter().collect(),
+            Ok(hits) => {
+                store.clean_tmp();
+                pulled = pull(&plan, &store, remote, &hits);
+                super::remote_cmds::say_pulled(&pulled, remote);
+                opts.from_remote = pulled.pulled.iter().copied().collect();
+            }
+            Err(e) => eprintln!("warning: {e}; running without the remote cache"),
+        }
+    }
     // The tables that stages about to run read are read through once first: a bad row fails
     // here, at its call, not hours into a run.
     if crate::engine::data_check::reads_tables(plan.stages().map(|s| &s.def)) {
@@ -53,21 +144,6 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
             return ExitCode::FAILURE;
         }
     }
-    // While this run lives, `rkd gc` keeps every entry it may read or write.
-    let _lease = if opts.dry_run {
-        None
-    } else {
-        match store.lease(plan.stages().map(|s| s.key)) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!(
-                    "error: cannot register the run in the store {}: {e}",
-                    store.root.display()
-                );
-                return ExitCode::FAILURE;
-            }
-        }
-    };
     let cancel = Arc::new(Cancel::default());
     let handler = cancel.clone();
     let presses = std::sync::atomic::AtomicUsize::new(0);
@@ -118,6 +194,16 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
             store.damaged_dir().display()
         );
     }
+    if let (Some((remote, _)), true, false) = (&remote, push, opts.dry_run) {
+        if report.interrupted {
+            eprintln!("note: nothing was pushed (the run was interrupted); `rkd push {}` uploads what finished", file.display());
+        } else {
+            match push_stored(&plan, &store, remote, &selected, &pulled.damaged_ids) {
+                Ok(pushed) => super::remote_cmds::say_pushed(&pushed, remote),
+                Err(e) => eprintln!("warning: nothing was pushed: {e}"),
+            }
+        }
+    }
     let names = |o: Outcome| -> Vec<&str> {
         plan.stages()
             .zip(&report.stages)
@@ -150,6 +236,7 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
             })
             .collect();
         let key = if opts.dry_run { "would_run" } else { "ran" };
+        let pulled_key = if opts.dry_run { "would_pull" } else { "pulled" };
         let ran = if opts.dry_run {
             names(Outcome::Skipped)
         } else {
@@ -165,6 +252,7 @@ pub fn run(file: &Path, store: Option<&Path>, opts: RunOptions, json: bool, slur
             serde_json::json!({
                 key: ran,
                 "cached": names(Outcome::Cached),
+                pulled_key: names(Outcome::Pulled),
                 "failed": names(Outcome::Failed),
                 "interrupted": names(Outcome::Interrupted),
                 "skipped": skipped,
@@ -265,10 +353,16 @@ fn print_submitted(plan: &Plan, file: &Path, sub: &Submission, json: bool) -> Ex
 fn print_dry_run(plan: &Plan, report: &RunReport) {
     let mut would = 0;
     let mut cached = 0;
+    let mut pull = 0;
     for (s, r) in plan.stages().zip(&report.stages) {
         let Some(r) = r else { continue };
         if r.outcome == Outcome::Cached {
             cached += 1;
+        } else if r.outcome == Outcome::Pulled {
+            pull += 1;
+            if pull + would <= MAX_ROWS {
+                println!("would pull {:30}  the remote cache holds it", cell(&s.def.shown()));
+            }
         } else {
             would += 1;
             if would <= MAX_ROWS {
@@ -279,7 +373,12 @@ fn print_dry_run(plan: &Plan, report: &RunReport) {
     if would > MAX_ROWS {
         println!("... and {} more", would - MAX_ROWS);
     }
-    println!("dry run: {would} would run, {cached} cached");
+    let pulls = if pull > 0 {
+        format!(", {pull} would be pulled from the remote cache")
+    } else {
+        String::new()
+    };
+    println!("dry run: {would} would run{pulls}, {cached} cached");
 }
 
 fn print_summary(plan: &Plan, report: &RunReport) {
@@ -332,8 +431,12 @@ fn print_summary(plan: &Plan, report: &RunReport) {
         0 => String::new(),
         n => format!(", {n} interrupted"),
     };
+    let pulled = match count(Outcome::Pulled) {
+        0 => String::new(),
+        n => format!("{n} pulled, "),
+    };
     println!(
-        "\n{} ran, {} cached, {} failed, {skipped} skipped in {:.2}s{interrupted}",
+        "\n{} ran, {pulled}{} cached, {} failed, {skipped} skipped in {:.2}s{interrupted}",
         count(Outcome::Ran),
         count(Outcome::Cached),
         count(Outcome::Failed),

@@ -43,8 +43,9 @@ fn wanted(file: &str, config: Option<&str>) -> bool {
         )
 }
 
-/// The cached snapshot directory of `repo` at `revision`, if the cache has one.
-fn cached_snapshot(cache: &hf_hub::Cache, repo: &Repo) -> Option<PathBuf> {
+/// The cached snapshot directory of `repo` at `revision` (a branch or tag named in the cache's
+/// refs/, or a commit), if the cache has one.
+pub fn cached_snapshot(cache: &hf_hub::Cache, repo: &Repo) -> Option<PathBuf> {
     let root = cache.path().join(repo.folder_name());
     let commit = std::fs::read_to_string(root.join("refs").join(repo.revision()))
         .map(|s| s.trim().to_string())

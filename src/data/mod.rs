@@ -303,7 +303,8 @@ impl Dataset {
                 Some(dir) => dir,
                 None => {
                     let (repo, config) = glue::hub_config(task);
-                    hub::fetch(repo, Some(config), "main")?
+                    let revision = args.opt_str("revision")?.unwrap_or_else(|| "main".into());
+                    hub::fetch(repo, Some(config), &revision)?
                 }
             },
             _ if ctor == "hf_dataset" => {

@@ -9,6 +9,7 @@ pub mod record;
 pub mod run;
 pub mod scheduler;
 pub mod slurm;
+pub mod sync;
 
 // Cancellation and progress belong to the ops' context (ops never import the engine); the
 // engine uses them through these paths.

@@ -69,6 +69,11 @@ pub struct RunOptions {
     pub retries: usize,
     /// The delay before the first retry (doubled for each further one, at most 10 minutes).
     pub retry_delay: std::time::Duration,
+    /// Plan indices of the stages whose results came from the remote cache before the run
+    /// (in a dry run: that the remote holds and a run would pull).
+    pub from_remote: HashSet<usize>,
+    /// The remote cache, as records name it (no credentials).
+    pub remote: Option<String>,
 }
 
 /// The result of one stage in a run.
@@ -185,6 +190,8 @@ pub struct RunReport {
     pub duration_s: f64,
     /// The device its stages computed on (`cpu`, `cuda:0`), as run records name it.
     pub device: String,
+    /// The remote cache it used, if any.
+    pub remote: Option<String>,
 }
 
 /// Runs the plan against the store.
@@ -210,6 +217,7 @@ pub fn run(
             damaged,
             duration_s: t0.elapsed().as_secs_f64(),
             device: crate::ml::kernels::device::label(&opts.device),
+            remote: opts.remote.clone(),
         });
     }
 
@@ -331,6 +339,7 @@ pub fn run(
         damaged,
         duration_s: t0.elapsed().as_secs_f64(),
         device: crate::ml::kernels::device::label(&opts.device),
+        remote: opts.remote.clone(),
     };
     write_records(plan, pipeline, source_text, store, &report, started_at)?;
     Ok(report)
@@ -378,7 +387,10 @@ pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); n];
     let keys: Vec<_> = plan.stages().map(|s| s.key).collect();
     let manifests = store.manifests(&keys);
-    let cached: Vec<bool> = manifests.iter().map(Option::is_some).collect();
+    // What the remote gave (or, in a dry run, would give) counts as stored.
+    let cached: Vec<bool> = (0..n)
+        .map(|i| manifests[i].is_some() || opts.from_remote.contains(&i))
+        .collect();
     for (i, v) in verdicts_of(plan, store, &selected, &cached).into_iter().enumerate() {
         if let Some(Verdict::Run(r)) = v {
             reasons[i] = r;
@@ -397,6 +409,8 @@ pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared
             let p = match &manifests[i] {
                 Some(m) if opts.verify => m.verify_entry(&entry),
                 Some(m) => m.check_entry(&entry),
+                // Held by the remote, pulled by a real run.
+                None if opts.dry_run && opts.from_remote.contains(&i) => Vec::new(),
                 None => Manifest::check(&entry),
             };
             (i, p)
@@ -440,11 +454,19 @@ pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared
             selected[i].then(|| StageResult {
                 outcome: if to_run.contains(&i) {
                     Outcome::Skipped
+                } else if opts.from_remote.contains(&i) {
+                    Outcome::Pulled
                 } else {
                     Outcome::Cached
                 },
                 time_s: 0.0,
-                metrics: BTreeMap::new(),
+                metrics: if opts.from_remote.contains(&i) && !to_run.contains(&i) {
+                    store
+                        .stage_metrics(&plan.stage(StageId(i as u32)).key)
+                        .unwrap_or_default()
+                } else {
+                    BTreeMap::new()
+                },
                 error: None,
                 reasons: std::mem::take(&mut reasons[i]),
                 resumed_from: None,
@@ -547,7 +569,7 @@ pub(crate) fn skip_reason(plan: &Plan, i: usize, failed: &HashSet<usize>) -> Str
 }
 
 /// Which stages `--only` selects: those named and everything they need. All when empty.
-fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>, RunError> {
+pub fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>, RunError> {
     let n = plan.len();
     if only.is_empty() {
         return Ok(vec![true; n]);
@@ -831,6 +853,7 @@ pub(crate) fn write_records(
         duration_s: report.duration_s,
         status: status.into(),
         device: report.device.clone(),
+        remote: report.remote.clone(),
         counts,
         stages,
     };

@@ -128,6 +128,8 @@ pub struct Submission {
     pub jobs: Vec<Submitted>,
     /// Where the submission is recorded.
     pub record: PathBuf,
+    /// The remote cache the run used, as records name it.
+    pub remote: Option<String>,
     started: SystemTime,
     t0: Instant,
 }
@@ -519,6 +521,7 @@ pub fn submit(
         prepared,
         jobs,
         record: record_path,
+        remote: opts.remote.clone(),
         started,
         t0,
     })
@@ -635,6 +638,7 @@ pub fn wait(
         prepared,
         jobs,
         record,
+        remote,
         started,
         t0,
     } = sub;
@@ -786,6 +790,7 @@ pub fn wait(
         // Each job uses its node's device (`RKD_DEVICE`, else a GPU the job was given); each
         // entry's meta.json names it.
         device: "each Slurm node's own".into(),
+        remote,
     };
     write_records(plan, pipeline, source_text, store, &report, started)?;
     Ok(report)
@@ -910,13 +915,17 @@ pub fn exec_stage(
         );
     }
     let display = spec.pipeline.display().to_string();
-    let compiled = crate::compile::compile_source(&display, &spec.pipeline, spec.source.clone());
+    let mut compiled = crate::compile::compile_source(&display, &spec.pipeline, spec.source.clone());
     if !compiled.diags.is_empty() {
         return Err(SlurmError::Node(format!(
             "the pipeline does not compile on {host}:\n{}",
             crate::diagnostic::render_all(&compiled.diags, &compiled.sources, false)
         )));
     }
+    // The Hub references are pinned as the submitting run pinned them: by the lock file beside
+    // the pipeline, which it wrote before submitting.
+    crate::lockfile::pin(&spec.pipeline, &mut compiled.stages, crate::lockfile::Mode::Use)
+        .map_err(|problems| SlurmError::Node(format!("on {host}: {}", problems.join("; "))))?;
     let mut fingerprints = crate::plan::fingerprint::Fingerprinter::load(&store.stat_cache());
     let plan = Plan::build(&compiled, &mut fingerprints).map_err(|diags| {
         SlurmError::Node(format!(

@@ -120,16 +120,13 @@ fn hf_download_with(
 ) -> Result<PathBuf, OpError> {
     use hf_hub::{Repo, RepoType};
     let hub_repo = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
-    // Fully cached already: no network needed.
-    let cached = cache.repo(hub_repo.clone());
-    if let Some(config) = cached.get("config.json") {
+    // Fully cached already (at a branch the cache knows, or at a pinned commit): no network needed.
+    if let Some(dir) = crate::data::hub::cached_snapshot(&cache, &hub_repo) {
         let has_weights = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
             .iter()
-            .any(|f| cached.get(f).is_some());
-        if has_weights {
-            if let Some(dir) = config.parent() {
-                return Ok(dir.to_path_buf());
-            }
+            .any(|f| dir.join(f).exists());
+        if has_weights && dir.join("config.json").exists() {
+            return Ok(dir);
         }
     }
     let api = builder

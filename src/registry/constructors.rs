@@ -320,6 +320,13 @@ pub static GLUE: OpSchema = OpSchema {
             "the task's directory (default: fetch nyu-mll/glue's files into the Hugging Face cache)",
         ),
         p(
+            "revision",
+            Ty::Str,
+            D::Optional,
+            None,
+            "without path: the revision of nyu-mll/glue (default main; the lock file pins it to a commit)",
+        ),
+        p(
             "max_len",
             Ty::Int,
             D::Int(128),

@@ -14,6 +14,8 @@ pub enum Outcome {
     Ran,
     /// Its result was already stored.
     Cached,
+    /// Its result was pulled from a remote cache (verified) instead of run.
+    Pulled,
     /// It ran and failed.
     Failed,
     /// It did not run because something it needs failed (or the run stopped).
@@ -29,6 +31,7 @@ impl Outcome {
         match self {
             Outcome::Ran => "ran",
             Outcome::Cached => "cached",
+            Outcome::Pulled => "pulled",
             Outcome::Failed => "failed",
             Outcome::Skipped => "skipped",
             Outcome::Interrupted => "interrupted",
@@ -99,6 +102,9 @@ pub struct RunRecord {
     /// The device the stages computed on (`cpu`, `cuda:0`); empty in records of older rkd.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub device: String,
+    /// The remote cache the run pulled from or pushed to (no credentials), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
     /// How many stages ran, were cached, failed, were skipped.
     pub counts: BTreeMap<String, usize>,
     /// Every stage of the plan.
@@ -286,6 +292,7 @@ mod tests {
             duration_s: 1.5,
             status: "ok".into(),
             device: "cpu".into(),
+            remote: None,
             counts: BTreeMap::from([("ran".to_string(), 1)]),
             stages: vec![StageRecord {
                 name: "teacher".into(),

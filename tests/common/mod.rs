@@ -63,6 +63,7 @@ impl Test {
         cmd.args(args)
             .current_dir(self.dir.path())
             .env_remove("RKD_STORE")
+            .env_remove("RKD_REMOTE")
             .env_remove("RKD_DEVICE")
             .env("NO_COLOR", "1");
         for (k, v) in &self.env {
@@ -96,6 +97,8 @@ impl Test {
             .args(args)
             .current_dir(self.dir.path())
             .env_remove("RKD_STORE")
+            .env_remove("RKD_REMOTE")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -1,0 +1,143 @@
+//! Bundles: one `.tar.zst` with a pipeline, its modules, its lock file and, optionally, its
+//! data and stored results, laid out so that unpacking it and running the pipeline pulls every
+//! result from the bundle (a directory remote named by the bundled `rkd.toml`) instead of
+//! computing it.
+
+use super::entry::RemoteEntry;
+use crate::store::key::{hex, Key};
+use crate::store::manifest::Manifest;
+use crate::store::Store;
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The folder inside the bundle that holds the results, in the remote layout.
+pub const RESULTS: &str = "results";
+
+/// What goes into a bundle.
+pub struct Contents<'a> {
+    /// The top folder inside the archive (`exp`).
+    pub top: String,
+    /// Files from disk: (where it is, its path inside the top folder).
+    pub files: Vec<(PathBuf, String)>,
+    /// Files made for the bundle: (path inside the top folder, bytes).
+    pub made: Vec<(String, Vec<u8>)>,
+    /// Stored results to include: the store and the keys.
+    pub results: Option<(&'a Store, Vec<Key>)>,
+}
+
+/// What a bundle holds, for the summary.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Files of the pipeline (and data).
+    pub files: usize,
+    /// Stored results.
+    pub results: usize,
+    /// Bytes of the archive.
+    pub bytes: u64,
+}
+
+/// Writes the bundle to `out` (written aside and renamed: a failed write leaves nothing).
+pub fn write(out: &Path, contents: Contents) -> Result<Written, String> {
+    let tmp = out.with_extension(format!("partial.{}", std::process::id()));
+    let result = write_to(&tmp, &contents);
+    match result {
+        Ok(mut written) => {
+            std::fs::rename(&tmp, out).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+            written.bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+            Ok(written)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn write_to(path: &Path, contents: &Contents) -> Result<Written, String> {
+    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    let file = std::fs::File::create(path).map_err(|e| io(&format!("cannot create {}", path.display()), e))?;
+    let encoder = zstd::Encoder::new(file, 10).map_err(|e| io("zstd", e))?;
+    let mut tar = tar::Builder::new(encoder);
+    tar.mode(tar::HeaderMode::Deterministic);
+    let top = Path::new(&contents.top);
+    let mut written = Written::default();
+    for (src, name) in &contents.files {
+        tar.append_path_with_name(src, top.join(name))
+            .map_err(|e| io(&format!("cannot add {}", src.display()), e))?;
+        written.files += 1;
+    }
+    for (name, bytes) in &contents.made {
+        append_bytes(&mut tar, &top.join(name), bytes).map_err(|e| io(&format!("cannot add {name}"), e))?;
+        written.files += 1;
+    }
+    if let Some((store, keys)) = &contents.results {
+        let mut blobs: HashSet<String> = HashSet::new();
+        for key in keys {
+            let dir = store.entry_dir(key);
+            let manifest = Manifest::read(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let problems = manifest.check_entry(&dir);
+            if !problems.is_empty() {
+                return Err(format!(
+                    "the stored result {} is damaged ({}); `rkd run` replaces it, then bundle again",
+                    &hex(key)[..12],
+                    problems.join("; ")
+                ));
+            }
+            for (rel, f) in &manifest.files {
+                if blobs.insert(f.blake3.clone()) {
+                    let name = top
+                        .join(RESULTS)
+                        .join("blobs")
+                        .join(&f.blake3[..2])
+                        .join(&f.blake3);
+                    tar.append_path_with_name(dir.join(rel), name)
+                        .map_err(|e| io(&format!("cannot add {rel} of {}", &hex(key)[..12]), e))?;
+                }
+            }
+            let record = serde_json::to_vec_pretty(&RemoteEntry::of(key, &manifest)).map_err(|e| e.to_string())?;
+            let name = top.join(RESULTS).join("entries").join(format!("{}.json", hex(key)));
+            append_bytes(&mut tar, &name, &record).map_err(|e| io("cannot add a record", e))?;
+            written.results += 1;
+        }
+    }
+    let encoder = tar.into_inner().map_err(|e| io("cannot finish the archive", e))?;
+    let mut file = encoder.finish().map_err(|e| io("cannot finish the archive", e))?;
+    file.flush().map_err(|e| io("cannot write the archive", e))?;
+    file.sync_all().map_err(|e| io("cannot write the archive", e))?;
+    Ok(written)
+}
+
+fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(bytes.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut header, name, bytes)
+}
+
+/// Unpacks a bundle into `dest` (paths that would leave it are refused by the tar reader);
+/// returns the pipeline files found at its top.
+pub fn unpack(bundle: &Path, dest: &Path) -> Result<Vec<PathBuf>, String> {
+    let file = std::fs::File::open(bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
+    let decoder = zstd::Decoder::new(file).map_err(|e| format!("{}: {e}", bundle.display()))?;
+    let mut archive = tar::Archive::new(decoder);
+    std::fs::create_dir_all(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    archive
+        .unpack(dest)
+        .map_err(|e| format!("{} is not a readable bundle: {e}", bundle.display()))?;
+    let mut pipelines = Vec::new();
+    for top in std::fs::read_dir(dest).map_err(|e| e.to_string())?.flatten() {
+        if let Ok(inner) = std::fs::read_dir(top.path()) {
+            pipelines.extend(
+                inner
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "rkd")),
+            );
+        }
+    }
+    pipelines.sort();
+    Ok(pipelines)
+}
