@@ -171,8 +171,8 @@ fn mrpc_from_the_hubs_parquet_offline_is_scored_by_f1() {
     // nyu-mll/glue in a Hugging Face cache: one folder per task.
     let repo = t.path().join("hf/hub/datasets--nyu-mll--glue");
     std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), "cafe01").unwrap();
-    let task = repo.join("snapshots/cafe01/mrpc");
+    std::fs::write(repo.join("refs/main"), "cafe01cafe01cafe01cafe01cafe01cafe01cafe").unwrap();
+    let task = repo.join("snapshots/cafe01cafe01cafe01cafe01cafe01cafe01cafe/mrpc");
     mrpc_parquet(&task.join("train-00000-of-00001.parquet"), &paraphrases(160, 0));
     mrpc_parquet(&task.join("validation-00000-of-00001.parquet"), &paraphrases(48, 500));
     // The Hub's test labels are -1: never read.

@@ -86,8 +86,8 @@ fn a_cached_hub_model_is_checked_once_for_the_stages_trained_from_it() {
     );
     let repo = t.path().join("hf/hub/models--someone--vit");
     std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), "abc").unwrap();
-    let snap = repo.join("snapshots/abc");
+    std::fs::write(repo.join("refs/main"), "abc0abc0abc0abc0abc0abc0abc0abc0abc0abc0").unwrap();
+    let snap = repo.join("snapshots/abc0abc0abc0abc0abc0abc0abc0abc0abc0abc0");
     std::fs::create_dir_all(&snap).unwrap();
     std::fs::write(
         snap.join("config.json"),
@@ -99,11 +99,14 @@ fn a_cached_hub_model_is_checked_once_for_the_stages_trained_from_it() {
     let hf_home = t.path().join("hf");
     let run = t
         .env("HF_HOME", hf_home.to_str().unwrap())
+        .env("HF_HUB_OFFLINE", "1")
         .args(&["run", "p.rkd"])
         .expect(1);
+    // The model is named with the commit the lock pinned; the long line is wrapped.
+    let unwrapped = run.stderr.replace("\n  │ ", " ");
     assert!(
-        run.stderr
-            .contains("`hf(repo: \"someone/vit\", revision: \"main\")` expects 224×224 images, but `imgs` gives 32×32"),
+        unwrapped
+            .contains("`hf(repo: \"someone/vit\", revision: \"abc0abc0abc0abc0abc0abc0abc0abc0abc0abc0\")` expects 224×224 images, but `imgs` gives 32×32"),
         "{}",
         run.stderr
     );

@@ -24,8 +24,8 @@ fn run_json(t: &Test, args: &[&str]) -> (i32, Value, String) {
     let mut all = vec!["run", "p.rkd", "--json"];
     all.extend_from_slice(args);
     let out = t.run_with(&all);
-    let json = serde_json::from_str(out.stdout.trim())
-        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    let json =
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
     (out.code, json, out.stderr)
 }
 
@@ -61,7 +61,10 @@ fn a_second_store_pulls_every_stage_and_runs_none_and_a_damaged_copy_is_rerun() 
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(sorted(&first["ran"]), NAMES);
     assert!(stderr.contains("pushed 4 results"), "{stderr}");
-    assert_eq!(status(&plan(&t, &["--store", "b", "--remote", "team"]), "teacher"), "remote");
+    assert_eq!(
+        status(&plan(&t, &["--store", "b", "--remote", "team"]), "teacher"),
+        "remote"
+    );
 
     let out = t.run_with(&["run", "p.rkd", "--store", "b", "--remote", "team"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -73,9 +76,21 @@ fn a_second_store_pulls_every_stage_and_runs_none_and_a_damaged_copy_is_rerun() 
         assert!(NAMES.iter().all(|n| status(&p, n) == "cached"), "{store}: {p}");
     }
     let key = common::key_of(&plan(&t, &["--store", "a"]), "teacher");
-    let weights = |store: &str| read(&t.path().join(store).join("entries").join(&key).join("out/model.safetensors"));
+    let weights = |store: &str| {
+        read(
+            &t.path()
+                .join(store)
+                .join("entries")
+                .join(&key)
+                .join("out/model.safetensors"),
+        )
+    };
     assert_eq!(weights("a"), weights("b"));
-    assert!(out.stdout.contains("accuracy"), "the eval's headline is shown: {}", out.stdout);
+    assert!(
+        out.stdout.contains("accuracy"),
+        "the eval's headline is shown: {}",
+        out.stdout
+    );
 
     // A damaged blob in the remote: detected, not trusted, the stage runs here; --push mends it.
     let blob = blob_of(&t, "team", "a", "teacher", "out/model.safetensors");
@@ -110,19 +125,32 @@ fn a_second_store_pulls_every_stage_and_runs_none_and_a_damaged_copy_is_rerun() 
 #[test]
 fn push_and_pull_move_results_explicitly_and_the_config_file_names_the_remote() {
     let t = Test::new().file("p.rkd", PIPELINE);
-    assert_eq!(t.run_with(&["run", "p.rkd", "--store", "a", "--only", "counted"]).code, 0);
+    assert_eq!(
+        t.run_with(&["run", "p.rkd", "--store", "a", "--only", "counted"]).code,
+        0
+    );
     let out = t.run_with(&["push", "p.rkd", "--store", "a", "--remote", "shared"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
-        out.stdout.contains("2 pushed, 0 already in the remote, 0 failed; 2 of 4 stages not stored here"),
+        out.stdout
+            .contains("2 pushed, 0 already in the remote, 0 failed; 2 of 4 stages not stored here"),
         "{}",
         out.stdout
     );
     let again = t.run_with(&["push", "p.rkd", "--store", "a", "--remote", "shared"]);
-    assert!(again.stdout.contains("0 pushed, 2 already in the remote"), "{}", again.stdout);
+    assert!(
+        again.stdout.contains("0 pushed, 2 already in the remote"),
+        "{}",
+        again.stdout
+    );
     let out = t.run_with(&["pull", "p.rkd", "--store", "b", "--remote", "shared"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(out.stdout.contains("2 pulled, 0 damaged in the remote, 0 failed; 2 of 4 stages in neither store"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("2 pulled, 0 damaged in the remote, 0 failed; 2 of 4 stages in neither store"),
+        "{}",
+        out.stdout
+    );
     assert_eq!(status(&plan(&t, &["--store", "b"]), "counted"), "cached");
 
     // rkd.toml beside the pipeline: the remote and push = true.
@@ -137,7 +165,11 @@ fn push_and_pull_move_results_explicitly_and_the_config_file_names_the_remote() 
     assert_eq!(sorted(&none["would_run"]), NAMES);
     let t = t.env("RKD_REMOTE", "elsewhere");
     let (_, other, _) = run_json(&t, &["--store", "e", "-n"]);
-    assert_eq!(sorted(&other["would_run"]), NAMES, "the empty remote `elsewhere` was used");
+    assert_eq!(
+        sorted(&other["would_run"]),
+        NAMES,
+        "the empty remote `elsewhere` was used"
+    );
     // A config file with a typo says where.
     let t = t.file("rkd.toml", "[remote]\nulr = \"x\"\n");
     let out = t.run_with(&["plan", "p.rkd", "--no-remote"]);
@@ -147,7 +179,11 @@ fn push_and_pull_move_results_explicitly_and_the_config_file_names_the_remote() 
         .file("rkd.toml", "[remote]\nulr = \"x\"\n");
     let out = t.run_with(&["run", "p.rkd"]);
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("rkd.toml") && out.stderr.contains("ulr"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("rkd.toml") && out.stderr.contains("ulr"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// A read-only HTTP server on loopback serving `dir` (Python's http.server: GET and HEAD only).
@@ -158,9 +194,20 @@ struct StaticServer {
 
 impl StaticServer {
     fn start(dir: &Path) -> StaticServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = std::process::Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+                "--directory",
+            ])
             .arg(dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -184,11 +231,16 @@ impl Drop for StaticServer {
 #[test]
 fn a_read_only_remote_is_pulled_from_and_a_push_to_it_is_a_warning() {
     let t = Test::new().file("p.rkd", PIPELINE);
-    let out = t.run_with(&["run", "p.rkd", "--store", "a", "--remote", "team", "--push", "--only", "words"]);
+    let out = t.run_with(&[
+        "run", "p.rkd", "--store", "a", "--remote", "team", "--push", "--only", "words",
+    ]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     // The same remote served read-only over HTTP.
     let server = StaticServer::start(&t.path().join("team"));
-    let (code, run, stderr) = run_json(&t, &["--store", "b", "--remote", &server.url, "--push", "--only", "counted"]);
+    let (code, run, stderr) = run_json(
+        &t,
+        &["--store", "b", "--remote", &server.url, "--push", "--only", "counted"],
+    );
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(sorted(&run["pulled"]), ["words"], "{stderr}");
     assert_eq!(sorted(&run["ran"]), ["counted"]);
@@ -227,7 +279,10 @@ fn a_killed_upload_or_download_leaves_nothing_that_is_trusted() {
     if killed_early {
         assert_eq!(status(&plan(&t, &["--store", "b", "--remote", "team"]), "big"), "run");
     }
-    assert_eq!(t.run_with(&["push", "p.rkd", "--store", "a", "--remote", "team"]).code, 0);
+    assert_eq!(
+        t.run_with(&["push", "p.rkd", "--store", "a", "--remote", "team"]).code,
+        0
+    );
 
     let mut pull = t.spawn(&["pull", "p.rkd", "--store", "b", "--remote", "team"]);
     wait_until(|| any_file_under(&t.path().join("b/tmp")));
@@ -236,12 +291,19 @@ fn a_killed_upload_or_download_leaves_nothing_that_is_trusted() {
     pull.kill().unwrap();
     pull.wait().unwrap();
     if killed_early {
-        assert_eq!(status(&plan(&t, &["--store", "b"]), "big"), "run", "a half download is no entry");
+        assert_eq!(
+            status(&plan(&t, &["--store", "b"]), "big"),
+            "run",
+            "a half download is no entry"
+        );
     }
     let out = t.run_with(&["pull", "p.rkd", "--store", "b", "--remote", "team"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(status(&plan(&t, &["--store", "b"]), "big"), "cached");
-    assert!(!any_file_under(&t.path().join("b/tmp")), "the killed download's leftovers were removed");
+    assert!(
+        !any_file_under(&t.path().join("b/tmp")),
+        "the killed download's leftovers were removed"
+    );
     let key = common::key_of(&plan(&t, &["--store", "a"]), "big");
     let file = |s: &str| read(&t.path().join(s).join("entries").join(&key).join("out/big.bin"));
     assert!(file("a") == file("b"));

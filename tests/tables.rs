@@ -99,8 +99,8 @@ fn the_same_rows_as_csv_json_lines_parquet_and_a_cached_hub_dataset_train_identi
     let hf = t.path().join("hf");
     let repo = hf.join("hub/datasets--someone--reviews");
     std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/v1"), "0123abcd").unwrap();
-    let snapshot = repo.join("snapshots/0123abcd/data");
+    std::fs::write(repo.join("refs/v1"), "0123abcd0123abcd0123abcd0123abcd0123abcd").unwrap();
+    let snapshot = repo.join("snapshots/0123abcd0123abcd0123abcd0123abcd0123abcd/data");
     parquet(&snapshot.join("train-00000-of-00001.parquet"), train, 1000);
     parquet(&snapshot.join("validation-00000-of-00001.parquet"), dev, 1000);
     parquet(&snapshot.join("test-00000-of-00001.parquet"), test, 1000);
@@ -140,7 +140,7 @@ fn a_hub_dataset_not_in_the_cache_offline_is_a_clear_error() {
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(
         out.stderr
-            .contains("someone/missing (revision main) is not in the Hugging Face cache")
+            .contains("cannot resolve dataset someone/missing@main to a commit")
             && out.stderr.contains("HF_HUB_OFFLINE is set"),
         "{}",
         out.stderr
@@ -309,11 +309,11 @@ fn a_cached_hub_dataset_is_checked_before_anything_runs() {
     let t = Test::new().file("p.rkd", &pipeline_from("hf_dataset(repo: \"someone/reviews\""));
     let repo = t.path().join("hf/hub/datasets--someone--reviews");
     std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), "beef42").unwrap();
+    std::fs::write(repo.join("refs/main"), "beef42beef42beef42beef42beef42beef42beef").unwrap();
     // The cached files name the text column `sentence`, not `review`.
     let rows = rows();
     write_parquet(
-        &repo.join("snapshots/beef42/data/train-00000-of-00001.parquet"),
+        &repo.join("snapshots/beef42beef42beef42beef42beef42beef42beef/data/train-00000-of-00001.parquet"),
         &[
             Col::Str("sentence", rows.iter().map(|(t, _)| t.clone()).collect()),
             Col::Str("sentiment", rows.iter().map(|(_, l)| l.to_string()).collect()),
@@ -324,9 +324,10 @@ fn a_cached_hub_dataset_is_checked_before_anything_runs() {
     let t = t.env("HF_HOME", hf.to_str().unwrap()).env("HF_HUB_OFFLINE", "1");
     let out = t.run_with(&["check", "p.rkd"]);
     assert_eq!(out.code, 1, "{}", out.stdout);
+    // The message is wrapped at the cache's long snapshot path.
+    let unwrapped = out.stderr.replace("\n  │ ", " ");
     assert!(
-        out.stderr
-            .contains("row 1: no column `review`; the columns are sentence, sentiment"),
+        unwrapped.contains("row 1: no column `review`; the columns are sentence, sentiment"),
         "{}",
         out.stderr
     );

@@ -146,7 +146,10 @@ fn tree(path: &Path, rel: &str) -> Vec<(PathBuf, String)> {
         .unwrap_or_default();
     entries.sort();
     for p in entries {
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         out.extend(tree(&p, &format!("{rel}/{name}")));
     }
     out

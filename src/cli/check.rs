@@ -21,7 +21,11 @@ pub fn run(files: &[PathBuf], locked: bool) -> ExitCode {
                 }
                 let n = c.stages.len();
                 let lock = if locked { ", agrees with its lock file" } else { "" };
-                println!("ok: {} ({n} stage{}{lock})", file.display(), if n == 1 { "" } else { "s" });
+                println!(
+                    "ok: {} ({n} stage{}{lock})",
+                    file.display(),
+                    if n == 1 { "" } else { "s" }
+                );
             }
             None => failed += 1,
         }

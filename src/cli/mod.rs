@@ -575,11 +575,7 @@ pub fn main() -> ExitCode {
                 },
                 wait: !no_wait,
             });
-            let sharing = run::Sharing {
-                remote,
-                push,
-                locked,
-            };
+            let sharing = run::Sharing { remote, push, locked };
             run::run(&file, store.as_deref(), opts, json, slurm, &sharing)
         }
         Command::Status { file, store } => status::run(&file, store.as_deref()),

@@ -1,10 +1,10 @@
 //! `rkd run`.
 
+use super::remote_cmds::RemoteArgs;
 use crate::engine::cancel::Cancel;
 use crate::engine::run::{run as run_plan, RunOptions, RunReport};
 use crate::engine::slurm::{submit, wait, SlurmError, SlurmOptions, Submission};
 use crate::engine::sync::{pull, push as push_stored, remote_hits, PullReport};
-use super::remote_cmds::RemoteArgs;
 use crate::lockfile::{LockFile, Mode};
 use crate::plan::Plan;
 use crate::store::key::hex;
@@ -53,21 +53,22 @@ pub fn run(
     let lock = LockFile::of(&plan, &pinned.pins);
     if sharing.locked {
         let problems = match &pinned.old {
-            None => vec![format!("there is no lock file {} (`rkd run` without --locked writes it)", pinned.path.display())],
+            None => vec![format!(
+                "there is no lock file {} (`rkd run` without --locked writes it)",
+                pinned.path.display()
+            )],
             Some(old) => old.differences(&lock),
         };
         if !problems.is_empty() {
             for p in &problems {
                 eprintln!("error: {p}");
             }
-            eprintln!("error: {} disagrees with {}; nothing was run", file.display(), pinned.path.display());
+            eprintln!(
+                "error: {} disagrees with {}; nothing was run",
+                file.display(),
+                pinned.path.display()
+            );
             return ExitCode::FAILURE;
-        }
-    } else if !opts.dry_run {
-        match lock.write_if_changed(&pinned.path, file) {
-            Ok(true) if pinned.old.is_none() => eprintln!("note: wrote {}", pinned.path.display()),
-            Ok(_) => {}
-            Err(e) => eprintln!("warning: cannot write {}: {e}", pinned.path.display()),
         }
     }
     let (remote_args, push) = (&sharing.remote, sharing.push);
@@ -144,6 +145,15 @@ pub fn run(
             return ExitCode::FAILURE;
         }
     }
+    // The pipeline passed its checks: its lock is brought up to date before anything runs (a
+    // Slurm job pins its references from it).
+    if !sharing.locked && !opts.dry_run {
+        match lock.write_if_changed(&pinned.path, file) {
+            Ok(true) if pinned.old.is_none() => eprintln!("note: wrote {}", pinned.path.display()),
+            Ok(_) => {}
+            Err(e) => eprintln!("warning: cannot write {}: {e}", pinned.path.display()),
+        }
+    }
     let cancel = Arc::new(Cancel::default());
     let handler = cancel.clone();
     let presses = std::sync::atomic::AtomicUsize::new(0);
@@ -196,7 +206,10 @@ pub fn run(
     }
     if let (Some((remote, _)), true, false) = (&remote, push, opts.dry_run) {
         if report.interrupted {
-            eprintln!("note: nothing was pushed (the run was interrupted); `rkd push {}` uploads what finished", file.display());
+            eprintln!(
+                "note: nothing was pushed (the run was interrupted); `rkd push {}` uploads what finished",
+                file.display()
+            );
         } else {
             match push_stored(&plan, &store, remote, &selected, &pulled.damaged_ids) {
                 Ok(pushed) => super::remote_cmds::say_pushed(&pushed, remote),

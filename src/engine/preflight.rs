@@ -194,23 +194,8 @@ impl Checkpoints for Configs {
     }
 }
 
-/// The snapshot directory of `repo` at `revision` when its config and weights are in the local
-/// Hugging Face cache: the directory `rkd run` will load without downloading
-/// (`crate::ops::model_source::hf_download` takes it under the same condition).
+/// The snapshot directory `rkd run` will load `repo` at `revision` from without downloading,
+/// when the local Hugging Face cache has it.
 fn hf_cached(repo: &str, revision: &str) -> Option<PathBuf> {
-    use hf_hub::{Repo, RepoType};
-    let cached = hf_hub::Cache::from_env().repo(Repo::with_revision(
-        repo.to_string(),
-        RepoType::Model,
-        revision.to_string(),
-    ));
-    let config = cached.get("config.json")?;
-    let has_weights = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
-        .iter()
-        .any(|f| cached.get(f).is_some());
-    if has_weights {
-        config.parent().map(Path::to_path_buf)
-    } else {
-        None
-    }
+    crate::ops::model_source::hf_cached(&hf_hub::Cache::from_env(), repo, revision)
 }

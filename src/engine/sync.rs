@@ -52,7 +52,12 @@ pub fn remote_hits(plan: &Plan, store: &Store, remote: &Remote, selected: &[bool
     let stored = store.contains_many(&keys);
     let missing: Vec<usize> = (0..plan.len()).filter(|&i| selected[i] && !stored[i]).collect();
     let held = remote.holds(&missing.iter().map(|&i| keys[i]).collect::<Vec<_>>())?;
-    Ok(missing.into_iter().zip(held).filter(|(_, h)| *h).map(|(i, _)| i).collect())
+    Ok(missing
+        .into_iter()
+        .zip(held)
+        .filter(|(_, h)| *h)
+        .map(|(i, _)| i)
+        .collect())
 }
 
 /// A progress bar on stderr (hidden when it is not a terminal).

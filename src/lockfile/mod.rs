@@ -124,7 +124,10 @@ impl LockFile {
 
     /// The file's text: a header that says what it is, then YAML.
     pub fn render(&self, pipeline: &Path) -> String {
-        let name = pipeline.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = pipeline
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         format!(
             "# rkd lock file of {name}: the commit each Hub revision meant when it was locked, the content\n\
              # hash of each input, and each stage's key. Commit it beside the pipeline. `rkd update {name}`\n\

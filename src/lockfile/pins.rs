@@ -131,7 +131,10 @@ fn pinned(v: &Value, pins: &BTreeMap<HubRef, String>) -> Option<Value> {
             let new: Vec<Option<Value>> = xs.iter().map(|x| pinned(x, pins)).collect();
             new.iter().any(Option::is_some).then(|| {
                 Value::List(Arc::new(
-                    xs.iter().zip(new).map(|(old, new)| new.unwrap_or_else(|| old.clone())).collect(),
+                    xs.iter()
+                        .zip(new)
+                        .map(|(old, new)| new.unwrap_or_else(|| old.clone()))
+                        .collect(),
                 ))
             })
         }

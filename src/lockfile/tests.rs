@@ -73,7 +73,10 @@ fn the_lock_reads_back_and_says_how_the_pipeline_moved_away_from_it() {
     lock.data.insert("data".into(), "aa".repeat(32));
     lock.stages.insert("a".into(), "bb".repeat(32));
     assert!(lock.write_if_changed(&path_for(&pipeline), &pipeline).unwrap());
-    assert!(!lock.write_if_changed(&path_for(&pipeline), &pipeline).unwrap(), "same text: not rewritten");
+    assert!(
+        !lock.write_if_changed(&path_for(&pipeline), &pipeline).unwrap(),
+        "same text: not rewritten"
+    );
     let text = std::fs::read_to_string(dir.path().join("exp.lock")).unwrap();
     assert!(text.starts_with("# rkd lock file of exp.rkd"), "{text}");
     assert_eq!(LockFile::read(&path_for(&pipeline)).unwrap(), Some(lock.clone()));

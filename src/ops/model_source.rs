@@ -119,16 +119,11 @@ fn hf_download_with(
     builder: hf_hub::api::sync::ApiBuilder,
 ) -> Result<PathBuf, OpError> {
     use hf_hub::{Repo, RepoType};
-    let hub_repo = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
-    // Fully cached already (at a branch the cache knows, or at a pinned commit): no network needed.
-    if let Some(dir) = crate::data::hub::cached_snapshot(&cache, &hub_repo) {
-        let has_weights = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
-            .iter()
-            .any(|f| dir.join(f).exists());
-        if has_weights && dir.join("config.json").exists() {
-            return Ok(dir);
-        }
+    // Fully cached already: no network needed.
+    if let Some(dir) = hf_cached(&cache, repo, revision) {
+        return Ok(dir);
     }
+    let hub_repo = Repo::with_revision(repo.to_string(), RepoType::Model, revision.to_string());
     let api = builder
         .with_progress(false)
         .build()
@@ -177,6 +172,18 @@ fn hf_download_with(
         .parent()
         .map(Path::to_path_buf)
         .ok_or_else(|| OpError::Failed(format!("{repo}: unexpected cache path {}", config.display())))
+}
+
+/// The snapshot directory of `repo` at `revision` (a branch the cache knows, or a pinned
+/// commit) when its config and weights are in the local Hugging Face cache: what `hf(...)` loads
+/// without downloading.
+pub fn hf_cached(cache: &hf_hub::Cache, repo: &str, revision: &str) -> Option<PathBuf> {
+    let hub_repo = hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, revision.to_string());
+    let dir = crate::data::hub::cached_snapshot(cache, &hub_repo)?;
+    let has_weights = ["model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"]
+        .iter()
+        .any(|f| dir.join(f).exists());
+    (has_weights && dir.join("config.json").exists()).then_some(dir)
 }
 
 /// Whether `dir` holds tokenizer files.

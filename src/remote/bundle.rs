@@ -86,11 +86,7 @@ fn write_to(path: &Path, contents: &Contents) -> Result<Written, String> {
             }
             for (rel, f) in &manifest.files {
                 if blobs.insert(f.blake3.clone()) {
-                    let name = top
-                        .join(RESULTS)
-                        .join("blobs")
-                        .join(&f.blake3[..2])
-                        .join(&f.blake3);
+                    let name = top.join(RESULTS).join("blobs").join(&f.blake3[..2]).join(&f.blake3);
                     tar.append_path_with_name(dir.join(rel), name)
                         .map_err(|e| io(&format!("cannot add {rel} of {}", &hex(key)[..12]), e))?;
                 }

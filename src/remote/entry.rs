@@ -103,7 +103,10 @@ fn safe_relative(path: &str) -> bool {
 
 /// Where the record of `key` is, under `prefix`.
 pub fn entry_path(prefix: &ObjPath, key: &Key) -> ObjPath {
-    prefix.clone().join("entries").join(format!("{}.json", hex(key)).as_str())
+    prefix
+        .clone()
+        .join("entries")
+        .join(format!("{}.json", hex(key)).as_str())
 }
 
 /// Where the blob with this blake3 (hex) is, under `prefix`.
@@ -120,7 +123,13 @@ mod tests {
         let key = *blake3::hash(b"k").as_bytes();
         let mut files = BTreeMap::new();
         let b3 = blake3::hash(b"x").to_hex().to_string();
-        files.insert("out/a.txt".to_string(), RemoteFile { size: 1, blake3: b3.clone() });
+        files.insert(
+            "out/a.txt".to_string(),
+            RemoteFile {
+                size: 1,
+                blake3: b3.clone(),
+            },
+        );
         let good = RemoteEntry {
             format: FORMAT.into(),
             key: hex(&key),
@@ -133,9 +142,18 @@ mod tests {
         assert!(RemoteEntry::parse(&bytes, &other).unwrap_err()[0].contains("records the key"));
         for bad in ["../escape", "/etc/passwd", "out//a", "manifest.json", "out/./a"] {
             let mut e = good.clone();
-            e.files.insert(bad.into(), RemoteFile { size: 1, blake3: b3.clone() });
+            e.files.insert(
+                bad.into(),
+                RemoteFile {
+                    size: 1,
+                    blake3: b3.clone(),
+                },
+            );
             let problems = RemoteEntry::parse(&serde_json::to_vec(&e).unwrap(), &key).unwrap_err();
-            assert!(problems[0].contains("not a path inside an entry"), "{bad}: {problems:?}");
+            assert!(
+                problems[0].contains("not a path inside an entry"),
+                "{bad}: {problems:?}"
+            );
         }
         assert!(RemoteEntry::parse(b"{\"format\":", &key).unwrap_err()[0].contains("not a valid entry record"));
     }

@@ -115,7 +115,9 @@ fn s3_builder() -> object_store::aws::AmazonS3Builder {
     let pick = |var: &str, name: &str| env(var).or_else(|| profile.get(name).cloned());
     if env("AWS_ACCESS_KEY_ID").is_none() {
         if let (Some(id), Some(secret)) = (profile.get("aws_access_key_id"), profile.get("aws_secret_access_key")) {
-            b = b.with_config(K::AccessKeyId, id).with_config(K::SecretAccessKey, secret);
+            b = b
+                .with_config(K::AccessKeyId, id)
+                .with_config(K::SecretAccessKey, secret);
             if let Some(token) = profile.get("aws_session_token") {
                 b = b.with_config(K::Token, token);
             }

@@ -26,6 +26,10 @@ const PARALLEL: usize = 8;
 /// Bytes read from a file per chunk while uploading.
 const CHUNK: usize = 4 << 20;
 
+/// Files up to this size are uploaded in one request; larger ones in parts of this size (S3
+/// refuses parts under 5 MiB but the last).
+const PART: usize = 16 << 20;
+
 /// Why a remote could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -199,7 +203,9 @@ impl Remote {
         if !problems.is_empty() {
             return Err(RemoteError::Damaged(problems));
         }
-        writer.commit().map_err(|e| local("cannot store the pulled result", &e))?;
+        writer
+            .commit()
+            .map_err(|e| local("cannot store the pulled result", &e))?;
         Ok(Pulled::Done(bytes))
     }
 
@@ -287,12 +293,12 @@ impl Remote {
                 Ok(Pushed::Already)
             }
             // A store without conditional writes: both records are valid, the last one stays.
-            Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => put(
-                PutMode::Overwrite,
-            )
-            .await
-            .map(|_| Pushed::Done(bytes))
-            .map_err(|e| self.remote_error("cannot write a result's record", e)),
+            Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => {
+                put(PutMode::Overwrite)
+                    .await
+                    .map(|_| Pushed::Done(bytes))
+                    .map_err(|e| self.remote_error("cannot write a result's record", e))
+            }
             Err(e) => Err(self.remote_error("cannot write a result's record", e)),
         }
     }
@@ -303,10 +309,11 @@ impl Remote {
         use tokio::io::AsyncWriteExt;
         let read_error = |e: std::io::Error| RemoteError::Local(format!("cannot read {}: {e}", path.display()));
         let mut file = std::fs::File::open(path).map_err(read_error)?;
-        let mut writer = object_store::buffered::BufWriter::with_capacity(self.store.clone(), blob, CHUNK);
+        let mut writer = object_store::buffered::BufWriter::with_capacity(self.store.clone(), blob, PART);
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; CHUNK];
-        let upload_error = |e: std::io::Error| RemoteError::Remote(format!("{}: cannot upload a file: {e}", self.shown));
+        let upload_error =
+            |e: std::io::Error| RemoteError::Remote(format!("{}: cannot upload a file: {e}", self.shown));
         loop {
             let n = file.read(&mut buf).map_err(read_error)?;
             if n == 0 {

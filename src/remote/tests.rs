@@ -33,7 +33,10 @@ fn a_pushed_entry_is_pulled_into_another_store_byte_for_byte() {
     assert!(matches!(pushed[0], Ok(Pushed::Done(n)) if n > 0), "{pushed:?}");
     assert_eq!(remote.holds(&[k, key(2)]).unwrap(), [true, false]);
     // Pushing again uploads nothing.
-    assert!(matches!(remote.push(&a, &[(k, false)], |_, _| {})[0], Ok(Pushed::Already)));
+    assert!(matches!(
+        remote.push(&a, &[(k, false)], |_, _| {})[0],
+        Ok(Pushed::Already)
+    ));
 
     let pulled = remote.pull(&b, &[k, key(2)], |_, _| {});
     assert!(matches!(pulled[0], Ok(Pulled::Done(_))), "{pulled:?}");
@@ -83,7 +86,10 @@ fn a_damaged_or_missing_blob_is_reported_and_nothing_enters_the_store() {
         other => panic!("{other:?}"),
     }
     // A push that replaces mends it.
-    assert!(matches!(remote.push(&a, &[(k, true)], |_, _| {})[0], Ok(Pushed::Done(_))));
+    assert!(matches!(
+        remote.push(&a, &[(k, true)], |_, _| {})[0],
+        Ok(Pushed::Done(_))
+    ));
     assert!(matches!(remote.pull(&b, &[k], |_, _| {})[0], Ok(Pulled::Done(_))));
 }
 
@@ -97,7 +103,10 @@ fn blobs_without_their_record_are_no_entry() {
     std::fs::remove_file(dir.path().join(format!("remote/entries/{}.json", hex(&k)))).unwrap();
     assert_eq!(remote.holds(&[k]).unwrap(), [false]);
     assert!(matches!(remote.pull(&b, &[k], |_, _| {})[0], Ok(Pulled::Missing)));
-    assert!(matches!(remote.push(&a, &[(k, false)], |_, _| {})[0], Ok(Pushed::Done(_))));
+    assert!(matches!(
+        remote.push(&a, &[(k, false)], |_, _| {})[0],
+        Ok(Pushed::Done(_))
+    ));
     assert!(matches!(remote.pull(&b, &[k], |_, _| {})[0], Ok(Pulled::Done(_))));
 }
 

@@ -1,0 +1,77 @@
+//! Bundles: `rkd bundle` packs a pipeline with its modules, lock, data and results; unpacked
+//! elsewhere, `rkd run` pulls every result from it (verified) and runs nothing.
+
+mod common;
+use common::{sorted, Test};
+use serde_json::Value;
+
+const MODULE: &str = "fn counted(src) {\n  stage n = exec(cmd: \"wc -w < $RKD_INPUTS/words.txt > $RKD_OUT/n.txt\", inputs: [src])\n  n\n}\n";
+
+const PIPELINE: &str = "\
+use \"lib/steps.rkd\" as steps
+stage words = exec(cmd: \"cat data/words.txt > $RKD_OUT/words.txt\", files: [\"data/words.txt\"])
+let n = steps::counted(src: words)
+";
+
+#[test]
+fn a_bundle_with_results_reruns_elsewhere_as_pulls_only() {
+    let t = Test::new()
+        .file("exp/p.rkd", PIPELINE)
+        .file("exp/lib/steps.rkd", MODULE)
+        .file("exp/data/words.txt", "a bundle of words\n")
+        .file("exp/notes.md", "not part of the pipeline\n");
+    let run = t.run_with(&["run", "exp/p.rkd"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = t.run_with(&[
+        "bundle",
+        "exp/p.rkd",
+        "-o",
+        "exp.tar.zst",
+        "--with-results",
+        "--with-data",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("2 of 2 stage results"), "{}", out.stdout);
+
+    let out = t.run_with(&["unbundle", "exp.tar.zst", "-C", "review"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("rkd run review/p/p.rkd"), "{}", out.stdout);
+    let unpacked = t.path().join("review/p");
+    for f in ["p.rkd", "p.lock", "lib/steps.rkd", "data/words.txt", "rkd.toml"] {
+        assert!(unpacked.join(f).is_file(), "{f} is in the bundle");
+    }
+    assert!(!unpacked.join("notes.md").exists(), "only what the pipeline reads");
+    let out = t.run_with(&["run", "review/p/p.rkd", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json: Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(sorted(&json["pulled"]), ["n/n", "words"], "{}", out.stderr);
+    assert_eq!(sorted(&json["ran"]), Vec::<String>::new());
+    let n = |dir: &str| {
+        let plan: Value =
+            serde_json::from_str(&t.run_with(&["plan", &format!("{dir}/p.rkd"), "--json"]).stdout).unwrap();
+        let key = common::key_of(&plan, "n/n");
+        std::fs::read_to_string(t.path().join(dir).join(".rkd/entries").join(key).join("out/n.txt")).unwrap()
+    };
+    assert_eq!(n("review/p"), n("exp"));
+    assert_eq!(
+        t.run_with(&["check", "--locked", "review/p/p.rkd"]).code,
+        0,
+        "the bundled lock agrees"
+    );
+}
+
+#[test]
+fn a_module_outside_the_pipelines_folder_is_refused_by_name() {
+    let t = Test::new()
+        .file("exp/p.rkd", &PIPELINE.replace("lib/steps.rkd", "../shared/steps.rkd"))
+        .file("shared/steps.rkd", MODULE)
+        .file("exp/data/words.txt", "words\n");
+    let out = t.run_with(&["bundle", "exp/p.rkd", "-o", "b.tar.zst"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("steps.rkd is outside the pipeline's folder"),
+        "{}",
+        out.stderr
+    );
+    assert!(!t.path().join("b.tar.zst").exists());
+}
