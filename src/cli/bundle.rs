@@ -66,7 +66,7 @@ pub fn run(file: &Path, out: &Path, store: Option<&Path>, extras: &Extras) -> Ex
         return ExitCode::FAILURE;
     }
     let lock = LockFile::of(&plan, &pinned.pins);
-    let mut made = vec![(format!("{stem}.lock"), lock.render(file).into_bytes())];
+    let mut made = vec![(format!("{stem}.lock"), lock.render().into_bytes())];
     let results = if extras.results {
         let keys: Vec<_> = plan.stages().map(|s| s.key).collect();
         let stored: Vec<_> = keys

@@ -73,7 +73,7 @@ pub fn update(file: &Path) -> ExitCode {
         println!("{line}");
     }
     let lock = LockFile::of(&plan, &pinned.pins);
-    match lock.write_if_changed(&pinned.path, file) {
+    match lock.write_if_changed(&pinned.path) {
         Ok(wrote) => {
             let what = if wrote { "wrote" } else { "unchanged:" };
             println!(

@@ -148,7 +148,7 @@ pub fn run(
     // The pipeline passed its checks: its lock is brought up to date before anything runs (a
     // Slurm job pins its references from it).
     if !sharing.locked && !opts.dry_run {
-        match lock.write_if_changed(&pinned.path, file) {
+        match lock.write_if_changed(&pinned.path) {
             Ok(true) if pinned.old.is_none() => eprintln!("note: wrote {}", pinned.path.display()),
             Ok(_) => {}
             Err(e) => eprintln!("warning: cannot write {}: {e}", pinned.path.display()),

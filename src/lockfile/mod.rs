@@ -1,5 +1,6 @@
 //! The lock file `<pipeline>.lock` beside a pipeline: what its moving references meant when it
-//! was locked (Hub revisions → commits), the content hash of its data, and every stage's key.
+//! was locked (Hub revisions → commits), the content hash of its data, and every stage's key;
+//! JSON (written and compared on every run, so it must be cheap to render).
 //!
 //! `rkd run` uses the lock's pins and writes the lock (adding a pin for a new reference, the
 //! current data hashes and keys); `rkd update` moves the pins to what the Hub names now;
@@ -76,7 +77,7 @@ impl LockFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        let lock: LockFile = serde_yaml::from_str(&text).map_err(|e| {
+        let lock: LockFile = serde_json::from_str(&text).map_err(|e| {
             format!(
                 "{} is not a valid lock file ({e}); `rkd update` writes a new one",
                 path.display()
@@ -122,23 +123,16 @@ impl LockFile {
         }
     }
 
-    /// The file's text: a header that says what it is, then YAML.
-    pub fn render(&self, pipeline: &Path) -> String {
-        let name = pipeline
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        format!(
-            "# rkd lock file of {name}: the commit each Hub revision meant when it was locked, the content\n\
-             # hash of each input, and each stage's key. Commit it beside the pipeline. `rkd update {name}`\n\
-             # moves the pins; `rkd check --locked {name}` fails when the two disagree.\n{}",
-            serde_yaml::to_string(self).unwrap_or_default()
-        )
+    /// The file's text: JSON, one pin, input or stage per line (sorted, so that diffs are small).
+    pub fn render(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
+        text.push('\n');
+        text
     }
 
     /// Writes the lock when its text differs from what the file holds; whether it wrote.
-    pub fn write_if_changed(&self, path: &Path, pipeline: &Path) -> std::io::Result<bool> {
-        let text = self.render(pipeline);
+    pub fn write_if_changed(&self, path: &Path) -> std::io::Result<bool> {
+        let text = self.render();
         if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
             return Ok(false);
         }

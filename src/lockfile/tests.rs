@@ -72,13 +72,13 @@ fn the_lock_reads_back_and_says_how_the_pipeline_moved_away_from_it() {
     lock.models.insert("org/m@main".into(), C1.into());
     lock.data.insert("data".into(), "aa".repeat(32));
     lock.stages.insert("a".into(), "bb".repeat(32));
-    assert!(lock.write_if_changed(&path_for(&pipeline), &pipeline).unwrap());
+    assert!(lock.write_if_changed(&path_for(&pipeline)).unwrap());
     assert!(
-        !lock.write_if_changed(&path_for(&pipeline), &pipeline).unwrap(),
+        !lock.write_if_changed(&path_for(&pipeline)).unwrap(),
         "same text: not rewritten"
     );
     let text = std::fs::read_to_string(dir.path().join("exp.lock")).unwrap();
-    assert!(text.starts_with("# rkd lock file of exp.rkd"), "{text}");
+    assert!(text.contains(&format!("\"org/m@main\": \"{C1}\"")), "{text}");
     assert_eq!(LockFile::read(&path_for(&pipeline)).unwrap(), Some(lock.clone()));
     assert!(lock.differences(&lock).is_empty());
 
@@ -98,7 +98,7 @@ fn the_lock_reads_back_and_says_how_the_pipeline_moved_away_from_it() {
             "stage `a` is in the lock but no longer in the pipeline",
         ]
     );
-    std::fs::write(path_for(&pipeline), "version: 1\nmodles: {}\n").unwrap();
+    std::fs::write(path_for(&pipeline), "{\"version\": 1, \"modles\": {}}\n").unwrap();
     let e = LockFile::read(&path_for(&pipeline)).unwrap_err();
     assert!(e.contains("not a valid lock file") && e.contains("modles"), "{e}");
 }
@@ -115,7 +115,7 @@ fn locked_mode_refuses_a_reference_the_lock_does_not_pin() {
         ..Default::default()
     };
     lock.models.insert("org/m@main".into(), C1.into());
-    lock.write_if_changed(&path_for(&pipeline), &pipeline).unwrap();
+    lock.write_if_changed(&path_for(&pipeline)).unwrap();
     let pinned = pin(&pipeline, &mut stages, Mode::Locked).unwrap();
     assert_eq!(pinned.pins.values().collect::<Vec<_>>(), [C1]);
     assert!(pinned.resolved.is_empty(), "nothing was asked of the Hub");
