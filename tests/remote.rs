@@ -8,15 +8,7 @@ use common::{by_name, sorted, Test};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// A real pipeline: data written by a command, a tiny BERT trained and evaluated on text.
-const PIPELINE: &str = "\
-stage words = exec(cmd: \"echo 'a table of words' > $RKD_OUT/words.txt\")
-stage counted = exec(cmd: \"wc -w < $RKD_INPUTS/words.txt > $RKD_OUT/count.txt\", inputs: [words])
-let data = synthetic_text(seed: 3, classes: 2, train_size: 64, val_size: 32, max_len: 16, vocab_size: 48)
-let tiny = bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, vocab_size: 48, max_position: 16)
-stage teacher = train(model: tiny, data: data, epochs: 1, batch_size: 16)
-stage score = eval(model: teacher, data: data)
-";
+const PIPELINE: &str = common::SHARED_PIPELINE;
 
 const NAMES: [&str; 4] = ["counted", "score", "teacher", "words"];
 

@@ -101,14 +101,7 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     }
 }
 
-const PIPELINE: &str = "\
-stage words = exec(cmd: \"echo 'a table of words' > $RKD_OUT/words.txt\")
-stage counted = exec(cmd: \"wc -w < $RKD_INPUTS/words.txt > $RKD_OUT/count.txt\", inputs: [words])
-let data = synthetic_text(seed: 3, classes: 2, train_size: 64, val_size: 32, max_len: 16, vocab_size: 48)
-let tiny = bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, vocab_size: 48, max_position: 16)
-stage teacher = train(model: tiny, data: data, epochs: 1, batch_size: 16)
-stage score = eval(model: teacher, data: data)
-";
+const PIPELINE: &str = common::SHARED_PIPELINE;
 
 fn run(t: &Test, store: &str, remote: &str, extra: &[&str], said: &mut String) -> Value {
     let mut args = vec!["run", "p.rkd", "--json", "--store", store, "--remote", remote];

@@ -200,37 +200,13 @@ enum Command {
     /// Files go first, each stage's record last, so a reader never sees half a result; a
     /// result the remote holds already is not uploaded again, and blobs it has are skipped.
     /// Example: `rkd push exp.rkd --remote s3://team-bucket/rkd`.
-    Push {
-        /// The pipeline file.
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
-        /// Only these stages, and what they need.
-        #[arg(long, value_name = "NAME", value_delimiter = ',')]
-        only: Vec<String>,
-        /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE].
-        #[arg(long, value_name = "DIR")]
-        store: Option<PathBuf>,
-        #[command(flatten)]
-        remote: remote_cmds::RemoteArgs,
-    },
+    Push(remote_cmds::TransferArgs),
     /// Download the pipeline's results that the remote cache holds and the store lacks.
     ///
     /// Every file is checked against its recorded size and blake3 as it arrives; a result that
     /// does not match is reported and not stored. `rkd run` pulls by itself; this fetches
     /// results without running anything (to look at a colleague's report, say).
-    Pull {
-        /// The pipeline file.
-        #[arg(value_name = "FILE")]
-        file: PathBuf,
-        /// Only these stages, and what they need.
-        #[arg(long, value_name = "NAME", value_delimiter = ',')]
-        only: Vec<String>,
-        /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE].
-        #[arg(long, value_name = "DIR")]
-        store: Option<PathBuf>,
-        #[command(flatten)]
-        remote: remote_cmds::RemoteArgs,
-    },
+    Pull(remote_cmds::TransferArgs),
     /// Show how far each stage is: stored, training progress and checkpoints, Slurm jobs.
     ///
     /// STORED says whether the stage's result is in the store. PROGRESS, for an unfinished
@@ -491,18 +467,8 @@ pub fn main() -> ExitCode {
             json,
             remote,
         } => plan::run(&file, store.as_deref(), json, &remote),
-        Command::Push {
-            file,
-            only,
-            store,
-            remote,
-        } => remote_cmds::push(&file, store.as_deref(), &remote, &only),
-        Command::Pull {
-            file,
-            only,
-            store,
-            remote,
-        } => remote_cmds::pull(&file, store.as_deref(), &remote, &only),
+        Command::Push(args) => remote_cmds::push(&args),
+        Command::Pull(args) => remote_cmds::pull(&args),
         Command::Run {
             file,
             jobs,
@@ -673,14 +639,15 @@ fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Compiles a pipeline, pins its moving references (the lock file's commits), fingerprints its
-/// inputs and builds its plan; on problems prints them. The plan takes the compiled stages: the
+/// Compiles a pipeline, pins its moving references (the lock file's commits; one that cannot be
+/// resolved is left as written, with a warning), fingerprints its inputs and builds its plan; on
+/// problems prints them. The plan takes the compiled stages: the
 /// returned `Compiled` keeps its sources, not its stages.
 fn load_plan(
     file: &std::path::Path,
     store: Option<&std::path::Path>,
 ) -> Option<(crate::compile::Compiled, crate::plan::Plan, crate::store::Store)> {
-    load_locked(file, store, crate::lockfile::Mode::Use).map(|(c, p, s, _)| (c, p, s))
+    load_locked(file, store, crate::lockfile::Mode::Look).map(|(c, p, s, _)| (c, p, s))
 }
 
 /// [`load_plan`] with the references pinned as `mode` says; also returns the pins.
@@ -709,6 +676,9 @@ fn load_locked(
         for line in &pinned.resolved {
             eprintln!("note: {line}");
         }
+    }
+    for line in &pinned.unpinned {
+        eprintln!("warning: {line}");
     }
     let mut fingerprints = crate::plan::fingerprint::Fingerprinter::load(&store.stat_cache());
     // The plan takes the stages; callers use the compiled sources only.

@@ -3,7 +3,7 @@
 use crate::engine::sync::{self, PullReport, PushReport};
 use crate::remote::config::{choose, RemoteChoice, RemoteFlags};
 use crate::remote::Remote;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// `--remote URL` / `--no-remote`, shared by the commands that use a remote cache.
@@ -26,6 +26,22 @@ impl RemoteArgs {
             no_remote: self.no_remote,
         }
     }
+}
+
+/// What `rkd push` and `rkd pull` take.
+#[derive(clap::Args, Debug)]
+pub struct TransferArgs {
+    /// The pipeline file.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+    /// Only these stages, and what they need.
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    only: Vec<String>,
+    /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE].
+    #[arg(long, value_name = "DIR")]
+    store: Option<PathBuf>,
+    #[command(flatten)]
+    remote: RemoteArgs,
 }
 
 /// The remote a pipeline's command uses (`None`: none configured); a wrong address or config
@@ -82,18 +98,19 @@ pub fn say_pushed(report: &PushReport, remote: &Remote) {
 }
 
 /// What a push or pull command needs: the plan, its store, the remote.
-fn prepare(file: &Path, store: Option<&Path>, args: &RemoteArgs, only: &[String]) -> Result<Setup, ExitCode> {
-    let Some((_, plan, store)) = super::load_plan(file, store) else {
+fn prepare(args: &TransferArgs) -> Result<Setup, ExitCode> {
+    let file = &args.file;
+    let Some((_, plan, store)) = super::load_plan(file, args.store.as_deref()) else {
         return Err(ExitCode::FAILURE);
     };
-    let Some((remote, _)) = open(file, args)? else {
+    let Some((remote, _)) = open(file, &args.remote)? else {
         eprintln!(
             "error: no remote cache: give --remote URL, set RKD_REMOTE, or write `[remote] url = \"...\"` in {}",
             crate::remote::config::config_path(file).display()
         );
         return Err(ExitCode::from(2));
     };
-    let selected = crate::engine::run::select(&plan, only).map_err(|e| {
+    let selected = crate::engine::run::select(&plan, &args.only).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
     })?;
@@ -113,8 +130,8 @@ struct Setup {
 }
 
 /// `rkd push`: uploads the pipeline's stored results that the remote lacks.
-pub fn push(file: &Path, store: Option<&Path>, args: &RemoteArgs, only: &[String]) -> ExitCode {
-    let s = match prepare(file, store, args, only) {
+pub fn push(args: &TransferArgs) -> ExitCode {
+    let s = match prepare(args) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -143,8 +160,8 @@ pub fn push(file: &Path, store: Option<&Path>, args: &RemoteArgs, only: &[String
 }
 
 /// `rkd pull`: downloads the pipeline's results that the remote holds and the store lacks.
-pub fn pull(file: &Path, store: Option<&Path>, args: &RemoteArgs, only: &[String]) -> ExitCode {
-    let s = match prepare(file, store, args, only) {
+pub fn pull(args: &TransferArgs) -> ExitCode {
+    let s = match prepare(args) {
         Ok(s) => s,
         Err(code) => return code,
     };

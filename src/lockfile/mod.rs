@@ -43,6 +43,10 @@ pub struct LockFile {
 /// How references are pinned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// The lock's pins; a reference it lacks is resolved (Hub, else cache), and one that cannot
+    /// be resolved is left as written, with a warning (what commands that only look do: `plan`
+    /// works offline).
+    Look,
     /// The lock's pins; a reference it lacks is resolved (Hub, else cache) and added.
     Use,
     /// The lock's pins only; a reference it lacks is an error (`--locked`).
@@ -62,6 +66,8 @@ pub struct Pinned {
     pub pins: BTreeMap<HubRef, String>,
     /// What was resolved now, for the user: "pinned model x@main to abc… (Hub)".
     pub resolved: Vec<String>,
+    /// References that could not be resolved and were left as written ([`Mode::Look`]).
+    pub unpinned: Vec<String>,
 }
 
 /// `exp.lock` for `exp.rkd`.
@@ -183,10 +189,11 @@ pub fn pin(pipeline: &Path, stages: &mut [StageDef], mode: Mode) -> Result<Pinne
     let mut pinned = BTreeMap::new();
     let mut resolved = Vec::new();
     let mut problems = Vec::new();
+    let mut unpinned = Vec::new();
     for r in refs {
         let locked = old.as_ref().and_then(|l| l.pin(&r)).filter(|c| pins::is_commit(c));
         let commit = match (mode, locked) {
-            (Mode::Use | Mode::Locked, Some(c)) => c.clone(),
+            (Mode::Look | Mode::Use | Mode::Locked, Some(c)) => c.clone(),
             (Mode::Locked, None) => {
                 problems.push(format!(
                     "{r} is not pinned in {} (`rkd update` or `rkd run` without --locked pins it)",
@@ -208,7 +215,7 @@ pub fn pin(pipeline: &Path, stages: &mut [StageDef], mode: Mode) -> Result<Pinne
                     continue;
                 }
             },
-            (Mode::Use, None) => match resolve::resolve(&r) {
+            (Mode::Look | Mode::Use, None) => match resolve::resolve(&r) {
                 Ok((c, source)) => {
                     let from = match source {
                         resolve::Source::Hub => "the Hub's",
@@ -216,6 +223,12 @@ pub fn pin(pipeline: &Path, stages: &mut [StageDef], mode: Mode) -> Result<Pinne
                     };
                     resolved.push(format!("pinned {r} to {} ({from} current commit)", short(&c)));
                     c
+                }
+                Err(e) if mode == Mode::Look => {
+                    unpinned.push(format!(
+                        "{e}; its stages are keyed by the revision as written until it is pinned"
+                    ));
+                    continue;
                 }
                 Err(e) => {
                     problems.push(e);
@@ -234,6 +247,7 @@ pub fn pin(pipeline: &Path, stages: &mut [StageDef], mode: Mode) -> Result<Pinne
         old,
         pins: pinned,
         resolved,
+        unpinned,
     })
 }
 

@@ -132,19 +132,9 @@ impl Remote {
         &self,
         store: &Store,
         keys: &[Key],
-        mut each: impl FnMut(usize, &Result<Pulled, RemoteError>),
+        each: impl FnMut(usize, &Result<Pulled, RemoteError>),
     ) -> Vec<Result<Pulled, RemoteError>> {
-        self.rt.block_on(async {
-            let mut jobs = futures::stream::iter(keys.iter().enumerate())
-                .map(|(i, k)| async move { (i, self.pull_one(store, k).await) })
-                .buffer_unordered(PARALLEL);
-            let mut out: Vec<Option<Result<Pulled, RemoteError>>> = (0..keys.len()).map(|_| None).collect();
-            while let Some((i, r)) = jobs.next().await {
-                each(i, &r);
-                out[i] = Some(r);
-            }
-            out.into_iter().map(|r| r.expect("every pull ends")).collect()
-        })
+        self.several(keys, |k| self.pull_one(store, k), each)
     }
 
     /// Pushes these entries of `store` (with `replace`, overwriting the remote's record and
@@ -154,18 +144,35 @@ impl Remote {
         &self,
         store: &Store,
         keys: &[(Key, bool)],
-        mut each: impl FnMut(usize, &Result<Pushed, RemoteError>),
+        each: impl FnMut(usize, &Result<Pushed, RemoteError>),
     ) -> Vec<Result<Pushed, RemoteError>> {
+        self.several(keys, |(k, replace)| self.push_one(store, k, *replace), each)
+    }
+
+    /// Runs `job` on every item, [`PARALLEL`] at once, telling `each` as each one ends; the
+    /// results in the items' order.
+    fn several<'a, I, T, F>(
+        &self,
+        items: &'a [I],
+        job: impl Fn(&'a I) -> F,
+        mut each: impl FnMut(usize, &Result<T, RemoteError>),
+    ) -> Vec<Result<T, RemoteError>>
+    where
+        F: std::future::Future<Output = Result<T, RemoteError>>,
+    {
         self.rt.block_on(async {
-            let mut jobs = futures::stream::iter(keys.iter().enumerate())
-                .map(|(i, (k, replace))| async move { (i, self.push_one(store, k, *replace).await) })
+            let mut jobs = futures::stream::iter(items.iter().enumerate())
+                .map(|(i, item)| {
+                    let fut = job(item);
+                    async move { (i, fut.await) }
+                })
                 .buffer_unordered(PARALLEL);
-            let mut out: Vec<Option<Result<Pushed, RemoteError>>> = (0..keys.len()).map(|_| None).collect();
+            let mut out: Vec<Option<Result<T, RemoteError>>> = (0..items.len()).map(|_| None).collect();
             while let Some((i, r)) = jobs.next().await {
                 each(i, &r);
                 out[i] = Some(r);
             }
-            out.into_iter().map(|r| r.expect("every push ends")).collect()
+            out.into_iter().map(|r| r.expect("every job ends")).collect()
         })
     }
 

@@ -6,6 +6,17 @@ pub mod parquet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A small real pipeline for the sharing tests: data written by a command, a word count of it,
+/// a tiny BERT trained and evaluated on generated text (four stages, a second or so).
+pub const SHARED_PIPELINE: &str = "\
+stage words = exec(cmd: \"echo 'a table of words' > $RKD_OUT/words.txt\")
+stage counted = exec(cmd: \"wc -w < $RKD_INPUTS/words.txt > $RKD_OUT/count.txt\", inputs: [words])
+let data = synthetic_text(seed: 3, classes: 2, train_size: 64, val_size: 32, max_len: 16, vocab_size: 48)
+let tiny = bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, vocab_size: 48, max_position: 16)
+stage teacher = train(model: tiny, data: data, epochs: 1, batch_size: 16)
+stage score = eval(model: teacher, data: data)
+";
+
 /// One invocation of `rkd` in a fresh temporary directory.
 pub struct Test {
     dir: tempfile::TempDir,
