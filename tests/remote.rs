@@ -300,3 +300,21 @@ fn a_killed_upload_or_download_leaves_nothing_that_is_trusted() {
     let file = |s: &str| read(&t.path().join(s).join("entries").join(&key).join("out/big.bin"));
     assert!(file("a") == file("b"));
 }
+
+#[test]
+fn with_push_a_result_is_in_the_remote_while_later_stages_still_run() {
+    // `b` waits (at most 10 s) until the remote holds one record, then counts the records.
+    let t = Test::new().file(
+        "p.rkd",
+        "stage a = exec(cmd: \"echo first > $RKD_OUT/a.txt\")\n\
+         stage b = exec(cmd: \"for i in $(seq 200); do ls team/entries/*.json >/dev/null 2>&1 && break; sleep 0.05; done; \
+         ls team/entries 2>/dev/null | wc -l > $RKD_OUT/seen.txt\", inputs: [a])\n",
+    );
+    let (code, run, stderr) = run_json(&t, &["--remote", "team", "--push"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(sorted(&run["ran"]), ["a", "b"]);
+    assert!(stderr.contains("pushed 2 results"), "{stderr}");
+    let key = common::key_of(&plan(&t, &[]), "b");
+    let seen = std::fs::read_to_string(t.path().join(".rkd/entries").join(key).join("out/seen.txt")).unwrap();
+    assert_eq!(seen.trim(), "1", "`a` was pushed before `b` finished");
+}

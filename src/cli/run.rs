@@ -4,7 +4,7 @@ use super::remote_cmds::RemoteArgs;
 use crate::engine::cancel::Cancel;
 use crate::engine::run::{run as run_plan, RunOptions, RunReport};
 use crate::engine::slurm::{submit, wait, SlurmError, SlurmOptions, Submission};
-use crate::engine::sync::{pull, push as push_stored, remote_hits, PullReport};
+use crate::engine::sync::{pull, push as push_stored, push_stage, remote_hits, PullReport, PushReport};
 use crate::lockfile::{LockFile, Mode};
 use crate::plan::Plan;
 use crate::store::key::hex;
@@ -171,6 +171,7 @@ pub fn run(
         eprintln!("warning: cannot handle Ctrl-C ({e}); an interrupted run still leaves a safe store");
     }
     let text = compiled.sources.get(crate::source::FileId(0)).text.clone();
+    let mut pushed_early = (PushReport::default(), std::collections::HashSet::new());
     let result = match &slurm {
         // A dry run runs nothing, so it is the same on both executors.
         Some(slurm) if !opts.dry_run => match submit(&plan, file, &text, &store, &opts, &slurm.options, &cancel) {
@@ -187,7 +188,38 @@ pub fn run(
             }
             Err(e) => Err(e),
         },
-        _ => run_plan(&plan, file, &text, &store, &opts, &cancel).map_err(SlurmError::from),
+        // With --push, each result is uploaded as soon as it is stored, beside the run (a
+        // colleague gets the teacher hours before the pipeline ends); the rest after it.
+        _ => match remote.as_ref().filter(|_| push && !opts.dry_run) {
+            Some((remote, _)) => {
+                let (tx, rx) = std::sync::mpsc::channel::<usize>();
+                let tx = std::sync::Mutex::new(Some(tx));
+                let on_stored = |i: usize| {
+                    if let Some(tx) = tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                        let _ = tx.send(i);
+                    }
+                };
+                std::thread::scope(|scope| {
+                    let pusher = scope.spawn(|| {
+                        let mut report = PushReport::default();
+                        let mut handled = std::collections::HashSet::new();
+                        for i in rx {
+                            let replace = pulled.damaged_ids.contains(&i);
+                            report.add(push_stage(&plan, &store, remote, i, replace));
+                            handled.insert(i);
+                        }
+                        (report, handled)
+                    });
+                    let result = run_plan(&plan, file, &text, &store, &opts, &cancel, &on_stored);
+                    // No more stages: the pusher ends once it has uploaded what it was given.
+                    drop(tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+                    pushed_early = pusher.join().unwrap_or_default();
+                    result
+                })
+                .map_err(SlurmError::from)
+            }
+            None => run_plan(&plan, file, &text, &store, &opts, &cancel, &|_| {}).map_err(SlurmError::from),
+        },
     };
     let report = match result {
         Ok(r) => r,
@@ -206,15 +238,21 @@ pub fn run(
     }
     if let (Some((remote, _)), true, false) = (&remote, push, opts.dry_run) {
         if report.interrupted {
+            super::remote_cmds::say_pushed(&pushed_early.0, remote);
             eprintln!(
-                "note: nothing was pushed (the run was interrupted); `rkd push {}` uploads what finished",
+                "note: the run was interrupted: only what was stored during it was pushed; `rkd push {}` uploads the rest",
                 file.display()
             );
         } else {
-            match push_stored(&plan, &store, remote, &selected, &pulled.damaged_ids) {
-                Ok(pushed) => super::remote_cmds::say_pushed(&pushed, remote),
-                Err(e) => eprintln!("warning: nothing was pushed: {e}"),
+            // What was not pushed as it was stored (cached results the remote lacks, stages of
+            // a Slurm run).
+            let (mut pushed, handled) = std::mem::take(&mut pushed_early);
+            let replace = pulled.damaged_ids.difference(&handled).copied().collect();
+            match push_stored(&plan, &store, remote, &selected, &replace) {
+                Ok(rest) => pushed.add(rest),
+                Err(e) => eprintln!("warning: the results not pushed during the run were not pushed: {e}"),
             }
+            super::remote_cmds::say_pushed(&pushed, remote);
         }
     }
     let names = |o: Outcome| -> Vec<&str> {

@@ -194,7 +194,8 @@ pub struct RunReport {
     pub remote: Option<String>,
 }
 
-/// Runs the plan against the store.
+/// Runs the plan against the store; `on_stored` is told the plan index of each stage whose
+/// result has just entered the store (a `--push` run uploads it then).
 pub fn run(
     plan: &Plan,
     pipeline: &Path,
@@ -202,6 +203,7 @@ pub fn run(
     store: &Store,
     opts: &RunOptions,
     cancel: &Cancel,
+    on_stored: &(dyn Fn(usize) + Sync),
 ) -> Result<RunReport, RunError> {
     let started_at = SystemTime::now();
     let t0 = Instant::now();
@@ -281,6 +283,9 @@ pub fn run(
                 Err(e) => Finished::failed(0.0, e.to_string()),
             };
             progress.finish();
+            if result.outcome == Outcome::Ran {
+                on_stored(order[j]);
+            }
             let ok = matches!(result.outcome, Outcome::Ran | Outcome::Cached);
             {
                 let mut c = counts.lock().unwrap_or_else(|e| e.into_inner());

@@ -100,6 +100,30 @@ pub fn pull(plan: &Plan, store: &Store, remote: &Remote, stages: &[usize]) -> Pu
     report
 }
 
+impl PushReport {
+    /// Adds what another push did.
+    pub fn add(&mut self, other: PushReport) {
+        self.pushed += other.pushed;
+        self.bytes += other.bytes;
+        self.already += other.already;
+        self.failed.extend(other.failed);
+    }
+}
+
+/// Pushes one stage's stored result (`replace`: over a damaged remote copy), while a run goes on.
+pub fn push_stage(plan: &Plan, store: &Store, remote: &Remote, i: usize, replace: bool) -> PushReport {
+    let mut report = PushReport::default();
+    match remote.push(store, &[(key_of(plan, i), replace)], |_, _| {}).remove(0) {
+        Ok(Pushed::Done(bytes)) => {
+            report.pushed = 1;
+            report.bytes = bytes;
+        }
+        Ok(Pushed::Already) => report.already = 1,
+        Err(e) => report.failed.push((name_of(plan, i), e.to_string())),
+    }
+    report
+}
+
 /// Pushes the selected stages the store holds and the remote lacks; `replace`: stages whose
 /// remote copy was found damaged, uploaded again over it.
 pub fn push(
