@@ -136,10 +136,10 @@ fn s3_builder() -> object_store::aws::AmazonS3Builder {
     b
 }
 
-/// The settings of the AWS profile in use: its section of the credentials file, then of the
-/// config file (`[profile NAME]`, or `[default]`); empty when there are none.
+/// The settings of the AWS profile in use (`AWS_PROFILE`, else `default`), from the shared
+/// credentials and config files (`AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`, else
+/// `~/.aws/credentials` and `~/.aws/config`); empty when there are none.
 fn profile_settings() -> std::collections::HashMap<String, String> {
-    let mut out = std::collections::HashMap::new();
     let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
     let file = |var: &str, name: &str| {
         std::env::var_os(var)
@@ -147,16 +147,27 @@ fn profile_settings() -> std::collections::HashMap<String, String> {
             .or_else(|| home.as_ref().map(|h| h.join(".aws").join(name)))
     };
     let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    profile_from(
+        file("AWS_SHARED_CREDENTIALS_FILE", "credentials").as_deref(),
+        file("AWS_CONFIG_FILE", "config").as_deref(),
+        &profile,
+    )
+}
+
+/// A profile's settings: its section of the credentials file (`[NAME]`), then, for keys not set
+/// there, of the config file (`[profile NAME]`, or `[default]`); keys lowercased.
+fn profile_from(
+    credentials: Option<&Path>,
+    config: Option<&Path>,
+    profile: &str,
+) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
     let config_section = if profile == "default" {
-        profile.clone()
+        profile.to_string()
     } else {
         format!("profile {profile}")
     };
-    let sources = [
-        (file("AWS_SHARED_CREDENTIALS_FILE", "credentials"), profile.clone()),
-        (file("AWS_CONFIG_FILE", "config"), config_section),
-    ];
-    for (path, section) in sources {
+    for (path, section) in [(credentials, profile.to_string()), (config, config_section)] {
         let Some(ini) = path.and_then(|p| ini::Ini::load_from_file(p).ok()) else {
             continue;
         };
@@ -177,6 +188,34 @@ mod tests {
     fn messages_never_show_credentials_in_a_url() {
         let u = Url::parse("https://user:secret@example.com/cache?X-Amz-Signature=abc").unwrap();
         assert_eq!(shown(&u), "https://example.com/cache");
+    }
+
+    #[test]
+    fn a_profile_is_read_from_the_credentials_file_then_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("credentials");
+        let config = dir.path().join("config");
+        std::fs::write(
+            &creds,
+            "[default]\naws_access_key_id = D\naws_secret_access_key = DS\n\n[team]\naws_access_key_id = T\naws_secret_access_key = TS\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &config,
+            "[default]\nregion = eu-west-1\n\n[profile team]\nregion = us-east-2\nendpoint_url = http://127.0.0.1:9000\naws_access_key_id = ignored\n",
+        )
+        .unwrap();
+        let team = profile_from(Some(&creds), Some(&config), "team");
+        assert_eq!(team["aws_access_key_id"], "T", "the credentials file wins");
+        assert_eq!(team["aws_secret_access_key"], "TS");
+        assert_eq!(team["region"], "us-east-2");
+        assert_eq!(team["endpoint_url"], "http://127.0.0.1:9000");
+        let default = profile_from(Some(&creds), Some(&config), "default");
+        assert_eq!(
+            (default["aws_access_key_id"].as_str(), default["region"].as_str()),
+            ("D", "eu-west-1")
+        );
+        assert!(profile_from(Some(&dir.path().join("none")), None, "team").is_empty());
     }
 
     #[test]
