@@ -2,7 +2,6 @@
 
 use crate::lockfile::{LockFile, Mode};
 use crate::remote::bundle::{self, Contents, RESULTS};
-use crate::value::Value;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -50,7 +49,9 @@ pub fn run(file: &Path, out: &Path, store: Option<&Path>, extras: &Extras) -> Ex
     if extras.data {
         let mut inputs = std::collections::BTreeSet::new();
         for s in plan.stages() {
-            s.def.params.values().for_each(|v| input_paths(v, &mut inputs));
+            crate::plan::for_each_keyed_path(&s.def.params, &mut |p, _| {
+                inputs.insert(p.resolved.clone());
+            });
         }
         for input in inputs {
             match inside(&input) {
@@ -119,19 +120,6 @@ pub fn run(file: &Path, out: &Path, store: Option<&Path>, extras: &Extras) -> Ex
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// The input paths (resolved) a value names.
-fn input_paths(v: &Value, out: &mut std::collections::BTreeSet<PathBuf>) {
-    match v {
-        Value::Path(p) => {
-            out.insert(p.resolved.clone());
-        }
-        Value::List(xs) => xs.iter().for_each(|x| input_paths(x, out)),
-        Value::Record(r) => r.values().for_each(|x| input_paths(x, out)),
-        Value::Spec(s) => s.params.values().for_each(|x| input_paths(x, out)),
-        _ => {}
     }
 }
 

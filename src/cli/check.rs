@@ -42,13 +42,7 @@ fn agrees_with_lock(file: &Path) -> bool {
     let Some((_, plan, _, pinned)) = super::load_locked(file, None, Mode::Locked) else {
         return false;
     };
-    let problems = match &pinned.old {
-        None => vec![format!(
-            "there is no lock file {} (`rkd run` or `rkd update` writes it)",
-            pinned.path.display()
-        )],
-        Some(old) => old.differences(&LockFile::of(&plan, &pinned.pins)),
-    };
+    let problems = pinned.disagreements(&LockFile::of(&plan, &pinned.pins));
     for p in &problems {
         eprintln!("error: {p}");
     }
@@ -73,7 +67,7 @@ pub fn update(file: &Path) -> ExitCode {
         println!("{line}");
     }
     let lock = LockFile::of(&plan, &pinned.pins);
-    match lock.write_if_changed(&pinned.path) {
+    match pinned.save(&lock) {
         Ok(wrote) => {
             let what = if wrote { "wrote" } else { "unchanged:" };
             println!(

@@ -52,13 +52,7 @@ pub fn run(
     };
     let lock = LockFile::of(&plan, &pinned.pins);
     if sharing.locked {
-        let problems = match &pinned.old {
-            None => vec![format!(
-                "there is no lock file {} (`rkd run` without --locked writes it)",
-                pinned.path.display()
-            )],
-            Some(old) => old.differences(&lock),
-        };
+        let problems = pinned.disagreements(&lock);
         if !problems.is_empty() {
             for p in &problems {
                 eprintln!("error: {p}");
@@ -115,7 +109,6 @@ pub fn run(
         match remote_hits(&plan, &store, remote, &selected) {
             Ok(hits) if opts.dry_run => opts.from_remote = hits.into_iter().collect(),
             Ok(hits) => {
-                store.clean_tmp();
                 pulled = pull(&plan, &store, remote, &hits);
                 super::remote_cmds::say_pulled(&pulled, remote);
                 opts.from_remote = pulled.pulled.iter().copied().collect();
@@ -148,7 +141,7 @@ pub fn run(
     // The pipeline passed its checks: its lock is brought up to date before anything runs (a
     // Slurm job pins its references from it).
     if !sharing.locked && !opts.dry_run {
-        match lock.write_if_changed(&pinned.path) {
+        match pinned.save(&lock) {
             Ok(true) if pinned.old.is_none() => eprintln!("note: wrote {}", pinned.path.display()),
             Ok(_) => {}
             Err(e) => eprintln!("warning: cannot write {}: {e}", pinned.path.display()),

@@ -43,7 +43,7 @@ fn key_of(plan: &Plan, i: usize) -> Key {
 }
 
 fn name_of(plan: &Plan, i: usize) -> String {
-    plan.stage(StageId(i as u32)).def.name.clone()
+    plan.name(StageId(i as u32)).to_string()
 }
 
 /// The selected stages that the store lacks and the remote holds, in plan order.

@@ -70,6 +70,29 @@ pub struct Pinned {
     pub unpinned: Vec<String>,
 }
 
+impl Pinned {
+    /// How `now` (the lock of the plan built with these pins) differs from the lock file read,
+    /// one line each; a missing lock file is one difference. Empty when they agree.
+    pub fn disagreements(&self, now: &LockFile) -> Vec<String> {
+        match &self.old {
+            None => vec![format!(
+                "there is no lock file {} (`rkd run` without --locked, or `rkd update`, writes it)",
+                self.path.display()
+            )],
+            Some(old) => old.differences(now),
+        }
+    }
+
+    /// Writes `now` as the lock file unless it equals the one read (then without touching the
+    /// file: a run that changed nothing neither renders nor reads it again); whether it wrote.
+    pub fn save(&self, now: &LockFile) -> std::io::Result<bool> {
+        if self.old.as_ref() == Some(now) {
+            return Ok(false);
+        }
+        now.write_if_changed(&self.path)
+    }
+}
+
 /// `exp.lock` for `exp.rkd`.
 pub fn path_for(pipeline: &Path) -> PathBuf {
     pipeline.with_extension("lock")

@@ -56,7 +56,7 @@ const PARALLEL_LEVEL: usize = 64;
 
 /// Calls `f` on every input path in the parameters that make up a stage's key, in key order,
 /// with what is read from it when it is a dataset's folder.
-fn for_each_keyed_path(params: &Params, f: &mut impl FnMut(&PathValue, Option<Reads>)) {
+pub fn for_each_keyed_path(params: &Params, f: &mut impl FnMut(&PathValue, Option<Reads>)) {
     fn walk(v: &Value, reads: Option<Reads>, f: &mut impl FnMut(&PathValue, Option<Reads>)) {
         match v {
             Value::Path(p) => f(p, reads),

@@ -5,4 +5,4 @@ pub mod fingerprint;
 pub mod graph;
 pub mod key;
 
-pub use build::{ParamsJson, Plan, PlanStage};
+pub use build::{for_each_keyed_path, ParamsJson, Plan, PlanStage};
