@@ -35,7 +35,7 @@ const ML_LAYERS: &[&[&str]] = &[
     &["src/ml/kernels"],
     &["src/ml/models"],
     &["src/ml/compress", "src/ml/training"],
-    &["src/ml/checkpoint.rs"],
+    &["src/ml/checkpoint.rs", "src/ml/inference.rs"],
     &["src/ml/mod.rs", "src/ml/testutil.rs"],
 ];
 

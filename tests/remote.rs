@@ -256,7 +256,7 @@ fn any_file_under(dir: &Path) -> bool {
 }
 
 /// A stage with a large output, so that its transfer can be killed half way.
-const BIG: &str = "stage big = exec(cmd: \"head -c 150000000 /dev/urandom > $RKD_OUT/big.bin\")\n";
+const BIG: &str = "stage big = exec(cmd: \"head -c 48000000 /dev/urandom > $RKD_OUT/big.bin\")\n";
 
 #[test]
 fn a_killed_upload_or_download_leaves_nothing_that_is_trusted() {

@@ -1,6 +1,7 @@
 //! The `rkd` command line.
 
 mod bench;
+mod bench_infer;
 mod bench_nf4;
 mod bench_train;
 mod bundle;

@@ -821,13 +821,48 @@ impl Dataset {
         augment: bool,
         device: &'a Device,
     ) -> Result<impl Iterator<Item = Result<Batch, DataError>> + 'a, DataError> {
+        let order = batch::example_order(self.len(split), shuffle_seed);
+        let augment = augment && self.augment && split == SplitName::Train;
+        let aug_seed = derive_seed(shuffle_seed.unwrap_or(0), "rkd-data-augment");
+        self.batches_of(split, &order, batch_size, augment.then_some(aug_seed), device)
+    }
+
+    /// Batches for inference (no shuffle, no augmentation), in length buckets: text examples
+    /// sorted by length, longest first (ties in example order), so that each batch is padded only
+    /// to its own longest sentence and similar lengths share a batch; images in order. Each
+    /// batch's `indices` name its examples.
+    pub fn inference_batches(
+        &self,
+        split: SplitName,
+        batch_size: usize,
+        device: &Device,
+    ) -> Result<Vec<Batch>, DataError> {
+        let mut order = batch::example_order(self.len(split), None);
+        if let Some(Split {
+            examples: Examples::Text { ids, .. },
+            ..
+        }) = self.split(split)
+        {
+            order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+        }
+        self.batches_of(split, &order, batch_size, None, device)?.collect()
+    }
+
+    /// Batches of `batch_size` examples taken in `order`; `augment_seed` augments images.
+    fn batches_of<'a>(
+        &'a self,
+        split: SplitName,
+        order: &[usize],
+        batch_size: usize,
+        augment_seed: Option<u64>,
+        device: &'a Device,
+    ) -> Result<impl Iterator<Item = Result<Batch, DataError>> + 'a, DataError> {
         if batch_size == 0 {
             return Err(DataError::new("batch_size must be at least 1"));
         }
-        let order = batch::example_order(self.len(split), shuffle_seed);
         let chunks: Vec<Vec<usize>> = order.chunks(batch_size).map(|c| c.to_vec()).collect();
-        let augment = augment && self.augment && split == SplitName::Train;
-        let aug_seed = derive_seed(shuffle_seed.unwrap_or(0), "rkd-data-augment");
+        let augment = augment_seed.is_some();
+        let aug_seed = augment_seed.unwrap_or(0);
         Ok(chunks.into_iter().map(move |idx| {
             let s = self.split(split).expect("a split with examples exists");
             let mut batch = match (&s.examples, &self.kind) {

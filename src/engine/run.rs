@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 /// What a stage computes with: its share of the cores, the device, and the GPU slots it holds.
 #[derive(Clone, Debug)]
 pub struct Compute {
-    /// Threads the op may use.
+    /// Threads of the pool the op computes on, shared with the stages running beside it.
     pub threads: usize,
     /// The device the op computes on.
     pub device: candle_core::Device,
@@ -239,9 +239,10 @@ pub fn run(
         })
         .collect();
     let jobs = opts.jobs.max(1);
-    // Cores are shared among the stages that can run at once (a lone training stage gets them all).
-    let at_once = jobs.min(order.len()).max(1);
-    let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / at_once).max(1);
+    // The stages running at once share one pool of threads, one per core (rayon's global pool):
+    // their parallel work queues there, so a stage running alone gets every core and, when a
+    // second starts, the two split them — no core idles while a stage has work.
+    let threads = crate::ml::kernels::runtime::shared_threads();
     let pipeline_dir = pipeline_dir(pipeline);
     let display = Display::new(order.len());
     let outcomes: Mutex<Vec<Option<Finished>>> = Mutex::new(vec![None; order.len()]);

@@ -965,6 +965,10 @@ pub fn exec_stage(
         .and_then(|n| n.parse::<usize>().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
+    // The job's CPUs are the pool its stage computes on (an error means rayon already started:
+    // its pool then stands, one thread per core this process may use).
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    let threads = crate::ml::kernels::runtime::shared_threads();
     let progress = super::progress::Progress::hidden();
     let dir = spec
         .pipeline

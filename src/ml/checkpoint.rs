@@ -74,7 +74,7 @@ pub enum CheckpointError {
     },
 }
 
-fn tensor_err(path: &Path) -> impl Fn(candle_core::Error) -> CheckpointError + '_ {
+pub(crate) fn tensor_err(path: &Path) -> impl Fn(candle_core::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Tensor {
         path: path.to_path_buf(),
         source,
@@ -199,10 +199,9 @@ pub fn read_config(dir: &Path) -> Result<ModelConfig, CheckpointError> {
 /// The suffix (after the module path) that marks a bitsandbytes 4-bit FP4 weight.
 const FP4_STATE_SUFFIX: &str = "weight.quant_state.bitsandbytes__fp4";
 
-/// Replaces every bitsandbytes NF4 weight of a state dict (`<module>.weight` packed, with its
-/// `.absmax`, `.quant_map`, nested and quant-state tensors) by its dequantized dense tensor, on
-/// `device`. Returns the names of the dequantized weights, sorted.
-pub fn dequantize_nf4(tensors: &mut HashMap<String, Tensor>, device: &Device) -> Result<Vec<String>, String> {
+/// The module prefixes (`<module>.`, or empty) of the bitsandbytes NF4 weights in a state dict,
+/// sorted; an error for 4-bit FP4 weights (unsupported).
+pub fn nf4_prefixes(tensors: &HashMap<String, Tensor>) -> Result<Vec<String>, String> {
     if let Some(k) = tensors.keys().find(|k| k.ends_with(FP4_STATE_SUFFIX)) {
         return Err(format!("`{k}`: 4-bit FP4 weights are not supported (only NF4)"));
     }
@@ -212,19 +211,33 @@ pub fn dequantize_nf4(tensors: &mut HashMap<String, Tensor>, device: &Device) ->
         .filter(|p| p.is_empty() || p.ends_with('.'))
         .collect();
     prefixes.sort();
-    let mut names = Vec::with_capacity(prefixes.len());
-    for prefix in prefixes {
-        let q = Nf4Tensor::from_state_dict(tensors, &prefix).map_err(|e| format!("`{prefix}weight`: {e}"))?;
+    Ok(prefixes)
+}
+
+/// Removes the NF4 weight under `prefix` (`<module>.weight` packed, with its `.absmax`,
+/// `.quant_map`, nested and quant-state tensors) from a state dict and returns it.
+pub fn take_nf4(tensors: &mut HashMap<String, Tensor>, prefix: &str) -> Result<Nf4Tensor, String> {
+    let q = Nf4Tensor::from_state_dict(tensors, prefix).map_err(|e| format!("`{prefix}weight`: {e}"))?;
+    for suffix in [
+        "weight",
+        "weight.absmax",
+        "weight.quant_map",
+        "weight.nested_absmax",
+        "weight.nested_quant_map",
+        QUANT_STATE_KEY,
+    ] {
+        tensors.remove(&format!("{prefix}{suffix}"));
+    }
+    Ok(q)
+}
+
+/// Replaces every bitsandbytes NF4 weight of a state dict by its dequantized dense tensor, on
+/// `device`. Returns the names of the dequantized weights, sorted.
+pub fn dequantize_nf4(tensors: &mut HashMap<String, Tensor>, device: &Device) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    for prefix in nf4_prefixes(tensors)? {
+        let q = take_nf4(tensors, &prefix)?;
         let dense = q.to_tensor(device).map_err(|e| format!("`{prefix}weight`: {e}"))?;
-        for suffix in [
-            "weight.absmax",
-            "weight.quant_map",
-            "weight.nested_absmax",
-            "weight.nested_quant_map",
-            QUANT_STATE_KEY,
-        ] {
-            tensors.remove(&format!("{prefix}{suffix}"));
-        }
         let name = format!("{prefix}weight");
         tensors.insert(name.clone(), dense);
         names.push(name);
@@ -232,13 +245,11 @@ pub fn dequantize_nf4(tensors: &mut HashMap<String, Tensor>, device: &Device) ->
     Ok(names)
 }
 
-/// Loads a local HF directory as a trainable classifier (NF4 weights dequantized and a PEFT
-/// LoRA adapter in the directory merged, see the module doc).
-pub fn load_pretrained(dir: &Path, opts: &LoadOptions) -> Result<Pretrained, CheckpointError> {
-    let mut config = read_config(dir)?;
-    let tensors = read_weights(dir, &opts.device)?;
-    let mut tensors = normalize_names(&config, tensors);
-    let format_err = |path: PathBuf| move |message: String| CheckpointError::Format { path, message };
+/// config.json and the weights of the HF directory `dir` (names normalized to rkd's), on
+/// `device`; 8-bit bitsandbytes checkpoints are refused.
+pub fn read_checkpoint(dir: &Path, device: &Device) -> Result<(ModelConfig, HashMap<String, Tensor>), CheckpointError> {
+    let config = read_config(dir)?;
+    let tensors = normalize_names(&config, read_weights(dir, device)?);
     let quantization = config.quantization().map_err(|e| CheckpointError::Config {
         path: dir.join("config.json"),
         message: e.to_string(),
@@ -249,6 +260,14 @@ pub fn load_pretrained(dir: &Path, opts: &LoadOptions) -> Result<Pretrained, Che
             message: "8-bit bitsandbytes checkpoints are not supported (only 4-bit NF4)".into(),
         });
     }
+    Ok((config, tensors))
+}
+
+/// Loads a local HF directory as a trainable classifier (NF4 weights dequantized and a PEFT
+/// LoRA adapter in the directory merged, see the module doc).
+pub fn load_pretrained(dir: &Path, opts: &LoadOptions) -> Result<Pretrained, CheckpointError> {
+    let (mut config, mut tensors) = read_checkpoint(dir, &opts.device)?;
+    let format_err = |path: PathBuf| move |message: String| CheckpointError::Format { path, message };
     dequantize_nf4(&mut tensors, &opts.device).map_err(format_err(dir.to_path_buf()))?;
     // The weights are dense from here on: a model saved from them is not quantized.
     config.set_quantization(None);

@@ -11,6 +11,7 @@
 //!
 //! ```text
 //!   checkpoint.rs          load/save model directories (HF layout, NF4 weights, LoRA adapters)
+//!   inference.rs           load one for inference: shared tensors, NF4 weights kept 4-bit
 //!        │
 //!   compress/   training/  make models smaller │ train and evaluate them
 //!        │         │
@@ -25,6 +26,7 @@
 
 pub mod checkpoint;
 pub mod compress;
+pub mod inference;
 pub mod kernels;
 pub mod models;
 pub mod training;

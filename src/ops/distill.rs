@@ -30,7 +30,6 @@ use crate::ml::distill::{
 };
 use crate::ml::layers::Linear;
 use crate::ml::student::{every_k_layers, init_student_from_teacher, StudentInit};
-use crate::ml::train::with_threads;
 use crate::ml::{ForwardCtx, Model, ModelConfig, ModelInput, ParamStore, Pretrained};
 use crate::registry::{DistillArgs, FuseArgs};
 use crate::value::Value;
@@ -38,15 +37,13 @@ use crate::value::Value;
 /// Runs a `distill` stage.
 pub fn run_distill(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let kd = KdArgs::from(DistillArgs::from_params(ctx.params)?);
-    let threads = ctx.threads;
-    with_threads(threads, || run_on_pool(ctx, kd))
+    run_kd(ctx, kd)
 }
 
 /// Runs a `fuse` stage.
 pub fn run_fuse(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let kd = KdArgs::try_from(FuseArgs::from_params(ctx.params)?)?;
-    let threads = ctx.threads;
-    with_threads(threads, || run_on_pool(ctx, kd))
+    run_kd(ctx, kd)
 }
 
 /// What `distill` and `fuse` share, from either op's typed arguments.
@@ -145,7 +142,7 @@ impl Tally {
     }
 }
 
-fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
+fn run_kd(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
     let (opts, batch_size, policy) = args.schedule.options();
     let device = ctx.device.clone();
     let kd = args.kd;
@@ -192,7 +189,7 @@ fn run_on_pool(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
         _ => {
             let mut live = Vec::with_capacity(teacher_sources.len());
             for src in &teacher_sources {
-                let f = load_frozen(src, "a teacher", &device)?;
+                let f = load_frozen(src, "a teacher", &device, false)?;
                 model_source::check_fits(&f.config, &dataset, true)?;
                 if let (ModelConfig::Bert(_), Some(dir)) = (&f.config, &tokenizer) {
                     same_tokenizer(&f.dir, dir)?;
@@ -788,6 +785,7 @@ mod tests {
             },
             "test",
             &Device::Cpu,
+            false,
         )
         .unwrap();
         let ds = load_dataset(&d, Some(dir.path().join("teacher")), dir.path(), &mut std::io::sink()).unwrap();

@@ -3,7 +3,7 @@
 //!
 //! Inference runs on detached weights (a model built from
 //! [`ParamStore::frozen_var_builder`](crate::ml::ParamStore::frozen_var_builder)), so no autograd
-//! graph is recorded, on a rayon pool of `ctx.threads` threads. The full report goes to
+//! graph is recorded, on the pool of threads that running stages share. The full report goes to
 //! `eval.json` in the stage's output; the headline numbers are the op's metrics.
 
 use std::collections::BTreeMap;
@@ -21,15 +21,8 @@ use crate::data::Dataset;
 use crate::data::SplitName;
 use crate::ml::metrics::{evaluate, Confusion, Evaluation};
 use crate::ml::sizes::Sizes;
-use crate::ml::train::with_threads;
 use crate::ml::{ForwardCtx, Model, ModelInput};
 use crate::registry::EvalArgs;
-
-/// Runs an `eval` stage.
-pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
-    let threads = ctx.threads;
-    with_threads(threads, || run_on_pool(ctx))
-}
 
 /// Each example's label and predicted class (`index,label,predicted,correct`), beside eval.json.
 pub const PREDICTIONS_CSV: &str = "predictions.csv";
@@ -175,6 +168,15 @@ pub struct Measured {
     pub latency_batch: usize,
     /// Tensors the checkpoint lacked (initialised at random).
     pub missing: Vec<String>,
+    /// Bytes of the weights held in memory while evaluating (NF4 weights packed).
+    pub weights_in_memory: u64,
+    /// Linear weights multiplied in NF4 (4-bit) rather than dense.
+    pub nf4_weights: usize,
+    /// Pruned linear weights multiplied by the sparse kernel rather than dense.
+    pub sparse_weights: usize,
+    /// The process's peak resident memory while the model was loaded and evaluated, in bytes
+    /// (where the system tells it).
+    pub peak_rss: Option<u64>,
 }
 
 /// Evaluates a trained model on a split of `dataset` (read with the model's tokenizer) and
@@ -187,7 +189,7 @@ pub fn measure(
     batch_size: usize,
 ) -> Result<Measured, OpError> {
     let device = ctx.device.clone();
-    let frozen = load_frozen(source, "eval", &device)?;
+    let frozen = load_frozen(source, "eval", &device, true)?;
     let config = frozen.config.clone();
     model_source::check_fits(&config, dataset, true)?;
     let n = dataset.len(split);
@@ -197,7 +199,9 @@ pub fn measure(
             split.as_str()
         )));
     }
-    let batches = dataset.batches(split, batch_size, None, false, &device)?;
+    // Peak memory from here: loading and evaluating this model (the process's, see `memory`).
+    let rss_reset = super::memory::reset_peak_rss();
+    let batches = dataset.inference_batches(split, batch_size, &device)?;
     let mut eval = Evaluation {
         confusion: Confusion::new(config.num_labels()),
         loss: 0.0,
@@ -205,28 +209,36 @@ pub fn measure(
         outputs: Vec::new(),
         targets: Vec::new(),
     };
+    let mut order = Vec::with_capacity(n);
     for (i, b) in batches.iter().enumerate() {
         if ctx.cancel.is_interrupted() {
             return Err(OpError::Interrupted);
         }
         eval.merge(evaluate(&frozen.model, std::iter::once((&b.input, &b.labels)))?)?;
+        order.extend_from_slice(&b.indices);
         ctx.progress.steps("batch", i as u64 + 1, batches.len() as u64);
     }
-    let sizes = crate::ml::sizes::measure(&config, &frozen.params)?;
+    eval.into_example_order(&order)?;
+    drop(batches);
+    let sizes = frozen
+        .sizes
+        .ok_or_else(|| OpError::Failed("the model's sizes were not measured".into()))?;
     let files = model_files(&frozen.dir)?;
     let bytes: u64 = files.values().sum();
     let weights_bytes: u64 = files.iter().filter(|(k, _)| is_weights(k)).map(|(_, v)| *v).sum();
     ctx.progress.message("measuring latency");
-    let lat_batches = if batch_size >= 32 {
-        None
-    } else {
-        Some(dataset.batches(split, 32, None, false, &device)?)
+    // The first 32 examples in split order (not the longest, which come first above).
+    let first = match dataset.batch_iter(split, 32, None, false, &device)?.next() {
+        Some(b) => b?,
+        None => {
+            return Err(OpError::Failed(format!(
+                "the {} split of the dataset is empty",
+                split.as_str()
+            )))
+        }
     };
-    let first = match &lat_batches {
-        Some(bs) => &bs[0].input,
-        None => &batches[0].input,
-    };
-    let (latency_b1, latency_b32, latency_batch) = latency(&frozen.model, first)?;
+    let (latency_b1, latency_b32, latency_batch) = latency(&frozen.model, &first.input)?;
+    let peak_rss = if rss_reset { super::memory::peak_rss() } else { None };
     Ok(Measured {
         what: frozen.what,
         dir: frozen.dir,
@@ -240,10 +252,15 @@ pub fn measure(
         latency_b32,
         latency_batch,
         missing: frozen.missing,
+        weights_in_memory: frozen.weight_bytes,
+        nf4_weights: frozen.nf4_weights.len(),
+        sparse_weights: frozen.sparse_weights.len(),
+        peak_rss,
     })
 }
 
-fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
+/// Runs an `eval` stage.
+pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let args = EvalArgs::from_params(ctx.params)?;
     let batch_size = args.batch_size.max(1);
     ctx.progress.message("loading the model and data");
@@ -344,6 +361,14 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
          {lat1:.3} ms/example at batch 1, {lat32:.3} ms/example at batch {lat_batch}",
         s.params, s.nonzeros, s.dense_bytes, s.nf4_bytes, s.sparse_bytes, m.bytes
     );
+    let _ = writeln!(
+        ctx.log,
+        "memory: weights {} bytes in memory ({} linear weights multiplied in NF4, {} by the sparse kernel); peak RSS {}",
+        m.weights_in_memory,
+        m.nf4_weights,
+        m.sparse_weights,
+        m.peak_rss.map_or("unknown".to_string(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+    );
     let sizes = serde_json::json!({
         "params": s.params,
         "nonzero": s.nonzeros,
@@ -360,6 +385,13 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             "batch_32_size": lat_batch,
             "threads": ctx.threads,
             "device": crate::ml::kernels::device::label(&ctx.device),
+            "cpu": crate::ml::kernels::isa::active().name(),
+        },
+        "memory": {
+            "weights_in_memory_bytes": m.weights_in_memory,
+            "nf4_weights": m.nf4_weights,
+            "sparse_weights": m.sparse_weights,
+            "peak_rss_bytes": m.peak_rss,
         },
     });
     if let (Some(r), Some(extra)) = (report.as_object_mut(), sizes.as_object()) {
@@ -384,6 +416,10 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     o.insert("weights_bytes".into(), m.weights_bytes as f64);
     o.insert("latency_ms_b1".into(), lat1);
     o.insert("latency_ms_b32".into(), lat32);
+    o.insert("weights_in_memory_bytes".into(), m.weights_in_memory as f64);
+    if let Some(rss) = m.peak_rss {
+        o.insert("peak_rss_bytes".into(), rss as f64);
+    }
     Ok(out)
 }
 

@@ -5,6 +5,7 @@ pub mod distill;
 mod error;
 pub mod eval;
 mod exec;
+pub mod memory;
 pub mod model_source;
 pub mod predict;
 pub mod progress;
@@ -45,7 +46,7 @@ pub struct OpContext<'a> {
     pub progress: &'a Progress,
     /// Set when the run is interrupted; long-running ops check it.
     pub cancel: &'a Cancel,
-    /// Threads the op may use.
+    /// Threads of the pool the op computes on, shared with the stages running beside it.
     pub threads: usize,
     /// The device the op computes on (`--device`); the fused CPU kernels run where it is the CPU.
     pub device: candle_core::Device,

@@ -387,12 +387,18 @@ pub fn model_for_training(
 /// A trained model for inference: its weights detached (no autograd graph is recorded), with
 /// its configuration. `purpose` names the op for the error on an untrained architecture.
 pub struct Frozen {
-    /// The model, built on detached weights.
+    /// The model, built on the checkpoint's tensors (no autograd variables).
     pub model: crate::ml::Model,
     /// Its configuration.
     pub config: ModelConfig,
-    /// Its parameters (for counting and saving).
-    pub params: crate::ml::ParamStore,
+    /// Its sizes (when [`load_frozen`] was asked to measure them).
+    pub sizes: Option<crate::ml::sizes::Sizes>,
+    /// The linear weights it keeps in NF4 (multiplied 4-bit by the inference kernel).
+    pub nf4_weights: Vec<String>,
+    /// The pruned linear weights it multiplies with the sparse kernel.
+    pub sparse_weights: Vec<String>,
+    /// Bytes of the weights it holds in memory.
+    pub weight_bytes: u64,
     /// What it is, for messages.
     pub what: String,
     /// The directory it was loaded from.
@@ -401,8 +407,9 @@ pub struct Frozen {
     pub missing: Vec<String>,
 }
 
-/// Loads a trained model (a stage output or a checkpoint) for inference.
-pub fn load_frozen(src: &ModelSource, purpose: &str, device: &Device) -> Result<Frozen, OpError> {
+/// Loads a trained model (a stage output or a checkpoint) for inference (see
+/// [`crate::ml::inference`]: NF4 weights stay 4-bit); with `measure_sizes`, also its sizes.
+pub fn load_frozen(src: &ModelSource, purpose: &str, device: &Device, measure_sizes: bool) -> Result<Frozen, OpError> {
     let (dir, what) = match src {
         ModelSource::Dir { dir, what } => (dir.clone(), what.clone()),
         ModelSource::Arch(spec) => {
@@ -412,20 +419,18 @@ pub fn load_frozen(src: &ModelSource, purpose: &str, device: &Device) -> Result<
             )))
         }
     };
-    let opts = crate::ml::checkpoint::LoadOptions {
-        device: device.clone(),
-        ..Default::default()
-    };
-    let p = load_pretrained(&dir, &opts).map_err(|e| OpError::Failed(format!("{what}: {e}")))?;
-    let config = p.model.config();
-    let model = crate::ml::Model::new(&config, p.params.frozen_var_builder(candle_core::DType::F32, device))?;
+    let inf = crate::ml::inference::load_inference(&dir, device, measure_sizes)
+        .map_err(|e| OpError::Failed(format!("{what}: {e}")))?;
     Ok(Frozen {
-        model,
-        config,
-        params: p.params,
+        model: inf.model,
+        config: inf.config,
+        sizes: inf.sizes,
+        nf4_weights: inf.nf4_weights,
+        sparse_weights: inf.sparse_weights,
+        weight_bytes: inf.weight_bytes,
         what,
         dir,
-        missing: p.report.initialised,
+        missing: inf.missing,
     })
 }
 

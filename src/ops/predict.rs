@@ -15,7 +15,6 @@ use super::model_source::{self, load_frozen};
 use super::train::load_for;
 use super::{OpContext, OpError, OpOutput};
 use crate::data::{Dataset, SplitName};
-use crate::ml::train::with_threads;
 use crate::ml::ForwardCtx;
 use crate::registry::PredictArgs;
 
@@ -24,18 +23,13 @@ pub const FILE: &str = "predictions.safetensors";
 
 /// Runs a `predict` stage.
 pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
-    let threads = ctx.threads;
-    with_threads(threads, || run_on_pool(ctx))
-}
-
-fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let args = PredictArgs::from_params(ctx.params)?;
     let batch_size = args.batch_size.max(1);
     let device = ctx.device.clone();
     ctx.progress.message("loading the model and data");
     let source = model_source::resolve(ctx, &args.model)?;
     let dataset = load_for(ctx, &args.data, &source)?;
-    let frozen = load_frozen(&source, "predict", &device)?;
+    let frozen = load_frozen(&source, "predict", &device, false)?;
     model_source::check_fits(&frozen.config, &dataset, true)?;
     if !frozen.missing.is_empty() {
         return Err(OpError::Failed(format!(
@@ -50,7 +44,8 @@ fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         )));
     }
     let classes = dataset.classes.len();
-    let batches = dataset.batches(SplitName::Train, batch_size, None, false, &device)?;
+    // Length buckets: each batch is padded only to its own longest sentence.
+    let batches = dataset.inference_batches(SplitName::Train, batch_size, &device)?;
     let labels = dataset.labels(SplitName::Train);
     let mut logits = vec![0f32; n * classes];
     let mut correct = 0usize;

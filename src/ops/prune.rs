@@ -34,7 +34,7 @@ use crate::keyword::Keyword;
 use crate::ml::checkpoint::{load_pretrained, LoadOptions};
 use crate::ml::metrics::{evaluate, parameter_counts};
 use crate::ml::prune::{prune, Method, PruneReport, Pruned};
-use crate::ml::train::{with_threads, TrainError, TrainReport};
+use crate::ml::train::{TrainError, TrainReport};
 use crate::ml::{Model, ParamStore};
 use crate::registry::{PruneArgs, DEFAULT_BATCH_SIZE};
 
@@ -46,12 +46,6 @@ const COMPANION_FILES: [&str; 5] = [
     "special_tokens_map.json",
     "preprocessor_config.json",
 ];
-
-/// Runs a `prune` stage.
-pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
-    let threads = ctx.threads;
-    with_threads(threads, || run_on_pool(ctx))
-}
 
 /// A string parameter, `default` when absent.
 fn percent(x: f64) -> String {
@@ -76,7 +70,8 @@ fn validation_accuracy(
     Ok(Some(ev.score()))
 }
 
-fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
+/// Runs a `prune` stage.
+pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let args = PruneArgs::from_params(ctx.params)?;
     let (method, scope) = (args.method, args.scope);
     let sparsity = args.sparsity;

@@ -42,7 +42,7 @@ use crate::ml::config::QuantizationConfig;
 use crate::ml::layers::Linear;
 use crate::ml::lora::{self, AdapterConfig, LoraConfig, HEAD};
 use crate::ml::nf4::Nf4Tensor;
-use crate::ml::train::{with_threads, TrainOptions, TrainReport};
+use crate::ml::train::{TrainOptions, TrainReport};
 use crate::ml::{Model, ParamStore};
 use crate::registry::QloraArgs;
 
@@ -183,11 +183,6 @@ impl QloraModel {
 
 /// Runs a `qlora` stage.
 pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
-    let threads = ctx.threads;
-    with_threads(threads, || run_on_pool(ctx))
-}
-
-fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let args = QloraArgs::from_params(ctx.params)?;
     let settings = QloraSettings::from_args(&args)?;
     let (opts, batch_size, policy) = Schedule {

@@ -19,15 +19,8 @@ use super::selection::{report_split, Selection};
 use super::train::load_dataset;
 use super::{OpContext, OpError, OpOutput};
 use crate::data::{Dataset, SplitName};
-use crate::ml::train::with_threads;
 use crate::report::{write_report, Curve, ReportData, ReportRow};
 use crate::value::Value;
-
-/// Runs a `report` stage.
-pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
-    let threads = ctx.threads;
-    with_threads(threads, || run_on_pool(ctx))
-}
 
 /// A model to report on.
 struct Entry {
@@ -38,7 +31,8 @@ struct Entry {
     strategy: String,
 }
 
-fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
+/// Runs a `report` stage.
+pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let args = ReportArgs::from_params(ctx.params)?;
     let mut split: Option<SplitName> = None;
     let mut split_examples = None;

@@ -4,9 +4,9 @@
 //! labels, model.safetensors holding the best epoch's weights, the tokenizer files) and
 //! train_metrics.json (the loss per step and the validation accuracy per epoch).
 //!
-//! Threads: the whole op runs on a rayon pool of `ctx.threads` threads, which is where candle's
-//! matrix products and the optimiser run their parallel parts (candle splits a product into
-//! `RAYON_NUM_THREADS` or as-many-as-cores tasks, executed by that pool).
+//! Threads: candle's matrix products, the fused kernels and the optimiser run their parallel parts
+//! on the process-wide pool (`ctx.threads` threads, one per core) that every running stage shares
+//! ([`crate::ml::kernels::runtime`]): alone, the stage has every core.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -22,9 +22,7 @@ use crate::data::{Batch, Dataset, LoadOptions, SplitName};
 use crate::keyword::Keyword;
 use crate::ml::metrics::evaluate;
 use crate::ml::rng::derive_seed;
-use crate::ml::train::{
-    train, with_threads, EpochRecord, Hooks, StepRecord, TrainError, TrainOptions, TrainReport, Validation,
-};
+use crate::ml::train::{train, EpochRecord, Hooks, StepRecord, TrainError, TrainOptions, TrainReport, Validation};
 use crate::ml::train::{Precision, Select};
 use crate::ml::ParamStore;
 use crate::ml::{ForwardCtx, Model};
@@ -158,11 +156,6 @@ pub(super) use {checkpoint_policy, full_schedule};
 
 /// Runs a `train` stage.
 pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
-    let threads = ctx.threads;
-    with_threads(threads, || run_on_pool(ctx))
-}
-
-fn run_on_pool(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let args = TrainArgs::from_params(ctx.params)?;
     let (opts, batch_size, policy) = full_schedule!(args).options();
     let device = ctx.device.clone();

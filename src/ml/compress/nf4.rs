@@ -51,27 +51,9 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-/// The bitsandbytes NF4 codebook, in bnb index order (functional.py `get_4bit_type("nf4")`).
-// bnb's digits verbatim (they are the f32 values printed as doubles), so they can be compared.
-#[allow(clippy::excessive_precision)]
-pub const NF4_CODE: [f32; 16] = [
-    -1.0,
-    -0.6961928009986877,
-    -0.5250730514526367,
-    -0.39491748809814453,
-    -0.28444138169288635,
-    -0.18477343022823334,
-    -0.09105003625154495,
-    0.0,
-    0.07958029955625534,
-    0.16093020141124725,
-    0.24611230194568634,
-    0.33791524171829224,
-    0.44070982933044434,
-    0.5626170039176941,
-    0.7229568362236023,
-    1.0,
-];
+use crate::ml::kernels::nf4_kernel::PackedNf4;
+/// The bitsandbytes NF4 codebook (defined beside the kernel that multiplies with it).
+pub use crate::ml::kernels::nf4_kernel::NF4_CODE;
 
 /// The decision thresholds of bnb's CUDA `dQuantizeNF4` (csrc/kernels.cu), as its f32 literals:
 /// the midpoints between neighbouring codebook entries. The code of `x` is `#{t : x > t}`.
@@ -559,6 +541,16 @@ impl Nf4Tensor {
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor, Nf4Error> {
         let t = Tensor::from_vec(self.dequantize(), self.shape.as_slice(), device)?;
         Ok(t.to_dtype(self.dtype.to_candle())?)
+    }
+
+    /// The matrix as the inference kernel multiplies with it (the absmax decoded to f32 once, the
+    /// codes as they are); `None` unless it is 2-D and dequantizes to f32.
+    pub fn to_packed(&self) -> Option<PackedNf4> {
+        let [rows, cols] = self.shape[..] else { return None };
+        if self.dtype != Nf4Dtype::F32 {
+            return None;
+        }
+        PackedNf4::new(self.packed.clone(), self.absmax(), self.block_size, rows, cols).ok()
     }
 
     /// The packed codes: two per byte, the first element in the high nibble.

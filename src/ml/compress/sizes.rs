@@ -10,7 +10,7 @@
 //!
 //! Pruning zeros shrink only the sparse size; removing heads shrinks all three.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Result};
 use serde::Serialize;
 
 use super::lora::base_linears;
@@ -35,34 +35,58 @@ pub struct Sizes {
 
 /// Measures the sizes of a model's weights.
 pub fn measure(config: &ModelConfig, params: &ParamStore) -> Result<Sizes> {
-    let quantised: Vec<String> = base_linears(config).into_iter().map(|m| m + ".weight").collect();
-    let mut s = Sizes {
-        params: 0,
-        nonzeros: 0,
-        dense_bytes: 0,
-        nf4_bytes: 0,
-        sparse_bytes: 0,
-    };
+    let mut counter = SizeCounter::new(config);
     for (name, t) in params.tensors()? {
         let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        counter.add(&name, t.dims(), &values)?;
+    }
+    Ok(counter.sizes())
+}
+
+/// [`Sizes`] added up one tensor at a time (so that no copy of the whole model is needed).
+#[derive(Debug, Clone)]
+pub struct SizeCounter {
+    quantised: Vec<String>,
+    sizes: Sizes,
+}
+
+impl SizeCounter {
+    /// An empty count for a model with `config` (which says which weights NF4 would quantise).
+    pub fn new(config: &ModelConfig) -> Self {
+        Self {
+            quantised: base_linears(config).into_iter().map(|m| m + ".weight").collect(),
+            sizes: Sizes {
+                params: 0,
+                nonzeros: 0,
+                dense_bytes: 0,
+                nf4_bytes: 0,
+                sparse_bytes: 0,
+            },
+        }
+    }
+
+    /// Counts the tensor `name` of shape `dims` holding `values`.
+    pub fn add(&mut self, name: &str, dims: &[usize], values: &[f32]) -> Result<()> {
+        let s = &mut self.sizes;
         let n = values.len();
         let nnz = values.iter().filter(|v| **v != 0.0).count();
         s.params += n;
         s.nonzeros += nnz;
         s.dense_bytes += 4 * n as u64;
         s.sparse_bytes += n.div_ceil(8) as u64 + 4 * nnz as u64;
-        s.nf4_bytes += if quantised.contains(&name) {
-            nf4_bytes(&t, &values)?
+        s.nf4_bytes += if self.quantised.iter().any(|q| q == name) {
+            let q = Nf4Tensor::quantize(values, dims, DEFAULT_BLOCK_SIZE, true).map_err(candle_core::Error::wrap)?;
+            q.bytes() as u64
         } else {
             4 * n as u64
         };
+        Ok(())
     }
-    Ok(s)
-}
 
-fn nf4_bytes(t: &Tensor, values: &[f32]) -> Result<u64> {
-    let q = Nf4Tensor::quantize(values, t.dims(), DEFAULT_BLOCK_SIZE, true).map_err(candle_core::Error::wrap)?;
-    Ok(q.bytes() as u64)
+    /// The sizes counted so far.
+    pub fn sizes(&self) -> Sizes {
+        self.sizes
+    }
 }
 
 #[cfg(test)]
@@ -70,7 +94,7 @@ mod tests {
     use super::*;
     use crate::ml::checkpoint::Pretrained;
     use crate::ml::models::config::BertConfig;
-    use candle_core::Device;
+    use candle_core::{Device, Tensor};
 
     #[test]
     fn sizes_follow_the_weights() {

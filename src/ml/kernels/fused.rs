@@ -108,31 +108,7 @@ pub(crate) fn dot8(x: &[f32], y: &[f32]) -> f32 {
     s
 }
 
-/// Runs `$body` with AVX2 enabled when the CPU has it (same arithmetic, wider vectors: no FMA
-/// contraction happens in Rust, so both paths give bit-identical results).
-macro_rules! dispatch {
-    ($vis:vis $name:ident, ($($arg:ident: $ty:ty),*), $body:expr) => {
-        #[inline(always)]
-        #[allow(clippy::too_many_arguments)]
-        $vis fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2")]
-                #[allow(clippy::too_many_arguments)]
-                unsafe fn wide($($arg: $ty),*) {
-                    $body
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU supports AVX2 (checked just above).
-                    unsafe { wide($($arg),*) };
-                    return;
-                }
-            }
-            $body
-        }
-    };
-}
-pub(crate) use dispatch;
+pub(crate) use super::isa::dispatch;
 
 // ------------------------------------------------------------------------------------------
 // Scalar math: exp and erf in f32 with plain multiply-adds (auto-vectorised).
@@ -624,6 +600,7 @@ pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ml::kernels::isa;
     use crate::ml::models::config::HiddenAct;
     use crate::ml::models::layers::{self, LayerNorm};
     use crate::ml::testutil::{randn, rel_err, values_f64 as values};
@@ -781,6 +758,18 @@ mod tests {
         };
         assert_eq!(all(1), all(2));
         assert_eq!(all(1), all(3));
+        // And not on the instruction set: every path this CPU has gives the same bits (each is
+        // checked against the composite ops by the tests above through this equality).
+        let _lock = isa::FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let widest = all(2);
+        for path in [isa::Isa::Baseline, isa::Isa::Avx2, isa::Isa::Avx512] {
+            let Some(_forced) = isa::force(path) else {
+                eprintln!("this CPU lacks {}: that path is not tested here", path.name());
+                continue;
+            };
+            assert_eq!(isa::active(), path);
+            assert_eq!(all(2), widest, "the {} path differs", path.name());
+        }
     }
 
     #[test]

@@ -172,6 +172,57 @@ pub(crate) fn matmul(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, ac
     }
 }
 
+/// `dst += lhs·rhs` (or `dst = lhs·rhs` without `accumulate`) on the calling thread, where `dst`
+/// is the `m × n` matrix at `dst` with row stride `rs` and column stride `cs`.
+///
+/// # Safety
+/// Every element `dst[i·rs + j·cs]` must be valid for writes and written by no one else
+/// meanwhile, and distinct `(i, j)` must be distinct elements.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul_raw(
+    dst: *mut f32,
+    m: usize,
+    n: usize,
+    rs: usize,
+    cs: usize,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    accumulate: bool,
+) {
+    let k = lhs.cols;
+    assert_eq!((lhs.rows, rhs.rows, rhs.cols), (m, k, n), "matmul: shapes");
+    lhs.check("lhs");
+    rhs.check("rhs");
+    if m == 0 || n == 0 || k == 0 {
+        assert!(k > 0 || accumulate, "matmul_raw: an empty product must accumulate");
+        return;
+    }
+    // SAFETY: the operands are checked views; the destination is the caller's promise.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            cs as isize,
+            rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
 /// A `Vec` of `n` floats whose contents will all be overwritten (no zero-filling pass); its
 /// elements hold arbitrary values until written.
 pub(crate) fn uninit_vec(n: usize) -> Vec<f32> {

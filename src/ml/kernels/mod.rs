@@ -11,7 +11,13 @@ pub mod fused_attention;
 pub mod fused_linear;
 /// Matrix products on strided f32 views through the `gemm` crate.
 pub(crate) mod gemm;
+/// The vector instruction set the kernels run (AVX-512, AVX2, baseline), chosen at run time.
+pub mod isa;
+/// Products with NF4 weights dequantized panel by panel inside the kernel (inference).
+pub mod nf4_kernel;
 /// Seeded, portable random numbers, derived seeds and counter-based dropout masks.
 pub mod rng;
 /// Process-wide settings (heap, thread pools) applied once at start-up; rayon pools of a given size.
 pub mod runtime;
+/// Products with pruned weights held in compressed sparse rows (inference).
+pub mod sparse_kernel;

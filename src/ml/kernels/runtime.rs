@@ -1,5 +1,13 @@
-//! Process-wide settings for fast CPU training, applied once at start-up ([`configure`]), and
-//! rayon pools of a chosen size ([`with_threads`]).
+//! Process-wide settings for fast CPU training, applied once at start-up ([`configure`]), the
+//! shared pool of threads that running stages compute on ([`shared_threads`]), and rayon pools
+//! of a chosen size ([`with_threads`], for benchmarks and tests).
+//!
+//! - Cores: every stage's parallel work (matrix products, fused kernels, the optimiser) runs on
+//!   rayon's global pool, one thread per core (`RAYON_NUM_THREADS` overrides), shared by all the
+//!   stages running at once, like make's jobserver tokens: a stage alone gets every core, two
+//!   stages split them as their work comes, and when one ends the other has them all again.
+//!   (Fixed per-stage pools of cores/-j threads left a core idle once a stage's neighbours had
+//!   finished: a teacher's `predict` over 67k sentences ran on one core for 15 minutes.)
 //!
 //! - Heap: every training step allocates and frees the same few hundred multi-megabyte
 //!   buffers. glibc's malloc serves large blocks with `mmap` and gives them back with `munmap`
@@ -54,6 +62,12 @@ fn keep_freed_buffers() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
+}
+
+/// Threads of the shared pool that stages compute on (rayon's global pool: one per core, or
+/// `RAYON_NUM_THREADS`).
+pub fn shared_threads() -> usize {
+    rayon::current_num_threads()
 }
 
 /// Runs `f` on a rayon pool of `threads` threads, so that candle's parallel kernels (matrix

@@ -14,7 +14,10 @@ use candle_nn::{Init, VarBuilder};
 use super::config::HiddenAct;
 use crate::ml::kernels::fused;
 use crate::ml::kernels::fused_linear;
+use crate::ml::kernels::nf4_kernel::{self, PackedNf4};
 use crate::ml::kernels::rng::{CounterMask, Rng};
+use crate::ml::kernels::sparse_kernel::{self, CsrWeight};
+use std::sync::Arc;
 
 /// Forward-pass context: train or eval mode, the dropout random stream, and whether the
 /// attention maps are wanted.
@@ -98,6 +101,10 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// Optional low-rank adapter (none unless attached by [`crate::ml::compress::lora::attach`]).
     pub lora: Option<LoraBranch>,
+    /// The weight held compressed for inference (NF4 or sparse, see [`PackedWeight`]); `weight`
+    /// is then a stand-in of the right shape that holds no memory and that the forward pass never
+    /// reads.
+    pub packed: Option<PackedWeight>,
 }
 
 impl Linear {
@@ -109,11 +116,7 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self {
-            weight,
-            bias,
-            lora: None,
-        })
+        Ok(Self::from_tensors(weight, bias))
     }
 
     /// Builds the layer from existing tensors.
@@ -122,7 +125,22 @@ impl Linear {
             weight,
             bias,
             lora: None,
+            packed: None,
         }
+    }
+
+    /// Holds the weight compressed (inference only): `weight` becomes a stand-in without memory.
+    pub fn keep_packed(&mut self, packed: PackedWeight) -> Result<()> {
+        let (rows, cols) = packed.dims();
+        if self.weight.dims() != [rows, cols] {
+            candle_core::bail!(
+                "a packed weight [{rows}, {cols}] for a layer of shape {:?}",
+                self.weight.dims()
+            )
+        }
+        self.weight = Tensor::zeros(1, DType::F32, self.weight.device())?.broadcast_as((rows, cols))?;
+        self.packed = Some(packed);
+        Ok(())
     }
 
     /// The layer in `ctx`'s mode: the LoRA branch's dropout is active in train mode (the base
@@ -137,6 +155,7 @@ impl Linear {
         match (&self.bias, act) {
             (Some(b), HiddenAct::Gelu)
                 if self.lora.is_none()
+                    && self.packed.is_none()
                     && ctx.compute == DType::F32
                     && fused_linear::applies(x, &self.weight, Some(b)) =>
             {
@@ -147,6 +166,9 @@ impl Linear {
     }
 
     fn apply(&self, x: &Tensor, ctx: Option<&mut ForwardCtx>) -> Result<Tensor> {
+        if let Some(w) = &self.packed {
+            return self.apply_packed(w, x, ctx);
+        }
         let compute = ctx.as_ref().map_or(DType::F32, |c| c.compute);
         let fused = compute == DType::F32 && fused_linear::applies(x, &self.weight, self.bias.as_ref());
         if fused && self.lora.is_none() {
@@ -183,6 +205,76 @@ impl Linear {
         };
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = self.weight.dim(0)?;
+        y.reshape(out_dims)
+    }
+}
+
+/// A linear weight held compressed for inference, multiplied by its own kernel.
+#[derive(Debug, Clone)]
+pub enum PackedWeight {
+    /// 4-bit NF4 codes and block scales ([`nf4_kernel`]).
+    Nf4(Arc<PackedNf4>),
+    /// The nonzeros of a pruned weight ([`sparse_kernel`]).
+    Sparse(Arc<CsrWeight>),
+}
+
+impl PackedWeight {
+    /// `[out, in]`.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            PackedWeight::Nf4(w) => w.dims(),
+            PackedWeight::Sparse(w) => w.dims(),
+        }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            PackedWeight::Nf4(w) => w.bytes(),
+            PackedWeight::Sparse(w) => w.bytes(),
+        }
+    }
+
+    fn dense(&self) -> Vec<f32> {
+        match self {
+            PackedWeight::Nf4(w) => w.dequantize(),
+            PackedWeight::Sparse(w) => w.to_dense(),
+        }
+    }
+}
+
+impl Linear {
+    /// The layer with a packed weight: its kernel on f32 CPU inputs; elsewhere (another device or
+    /// dtype) the weight is made dense for the one product.
+    fn apply_packed(&self, w: &PackedWeight, x: &Tensor, ctx: Option<&mut ForwardCtx>) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (rows_out, in_dim) = w.dims();
+        let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+        let x2 = x.reshape((rows, in_dim))?;
+        let y = if fused::fusable(&x2) {
+            let bias = match &self.bias {
+                Some(b) => Some(Arc::new(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
+                None => None,
+            };
+            match w {
+                PackedWeight::Nf4(w) => nf4_kernel::linear(&x2, w, bias.as_ref())?,
+                PackedWeight::Sparse(w) => sparse_kernel::linear(&x2, w, bias.as_ref())?,
+            }
+        } else {
+            let dense = Tensor::from_vec(w.dense(), (rows_out, in_dim), x.device())?.to_dtype(x.dtype())?;
+            let y = x2.matmul(&dense.t()?)?;
+            match &self.bias {
+                Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
+                None => y,
+            }
+        };
+        let y = match (&self.lora, ctx) {
+            (Some(l), Some(ctx)) => (y + l.forward(&x2, ctx)?)?,
+            (Some(l), None) => (y + l.forward(&x2, &mut ForwardCtx::eval())?)?,
+            (None, _) => y,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("non-empty") = rows_out;
         y.reshape(out_dims)
     }
 }

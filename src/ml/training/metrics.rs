@@ -217,6 +217,29 @@ impl Evaluation {
         }
     }
 
+    /// Puts the per-example results into example order, where the `k`-th result so far is
+    /// example `order[k]`'s (batches in length buckets come in another order).
+    pub fn into_example_order(&mut self, order: &[usize]) -> Result<()> {
+        fn permute<T: Copy + Default>(v: &mut Vec<T>, order: &[usize]) -> Result<()> {
+            if v.is_empty() {
+                return Ok(());
+            }
+            if v.len() != order.len() {
+                candle_core::bail!("{} results for {} examples", v.len(), order.len())
+            }
+            let mut out = vec![T::default(); v.len()];
+            for (&value, &at) in v.iter().zip(order) {
+                *out.get_mut(at)
+                    .ok_or_else(|| candle_core::Error::Msg(format!("example {at} out of range")))? = value;
+            }
+            *v = out;
+            Ok(())
+        }
+        permute(&mut self.predicted, order)?;
+        permute(&mut self.outputs, order)?;
+        permute(&mut self.targets, order)
+    }
+
     /// Adds another evaluation's examples (the mean loss weighted by examples).
     pub fn merge(&mut self, other: Evaluation) -> Result<()> {
         let (a, b) = (self.examples() as f64, other.examples() as f64);

@@ -1,0 +1,179 @@
+//! Which vector instruction set the CPU kernels run: detected at run time (one binary for every
+//! x86-64 machine), and capped by `RKD_CPU_ISA` or by tests that force a path.
+//!
+//! The element-wise kernels ([`super::fused`], [`super::fused_attention`], the NF4 kernel) are
+//! compiled three times — plain x86-64, AVX2 and AVX-512 — and pick one per call with [`active`].
+//! They do the same arithmetic on every path (Rust never contracts `a * b + c` into an FMA), so
+//! results are bit-identical whichever runs. The matrix products go through the `gemm` crate,
+//! which dispatches the same way (its AVX-512 kernels are on: feature `x86-v4`) but cannot be
+//! forced to a lower path.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// A vector instruction set the kernels are compiled for, from narrowest to widest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Plain x86-64 (SSE2) or another architecture: what the compiler vectorises by default.
+    Baseline,
+    /// AVX2 (256-bit vectors).
+    Avx2,
+    /// AVX-512 F/BW/DQ/VL (512-bit vectors).
+    Avx512,
+}
+
+impl Isa {
+    /// The name used by `RKD_CPU_ISA` and in benchmark tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Baseline => "baseline",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Parses a name given by [`Isa::name`].
+    pub fn parse(word: &str) -> Option<Isa> {
+        match word.trim().to_ascii_lowercase().as_str() {
+            "baseline" | "scalar" | "sse2" => Some(Isa::Baseline),
+            "avx2" => Some(Isa::Avx2),
+            "avx512" | "avx-512" => Some(Isa::Avx512),
+            _ => None,
+        }
+    }
+
+    fn code(self) -> u8 {
+        self as u8 + 1
+    }
+
+    fn from_code(c: u8) -> Option<Isa> {
+        [Isa::Baseline, Isa::Avx2, Isa::Avx512]
+            .get(usize::from(c).checked_sub(1)?)
+            .copied()
+    }
+}
+
+/// The widest instruction set this CPU supports.
+pub fn detected() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            return Isa::Avx512;
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Baseline
+}
+
+/// The cap set by [`force`] (0: none).
+static FORCED: AtomicU8 = AtomicU8::new(0);
+/// The path in use, computed once (0: not yet).
+static ACTIVE: AtomicU8 = AtomicU8::new(0);
+
+/// The instruction set the kernels use now: the detected one, capped by `RKD_CPU_ISA`
+/// (`baseline`, `avx2`, `avx512`) and by [`force`]. Never wider than the CPU supports.
+#[inline]
+pub fn active() -> Isa {
+    if let Some(isa) = Isa::from_code(ACTIVE.load(Ordering::Relaxed)) {
+        return isa;
+    }
+    let mut isa = detected();
+    if let Some(cap) = std::env::var("RKD_CPU_ISA").ok().and_then(|w| Isa::parse(&w)) {
+        isa = isa.min(cap);
+    }
+    if let Some(cap) = Isa::from_code(FORCED.load(Ordering::Relaxed)) {
+        isa = isa.min(cap);
+    }
+    ACTIVE.store(isa.code(), Ordering::Relaxed);
+    isa
+}
+
+/// Caps the kernels at `isa` for the whole process until the guard drops (tests and benchmarks
+/// that compare the paths). Returns `None` when the CPU lacks `isa`. Callers that force paths
+/// must not overlap (tests hold [`FORCE_LOCK`]); other threads meanwhile get the same results on
+/// either path.
+pub fn force(isa: Isa) -> Option<Forced> {
+    if isa > detected() {
+        return None;
+    }
+    let before = FORCED.swap(isa.code(), Ordering::SeqCst);
+    ACTIVE.store(0, Ordering::SeqCst);
+    Some(Forced { before })
+}
+
+/// Serialises the tests that [`force`] a path.
+pub static FORCE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Restores the previous cap when dropped (see [`force`]).
+#[derive(Debug)]
+pub struct Forced {
+    before: u8,
+}
+
+impl Drop for Forced {
+    fn drop(&mut self) {
+        FORCED.store(self.before, Ordering::SeqCst);
+        ACTIVE.store(0, Ordering::SeqCst);
+    }
+}
+
+/// Runs `$body` compiled for the widest instruction set [`active`] allows: AVX-512, AVX2 or plain
+/// x86-64 (same arithmetic on each: the results are bit-identical).
+macro_rules! dispatch {
+    ($vis:vis $name:ident, ($($arg:ident: $ty:ty),*), $body:expr) => {
+        #[inline(always)]
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn wide512($($arg: $ty),*) {
+                    $body
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn wide256($($arg: $ty),*) {
+                    $body
+                }
+                match $crate::ml::kernels::isa::active() {
+                    // SAFETY: `active` never names an instruction set the CPU lacks.
+                    $crate::ml::kernels::isa::Isa::Avx512 => return unsafe { wide512($($arg),*) },
+                    // SAFETY: as above.
+                    $crate::ml::kernels::isa::Isa::Avx2 => return unsafe { wide256($($arg),*) },
+                    $crate::ml::kernels::isa::Isa::Baseline => {}
+                }
+            }
+            $body
+        }
+    };
+}
+pub(crate) use dispatch;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_forcing_caps_and_restores() {
+        for isa in [Isa::Baseline, Isa::Avx2, Isa::Avx512] {
+            assert_eq!(Isa::parse(isa.name()), Some(isa));
+        }
+        assert_eq!(Isa::parse("neon"), None);
+        let _lock = FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let before = active();
+        {
+            let _f = force(Isa::Baseline).expect("every CPU runs the baseline");
+            assert_eq!(active(), Isa::Baseline);
+        }
+        assert_eq!(active(), before);
+        if detected() < Isa::Avx512 {
+            assert!(force(Isa::Avx512).is_none(), "a path the CPU lacks is refused");
+        }
+    }
+}

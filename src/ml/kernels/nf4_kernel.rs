@@ -1,0 +1,419 @@
+//! Products with 4-bit NF4 weights that stay 4-bit: `y = x·Wᵀ + b` where `W` is held as packed
+//! codes and one f32 absmax per block, and dequantized panel by panel inside the product.
+//!
+//! The weight `[out, in]` is cut into panels of whole rows that fit the L2 cache (about 64 KiB
+//! of f32). Each panel is decoded into a buffer of its own thread (`NF4_CODE[q] · absmax`, the
+//! same f32 product the dequantizer computes, so the values are bit-identical to a dense copy)
+//! and multiplied by the `gemm` kernel into its columns of `y`; panels run in parallel. So the
+//! memory held is the packed weight (4 bits per parameter plus 32 bits per block), and the
+//! largest transient buffer is one panel per thread. Decoding uses AVX-512 (`vpermps` over the
+//! whole 16-entry codebook), AVX2 (two 8-entry halves and a blend) or plain code, chosen at run
+//! time ([`super::isa`]); all three give the same bits.
+//!
+//! Inference only: the op has no backward pass (QLoRA training keeps its frozen base dense).
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::fused::slice;
+use super::gemm::{matmul_raw, uninit_vec, Mat};
+use super::isa::{self, Isa};
+
+/// The bitsandbytes NF4 codebook, in bnb index order (functional.py `get_4bit_type("nf4")`).
+// bnb's digits verbatim (they are the f32 values printed as doubles), so they can be compared.
+#[allow(clippy::excessive_precision)]
+pub const NF4_CODE: [f32; 16] = [
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+];
+
+/// Floats per decoded panel (64 KiB): small enough to stay in L2 beside `gemm`'s own buffers.
+const PANEL_FLOATS: usize = 16 * 1024;
+
+/// A weight matrix `[rows, cols]` in NF4: packed codes (two per byte, the first element in the
+/// high nibble, row-major over the flattened matrix) and one absmax per `block` elements.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedNf4 {
+    packed: Vec<u8>,
+    absmax: Vec<f32>,
+    block: usize,
+    rows: usize,
+    cols: usize,
+}
+
+impl PackedNf4 {
+    /// Checks that the parts describe a `[rows, cols]` matrix: `block` even and nonzero,
+    /// `(rows·cols + 1) / 2` bytes and one absmax per block.
+    pub fn new(packed: Vec<u8>, absmax: Vec<f32>, block: usize, rows: usize, cols: usize) -> Result<Self> {
+        let n = rows * cols;
+        if block == 0 || !block.is_multiple_of(2) {
+            candle_core::bail!("NF4 block size {block} is not a positive even number")
+        }
+        if packed.len() != n.div_ceil(2) || absmax.len() != n.div_ceil(block) {
+            candle_core::bail!(
+                "NF4 weight [{rows}, {cols}] with block {block} needs {} bytes and {} scales, got {} and {}",
+                n.div_ceil(2),
+                n.div_ceil(block),
+                packed.len(),
+                absmax.len()
+            )
+        }
+        Ok(Self {
+            packed,
+            absmax,
+            block,
+            rows,
+            cols,
+        })
+    }
+
+    /// `[rows, cols]`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Bytes held: the packed codes and the f32 scales.
+    pub fn bytes(&self) -> usize {
+        self.packed.len() + 4 * self.absmax.len()
+    }
+
+    /// Decodes the elements `[start, start + out.len())` of the flattened matrix into `out`.
+    pub fn decode(&self, start: usize, out: &mut [f32]) {
+        let end = start + out.len();
+        assert!(end <= self.rows * self.cols, "decode past the end of the weight");
+        let path = isa::active();
+        let mut at = start;
+        while at < end {
+            let b = at / self.block;
+            let run_end = ((b + 1) * self.block).min(end);
+            let scale = self.absmax[b];
+            let dst = &mut out[at - start..run_end - start];
+            let mut from = at;
+            if !from.is_multiple_of(2) {
+                // An odd start: the low nibble of its byte.
+                dst[0] = NF4_CODE[usize::from(self.packed[from / 2] & 0x0f)] * scale;
+                from += 1;
+            }
+            let skip = from - at;
+            let bytes = &self.packed[from / 2..run_end.div_ceil(2)];
+            decode_run(path, bytes, scale, &mut dst[skip..]);
+            at = run_end;
+        }
+    }
+
+    /// The whole matrix, dense (for tests and for devices without this kernel).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        self.decode(0, &mut out);
+        out
+    }
+
+    /// `y = x·Wᵀ (+ bias)` for `x` `[m, cols]` row-major; `y` `[m, rows]` is overwritten.
+    pub fn matmul_t(&self, x: &[f32], m: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+        let (n, k) = (self.rows, self.cols);
+        assert_eq!(x.len(), m * k, "nf4 matmul: input size");
+        assert_eq!(y.len(), m * n, "nf4 matmul: output size");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), n, "nf4 matmul: bias size");
+            for row in y.chunks_exact_mut(n) {
+                row.copy_from_slice(b);
+            }
+        }
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            if bias.is_none() {
+                y.fill(0.0);
+            }
+            return;
+        }
+        // Panel rows: a multiple of 8 near PANEL_FLOATS / k, and at least one panel per thread.
+        let per_thread = n.div_ceil(rayon::current_num_threads().max(1));
+        let nb = (PANEL_FLOATS / k)
+            .clamp(8, 512)
+            .min(per_thread.next_multiple_of(8))
+            .max(8);
+        let out = SendPtr(y.as_mut_ptr());
+        let accumulate = bias.is_some();
+        (0..n.div_ceil(nb)).into_par_iter().for_each_init(
+            || uninit_vec(nb * k),
+            |panel, p| {
+                let (r0, r1) = (p * nb, ((p + 1) * nb).min(n));
+                let rows = r1 - r0;
+                let w = &mut panel[..rows * k];
+                self.decode(r0 * k, w);
+                let lhs = Mat::rows(x, m, k);
+                // The panel `[rows, k]` read as `Wᵀ`: a `k × rows` matrix.
+                let rhs = Mat::strided(w, k, rows, 1, k);
+                // SAFETY: `y` holds `m × n` floats (checked above); this task writes only its
+                // columns `r0..r1` of each row, which no other task writes, and `y` stays
+                // mutably borrowed until every task has finished.
+                unsafe { matmul_raw(out.at(r0), m, rows, n, 1, lhs, rhs, accumulate) };
+            },
+        );
+    }
+}
+
+/// A pointer that tasks writing disjoint parts of one buffer share.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used for writes to disjoint elements (see `matmul_t`).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the buffer.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// Decodes `out.len()` codes (two per byte of `bytes`, high nibble first) times `scale`.
+fn decode_run(path: Isa, bytes: &[u8], scale: f32, out: &mut [f32]) {
+    assert!(bytes.len() * 2 >= out.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `active` never names an instruction set the CPU lacks; the sizes are checked above.
+        match path {
+            Isa::Avx512 => return unsafe { x86::decode_avx512(bytes, scale, out) },
+            Isa::Avx2 => return unsafe { x86::decode_avx2(bytes, scale, out, 0) },
+            Isa::Baseline => {}
+        }
+    }
+    let _ = path;
+    decode_scalar(bytes, scale, out, 0);
+}
+
+/// The plain decoder, from element `from` of the run on.
+fn decode_scalar(bytes: &[u8], scale: f32, out: &mut [f32], from: usize) {
+    for (i, o) in out.iter_mut().enumerate().skip(from) {
+        let b = bytes[i / 2];
+        let q = if i % 2 == 0 { b >> 4 } else { b & 0x0f };
+        *o = NF4_CODE[usize::from(q)] * scale;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{decode_scalar, NF4_CODE};
+    use std::arch::x86_64::*;
+
+    /// 8 codes per 4 bytes: each byte twice, shifted by 4 and 0, masked; the codebook looked up
+    /// in two 8-entry halves and blended on bit 3.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn decode_avx2(bytes: &[u8], scale: f32, out: &mut [f32], from: usize) {
+        let lo = _mm256_loadu_ps(NF4_CODE.as_ptr());
+        let hi = _mm256_loadu_ps(NF4_CODE.as_ptr().add(8));
+        let s = _mm256_set1_ps(scale);
+        let shifts = _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0);
+        let fifteen = _mm256_set1_epi32(15);
+        let mut i = from;
+        while i + 8 <= out.len() {
+            let word = u32::from_le_bytes([bytes[i / 2], bytes[i / 2 + 1], bytes[i / 2 + 2], bytes[i / 2 + 3]]);
+            let b = _mm_cvtsi32_si128(word as i32);
+            let twice = _mm_unpacklo_epi8(b, b);
+            let idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu8_epi32(twice), shifts), fifteen);
+            let low = _mm256_permutevar8x32_ps(lo, idx);
+            let high = _mm256_permutevar8x32_ps(hi, idx);
+            let v = _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, s));
+            i += 8;
+        }
+        decode_scalar(bytes, scale, out, i);
+    }
+
+    /// 16 codes per 8 bytes, the whole codebook in one register (`vpermps`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    pub(super) unsafe fn decode_avx512(bytes: &[u8], scale: f32, out: &mut [f32]) {
+        let table = _mm512_loadu_ps(NF4_CODE.as_ptr());
+        let s = _mm512_set1_ps(scale);
+        let shifts = _mm512_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);
+        let fifteen = _mm512_set1_epi32(15);
+        let mut i = 0;
+        while i + 16 <= out.len() {
+            let mut eight = [0u8; 8];
+            eight.copy_from_slice(&bytes[i / 2..i / 2 + 8]);
+            let b = _mm_cvtsi64_si128(i64::from_le_bytes(eight));
+            let twice = _mm_unpacklo_epi8(b, b);
+            let idx = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(twice), shifts), fifteen);
+            let v = _mm512_permutexvar_ps(idx, table);
+            _mm512_storeu_ps(out.as_mut_ptr().add(i), _mm512_mul_ps(v, s));
+            i += 16;
+        }
+        decode_avx2(bytes, scale, out, i);
+    }
+}
+
+/// `x·Wᵀ (+ b)` for `x` `[.., cols]` (f32, on the CPU) with an NF4 weight: `[.., rows]`.
+pub fn linear(x: &Tensor, weight: &Arc<PackedNf4>, bias: Option<&Arc<Vec<f32>>>) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    x.apply_op1_no_bwd(&Nf4LinearOp {
+        weight: weight.clone(),
+        bias: bias.cloned(),
+    })
+}
+
+/// The candle op of [`linear`] (forward only).
+struct Nf4LinearOp {
+    weight: Arc<PackedNf4>,
+    bias: Option<Arc<Vec<f32>>>,
+}
+
+impl CustomOp1 for Nf4LinearOp {
+    fn name(&self) -> &'static str {
+        "nf4-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "nf4-linear")?;
+        let dims = l.dims();
+        let (n, k) = self.weight.dims();
+        let Some((&last, lead)) = dims.split_last() else {
+            candle_core::bail!("nf4-linear: a scalar input")
+        };
+        if last != k {
+            candle_core::bail!("nf4-linear: input width {last}, weight [{n}, {k}]")
+        }
+        let m: usize = lead.iter().product();
+        let mut y = uninit_vec(m * n);
+        self.weight
+            .matmul_t(x, m, self.bias.as_deref().map(Vec::as_slice), &mut y);
+        let mut out = lead.to_vec();
+        out.push(n);
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ml::kernels::isa::FORCE_LOCK;
+    use crate::ml::kernels::rng::Rng;
+
+    /// Packs random codes for a `[rows, cols]` matrix with random positive scales.
+    fn random(rows: usize, cols: usize, block: usize, seed: u64) -> PackedNf4 {
+        let mut rng = Rng::new(seed);
+        let n = rows * cols;
+        let packed: Vec<u8> = (0..n.div_ceil(2)).map(|_| rng.below(256) as u8).collect();
+        let absmax: Vec<f32> = (0..n.div_ceil(block))
+            .map(|_| 0.1 + rng.below(1000) as f32 / 500.0)
+            .collect();
+        PackedNf4::new(packed, absmax, block, rows, cols).unwrap()
+    }
+
+    /// The definition: element `i` is `NF4_CODE[code i] · absmax[i / block]`.
+    fn reference(w: &PackedNf4) -> Vec<f32> {
+        (0..w.rows * w.cols)
+            .map(|i| {
+                let b = w.packed[i / 2];
+                let q = if i % 2 == 0 { b >> 4 } else { b & 15 };
+                NF4_CODE[usize::from(q)] * w.absmax[i / w.block]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_path_decodes_every_range_bit_for_bit() {
+        let _lock = FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // 37 × 29: odd sizes, blocks that straddle rows, a partial last block.
+        let w = random(37, 29, 64, 1);
+        let want = reference(&w);
+        for path in [Isa::Baseline, Isa::Avx2, Isa::Avx512] {
+            let Some(_forced) = isa::force(path) else {
+                eprintln!("this CPU lacks {}: not tested here", path.name());
+                continue;
+            };
+            assert_eq!(w.dequantize(), want, "{}", path.name());
+            for (start, len) in [(0, 1), (1, 40), (63, 2), (64, 64), (100, 500), (1, 37 * 29 - 1)] {
+                let mut out = vec![f32::NAN; len];
+                w.decode(start, &mut out);
+                assert_eq!(out, want[start..start + len], "{} [{start}, +{len})", path.name());
+            }
+        }
+    }
+
+    #[test]
+    fn the_product_matches_the_dense_product_on_every_path() {
+        let _lock = FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let (n, k, m) = (70, 96, 13);
+        let w = random(n, k, 32, 2);
+        let dense = reference(&w);
+        let mut rng = Rng::new(3);
+        let x: Vec<f32> = rng.normal_vec(m * k, 0.0, 1.0);
+        let bias: Vec<f32> = rng.normal_vec(n, 0.0, 1.0);
+        let mut want = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|p| f64::from(x[i * k + p]) * f64::from(dense[j * k + p]))
+                    .sum();
+                want[i * n + j] = dot + f64::from(bias[j]);
+            }
+        }
+        let mut first: Option<Vec<f32>> = None;
+        for path in [Isa::Baseline, Isa::Avx2, Isa::Avx512] {
+            let Some(_forced) = isa::force(path) else { continue };
+            for threads in [1, 3] {
+                let y = crate::ml::kernels::runtime::with_threads(threads, || {
+                    let mut y = vec![f32::NAN; m * n];
+                    w.matmul_t(&x, m, Some(&bias), &mut y);
+                    y
+                });
+                for (a, b) in y.iter().zip(&want) {
+                    assert!(
+                        (f64::from(*a) - b).abs() <= 1e-4 * b.abs().max(1.0),
+                        "{} {a} vs {b}",
+                        path.name()
+                    );
+                }
+                // Same bits on every path and thread count (the panels only split the columns).
+                match &first {
+                    Some(f) => assert_eq!(&y, f, "{} on {threads} threads", path.name()),
+                    None => first = Some(y),
+                }
+            }
+        }
+        // Through candle, with leading dimensions and no bias.
+        let wt = Arc::new(w);
+        let xt = Tensor::from_vec(x.clone(), (1, m, k), &candle_core::Device::Cpu).unwrap();
+        let y = linear(&xt, &wt, None).unwrap();
+        assert_eq!(y.dims(), &[1, m, n]);
+        let dense_t = Tensor::from_vec(dense, (n, k), &candle_core::Device::Cpu).unwrap();
+        let want = xt.broadcast_matmul(&dense_t.t().unwrap()).unwrap();
+        let err = (y - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(err < 1e-4, "{err}");
+    }
+
+    #[test]
+    fn mismatched_parts_are_errors() {
+        assert!(PackedNf4::new(vec![0; 3], vec![1.0], 64, 2, 3).is_ok());
+        assert!(PackedNf4::new(vec![0; 2], vec![1.0], 64, 2, 3).is_err());
+        assert!(PackedNf4::new(vec![0; 3], vec![1.0, 2.0], 64, 2, 3).is_err());
+        assert!(PackedNf4::new(vec![0; 3], vec![1.0], 0, 2, 3).is_err());
+    }
+}

@@ -1,0 +1,251 @@
+//! Products with pruned (sparse) weights: `y = x·Wᵀ + b` where `W` is held in compressed sparse
+//! rows (CSR: each row's nonzero values and their column indices), so that the work and the
+//! memory follow the nonzeros.
+//!
+//! The input is transposed once (`xᵀ`, `[in, rows]`), so that each nonzero `w = W[n, k]` adds
+//! `w · xᵀ[k, ..]` to a tile of 64 outputs of feature `n` held in registers: one multiply-add
+//! per nonzero and input row, over contiguous memory, vectorised by the compiler on each
+//! instruction-set path ([`super::isa`]). A dense product (`gemm`) does more multiply-adds but
+//! each faster, so this pays only above some sparsity: [`SPARSE_FROM`], measured with `rkd bench
+//! infer`. Each output is summed by one task in column order, so results do not depend on the
+//! thread count.
+//!
+//! Inference only (no backward pass): pruning's fine-tuning keeps its masks on dense weights.
+
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::fused::slice;
+use super::gemm::uninit_vec;
+use super::isa::dispatch;
+
+/// The fraction of zeros from which a linear layer runs on this kernel rather than the dense one
+/// (measured on BERT-mini with `rkd bench infer`; see the README's inference table).
+pub const SPARSE_FROM: f64 = 0.5;
+
+/// Outputs per register tile.
+const TILE: usize = 64;
+
+/// A `[rows, cols]` weight in compressed sparse rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsrWeight {
+    rows: usize,
+    cols: usize,
+    /// Where each row's entries start in `cols_of` / `values` (`rows + 1` offsets).
+    starts: Vec<usize>,
+    cols_of: Vec<u32>,
+    values: Vec<f32>,
+}
+
+impl CsrWeight {
+    /// The nonzeros of a row-major `[rows, cols]` matrix.
+    pub fn from_dense(w: &[f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(w.len(), rows * cols, "from_dense: size");
+        assert!(u32::try_from(cols).is_ok(), "from_dense: too many columns");
+        let mut starts = Vec::with_capacity(rows + 1);
+        let (mut cols_of, mut values) = (Vec::new(), Vec::new());
+        starts.push(0);
+        for row in w.chunks_exact(cols.max(1)).take(rows) {
+            for (k, &v) in row.iter().enumerate() {
+                if v != 0.0 {
+                    cols_of.push(k as u32);
+                    values.push(v);
+                }
+            }
+            starts.push(values.len());
+        }
+        starts.resize(rows + 1, values.len());
+        Self {
+            rows,
+            cols,
+            starts,
+            cols_of,
+            values,
+        }
+    }
+
+    /// `[rows, cols]`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// The fraction of entries that are zero.
+    pub fn sparsity(&self) -> f64 {
+        let n = self.rows * self.cols;
+        if n == 0 {
+            0.0
+        } else {
+            1.0 - self.values.len() as f64 / n as f64
+        }
+    }
+
+    /// Bytes held: values, column indices and row offsets.
+    pub fn bytes(&self) -> usize {
+        8 * self.values.len() + 8 * self.starts.len()
+    }
+
+    /// The whole matrix, dense (for tests and for devices without this kernel).
+    pub fn to_dense(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for j in 0..self.rows {
+            for e in self.starts[j]..self.starts[j + 1] {
+                out[j * self.cols + self.cols_of[e] as usize] = self.values[e];
+            }
+        }
+        out
+    }
+
+    /// `y = x·Wᵀ (+ bias)` for `x` `[m, cols]` row-major; `y` `[m, rows]` is overwritten.
+    pub fn matmul_t(&self, x: &[f32], m: usize, bias: Option<&[f32]>, y: &mut [f32]) {
+        let (n, k) = (self.rows, self.cols);
+        assert_eq!(x.len(), m * k, "sparse matmul: input size");
+        assert_eq!(y.len(), m * n, "sparse matmul: output size");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), n, "sparse matmul: bias size");
+        }
+        if m == 0 || n == 0 {
+            return;
+        }
+        // xᵀ: [k, m].
+        let mut xt = uninit_vec(k * m);
+        xt.par_chunks_mut(m.max(1)).enumerate().for_each(|(kk, row)| {
+            for (i, v) in row.iter_mut().enumerate() {
+                *v = x[i * k + kk];
+            }
+        });
+        // yᵀ: [n, m], one feature per row, features in parallel.
+        let mut yt = uninit_vec(n * m);
+        yt.par_chunks_mut(m).enumerate().for_each(|(j, out)| {
+            let (a, b) = (self.starts[j], self.starts[j + 1]);
+            let start = bias.map_or(0.0, |b| b[j]);
+            row_product(&self.cols_of[a..b], &self.values[a..b], &xt, m, start, out);
+        });
+        y.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = yt[j * m + i];
+            }
+        });
+    }
+}
+
+dispatch!(row_product, (cols: &[u32], values: &[f32], xt: &[f32], m: usize, start: f32, out: &mut [f32]), {
+    let mut m0 = 0;
+    while m0 + TILE <= m {
+        let mut acc = [start; TILE];
+        for (&c, &w) in cols.iter().zip(values) {
+            let x: &[f32; TILE] = xt[c as usize * m + m0..][..TILE].try_into().expect("a tile");
+            for l in 0..TILE {
+                acc[l] += w * x[l];
+            }
+        }
+        out[m0..m0 + TILE].copy_from_slice(&acc);
+        m0 += TILE;
+    }
+    if m0 < m {
+        let rest = &mut out[m0..m];
+        rest.fill(start);
+        for (&c, &w) in cols.iter().zip(values) {
+            let x = &xt[c as usize * m + m0..c as usize * m + m];
+            for (a, xv) in rest.iter_mut().zip(x) {
+                *a += w * xv;
+            }
+        }
+    }
+});
+
+/// `x·Wᵀ (+ b)` for `x` `[.., cols]` (f32, on the CPU) with a sparse weight: `[.., rows]`.
+pub fn linear(x: &Tensor, weight: &Arc<CsrWeight>, bias: Option<&Arc<Vec<f32>>>) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    x.apply_op1_no_bwd(&SparseLinearOp {
+        weight: weight.clone(),
+        bias: bias.cloned(),
+    })
+}
+
+/// The candle op of [`linear`] (forward only).
+struct SparseLinearOp {
+    weight: Arc<CsrWeight>,
+    bias: Option<Arc<Vec<f32>>>,
+}
+
+impl CustomOp1 for SparseLinearOp {
+    fn name(&self) -> &'static str {
+        "sparse-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "sparse-linear")?;
+        let (n, k) = self.weight.dims();
+        let Some((&last, lead)) = l.dims().split_last() else {
+            candle_core::bail!("sparse-linear: a scalar input")
+        };
+        if last != k {
+            candle_core::bail!("sparse-linear: input width {last}, weight [{n}, {k}]")
+        }
+        let m: usize = lead.iter().product();
+        let mut y = uninit_vec(m * n);
+        self.weight
+            .matmul_t(x, m, self.bias.as_deref().map(Vec::as_slice), &mut y);
+        let mut out = lead.to_vec();
+        out.push(n);
+        Ok((CpuStorage::F32(y), Shape::from(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ml::kernels::isa::{self, Isa, FORCE_LOCK};
+    use crate::ml::kernels::rng::Rng;
+
+    #[test]
+    fn the_product_matches_the_dense_one_on_every_path_and_thread_count() {
+        let _lock = FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let (n, k) = (37, 53);
+        let mut rng = Rng::new(1);
+        // Half the entries zero, and one row entirely zero.
+        let w: Vec<f32> = rng
+            .normal_vec(n * k, 0.0, 1.0)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| if i % 2 == 0 || i / k == 5 { 0.0 } else { v })
+            .collect();
+        let csr = CsrWeight::from_dense(&w, n, k);
+        assert_eq!(csr.to_dense(), w);
+        assert!((csr.sparsity() - (1.0 - (n * k - k) as f64 / 2.0 / (n * k) as f64)).abs() < 0.02);
+        let bias = rng.normal_vec(n, 0.0, 1.0);
+        // 150 rows: two whole tiles and a remainder.
+        for m in [1, 150] {
+            let x = rng.normal_vec(m * k, 0.0, 1.0);
+            let want: Vec<f64> = (0..m * n)
+                .map(|e| {
+                    let (i, j) = (e / n, e % n);
+                    f64::from(bias[j])
+                        + (0..k)
+                            .map(|p| f64::from(x[i * k + p]) * f64::from(w[j * k + p]))
+                            .sum::<f64>()
+                })
+                .collect();
+            let mut first: Option<Vec<f32>> = None;
+            for path in [Isa::Baseline, Isa::Avx2, Isa::Avx512] {
+                let Some(_forced) = isa::force(path) else { continue };
+                for threads in [1, 3] {
+                    let y = crate::ml::kernels::runtime::with_threads(threads, || {
+                        let mut y = vec![f32::NAN; m * n];
+                        csr.matmul_t(&x, m, Some(&bias), &mut y);
+                        y
+                    });
+                    for (a, b) in y.iter().zip(&want) {
+                        assert!((f64::from(*a) - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+                    }
+                    match &first {
+                        Some(f) => assert_eq!(&y, f, "{} on {threads} threads", path.name()),
+                        None => first = Some(y),
+                    }
+                }
+            }
+        }
+    }
+}
