@@ -76,7 +76,7 @@ pub enum Bench {
     /// adapters beside it, and 30 % / 50 % unstructured pruning (on the dense and on the sparse
     /// kernel), at batch 1 and
     /// batch 32, sequence 64, seeded random weights. Reports median latency, the weights held in
-    /// memory and the process's peak RSS per variant. `RKD_CPU_ISA=avx2` (or `baseline`) caps
+    /// memory and the peak RSS of the variant's own process. `RKD_CPU_ISA=avx2` (or `baseline`) caps
     /// the element-wise and NF4 kernels at that instruction set, to compare paths on one machine.
     Infer {
         /// Threads [default: all cores].
@@ -85,9 +85,18 @@ pub enum Bench {
         /// Timed forwards at batch 32 (4× as many at batch 1; the median is reported).
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// Rounds: each runs every variant once, in a process of its own (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Sparsities of the pruned variants.
+        #[arg(long, value_delimiter = ',', default_values_t = [0.3, 0.5])]
+        sparsity: Vec<f64>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Measure one variant in this process and print its row as JSON (used by the rounds).
+        #[arg(long, hide = true)]
+        variant: Option<String>,
     },
 }
 
@@ -107,7 +116,21 @@ pub fn run(b: Bench) -> ExitCode {
             size,
             json,
         } => super::bench_nf4::run(threads, runs, size, json),
-        Bench::Infer { threads, runs, json } => super::bench_infer::run(threads, runs, json),
+        Bench::Infer {
+            threads,
+            runs,
+            rounds,
+            sparsity,
+            json,
+            variant,
+        } => super::bench_infer::run(super::bench_infer::Options {
+            threads,
+            runs,
+            rounds,
+            sparsities: sparsity,
+            json,
+            variant,
+        }),
     }
 }
 

@@ -44,18 +44,6 @@ enum Variant {
 }
 
 impl Variant {
-    fn all() -> [Variant; 7] {
-        [
-            Variant::Dense,
-            Variant::Nf4,
-            Variant::Nf4Lora,
-            Variant::Pruned(0.3, false),
-            Variant::Pruned(0.3, true),
-            Variant::Pruned(0.5, false),
-            Variant::Pruned(0.5, true),
-        ]
-    }
-
     fn key(self) -> String {
         match self {
             Variant::Dense => "dense_f32".into(),
@@ -174,8 +162,15 @@ fn time(model: &Model, input: &ModelInput, runs: usize) -> candle_core::Result<f
 }
 
 fn measure(variant: Variant, runs: usize) -> candle_core::Result<Row> {
-    let reset = memory::reset_peak_rss();
     let (model, weights, linear_weights) = build(variant)?;
+    // The peak of running the model as held, not of building it from a dense one here: freed
+    // heap memory goes back to the system first.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let reset = memory::reset_peak_rss();
     let vocab = match model.config() {
         ModelConfig::Bert(c) => c.vocab_size,
         ModelConfig::Vit(_) => unreachable!("a BERT benchmark"),
@@ -192,47 +187,156 @@ fn measure(variant: Variant, runs: usize) -> candle_core::Result<Row> {
     })
 }
 
+/// What `rkd bench infer` was asked.
+pub struct Options {
+    /// Threads [default: all cores].
+    pub threads: Option<usize>,
+    /// Timed forwards at batch 32 (4× as many at batch 1).
+    pub runs: usize,
+    /// Rounds over all variants (each variant in its own process per round).
+    pub rounds: usize,
+    /// Sparsities of the pruned rows.
+    pub sparsities: Vec<f64>,
+    /// Print JSON.
+    pub json: bool,
+    /// Measure only this variant, in this process, and print its row as JSON (what the parent
+    /// process runs once per variant and round).
+    pub variant: Option<String>,
+}
+
+impl Row {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "variant": self.variant.key(),
+            "weights_bytes": self.weights,
+            "linear_weights_bytes": self.linear_weights,
+            "batch_1_ms": 1e3 * self.batch_1_s,
+            "batch_32_ms": 1e3 * self.batch_32_s,
+            "peak_rss_bytes": self.peak_rss,
+        })
+    }
+
+    fn from_json(variant: Variant, v: &serde_json::Value) -> Option<Row> {
+        Some(Row {
+            variant,
+            weights: v["weights_bytes"].as_u64()?,
+            linear_weights: v["linear_weights_bytes"].as_u64()?,
+            batch_1_s: v["batch_1_ms"].as_f64()? / 1e3,
+            batch_32_s: v["batch_32_ms"].as_f64()? / 1e3,
+            peak_rss: v["peak_rss_bytes"].as_u64(),
+        })
+    }
+}
+
+fn variants(sparsities: &[f64]) -> Vec<Variant> {
+    let mut v = vec![Variant::Dense, Variant::Nf4, Variant::Nf4Lora];
+    for &s in sparsities {
+        v.extend([Variant::Pruned(s, false), Variant::Pruned(s, true)]);
+    }
+    v
+}
+
+/// Measures `variant` in a process of its own (so that its peak memory is its own).
+fn measure_in_child(variant: Variant, threads: usize, runs: usize, sparsities: &[f64]) -> Result<Row, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find rkd itself: {e}"))?;
+    let list: Vec<String> = sparsities.iter().map(|s| s.to_string()).collect();
+    let out = std::process::Command::new(exe)
+        .args([
+            "bench",
+            "infer",
+            "--variant",
+            &variant.key(),
+            "--threads",
+            &threads.to_string(),
+        ])
+        .args(["--runs", &runs.to_string(), "--sparsity", &list.join(",")])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run rkd: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("measuring {} failed ({})", variant.label(), out.status));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("measuring {}: {e}", variant.label()))?;
+    Row::from_json(variant, &v).ok_or_else(|| format!("measuring {}: incomplete output", variant.label()))
+}
+
 /// `rkd bench infer`.
-pub fn run(threads: Option<usize>, runs: usize, json: bool) -> ExitCode {
-    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let runs = runs.max(1);
-    let rows = with_threads(threads, || -> candle_core::Result<Vec<Row>> {
-        Variant::all().into_iter().map(|v| measure(v, runs)).collect()
-    });
-    let rows = match rows {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+pub fn run(o: Options) -> ExitCode {
+    let threads = o
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let (runs, rounds) = (o.runs.max(1), o.rounds.max(1));
+    if let Some(s) = o.sparsities.iter().find(|s| !(0.0..1.0).contains(*s)) {
+        eprintln!("error: --sparsity {s} is not in [0, 1)");
+        return ExitCode::from(2);
+    }
+    let all = variants(&o.sparsities);
+    if let Some(key) = &o.variant {
+        let Some(&variant) = all.iter().find(|v| &v.key() == key) else {
+            eprintln!("error: no variant `{key}`");
+            return ExitCode::from(2);
+        };
+        return match with_threads(threads, || measure(variant, runs)) {
+            Ok(row) => {
+                println!("{}", row.to_json());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // Rounds alternate the variants, so that a slow spell of a shared machine hits them all.
+    let mut samples: Vec<Vec<Row>> = all.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (i, &v) in all.iter().enumerate() {
+            match measure_in_child(v, threads, runs, &o.sparsities) {
+                Ok(row) => samples[i].push(row),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
         }
-    };
+    }
+    let med = |xs: Vec<f64>| median(xs);
+    let rows: Vec<Row> = samples
+        .into_iter()
+        .map(|rs| Row {
+            variant: rs[0].variant,
+            weights: rs[0].weights,
+            linear_weights: rs[0].linear_weights,
+            batch_1_s: med(rs.iter().map(|r| r.batch_1_s).collect()),
+            batch_32_s: med(rs.iter().map(|r| r.batch_32_s).collect()),
+            peak_rss: rs.iter().map(|r| r.peak_rss).collect::<Option<Vec<u64>>>().map(|v| {
+                let mut v = v;
+                v.sort_unstable();
+                v[v.len() / 2]
+            }),
+        })
+        .collect();
+    print_rows(&rows, threads, runs, rounds, o.json);
+    ExitCode::SUCCESS
+}
+
+fn print_rows(rows: &[Row], threads: usize, runs: usize, rounds: usize, json: bool) {
     let cpu = crate::ml::kernels::isa::active().name();
     let mib = |b: u64| b as f64 / 1048576.0;
     if json {
-        let out: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "variant": r.variant.key(),
-                    "weights_bytes": r.weights,
-                    "linear_weights_bytes": r.linear_weights,
-                    "batch_1_ms": 1e3 * r.batch_1_s,
-                    "batch_32_ms": 1e3 * r.batch_32_s,
-                    "peak_rss_bytes": r.peak_rss,
-                })
-            })
-            .collect();
-        let doc =
-            serde_json::json!({"model": "bert_mini", "seq_len": SEQ, "threads": threads, "cpu": cpu, "rows": out});
+        let out: Vec<serde_json::Value> = rows.iter().map(Row::to_json).collect();
+        let doc = serde_json::json!({
+            "model": "bert_mini", "seq_len": SEQ, "threads": threads, "rounds": rounds, "cpu": cpu, "rows": out,
+        });
         println!("{doc}");
-        return ExitCode::SUCCESS;
+        return;
     }
-    let dense = &rows[0];
     println!(
         "{:<28} {:>12} {:>13} {:>11} {:>12} {:>13}",
         "BERT-mini, seq 64", "weights MiB", "linears MiB", "batch 1 ms", "batch 32 ms", "peak RSS MiB"
     );
-    for r in &rows {
+    for r in rows {
         println!(
             "{:<28} {:>12.1} {:>13.2} {:>11.2} {:>12.1} {:>13}",
             r.variant.label(),
@@ -244,10 +348,10 @@ pub fn run(threads: Option<usize>, runs: usize, json: bool) -> ExitCode {
         );
     }
     println!(
-        "(median of {} runs at batch 1, {runs} at batch 32; {threads} threads; cpu kernels: {cpu}; linears = the \
-         weights QLoRA quantizes, {:.3}× of dense in NF4)",
+        "(medians: {} forwards at batch 1 and {runs} at batch 32 per process, {rounds} rounds, each variant in its \
+         own process; {threads} threads; cpu kernels: {cpu}; linears = the weights QLoRA quantizes: NF4 holds {:.3}× of \
+         their dense bytes)",
         runs * 4,
-        rows[1].linear_weights as f64 / dense.linear_weights as f64
+        rows[1].linear_weights as f64 / rows[0].linear_weights as f64
     );
-    ExitCode::SUCCESS
 }

@@ -187,6 +187,38 @@ mod tests {
     }
 
     #[test]
+    fn a_job_left_running_alone_computes_on_every_thread_of_the_shared_pool() {
+        // Two workers (`-j 2`); job 0 ends at once, job 1 does parallel work, as a stage's kernels
+        // do: it runs on the process-wide pool, not on a share fixed when it started.
+        let threads = Mutex::new(std::collections::BTreeSet::new());
+        let pool = crate::ml::kernels::runtime::shared_threads();
+        schedule(
+            2,
+            &[vec![], vec![]],
+            2,
+            &Gpus::default(),
+            false,
+            &Cancel::default(),
+            |i, _| {
+                if i == 1 {
+                    use rayon::prelude::*;
+                    (0..64 * pool).into_par_iter().for_each(|_| {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        threads.lock().unwrap().insert(rayon::current_thread_index());
+                    });
+                }
+                true
+            },
+            |_, _| {},
+        );
+        assert_eq!(
+            threads.into_inner().unwrap().len(),
+            pool,
+            "every core worked on the lone job"
+        );
+    }
+
+    #[test]
     fn without_keep_going_nothing_new_starts_after_a_failure() {
         // One worker, so the order is deterministic: a, e, b (fails); d never starts.
         let ends = schedule(

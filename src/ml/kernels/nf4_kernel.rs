@@ -10,6 +10,9 @@
 //! whole 16-entry codebook), AVX2 (two 8-entry halves and a blend) or plain code, chosen at run
 //! time ([`super::isa`]); all three give the same bits.
 //!
+//! A LoRA adapter beside the weight ([`LoraFactors`]) is added inside the same op: `x·Aᵀ`, then
+//! `scale · (x·Aᵀ)·Bᵀ` accumulated into `y` by the matrix kernel.
+//!
 //! Inference only: the op has no backward pass (QLoRA training keeps its frozen base dense).
 
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::fused::slice;
-use super::gemm::{matmul_raw, uninit_vec, Mat};
+use super::gemm::{matmul, matmul_raw, uninit_vec, Mat, MatMut, Threads};
 use super::isa::{self, Isa};
 
 /// The bitsandbytes NF4 codebook, in bnb index order (functional.py `get_4bit_type("nf4")`).
@@ -171,6 +174,44 @@ impl PackedNf4 {
     }
 }
 
+/// A LoRA adapter applied inside the product: `+ scale · (x·Aᵀ)·Bᵀ`.
+#[derive(Debug, Clone)]
+pub struct LoraFactors {
+    /// `A`, `[rank, cols]`.
+    pub a: Vec<f32>,
+    /// `B`, `[rows, rank]`.
+    pub b: Vec<f32>,
+    /// The adapter's rank.
+    pub rank: usize,
+    /// `alpha / rank`.
+    pub scale: f32,
+}
+
+impl LoraFactors {
+    /// Adds `scale · (x·Aᵀ)·Bᵀ` to `y` (`x` `[m, k]`, `y` `[m, n]`).
+    fn add_to(&self, x: &[f32], m: usize, k: usize, n: usize, y: &mut [f32]) {
+        let r = self.rank;
+        assert_eq!((self.a.len(), self.b.len()), (r * k, n * r), "LoRA factors: sizes");
+        let mut t = uninit_vec(m * r);
+        matmul(
+            MatMut::rows(&mut t, m, r),
+            Mat::rows(x, m, k),
+            Mat::rows(&self.a, r, k).t(),
+            1.0,
+            false,
+            Threads::Pool,
+        );
+        matmul(
+            MatMut::rows(y, m, n),
+            Mat::rows(&t, m, r),
+            Mat::rows(&self.b, n, r).t(),
+            self.scale,
+            true,
+            Threads::Pool,
+        );
+    }
+}
+
 /// A pointer that tasks writing disjoint parts of one buffer share.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -262,12 +303,18 @@ mod x86 {
     }
 }
 
-/// `x·Wᵀ (+ b)` for `x` `[.., cols]` (f32, on the CPU) with an NF4 weight: `[.., rows]`.
-pub fn linear(x: &Tensor, weight: &Arc<PackedNf4>, bias: Option<&Arc<Vec<f32>>>) -> Result<Tensor> {
+/// `x·Wᵀ (+ b) (+ LoRA)` for `x` `[.., cols]` (f32, on the CPU) with an NF4 weight: `[.., rows]`.
+pub fn linear(
+    x: &Tensor,
+    weight: &Arc<PackedNf4>,
+    bias: Option<&Arc<Vec<f32>>>,
+    lora: Option<LoraFactors>,
+) -> Result<Tensor> {
     let x = x.contiguous()?;
     x.apply_op1_no_bwd(&Nf4LinearOp {
         weight: weight.clone(),
         bias: bias.cloned(),
+        lora,
     })
 }
 
@@ -275,6 +322,7 @@ pub fn linear(x: &Tensor, weight: &Arc<PackedNf4>, bias: Option<&Arc<Vec<f32>>>)
 struct Nf4LinearOp {
     weight: Arc<PackedNf4>,
     bias: Option<Arc<Vec<f32>>>,
+    lora: Option<LoraFactors>,
 }
 
 impl CustomOp1 for Nf4LinearOp {
@@ -296,6 +344,11 @@ impl CustomOp1 for Nf4LinearOp {
         let mut y = uninit_vec(m * n);
         self.weight
             .matmul_t(x, m, self.bias.as_deref().map(Vec::as_slice), &mut y);
+        if let Some(l) = &self.lora {
+            if m > 0 && n > 0 && k > 0 {
+                l.add_to(x, m, k, n, &mut y);
+            }
+        }
         let mut out = lead.to_vec();
         out.push(n);
         Ok((CpuStorage::F32(y), Shape::from(out)))
@@ -394,11 +447,11 @@ mod tests {
         // Through candle, with leading dimensions and no bias.
         let wt = Arc::new(w);
         let xt = Tensor::from_vec(x.clone(), (1, m, k), &candle_core::Device::Cpu).unwrap();
-        let y = linear(&xt, &wt, None).unwrap();
+        let y = linear(&xt, &wt, None, None).unwrap();
         assert_eq!(y.dims(), &[1, m, n]);
         let dense_t = Tensor::from_vec(dense, (n, k), &candle_core::Device::Cpu).unwrap();
         let want = xt.broadcast_matmul(&dense_t.t().unwrap()).unwrap();
-        let err = (y - want)
+        let err = (y - &want)
             .unwrap()
             .abs()
             .unwrap()
@@ -407,6 +460,28 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(err < 1e-4, "{err}");
+        // With a rank-3 adapter inside the op: as the composite `+ 0.5 · (x·Aᵀ)·Bᵀ`.
+        let (a, b) = (rng.normal_vec(3 * k, 0.0, 1.0), rng.normal_vec(n * 3, 0.0, 1.0));
+        let lora = LoraFactors {
+            a: a.clone(),
+            b: b.clone(),
+            rank: 3,
+            scale: 0.5,
+        };
+        let y = linear(&xt, &wt, None, Some(lora)).unwrap();
+        let at = Tensor::from_vec(a, (3, k), &candle_core::Device::Cpu).unwrap();
+        let bt = Tensor::from_vec(b, (n, 3), &candle_core::Device::Cpu).unwrap();
+        let branch = (xt
+            .broadcast_matmul(&at.t().unwrap())
+            .unwrap()
+            .broadcast_matmul(&bt.t().unwrap())
+            .unwrap()
+            * 0.5)
+            .unwrap();
+        let want = (want + branch).unwrap();
+        let max = |t: Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let rel = max((y - &want).unwrap()) / max(want);
+        assert!(rel < 1e-5, "{rel}");
     }
 
     #[test]

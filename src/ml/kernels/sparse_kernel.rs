@@ -2,10 +2,11 @@
 //! rows (CSR: each row's nonzero values and their column indices), so that the work and the
 //! memory follow the nonzeros.
 //!
-//! The input is transposed once (`xᵀ`, `[in, rows]`), so that each nonzero `w = W[n, k]` adds
+//! The input is transposed once (`xᵀ`, `[in, rows]`, in tiles of 64 rows), so that each nonzero `w = W[n, k]` adds
 //! `w · xᵀ[k, ..]` to a tile of 64 outputs of feature `n` held in registers: one multiply-add
 //! per nonzero and input row, over contiguous memory, vectorised by the compiler on each
-//! instruction-set path ([`super::isa`]). A dense product (`gemm`) does more multiply-adds but
+//! instruction-set path ([`super::isa`]). Tasks take a tile of inputs and a run of features, so
+//! their slice of `xᵀ` stays in cache. A dense product (`gemm`) does more multiply-adds but
 //! each faster, so this pays only above some sparsity: [`SPARSE_FROM`], measured with `rkd bench
 //! infer`. Each output is summed by one task in column order, so results do not depend on the
 //! thread count.
@@ -21,9 +22,11 @@ use super::fused::slice;
 use super::gemm::uninit_vec;
 use super::isa::dispatch;
 
-/// The fraction of zeros from which a linear layer runs on this kernel rather than the dense one
-/// (measured on BERT-mini with `rkd bench infer`; see the README's inference table).
-pub const SPARSE_FROM: f64 = 0.5;
+/// The fraction of zeros from which a linear layer runs on this kernel rather than the dense one.
+/// Measured on BERT-mini (`rkd bench infer --sparsity 0.5,0.7,0.8,0.9`, 2-core AVX2 EPYC): at
+/// batch 1 the sparse kernel is faster from 50 %, at batch 32 it is slower up to 70 % and level
+/// at 80 %, faster at 90 % (README, "Inference speed and memory").
+pub const SPARSE_FROM: f64 = 0.8;
 
 /// Outputs per register tile.
 const TILE: usize = 64;
@@ -108,51 +111,78 @@ impl CsrWeight {
         if m == 0 || n == 0 {
             return;
         }
-        // xᵀ: [k, m].
-        let mut xt = uninit_vec(k * m);
-        xt.par_chunks_mut(m.max(1)).enumerate().for_each(|(kk, row)| {
-            for (i, v) in row.iter_mut().enumerate() {
-                *v = x[i * k + kk];
+        // xᵀ in tiles of 64 inputs: tile t holds `xᵀ[.., 64t..64t + 64]` as `[k, 64]`, contiguous
+        // (the last tile padded with zeros).
+        let tiles = m.div_ceil(TILE);
+        let mut xt = vec![0f32; tiles * k * TILE];
+        xt.par_chunks_mut(k * TILE).enumerate().for_each(|(t, tile)| {
+            for i in 0..TILE.min(m - t * TILE) {
+                let row = &x[(t * TILE + i) * k..][..k];
+                for (kk, v) in row.iter().enumerate() {
+                    tile[kk * TILE + i] = *v;
+                }
             }
         });
-        // yᵀ: [n, m], one feature per row, features in parallel.
-        let mut yt = uninit_vec(n * m);
-        yt.par_chunks_mut(m).enumerate().for_each(|(j, out)| {
-            let (a, b) = (self.starts[j], self.starts[j + 1]);
-            let start = bias.map_or(0.0, |b| b[j]);
-            row_product(&self.cols_of[a..b], &self.values[a..b], &xt, m, start, out);
-        });
-        y.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = yt[j * m + i];
+        // Tasks: a tile of up to 64 inputs × a run of features, so that a task's slice of xᵀ
+        // (`k × 64` floats) stays in cache while it walks its features' nonzeros.
+        let want = 4 * rayon::current_num_threads().max(1);
+        let per = n.div_ceil(want.div_ceil(tiles).max(1)).max(1);
+        let runs = n.div_ceil(per);
+        let out = SendPtr(y.as_mut_ptr());
+        (0..tiles * runs).into_par_iter().for_each(|task| {
+            let (t, r) = (task / runs, task % runs);
+            let (m0, w) = (t * TILE, TILE.min(m - t * TILE));
+            let mut acc = [0f32; TILE];
+            for j in r * per..((r + 1) * per).min(n) {
+                let (a, b) = (self.starts[j], self.starts[j + 1]);
+                let start = bias.map_or(0.0, |b| b[j]);
+                tile_product(
+                    &self.cols_of[a..b],
+                    &self.values[a..b],
+                    &xt[t * k * TILE..][..k * TILE],
+                    start,
+                    &mut acc,
+                );
+                for (i, v) in acc[..w].iter().enumerate() {
+                    // SAFETY: `y` holds `m × n` floats; element (m0 + i, j) is written by this
+                    // task only (tasks split the inputs into tiles and the features into runs),
+                    // and `y` stays borrowed until all tasks end.
+                    unsafe { out.write((m0 + i) * n + j, *v) };
+                }
             }
         });
     }
 }
 
-dispatch!(row_product, (cols: &[u32], values: &[f32], xt: &[f32], m: usize, start: f32, out: &mut [f32]), {
-    let mut m0 = 0;
-    while m0 + TILE <= m {
-        let mut acc = [start; TILE];
-        for (&c, &w) in cols.iter().zip(values) {
-            let x: &[f32; TILE] = xt[c as usize * m + m0..][..TILE].try_into().expect("a tile");
-            for l in 0..TILE {
-                acc[l] += w * x[l];
-            }
-        }
-        out[m0..m0 + TILE].copy_from_slice(&acc);
-        m0 += TILE;
+/// A pointer that tasks writing disjoint elements of one buffer share.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used for writes to disjoint elements (see `matmul_t`).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// Writes `v` at `offset`.
+    ///
+    /// # Safety
+    /// `offset` must lie inside the buffer and no one else may access that element meanwhile.
+    unsafe fn write(self, offset: usize, v: f32) {
+        // SAFETY: the caller's promise.
+        unsafe { *self.0.add(offset) = v }
     }
-    if m0 < m {
-        let rest = &mut out[m0..m];
-        rest.fill(start);
-        for (&c, &w) in cols.iter().zip(values) {
-            let x = &xt[c as usize * m + m0..c as usize * m + m];
-            for (a, xv) in rest.iter_mut().zip(x) {
-                *a += w * xv;
-            }
+}
+
+dispatch!(tile_product, (cols: &[u32], values: &[f32], xt: &[f32], start: f32, acc: &mut [f32; TILE]), {
+    // A local accumulator the compiler keeps in registers (8 AVX2 or 4 AVX-512 vectors).
+    let mut sum = [start; TILE];
+    for (&c, &v) in cols.iter().zip(values) {
+        let x: &[f32; TILE] = xt[c as usize * TILE..][..TILE].try_into().expect("a tile");
+        for l in 0..TILE {
+            sum[l] += v * x[l];
         }
     }
+    *acc = sum;
 });
 
 /// `x·Wᵀ (+ b)` for `x` `[.., cols]` (f32, on the CPU) with a sparse weight: `[.., rows]`.

@@ -256,9 +256,23 @@ impl Linear {
                 Some(b) => Some(Arc::new(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
                 None => None,
             };
-            match w {
-                PackedWeight::Nf4(w) => nf4_kernel::linear(&x2, w, bias.as_ref())?,
-                PackedWeight::Sparse(w) => sparse_kernel::linear(&x2, w, bias.as_ref())?,
+            let eval = ctx.as_ref().is_none_or(|c| !c.is_train());
+            match (w, &self.lora) {
+                // The adapter inside the NF4 op (eval mode: no dropout to apply).
+                (PackedWeight::Nf4(w), Some(l)) if eval => {
+                    let factors = nf4_kernel::LoraFactors {
+                        a: l.a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+                        b: l.b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+                        rank: l.a.dim(0)?,
+                        scale: l.scale as f32,
+                    };
+                    let y = nf4_kernel::linear(&x2, w, bias.as_ref(), Some(factors))?;
+                    let mut out_dims = dims;
+                    *out_dims.last_mut().expect("non-empty") = rows_out;
+                    return y.reshape(out_dims);
+                }
+                (PackedWeight::Nf4(w), _) => nf4_kernel::linear(&x2, w, bias.as_ref(), None)?,
+                (PackedWeight::Sparse(w), _) => sparse_kernel::linear(&x2, w, bias.as_ref())?,
             }
         } else {
             let dense = Tensor::from_vec(w.dense(), (rows_out, in_dim), x.device())?.to_dtype(x.dtype())?;
