@@ -148,13 +148,41 @@ pub(crate) fn matmul(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, ac
     // SAFETY: every element the kernel touches lies inside the slices (checked above); `dst`
     // is borrowed mutably, so nothing else reads or writes it meanwhile.
     unsafe {
+        call_gemm(
+            dst.data.as_mut_ptr(),
+            (m, n, k),
+            (dst.rs, dst.cs),
+            lhs,
+            rhs,
+            (accumulate, scale),
+            parallelism,
+        )
+    }
+}
+
+/// `gemm::gemm` on the views: `dst = (dst if accumulate) + scale·lhs·rhs`.
+///
+/// # Safety
+/// `dst` with the strides `(rs, cs)` must address `m × n` distinct elements valid for writes,
+/// written by no one else meanwhile; `lhs` and `rhs` are checked views of `m × k` and `k × n`.
+unsafe fn call_gemm(
+    dst: *mut f32,
+    (m, n, k): (usize, usize, usize),
+    (rs, cs): (usize, usize),
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    (accumulate, scale): (bool, f32),
+    parallelism: Parallelism,
+) {
+    // SAFETY: the caller's promise.
+    unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.data.as_mut_ptr(),
-            dst.cs as isize,
-            dst.rs as isize,
+            dst,
+            cs as isize,
+            rs as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
@@ -198,29 +226,7 @@ pub(crate) unsafe fn matmul_raw(
         return;
     }
     // SAFETY: the operands are checked views; the destination is the caller's promise.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            cs as isize,
-            rs as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
+    unsafe { call_gemm(dst, (m, n, k), (rs, cs), lhs, rhs, (accumulate, 1.0), Parallelism::None) }
 }
 
 /// A `Vec` of `n` floats whose contents will all be overwritten (no zero-filling pass); its

@@ -15,6 +15,8 @@ pub(crate) mod gemm;
 pub mod isa;
 /// Products with NF4 weights dequantized panel by panel inside the kernel (inference).
 pub mod nf4_kernel;
+/// What the NF4 and sparse inference ops share (their forward pass, a pointer for disjoint writes).
+pub(crate) mod packed_op;
 /// Seeded, portable random numbers, derived seeds and counter-based dropout masks.
 pub mod rng;
 /// Process-wide settings (heap, thread pools) applied once at start-up; rayon pools of a given size.

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::slice;
 use super::gemm::{matmul, matmul_raw, uninit_vec, Mat, MatMut, Threads};
 use super::isa::{self, Isa};
+use super::packed_op::{linear_forward, SendPtr};
 
 /// The bitsandbytes NF4 codebook, in bnb index order (functional.py `get_4bit_type("nf4")`).
 // bnb's digits verbatim (they are the f32 values printed as doubles), so they can be compared.
@@ -153,7 +153,7 @@ impl PackedNf4 {
             .clamp(8, 512)
             .min(per_thread.next_multiple_of(8))
             .max(8);
-        let out = SendPtr(y.as_mut_ptr());
+        let out = SendPtr::new(y);
         let accumulate = bias.is_some();
         (0..n.div_ceil(nb)).into_par_iter().for_each_init(
             || uninit_vec(nb * k),
@@ -209,21 +209,6 @@ impl LoraFactors {
             true,
             Threads::Pool,
         );
-    }
-}
-
-/// A pointer that tasks writing disjoint parts of one buffer share.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only used for writes to disjoint elements (see `matmul_t`).
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers pass offsets inside the buffer.
-        unsafe { self.0.add(offset) }
     }
 }
 
@@ -331,27 +316,15 @@ impl CustomOp1 for Nf4LinearOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, "nf4-linear")?;
-        let dims = l.dims();
         let (n, k) = self.weight.dims();
-        let Some((&last, lead)) = dims.split_last() else {
-            candle_core::bail!("nf4-linear: a scalar input")
-        };
-        if last != k {
-            candle_core::bail!("nf4-linear: input width {last}, weight [{n}, {k}]")
-        }
-        let m: usize = lead.iter().product();
-        let mut y = uninit_vec(m * n);
-        self.weight
-            .matmul_t(x, m, self.bias.as_deref().map(Vec::as_slice), &mut y);
-        if let Some(l) = &self.lora {
-            if m > 0 && n > 0 && k > 0 {
-                l.add_to(x, m, k, n, &mut y);
+        linear_forward("nf4-linear", s, l, (n, k), |x, m, y| {
+            self.weight.matmul_t(x, m, self.bias.as_deref().map(Vec::as_slice), y);
+            if let Some(lora) = &self.lora {
+                if m > 0 && n > 0 && k > 0 {
+                    lora.add_to(x, m, k, n, y);
+                }
             }
-        }
-        let mut out = lead.to_vec();
-        out.push(n);
-        Ok((CpuStorage::F32(y), Shape::from(out)))
+        })
     }
 }
 

@@ -18,9 +18,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::slice;
-use super::gemm::uninit_vec;
 use super::isa::dispatch;
+use super::packed_op::{linear_forward, SendPtr};
 
 /// The fraction of zeros from which a linear layer runs on this kernel rather than the dense one.
 /// Measured on BERT-mini (`rkd bench infer --sparsity 0.5,0.7,0.8,0.9`, 2-core AVX2 EPYC): at
@@ -128,7 +127,7 @@ impl CsrWeight {
         let want = 4 * rayon::current_num_threads().max(1);
         let per = n.div_ceil(want.div_ceil(tiles).max(1)).max(1);
         let runs = n.div_ceil(per);
-        let out = SendPtr(y.as_mut_ptr());
+        let out = SendPtr::new(y);
         (0..tiles * runs).into_par_iter().for_each(|task| {
             let (t, r) = (task / runs, task % runs);
             let (m0, w) = (t * TILE, TILE.min(m - t * TILE));
@@ -147,29 +146,10 @@ impl CsrWeight {
                     // SAFETY: `y` holds `m × n` floats; element (m0 + i, j) is written by this
                     // task only (tasks split the inputs into tiles and the features into runs),
                     // and `y` stays borrowed until all tasks end.
-                    unsafe { out.write((m0 + i) * n + j, *v) };
+                    unsafe { *out.at((m0 + i) * n + j) = *v };
                 }
             }
         });
-    }
-}
-
-/// A pointer that tasks writing disjoint elements of one buffer share.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only used for writes to disjoint elements (see `matmul_t`).
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// Writes `v` at `offset`.
-    ///
-    /// # Safety
-    /// `offset` must lie inside the buffer and no one else may access that element meanwhile.
-    unsafe fn write(self, offset: usize, v: f32) {
-        // SAFETY: the caller's promise.
-        unsafe { *self.0.add(offset) = v }
     }
 }
 
@@ -206,21 +186,9 @@ impl CustomOp1 for SparseLinearOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, "sparse-linear")?;
-        let (n, k) = self.weight.dims();
-        let Some((&last, lead)) = l.dims().split_last() else {
-            candle_core::bail!("sparse-linear: a scalar input")
-        };
-        if last != k {
-            candle_core::bail!("sparse-linear: input width {last}, weight [{n}, {k}]")
-        }
-        let m: usize = lead.iter().product();
-        let mut y = uninit_vec(m * n);
-        self.weight
-            .matmul_t(x, m, self.bias.as_deref().map(Vec::as_slice), &mut y);
-        let mut out = lead.to_vec();
-        out.push(n);
-        Ok((CpuStorage::F32(y), Shape::from(out)))
+        linear_forward("sparse-linear", s, l, self.weight.dims(), |x, m, y| {
+            self.weight.matmul_t(x, m, self.bias.as_deref().map(Vec::as_slice), y)
+        })
     }
 }
 

@@ -198,9 +198,20 @@ impl Linear {
                 None => y,
             }
         };
+        self.add_lora_and_shape(y, &x2, ctx, dims)
+    }
+
+    /// `y` (`[rows, out]`) plus the LoRA branch of `x2`, in the input's leading dims `dims`.
+    fn add_lora_and_shape(
+        &self,
+        y: Tensor,
+        x2: &Tensor,
+        ctx: Option<&mut ForwardCtx>,
+        dims: Vec<usize>,
+    ) -> Result<Tensor> {
         let y = match (&self.lora, ctx) {
-            (Some(l), Some(ctx)) => (y + l.forward(&x2, ctx)?)?,
-            (Some(l), None) => (y + l.forward(&x2, &mut ForwardCtx::eval())?)?,
+            (Some(l), Some(ctx)) => (y + l.forward(x2, ctx)?)?,
+            (Some(l), None) => (y + l.forward(x2, &mut ForwardCtx::eval())?)?,
             (None, _) => y,
         };
         let mut out_dims = dims;
@@ -282,14 +293,7 @@ impl Linear {
                 None => y,
             }
         };
-        let y = match (&self.lora, ctx) {
-            (Some(l), Some(ctx)) => (y + l.forward(&x2, ctx)?)?,
-            (Some(l), None) => (y + l.forward(&x2, &mut ForwardCtx::eval())?)?,
-            (None, _) => y,
-        };
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("non-empty") = rows_out;
-        y.reshape(out_dims)
+        self.add_lora_and_shape(y, &x2, ctx, dims)
     }
 }
 

@@ -1,0 +1,57 @@
+//! What the inference kernels of packed weights (NF4, sparse) share: the forward pass of a
+//! candle op `y = x·Wᵀ` over a weight held outside candle, and a pointer for tasks that write
+//! disjoint elements of one output.
+
+use candle_core::{CpuStorage, Layout, Result, Shape};
+
+use super::fused::slice;
+use super::gemm::uninit_vec;
+
+/// The forward pass of a linear op `name` with a packed `[n, k]` weight: checks that the input is
+/// `[.., k]` f32, and lets `product(x, m, y)` fill `y` (`[m, n]`, uninitialised) for its `m` rows.
+pub(crate) fn linear_forward(
+    name: &str,
+    s: &CpuStorage,
+    l: &Layout,
+    (n, k): (usize, usize),
+    product: impl FnOnce(&[f32], usize, &mut [f32]),
+) -> Result<(CpuStorage, Shape)> {
+    let x = slice(s, l, name)?;
+    let Some((&last, lead)) = l.dims().split_last() else {
+        candle_core::bail!("{name}: a scalar input")
+    };
+    if last != k {
+        candle_core::bail!("{name}: input width {last}, weight [{n}, {k}]")
+    }
+    let m: usize = lead.iter().product();
+    let mut y = uninit_vec(m * n);
+    product(x, m, &mut y);
+    let mut out = lead.to_vec();
+    out.push(n);
+    Ok((CpuStorage::F32(y), Shape::from(out)))
+}
+
+/// A pointer into one output buffer, shared by tasks that write disjoint elements of it.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(*mut f32);
+
+// SAFETY: only used for writes to elements that no other task touches (see each use).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// A pointer to the start of `buf`.
+    pub(crate) fn new(buf: &mut [f32]) -> Self {
+        Self(buf.as_mut_ptr())
+    }
+
+    /// The element at `offset`.
+    ///
+    /// # Safety
+    /// `offset` must lie inside the buffer.
+    pub(crate) unsafe fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: the caller's promise.
+        unsafe { self.0.add(offset) }
+    }
+}
