@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::gemm::{matmul, matmul_raw, uninit_vec, Mat, MatMut, Threads};
 use super::isa::{self, Isa};
-use super::packed_op::{linear_forward, SendPtr};
+use super::packed_op::{check_sizes, linear_forward, SendPtr};
 
 /// The bitsandbytes NF4 codebook, in bnb index order (functional.py `get_4bit_type("nf4")`).
 // bnb's digits verbatim (they are the f32 values printed as doubles), so they can be compared.
@@ -130,10 +130,8 @@ impl PackedNf4 {
     /// `y = x·Wᵀ (+ bias)` for `x` `[m, cols]` row-major; `y` `[m, rows]` is overwritten.
     pub fn matmul_t(&self, x: &[f32], m: usize, bias: Option<&[f32]>, y: &mut [f32]) {
         let (n, k) = (self.rows, self.cols);
-        assert_eq!(x.len(), m * k, "nf4 matmul: input size");
-        assert_eq!(y.len(), m * n, "nf4 matmul: output size");
+        check_sizes("nf4 matmul", x, y, bias, (m, n, k));
         if let Some(b) = bias {
-            assert_eq!(b.len(), n, "nf4 matmul: bias size");
             for row in y.chunks_exact_mut(n) {
                 row.copy_from_slice(b);
             }

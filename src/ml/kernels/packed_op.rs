@@ -31,6 +31,14 @@ pub(crate) fn linear_forward(
     Ok((CpuStorage::F32(y), Shape::from(out)))
 }
 
+/// Panics unless `x` is `[m, k]`, `y` `[m, n]` and `bias` (if any) `[n]` (a programming error:
+/// [`linear_forward`] checks what comes from outside).
+pub(crate) fn check_sizes(what: &str, x: &[f32], y: &[f32], bias: Option<&[f32]>, (m, n, k): (usize, usize, usize)) {
+    assert_eq!(x.len(), m * k, "{what}: input size");
+    assert_eq!(y.len(), m * n, "{what}: output size");
+    assert!(bias.is_none_or(|b| b.len() == n), "{what}: bias size");
+}
+
 /// A pointer into one output buffer, shared by tasks that write disjoint elements of it.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(*mut f32);

@@ -19,7 +19,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::isa::dispatch;
-use super::packed_op::{linear_forward, SendPtr};
+use super::packed_op::{check_sizes, linear_forward, SendPtr};
 
 /// The fraction of zeros from which a linear layer runs on this kernel rather than the dense one.
 /// Measured on BERT-mini (`rkd bench infer --sparsity 0.5,0.7,0.8,0.9`, 2-core AVX2 EPYC): at
@@ -102,11 +102,7 @@ impl CsrWeight {
     /// `y = x·Wᵀ (+ bias)` for `x` `[m, cols]` row-major; `y` `[m, rows]` is overwritten.
     pub fn matmul_t(&self, x: &[f32], m: usize, bias: Option<&[f32]>, y: &mut [f32]) {
         let (n, k) = (self.rows, self.cols);
-        assert_eq!(x.len(), m * k, "sparse matmul: input size");
-        assert_eq!(y.len(), m * n, "sparse matmul: output size");
-        if let Some(b) = bias {
-            assert_eq!(b.len(), n, "sparse matmul: bias size");
-        }
+        check_sizes("sparse matmul", x, y, bias, (m, n, k));
         if m == 0 || n == 0 {
             return;
         }
