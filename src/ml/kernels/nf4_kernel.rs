@@ -330,6 +330,7 @@ impl CustomOp1 for Nf4LinearOp {
 mod tests {
     use super::*;
     use crate::ml::kernels::isa::FORCE_LOCK;
+    use crate::ml::kernels::packed_op::check_everywhere;
     use crate::ml::kernels::rng::Rng;
 
     /// Packs random codes for a `[rows, cols]` matrix with random positive scales.
@@ -376,7 +377,6 @@ mod tests {
 
     #[test]
     fn the_product_matches_the_dense_product_on_every_path() {
-        let _lock = FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let (n, k, m) = (70, 96, 13);
         let w = random(n, k, 32, 2);
         let dense = reference(&w);
@@ -392,29 +392,7 @@ mod tests {
                 want[i * n + j] = dot + f64::from(bias[j]);
             }
         }
-        let mut first: Option<Vec<f32>> = None;
-        for path in [Isa::Baseline, Isa::Avx2, Isa::Avx512] {
-            let Some(_forced) = isa::force(path) else { continue };
-            for threads in [1, 3] {
-                let y = crate::ml::kernels::runtime::with_threads(threads, || {
-                    let mut y = vec![f32::NAN; m * n];
-                    w.matmul_t(&x, m, Some(&bias), &mut y);
-                    y
-                });
-                for (a, b) in y.iter().zip(&want) {
-                    assert!(
-                        (f64::from(*a) - b).abs() <= 1e-4 * b.abs().max(1.0),
-                        "{} {a} vs {b}",
-                        path.name()
-                    );
-                }
-                // Same bits on every path and thread count (the panels only split the columns).
-                match &first {
-                    Some(f) => assert_eq!(&y, f, "{} on {threads} threads", path.name()),
-                    None => first = Some(y),
-                }
-            }
-        }
+        check_everywhere(&want, |y| w.matmul_t(&x, m, Some(&bias), y));
         // Through candle, with leading dimensions and no bias.
         let wt = Arc::new(w);
         let xt = Tensor::from_vec(x.clone(), (1, m, k), &candle_core::Device::Cpu).unwrap();

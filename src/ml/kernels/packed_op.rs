@@ -63,3 +63,34 @@ impl SendPtr {
         unsafe { self.0.add(offset) }
     }
 }
+
+/// Test support: runs `product` (which fills its output) on every instruction-set path this CPU
+/// has and on 1 and 3 threads; each result must be within 1e-4 (relative) of `want` and all of
+/// them bit-identical.
+#[cfg(test)]
+pub(crate) fn check_everywhere(want: &[f64], product: impl Fn(&mut [f32]) + Sync) {
+    use super::isa::{self, Isa};
+    let _lock = isa::FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut first: Option<Vec<f32>> = None;
+    for path in [Isa::Baseline, Isa::Avx2, Isa::Avx512] {
+        let Some(_forced) = isa::force(path) else {
+            eprintln!("this CPU lacks {}: not tested here", path.name());
+            continue;
+        };
+        for threads in [1, 3] {
+            let y = super::runtime::with_threads(threads, || {
+                let mut y = vec![f32::NAN; want.len()];
+                product(&mut y);
+                y
+            });
+            for (a, b) in y.iter().zip(want) {
+                let (a, name) = (f64::from(*a), path.name());
+                assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{name}: {a} vs {b}");
+            }
+            match &first {
+                Some(f) => assert_eq!(&y, f, "{} on {threads} threads", path.name()),
+                None => first = Some(y),
+            }
+        }
+    }
+}

@@ -191,12 +191,11 @@ impl CustomOp1 for SparseLinearOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ml::kernels::isa::{self, Isa, FORCE_LOCK};
+    use crate::ml::kernels::packed_op::check_everywhere;
     use crate::ml::kernels::rng::Rng;
 
     #[test]
     fn the_product_matches_the_dense_one_on_every_path_and_thread_count() {
-        let _lock = FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let (n, k) = (37, 53);
         let mut rng = Rng::new(1);
         // Half the entries zero, and one row entirely zero.
@@ -222,24 +221,7 @@ mod tests {
                             .sum::<f64>()
                 })
                 .collect();
-            let mut first: Option<Vec<f32>> = None;
-            for path in [Isa::Baseline, Isa::Avx2, Isa::Avx512] {
-                let Some(_forced) = isa::force(path) else { continue };
-                for threads in [1, 3] {
-                    let y = crate::ml::kernels::runtime::with_threads(threads, || {
-                        let mut y = vec![f32::NAN; m * n];
-                        csr.matmul_t(&x, m, Some(&bias), &mut y);
-                        y
-                    });
-                    for (a, b) in y.iter().zip(&want) {
-                        assert!((f64::from(*a) - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
-                    }
-                    match &first {
-                        Some(f) => assert_eq!(&y, f, "{} on {threads} threads", path.name()),
-                        None => first = Some(y),
-                    }
-                }
-            }
+            check_everywhere(&want, |y| csr.matmul_t(&x, m, Some(&bias), y));
         }
     }
 }
