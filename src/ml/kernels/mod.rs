@@ -15,7 +15,7 @@ pub(crate) mod gemm;
 pub mod isa;
 /// Products with NF4 weights dequantized panel by panel inside the kernel (inference).
 pub mod nf4_kernel;
-/// What the NF4 and sparse inference ops share (their forward pass, a pointer for disjoint writes).
+/// What the NF4 and sparse inference ops share (their forward pass and size checks).
 pub(crate) mod packed_op;
 /// Seeded, portable random numbers, derived seeds and counter-based dropout masks.
 pub mod rng;

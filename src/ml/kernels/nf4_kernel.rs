@@ -20,9 +20,9 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::gemm::{matmul, matmul_raw, uninit_vec, Mat, MatMut, Threads};
+use super::gemm::{matmul, matmul_raw, uninit_vec, Mat, MatMut, SendPtr, Threads};
 use super::isa::{self, Isa};
-use super::packed_op::{check_sizes, linear_forward, SendPtr};
+use super::packed_op::{check_sizes, linear_forward};
 
 /// The bitsandbytes NF4 codebook, in bnb index order (functional.py `get_4bit_type("nf4")`).
 // bnb's digits verbatim (they are the f32 values printed as doubles), so they can be compared.

@@ -1,6 +1,5 @@
 //! What the inference kernels of packed weights (NF4, sparse) share: the forward pass of a
-//! candle op `y = x·Wᵀ` over a weight held outside candle, and a pointer for tasks that write
-//! disjoint elements of one output.
+//! candle op `y = x·Wᵀ` over a weight held outside candle, and the checks of its sizes.
 
 use candle_core::{CpuStorage, Layout, Result, Shape};
 
@@ -39,34 +38,6 @@ pub(crate) fn check_sizes(what: &str, x: &[f32], y: &[f32], bias: Option<&[f32]>
     assert!(bias.is_none_or(|b| b.len() == n), "{what}: bias size");
 }
 
-/// A pointer into one output buffer, shared by tasks that write disjoint elements of it.
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr(*mut f32);
-
-// SAFETY: only used for writes to elements that no other task touches (see each use).
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// A pointer to the start of `buf`.
-    pub(crate) fn new(buf: &mut [f32]) -> Self {
-        Self(buf.as_mut_ptr())
-    }
-
-    /// The element at `offset`.
-    ///
-    /// # Safety
-    /// `offset` must lie inside the buffer.
-    pub(crate) unsafe fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: the caller's promise.
-        unsafe { self.0.add(offset) }
-    }
-}
-
-/// Test support: runs `product` (which fills its output) on every instruction-set path this CPU
-/// has and on 1 and 3 threads; each result must be within 1e-4 (relative) of `want` and all of
-/// them bit-identical.
 #[cfg(test)]
 pub(crate) fn check_everywhere(want: &[f64], product: impl Fn(&mut [f32]) + Sync) {
     use super::isa::{self, Isa};

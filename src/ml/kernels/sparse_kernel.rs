@@ -18,8 +18,9 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::gemm::SendPtr;
 use super::isa::dispatch;
-use super::packed_op::{check_sizes, linear_forward, SendPtr};
+use super::packed_op::{check_sizes, linear_forward};
 
 /// The fraction of zeros from which a linear layer runs on this kernel rather than the dense one.
 /// Measured on BERT-mini (`rkd bench infer --sparsity 0.5,0.7,0.8,0.9`, 2-core AVX2 EPYC): at
