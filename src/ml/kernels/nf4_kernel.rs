@@ -46,8 +46,8 @@ pub const NF4_CODE: [f32; 16] = [
     1.0,
 ];
 
-/// Floats per decoded panel (64 KiB): small enough to stay in L2 beside `gemm`'s own buffers.
-const PANEL_FLOATS: usize = 16 * 1024;
+/// Floats per decoded panel (256 KiB): it stays in L2 while `gemm` reads it.
+const PANEL_FLOATS: usize = 64 * 1024;
 
 /// A weight matrix `[rows, cols]` in NF4: packed codes (two per byte, the first element in the
 /// high nibble, row-major over the flattened matrix) and one absmax per `block` elements.
@@ -98,9 +98,27 @@ impl PackedNf4 {
 
     /// Decodes the elements `[start, start + out.len())` of the flattened matrix into `out`.
     pub fn decode(&self, start: usize, out: &mut [f32]) {
+        assert!(
+            start + out.len() <= self.rows * self.cols,
+            "decode past the end of the weight"
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: `active` never names an instruction set the CPU lacks.
+            match isa::active() {
+                Isa::Avx512 => return unsafe { x86::decode_all_avx512(self, start, out) },
+                Isa::Avx2 => return unsafe { x86::decode_all_avx2(self, start, out) },
+                Isa::Baseline => {}
+            }
+        }
+        self.for_each_run(start, out, |bytes, scale, dst| decode_scalar(bytes, scale, dst, 0));
+    }
+
+    /// Calls `run(bytes, scale, dst)` for each block's part of `[start, start + out.len())`:
+    /// `dst` to be filled from the codes in `bytes` (high nibble first) times the block's scale.
+    #[inline(always)]
+    fn for_each_run(&self, start: usize, out: &mut [f32], mut run: impl FnMut(&[u8], f32, &mut [f32])) {
         let end = start + out.len();
-        assert!(end <= self.rows * self.cols, "decode past the end of the weight");
-        let path = isa::active();
         let mut at = start;
         while at < end {
             let b = at / self.block;
@@ -114,8 +132,7 @@ impl PackedNf4 {
                 from += 1;
             }
             let skip = from - at;
-            let bytes = &self.packed[from / 2..run_end.div_ceil(2)];
-            decode_run(path, bytes, scale, &mut dst[skip..]);
+            run(&self.packed[from / 2..run_end.div_ceil(2)], scale, &mut dst[skip..]);
             at = run_end;
         }
     }
@@ -145,12 +162,8 @@ impl PackedNf4 {
             }
             return;
         }
-        // Panel rows: a multiple of 8 near PANEL_FLOATS / k, and at least one panel per thread.
-        let per_thread = n.div_ceil(rayon::current_num_threads().max(1));
-        let nb = (PANEL_FLOATS / k)
-            .clamp(8, 512)
-            .min(per_thread.next_multiple_of(8))
-            .max(8);
+        // Panel rows: 64 (as the dense few-row products), fewer where a panel would outgrow L2.
+        let nb = (PANEL_FLOATS / k).clamp(8, 64);
         let out = SendPtr::new(y);
         let accumulate = bias.is_some();
         (0..n.div_ceil(nb)).into_par_iter().for_each_init(
@@ -210,22 +223,6 @@ impl LoraFactors {
     }
 }
 
-/// Decodes `out.len()` codes (two per byte of `bytes`, high nibble first) times `scale`.
-fn decode_run(path: Isa, bytes: &[u8], scale: f32, out: &mut [f32]) {
-    assert!(bytes.len() * 2 >= out.len());
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: `active` never names an instruction set the CPU lacks; the sizes are checked above.
-        match path {
-            Isa::Avx512 => return unsafe { x86::decode_avx512(bytes, scale, out) },
-            Isa::Avx2 => return unsafe { x86::decode_avx2(bytes, scale, out, 0) },
-            Isa::Baseline => {}
-        }
-    }
-    let _ = path;
-    decode_scalar(bytes, scale, out, 0);
-}
-
 /// The plain decoder, from element `from` of the run on.
 fn decode_scalar(bytes: &[u8], scale: f32, out: &mut [f32], from: usize) {
     for (i, o) in out.iter_mut().enumerate().skip(from) {
@@ -237,36 +234,68 @@ fn decode_scalar(bytes: &[u8], scale: f32, out: &mut [f32], from: usize) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{decode_scalar, NF4_CODE};
+    use super::{decode_scalar, PackedNf4, NF4_CODE};
     use std::arch::x86_64::*;
+
+    /// [`PackedNf4::decode`] on the AVX2 path (one call: the block loop is compiled with AVX2 too).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn decode_all_avx2(w: &PackedNf4, start: usize, out: &mut [f32]) {
+        // SAFETY: this function runs only where the CPU has AVX2 (its caller checks).
+        w.for_each_run(start, out, |bytes, scale, dst| unsafe {
+            decode_avx2(bytes, scale, dst, 0)
+        });
+    }
+
+    /// [`PackedNf4::decode`] on the AVX-512 path.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    pub(super) unsafe fn decode_all_avx512(w: &PackedNf4, start: usize, out: &mut [f32]) {
+        // SAFETY: this function runs only where the CPU has AVX-512 (its caller checks).
+        w.for_each_run(start, out, |bytes, scale, dst| unsafe {
+            decode_avx512(bytes, scale, dst)
+        });
+    }
 
     /// 8 codes per 4 bytes: each byte twice, shifted by 4 and 0, masked; the codebook looked up
     /// in two 8-entry halves and blended on bit 3.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn decode_avx2(bytes: &[u8], scale: f32, out: &mut [f32], from: usize) {
+    #[inline]
+    unsafe fn decode_avx2(bytes: &[u8], scale: f32, out: &mut [f32], from: usize) {
         let lo = _mm256_loadu_ps(NF4_CODE.as_ptr());
         let hi = _mm256_loadu_ps(NF4_CODE.as_ptr().add(8));
         let s = _mm256_set1_ps(scale);
         let shifts = _mm256_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0);
         let fifteen = _mm256_set1_epi32(15);
-        let mut i = from;
-        while i + 8 <= out.len() {
-            let word = u32::from_le_bytes([bytes[i / 2], bytes[i / 2 + 1], bytes[i / 2 + 2], bytes[i / 2 + 3]]);
-            let b = _mm_cvtsi32_si128(word as i32);
-            let twice = _mm_unpacklo_epi8(b, b);
-            let idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu8_epi32(twice), shifts), fifteen);
+        let eight = |idx: __m256i| {
             let low = _mm256_permutevar8x32_ps(lo, idx);
             let high = _mm256_permutevar8x32_ps(hi, idx);
-            let v = _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(v, s));
-            i += 8;
+            _mm256_mul_ps(
+                _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28))),
+                s,
+            )
+        };
+        let mut i = from;
+        // 16 codes per step: 8 bytes read at once, each byte twice (shifted by 4 and 0).
+        while i + 16 <= out.len() && i / 2 + 8 <= bytes.len() {
+            // SAFETY: bytes i/2 .. i/2 + 8 exist (checked by the loop condition).
+            let b = _mm_loadl_epi64(bytes.as_ptr().add(i / 2).cast());
+            let twice = _mm_unpacklo_epi8(b, b);
+            let first = _mm256_and_si256(_mm256_srlv_epi32(_mm256_cvtepu8_epi32(twice), shifts), fifteen);
+            let second = _mm256_and_si256(
+                _mm256_srlv_epi32(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(twice, twice)), shifts),
+                fifteen,
+            );
+            // SAFETY: out[i .. i + 16] exists (checked by the loop condition).
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), eight(first));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i + 8), eight(second));
+            i += 16;
         }
         decode_scalar(bytes, scale, out, i);
     }
 
     /// 16 codes per 8 bytes, the whole codebook in one register (`vpermps`).
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-    pub(super) unsafe fn decode_avx512(bytes: &[u8], scale: f32, out: &mut [f32]) {
+    #[inline]
+    unsafe fn decode_avx512(bytes: &[u8], scale: f32, out: &mut [f32]) {
         let table = _mm512_loadu_ps(NF4_CODE.as_ptr());
         let s = _mm512_set1_ps(scale);
         let shifts = _mm512_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);

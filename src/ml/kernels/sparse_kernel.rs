@@ -23,9 +23,9 @@ use super::isa::dispatch;
 use super::packed_op::{check_sizes, linear_forward};
 
 /// The fraction of zeros from which a linear layer runs on this kernel rather than the dense one.
-/// Measured on BERT-mini (`rkd bench infer --sparsity 0.5,0.7,0.8,0.9`, 2-core AVX2 EPYC): at
-/// batch 1 the sparse kernel is faster from 50 %, at batch 32 it is slower up to 70 % and level
-/// at 80 %, faster at 90 % (README, "Inference speed and memory").
+/// Measured on BERT-mini (`rkd bench infer --sparsity 0.7,0.8,0.9`, 2-core AVX2 EPYC): at 70 %
+/// the sparse kernel is faster at batch 1 but slower at batch 32; from 80 % faster at both
+/// (README, "Inference speed and memory").
 pub const SPARSE_FROM: f64 = 0.8;
 
 /// Outputs per register tile.
