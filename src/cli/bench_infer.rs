@@ -20,7 +20,6 @@ use candle_core::{DType, Device, Tensor};
 use super::bench::stats::median;
 use crate::ml::compress::lora::base_linears;
 use crate::ml::compress::prune::{prunable_weights, prune_unstructured, Scope};
-use crate::ml::kernels::sparse_kernel::CsrWeight;
 use crate::ml::models::layers::{Dropout, LoraBranch, PackedWeight};
 use crate::ml::models::linears::linears_mut;
 use crate::ml::nf4::Nf4Tensor;
@@ -108,22 +107,16 @@ fn build(variant: Variant) -> candle_core::Result<(Model, u64, u64)> {
         if !quantized.contains(&name) {
             continue;
         }
-        let dense_bytes = 4 * linear.weight.elem_count() as u64;
+        let dense_bytes = linear.weight_bytes();
         if matches!(variant, Variant::Nf4 | Variant::Nf4Lora) {
             let q = Nf4Tensor::from_tensor(&linear.weight, 64, true).map_err(candle_core::Error::wrap)?;
             let packed = q.to_packed().expect("a 2-D f32 weight");
-            let held = packed.bytes() as u64;
             linear.keep_packed(PackedWeight::Nf4(Arc::new(packed)))?;
-            weights = weights - dense_bytes + held;
-            linear_weights += held;
             if variant == Variant::Nf4Lora {
                 let (out, inp) = linear.weight.dims2()?;
                 let rank = 8;
                 let a = Tensor::from_vec(rng.normal_vec(rank * inp, 0.0, 0.02), (rank, inp), &Device::Cpu)?;
                 let b = Tensor::from_vec(rng.normal_vec(out * rank, 0.0, 0.02), (out, rank), &Device::Cpu)?;
-                let extra = 4 * (a.elem_count() + b.elem_count()) as u64;
-                weights += extra;
-                linear_weights += extra;
                 linear.lora = Some(LoraBranch {
                     a,
                     b,
@@ -132,15 +125,11 @@ fn build(variant: Variant) -> candle_core::Result<(Model, u64, u64)> {
                 });
             }
         } else if matches!(variant, Variant::Pruned(_, true)) && name.contains(".encoder.") {
-            let (rows, cols) = linear.weight.dims2()?;
-            let csr = CsrWeight::from_dense(&linear.weight.flatten_all()?.to_vec1::<f32>()?, rows, cols);
-            let held = csr.bytes() as u64;
-            linear.keep_packed(PackedWeight::Sparse(Arc::new(csr)))?;
-            weights = weights - dense_bytes + held;
-            linear_weights += held;
-        } else {
-            linear_weights += dense_bytes;
+            linear.keep_sparse_from(0.0)?;
         }
+        let held = linear.weight_bytes();
+        weights = weights - dense_bytes + held;
+        linear_weights += held;
     }
     // The dense copies of quantized weights go with the parameter store.
     drop(params);

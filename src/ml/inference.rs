@@ -25,10 +25,9 @@ use candle_nn::{Init, VarBuilder};
 
 use super::checkpoint::{nf4_prefixes, read_checkpoint, take_nf4, tensor_err, CheckpointError};
 use super::compress::lora::{merge_tensors, read_adapter, ADAPTER_WEIGHTS};
-use super::compress::nf4::Nf4Tensor;
 use super::compress::sizes::{SizeCounter, Sizes};
 use super::kernels::nf4_kernel::PackedNf4;
-use super::kernels::sparse_kernel::{CsrWeight, SPARSE_FROM};
+use super::kernels::sparse_kernel::SPARSE_FROM;
 use super::models::config::ModelConfig;
 use super::models::layers::{Dropout, LoraBranch, PackedWeight};
 use super::models::linears::{linear_modules, linears_mut};
@@ -63,7 +62,7 @@ pub fn load_inference(dir: &Path, device: &Device, measure_sizes: bool) -> Resul
     let (mut config, mut tensors) = read_checkpoint(dir, device)?;
     // NF4 weights of the catalog's linears stay packed; any other NF4 tensor is made dense.
     let linear_weights: Vec<String> = linear_modules(&config).iter().map(|m| m.weight()).collect();
-    let mut packed: BTreeMap<String, (Nf4Tensor, PackedNf4)> = BTreeMap::new();
+    let mut packed: BTreeMap<String, Arc<PackedNf4>> = BTreeMap::new();
     for prefix in nf4_prefixes(&tensors).map_err(|m| format_err(dir, m))? {
         let q = take_nf4(&mut tensors, &prefix).map_err(|m| format_err(dir, m))?;
         let name = format!("{prefix}weight");
@@ -72,7 +71,7 @@ pub fn load_inference(dir: &Path, device: &Device, measure_sizes: bool) -> Resul
             .filter(|_| linear_weights.contains(&name) && device.is_cpu())
         {
             Some(p) => {
-                packed.insert(name, (q, p));
+                packed.insert(name, Arc::new(p));
             }
             None => {
                 let dense = q
@@ -123,7 +122,7 @@ pub fn load_inference(dir: &Path, device: &Device, measure_sizes: bool) -> Resul
     }
     let shapes: HashMap<String, Vec<usize>> = packed
         .iter()
-        .map(|(k, (_, p))| {
+        .map(|(k, p)| {
             let (r, c) = p.dims();
             (k.clone(), vec![r, c])
         })
@@ -140,9 +139,9 @@ pub fn load_inference(dir: &Path, device: &Device, measure_sizes: bool) -> Resul
     // Hand each packed weight (and its adapter branch) to its layer.
     for (name, linear) in linears_mut(&mut model) {
         let weight = format!("{name}.weight");
-        if let Some((_, p)) = packed.get(&weight) {
+        if let Some(p) = packed.get(&weight) {
             linear
-                .keep_packed(PackedWeight::Nf4(Arc::new(p.clone())))
+                .keep_packed(PackedWeight::Nf4(p.clone()))
                 .map_err(tensor_err(dir))?;
             if let Some((a, b)) = branches.get(&name) {
                 let fits = matches!((a.dims(), b.dims()), ([r, i], [o, r2]) if r == r2 && (*o, *i) == p.dims());
@@ -164,54 +163,33 @@ pub fn load_inference(dir: &Path, device: &Device, measure_sizes: bool) -> Resul
             }
         }
     }
-    // Pruned dense linears sparse enough for the sparse kernel to be faster (see its module).
-    let mut sparse = Vec::new();
-    if device.is_cpu() {
-        for (name, linear) in linears_mut(&mut model) {
-            if linear.packed.is_some() || linear.weight.dtype() != DType::F32 {
-                continue;
-            }
-            let (rows, cols) = linear.weight.dims2().map_err(tensor_err(dir))?;
-            let values = linear
-                .weight
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(tensor_err(dir))?;
-            let zeros = values.iter().filter(|v| **v == 0.0).count();
-            if rows * cols > 0 && zeros as f64 / (rows * cols) as f64 >= SPARSE_FROM {
-                let csr = CsrWeight::from_dense(&values, rows, cols);
-                sparse.push((format!("{name}.weight"), csr.bytes() as u64));
-                linear
-                    .keep_packed(PackedWeight::Sparse(Arc::new(csr)))
-                    .map_err(tensor_err(dir))?;
-            }
+    // Pruned dense linears sparse enough for the sparse kernel to be faster (see its module);
+    // the bytes each linear's weight holds as it is held.
+    let (mut sparse, mut weight_bytes) = (Vec::new(), 0u64);
+    let mut linear_weights = std::collections::HashSet::new();
+    for (name, linear) in linears_mut(&mut model) {
+        if device.is_cpu() && linear.keep_sparse_from(SPARSE_FROM).map_err(tensor_err(dir))? {
+            sparse.push(format!("{name}.weight"));
         }
+        weight_bytes += linear.weight_bytes();
+        linear_weights.insert(format!("{name}.weight"));
     }
     let used = std::mem::take(&mut *backend.used.lock().unwrap_or_else(|e| e.into_inner()));
     let missing = std::mem::take(&mut *backend.missing.lock().unwrap_or_else(|e| e.into_inner()));
-    let mut weight_bytes: u64 = packed.values().map(|(_, p)| p.bytes() as u64).sum();
-    weight_bytes += branches
-        .values()
-        .map(|(a, b)| ((a.elem_count() + b.elem_count()) * a.dtype().size_in_bytes()) as u64)
-        .sum::<u64>();
-    let mut counter = measure_sizes.then(|| SizeCounter::new(&config));
     let mut sorted = used;
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     sorted.dedup_by(|a, b| a.0 == b.0);
-    for (name, t) in &sorted {
-        if packed.contains_key(name) {
-            continue;
-        }
-        weight_bytes += match sparse.iter().find(|(n, _)| n == name) {
-            Some((_, bytes)) => *bytes,
-            None => (t.elem_count() * t.dtype().size_in_bytes()) as u64,
-        };
-    }
+    weight_bytes += sorted
+        .iter()
+        .filter(|(name, _)| !linear_weights.contains(name))
+        .map(|(_, t)| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
+        .sum::<u64>();
+    let mut counter = measure_sizes.then(|| SizeCounter::new(&config));
     if let Some(counter) = counter.as_mut() {
         for (name, t) in &sorted {
             let values = match packed.get(name) {
                 // As the merged dense model has it: dequantized, plus the adapter's update.
-                Some((q, _)) => merged_values(name, q, branches.get(name.trim_end_matches(".weight")), adapter_scale)
+                Some(p) => merged_values(name, p, branches.get(name.trim_end_matches(".weight")), adapter_scale)
                     .map_err(tensor_err(dir))?,
                 None => t
                     .to_dtype(DType::F32)
@@ -227,7 +205,7 @@ pub fn load_inference(dir: &Path, device: &Device, measure_sizes: bool) -> Resul
         model,
         config,
         nf4_weights,
-        sparse_weights: sparse.into_iter().map(|(n, _)| n).collect(),
+        sparse_weights: sparse,
         weight_bytes,
         sizes: counter.map(|c| c.sizes()),
         missing,
@@ -237,14 +215,15 @@ pub fn load_inference(dir: &Path, device: &Device, measure_sizes: bool) -> Resul
 /// The values of an NF4 weight with its adapter merged, as `load_pretrained` computes them.
 fn merged_values(
     name: &str,
-    q: &Nf4Tensor,
+    p: &PackedNf4,
     branch: Option<&(Tensor, Tensor)>,
     scale: f64,
 ) -> candle_core::Result<Vec<f32>> {
-    let dense = q.to_tensor(&Device::Cpu).map_err(candle_core::Error::wrap)?;
+    let values = p.dequantize();
     let Some((a, b)) = branch else {
-        return dense.flatten_all()?.to_vec1::<f32>();
+        return Ok(values);
     };
+    let dense = Tensor::from_vec(values, p.dims(), &Device::Cpu)?;
     let module = name.trim_end_matches(".weight");
     let mut one = HashMap::from([(name.to_string(), dense)]);
     let pair = HashMap::from([
@@ -315,6 +294,7 @@ mod tests {
     use super::*;
     use crate::ml::checkpoint::{load_pretrained, save_pretrained, save_quantized, LoadOptions};
     use crate::ml::compress::lora::{base_linears, save_adapter, AdapterConfig, LoraConfig};
+    use crate::ml::compress::nf4::Nf4Tensor;
     use crate::ml::compress::sizes;
     use crate::ml::models::config::QuantizationConfig;
     use crate::ml::testutil::{max_abs_diff, text_input, tiny_bert};

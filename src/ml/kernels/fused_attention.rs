@@ -749,13 +749,7 @@ mod tests {
         assert_eq!(one, all(2));
         assert_eq!(one, all(3));
         // Nor on the instruction set (see `fused`'s test of the same name).
-        use crate::ml::kernels::isa::{self, Isa};
-        let _lock = isa::FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        for path in [Isa::Baseline, Isa::Avx2, Isa::Avx512] {
-            if let Some(_forced) = isa::force(path) {
-                assert_eq!(all(2), one, "the {} path differs", path.name());
-            }
-        }
+        crate::ml::kernels::isa::on_every_path(|path| assert_eq!(all(2), one, "the {} path differs", path.name()));
     }
 
     #[test]

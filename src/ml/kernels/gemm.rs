@@ -151,51 +151,21 @@ pub(crate) fn matmul(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, ac
     assert_eq!((dst.rows, dst.cols), (m, n), "matmul: destination shape");
     lhs.check("lhs");
     rhs.check("rhs");
-    check_view(dst.data.len(), m, n, dst.rs, dst.cs, "dst");
-    // Distinct elements of the destination must not share memory (threads write them at once).
-    let one_row_ok = m <= 1 && (n <= 1 || dst.cs > 0);
-    let one_column_ok = n <= 1 && dst.rs > 0;
-    let rows_apart = dst.cs > 0 && dst.rs >= n * dst.cs;
-    let columns_apart = dst.rs > 0 && dst.cs >= m * dst.rs;
-    let disjoint = one_row_ok || one_column_ok || rows_apart || columns_apart;
-    assert!(disjoint, "dst: elements of the view overlap");
+    check_dst(&dst);
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            for i in 0..m {
-                for j in 0..n {
-                    dst.data[i * dst.rs + j * dst.cs] = 0.0;
-                }
-            }
+            fill_zero(dst);
         }
         return;
     }
     if threads == Threads::Pool && m <= FEW_ROWS && n >= 2 * PANEL_COLS {
-        // Few rows, many columns (inference at batch 1, a classifier's head): panels of columns in
-        // parallel, each product on one thread. gemm's own threading splits such shapes poorly
-        // (BERT-mini at batch 1 took 30 % longer). The split does not depend on the thread count,
-        // so neither do the results.
-        let out = SendPtr::new(dst.data);
-        (0..n.div_ceil(PANEL_COLS)).into_par_iter().for_each(|p| {
-            let (j0, w) = (p * PANEL_COLS, PANEL_COLS.min(n - p * PANEL_COLS));
-            let rhs = Mat::strided(&rhs.data[j0 * rhs.cs..], k, w, rhs.rs, rhs.cs);
-            rhs.check("rhs panel");
-            // SAFETY: the destination view was checked above; this task writes its columns
-            // j0..j0 + w only, which no other task writes.
-            unsafe {
-                call_gemm(
-                    out.at(j0 * dst.cs),
-                    (m, w, k),
-                    (dst.rs, dst.cs),
-                    lhs,
-                    rhs,
-                    (accumulate, scale),
-                    Parallelism::None,
-                )
-            }
-        });
+        // Few rows, many columns (inference at batch 1, a classifier's head): gemm's own
+        // threading splits such shapes poorly (BERT-mini at batch 1 took 30 % longer). The split
+        // does not depend on the thread count, so neither do the results.
+        in_panels(dst, lhs, (n, PANEL_COLS), (scale, accumulate), 0, &rhs);
         return;
     }
     let parallelism = match threads {
@@ -214,6 +184,28 @@ pub(crate) fn matmul(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, ac
             (accumulate, scale),
             parallelism,
         )
+    }
+}
+
+/// Panics unless every element of the destination view lies inside its slice and distinct
+/// elements do not share memory (threads write them at once).
+fn check_dst(dst: &MatMut<'_>) {
+    let (m, n) = (dst.rows, dst.cols);
+    check_view(dst.data.len(), m, n, dst.rs, dst.cs, "dst");
+    let one_row_ok = m <= 1 && (n <= 1 || dst.cs > 0);
+    let one_column_ok = n <= 1 && dst.rs > 0;
+    let rows_apart = dst.cs > 0 && dst.rs >= n * dst.cs;
+    let columns_apart = dst.rs > 0 && dst.cs >= m * dst.rs;
+    let disjoint = one_row_ok || one_column_ok || rows_apart || columns_apart;
+    assert!(disjoint, "dst: elements of the view overlap");
+}
+
+/// Sets every element of the view to 0 (an empty product, not accumulated).
+fn fill_zero(dst: MatMut<'_>) {
+    for i in 0..dst.rows {
+        for j in 0..dst.cols {
+            dst.data[i * dst.rs + j * dst.cs] = 0.0;
+        }
     }
 }
 
@@ -257,33 +249,81 @@ unsafe fn call_gemm(
     }
 }
 
-/// `dst += lhs·rhs` (or `dst = lhs·rhs` without `accumulate`) on the calling thread, where `dst`
-/// is the `m × n` matrix at `dst` with row stride `rs` and column stride `cs`.
-///
-/// # Safety
-/// Every element `dst[i·rs + j·cs]` must be valid for writes and written by no one else
-/// meanwhile, and distinct `(i, j)` must be distinct elements.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn matmul_raw(
-    dst: *mut f32,
-    m: usize,
-    n: usize,
-    rs: usize,
-    cs: usize,
+/// The right-hand side of a product taken panel by panel ([`matmul_panels`]).
+pub(crate) trait RhsPanels: Sync {
+    /// Columns `j0..j0 + w` (`k × w`): a view of its own, or of `buffer` (a scratch buffer of
+    /// the task), which it fills first.
+    fn panel<'s>(&'s self, j0: usize, w: usize, buffer: &'s mut [f32]) -> Mat<'s>;
+}
+
+impl RhsPanels for Mat<'_> {
+    fn panel<'s>(&'s self, j0: usize, w: usize, _: &'s mut [f32]) -> Mat<'s> {
+        Mat::strided(&self.data[j0 * self.cs..], self.rows, w, self.rs, self.cs)
+    }
+}
+
+/// `dst = scale·lhs·rhs` (`+ dst` with `accumulate`) as panels of `width` columns of `rhs`, in
+/// parallel, each product on one thread; each task has a scratch buffer of `buffer_len` floats
+/// for `rhs` to fill (the NF4 kernel dequantizes its weight there). Same checks as [`matmul`].
+pub(crate) fn matmul_panels(
+    dst: MatMut<'_>,
     lhs: Mat<'_>,
-    rhs: Mat<'_>,
-    accumulate: bool,
+    width: usize,
+    (scale, accumulate): (f32, bool),
+    buffer_len: usize,
+    rhs: &impl RhsPanels,
 ) {
-    let k = lhs.cols;
-    assert_eq!((lhs.rows, rhs.rows, rhs.cols), (m, k, n), "matmul: shapes");
+    let (m, k, n) = (lhs.rows, lhs.cols, dst.cols);
+    assert_eq!(dst.rows, m, "matmul: destination shape");
+    assert!(width > 0, "matmul: empty panels");
     lhs.check("lhs");
-    rhs.check("rhs");
-    if m == 0 || n == 0 || k == 0 {
-        assert!(k > 0 || accumulate, "matmul_raw: an empty product must accumulate");
+    check_dst(&dst);
+    if m == 0 || n == 0 {
         return;
     }
-    // SAFETY: the operands are checked views; the destination is the caller's promise.
-    unsafe { call_gemm(dst, (m, n, k), (rs, cs), lhs, rhs, (accumulate, 1.0), Parallelism::None) }
+    if k == 0 {
+        if !accumulate {
+            fill_zero(dst);
+        }
+        return;
+    }
+    in_panels(dst, lhs, (n, width), (scale, accumulate), buffer_len, rhs);
+}
+
+/// The panels of [`matmul_panels`], on a checked destination and a nonempty product.
+fn in_panels(
+    dst: MatMut<'_>,
+    lhs: Mat<'_>,
+    (n, width): (usize, usize),
+    (scale, accumulate): (f32, bool),
+    buffer_len: usize,
+    rhs: &impl RhsPanels,
+) {
+    let (m, k) = (lhs.rows, lhs.cols);
+    let (rs, cs) = (dst.rs, dst.cs);
+    let out = SendPtr::new(dst.data);
+    (0..n.div_ceil(width)).into_par_iter().for_each_init(
+        || uninit_vec(buffer_len),
+        |buffer, p| {
+            let (j0, w) = (p * width, width.min(n - p * width));
+            let rhs = rhs.panel(j0, w, buffer);
+            assert_eq!((rhs.rows, rhs.cols), (k, w), "matmul: panel shape");
+            rhs.check("rhs panel");
+            // SAFETY: the destination view was checked by the caller; this task writes its
+            // columns j0..j0 + w only, which no other task writes.
+            unsafe {
+                call_gemm(
+                    out.at(j0 * cs),
+                    (m, w, k),
+                    (rs, cs),
+                    lhs,
+                    rhs,
+                    (accumulate, scale),
+                    Parallelism::None,
+                )
+            }
+        },
+    );
 }
 
 /// A `Vec` of `n` floats whose contents will all be overwritten (no zero-filling pass); its

@@ -109,6 +109,21 @@ pub fn force(isa: Isa) -> Option<Forced> {
 /// Serialises the tests that [`force`] a path.
 pub static FORCE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Test support: runs `f` with the kernels forced to each path this CPU has, widest last (holding
+/// [`FORCE_LOCK`]); a path the CPU lacks is skipped with a message.
+#[cfg(test)]
+pub(crate) fn on_every_path(mut f: impl FnMut(Isa)) {
+    let _lock = FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    for path in [Isa::Baseline, Isa::Avx2, Isa::Avx512] {
+        let Some(_forced) = force(path) else {
+            eprintln!("this CPU lacks {}: that path is not tested here", path.name());
+            continue;
+        };
+        assert_eq!(active(), path);
+        f(path);
+    }
+}
+
 /// Restores the previous cap when dropped (see [`force`]).
 #[derive(Debug)]
 pub struct Forced {

@@ -18,9 +18,8 @@
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::gemm::{matmul, matmul_raw, uninit_vec, Mat, MatMut, SendPtr, Threads};
+use super::gemm::{matmul, matmul_panels, uninit_vec, Mat, MatMut, RhsPanels, Threads};
 use super::isa::{self, Isa};
 use super::packed_op::{check_sizes, linear_forward};
 
@@ -153,35 +152,23 @@ impl PackedNf4 {
                 row.copy_from_slice(b);
             }
         }
-        if m == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            if bias.is_none() {
-                y.fill(0.0);
-            }
-            return;
-        }
         // Panel rows: 64 (as the dense few-row products), fewer where a panel would outgrow L2.
-        let nb = (PANEL_FLOATS / k).clamp(8, 64);
-        let out = SendPtr::new(y);
-        let accumulate = bias.is_some();
-        (0..n.div_ceil(nb)).into_par_iter().for_each_init(
-            || uninit_vec(nb * k),
-            |panel, p| {
-                let (r0, r1) = (p * nb, ((p + 1) * nb).min(n));
-                let rows = r1 - r0;
-                let w = &mut panel[..rows * k];
-                self.decode(r0 * k, w);
-                let lhs = Mat::rows(x, m, k);
-                // The panel `[rows, k]` read as `Wᵀ`: a `k × rows` matrix.
-                let rhs = Mat::strided(w, k, rows, 1, k);
-                // SAFETY: `y` holds `m × n` floats (checked above); this task writes only its
-                // columns `r0..r1` of each row, which no other task writes, and `y` stays
-                // mutably borrowed until every task has finished.
-                unsafe { matmul_raw(out.at(r0), m, rows, n, 1, lhs, rhs, accumulate) };
-            },
-        );
+        let nb = (PANEL_FLOATS / k.max(1)).clamp(8, 64);
+        let (lhs, dst) = (Mat::rows(x, m, k), MatMut::rows(y, m, n));
+        matmul_panels(dst, lhs, nb, (1.0, bias.is_some()), nb * k, &Transposed(self));
+    }
+}
+
+/// `Wᵀ`, panel by panel: rows `r0..r0 + rows` of `W` dequantized into the task's buffer and
+/// read as a `cols × rows` matrix.
+struct Transposed<'a>(&'a PackedNf4);
+
+impl RhsPanels for Transposed<'_> {
+    fn panel<'s>(&'s self, r0: usize, rows: usize, buffer: &'s mut [f32]) -> Mat<'s> {
+        let k = self.0.cols;
+        let w = &mut buffer[..rows * k];
+        self.0.decode(r0 * k, w);
+        Mat::strided(w, k, rows, 1, k)
     }
 }
 
@@ -358,7 +345,6 @@ impl CustomOp1 for Nf4LinearOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ml::kernels::isa::FORCE_LOCK;
     use crate::ml::kernels::packed_op::check_everywhere;
     use crate::ml::kernels::rng::Rng;
 
@@ -386,22 +372,17 @@ mod tests {
 
     #[test]
     fn every_path_decodes_every_range_bit_for_bit() {
-        let _lock = FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         // 37 × 29: odd sizes, blocks that straddle rows, a partial last block.
         let w = random(37, 29, 64, 1);
         let want = reference(&w);
-        for path in [Isa::Baseline, Isa::Avx2, Isa::Avx512] {
-            let Some(_forced) = isa::force(path) else {
-                eprintln!("this CPU lacks {}: not tested here", path.name());
-                continue;
-            };
+        isa::on_every_path(|path| {
             assert_eq!(w.dequantize(), want, "{}", path.name());
             for (start, len) in [(0, 1), (1, 40), (63, 2), (64, 64), (100, 500), (1, 37 * 29 - 1)] {
                 let mut out = vec![f32::NAN; len];
                 w.decode(start, &mut out);
                 assert_eq!(out, want[start..start + len], "{} [{start}, +{len})", path.name());
             }
-        }
+        });
     }
 
     #[test]

@@ -40,14 +40,8 @@ pub(crate) fn check_sizes(what: &str, x: &[f32], y: &[f32], bias: Option<&[f32]>
 
 #[cfg(test)]
 pub(crate) fn check_everywhere(want: &[f64], product: impl Fn(&mut [f32]) + Sync) {
-    use super::isa::{self, Isa};
-    let _lock = isa::FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut first: Option<Vec<f32>> = None;
-    for path in [Isa::Baseline, Isa::Avx2, Isa::Avx512] {
-        let Some(_forced) = isa::force(path) else {
-            eprintln!("this CPU lacks {}: not tested here", path.name());
-            continue;
-        };
+    super::isa::on_every_path(|path| {
         for threads in [1, 3] {
             let y = super::runtime::with_threads(threads, || {
                 let mut y = vec![f32::NAN; want.len()];
@@ -63,5 +57,5 @@ pub(crate) fn check_everywhere(want: &[f64], product: impl Fn(&mut [f32]) + Sync
                 None => first = Some(y),
             }
         }
-    }
+    });
 }

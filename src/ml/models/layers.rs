@@ -143,6 +143,33 @@ impl Linear {
         Ok(())
     }
 
+    /// Holds the dense f32 weight in compressed sparse rows when at least `from` of it is zero;
+    /// says whether it did.
+    pub fn keep_sparse_from(&mut self, from: f64) -> Result<bool> {
+        if self.packed.is_some() || self.weight.dtype() != DType::F32 {
+            return Ok(false);
+        }
+        let (rows, cols) = self.weight.dims2()?;
+        let values = self.weight.flatten_all()?.to_vec1::<f32>()?;
+        let zeros = values.iter().filter(|v| **v == 0.0).count();
+        if values.is_empty() || (zeros as f64) < from * values.len() as f64 {
+            return Ok(false);
+        }
+        let csr = CsrWeight::from_dense(&values, rows, cols);
+        self.keep_packed(PackedWeight::Sparse(Arc::new(csr)))?;
+        Ok(true)
+    }
+
+    /// Bytes its weight holds as it is held (packed or dense), with its adapter's.
+    pub fn weight_bytes(&self) -> u64 {
+        let dense = |t: &Tensor| (t.elem_count() * t.dtype().size_in_bytes()) as u64;
+        let weight = match &self.packed {
+            Some(p) => p.bytes() as u64,
+            None => dense(&self.weight),
+        };
+        weight + self.lora.as_ref().map_or(0, |l| dense(&l.a) + dense(&l.b))
+    }
+
     /// The layer in `ctx`'s mode: the LoRA branch's dropout is active in train mode (the base
     /// path has none). Without a LoRA branch this is exactly [`Module::forward`].
     pub fn forward_ctx(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
