@@ -190,8 +190,8 @@ fn run_kd(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
             let mut live = Vec::with_capacity(teacher_sources.len());
             for src in &teacher_sources {
                 let f = load_frozen(src, "a teacher", &device, false)?;
-                model_source::check_fits(&f.config, &dataset, true)?;
-                if let (ModelConfig::Bert(_), Some(dir)) = (&f.config, &tokenizer) {
+                model_source::check_fits(&f.loaded.config, &dataset, true)?;
+                if let (ModelConfig::Bert(_), Some(dir)) = (&f.loaded.config, &tokenizer) {
                     same_tokenizer(&f.dir, dir)?;
                 }
                 live.push(f);
@@ -224,7 +224,7 @@ fn run_kd(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
                     "intermediate losses need the teacher's weights",
                 )));
             };
-            Some(intermediate_of(v, &model.config(), &live[0].config)?)
+            Some(intermediate_of(v, &model.config(), &live[0].loaded.config)?)
         }
         None => None,
     };
@@ -232,7 +232,7 @@ fn run_kd(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
     let projection_store = ParamStore::new(crate::ml::rng::derive_seed(opts.seed, "distill/projection"));
     let projection = match (&intermediate, &teachers) {
         (Some(i), Teachers::Live(live)) if i.hidden > 0.0 => {
-            let (s, t) = (hidden_size(&model.config()), hidden_size(&live[0].config));
+            let (s, t) = (hidden_size(&model.config()), hidden_size(&live[0].loaded.config));
             if s == t {
                 None
             } else {
@@ -300,7 +300,7 @@ fn run_kd(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
             Teachers::Live(models) => {
                 let outs = models
                     .iter()
-                    .map(|t| t.model.forward(&batch.input, &mut teacher_ctx()))
+                    .map(|t| t.loaded.model.forward(&batch.input, &mut teacher_ctx()))
                     .collect::<CResult<Vec<_>>>()?;
                 let logits = outs
                     .iter()
@@ -792,7 +792,12 @@ mod tests {
         let b = ds
             .batches(crate::data::SplitName::Train, 512, None, false, &Device::Cpu)
             .unwrap();
-        let live = f.model.forward(&b[0].input, &mut ForwardCtx::eval()).unwrap().logits;
+        let live = f
+            .loaded
+            .model
+            .forward(&b[0].input, &mut ForwardCtx::eval())
+            .unwrap()
+            .logits;
         let live = live.narrow(0, 7, 1).unwrap().to_vec2::<f32>().unwrap();
         let stored = tensors["logits"].narrow(0, 7, 1).unwrap().to_vec2::<f32>().unwrap();
         for (a, b) in live[0].iter().zip(&stored[0]) {

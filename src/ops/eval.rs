@@ -190,7 +190,7 @@ pub fn measure(
 ) -> Result<Measured, OpError> {
     let device = ctx.device.clone();
     let frozen = load_frozen(source, "eval", &device, true)?;
-    let config = frozen.config.clone();
+    let config = frozen.loaded.config.clone();
     model_source::check_fits(&config, dataset, true)?;
     let n = dataset.len(split);
     if n == 0 {
@@ -214,13 +214,14 @@ pub fn measure(
         if ctx.cancel.is_interrupted() {
             return Err(OpError::Interrupted);
         }
-        eval.merge(evaluate(&frozen.model, std::iter::once((&b.input, &b.labels)))?)?;
+        eval.merge(evaluate(&frozen.loaded.model, std::iter::once((&b.input, &b.labels)))?)?;
         order.extend_from_slice(&b.indices);
         ctx.progress.steps("batch", i as u64 + 1, batches.len() as u64);
     }
     eval.into_example_order(&order)?;
     drop(batches);
     let sizes = frozen
+        .loaded
         .sizes
         .ok_or_else(|| OpError::Failed("the model's sizes were not measured".into()))?;
     let files = model_files(&frozen.dir)?;
@@ -237,7 +238,7 @@ pub fn measure(
             )))
         }
     };
-    let (latency_b1, latency_b32, latency_batch) = latency(&frozen.model, &first.input)?;
+    let (latency_b1, latency_b32, latency_batch) = latency(&frozen.loaded.model, &first.input)?;
     let peak_rss = if rss_reset { super::memory::peak_rss() } else { None };
     Ok(Measured {
         what: frozen.what,
@@ -251,10 +252,10 @@ pub fn measure(
         latency_b1,
         latency_b32,
         latency_batch,
-        missing: frozen.missing,
-        weights_in_memory: frozen.weight_bytes,
-        nf4_weights: frozen.nf4_weights.len(),
-        sparse_weights: frozen.sparse_weights.len(),
+        missing: frozen.loaded.missing,
+        weights_in_memory: frozen.loaded.weight_bytes,
+        nf4_weights: frozen.loaded.nf4_weights.len(),
+        sparse_weights: frozen.loaded.sparse_weights.len(),
         peak_rss,
     })
 }

@@ -384,27 +384,15 @@ pub fn model_for_training(
     }
 }
 
-/// A trained model for inference: its weights detached (no autograd graph is recorded), with
-/// its configuration. `purpose` names the op for the error on an untrained architecture.
+/// A trained model loaded for inference (no autograd graph is recorded), with what it is and
+/// where it came from.
 pub struct Frozen {
-    /// The model, built on the checkpoint's tensors (no autograd variables).
-    pub model: crate::ml::Model,
-    /// Its configuration.
-    pub config: ModelConfig,
-    /// Its sizes (when [`load_frozen`] was asked to measure them).
-    pub sizes: Option<crate::ml::sizes::Sizes>,
-    /// The linear weights it keeps in NF4 (multiplied 4-bit by the inference kernel).
-    pub nf4_weights: Vec<String>,
-    /// The pruned linear weights it multiplies with the sparse kernel.
-    pub sparse_weights: Vec<String>,
-    /// Bytes of the weights it holds in memory.
-    pub weight_bytes: u64,
+    /// The model as loaded for inference, with what it holds ([`crate::ml::inference`]).
+    pub loaded: crate::ml::inference::Inference,
     /// What it is, for messages.
     pub what: String,
     /// The directory it was loaded from.
     pub dir: PathBuf,
-    /// Tensors the checkpoint lacked (initialised at random).
-    pub missing: Vec<String>,
 }
 
 /// Loads a trained model (a stage output or a checkpoint) for inference (see
@@ -419,19 +407,9 @@ pub fn load_frozen(src: &ModelSource, purpose: &str, device: &Device, measure_si
             )))
         }
     };
-    let inf = crate::ml::inference::load_inference(&dir, device, measure_sizes)
+    let loaded = crate::ml::inference::load_inference(&dir, device, measure_sizes)
         .map_err(|e| OpError::Failed(format!("{what}: {e}")))?;
-    Ok(Frozen {
-        model: inf.model,
-        config: inf.config,
-        sizes: inf.sizes,
-        nf4_weights: inf.nf4_weights,
-        sparse_weights: inf.sparse_weights,
-        weight_bytes: inf.weight_bytes,
-        what,
-        dir,
-        missing: inf.missing,
-    })
+    Ok(Frozen { loaded, what, dir })
 }
 
 #[cfg(test)]

@@ -30,11 +30,11 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let source = model_source::resolve(ctx, &args.model)?;
     let dataset = load_for(ctx, &args.data, &source)?;
     let frozen = load_frozen(&source, "predict", &device, false)?;
-    model_source::check_fits(&frozen.config, &dataset, true)?;
-    if !frozen.missing.is_empty() {
+    model_source::check_fits(&frozen.loaded.config, &dataset, true)?;
+    if !frozen.loaded.missing.is_empty() {
         return Err(OpError::Failed(format!(
             "{} lacks {:?}: a teacher with random weights has nothing to teach",
-            frozen.what, frozen.missing
+            frozen.what, frozen.loaded.missing
         )));
     }
     let n = dataset.len(SplitName::Train);
@@ -54,6 +54,7 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
             return Err(OpError::Interrupted);
         }
         let out = frozen
+            .loaded
             .model
             .forward(&b.input, &mut ForwardCtx::eval())
             .and_then(|o| o.logits.to_dtype(DType::F32)?.to_vec2::<f32>())?;
