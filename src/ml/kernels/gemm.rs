@@ -145,20 +145,14 @@ pub enum Threads {
 /// `dst = scale·lhs·rhs`, or `dst += scale·lhs·rhs` with `accumulate`; `dst` need not be
 /// initialised when not accumulating. Panics if the shapes disagree or a view leaves its slice
 /// (a programming error, not an input error).
-pub(crate) fn matmul(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, accumulate: bool, threads: Threads) {
+pub(crate) fn matmul(mut dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, scale: f32, accumulate: bool, threads: Threads) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(rhs.rows, k, "matmul: inner dimensions differ");
     assert_eq!((dst.rows, dst.cols), (m, n), "matmul: destination shape");
     lhs.check("lhs");
     rhs.check("rhs");
     check_dst(&dst);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            fill_zero(dst);
-        }
+    if no_product(&mut dst, k, accumulate) {
         return;
     }
     if threads == Threads::Pool && m <= FEW_ROWS && n >= 2 * PANEL_COLS {
@@ -200,13 +194,23 @@ fn check_dst(dst: &MatMut<'_>) {
     assert!(disjoint, "dst: elements of the view overlap");
 }
 
-/// Sets every element of the view to 0 (an empty product, not accumulated).
-fn fill_zero(dst: MatMut<'_>) {
-    for i in 0..dst.rows {
-        for j in 0..dst.cols {
-            dst.data[i * dst.rs + j * dst.cs] = 0.0;
+/// Settles a product with nothing to multiply (an empty destination, or `k = 0`: zeros unless
+/// accumulating); says whether it did.
+fn no_product(dst: &mut MatMut<'_>, k: usize, accumulate: bool) -> bool {
+    if dst.rows == 0 || dst.cols == 0 {
+        return true;
+    }
+    if k > 0 {
+        return false;
+    }
+    if !accumulate {
+        for i in 0..dst.rows {
+            for j in 0..dst.cols {
+                dst.data[i * dst.rs + j * dst.cs] = 0.0;
+            }
         }
     }
+    true
 }
 
 /// `gemm::gemm` on the views: `dst = (dst if accumulate) + scale·lhs·rhs`.
@@ -266,7 +270,7 @@ impl RhsPanels for Mat<'_> {
 /// parallel, each product on one thread; each task has a scratch buffer of `buffer_len` floats
 /// for `rhs` to fill (the NF4 kernel dequantizes its weight there). Same checks as [`matmul`].
 pub(crate) fn matmul_panels(
-    dst: MatMut<'_>,
+    mut dst: MatMut<'_>,
     lhs: Mat<'_>,
     width: usize,
     (scale, accumulate): (f32, bool),
@@ -278,13 +282,7 @@ pub(crate) fn matmul_panels(
     assert!(width > 0, "matmul: empty panels");
     lhs.check("lhs");
     check_dst(&dst);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            fill_zero(dst);
-        }
+    if no_product(&mut dst, k, accumulate) {
         return;
     }
     in_panels(dst, lhs, (n, width), (scale, accumulate), buffer_len, rhs);
