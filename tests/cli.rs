@@ -339,6 +339,37 @@ fn bench_compile_prints_a_table() {
     );
 }
 
+#[test]
+fn selftest_compares_the_device_generic_path_with_the_cpu_kernels() {
+    let out = Test::new().args(&["selftest", "--device", "cpu", "--json"]).expect(0);
+    let v: Value = serde_json::from_str(&out.stdout).expect("selftest --json prints JSON");
+    assert_eq!(v["device"], "cpu");
+    assert_eq!(v["failed"], 0);
+    let checks = v["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["check"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "nf4 dequantization (bits)",
+            "bert training step",
+            "vit training step",
+            "qlora step (nf4 base)"
+        ]
+    );
+    assert!(
+        checks
+            .iter()
+            .all(|c| c["ok"] == true && c["error"].as_f64().unwrap() <= 1e-4),
+        "{checks:?}"
+    );
+    let table = Test::new().args(&["selftest", "--device", "cpu"]).expect(0);
+    assert!(table.stdout.contains("4 of 4 checks passed"), "{}", table.stdout);
+    if !cfg!(feature = "cuda") {
+        let cuda = Test::new().args(&["selftest", "--device", "cuda"]).expect(2);
+        assert!(cuda.stderr.contains("built without CUDA"), "{}", cuda.stderr);
+    }
+}
+
 /// With the shared development data (RKD_SHARED_DATA), the study's pipelines plan on real files.
 #[test]
 fn the_study_pipelines_plan_on_the_shared_samples() {

@@ -7,6 +7,9 @@
 # Needs no Rust toolchain and no network: a copy of the repository, the binary, and (for the
 # PyTorch side) a Python with torch. What it writes to OUT (default: gpu-check/):
 #   machine.txt          nvidia-smi, the binary's version, the device asked for
+#   selftest.json        `rkd selftest --device $DEVICE --json`: the CUDA checks of the unit tests,
+#                        carried in the binary (NF4 dequantization bit for bit; a BERT, ViT and
+#                        QLoRA training step's loss and gradients against the CPU's, ≤ 1e-4)
 #   rkd_bench.json       `rkd bench train --device $DEVICE --json` (BERT-mini, ViT; on a GPU also
 #                        BERT-base and ViT-B/16), batch 32
 #   torch_bench.json     bench/torch_bench.py --device $DEVICE --json, the same cases (when torch imports)
@@ -15,7 +18,8 @@
 #   pipeline_cpu.json    $DEVICE and on the CPU: each stage's metrics, device and seconds
 #   summary.txt          the accuracies of both runs side by side, and whether they agree
 #   log.txt              what ran, with seconds since the start
-# Exit status: 0 when everything ran and the two runs' accuracies are within 3 points.
+# Exit status: 0 when everything ran, every selftest check passed and the two runs' accuracies
+# are within 3 points.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -54,6 +58,11 @@ fi
     if command -v nvidia-smi >/dev/null; then nvidia-smi; else echo "nvidia-smi: not found"; fi
 } > "$out/machine.txt" 2>&1
 
+log "rkd selftest --device $device"
+selftest_status=0
+"$rkd" selftest --device "$device" --json > "$out/selftest.json" || selftest_status=$?
+cat "$out/selftest.json"
+
 log "rkd bench train --device $device"
 "$rkd" bench train --device "$device" --steps "$steps" --json > "$out/rkd_bench.json"
 
@@ -88,5 +97,9 @@ status=0
 "$python" "$here/stage_metrics.py" --compare "$out/pipeline_device.json" "$out/pipeline_cpu.json" "$device" \
     > "$out/summary.txt" || status=$?
 cat "$out/summary.txt"
+if [ "$selftest_status" -ne 0 ]; then
+    echo "selftest FAILED (exit $selftest_status): see $out/selftest.json"
+    status=1
+fi
 log "done in $((SECONDS - started)) s; results in $out"
 exit $status

@@ -13,6 +13,7 @@ use std::time::Instant;
 use super::bench::stats::median;
 use candle_core::{DType, Device, Tensor};
 
+use crate::ml::kernels::device::GpuMemoryPeak;
 use crate::ml::optim::{clip_scale, AdamW, AdamWConfig};
 use crate::ml::rng::derive_seed;
 use crate::ml::train::with_threads;
@@ -44,6 +45,9 @@ pub struct Timing {
     pub train_step_s: f64,
     /// Inference forward.
     pub infer_s: f64,
+    /// On a GPU, the most GPU memory in use during the case (the whole GPU's, sampled; see
+    /// [`GpuMemoryPeak`]).
+    pub peak_mem_bytes: Option<u64>,
 }
 
 /// BERT-mini (4 layers, hidden 256, 4 heads, intermediate 1024, seq 64, batch 32, 2 classes)
@@ -135,6 +139,7 @@ fn time(steps: usize, warmup: usize, mut f: impl FnMut(usize) -> candle_core::Re
 /// pool; on a GPU each timed step ends when the device has finished it).
 pub fn bench_case(case: &Case, steps: usize, warmup: usize, dev: &Device) -> candle_core::Result<Timing> {
     let dev = dev.clone();
+    let memory = GpuMemoryPeak::start(&dev);
     let params = ParamStore::new(SEED);
     let model = Model::new(&case.config, params.var_builder(DType::F32, &dev))?;
     let (input, labels) = inputs(case, &dev)?;
@@ -164,7 +169,11 @@ pub fn bench_case(case: &Case, steps: usize, warmup: usize, dev: &Device) -> can
         let out = frozen.forward(&input, &mut ForwardCtx::eval())?;
         out.logits.to_vec2::<f32>().map(drop)
     })?;
-    Ok(Timing { train_step_s, infer_s })
+    Ok(Timing {
+        train_step_s,
+        infer_s,
+        peak_mem_bytes: memory.finish(),
+    })
 }
 
 /// Runs every case, in order, on `dev`.
@@ -180,7 +189,12 @@ pub fn to_json(cases: &[Case], timings: &[Timing], device: &str) -> serde_json::
         .map(|(c, t)| {
             (
                 c.key.to_string(),
-                serde_json::json!({"train_step_s": t.train_step_s, "infer_s": t.infer_s}),
+                match t.peak_mem_bytes {
+                    Some(b) => {
+                        serde_json::json!({"train_step_s": t.train_step_s, "infer_s": t.infer_s, "peak_mem_bytes": b})
+                    }
+                    None => serde_json::json!({"train_step_s": t.train_step_s, "infer_s": t.infer_s}),
+                },
             )
         })
         .collect();
@@ -228,6 +242,9 @@ pub fn run(threads: Option<usize>, steps: usize, json: bool, device: DeviceChoic
             t.infer_s,
             c.batch as f64 / t.infer_s
         );
+        if let Some(b) = t.peak_mem_bytes {
+            println!("{:<10}  peak GPU memory in use {:.0} MiB", "", b as f64 / 1048576.0);
+        }
     }
     println!("(f32, batch 32, median of {steps} steps after {WARMUP} warm-up; {threads} threads; on {label})");
     ExitCode::SUCCESS

@@ -227,6 +227,7 @@ mod tests {
             files: Default::default(),
             resumed_from: None,
             attempts: 1,
+            gpu_memory_peak_bytes: None,
         }
     }
 

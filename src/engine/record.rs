@@ -26,5 +26,6 @@ pub fn stage_record(plan: &Plan, stage: &PlanStage, status: Outcome) -> StageRec
         files: stage.files.iter().map(|(p, k)| (p.clone(), hex(k))).collect(),
         resumed_from: None,
         attempts: 1,
+        gpu_memory_peak_bytes: None,
     }
 }

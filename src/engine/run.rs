@@ -93,6 +93,8 @@ pub struct StageResult {
     pub resumed_from: Option<u64>,
     /// Times it was run (0 when cached or skipped; more than 1 after retries).
     pub attempts: u32,
+    /// The most GPU memory in use while it ran, when it ran on a GPU.
+    pub gpu_memory_peak: Option<u64>,
 }
 
 /// How one executed stage ended.
@@ -112,6 +114,8 @@ pub struct Finished {
     pub resumed_from: Option<u64>,
     /// Times it was run (more than one after retries).
     pub attempts: u32,
+    /// The most GPU memory in use while it ran (the GPU's, sampled), when it ran on a GPU.
+    pub gpu_memory_peak: Option<u64>,
 }
 
 impl Finished {
@@ -125,6 +129,7 @@ impl Finished {
             retryable: true,
             resumed_from: None,
             attempts: 1,
+            gpu_memory_peak: None,
         }
     }
 
@@ -138,6 +143,7 @@ impl Finished {
             retryable: false,
             resumed_from: None,
             attempts: 1,
+            gpu_memory_peak: None,
         }
     }
 }
@@ -336,6 +342,7 @@ pub fn run(
                 r.error = finished.error;
                 r.resumed_from = finished.resumed_from;
                 r.attempts = finished.attempts;
+                r.gpu_memory_peak = finished.gpu_memory_peak;
             }
         }
     }
@@ -477,6 +484,7 @@ pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared
                 reasons: std::mem::take(&mut reasons[i]),
                 resumed_from: None,
                 attempts: 0,
+                gpu_memory_peak: None,
             })
         })
         .collect();
@@ -676,8 +684,10 @@ pub fn run_stage(
     };
     let started = SystemTime::now();
     let t = Instant::now();
+    let gpu_memory = crate::ml::kernels::device::GpuMemoryPeak::start(device);
     let result = ops::execute(&mut ctx);
     let time_s = t.elapsed().as_secs_f64();
+    let gpu_memory_peak = gpu_memory.finish();
     let resumed_from = ctx.resumed_from;
     drop(ctx);
     // A stage must not change what it read: a changed input is moved aside (and rebuilt by the
@@ -699,6 +709,7 @@ pub fn run_stage(
                 "threads": threads,
                 "device": crate::ml::kernels::device::label(device),
                 "resumed_from": resumed_from,
+                "gpu_memory_peak_bytes": gpu_memory_peak,
             });
             let written = writer
                 .write(
@@ -720,6 +731,7 @@ pub fn run_stage(
                         retryable: false,
                         resumed_from,
                         attempts: 1,
+                        gpu_memory_peak,
                     }
                 }
                 Err(e) => fail(format!("cannot store the result: {e}")),
@@ -733,6 +745,7 @@ pub fn run_stage(
             retryable: false,
             resumed_from,
             attempts: 1,
+            gpu_memory_peak,
         },
         Err(e) => {
             let log = keep_failed_log(store, &stage.key, &log_path);
@@ -747,6 +760,7 @@ pub fn run_stage(
             Finished {
                 retryable: e.retryable(),
                 resumed_from,
+                gpu_memory_peak,
                 ..Finished::failed(time_s, msg)
             }
         }
@@ -828,6 +842,7 @@ pub(crate) fn write_records(
             files: BTreeMap::new(),
             resumed_from: r.resumed_from,
             attempts: r.attempts,
+            gpu_memory_peak_bytes: r.gpu_memory_peak,
         });
         if r.outcome != Outcome::Skipped {
             let names = std::iter::once(stage.def.name.as_str())

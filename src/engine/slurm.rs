@@ -751,6 +751,7 @@ pub fn wait(
             r.time_s = numbers.time_s;
             r.metrics = numbers.metrics;
             r.resumed_from = numbers.resumed_from;
+            r.gpu_memory_peak = numbers.gpu_memory_peak;
             r.attempts = 1;
             continue;
         }
@@ -820,6 +821,7 @@ fn entry_numbers(store: &Store, key: &crate::store::key::Key) -> EntryNumbers {
         time_s: meta["time_s"].as_f64().unwrap_or(0.0),
         metrics,
         resumed_from: meta["resumed_from"].as_u64(),
+        gpu_memory_peak: meta["gpu_memory_peak_bytes"].as_u64(),
     }
 }
 
@@ -829,6 +831,8 @@ struct EntryNumbers {
     metrics: BTreeMap<String, f64>,
     /// The step its training resumed from (a requeued job, a rerun after a kill).
     resumed_from: Option<u64>,
+    /// The most GPU memory in use while it ran on a GPU node.
+    gpu_memory_peak: Option<u64>,
 }
 
 /// Why a job failed: its state, the tail of the stage's log (or of Slurm's output, when the

@@ -5,7 +5,8 @@
 //! tensor becomes a variable (a copy), NF4 weights are dequantized and a LoRA adapter is merged.
 //! For `eval` and `predict`, [`load_inference`] instead builds the model straight on the
 //! checkpoint's tensors (shared, not copied), keeps each NF4 linear weight packed (the layer
-//! multiplies with it through [`crate::ml::kernels::nf4_kernel`], holding 4 bits per weight and
+//! multiplies with it through [`crate::ml::kernels::nf4_kernel`] on the CPU, or dequantizes it on
+//! the GPU per product ([`crate::ml::kernels::nf4_device`]), holding 4 bits per weight and
 //! one f32 scale per block instead of 32 bits), and keeps a LoRA adapter on such a weight as a
 //! separate low-rank branch (merging it would need the dense weight). Adapter weights on dense
 //! layers and fully saved modules (the head) are merged as before. A pruned linear weight with at
@@ -66,10 +67,7 @@ pub fn load_inference(dir: &Path, device: &Device, measure_sizes: bool) -> Resul
     for prefix in nf4_prefixes(&tensors).map_err(|m| format_err(dir, m))? {
         let q = take_nf4(&mut tensors, &prefix).map_err(|m| format_err(dir, m))?;
         let name = format!("{prefix}weight");
-        match q
-            .to_packed()
-            .filter(|_| linear_weights.contains(&name) && device.is_cpu())
-        {
+        match q.to_packed().filter(|_| linear_weights.contains(&name)) {
             Some(p) => {
                 packed.insert(name, Arc::new(p));
             }
@@ -141,7 +139,7 @@ pub fn load_inference(dir: &Path, device: &Device, measure_sizes: bool) -> Resul
         let weight = format!("{name}.weight");
         if let Some(p) = packed.get(&weight) {
             linear
-                .keep_packed(PackedWeight::Nf4(p.clone()))
+                .keep_packed(PackedWeight::nf4_on(p.clone(), device).map_err(tensor_err(dir))?)
                 .map_err(tensor_err(dir))?;
             if let Some((a, b)) = branches.get(&name) {
                 let fits = matches!((a.dims(), b.dims()), ([r, i], [o, r2]) if r == r2 && (*o, *i) == p.dims());

@@ -2,8 +2,11 @@
 //!
 //! The base's linear weights below the head (every encoder layer's query, key, value, attention
 //! output, intermediate and output projections, and BERT's pooler) are quantized to NF4
-//! ([`Nf4Tensor`], `block_size`, `double_quant`) and frozen: the forward pass uses their
-//! dequantized values, computed once (constants, not variables). Every module whose name
+//! ([`Nf4Tensor`], `block_size`, `double_quant`) and frozen: each layer holds its weight in NF4
+//! on the device it computes on (the CPU kernel's packed form, or codes and scales as tensors on
+//! a GPU) and dequantizes it inside each product, forward and backward, as bitsandbytes does; no
+//! dense copy of those weights is kept, so they take 4 bits per weight (plus one f32 scale per
+//! block) in memory while the adapters train. Every module whose name
 //! ends with one of `targets` gets a LoRA adapter ([`crate::ml::lora`]: `A` Kaiming-uniform,
 //! `B` zero, scale `alpha / rank`, `dropout` on its input), and the classification head is
 //! trained in full (PEFT's `modules_to_save`). Embeddings, LayerNorms and biases stay dense and
@@ -25,6 +28,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -39,7 +43,7 @@ use super::{OpContext, OpError, OpOutput};
 use crate::data::Dataset;
 use crate::ml::checkpoint::{save_quantized, save_tensors, Pretrained};
 use crate::ml::config::QuantizationConfig;
-use crate::ml::layers::Linear;
+use crate::ml::layers::{Linear, PackedWeight};
 use crate::ml::lora::{self, AdapterConfig, LoraConfig, HEAD};
 use crate::ml::nf4::Nf4Tensor;
 use crate::ml::train::{TrainOptions, TrainReport};
@@ -91,7 +95,7 @@ pub struct QloraModel {
     pub model: Model,
     /// The trainable variables only: `<module>.lora_A.weight`, `<module>.lora_B.weight` and the head.
     pub trainable: ParamStore,
-    /// Every frozen tensor of the base (not the head), the quantized weights dequantized.
+    /// Every frozen dense tensor of the base (not the head, not the quantized weights).
     pub frozen: BTreeMap<String, Tensor>,
     /// The quantized weights, by tensor name (`<module>.weight`).
     pub quantized: BTreeMap<String, Nf4Tensor>,
@@ -104,6 +108,9 @@ pub struct QloraModel {
 impl QloraModel {
     /// Quantizes `base`'s linears below the head, freezes everything but the head, and
     /// attaches adapters; the adapters and the head are variables of a store seeded with `seed`.
+    /// The model computes on `device` and holds each quantized weight there in NF4 (4 bits per
+    /// weight and a scale per block, dequantized per product); `base` may live elsewhere (the
+    /// CPU), so that no dense copy of those weights ever reaches the device.
     pub fn build(base: &Pretrained, settings: &QloraSettings, seed: u64, device: &Device) -> Result<Self, OpError> {
         let config = base.model.config();
         let mut tensors = base.params.tensors()?;
@@ -111,16 +118,14 @@ impl QloraModel {
         for module in lora::base_linears(&config) {
             let name = format!("{module}.weight");
             let w = tensors
-                .get(&name)
+                .remove(&name)
                 .ok_or_else(|| OpError::Failed(format!("the base has no `{name}`")))?;
-            let q = Nf4Tensor::from_tensor(w, settings.block_size, settings.double_quant)
+            let q = Nf4Tensor::from_tensor(&w, settings.block_size, settings.double_quant)
                 .map_err(|e| OpError::Failed(format!("{name}: {e}")))?;
-            tensors.insert(
-                name.clone(),
-                q.to_tensor(device)
-                    .map_err(|e| OpError::Failed(format!("{name}: {e}")))?,
-            );
             quantized.insert(name, q);
+        }
+        for t in tensors.values_mut() {
+            *t = t.to_device(device)?;
         }
         let is_head = |k: &str| k.strip_prefix(HEAD).is_some_and(|r| r.starts_with('.'));
         let head: HashMap<String, Tensor> = tensors
@@ -130,14 +135,26 @@ impl QloraModel {
             .collect();
         let trainable = ParamStore::with_source(seed, head);
         let vb = trainable.var_builder(DType::F32, device);
-        let all: HashMap<String, Tensor> = tensors.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+        // The quantized weights' places hold stand-ins without memory until their layers take
+        // the packed weights.
+        let mut all: HashMap<String, Tensor> = tensors.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+        for (name, q) in &quantized {
+            let stand_in = Tensor::zeros(1, DType::F32, device)?.broadcast_as(q.shape())?;
+            all.insert(name.clone(), stand_in);
+        }
         let mut model = Model::new(&config, VarBuilder::from_tensors(all, DType::F32, device))?;
         for (name, linear) in lora::linears_mut(&mut model) {
+            let weight_name = format!("{name}.weight");
             if name == HEAD {
                 let (out_dim, in_dim) = linear.weight.dims2()?;
                 let weight = vb.get((out_dim, in_dim), "classifier.weight")?;
                 let bias = vb.get(out_dim, "classifier.bias")?;
                 *linear = Linear::from_tensors(weight, Some(bias));
+            } else if let Some(q) = quantized.get(&weight_name) {
+                let packed = q
+                    .to_packed()
+                    .ok_or_else(|| OpError::Failed(format!("`{weight_name}` is not a matrix")))?;
+                linear.keep_packed(PackedWeight::nf4_on(Arc::new(packed), device)?)?;
             }
         }
         let adapted = lora::attach(&mut model, &settings.lora, vb)?;
@@ -154,7 +171,9 @@ impl QloraModel {
 
     /// Parameters of the whole model: the base's (head included) and the adapters'.
     pub fn num_parameters(&self) -> usize {
-        self.frozen.values().map(Tensor::elem_count).sum::<usize>() + self.trainable.num_parameters()
+        self.frozen.values().map(Tensor::elem_count).sum::<usize>()
+            + self.quantized_parameters()
+            + self.trainable.num_parameters()
     }
 
     /// Parameters stored in NF4.
@@ -175,6 +194,12 @@ impl QloraModel {
     /// The dense model with the adapters merged: `W = dequant(NF4) + scale·B·A`, the head as trained.
     pub fn merged_tensors(&self) -> Result<HashMap<String, Tensor>, OpError> {
         let mut all: HashMap<String, Tensor> = self.frozen.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
+        for (name, q) in &self.quantized {
+            let dense = q
+                .to_tensor(&Device::Cpu)
+                .map_err(|e| OpError::Failed(format!("{name}: {e}")))?;
+            all.insert(name.clone(), dense);
+        }
         let trained: HashMap<String, Tensor> = self.trained_tensors()?.into_iter().collect();
         lora::merge_tensors(&mut all, &trained, self.lora.scale())?;
         Ok(all)
@@ -213,7 +238,8 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     };
     let dataset = load_for(ctx, &args.data, &source)?;
     log_data(ctx, &dataset, batch_size);
-    let base = model_source::model_for_training(&source, &dataset, opts.seed, &device, &mut ctx.log)?;
+    // The dense base stays in CPU memory: only its NF4 form goes to the device.
+    let base = model_source::model_for_training(&source, &dataset, opts.seed, &Device::Cpu, &mut ctx.log)?;
     ctx.progress.message("quantizing the base to NF4");
     let q = QloraModel::build(&base, &settings, opts.seed, &device)?;
     drop(base);
@@ -501,6 +527,97 @@ mod tests {
             attention_mask: None,
         };
         (input, Tensor::from_vec(labels, n, &Device::Cpu).unwrap())
+    }
+
+    /// Loss and the gradient of every trainable tensor (adapters, head) of one training step
+    /// with dropout on.
+    fn qlora_step(q: &QloraModel, input: &ModelInput, labels: &Tensor) -> (Tensor, Vec<(String, Tensor)>) {
+        let out = q.model.forward(input, &mut ForwardCtx::train(5)).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&out.logits, labels).unwrap();
+        let grads = loss.backward().unwrap();
+        let named = q
+            .trainable
+            .named_vars()
+            .into_iter()
+            .map(|(name, v)| {
+                let g = grads
+                    .get(v.as_tensor())
+                    .unwrap_or_else(|| panic!("{name}: no gradient"));
+                (name, g.clone())
+            })
+            .collect();
+        (loss, named)
+    }
+
+    /// The NF4 base as a GPU holds it (codes and scales as tensors, dequantized per product by
+    /// tensor ops, every layer in its device-generic form) and as the CPU kernel holds it give the
+    /// loss and gradients that the dense dequantized weights give, within 1e-4; the model holds
+    /// no dense copy of a quantized weight.
+    #[test]
+    fn the_nf4_base_trains_in_4_bit_on_every_path_with_the_dense_gradients() {
+        use crate::ml::kernels::fused::device_generic;
+        use crate::ml::kernels::nf4_device::DeviceNf4;
+        use crate::ml::testutil::{max_abs_diff, rel_err};
+        let base = random_base();
+        let build = || {
+            let q = QloraModel::build(&base, &settings(), 3, &Device::Cpu).unwrap();
+            // Nonzero B, so that every adapter has a gradient through the frozen layers above it.
+            for (name, v) in q.trainable.named_vars() {
+                if name.contains("lora_B") {
+                    v.set(&(v.as_tensor().ones_like().unwrap() * 0.05).unwrap()).unwrap();
+                }
+            }
+            q
+        };
+        let kernel = build();
+        let mut held = 0;
+        for (_, l) in lora::linears_mut(&mut kernel.model.clone()) {
+            if let Some(p) = &l.packed {
+                assert!(matches!(p, PackedWeight::Nf4(_)));
+                assert_eq!(l.weight.stride(), [0, 0], "the stand-in holds no memory");
+                held += p.bytes();
+            }
+        }
+        // 4 bits per weight and an f32 scale per block (double quantization decoded).
+        let want_held: usize = kernel
+            .quantized
+            .values()
+            .map(|q| q.numel().div_ceil(2) + 4 * q.num_blocks())
+            .sum();
+        assert_eq!(held, want_held);
+        let mut gpu_form = build();
+        let mut dense = build();
+        for (_, l) in lora::linears_mut(&mut gpu_form.model) {
+            if let Some(PackedWeight::Nf4(p)) = &l.packed {
+                l.packed = Some(PackedWeight::Nf4Device(Arc::new(
+                    DeviceNf4::upload(p, &Device::Cpu).unwrap(),
+                )));
+            }
+        }
+        for (_, l) in lora::linears_mut(&mut dense.model) {
+            if let Some(p) = l.packed.take() {
+                l.weight = p.dense_on(&Device::Cpu).unwrap();
+            }
+        }
+        let (input, labels) = text_input(6, 2);
+        let (want_loss, want) = qlora_step(&dense, &input, &labels);
+        let runs = [
+            ("cpu kernel", qlora_step(&kernel, &input, &labels)),
+            ("gpu form", device_generic(|| qlora_step(&gpu_form, &input, &labels))),
+        ];
+        for (what, (loss, grads)) in runs {
+            let e = rel_err(&loss, &want_loss);
+            assert!(e <= 1e-4, "{what}: loss differs by {e:e}");
+            assert_eq!(grads.len(), want.len());
+            for ((name, g), (_, w)) in grads.iter().zip(&want) {
+                assert!(
+                    max_abs_diff(w, &w.zeros_like().unwrap()) > 0.0,
+                    "{name}: a zero gradient proves nothing"
+                );
+                let e = rel_err(g, w);
+                assert!(e <= 1e-4, "{what}: gradient of {name} differs by {e:e}");
+            }
+        }
     }
 
     #[test]

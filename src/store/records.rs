@@ -77,6 +77,10 @@ pub struct StageRecord {
     /// Times it was run in this run, when more than once (`--retries`).
     #[serde(default, skip_serializing_if = "is_one_or_less")]
     pub attempts: u32,
+    /// The most GPU memory in use while it ran (the whole GPU's, sampled every 0.1 s), when it
+    /// ran on a GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_peak_bytes: Option<u64>,
 }
 
 /// Whether a stage ran at most once (the attempts a record leaves out).
@@ -308,6 +312,7 @@ mod tests {
                 files: BTreeMap::new(),
                 resumed_from: None,
                 attempts: 1,
+                gpu_memory_peak_bytes: Some(3 << 30),
             }],
         }
     }
@@ -330,7 +335,12 @@ mod tests {
             let r = Store::read_record(path).unwrap();
             assert_eq!(r.started, started);
             assert_eq!(r.stages[0].metrics["accuracy"], 0.75);
+            assert_eq!(r.stages[0].gpu_memory_peak_bytes, Some(3 << 30));
         }
+        // A stage that ran on the CPU says nothing of GPU memory.
+        let mut cpu = record("2026-12-03T09:00:00Z");
+        cpu.stages[0].gpu_memory_peak_bytes = None;
+        assert!(!serde_json::to_string(&cpu).unwrap().contains("gpu_memory"));
         std::fs::write(&new, "{ not json").unwrap();
         assert!(matches!(Store::read_record(&new), Err(RecordError::Invalid { .. })));
     }

@@ -119,6 +119,63 @@ pub fn gpu_name(device: &Device) -> Option<String> {
     None
 }
 
+/// Bytes of GPU memory in use on `device`'s GPU (the whole GPU's, other processes included);
+/// `None` on the CPU or when the driver does not say.
+pub fn gpu_memory_in_use(device: &Device) -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+        return Some(total.saturating_sub(free) as u64);
+    }
+    let _ = device;
+    None
+}
+
+/// The most GPU memory in use while a stage runs: sampled when it starts, every
+/// [`GpuMemoryPeak::EVERY`] while it runs, and when it ends, by a thread of its own. Nothing
+/// runs on the CPU.
+pub struct GpuMemoryPeak {
+    sampler: Option<(
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        std::thread::JoinHandle<Option<u64>>,
+    )>,
+}
+
+impl GpuMemoryPeak {
+    /// How often the sampler looks.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+    /// Starts sampling `device`'s GPU (nothing on the CPU).
+    pub fn start(device: &Device) -> Self {
+        if device.is_cpu() {
+            return Self { sampler: None };
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, device) = (stop.clone(), device.clone());
+        let handle = std::thread::Builder::new()
+            .name("rkd-gpu-memory".into())
+            .spawn(move || {
+                let mut peak = gpu_memory_in_use(&device);
+                while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                    std::thread::park_timeout(Self::EVERY);
+                    peak = peak.max(gpu_memory_in_use(&device));
+                }
+                peak
+            });
+        Self {
+            sampler: handle.ok().map(|h| (stop, h)),
+        }
+    }
+
+    /// Stops sampling: the peak in bytes, `None` on the CPU.
+    pub fn finish(self) -> Option<u64> {
+        let (stop, handle) = self.sampler?;
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        handle.thread().unpark();
+        handle.join().ok().flatten()
+    }
+}
+
 /// The device of GPU slot `ordinal` when the run computes on a GPU; `run_device` otherwise.
 pub fn for_slot(run_device: &Device, ordinal: Option<usize>) -> Result<Device, DeviceError> {
     match (run_device.location(), ordinal) {
@@ -190,6 +247,12 @@ mod tests {
         if !CUDA_BUILT {
             assert!(visible_gpus().is_empty());
         }
+    }
+
+    #[test]
+    fn gpu_memory_is_not_sampled_on_the_cpu() {
+        assert_eq!(gpu_memory_in_use(&Device::Cpu), None);
+        assert_eq!(GpuMemoryPeak::start(&Device::Cpu).finish(), None);
     }
 
     #[test]

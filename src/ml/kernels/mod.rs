@@ -3,6 +3,8 @@
 
 /// The device the ops compute on (`--device`): choice, resolution, labels.
 pub mod device;
+/// The input's gradient through a frozen weight held outside autograd (packed NF4 or sparse).
+pub mod frozen_grad;
 /// Fused CPU kernels with analytic backward passes (LayerNorm, softmax, GELU, dropout masks).
 pub mod fused;
 /// Fused multi-head self-attention core with dropout on the probabilities.
@@ -13,7 +15,9 @@ pub mod fused_linear;
 pub(crate) mod gemm;
 /// The vector instruction set the kernels run (AVX-512, AVX2, baseline), chosen at run time.
 pub mod isa;
-/// Products with NF4 weights dequantized panel by panel inside the kernel (inference).
+/// NF4 weights held 4-bit on any device as tensors, dequantized there by tensor ops.
+pub mod nf4_device;
+/// Products with NF4 weights dequantized panel by panel inside the CPU kernel.
 pub mod nf4_kernel;
 /// What the NF4 and sparse inference ops share (their forward pass and size checks).
 pub(crate) mod packed_op;

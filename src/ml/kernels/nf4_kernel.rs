@@ -13,7 +13,8 @@
 //! A LoRA adapter beside the weight ([`LoraFactors`]) is added inside the same op: `x·Aᵀ`, then
 //! `scale · (x·Aᵀ)·Bᵀ` accumulated into `y` by the matrix kernel.
 //!
-//! Inference only: the op has no backward pass (QLoRA training keeps its frozen base dense).
+//! The op computes the forward pass only; where gradients must reach the input (QLoRA training),
+//! [`super::frozen_grad`] carries them through the same weight.
 
 use std::sync::Arc;
 
@@ -88,6 +89,11 @@ impl PackedNf4 {
     /// `[rows, cols]`.
     pub fn dims(&self) -> (usize, usize) {
         (self.rows, self.cols)
+    }
+
+    /// The packed codes, the scales and the block size.
+    pub fn parts(&self) -> (&[u8], &[f32], usize) {
+        (&self.packed, &self.absmax, self.block)
     }
 
     /// Bytes held: the packed codes and the f32 scales.

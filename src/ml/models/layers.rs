@@ -12,8 +12,10 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use super::config::HiddenAct;
+use crate::ml::kernels::frozen_grad;
 use crate::ml::kernels::fused;
 use crate::ml::kernels::fused_linear;
+use crate::ml::kernels::nf4_device::DeviceNf4;
 use crate::ml::kernels::nf4_kernel::{self, PackedNf4};
 use crate::ml::kernels::rng::{CounterMask, Rng};
 use crate::ml::kernels::sparse_kernel::{self, CsrWeight};
@@ -129,7 +131,7 @@ impl Linear {
         }
     }
 
-    /// Holds the weight compressed (inference only): `weight` becomes a stand-in without memory.
+    /// Holds the weight compressed and frozen: `weight` becomes a stand-in without memory.
     pub fn keep_packed(&mut self, packed: PackedWeight) -> Result<()> {
         let (rows, cols) = packed.dims();
         if self.weight.dims() != [rows, cols] {
@@ -247,20 +249,35 @@ impl Linear {
     }
 }
 
-/// A linear weight held compressed for inference, multiplied by its own kernel.
+/// A linear weight held compressed, multiplied by its own kernel: frozen (it gets no gradient,
+/// the layer's input does, see [`frozen_grad`]).
 #[derive(Debug, Clone)]
 pub enum PackedWeight {
-    /// 4-bit NF4 codes and block scales ([`nf4_kernel`]).
+    /// 4-bit NF4 codes and block scales in CPU memory ([`nf4_kernel`]).
     Nf4(Arc<PackedNf4>),
+    /// 4-bit NF4 codes and block scales on a device (a GPU), dequantized there per product
+    /// ([`DeviceNf4`]).
+    Nf4Device(Arc<DeviceNf4>),
     /// The nonzeros of a pruned weight ([`sparse_kernel`]).
     Sparse(Arc<CsrWeight>),
 }
 
 impl PackedWeight {
+    /// An NF4 weight held where `device` computes: the CPU kernel's packed form on the CPU, the
+    /// codes and scales as tensors on any other device.
+    pub fn nf4_on(weight: Arc<PackedNf4>, device: &Device) -> Result<Self> {
+        if device.is_cpu() {
+            Ok(PackedWeight::Nf4(weight))
+        } else {
+            Ok(PackedWeight::Nf4Device(Arc::new(DeviceNf4::upload(&weight, device)?)))
+        }
+    }
+
     /// `[out, in]`.
     pub fn dims(&self) -> (usize, usize) {
         match self {
             PackedWeight::Nf4(w) => w.dims(),
+            PackedWeight::Nf4Device(w) => w.dims(),
             PackedWeight::Sparse(w) => w.dims(),
         }
     }
@@ -269,56 +286,87 @@ impl PackedWeight {
     pub fn bytes(&self) -> usize {
         match self {
             PackedWeight::Nf4(w) => w.bytes(),
+            PackedWeight::Nf4Device(w) => w.bytes(),
             PackedWeight::Sparse(w) => w.bytes(),
         }
     }
 
-    fn dense(&self) -> Vec<f32> {
+    /// The dense f32 weight `[out, in]` on `device` (made for one product, not kept).
+    pub fn dense_on(&self, device: &Device) -> Result<Tensor> {
         match self {
-            PackedWeight::Nf4(w) => w.dequantize(),
-            PackedWeight::Sparse(w) => w.to_dense(),
+            PackedWeight::Nf4(w) => Tensor::from_vec(w.dequantize(), w.dims(), device),
+            PackedWeight::Nf4Device(w) => w.dequantize()?.to_device(device),
+            PackedWeight::Sparse(w) => Tensor::from_vec(w.to_dense(), w.dims(), device),
         }
     }
 }
 
 impl Linear {
-    /// The layer with a packed weight: its kernel on f32 CPU inputs; elsewhere (another device or
-    /// dtype) the weight is made dense for the one product.
+    /// The layer with a packed weight. The CPU kernels take f32 CPU inputs; an NF4 weight on a
+    /// device is dequantized there for the product; anything else makes the weight dense for the
+    /// one product. Where gradients must reach the input, the product is computed from the
+    /// detached input and joined to it by [`frozen_grad::attach`], so no dense weight is kept
+    /// for the backward pass.
     fn apply_packed(&self, w: &PackedWeight, x: &Tensor, ctx: Option<&mut ForwardCtx>) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (rows_out, in_dim) = w.dims();
         let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
         let x2 = x.reshape((rows, in_dim))?;
-        let y = if fused::fusable(&x2) {
-            let bias = match &self.bias {
-                Some(b) => Some(Arc::new(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
-                None => None,
+        let tracked = x2.track_op();
+        let input = if tracked { x2.detach() } else { x2.clone() };
+        let compute = ctx.as_ref().map_or(DType::F32, |c| c.compute);
+        let cpu_kernel = fused::fusable(&x2) && !matches!(w, PackedWeight::Nf4Device(_));
+        // The bias joins after the frozen product, so that a trained bias gets its gradient.
+        let (y, bias_done) = if cpu_kernel {
+            let bias = match (&self.bias, tracked) {
+                (Some(b), false) => Some(Arc::new(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
+                _ => None,
             };
             let eval = ctx.as_ref().is_none_or(|c| !c.is_train());
             match (w, &self.lora) {
                 // The adapter inside the NF4 op (eval mode: no dropout to apply).
-                (PackedWeight::Nf4(w), Some(l)) if eval => {
+                (PackedWeight::Nf4(w), Some(l)) if eval && !tracked => {
                     let factors = nf4_kernel::LoraFactors {
                         a: l.a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
                         b: l.b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
                         rank: l.a.dim(0)?,
                         scale: l.scale as f32,
                     };
-                    let y = nf4_kernel::linear(&x2, w, bias.as_ref(), Some(factors))?;
+                    let y = nf4_kernel::linear(&input, w, bias.as_ref(), Some(factors))?;
                     let mut out_dims = dims;
                     *out_dims.last_mut().expect("non-empty") = rows_out;
                     return y.reshape(out_dims);
                 }
-                (PackedWeight::Nf4(w), _) => nf4_kernel::linear(&x2, w, bias.as_ref(), None)?,
-                (PackedWeight::Sparse(w), _) => sparse_kernel::linear(&x2, w, bias.as_ref())?,
+                (PackedWeight::Nf4(w), _) => (nf4_kernel::linear(&input, w, bias.as_ref(), None)?, bias.is_some()),
+                (PackedWeight::Sparse(w), _) => (sparse_kernel::linear(&input, w, bias.as_ref())?, bias.is_some()),
+                (PackedWeight::Nf4Device(_), _) => unreachable!("not a CPU kernel"),
             }
         } else {
-            let dense = Tensor::from_vec(w.dense(), (rows_out, in_dim), x.device())?.to_dtype(x.dtype())?;
-            let y = x2.matmul(&dense.t()?)?;
-            match &self.bias {
-                Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
-                None => y,
-            }
+            let y = match w {
+                PackedWeight::Nf4Device(d) if d.device().same_device(input.device()) => d.matmul_t(&input, compute)?,
+                _ => {
+                    let dense = w.dense_on(input.device())?;
+                    if compute == input.dtype() {
+                        input.matmul(&dense.to_dtype(compute)?.t()?)?
+                    } else {
+                        input
+                            .to_dtype(compute)?
+                            .matmul(&dense.to_dtype(compute)?.t()?)?
+                            .to_dtype(input.dtype())?
+                    }
+                }
+            };
+            (y, false)
+        };
+        let y = if tracked {
+            let weight = w.clone();
+            frozen_grad::attach(&x2, &y, Arc::new(move |d: &Device| weight.dense_on(d)))?
+        } else {
+            y
+        };
+        let y = match (&self.bias, bias_done) {
+            (Some(b), false) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
+            _ => y,
         };
         self.add_lora_and_shape(y, &x2, ctx, dims)
     }
