@@ -316,16 +316,17 @@ impl Linear {
         let input = if tracked { x2.detach() } else { x2.clone() };
         let compute = ctx.as_ref().map_or(DType::F32, |c| c.compute);
         let cpu_kernel = fused::fusable(&x2) && !matches!(w, PackedWeight::Nf4Device(_));
-        // The bias joins after the frozen product, so that a trained bias gets its gradient.
+        // A frozen bias goes inside the kernel; a trained one joins after the frozen product, so
+        // that it gets its gradient.
         let (y, bias_done) = if cpu_kernel {
-            let bias = match (&self.bias, tracked) {
-                (Some(b), false) => Some(Arc::new(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
+            let bias = match &self.bias {
+                Some(b) if bias_done_inside(&self.bias) => Some(Arc::new(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
                 _ => None,
             };
             let eval = ctx.as_ref().is_none_or(|c| !c.is_train());
             match (w, &self.lora) {
                 // The adapter inside the NF4 op (eval mode: no dropout to apply).
-                (PackedWeight::Nf4(w), Some(l)) if eval && !tracked => {
+                (PackedWeight::Nf4(w), Some(l)) if eval && !tracked && bias_done_inside(&self.bias) => {
                     let factors = nf4_kernel::LoraFactors {
                         a: l.a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
                         b: l.b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
@@ -370,6 +371,11 @@ impl Linear {
         };
         self.add_lora_and_shape(y, &x2, ctx, dims)
     }
+}
+
+/// Whether the kernel adds the bias (none, or a frozen one).
+fn bias_done_inside(bias: &Option<Tensor>) -> bool {
+    bias.as_ref().is_none_or(|b| !b.track_op())
 }
 
 /// The low-rank branch of a [`Linear`]: `scale · B·A·dropout(x)` (attached and saved by
