@@ -206,12 +206,9 @@ pub fn to_json(cases: &[Case], timings: &[Timing], device: &str) -> serde_json::
 pub fn run(threads: Option<usize>, steps: usize, json: bool, device: DeviceChoice) -> ExitCode {
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let steps = steps.max(1);
-    let dev = match crate::ml::kernels::device::resolve(device) {
+    let dev = match super::open_device(device) {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let label = crate::ml::kernels::device::label(&dev);
     let mut cases = default_cases();

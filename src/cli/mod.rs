@@ -515,12 +515,9 @@ pub fn main() -> ExitCode {
             let device = if executor == Executor::Slurm {
                 candle_core::Device::Cpu
             } else {
-                match crate::ml::kernels::device::resolve(device) {
+                match open_device(device) {
                     Ok(d) => d,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(2);
-                    }
+                    Err(code) => return code,
                 }
             };
             // `--device cuda:N` alone means that GPU only; `auto` or `cuda` on a GPU, every one.
@@ -760,4 +757,12 @@ fn report(diags: &[crate::diagnostic::Diag], sources: &crate::source::Sources, f
         file.display(),
         if n == 1 { "" } else { "s" }
     );
+}
+
+/// The device `choice` names; exit code 2 after saying why when it cannot be used.
+fn open_device(choice: crate::ml::DeviceChoice) -> Result<candle_core::Device, ExitCode> {
+    crate::ml::kernels::device::resolve(choice).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
 }

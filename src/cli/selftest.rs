@@ -37,12 +37,9 @@ struct Check {
 
 /// `rkd selftest`.
 pub fn run(device: DeviceChoice, json: bool) -> ExitCode {
-    let dev = match crate::ml::kernels::device::resolve(device) {
+    let dev = match super::open_device(device) {
         Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let label = crate::ml::kernels::device::label(&dev);
     let checks = match checks(&dev) {
@@ -156,23 +153,6 @@ fn text_input(batch: usize, seq: usize, vocab: u64, seed: u64) -> candle_core::R
     Ok((input, Tensor::from_vec(labels, batch, &Device::Cpu)?))
 }
 
-fn on(input: &ModelInput, dev: &Device) -> candle_core::Result<ModelInput> {
-    Ok(match input {
-        ModelInput::Text {
-            input_ids,
-            token_type_ids,
-            attention_mask,
-        } => ModelInput::Text {
-            input_ids: input_ids.to_device(dev)?,
-            token_type_ids: token_type_ids.as_ref().map(|t| t.to_device(dev)).transpose()?,
-            attention_mask: attention_mask.as_ref().map(|t| t.to_device(dev)).transpose()?,
-        },
-        ModelInput::Images { pixel_values } => ModelInput::Images {
-            pixel_values: pixel_values.to_device(dev)?,
-        },
-    })
-}
-
 /// Loss and the gradient of each of `params`' variables, by name, of one training step.
 fn step(
     model: &Model,
@@ -230,7 +210,7 @@ fn compare_steps(
 fn model_step(config: &ModelConfig, input: &ModelInput, labels: &Tensor, dev: &Device) -> candle_core::Result<f64> {
     let cpu_model = Pretrained::random(config, 11, &Device::Cpu)?;
     let dev_model = Pretrained::random(config, 11, dev)?;
-    let (dev_input, dev_labels) = (on(input, dev)?, labels.to_device(dev)?);
+    let (dev_input, dev_labels) = (input.map(|t| t.to_device(dev))?, labels.to_device(dev)?);
     compare_steps(
         || step(&cpu_model.model, &cpu_model.params, input, labels),
         || step(&dev_model.model, &dev_model.params, &dev_input, &dev_labels),
@@ -270,7 +250,7 @@ fn qlora_step(bert: &BertConfig, input: &ModelInput, labels: &Tensor, dev: &Devi
         Ok(q)
     };
     let (cpu_q, dev_q) = (build(&Device::Cpu, false)?, build(dev, dev.is_cpu())?);
-    let (dev_input, dev_labels) = (on(input, dev)?, labels.to_device(dev)?);
+    let (dev_input, dev_labels) = (input.map(|t| t.to_device(dev))?, labels.to_device(dev)?);
     compare_steps(
         || step(&cpu_q.model, &cpu_q.trainable, input, labels),
         || step(&dev_q.model, &dev_q.trainable, &dev_input, &dev_labels),

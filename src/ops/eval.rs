@@ -66,20 +66,7 @@ fn is_weights(name: &str) -> bool {
 
 /// The first `n` examples of a batch.
 fn head(input: &ModelInput, start: usize, n: usize) -> candle_core::Result<ModelInput> {
-    Ok(match input {
-        ModelInput::Text {
-            input_ids,
-            token_type_ids,
-            attention_mask,
-        } => ModelInput::Text {
-            input_ids: input_ids.narrow(0, start, n)?,
-            token_type_ids: token_type_ids.as_ref().map(|t| t.narrow(0, start, n)).transpose()?,
-            attention_mask: attention_mask.as_ref().map(|t| t.narrow(0, start, n)).transpose()?,
-        },
-        ModelInput::Images { pixel_values } => ModelInput::Images {
-            pixel_values: pixel_values.narrow(0, start, n)?,
-        },
-    })
+    input.map(|t| t.narrow(0, start, n))
 }
 
 fn batch_len(input: &ModelInput) -> candle_core::Result<usize> {

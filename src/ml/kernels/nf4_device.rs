@@ -93,17 +93,8 @@ impl DeviceNf4 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ml::kernels::nf4_kernel::random;
     use crate::ml::kernels::rng::Rng;
-
-    fn random(rows: usize, cols: usize, block: usize, seed: u64) -> PackedNf4 {
-        let mut rng = Rng::new(seed);
-        let n = rows * cols;
-        let packed: Vec<u8> = (0..n.div_ceil(2)).map(|_| rng.below(256) as u8).collect();
-        let absmax: Vec<f32> = (0..n.div_ceil(block))
-            .map(|_| 0.1 + rng.below(1000) as f32 / 500.0)
-            .collect();
-        PackedNf4::new(packed, absmax, block, rows, cols).unwrap()
-    }
 
     #[test]
     fn every_byte_value_decodes() {

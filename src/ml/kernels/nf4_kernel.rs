@@ -348,22 +348,23 @@ impl CustomOp1 for Nf4LinearOp {
     }
 }
 
+/// Packs random codes for a `[rows, cols]` matrix with random positive scales (for tests).
+#[cfg(test)]
+pub(crate) fn random(rows: usize, cols: usize, block: usize, seed: u64) -> PackedNf4 {
+    let mut rng = super::rng::Rng::new(seed);
+    let n = rows * cols;
+    let packed: Vec<u8> = (0..n.div_ceil(2)).map(|_| rng.below(256) as u8).collect();
+    let absmax: Vec<f32> = (0..n.div_ceil(block))
+        .map(|_| 0.1 + rng.below(1000) as f32 / 500.0)
+        .collect();
+    PackedNf4::new(packed, absmax, block, rows, cols).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ml::kernels::packed_op::check_everywhere;
     use crate::ml::kernels::rng::Rng;
-
-    /// Packs random codes for a `[rows, cols]` matrix with random positive scales.
-    fn random(rows: usize, cols: usize, block: usize, seed: u64) -> PackedNf4 {
-        let mut rng = Rng::new(seed);
-        let n = rows * cols;
-        let packed: Vec<u8> = (0..n.div_ceil(2)).map(|_| rng.below(256) as u8).collect();
-        let absmax: Vec<f32> = (0..n.div_ceil(block))
-            .map(|_| 0.1 + rng.below(1000) as f32 / 500.0)
-            .collect();
-        PackedNf4::new(packed, absmax, block, rows, cols).unwrap()
-    }
 
     /// The definition: element `i` is `NF4_CODE[code i] · absmax[i / block]`.
     fn reference(w: &PackedNf4) -> Vec<f32> {

@@ -315,7 +315,8 @@ impl Linear {
         let tracked = x2.track_op();
         let input = if tracked { x2.detach() } else { x2.clone() };
         let compute = ctx.as_ref().map_or(DType::F32, |c| c.compute);
-        let cpu_kernel = fused::fusable(&x2) && !matches!(w, PackedWeight::Nf4Device(_));
+        // The CPU kernels compute in f32; a half precision asked for takes the dense product.
+        let cpu_kernel = compute == DType::F32 && fused::fusable(&x2) && !matches!(w, PackedWeight::Nf4Device(_));
         // A frozen bias goes inside the kernel; a trained one joins after the frozen product, so
         // that it gets its gradient.
         let (y, bias_done) = if cpu_kernel {

@@ -29,6 +29,26 @@ pub enum ModelInput {
     },
 }
 
+impl ModelInput {
+    /// The input with `f` applied to each of its tensors (move to a device, take some rows).
+    pub fn map(&self, f: impl Fn(&Tensor) -> candle_core::Result<Tensor>) -> candle_core::Result<ModelInput> {
+        Ok(match self {
+            ModelInput::Text {
+                input_ids,
+                token_type_ids,
+                attention_mask,
+            } => ModelInput::Text {
+                input_ids: f(input_ids)?,
+                token_type_ids: token_type_ids.as_ref().map(&f).transpose()?,
+                attention_mask: attention_mask.as_ref().map(&f).transpose()?,
+            },
+            ModelInput::Images { pixel_values } => ModelInput::Images {
+                pixel_values: f(pixel_values)?,
+            },
+        })
+    }
+}
+
 /// A sequence or image classifier.
 #[derive(Debug, Clone)]
 pub enum Model {
