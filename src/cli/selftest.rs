@@ -19,9 +19,10 @@ use crate::ml::kernels::fused::device_generic;
 use crate::ml::kernels::nf4_device::DeviceNf4;
 use crate::ml::kernels::nf4_kernel::PackedNf4;
 use crate::ml::kernels::rng::Rng;
-use crate::ml::layers::{ForwardCtx, PackedWeight};
+use crate::ml::layers::PackedWeight;
 use crate::ml::lora::LoraConfig;
 use crate::ml::model::ModelInput;
+use crate::ml::training::step_grads::step_grads;
 use crate::ml::{DeviceChoice, Model, ParamStore};
 use crate::ops::qlora::{QloraModel, QloraSettings};
 
@@ -160,17 +161,8 @@ fn step(
     input: &ModelInput,
     labels: &Tensor,
 ) -> candle_core::Result<(Tensor, HashMap<String, Tensor>)> {
-    let out = model.forward(input, &mut ForwardCtx::train(7))?;
-    let loss = candle_nn::loss::cross_entropy(&out.logits, labels)?;
-    let grads = loss.backward()?;
-    let mut named = HashMap::new();
-    for (name, var) in params.named_vars() {
-        let g = grads
-            .get(var.as_tensor())
-            .ok_or_else(|| candle_core::Error::Msg(format!("{name}: no gradient")))?;
-        named.insert(name, g.to_device(&Device::Cpu)?);
-    }
-    Ok((loss.to_device(&Device::Cpu)?, named))
+    let (loss, grads) = step_grads(model, params, input, labels, 7)?;
+    Ok((loss, grads.into_iter().collect()))
 }
 
 /// One step on `dev` (the device-generic path when it is the CPU) against the fused CPU step.

@@ -30,7 +30,7 @@ use super::compress::sizes::{SizeCounter, Sizes};
 use super::kernels::nf4_kernel::PackedNf4;
 use super::kernels::sparse_kernel::SPARSE_FROM;
 use super::models::config::ModelConfig;
-use super::models::layers::{Dropout, LoraBranch, PackedWeight};
+use super::models::layers::{stand_in, Dropout, LoraBranch, PackedWeight};
 use super::models::linears::{linear_modules, linears_mut};
 use super::models::model::Model;
 use super::models::params::init_tensor;
@@ -252,7 +252,7 @@ impl candle_nn::var_builder::SimpleBackend for Shared {
             if dims.as_slice() != s.dims() {
                 candle_core::bail!("NF4 weight `{name}` has shape {dims:?} but the model expects {s:?}")
             }
-            Tensor::zeros(1, dtype, dev)?.broadcast_as(s)?
+            stand_in(s, dtype, dev)?
         } else if let Some(t) = b.tensors.get(name) {
             if t.shape() != &s {
                 candle_core::bail!(

@@ -43,7 +43,7 @@ use super::{OpContext, OpError, OpOutput};
 use crate::data::Dataset;
 use crate::ml::checkpoint::{save_quantized, save_tensors, Pretrained};
 use crate::ml::config::QuantizationConfig;
-use crate::ml::layers::{Linear, PackedWeight};
+use crate::ml::layers::{stand_in, Linear, PackedWeight};
 use crate::ml::lora::{self, AdapterConfig, LoraConfig, HEAD};
 use crate::ml::nf4::Nf4Tensor;
 use crate::ml::train::{TrainOptions, TrainReport};
@@ -139,8 +139,7 @@ impl QloraModel {
         // the packed weights.
         let mut all: HashMap<String, Tensor> = tensors.iter().map(|(k, t)| (k.clone(), t.clone())).collect();
         for (name, q) in &quantized {
-            let stand_in = Tensor::zeros(1, DType::F32, device)?.broadcast_as(q.shape())?;
-            all.insert(name.clone(), stand_in);
+            all.insert(name.clone(), stand_in(q.shape(), DType::F32, device)?);
         }
         let mut model = Model::new(&config, VarBuilder::from_tensors(all, DType::F32, device))?;
         for (name, linear) in lora::linears_mut(&mut model) {
@@ -532,21 +531,7 @@ mod tests {
     /// Loss and the gradient of every trainable tensor (adapters, head) of one training step
     /// with dropout on.
     fn qlora_step(q: &QloraModel, input: &ModelInput, labels: &Tensor) -> (Tensor, Vec<(String, Tensor)>) {
-        let out = q.model.forward(input, &mut ForwardCtx::train(5)).unwrap();
-        let loss = candle_nn::loss::cross_entropy(&out.logits, labels).unwrap();
-        let grads = loss.backward().unwrap();
-        let named = q
-            .trainable
-            .named_vars()
-            .into_iter()
-            .map(|(name, v)| {
-                let g = grads
-                    .get(v.as_tensor())
-                    .unwrap_or_else(|| panic!("{name}: no gradient"));
-                (name, g.clone())
-            })
-            .collect();
-        (loss, named)
+        crate::ml::training::step_grads::step_grads(&q.model, &q.trainable, input, labels, 5).unwrap()
     }
 
     /// The NF4 base as a GPU holds it (codes and scales as tensors, dequantized per product by

@@ -12,13 +12,26 @@
 //! is kept inside the op for the backward pass instead of being a separate node whose gradient
 //! candle would allocate and accumulate.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
 use super::fused::{fusable, gelu_block, gelu_bwd_block, slice, ELEM_BLOCK};
 use super::gemm::{matmul, uninit_vec, Mat, MatMut, Threads};
+
+/// `x·Wᵀ` (`x` `[m, in]`, `w` `[out, in]`) by candle's ops, on any device: the product in
+/// `compute` (f32, bf16 or f16), the result in `x`'s dtype. The layers' composite form for
+/// packed weights made dense, and for precisions the fused op does not compute.
+pub fn product_t(x: &Tensor, w: &Tensor, compute: DType) -> Result<Tensor> {
+    if compute == x.dtype() {
+        x.matmul(&w.to_dtype(compute)?.t()?)
+    } else {
+        x.to_dtype(compute)?
+            .matmul(&w.to_dtype(compute)?.t()?)?
+            .to_dtype(x.dtype())
+    }
+}
 
 /// Rows per block of the bias gradient's partial sums (fixed, for a thread-count-free order).
 const BIAS_ROW_BLOCK: usize = 128;

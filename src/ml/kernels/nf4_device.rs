@@ -70,29 +70,12 @@ impl DeviceNf4 {
             .broadcast_mul(&self.scales.reshape((blocks, 1))?)?;
         scaled.flatten_all()?.narrow(0, 0, n)?.reshape((self.rows, self.cols))
     }
-
-    /// The device the weight lives on.
-    pub fn device(&self) -> &Device {
-        self.codes.device()
-    }
-
-    /// `x·Wᵀ` for `x` `[m, cols]` on the weight's device, the product in `compute` (f32, bf16 or
-    /// f16) and the result in `x`'s dtype.
-    pub fn matmul_t(&self, x: &Tensor, compute: DType) -> Result<Tensor> {
-        let w = self.dequantize()?;
-        if compute == x.dtype() {
-            x.matmul(&w.to_dtype(compute)?.t()?)
-        } else {
-            x.to_dtype(compute)?
-                .matmul(&w.to_dtype(compute)?.t()?)?
-                .to_dtype(x.dtype())
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ml::kernels::fused_linear::product_t;
     use crate::ml::kernels::nf4_kernel::random;
     use crate::ml::kernels::rng::Rng;
 
@@ -137,9 +120,10 @@ mod tests {
         let x = Tensor::from_vec(x, (4, 64), &Device::Cpu).unwrap();
         let dense = Tensor::from_vec(w.dequantize(), (6, 64), &Device::Cpu).unwrap();
         let want = x.matmul(&dense.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
-        let got = d.matmul_t(&x, DType::F32).unwrap().to_vec2::<f32>().unwrap();
+        let product = |compute| product_t(&x, &d.dequantize().unwrap(), compute).unwrap();
+        let got = product(DType::F32).to_vec2::<f32>().unwrap();
         assert_eq!(got, want);
-        let half = d.matmul_t(&x, DType::BF16).unwrap();
+        let half = product(DType::BF16);
         assert_eq!(half.dtype(), DType::F32);
         for (a, b) in half
             .to_vec2::<f32>()

@@ -140,7 +140,7 @@ impl Linear {
                 self.weight.dims()
             )
         }
-        self.weight = Tensor::zeros(1, DType::F32, self.weight.device())?.broadcast_as((rows, cols))?;
+        self.weight = stand_in((rows, cols), DType::F32, self.weight.device())?;
         self.packed = Some(packed);
         Ok(())
     }
@@ -319,15 +319,16 @@ impl Linear {
         let cpu_kernel = compute == DType::F32 && fused::fusable(&x2) && !matches!(w, PackedWeight::Nf4Device(_));
         // A frozen bias goes inside the kernel; a trained one joins after the frozen product, so
         // that it gets its gradient.
+        let frozen_bias = self.bias.as_ref().is_none_or(|b| !b.track_op());
         let (y, bias_done) = if cpu_kernel {
             let bias = match &self.bias {
-                Some(b) if bias_done_inside(&self.bias) => Some(Arc::new(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
+                Some(b) if frozen_bias => Some(Arc::new(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
                 _ => None,
             };
             let eval = ctx.as_ref().is_none_or(|c| !c.is_train());
             match (w, &self.lora) {
                 // The adapter inside the NF4 op (eval mode: no dropout to apply).
-                (PackedWeight::Nf4(w), Some(l)) if eval && !tracked && bias_done_inside(&self.bias) => {
+                (PackedWeight::Nf4(w), Some(l)) if eval && !tracked && frozen_bias => {
                     let factors = nf4_kernel::LoraFactors {
                         a: l.a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
                         b: l.b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
@@ -344,21 +345,9 @@ impl Linear {
                 (PackedWeight::Nf4Device(_), _) => unreachable!("not a CPU kernel"),
             }
         } else {
-            let y = match w {
-                PackedWeight::Nf4Device(d) if d.device().same_device(input.device()) => d.matmul_t(&input, compute)?,
-                _ => {
-                    let dense = w.dense_on(input.device())?;
-                    if compute == input.dtype() {
-                        input.matmul(&dense.to_dtype(compute)?.t()?)?
-                    } else {
-                        input
-                            .to_dtype(compute)?
-                            .matmul(&dense.to_dtype(compute)?.t()?)?
-                            .to_dtype(input.dtype())?
-                    }
-                }
-            };
-            (y, false)
+            // A device NF4 weight is dequantized on its device (`dense_on`).
+            let dense = w.dense_on(input.device())?;
+            (fused_linear::product_t(&input, &dense, compute)?, false)
         };
         let y = if tracked {
             let weight = w.clone();
@@ -374,9 +363,10 @@ impl Linear {
     }
 }
 
-/// Whether the kernel adds the bias (none, or a frozen one).
-fn bias_done_inside(bias: &Option<Tensor>) -> bool {
-    bias.as_ref().is_none_or(|b| !b.track_op())
+/// A tensor of `shape` that holds no memory (one zero, broadcast): the place of a weight that
+/// its layer holds packed.
+pub fn stand_in(shape: impl Into<candle_core::Shape>, dtype: DType, device: &Device) -> Result<Tensor> {
+    Tensor::zeros(1, dtype, device)?.broadcast_as(shape)
 }
 
 /// The low-rank branch of a [`Linear`]: `scale · B·A·dropout(x)` (attached and saved by

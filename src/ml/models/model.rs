@@ -141,21 +141,7 @@ mod device_generic_tests {
 
     /// Loss and every gradient of one training step (dropout on, seed 7).
     fn step(p: &Pretrained, input: &ModelInput, labels: &Tensor) -> (Tensor, Vec<(String, Tensor)>) {
-        let out = p.model.forward(input, &mut ForwardCtx::train(7)).unwrap();
-        let loss = candle_nn::loss::cross_entropy(&out.logits, labels).unwrap();
-        let grads = loss.backward().unwrap();
-        let named = p
-            .params
-            .named_vars()
-            .into_iter()
-            .map(|(name, var)| {
-                let g = grads
-                    .get(var.as_tensor())
-                    .unwrap_or_else(|| panic!("{name}: no gradient"));
-                (name, g.clone())
-            })
-            .collect();
-        (loss, named)
+        crate::ml::training::step_grads::step_grads(&p.model, &p.params, input, labels, 7).unwrap()
     }
 
     /// The fused CPU kernels and the device-generic path (what a GPU runs) give the same loss and

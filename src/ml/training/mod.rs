@@ -19,6 +19,8 @@ pub mod report;
 pub mod resume;
 /// Learning-rate schedule: linear warm-up then linear decay.
 pub mod schedule;
+/// One training step's loss and gradients by name, for comparing devices and kernel paths.
+pub mod step_grads;
 /// Student initialisation from a teacher's weights (DistilBERT-style layer selection).
 pub mod student;
 /// The training loop: batches, AdamW, schedule, evaluation each epoch, best checkpoint.
