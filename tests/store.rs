@@ -296,16 +296,18 @@ fn runs_go_on_when_the_lock_directory_is_removed_under_them() {
     }
     src.push_str("stage all = exec(cmd: \"echo all > $RKD_OUT/x\", inputs: [s0, s1, s2, s3, s4, s5])\n");
     let t = Test::new().file("p.rkd", &src);
-    let mut a = t.spawn(&["run", "p.rkd", "-j", "2"]);
-    let mut b = t.spawn(&["run", "p.rkd", "-j", "2"]);
+    let mut a = t.spawn_capturing(&["run", "p.rkd", "-j", "2"]);
+    let mut b = t.spawn_capturing(&["run", "p.rkd", "-j", "2"]);
     let locks = t.path().join(".rkd/locks");
     // Remove it over and over while both runs are going (try_wait keeps a finished one's status).
     while a.try_wait().unwrap().is_none() || b.try_wait().unwrap().is_none() {
         let _ = std::fs::remove_dir_all(&locks);
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert!(a.wait().unwrap().success(), "first run");
-    assert!(b.wait().unwrap().success(), "second run");
+    for (run, child) in [("first run", a), ("second run", b)] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{run}: {}", String::from_utf8_lossy(&out.stderr));
+    }
     assert_eq!(t.run_with(&["verify"]).code, 0);
     let (_, res, _) = run_json(&t, &["run", "p.rkd", "--json"]);
     assert_eq!(sorted(&res["cached"]).len(), 7);

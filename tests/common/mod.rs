@@ -104,6 +104,15 @@ impl Test {
     /// Starts `rkd` with these arguments in the test directory (output discarded), for tests that
     /// interrupt it or run it beside another.
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.spawn_with_stderr(args, std::process::Stdio::null())
+    }
+
+    /// [`Test::spawn`] with its standard error piped, to show when it fails.
+    pub fn spawn_capturing(&self, args: &[&str]) -> std::process::Child {
+        self.spawn_with_stderr(args, std::process::Stdio::piped())
+    }
+
+    fn spawn_with_stderr(&self, args: &[&str], stderr: std::process::Stdio) -> std::process::Child {
         Command::new(env!("CARGO_BIN_EXE_rkd"))
             .args(args)
             .current_dir(self.dir.path())
@@ -111,7 +120,7 @@ impl Test {
             .env_remove("RKD_REMOTE")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("rkd starts")
     }
