@@ -143,6 +143,41 @@ fn a_damaged_entry_is_moved_aside_and_rerun_even_when_nothing_reads_it() {
 }
 
 #[test]
+fn reruns_check_through_the_manifest_cache_and_still_find_damage() {
+    let t = Test::new().file("p.rkd", CHAIN);
+    assert_eq!(t.run_with(&["run", "p.rkd"]).code, 0);
+    // The run remembered what it stored: one cache file for the pipeline.
+    let caches = t.path().join(".rkd/cache/manifests");
+    assert_eq!(std::fs::read_dir(&caches).unwrap().count(), 1);
+    for _ in 0..2 {
+        let (code, res, err) = run_json(&t, &["run", "p.rkd", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(sorted(&res["cached"]), ["s", "t"]);
+    }
+    // Damage found after no-op reruns: a changed byte, then a file added to an output.
+    flip_byte(&entry(&t, ".rkd", "p.rkd", "t").join("out/g.txt"));
+    let (code, res, err) = run_json(&t, &["run", "p.rkd", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sorted(&res["ran"]), ["t"]);
+    assert!(err.contains("out/g.txt: content changed"), "{err}");
+    let s = entry(&t, ".rkd", "p.rkd", "s");
+    std::fs::set_permissions(s.join("out"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(s.join("out/extra.txt"), "x").unwrap();
+    let (code, res, err) = run_json(&t, &["run", "p.rkd", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sorted(&res["ran"]), ["s"]);
+    assert!(err.contains("out/extra.txt: not in the manifest"), "{err}");
+    // A garbled cache is ignored (and rewritten), never trusted.
+    for f in std::fs::read_dir(&caches).unwrap() {
+        std::fs::write(f.unwrap().path(), "garbage").unwrap();
+    }
+    let (code, res, err) = run_json(&t, &["run", "p.rkd", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sorted(&res["cached"]), ["s", "t"]);
+    assert_eq!(t.run_with(&["verify"]).code, 0);
+}
+
+#[test]
 fn an_entry_without_a_valid_manifest_is_absent_and_rebuilt() {
     let t = Test::new().file("p.rkd", CHAIN);
     assert_eq!(t.run_with(&["run", "p.rkd"]).code, 0);

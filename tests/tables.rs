@@ -213,7 +213,8 @@ stage score = eval(model: student, data: data, split: "test", batch_size: 16)
     let prepared = t.path().join(".rkd/cache/prepared");
     assert_eq!(std::fs::read_dir(&prepared).unwrap().count(), 4);
     let gc = t.run_with(&["gc", "--keep", "p.rkd"]);
-    assert!(gc.stdout.contains("and 4 cache files"), "{}", gc.stdout);
+    // Four prepared copies and the pipeline's manifest cache.
+    assert!(gc.stdout.contains("and 5 cache files"), "{}", gc.stdout);
     assert_eq!(std::fs::read_dir(&prepared).unwrap().count(), 0);
     let again = t.run_with(&["run", "p.rkd", "--json", "-j", "1"]);
     let again: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();

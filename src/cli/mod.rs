@@ -340,8 +340,8 @@ enum Command {
     /// Keeps the entries of the current plans of the `--keep` pipelines (and of their latest
     /// recorded runs, which may have seen other `env()` values), of the last `--keep-runs` runs,
     /// and of every pipeline running now; removes the rest, the damaged entries that runs
-    /// moved aside, and the caches (prepared datasets, decoded images: the next stage that needs
-    /// one rebuilds it). Runs that start while gc works wait for it.
+    /// moved aside, and the caches (prepared datasets, decoded images, manifest caches: the next
+    /// stage or run that needs one rebuilds it). Runs that start while gc works wait for it.
     Gc {
         /// Keep every stage of this pipeline's current plan and of its latest run (repeatable).
         #[arg(long, value_name = "FILE")]

@@ -18,7 +18,7 @@ pub fn run(file: &Path, store: Option<&Path>, json: bool, remote_args: &super::r
         Ok(r) => r,
         Err(code) => return code,
     };
-    let mut verdicts: Vec<Verdict> = verdicts(&plan, &store, &vec![true; plan.len()])
+    let mut verdicts: Vec<Verdict> = verdicts(&plan, file, &store, &vec![true; plan.len()])
         .into_iter()
         .flatten()
         .collect();

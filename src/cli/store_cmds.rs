@@ -182,7 +182,7 @@ pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_
                 (
                     c.cache_files,
                     format!(
-                        "{} cache file{} (prepared datasets, decoded images)",
+                        "{} cache file{} (prepared datasets, decoded images, manifest caches)",
                         c.cache_files,
                         plural(c.cache_files, "", "s")
                     ),

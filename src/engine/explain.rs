@@ -6,6 +6,7 @@ use crate::store::records::{Index, Outcome, StageRecord};
 use crate::store::Store;
 use crate::text::sweep_point;
 use std::collections::HashSet;
+use std::path::Path;
 
 /// Whether a stage's result is stored, and if not, why it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,11 +17,18 @@ pub enum Verdict {
     Run(Vec<String>),
 }
 
-/// The verdicts of the selected stages (`None` for the others). The run index is read only
-/// when some stage must run, so that checking a fully cached plan stays cheap.
-pub fn verdicts(plan: &Plan, store: &Store, selected: &[bool]) -> Vec<Option<Verdict>> {
+/// The verdicts of the selected stages of the pipeline at `pipeline` (`None` for the others).
+/// The run index is read only when some stage must run, so that checking a fully cached plan
+/// stays cheap; what is stored is looked up through the pipeline's manifest cache.
+pub fn verdicts(plan: &Plan, pipeline: &Path, store: &Store, selected: &[bool]) -> Vec<Option<Verdict>> {
     let keys: Vec<_> = plan.stages().map(|s| s.key).collect();
-    verdicts_of(plan, store, selected, &store.contains_many(&keys))
+    let cache = crate::store::check_cache::path_for(store, pipeline);
+    verdicts_of(
+        plan,
+        store,
+        selected,
+        &crate::store::check_cache::present(store, &keys, &cache),
+    )
 }
 
 /// [`verdicts`], knowing which stages' results are stored.

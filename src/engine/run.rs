@@ -7,6 +7,7 @@ use super::record::stage_record;
 use super::scheduler::{schedule, Gpus, JobEnd};
 use crate::ops::{self, OpContext};
 use crate::plan::{Plan, PlanStage};
+use crate::store::check_cache::{self, Stored};
 use crate::store::key::hex;
 use crate::store::lock::KeyLock;
 use crate::store::manifest::Manifest;
@@ -14,7 +15,6 @@ use crate::store::records::{Decided, Outcome, RunRecord, StageRecord};
 use crate::store::writer::EntryWriter;
 use crate::store::Store;
 use crate::value::StageId;
-use rayon::prelude::*;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -217,7 +217,7 @@ pub fn run(
         mut results,
         to_run,
         damaged,
-    } = prepare(plan, store, opts)?;
+    } = prepare(plan, pipeline, store, opts)?;
     if opts.dry_run {
         return Ok(RunReport {
             stages: results,
@@ -354,6 +354,16 @@ pub fn run(
         device: crate::ml::kernels::device::label(&opts.device),
         remote: opts.remote.clone(),
     };
+    // The next run checks what this one stored without reading its manifests.
+    let stored: Vec<_> = plan
+        .stages()
+        .zip(&report.stages)
+        .filter(|(_, r)| r.as_ref().is_some_and(|r| r.outcome == Outcome::Ran))
+        .map(|(s, _)| s.key)
+        .collect();
+    if !stored.is_empty() {
+        check_cache::remember(store, &stored, &check_cache::path_for(store, pipeline));
+    }
     write_records(plan, pipeline, source_text, store, &report, started_at)?;
     Ok(report)
 }
@@ -390,19 +400,24 @@ pub struct Prepared {
 
 /// Decides what must run (selected stages whose result is not stored), after verifying the stored
 /// results that running stages will read (damaged ones are discarded and rerun, unless dry run).
-pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared, RunError> {
+/// Stored results are checked through the pipeline's cache of their manifests (`store::check_cache`).
+pub fn prepare(plan: &Plan, pipeline: &Path, store: &Store, opts: &RunOptions) -> Result<Prepared, RunError> {
     let n = plan.len();
     let selected = select(plan, &opts.only)?;
     store.clean_tmp();
 
-    // What must run: selected stages whose result is not stored.
+    // What must run: selected stages whose result is not stored. Every stored result the run
+    // trusts is checked first (cheaply, or by hashing with --verify): a damaged one is moved
+    // aside and runs again, whether or not a running stage reads it.
     let mut to_run: HashSet<usize> = HashSet::new();
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); n];
     let keys: Vec<_> = plan.stages().map(|s| s.key).collect();
-    let manifests = store.manifests(&keys);
-    // What the remote gave (or, in a dry run, would give) counts as stored.
+    let cache = check_cache::path_for(store, pipeline);
+    let checked = check_cache::check_stored(store, &keys, &selected, opts.verify, &cache);
+    // A damaged result counts as stored here (it is moved aside and rerun below), and so does
+    // what the remote gave (or, in a dry run, would give).
     let cached: Vec<bool> = (0..n)
-        .map(|i| manifests[i].is_some() || opts.from_remote.contains(&i))
+        .map(|i| matches!(checked[i], Stored::Intact | Stored::Damaged(_)) || opts.from_remote.contains(&i))
         .collect();
     for (i, v) in verdicts_of(plan, store, &selected, &cached).into_iter().enumerate() {
         if let Some(Verdict::Run(r)) = v {
@@ -410,26 +425,20 @@ pub fn prepare(plan: &Plan, store: &Store, opts: &RunOptions) -> Result<Prepared
             to_run.insert(i);
         }
     }
-
-    // Check every stored result the run trusts (cheaply, or by hashing with --verify): a damaged
-    // one is moved aside and runs again, whether or not a running stage reads it.
-    let cached: Vec<usize> = (0..n).filter(|i| selected[*i] && !to_run.contains(i)).collect();
-    let problems: Vec<(usize, Vec<String>)> = cached
-        .par_iter()
-        .map(|&i| {
-            let entry = store.entry_dir(&plan.stage(StageId(i as u32)).key);
-            // Read a moment ago by `manifests` (a stage found stored has one).
-            let p = match &manifests[i] {
-                Some(m) if opts.verify => m.verify_entry(&entry),
-                Some(m) => m.check_entry(&entry),
-                // Held by the remote, pulled by a real run.
-                None if opts.dry_run && opts.from_remote.contains(&i) => Vec::new(),
-                None => Manifest::check(&entry),
-            };
-            (i, p)
-        })
-        .filter(|(_, p)| !p.is_empty())
-        .collect();
+    let mut problems: Vec<(usize, Vec<String>)> = Vec::new();
+    for (i, c) in checked.into_iter().enumerate() {
+        match c {
+            Stored::Damaged(p) => problems.push((i, p)),
+            // Pulled from the remote by this run a moment ago, yet not found now.
+            Stored::Absent if opts.from_remote.contains(&i) && !opts.dry_run => {
+                let p = Manifest::check(&store.entry_dir(&plan.stage(StageId(i as u32)).key));
+                if !p.is_empty() {
+                    problems.push((i, p));
+                }
+            }
+            Stored::Intact | Stored::Absent | Stored::Unchecked => {}
+        }
+    }
     let mut damaged = Vec::new();
     for (i, p) in problems {
         let stage = plan.stage(StageId(i as u32));

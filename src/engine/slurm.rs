@@ -383,7 +383,7 @@ pub fn submit(
 ) -> Result<Submission, SlurmError> {
     let started = SystemTime::now();
     let t0 = Instant::now();
-    let prepared = prepare(plan, store, opts)?;
+    let prepared = prepare(plan, pipeline, store, opts)?;
     let mut order: Vec<usize> = prepared.to_run.iter().copied().collect();
     order.sort_unstable();
     let exe = std::env::current_exe().map_err(|e| SlurmError::Io(format!("cannot find the rkd binary: {e}")))?;

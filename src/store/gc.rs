@@ -21,7 +21,8 @@ pub struct Collected {
     /// Stages whose in-stage checkpoints were removed (no kept pipeline needs them, or their
     /// result is stored).
     pub checkpoints: usize,
-    /// Files of `cache/` removed (prepared datasets, decoded images): speed-ups any stage rebuilds.
+    /// Files of `cache/` removed (prepared datasets, decoded images, manifest caches): speed-ups
+    /// that any stage or run rebuilds.
     pub cache_files: usize,
     /// Each entry removed (or that would be), with its bytes, in key order.
     pub removed: Vec<(Key, u64)>,

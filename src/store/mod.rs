@@ -12,14 +12,16 @@
 //! <store>/runs/            one JSON record per run, and index.json (the latest record of each stage name)
 //! <store>/stat-cache.json  file fingerprints by (path, size, mtime, inode)
 //! <store>/checkpoints/<key>/ in-stage checkpoints of unfinished training stages (never entries)
-//! <store>/cache/           caches ops may use but never need (decoded image_folder images,
-//!                          prepared datasets in cache/prepared/); gc empties it
+//! <store>/cache/           caches ops and runs may use but never need (decoded image_folder
+//!                          images, prepared datasets in cache/prepared/, each pipeline's
+//!                          manifests in cache/manifests/, see `check_cache`); gc empties it
 //! <store>/specs/<key>.json the resolved stage a Slurm job runs (`rkd exec-stage`)
 //! <store>/slurm/           one JSON record per Slurm submission (job ids), job scripts and logs
 //! ```
 //! An entry directory appears only complete (rename is atomic), so a crash, Ctrl-C or kill -9
 //! leaves at most a directory in tmp/, which the next run removes.
 
+pub mod check_cache;
 pub mod checkpoints;
 pub mod files;
 pub mod gc;
