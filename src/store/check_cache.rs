@@ -2,14 +2,16 @@
 //! their manifests say (`cache/manifests/<id>.bin`), so that a rerun reads one file instead of
 //! one `manifest.json` per stage.
 //!
-//! The cache never vouches for anything on its own. A remembered entry is used only while its
+//! The cache never vouches for anything: it holds what manifests said (each file's path, size
+//! and modification time), nothing else. A remembered manifest is used only while its
 //! `manifest.json` still has the size, modification time and inode it had when it was
 //! remembered (one stat, no read) — what reading that file again would give, as entries are
-//! written once, read-only, and replaced only by a rename. Its files are then checked against
-//! the remembered sizes and times exactly as [`Manifest::check_entry`] checks them; only an
-//! entry that passed that check is remembered, and what fails it is decided by the manifest
-//! itself (read and hashed). No cache, a damaged or foreign one, an entry removed, moved aside
-//! or stored again: the manifest is read, as without a cache.
+//! written once, read-only, and replaced only by a rename. The entry's files are then compared
+//! with it exactly as [`Manifest::check_entry`] compares them, and what fails the comparison is
+//! decided by the manifest itself (read and hashed). No cache, a damaged or foreign one, an
+//! entry removed, moved aside or stored again: the manifest is read, as without a cache. (A
+//! manifest edited in place with its size and time put back is not read again; the entry's
+//! files are still checked, and `rkd verify` reads every manifest.)
 
 use super::key::Key;
 use super::manifest::{mtime_ns, Manifest, MANIFEST};
