@@ -17,10 +17,10 @@ use super::key::Key;
 use super::manifest::{mtime_ns, Manifest, MANIFEST};
 use super::Store;
 use rayon::prelude::*;
+use rustix::fd::OwnedFd;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -87,29 +87,67 @@ impl<'a> Remembered<'a> {
     }
 
     /// Whether the entry's manifest is the one remembered and every file still has its size and
-    /// time, and every subdirectory its time: one stat each, in `entries` (the store's entries
-    /// directory, as bytes), no reading.
-    fn current(&self, entries: &[u8]) -> bool {
-        let mut path = Vec::with_capacity(entries.len() + 100);
-        path.extend_from_slice(entries);
-        path.push(b'/');
+    /// time, and every subdirectory its time: one stat each, relative to `entries` (the store's
+    /// open entries directory, so each stat walks two or three path components), no reading.
+    fn current(&self, entries: &OwnedFd) -> bool {
+        let mut path = Vec::with_capacity(128);
         path.extend_from_slice(blake3::Hash::from(self.key).to_hex().as_bytes());
         path.push(b'/');
         let base = path.len();
         let mut stat = |rel: &str| {
             path.truncate(base);
             path.extend_from_slice(rel.as_bytes());
-            std::fs::symlink_metadata(Path::new(OsStr::from_bytes(&path))).ok()
+            Seen::at(entries, &path)
         };
-        stat(MANIFEST).is_some_and(|m| m.is_file() && Stamp::of(&m) == Some(self.stamp))
+        stat(MANIFEST).is_some_and(|m| m.file && m.stamp() == Some(self.stamp))
             && self.files.iter().all(|(rel, size, mtime)| {
-                stat(rel).is_some_and(|m| m.is_file() && m.len() == *size && mtime_ns(&m) == Some(*mtime))
+                stat(rel).is_some_and(|m| m.file && m.size == *size && m.mtime_ns == Some(*mtime))
             })
             && self
                 .dirs
                 .iter()
-                .all(|(rel, mtime)| stat(rel).is_some_and(|m| m.is_dir() && mtime_ns(&m) == Some(*mtime)))
+                .all(|(rel, mtime)| stat(rel).is_some_and(|m| m.dir && m.mtime_ns == Some(*mtime)))
     }
+}
+
+/// What one stat (not following symlinks) says of a path.
+struct Seen {
+    file: bool,
+    dir: bool,
+    size: u64,
+    mtime_ns: Option<u64>,
+    ino: u64,
+}
+
+impl Seen {
+    /// Stats `rel` relative to the directory `dir`.
+    fn at(dir: &OwnedFd, rel: &[u8]) -> Option<Seen> {
+        let st = rustix::fs::statat(dir, rel, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        // As `manifest::mtime_ns` reads `Metadata::modified`: none before the epoch.
+        let (secs, nanos) = (u64::try_from(st.st_mtime).ok(), st.st_mtime_nsec as u64);
+        Some(Seen {
+            file: kind == FileType::RegularFile,
+            dir: kind == FileType::Directory,
+            size: st.st_size as u64,
+            mtime_ns: secs.and_then(|s| s.checked_mul(1_000_000_000)?.checked_add(nanos)),
+            ino: st.st_ino,
+        })
+    }
+
+    fn stamp(&self) -> Option<Stamp> {
+        Some(Stamp {
+            size: self.size,
+            mtime_ns: self.mtime_ns?,
+            ino: self.ino,
+        })
+    }
+}
+
+/// The store's entries directory, opened for stats relative to it (none when it cannot be).
+fn open_entries(store: &Store) -> Option<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    rustix::fs::open(store.entries_dir(), flags, Mode::empty()).ok()
 }
 
 /// The cache file.
@@ -146,13 +184,12 @@ pub fn check_stored(store: &Store, keys: &[Key], wanted: &[bool], verify: bool, 
         .zip(wanted)
         .map(|(k, w)| (*k, *w, slots.remove(k)))
         .collect();
-    let entries = store.entries_dir();
-    let entries = entries.as_os_str().as_bytes();
+    let entries = open_entries(store);
     let looked: Vec<Looked> = jobs
         .into_par_iter()
         .map(|(key, wanted, slot)| match (wanted, slot) {
             (false, slot) => Looked::Skipped(slot),
-            (true, slot) => look(store, entries, key, slot, verify),
+            (true, slot) => look(store, entries.as_ref(), key, slot, verify),
         })
         .collect();
     let carried = looked
@@ -177,13 +214,14 @@ pub fn present(store: &Store, keys: &[Key], cache: &Path) -> Vec<bool> {
         .flat_map(|f| f.entries)
         .map(|r| (r.key, r.stamp))
         .collect();
+    let entries = open_entries(store);
     keys.par_iter()
         .map(|k| {
-            let manifest = store.entry_dir(k).join(MANIFEST);
-            let unchanged = stamps.get(k).is_some_and(|stamp| {
-                std::fs::symlink_metadata(&manifest).is_ok_and(|m| m.is_file() && Stamp::of(&m) == Some(*stamp))
+            let unchanged = stamps.get(k).zip(entries.as_ref()).is_some_and(|(stamp, dir)| {
+                let rel = format!("{}/{MANIFEST}", blake3::Hash::from(*k).to_hex());
+                Seen::at(dir, rel.as_bytes()).is_some_and(|m| m.file && m.stamp() == Some(*stamp))
             });
-            unchanged || read_stamped(&manifest).is_some()
+            unchanged || read_stamped(&store.entry_dir(k).join(MANIFEST)).is_some()
         })
         .collect()
 }
@@ -251,11 +289,15 @@ impl Looked<'_> {
 
 /// Checks one wanted key: through its remembered entry when that is current, else by reading
 /// its manifest.
-fn look<'a>(store: &Store, entries: &[u8], key: Key, slot: Option<Remembered<'a>>, verify: bool) -> Looked<'a> {
-    if let Some(r) = slot.filter(|_| !verify) {
-        if r.current(entries) {
-            return Looked::Remembered(r);
-        }
+fn look<'a>(
+    store: &Store,
+    entries: Option<&OwnedFd>,
+    key: Key,
+    slot: Option<Remembered<'a>>,
+    verify: bool,
+) -> Looked<'a> {
+    if let Some(r) = slot.filter(|r| !verify && entries.is_some_and(|e| r.current(e))) {
+        return Looked::Remembered(r);
     }
     let entry = store.entry_dir(&key);
     let manifest = entry.join(MANIFEST);
