@@ -14,14 +14,13 @@
 //! files are still checked, and `rkd verify` reads every manifest.)
 
 use super::key::Key;
-use super::manifest::{mtime_ns, Manifest, MANIFEST};
+use super::manifest::{Manifest, MANIFEST};
 use super::Store;
 use rayon::prelude::*;
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Version of the cache file's layout; a file of another version is ignored (and rewritten).
@@ -46,16 +45,6 @@ struct Stamp {
     size: u64,
     mtime_ns: u64,
     ino: u64,
-}
-
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Option<Stamp> {
-        Some(Stamp {
-            size: meta.len(),
-            mtime_ns: mtime_ns(meta)?,
-            ino: meta.ino(),
-        })
-    }
 }
 
 /// What the cheap check of one entry needs of its manifest: the path, size and modification time
@@ -122,17 +111,31 @@ struct Seen {
 impl Seen {
     /// Stats `rel` relative to the directory `dir`.
     fn at(dir: &OwnedFd, rel: &[u8]) -> Option<Seen> {
-        let st = rustix::fs::statat(dir, rel, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+        Some(Seen::from(
+            rustix::fs::statat(dir, rel, AtFlags::SYMLINK_NOFOLLOW).ok()?,
+        ))
+    }
+
+    /// Stats an open file.
+    fn of(file: &std::fs::File) -> Option<Seen> {
+        Some(Seen::from(rustix::fs::fstat(file).ok()?))
+    }
+
+    /// What a stat says: the one place a stamp or time is made of one, so that what is remembered
+    /// and what it is compared with are read alike.
+    fn from(st: rustix::fs::Stat) -> Seen {
         let kind = FileType::from_raw_mode(st.st_mode);
         // As `manifest::mtime_ns` reads `Metadata::modified`: none before the epoch.
+        // `st_mtime_nsec` is a u64 on Linux and a C long on other Unix systems.
+        #[allow(clippy::unnecessary_cast)]
         let (secs, nanos) = (u64::try_from(st.st_mtime).ok(), st.st_mtime_nsec as u64);
-        Some(Seen {
+        Seen {
             file: kind == FileType::RegularFile,
             dir: kind == FileType::Directory,
             size: st.st_size as u64,
             mtime_ns: secs.and_then(|s| s.checked_mul(1_000_000_000)?.checked_add(nanos)),
             ino: st.st_ino,
-        })
+        }
     }
 
     fn stamp(&self) -> Option<Stamp> {
@@ -321,14 +324,11 @@ fn look<'a>(
 fn read_stamped(path: &Path) -> Option<(Option<Stamp>, Manifest)> {
     use std::io::Read;
     let mut file = std::fs::File::open(path).ok()?;
-    let meta = file.metadata().ok()?;
-    if !meta.is_file() {
-        return None;
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    let seen = Seen::of(&file).filter(|s| s.file)?;
+    let mut bytes = Vec::with_capacity(seen.size as usize);
     file.read_to_end(&mut bytes).ok()?;
     let manifest = serde_json::from_slice(&bytes).ok()?;
-    Some((Stamp::of(&meta), manifest))
+    Some((seen.stamp(), manifest))
 }
 
 fn save(cache: &Path, entries: Vec<Remembered>) -> std::io::Result<()> {

@@ -220,7 +220,7 @@ fn subdir_mtimes(root: &Path, dir: &Path, out: &mut BTreeMap<String, u64>) -> st
 }
 
 /// A file's modification time in nanoseconds since the Unix epoch.
-pub(crate) fn mtime_ns(meta: &std::fs::Metadata) -> Option<u64> {
+fn mtime_ns(meta: &std::fs::Metadata) -> Option<u64> {
     let since = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
     u64::try_from(since.as_nanos()).ok()
 }
