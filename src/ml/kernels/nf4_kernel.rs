@@ -158,21 +158,63 @@ impl PackedNf4 {
                 row.copy_from_slice(b);
             }
         }
-        // Panel rows: 64 (as the dense few-row products), fewer where a panel would outgrow L2.
-        let nb = (PANEL_FLOATS / k.max(1)).clamp(8, 64);
+        // Panel rows: 64 (as the dense few-row products), fewer where a panel would outgrow L2;
+        // a multiple of 16 where there are that many rows, so that panels are column-major.
+        let nb = (PANEL_FLOATS / k.max(1)).clamp(16, 64) / 16 * 16;
         let (lhs, dst) = (Mat::rows(x, m, k), MatMut::rows(y, m, n));
-        matmul_panels(dst, lhs, nb, (1.0, bias.is_some()), nb * k, &Transposed(self));
+        let buffer = nb * k + COLUMN_GROUP * k;
+        matmul_panels(dst, lhs, nb, (1.0, bias.is_some()), buffer, &Transposed(self));
+    }
+
+    /// Decodes rows `r0..r0 + rows` (`rows` a multiple of [`COLUMN_GROUP`]) column by column:
+    /// `out[c·rows + i] = W[r0 + i, c]`, through `scratch` (`COLUMN_GROUP · cols` floats).
+    fn decode_columns(&self, r0: usize, rows: usize, out: &mut [f32], scratch: &mut [f32]) {
+        let k = self.cols;
+        assert!(
+            rows.is_multiple_of(COLUMN_GROUP) && r0 + rows <= self.rows,
+            "decode_columns: rows"
+        );
+        let (out, scratch) = (&mut out[..rows * k], &mut scratch[..COLUMN_GROUP * k]);
+        for g in (0..rows).step_by(COLUMN_GROUP) {
+            self.decode((r0 + g) * k, scratch);
+            transpose_group(scratch, k, &mut out[g..], rows);
+        }
+    }
+}
+
+/// Rows decoded and transposed together by [`PackedNf4::decode_columns`] (one AVX register).
+const COLUMN_GROUP: usize = 8;
+
+/// `out[c·stride + i] = rows[i·k + c]` for the [`COLUMN_GROUP`] rows of `k` floats in `rows`.
+fn transpose_group(rows: &[f32], k: usize, out: &mut [f32], stride: usize) {
+    assert!(rows.len() >= COLUMN_GROUP * k && (k == 0 || out.len() > (k - 1) * stride + COLUMN_GROUP - 1));
+    let mut c = 0;
+    #[cfg(target_arch = "x86_64")]
+    if isa::active() >= Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 (`active` says so); the sizes were checked above.
+        c = unsafe { x86::transpose_8x8_blocks(rows, k, out, stride) };
+    }
+    for c in c..k {
+        for i in 0..COLUMN_GROUP {
+            out[c * stride + i] = rows[i * k + c];
+        }
     }
 }
 
 /// `Wᵀ`, panel by panel: rows `r0..r0 + rows` of `W` dequantized into the task's buffer and
-/// read as a `cols × rows` matrix.
+/// read as a `cols × rows` matrix. Where `rows` is a multiple of 16 the panel is decoded column
+/// by column, the layout `gemm`'s kernel reads as it is (it copies other layouts into one first,
+/// as it does for a dense weight); otherwise row by row.
 struct Transposed<'a>(&'a PackedNf4);
 
 impl RhsPanels for Transposed<'_> {
     fn panel<'s>(&'s self, r0: usize, rows: usize, buffer: &'s mut [f32]) -> Mat<'s> {
         let k = self.0.cols;
-        let w = &mut buffer[..rows * k];
+        let (w, scratch) = buffer.split_at_mut(rows * k);
+        if rows.is_multiple_of(16) {
+            self.0.decode_columns(r0, rows, w, scratch);
+            return Mat::strided(w, k, rows, rows, 1);
+        }
         self.0.decode(r0 * k, w);
         Mat::strided(w, k, rows, 1, k)
     }
@@ -285,6 +327,56 @@ mod x86 {
         decode_scalar(bytes, scale, out, i);
     }
 
+    /// The full 8-column blocks of [`super::transpose_group`]: 8 × 8 transposes in registers
+    /// (unpack, shuffle, swap lanes). Returns the first column it did not move.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `rows` holds 8 rows of `k` floats and `out` reaches element
+    /// `(k - 1)·stride + 7`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn transpose_8x8_blocks(rows: &[f32], k: usize, out: &mut [f32], stride: usize) -> usize {
+        let (src, dst) = (rows.as_ptr(), out.as_mut_ptr());
+        let mut c = 0;
+        while c + 8 <= k {
+            // SAFETY: rows i·k + c .. + 8 and out (c + j)·stride .. + 8 lie inside the slices
+            // (the caller's promise, c + 8 ≤ k).
+            unsafe {
+                let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * k + c)));
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let cols = [
+                    _mm256_permute2f128_ps::<0x20>(u0, u4),
+                    _mm256_permute2f128_ps::<0x20>(u1, u5),
+                    _mm256_permute2f128_ps::<0x20>(u2, u6),
+                    _mm256_permute2f128_ps::<0x20>(u3, u7),
+                    _mm256_permute2f128_ps::<0x31>(u0, u4),
+                    _mm256_permute2f128_ps::<0x31>(u1, u5),
+                    _mm256_permute2f128_ps::<0x31>(u2, u6),
+                    _mm256_permute2f128_ps::<0x31>(u3, u7),
+                ];
+                for (j, col) in cols.into_iter().enumerate() {
+                    _mm256_storeu_ps(dst.add((c + j) * stride), col);
+                }
+            }
+            c += 8;
+        }
+        c
+    }
+
     /// 16 codes per 8 bytes, the whole codebook in one register (`vpermps`).
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
     #[inline]
@@ -388,6 +480,32 @@ mod tests {
                 let mut out = vec![f32::NAN; len];
                 w.decode(start, &mut out);
                 assert_eq!(out, want[start..start + len], "{} [{start}, +{len})", path.name());
+            }
+        });
+    }
+
+    #[test]
+    fn every_path_decodes_panels_column_by_column_bit_for_bit() {
+        // 29 columns: three 8 × 8 blocks and five left over; blocks straddle rows.
+        let (n, k) = (48, 29);
+        let w = random(n, k, 64, 4);
+        let want = reference(&w);
+        isa::on_every_path(|path| {
+            for (r0, rows) in [(0, 16), (8, 32), (32, 16)] {
+                let (mut out, mut scratch) = (vec![f32::NAN; rows * k], vec![f32::NAN; COLUMN_GROUP * k]);
+                w.decode_columns(r0, rows, &mut out, &mut scratch);
+                for c in 0..k {
+                    for i in 0..rows {
+                        let (got, want) = (out[c * rows + i], want[(r0 + i) * k + c]);
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{} row {} column {c}",
+                            path.name(),
+                            r0 + i
+                        );
+                    }
+                }
             }
         });
     }
