@@ -3,8 +3,9 @@
 //!
 //! The weight `[out, in]` is cut into panels of whole rows that fit the L2 cache (about 64 KiB
 //! of f32). Each panel is decoded into a buffer of its own thread (`NF4_CODE[q] · absmax`, the
-//! same f32 product the dequantizer computes, so the values are bit-identical to a dense copy)
-//! and multiplied by the `gemm` kernel into its columns of `y`; panels run in parallel. So the
+//! same f32 product the dequantizer computes, so the values are bit-identical to a dense copy),
+//! column by column — the layout `gemm` multiplies without copying it first — and multiplied by
+//! the `gemm` kernel into its columns of `y`; panels run in parallel. So the
 //! memory held is the packed weight (4 bits per parameter plus 32 bits per block), and the
 //! largest transient buffer is one panel per thread. Decoding uses AVX-512 (`vpermps` over the
 //! whole 16-entry codebook), AVX2 (two 8-entry halves and a blend) or plain code, chosen at run
@@ -48,6 +49,10 @@ pub const NF4_CODE: [f32; 16] = [
 
 /// Floats per decoded panel (256 KiB): it stays in L2 while `gemm` reads it.
 const PANEL_FLOATS: usize = 64 * 1024;
+
+/// `gemm` reads a column-major panel as it is when its rows are a multiple of its vector width
+/// (up to 16 floats, on AVX-512); panels are cut to such heights.
+const WHOLE_VECTORS: usize = 16;
 
 /// A weight matrix `[rows, cols]` in NF4: packed codes (two per byte, the first element in the
 /// high nibble, row-major over the flattened matrix) and one absmax per `block` elements.
@@ -160,7 +165,7 @@ impl PackedNf4 {
         }
         // Panel rows: 64 (as the dense few-row products), fewer where a panel would outgrow L2;
         // a multiple of 16 where there are that many rows, so that panels are column-major.
-        let nb = (PANEL_FLOATS / k.max(1)).clamp(16, 64) / 16 * 16;
+        let nb = (PANEL_FLOATS / k.max(1)).clamp(WHOLE_VECTORS, 64) / WHOLE_VECTORS * WHOLE_VECTORS;
         let (lhs, dst) = (Mat::rows(x, m, k), MatMut::rows(y, m, n));
         let buffer = nb * k + COLUMN_GROUP * k;
         matmul_panels(dst, lhs, nb, (1.0, bias.is_some()), buffer, &Transposed(self));
@@ -202,7 +207,7 @@ fn transpose_group(rows: &[f32], k: usize, out: &mut [f32], stride: usize) {
 }
 
 /// `Wᵀ`, panel by panel: rows `r0..r0 + rows` of `W` dequantized into the task's buffer and
-/// read as a `cols × rows` matrix. Where `rows` is a multiple of 16 the panel is decoded column
+/// read as a `cols × rows` matrix. Where `rows` is a multiple of [`WHOLE_VECTORS`] the panel is decoded column
 /// by column, the layout `gemm`'s kernel reads as it is (it copies other layouts into one first,
 /// as it does for a dense weight); otherwise row by row.
 struct Transposed<'a>(&'a PackedNf4);
@@ -211,7 +216,7 @@ impl RhsPanels for Transposed<'_> {
     fn panel<'s>(&'s self, r0: usize, rows: usize, buffer: &'s mut [f32]) -> Mat<'s> {
         let k = self.0.cols;
         let (w, scratch) = buffer.split_at_mut(rows * k);
-        if rows.is_multiple_of(16) {
+        if rows.is_multiple_of(WHOLE_VECTORS) {
             self.0.decode_columns(r0, rows, w, scratch);
             return Mat::strided(w, k, rows, rows, 1);
         }
