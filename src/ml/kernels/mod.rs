@@ -27,3 +27,5 @@ pub mod rng;
 pub mod runtime;
 /// Products with pruned weights held in compressed sparse rows (inference).
 pub mod sparse_kernel;
+/// Transposes of 8-row groups between row-major data and column-major panels.
+pub(crate) mod transpose;

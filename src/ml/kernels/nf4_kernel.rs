@@ -24,6 +24,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use super::gemm::{matmul, matmul_panels, uninit_vec, Mat, MatMut, RhsPanels, Threads};
 use super::isa::{self, Isa};
 use super::packed_op::{check_sizes, linear_forward};
+use super::transpose::{self, GROUP};
 
 /// The bitsandbytes NF4 codebook, in bnb index order (functional.py `get_4bit_type("nf4")`).
 // bnb's digits verbatim (they are the f32 values printed as doubles), so they can be compared.
@@ -167,41 +168,22 @@ impl PackedNf4 {
         // a multiple of 16 where there are that many rows, so that panels are column-major.
         let nb = (PANEL_FLOATS / k.max(1)).clamp(WHOLE_VECTORS, 64) / WHOLE_VECTORS * WHOLE_VECTORS;
         let (lhs, dst) = (Mat::rows(x, m, k), MatMut::rows(y, m, n));
-        let buffer = nb * k + COLUMN_GROUP * k;
+        let buffer = nb * k + GROUP * k;
         matmul_panels(dst, lhs, nb, (1.0, bias.is_some()), buffer, &Transposed(self));
     }
 
-    /// Decodes rows `r0..r0 + rows` (`rows` a multiple of [`COLUMN_GROUP`]) column by column:
-    /// `out[c·rows + i] = W[r0 + i, c]`, through `scratch` (`COLUMN_GROUP · cols` floats).
+    /// Decodes rows `r0..r0 + rows` (`rows` a multiple of [`GROUP`]) column by column:
+    /// `out[c·rows + i] = W[r0 + i, c]`, through `scratch` (`GROUP · cols` floats).
     fn decode_columns(&self, r0: usize, rows: usize, out: &mut [f32], scratch: &mut [f32]) {
         let k = self.cols;
         assert!(
-            rows.is_multiple_of(COLUMN_GROUP) && r0 + rows <= self.rows,
+            rows.is_multiple_of(GROUP) && r0 + rows <= self.rows,
             "decode_columns: rows"
         );
-        let (out, scratch) = (&mut out[..rows * k], &mut scratch[..COLUMN_GROUP * k]);
-        for g in (0..rows).step_by(COLUMN_GROUP) {
+        let (out, scratch) = (&mut out[..rows * k], &mut scratch[..GROUP * k]);
+        for g in (0..rows).step_by(GROUP) {
             self.decode((r0 + g) * k, scratch);
-            transpose_group(scratch, k, &mut out[g..], rows);
-        }
-    }
-}
-
-/// Rows decoded and transposed together by [`PackedNf4::decode_columns`] (one AVX register).
-const COLUMN_GROUP: usize = 8;
-
-/// `out[c·stride + i] = rows[i·k + c]` for the [`COLUMN_GROUP`] rows of `k` floats in `rows`.
-fn transpose_group(rows: &[f32], k: usize, out: &mut [f32], stride: usize) {
-    assert!(rows.len() >= COLUMN_GROUP * k && (k == 0 || out.len() > (k - 1) * stride + COLUMN_GROUP - 1));
-    let mut c = 0;
-    #[cfg(target_arch = "x86_64")]
-    if isa::active() >= Isa::Avx2 {
-        // SAFETY: the CPU has AVX2 (`active` says so); the sizes were checked above.
-        c = unsafe { x86::transpose_8x8_blocks(rows, k, out, stride) };
-    }
-    for c in c..k {
-        for i in 0..COLUMN_GROUP {
-            out[c * stride + i] = rows[i * k + c];
+            transpose::group(scratch, k, &mut out[g..], rows);
         }
     }
 }
@@ -332,56 +314,6 @@ mod x86 {
         decode_scalar(bytes, scale, out, i);
     }
 
-    /// The full 8-column blocks of [`super::transpose_group`]: 8 × 8 transposes in registers
-    /// (unpack, shuffle, swap lanes). Returns the first column it did not move.
-    ///
-    /// # Safety
-    /// The CPU must have AVX2; `rows` holds 8 rows of `k` floats and `out` reaches element
-    /// `(k - 1)·stride + 7`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn transpose_8x8_blocks(rows: &[f32], k: usize, out: &mut [f32], stride: usize) -> usize {
-        let (src, dst) = (rows.as_ptr(), out.as_mut_ptr());
-        let mut c = 0;
-        while c + 8 <= k {
-            // SAFETY: rows i·k + c .. + 8 and out (c + j)·stride .. + 8 lie inside the slices
-            // (the caller's promise, c + 8 ≤ k).
-            unsafe {
-                let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * k + c)));
-                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-                let cols = [
-                    _mm256_permute2f128_ps::<0x20>(u0, u4),
-                    _mm256_permute2f128_ps::<0x20>(u1, u5),
-                    _mm256_permute2f128_ps::<0x20>(u2, u6),
-                    _mm256_permute2f128_ps::<0x20>(u3, u7),
-                    _mm256_permute2f128_ps::<0x31>(u0, u4),
-                    _mm256_permute2f128_ps::<0x31>(u1, u5),
-                    _mm256_permute2f128_ps::<0x31>(u2, u6),
-                    _mm256_permute2f128_ps::<0x31>(u3, u7),
-                ];
-                for (j, col) in cols.into_iter().enumerate() {
-                    _mm256_storeu_ps(dst.add((c + j) * stride), col);
-                }
-            }
-            c += 8;
-        }
-        c
-    }
-
     /// 16 codes per 8 bytes, the whole codebook in one register (`vpermps`).
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
     #[inline]
@@ -497,7 +429,7 @@ mod tests {
         let want = reference(&w);
         isa::on_every_path(|path| {
             for (r0, rows) in [(0, 16), (8, 32), (32, 16)] {
-                let (mut out, mut scratch) = (vec![f32::NAN; rows * k], vec![f32::NAN; COLUMN_GROUP * k]);
+                let (mut out, mut scratch) = (vec![f32::NAN; rows * k], vec![f32::NAN; GROUP * k]);
                 w.decode_columns(r0, rows, &mut out, &mut scratch);
                 for c in 0..k {
                     for i in 0..rows {

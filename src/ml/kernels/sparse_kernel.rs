@@ -6,7 +6,8 @@
 //! `w · xᵀ[k, ..]` to a tile of 64 outputs of feature `n` held in registers: one multiply-add
 //! per nonzero and input row, over contiguous memory, vectorised by the compiler on each
 //! instruction-set path ([`super::isa`]). Tasks take a tile of inputs and a run of features, so
-//! their slice of `xᵀ` stays in cache. A dense product (`gemm`) does more multiply-adds but
+//! their slice of `xᵀ` stays in cache; the tiles of `xᵀ`, and the outputs of eight features at a
+//! time, are transposed in registers ([`super::transpose`]). A dense product (`gemm`) does more multiply-adds but
 //! each faster, so this pays only above some sparsity: [`SPARSE_FROM`], measured with `rkd bench
 //! infer`. Each output is summed by one task in column order, so results do not depend on the
 //! thread count.
@@ -21,11 +22,12 @@ use rayon::prelude::*;
 use super::gemm::SendPtr;
 use super::isa::dispatch;
 use super::packed_op::{check_sizes, linear_forward};
+use super::transpose::{self, GROUP};
 
 /// The fraction of zeros from which a linear layer runs on this kernel rather than the dense one.
-/// Measured on BERT-mini (`rkd bench infer --sparsity 0.7,0.8,0.9`, 2-core AVX2 EPYC): at 70 %
-/// the sparse kernel is faster at batch 1 but slower at batch 32; from 80 % faster at both
-/// (README, "Inference speed and memory").
+/// Measured on BERT-mini (`rkd bench infer --sparsity 0.7,0.8,0.9`; 2-core AVX2 EPYC, and again
+/// on a 2-core AVX-512 Xeon): at 70 % the sparse kernel is faster at batch 1 but slower at
+/// batch 32; from 80 % faster at both (README, "Inference speed and memory").
 pub const SPARSE_FROM: f64 = 0.8;
 
 /// Outputs per register tile.
@@ -112,7 +114,13 @@ impl CsrWeight {
         let tiles = m.div_ceil(TILE);
         let mut xt = vec![0f32; tiles * k * TILE];
         xt.par_chunks_mut(k * TILE).enumerate().for_each(|(t, tile)| {
-            for i in 0..TILE.min(m - t * TILE) {
+            let w = TILE.min(m - t * TILE);
+            // Whole groups of 8 inputs transposed in registers, the rest one by one.
+            let whole = w / GROUP * GROUP;
+            for g in (0..whole).step_by(GROUP) {
+                transpose::group(&x[(t * TILE + g) * k..][..GROUP * k], k, &mut tile[g..], TILE);
+            }
+            for i in whole..w {
                 let row = &x[(t * TILE + i) * k..][..k];
                 for (kk, v) in row.iter().enumerate() {
                     tile[kk * TILE + i] = *v;
@@ -128,22 +136,32 @@ impl CsrWeight {
         (0..tiles * runs).into_par_iter().for_each(|task| {
             let (t, r) = (task / runs, task % runs);
             let (m0, w) = (t * TILE, TILE.min(m - t * TILE));
-            let mut acc = [0f32; TILE];
-            for j in r * per..((r + 1) * per).min(n) {
-                let (a, b) = (self.starts[j], self.starts[j + 1]);
-                let start = bias.map_or(0.0, |b| b[j]);
-                tile_product(
-                    &self.cols_of[a..b],
-                    &self.values[a..b],
-                    &xt[t * k * TILE..][..k * TILE],
-                    start,
-                    &mut acc,
-                );
-                for (i, v) in acc[..w].iter().enumerate() {
-                    // SAFETY: `y` holds `m × n` floats; element (m0 + i, j) is written by this
-                    // task only (tasks split the inputs into tiles and the features into runs),
-                    // and `y` stays borrowed until all tasks end.
-                    unsafe { *out.at((m0 + i) * n + j) = *v };
+            let tile = &xt[t * k * TILE..][..k * TILE];
+            // Features in groups of 8: their tiles of outputs are transposed into the rows of
+            // `y` together (a lone feature's 64 outputs would be 64 scattered stores).
+            let mut acc = [[0f32; TILE]; GROUP];
+            let (j0, j1) = (r * per, ((r + 1) * per).min(n));
+            for g0 in (j0..j1).step_by(GROUP) {
+                let features = GROUP.min(j1 - g0);
+                for (f, acc) in acc.iter_mut().enumerate().take(features) {
+                    let j = g0 + f;
+                    let (a, b) = (self.starts[j], self.starts[j + 1]);
+                    let start = bias.map_or(0.0, |b| b[j]);
+                    tile_product(&self.cols_of[a..b], &self.values[a..b], tile, start, acc);
+                }
+                if features == GROUP && w == TILE {
+                    // SAFETY: `y` holds `m × n` floats (n ≥ 8 here); the elements (m0 + i,
+                    // g0 + f), i < 64, f < 8, are written by this task only (tasks split the
+                    // inputs into tiles and the features into runs), and `y` stays borrowed until
+                    // all tasks end.
+                    unsafe { transpose::group_raw(acc.as_flattened(), TILE, out.at(m0 * n + g0), n) };
+                    continue;
+                }
+                for (f, acc) in acc.iter().enumerate().take(features) {
+                    for (i, v) in acc[..w].iter().enumerate() {
+                        // SAFETY: as above, element (m0 + i, g0 + f).
+                        unsafe { *out.at((m0 + i) * n + g0 + f) = *v };
+                    }
                 }
             }
         });
