@@ -5,8 +5,8 @@
 //! of f32). Each panel is decoded into a buffer of its own thread (`NF4_CODE[q] · absmax`, the
 //! same f32 product the dequantizer computes, so the values are bit-identical to a dense copy),
 //! column by column — the layout `gemm` multiplies without copying it first — and multiplied by
-//! the `gemm` kernel into its columns of `y`; panels run in parallel. So the
-//! memory held is the packed weight (4 bits per parameter plus 32 bits per block), and the
+//! the `gemm` kernel into its columns of `y`; panels run in parallel. So the memory held is the
+//! packed weight (4 bits per parameter plus 32 bits per block), and the
 //! largest transient buffer is one panel per thread. Decoding uses AVX-512 (`vpermps` over the
 //! whole 16-entry codebook), AVX2 (two 8-entry halves and a blend) or plain code, chosen at run
 //! time ([`super::isa`]); all three give the same bits.
@@ -189,9 +189,9 @@ impl PackedNf4 {
 }
 
 /// `Wᵀ`, panel by panel: rows `r0..r0 + rows` of `W` dequantized into the task's buffer and
-/// read as a `cols × rows` matrix. Where `rows` is a multiple of [`WHOLE_VECTORS`] the panel is decoded column
-/// by column, the layout `gemm`'s kernel reads as it is (it copies other layouts into one first,
-/// as it does for a dense weight); otherwise row by row.
+/// read as a `cols × rows` matrix. Where `rows` is a multiple of [`WHOLE_VECTORS`] the panel is
+/// decoded column by column, the layout `gemm`'s kernel reads as it is (it copies other layouts
+/// into one first, as it does for a dense weight); otherwise row by row.
 struct Transposed<'a>(&'a PackedNf4);
 
 impl RhsPanels for Transposed<'_> {

@@ -7,9 +7,9 @@
 //! per nonzero and input row, over contiguous memory, vectorised by the compiler on each
 //! instruction-set path ([`super::isa`]). Tasks take a tile of inputs and a run of features, so
 //! their slice of `xᵀ` stays in cache; the tiles of `xᵀ`, and the outputs of eight features at a
-//! time, are transposed in registers ([`super::transpose`]). A dense product (`gemm`) does more multiply-adds but
-//! each faster, so this pays only above some sparsity: [`SPARSE_FROM`], measured with `rkd bench
-//! infer`. Each output is summed by one task in column order, so results do not depend on the
+//! time, are transposed in registers (the `transpose` module). A dense product (`gemm`) does more
+//! multiply-adds but each faster, so this pays only above some sparsity: [`SPARSE_FROM`],
+//! measured with `rkd bench infer`. Each output is summed by one task in column order, so results do not depend on the
 //! thread count.
 //!
 //! Inference only (no backward pass): pruning's fine-tuning keeps its masks on dense weights.
