@@ -224,7 +224,7 @@ pub fn present(store: &Store, keys: &[Key], cache: &Path) -> Vec<bool> {
                 let rel = format!("{}/{MANIFEST}", blake3::Hash::from(*k).to_hex());
                 Seen::at(dir, rel.as_bytes()).is_some_and(|m| m.file && m.stamp() == Some(*stamp))
             });
-            unchanged || read_stamped(&store.entry_dir(k).join(MANIFEST)).is_some()
+            unchanged || store.contains(k)
         })
         .collect()
 }
@@ -373,15 +373,22 @@ mod tests {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o700)).unwrap();
     }
 
+    /// An empty store in a temporary directory (kept while the first value lives) and the cache
+    /// path of a pipeline `p.rkd`.
+    fn fresh_store() -> (tempfile::TempDir, Store, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::at(dir.path());
+        let cache = path_for(&store, Path::new("p.rkd"));
+        (dir, store, cache)
+    }
+
     fn check(store: &Store, keys: &[Key], cache: &Path) -> Vec<Stored> {
         check_stored(store, keys, &vec![true; keys.len()], false, cache)
     }
 
     #[test]
     fn a_rerun_checks_through_the_cache_without_reading_manifests() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::at(dir.path());
-        let cache = path_for(&store, Path::new("p.rkd"));
+        let (_dir, store, cache) = fresh_store();
         let keys = [[1u8; 32], [2u8; 32], [3u8; 32]];
         store_entry(&store, keys[0], "one");
         store_entry(&store, keys[1], "two");
@@ -420,9 +427,7 @@ mod tests {
 
     #[test]
     fn what_a_run_stored_is_remembered_for_the_next() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::at(dir.path());
-        let cache = path_for(&store, Path::new("p.rkd"));
+        let (_dir, store, cache) = fresh_store();
         let keys = [[1u8; 32], [2u8; 32]];
         store_entry(&store, keys[0], "one");
         remember(&store, &keys[..1], &cache);
@@ -437,9 +442,7 @@ mod tests {
 
     #[test]
     fn keys_not_asked_for_are_neither_checked_nor_forgotten() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::at(dir.path());
-        let cache = path_for(&store, Path::new("p.rkd"));
+        let (_dir, store, cache) = fresh_store();
         let keys = [[1u8; 32], [2u8; 32]];
         store_entry(&store, keys[0], "one");
         store_entry(&store, keys[1], "two");
@@ -454,9 +457,7 @@ mod tests {
 
     #[test]
     fn verify_hashes_even_what_the_cache_remembers() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::at(dir.path());
-        let cache = path_for(&store, Path::new("p.rkd"));
+        let (_dir, store, cache) = fresh_store();
         let key = [7u8; 32];
         store_entry(&store, key, "hello");
         check(&store, &[key], &cache);
@@ -583,9 +584,7 @@ mod tests {
         /// lookup of what is stored (`rkd plan`).
         #[test]
         fn the_cache_agrees_with_the_manifests(changes in prop::collection::vec(change(), 3), again in change()) {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::at(dir.path());
-            let cache = path_for(&store, Path::new("p.rkd"));
+            let (_dir, store, cache) = fresh_store();
             let keys: Vec<Key> = (0..3u8).map(|i| [i + 1; 32]).collect();
             for (i, k) in keys.iter().enumerate() {
                 store_entry(&store, *k, &format!("entry {i}"));
