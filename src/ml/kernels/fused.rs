@@ -122,7 +122,8 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     let xc = x.clamp(-87.3, 88.3);
     // Round to nearest with the 1.5·2^23 trick (branch-free, vectorisable).
-    let n = (xc * LOG2E + 12_582_912.0) - 12_582_912.0;
+    let shifted = xc * LOG2E + 12_582_912.0;
+    let n = shifted - 12_582_912.0;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -131,7 +132,10 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the bits of `shifted` = 1.5·2^23 + n, whose low mantissa bits hold n (two's
+    // complement): (n + 127) << 23 is the exponent field. No float-to-int cast, whose
+    // saturating semantics LLVM lowers lane by lane.
+    let scale = f32::from_bits(shifted.to_bits().wrapping_add(127) << 23);
     if x < -87.3 {
         0.0
     } else {
