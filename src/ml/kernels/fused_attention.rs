@@ -17,7 +17,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::fused::{dispatch, dot8, exp_f32, fusable, max8, slice, sum8};
@@ -117,6 +117,9 @@ struct Dims {
     s: usize,
     heads: usize,
     d: usize,
+    /// Row stride of q, k, v and their gradients: `heads·head_dim`, or three times that when
+    /// they are packed side by side in one tensor.
+    rs: usize,
 }
 
 /// Multiply-adds worth a parallel task of their own (below that, waking another thread costs
@@ -135,13 +138,41 @@ impl Dims {
         self.heads * self.d
     }
 
-    /// Head `h` of a batch element's `[s, heads·head_dim]` block, as an `s × d` view.
+    /// Head `h` of a batch element's `[s, heads·head_dim]` block (the output or its gradient),
+    /// as an `s × d` view.
     fn head<'a>(&self, x: &'a [f32], h: usize) -> Mat<'a> {
         Mat::strided(&x[h * self.d..], self.s, self.d, self.hd(), 1)
     }
 
     fn head_mut<'a>(&self, x: &'a mut [f32], h: usize) -> MatMut<'a> {
         MatMut::strided(&mut x[h * self.d..], self.s, self.d, self.hd(), 1)
+    }
+
+    /// Head `h` of one of q, k, v in a batch element's block (rows `rs` apart).
+    fn input_head<'a>(&self, x: &'a [f32], h: usize) -> Mat<'a> {
+        Mat::strided(&x[h * self.d..], self.s, self.d, self.rs, 1)
+    }
+
+    fn input_head_mut<'a>(&self, x: &'a mut [f32], h: usize) -> MatMut<'a> {
+        MatMut::strided(&mut x[h * self.d..], self.s, self.d, self.rs, 1)
+    }
+}
+
+/// Where one batch element's gradients of q, k and v go.
+enum GradBlocks<'a> {
+    /// Three `[s, heads·head_dim]` blocks.
+    Split([&'a mut [f32]; 3]),
+    /// One `[s, 3·heads·head_dim]` block: q, k and v side by side in every row.
+    Packed(&'a mut [f32]),
+}
+
+impl GradBlocks<'_> {
+    /// Head `h` of the gradient of input `which` (0: q, 1: k, 2: v).
+    fn head_mut(&mut self, dims: Dims, which: usize, h: usize) -> MatMut<'_> {
+        match self {
+            Self::Split(blocks) => dims.input_head_mut(blocks[which], h),
+            Self::Packed(block) => dims.input_head_mut(&mut block[which * dims.hd()..], h),
+        }
     }
 }
 
@@ -164,8 +195,8 @@ fn forward_one(
         let ph = &mut p[h * ss..(h + 1) * ss];
         matmul(
             MatMut::rows(ph, s, s),
-            dims.head(q, h),
-            dims.head(k, h).t(),
+            dims.input_head(q, h),
+            dims.input_head(k, h).t(),
             scale,
             false,
             Threads::One,
@@ -183,7 +214,7 @@ fn forward_one(
         matmul(
             dims.head_mut(out, h),
             Mat::rows(a, s, s),
-            dims.head(v, h),
+            dims.input_head(v, h),
             1.0,
             false,
             Threads::One,
@@ -191,9 +222,9 @@ fn forward_one(
     }
 }
 
-/// Backward of batch element `bi`: writes its blocks of dq, dk, dv (`[s, heads·head_dim]`) from
-/// the saved probabilities `p` (`[heads, s, s]`) and the output gradient `g`. `scratch`: `s²`
-/// floats, `3·s²` with dropout.
+/// Backward of batch element `bi`: writes its blocks of dq, dk, dv into `grads` from the saved
+/// probabilities `p` (`[heads, s, s]`) and the output gradient `g` (`[s, heads·head_dim]`).
+/// `scratch`: `s²` floats, `3·s²` with dropout.
 #[allow(clippy::too_many_arguments)]
 fn backward_one(
     dims: Dims,
@@ -202,7 +233,7 @@ fn backward_one(
     p: &[f32],
     scale: f32,
     keep: Option<&CounterMask>,
-    (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+    grads: &mut GradBlocks,
     [need_q, need_k, need_v]: [bool; 3],
     scratch: &mut [f32],
 ) {
@@ -223,7 +254,7 @@ fn backward_one(
         // dV_h = P'ᵀ·dC_h; dP' = dC_h·v_hᵀ.
         if need_v {
             matmul(
-                dims.head_mut(dv, h),
+                grads.head_mut(dims, 2, h),
                 Mat::rows(a, s, s).t(),
                 gh,
                 1.0,
@@ -237,7 +268,7 @@ fn backward_one(
         matmul(
             MatMut::rows(dp, s, s),
             gh,
-            dims.head(v, h).t(),
+            dims.input_head(v, h).t(),
             1.0,
             false,
             Threads::One,
@@ -247,13 +278,20 @@ fn backward_one(
         // dQ_h = scale·dS·k_h; dK_h = scale·dSᵀ·q_h.
         let ds = Mat::rows(dp, s, s);
         if need_q {
-            matmul(dims.head_mut(dq, h), ds, dims.head(k, h), scale, false, Threads::One);
+            matmul(
+                grads.head_mut(dims, 0, h),
+                ds,
+                dims.input_head(k, h),
+                scale,
+                false,
+                Threads::One,
+            );
         }
         if need_k {
             matmul(
-                dims.head_mut(dk, h),
+                grads.head_mut(dims, 1, h),
                 ds.t(),
-                dims.head(q, h),
+                dims.input_head(q, h),
                 scale,
                 false,
                 Threads::One,
@@ -262,7 +300,8 @@ fn backward_one(
     }
 }
 
-/// The attention core on `(q, k, v)`; keeps the probabilities of its forward pass for `bwd`.
+/// The attention core on `(q, k, v)` (a `CustomOp3`) or on one tensor holding them side by side
+/// (`packed`, a `CustomOp1`); keeps the probabilities of its forward pass for `bwd`.
 struct AttentionOp {
     heads: usize,
     head_dim: usize,
@@ -270,17 +309,27 @@ struct AttentionOp {
     /// Additive key mask, `[b, s]`.
     mask: Option<Vec<f32>>,
     keep: Option<CounterMask>,
+    /// q, k and v are one `[b, s, 3·heads·head_dim]` tensor.
+    packed: bool,
     /// Probabilities before dropout, `[b, heads, s, s]`, set by the forward pass.
     probs: Mutex<Vec<f32>>,
 }
 
 impl AttentionOp {
+    /// Sizes from the layout of q (or of the packed input).
     fn dims(&self, l: &Layout) -> Result<Dims> {
-        let &[b, s, hd] = l.dims() else {
+        let &[b, s, width] = l.dims() else {
             candle_core::bail!("attention: expected [batch, seq, heads·head_dim], got {:?}", l.dims())
         };
-        if hd != self.heads * self.head_dim {
-            candle_core::bail!("attention: width {hd} is not {} heads × {}", self.heads, self.head_dim)
+        let hd = self.heads * self.head_dim;
+        let rs = if self.packed { 3 * hd } else { hd };
+        if width != rs {
+            candle_core::bail!(
+                "attention: width {width} is not {}{} heads × {}",
+                if self.packed { "3 × " } else { "" },
+                self.heads,
+                self.head_dim
+            )
         }
         if let Some(m) = &self.mask {
             if m.len() != b * s {
@@ -292,6 +341,7 @@ impl AttentionOp {
             s,
             heads: self.heads,
             d: self.head_dim,
+            rs,
         })
     }
 
@@ -300,6 +350,140 @@ impl AttentionOp {
             Some(m) => &m[bi * s..(bi + 1) * s],
             None => &[],
         }
+    }
+
+    /// Batch element `bi`'s blocks of q, k and v: `xs` holds the three inputs, or the packed
+    /// one three times.
+    fn batch_inputs<'a>(&self, dims: Dims, bi: usize, xs: [&'a [f32]; 3]) -> (&'a [f32], &'a [f32], &'a [f32]) {
+        let r = bi * dims.s * dims.rs..(bi + 1) * dims.s * dims.rs;
+        if self.packed {
+            let block = &xs[0][r];
+            (block, &block[dims.hd()..], &block[2 * dims.hd()..])
+        } else {
+            (&xs[0][r.clone()], &xs[1][r.clone()], &xs[2][r])
+        }
+    }
+
+    /// The context (`[b, s, heads·head_dim]`) of inputs `xs` (see [`Self::batch_inputs`]);
+    /// keeps the probabilities.
+    fn forward(&self, dims: Dims, xs: [&[f32]; 3]) -> Vec<f32> {
+        let (s, hd) = (dims.s, dims.hd());
+        let mut out = uninit_vec(dims.b * s * hd);
+        let mut probs = uninit_vec(dims.b * dims.heads * s * s);
+        if !out.is_empty() {
+            let scratch = if self.keep.is_some() { 2 * s * s } else { 0 };
+            out.par_chunks_mut(s * hd)
+                .zip(probs.par_chunks_mut(dims.heads * s * s))
+                .enumerate()
+                .with_min_len(dims.batches_per_task())
+                .for_each_init(
+                    || uninit_vec(scratch),
+                    |sc, (bi, (ob, pb))| {
+                        forward_one(
+                            dims,
+                            bi,
+                            self.batch_inputs(dims, bi, xs),
+                            self.mask_row(bi, s),
+                            self.scale,
+                            self.keep.as_ref(),
+                            ob,
+                            pb,
+                            sc,
+                        );
+                    },
+                );
+        }
+        *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = probs;
+        out
+    }
+
+    /// Gradients of the inputs `inputs` (q, k, v, or the packed one) from the output gradient:
+    /// one per input, `None` for an input that does not track gradients.
+    fn backward(&self, inputs: &[&Tensor], grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let op = "attention-bwd";
+        let grad = grad.contiguous()?;
+        let guards: Vec<_> = inputs.iter().chain([&&grad]).map(|t| t.storage_and_layout()).collect();
+        let mut xs: Vec<&[f32]> = Vec::with_capacity(guards.len());
+        for (st, l) in &guards {
+            let Storage::Cpu(c) = &**st else {
+                candle_core::bail!("{op}: expected CPU storage")
+            };
+            xs.push(slice(c, l, op)?);
+        }
+        let g = xs.pop().expect("the gradient is the last");
+        let dims = self.dims(inputs[0].layout())?;
+        let (s, hd) = (dims.s, dims.hd());
+        if xs.iter().any(|x| x.len() != dims.b * s * dims.rs) || g.len() != dims.b * s * hd {
+            candle_core::bail!("{op}: inputs and gradient differ in size")
+        }
+        let probs = self.probs.lock().unwrap_or_else(|e| e.into_inner());
+        if probs.len() != dims.b * dims.heads * s * s {
+            candle_core::bail!("{op}: no saved probabilities of the right size")
+        }
+        let xs3 = if self.packed { [xs[0]; 3] } else { [xs[0], xs[1], xs[2]] };
+        // Only the inputs that track gradients get one (e.g. a frozen projection's output does
+        // not); the others' buffers are never written nor returned.
+        let need: [bool; 3] = if self.packed {
+            [inputs[0].track_op(); 3]
+        } else {
+            [inputs[0].track_op(), inputs[1].track_op(), inputs[2].track_op()]
+        };
+        let scratch = if self.keep.is_some() { 3 * s * s } else { s * s };
+        let one = |bi: usize, grads: &mut GradBlocks, sc: &mut Vec<f32>, pb: &[f32]| {
+            let (q, k, v) = self.batch_inputs(dims, bi, xs3);
+            let gb = &g[bi * s * hd..(bi + 1) * s * hd];
+            backward_one(
+                dims,
+                bi,
+                (q, k, v, gb),
+                pb,
+                self.scale,
+                self.keep.as_ref(),
+                grads,
+                need,
+                sc,
+            );
+        };
+        let per_task = dims.batches_per_task();
+        let block = s * dims.rs;
+        let shape = |width: usize| (dims.b, s, width);
+        let dev = inputs[0].device();
+        if self.packed {
+            if !need[0] {
+                return Ok(vec![None]);
+            }
+            let mut d = uninit_vec(dims.b * block);
+            if !d.is_empty() {
+                d.par_chunks_mut(block)
+                    .zip(probs.par_chunks(dims.heads * s * s))
+                    .enumerate()
+                    .with_min_len(per_task)
+                    .for_each_init(
+                        || uninit_vec(scratch),
+                        |sc, (bi, (db, pb))| one(bi, &mut GradBlocks::Packed(db), sc, pb),
+                    );
+            }
+            return Ok(vec![Some(Tensor::from_vec(d, shape(3 * hd), dev)?)]);
+        }
+        let n = dims.b * block;
+        let (mut dq, mut dk, mut dv) = (uninit_vec(n), uninit_vec(n), uninit_vec(n));
+        if n > 0 {
+            dq.par_chunks_mut(block)
+                .zip(dk.par_chunks_mut(block))
+                .zip(dv.par_chunks_mut(block))
+                .zip(probs.par_chunks(dims.heads * s * s))
+                .enumerate()
+                .with_min_len(per_task)
+                .for_each_init(
+                    || uninit_vec(scratch),
+                    |sc, (bi, (((dqb, dkb), dvb), pb))| one(bi, &mut GradBlocks::Split([dqb, dkb, dvb]), sc, pb),
+                );
+        }
+        [dq, dk, dv]
+            .into_iter()
+            .zip(need)
+            .map(|(values, needed)| needed.then(|| Tensor::from_vec(values, shape(hd), dev)).transpose())
+            .collect()
     }
 }
 
@@ -328,36 +512,7 @@ impl CustomOp3 for AttentionOp {
             )
         }
         let dims = self.dims(l1)?;
-        let (s, hd) = (dims.s, dims.hd());
-        let mut out = uninit_vec(q.len());
-        let mut probs = uninit_vec(dims.b * dims.heads * s * s);
-        if !out.is_empty() {
-            let scratch = if self.keep.is_some() { 2 * s * s } else { 0 };
-            out.par_chunks_mut(s * hd)
-                .zip(probs.par_chunks_mut(dims.heads * s * s))
-                .enumerate()
-                .with_min_len(dims.batches_per_task())
-                .for_each_init(
-                    || uninit_vec(scratch),
-                    |sc, (bi, (ob, pb))| {
-                        let r = bi * s * hd..(bi + 1) * s * hd;
-                        let x = (&q[r.clone()], &k[r.clone()], &v[r]);
-                        forward_one(
-                            dims,
-                            bi,
-                            x,
-                            self.mask_row(bi, s),
-                            self.scale,
-                            self.keep.as_ref(),
-                            ob,
-                            pb,
-                            sc,
-                        );
-                    },
-                );
-        }
-        *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = probs;
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
+        Ok((CpuStorage::F32(self.forward(dims, [q, k, v])), l1.shape().clone()))
     }
 
     fn bwd(
@@ -368,70 +523,63 @@ impl CustomOp3 for AttentionOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let op = "attention-bwd";
-        let grad = grad.contiguous()?;
-        let guards = [q, k, v, &grad].map(|t| t.storage_and_layout());
-        let mut xs: [&[f32]; 4] = [&[]; 4];
-        for (x, (st, l)) in xs.iter_mut().zip(&guards) {
-            let Storage::Cpu(c) = &**st else {
-                candle_core::bail!("{op}: expected CPU storage")
-            };
-            *x = slice(c, l, op)?;
-        }
-        let dims = self.dims(q.layout())?;
-        let (s, hd) = (dims.s, dims.hd());
-        if xs.iter().any(|x| x.len() != dims.b * s * hd) {
-            candle_core::bail!("{op}: inputs and gradient differ in size")
-        }
-        let probs = self.probs.lock().unwrap_or_else(|e| e.into_inner());
-        if probs.len() != dims.b * dims.heads * s * s {
-            candle_core::bail!("{op}: no saved probabilities of the right size")
-        }
-        // Only the inputs that track gradients get one (e.g. a frozen projection's output does
-        // not); the others' buffers are never written nor returned.
-        let need = [q.track_op(), k.track_op(), v.track_op()];
-        let n = xs[0].len();
-        let (mut dq, mut dk, mut dv) = (uninit_vec(n), uninit_vec(n), uninit_vec(n));
-        if n > 0 {
-            let scratch = if self.keep.is_some() { 3 * s * s } else { s * s };
-            dq.par_chunks_mut(s * hd)
-                .zip(dk.par_chunks_mut(s * hd))
-                .zip(dv.par_chunks_mut(s * hd))
-                .zip(probs.par_chunks(dims.heads * s * s))
-                .enumerate()
-                .with_min_len(dims.batches_per_task())
-                .for_each_init(
-                    || uninit_vec(scratch),
-                    |sc, (bi, (((dqb, dkb), dvb), pb))| {
-                        let r = bi * s * hd..(bi + 1) * s * hd;
-                        let x = (&xs[0][r.clone()], &xs[1][r.clone()], &xs[2][r.clone()], &xs[3][r]);
-                        backward_one(
-                            dims,
-                            bi,
-                            x,
-                            pb,
-                            self.scale,
-                            self.keep.as_ref(),
-                            (dqb, dkb, dvb),
-                            need,
-                            sc,
-                        );
-                    },
-                );
-        }
-        drop(probs);
-        drop(guards);
-        let shape = (dims.b, s, hd);
-        let dev = q.device();
-        let grad = |needed: bool, values: Vec<f32>| -> Result<Option<Tensor>> {
-            Ok(if needed {
-                Some(Tensor::from_vec(values, shape, dev)?)
-            } else {
-                None
-            })
-        };
-        Ok((grad(need[0], dq)?, grad(need[1], dk)?, grad(need[2], dv)?))
+        let mut g = self.backward(&[q, k, v], grad)?.into_iter();
+        Ok((g.next().flatten(), g.next().flatten(), g.next().flatten()))
     }
+}
+
+impl CustomOp1 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "fused-attention-packed"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        let qkv = slice(s1, l1, "attention")?;
+        let dims = self.dims(l1)?;
+        let out = self.forward(dims, [qkv; 3]);
+        Ok((CpuStorage::F32(out), Shape::from((dims.b, dims.s, dims.hd()))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(self.backward(&[qkv], grad)?.pop().flatten())
+    }
+}
+
+/// The op for `heads × head_dim` on inputs `[b, s, _]`: checks the key mask (`b·s` elements) and
+/// the dropout probability.
+fn op(
+    b: usize,
+    s: usize,
+    (heads, head_dim, scale): (usize, usize, f32),
+    key_mask: Option<&Tensor>,
+    dropout: Option<AttentionDropout>,
+    packed: bool,
+) -> Result<AttentionOp> {
+    if heads == 0 || head_dim == 0 {
+        candle_core::bail!("fused attention: {heads} heads of width {head_dim}")
+    }
+    let mask = match key_mask {
+        Some(m) => {
+            if m.elem_count() != b * s || m.dims().first() != Some(&b) || m.dims().last() != Some(&s) {
+                candle_core::bail!("fused attention: key mask {:?} for batch {b} × seq {s}", m.dims())
+            }
+            Some(m.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
+        }
+        None => None,
+    };
+    let keep = match &dropout {
+        Some(d) => counter_mask(d)?,
+        None => None,
+    };
+    Ok(AttentionOp {
+        heads,
+        head_dim,
+        scale,
+        mask,
+        keep,
+        packed,
+        probs: Mutex::new(Vec::new()),
+    })
 }
 
 /// Context of multi-head attention: q, k, v are `[b, s, heads·head_dim]` (f32, CPU; made
@@ -456,9 +604,6 @@ pub fn attention(
     if !(fusable(q) && fusable(k) && fusable(v)) {
         candle_core::bail!("fused attention: q, k and v must be f32 tensors on the CPU")
     }
-    if heads == 0 || head_dim == 0 {
-        candle_core::bail!("fused attention: {heads} heads of width {head_dim}")
-    }
     let (b, s, hd) = q.dims3()?;
     if k.dims() != q.dims() || v.dims() != q.dims() || hd != heads * head_dim {
         candle_core::bail!(
@@ -468,28 +613,31 @@ pub fn attention(
             v.dims()
         )
     }
-    let mask = match key_mask {
-        Some(m) => {
-            if m.elem_count() != b * s || m.dims().first() != Some(&b) || m.dims().last() != Some(&s) {
-                candle_core::bail!("fused attention: key mask {:?} for batch {b} × seq {s}", m.dims())
-            }
-            Some(m.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
-        }
-        None => None,
-    };
-    let keep = match &dropout {
-        Some(d) => counter_mask(d)?,
-        None => None,
-    };
-    let op = AttentionOp {
-        heads,
-        head_dim,
-        scale,
-        mask,
-        keep,
-        probs: Mutex::new(Vec::new()),
-    };
+    let op = op(b, s, (heads, head_dim, scale), key_mask, dropout, false)?;
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+/// [`attention`] on q, k and v side by side in one `[b, s, 3·heads·head_dim]` tensor (the output
+/// of one projection with the three weights stacked): no copies to split them, and one gradient
+/// tensor in the same layout for the backward pass (so the projection's input gets its gradient
+/// from one product instead of the sum of three).
+pub fn attention_packed(
+    qkv: &Tensor,
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+    key_mask: Option<&Tensor>,
+    dropout: Option<AttentionDropout>,
+) -> Result<Tensor> {
+    if !fusable(qkv) {
+        candle_core::bail!("fused attention: the packed q, k, v must be an f32 tensor on the CPU")
+    }
+    let (b, s, width) = qkv.dims3()?;
+    if width != 3 * heads * head_dim {
+        candle_core::bail!("fused attention: packed q, k, v of width {width} for 3 × {heads} heads × {head_dim}")
+    }
+    let op = op(b, s, (heads, head_dim, scale), key_mask, dropout, true)?;
+    qkv.contiguous()?.apply_op1(op)
 }
 
 #[cfg(test)]
@@ -715,6 +863,50 @@ mod tests {
         let scale = 1.0 / (d as f32).sqrt();
         let c = attention(&t[0], &t[1], &t[2], heads, d, scale, Some(&m4), None).unwrap();
         assert_eq!(values(&a), values(&c));
+    }
+
+    /// q, k and v side by side in one tensor give the very numbers of the three inputs: the
+    /// context, and a gradient whose three column blocks are dq, dk and dv.
+    #[test]
+    fn packed_inputs_give_the_same_output_and_gradients() {
+        let (b, heads, s, d) = (3, 2, 11, 4);
+        let case = Case {
+            b,
+            heads,
+            s,
+            d,
+            mask: Some(key_mask(b, s, 1, 3)),
+            dropout: Some(AttentionDropout { p: 0.3, seed: 9 }),
+        };
+        let inputs = case.inputs(4);
+        let mut rng = Rng::new(5);
+        let w = randn(&mut rng, &[b, s, heads * d], 1.0);
+        let scale = 1.0 / (d as f32).sqrt();
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let split = case.fused(&ts).unwrap();
+        let split_grads = (&split * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let qkv = Var::from_tensor(&Tensor::cat(&inputs, 2).unwrap()).unwrap();
+        let packed = attention_packed(qkv.as_tensor(), heads, d, scale, case.mask.as_ref(), case.dropout).unwrap();
+        assert_eq!(packed.dims(), &[b, s, heads * d]);
+        assert_eq!(values(&packed), values(&split));
+        let grads = (&packed * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = grads.get(qkv.as_tensor()).unwrap();
+        assert_eq!(g.dims(), &[b, s, 3 * heads * d]);
+        for (i, var) in vars.iter().enumerate() {
+            let block = g.narrow(2, i * heads * d, heads * d).unwrap();
+            assert_eq!(
+                values(&block),
+                values(split_grads.get(var).unwrap()),
+                "gradient block {i}"
+            );
+        }
+        let frozen = Tensor::cat(&inputs, 2).unwrap();
+        assert!(
+            attention_packed(&frozen, heads, d + 1, scale, None, None).is_err(),
+            "width checked"
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::layers::{softmax_last_dim, Dropout, ForwardCtx, Linear};
-use crate::ml::kernels::fused;
 use crate::ml::kernels::fused_attention::{self, AttentionDropout};
+use crate::ml::kernels::{fused, fused_linear};
 
 /// Scaled dot-product self-attention with `heads` heads of `head_dim`; weights under `query`,
 /// `key`, `value`, each `[heads × head_dim, hidden]`.
@@ -63,6 +63,31 @@ impl SelfAttention {
         self.heads * self.head_dim
     }
 
+    /// The three projections' weights (and biases) stacked into one `[3·heads·head_dim, hidden]`
+    /// layer, when all three run fused on `x` in `ctx` ([`Linear::fuses`]): then q, k and v come
+    /// from one product, and in the backward pass `x` gets its gradient from one product too.
+    /// `None` otherwise (a LoRA branch, a packed weight, another precision).
+    fn stacked(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Option<(Tensor, Option<Tensor>)>> {
+        let layers = [&self.query, &self.key, &self.value];
+        if !layers.iter().all(|l| l.fuses(x, ctx)) {
+            return Ok(None);
+        }
+        let bias = match layers.map(|l| l.bias.as_ref()) {
+            [Some(q), Some(k), Some(v)] => Some(Tensor::cat(&[q, k, v], 0)?),
+            [None, None, None] => None,
+            _ => return Ok(None),
+        };
+        Ok(Some((Tensor::cat(&layers.map(|l| &l.weight), 0)?, bias)))
+    }
+
+    /// Dropout of the fused core in `ctx`'s mode (one draw from its stream in train mode).
+    fn core_dropout(&self, ctx: &mut ForwardCtx) -> Option<AttentionDropout> {
+        (ctx.is_train() && self.dropout.p > 0.0).then(|| AttentionDropout {
+            p: self.dropout.p,
+            seed: ctx.rng().next_u64(),
+        })
+    }
+
     fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         x.reshape((b, s, self.heads, self.head_dim))?
@@ -82,16 +107,29 @@ impl SelfAttention {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<(Tensor, Option<Maps>)> {
         let (b, s, _) = x.dims3()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
+        // The fused kernel takes a per-key mask: `[b, s]` or BERT's `[b, 1, 1, s]`.
+        let key_mask = mask.filter(|m| m.dims() == [b, 1, 1, s] || m.dims() == [b, s]);
+        let fused_core = !ctx.attention_maps() && key_mask.is_some() == mask.is_some();
+        if fused_core {
+            if let Some((w, bias)) = self.stacked(x, ctx)? {
+                let qkv = fused_linear::linear(x, &w, bias.as_ref())?;
+                let dropout = self.core_dropout(ctx);
+                let context = fused_attention::attention_packed(
+                    &qkv,
+                    self.heads,
+                    self.head_dim,
+                    scale as f32,
+                    key_mask,
+                    dropout,
+                )?;
+                return Ok((context, None));
+            }
+        }
         let q = self.query.forward_ctx(x, ctx)?;
         let k = self.key.forward_ctx(x, ctx)?;
         let v = self.value.forward_ctx(x, ctx)?;
-        // The fused kernel takes a per-key mask: `[b, s]` or BERT's `[b, 1, 1, s]`.
-        let key_mask = mask.filter(|m| m.dims() == [b, 1, 1, s] || m.dims() == [b, s]);
-        if !ctx.attention_maps() && fused::fusable(&q) && key_mask.is_some() == mask.is_some() {
-            let dropout = (ctx.is_train() && self.dropout.p > 0.0).then(|| AttentionDropout {
-                p: self.dropout.p,
-                seed: ctx.rng().next_u64(),
-            });
+        if fused_core && fused::fusable(&q) {
+            let dropout = self.core_dropout(ctx);
             let context =
                 fused_attention::attention(&q, &k, &v, self.heads, self.head_dim, scale as f32, key_mask, dropout)?;
             return Ok((context, None));
@@ -119,4 +157,61 @@ pub struct Maps {
     pub probs: Tensor,
     /// Scaled scores `q·kᵀ/√d`, before the mask and the softmax.
     pub scores: Tensor,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ml::models::params::ParamStore;
+    use crate::ml::testutil::randn;
+    use crate::ml::Rng;
+    use candle_core::{DType, Device};
+
+    fn layer(seed: u64) -> SelfAttention {
+        let params = ParamStore::new(seed);
+        SelfAttention::new(12, 3, true, 0.02, 0.1, params.var_builder(DType::F32, &Device::Cpu)).unwrap()
+    }
+
+    /// Plain f32 projections are stacked into one (q, k, v rows in that order); a LoRA branch on
+    /// one of them or another compute precision keeps them apart.
+    #[test]
+    fn plain_projections_stack_into_one() {
+        let att = layer(1);
+        let x = randn(&mut Rng::new(2), &[2, 5, 12], 1.0);
+        let (w, b) = att.stacked(&x, &ForwardCtx::eval()).unwrap().expect("stacked");
+        assert_eq!(w.dims(), &[36, 12]);
+        let rows = |t: &Tensor, i: usize| {
+            t.narrow(0, i * 12, 12)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let whole = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for (i, l) in [&att.query, &att.key, &att.value].into_iter().enumerate() {
+            assert_eq!(rows(&w, i), whole(&l.weight), "weight block {i}");
+            assert_eq!(
+                rows(&b.clone().unwrap(), i),
+                whole(l.bias.as_ref().unwrap()),
+                "bias block {i}"
+            );
+        }
+        let bf16 = ForwardCtx::eval().with_compute(DType::BF16);
+        assert!(att.stacked(&x, &bf16).unwrap().is_none());
+        let mut lora = layer(1);
+        let params = ParamStore::new(3);
+        lora.value.lora = Some(
+            crate::ml::models::layers::LoraBranch::new(
+                12,
+                12,
+                2,
+                1.0,
+                0.0,
+                params.var_builder(DType::F32, &Device::Cpu),
+            )
+            .unwrap(),
+        );
+        assert!(lora.stacked(&x, &ForwardCtx::eval()).unwrap().is_none());
+    }
 }

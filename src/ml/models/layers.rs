@@ -172,6 +172,15 @@ impl Linear {
         weight + self.lora.as_ref().map_or(0, |l| dense(&l.a) + dense(&l.b))
     }
 
+    /// Whether the layer runs as one fused f32 product on `x` in `ctx` (dense weight, no LoRA
+    /// branch, f32 compute on the CPU): what lets callers stack such layers into one product.
+    pub fn fuses(&self, x: &Tensor, ctx: &ForwardCtx) -> bool {
+        self.packed.is_none()
+            && self.lora.is_none()
+            && ctx.compute == DType::F32
+            && fused_linear::applies(x, &self.weight, self.bias.as_ref())
+    }
+
     /// The layer in `ctx`'s mode: the LoRA branch's dropout is active in train mode (the base
     /// path has none). Without a LoRA branch this is exactly [`Module::forward`].
     pub fn forward_ctx(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
