@@ -373,7 +373,7 @@ dispatch!(softmax_bwd_rows, (y: &[f32], g: &[f32], dx: &mut [f32], n: usize), {
 });
 
 /// Rows per parallel task for rows of `n` elements (about [`ELEM_BLOCK`] elements).
-fn rows_per_task(n: usize) -> usize {
+pub(crate) fn rows_per_task(n: usize) -> usize {
     (ELEM_BLOCK / n.max(1)).max(1)
 }
 
@@ -440,9 +440,34 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
+/// GELU (erf) of one value.
+#[inline(always)]
+fn gelu_f32(v: f32) -> f32 {
+    0.5 * v * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 dispatch!(pub(crate) gelu_block, (x: &[f32], y: &mut [f32]), {
     for (o, &v) in y.iter_mut().zip(x) {
-        *o = 0.5 * v * (1.0 + erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+        *o = gelu_f32(v);
+    }
+});
+
+// Rows of `b.len()`: `x += b` (the pre-activation, kept) and `y = gelu(x)`.
+dispatch!(pub(crate) bias_gelu_rows, (x: &mut [f32], b: &[f32], y: &mut [f32]), {
+    for (xr, yr) in x.chunks_exact_mut(b.len()).zip(y.chunks_exact_mut(b.len())) {
+        for ((v, o), &bb) in xr.iter_mut().zip(yr.iter_mut()).zip(b) {
+            *v += bb;
+            *o = gelu_f32(*v);
+        }
+    }
+});
+
+// Rows of `b.len()`, in place: `x = gelu(x + b)`.
+dispatch!(pub(crate) bias_gelu_rows_in_place, (x: &mut [f32], b: &[f32]), {
+    for xr in x.chunks_exact_mut(b.len()) {
+        for (v, &bb) in xr.iter_mut().zip(b) {
+            *v = gelu_f32(*v + bb);
+        }
     }
 });
 

@@ -8,16 +8,19 @@
 //! frozen base weight gets none). The bias gradient sums fixed-size row blocks in block order,
 //! so results do not depend on the thread count.
 //!
-//! [`linear_gelu`] adds the feed-forward block's GELU (erf) to the same op: the pre-activation
-//! is kept inside the op for the backward pass instead of being a separate node whose gradient
-//! candle would allocate and accumulate.
+//! [`linear_gelu`] adds the feed-forward block's GELU (erf) to the same op: the product is
+//! computed without the bias, which is added in the GELU's own pass; the pre-activation is kept
+//! inside the op for the backward pass instead of being a separate node whose gradient candle
+//! would allocate and accumulate (and without a backward pass to come, GELU overwrites it).
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::fused::{fusable, gelu_block, gelu_bwd_block, slice, ELEM_BLOCK};
+use super::fused::{
+    bias_gelu_rows, bias_gelu_rows_in_place, fusable, gelu_bwd_block, rows_per_task, slice, ELEM_BLOCK,
+};
 use super::gemm::{matmul, uninit_vec, Mat, MatMut, Threads};
 
 /// `x·Wᵀ` (`x` `[m, in]`, `w` `[out, in]`) by candle's ops, on any device: the product in
@@ -187,15 +190,30 @@ impl CustomOp3 for LinearGeluOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (pre, shape) = forward_biased((s1, l1), (s2, l2), (s3, l3))?;
+        // The product without the bias (the kernel then never reads its output), and the bias
+        // added in the GELU's pass over it: one pass less over the largest activation of the
+        // layer. Without a backward pass to come, GELU overwrites the pre-activation.
+        let (rows, inp, out, shape) = dims(l1, l2)?;
+        let b = slice(s3, l3, "linear-gelu")?;
+        if b.len() != out {
+            candle_core::bail!("linear-gelu: bias has {} values for {out} outputs", b.len())
+        }
+        let (x, w) = (slice(s1, l1, "linear-gelu")?, slice(s2, l2, "linear-gelu")?);
+        let mut pre = forward(x, w, None, rows, inp, out);
+        if pre.is_empty() {
+            return Ok((CpuStorage::F32(pre), shape));
+        }
+        let block = rows_per_task(out) * out;
+        let Some(keep) = &self.pre else {
+            pre.par_chunks_mut(block).for_each(|pb| bias_gelu_rows_in_place(pb, b));
+            return Ok((CpuStorage::F32(pre), shape));
+        };
         let mut y = uninit_vec(pre.len());
-        y.par_chunks_mut(ELEM_BLOCK)
-            .zip(pre.par_chunks(ELEM_BLOCK))
-            .for_each(|(yb, pb)| gelu_block(pb, yb));
-        if let Some(keep) = &self.pre {
-            if keep.set(pre).is_err() {
-                candle_core::bail!("linear-gelu: the op ran twice")
-            }
+        y.par_chunks_mut(block)
+            .zip(pre.par_chunks_mut(block))
+            .for_each(|(yb, pb)| bias_gelu_rows(pb, b, yb));
+        if keep.set(pre).is_err() {
+            candle_core::bail!("linear-gelu: the op ran twice")
         }
         Ok((CpuStorage::F32(y), shape))
     }
