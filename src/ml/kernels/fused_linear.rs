@@ -64,6 +64,79 @@ pub fn linear_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor>
     )
 }
 
+/// `residual + x·Wᵀ + b` where nothing needs a gradient (inference): the output starts as the
+/// residual plus the bias and the product is added into it, so the residual connection costs no
+/// pass of its own (and no buffer). `residual` has the output's shape; all f32 on the CPU (see
+/// [`applies`]). Results differ from `linear` followed by an add by rounding only (the sums run
+/// in another order).
+pub fn linear_residual(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, residual: &Tensor) -> Result<Tensor> {
+    if !(applies(x, weight, bias) && fusable(residual)) {
+        candle_core::bail!("linear-residual: every input must be an f32 tensor on the CPU")
+    }
+    let bias = bias.map(|b| b.flatten_all()?.to_vec1::<f32>()).transpose()?;
+    x.contiguous()?.apply_op3_no_bwd(
+        &weight.contiguous()?,
+        &residual.contiguous()?,
+        &LinearResidualOp { bias },
+    )
+}
+
+/// The op of [`linear_residual`] on `(x, W, residual)`, the bias inside.
+struct LinearResidualOp {
+    bias: Option<Vec<f32>>,
+}
+
+impl CustomOp3 for LinearResidualOp {
+    fn name(&self) -> &'static str {
+        "fused-linear-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = "linear-residual";
+        let (rows, inp, out, shape) = dims(l1, l2)?;
+        if l3.dims() != shape.dims() {
+            candle_core::bail!("{op}: residual {:?} for an output {:?}", l3.dims(), shape.dims())
+        }
+        if self.bias.as_ref().is_some_and(|b| b.len() != out) {
+            candle_core::bail!("{op}: bias of the wrong width for {out} outputs")
+        }
+        let (x, w, r) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
+        let mut y = uninit_vec(rows * out);
+        if !y.is_empty() {
+            let block = rows_per_task(out) * out;
+            y.par_chunks_mut(block)
+                .zip(r.par_chunks(block))
+                .for_each(|(yb, rb)| match &self.bias {
+                    Some(b) => {
+                        for (yr, rr) in yb.chunks_exact_mut(out).zip(rb.chunks_exact(out)) {
+                            for ((o, &v), &bb) in yr.iter_mut().zip(rr).zip(b) {
+                                *o = v + bb;
+                            }
+                        }
+                    }
+                    None => yb.copy_from_slice(rb),
+                });
+        }
+        matmul(
+            MatMut::rows(&mut y, rows, out),
+            Mat::rows(x, rows, inp),
+            Mat::rows(w, out, inp).t(),
+            1.0,
+            true,
+            Threads::Pool,
+        );
+        Ok((CpuStorage::F32(y), shape))
+    }
+}
+
 /// Whether [`linear`] applies: input, weight (and bias) are f32 tensors on the CPU.
 pub fn applies(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
     fusable(x) && fusable(weight) && bias.is_none_or(fusable)
@@ -432,6 +505,29 @@ mod tests {
         // Without anything to differentiate, no pre-activation is kept and the values agree.
         let plain = linear_gelu(&x, &w, &b).unwrap();
         assert!(rel_err(&plain, &run(false, DType::F64)[0]) <= 1e-4);
+    }
+
+    #[test]
+    fn linear_residual_is_the_layer_plus_the_residual() {
+        let mut rng = Rng::new(6);
+        let (x, w, b, r) = (
+            randn(&mut rng, &[3, 70, 24]),
+            randn(&mut rng, &[40, 24]),
+            randn(&mut rng, &[40]),
+            randn(&mut rng, &[3, 70, 40]),
+        );
+        for bias in [Some(&b), None] {
+            let fused = linear_residual(&x, &w, bias, &r).unwrap();
+            let reference = (linear(&x, &w, bias).unwrap() + &r).unwrap();
+            assert_eq!(fused.dims(), &[3, 70, 40]);
+            let e = rel_err(&fused, &reference);
+            assert!(e <= 1e-6, "bias {}: relative error {e}", bias.is_some());
+        }
+        let e = linear_residual(&x, &w, Some(&b), &randn(&mut rng, &[3, 70, 41])).unwrap_err();
+        assert!(
+            e.to_string().contains("residual [3, 70, 41] for an output [3, 70, 40]"),
+            "{e}"
+        );
     }
 
     #[test]

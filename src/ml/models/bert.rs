@@ -12,7 +12,6 @@ use super::attention::{Maps, SelfAttention};
 use super::config::{BertConfig, HiddenAct};
 use super::layers::{additive_attention_mask, Dropout, Embedding, ForwardCtx, LayerNorm, Linear};
 use super::output::{ModelOutput, Trace};
-use crate::ml::kernels::fused;
 
 /// Word + position + token-type embeddings, LayerNorm and dropout (`bert.embeddings`).
 #[derive(Debug, Clone)]
@@ -129,12 +128,13 @@ impl BertLayer {
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<(Tensor, Option<Maps>)> {
         let (context, maps) = self.attention.forward(x, mask, ctx)?;
         let a = self
-            .dropout
-            .forward(&self.attention_output.forward_ctx(&context, ctx)?, ctx)?;
-        let x = self.attention_norm.forward(&fused::add(&a, x)?)?;
+            .attention_output
+            .forward_residual(&context, &self.dropout, x, ctx)?;
+        let x = self.attention_norm.forward(&a)?;
         let h = self.intermediate.forward_act(&x, self.act, ctx)?;
-        let h = self.dropout.forward(&self.output.forward_ctx(&h, ctx)?, ctx)?;
-        let out = self.output_norm.forward(&fused::add(&h, &x)?)?;
+        let out = self
+            .output_norm
+            .forward(&self.output.forward_residual(&h, &self.dropout, &x, ctx)?)?;
         Ok((out, maps))
     }
 }

@@ -181,6 +181,27 @@ impl Linear {
             && fused_linear::applies(x, &self.weight, self.bias.as_ref())
     }
 
+    /// `residual + dropout(layer(x))`, the residual connection after a projection. Where that
+    /// dropout is the identity (eval, or `p = 0`), nothing needs a gradient and the layer fuses
+    /// ([`Linear::fuses`]), one op computes it ([`fused_linear::linear_residual`]).
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        dropout: &Dropout,
+        residual: &Tensor,
+        ctx: &mut ForwardCtx,
+    ) -> Result<Tensor> {
+        let identity = !ctx.train || dropout.p <= 0.0;
+        let tracked = [Some(x), Some(&self.weight), self.bias.as_ref(), Some(residual)]
+            .into_iter()
+            .flatten()
+            .any(Tensor::track_op);
+        if identity && !tracked && self.fuses(x, ctx) && fused::fusable(residual) {
+            return fused_linear::linear_residual(x, &self.weight, self.bias.as_ref(), residual);
+        }
+        fused::add(&dropout.forward(&self.forward_ctx(x, ctx)?, ctx)?, residual)
+    }
+
     /// The layer in `ctx`'s mode: the LoRA branch's dropout is active in train mode (the base
     /// path has none). Without a LoRA branch this is exactly [`Module::forward`].
     pub fn forward_ctx(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {

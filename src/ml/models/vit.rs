@@ -167,15 +167,13 @@ impl VitLayer {
     /// Returns the layer output and, when `ctx` asks for them, its attention maps.
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<(Tensor, Option<Maps>)> {
         let (context, maps) = self.attention.forward(&self.layernorm_before.forward(x)?, None, ctx)?;
-        let a = self
-            .dropout
-            .forward(&self.attention_output.forward_ctx(&context, ctx)?, ctx)?;
-        let x = fused::add(&a, x)?;
+        let x = self
+            .attention_output
+            .forward_residual(&context, &self.dropout, x, ctx)?;
         let h = self
             .intermediate
             .forward_act(&self.layernorm_after.forward(&x)?, self.act, ctx)?;
-        let h = self.dropout.forward(&self.output.forward_ctx(&h, ctx)?, ctx)?;
-        Ok((fused::add(&h, &x)?, maps))
+        Ok((self.output.forward_residual(&h, &self.dropout, &x, ctx)?, maps))
     }
 }
 
