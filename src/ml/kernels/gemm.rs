@@ -103,6 +103,11 @@ impl<'a> MatMut<'a> {
     }
 }
 
+/// Products with this many rows run as one block of rows per thread, each block one
+/// single-threaded `gemm` call ([`matmul`]): on BERT-mini's 2,048-row products that made
+/// inference 7–9 % faster than `gemm`'s own threading (2 threads, AVX-512); splitting the ViT's
+/// 6,304-row products as well did not pay.
+const ROW_SPLIT: std::ops::RangeInclusive<usize> = 512..=4096;
 /// Products with at most this many rows are split into column panels ([`matmul`]).
 const FEW_ROWS: usize = 128;
 /// Columns per panel of a few-row product.
@@ -162,8 +167,13 @@ pub(crate) fn matmul(mut dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, scale: f32
         in_panels(dst, lhs, (n, PANEL_COLS), (scale, accumulate), 0, &rhs);
         return;
     }
+    let nt = rayon::current_num_threads();
+    if threads == Threads::Pool && nt > 1 && ROW_SPLIT.contains(&m) {
+        in_row_blocks(dst, lhs, rhs, (scale, accumulate), nt);
+        return;
+    }
     let parallelism = match threads {
-        Threads::Pool if rayon::current_num_threads() > 1 => Parallelism::Rayon(rayon::current_num_threads()),
+        Threads::Pool if nt > 1 => Parallelism::Rayon(nt),
         _ => Parallelism::None,
     };
     // SAFETY: every element the kernel touches lies inside the slices (checked above); `dst`
@@ -324,6 +334,39 @@ fn in_panels(
     );
 }
 
+/// The product as `threads` blocks of rows (heights multiples of 64), each computed by one
+/// single-threaded `gemm` call in parallel. Each output element is the same sum in the same
+/// order as in one call (`gemm` blocks the inner dimension by `k` and the cache sizes alone), so
+/// results do not depend on the thread count.
+fn in_row_blocks(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, (scale, accumulate): (f32, bool), threads: usize) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    let height = m.div_ceil(threads).div_ceil(64) * 64;
+    let (rs, cs) = (dst.rs, dst.cs);
+    let out = SendPtr::new(dst.data);
+    (0..m.div_ceil(height)).into_par_iter().for_each(|b| {
+        let (i0, h) = (b * height, height.min(m - b * height));
+        let block = Mat {
+            data: &lhs.data[i0 * lhs.rs..],
+            rows: h,
+            ..lhs
+        };
+        block.check("lhs row block");
+        // SAFETY: the destination view was checked by the caller; this task writes its rows
+        // i0..i0 + h only, which no other task writes.
+        unsafe {
+            call_gemm(
+                out.at(i0 * rs),
+                (h, n, k),
+                (rs, cs),
+                block,
+                rhs,
+                (accumulate, scale),
+                Parallelism::None,
+            )
+        }
+    });
+}
+
 /// A `Vec` of `n` floats whose contents will all be overwritten (no zero-filling pass); its
 /// elements hold arbitrary values until written.
 pub(crate) fn uninit_vec(n: usize) -> Vec<f32> {
@@ -381,6 +424,42 @@ mod tests {
         for (x, y) in c.iter().zip(&want) {
             assert!((x - 3.0 * y).abs() < 1e-4);
         }
+    }
+
+    #[test]
+    fn products_in_row_blocks_match_and_ignore_the_thread_count() {
+        // 600 rows (blocks of 320 + 280 on 2 threads, 5 × 128 on 5), an inner dimension of 700
+        // (two of gemm's k blocks), the weight read transposed, scale and accumulation.
+        let (m, k, n) = (600, 700, 40);
+        assert!(ROW_SPLIT.contains(&m));
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+        let want = naive(&a, &b, m, k, n);
+        let run = |threads: usize| {
+            crate::ml::kernels::runtime::with_threads(threads, || {
+                let mut c = vec![1.0f32; m * n];
+                matmul(
+                    MatMut::rows(&mut c, m, n),
+                    Mat::rows(&a, m, k),
+                    Mat::rows(&bt, n, k).t(),
+                    2.0,
+                    true,
+                    Threads::Pool,
+                );
+                c
+            })
+        };
+        let one = run(1);
+        for (x, y) in one.iter().zip(&want) {
+            assert!(
+                (x - (1.0 + 2.0 * y)).abs() < 1e-3 * (1.0 + y.abs()),
+                "{x} vs {}",
+                1.0 + 2.0 * y
+            );
+        }
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(5));
     }
 
     #[test]
