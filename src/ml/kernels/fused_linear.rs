@@ -105,8 +105,8 @@ impl CustomOp3 for LinearResidualOp {
         if l3.dims() != shape.dims() {
             candle_core::bail!("{op}: residual {:?} for an output {:?}", l3.dims(), shape.dims())
         }
-        if self.bias.as_ref().is_some_and(|b| b.len() != out) {
-            candle_core::bail!("{op}: bias of the wrong width for {out} outputs")
+        if let Some(b) = &self.bias {
+            bias_of_width(b, out, op)?;
         }
         let (x, w, r) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
         let mut y = uninit_vec(rows * out);
@@ -181,6 +181,14 @@ fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, inp: usize, 
     y
 }
 
+/// `b`, or an error unless it has one value per output (`out`).
+fn bias_of_width<'a>(b: &'a [f32], out: usize, op: &str) -> Result<&'a [f32]> {
+    if b.len() != out {
+        candle_core::bail!("{op}: bias has {} values for {out} outputs", b.len())
+    }
+    Ok(b)
+}
+
 /// `x·Wᵀ + b` from the three storages of a `CustomOp3` (shape checks included).
 fn forward_biased(
     (s1, l1): (&CpuStorage, &Layout),
@@ -188,10 +196,7 @@ fn forward_biased(
     (s3, l3): (&CpuStorage, &Layout),
 ) -> Result<(Vec<f32>, Shape)> {
     let (rows, inp, out, shape) = dims(l1, l2)?;
-    let b = slice(s3, l3, "linear")?;
-    if b.len() != out {
-        candle_core::bail!("linear: bias has {} values for {out} outputs", b.len())
-    }
+    let b = bias_of_width(slice(s3, l3, "linear")?, out, "linear")?;
     let (x, w) = (slice(s1, l1, "linear")?, slice(s2, l2, "linear")?);
     Ok((forward(x, w, Some(b), rows, inp, out), shape))
 }
@@ -267,10 +272,7 @@ impl CustomOp3 for LinearGeluOp {
         // added in the GELU's pass over it: one pass less over the largest activation of the
         // layer. Without a backward pass to come, GELU overwrites the pre-activation.
         let (rows, inp, out, shape) = dims(l1, l2)?;
-        let b = slice(s3, l3, "linear-gelu")?;
-        if b.len() != out {
-            candle_core::bail!("linear-gelu: bias has {} values for {out} outputs", b.len())
-        }
+        let b = bias_of_width(slice(s3, l3, "linear-gelu")?, out, "linear-gelu")?;
         let (x, w) = (slice(s1, l1, "linear-gelu")?, slice(s2, l2, "linear-gelu")?);
         let mut pre = forward(x, w, None, rows, inp, out);
         if pre.is_empty() {
