@@ -7,7 +7,9 @@
 //! allocates a tensor for every one of those steps again in the backward pass. Here each head's
 //! products read q, k and v in place through strided views (`[b, s, heads·head_dim]`, row stride
 //! `heads·head_dim`) and write the context straight into its columns of the output; the only
-//! `[b, heads, s, s]` buffer is the probabilities before dropout, kept for the backward pass.
+//! `[b, heads, s, s]` buffer is the probabilities before dropout, kept for the backward pass —
+//! and only when an input tracks gradients: in inference each task reuses one `s × s` buffer
+//! that stays in cache (the ViT's 15 MB of probabilities per layer are never written out).
 //!
 //! Work is split by batch element on the current rayon pool, and each batch element is computed
 //! by one thread in a fixed order (its products on [`Threads::One`]), so results do not depend on
@@ -177,7 +179,8 @@ impl GradBlocks<'_> {
 }
 
 /// Forward of batch element `bi`: probabilities of every head into `p` (`[heads, s, s]`, before
-/// dropout), context into `out` (`[s, heads·head_dim]`). `scratch`: `2·s²` floats with dropout.
+/// dropout; or one `[s, s]` buffer that each head overwrites, when they are not kept), context
+/// into `out` (`[s, heads·head_dim]`). `scratch`: `2·s²` floats with dropout.
 #[allow(clippy::too_many_arguments)]
 fn forward_one(
     dims: Dims,
@@ -191,8 +194,10 @@ fn forward_one(
     scratch: &mut [f32],
 ) {
     let (s, ss) = (dims.s, dims.s * dims.s);
+    let per_head = p.len() == dims.heads * ss;
     for h in 0..dims.heads {
-        let ph = &mut p[h * ss..(h + 1) * ss];
+        let at = if per_head { h * ss } else { 0 };
+        let ph = &mut p[at..at + ss];
         matmul(
             MatMut::rows(ph, s, s),
             dims.input_head(q, h),
@@ -311,6 +316,9 @@ struct AttentionOp {
     keep: Option<CounterMask>,
     /// q, k and v are one `[b, s, 3·heads·head_dim]` tensor.
     packed: bool,
+    /// Keep the probabilities for `bwd` (some input tracks gradients); without, every task
+    /// reuses one cache-resident `s × s` buffer (inference).
+    keep_probs: bool,
     /// Probabilities before dropout, `[b, heads, s, s]`, set by the forward pass.
     probs: Mutex<Vec<f32>>,
 }
@@ -367,33 +375,45 @@ impl AttentionOp {
     /// The context (`[b, s, heads·head_dim]`) of inputs `xs` (see [`Self::batch_inputs`]);
     /// keeps the probabilities.
     fn forward(&self, dims: Dims, xs: [&[f32]; 3]) -> Vec<f32> {
-        let (s, hd) = (dims.s, dims.hd());
+        let (s, hd, ss) = (dims.s, dims.hd(), dims.s * dims.s);
         let mut out = uninit_vec(dims.b * s * hd);
-        let mut probs = uninit_vec(dims.b * dims.heads * s * s);
-        if !out.is_empty() {
-            let scratch = if self.keep.is_some() { 2 * s * s } else { 0 };
-            out.par_chunks_mut(s * hd)
-                .zip(probs.par_chunks_mut(dims.heads * s * s))
-                .enumerate()
-                .with_min_len(dims.batches_per_task())
-                .for_each_init(
-                    || uninit_vec(scratch),
-                    |sc, (bi, (ob, pb))| {
-                        forward_one(
-                            dims,
-                            bi,
-                            self.batch_inputs(dims, bi, xs),
-                            self.mask_row(bi, s),
-                            self.scale,
-                            self.keep.as_ref(),
-                            ob,
-                            pb,
-                            sc,
-                        );
-                    },
-                );
+        if out.is_empty() {
+            return out;
         }
-        *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = probs;
+        let scratch = if self.keep.is_some() { 2 * ss } else { 0 };
+        let one = |bi: usize, ob: &mut [f32], pb: &mut [f32], sc: &mut [f32]| {
+            let inputs = self.batch_inputs(dims, bi, xs);
+            forward_one(
+                dims,
+                bi,
+                inputs,
+                self.mask_row(bi, s),
+                self.scale,
+                self.keep.as_ref(),
+                ob,
+                pb,
+                sc,
+            );
+        };
+        let tasks = out
+            .par_chunks_mut(s * hd)
+            .enumerate()
+            .with_min_len(dims.batches_per_task());
+        if self.keep_probs {
+            let mut probs = uninit_vec(dims.b * dims.heads * ss);
+            tasks
+                .zip(probs.par_chunks_mut(dims.heads * ss))
+                .for_each_init(|| uninit_vec(scratch), |sc, ((bi, ob), pb)| one(bi, ob, pb, sc));
+            *self.probs.lock().unwrap_or_else(|e| e.into_inner()) = probs;
+        } else {
+            tasks.for_each_init(
+                || uninit_vec(ss + scratch),
+                |sc, (bi, ob)| {
+                    let (pb, sc) = sc.split_at_mut(ss);
+                    one(bi, ob, pb, sc)
+                },
+            );
+        }
         out
     }
 
@@ -554,6 +574,7 @@ fn op(
     key_mask: Option<&Tensor>,
     dropout: Option<AttentionDropout>,
     packed: bool,
+    keep_probs: bool,
 ) -> Result<AttentionOp> {
     if heads == 0 || head_dim == 0 {
         candle_core::bail!("fused attention: {heads} heads of width {head_dim}")
@@ -578,6 +599,7 @@ fn op(
         mask,
         keep,
         packed,
+        keep_probs,
         probs: Mutex::new(Vec::new()),
     })
 }
@@ -613,7 +635,8 @@ pub fn attention(
             v.dims()
         )
     }
-    let op = op(b, s, (heads, head_dim, scale), key_mask, dropout, false)?;
+    let tracked = q.track_op() || k.track_op() || v.track_op();
+    let op = op(b, s, (heads, head_dim, scale), key_mask, dropout, false, tracked)?;
     q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
 
@@ -636,7 +659,7 @@ pub fn attention_packed(
     if width != 3 * heads * head_dim {
         candle_core::bail!("fused attention: packed q, k, v of width {width} for 3 × {heads} heads × {head_dim}")
     }
-    let op = op(b, s, (heads, head_dim, scale), key_mask, dropout, true)?;
+    let op = op(b, s, (heads, head_dim, scale), key_mask, dropout, true, qkv.track_op())?;
     qkv.contiguous()?.apply_op1(op)
 }
 
@@ -907,6 +930,43 @@ mod tests {
             attention_packed(&frozen, heads, d + 1, scale, None, None).is_err(),
             "width checked"
         );
+    }
+
+    #[test]
+    fn inference_gives_the_same_context_and_keeps_no_probabilities() {
+        // Several batch elements per task (small heads) and one per task, with mask and dropout.
+        for (b, heads, s, d) in [(6, 2, 9, 4), (3, 3, 70, 16)] {
+            let mask = key_mask(b, s, 1, 3);
+            let dropout = Some(AttentionDropout { p: 0.25, seed: 2 });
+            let qkv = Tensor::cat(
+                &Case {
+                    b,
+                    heads,
+                    s,
+                    d,
+                    mask: None,
+                    dropout: None,
+                }
+                .inputs(11),
+                2,
+            )
+            .unwrap();
+            let scale = 1.0 / (d as f32).sqrt();
+            let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let tracked = Var::from_tensor(&qkv).unwrap();
+            let trained = attention_packed(tracked.as_tensor(), heads, d, scale, Some(&mask), dropout).unwrap();
+            let inferred = attention_packed(&qkv, heads, d, scale, Some(&mask), dropout).unwrap();
+            assert_eq!(values(&inferred), values(&trained), "b {b}, s {s}");
+            // The op itself: probabilities kept only when something tracks gradients.
+            for keep in [false, true] {
+                let op = op(b, s, (heads, d, scale), Some(&mask), dropout, true, keep).unwrap();
+                let dims = op.dims(qkv.layout()).unwrap();
+                let x = values(&qkv);
+                assert_eq!(op.forward(dims, [&x; 3]), values(&trained));
+                let kept = op.probs.lock().unwrap().len();
+                assert_eq!(kept, if keep { b * heads * s * s } else { 0 });
+            }
+        }
     }
 
     #[test]
