@@ -25,6 +25,8 @@ pub(crate) mod packed_op;
 pub mod rng;
 /// Process-wide settings (heap, thread pools) applied once at start-up; rayon pools of a given size.
 pub mod runtime;
+/// Several linear layers on one input, outputs side by side, without stacking the weights (inference).
+pub mod side_by_side;
 /// Products with pruned weights held in compressed sparse rows (inference).
 pub mod sparse_kernel;
 /// Transposes of 8-row groups between row-major data and column-major panels.

@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 
 use super::layers::{softmax_last_dim, Dropout, ForwardCtx, Linear};
 use crate::ml::kernels::fused_attention::{self, AttentionDropout};
-use crate::ml::kernels::{fused, fused_linear};
+use crate::ml::kernels::{fused, fused_linear, side_by_side};
 
 /// Scaled dot-product self-attention with `heads` heads of `head_dim`; weights under `query`,
 /// `key`, `value`, each `[heads × head_dim, hidden]`.
@@ -80,6 +80,21 @@ impl SelfAttention {
         Ok(Some((Tensor::cat(&layers.map(|l| &l.weight), 0)?, bias)))
     }
 
+    /// q, k and v side by side in one `[b, s, 3·heads·head_dim]` tensor when all three
+    /// projections run fused: in inference each product writes its columns
+    /// ([`side_by_side`]), in training one product of the stacked weights ([`Self::stacked`]).
+    fn packed_qkv(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Option<Tensor>> {
+        let layers = [&self.query, &self.key, &self.value];
+        let parts = layers.map(|l| (&l.weight, l.bias.as_ref()));
+        if layers.iter().all(|l| l.fuses(x, ctx)) && side_by_side::applies(x, &parts) {
+            return side_by_side::linear_side_by_side(x, &parts).map(Some);
+        }
+        match self.stacked(x, ctx)? {
+            Some((w, bias)) => fused_linear::linear(x, &w, bias.as_ref()).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Dropout of the fused core in `ctx`'s mode (one draw from its stream in train mode).
     fn core_dropout(&self, ctx: &mut ForwardCtx) -> Option<AttentionDropout> {
         (ctx.is_train() && self.dropout.p > 0.0).then(|| AttentionDropout {
@@ -111,8 +126,7 @@ impl SelfAttention {
         let key_mask = mask.filter(|m| m.dims() == [b, 1, 1, s] || m.dims() == [b, s]);
         let fused_core = !ctx.attention_maps() && key_mask.is_some() == mask.is_some();
         if fused_core {
-            if let Some((w, bias)) = self.stacked(x, ctx)? {
-                let qkv = fused_linear::linear(x, &w, bias.as_ref())?;
+            if let Some(qkv) = self.packed_qkv(x, ctx)? {
                 let dropout = self.core_dropout(ctx);
                 let context = fused_attention::attention_packed(
                     &qkv,
@@ -213,5 +227,34 @@ mod tests {
             .unwrap(),
         );
         assert!(lora.stacked(&x, &ForwardCtx::eval()).unwrap().is_none());
+    }
+
+    /// On frozen weights (eval, predict) q, k and v are computed side by side without stacking
+    /// the weights; the context is the one the trainable layer computes from the stacked product.
+    #[test]
+    fn frozen_layers_compute_the_same_context_without_stacking() {
+        let params = ParamStore::new(5);
+        let trainable =
+            SelfAttention::new(48, 3, true, 0.2, 0.1, params.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let frozen = SelfAttention::new(
+            48,
+            3,
+            true,
+            0.2,
+            0.1,
+            params.frozen_var_builder(DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let x = randn(&mut Rng::new(6), &[2, 9, 48], 1.0);
+        let mut ctx = ForwardCtx::eval();
+        let parts = [&frozen.query, &frozen.key, &frozen.value].map(|l| (&l.weight, l.bias.as_ref()));
+        assert!(side_by_side::applies(&x, &parts));
+        let trainable_parts =
+            [&trainable.query, &trainable.key, &trainable.value].map(|l| (&l.weight, l.bias.as_ref()));
+        assert!(!side_by_side::applies(&x, &trainable_parts), "Vars track gradients");
+        let (want, _) = trainable.forward(&x, None, &mut ctx).unwrap();
+        let (got, _) = frozen.forward(&x, None, &mut ctx).unwrap();
+        let e = crate::ml::testutil::rel_err(&got, &want);
+        assert!(e <= 1e-6, "relative difference {e}");
     }
 }
