@@ -141,7 +141,7 @@ fn time(model: &Model, input: &ModelInput, runs: usize) -> candle_core::Result<f
     let mut samples = Vec::with_capacity(runs);
     for i in 0..=runs {
         let t0 = Instant::now();
-        let out = model.forward(input, &mut ForwardCtx::eval())?;
+        let out = model.forward(input, &mut ForwardCtx::eval().logits_only())?;
         out.logits.to_vec2::<f32>()?;
         if i > 0 {
             samples.push(t0.elapsed().as_secs_f64());

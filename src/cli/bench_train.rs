@@ -166,7 +166,7 @@ pub fn bench_case(case: &Case, steps: usize, warmup: usize, dev: &Device) -> can
     drop(model);
     let frozen = Model::new(&case.config, params.frozen_var_builder(DType::F32, &dev))?;
     let infer_s = time(steps, warmup.max(1), |_| {
-        let out = frozen.forward(&input, &mut ForwardCtx::eval())?;
+        let out = frozen.forward(&input, &mut ForwardCtx::eval().logits_only())?;
         out.logits.to_vec2::<f32>().map(drop)
     })?;
     Ok(Timing {

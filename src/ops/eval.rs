@@ -81,7 +81,7 @@ fn batch_len(input: &ModelInput) -> candle_core::Result<usize> {
 fn time_forward(model: &Model, inputs: &[ModelInput], reps: usize, budget: Duration) -> candle_core::Result<f64> {
     let run = |input: &ModelInput| -> candle_core::Result<f64> {
         let t = Instant::now();
-        let out = model.forward(input, &mut ForwardCtx::eval())?;
+        let out = model.forward(input, &mut ForwardCtx::eval().logits_only())?;
         let _ = out.logits.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(t.elapsed().as_secs_f64())
     };

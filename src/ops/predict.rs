@@ -56,7 +56,7 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
         let out = frozen
             .loaded
             .model
-            .forward(&b.input, &mut ForwardCtx::eval())
+            .forward(&b.input, &mut ForwardCtx::eval().logits_only())
             .and_then(|o| o.logits.to_dtype(DType::F32)?.to_vec2::<f32>())?;
         for (row, &ex) in out.iter().zip(&b.indices) {
             logits[ex * classes..(ex + 1) * classes].copy_from_slice(row);

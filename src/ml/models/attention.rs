@@ -162,6 +162,27 @@ impl SelfAttention {
             .reshape((b, s, self.all_head_size()))?;
         Ok((context, Some(Maps { probs, scores })))
     }
+
+    /// The context of the first token only (`[batch, 1, heads × head_dim]`): its query against
+    /// the keys and values of the whole sequence, `mask` as in [`SelfAttention::forward`]. What
+    /// a classifier's last layer needs (see [`ForwardCtx::logits_only`]); one query row, so
+    /// plain tensor ops.
+    pub fn forward_first(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let q = self.query.forward_ctx(&x.narrow(1, 0, 1)?, ctx)?;
+        let k = self.key.forward_ctx(x, ctx)?;
+        let v = self.value.forward_ctx(x, ctx)?;
+        let (q, k, v) = (self.split_heads(&q)?, self.split_heads(&k)?, self.split_heads(&v)?);
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let masked = match mask {
+            Some(m) if m.dims() == [b, s] => scores.broadcast_add(&m.reshape((b, 1, 1, s))?)?,
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = self.dropout.forward(&softmax_last_dim(&masked)?, ctx)?;
+        probs.matmul(&v)?.transpose(1, 2)?.reshape((b, 1, self.all_head_size()))
+    }
 }
 
 /// One layer's attention maps, `[batch, heads, seq, seq]` each.

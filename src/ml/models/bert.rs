@@ -137,6 +137,20 @@ impl BertLayer {
             .forward(&self.output.forward_residual(&h, &self.dropout, &x, ctx)?)?;
         Ok((out, maps))
     }
+
+    /// The layer's output for the first token only, `[batch, 1, hidden]` (its attention reads
+    /// every token); see [`ForwardCtx::logits_only`].
+    pub fn forward_first(&self, x: &Tensor, mask: Option<&Tensor>, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let context = self.attention.forward_first(x, mask, ctx)?;
+        let first = x.narrow(1, 0, 1)?.contiguous()?;
+        let a = self
+            .attention_output
+            .forward_residual(&context, &self.dropout, &first, ctx)?;
+        let x = self.attention_norm.forward(&a)?;
+        let h = self.intermediate.forward_act(&x, self.act, ctx)?;
+        self.output_norm
+            .forward(&self.output.forward_residual(&h, &self.dropout, &x, ctx)?)
+    }
 }
 
 /// BERT encoder + pooler + classifier, as transformers' `BertForSequenceClassification`.
@@ -199,8 +213,12 @@ impl BertForSequenceClassification {
             None => None,
         };
         let mut trace = Trace::start(&x, self.layers.len());
-        for layer in &self.layers {
-            let (y, maps) = layer.forward(&x, mask.as_ref(), ctx)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (y, maps) = if i + 1 == self.layers.len() && ctx.first_token_only() {
+                (layer.forward_first(&x, mask.as_ref(), ctx)?, None)
+            } else {
+                layer.forward(&x, mask.as_ref(), ctx)?
+            };
             trace.layer(&y, maps);
             x = y;
         }
@@ -374,6 +392,41 @@ mod tests {
             a["bert.embeddings.LayerNorm.weight"].to_vec1::<f32>().unwrap(),
             vec![1.0; 16]
         );
+    }
+
+    /// Reading only the logits, the last layer computes the first token alone (its attention over
+    /// every token, padding masked): the same logits and first-token state as the whole forward,
+    /// on trainable and on frozen weights; with attention maps asked for, the whole sequence.
+    #[test]
+    fn logits_only_forward_gives_the_same_logits() {
+        let mut cfg = tiny_bert(3);
+        cfg.initializer_range = 0.3;
+        let p = Pretrained::random(&ModelConfig::Bert(cfg.clone()), 9, &Device::Cpu).unwrap();
+        let frozen =
+            BertForSequenceClassification::new(&cfg, p.params.frozen_var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let (ids, mask, types) = text_batch(3, 7, cfg.vocab_size, 8);
+        for m in [bert(&p), &frozen] {
+            let run = |ctx: ForwardCtx| m.forward(&ids, Some(&types), Some(&mask), &mut { ctx }).unwrap();
+            let full = run(ForwardCtx::eval());
+            let fast = run(ForwardCtx::eval().logits_only());
+            let e = rel_diff(&fast.logits, &full.logits);
+            assert!(e < 1e-5, "logits differ: {e}");
+            assert_eq!(fast.last_hidden_state.dims(), &[3, 1, 16]);
+            let first = full.last_hidden_state.narrow(1, 0, 1).unwrap();
+            assert!(rel_diff(&fast.last_hidden_state, &first) < 1e-5);
+            assert_eq!(fast.hidden_states.len(), full.hidden_states.len());
+            let maps = run(ForwardCtx::eval().logits_only().with_attention_maps());
+            assert_eq!(maps.last_hidden_state.dims(), &[3, 7, 16]);
+        }
+        // The padding mask reaches the first-token attention: without it the padded row differs.
+        let unmasked = frozen
+            .forward(&ids, Some(&types), None, &mut ForwardCtx::eval().logits_only())
+            .unwrap();
+        let masked = frozen
+            .forward(&ids, Some(&types), Some(&mask), &mut ForwardCtx::eval().logits_only())
+            .unwrap();
+        let last = |t: &Tensor| t.narrow(0, 2, 1).unwrap();
+        assert!(max_abs_diff(&last(&unmasked.logits), &last(&masked.logits)) > 1e-6);
     }
 
     /// Same checkpoint, eval mode: our BERT agrees with candle-transformers' BertModel.

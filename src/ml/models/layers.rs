@@ -21,13 +21,14 @@ use crate::ml::kernels::rng::{CounterMask, Rng};
 use crate::ml::kernels::sparse_kernel::{self, CsrWeight};
 use std::sync::Arc;
 
-/// Forward-pass context: train or eval mode, the dropout random stream, and whether the
-/// attention maps are wanted.
+/// Forward-pass context: train or eval mode, the dropout random stream, whether the attention
+/// maps are wanted, and whether only the logits are read.
 #[derive(Debug, Clone)]
 pub struct ForwardCtx {
     train: bool,
     rng: Rng,
     attention_maps: bool,
+    logits_only: bool,
     compute: DType,
 }
 
@@ -38,6 +39,7 @@ impl ForwardCtx {
             train: false,
             rng: Rng::new(0),
             attention_maps: false,
+            logits_only: false,
             compute: DType::F32,
         }
     }
@@ -48,6 +50,7 @@ impl ForwardCtx {
             train: true,
             rng: Rng::new(seed),
             attention_maps: false,
+            logits_only: false,
             compute: DType::F32,
         }
     }
@@ -65,6 +68,21 @@ impl ForwardCtx {
     pub fn with_compute(mut self, dtype: DType) -> Self {
         self.compute = dtype;
         self
+    }
+
+    /// The same context for a caller that reads only the logits (eval, predict, validation):
+    /// the classifiers read the first token of the last layer, so that layer computes that row
+    /// alone — its keys and values still come from every token — instead of the whole sequence.
+    /// The output's last hidden state (and the last of `hidden_states`) then holds the first
+    /// token only (`[batch, 1, hidden]`). Ignored when attention maps are asked for.
+    pub fn logits_only(mut self) -> Self {
+        self.logits_only = true;
+        self
+    }
+
+    /// Whether the last layer may compute the first token only (see [`ForwardCtx::logits_only`]).
+    pub fn first_token_only(&self) -> bool {
+        self.logits_only && !self.attention_maps
     }
 
     /// Asks (or stops asking) for the attention maps (see [`ForwardCtx::with_attention_maps`]).

@@ -10,7 +10,8 @@ pub struct ModelOutput {
     /// Class scores, `[batch, num_labels]`.
     pub logits: Tensor,
     /// Embedding output followed by each encoder layer's output: `num_layers + 1` tensors of
-    /// `[batch, seq, hidden]` (as `output_hidden_states=True` in transformers).
+    /// `[batch, seq, hidden]` (as `output_hidden_states=True` in transformers); with
+    /// `ForwardCtx::logits_only` the last is `[batch, 1, hidden]` (the first token).
     pub hidden_states: Vec<Tensor>,
     /// Each layer's attention probabilities, `[batch, heads, seq, seq]`, before dropout; empty
     /// unless the forward context asked for them (`ForwardCtx::with_attention_maps`).
@@ -19,7 +20,8 @@ pub struct ModelOutput {
     /// `[batch, heads, seq, seq]` (TinyBERT's attention loss compares these); empty unless asked
     /// for, as `attentions`.
     pub attention_scores: Vec<Tensor>,
-    /// Final sequence representation, `[batch, seq, hidden]` (ViT: after the final LayerNorm).
+    /// Final sequence representation, `[batch, seq, hidden]` (ViT: after the final LayerNorm);
+    /// `[batch, 1, hidden]` with `ForwardCtx::logits_only`.
     pub last_hidden_state: Tensor,
     /// The vector the classifier reads, `[batch, hidden]` (BERT: the tanh pooler; ViT: the
     /// normalised CLS token), before classifier dropout.

@@ -175,6 +175,22 @@ impl VitLayer {
             .forward_act(&self.layernorm_after.forward(&x)?, self.act, ctx)?;
         Ok((self.output.forward_residual(&h, &self.dropout, &x, ctx)?, maps))
     }
+
+    /// The layer's output for the first (CLS) token only, `[batch, 1, hidden]` (its attention
+    /// reads every token); see [`ForwardCtx::logits_only`].
+    pub fn forward_first(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
+        let context = self
+            .attention
+            .forward_first(&self.layernorm_before.forward(x)?, None, ctx)?;
+        let first = x.narrow(1, 0, 1)?.contiguous()?;
+        let x = self
+            .attention_output
+            .forward_residual(&context, &self.dropout, &first, ctx)?;
+        let h = self
+            .intermediate
+            .forward_act(&self.layernorm_after.forward(&x)?, self.act, ctx)?;
+        self.output.forward_residual(&h, &self.dropout, &x, ctx)
+    }
 }
 
 /// ViT encoder + final LayerNorm + classifier on the CLS token (`ViTForImageClassification`).
@@ -222,8 +238,12 @@ impl VitForImageClassification {
     pub fn forward(&self, pixel_values: &Tensor, ctx: &mut ForwardCtx) -> Result<ModelOutput> {
         let mut x = self.embeddings.forward(pixel_values, ctx)?;
         let mut trace = Trace::start(&x, self.layers.len());
-        for layer in &self.layers {
-            let (y, maps) = layer.forward(&x, ctx)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (y, maps) = if i + 1 == self.layers.len() && ctx.first_token_only() {
+                (layer.forward_first(&x, ctx)?, None)
+            } else {
+                layer.forward(&x, ctx)?
+            };
             trace.layer(&y, maps);
             x = y;
         }
@@ -292,6 +312,28 @@ mod tests {
         let n = assert_every_var_has_gradient(&params, &grads);
         // cls, position, projection weight + bias; 16 per layer; final LN (2); classifier (2).
         assert_eq!(n, 4 + 16 * cfg.num_hidden_layers + 4);
+    }
+
+    /// Reading only the logits, the last layer computes the CLS token alone: the same logits and
+    /// CLS state as the whole forward, on trainable and on frozen weights.
+    #[test]
+    fn logits_only_forward_gives_the_same_logits() {
+        let mut cfg = tiny_vit(3);
+        cfg.initializer_range = 0.3;
+        let params = ParamStore::new(8);
+        let trainable = VitForImageClassification::new(&cfg, params.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let frozen = VitForImageClassification::new(&cfg, params.frozen_var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let x = image_batch(4, 3, 8, 2);
+        for m in [&trainable, &frozen] {
+            let full = m.forward(&x, &mut ForwardCtx::eval()).unwrap();
+            let fast = m.forward(&x, &mut ForwardCtx::eval().logits_only()).unwrap();
+            let e = rel_diff(&fast.logits, &full.logits);
+            assert!(e < 1e-5, "logits differ: {e}");
+            assert_eq!(fast.last_hidden_state.dims(), &[4, 1, 16]);
+            let cls = full.last_hidden_state.narrow(1, 0, 1).unwrap();
+            assert!(rel_diff(&fast.last_hidden_state, &cls) < 1e-5);
+            assert!(rel_diff(&fast.pooled, &full.pooled) < 1e-5);
+        }
     }
 
     #[test]

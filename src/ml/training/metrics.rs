@@ -266,7 +266,7 @@ pub fn evaluate<'a>(
     let (mut outputs, mut targets) = (Vec::new(), Vec::new());
     let mut n = 0usize;
     for (input, labels) in batches {
-        let out = model.forward(input, &mut ForwardCtx::eval())?;
+        let out = model.forward(input, &mut ForwardCtx::eval().logits_only())?;
         let b = labels.dim(0)?;
         let loss = regression::supervised_loss(&out.logits, labels)?.to_scalar::<f32>()? as f64;
         loss_sum += loss * b as f64;
