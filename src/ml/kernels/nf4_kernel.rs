@@ -172,6 +172,18 @@ impl PackedNf4 {
         matmul_panels(dst, lhs, nb, (1.0, bias.is_some()), buffer, &Transposed(self));
     }
 
+    /// Whether panels of `rows` rows can be decoded straight into columns by gathering `lanes`
+    /// rows' codes at once (16 on AVX-512, 8 on AVX2: [`x86::decode_columns_avx512`]): rows in
+    /// `lanes`, every row starting on a 4-byte boundary (`cols` a multiple of 8), whole blocks per
+    /// row, no index past `i32`.
+    fn gathers(&self, rows: usize, lanes: usize) -> bool {
+        rows.is_multiple_of(lanes)
+            && self.cols.is_multiple_of(8)
+            && self.block.is_multiple_of(8)
+            && self.cols.is_multiple_of(self.block)
+            && self.rows * self.cols / 8 < i32::MAX as usize
+    }
+
     /// Decodes rows `r0..r0 + rows` (`rows` a multiple of [`GROUP`]) column by column:
     /// `out[c·rows + i] = W[r0 + i, c]`, through `scratch` (`GROUP · cols` floats).
     fn decode_columns(&self, r0: usize, rows: usize, out: &mut [f32], scratch: &mut [f32]) {
@@ -180,6 +192,18 @@ impl PackedNf4 {
             rows.is_multiple_of(GROUP) && r0 + rows <= self.rows,
             "decode_columns: rows"
         );
+        #[cfg(target_arch = "x86_64")]
+        match isa::active() {
+            // SAFETY (both): the CPU has the instruction set (`active` says so); `gathers`
+            // checked the layout.
+            Isa::Avx512 if self.gathers(rows, 16) => {
+                return unsafe { x86::decode_columns_avx512(self, r0, rows, &mut out[..rows * k]) }
+            }
+            Isa::Avx2 if self.gathers(rows, 8) => {
+                return unsafe { x86::decode_columns_avx2(self, r0, rows, &mut out[..rows * k]) }
+            }
+            _ => {}
+        }
         let (out, scratch) = (&mut out[..rows * k], &mut scratch[..GROUP * k]);
         for g in (0..rows).step_by(GROUP) {
             self.decode((r0 + g) * k, scratch);
@@ -258,6 +282,101 @@ fn decode_scalar(bytes: &[u8], scale: f32, out: &mut [f32], from: usize) {
 mod x86 {
     use super::{decode_scalar, PackedNf4, NF4_CODE};
     use std::arch::x86_64::*;
+
+    /// Within a little-endian dword of packed codes, where code `j` of its 8 sits (high nibble
+    /// first).
+    const NIBBLE_SHIFTS: [i32; 8] = [4, 0, 12, 8, 20, 16, 28, 24];
+
+    /// Rows `r0..r0 + rows` decoded column by column (`out[c·rows + i] = W[r0 + i, c]`) without
+    /// a transpose: for 16 rows and 8 columns at a time, one gather loads each row's 4 bytes (8
+    /// codes) and another the rows' scales; each column is then a shift, a mask, a codebook
+    /// lookup (`vpermps`) and a multiply — the same f32 product as [`PackedNf4::decode`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512; `w.gathers(rows, 16)`, `r0 + rows ≤ w.rows` and
+    /// `out.len() == rows · w.cols` must hold.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+    pub(super) unsafe fn decode_columns_avx512(w: &PackedNf4, r0: usize, rows: usize, out: &mut [f32]) {
+        let (k, per_row) = (w.cols, w.cols / w.block);
+        assert!(w.gathers(rows, 16) && r0 + rows <= w.rows && out.len() == rows * k);
+        let table = _mm512_loadu_ps(NF4_CODE.as_ptr());
+        let fifteen = _mm512_set1_epi32(15);
+        let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let (codes, scales) = (w.packed.as_ptr().cast::<i32>(), w.absmax.as_ptr());
+        for t in (0..rows).step_by(16) {
+            let row = _mm512_add_epi32(_mm512_set1_epi32((r0 + t) as i32), lanes);
+            // Dword index of each row's start, block index of each row's first block.
+            let row_dword = _mm512_mullo_epi32(row, _mm512_set1_epi32((k / 8) as i32));
+            let row_block = _mm512_mullo_epi32(row, _mm512_set1_epi32(per_row as i32));
+            for c in (0..k).step_by(8) {
+                // SAFETY: rows r0 + t .. + 16 exist, so their dwords c/8 (within the row: c + 8 ≤
+                // k) and their blocks lie inside `packed` and `absmax` (the caller's promise).
+                let (v, s) = unsafe {
+                    (
+                        _mm512_i32gather_epi32::<4>(
+                            _mm512_add_epi32(row_dword, _mm512_set1_epi32((c / 8) as i32)),
+                            codes,
+                        ),
+                        _mm512_i32gather_ps::<4>(
+                            _mm512_add_epi32(row_block, _mm512_set1_epi32((c / w.block) as i32)),
+                            scales,
+                        ),
+                    )
+                };
+                for (j, shift) in NIBBLE_SHIFTS.into_iter().enumerate() {
+                    let idx = _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set1_epi32(shift)), fifteen);
+                    let values = _mm512_mul_ps(_mm512_permutexvar_ps(idx, table), s);
+                    // SAFETY: (c + j)·rows + t + 16 ≤ rows·k = out.len().
+                    unsafe { _mm512_storeu_ps(out.as_mut_ptr().add((c + j) * rows + t), values) };
+                }
+            }
+        }
+    }
+
+    /// [`decode_columns_avx512`] on AVX2: 8 rows at a time, the codebook looked up in two
+    /// 8-entry halves and blended on bit 3 (as [`decode_avx2`]).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2; `w.gathers(rows, 8)`, `r0 + rows ≤ w.rows` and
+    /// `out.len() == rows · w.cols` must hold.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn decode_columns_avx2(w: &PackedNf4, r0: usize, rows: usize, out: &mut [f32]) {
+        let (k, per_row) = (w.cols, w.cols / w.block);
+        assert!(w.gathers(rows, 8) && r0 + rows <= w.rows && out.len() == rows * k);
+        let lo = _mm256_loadu_ps(NF4_CODE.as_ptr());
+        let hi = _mm256_loadu_ps(NF4_CODE.as_ptr().add(8));
+        let fifteen = _mm256_set1_epi32(15);
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let (codes, scales) = (w.packed.as_ptr().cast::<i32>(), w.absmax.as_ptr());
+        for t in (0..rows).step_by(8) {
+            let row = _mm256_add_epi32(_mm256_set1_epi32((r0 + t) as i32), lanes);
+            let row_dword = _mm256_mullo_epi32(row, _mm256_set1_epi32((k / 8) as i32));
+            let row_block = _mm256_mullo_epi32(row, _mm256_set1_epi32(per_row as i32));
+            for c in (0..k).step_by(8) {
+                // SAFETY: as in `decode_columns_avx512`, for 8 rows.
+                let (v, s) = unsafe {
+                    (
+                        _mm256_i32gather_epi32::<4>(
+                            codes,
+                            _mm256_add_epi32(row_dword, _mm256_set1_epi32((c / 8) as i32)),
+                        ),
+                        _mm256_i32gather_ps::<4>(
+                            scales,
+                            _mm256_add_epi32(row_block, _mm256_set1_epi32((c / w.block) as i32)),
+                        ),
+                    )
+                };
+                for (j, shift) in NIBBLE_SHIFTS.into_iter().enumerate() {
+                    let idx = _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_set1_epi32(shift)), fifteen);
+                    let low = _mm256_permutevar8x32_ps(lo, idx);
+                    let high = _mm256_permutevar8x32_ps(hi, idx);
+                    let code = _mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+                    // SAFETY: (c + j)·rows + t + 8 ≤ rows·k = out.len().
+                    unsafe { _mm256_storeu_ps(out.as_mut_ptr().add((c + j) * rows + t), _mm256_mul_ps(code, s)) };
+                }
+            }
+        }
+    }
 
     /// [`PackedNf4::decode`] on the AVX2 path (one call: the block loop is compiled with AVX2 too).
     #[target_feature(enable = "avx2,fma")]
@@ -423,12 +542,21 @@ mod tests {
 
     #[test]
     fn every_path_decodes_panels_column_by_column_bit_for_bit() {
-        // 29 columns: three 8 × 8 blocks and five left over; blocks straddle rows.
-        let (n, k) = (48, 29);
-        let w = random(n, k, 64, 4);
-        let want = reference(&w);
+        // 29 columns: three 8 × 8 blocks and five left over; blocks straddle rows. 96 columns in
+        // blocks of 32 (and 192 in blocks of 64): whole blocks per row, the rows' codes gathered
+        // 16 at a time on AVX-512 ([`PackedNf4::gathers`]) where a panel has 16s of rows.
+        for (n, k, block) in [(48, 29, 64), (48, 96, 32), (64, 192, 64)] {
+            let w = random(n, k, block, 4);
+            assert_eq!(w.gathers(16, 16), k % block == 0);
+            check_panels(&w);
+        }
+    }
+
+    fn check_panels(w: &PackedNf4) {
+        let k = w.cols;
+        let want = reference(w);
         isa::on_every_path(|path| {
-            for (r0, rows) in [(0, 16), (8, 32), (32, 16)] {
+            for (r0, rows) in [(0, 16), (8, 32), (32, 16), (8, 40)] {
                 let (mut out, mut scratch) = (vec![f32::NAN; rows * k], vec![f32::NAN; GROUP * k]);
                 w.decode_columns(r0, rows, &mut out, &mut scratch);
                 for c in 0..k {
