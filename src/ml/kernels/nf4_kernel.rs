@@ -9,7 +9,10 @@
 //! packed weight (4 bits per parameter plus 32 bits per block), and the
 //! largest transient buffer is one panel per thread. Decoding uses AVX-512 (`vpermps` over the
 //! whole 16-entry codebook), AVX2 (two 8-entry halves and a blend) or plain code, chosen at run
-//! time ([`super::isa`]); all three give the same bits.
+//! time ([`super::isa`]); all three give the same bits. Where every row holds whole blocks, the
+//! AVX-512 and AVX2 paths decode a panel straight into columns — one gather loads 16 (8) rows'
+//! next 8 codes and their scales — instead of decoding rows and transposing them (the transposes
+//! took 3× the decoding's time; NF4 BERT-mini at batch 1 went from 3.43 to 2.94 ms on a Xeon).
 //!
 //! A LoRA adapter beside the weight ([`LoraFactors`]) is added inside the same op: `x·Aᵀ`, then
 //! `scale · (x·Aᵀ)·Bᵀ` accumulated into `y` by the matrix kernel.
