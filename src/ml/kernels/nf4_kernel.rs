@@ -24,6 +24,9 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
+use rayon::prelude::*;
+
+use super::fused::{bias_gelu_rows_in_place, rows_per_task};
 use super::gemm::{matmul, matmul_panels, uninit_vec, Mat, MatMut, RhsPanels, Threads};
 use super::isa::{self, Isa};
 use super::packed_op::{check_sizes, linear_forward};
@@ -471,14 +474,37 @@ pub fn linear(
         weight: weight.clone(),
         bias: bias.cloned(),
         lora,
+        gelu: false,
     })
 }
 
-/// The candle op of [`linear`] (forward only).
+/// `gelu(x·Wᵀ + b)` (GELU with the exact erf CDF) as one op: the product without the bias, then
+/// the bias and GELU in one pass over it, in place — no bias fill before the product and no
+/// second tensor after it (the dense layer's `linear_gelu` does the same). Errors unless `bias`
+/// has one value per output.
+pub fn linear_gelu(x: &Tensor, weight: &Arc<PackedNf4>, bias: &Arc<Vec<f32>>) -> Result<Tensor> {
+    if bias.len() != weight.rows {
+        candle_core::bail!(
+            "nf4-linear-gelu: bias of {} values for {} outputs",
+            bias.len(),
+            weight.rows
+        )
+    }
+    x.contiguous()?.apply_op1_no_bwd(&Nf4LinearOp {
+        weight: weight.clone(),
+        bias: Some(bias.clone()),
+        lora: None,
+        gelu: true,
+    })
+}
+
+/// The candle op of [`linear`] and [`linear_gelu`] (forward only).
 struct Nf4LinearOp {
     weight: Arc<PackedNf4>,
     bias: Option<Arc<Vec<f32>>>,
     lora: Option<LoraFactors>,
+    /// GELU after the bias (the bias is then added in GELU's pass, not before the product).
+    gelu: bool,
 }
 
 impl CustomOp1 for Nf4LinearOp {
@@ -488,12 +514,17 @@ impl CustomOp1 for Nf4LinearOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, k) = self.weight.dims();
+        let bias = self.bias.as_deref().map(Vec::as_slice);
         linear_forward("nf4-linear", s, l, (n, k), |x, m, y| {
-            self.weight.matmul_t(x, m, self.bias.as_deref().map(Vec::as_slice), y);
+            self.weight.matmul_t(x, m, bias.filter(|_| !self.gelu), y);
             if let Some(lora) = &self.lora {
                 if m > 0 && n > 0 && k > 0 {
                     lora.add_to(x, m, k, n, y);
                 }
+            }
+            if let (true, Some(b), false) = (self.gelu, bias, y.is_empty()) {
+                y.par_chunks_mut(rows_per_task(n) * n)
+                    .for_each(|rows| bias_gelu_rows_in_place(rows, b));
             }
         })
     }
@@ -634,6 +665,31 @@ mod tests {
         let max = |t: Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         let rel = max((y - &want).unwrap()) / max(want);
         assert!(rel < 1e-5, "{rel}");
+    }
+
+    /// Bias and GELU in one pass after the product: the values of the product with its bias
+    /// followed by GELU, on every path; a bias of the wrong width is an error.
+    #[test]
+    fn linear_gelu_is_gelu_of_the_biased_product() {
+        let w = Arc::new(random(40, 64, 64, 7));
+        let mut rng = Rng::new(8);
+        let x = Tensor::from_vec(
+            rng.normal_vec(3 * 5 * 64, 0.0, 1.0),
+            (3, 5, 64),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let bias = Arc::new(rng.normal_vec(40, 0.0, 1.0));
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        isa::on_every_path(|path| {
+            let want = values(&super::super::fused::gelu_erf(&linear(&x, &w, Some(&bias), None).unwrap()).unwrap());
+            let got = linear_gelu(&x, &w, &bias).unwrap();
+            assert_eq!(got.dims(), &[3, 5, 40]);
+            for (a, b) in values(&got).iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{}: {a} vs {b}", path.name());
+            }
+        });
+        assert!(linear_gelu(&x, &w, &Arc::new(vec![0.0; 39])).is_err());
     }
 
     #[test]

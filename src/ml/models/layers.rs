@@ -238,8 +238,26 @@ impl Linear {
             {
                 fused_linear::linear_gelu(x, &self.weight, b)
             }
+            (Some(b), HiddenAct::Gelu) => match self.nf4_gelu(x, b, ctx)? {
+                Some(y) => Ok(y),
+                None => activation(&self.forward_ctx(x, ctx)?, act),
+            },
             _ => activation(&self.forward_ctx(x, ctx)?, act),
         }
+    }
+
+    /// `gelu(x·Wᵀ + b)` as one NF4 op ([`nf4_kernel::linear_gelu`]) where the weight is packed
+    /// NF4 for the CPU kernel and nothing needs a gradient or another precision (inference; no
+    /// LoRA branch); `None` otherwise.
+    fn nf4_gelu(&self, x: &Tensor, bias: &Tensor, ctx: &ForwardCtx) -> Result<Option<Tensor>> {
+        let (Some(PackedWeight::Nf4(w)), None) = (&self.packed, &self.lora) else {
+            return Ok(None);
+        };
+        if ctx.compute != DType::F32 || !fused::fusable(x) || x.track_op() || bias.track_op() {
+            return Ok(None);
+        }
+        let b = Arc::new(bias.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        nf4_kernel::linear_gelu(x, w, &b).map(Some)
     }
 
     fn apply(&self, x: &Tensor, ctx: Option<&mut ForwardCtx>) -> Result<Tensor> {
