@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 /// Elements per parallel task of the element-wise kernels.
@@ -38,6 +38,25 @@ pub fn device_generic<R>(f: impl FnOnce() -> R) -> R {
 /// Whether the fused kernels apply to `x`: an `f32` tensor on the CPU (outside [`device_generic`]).
 pub fn fusable(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32 && !GENERIC.with(|g| g.get())
+}
+
+/// A read lock on a tensor's storage, with its layout: the tensor's values while it lives.
+pub(crate) struct Locked<'a, G: std::ops::Deref<Target = Storage>>(G, &'a Layout);
+
+impl<G: std::ops::Deref<Target = Storage>> Locked<'_, G> {
+    /// The values of a contiguous f32 CPU tensor (an error naming `op` otherwise).
+    pub(crate) fn values(&self, op: &str) -> Result<&[f32]> {
+        match &*self.0 {
+            Storage::Cpu(c) => slice(c, self.1, op),
+            _ => candle_core::bail!("{op}: expected CPU storage"),
+        }
+    }
+}
+
+/// Locks `t`'s storage for reading (see [`Locked::values`]).
+pub(crate) fn locked(t: &Tensor) -> Locked<'_, impl std::ops::Deref<Target = Storage> + '_> {
+    let (storage, layout) = t.storage_and_layout();
+    Locked(storage, layout)
 }
 
 pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {

@@ -19,10 +19,10 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{dispatch, dot8, exp_f32, fusable, max8, slice, sum8};
+use super::fused::{dispatch, dot8, exp_f32, fusable, locked, max8, slice, sum8};
 use super::gemm::{matmul, uninit_vec, Mat, MatMut, Threads};
 use super::rng::CounterMask;
 
@@ -422,14 +422,8 @@ impl AttentionOp {
     fn backward(&self, inputs: &[&Tensor], grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let op = "attention-bwd";
         let grad = grad.contiguous()?;
-        let guards: Vec<_> = inputs.iter().chain([&&grad]).map(|t| t.storage_and_layout()).collect();
-        let mut xs: Vec<&[f32]> = Vec::with_capacity(guards.len());
-        for (st, l) in &guards {
-            let Storage::Cpu(c) = &**st else {
-                candle_core::bail!("{op}: expected CPU storage")
-            };
-            xs.push(slice(c, l, op)?);
-        }
+        let guards: Vec<_> = inputs.iter().chain([&&grad]).map(|t| locked(t)).collect();
+        let mut xs = guards.iter().map(|g| g.values(op)).collect::<Result<Vec<_>>>()?;
         let g = xs.pop().expect("the gradient is the last");
         let dims = self.dims(inputs[0].layout())?;
         let (s, hd) = (dims.s, dims.hd());

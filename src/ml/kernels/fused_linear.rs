@@ -19,9 +19,10 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use super::fused::{
-    bias_gelu_rows, bias_gelu_rows_in_place, fusable, gelu_bwd_block, rows_per_task, slice, ELEM_BLOCK,
+    bias_gelu_rows, bias_gelu_rows_in_place, fusable, gelu_bwd_block, locked, rows_per_task, slice, ELEM_BLOCK,
 };
 use super::gemm::{matmul, uninit_vec, Mat, MatMut, Threads};
+use super::side_by_side;
 
 /// `x·Wᵀ` (`x` `[m, in]`, `w` `[out, in]`) by candle's ops, on any device: the product in
 /// `compute` (f32, bf16 or f16), the result in `x`'s dtype. The layers' composite form for
@@ -161,24 +162,10 @@ fn dims(x: &Layout, w: &Layout) -> Result<(usize, usize, usize, Shape)> {
     Ok((rows, inp, out, Shape::from(shape)))
 }
 
+/// `x·Wᵀ (+ b)`: the bias written into the output, the product added into it (one layer of
+/// [`side_by_side`]'s products).
 fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, inp: usize, out: usize) -> Vec<f32> {
-    let mut y = uninit_vec(rows * out);
-    if let Some(b) = bias {
-        y.par_chunks_mut(out * 64).for_each(|c| {
-            for row in c.chunks_exact_mut(out) {
-                row.copy_from_slice(b);
-            }
-        });
-    }
-    matmul(
-        MatMut::rows(&mut y, rows, out),
-        Mat::rows(x, rows, inp),
-        Mat::rows(w, out, inp).t(),
-        1.0,
-        bias.is_some(),
-        Threads::Pool,
-    );
-    y
+    side_by_side::forward(x, (rows, inp), &[w], &[bias], &[out])
 }
 
 /// `b`, or an error unless it has one value per output (`out`).
@@ -321,11 +308,8 @@ impl CustomOp3 for LinearGeluOp {
 /// Runs `f` on the contiguous f32 values of a CPU tensor (no copy when already contiguous).
 fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("linear: expected a CPU tensor")
-    };
-    f(slice(cpu, layout, "linear backward")?)
+    let guard = locked(&t);
+    f(guard.values("linear backward")?)
 }
 
 /// `(dx, dW, db)`, each only where that input tracks gradients.

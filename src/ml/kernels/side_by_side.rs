@@ -8,12 +8,10 @@
 //! layer's product writes its own columns of the output instead, reading the weights where they
 //! are.
 
-use std::ops::Deref;
-
-use candle_core::{Device, Layout, Result, Storage, Tensor};
+use candle_core::{Device, Result, Tensor};
 use rayon::prelude::*;
 
-use super::fused::{fusable, rows_per_task, slice};
+use super::fused::{fusable, locked, rows_per_task};
 use super::gemm::{matmul, uninit_vec, Mat, MatMut, Threads};
 
 /// One layer: its weight `[out, in]` and optional bias `[out]`.
@@ -63,46 +61,30 @@ pub fn linear_side_by_side(x: &Tensor, layers: &[Layer<'_>]) -> Result<Tensor> {
     }
     let total: usize = outs.iter().sum();
     let y = {
-        let xg = f32_of(&x)?;
-        let wg = weights.iter().map(f32_of).collect::<Result<Vec<_>>>()?;
-        let bg = biases
+        let op = "linear side by side";
+        let (xg, wg) = (locked(&x), weights.iter().map(locked).collect::<Vec<_>>());
+        let bg: Vec<_> = biases.iter().map(|b| b.as_ref().map(locked)).collect();
+        let w = wg.iter().map(|g| g.values(op)).collect::<Result<Vec<_>>>()?;
+        let b = bg
             .iter()
-            .map(|b| b.as_ref().map(f32_of).transpose())
+            .map(|g| g.as_ref().map(|g| g.values(op)).transpose())
             .collect::<Result<Vec<_>>>()?;
-        let w: Vec<&[f32]> = wg.iter().map(Guard::values).collect::<Result<_>>()?;
-        let b: Vec<Option<&[f32]>> = bg
-            .iter()
-            .map(|g| g.as_ref().map(Guard::values).transpose())
-            .collect::<Result<_>>()?;
-        forward(xg.values()?, (rows, inp), &w, &b, &outs)
+        forward(xg.values(op)?, (rows, inp), &w, &b, &outs)
     };
     let mut shape = dims.to_vec();
     *shape.last_mut().expect("not a scalar") = total;
     Tensor::from_vec(y, shape, &Device::Cpu)
 }
 
-/// A read lock on a tensor's storage with its layout.
-struct Guard<'a, G: Deref<Target = Storage>>(G, &'a Layout);
-
-impl<G: Deref<Target = Storage>> Guard<'_, G> {
-    /// The tensor's values (contiguous f32 on the CPU).
-    fn values(&self) -> Result<&[f32]> {
-        match self.0.deref() {
-            Storage::Cpu(c) => slice(c, self.1, "linear side by side"),
-            _ => candle_core::bail!("linear side by side: expected CPU storage"),
-        }
-    }
-}
-
-/// Locks `t`'s storage for reading.
-fn f32_of(t: &Tensor) -> Result<Guard<'_, impl Deref<Target = Storage> + '_>> {
-    let (s, l) = t.storage_and_layout();
-    Ok(Guard(s, l))
-}
-
 /// The products into one `[rows, Σ outs]` buffer: biases first (row blocks in parallel), then
-/// each layer's product added into its columns.
-fn forward(x: &[f32], (rows, inp): (usize, usize), w: &[&[f32]], b: &[Option<&[f32]>], outs: &[usize]) -> Vec<f32> {
+/// each layer's product added into its columns (also [`super::fused_linear`]'s one layer).
+pub(crate) fn forward(
+    x: &[f32],
+    (rows, inp): (usize, usize),
+    w: &[&[f32]],
+    b: &[Option<&[f32]>],
+    outs: &[usize],
+) -> Vec<f32> {
     let total: usize = outs.iter().sum();
     let mut y = uninit_vec(rows * total);
     if y.is_empty() {
