@@ -295,8 +295,9 @@ mod x86 {
 
     /// Rows `r0..r0 + rows` decoded column by column (`out[c·rows + i] = W[r0 + i, c]`) without
     /// a transpose: for 16 rows and 8 columns at a time, one gather loads each row's 4 bytes (8
-    /// codes) and another the rows' scales; each column is then a shift, a mask, a codebook
-    /// lookup (`vpermps`) and a multiply — the same f32 product as [`PackedNf4::decode`].
+    /// codes), and at the start of each block another loads the rows' scales; each column is then
+    /// a shift, a mask, a codebook lookup (`vpermps`) and a multiply — the same f32 product as
+    /// [`PackedNf4::decode`].
     ///
     /// # Safety
     /// The CPU must have AVX-512; `w.gathers(rows, 16)`, `r0 + rows ≤ w.rows` and
@@ -314,21 +315,17 @@ mod x86 {
             // Dword index of each row's start, block index of each row's first block.
             let row_dword = _mm512_mullo_epi32(row, _mm512_set1_epi32((k / 8) as i32));
             let row_block = _mm512_mullo_epi32(row, _mm512_set1_epi32(per_row as i32));
+            let mut s = _mm512_setzero_ps();
             for c in (0..k).step_by(8) {
                 // SAFETY: rows r0 + t .. + 16 exist, so their dwords c/8 (within the row: c + 8 ≤
                 // k) and their blocks lie inside `packed` and `absmax` (the caller's promise).
-                let (v, s) = unsafe {
-                    (
-                        _mm512_i32gather_epi32::<4>(
-                            _mm512_add_epi32(row_dword, _mm512_set1_epi32((c / 8) as i32)),
-                            codes,
-                        ),
-                        _mm512_i32gather_ps::<4>(
-                            _mm512_add_epi32(row_block, _mm512_set1_epi32((c / w.block) as i32)),
-                            scales,
-                        ),
-                    )
-                };
+                if c.is_multiple_of(w.block) {
+                    // A new block (blocks are whole multiples of 8 columns): its 16 scales.
+                    let at = _mm512_add_epi32(row_block, _mm512_set1_epi32((c / w.block) as i32));
+                    s = unsafe { _mm512_i32gather_ps::<4>(at, scales) };
+                }
+                let at = _mm512_add_epi32(row_dword, _mm512_set1_epi32((c / 8) as i32));
+                let v = unsafe { _mm512_i32gather_epi32::<4>(at, codes) };
                 for (j, shift) in NIBBLE_SHIFTS.into_iter().enumerate() {
                     let idx = _mm512_and_si512(_mm512_srlv_epi32(v, _mm512_set1_epi32(shift)), fifteen);
                     let values = _mm512_mul_ps(_mm512_permutexvar_ps(idx, table), s);
@@ -358,20 +355,15 @@ mod x86 {
             let row = _mm256_add_epi32(_mm256_set1_epi32((r0 + t) as i32), lanes);
             let row_dword = _mm256_mullo_epi32(row, _mm256_set1_epi32((k / 8) as i32));
             let row_block = _mm256_mullo_epi32(row, _mm256_set1_epi32(per_row as i32));
+            let mut s = _mm256_setzero_ps();
             for c in (0..k).step_by(8) {
                 // SAFETY: as in `decode_columns_avx512`, for 8 rows.
-                let (v, s) = unsafe {
-                    (
-                        _mm256_i32gather_epi32::<4>(
-                            codes,
-                            _mm256_add_epi32(row_dword, _mm256_set1_epi32((c / 8) as i32)),
-                        ),
-                        _mm256_i32gather_ps::<4>(
-                            scales,
-                            _mm256_add_epi32(row_block, _mm256_set1_epi32((c / w.block) as i32)),
-                        ),
-                    )
-                };
+                if c.is_multiple_of(w.block) {
+                    let at = _mm256_add_epi32(row_block, _mm256_set1_epi32((c / w.block) as i32));
+                    s = unsafe { _mm256_i32gather_ps::<4>(scales, at) };
+                }
+                let at = _mm256_add_epi32(row_dword, _mm256_set1_epi32((c / 8) as i32));
+                let v = unsafe { _mm256_i32gather_epi32::<4>(codes, at) };
                 for (j, shift) in NIBBLE_SHIFTS.into_iter().enumerate() {
                     let idx = _mm256_and_si256(_mm256_srlv_epi32(v, _mm256_set1_epi32(shift)), fifteen);
                     let low = _mm256_permutevar8x32_ps(lo, idx);
