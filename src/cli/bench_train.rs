@@ -4,8 +4,9 @@
 //!
 //! Train step = forward in train mode (dropout on) + cross-entropy + backward + global-norm
 //! clipping (1.0) + AdamW (lr 1e-4, wd 0.01). Inference = eval-mode forward on detached
-//! weights ([`ParamStore::frozen_var_builder`]) with the logits copied out. Each is the median
-//! of `steps` timed runs after warm-up.
+//! weights ([`ParamStore::frozen_var_builder`]) with the logits copied out. Both read the
+//! logits only, as `train`, `eval` and `predict` do, so the last layer computes the first token
+//! alone ([`ForwardCtx::logits_only`]). Each is the median of `steps` timed runs after warm-up.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -151,7 +152,8 @@ pub fn bench_case(case: &Case, steps: usize, warmup: usize, dev: &Device) -> can
         },
     )?;
     let train_step_s = time(steps, warmup, |i| {
-        let mut ctx = ForwardCtx::train(derive_seed(SEED, &format!("dropout/step{i}")));
+        // As `train`'s loss: the logits only, so the last layer computes the first token alone.
+        let mut ctx = ForwardCtx::train(derive_seed(SEED, &format!("dropout/step{i}"))).logits_only();
         let out = model.forward(&input, &mut ctx)?;
         let loss = candle_nn::loss::cross_entropy(&out.logits, &labels)?;
         let value = loss.to_scalar::<f32>()?;

@@ -93,6 +93,28 @@ pub fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     d / m.max(f32::MIN_POSITIVE)
 }
 
+/// The cross-entropy of `logits` against `labels`, then every variable's gradient (in `params`'
+/// order), flattened: what one training step computes.
+pub fn loss_and_gradients(params: &ParamStore, logits: &Tensor, labels: &Tensor) -> Vec<f32> {
+    let loss = candle_nn::loss::cross_entropy(logits, labels).unwrap();
+    let grads = loss.backward().unwrap();
+    let mut all = vec![loss.to_scalar::<f32>().unwrap()];
+    for (name, v) in params.named_vars() {
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        all.extend(g.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+    all
+}
+
+/// `max|a - b| / max|b|` of two equally long slices.
+pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale.max(f32::MIN_POSITIVE)
+}
+
 /// Panics unless every variable of `params` has a gradient with a non-zero entry;
 /// returns the number of variables checked.
 pub fn assert_every_var_has_gradient(params: &ParamStore, grads: &GradStore) -> usize {

@@ -276,13 +276,18 @@ fn run_kd(ctx: &mut OpContext, args: KdArgs) -> Result<OpOutput, OpError> {
     let tally = RefCell::new(Tally::empty(k));
     // TinyBERT's attention loss compares attention scores, which only the unfused attention keeps.
     let attention_maps = intermediate.as_ref().is_some_and(|i| i.attention > 0.0);
+    // Without a hidden-state loss the logits are all the losses read: the last layers (of the
+    // student and of live teachers) compute the first token alone.
+    let logits_only = intermediate.as_ref().is_none_or(|i| i.hidden <= 0.0);
     let teacher_ctx = || {
         let mut c = ForwardCtx::eval();
         c.set_attention_maps(attention_maps);
+        c.set_logits_only(logits_only);
         c
     };
     let loss = |m: &Model, batch: &Batch, fctx: &mut ForwardCtx| -> CResult<Tensor> {
         fctx.set_attention_maps(attention_maps);
+        fctx.set_logits_only(logits_only);
         let out = m.forward(&batch.input, fctx)?;
         // Class ids weigh the teachers (`fusion: "confidence"`); a regression has none to weigh by.
         let labels = match crate::ml::training::regression::is_regression(&batch.labels) {

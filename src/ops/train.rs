@@ -70,8 +70,10 @@ pub(super) fn load_for(
 }
 
 /// The supervised loss of the model on a batch: cross-entropy against class ids, or the mean
-/// squared error against a regression's targets.
+/// squared error against a regression's targets. It reads the logits only, so the last layer
+/// computes the first token alone ([`ForwardCtx::logits_only`]).
 pub fn supervised_loss(model: &Model, batch: &Batch, ctx: &mut ForwardCtx) -> candle_core::Result<Tensor> {
+    ctx.set_logits_only(true);
     let out = model.forward(&batch.input, ctx)?;
     crate::ml::training::regression::supervised_loss(&out.logits, &batch.labels)
 }

@@ -520,6 +520,12 @@ mod tests {
         let loss = candle_nn::loss::cross_entropy(&t1, &targets(2, 3, 1)).unwrap();
         let grads = loss.backward().unwrap();
         assert_eq!(assert_every_var_has_gradient(&store, &grads), 12);
+        // A step on the last layer's first token alone is the same step: the adapters' dropout
+        // (on the query's one-row input too) takes the whole mask's first rows.
+        let step = |ctx: &mut ForwardCtx| loss_and_gradients(&store, &logits(&model, &input, ctx), &targets(2, 3, 1));
+        let full = step(&mut ForwardCtx::train(7));
+        let err = max_rel_diff(&step(&mut ForwardCtx::train(7).logits_only()), &full);
+        assert!(err < 1e-4, "first-token step: relative difference {err}");
         // The detached copy computes the same and sees later updates.
         let det = detached(&model);
         assert_eq!(bits(&logits(&det, &input, &mut ForwardCtx::eval())), bits(&adapted));

@@ -30,6 +30,9 @@ pub struct ForwardCtx {
     attention_maps: bool,
     logits_only: bool,
     compute: DType,
+    /// Inside a last layer that computes the first token only: the sequence length of the
+    /// tensors it stands for (see [`ForwardCtx::first_token_scope`]).
+    first_token_of: Option<usize>,
 }
 
 impl ForwardCtx {
@@ -41,6 +44,7 @@ impl ForwardCtx {
             attention_maps: false,
             logits_only: false,
             compute: DType::F32,
+            first_token_of: None,
         }
     }
 
@@ -52,6 +56,7 @@ impl ForwardCtx {
             attention_maps: false,
             logits_only: false,
             compute: DType::F32,
+            first_token_of: None,
         }
     }
 
@@ -80,9 +85,35 @@ impl ForwardCtx {
         self
     }
 
+    /// Asks (or stops asking) for the logits only (see [`ForwardCtx::logits_only`]); a training
+    /// loss that reads nothing else turns it on.
+    pub fn set_logits_only(&mut self, on: bool) {
+        self.logits_only = on;
+    }
+
     /// Whether the last layer may compute the first token only (see [`ForwardCtx::logits_only`]).
     pub fn first_token_only(&self) -> bool {
         self.logits_only && !self.attention_maps
+    }
+
+    /// Runs `f` as the body of a layer that computes the first token of `seq`-long sequences
+    /// only: there a tensor whose next-to-last dimension is 1 holds the first rows of one whose
+    /// next-to-last dimension is `seq`, and its dropout takes the multipliers those rows get in
+    /// the whole tensor's mask. So in training the first-token layer drops exactly what the full
+    /// layer drops in its first rows, and both give the same logits and gradients.
+    pub fn first_token_scope<T>(&mut self, seq: usize, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let outer = self.first_token_of.replace(seq);
+        let out = f(self);
+        self.first_token_of = outer;
+        out
+    }
+
+    /// Where `x` holds the first rows of a `seq`-long tensor (inside [`Self::first_token_scope`]),
+    /// `seq`.
+    fn first_rows_of(&self, x: &Tensor) -> Option<usize> {
+        let seq = self.first_token_of.filter(|&s| s > 1)?;
+        let dims = x.dims();
+        (dims.len() >= 2 && dims[dims.len() - 2] == 1).then_some(seq)
     }
 
     /// Asks (or stops asking) for the attention maps (see [`ForwardCtx::with_attention_maps`]).
@@ -296,7 +327,8 @@ impl Linear {
         self.add_lora_and_shape(y, &x2, ctx, dims)
     }
 
-    /// `y` (`[rows, out]`) plus the LoRA branch of `x2`, in the input's leading dims `dims`.
+    /// `y` (`[rows, out]`) plus the LoRA branch of `x2` (the input `[.., in]` as rows), in the
+    /// input's dims `dims`.
     fn add_lora_and_shape(
         &self,
         y: Tensor,
@@ -305,7 +337,7 @@ impl Linear {
         dims: Vec<usize>,
     ) -> Result<Tensor> {
         let y = match (&self.lora, ctx) {
-            (Some(l), Some(ctx)) => (y + l.forward(x2, ctx)?)?,
+            (Some(l), Some(ctx)) => (y + l.forward(&x2.reshape(dims.as_slice())?, ctx)?)?,
             (Some(l), None) => (y + l.forward(x2, &mut ForwardCtx::eval())?)?,
             (None, _) => y,
         };
@@ -464,9 +496,13 @@ impl LoraBranch {
         })
     }
 
-    /// The branch's output for `x: [rows, in_features]` (dropout active in train mode).
+    /// The branch's output `[rows, out_features]` for `x: [.., in_features]` (its leading dims
+    /// flattened into rows), dropout active in train mode. The dropout sees `x` in its own shape,
+    /// so that a first-token layer drops what the whole layer drops ([`ForwardCtx::first_token_scope`]).
     pub fn forward(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
         let x = self.dropout.forward(x, ctx)?;
+        let in_dim = x.dim(candle_core::D::Minus1)?;
+        let x = x.reshape((x.elem_count() / in_dim.max(1), in_dim))?;
         x.matmul(&self.a.t()?)?.matmul(&self.b.t()?)? * self.scale
     }
 
@@ -582,15 +618,33 @@ impl Dropout {
         if !ctx.train || self.p <= 0.0 {
             return Ok(x.clone());
         }
+        let values = match ctx.first_rows_of(x) {
+            Some(seq) => first_rows_mask_values(x.elem_count(), x.dims()[x.rank() - 1], seq, self.p, &mut ctx.rng),
+            None => dropout_mask_values(x.elem_count(), self.p, &mut ctx.rng),
+        };
         if fused::fusable(x) {
-            return fused::mul_mask(x, dropout_mask_values(x.elem_count(), self.p, &mut ctx.rng));
+            return fused::mul_mask(x, values);
         }
-        let mask = dropout_mask(x.dims(), self.p, x.device(), &mut ctx.rng)?.to_dtype(x.dtype())?;
-        x.mul(&mask)
+        x.mul(&Tensor::from_vec(values, x.dims(), x.device())?.to_dtype(x.dtype())?)
     }
 }
 
-/// `n` mask values in `{0, 1/(1-p)}` (the values of [`dropout_mask`]): a [`CounterMask`] seeded
+/// The mask values of `n` elements in rows of `len`, each row standing first in a block of
+/// `seq` rows: the multipliers those rows get in the whole (`n · seq`-element) mask that
+/// [`dropout_mask_values`] would draw with the same `rng`.
+fn first_rows_mask_values(n: usize, len: usize, seq: usize, p: f64, rng: &mut Rng) -> Vec<f32> {
+    let seed = rng.next_u64();
+    let Some(mask) = CounterMask::new(p, seed) else {
+        return vec![1.0; n];
+    };
+    let mut out = vec![0f32; n];
+    for (r, row) in out.chunks_mut(len.max(1)).enumerate() {
+        mask.fill((r * seq * len) as u64, row);
+    }
+    out
+}
+
+/// `n` mask values in `{0, 1/(1-p)}`: a [`CounterMask`] seeded
 /// with one draw from `rng`, filled in parallel (the same on any number of threads).
 pub fn dropout_mask_values(n: usize, p: f64, rng: &mut Rng) -> Vec<f32> {
     let seed = rng.next_u64();
@@ -598,12 +652,6 @@ pub fn dropout_mask_values(n: usize, p: f64, rng: &mut Rng) -> Vec<f32> {
         Some(mask) => mask.values(n),
         None => vec![1.0; n],
     }
-}
-
-/// A `{0, 1/(1-p)}` f32 mask of the given shape, drawn from `rng`.
-pub fn dropout_mask(dims: &[usize], p: f64, device: &Device, rng: &mut Rng) -> Result<Tensor> {
-    let n: usize = dims.iter().product();
-    Tensor::from_vec(dropout_mask_values(n, p, rng), dims, device)
 }
 
 /// Applies the configured activation: GELU (erf) through the fused kernel for f32 CPU tensors,

@@ -178,18 +178,22 @@ impl VitLayer {
 
     /// The layer's output for the first (CLS) token only, `[batch, 1, hidden]` (its attention
     /// reads every token); see [`ForwardCtx::logits_only`].
+    /// In training its dropout drops what the full layer drops in the first rows
+    /// ([`ForwardCtx::first_token_scope`]).
     pub fn forward_first(&self, x: &Tensor, ctx: &mut ForwardCtx) -> Result<Tensor> {
-        let context = self
-            .attention
-            .forward_first(&self.layernorm_before.forward(x)?, None, ctx)?;
-        let first = x.narrow(1, 0, 1)?.contiguous()?;
-        let x = self
-            .attention_output
-            .forward_residual(&context, &self.dropout, &first, ctx)?;
-        let h = self
-            .intermediate
-            .forward_act(&self.layernorm_after.forward(&x)?, self.act, ctx)?;
-        self.output.forward_residual(&h, &self.dropout, &x, ctx)
+        ctx.first_token_scope(x.dim(1)?, |ctx| {
+            let context = self
+                .attention
+                .forward_first(&self.layernorm_before.forward(x)?, None, ctx)?;
+            let first = x.narrow(1, 0, 1)?.contiguous()?;
+            let x = self
+                .attention_output
+                .forward_residual(&context, &self.dropout, &first, ctx)?;
+            let h = self
+                .intermediate
+                .forward_act(&self.layernorm_after.forward(&x)?, self.act, ctx)?;
+            self.output.forward_residual(&h, &self.dropout, &x, ctx)
+        })
     }
 }
 
@@ -312,6 +316,24 @@ mod tests {
         let n = assert_every_var_has_gradient(&params, &grads);
         // cls, position, projection weight + bias; 16 per layer; final LN (2); classifier (2).
         assert_eq!(n, 4 + 16 * cfg.num_hidden_layers + 4);
+    }
+
+    /// A training step whose loss reads the logits only (the last layer computes the CLS token
+    /// alone, dropping what the whole layer drops there) is the full step: the same loss and
+    /// gradients, with dropout on.
+    #[test]
+    fn first_token_training_step_is_the_full_step() {
+        let cfg = tiny_vit(3);
+        let params = ParamStore::new(4);
+        let model = VitForImageClassification::new(&cfg, params.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let x = image_batch(4, 3, 8, 1);
+        let labels = targets(4, 3, 5);
+        let run = |ctx: &mut ForwardCtx| loss_and_gradients(&params, &model.forward(&x, ctx).unwrap().logits, &labels);
+        let full = run(&mut ForwardCtx::train(2));
+        let first = run(&mut ForwardCtx::train(2).logits_only());
+        let err = max_rel_diff(&first, &full);
+        assert!(err < 1e-4, "relative difference {err}");
+        assert_ne!(full, run(&mut ForwardCtx::train(3)), "dropout is on");
     }
 
     /// Reading only the logits, the last layer computes the CLS token alone: the same logits and
