@@ -343,6 +343,38 @@ mod tests {
         dir
     }
 
+    /// Every base linear NF4 and no adapter: q, k and v as one NF4 op, the residual sums and
+    /// the feed-forward GELU inside the NF4 ops — the logits of the dense model holding the
+    /// dequantized weights, on the whole forward and on the first-token one.
+    #[test]
+    fn an_nf4_model_without_adapters_computes_what_its_dequantized_weights_compute() {
+        let config = ModelConfig::Bert(tiny_bert(2));
+        // Frozen weights, as `load_inference` holds them (nothing tracks a gradient).
+        let params = crate::ml::ParamStore::new(9);
+        Model::new(&config, params.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let frozen = || Model::new(&config, params.frozen_var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let (mut nf4, mut dense) = (frozen(), frozen());
+        let quantized = base_linears(&config);
+        let dense_linears = crate::ml::models::linears::linears_mut(&mut dense);
+        for ((name, linear), (_, reference)) in crate::ml::models::linears::linears_mut(&mut nf4)
+            .into_iter()
+            .zip(dense_linears)
+        {
+            if !quantized.contains(&name) {
+                continue;
+            }
+            let packed = Nf4Tensor::from_tensor(&linear.weight, 64, true).unwrap().to_packed().unwrap();
+            reference.weight = Tensor::from_vec(packed.dequantize(), linear.weight.dims(), &Device::Cpu).unwrap();
+            linear.keep_packed(PackedWeight::Nf4(std::sync::Arc::new(packed))).unwrap();
+        }
+        for ctx in [ForwardCtx::eval(), ForwardCtx::eval().logits_only()] {
+            let run = |m: &Model| m.forward(&text_input(), &mut ctx.clone()).unwrap().logits;
+            let (a, b) = (run(&nf4), run(&dense));
+            let err = max_abs_diff(&a, &b);
+            assert!(err < 1e-5, "{err}");
+        }
+    }
+
     #[test]
     fn a_qlora_output_runs_4_bit_with_its_adapter_and_agrees_with_the_merged_dense_model() {
         let config = ModelConfig::Bert(tiny_bert(2));

@@ -82,6 +82,26 @@ pub fn linear_residual(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, resid
     )
 }
 
+/// `y = r + bias` row by row (rows of `width`; `y` and `r` equally long), row blocks in parallel:
+/// where a residual layer's output starts before its product is added in.
+pub(crate) fn residual_plus_bias(y: &mut [f32], r: &[f32], bias: Option<&[f32]>, width: usize) {
+    assert_eq!(y.len(), r.len(), "residual plus bias: sizes");
+    if y.is_empty() {
+        return;
+    }
+    let block = rows_per_task(width) * width;
+    y.par_chunks_mut(block).zip(r.par_chunks(block)).for_each(|(yb, rb)| match bias {
+        Some(b) => {
+            for (yr, rr) in yb.chunks_exact_mut(width).zip(rb.chunks_exact(width)) {
+                for ((o, &v), &bb) in yr.iter_mut().zip(rr).zip(b) {
+                    *o = v + bb;
+                }
+            }
+        }
+        None => yb.copy_from_slice(rb),
+    });
+}
+
 /// The op of [`linear_residual`] on `(x, W, residual)`, the bias inside.
 struct LinearResidualOp {
     bias: Option<Vec<f32>>,
@@ -111,21 +131,7 @@ impl CustomOp3 for LinearResidualOp {
         }
         let (x, w, r) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
         let mut y = uninit_vec(rows * out);
-        if !y.is_empty() {
-            let block = rows_per_task(out) * out;
-            y.par_chunks_mut(block)
-                .zip(r.par_chunks(block))
-                .for_each(|(yb, rb)| match &self.bias {
-                    Some(b) => {
-                        for (yr, rr) in yb.chunks_exact_mut(out).zip(rb.chunks_exact(out)) {
-                            for ((o, &v), &bb) in yr.iter_mut().zip(rr).zip(b) {
-                                *o = v + bb;
-                            }
-                        }
-                    }
-                    None => yb.copy_from_slice(rb),
-                });
-        }
+        residual_plus_bias(&mut y, r, self.bias.as_deref(), out);
         matmul(
             MatMut::rows(&mut y, rows, out),
             Mat::rows(x, rows, inp),

@@ -22,11 +22,13 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 use rayon::prelude::*;
 
-use super::fused::{bias_gelu_rows_in_place, rows_per_task};
+use super::fused::{bias_gelu_rows_in_place, rows_per_task, slice};
+use super::fused_linear::residual_plus_bias;
+use super::side_by_side::fill_biases;
 use super::gemm::{matmul, matmul_panels, uninit_vec, Mat, MatMut, RhsPanels, Threads};
 use super::isa::{self, Isa};
 use super::packed_op::{check_sizes, linear_forward};
@@ -170,12 +172,20 @@ impl PackedNf4 {
                 row.copy_from_slice(b);
             }
         }
+        self.product_t(x, m, MatMut::rows(y, m, n), bias.is_some());
+    }
+
+    /// `dst = x·Wᵀ`, or `dst += x·Wᵀ` with `accumulate` (`x` `[m, cols]`, `dst` `[m, rows]`,
+    /// any strides).
+    fn product_t(&self, x: &[f32], m: usize, dst: MatMut<'_>, accumulate: bool) {
+        let k = self.cols;
+        assert_eq!(x.len(), m * k, "nf4 matmul: input size");
+        assert_eq!((dst.rows, dst.cols), (m, self.rows), "nf4 matmul: output shape");
         // Panel rows: 64 (as the dense few-row products), fewer where a panel would outgrow L2;
         // a multiple of 16 where there are that many rows, so that panels are column-major.
         let nb = (PANEL_FLOATS / k.max(1)).clamp(WHOLE_VECTORS, 64) / WHOLE_VECTORS * WHOLE_VECTORS;
-        let (lhs, dst) = (Mat::rows(x, m, k), MatMut::rows(y, m, n));
         let buffer = nb * k + GROUP * k;
-        matmul_panels(dst, lhs, nb, (1.0, bias.is_some()), buffer, &Transposed(self));
+        matmul_panels(dst, Mat::rows(x, m, k), nb, (1.0, accumulate), buffer, &Transposed(self));
     }
 
     /// Whether panels of `rows` rows can be decoded straight into columns by gathering `lanes`
@@ -549,6 +559,103 @@ pub fn linear_gelu(x: &Tensor, weight: &Arc<PackedNf4>, bias: &Arc<Vec<f32>>) ->
     })
 }
 
+/// `residual + x·Wᵀ + b` as one op (inference): the output starts as the residual plus the bias
+/// and the product is added into it, so the residual connection costs no op of its own (as the
+/// dense [`super::fused_linear::linear_residual`]). `residual` has the output's shape; results
+/// differ from [`linear`] followed by an add by rounding only.
+pub fn linear_residual(
+    x: &Tensor,
+    weight: &Arc<PackedNf4>,
+    bias: Option<&Arc<Vec<f32>>>,
+    residual: &Tensor,
+) -> Result<Tensor> {
+    if bias.is_some_and(|b| b.len() != weight.rows) {
+        candle_core::bail!("nf4-linear-residual: a bias of the wrong width for {} outputs", weight.rows)
+    }
+    x.contiguous()?.apply_op2_no_bwd(
+        &residual.contiguous()?,
+        &Nf4ResidualOp {
+            weight: weight.clone(),
+            bias: bias.cloned(),
+        },
+    )
+}
+
+/// The candle op of [`linear_residual`] on `(x, residual)`.
+struct Nf4ResidualOp {
+    weight: Arc<PackedNf4>,
+    bias: Option<Arc<Vec<f32>>>,
+}
+
+impl CustomOp2 for Nf4ResidualOp {
+    fn name(&self) -> &'static str {
+        "nf4-linear-residual"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let op = "nf4-linear-residual";
+        let (n, k) = self.weight.dims();
+        let mut want = l1.dims().to_vec();
+        if let Some(last) = want.last_mut() {
+            *last = n;
+        }
+        if l2.dims() != want.as_slice() {
+            candle_core::bail!("{op}: residual {:?} for an output {want:?}", l2.dims())
+        }
+        let r = slice(s2, l2, op)?;
+        linear_forward(op, s1, l1, (n, k), |x, m, y| {
+            residual_plus_bias(y, r, self.bias.as_deref().map(Vec::as_slice), n);
+            self.weight.product_t(x, m, MatMut::rows(y, m, n), true);
+        })
+    }
+}
+
+/// An NF4 layer for [`linear_side_by_side`]: its weight and optional f32 bias.
+pub type Nf4Layer = (Arc<PackedNf4>, Option<Arc<Vec<f32>>>);
+
+/// Several NF4 layers on one input, their outputs side by side (`[.., Σ out]`, layer by layer)
+/// as one inference op: each layer's bias, then its product added into its columns — attention's
+/// q, k and v for the fused core, which reads them packed (the dense weights' version is
+/// [`super::side_by_side`]). Each column is the same sum as that layer's [`linear`]. Errors
+/// unless the layers share their input width and each bias has one value per output.
+pub fn linear_side_by_side(x: &Tensor, layers: &[Nf4Layer]) -> Result<Tensor> {
+    let Some(k) = layers.first().map(|(w, _)| w.cols) else {
+        candle_core::bail!("nf4 side by side: no layers")
+    };
+    for (w, b) in layers {
+        if w.cols != k || b.as_ref().is_some_and(|b| b.len() != w.rows) {
+            candle_core::bail!("nf4 side by side: layers of different input widths or a bias of the wrong width")
+        }
+    }
+    x.contiguous()?.apply_op1_no_bwd(&Nf4SideBySideOp { layers: layers.to_vec() })
+}
+
+/// The candle op of [`linear_side_by_side`].
+struct Nf4SideBySideOp {
+    layers: Vec<Nf4Layer>,
+}
+
+impl CustomOp1 for Nf4SideBySideOp {
+    fn name(&self) -> &'static str {
+        "nf4-side-by-side"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let outs: Vec<usize> = self.layers.iter().map(|(w, _)| w.rows).collect();
+        let total: usize = outs.iter().sum();
+        let k = self.layers[0].0.cols;
+        linear_forward("nf4-side-by-side", s, l, (total, k), |x, m, y| {
+            let biases: Vec<Option<&[f32]>> = self.layers.iter().map(|(_, b)| b.as_deref().map(Vec::as_slice)).collect();
+            fill_biases(y, &biases, &outs);
+            let mut at = 0;
+            for ((w, b), &out) in self.layers.iter().zip(&outs) {
+                w.product_t(x, m, MatMut::strided(&mut y[at..], m, out, total, 1), b.is_some());
+                at += out;
+            }
+        })
+    }
+}
+
 /// The candle op of [`linear`] and [`linear_gelu`] (forward only).
 struct Nf4LinearOp {
     weight: Arc<PackedNf4>,
@@ -741,6 +848,61 @@ mod tests {
             }
         });
         assert!(linear_gelu(&x, &w, &Arc::new(vec![0.0; 39])).is_err());
+    }
+
+    /// The residual connection inside the op: the product plus bias plus residual, with and
+    /// without a bias, on every path; a residual of another shape is an error.
+    #[test]
+    fn linear_residual_adds_the_residual_inside_the_op() {
+        let w = Arc::new(random(48, 64, 64, 9));
+        let mut rng = Rng::new(10);
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::from_vec(rng.normal_vec(2 * 7 * 64, 0.0, 1.0), (2, 7, 64), &dev).unwrap();
+        let r = Tensor::from_vec(rng.normal_vec(2 * 7 * 48, 0.0, 1.0), (2, 7, 48), &dev).unwrap();
+        let bias = Arc::new(rng.normal_vec(48, 0.0, 1.0));
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        isa::on_every_path(|path| {
+            for b in [None, Some(&bias)] {
+                let want = values(&(linear(&x, &w, b, None).unwrap() + &r).unwrap());
+                let got = linear_residual(&x, &w, b, &r).unwrap();
+                assert_eq!(got.dims(), &[2, 7, 48]);
+                for (a, b) in values(&got).iter().zip(&want) {
+                    assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{}: {a} vs {b}", path.name());
+                }
+            }
+        });
+        let e = linear_residual(&x, &w, None, &r.reshape((14, 48)).unwrap()).unwrap_err();
+        assert!(e.to_string().contains("residual [14, 48]"), "{e}");
+        assert!(linear_residual(&x, &w, Some(&Arc::new(vec![0.0; 47])), &r).is_err());
+    }
+
+    /// Each block of columns is exactly that layer's own output, with or without a bias, on
+    /// every path; layers of different input widths are refused.
+    #[test]
+    fn side_by_side_blocks_are_each_layers_output() {
+        let mut rng = Rng::new(11);
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::from_vec(rng.normal_vec(3 * 5 * 64, 0.0, 1.0), (3, 5, 64), &dev).unwrap();
+        let layers: Vec<Nf4Layer> = vec![
+            (Arc::new(random(48, 64, 64, 12)), Some(Arc::new(rng.normal_vec(48, 0.0, 1.0)))),
+            (Arc::new(random(20, 64, 32, 13)), None),
+            (Arc::new(random(64, 64, 64, 14)), Some(Arc::new(rng.normal_vec(64, 0.0, 1.0)))),
+        ];
+        let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        isa::on_every_path(|path| {
+            let y = linear_side_by_side(&x, &layers).unwrap();
+            assert_eq!(y.dims(), &[3, 5, 132]);
+            let mut at = 0;
+            for (w, b) in &layers {
+                let own = linear(&x, w, b.as_ref(), None).unwrap();
+                let block = y.narrow(2, at, w.rows).unwrap();
+                assert_eq!(values(&block), values(&own), "{}: block at column {at}", path.name());
+                at += w.rows;
+            }
+        });
+        let narrow = (Arc::new(random(8, 32, 32, 15)), None);
+        assert!(linear_side_by_side(&x, &[layers[0].clone(), narrow]).is_err());
+        assert!(linear_side_by_side(&x, &[]).is_err());
     }
 
     #[test]

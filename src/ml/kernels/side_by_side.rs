@@ -90,17 +90,7 @@ pub(crate) fn forward(
     if y.is_empty() {
         return y;
     }
-    y.par_chunks_mut(rows_per_task(total) * total).for_each(|block| {
-        for row in block.chunks_exact_mut(total) {
-            let mut at = 0;
-            for (&out, bias) in outs.iter().zip(b) {
-                if let Some(bias) = bias {
-                    row[at..at + out].copy_from_slice(bias);
-                }
-                at += out;
-            }
-        }
-    });
+    fill_biases(&mut y, b, outs);
     let mut at = 0;
     for ((&out, w), bias) in outs.iter().zip(w).zip(b) {
         matmul(
@@ -114,6 +104,26 @@ pub(crate) fn forward(
         at += out;
     }
     y
+}
+
+/// Each row of `y` (rows of `Σ outs`) gets each layer's bias in that layer's columns (columns
+/// of layers without one are left as they are), row blocks in parallel.
+pub(crate) fn fill_biases(y: &mut [f32], b: &[Option<&[f32]>], outs: &[usize]) {
+    let total: usize = outs.iter().sum();
+    if y.is_empty() || total == 0 {
+        return;
+    }
+    y.par_chunks_mut(rows_per_task(total) * total).for_each(|block| {
+        for row in block.chunks_exact_mut(total) {
+            let mut at = 0;
+            for (&out, bias) in outs.iter().zip(b) {
+                if let Some(bias) = bias {
+                    row[at..at + out].copy_from_slice(bias);
+                }
+                at += out;
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -232,7 +232,8 @@ impl Linear {
 
     /// `residual + dropout(layer(x))`, the residual connection after a projection. Where that
     /// dropout is the identity (eval, or `p = 0`), nothing needs a gradient and the layer fuses
-    /// ([`Linear::fuses`]), one op computes it ([`fused_linear::linear_residual`]).
+    /// ([`Linear::fuses`]) or holds an NF4 weight without a LoRA branch, one op computes it
+    /// ([`fused_linear::linear_residual`], [`nf4_kernel::linear_residual`]).
     pub fn forward_residual(
         &self,
         x: &Tensor,
@@ -247,6 +248,11 @@ impl Linear {
             .any(Tensor::track_op);
         if identity && !tracked && self.fuses(x, ctx) && fused::fusable(residual) {
             return fused_linear::linear_residual(x, &self.weight, self.bias.as_ref(), residual);
+        }
+        if identity && !tracked && fused::fusable(residual) {
+            if let Some((w, bias)) = self.nf4_inference(x, ctx)? {
+                return nf4_kernel::linear_residual(x, &w, bias.as_ref(), residual);
+            }
         }
         fused::add(&dropout.forward(&self.forward_ctx(x, ctx)?, ctx)?, residual)
     }
@@ -269,7 +275,7 @@ impl Linear {
             {
                 fused_linear::linear_gelu(x, &self.weight, b)
             }
-            (Some(b), HiddenAct::Gelu) => match self.nf4_gelu(x, b, ctx)? {
+            (Some(_), HiddenAct::Gelu) => match self.nf4_gelu(x, ctx)? {
                 Some(y) => Ok(y),
                 None => activation(&self.forward_ctx(x, ctx)?, act),
             },
@@ -277,18 +283,31 @@ impl Linear {
         }
     }
 
-    /// `gelu(x·Wᵀ + b)` as one NF4 op ([`nf4_kernel::linear_gelu`]) where the weight is packed
-    /// NF4 for the CPU kernel and nothing needs a gradient or another precision (inference; no
-    /// LoRA branch); `None` otherwise.
-    fn nf4_gelu(&self, x: &Tensor, bias: &Tensor, ctx: &ForwardCtx) -> Result<Option<Tensor>> {
+    /// `gelu(x·Wᵀ + b)` as one NF4 op ([`nf4_kernel::linear_gelu`]) where the layer runs on the
+    /// NF4 kernel without autograd ([`Linear::nf4_inference`]); `None` otherwise.
+    fn nf4_gelu(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Option<Tensor>> {
+        match self.nf4_inference(x, ctx)? {
+            Some((w, Some(b))) => nf4_kernel::linear_gelu(x, &w, &b).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The NF4 weight and the f32 bias of a layer that the CPU NF4 kernel runs on `x` in `ctx`
+    /// as an inference op: the weight packed NF4 on the CPU, no LoRA branch, f32 compute, `x`
+    /// on the CPU, and neither `x` nor the bias tracking gradients. `None` otherwise.
+    pub(crate) fn nf4_inference(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Option<nf4_kernel::Nf4Layer>> {
         let (Some(PackedWeight::Nf4(w)), None) = (&self.packed, &self.lora) else {
             return Ok(None);
         };
-        if ctx.compute != DType::F32 || !fused::fusable(x) || x.track_op() || bias.track_op() {
+        let bias_tracked = self.bias.as_ref().is_some_and(Tensor::track_op);
+        if ctx.compute != DType::F32 || !fused::fusable(x) || x.track_op() || bias_tracked {
             return Ok(None);
         }
-        let b = Arc::new(bias.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
-        nf4_kernel::linear_gelu(x, w, &b).map(Some)
+        let bias = match &self.bias {
+            Some(b) => Some(Arc::new(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)),
+            None => None,
+        };
+        Ok(Some((w.clone(), bias)))
     }
 
     fn apply(&self, x: &Tensor, ctx: Option<&mut ForwardCtx>) -> Result<Tensor> {
