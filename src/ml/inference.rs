@@ -363,9 +363,14 @@ mod tests {
             if !quantized.contains(&name) {
                 continue;
             }
-            let packed = Nf4Tensor::from_tensor(&linear.weight, 64, true).unwrap().to_packed().unwrap();
+            let packed = Nf4Tensor::from_tensor(&linear.weight, 64, true)
+                .unwrap()
+                .to_packed()
+                .unwrap();
             reference.weight = Tensor::from_vec(packed.dequantize(), linear.weight.dims(), &Device::Cpu).unwrap();
-            linear.keep_packed(PackedWeight::Nf4(std::sync::Arc::new(packed))).unwrap();
+            linear
+                .keep_packed(PackedWeight::Nf4(std::sync::Arc::new(packed)))
+                .unwrap();
         }
         for ctx in [ForwardCtx::eval(), ForwardCtx::eval().logits_only()] {
             let run = |m: &Model| m.forward(&text_input(), &mut ctx.clone()).unwrap().logits;

@@ -90,16 +90,18 @@ pub(crate) fn residual_plus_bias(y: &mut [f32], r: &[f32], bias: Option<&[f32]>,
         return;
     }
     let block = rows_per_task(width) * width;
-    y.par_chunks_mut(block).zip(r.par_chunks(block)).for_each(|(yb, rb)| match bias {
-        Some(b) => {
-            for (yr, rr) in yb.chunks_exact_mut(width).zip(rb.chunks_exact(width)) {
-                for ((o, &v), &bb) in yr.iter_mut().zip(rr).zip(b) {
-                    *o = v + bb;
+    y.par_chunks_mut(block)
+        .zip(r.par_chunks(block))
+        .for_each(|(yb, rb)| match bias {
+            Some(b) => {
+                for (yr, rr) in yb.chunks_exact_mut(width).zip(rb.chunks_exact(width)) {
+                    for ((o, &v), &bb) in yr.iter_mut().zip(rr).zip(b) {
+                        *o = v + bb;
+                    }
                 }
             }
-        }
-        None => yb.copy_from_slice(rb),
-    });
+            None => yb.copy_from_slice(rb),
+        });
 }
 
 /// The op of [`linear_residual`] on `(x, W, residual)`, the bias inside.

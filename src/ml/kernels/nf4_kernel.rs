@@ -28,10 +28,10 @@ use rayon::prelude::*;
 
 use super::fused::{bias_gelu_rows_in_place, rows_per_task, slice};
 use super::fused_linear::residual_plus_bias;
-use super::side_by_side::fill_biases;
 use super::gemm::{matmul, matmul_panels, uninit_vec, Mat, MatMut, RhsPanels, Threads};
 use super::isa::{self, Isa};
 use super::packed_op::{check_sizes, linear_forward};
+use super::side_by_side::fill_biases;
 use super::transpose::{self, GROUP};
 
 /// The bitsandbytes NF4 codebook, in bnb index order (functional.py `get_4bit_type("nf4")`).
@@ -58,6 +58,17 @@ pub const NF4_CODE: [f32; 16] = [
 
 /// Floats per decoded panel (256 KiB): it stays in L2 while `gemm` reads it.
 const PANEL_FLOATS: usize = 64 * 1024;
+
+/// Floats per decoded panel for a product of few rows below AVX-512 (16 KiB, so 16 weight rows
+/// of up to 256 columns): it stays in L1 between its decoding and `gemm`'s reading it, which
+/// matters where every decoded value is used by few rows. NF4 BERT-mini at batch 1 (64 rows) on
+/// AVX2 code went from 0.97–1.00× to 0.90–0.92× the dense model's latency (3 runs of 300
+/// interleaved pairs, Xeon). On AVX-512 the same panels made it slower (0.86× → 1.08×), and so
+/// did they at batch 32 (2,048 rows) on either path, so those keep [`PANEL_FLOATS`].
+const FEW_ROWS_PANEL_FLOATS: usize = 4 * 1024;
+
+/// Products of up to this many rows take [`FEW_ROWS_PANEL_FLOATS`] (below AVX-512).
+const FEW_ROWS: usize = 128;
 
 /// `gemm` reads a column-major panel as it is when its rows are a multiple of its vector width
 /// (up to 16 floats, on AVX-512); panels are cut to such heights.
@@ -181,11 +192,22 @@ impl PackedNf4 {
         let k = self.cols;
         assert_eq!(x.len(), m * k, "nf4 matmul: input size");
         assert_eq!((dst.rows, dst.cols), (m, self.rows), "nf4 matmul: output shape");
-        // Panel rows: 64 (as the dense few-row products), fewer where a panel would outgrow L2;
-        // a multiple of 16 where there are that many rows, so that panels are column-major.
-        let nb = (PANEL_FLOATS / k.max(1)).clamp(WHOLE_VECTORS, 64) / WHOLE_VECTORS * WHOLE_VECTORS;
+        // Panel rows: 64 (as the dense few-row products), fewer where a panel would outgrow L2
+        // (L1 for few rows below AVX-512); a multiple of 16, so that panels are column-major.
+        let floats = match isa::active() {
+            Isa::Avx2 | Isa::Baseline if m <= FEW_ROWS => FEW_ROWS_PANEL_FLOATS,
+            _ => PANEL_FLOATS,
+        };
+        let nb = (floats / k.max(1)).clamp(WHOLE_VECTORS, 64) / WHOLE_VECTORS * WHOLE_VECTORS;
         let buffer = nb * k + GROUP * k;
-        matmul_panels(dst, Mat::rows(x, m, k), nb, (1.0, accumulate), buffer, &Transposed(self));
+        matmul_panels(
+            dst,
+            Mat::rows(x, m, k),
+            nb,
+            (1.0, accumulate),
+            buffer,
+            &Transposed(self),
+        );
     }
 
     /// Whether panels of `rows` rows can be decoded straight into columns by gathering `lanes`
@@ -570,7 +592,10 @@ pub fn linear_residual(
     residual: &Tensor,
 ) -> Result<Tensor> {
     if bias.is_some_and(|b| b.len() != weight.rows) {
-        candle_core::bail!("nf4-linear-residual: a bias of the wrong width for {} outputs", weight.rows)
+        candle_core::bail!(
+            "nf4-linear-residual: a bias of the wrong width for {} outputs",
+            weight.rows
+        )
     }
     x.contiguous()?.apply_op2_no_bwd(
         &residual.contiguous()?,
@@ -627,7 +652,9 @@ pub fn linear_side_by_side(x: &Tensor, layers: &[Nf4Layer]) -> Result<Tensor> {
             candle_core::bail!("nf4 side by side: layers of different input widths or a bias of the wrong width")
         }
     }
-    x.contiguous()?.apply_op1_no_bwd(&Nf4SideBySideOp { layers: layers.to_vec() })
+    x.contiguous()?.apply_op1_no_bwd(&Nf4SideBySideOp {
+        layers: layers.to_vec(),
+    })
 }
 
 /// The candle op of [`linear_side_by_side`].
@@ -645,7 +672,11 @@ impl CustomOp1 for Nf4SideBySideOp {
         let total: usize = outs.iter().sum();
         let k = self.layers[0].0.cols;
         linear_forward("nf4-side-by-side", s, l, (total, k), |x, m, y| {
-            let biases: Vec<Option<&[f32]>> = self.layers.iter().map(|(_, b)| b.as_deref().map(Vec::as_slice)).collect();
+            let biases: Vec<Option<&[f32]>> = self
+                .layers
+                .iter()
+                .map(|(_, b)| b.as_deref().map(Vec::as_slice))
+                .collect();
             fill_biases(y, &biases, &outs);
             let mut at = 0;
             for ((w, b), &out) in self.layers.iter().zip(&outs) {
@@ -884,9 +915,15 @@ mod tests {
         let dev = candle_core::Device::Cpu;
         let x = Tensor::from_vec(rng.normal_vec(3 * 5 * 64, 0.0, 1.0), (3, 5, 64), &dev).unwrap();
         let layers: Vec<Nf4Layer> = vec![
-            (Arc::new(random(48, 64, 64, 12)), Some(Arc::new(rng.normal_vec(48, 0.0, 1.0)))),
+            (
+                Arc::new(random(48, 64, 64, 12)),
+                Some(Arc::new(rng.normal_vec(48, 0.0, 1.0))),
+            ),
             (Arc::new(random(20, 64, 32, 13)), None),
-            (Arc::new(random(64, 64, 64, 14)), Some(Arc::new(rng.normal_vec(64, 0.0, 1.0)))),
+            (
+                Arc::new(random(64, 64, 64, 14)),
+                Some(Arc::new(rng.normal_vec(64, 0.0, 1.0))),
+            ),
         ];
         let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         isa::on_every_path(|path| {

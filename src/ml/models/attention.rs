@@ -87,7 +87,10 @@ impl SelfAttention {
     fn packed_qkv(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Option<Tensor>> {
         let layers = [&self.query, &self.key, &self.value];
         // NF4 weights in inference: the three NF4 products as one op.
-        let nf4 = layers.iter().map(|l| l.nf4_inference(x, ctx)).collect::<Result<Vec<_>>>()?;
+        let nf4 = layers
+            .iter()
+            .map(|l| l.nf4_inference(x, ctx))
+            .collect::<Result<Vec<_>>>()?;
         if let Some(nf4) = nf4.into_iter().collect::<Option<Vec<_>>>() {
             return nf4_kernel::linear_side_by_side(x, &nf4).map(Some);
         }
