@@ -318,7 +318,7 @@ fn decode_scalar(bytes: &[u8], scale: f32, out: &mut [f32], from: usize) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{decode_scalar, PackedNf4, NF4_CODE};
+    use super::{decode_scalar, transpose, PackedNf4, NF4_CODE};
     use std::arch::x86_64::*;
 
     /// Within a little-endian dword of packed codes, where code `j` of its 8 sits (high nibble
@@ -417,11 +417,12 @@ mod x86 {
                 let (_, row_block) = group(t);
                 // SAFETY: rows r0 + t .. + 8 exist and every row starts on a dword (k a multiple
                 // of 8), so each row's dwords c0/8 .. c0/8 + 8 (c0 + 64 ≤ k) lie inside `packed`.
-                let r: [__m256i; 8] = std::array::from_fn(|i| unsafe {
-                    _mm256_loadu_si256(codes.add((r0 + t + i) * (k / 8) + c0 / 8).cast())
+                let r: [__m256; 8] = std::array::from_fn(|i| unsafe {
+                    _mm256_loadu_ps(codes.add((r0 + t + i) * (k / 8) + c0 / 8).cast())
                 });
                 let mut s = block_scales(row_block, c0);
-                for (d, v) in transpose8(r).into_iter().enumerate() {
+                let dwords = transpose::x86::in_registers(r).map(|v| _mm256_castps_si256(v));
+                for (d, v) in dwords.into_iter().enumerate() {
                     let c = c0 + 8 * d;
                     if d > 0 && c.is_multiple_of(w.block) {
                         s = block_scales(row_block, c);
@@ -442,29 +443,6 @@ mod x86 {
                 columns(t, c, unsafe { _mm256_i32gather_epi32::<4>(codes, at) }, s);
             }
         }
-    }
-
-    /// The 8 × 8 transpose of dwords: output `d` holds dword `d` of each input, in input order.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn transpose8(r: [__m256i; 8]) -> [__m256i; 8] {
-        // Pairs of rows interleaved (within 128-bit lanes), then pairs of pairs, then lanes swapped.
-        let t = |a, b| (_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
-        let ((t0, t1), (t2, t3)) = (t(r[0], r[1]), t(r[2], r[3]));
-        let ((t4, t5), (t6, t7)) = (t(r[4], r[5]), t(r[6], r[7]));
-        let u = |a, b| (_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b));
-        let ((u0, u1), (u2, u3)) = (u(t0, t2), u(t1, t3));
-        let ((u4, u5), (u6, u7)) = (u(t4, t6), u(t5, t7));
-        [
-            _mm256_permute2x128_si256::<0x20>(u0, u4),
-            _mm256_permute2x128_si256::<0x20>(u1, u5),
-            _mm256_permute2x128_si256::<0x20>(u2, u6),
-            _mm256_permute2x128_si256::<0x20>(u3, u7),
-            _mm256_permute2x128_si256::<0x31>(u0, u4),
-            _mm256_permute2x128_si256::<0x31>(u1, u5),
-            _mm256_permute2x128_si256::<0x31>(u2, u6),
-            _mm256_permute2x128_si256::<0x31>(u3, u7),
-        ]
     }
 
     /// [`PackedNf4::decode`] on the AVX2 path (one call: the block loop is compiled with AVX2 too).

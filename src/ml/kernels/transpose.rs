@@ -47,7 +47,7 @@ pub(crate) unsafe fn group_raw(rows: &[f32], k: usize, out: *mut f32, stride: us
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
     /// The full 8-column blocks of [`super::group_raw`]; returns the first column not moved.
@@ -61,33 +61,7 @@ mod x86 {
             // SAFETY: rows i·k + c .. + 8 and out (c + j)·stride .. + 8 lie inside the caller's
             // buffers (its promise, c + 8 ≤ k).
             unsafe {
-                let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * k + c)));
-                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-                let cols = [
-                    _mm256_permute2f128_ps::<0x20>(u0, u4),
-                    _mm256_permute2f128_ps::<0x20>(u1, u5),
-                    _mm256_permute2f128_ps::<0x20>(u2, u6),
-                    _mm256_permute2f128_ps::<0x20>(u3, u7),
-                    _mm256_permute2f128_ps::<0x31>(u0, u4),
-                    _mm256_permute2f128_ps::<0x31>(u1, u5),
-                    _mm256_permute2f128_ps::<0x31>(u2, u6),
-                    _mm256_permute2f128_ps::<0x31>(u3, u7),
-                ];
+                let cols = in_registers(std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * k + c))));
                 for (j, col) in cols.into_iter().enumerate() {
                     _mm256_storeu_ps(out.add((c + j) * stride), col);
                 }
@@ -95,6 +69,30 @@ mod x86 {
             c += 8;
         }
         c
+    }
+
+    /// The 8 × 8 transpose of 32-bit elements in registers: output `d` holds element `d` of each
+    /// input, in input order.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(crate) fn in_registers(r: [__m256; 8]) -> [__m256; 8] {
+        // Pairs of rows interleaved (within 128-bit lanes), then pairs of pairs, then lanes swapped.
+        let t = |a, b| (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+        let ((t0, t1), (t2, t3)) = (t(r[0], r[1]), t(r[2], r[3]));
+        let ((t4, t5), (t6, t7)) = (t(r[4], r[5]), t(r[6], r[7]));
+        let u = |a, b| (_mm256_shuffle_ps::<0x44>(a, b), _mm256_shuffle_ps::<0xEE>(a, b));
+        let ((u0, u1), (u2, u3)) = (u(t0, t2), u(t1, t3));
+        let ((u4, u5), (u6, u7)) = (u(t4, t6), u(t5, t7));
+        [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ]
     }
 }
 
