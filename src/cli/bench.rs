@@ -34,7 +34,9 @@ pub enum Bench {
     /// BERT-mini: 4 layers, hidden 256, 4 heads, intermediate 1024, seq 64, 2 classes. ViT: 6
     /// layers, hidden 192, 3 heads, intermediate 768, 224 px, patch 16, 3 classes. Batch 32, f32,
     /// seeded random inputs. Train step = forward with dropout, cross-entropy, backward, gradient
-    /// clipping and AdamW; inference = eval-mode forward on detached weights. Reports medians.
+    /// clipping and AdamW; inference = eval-mode forward on detached weights. Both read the logits
+    /// only, as `train` and `eval` do, so the last layer computes the first token alone. Reports
+    /// medians.
     Train {
         /// Threads [default: all cores].
         #[arg(long)]
