@@ -10,9 +10,15 @@
 //! largest transient buffer is one panel per thread. Decoding uses AVX-512 (`vpermps` over the
 //! whole 16-entry codebook), AVX2 (two 8-entry halves and a blend) or plain code, chosen at run
 //! time ([`super::isa`]); all three give the same bits. Where every row holds whole blocks, the
-//! AVX-512 and AVX2 paths decode a panel straight into columns — one gather loads 16 (8) rows'
-//! next 8 codes and their scales — instead of decoding rows and transposing them (the transposes
-//! took 3× the decoding's time; NF4 BERT-mini at batch 1 went from 3.43 to 2.94 ms on a Xeon).
+//! AVX-512 and AVX2 paths decode a panel straight into columns instead of decoding rows and
+//! transposing them (the transposes took 3× the decoding's time; NF4 BERT-mini at batch 1 went
+//! from 3.43 to 2.94 ms on a Xeon): AVX-512 gathers 16 rows' next 8 codes at a time, AVX2 (whose
+//! gathers are slow) loads 8 rows' next 64 codes plainly and transposes them in registers. Few-row
+//! products below AVX-512 decode panels small enough for L1 (`FEW_ROWS_PANEL_FLOATS`).
+//!
+//! Besides `x·Wᵀ + b` (`linear`) there are the inference ops the layers fuse: bias + GELU in one
+//! pass after the product (`linear_gelu`), the residual sum starting the output
+//! (`linear_residual`) and several layers' outputs side by side (`linear_side_by_side`).
 //!
 //! A LoRA adapter beside the weight ([`LoraFactors`]) is added inside the same op: `x·Aᵀ`, then
 //! `scale · (x·Aᵀ)·Bᵀ` accumulated into `y` by the matrix kernel.
@@ -178,11 +184,7 @@ impl PackedNf4 {
     pub fn matmul_t(&self, x: &[f32], m: usize, bias: Option<&[f32]>, y: &mut [f32]) {
         let (n, k) = (self.rows, self.cols);
         check_sizes("nf4 matmul", x, y, bias, (m, n, k));
-        if let Some(b) = bias {
-            for row in y.chunks_exact_mut(n) {
-                row.copy_from_slice(b);
-            }
-        }
+        fill_biases(y, &[bias], &[n]);
         self.product_t(x, m, MatMut::rows(y, m, n), bias.is_some());
     }
 
