@@ -4,6 +4,7 @@
 //! that is trusted.
 
 mod common;
+use common::server::LoopbackServer;
 use common::{by_name, sorted, Test};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -180,19 +181,15 @@ fn push_and_pull_move_results_explicitly_and_the_config_file_names_the_remote() 
 
 /// A read-only HTTP server on loopback serving `dir` (Python's http.server: GET and HEAD only).
 struct StaticServer {
-    child: std::process::Child,
+    _server: LoopbackServer,
     url: String,
 }
 
 impl StaticServer {
     fn start(dir: &Path) -> StaticServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("python3")
-            .args([
+        let server = LoopbackServer::start(|port| {
+            let mut cmd = std::process::Command::new("python3");
+            cmd.args([
                 "-m",
                 "http.server",
                 "--bind",
@@ -200,23 +197,11 @@ impl StaticServer {
                 &port.to_string(),
                 "--directory",
             ])
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("python3 runs");
-        wait_until(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-        StaticServer {
-            child,
-            url: format!("http://127.0.0.1:{port}/"),
-        }
-    }
-}
-
-impl Drop for StaticServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            .arg(dir);
+            cmd
+        });
+        let url = format!("http://127.0.0.1:{}/", server.port);
+        StaticServer { _server: server, url }
     }
 }
 

@@ -4,6 +4,7 @@
 //! appear in what rkd prints or stores.
 
 mod common;
+use common::server::LoopbackServer;
 use common::{sorted, Test};
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -12,36 +13,24 @@ use std::path::Path;
 const BUCKET: &str = "rkd-test";
 const SECRET: &str = "moto-secret-that-must-never-be-printed";
 
-/// moto's S3 server on a free loopback port, stopped when dropped.
+/// moto's S3 server on a loopback port of its own, stopped when dropped.
 struct Moto {
-    child: std::process::Child,
-    port: u16,
+    server: LoopbackServer,
 }
 
 impl Moto {
     /// Started from RKD_MOTO_SERVER; `None` (the test says it is skipped) when that is unset.
     fn start() -> Option<Moto> {
-        let Some(server) = std::env::var_os("RKD_MOTO_SERVER") else {
+        let Some(program) = std::env::var_os("RKD_MOTO_SERVER") else {
             eprintln!("skipped: RKD_MOTO_SERVER is not set (.ci/run installs moto and sets it)");
             return None;
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new(&server)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("RKD_MOTO_SERVER={}: {e}", server.to_string_lossy()));
-        let moto = Moto { child, port };
-        let t0 = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t0.elapsed().as_secs() < 60, "moto did not start");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        let server = LoopbackServer::start(|port| {
+            let mut cmd = std::process::Command::new(&program);
+            cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            cmd
+        });
+        let moto = Moto { server };
         // Public: the test reads and damages objects with plain requests.
         let (status, body) = moto.http("PUT", &format!("/{BUCKET}"), &[], &[("x-amz-acl", "public-read-write")]);
         assert_eq!(status, 200, "creating the bucket: {}", String::from_utf8_lossy(&body));
@@ -50,12 +39,12 @@ impl Moto {
 
     /// One plain HTTP request (moto accepts unsigned ones): status and body.
     fn http(&self, method: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Vec<u8>) {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.server.port)).unwrap();
         let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
         write!(
             s,
             "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
-            self.port,
+            self.server.port,
             body.len()
         )
         .unwrap();
@@ -77,14 +66,7 @@ impl Moto {
         t.env("AWS_ACCESS_KEY_ID", "AKIAMOTOTEST")
             .env("AWS_SECRET_ACCESS_KEY", SECRET)
             .env("AWS_REGION", "us-east-1")
-            .env("AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{}", self.port))
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            .env("AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{}", self.server.port))
     }
 }
 
