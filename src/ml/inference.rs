@@ -343,41 +343,62 @@ mod tests {
         dir
     }
 
-    /// Every base linear NF4 and no adapter: q, k and v as one NF4 op, the residual sums and
-    /// the feed-forward GELU inside the NF4 ops — the logits of the dense model holding the
-    /// dequantized weights, on the whole forward and on the first-token one.
+    /// Every base linear NF4, without and with a LoRA adapter on each: q, k and v as one NF4 op,
+    /// the residual sums and the feed-forward GELU inside the NF4 ops, the adapter inside each —
+    /// the logits of the dense model holding the dequantized weights (and the same adapters, on
+    /// the composite path), on the whole forward and on the first-token one.
     #[test]
-    fn an_nf4_model_without_adapters_computes_what_its_dequantized_weights_compute() {
+    fn an_nf4_model_computes_what_its_dequantized_weights_compute_with_and_without_adapters() {
         let config = ModelConfig::Bert(tiny_bert(2));
         // Frozen weights, as `load_inference` holds them (nothing tracks a gradient).
         let params = crate::ml::ParamStore::new(9);
         Model::new(&config, params.var_builder(DType::F32, &Device::Cpu)).unwrap();
         let frozen = || Model::new(&config, params.frozen_var_builder(DType::F32, &Device::Cpu)).unwrap();
-        let (mut nf4, mut dense) = (frozen(), frozen());
         let quantized = base_linears(&config);
-        let dense_linears = crate::ml::models::linears::linears_mut(&mut dense);
-        for ((name, linear), (_, reference)) in crate::ml::models::linears::linears_mut(&mut nf4)
-            .into_iter()
-            .zip(dense_linears)
-        {
-            if !quantized.contains(&name) {
-                continue;
+        let mut logits = Vec::new();
+        for adapters in [false, true] {
+            let (mut nf4, mut dense) = (frozen(), frozen());
+            let mut rng = crate::ml::Rng::new(10);
+            let dense_linears = crate::ml::models::linears::linears_mut(&mut dense);
+            for ((name, linear), (_, reference)) in crate::ml::models::linears::linears_mut(&mut nf4)
+                .into_iter()
+                .zip(dense_linears)
+            {
+                if !quantized.contains(&name) {
+                    continue;
+                }
+                let packed = Nf4Tensor::from_tensor(&linear.weight, 64, true)
+                    .unwrap()
+                    .to_packed()
+                    .unwrap();
+                reference.weight = Tensor::from_vec(packed.dequantize(), linear.weight.dims(), &Device::Cpu).unwrap();
+                linear
+                    .keep_packed(PackedWeight::Nf4(std::sync::Arc::new(packed)))
+                    .unwrap();
+                if adapters {
+                    let (out, inp) = linear.weight.dims2().unwrap();
+                    let a = Tensor::from_vec(rng.normal_vec(4 * inp, 0.0, 0.3), (4, inp), &Device::Cpu).unwrap();
+                    let b = Tensor::from_vec(rng.normal_vec(out * 4, 0.0, 0.3), (out, 4), &Device::Cpu).unwrap();
+                    let branch = LoraBranch {
+                        a,
+                        b,
+                        scale: 2.0,
+                        dropout: Dropout::new(0.1),
+                    };
+                    linear.lora = Some(branch.clone());
+                    reference.lora = Some(branch);
+                }
             }
-            let packed = Nf4Tensor::from_tensor(&linear.weight, 64, true)
-                .unwrap()
-                .to_packed()
-                .unwrap();
-            reference.weight = Tensor::from_vec(packed.dequantize(), linear.weight.dims(), &Device::Cpu).unwrap();
-            linear
-                .keep_packed(PackedWeight::Nf4(std::sync::Arc::new(packed)))
-                .unwrap();
+            for ctx in [ForwardCtx::eval(), ForwardCtx::eval().logits_only()] {
+                let run = |m: &Model| m.forward(&text_input(), &mut ctx.clone()).unwrap().logits;
+                let (a, b) = (run(&nf4), run(&dense));
+                let err = max_abs_diff(&a, &b);
+                assert!(err < 1e-5, "adapters {adapters}: {err}");
+                logits.push(a);
+            }
         }
-        for ctx in [ForwardCtx::eval(), ForwardCtx::eval().logits_only()] {
-            let run = |m: &Model| m.forward(&text_input(), &mut ctx.clone()).unwrap().logits;
-            let (a, b) = (run(&nf4), run(&dense));
-            let err = max_abs_diff(&a, &b);
-            assert!(err < 1e-5, "{err}");
-        }
+        // The adapters change what the model computes (so the comparisons above see them).
+        assert!(max_abs_diff(&logits[0], &logits[2]) > 1e-2);
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub mod isa;
 pub mod nf4_device;
 /// Products with NF4 weights dequantized panel by panel inside the CPU kernel.
 pub mod nf4_kernel;
+/// An NF4 layer (weight, bias, LoRA adapter) and the inference ops on it (GELU, residual, side by side).
+pub mod nf4_layer;
 /// What the NF4 and sparse inference ops share (their forward pass and size checks).
 pub(crate) mod packed_op;
 /// Seeded, portable random numbers, derived seeds and counter-based dropout masks.

@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 
 use super::layers::{softmax_last_dim, Dropout, ForwardCtx, Linear};
 use crate::ml::kernels::fused_attention::{self, AttentionDropout};
-use crate::ml::kernels::{fused, fused_linear, nf4_kernel, side_by_side};
+use crate::ml::kernels::{fused, fused_linear, nf4_layer, side_by_side};
 
 /// Scaled dot-product self-attention with `heads` heads of `head_dim`; weights under `query`,
 /// `key`, `value`, each `[heads × head_dim, hidden]`.
@@ -82,7 +82,7 @@ impl SelfAttention {
 
     /// q, k and v side by side in one `[b, s, 3·heads·head_dim]` tensor when all three
     /// projections run fused: in inference each product writes its columns
-    /// ([`side_by_side`], or [`nf4_kernel::linear_side_by_side`] for NF4 weights), in training
+    /// ([`side_by_side`], or [`nf4_layer::linear_side_by_side`] for NF4 weights), in training
     /// one product of the stacked weights ([`Self::stacked`]).
     fn packed_qkv(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Option<Tensor>> {
         let layers = [&self.query, &self.key, &self.value];
@@ -92,7 +92,7 @@ impl SelfAttention {
             .map(|l| l.nf4_inference(x, ctx))
             .collect::<Result<Vec<_>>>()?;
         if let Some(nf4) = nf4.into_iter().collect::<Option<Vec<_>>>() {
-            return nf4_kernel::linear_side_by_side(x, &nf4).map(Some);
+            return nf4_layer::linear_side_by_side(x, &nf4).map(Some);
         }
         let parts = layers.map(|l| (&l.weight, l.bias.as_ref()));
         if layers.iter().all(|l| l.fuses(x, ctx)) && side_by_side::applies(x, &parts) {

@@ -16,7 +16,8 @@ use crate::ml::kernels::frozen_grad;
 use crate::ml::kernels::fused;
 use crate::ml::kernels::fused_linear;
 use crate::ml::kernels::nf4_device::DeviceNf4;
-use crate::ml::kernels::nf4_kernel::{self, PackedNf4};
+use crate::ml::kernels::nf4_kernel::PackedNf4;
+use crate::ml::kernels::nf4_layer::{self, LoraFactors, Nf4Layer};
 use crate::ml::kernels::rng::{CounterMask, Rng};
 use crate::ml::kernels::sparse_kernel::{self, CsrWeight};
 use std::sync::Arc;
@@ -233,7 +234,7 @@ impl Linear {
     /// `residual + dropout(layer(x))`, the residual connection after a projection. Where that
     /// dropout is the identity (eval, or `p = 0`), nothing needs a gradient and the layer fuses
     /// ([`Linear::fuses`]) or holds an NF4 weight without a LoRA branch, one op computes it
-    /// ([`fused_linear::linear_residual`], [`nf4_kernel::linear_residual`]).
+    /// ([`fused_linear::linear_residual`], [`nf4_layer::linear_residual`]).
     pub fn forward_residual(
         &self,
         x: &Tensor,
@@ -250,8 +251,8 @@ impl Linear {
             return fused_linear::linear_residual(x, &self.weight, self.bias.as_ref(), residual);
         }
         if identity && !tracked && fused::fusable(residual) {
-            if let Some((w, bias)) = self.nf4_inference(x, ctx)? {
-                return nf4_kernel::linear_residual(x, &w, bias.as_ref(), residual);
+            if let Some(layer) = self.nf4_inference(x, ctx)? {
+                return nf4_layer::linear_residual(x, &layer, residual);
             }
         }
         fused::add(&dropout.forward(&self.forward_ctx(x, ctx)?, ctx)?, residual)
@@ -283,35 +284,49 @@ impl Linear {
         }
     }
 
-    /// `gelu(x·Wᵀ + b)` as one NF4 op ([`nf4_kernel::linear_gelu`]) where the layer runs on the
+    /// `gelu(x·Wᵀ + b)` as one NF4 op ([`nf4_layer::linear_gelu`]) where the layer runs on the
     /// NF4 kernel without autograd ([`Linear::nf4_inference`]); `None` otherwise.
     fn nf4_gelu(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Option<Tensor>> {
         match self.nf4_inference(x, ctx)? {
-            Some((w, Some(b))) => nf4_kernel::linear_gelu(x, &w, &b).map(Some),
+            Some(layer) if layer.bias.is_some() => nf4_layer::linear_gelu(x, &layer).map(Some),
             _ => Ok(None),
         }
     }
 
-    /// The NF4 weight and the f32 bias of a layer that the CPU NF4 kernel runs on `x` in `ctx`
-    /// as an inference op: the weight packed NF4 on the CPU, no LoRA branch, f32 compute, `x`
-    /// on the CPU, and neither `x` nor the bias tracking gradients. `None` otherwise.
-    pub(crate) fn nf4_inference(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Option<nf4_kernel::Nf4Layer>> {
-        let (Some(PackedWeight::Nf4(w)), None) = (&self.packed, &self.lora) else {
+    /// The layer as the CPU NF4 inference ops take it ([`Nf4Layer`]: weight, f32 bias, LoRA
+    /// adapter) where they can run it on `x` in `ctx`: the weight packed NF4 on the CPU, f32
+    /// compute, `x` on the CPU, nothing tracking a gradient (`x`, the bias, the adapter) and the
+    /// adapter's dropout the identity (eval, or `p = 0`). `None` otherwise.
+    pub(crate) fn nf4_inference(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Option<Nf4Layer>> {
+        let Some(PackedWeight::Nf4(w)) = &self.packed else {
             return Ok(None);
         };
         let bias_tracked = self.bias.as_ref().is_some_and(Tensor::track_op);
         if ctx.compute != DType::F32 || !fused::fusable(x) || x.track_op() || bias_tracked {
             return Ok(None);
         }
+        let lora = match &self.lora {
+            None => None,
+            Some(l) if l.a.track_op() || l.b.track_op() || (ctx.is_train() && l.dropout.p > 0.0) => return Ok(None),
+            Some(l) => Some(Arc::new(l.factors()?)),
+        };
         let bias = match &self.bias {
             Some(b) => Some(Arc::new(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)),
             None => None,
         };
-        Ok(Some((w.clone(), bias)))
+        Ok(Some(Nf4Layer {
+            weight: w.clone(),
+            bias,
+            lora,
+        }))
     }
 
     fn apply(&self, x: &Tensor, ctx: Option<&mut ForwardCtx>) -> Result<Tensor> {
         if let Some(w) = &self.packed {
+            let eval = ForwardCtx::eval();
+            if let Some(layer) = self.nf4_inference(x, ctx.as_deref().unwrap_or(&eval))? {
+                return nf4_layer::linear(x, &layer);
+            }
             return self.apply_packed(w, x, ctx);
         }
         let compute = ctx.as_ref().map_or(DType::F32, |c| c.compute);
@@ -426,7 +441,7 @@ impl Linear {
     /// for the backward pass.
     fn apply_packed(&self, w: &PackedWeight, x: &Tensor, ctx: Option<&mut ForwardCtx>) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let (rows_out, in_dim) = w.dims();
+        let in_dim = w.dims().1;
         let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
         let x2 = x.reshape((rows, in_dim))?;
         let tracked = x2.track_op();
@@ -442,24 +457,16 @@ impl Linear {
                 Some(b) if frozen_bias => Some(Arc::new(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
                 _ => None,
             };
-            let eval = ctx.as_ref().is_none_or(|c| !c.is_train());
-            match (w, &self.lora) {
-                // The adapter inside the NF4 op (eval mode: no dropout to apply).
-                (PackedWeight::Nf4(w), Some(l)) if eval && !tracked && frozen_bias => {
-                    let factors = nf4_kernel::LoraFactors {
-                        a: l.a.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
-                        b: l.b.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
-                        rank: l.a.dim(0)?,
-                        scale: l.scale as f32,
+            match w {
+                PackedWeight::Nf4(w) => {
+                    let layer = Nf4Layer {
+                        bias: bias.clone(),
+                        ..Nf4Layer::new(w.clone())
                     };
-                    let y = nf4_kernel::linear(&input, w, bias.as_ref(), Some(factors))?;
-                    let mut out_dims = dims;
-                    *out_dims.last_mut().expect("non-empty") = rows_out;
-                    return y.reshape(out_dims);
+                    (nf4_layer::linear(&input, &layer)?, bias.is_some())
                 }
-                (PackedWeight::Nf4(w), _) => (nf4_kernel::linear(&input, w, bias.as_ref(), None)?, bias.is_some()),
-                (PackedWeight::Sparse(w), _) => (sparse_kernel::linear(&input, w, bias.as_ref())?, bias.is_some()),
-                (PackedWeight::Nf4Device(_), _) => unreachable!("not a CPU kernel"),
+                PackedWeight::Sparse(w) => (sparse_kernel::linear(&input, w, bias.as_ref())?, bias.is_some()),
+                PackedWeight::Nf4Device(_) => unreachable!("not a CPU kernel"),
             }
         } else {
             // A device NF4 weight is dequantized on its device (`dense_on`).
@@ -537,6 +544,17 @@ impl LoraBranch {
             b: self.b.detach(),
             ..self.clone()
         }
+    }
+
+    /// Its factors in f32 as the NF4 inference ops take them ([`LoraFactors`]).
+    pub fn factors(&self) -> Result<LoraFactors> {
+        let values = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+        Ok(LoraFactors {
+            a: values(&self.a)?,
+            b: values(&self.b)?,
+            rank: self.a.dim(0)?,
+            scale: self.scale as f32,
+        })
     }
 
     /// `scale · B·A` in f32, for any `A: [r, in]` and `B: [out, r]`.
