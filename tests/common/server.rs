@@ -25,24 +25,35 @@ pub struct LoopbackServer {
 impl LoopbackServer {
     /// Runs `command(port)` on a port no other server of this process has had and waits (60 s at
     /// most) until it answers an HTTP request; one that exits first (its port was taken meanwhile)
-    /// is started again on another port.
+    /// is started again on another port, and after five such exits the last one's stderr is the
+    /// panic's message.
     pub fn start(mut command: impl FnMut(u16) -> Command) -> LoopbackServer {
+        let mut said = String::new();
         for _ in 0..5 {
             let port = fresh_port();
+            let log = std::env::temp_dir().join(format!("rkd-test-server-{}-{port}.log", std::process::id()));
             let mut cmd = command(port);
             let child = cmd
                 .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
                 .unwrap_or_else(|e| panic!("starting {:?}: {e}", cmd.get_program()));
             let mut server = LoopbackServer { child, port };
             let t0 = Instant::now();
             loop {
-                if server.child.try_wait().unwrap().is_some() {
+                if let Some(status) = server.child.try_wait().unwrap() {
+                    said = format!("{status}: {}", std::fs::read_to_string(&log).unwrap_or_default());
                     break;
                 }
+                // Up once it answers and is still running a moment later (an answer from
+                // another process that took the port first would leave ours exiting).
                 if answers_http(port) {
-                    return server;
+                    std::thread::sleep(Duration::from_millis(200));
+                    if server.child.try_wait().unwrap().is_none() {
+                        let _ = std::fs::remove_file(&log);
+                        return server;
+                    }
+                    continue;
                 }
                 assert!(
                     t0.elapsed() < Duration::from_secs(60),
@@ -51,8 +62,9 @@ impl LoopbackServer {
                 );
                 std::thread::sleep(Duration::from_millis(50));
             }
+            let _ = std::fs::remove_file(&log);
         }
-        panic!("the server exited on five different ports");
+        panic!("the server exited on five different ports; the last said: {said}");
     }
 }
 

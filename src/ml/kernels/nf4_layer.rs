@@ -10,8 +10,10 @@
 //! `B` as extra columns of the decoded panels, measured slower on BERT-mini at batch 1: the
 //! skinny rank-8 steps cost more as many small pieces than as two products.)
 //!
-//! The ops compute the forward pass only (no autograd); where gradients must reach the input
-//! (QLoRA training), the layer takes the composite path instead.
+//! The ops compute the forward pass only (no autograd). Where gradients must reach the input or
+//! the adapter (QLoRA training), or the adapter's dropout is active, the layer runs the NF4
+//! product on its own (its input's gradient through [`super::frozen_grad`]) and the adapter as
+//! separate ops instead.
 
 use std::sync::Arc;
 
@@ -241,6 +243,9 @@ impl CustomOp1 for Nf4SideBySideOp {
         let total: usize = outs.iter().sum();
         let k = self.layers[0].weight.dims().1;
         linear_forward("nf4-side-by-side", s, l, (total, k), |x, m, y| {
+            if y.is_empty() {
+                return;
+            }
             let biases: Vec<Option<&[f32]>> = self
                 .layers
                 .iter()
@@ -327,8 +332,9 @@ mod tests {
     }
 
     /// The product with and without bias and adapter, on every path, with leading dimensions,
-    /// over panels of whole vectors and a remainder panel (70 outputs), and with the adapter's
-    /// `B` riding in panels decoded column by column and row by row.
+    /// over panels of whole vectors and a remainder panel (70 outputs); and with the adapter on
+    /// the shapes whose rank-8 products the matrix kernel splits differently: few rows and many
+    /// columns (batch 1: column panels) and 512+ rows (row blocks per thread).
     #[test]
     fn linear_computes_the_layer_with_its_adapter_on_every_path() {
         let x = input(&[2, 13], 96, 1);
@@ -339,6 +345,15 @@ mod tests {
                 assert_close(&linear(&x, &l).unwrap(), &composite(&x, &l), 1e-5, &what);
             }
         });
+        for (lead, rows) in [(vec![1, 64], 256), (vec![600], 128)] {
+            let x = input(&lead, 64, 3);
+            let l = layer(rows, 64, 64, 4, true, true);
+            for threads in [1, 2] {
+                let y = crate::ml::kernels::runtime::with_threads(threads, || linear(&x, &l).unwrap());
+                let what = format!("{lead:?} × {rows} on {threads} threads");
+                assert_close(&y, &composite(&x, &l), 1e-5, &what);
+            }
+        }
     }
 
     /// Bias and GELU in one pass after the product, with and without an adapter, on every path;
@@ -367,16 +382,18 @@ mod tests {
         let x = input(&[2, 7], 64, 5);
         let r = input(&[2, 7], 48, 6);
         isa::on_every_path(|path| {
-            for (bias, lora) in [(false, false), (true, false), (true, true)] {
+            for (bias, lora) in [(false, false), (true, false), (false, true), (true, true)] {
                 let l = layer(48, 64, 64, 7, bias, lora);
                 let want = (composite(&x, &l) + &r).unwrap();
                 let what = format!("{} bias {bias} lora {lora}", path.name());
                 assert_close(&linear_residual(&x, &l, &r).unwrap(), &want, 1e-5, &what);
             }
         });
-        let l = layer(48, 64, 64, 7, true, false);
+        let mut l = layer(48, 64, 64, 7, true, false);
         let e = linear_residual(&x, &l, &r.reshape((14, 48)).unwrap()).unwrap_err();
         assert!(e.to_string().contains("residual [14, 48]"), "{e}");
+        l.bias = Some(Arc::new(vec![0.0; 47]));
+        assert!(linear_residual(&x, &l, &r).is_err());
     }
 
     /// Each block of columns is exactly that layer's own output — with or without a bias and an
@@ -403,6 +420,9 @@ mod tests {
                 at += rows;
             }
         });
+        // No rows: an empty output, not a panic.
+        let empty = input(&[0, 5], 64, 14);
+        assert_eq!(linear_side_by_side(&empty, &layers).unwrap().dims(), &[0, 5, 164]);
         let narrow = layer(8, 32, 32, 13, false, false);
         assert!(linear_side_by_side(&x, &[layers[0].clone(), narrow]).is_err());
         assert!(linear_side_by_side(&x, &[]).is_err());

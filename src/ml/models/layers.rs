@@ -233,8 +233,9 @@ impl Linear {
 
     /// `residual + dropout(layer(x))`, the residual connection after a projection. Where that
     /// dropout is the identity (eval, or `p = 0`), nothing needs a gradient and the layer fuses
-    /// ([`Linear::fuses`]) or holds an NF4 weight without a LoRA branch, one op computes it
-    /// ([`fused_linear::linear_residual`], [`nf4_layer::linear_residual`]).
+    /// ([`Linear::fuses`]) or runs on the NF4 inference ops, its adapter included
+    /// ([`Linear::nf4_inference`]), one op computes it ([`fused_linear::linear_residual`],
+    /// [`nf4_layer::linear_residual`]).
     pub fn forward_residual(
         &self,
         x: &Tensor,
@@ -265,7 +266,8 @@ impl Linear {
     }
 
     /// `act(layer(x))` in `ctx`'s mode; GELU (erf) is fused into the layer for f32 CPU tensors
-    /// when there is a bias and no LoRA branch.
+    /// when there is a bias and either a dense weight without a LoRA branch or the NF4 inference
+    /// ops ([`Linear::nf4_inference`], adapter included).
     pub fn forward_act(&self, x: &Tensor, act: HiddenAct, ctx: &mut ForwardCtx) -> Result<Tensor> {
         match (&self.bias, act) {
             (Some(b), HiddenAct::Gelu)
@@ -385,7 +387,7 @@ impl Linear {
 /// the layer's input does, see [`frozen_grad`]).
 #[derive(Debug, Clone)]
 pub enum PackedWeight {
-    /// 4-bit NF4 codes and block scales in CPU memory ([`nf4_kernel`]).
+    /// 4-bit NF4 codes and block scales in CPU memory ([`crate::ml::kernels::nf4_kernel`]).
     Nf4(Arc<PackedNf4>),
     /// 4-bit NF4 codes and block scales on a device (a GPU), dequantized there per product
     /// ([`DeviceNf4`]).
@@ -742,6 +744,64 @@ pub fn additive_attention_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::Var;
+
+    /// The NF4 inference ops take a layer with its adapter exactly where that computes what the
+    /// layer's own forward does without autograd: frozen factors whose dropout is the identity.
+    #[test]
+    fn nf4_inference_takes_the_adapter_only_where_nothing_trains_and_nothing_drops() {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(4);
+        let w = Tensor::from_vec(rng.normal_vec(16 * 32, 0.0, 0.1), (16, 32), &dev).unwrap();
+        let mut layer = Linear::from_tensors(w.clone(), None);
+        let packed = crate::ml::compress::nf4::Nf4Tensor::from_tensor(&w, 32, false)
+            .unwrap()
+            .to_packed()
+            .unwrap();
+        layer.keep_packed(PackedWeight::Nf4(Arc::new(packed))).unwrap();
+        let a = Tensor::from_vec(rng.normal_vec(4 * 32, 0.0, 0.1), (4, 32), &dev).unwrap();
+        let b = Tensor::from_vec(rng.normal_vec(16 * 4, 0.0, 0.1), (16, 4), &dev).unwrap();
+        let branch = |p: f64, a: &Tensor, b: &Tensor| LoraBranch {
+            a: a.clone(),
+            b: b.clone(),
+            scale: 2.0,
+            dropout: Dropout::new(p),
+        };
+        let x = Tensor::from_vec(rng.normal_vec(3 * 32, 0.0, 1.0), (3, 32), &dev).unwrap();
+        let takes = |layer: &Linear, ctx: &ForwardCtx| {
+            layer
+                .nf4_inference(&x, ctx)
+                .unwrap()
+                .map(|l| l.lora.map(|f| (f.rank, f.scale, f.a.len(), f.b.len())))
+        };
+        let adapter = Some(Some((4, 2.0, 4 * 32, 16 * 4)));
+        let (eval, train) = (ForwardCtx::eval(), ForwardCtx::train(0));
+        layer.lora = Some(branch(0.1, &a, &b));
+        assert_eq!(takes(&layer, &eval), adapter, "eval: dropout is the identity");
+        assert_eq!(takes(&layer, &train), None, "train with p > 0: the mask must be drawn");
+        layer.lora = Some(branch(0.0, &a, &b));
+        assert_eq!(takes(&layer, &train), adapter, "train with p = 0 on frozen factors");
+        let (va, vb) = (Var::from_tensor(&a).unwrap(), Var::from_tensor(&b).unwrap());
+        layer.lora = Some(branch(0.0, va.as_tensor(), vb.as_tensor()));
+        assert_eq!(takes(&layer, &eval), None, "trained factors need their gradients");
+        layer.lora = None;
+        assert_eq!(takes(&layer, &eval), Some(None));
+        // And what the op computes is the layer's own composite forward.
+        layer.lora = Some(branch(0.1, &a, &b));
+        let fused = layer.forward_ctx(&x, &mut ForwardCtx::eval()).unwrap();
+        let dense = Linear {
+            packed: None,
+            weight: PackedWeight::Nf4(match &layer.packed {
+                Some(PackedWeight::Nf4(w)) => w.clone(),
+                _ => unreachable!(),
+            })
+            .dense_on(&dev)
+            .unwrap(),
+            ..layer.clone()
+        };
+        let composite = dense.forward_ctx(&x, &mut ForwardCtx::eval()).unwrap();
+        let diff = (fused - composite).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
 
     /// Central finite differences of `sum(f(x) * w)` against candle's backward, in f64.
     fn grad_check(f: impl Fn(&Tensor) -> Result<Tensor>, dims: &[usize]) {

@@ -92,11 +92,8 @@ fn patches(pixel_values: &Tensor, p: usize) -> Result<Tensor> {
             .reshape((b, gh * gw, c * p * p));
     }
     let x = pixel_values.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("patches: expected a CPU tensor")
-    };
-    let src = fused::slice(cpu, layout, "patches")?;
+    let locked = fused::locked(&x);
+    let src = locked.values("patches")?;
     let row = gw * c * p * p;
     let mut out = crate::ml::kernels::gemm::uninit_vec(b * gh * row);
     out.par_chunks_mut(row).enumerate().for_each(|(i, dst)| {

@@ -12,7 +12,7 @@
 //! Hugging Face `Trainer` does.
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Storage, Tensor, Var};
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 
 /// AdamW hyper-parameters (PyTorch's defaults except the learning rate, which is set per step).
@@ -249,14 +249,8 @@ pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
 fn sum_of_squares(g: &Tensor) -> Result<f64> {
     if is_cpu_f32(g) {
         let g = g.contiguous()?;
-        let (storage, layout) = g.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else {
-            candle_core::bail!("expected a CPU tensor")
-        };
-        let (a, b) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::msg("gradient is not contiguous"))?;
-        let slice = &cpu.as_slice::<f32>()?[a..b];
+        let locked = crate::ml::kernels::fused::locked(&g);
+        let slice = locked.values("gradient norm")?;
         // Fixed chunks, summed in order: the same total on any thread count.
         let partial: Vec<f64> = slice
             .par_chunks(UPDATE_CHUNK)
