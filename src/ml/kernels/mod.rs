@@ -1,6 +1,8 @@
 //! The bottom of `ml`: CPU kernels and process-wide runtime settings that the model layers call.
 //! Nothing here knows about models, configs or training; it imports nothing else from `ml`.
 
+/// A LoRA adapter's two rank-r steps row by row (`y += B·(scale·A·x)`), on AVX-512, AVX2 or plain code.
+pub(crate) mod adapter_kernel;
 /// The device the ops compute on (`--device`): choice, resolution, labels.
 pub mod device;
 /// The input's gradient through a frozen weight held outside autograd (packed NF4 or sparse).

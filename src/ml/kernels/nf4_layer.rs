@@ -4,11 +4,11 @@
 //! the output (`linear_residual`) and several layers' outputs side by side (`linear_side_by_side`,
 //! attention's q, k and v).
 //!
-//! The adapter is added inside each op, after the weight's product: `t = scale·x·Aᵀ`, then
-//! `t·Bᵀ` accumulated into the op's output columns. So every fused op runs for a QLoRA model with
-//! its adapter as it does without one. (Adding `t·Bᵀ` panel by panel inside the NF4 product, or
-//! `B` as extra columns of the decoded panels, measured slower on BERT-mini at batch 1: the
-//! skinny rank-8 steps cost more as many small pieces than as two products.)
+//! The adapter is added inside each op, after the weight's product, row by row
+//! ([`super::adapter_kernel`]: `t = scale·A·x_i`, then `y_i += B·t`). So every fused op runs for
+//! a QLoRA model with its adapter as it does without one. (Adding `t·Bᵀ` panel by panel inside
+//! the NF4 product, or `B` as extra columns of the decoded panels, measured slower on BERT-mini
+//! at batch 1, and so did two matrix products after it.)
 //!
 //! The ops compute the forward pass only (no autograd). Where gradients must reach the input or
 //! the adapter (QLoRA training), or the adapter's dropout is active, the layer runs the NF4
@@ -21,6 +21,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 
 use rayon::prelude::*;
 
+use super::adapter_kernel::add_adapter;
 use super::fused::{bias_gelu_rows_in_place, rows_per_task, slice};
 use super::fused_linear::residual_plus_bias;
 use super::gemm::{matmul, uninit_vec, Mat, MatMut, Threads};
@@ -33,8 +34,8 @@ use super::side_by_side::fill_biases;
 pub struct LoraFactors {
     /// `A`, `[rank, cols]`.
     pub a: Vec<f32>,
-    /// `B`, `[rows, rank]`.
-    pub b: Vec<f32>,
+    /// `Bᵀ`, `[rank, rows]` (`B` is `[rows, rank]`).
+    pub bt: Vec<f32>,
     /// The adapter's rank.
     pub rank: usize,
     /// `alpha / rank`.
@@ -71,12 +72,12 @@ impl Nf4Layer {
         if let Some(l) = self
             .lora
             .as_ref()
-            .filter(|l| (l.a.len(), l.b.len()) != (l.rank * k, n * l.rank))
+            .filter(|l| (l.a.len(), l.bt.len()) != (l.rank * k, n * l.rank))
         {
             candle_core::bail!(
                 "{op}: LoRA factors of {} and {} values for rank {} and a weight [{n}, {k}]",
                 l.a.len(),
-                l.b.len(),
+                l.bt.len(),
                 l.rank
             )
         }
@@ -99,6 +100,10 @@ impl Nf4Layer {
         let Some(l) = self.lora.as_ref().filter(|l| m > 0 && k > 0 && l.rank > 0) else {
             return;
         };
+        if cs == 1 {
+            // Row by row: both rank-r steps with each row in L1, one pass over the rows.
+            return add_adapter(x, k, &l.a, &l.bt, l.scale, data, (cols, rs));
+        }
         let mut t = uninit_vec(m * l.rank);
         matmul(
             MatMut::rows(&mut t, m, l.rank),
@@ -111,7 +116,7 @@ impl Nf4Layer {
         matmul(
             MatMut::strided(data, rows, cols, rs, cs),
             Mat::rows(&t, m, l.rank),
-            Mat::rows(&l.b, cols, l.rank).t(),
+            Mat::rows(&l.bt, l.rank, cols),
             1.0,
             true,
             Threads::Pool,
@@ -279,7 +284,7 @@ mod tests {
             lora: lora.then(|| {
                 Arc::new(LoraFactors {
                     a: rng.normal_vec(3 * cols, 0.0, 0.5),
-                    b: rng.normal_vec(rows * 3, 0.0, 0.5),
+                    bt: rng.normal_vec(3 * rows, 0.0, 0.5),
                     rank: 3,
                     scale: 0.5,
                 })
@@ -298,7 +303,7 @@ mod tests {
         if let Some(f) = &l.lora {
             let (n, k) = l.weight.dims();
             let a = Tensor::from_vec(f.a.clone(), (f.rank, k), dev).unwrap();
-            let b = Tensor::from_vec(f.b.clone(), (n, f.rank), dev).unwrap();
+            let b = Tensor::from_vec(f.bt.clone(), (f.rank, n), dev).unwrap().t().unwrap();
             let branch = x
                 .broadcast_matmul(&a.t().unwrap())
                 .unwrap()
@@ -429,7 +434,7 @@ mod tests {
         let mut bad = layers[0].clone();
         bad.lora = Some(Arc::new(LoraFactors {
             a: vec![0.0; 3 * 63],
-            b: vec![0.0; 48 * 3],
+            bt: vec![0.0; 3 * 48],
             rank: 3,
             scale: 1.0,
         }));

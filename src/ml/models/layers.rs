@@ -551,10 +551,19 @@ impl LoraBranch {
     /// Its factors in f32 as the NF4 inference ops take them ([`LoraFactors`]).
     pub fn factors(&self) -> Result<LoraFactors> {
         let values = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+        let (rank, b) = (self.a.dim(0)?, values(&self.b)?);
+        let rows = b.len() / rank.max(1);
+        // `Bᵀ`, so that the kernel reads each rank's column of `B` contiguously.
+        let mut bt = vec![0f32; b.len()];
+        for (j, row) in b.chunks_exact(rank.max(1)).enumerate() {
+            for (q, &v) in row.iter().enumerate() {
+                bt[q * rows + j] = v;
+            }
+        }
         Ok(LoraFactors {
             a: values(&self.a)?,
-            b: values(&self.b)?,
-            rank: self.a.dim(0)?,
+            bt,
+            rank,
             scale: self.scale as f32,
         })
     }
@@ -771,7 +780,7 @@ mod tests {
             layer
                 .nf4_inference(&x, ctx)
                 .unwrap()
-                .map(|l| l.lora.map(|f| (f.rank, f.scale, f.a.len(), f.b.len())))
+                .map(|l| l.lora.map(|f| (f.rank, f.scale, f.a.len(), f.bt.len())))
         };
         let adapter = Some(Some((4, 2.0, 4 * 32, 16 * 4)));
         let (eval, train) = (ForwardCtx::eval(), ForwardCtx::train(0));
