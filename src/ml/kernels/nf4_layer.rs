@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use super::adapter_kernel::add_adapter;
 use super::fused::{bias_gelu_rows_in_place, rows_per_task, slice};
 use super::fused_linear::residual_plus_bias;
-use super::gemm::{matmul, uninit_vec, Mat, MatMut, Threads};
+use super::gemm::MatMut;
 use super::nf4_kernel::PackedNf4;
 use super::packed_op::linear_forward;
 use super::side_by_side::fill_biases;
@@ -85,7 +85,7 @@ impl Nf4Layer {
     }
 
     /// `dst = x·Wᵀ + adapter`, or `dst +=` that with `accumulate` (`x` `[m, cols]`, `dst`
-    /// `[m, rows]`, any strides); the bias is the caller's.
+    /// `[m, rows]` with contiguous rows, any row stride); the bias is the caller's.
     fn product(&self, x: &[f32], m: usize, dst: MatMut<'_>, accumulate: bool) {
         let MatMut {
             data,
@@ -100,27 +100,10 @@ impl Nf4Layer {
         let Some(l) = self.lora.as_ref().filter(|l| m > 0 && k > 0 && l.rank > 0) else {
             return;
         };
-        if cs == 1 {
-            // Row by row: both rank-r steps with each row in L1, one pass over the rows.
-            return add_adapter(x, k, &l.a, &l.bt, l.scale, data, (cols, rs));
-        }
-        let mut t = uninit_vec(m * l.rank);
-        matmul(
-            MatMut::rows(&mut t, m, l.rank),
-            Mat::rows(x, m, k),
-            Mat::rows(&l.a, l.rank, k).t(),
-            l.scale,
-            false,
-            Threads::Pool,
-        );
-        matmul(
-            MatMut::strided(data, rows, cols, rs, cs),
-            Mat::rows(&t, m, l.rank),
-            Mat::rows(&l.bt, l.rank, cols),
-            1.0,
-            true,
-            Threads::Pool,
-        );
+        // Row by row: both rank-r steps with each row in L1, one pass over the rows. Every op
+        // here writes whole rows (`cs = 1`), the layout the row kernel takes.
+        assert_eq!(cs, 1, "nf4 layer: output rows must be contiguous");
+        add_adapter(x, k, &l.a, &l.bt, l.scale, data, (cols, rs));
     }
 }
 
