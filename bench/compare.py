@@ -29,6 +29,19 @@ def run_json(cmd):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def machine(rkd_run, torch_run):
+    """One line per side naming what it ran on: the CPU and instruction set rkd's kernels took,
+    the capability torch dispatched to (and the variables capping its libraries)."""
+    cpu = rkd_run.get("cpu") or {}
+    ours = f"rkd: {cpu.get('name', 'unknown CPU')}, {cpu.get('isa', '?')}"
+    if cpu.get("kernels") and cpu.get("kernels") != cpu.get("isa"):
+        ours += f" (element-wise kernels {cpu['kernels']})"
+    tcpu = (torch_run or {}).get("cpu") or {}
+    theirs = f"torch {(torch_run or {}).get('torch', '?')}: CPU capability {tcpu.get('capability', '?')}"
+    theirs += "".join(f", {k}={v}" for k, v in (tcpu.get("caps") or {}).items())
+    return [ours, theirs]
+
+
 def medians(runs, models):
     """Per model and measure, the median over runs."""
     return {m: {k: statistics.median(r[m][k] for r in runs) for k, _ in MEASURES} for m, _ in models}
@@ -57,8 +70,9 @@ def main(argv=None):
         with open(args.torch_json) as f:
             torch_runs.append(json.load(f))
     ours, theirs = medians(rkd_runs, models), medians(torch_runs, models)
+    names = machine(rkd_runs[0], torch_runs[0])
     if args.json:
-        print(json.dumps({"rkd": ours, "torch": theirs}))
+        print(json.dumps({"rkd": ours, "torch": theirs, "machine": names}))
         return 0
     print(f"{'model':<10}  {'measure':<10}  {'rkd s':>8}  {'torch s':>8}  {'rkd/torch':>9}")
     for m, label in models:
@@ -66,6 +80,8 @@ def main(argv=None):
             a, b = ours[m][k], theirs[m][k]
             print(f"{label:<10}  {name:<10}  {a:>8.3f}  {b:>8.3f}  {a / b:>8.2f}x")
     print(f"({args.threads} threads, median of {args.steps} steps, {len(rkd_runs)} round(s), on {args.device})")
+    for line in names:
+        print(line)
     return 0
 
 

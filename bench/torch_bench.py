@@ -244,6 +244,18 @@ def bench_case(key, steps, warmup, hand_written, attn, device):
     return out, impl
 
 
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
+
+
+def cpu_info():
+    """The CPU capability torch dispatches to, and the environment variables that cap its libraries."""
+    get = getattr(torch.backends.cpu, "get_cpu_capability", None)
+    return {
+        "capability": get() if get else "unknown",
+        "caps": {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)},
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
@@ -263,8 +275,9 @@ def main(argv=None):
         results[key], impls[key] = bench_case(
             key, max(args.steps, 1), args.warmup, args.hand_written, args.attn, device
         )
+    cpu = cpu_info()
     if args.json:
-        print(json.dumps(dict(results, device=str(device))))
+        print(json.dumps(dict(results, device=str(device), cpu=cpu, torch=torch.__version__)))
         return 0
     print(f"{'model':<10}  {'train step s':>12}  {'train ex/s':>10}  {'inference s':>12}  {'infer ex/s':>10}")
     for key in keys:
@@ -276,7 +289,9 @@ def main(argv=None):
         )
     print(
         f"(torch {torch.__version__}, {impls['bert_mini']} models, f32, batch {BATCH}, median of {args.steps} steps "
-        f"after {args.warmup} warm-up; {args.threads} threads; on {device})"
+        f"after {args.warmup} warm-up; {args.threads} threads; on {device}; CPU capability {cpu['capability']}"
+        + "".join(f", {k}={v}" for k, v in cpu["caps"].items())
+        + ")"
     )
     return 0
 

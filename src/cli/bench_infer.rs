@@ -311,12 +311,12 @@ pub fn run(o: Options) -> ExitCode {
 }
 
 fn print_rows(rows: &[Row], threads: usize, runs: usize, rounds: usize, json: bool) {
-    let cpu = crate::ml::kernels::isa::active().name();
+    let cpu = crate::ml::kernels::isa::machine();
     let mib = |b: u64| b as f64 / 1048576.0;
     if json {
         let out: Vec<serde_json::Value> = rows.iter().map(Row::to_json).collect();
         let doc = serde_json::json!({
-            "model": "bert_mini", "seq_len": SEQ, "threads": threads, "rounds": rounds, "cpu": cpu, "rows": out,
+            "model": "bert_mini", "seq_len": SEQ, "threads": threads, "rounds": rounds, "cpu": crate::ml::kernels::isa::machine_json(), "rows": out,
         });
         println!("{doc}");
         return;
@@ -338,7 +338,7 @@ fn print_rows(rows: &[Row], threads: usize, runs: usize, rounds: usize, json: bo
     }
     println!(
         "(medians: {} forwards at batch 1 and {runs} at batch 32 per process, {rounds} rounds, each variant in its \
-         own process; {threads} threads; cpu kernels: {cpu}; linears = the weights QLoRA quantizes: NF4 holds {:.3}× of \
+         own process; {threads} threads; CPU: {cpu}; linears = the weights QLoRA quantizes: NF4 holds {:.3}× of \
          their dense bytes)",
         runs * 4,
         rows[1].linear_weights as f64 / rows[0].linear_weights as f64

@@ -201,6 +201,7 @@ pub fn to_json(cases: &[Case], timings: &[Timing], device: &str) -> serde_json::
         })
         .collect();
     map.insert("device".into(), device.into());
+    map.insert("cpu".into(), crate::ml::kernels::isa::machine_json());
     serde_json::Value::Object(map)
 }
 
@@ -245,7 +246,10 @@ pub fn run(threads: Option<usize>, steps: usize, json: bool, device: DeviceChoic
             println!("{:<10}  peak GPU memory in use {:.0} MiB", "", b as f64 / 1048576.0);
         }
     }
-    println!("(f32, batch 32, median of {steps} steps after {WARMUP} warm-up; {threads} threads; on {label})");
+    println!(
+        "(f32, batch 32, median of {steps} steps after {WARMUP} warm-up; {threads} threads; on {label}; CPU: {})",
+        crate::ml::kernels::isa::machine()
+    );
     ExitCode::SUCCESS
 }
 
@@ -276,8 +280,9 @@ mod tests {
         let timings = with_threads(1, || bench_all(&cases, 1, 1, &Device::Cpu)).unwrap();
         let v = to_json(&cases, &timings, "cpu");
         let obj = v.as_object().unwrap();
-        assert_eq!(obj.keys().collect::<Vec<_>>(), ["bert_mini", "device", "vit"]);
+        assert_eq!(obj.keys().collect::<Vec<_>>(), ["bert_mini", "cpu", "device", "vit"]);
         assert_eq!(obj["device"], "cpu");
+        assert_eq!(obj["cpu"]["kernels"], crate::ml::kernels::isa::active().name());
         for m in [&obj["bert_mini"], &obj["vit"]] {
             let m = m.as_object().unwrap();
             assert_eq!(m.len(), 2);

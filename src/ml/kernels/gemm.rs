@@ -108,6 +108,9 @@ impl<'a> MatMut<'a> {
 /// inference 7–9 % faster than `gemm`'s own threading (2 threads, AVX-512); splitting the ViT's
 /// 6,304-row products as well did not pay.
 const ROW_SPLIT: std::ops::RangeInclusive<usize> = 512..=4096;
+/// `gemm` takes other code (another inner-dimension blocking, a matrix-vector routine) for
+/// products of at most this many rows and columns, or of one row: row blocks never make one.
+const SMALL_GEMM: usize = 64;
 /// Products with at most this many rows are split into column panels ([`matmul`]).
 const FEW_ROWS: usize = 128;
 /// Columns per panel of a few-row product.
@@ -168,7 +171,7 @@ pub(crate) fn matmul(mut dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, scale: f32
         return;
     }
     let nt = rayon::current_num_threads();
-    if threads == Threads::Pool && nt > 1 && ROW_SPLIT.contains(&m) {
+    if threads == Threads::Pool && nt > 1 && ROW_SPLIT.contains(&m) && n > SMALL_GEMM {
         in_row_blocks(dst, lhs, rhs, (scale, accumulate), nt);
         return;
     }
@@ -334,17 +337,24 @@ fn in_panels(
     );
 }
 
-/// The product as `threads` blocks of rows (heights multiples of 64), each computed by one
-/// single-threaded `gemm` call in parallel. Each output element is the same sum in the same
-/// order as in one call (`gemm` blocks the inner dimension by `k` and the cache sizes alone), so
-/// results do not depend on the thread count.
+/// The product as `threads` blocks of rows (heights multiples of 64; a last block of fewer
+/// rows joins the one before), each computed by one single-threaded `gemm` call in parallel.
+/// `gemm` blocks the inner dimension by `k` and the cache sizes alone except on small products
+/// (at most [`SMALL_GEMM`] rows and columns, or one row), which [`matmul`] (more than
+/// [`SMALL_GEMM`] columns) and the heights rule out; so each output element is the same sum in
+/// the same order as in one call, and results do not depend on the thread count.
 fn in_row_blocks(dst: MatMut<'_>, lhs: Mat<'_>, rhs: Mat<'_>, (scale, accumulate): (f32, bool), threads: usize) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    let height = m.div_ceil(threads).div_ceil(64) * 64;
+    let height = m.div_ceil(threads).div_ceil(SMALL_GEMM) * SMALL_GEMM;
+    let mut blocks = m.div_ceil(height);
+    if blocks > 1 && m - (blocks - 1) * height < SMALL_GEMM {
+        blocks -= 1;
+    }
     let (rs, cs) = (dst.rs, dst.cs);
     let out = SendPtr::new(dst.data);
-    (0..m.div_ceil(height)).into_par_iter().for_each(|b| {
-        let (i0, h) = (b * height, height.min(m - b * height));
+    (0..blocks).into_par_iter().for_each(|b| {
+        let i0 = b * height;
+        let h = if b + 1 == blocks { m - i0 } else { height };
         let block = Mat {
             data: &lhs.data[i0 * lhs.rs..],
             rows: h,
@@ -423,6 +433,48 @@ mod tests {
         );
         for (x, y) in c.iter().zip(&want) {
             assert!((x - 3.0 * y).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn products_in_row_blocks_give_the_bits_of_one_call_on_any_thread_count() {
+        // Shapes whose blocks would otherwise reach gemm's small-product code: a 1-row last block
+        // (513 rows), short last blocks, and outputs of at most 64 columns (a classifier head).
+        for (m, k, n) in [
+            (513, 256, 256),
+            (514, 768, 128),
+            (600, 768, 40),
+            (600, 64, 2),
+            (4096, 96, 65),
+        ] {
+            assert!(ROW_SPLIT.contains(&m));
+            let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let bt: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+            let run = |threads: usize| {
+                crate::ml::kernels::runtime::with_threads(threads, || {
+                    let mut c = vec![0.5f32; m * n];
+                    let (dst, lhs, rhs) = (
+                        MatMut::rows(&mut c, m, n),
+                        Mat::rows(&a, m, k),
+                        Mat::rows(&bt, n, k).t(),
+                    );
+                    matmul(dst, lhs, rhs, 1.0, true, Threads::Pool);
+                    c
+                })
+            };
+            let one = run(1);
+            for threads in [2, 3, 4, 5, 8, 10, 16] {
+                let other = run(threads);
+                let differ = one
+                    .iter()
+                    .zip(&other)
+                    .filter(|(x, y)| x.to_bits() != y.to_bits())
+                    .count();
+                assert_eq!(
+                    differ, 0,
+                    "{m}×{k}×{n} on {threads} threads: {differ} outputs differ from 1 thread"
+                );
+            }
         }
     }
 

@@ -70,6 +70,35 @@ pub fn detected() -> Isa {
     Isa::Baseline
 }
 
+/// The CPU's name as it reports it (`cpuid`'s brand string), or the architecture's where it has
+/// none: benchmark tables name the machine each figure was measured on.
+pub fn cpu_name() -> String {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    if let Some(brand) = raw_cpuid::CpuId::new().get_processor_brand_string() {
+        let name = brand.as_str().split_whitespace().collect::<Vec<_>>().join(" ");
+        if !name.is_empty() {
+            return name;
+        }
+    }
+    format!("unknown {} CPU", std::env::consts::ARCH)
+}
+
+/// The machine as benchmark tables name it: the CPU, the widest instruction set it has, and the
+/// path the kernels take (narrower where `RKD_CPU_ISA` caps it), e.g.
+/// `Intel(R) Xeon(R) Processor, avx512 (element-wise kernels avx2)`; `gemm` picks its own path.
+pub fn machine() -> String {
+    let (has, runs) = (detected(), active());
+    match has == runs {
+        true => format!("{}, {}", cpu_name(), has.name()),
+        false => format!("{}, {} (element-wise kernels {})", cpu_name(), has.name(), runs.name()),
+    }
+}
+
+/// The machine as JSON: `{"name", "isa", "kernels"}` (see [`machine`]).
+pub fn machine_json() -> serde_json::Value {
+    serde_json::json!({"name": cpu_name(), "isa": detected().name(), "kernels": active().name()})
+}
+
 /// The cap set by [`force`] (0: none).
 static FORCED: AtomicU8 = AtomicU8::new(0);
 /// The path in use, computed once (0: not yet).
@@ -173,6 +202,23 @@ pub(crate) use dispatch;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_machine_is_named_with_the_path_the_kernels_take() {
+        let name = cpu_name();
+        assert!(!name.trim().is_empty() && !name.contains("  "), "{name:?}");
+        let _lock = FORCE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _forced = force(Isa::Baseline).expect("every CPU has the baseline");
+        let machine = machine();
+        assert!(machine.starts_with(&name), "{machine}");
+        if detected() > Isa::Baseline {
+            assert!(
+                machine.ends_with(&format!("{} (element-wise kernels baseline)", detected().name())),
+                "{machine}"
+            );
+        }
+        assert_eq!(machine_json()["kernels"], "baseline");
+    }
 
     #[test]
     fn names_round_trip_and_forcing_caps_and_restores() {
