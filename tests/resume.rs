@@ -246,8 +246,13 @@ fn ctrl_c_checkpoints_then_stops_and_fresh_starts_over() {
     let mut child = spawn(&t, "s");
     // The progress file appears with the teacher's first step (of 192).
     common::wait_for(&dir.join("progress.json"));
-    // SAFETY: sending SIGINT to our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    // Twice in quick succession, as `timeout -s INT` does (the process, then its group): one
+    // interrupt, not "Ctrl-C again to quit at once". (2 ms apart, so that both are delivered.)
+    for pause in [0, 2] {
+        std::thread::sleep(std::time::Duration::from_millis(pause));
+        // SAFETY: sending SIGINT to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    }
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     // The only checkpoint is the one written on the way out.

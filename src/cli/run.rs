@@ -149,16 +149,18 @@ pub fn run(
     }
     let cancel = Arc::new(Cancel::default());
     let handler = cancel.clone();
-    let presses = std::sync::atomic::AtomicUsize::new(0);
+    let first = std::sync::OnceLock::new();
     // The first Ctrl-C stops the run cleanly; a second one exits at once (finished entries are
-    // already safe, and unfinished ones are never trusted).
-    let installed = ctrlc::set_handler(move || {
-        if presses.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+    // already safe, and unfinished ones are never trusted). Signals within a second of the first
+    // are the same interrupt delivered twice (`timeout` signals the process, then its group).
+    let installed = ctrlc::set_handler(move || match first.get() {
+        None => {
+            let _ = first.set(std::time::Instant::now());
             eprintln!("\ninterrupted: stopping the running stages (press Ctrl-C again to quit at once)");
             handler.interrupt();
-        } else {
-            std::process::exit(130);
         }
+        Some(at) if at.elapsed() < std::time::Duration::from_secs(1) => {}
+        Some(_) => std::process::exit(130),
     });
     if let Err(e) = installed {
         eprintln!("warning: cannot handle Ctrl-C ({e}); an interrupted run still leaves a safe store");

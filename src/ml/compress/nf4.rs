@@ -741,7 +741,11 @@ impl Nf4Tensor {
             .map(|d| d.as_u64().map(|d| d as usize))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| fmt("`shape` is not a list of sizes".into()))?;
-        let n: usize = shape.iter().product();
+        let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| {
+            fmt(format!(
+                "`shape` {shape:?} has more elements than this machine can address"
+            ))
+        })?;
         let blocks = n.div_ceil(block_size);
 
         let packed = u8_vec(need("weight")?, "weight")?;
@@ -1199,6 +1203,19 @@ mod tests {
         let mut t = q.bnb_tensors().unwrap();
         t[2].1 = Tensor::from_vec(NF4_CODE.map(|c| c * 0.5).to_vec(), 16, &Device::Cpu).unwrap();
         assert!(matches!(Nf4Tensor::from_bnb_tensors(&t), Err(Nf4Error::Format(_))));
+        // A shape whose element count wraps around (2^61 · 8 = 0 mod 2^64) is refused, not read
+        // as an empty weight.
+        let mut t = q.bnb_tensors().unwrap();
+        let (key, state) = t.iter_mut().find(|(k, _)| k == QUANT_STATE_KEY).unwrap();
+        let mut json: serde_json::Value = serde_json::from_slice(&u8_vec(state, key).unwrap()).unwrap();
+        json["shape"] = serde_json::json!([1u64 << 61, 8]);
+        let bytes = serde_json::to_vec(&json).unwrap();
+        let len = bytes.len();
+        *state = Tensor::from_vec(bytes, len, &Device::Cpu).unwrap();
+        match Nf4Tensor::from_bnb_tensors(&t) {
+            Err(Nf4Error::Format(m)) => assert!(m.contains("more elements"), "{m}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
     }
 
     #[test]

@@ -275,8 +275,13 @@ impl CustomOp3 for LayerNormOp {
             slice(s3, l3, "layer-norm")?,
         );
         let n = w.len();
-        if n == 0 || b.len() != n || x.len() % n != 0 {
-            candle_core::bail!("layer-norm: shapes do not match ({} / {} / {})", x.len(), n, b.len())
+        if n == 0 || b.len() != n || l1.dims().last() != Some(&n) {
+            candle_core::bail!(
+                "layer-norm: shapes do not match ({:?} / {} / {})",
+                l1.dims(),
+                n,
+                b.len()
+            )
         }
         let mut y = super::gemm::uninit_vec(x.len());
         let eps = self.eps;
@@ -327,8 +332,8 @@ impl CustomOp3 for LayerNormBwdOp {
         let op = "layer-norm-bwd";
         let (x, w, g) = (slice(s1, l1, op)?, slice(s2, l2, op)?, slice(s3, l3, op)?);
         let n = w.len();
-        if n == 0 || g.len() != x.len() || x.len() % n != 0 {
-            candle_core::bail!("{op}: shapes do not match ({} / {} / {})", x.len(), n, g.len())
+        if n == 0 || g.len() != x.len() || l1.dims().last() != Some(&n) {
+            candle_core::bail!("{op}: shapes do not match ({:?} / {} / {})", l1.dims(), n, g.len())
         }
         let rows = x.len() / n;
         let blocks = rows.div_ceil(LN_ROW_BLOCK);
@@ -654,6 +659,20 @@ mod tests {
     use crate::ml::testutil::{randn, rel_err, values_f64 as values};
     use crate::ml::Rng;
     use candle_core::{Device, Module, Var};
+
+    #[test]
+    fn layer_norm_refuses_rows_of_another_width() {
+        // [2, 512] rows against a 256-wide norm: the element count divides, the rows do not match.
+        let dev = Device::Cpu;
+        let x = Tensor::ones((2, 512), DType::F32, &dev).unwrap();
+        let (w, b) = (
+            Tensor::ones(256, DType::F32, &dev).unwrap(),
+            Tensor::zeros(256, DType::F32, &dev).unwrap(),
+        );
+        let err = layer_norm(&x, &w, &b, 1e-5).unwrap_err().to_string();
+        assert!(err.contains("shapes do not match"), "{err}");
+        assert!(layer_norm(&x.reshape((4, 256)).unwrap(), &w, &b, 1e-5).is_ok());
+    }
 
     /// Output and input gradients (of `sum(f(x)·w)` for random `w`) of `f` at `inputs`, the
     /// inputs as f32 variables; `to` converts them first (f32 for the fused op, f64 for the

@@ -17,7 +17,7 @@ pub enum Isa {
     Baseline,
     /// AVX2 (256-bit vectors).
     Avx2,
-    /// AVX-512 F/BW/DQ/VL (512-bit vectors).
+    /// AVX-512 F/BW/DQ/VL (512-bit vectors), with AVX2 and FMA (the AVX-512 kernels use both).
     Avx512,
 }
 
@@ -60,6 +60,8 @@ pub fn detected() -> Isa {
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512dq")
             && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
         {
             return Isa::Avx512;
         }
@@ -101,25 +103,26 @@ pub fn machine_json() -> serde_json::Value {
 
 /// The cap set by [`force`] (0: none).
 static FORCED: AtomicU8 = AtomicU8::new(0);
-/// The path in use, computed once (0: not yet).
-static ACTIVE: AtomicU8 = AtomicU8::new(0);
+/// The detected path capped by `RKD_CPU_ISA`, computed once (0: not yet).
+static CAPPED: AtomicU8 = AtomicU8::new(0);
 
 /// The instruction set the kernels use now: the detected one, capped by `RKD_CPU_ISA`
 /// (`baseline`, `avx2`, `avx512`) and by [`force`]. Never wider than the CPU supports.
 #[inline]
 pub fn active() -> Isa {
-    if let Some(isa) = Isa::from_code(ACTIVE.load(Ordering::Relaxed)) {
-        return isa;
+    let capped = Isa::from_code(CAPPED.load(Ordering::Relaxed)).unwrap_or_else(|| {
+        let mut isa = detected();
+        if let Some(cap) = std::env::var("RKD_CPU_ISA").ok().and_then(|w| Isa::parse(&w)) {
+            isa = isa.min(cap);
+        }
+        CAPPED.store(isa.code(), Ordering::Relaxed);
+        isa
+    });
+    // Read on every call (no cached result a concurrent `force` could leave stale).
+    match Isa::from_code(FORCED.load(Ordering::Acquire)) {
+        Some(cap) => capped.min(cap),
+        None => capped,
     }
-    let mut isa = detected();
-    if let Some(cap) = std::env::var("RKD_CPU_ISA").ok().and_then(|w| Isa::parse(&w)) {
-        isa = isa.min(cap);
-    }
-    if let Some(cap) = Isa::from_code(FORCED.load(Ordering::Relaxed)) {
-        isa = isa.min(cap);
-    }
-    ACTIVE.store(isa.code(), Ordering::Relaxed);
-    isa
 }
 
 /// Caps the kernels at `isa` for the whole process until the guard drops (tests and benchmarks
@@ -130,8 +133,7 @@ pub fn force(isa: Isa) -> Option<Forced> {
     if isa > detected() {
         return None;
     }
-    let before = FORCED.swap(isa.code(), Ordering::SeqCst);
-    ACTIVE.store(0, Ordering::SeqCst);
+    let before = FORCED.swap(isa.code(), Ordering::AcqRel);
     Some(Forced { before })
 }
 
@@ -161,8 +163,7 @@ pub struct Forced {
 
 impl Drop for Forced {
     fn drop(&mut self) {
-        FORCED.store(self.before, Ordering::SeqCst);
-        ACTIVE.store(0, Ordering::SeqCst);
+        FORCED.store(self.before, Ordering::Release);
     }
 }
 

@@ -83,7 +83,9 @@ impl PackedNf4 {
     /// Checks that the parts describe a `[rows, cols]` matrix: `block` even and nonzero,
     /// `(rows·cols + 1) / 2` bytes and one absmax per block.
     pub fn new(packed: Vec<u8>, absmax: Vec<f32>, block: usize, rows: usize, cols: usize) -> Result<Self> {
-        let n = rows * cols;
+        let Some(n) = rows.checked_mul(cols) else {
+            candle_core::bail!("NF4 weight [{rows}, {cols}] has more elements than this machine can address")
+        };
         if block == 0 || !block.is_multiple_of(2) {
             candle_core::bail!("NF4 block size {block} is not a positive even number")
         }

@@ -119,8 +119,9 @@ impl SelfAttention {
             .contiguous()
     }
 
-    /// Attends over `x` (`[batch, seq, hidden]`) with an optional additive mask broadcastable
-    /// to `[batch, heads, seq, seq]` (BERT's `[batch, 1, 1, seq]`). Returns the context
+    /// Attends over `x` (`[batch, seq, hidden]`) with an optional additive mask: per key
+    /// (`[batch, seq]`) or broadcastable to `[batch, heads, seq, seq]` (BERT's
+    /// `[batch, 1, 1, seq]`). Returns the context
     /// (`[batch, seq, heads × head_dim]`, before the output projection) and, when `ctx` asks for
     /// them ([`ForwardCtx::with_attention_maps`]), the attention probabilities
     /// (`[batch, heads, seq, seq]`, before dropout) and the scaled scores `q·kᵀ/√d` before the
@@ -160,6 +161,9 @@ impl SelfAttention {
         let (q, k, v) = (self.split_heads(&q)?, self.split_heads(&k)?, self.split_heads(&v)?);
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let masked = match mask {
+            // A per-key mask, as the fused kernel reads it (broadcast as it stands, `[b, s]`
+            // would line up with the scores' last two dims).
+            Some(m) if m.dims() == [b, s] => scores.broadcast_add(&m.reshape((b, 1, 1, s))?)?,
             Some(m) => scores.broadcast_add(m)?,
             None => scores.clone(),
         };
@@ -257,6 +261,36 @@ mod tests {
             .unwrap(),
         );
         assert!(lora.stacked(&x, &ForwardCtx::eval()).unwrap().is_none());
+    }
+
+    /// A per-key `[batch, seq]` mask means the same on the fused path and on the composite one
+    /// (attention maps asked for), also where batch = seq and broadcasting it as it stands would
+    /// mask by query instead of by key.
+    #[test]
+    fn a_per_key_mask_masks_keys_on_every_path() {
+        let att = layer(7);
+        let x = randn(&mut Rng::new(8), &[3, 3, 12], 1.0);
+        let mut keep = vec![0f32; 9];
+        keep[2] = -1e9; // example 0 ignores its last key; examples 1 and 2 see every key
+        let dev = Device::Cpu;
+        let flat = Tensor::from_vec(keep, (3, 3), &dev).unwrap();
+        let bert = flat.reshape((3, 1, 1, 3)).unwrap();
+        let run = |mask: &Tensor, maps: bool| {
+            let mut ctx = ForwardCtx::eval();
+            if maps {
+                ctx = ctx.with_attention_maps();
+            }
+            att.forward(&x, Some(mask), &mut ctx).unwrap().0
+        };
+        let want = run(&bert, true);
+        for (mask, maps) in [(&flat, true), (&flat, false), (&bert, false)] {
+            let e = crate::ml::testutil::rel_err(&run(mask, maps), &want);
+            assert!(
+                e <= 1e-5,
+                "mask {:?}, maps {maps}: relative difference {e}",
+                mask.dims()
+            );
+        }
     }
 
     /// On frozen weights (eval, predict) q, k and v are computed side by side without stacking
