@@ -74,163 +74,120 @@ fn row_plain(x: &[f32], a: &[f32], bt: &[f32], scale: f32, t: &mut [f32], y: &mu
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// One row on AVX-512: four ranks' dot products at a time (four running vector sums), then
-    /// 64 output columns at a time (four vectors held while every rank is added).
-    ///
-    /// # Safety
-    /// The CPU has AVX-512F; `a` is `[t.len(), x.len()]`, `bt` `[t.len(), y.len()]`.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) unsafe fn row_avx512(x: &[f32], a: &[f32], bt: &[f32], scale: f32, t: &mut [f32], y: &mut [f32]) {
-        let (k, n, r) = (x.len(), y.len(), t.len());
-        let whole = k / 16 * 16;
-        let (px, pa) = (x.as_ptr(), a.as_ptr());
-        let mut q = 0;
-        while q < r {
-            let count = (r - q).min(4);
-            let mut s = [_mm512_setzero_ps(); 4];
-            let mut c = 0;
-            while c < whole {
-                // SAFETY: c + 16 ≤ k, and rows q..q + count of `a` exist.
-                unsafe {
-                    let xv = _mm512_loadu_ps(px.add(c));
-                    if count == 4 {
-                        // Four ranks under constant indices (the usual case), kept in registers.
-                        s[0] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(pa.add(q * k + c)), s[0]);
-                        s[1] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(pa.add((q + 1) * k + c)), s[1]);
-                        s[2] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(pa.add((q + 2) * k + c)), s[2]);
-                        s[3] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(pa.add((q + 3) * k + c)), s[3]);
-                    } else {
-                        for (j, s) in s.iter_mut().enumerate().take(count) {
-                            *s = _mm512_fmadd_ps(xv, _mm512_loadu_ps(pa.add((q + j) * k + c)), *s);
+    /// One row's kernel for one vector width `W`: four ranks' dot products at a time (four
+    /// running vector sums), then `4·W` output columns at a time (four vectors held while every
+    /// rank is added), then `W`, then one.
+    macro_rules! row_kernel {
+        ($(#[$doc:meta])* $name:ident, $features:literal, $w:literal, $zero:ident, $load:ident, $store:ident,
+         $fma:ident, $set1:ident, $sum:ident) => {
+            $(#[$doc])*
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(x: &[f32], a: &[f32], bt: &[f32], scale: f32, t: &mut [f32], y: &mut [f32]) {
+                const W: usize = $w;
+                let (k, n, r) = (x.len(), y.len(), t.len());
+                let whole = k / W * W;
+                let (px, pa) = (x.as_ptr(), a.as_ptr());
+                let mut q = 0;
+                while q < r {
+                    let count = (r - q).min(4);
+                    let mut s = [$zero(); 4];
+                    let mut c = 0;
+                    while c < whole {
+                        // SAFETY: c + W ≤ k, and rows q..q + count of `a` exist.
+                        unsafe {
+                            let xv = $load(px.add(c));
+                            if count == 4 {
+                                // Four ranks under constant indices (the usual case), in registers.
+                                s[0] = $fma(xv, $load(pa.add(q * k + c)), s[0]);
+                                s[1] = $fma(xv, $load(pa.add((q + 1) * k + c)), s[1]);
+                                s[2] = $fma(xv, $load(pa.add((q + 2) * k + c)), s[2]);
+                                s[3] = $fma(xv, $load(pa.add((q + 3) * k + c)), s[3]);
+                            } else {
+                                for (j, s) in s.iter_mut().enumerate().take(count) {
+                                    *s = $fma(xv, $load(pa.add((q + j) * k + c)), *s);
+                                }
+                            }
+                        }
+                        c += W;
+                    }
+                    for (j, s) in s.iter().enumerate().take(count) {
+                        let mut sum = $sum(*s);
+                        for c in whole..k {
+                            sum += x[c] * a[(q + j) * k + c];
+                        }
+                        t[q + j] = scale * sum;
+                    }
+                    q += count;
+                }
+                let (py, pb) = (y.as_mut_ptr(), bt.as_ptr());
+                let mut j = 0;
+                while j + 4 * W <= n {
+                    // SAFETY: j + 4·W ≤ n, and every rank's row of `bt` has n values.
+                    unsafe {
+                        let mut acc = [0, W, 2 * W, 3 * W].map(|o| $load(py.add(j + o)));
+                        for (q, &tq) in t.iter().enumerate() {
+                            let tv = $set1(tq);
+                            for (o, acc) in acc.iter_mut().enumerate() {
+                                *acc = $fma(tv, $load(pb.add(q * n + j + W * o)), *acc);
+                            }
+                        }
+                        for (o, acc) in acc.iter().enumerate() {
+                            $store(py.add(j + W * o), *acc);
                         }
                     }
+                    j += 4 * W;
                 }
-                c += 16;
-            }
-            for (j, s) in s.iter().enumerate().take(count) {
-                let mut sum = _mm512_reduce_add_ps(*s);
-                for c in whole..k {
-                    sum += x[c] * a[(q + j) * k + c];
+                while j + W <= n {
+                    // SAFETY: as above, for W columns.
+                    unsafe {
+                        let mut acc = $load(py.add(j));
+                        for (q, &tq) in t.iter().enumerate() {
+                            acc = $fma($set1(tq), $load(pb.add(q * n + j)), acc);
+                        }
+                        $store(py.add(j), acc);
+                    }
+                    j += W;
                 }
-                t[q + j] = scale * sum;
-            }
-            q += count;
-        }
-        let (py, pb) = (y.as_mut_ptr(), bt.as_ptr());
-        let mut j = 0;
-        while j + 64 <= n {
-            // SAFETY: j + 64 ≤ n, and every rank's row of `bt` has n values.
-            unsafe {
-                let mut acc = [0, 16, 32, 48].map(|o| _mm512_loadu_ps(py.add(j + o)));
-                for (q, &tq) in t.iter().enumerate() {
-                    let tv = _mm512_set1_ps(tq);
-                    for (o, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm512_fmadd_ps(tv, _mm512_loadu_ps(pb.add(q * n + j + 16 * o)), *acc);
+                for j in j..n {
+                    for (q, &tq) in t.iter().enumerate() {
+                        y[j] = tq.mul_add(bt[q * n + j], y[j]);
                     }
                 }
-                for (o, acc) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(py.add(j + 16 * o), *acc);
-                }
             }
-            j += 64;
-        }
-        while j + 16 <= n {
-            // SAFETY: as above, for 16 columns.
-            unsafe {
-                let mut acc = _mm512_loadu_ps(py.add(j));
-                for (q, &tq) in t.iter().enumerate() {
-                    acc = _mm512_fmadd_ps(_mm512_set1_ps(tq), _mm512_loadu_ps(pb.add(q * n + j)), acc);
-                }
-                _mm512_storeu_ps(py.add(j), acc);
-            }
-            j += 16;
-        }
-        for j in j..n {
-            for (q, &tq) in t.iter().enumerate() {
-                y[j] = tq.mul_add(bt[q * n + j], y[j]);
-            }
-        }
+        };
     }
 
-    /// [`row_avx512`] on AVX2 (8-float vectors: 32 output columns at a time).
-    ///
-    /// # Safety
-    /// The CPU has AVX2 and FMA; sizes as for [`row_avx512`].
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn row_avx2(x: &[f32], a: &[f32], bt: &[f32], scale: f32, t: &mut [f32], y: &mut [f32]) {
-        let (k, n, r) = (x.len(), y.len(), t.len());
-        let whole = k / 8 * 8;
-        let (px, pa) = (x.as_ptr(), a.as_ptr());
-        let mut q = 0;
-        while q < r {
-            let count = (r - q).min(4);
-            let mut s = [_mm256_setzero_ps(); 4];
-            let mut c = 0;
-            while c < whole {
-                // SAFETY: c + 8 ≤ k, and rows q..q + count of `a` exist.
-                unsafe {
-                    let xv = _mm256_loadu_ps(px.add(c));
-                    if count == 4 {
-                        // Four ranks under constant indices (the usual case), kept in registers.
-                        s[0] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(pa.add(q * k + c)), s[0]);
-                        s[1] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(pa.add((q + 1) * k + c)), s[1]);
-                        s[2] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(pa.add((q + 2) * k + c)), s[2]);
-                        s[3] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(pa.add((q + 3) * k + c)), s[3]);
-                    } else {
-                        for (j, s) in s.iter_mut().enumerate().take(count) {
-                            *s = _mm256_fmadd_ps(xv, _mm256_loadu_ps(pa.add((q + j) * k + c)), *s);
-                        }
-                    }
-                }
-                c += 8;
-            }
-            for (j, s) in s.iter().enumerate().take(count) {
-                let mut lanes = [0f32; 8];
-                // SAFETY: `lanes` holds 8 floats.
-                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *s) };
-                let mut sum =
-                    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-                for c in whole..k {
-                    sum += x[c] * a[(q + j) * k + c];
-                }
-                t[q + j] = scale * sum;
-            }
-            q += count;
-        }
-        let (py, pb) = (y.as_mut_ptr(), bt.as_ptr());
-        let mut j = 0;
-        while j + 32 <= n {
-            // SAFETY: j + 32 ≤ n, and every rank's row of `bt` has n values.
-            unsafe {
-                let mut acc = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(py.add(j + o)));
-                for (q, &tq) in t.iter().enumerate() {
-                    let tv = _mm256_set1_ps(tq);
-                    for (o, acc) in acc.iter_mut().enumerate() {
-                        *acc = _mm256_fmadd_ps(tv, _mm256_loadu_ps(pb.add(q * n + j + 8 * o)), *acc);
-                    }
-                }
-                for (o, acc) in acc.iter().enumerate() {
-                    _mm256_storeu_ps(py.add(j + 8 * o), *acc);
-                }
-            }
-            j += 32;
-        }
-        while j + 8 <= n {
-            // SAFETY: as above, for 8 columns.
-            unsafe {
-                let mut acc = _mm256_loadu_ps(py.add(j));
-                for (q, &tq) in t.iter().enumerate() {
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(tq), _mm256_loadu_ps(pb.add(q * n + j)), acc);
-                }
-                _mm256_storeu_ps(py.add(j), acc);
-            }
-            j += 8;
-        }
-        for j in j..n {
-            for (q, &tq) in t.iter().enumerate() {
-                y[j] = tq.mul_add(bt[q * n + j], y[j]);
-            }
-        }
+    row_kernel!(
+        /// One row on AVX-512 (16-float vectors).
+        ///
+        /// # Safety
+        /// The CPU has AVX-512F, AVX2 and FMA; `a` is `[t.len(), x.len()]`, `bt` `[t.len(), y.len()]`.
+        row_avx512, "avx512f,avx2,fma", 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps,
+        _mm512_fmadd_ps, _mm512_set1_ps, sum512
+    );
+
+    row_kernel!(
+        /// One row on AVX2 (8-float vectors).
+        ///
+        /// # Safety
+        /// The CPU has AVX2 and FMA; sizes as for [`row_avx512`].
+        row_avx2, "avx2,fma", 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps,
+        _mm256_fmadd_ps, _mm256_set1_ps, sum256
+    );
+
+    /// The sum of a vector's 16 lanes.
+    #[target_feature(enable = "avx512f")]
+    fn sum512(v: __m512) -> f32 {
+        _mm512_reduce_add_ps(v)
+    }
+
+    /// The sum of a vector's 8 lanes, as a pairwise tree.
+    #[target_feature(enable = "avx2")]
+    fn sum256(v: __m256) -> f32 {
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+        ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
     }
 }
 
