@@ -12,7 +12,7 @@ Each is the median of `--steps` timed runs after `--warmup` untimed ones (rkd: 1
 
 Uses transformers' BertForSequenceClassification / ViTForImageClassification when transformers
 imports, else hand-written models of the same architecture (`--hand-written` forces them).
-`--json` prints `{"bert_mini": {"train_step_s": .., "infer_s": ..}, "vit": {...}, "device": "cpu"}`
+`--json` prints `{"bert_mini": {"train_step_s": .., "infer_s": ..}, "vit": {...}, "device": "cpu", "cpu": {...}}`
 like `rkd bench train --json`; otherwise a table. `--device cuda` runs on a GPU (every step
 synchronized before the clock stops), adds BERT-base (seq 128) and ViT-B/16, and reports each
 case's peak GPU memory (`peak_mem_bytes`).
