@@ -533,6 +533,44 @@ mod tests {
         assert!(bits3 != bits);
     }
 
+    /// The same seed gives the same weights on any number of threads (a remote cache shares
+    /// results between machines with other core counts), with batches of 57 × 9 = 513 rows,
+    /// whose products of more than 64 columns run as blocks of rows, one per thread (on 5
+    /// threads four blocks of 128 rows and one of a single row, unless that joins the one before).
+    #[test]
+    fn training_gives_the_same_bits_on_any_thread_count() {
+        let mut config = BertConfig::new(24, 32, 2, 2, 96, 2);
+        config.max_position_embeddings = 16;
+        config.hidden_dropout_prob = 0.1;
+        let config = ModelConfig::Bert(config);
+        let run = |threads: usize| {
+            with_threads(threads, || {
+                let params = ParamStore::new(5);
+                let model = Model::new(&config, params.var_builder(DType::F32, &Device::Cpu)).unwrap();
+                let opts = TrainOptions {
+                    epochs: 1,
+                    lr: 3e-3,
+                    seed: 5,
+                    ..TrainOptions::default()
+                };
+                let batches = |_| Ok(toy_batches(3, 57, 9, 7));
+                train(&model, &params, &opts, batches, ce, Hooks::default()).unwrap();
+                let tensors = params.tensors().unwrap();
+                tensors
+                    .values()
+                    .flat_map(crate::ml::testutil::bits)
+                    .collect::<Vec<u32>>()
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3, 5] {
+            assert!(
+                one == run(threads),
+                "the weights trained on {threads} threads differ from 1 thread's"
+            );
+        }
+    }
+
     #[test]
     fn the_best_epoch_is_restored() {
         let params = ParamStore::new(2);
