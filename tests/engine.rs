@@ -140,6 +140,25 @@ fn only_runs_the_named_stages_and_what_they_need() {
 }
 
 #[test]
+fn only_takes_sweep_points_of_several_variables_and_a_sweeps_name() {
+    let t = Test::new().file(
+        "p.rkd",
+        "stage a = exec(cmd: \"true\")\nsweep x in [1, 2], y in [3, 4] {\n  stage pt = exec(cmd: \"true\", inputs: [a], params: {x: x, y: y})\n}\nstage d = exec(cmd: \"echo d\")\n",
+    );
+    let (code, res) = run_json(&t, &["-n", "--only", "pt[x=1,y=4],d"]);
+    assert_eq!(code, 0, "{res}");
+    let (code, res) = run_json(&t, &["--only", "pt[x=1,y=4],d"]);
+    assert_eq!(code, 0, "{res}");
+    assert_eq!(sorted(&res["ran"]), ["a", "d", "pt[x=1,y=4]"]);
+    let (code, res) = run_json(&t, &["--only", "pt"]);
+    assert_eq!(code, 0, "{res}");
+    assert_eq!(sorted(&res["ran"]), ["pt[x=1,y=3]", "pt[x=2,y=3]", "pt[x=2,y=4]"]);
+    let out = t.run_with(&["run", "p.rkd", "--only", "pt[x=9,y=9]"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("there is no stage `pt[x=9,y=9]`"), "{}", out.stderr);
+}
+
+#[test]
 fn damaged_entries_are_reported_and_rerun() {
     let t = Test::new().file("p.rkd", &pipeline("1", "cp $RKD_INPUTS/x $RKD_OUT/x"));
     run_json(&t, &[]);

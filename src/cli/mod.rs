@@ -124,8 +124,9 @@ enum Command {
         /// Stages to run at once.
         #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = default_jobs())]
         jobs: usize,
-        /// Run only these stages, and what they need (repeat, or separate with commas).
-        #[arg(long, value_name = "NAME", value_delimiter = ',')]
+        /// Run only these stages, and what they need (repeat, or separate with commas; a sweep's or
+        /// call's name, e.g. `tuned`, selects all its stages).
+        #[arg(long, value_name = "NAME")]
         only: Vec<String>,
         /// After a failure, keep running the stages that do not depend on it.
         #[arg(long)]

@@ -34,8 +34,8 @@ pub struct TransferArgs {
     /// The pipeline file.
     #[arg(value_name = "FILE")]
     file: PathBuf,
-    /// Only these stages, and what they need.
-    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    /// Only these stages, and what they need (as `rkd run --only`).
+    #[arg(long, value_name = "NAME")]
     only: Vec<String>,
     /// The store directory [default: $RKD_STORE, else .rkd/ beside FILE].
     #[arg(long, value_name = "DIR")]
@@ -110,7 +110,7 @@ fn prepare(args: &TransferArgs) -> Result<Setup, ExitCode> {
         );
         return Err(ExitCode::from(2));
     };
-    let selected = crate::engine::run::select(&plan, &args.only).map_err(|e| {
+    let selected = crate::engine::select::select(&plan, &args.only).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
     })?;

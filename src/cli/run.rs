@@ -80,7 +80,7 @@ pub fn run(
         );
         return ExitCode::from(2);
     }
-    let selected = match crate::engine::run::select(&plan, &opts.only) {
+    let selected = match crate::engine::select::select(&plan, &opts.only) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");

@@ -8,6 +8,7 @@ pub mod preflight;
 pub mod record;
 pub mod run;
 pub mod scheduler;
+pub mod select;
 pub mod slurm;
 pub mod sync;
 

@@ -403,7 +403,7 @@ pub struct Prepared {
 /// Stored results are checked through the pipeline's cache of their manifests (`store::check_cache`).
 pub fn prepare(plan: &Plan, pipeline: &Path, store: &Store, opts: &RunOptions) -> Result<Prepared, RunError> {
     let n = plan.len();
-    let selected = select(plan, &opts.only)?;
+    let selected = super::select::select(plan, &opts.only)?;
     store.clean_tmp();
 
     // What must run: selected stages whose result is not stored. Every stored result the run
@@ -589,42 +589,6 @@ pub(crate) fn skip_reason(plan: &Plan, i: usize, failed: &HashSet<usize>) -> Str
         }
     }
     "not started: the run stopped after a failure (use --keep-going to run independent stages)".into()
-}
-
-/// Which stages `--only` selects: those named and everything they need. All when empty.
-pub fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>, RunError> {
-    let n = plan.len();
-    if only.is_empty() {
-        return Ok(vec![true; n]);
-    }
-    let mut selected = vec![false; n];
-    let mut stack = Vec::new();
-    for name in only {
-        let found = (0..n).find(|&i| {
-            let d = &plan.stage(StageId(i as u32)).def;
-            d.name == *name || d.aliases.iter().any(|a| a == name)
-        });
-        match found {
-            Some(i) => stack.push(i),
-            None => {
-                let names: Vec<&str> = plan.stages().map(|s| s.def.name.as_str()).collect();
-                let hint = crate::diagnostic::suggestion(name, names.iter().copied())
-                    .map(|s| format!(" ({s})"))
-                    .unwrap_or_default();
-                return Err(RunError::NoSuchStage {
-                    name: name.clone(),
-                    hint,
-                });
-            }
-        }
-    }
-    while let Some(i) = stack.pop() {
-        if !selected[i] {
-            selected[i] = true;
-            stack.extend(plan.stage(StageId(i as u32)).def.inputs.iter().map(|id| id.0 as usize));
-        }
-    }
-    Ok(selected)
 }
 
 /// Runs one stage under its key's lock; the entry appears in the store only if it succeeds.

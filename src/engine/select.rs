@@ -1,0 +1,118 @@
+//! `--only`: the stages a run or a pull takes (those named, and what they need).
+
+use super::run::RunError;
+use crate::plan::{Plan, PlanStage};
+use crate::value::StageId;
+use std::collections::HashMap;
+
+/// Splits `--only` values at the commas outside brackets: `a,tuned[t=2.0,a=0.5]` is two names.
+pub fn split_names(values: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for value in values {
+        let (mut depth, mut start) = (0usize, 0);
+        for (i, c) in value.char_indices() {
+            match c {
+                '[' => depth += 1,
+                ']' => depth = depth.saturating_sub(1),
+                ',' if depth == 0 => {
+                    out.push(value[start..i].trim().to_string());
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        out.push(value[start..].trim().to_string());
+    }
+    out.retain(|n| !n.is_empty());
+    out
+}
+
+/// A stage's name and aliases.
+fn names(s: &PlanStage) -> impl Iterator<Item = &String> {
+    std::iter::once(&s.def.name).chain(&s.def.aliases)
+}
+
+/// Whether `name` is a member of the list or call named `list`: a sweep point or list item
+/// (`tuned[t=2.0,a=0.5]`, `xs[0]`) or a stage a function call made (`chain/step[1]`).
+fn member_of(name: &str, list: &str) -> bool {
+    name.strip_prefix(list)
+        .is_some_and(|rest| rest.starts_with('/') || (rest.starts_with('[') && rest.ends_with(']')))
+}
+
+/// The selection of `only` (names as given on the command line, see [`split_names`]): each
+/// named stage and what it needs; a sweep's or call's name selects all its stages. Every stage
+/// when `only` is empty.
+pub fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>, RunError> {
+    let n = plan.len();
+    if only.is_empty() {
+        return Ok(vec![true; n]);
+    }
+    let mut by_name: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in plan.stages().enumerate() {
+        for name in names(s) {
+            by_name.entry(name.as_str()).or_insert(i);
+        }
+    }
+    let mut selected = vec![false; n];
+    let mut stack = Vec::new();
+    for name in split_names(only) {
+        if let Some(&i) = by_name.get(name.as_str()) {
+            stack.push(i);
+            continue;
+        }
+        let members: Vec<usize> = plan
+            .stages()
+            .enumerate()
+            .filter(|(_, s)| names(s).any(|m| member_of(m, &name)))
+            .map(|(i, _)| i)
+            .collect();
+        if members.is_empty() {
+            // Stage names, and the names of sweeps and calls (`tuned`, `chain`).
+            let all: Vec<&str> = plan
+                .stages()
+                .flat_map(|s| {
+                    let n = s.def.name.as_str();
+                    let list = crate::text::sweep_point(n)
+                        .map(|(base, _)| base)
+                        .or(n.split_once('/').map(|p| p.0));
+                    std::iter::once(n).chain(list)
+                })
+                .collect();
+            let hint = crate::diagnostic::suggestion(&name, all.iter().copied())
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default();
+            return Err(RunError::NoSuchStage { name, hint });
+        }
+        stack.extend(members);
+    }
+    while let Some(i) = stack.pop() {
+        if !selected[i] {
+            selected[i] = true;
+            stack.extend(plan.stage(StageId(i as u32)).def.inputs.iter().map(|id| id.0 as usize));
+        }
+    }
+    Ok(selected)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(xs: &[&str]) -> Vec<String> {
+        split_names(&xs.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn commas_inside_brackets_do_not_split() {
+        assert_eq!(split(&["a,tuned[t=2.0,a=0.5]", "b"]), ["a", "tuned[t=2.0,a=0.5]", "b"]);
+        assert_eq!(split(&["x[0],y, z", ""]), ["x[0]", "y", "z"]);
+    }
+
+    #[test]
+    fn members_are_points_items_and_the_stages_a_call_made() {
+        assert!(member_of("tuned[t=2.0,a=0.5]", "tuned"));
+        assert!(member_of("chain/step[1]", "chain"));
+        assert!(!member_of("tuned2", "tuned"));
+        assert!(!member_of("tuned", "tuned"));
+    }
+}
