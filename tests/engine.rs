@@ -86,6 +86,30 @@ fn reruns_only_what_changed() {
 }
 
 #[test]
+fn why_it_runs_compares_with_runs_of_the_same_pipeline_file_only() {
+    let stage = |v: u32| format!("stage a = exec(cmd: \"true\", params: {{v: {v}}})\n");
+    let t = Test::new().file("one.rkd", &stage(1)).file("two.rkd", &stage(2));
+    assert_eq!(t.run_with(&["run", "one.rkd"]).code, 0);
+    // Both files share the store beside them, and both have a stage `a`: not the same stage.
+    let reasons = |file: &str| {
+        let plan: Value = serde_json::from_str(&t.run_with(&["plan", file, "--json"]).stdout).unwrap();
+        by_name(&plan, "a")["reasons"].clone()
+    };
+    assert_eq!(reasons("two.rkd"), serde_json::json!(["new"]));
+    assert_eq!(t.run_with(&["run", "two.rkd"]).code, 0);
+    std::fs::write(t.path().join("two.rkd"), stage(3)).unwrap();
+    assert_eq!(
+        reasons("two.rkd"),
+        serde_json::json!(["parameter changed: params.v 2 → 3"])
+    );
+    std::fs::write(t.path().join("one.rkd"), stage(4)).unwrap();
+    assert_eq!(
+        reasons("one.rkd"),
+        serde_json::json!(["parameter changed: params.v 1 → 4"])
+    );
+}
+
+#[test]
 fn a_failure_skips_descendants_and_keep_going_runs_the_rest() {
     let t = Test::new().file("p.rkd", &pipeline("1", "echo boom >&2; exit 3"));
     let out = t.run_with(&["run", "p.rkd", "-j", "1", "--keep-going"]);

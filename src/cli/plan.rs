@@ -152,7 +152,7 @@ pub fn explain(file: &Path, name: &str, store: Option<&Path>) -> ExitCode {
         eprintln!("error: {} has no stage `{name}`\n  help: {hint}", file.display());
         return ExitCode::FAILURE;
     };
-    let index = store.read_index();
+    let index = store.read_index(file);
     println!("stage   {}", stage.def.shown());
     println!("op      {} (version {})", stage.def.op.name, stage.def.op.version);
     println!("key     {}", hex(&stage.key));

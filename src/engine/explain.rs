@@ -1,4 +1,5 @@
-//! Why a stage must run: a comparison with the last record of the stage with the same name.
+//! Why a stage must run: a comparison with the last record of the stage with the same name in a
+//! run of the same pipeline file.
 
 use super::record::stage_record;
 use crate::plan::{Plan, PlanStage};
@@ -25,6 +26,7 @@ pub fn verdicts(plan: &Plan, pipeline: &Path, store: &Store, selected: &[bool]) 
     let cache = crate::store::check_cache::path_for(store, pipeline);
     verdicts_of(
         plan,
+        pipeline,
         store,
         selected,
         &crate::store::check_cache::present(store, &keys, &cache),
@@ -32,9 +34,15 @@ pub fn verdicts(plan: &Plan, pipeline: &Path, store: &Store, selected: &[bool]) 
 }
 
 /// [`verdicts`], knowing which stages' results are stored.
-pub fn verdicts_of(plan: &Plan, store: &Store, selected: &[bool], cached: &[bool]) -> Vec<Option<Verdict>> {
+pub fn verdicts_of(
+    plan: &Plan,
+    pipeline: &Path,
+    store: &Store,
+    selected: &[bool],
+    cached: &[bool],
+) -> Vec<Option<Verdict>> {
     let index = if selected.iter().zip(cached).any(|(s, c)| *s && !c) {
-        store.read_index()
+        store.read_index(pipeline)
     } else {
         Index::new()
     };

@@ -419,7 +419,10 @@ pub fn prepare(plan: &Plan, pipeline: &Path, store: &Store, opts: &RunOptions) -
     let cached: Vec<bool> = (0..n)
         .map(|i| matches!(checked[i], Stored::Intact | Stored::Damaged(_)) || opts.from_remote.contains(&i))
         .collect();
-    for (i, v) in verdicts_of(plan, store, &selected, &cached).into_iter().enumerate() {
+    for (i, v) in verdicts_of(plan, pipeline, store, &selected, &cached)
+        .into_iter()
+        .enumerate()
+    {
         if let Some(Verdict::Run(r)) = v {
             reasons[i] = r;
             to_run.insert(i);
@@ -853,7 +856,7 @@ pub(crate) fn write_records(
     };
     store.write_record(&record).map_err(RunError::Record)?;
     store
-        .update_index(&decided, |j| {
+        .update_index(pipeline, &decided, |j| {
             stage_record(plan, plan.stage(StageId(decided_ids[j] as u32)), Outcome::Ran)
         })
         .map_err(RunError::Index)?;

@@ -9,7 +9,8 @@
 //! <store>/damaged/         entries that failed their check, moved aside (kept for a look; gc empties it)
 //! <store>/locks/<key>.lock held while a process runs that key (never the same key twice at once)
 //! <store>/leases/          one file per running `rkd run`: the keys it may read, which gc keeps
-//! <store>/runs/            one JSON record per run, and index.json (the latest record of each stage name)
+//! <store>/runs/            one JSON record per run, and index/<id>.json per pipeline file (the
+//!                          latest record of each of its stage names)
 //! <store>/stat-cache.json  file fingerprints by (path, size, mtime, inode)
 //! <store>/checkpoints/<key>/ in-stage checkpoints of unfinished training stages (never entries)
 //! <store>/cache/           caches ops and runs may use but never need (decoded image_folder

@@ -1,5 +1,5 @@
-//! Run records: one JSON file per run (older runs: YAML), plus an index of the latest record of each stage name
-//! (what `plan` compares against to say why a stage runs).
+//! Run records: one JSON file per run (older runs: YAML), plus, per pipeline file, an index of
+//! the latest record of each stage name (what `plan` compares against to say why a stage runs).
 
 use super::Store;
 use serde::{Deserialize, Serialize};
@@ -126,11 +126,11 @@ impl RunRecord {
     }
 }
 
-/// The latest record of each stage name: name → (record file, stage).
+/// The latest record of each stage name of one pipeline file: name → stage.
 pub type Index = BTreeMap<String, StageRecord>;
 
-const INDEX: &str = "index.json";
-const INDEX_DIGEST: &str = "index.digest";
+/// The folder of `runs/` holding one index per pipeline file (`<id>.json`, `<id>.digest`).
+const INDEXES: &str = "index";
 
 impl Store {
     /// Writes a run record; returns its path.
@@ -193,19 +193,33 @@ impl Store {
         parsed.map_err(|error| RecordError::Invalid { path, error })
     }
 
-    /// The index of the latest record of each stage name (empty if there is none).
-    pub fn read_index(&self) -> Index {
-        std::fs::read(self.runs_dir().join(INDEX))
+    /// Where the index of the pipeline file `pipeline` is kept, with the extension `ext`: one
+    /// per file (as run records name it), so that pipelines sharing a store, and their stages of
+    /// the same name, are never compared with each other.
+    fn index_path(&self, pipeline: &std::path::Path, ext: &str) -> PathBuf {
+        let id = blake3::hash(RunRecord::pipeline_name(pipeline).as_bytes()).to_hex();
+        self.runs_dir().join(INDEXES).join(format!("{}.{ext}", &id[..32]))
+    }
+
+    /// The index of the latest record of each stage name of the pipeline file `pipeline` (empty
+    /// if there is none).
+    pub fn read_index(&self, pipeline: &std::path::Path) -> Index {
+        std::fs::read(self.index_path(pipeline, "json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
     }
 
-    /// Brings the index up to date with a run: `stages` are the stages the run decided about,
-    /// and `full(i)` builds the complete record of stage `i` (only called for stages whose entry
-    /// changes). Skips all work when the run decided exactly what the last update recorded. Runs
-    /// under a lock, so concurrent runs lose no update.
-    pub fn update_index(&self, stages: &[Decided<'_>], full: impl Fn(usize) -> StageRecord) -> std::io::Result<()> {
+    /// Brings the index of the pipeline file `pipeline` up to date with a run of it: `stages` are
+    /// the stages the run decided about, and `full(i)` builds the complete record of stage `i`
+    /// (only called for stages whose entry changes). Skips all work when the run decided exactly
+    /// what the last update recorded. Runs under a lock, so concurrent runs lose no update.
+    pub fn update_index(
+        &self,
+        pipeline: &std::path::Path,
+        stages: &[Decided<'_>],
+        full: impl Fn(usize) -> StageRecord,
+    ) -> std::io::Result<()> {
         let mut h = blake3::Hasher::new();
         for d in stages {
             for n in &d.names {
@@ -216,13 +230,13 @@ impl Store {
             h.update(d.status.name().as_bytes());
         }
         let digest = h.finalize().to_hex().to_string();
-        let digest_path = self.runs_dir().join(INDEX_DIGEST);
+        let digest_path = self.index_path(pipeline, "digest");
         if std::fs::read_to_string(&digest_path).is_ok_and(|d| d == digest) {
             return Ok(());
         }
         let lock_key = *blake3::hash(b"rkd-index-lock").as_bytes();
         let _lock = super::lock::KeyLock::acquire(self, &lock_key)?;
-        let mut index = self.read_index();
+        let mut index = self.read_index(pipeline);
         for (i, d) in stages.iter().enumerate() {
             let current = |e: &StageRecord| e.key == d.key && e.status == d.status;
             if d.names.iter().all(|n| index.get(*n).is_some_and(current)) {
@@ -236,8 +250,8 @@ impl Store {
                 index.insert(n.to_string(), entry.clone());
             }
         }
-        std::fs::create_dir_all(self.runs_dir())?;
-        atomic_write(&self.runs_dir().join(INDEX), &serde_json::to_vec(&index)?)?;
+        std::fs::create_dir_all(self.runs_dir().join(INDEXES))?;
+        atomic_write(&self.index_path(pipeline, "json"), &serde_json::to_vec(&index)?)?;
         atomic_write(&digest_path, digest.as_bytes())
     }
 }
@@ -325,7 +339,8 @@ mod tests {
         assert_eq!(new.extension().unwrap(), "json");
         let old = store.runs_dir().join("20261101-080000-1.yaml");
         std::fs::write(&old, serde_yaml::to_string(&record("2026-11-01T08:00:00Z")).unwrap()).unwrap();
-        std::fs::write(store.runs_dir().join(INDEX), "{}").unwrap();
+        std::fs::write(store.runs_dir().join("index.json"), "{}").unwrap();
+        std::fs::create_dir_all(store.runs_dir().join(INDEXES)).unwrap();
         assert_eq!(
             store.record_paths(),
             [old.clone(), new.clone()],
