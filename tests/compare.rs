@@ -231,3 +231,29 @@ fn compare_draws_both_runs_reports_in_one_plot() {
     );
     assert!(t.path().join("overlay/params_vs_accuracy.png").is_file());
 }
+
+#[test]
+fn a_run_that_used_stored_results_compares_with_their_metrics() {
+    let pipeline = |lr: &str| common::SHARED_PIPELINE.replace("batch_size: 16)", &format!("batch_size: 16, lr: {lr})"));
+    let t = Test::new().file("p.rkd", &pipeline("1e-3"));
+    run(&t);
+    run(&t); // all cached: the run record holds no metrics of its own
+    std::fs::write(t.path().join("p.rkd"), pipeline("2e-3")).unwrap();
+    run(&t);
+    let out = t.run_with(&["compare", "p.rkd", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let c: Value = serde_json::from_str(&out.stdout).unwrap();
+    let score = c["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "score")
+        .unwrap();
+    let acc = score["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "accuracy");
+    let acc = acc.unwrap_or_else(|| panic!("no accuracy: {score}"));
+    assert!(acc["a"].is_number() && acc["b"].is_number(), "{acc}");
+}

@@ -38,7 +38,8 @@ pub struct Side {
 }
 
 impl Side {
-    /// The stages of a run record, with their parameters from the store's entries.
+    /// The stages of a run record, with their parameters (and the metrics of the stored results
+    /// it used) from the store's entries.
     pub fn of_record(store: &Store, record: &RunRecord, label: String) -> Side {
         let stages = record
             .stages
@@ -50,6 +51,11 @@ impl Side {
                     r.params = spec.params;
                     r.inputs = spec.inputs;
                     r.files = spec.files;
+                }
+                // A run records the metrics of what it ran; those of the stored results it used
+                // (cached, pulled) are the entries'.
+                if r.metrics.is_empty() && matches!(r.status, Outcome::Cached | Outcome::Pulled) {
+                    r.metrics = key.and_then(|k| store.stage_metrics(&k)).unwrap_or_default();
                 }
                 SideStage {
                     out: key.filter(|k| store.contains(k)).map(|k| store.out_dir(&k)),
