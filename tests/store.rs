@@ -359,3 +359,43 @@ fn what_a_command_leaves_running_is_stopped_when_it_ends() {
     assert!(!t.path().join("late.log").exists(), "the background job was stopped");
     assert_eq!(t.run_with(&["verify"]).code, 0);
 }
+
+#[test]
+fn a_file_where_the_store_or_its_folders_should_be_is_an_error_naming_it() {
+    let t = Test::new()
+        .file("p.rkd", "stage a = exec(cmd: \"true\")\n")
+        .file("somefile", "");
+    let out = t.run_with(&["plan", "p.rkd", "--store", "somefile"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stderr.contains("somefile is not a folder"), "{}", out.stderr);
+    assert!(out.stderr.contains("help:"), "{}", out.stderr);
+    std::fs::create_dir(t.path().join(".rkd")).unwrap();
+    std::fs::write(t.path().join(".rkd/entries"), "").unwrap();
+    for args in [&["run", "p.rkd"][..], &["gc", "--keep", "p.rkd"]] {
+        let out = t.run_with(args);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stdout);
+        assert!(
+            out.stderr.contains("layout is damaged") && out.stderr.contains(".rkd/entries should be a folder"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn gc_errors_name_the_path_and_how_to_go_on() {
+    let t = Test::new().file("p.rkd", "stage a = exec(cmd: \"echo 1 > $RKD_OUT/x\")\n");
+    assert_eq!(t.run_with(&["run", "p.rkd"]).code, 0);
+    let key = key_of(&plan(&t, "p.rkd", None), "a");
+    std::fs::write(t.path().join("p.rkd"), "stage a = exec(cmd: \"echo 2 > $RKD_OUT/x\")\n").unwrap();
+    assert_eq!(t.run_with(&["run", "p.rkd"]).code, 0);
+    // The old entry's lock cannot be taken: something that is not a file stands in its place.
+    let lock = t.path().join(".rkd/locks").join(format!("{key}.lock"));
+    let _ = std::fs::remove_file(&lock);
+    std::fs::create_dir_all(&lock).unwrap();
+    let out = t.run_with(&["gc", "--keep", "p.rkd"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stderr.contains("cannot clean the store"), "{}", out.stderr);
+    assert!(out.stderr.contains(".rkd/locks: "), "{}", out.stderr);
+    assert!(out.stderr.contains("help:"), "{}", out.stderr);
+}

@@ -679,6 +679,10 @@ fn load_locked(
 )> {
     let mut compiled = compile_or_report(file)?;
     let store = crate::store::Store::for_pipeline(file, store);
+    if let Err(e) = store.check_layout() {
+        eprintln!("error: {e}");
+        return None;
+    }
     let pinned = match crate::lockfile::pin(file, &mut compiled.stages, mode) {
         Ok(p) => p,
         Err(problems) => {

@@ -126,6 +126,10 @@ pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_
         (None, Some(first)) => Store::for_pipeline(first, None),
         _ => Store::for_cwd(store),
     };
+    if let Err(e) = store.check_layout() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let mut reachable: HashSet<Key> = HashSet::new();
     for file in keep {
         let Some((_, plan, _)) = super::load_plan(file, Some(&store.root)) else {
@@ -208,7 +212,18 @@ pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            let help = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                format!(
+                    "gc removes files in the store: run it as a user who may write to {} (`ls -ld` shows its owner and permissions)",
+                    store.root.display()
+                )
+            } else {
+                "`rkd verify` checks the store's entries; gc can be run again".to_string()
+            };
+            eprintln!(
+                "error: cannot clean the store {}: {e}\n  help: {help}",
+                store.root.display()
+            );
             ExitCode::FAILURE
         }
     }

@@ -1,6 +1,7 @@
 //! Garbage collection: remove entries that nothing we keep refers to.
 
 use super::key::Key;
+use super::layout::at;
 use super::records::RecordError;
 use super::Store;
 use std::collections::HashSet;
@@ -56,12 +57,12 @@ pub fn keys_of_latest_run_of(store: &Store, pipeline: &std::path::Path) -> Resul
 
 /// Removes every entry whose key is not in `keep` and that no running pipeline leased, and the
 /// damaged entries moved aside. Entries being run by another process (locked) are left alone.
-/// Runs that start meanwhile wait until it is done.
+/// Runs that start meanwhile wait until it is done. An error names the path it happened at.
 pub fn collect(store: &Store, keep: &HashSet<Key>, dry_run: bool) -> std::io::Result<Collected> {
     let mut out = Collected::default();
-    let registry = store.lock_leases()?;
+    let registry = store.lock_leases().map_err(|e| at(&store.leases_dir(), e))?;
     let leased = store.leased_keys(&registry)?;
-    for key in store.keys()? {
+    for key in store.keys().map_err(|e| at(&store.entries_dir(), e))? {
         if keep.contains(&key) {
             out.kept += 1;
             continue;
@@ -71,14 +72,14 @@ pub fn collect(store: &Store, keep: &HashSet<Key>, dry_run: bool) -> std::io::Re
             out.in_use += 1;
             continue;
         }
-        let Some(_lock) = super::lock::KeyLock::try_acquire(store, &key)? else {
+        let Some(_lock) = super::lock::KeyLock::try_acquire(store, &key).map_err(|e| at(&store.locks_dir(), e))? else {
             out.kept += 1;
             continue;
         };
         let bytes = if dry_run {
             super::dir_size(&store.entry_dir(&key))
         } else {
-            store.remove_entry(&key)?
+            store.remove_entry(&key).map_err(|e| at(&store.entry_dir(&key), e))?
         };
         out.entries += 1;
         out.bytes += bytes;
@@ -90,7 +91,7 @@ pub fn collect(store: &Store, keep: &HashSet<Key>, dry_run: bool) -> std::io::Re
         if needed {
             continue;
         }
-        let Some(_lock) = super::lock::KeyLock::try_acquire(store, &key)? else {
+        let Some(_lock) = super::lock::KeyLock::try_acquire(store, &key).map_err(|e| at(&store.locks_dir(), e))? else {
             continue;
         };
         let checkpoints = store.checkpoints(&key);
@@ -98,7 +99,7 @@ pub fn collect(store: &Store, keep: &HashSet<Key>, dry_run: bool) -> std::io::Re
         out.bytes += if dry_run {
             super::dir_size(checkpoints.dir())
         } else {
-            checkpoints.clear()?
+            checkpoints.clear().map_err(|e| at(checkpoints.dir(), e))?
         };
     }
     if let Ok(dir) = std::fs::read_dir(store.damaged_dir()) {
@@ -106,7 +107,7 @@ pub fn collect(store: &Store, keep: &HashSet<Key>, dry_run: bool) -> std::io::Re
             out.damaged += 1;
             out.bytes += super::dir_size(&entry.path());
             if !dry_run {
-                super::files::remove_tree(&entry.path())?;
+                super::files::remove_tree(&entry.path()).map_err(|e| at(&entry.path(), e))?;
             }
         }
     }
@@ -126,7 +127,7 @@ pub fn collect(store: &Store, keep: &HashSet<Key>, dry_run: bool) -> std::io::Re
                     out.cache_files += 1;
                     out.bytes += entry.metadata().map_or(0, |m| m.len());
                     if !dry_run {
-                        std::fs::remove_file(&path)?;
+                        std::fs::remove_file(&path).map_err(|e| at(&path, e))?;
                     }
                 }
                 Err(_) => {}

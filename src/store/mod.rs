@@ -27,6 +27,7 @@ pub mod checkpoints;
 pub mod files;
 pub mod gc;
 pub mod key;
+pub mod layout;
 pub mod lease;
 pub mod lock;
 pub mod manifest;

@@ -24,8 +24,8 @@ impl EntryWriter {
     pub fn create(store: &Store, key: &Key) -> std::io::Result<EntryWriter> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = store.tmp_dir().join(format!("{}.{}.{n}", hex(key), std::process::id()));
-        std::fs::create_dir_all(dir.join("out"))?;
-        std::fs::create_dir_all(store.entries_dir())?;
+        std::fs::create_dir_all(dir.join("out")).map_err(|e| super::layout::at(&dir, e))?;
+        std::fs::create_dir_all(store.entries_dir()).map_err(|e| super::layout::at(&store.entries_dir(), e))?;
         Ok(EntryWriter {
             dir,
             target: store.entry_dir(key),
