@@ -140,6 +140,19 @@ fn a_failure_skips_descendants_and_keep_going_runs_the_rest() {
 }
 
 #[test]
+fn the_summary_counts_the_other_skipped_stages() {
+    let one = "stage a = exec(cmd: \"exit 1\")\nstage c = exec(cmd: \"true\", inputs: [a])\n";
+    let out = Test::new().file("p.rkd", one).run_with(&["run", "p.rkd"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("  skipped `c`: "), "{}", out.stdout);
+    assert!(!out.stdout.contains("other"), "{}", out.stdout);
+    let three =
+        format!("{one}stage d = exec(cmd: \"true\", inputs: [c])\nstage e = exec(cmd: \"echo e\", inputs: [a])\n");
+    let out = Test::new().file("p.rkd", &three).run_with(&["run", "p.rkd"]);
+    assert!(out.stdout.contains("  skipped `c` and 2 others: "), "{}", out.stdout);
+}
+
+#[test]
 fn without_keep_going_nothing_new_starts_after_a_failure() {
     let t = Test::new().file(
         "p.rkd",

@@ -491,11 +491,21 @@ fn print_summary(plan: &Plan, report: &RunReport) {
     if skipped > 0 && !report.interrupted {
         if let Some((s, r)) = rows.iter().find(|(_, r)| r.outcome == Outcome::Skipped) {
             println!(
-                "  skipped `{}` and others: {}",
+                "  skipped `{}`{}: {}",
                 s.def.name,
+                others(skipped - 1),
                 r.error.as_deref().unwrap_or("")
             );
         }
+    }
+}
+
+/// " and N other(s)" after the first skipped stage's name; empty when it is the only one.
+fn others(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        1 => " and 1 other".into(),
+        n => format!(" and {n} others"),
     }
 }
 
