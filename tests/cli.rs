@@ -337,6 +337,17 @@ fn bench_compile_prints_a_table() {
         "{}",
         out.stdout
     );
+    // Sizes are chains of 10 stages: another size is a usage error that says so.
+    for bad in ["5", "15", "0", "ten"] {
+        let out = Test::new().args(&["bench", "compile", "--stages", bad]).expect(2);
+        assert!(out.stderr.contains("--stages"), "{bad}: {}", out.stderr);
+    }
+    let out = Test::new().args(&["bench", "compile", "--stages", "15"]).expect(2);
+    assert!(
+        out.stderr.contains("multiple of 10") && out.stderr.contains("try 20"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

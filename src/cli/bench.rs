@@ -20,7 +20,7 @@ pub enum Bench {
     /// the one before). Reports the median of several runs per size.
     Compile {
         /// Sizes, in stages (multiples of 10).
-        #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 10000])]
+        #[arg(long, value_delimiter = ',', default_values_t = [1000usize, 10000], value_parser = sweep_size)]
         stages: Vec<usize>,
         /// Runs per size (the median is reported).
         #[arg(long, default_value_t = 5)]
@@ -133,6 +133,18 @@ pub fn run(b: Bench) -> ExitCode {
             json,
             variant,
         }),
+    }
+}
+
+/// A `--stages` size: a positive multiple of 10 (chains of 10 stages).
+fn sweep_size(word: &str) -> Result<usize, String> {
+    match word.trim().parse::<usize>() {
+        Ok(n) if n > 0 && n % 10 == 0 => Ok(n),
+        Ok(n) => Err(format!(
+            "{n} is not a positive multiple of 10 (the sweep is made of chains of 10 stages); try {}",
+            (n.div_ceil(10) * 10).max(10)
+        )),
+        Err(e) => Err(format!("`{word}` is not a number of stages: {e}")),
     }
 }
 
