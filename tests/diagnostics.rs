@@ -360,3 +360,21 @@ fn python_habits_get_a_hint() {
         ))
     );
 }
+
+/// Sizes, dimensions and lengths have upper bounds: a value that would overflow or exhaust
+/// memory when the stage runs is refused by `rkd check`, at the argument.
+#[test]
+fn size_parameters_past_their_bounds() {
+    insta::assert_snapshot!(check(
+        "let d = synthetic_text(seed: 0, train_size: 9223372036854775807, vocab_size: 1000, max_len: 16)\n\
+         let m = bert(layers: 1, hidden: 32, heads: 2, intermediate: 9223372036854775807, vocab_size: 1000, max_position: 9223372036854775807)\n\
+         stage u = train(model: m, data: d, epochs: 1)\n"
+    ));
+}
+
+#[test]
+fn generated_data_past_the_memory_limit() {
+    insta::assert_snapshot!(check(
+        "let d = synthetic_images(seed: 0, train_size: 10_000_000, image_size: 1024)\n"
+    ));
+}

@@ -414,3 +414,46 @@ fn gpu_slots_give_each_gpu_stage_its_own_gpu() {
         "one at a time:\n{log}"
     );
 }
+
+/// A bug that panics inside a stage fails that stage like any failure: its message (no
+/// backtrace) in the output and the run record, its dependents skipped, the rest run, exit 1.
+#[test]
+fn a_stage_that_panics_fails_alone_and_the_run_is_recorded() {
+    let t = Test::new()
+        .file("p.rkd", common::SHARED_PIPELINE)
+        .env("RKD_TEST_PANIC_OP", "train")
+        .env("RUST_BACKTRACE", "1");
+    let (code, res) = run_json(&t, &["--keep-going"]);
+    assert_eq!(code, 1, "{res}");
+    assert_eq!(sorted(&res["failed"]), ["teacher"]);
+    assert_eq!(sorted(&res["skipped"]), ["score"]);
+    assert_eq!(sorted(&res["ran"]), ["counted", "words"]);
+    let out = t.run_with(&["run", "p.rkd"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("internal error in `train`: RKD_TEST_PANIC_OP asked `train` to panic (at src/ops/mod.rs:"),
+        "{}",
+        out.stderr
+    );
+    for noise in ["stack backtrace", "panicked at", "RUST_BACKTRACE"] {
+        assert!(!out.stderr.contains(noise), "{noise}: {}", out.stderr);
+    }
+    let records: Vec<Value> = std::fs::read_dir(t.path().join(".rkd/runs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name() != "index.json")
+        .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+        .collect();
+    assert_eq!(records.len(), 2, "one record per run");
+    for r in &records {
+        assert_eq!(r["status"], "failed", "{r}");
+        let teacher = r["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "teacher")
+            .unwrap();
+        assert_eq!(teacher["status"], "failed", "{teacher}");
+    }
+}

@@ -56,9 +56,15 @@ impl Compiler {
             match self.check_value(&param.ty, value, origin) {
                 Ok(v) => {
                     if let Some(problem) = self.out_of_range(param, &v) {
+                        let mut help = format!("{}: {}", param.name, param.doc);
+                        if above_max(param, &v) {
+                            help.push_str(
+                                "; rkd bounds sizes so that a stage never overflows or asks for absurd memory",
+                            );
+                        }
                         let d = Diag::new(Kind::Range, origin, format!("`{}` {problem}", param.name))
                             .label("out of range")
-                            .help(format!("{}: {}", param.name, param.doc));
+                            .help(help);
                         self.error(d);
                         ok = false;
                     }
@@ -298,6 +304,14 @@ fn plural(ty: &Ty) -> String {
         Ty::Model => "trained models".into(),
         Ty::Stage => "stages".into(),
         other => format!("{} values", other.describe()),
+    }
+}
+
+/// Whether a number is above its parameter's upper bound (not below its lower one).
+fn above_max(param: &ParamSchema, v: &Value) -> bool {
+    match (param.range.and_then(|r| r.max), v.as_f64()) {
+        (Some((max, _)), Some(x)) => x > max && matches!(param.ty, Ty::Int),
+        _ => false,
     }
 }
 

@@ -51,15 +51,27 @@ impl<'a> Args<'a> {
         ))
     }
 
-    /// A non-negative integer argument.
+    /// A non-negative integer argument, within its schema's range (a value that did not pass
+    /// `rkd check`, e.g. from a hand-built spec, fails here rather than sizing an allocation).
     pub(crate) fn usize(&self, name: &str) -> Result<usize, DataError> {
         match self.value(name)? {
-            Value::Int(i) => usize::try_from(i).map_err(|_| {
-                DataError::new(format!(
-                    "{}: argument `{name}` must not be negative (got {i})",
-                    self.schema.name
-                ))
-            }),
+            Value::Int(i) => {
+                if let Some(range) = self.schema.param(name).and_then(|p| p.range) {
+                    if !range.contains(i as f64) {
+                        return Err(DataError::new(format!(
+                            "{}: argument `{name}` must be in {}, got {i}",
+                            self.schema.name,
+                            range.describe()
+                        )));
+                    }
+                }
+                usize::try_from(i).map_err(|_| {
+                    DataError::new(format!(
+                        "{}: argument `{name}` must not be negative (got {i})",
+                        self.schema.name
+                    ))
+                })
+            }
             v => Err(self.wrong(name, "an integer", &v)),
         }
     }
@@ -157,5 +169,28 @@ mod tests {
             .to_string()
             .contains("missing argument `path`"));
         assert!(Args::new("train", &p).is_err());
+    }
+
+    #[test]
+    fn sizes_outside_their_range_are_errors_not_allocations() {
+        let mut p = Params::new();
+        p.insert("train_size".into(), Value::Int(i64::MAX));
+        let a = Args::new("synthetic_text", &p).unwrap();
+        assert_eq!(
+            a.usize("train_size").unwrap_err().to_string(),
+            "synthetic_text: argument `train_size` must be in [1, 10000000], got 9223372036854775807"
+        );
+        // Each size in range, all of them together over the memory limit.
+        let spec = crate::data::synthetic_images::ImageSpec {
+            seed: 0,
+            classes: 2,
+            train_size: 10_000_000,
+            val_size: 1,
+            test_size: 1,
+            image_size: 1024,
+            noise: 0.0,
+        };
+        let e = crate::data::synthetic_images::generate(&spec).unwrap_err();
+        assert!(e.to_string().contains("more than 16 GiB"), "{e}");
     }
 }

@@ -9,6 +9,7 @@
 use super::error::DataError;
 use super::synthetic_text::balanced_labels;
 use crate::ml::Rng;
+use crate::registry::bounds;
 
 /// Orientations per frequency band.
 pub const ORIENTATIONS: usize = 6;
@@ -96,6 +97,18 @@ pub fn generate(spec: &ImageSpec) -> Result<SyntheticImages, DataError> {
     }
     if spec.image_size < 2 {
         return Err(DataError::new("synthetic_images: image_size must be at least 2"));
+    }
+    let examples = [spec.train_size, spec.val_size, spec.test_size]
+        .iter()
+        .fold(0u64, |a, &n| a.saturating_add(n as u64));
+    if bounds::generated_bytes(examples, bounds::image_example_bytes(spec.image_size as u64))
+        > bounds::MAX_GENERATED_BYTES
+    {
+        return Err(DataError::new(format!(
+            "synthetic_images: {examples} images of {0}x{0} pixels would take more than {1} of memory",
+            spec.image_size,
+            bounds::generated_limit()
+        )));
     }
     let mut rng = Rng::for_stream(spec.seed, "rkd-synthetic-images");
     let mut make = |n: usize| {

@@ -10,6 +10,7 @@
 use super::error::DataError;
 use super::tokenizer::{identity_token, Tokenizer, SPECIAL_TOKENS};
 use crate::ml::Rng;
+use crate::registry::bounds;
 
 /// Probability that a word is an indicative word of the example's class.
 pub const P_INDICATIVE: f64 = 0.15;
@@ -117,6 +118,17 @@ pub fn generate(spec: &TextSpec) -> Result<SyntheticText, DataError> {
         return Err(DataError::new(
             "synthetic_text: empty split (train_size, val_size and test_size must be positive)",
         ));
+    }
+    let examples = [spec.train_size, spec.val_size, spec.test_size]
+        .iter()
+        .fold(0u64, |a, &n| a.saturating_add(n as u64));
+    if bounds::generated_bytes(examples, bounds::text_example_bytes(spec.max_len as u64)) > bounds::MAX_GENERATED_BYTES
+    {
+        return Err(DataError::new(format!(
+            "synthetic_text: {examples} examples of up to {} tokens would take more than {} of memory",
+            spec.max_len,
+            bounds::generated_limit()
+        )));
     }
     let tokenizer = Tokenizer::identity(spec.vocab_size)?;
     let mut rng = Rng::for_stream(spec.seed, "rkd-synthetic-text");

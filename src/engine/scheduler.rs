@@ -1,6 +1,7 @@
 //! Runs a DAG of jobs on N worker threads: ready jobs start as soon as a worker is free (and, for
 //! a job that needs GPUs, as soon as enough GPU slots are free: each running job holds its own);
 //! a failure skips the failed job's descendants and, unless told to keep going, stops new starts.
+//! A job that panics has failed.
 
 use super::cancel::Cancel;
 use std::collections::VecDeque;
@@ -77,7 +78,12 @@ where
             scope.spawn(move || loop {
                 let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                 let Ok((i, slots)) = job else { break };
-                let ok = run(i, &slots);
+                // A panic while running a job (a bug) fails that job, never the whole run; it
+                // must not leave the scheduling thread waiting for an answer that never comes.
+                let ok = crate::ops::panics::catch(|| run(i, &slots)).unwrap_or_else(|panic| {
+                    eprintln!("rkd: internal error while running a stage: {panic}");
+                    false
+                });
                 if done_tx.send((i, ok)).is_err() {
                     break;
                 }
@@ -215,6 +221,35 @@ mod tests {
             threads.into_inner().unwrap().len(),
             pool,
             "every core worked on the lone job"
+        );
+    }
+
+    #[test]
+    fn a_job_that_panics_fails_alone_and_the_run_goes_on() {
+        let ends = schedule(
+            5,
+            &deps(),
+            2,
+            &Gpus::default(),
+            true,
+            &Cancel::default(),
+            |i, _| {
+                if i == 1 {
+                    let _ = Vec::<u64>::with_capacity(usize::MAX);
+                }
+                true
+            },
+            |_, _| {},
+        );
+        assert_eq!(
+            ends,
+            [
+                JobEnd::Done,
+                JobEnd::Failed,
+                JobEnd::Skipped,
+                JobEnd::Done,
+                JobEnd::Done
+            ]
         );
     }
 

@@ -7,6 +7,7 @@ pub mod eval;
 mod exec;
 pub mod memory;
 pub mod model_source;
+pub mod panics;
 pub mod predict;
 pub mod progress;
 pub mod prune;
@@ -166,8 +167,25 @@ pub fn find(name: &str) -> Option<&'static OpImpl> {
     OPS.iter().find(|o| o.name == name)
 }
 
-/// Runs one stage's op.
+/// Runs one stage's op. A panic inside it (a bug) fails the stage with the panic's message
+/// instead of taking the run down.
 pub fn execute(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
+    let op = ctx.op;
+    panics::catch(|| dispatch(ctx)).unwrap_or_else(|panic| {
+        Err(OpError::Invalid(format!(
+            "internal error in `{op}`: {panic}; this is a bug in rkd, please report it with the pipeline"
+        )))
+    })
+}
+
+/// A test hook: `RKD_TEST_PANIC_OP=NAME` makes every stage of op NAME panic as it starts, so that
+/// the tests can check what a bug inside a stage does to a run.
+pub const TEST_PANIC_VAR: &str = "RKD_TEST_PANIC_OP";
+
+fn dispatch(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
+    if std::env::var_os(TEST_PANIC_VAR).is_some_and(|op| op == ctx.op) {
+        panic!("{TEST_PANIC_VAR} asked `{}` to panic", ctx.op);
+    }
     match find(ctx.op) {
         // An exec command's output is the user's files: nothing is added to it.
         Some(op) if op.name == "exec" => (op.run)(ctx),

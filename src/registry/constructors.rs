@@ -1,5 +1,8 @@
 //! Model and dataset constructors: calls that describe, not run.
 
+use super::bounds::{
+    check_synthetic_images, check_synthetic_text, MAX_EXAMPLES, MAX_INTERMEDIATE, MAX_POSITIONS, MAX_VOCAB,
+};
 use super::schema::{p, ArgProblem, Default as D, OpKind, ParamSchema, Range, Ty};
 use crate::keyword::Keyword;
 use crate::value::{OpSchema, Params, Value};
@@ -52,21 +55,21 @@ pub static BERT: OpSchema = OpSchema {
             "intermediate",
             Ty::Int,
             D::Required,
-            Some(Range::at_least(1.0)),
+            Some(Range::closed(1.0, MAX_INTERMEDIATE)),
             "feed-forward size (usually 4H)",
         ),
         p(
             "vocab_size",
             Ty::Int,
             D::Int(30522),
-            Some(Range::at_least(8.0)),
+            Some(Range::closed(8.0, MAX_VOCAB)),
             "vocabulary size",
         ),
         p(
             "max_position",
             Ty::Int,
             D::Int(512),
-            Some(Range::at_least(8.0)),
+            Some(Range::closed(8.0, MAX_POSITIONS)),
             "longest sequence",
         ),
         p(
@@ -152,7 +155,7 @@ pub static VIT: OpSchema = OpSchema {
             "intermediate",
             Ty::Int,
             D::Optional,
-            Some(Range::at_least(1.0)),
+            Some(Range::closed(1.0, MAX_INTERMEDIATE)),
             "feed-forward size (default 4 x hidden)",
         ),
         p(
@@ -552,21 +555,21 @@ pub static SYNTHETIC_TEXT: OpSchema = OpSchema {
             "train_size",
             Ty::Int,
             D::Int(2000),
-            Some(Range::at_least(1.0)),
+            Some(Range::closed(1.0, MAX_EXAMPLES)),
             "training examples",
         ),
         p(
             "val_size",
             Ty::Int,
             D::Int(500),
-            Some(Range::at_least(1.0)),
+            Some(Range::closed(1.0, MAX_EXAMPLES)),
             "validation examples",
         ),
         p(
             "test_size",
             Ty::Int,
             D::Int(500),
-            Some(Range::at_least(1.0)),
+            Some(Range::closed(1.0, MAX_EXAMPLES)),
             "test examples (generated after the validation ones)",
         ),
         HOLDOUT,
@@ -593,7 +596,7 @@ pub static SYNTHETIC_TEXT: OpSchema = OpSchema {
         ),
     ],
     derive: None,
-    check: None,
+    check: Some(check_synthetic_text),
 };
 
 /// `synthetic_images`: a generated, seeded image classification task.
@@ -615,21 +618,21 @@ pub static SYNTHETIC_IMAGES: OpSchema = OpSchema {
             "train_size",
             Ty::Int,
             D::Int(600),
-            Some(Range::at_least(1.0)),
+            Some(Range::closed(1.0, MAX_EXAMPLES)),
             "training images",
         ),
         p(
             "val_size",
             Ty::Int,
             D::Int(150),
-            Some(Range::at_least(1.0)),
+            Some(Range::closed(1.0, MAX_EXAMPLES)),
             "validation images",
         ),
         p(
             "test_size",
             Ty::Int,
             D::Int(150),
-            Some(Range::at_least(1.0)),
+            Some(Range::closed(1.0, MAX_EXAMPLES)),
             "test images (generated after the validation ones)",
         ),
         HOLDOUT,
@@ -649,5 +652,5 @@ pub static SYNTHETIC_IMAGES: OpSchema = OpSchema {
         ),
     ],
     derive: None,
-    check: None,
+    check: Some(check_synthetic_images),
 };

@@ -2,6 +2,7 @@
 //! `rkd ops` and "did you mean" suggestions.
 
 mod args;
+pub mod bounds;
 mod constructors;
 mod functions;
 mod ops;

@@ -1,5 +1,6 @@
 //! The stage ops: each call creates one content-hashed stage.
 
+use super::bounds::{MAX_BATCH, MAX_EPOCHS, MAX_OPTIMISER_STEPS, MAX_RANK, MAX_RETRIES};
 use super::schema::{p, ArgProblem, Default as D, OpKind, Output, ParamSchema, Range, Ty};
 use crate::keyword::Keyword;
 use crate::ml::distill::FusionKind;
@@ -47,7 +48,7 @@ const EPOCHS: ParamSchema = p(
     "epochs",
     Ty::Int,
     D::Int(3),
-    Some(Range::at_least(1.0)),
+    Some(Range::closed(1.0, MAX_EPOCHS)),
     "passes over the training split (5 when the model starts from random weights)",
 );
 /// The default batch size of the training ops (prune's fine-tuning uses it too).
@@ -57,7 +58,7 @@ const BATCH: ParamSchema = p(
     "batch_size",
     Ty::Int,
     D::Int(DEFAULT_BATCH_SIZE),
-    Some(Range::at_least(1.0)),
+    Some(Range::closed(1.0, MAX_BATCH)),
     "examples per optimiser step",
 );
 const LR: ParamSchema = p(
@@ -133,7 +134,7 @@ const MAX_STEPS: ParamSchema = p(
     "max_steps",
     Ty::Int,
     D::Optional,
-    Some(Range::at_least(1.0)),
+    Some(Range::closed(1.0, MAX_OPTIMISER_STEPS)),
     "stop after this many optimiser steps",
 );
 const TEMPERATURE: ParamSchema = p(
@@ -212,7 +213,7 @@ const CHECKPOINT_EVERY: ParamSchema = p(
     "checkpoint_every",
     Ty::Int,
     D::Optional,
-    Some(Range::at_least(1.0)),
+    Some(Range::closed(1.0, MAX_OPTIMISER_STEPS)),
     "also write an in-stage checkpoint every this many optimiser steps (not part of the stage key)",
 );
 const CHECKPOINT_MINUTES: ParamSchema = p(
@@ -226,7 +227,7 @@ const RETRIES: ParamSchema = p(
     "retries",
     Ty::Int,
     D::Optional,
-    Some(Range::at_least(0.0)),
+    Some(Range::closed(0.0, MAX_RETRIES)),
     "rerun the stage this many times when it fails (from its checkpoint, with backoff); default: `rkd run --retries` (not part of the stage key)",
 );
 
@@ -457,7 +458,7 @@ crate::op_args! {
             "batch_size",
             Ty::Int,
             D::Int(64),
-            Some(Range::at_least(1.0)),
+            Some(Range::closed(1.0, MAX_BATCH)),
             "examples per forward pass",
         ),
         /// Read by the executors, not the op.
@@ -493,7 +494,7 @@ crate::op_args! {
         /// The dataset.
         data: Value = DATA,
         /// LoRA rank r.
-        rank: usize = p("rank", Ty::Int, D::Int(8), Some(Range::at_least(1.0)), "LoRA rank r"),
+        rank: usize = p("rank", Ty::Int, D::Int(8), Some(Range::closed(1.0, MAX_RANK)), "LoRA rank r"),
         /// LoRA alpha.
         alpha: f64 = p(
             "alpha",
@@ -622,7 +623,7 @@ crate::op_args! {
             "finetune_epochs",
             Ty::Int,
             D::Int(0),
-            Some(Range::at_least(0.0)),
+            Some(Range::closed(0.0, MAX_EPOCHS)),
             "epochs of masked fine-tuning after pruning (needs `data:`)",
         ),
         /// Dataset for fine-tuning.
