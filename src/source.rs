@@ -54,6 +54,9 @@ pub struct SourceFile {
     pub text: Arc<String>,
 }
 
+/// The UTF-8 byte-order mark.
+const BOM: char = '\u{feff}';
+
 /// All source files of one compilation.
 #[derive(Debug, Default)]
 pub struct Sources {
@@ -66,8 +69,12 @@ impl Sources {
         self.files.iter()
     }
 
-    /// Adds a file and returns its id.
-    pub fn add(&mut self, name: String, path: Option<PathBuf>, text: String) -> FileId {
+    /// Adds a file and returns its id. A leading byte-order mark (which some Windows editors
+    /// write) is dropped, so spans and columns count from the first character after it.
+    pub fn add(&mut self, name: String, path: Option<PathBuf>, mut text: String) -> FileId {
+        if text.starts_with(BOM) {
+            text.drain(..BOM.len_utf8());
+        }
         self.files.push(SourceFile {
             name,
             path,
@@ -92,5 +99,20 @@ impl Sources {
         let line = text.matches('\n').count() + 1;
         let col = text.len() - text.rfind('\n').map_or(0, |i| i + 1) + 1;
         (line, col)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leading_byte_order_mark_is_dropped_and_spans_count_without_it() {
+        let mut sources = Sources::default();
+        let id = sources.add("f.rkd".into(), None, "\u{feff}let x = 1\nlet y = \u{feff}".into());
+        assert_eq!(*sources.get(id).text, "let x = 1\nlet y = \u{feff}");
+        let y = Span::new(id, 14, 15);
+        assert_eq!(sources.slice(y), "y");
+        assert_eq!(sources.line_col(y), (2, 5));
     }
 }

@@ -378,3 +378,49 @@ fn generated_data_past_the_memory_limit() {
         "let d = synthetic_images(seed: 0, train_size: 10_000_000, image_size: 1024)\n"
     ));
 }
+
+#[test]
+fn integer_literal_past_64_bits() {
+    insta::assert_snapshot!(check("let d = synthetic_text(seed: 99999999999999999999999999)\n"));
+    // The smallest 64-bit integer is one.
+    Test::new()
+        .file("main.rkd", "let x = [-9223372036854775808, 9223372036854775807]\n")
+        .args(&["check", "main.rkd"])
+        .expect(0);
+}
+
+#[test]
+fn a_file_that_is_not_utf8() {
+    let t = Test::new().args(&["check", "main.rkd"]);
+    std::fs::write(t.path().join("main.rkd"), b"let x = \"\xff\"\n").unwrap();
+    let out = t.expect(1);
+    insta::assert_snapshot!(out.stderr);
+}
+
+#[test]
+fn a_leading_byte_order_mark_is_skipped() {
+    Test::new()
+        .file("main.rkd", "\u{feff}let d = synthetic_text(seed: 1)\n")
+        .args(&["check", "main.rkd"])
+        .expect(0);
+    // Columns count from the first character after it.
+    insta::assert_snapshot!(check("\u{feff}let d = synthetic_text(seed: -1)\n"));
+}
+
+#[test]
+fn an_environment_variable_that_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = Test::new().file(
+        "main.rkd",
+        "let d = text_table(path: env(name: \"RKDX\"), text: \"t\", label: \"l\")\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rkd"))
+        .args(["check", "main.rkd"])
+        .current_dir(t.path())
+        .env("NO_COLOR", "1")
+        .env("RKDX", std::ffi::OsStr::from_bytes(b"echo \xff"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    insta::assert_snapshot!(String::from_utf8_lossy(&out.stderr));
+}

@@ -19,6 +19,17 @@ impl Compiler {
     pub(super) fn eval(&mut self, e: &Expr) -> (Value, Span) {
         let v = match &e.kind {
             ExprKind::Int(i) => Value::Int(*i),
+            ExprKind::BigInt(digits) => {
+                let d = Diag::new(Kind::Range, e.span, format!("integer {digits} is out of range"))
+                    .label("does not fit a 64-bit integer")
+                    .help(format!(
+                        "integers are 64-bit, from {} to {}; for a larger number write a float (`1e26`)",
+                        i64::MIN,
+                        i64::MAX
+                    ));
+                self.error(d);
+                Value::Poison
+            }
             ExprKind::Float(f) if f.is_finite() => Value::Float(*f),
             ExprKind::Float(_) => {
                 let d = Diag::new(Kind::Range, e.span, "number is too large").label("not a finite number");
@@ -541,6 +552,22 @@ impl Compiler {
                 let name = params.get("name").map(|v| v.to_string()).unwrap_or_default();
                 match (std::env::var(&name), params.get("default")) {
                     (Ok(v), _) => Value::str(&v),
+                    // Set, but not text: a fallback would hide the mistake.
+                    (Err(std::env::VarError::NotUnicode(raw)), _) => {
+                        let at = spans.get("name").copied().unwrap_or(span);
+                        let d = Diag::new(
+                            Kind::Invalid,
+                            at,
+                            format!("environment variable `{name}` is set but is not valid UTF-8"),
+                        )
+                        .label("not UTF-8")
+                        .help(format!(
+                            "its value reads \"{}\" (� marks bytes that are not UTF-8); rkd reads variables as UTF-8 text",
+                            crate::text::cell(&raw.to_string_lossy())
+                        ));
+                        self.error(d);
+                        Value::Poison
+                    }
                     (Err(_), Some(d)) => d.clone(),
                     (Err(_), None) => {
                         let at = spans.get("name").copied().unwrap_or(span);

@@ -152,7 +152,19 @@ pub fn read_source(path: &Path) -> Result<String, SourceError> {
     if bytes.len() as u64 > MAX_SOURCE_BYTES {
         return Err(SourceError::TooLarge(bytes.len() as u64));
     }
-    String::from_utf8(bytes).map_err(|_| SourceError::Io(std::io::ErrorKind::InvalidData.into()))
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let offset = e.utf8_error().valid_up_to();
+        let before = &bytes[..offset];
+        let line_start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        SourceError::NotUtf8 {
+            byte: bytes[offset],
+            offset,
+            line: before.iter().filter(|&&b| b == b'\n').count() + 1,
+            // The bytes before `offset` are valid UTF-8.
+            column: String::from_utf8_lossy(&before[line_start..]).chars().count() + 1,
+        }
+    })
 }
 
 /// Why a source file was not read.
@@ -164,6 +176,17 @@ pub enum SourceError {
     NotAFile,
     /// Over [`MAX_SOURCE_BYTES`] (at least this many bytes).
     TooLarge(u64),
+    /// Not UTF-8: where the first invalid byte is.
+    NotUtf8 {
+        /// The byte.
+        byte: u8,
+        /// Its offset in the file.
+        offset: usize,
+        /// Its 1-based line.
+        line: usize,
+        /// Its 1-based column, in characters.
+        column: usize,
+    },
 }
 
 impl SourceError {
@@ -178,6 +201,7 @@ impl SourceError {
             SourceError::Io(_) => "here",
             SourceError::NotAFile => "not a regular file",
             SourceError::TooLarge(_) => "too large",
+            SourceError::NotUtf8 { .. } => "not UTF-8",
         }
     }
 
@@ -189,6 +213,9 @@ impl SourceError {
                 "pipelines and modules are regular `.rkd` files, not devices, FIFOs or directories"
             }
             SourceError::TooLarge(_) => "split it into several files joined with `use \"file.rkd\" as NAME`",
+            SourceError::NotUtf8 { .. } => {
+                "rkd reads .rkd files as UTF-8: save the file in that encoding (e.g. `iconv -f latin1 -t utf-8`)"
+            }
         }
     }
 }
@@ -196,9 +223,17 @@ impl SourceError {
 impl std::fmt::Display for SourceError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SourceError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => f.write_str("it is not UTF-8 text"),
             SourceError::Io(e) => write!(f, "{e}"),
             SourceError::NotAFile => f.write_str("it is not a regular file"),
+            SourceError::NotUtf8 {
+                byte,
+                offset,
+                line,
+                column,
+            } => write!(
+                f,
+                "it is not UTF-8 text: byte 0x{byte:02X} at line {line}, column {column} (byte offset {offset}) is not valid UTF-8"
+            ),
             SourceError::TooLarge(n) => write!(
                 f,
                 "it is {} bytes, over the limit of {}",
@@ -277,6 +312,21 @@ mod tests {
         assert!(matches!(read_source(Path::new("/")), Err(SourceError::NotAFile)));
         let missing = read_source(Path::new("/nonexistent/x.rkd")).unwrap_err();
         assert!(!missing.is_limit(), "{missing}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_refused_with_where_and_how() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latin1.rkd");
+        std::fs::write(&path, b"# caf\xc3\xa9\nlet x = \"\xff\"\n").unwrap();
+        let err = read_source(&path).unwrap_err();
+        assert!(!err.is_limit());
+        assert_eq!(
+            err.to_string(),
+            "it is not UTF-8 text: byte 0xFF at line 2, column 10 (byte offset 17) is not valid UTF-8"
+        );
+        assert!(err.help().contains("UTF-8"), "{}", err.help());
+        assert!(!err.help().contains("permissions"), "{}", err.help());
     }
 
     #[test]

@@ -158,6 +158,9 @@ impl BinOp {
 pub enum ExprKind {
     /// An integer literal.
     Int(i64),
+    /// An integer literal outside the 64-bit range (its digits, without `_`): an error where it
+    /// is evaluated.
+    BigInt(String),
     /// A float literal.
     Float(f64),
     /// A string literal (escapes resolved).

@@ -405,6 +405,10 @@ impl Builder {
                             kind: ExprKind::Int(-i),
                             span,
                         },
+                        ExprKind::BigInt(ref digits) if *digits == i64::MIN.unsigned_abs().to_string() => Expr {
+                            kind: ExprKind::Int(i64::MIN),
+                            span,
+                        },
                         ExprKind::Float(f) => Expr {
                             kind: ExprKind::Float(-f),
                             span,
@@ -522,10 +526,11 @@ impl Builder {
     fn number(&self, p: Pair<Rule>) -> Expr {
         let span = self.span(&p);
         let text = p.as_str().replace('_', "");
-        // An integer too large for i64 is kept as a float; the checker reports it where an integer is needed.
+        // An integer too large for i64 is reported where it is evaluated (as out of range, not as
+        // a float); `-9223372036854775808` becomes i64::MIN where the minus is applied.
         let kind = match text.parse::<i64>() {
             Ok(i) => ExprKind::Int(i),
-            Err(_) => ExprKind::Float(text.parse().unwrap_or(f64::INFINITY)),
+            Err(_) => ExprKind::BigInt(text),
         };
         Expr { kind, span }
     }
@@ -609,6 +614,16 @@ stage results = report(models: [teacher] + chain + mini, data: sst2)
         assert!(matches!(xs[2].kind, ExprKind::Int(1000)));
         assert!(matches!(xs[3].kind, ExprKind::Int(-1)));
         assert!(matches!(xs[4].kind, ExprKind::Float(f) if f == 4.0));
+    }
+
+    #[test]
+    fn integers_past_64_bits_stay_integers_and_the_smallest_one_parses() {
+        let m = parse_ok("let a = [99_999_999_999_999_999_999_999_999, -9223372036854775808, 9223372036854775808]");
+        let Item::Let(b) = &m.items[0] else { panic!() };
+        let ExprKind::List(xs) = &b.value.kind else { panic!() };
+        assert!(matches!(&xs[0].kind, ExprKind::BigInt(d) if d == "99999999999999999999999999"));
+        assert!(matches!(xs[1].kind, ExprKind::Int(i64::MIN)));
+        assert!(matches!(&xs[2].kind, ExprKind::BigInt(d) if d == "9223372036854775808"));
     }
 
     #[test]
