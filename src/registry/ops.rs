@@ -49,6 +49,14 @@ const EPOCHS: ParamSchema = p(
     Ty::Int,
     D::Int(3),
     Some(Range::closed(1.0, MAX_EPOCHS)),
+    "passes over the training split",
+);
+/// `epochs` of the ops whose model may start from random weights (see [`scratch_defaults`]).
+const SCRATCH_EPOCHS_PARAM: ParamSchema = p(
+    EPOCHS.name,
+    EPOCHS.ty,
+    EPOCHS.default,
+    EPOCHS.range,
     "passes over the training split (5 when the model starts from random weights)",
 );
 /// The default batch size of the training ops (prune's fine-tuning uses it too).
@@ -67,6 +75,14 @@ const LR: ParamSchema = p(
     D::Float(1e-4),
     Some(Range::above(0.0)),
     "peak AdamW learning rate (3e-4 when the model starts from random weights: an architecture)",
+);
+/// `prune`'s learning rate: its model is always trained weights.
+const FINETUNE_LR: ParamSchema = p(
+    LR.name,
+    LR.ty,
+    LR.default,
+    LR.range,
+    "peak AdamW learning rate of the masked fine-tuning",
 );
 
 /// The learning rate and epochs a model trained from random weights gets unless told otherwise:
@@ -252,7 +268,7 @@ crate::op_args! {
         ),
         /// The dataset.
         data: Value = DATA,
-        epochs: usize = EPOCHS,
+        epochs: usize = SCRATCH_EPOCHS_PARAM,
         select: Select = SELECT,
         precision: Precision = PRECISION,
         checkpoint_every: Option<usize> = CHECKPOINT_EVERY,
@@ -302,7 +318,7 @@ crate::op_args! {
         t2_scale: bool = T2,
         init: StudentInit = INIT,
         intermediate: Option<Value> = INTERMEDIATE,
-        epochs: usize = EPOCHS,
+        epochs: usize = SCRATCH_EPOCHS_PARAM,
         select: Select = SELECT,
         precision: Precision = PRECISION,
         checkpoint_every: Option<usize> = CHECKPOINT_EVERY,
@@ -367,7 +383,7 @@ crate::op_args! {
         alpha: f64 = ALPHA,
         t2_scale: bool = T2,
         init: StudentInit = INIT,
-        epochs: usize = EPOCHS,
+        epochs: usize = SCRATCH_EPOCHS_PARAM,
         select: Select = SELECT,
         precision: Precision = PRECISION,
         checkpoint_every: Option<usize> = CHECKPOINT_EVERY,
@@ -632,7 +648,7 @@ crate::op_args! {
         precision: Precision = PRECISION,
         checkpoint_every: Option<usize> = CHECKPOINT_EVERY,
         checkpoint_minutes: f64 = CHECKPOINT_MINUTES,
-        lr: f64 = LR,
+        lr: f64 = FINETUNE_LR,
         seed: u64 = SEED,
         /// Read by the executors, not the op.
         resources: Option<Value> = RESOURCES,
@@ -669,7 +685,14 @@ crate::op_args! {
         /// The dataset.
         data: Value = MEASURED_DATA,
         split: SplitChoice = SPLIT,
-        batch_size: usize = BATCH,
+        /// Examples per forward pass.
+        batch_size: usize = p(
+            "batch_size",
+            Ty::Int,
+            D::Int(DEFAULT_BATCH_SIZE),
+            Some(Range::closed(1.0, MAX_BATCH)),
+            "examples per forward pass",
+        ),
         /// Read by the executors, not the op.
         resources: Option<Value> = RESOURCES,
         /// Read by the executors, not the op.
@@ -1135,5 +1158,31 @@ mod resource_tests {
             ("time", Value::str("30m"))
         ]))
         .is_empty());
+    }
+}
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+
+    #[test]
+    fn docs_describe_only_what_the_op_can_do() {
+        for op in crate::registry::REGISTRY {
+            for p in op.params {
+                // Only the ops that derive defaults for a model from random weights say so.
+                if p.doc.contains("random weights") {
+                    assert!(op.derive.is_some(), "{}.{}: {}", op.name, p.name, p.doc);
+                }
+                // Only training ops take optimiser steps.
+                if p.doc.contains("optimiser") {
+                    assert!(trains(op.name), "{}.{}: {}", op.name, p.name, p.doc);
+                }
+            }
+        }
+        let doc = |op: &OpSchema, name: &str| op.param(name).map(|p| p.doc).unwrap_or_default();
+        assert_eq!(doc(&EVAL, "batch_size"), "examples per forward pass");
+        assert_eq!(doc(&QLORA, "epochs"), "passes over the training split");
+        assert!(doc(&TRAIN, "epochs").contains("random weights"));
+        assert!(!doc(&PRUNE, "lr").contains("random"));
     }
 }
