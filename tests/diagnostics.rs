@@ -424,3 +424,42 @@ fn an_environment_variable_that_is_not_utf8() {
     assert_eq!(out.status.code(), Some(1));
     insta::assert_snapshot!(String::from_utf8_lossy(&out.stderr));
 }
+
+/// Every ```rkd block of the README passes `rkd check`: a complete pipeline as it is, a fragment
+/// (no `use` or `let` first) after the names the README's other examples define.
+#[test]
+fn readme_examples_check() {
+    const FRAGMENT_NAMES: &str = "use std::bert\n\
+        let sst2 = glue_sst2(path: \"data/SST-2\", holdout: 0.1)\n\
+        stage teacher = train(model: bert::mini, data: sst2)\n\
+        stage student = distill(teacher: teacher, student: bert::tiny, data: sst2)\n";
+    let readme = std::fs::read_to_string(common::repo().join("README.md")).unwrap();
+    let mut blocks: Vec<String> = Vec::new();
+    let mut open: Option<(usize, String)> = None;
+    for line in readme.lines() {
+        let trimmed = line.trim_start();
+        match &mut open {
+            None if trimmed == "```rkd" => open = Some((line.len() - trimmed.len(), String::new())),
+            Some((_, text)) if trimmed == "```" => {
+                blocks.push(std::mem::take(text));
+                open = None;
+            }
+            Some((indent, text)) => {
+                text.push_str(line.get(*indent..).unwrap_or(""));
+                text.push('\n');
+            }
+            None => {}
+        }
+    }
+    assert!(blocks.len() >= 2, "{} rkd blocks", blocks.len());
+    for block in blocks {
+        let complete = block.starts_with("use ") || block.starts_with("let ");
+        let src = if complete {
+            block.clone()
+        } else {
+            format!("{FRAGMENT_NAMES}{block}")
+        };
+        let out = Test::new().file("main.rkd", &src).args(&["check", "main.rkd"]).run();
+        assert_eq!(out.code, 0, "{block}\n{}", out.stderr);
+    }
+}
