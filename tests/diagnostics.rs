@@ -373,6 +373,16 @@ fn size_parameters_past_their_bounds() {
 }
 
 #[test]
+fn models_past_the_parameter_limit() {
+    // Every size within its own bounds, the whole far past 10 billion parameters.
+    insta::assert_snapshot!(check(
+        "let m = bert(layers: 48, hidden: 8192, heads: 64, intermediate: 65536)\n\
+         let v = vit(layers: 48, hidden: 8192, heads: 64, patch: 16, image_size: 224)\n\
+         let ok = bert(layers: 24, hidden: 1024, heads: 16, intermediate: 4096)\n"
+    ));
+}
+
+#[test]
 fn generated_data_past_the_memory_limit() {
     insta::assert_snapshot!(check(
         "let d = synthetic_images(seed: 0, train_size: 10_000_000, image_size: 1024)\n"

@@ -51,19 +51,20 @@ impl<'a> Args<'a> {
         ))
     }
 
-    /// A non-negative integer argument, within its schema's range (a value that did not pass
-    /// `rkd check`, e.g. from a hand-built spec, fails here rather than sizing an allocation).
+    /// A non-negative integer argument, at most its schema's upper bound (a value that did not
+    /// pass `rkd check`, e.g. from a hand-built spec, fails here rather than sizing an
+    /// allocation; lower bounds are the checker's business).
     pub(crate) fn usize(&self, name: &str) -> Result<usize, DataError> {
         match self.value(name)? {
             Value::Int(i) => {
-                if let Some(range) = self.schema.param(name).and_then(|p| p.range) {
-                    if !range.contains(i as f64) {
-                        return Err(DataError::new(format!(
-                            "{}: argument `{name}` must be in {}, got {i}",
-                            self.schema.name,
-                            range.describe()
-                        )));
-                    }
+                let max = self.schema.param(name).and_then(|p| p.range).and_then(|r| r.max);
+                if let Some((max, _)) =
+                    max.filter(|&(max, inclusive)| i as f64 > max || (!inclusive && i as f64 >= max))
+                {
+                    return Err(DataError::new(format!(
+                        "{}: argument `{name}` must be at most {max}, got {i}",
+                        self.schema.name
+                    )));
                 }
                 usize::try_from(i).map_err(|_| {
                     DataError::new(format!(
@@ -178,7 +179,7 @@ mod tests {
         let a = Args::new("synthetic_text", &p).unwrap();
         assert_eq!(
             a.usize("train_size").unwrap_err().to_string(),
-            "synthetic_text: argument `train_size` must be in [1, 10000000], got 9223372036854775807"
+            "synthetic_text: argument `train_size` must be at most 10000000, got 9223372036854775807"
         );
         // Each size in range, all of them together over the memory limit.
         let spec = crate::data::synthetic_images::ImageSpec {

@@ -161,13 +161,8 @@ pub struct Damaged {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// `--only` names no stage.
-    #[error("--only: there is no stage `{name}`{hint}; `rkd plan` lists the stages")]
-    NoSuchStage {
-        /// The name given.
-        name: String,
-        /// " (did you mean ...)", or empty.
-        hint: String,
-    },
+    #[error(transparent)]
+    NoSuchStage(#[from] super::select::NoSuchStage),
     /// A damaged entry could not be moved out of the way.
     #[error("cannot move aside the damaged entry of `{stage}`: {source}")]
     MoveAside {
@@ -327,6 +322,11 @@ pub fn run(
     for (j, (end, outcome)) in ends.iter().zip(outcomes).enumerate() {
         let r = results[order[j]].as_mut().expect("scheduled stages are selected");
         match (end, outcome) {
+            // The job panicked before it had an outcome (a bug; the scheduler printed its message).
+            (JobEnd::Failed, None) => {
+                r.outcome = Outcome::Failed;
+                r.error = Some("internal error while running the stage (its message is above)".into());
+            }
             (JobEnd::Skipped, _) | (_, None) => {
                 r.outcome = Outcome::Skipped;
                 r.error = Some(if cancel.is_interrupted() {

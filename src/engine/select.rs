@@ -1,6 +1,5 @@
 //! `--only`: the stages a run or a pull takes (those named, and what they need).
 
-use super::run::RunError;
 use crate::plan::{Plan, PlanStage};
 use crate::value::StageId;
 use std::collections::HashMap;
@@ -27,6 +26,16 @@ pub fn split_names(values: &[String]) -> Vec<String> {
     out
 }
 
+/// `--only` names no stage.
+#[derive(Debug, thiserror::Error)]
+#[error("--only: there is no stage `{name}`{hint}; `rkd plan` lists the stages")]
+pub struct NoSuchStage {
+    /// The name given.
+    pub name: String,
+    /// " (did you mean ...)", or empty.
+    pub hint: String,
+}
+
 /// A stage's name and aliases.
 fn names(s: &PlanStage) -> impl Iterator<Item = &String> {
     std::iter::once(&s.def.name).chain(&s.def.aliases)
@@ -42,7 +51,7 @@ fn member_of(name: &str, list: &str) -> bool {
 /// The selection of `only` (names as given on the command line, see [`split_names`]): each
 /// named stage and what it needs; a sweep's or call's name selects all its stages. Every stage
 /// when `only` is empty.
-pub fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>, RunError> {
+pub fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>, NoSuchStage> {
     let n = plan.len();
     if only.is_empty() {
         return Ok(vec![true; n]);
@@ -81,7 +90,7 @@ pub fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>, RunError> {
             let hint = crate::diagnostic::suggestion(&name, all.iter().copied())
                 .map(|s| format!(" ({s})"))
                 .unwrap_or_default();
-            return Err(RunError::NoSuchStage { name, hint });
+            return Err(NoSuchStage { name, hint });
         }
         stack.extend(members);
     }

@@ -26,6 +26,46 @@ pub const MAX_RANK: f64 = 8_192.0;
 /// Bytes a generated data set (`synthetic_text`, `synthetic_images`) may hold in memory.
 pub const MAX_GENERATED_BYTES: u64 = 16 << 30;
 
+/// Parameters of a model built from scratch (`bert`, `vit`): 10 billion, 40 GB of f32 weights
+/// before gradients and optimiser state.
+pub const MAX_MODEL_PARAMS: u64 = 10_000_000_000;
+
+/// The parameter count of an encoder of `layers` layers of `hidden` × `intermediate`, whose
+/// embeddings (and patch projection) hold `embedding_rows` vectors of `hidden`: close to the
+/// exact count (the biases and norms are a rounding error), never overflowing.
+pub fn encoder_params(layers: u64, hidden: u64, intermediate: u64, embedding_rows: u64) -> u64 {
+    let per_layer = hidden
+        .saturating_mul(hidden)
+        .saturating_mul(4)
+        .saturating_add(hidden.saturating_mul(intermediate).saturating_mul(2))
+        .saturating_add(hidden.saturating_mul(9))
+        .saturating_add(intermediate);
+    per_layer
+        .saturating_mul(layers)
+        .saturating_add(embedding_rows.saturating_mul(hidden))
+}
+
+/// `bert` and `vit`: the model fits in [`MAX_MODEL_PARAMS`]; `embedding_rows` as for
+/// [`encoder_params`].
+pub fn check_model_size(params: &Params, embedding_rows: u64) -> Vec<ArgProblem> {
+    let (layers, hidden) = (int(params, "layers"), int(params, "hidden"));
+    let count = encoder_params(layers, hidden, int(params, "intermediate"), embedding_rows);
+    if count <= MAX_MODEL_PARAMS {
+        return Vec::new();
+    }
+    vec![(
+        "hidden",
+        format!(
+            "this model would have about {:.1} billion parameters ({} GB of f32 weights before gradients \
+             and optimiser state), over the limit of {} billion: use fewer layers or a smaller hidden, \
+             intermediate or vocabulary size",
+            count as f64 / 1e9,
+            count.saturating_mul(4) / 1_000_000_000,
+            MAX_MODEL_PARAMS / 1_000_000_000
+        ),
+    )]
+}
+
 fn int(params: &Params, name: &str) -> u64 {
     match params.get(name) {
         Some(Value::Int(i)) => u64::try_from(*i).unwrap_or(0),
