@@ -146,6 +146,14 @@ const SEED: ParamSchema = p(
     Some(Range::at_least(0.0)),
     "random seed (initialisation, shuffling, dropout)",
 );
+/// The seed of a fine-tuning that initialises nothing (`prune`).
+const FINETUNE_SEED: ParamSchema = p(
+    "seed",
+    Ty::Int,
+    D::Int(0),
+    Some(Range::at_least(0.0)),
+    "random seed (shuffling, dropout)",
+);
 const MAX_STEPS: ParamSchema = p(
     "max_steps",
     Ty::Int,
@@ -649,7 +657,7 @@ crate::op_args! {
         checkpoint_every: Option<usize> = CHECKPOINT_EVERY,
         checkpoint_minutes: f64 = CHECKPOINT_MINUTES,
         lr: f64 = FINETUNE_LR,
-        seed: u64 = SEED,
+        seed: u64 = FINETUNE_SEED,
         /// Read by the executors, not the op.
         resources: Option<Value> = RESOURCES,
         /// Read by the executors, not the op.
