@@ -455,5 +455,8 @@ fn a_stage_that_panics_fails_alone_and_the_run_is_recorded() {
             .find(|s| s["name"] == "teacher")
             .unwrap();
         assert_eq!(teacher["status"], "failed", "{teacher}");
+        // The record says why, for whoever reads it later.
+        let why = teacher["error"].as_str().unwrap_or_default();
+        assert!(why.contains("internal error in `train`"), "{teacher}");
     }
 }

@@ -244,6 +244,7 @@ mod tests {
             resumed_from: None,
             attempts: 1,
             gpu_memory_peak_bytes: None,
+            error: None,
         }
     }
 

@@ -27,5 +27,6 @@ pub fn stage_record(plan: &Plan, stage: &PlanStage, status: Outcome) -> StageRec
         resumed_from: None,
         attempts: 1,
         gpu_memory_peak_bytes: None,
+        error: None,
     }
 }

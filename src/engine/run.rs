@@ -819,6 +819,7 @@ pub(crate) fn write_records(
             resumed_from: r.resumed_from,
             attempts: r.attempts,
             gpu_memory_peak_bytes: r.gpu_memory_peak,
+            error: r.error.clone(),
         });
         if r.outcome != Outcome::Skipped {
             let names = std::iter::once(stage.def.name.as_str())

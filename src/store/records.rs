@@ -81,6 +81,9 @@ pub struct StageRecord {
     /// ran on a GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_memory_peak_bytes: Option<u64>,
+    /// Why the stage failed or was skipped (its error, or "skipped: `x` failed").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Whether a stage ran at most once (the attempts a record leaves out).
@@ -327,6 +330,7 @@ mod tests {
                 resumed_from: None,
                 attempts: 1,
                 gpu_memory_peak_bytes: Some(3 << 30),
+                error: None,
             }],
         }
     }
