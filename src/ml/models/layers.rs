@@ -313,7 +313,7 @@ impl Linear {
             Some(l) => Some(Arc::new(l.factors()?)),
         };
         let bias = match &self.bias {
-            Some(b) => Some(Arc::new(b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)),
+            Some(b) => Some(Arc::new(f32_values(b)?)),
             None => None,
         };
         Ok(Some(Nf4Layer {
@@ -456,7 +456,7 @@ impl Linear {
         let frozen_bias = self.bias.as_ref().is_none_or(|b| !b.track_op());
         let (y, bias_done) = if cpu_kernel {
             let bias = match &self.bias {
-                Some(b) if frozen_bias => Some(Arc::new(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)),
+                Some(b) if frozen_bias => Some(Arc::new(f32_values(b)?)),
                 _ => None,
             };
             match w {
@@ -550,8 +550,7 @@ impl LoraBranch {
 
     /// Its factors in f32 as the NF4 inference ops take them ([`LoraFactors`]).
     pub fn factors(&self) -> Result<LoraFactors> {
-        let values = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
-        let (rank, b) = (self.a.dim(0)?, values(&self.b)?);
+        let (rank, b) = (self.a.dim(0)?, f32_values(&self.b)?);
         let rows = b.len() / rank.max(1);
         // `Bᵀ`, so that the kernel reads each rank's column of `B` contiguously.
         let mut bt = vec![0f32; b.len()];
@@ -561,7 +560,7 @@ impl LoraBranch {
             }
         }
         Ok(LoraFactors {
-            a: values(&self.a)?,
+            a: f32_values(&self.a)?,
             bt,
             rank,
             scale: self.scale as f32,
@@ -572,6 +571,11 @@ impl LoraBranch {
     pub fn delta(a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
         b.to_dtype(DType::F32)?.matmul(&a.to_dtype(DType::F32)?)? * scale
     }
+}
+
+/// A tensor's values in f32, row-major (a bias or a LoRA factor, as the CPU kernels take them).
+fn f32_values(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
 }
 
 impl Module for Linear {
