@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use super::error::DataError;
+use crate::registry::schema::Range;
 use crate::registry::{Default as D, OpSchema};
 use crate::value::{Params, Value};
 
@@ -57,10 +58,9 @@ impl<'a> Args<'a> {
     pub(crate) fn usize(&self, name: &str) -> Result<usize, DataError> {
         match self.value(name)? {
             Value::Int(i) => {
-                let max = self.schema.param(name).and_then(|p| p.range).and_then(|r| r.max);
-                if let Some((max, _)) =
-                    max.filter(|&(max, inclusive)| i as f64 > max || (!inclusive && i as f64 >= max))
-                {
+                let range = self.schema.param(name).and_then(|p| p.range);
+                let upper = range.map(|r| Range { min: None, ..r });
+                if let Some((max, _)) = upper.filter(|u| !u.contains(i as f64)).and_then(|u| u.max) {
                     return Err(DataError::new(format!(
                         "{}: argument `{name}` must be at most {max}, got {i}",
                         self.schema.name

@@ -98,12 +98,9 @@ pub fn generate(spec: &ImageSpec) -> Result<SyntheticImages, DataError> {
     if spec.image_size < 2 {
         return Err(DataError::new("synthetic_images: image_size must be at least 2"));
     }
-    let examples = [spec.train_size, spec.val_size, spec.test_size]
-        .iter()
-        .fold(0u64, |a, &n| a.saturating_add(n as u64));
-    if bounds::generated_bytes(examples, bounds::image_example_bytes(spec.image_size as u64))
-        > bounds::MAX_GENERATED_BYTES
-    {
+    let splits = [spec.train_size, spec.val_size, spec.test_size].map(|n| n as u64);
+    let (examples, over) = bounds::generated_over_limit(splits, bounds::image_example_bytes(spec.image_size as u64));
+    if over {
         return Err(DataError::new(format!(
             "synthetic_images: {examples} images of {0}x{0} pixels would take more than {1} of memory",
             spec.image_size,

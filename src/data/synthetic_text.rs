@@ -119,11 +119,9 @@ pub fn generate(spec: &TextSpec) -> Result<SyntheticText, DataError> {
             "synthetic_text: empty split (train_size, val_size and test_size must be positive)",
         ));
     }
-    let examples = [spec.train_size, spec.val_size, spec.test_size]
-        .iter()
-        .fold(0u64, |a, &n| a.saturating_add(n as u64));
-    if bounds::generated_bytes(examples, bounds::text_example_bytes(spec.max_len as u64)) > bounds::MAX_GENERATED_BYTES
-    {
+    let splits = [spec.train_size, spec.val_size, spec.test_size].map(|n| n as u64);
+    let (examples, over) = bounds::generated_over_limit(splits, bounds::text_example_bytes(spec.max_len as u64));
+    if over {
         return Err(DataError::new(format!(
             "synthetic_text: {examples} examples of up to {} tokens would take more than {} of memory",
             spec.max_len,

@@ -48,8 +48,8 @@ pub fn encoder_params(layers: u64, hidden: u64, intermediate: u64, embedding_row
 /// `bert` and `vit`: the model fits in [`MAX_MODEL_PARAMS`]; `embedding_rows` as for
 /// [`encoder_params`].
 pub fn check_model_size(params: &Params, embedding_rows: u64) -> Vec<ArgProblem> {
-    let (layers, hidden) = (int(params, "layers"), int(params, "hidden"));
-    let count = encoder_params(layers, hidden, int(params, "intermediate"), embedding_rows);
+    let (layers, hidden) = (size(params, "layers"), size(params, "hidden"));
+    let count = encoder_params(layers, hidden, size(params, "intermediate"), embedding_rows);
     if count <= MAX_MODEL_PARAMS {
         return Vec::new();
     }
@@ -66,7 +66,8 @@ pub fn check_model_size(params: &Params, embedding_rows: u64) -> Vec<ArgProblem>
     )]
 }
 
-fn int(params: &Params, name: &str) -> u64 {
+/// A size argument as `u64` (0 when missing, negative or not an integer: other checks report those).
+pub fn size(params: &Params, name: &str) -> u64 {
     match params.get(name) {
         Some(Value::Int(i)) => u64::try_from(*i).unwrap_or(0),
         _ => 0,
@@ -76,6 +77,13 @@ fn int(params: &Params, name: &str) -> u64 {
 /// Bytes of memory a generated data set of `examples` items of `per_example` bytes takes.
 pub fn generated_bytes(examples: u64, per_example: u64) -> u64 {
     examples.saturating_mul(per_example)
+}
+
+/// The examples of a generated data set whose splits have these sizes, and whether they take
+/// more than [`MAX_GENERATED_BYTES`] at `per_example` bytes each.
+pub fn generated_over_limit(splits: [u64; 3], per_example: u64) -> (u64, bool) {
+    let examples = splits.into_iter().fold(0u64, u64::saturating_add);
+    (examples, generated_bytes(examples, per_example) > MAX_GENERATED_BYTES)
 }
 
 /// An estimate of one generated text example: its token ids, its text ("w123 " per token) and
@@ -96,14 +104,12 @@ pub fn generated_limit() -> String {
 
 /// The problem with a generated data set over [`MAX_GENERATED_BYTES`], if it is.
 fn over_budget(params: &Params, per_example: u64, what: &str) -> Vec<ArgProblem> {
-    let examples = ["train_size", "val_size", "test_size"]
-        .iter()
-        .map(|n| int(params, n))
-        .fold(0u64, u64::saturating_add);
-    let bytes = generated_bytes(examples, per_example);
-    if bytes <= MAX_GENERATED_BYTES {
+    let splits = ["train_size", "val_size", "test_size"].map(|n| size(params, n));
+    let (examples, over) = generated_over_limit(splits, per_example);
+    if !over {
         return Vec::new();
     }
+    let bytes = generated_bytes(examples, per_example);
     vec![(
         "train_size",
         format!(
@@ -117,10 +123,10 @@ fn over_budget(params: &Params, per_example: u64, what: &str) -> Vec<ArgProblem>
 
 /// `synthetic_text`: its splits together fit in [`MAX_GENERATED_BYTES`].
 pub fn check_synthetic_text(params: &Params) -> Vec<ArgProblem> {
-    over_budget(params, text_example_bytes(int(params, "max_len")), "examples")
+    over_budget(params, text_example_bytes(size(params, "max_len")), "examples")
 }
 
 /// `synthetic_images`: its splits together fit in [`MAX_GENERATED_BYTES`].
 pub fn check_synthetic_images(params: &Params) -> Vec<ArgProblem> {
-    over_budget(params, image_example_bytes(int(params, "image_size")), "images")
+    over_budget(params, image_example_bytes(size(params, "image_size")), "images")
 }

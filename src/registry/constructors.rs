@@ -1,8 +1,8 @@
 //! Model and dataset constructors: calls that describe, not run.
 
 use super::bounds::{
-    check_model_size, check_synthetic_images, check_synthetic_text, MAX_EXAMPLES, MAX_INTERMEDIATE, MAX_POSITIONS,
-    MAX_VOCAB,
+    check_model_size, check_synthetic_images, check_synthetic_text, size, MAX_EXAMPLES, MAX_INTERMEDIATE,
+    MAX_POSITIONS, MAX_VOCAB,
 };
 use super::schema::{p, ArgProblem, Default as D, OpKind, ParamSchema, Range, Ty};
 use crate::keyword::Keyword;
@@ -103,19 +103,18 @@ fn derive_vit(params: &mut Params) {
 /// `bert`: heads divide the hidden size, and the model is not absurdly large.
 fn check_bert(params: &Params) -> Vec<ArgProblem> {
     let mut problems = check_heads(params);
-    let rows = [int(params, "vocab_size"), int(params, "max_position")]
-        .map(|v| v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0));
-    problems.extend(check_model_size(
-        params,
-        rows[0].saturating_add(rows[1]).saturating_add(2),
-    ));
+    let rows = size(params, "vocab_size").saturating_add(size(params, "max_position"));
+    problems.extend(check_model_size(params, rows.saturating_add(2)));
     problems
 }
 
 fn check_vit(params: &Params) -> Vec<ArgProblem> {
     let mut problems = check_heads(params);
-    let get = |n: &str| int(params, n).and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
-    let (side, patch, channels) = (get("image_size"), get("patch").max(1), get("channels"));
+    let (side, patch, channels) = (
+        size(params, "image_size"),
+        size(params, "patch").max(1),
+        size(params, "channels"),
+    );
     let patches = (side / patch).saturating_mul(side / patch).saturating_add(1);
     problems.extend(check_model_size(
         params,

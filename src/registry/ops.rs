@@ -148,10 +148,10 @@ const SEED: ParamSchema = p(
 );
 /// The seed of a fine-tuning that initialises nothing (`prune`).
 const FINETUNE_SEED: ParamSchema = p(
-    "seed",
-    Ty::Int,
-    D::Int(0),
-    Some(Range::at_least(0.0)),
+    SEED.name,
+    SEED.ty,
+    SEED.default,
+    SEED.range,
     "random seed (shuffling, dropout)",
 );
 const MAX_STEPS: ParamSchema = p(
@@ -694,13 +694,7 @@ crate::op_args! {
         data: Value = MEASURED_DATA,
         split: SplitChoice = SPLIT,
         /// Examples per forward pass.
-        batch_size: usize = p(
-            "batch_size",
-            Ty::Int,
-            D::Int(DEFAULT_BATCH_SIZE),
-            Some(Range::closed(1.0, MAX_BATCH)),
-            "examples per forward pass",
-        ),
+        batch_size: usize = p(BATCH.name, BATCH.ty, BATCH.default, BATCH.range, "examples per forward pass"),
         /// Read by the executors, not the op.
         resources: Option<Value> = RESOURCES,
         /// Read by the executors, not the op.
