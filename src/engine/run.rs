@@ -652,7 +652,7 @@ pub fn run_stage(
         threads,
         device: device.clone(),
         gpus: compute.gpus.clone(),
-        cache_dir: store.root.join("cache"),
+        cache_dir: store.cache_dir(),
         checkpoints: Some(checkpoints.clone()),
         resumed_from: None,
         key_lock: Some(lock.raw_fd()),

@@ -166,11 +166,7 @@ struct CacheFile<'a> {
 pub fn path_for(store: &Store, pipeline: &Path) -> PathBuf {
     let abs = std::path::absolute(pipeline).unwrap_or_else(|_| pipeline.to_path_buf());
     let id = blake3::hash(abs.as_os_str().as_encoded_bytes()).to_hex();
-    store
-        .root
-        .join("cache")
-        .join("manifests")
-        .join(format!("{}.bin", &id[..32]))
+    store.cache_dir().join("manifests").join(format!("{}.bin", &id[..32]))
 }
 
 /// Checks the stored results of the keys where `wanted` is true (the others are

@@ -113,7 +113,7 @@ pub fn collect(store: &Store, keep: &HashSet<Key>, dry_run: bool) -> std::io::Re
     }
     // Caches are only speed-ups: a stage that needs one again rebuilds it (a stage reading one
     // while it goes finds it missing or incomplete, and prepares its data anew).
-    let cache = store.root.join("cache");
+    let cache = store.cache_dir();
     let mut stack = vec![cache];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {

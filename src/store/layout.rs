@@ -4,20 +4,6 @@
 use super::Store;
 use std::path::{Path, PathBuf};
 
-/// The folders a store keeps beside its files.
-const FOLDERS: [&str; 10] = [
-    "entries",
-    "tmp",
-    "runs",
-    "locks",
-    "leases",
-    "damaged",
-    "checkpoints",
-    "cache",
-    "specs",
-    "slurm",
-];
-
 /// Why a store cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -50,11 +36,20 @@ impl Store {
                 root: self.root.clone(),
             });
         }
-        match FOLDERS
-            .iter()
-            .map(|f| self.root.join(f))
-            .find(|p| !is_folder_or_missing(p))
-        {
+        // The folders a store keeps beside its files.
+        let folders = [
+            self.entries_dir(),
+            self.tmp_dir(),
+            self.runs_dir(),
+            self.locks_dir(),
+            self.leases_dir(),
+            self.damaged_dir(),
+            self.checkpoints_dir(),
+            self.cache_dir(),
+            self.specs_dir(),
+            self.slurm_dir(),
+        ];
+        match folders.into_iter().find(|p| !is_folder_or_missing(p)) {
             Some(path) => Err(LayoutError::Damaged { path }),
             None => Ok(()),
         }

@@ -154,6 +154,12 @@ impl Store {
         self.root.join("runs")
     }
 
+    /// Where the caches are: prepared datasets, decoded images, manifest caches (speed-ups
+    /// that gc may empty).
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
     /// Where the resolved stages that Slurm jobs run are written (`<key>.json`).
     pub fn specs_dir(&self) -> PathBuf {
         self.root.join("specs")
