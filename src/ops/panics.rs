@@ -32,6 +32,32 @@ pub fn message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// Where the panic hook sends a panic.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    /// Kept for the [`catch`] running on this thread.
+    Here,
+    /// Kept for a [`catch`] on another thread: a compute-pool worker's panic travels to the
+    /// thread waiting for its work, which catches it there.
+    Elsewhere,
+    /// Printed as usual (the previous hook).
+    Print,
+}
+
+/// The route of a panic on a thread inside a catch or not (`in_catch`), while some catch runs
+/// anywhere or none (`catching`), on a rayon worker or not (`on_pool`). Only pool workers' panics
+/// are held for another thread's catch: a panic on any other thread (the main thread, the
+/// scheduler, a test) is nobody's stage's and prints.
+fn route(in_catch: bool, catching: bool, on_pool: bool) -> Route {
+    if in_catch {
+        Route::Here
+    } else if catching && on_pool {
+        Route::Elsewhere
+    } else {
+        Route::Print
+    }
+}
+
 fn install_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -41,16 +67,18 @@ fn install_hook() {
                 .location()
                 .map(|l| format!("{}:{}", l.file(), l.line()))
                 .unwrap_or_default();
-            if CATCHES.with(Cell::get) {
-                LOCATION.with(|l| *l.borrow_mut() = Some(location));
-            } else if CATCHING.load(Ordering::SeqCst) > 0 {
-                let mut seen = ELSEWHERE.lock().unwrap_or_else(|e| e.into_inner());
-                if seen.len() >= 16 {
-                    seen.remove(0);
+            let catching = CATCHING.load(Ordering::SeqCst) > 0;
+            let on_pool = rayon::current_thread_index().is_some();
+            match route(CATCHES.with(Cell::get), catching, on_pool) {
+                Route::Here => LOCATION.with(|l| *l.borrow_mut() = Some(location)),
+                Route::Elsewhere => {
+                    let mut seen = ELSEWHERE.lock().unwrap_or_else(|e| e.into_inner());
+                    if seen.len() >= 16 {
+                        seen.remove(0);
+                    }
+                    seen.push((message(info.payload()), location));
                 }
-                seen.push((message(info.payload()), location));
-            } else {
-                previous(info);
+                Route::Print => previous(info),
             }
         }));
     });
@@ -89,6 +117,24 @@ mod tests {
         let err = catch(|| -> usize { Vec::<u64>::with_capacity(usize::MAX).len() }).unwrap_err();
         assert!(err.starts_with("capacity overflow (at "), "{err}");
         assert_eq!(catch(|| 7), Ok(7));
+    }
+
+    #[test]
+    fn only_a_pool_workers_panic_is_held_for_another_threads_catch() {
+        assert_eq!(route(true, true, false), Route::Here);
+        assert_eq!(route(true, true, true), Route::Here);
+        assert_eq!(route(false, true, true), Route::Elsewhere);
+        assert_eq!(
+            route(false, true, false),
+            Route::Print,
+            "the main thread's panic prints"
+        );
+        assert_eq!(
+            route(false, false, true),
+            Route::Print,
+            "no catch runs: nothing to hold it for"
+        );
+        assert_eq!(route(false, false, false), Route::Print);
     }
 
     #[test]
