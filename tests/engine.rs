@@ -460,3 +460,38 @@ fn a_stage_that_panics_fails_alone_and_the_run_is_recorded() {
         assert!(why.contains("internal error in `train`"), "{teacher}");
     }
 }
+
+/// A model whose weights cannot fit in the machine's memory fails its stage at once with the
+/// figures and what to do, instead of the kernel killing rkd halfway through allocating it.
+#[test]
+fn a_model_too_large_for_memory_fails_its_stage_with_the_figures() {
+    let src = r#"
+let data = synthetic_text(seed: 0, classes: 2, train_size: 64, val_size: 32, max_len: 16, vocab_size: 1000)
+let huge = bert(layers: 11, hidden: 8192, heads: 64, intermediate: 32768, vocab_size: 1000, max_position: 64)
+stage teacher = train(model: huge, data: data, epochs: 1)
+"#;
+    let kib = |text: &str, field: &str| -> u64 {
+        let line = text.lines().find_map(|l| l.strip_prefix(field)).unwrap_or("0");
+        line.trim().trim_end_matches("kB").trim().parse().unwrap_or(0)
+    };
+    let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") else {
+        eprintln!("this system does not say how much memory is free: nothing to test");
+        return;
+    };
+    // On a machine where it would fit, the stage would really allocate it: not a test to run there.
+    if kib(&meminfo, "MemAvailable:") + kib(&meminfo, "SwapFree:") >= 32 << 20 {
+        eprintln!("33 GiB would fit in this machine's memory: nothing to test");
+        return;
+    }
+    let t = Test::new().file("p.rkd", src);
+    let out = t.run_with(&["run", "p.rkd"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    // 8.9 billion parameters: 33 GiB of f32 weights.
+    assert!(
+        out.stderr
+            .contains("this model's weights would take at least 33.0 GiB of memory, and this process has"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("RKD_NO_MEMORY_CHECK=1"), "{}", out.stderr);
+}

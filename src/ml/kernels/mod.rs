@@ -15,6 +15,8 @@ pub mod fused_attention;
 pub mod fused_linear;
 /// Matrix products on strided f32 views through the `gemm` crate.
 pub(crate) mod gemm;
+/// How much more memory the process may take (RAM, swap, cgroup limits), checked before a model is built.
+pub mod host_memory;
 /// The vector instruction set the kernels run (AVX-512, AVX2, baseline), chosen at run time.
 pub mod isa;
 /// NF4 weights held 4-bit on any device as tensors, dequantized there by tensor ops.

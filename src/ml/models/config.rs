@@ -816,6 +816,38 @@ impl ModelConfig {
         }
     }
 
+    /// A lower bound of the model's weight count: the embeddings (or patch projection and
+    /// positions) and every layer's attention (kept heads only) and feed-forward matrices; the
+    /// biases, norms, pooler and classifier, a small part, are left out. Never overflows.
+    pub fn min_weight_count(&self) -> u64 {
+        let n = |x: usize| x as u64;
+        let (hidden, intermediate, heads) = match self {
+            ModelConfig::Bert(c) => (n(c.hidden_size), n(c.intermediate_size), n(c.num_attention_heads)),
+            ModelConfig::Vit(c) => (n(c.hidden_size), n(c.intermediate_size), n(c.num_attention_heads)),
+        };
+        let head_dim = hidden / heads.max(1);
+        let embedding_rows = match self {
+            ModelConfig::Bert(c) => n(c.vocab_size)
+                .saturating_add(n(c.max_position_embeddings))
+                .saturating_add(n(c.type_vocab_size)),
+            ModelConfig::Vit(c) => {
+                let side = n(c.image_size) / n(c.patch_size.max(1));
+                n(c.num_channels)
+                    .saturating_mul(n(c.patch_size).saturating_mul(n(c.patch_size)))
+                    .saturating_add(side.saturating_mul(side).saturating_add(1))
+            }
+        };
+        let layers = (0..self.num_hidden_layers()).fold(0u64, |sum, layer| {
+            let attention = n(self.kept_heads(layer).len()).saturating_mul(head_dim);
+            let per_layer = hidden
+                .saturating_mul(attention)
+                .saturating_mul(4)
+                .saturating_add(hidden.saturating_mul(intermediate).saturating_mul(2));
+            sum.saturating_add(per_layer)
+        });
+        layers.saturating_add(embedding_rows.saturating_mul(hidden))
+    }
+
     /// Checks the configuration for consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self {

@@ -9,6 +9,7 @@ use super::layers::ForwardCtx;
 use super::output::ModelOutput;
 use super::params::{LoadReport, ParamStore};
 use super::vit::VitForImageClassification;
+use crate::ml::kernels::host_memory;
 
 /// A batch of model inputs.
 #[derive(Debug, Clone)]
@@ -60,7 +61,15 @@ pub enum Model {
 
 impl Model {
     /// Builds the model described by `config`, taking or creating its variables through `vb`.
+    /// On the CPU, a model whose weights cannot fit in the memory left is an error before any is
+    /// allocated ([`host_memory::ensure_fits`]).
     pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        if vb.device().is_cpu() {
+            let bytes = config
+                .min_weight_count()
+                .saturating_mul(vb.dtype().size_in_bytes() as u64);
+            host_memory::ensure_fits(bytes, "this model's weights").map_err(candle_core::Error::Msg)?;
+        }
         Ok(match config {
             ModelConfig::Bert(c) => Model::Bert(BertForSequenceClassification::new(c, vb)?),
             ModelConfig::Vit(c) => Model::Vit(VitForImageClassification::new(c, vb)?),
@@ -179,5 +188,49 @@ mod device_generic_tests {
                 assert!(e <= 1e-4, "{what}: gradient of {name} differs by {e:e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ml::{BertConfig, VitConfig};
+
+    fn weights(config: &ModelConfig) -> u64 {
+        let params = ParamStore::new(1);
+        Model::new(config, params.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        params.named_vars().iter().map(|(_, v)| v.elem_count() as u64).sum()
+    }
+
+    #[test]
+    fn the_weight_estimate_is_a_close_lower_bound() {
+        let mut pruned = ModelConfig::Bert(BertConfig::new(30522, 256, 4, 4, 1024, 2));
+        pruned.pruned_heads_mut().insert(1, [0, 2].into());
+        for config in [
+            ModelConfig::Bert(BertConfig::new(30522, 256, 4, 4, 1024, 2)),
+            pruned,
+            ModelConfig::Vit(VitConfig::new(224, 16, 3, 192, 6, 3, 768, 3)),
+        ] {
+            let (estimate, real) = (config.min_weight_count(), weights(&config));
+            assert!(
+                estimate <= real && estimate as f64 >= 0.97 * real as f64,
+                "{estimate} of {real}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_model_too_large_for_the_memory_left_is_an_error_before_allocating() {
+        if host_memory::available_bytes().is_none() || std::env::var_os(host_memory::SKIP_VAR).is_some() {
+            eprintln!("no memory figure here: nothing to test");
+            return;
+        }
+        // About 4 × 10¹² weights: no machine has the 16 TB.
+        let huge = ModelConfig::Bert(BertConfig::new(1000, 65_536, 1000, 64, 65_536, 2));
+        let err = Model::new(&huge, ParamStore::new(1).var_builder(DType::F32, &Device::Cpu)).unwrap_err();
+        assert!(
+            err.to_string().contains("this model's weights would take at least"),
+            "{err}"
+        );
     }
 }

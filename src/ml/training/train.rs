@@ -17,6 +17,7 @@ use super::optim::{clip_scale, AdamW, AdamWConfig};
 pub use super::report::{EpochRecord, StepRecord, TrainReport, Validation};
 use super::resume::{BestWeights, Checkpointer, Position, Snapshot, TrainState};
 use super::schedule::LinearSchedule;
+use crate::ml::kernels::host_memory;
 use crate::ml::kernels::rng::derive_seed;
 use crate::ml::models::layers::ForwardCtx;
 use crate::ml::models::model::Model;
@@ -162,6 +163,7 @@ pub fn train<B>(
     let schedule = LinearSchedule::new(opts.lr, opts.warmup, planned);
     let mut vars = params.named_vars();
     vars.extend(std::mem::take(&mut hooks.extra_vars));
+    ensure_state_fits(&vars)?;
     let mut optimizer = AdamW::new(
         vars.clone(),
         AdamWConfig {
@@ -347,6 +349,19 @@ pub fn train<B>(
 
 /// Puts a checkpoint's variables and optimizer moments back (every shape checked before anything
 /// is changed).
+/// The gradients and AdamW's two moments of the CPU variables `vars` (three more copies of them)
+/// fit in the memory left: an error before the first step otherwise, instead of an
+/// out-of-memory kill during it.
+fn ensure_state_fits(vars: &[(String, candle_core::Var)]) -> Result<(), TrainError> {
+    let bytes: u64 = vars
+        .iter()
+        .filter(|(_, v)| v.device().is_cpu())
+        .map(|(_, v)| (v.elem_count() * v.dtype().size_in_bytes()) as u64)
+        .sum();
+    host_memory::ensure_fits(bytes.saturating_mul(3), "training's gradients and optimiser state")
+        .map_err(TrainError::Failed)
+}
+
 fn restore(state: &TrainState, vars: &[(String, candle_core::Var)], optimizer: &mut AdamW) -> Result<(), TrainError> {
     // What does not fit is `Unusable` (the caller may start afresh); a device failure while
     // moving the values is an ordinary failure, and the checkpoint is kept.

@@ -1,0 +1,169 @@
+//! How much more memory this process may take, so that a model too large for the machine is a
+//! clear error before its weights are allocated instead of the kernel's out-of-memory kill
+//! halfway through (which ends the process with no message).
+//!
+//! The figure is the smaller of what the system has (`MemAvailable` plus free swap, from
+//! `/proc/meminfo`) and the headroom under this process's control-group limit (cgroup v2
+//! `memory.max`, or v1 `memory.limit_in_bytes`: containers and Slurm jobs set one). Linux only;
+//! elsewhere nothing is known and nothing is refused.
+
+use std::path::{Path, PathBuf};
+
+/// Setting this variable (to anything) turns the check off.
+pub const SKIP_VAR: &str = "RKD_NO_MEMORY_CHECK";
+
+/// Bytes this process may still allocate, if the system says.
+pub fn available_bytes() -> Option<u64> {
+    let system = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| meminfo_available(&t));
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|t| cgroup_headroom(&t, Path::new("/sys/fs/cgroup")));
+    match (system, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `Err` with a message naming `what` when `needed` bytes are more than [`available_bytes`].
+pub fn ensure_fits(needed: u64, what: &str) -> Result<(), String> {
+    if std::env::var_os(SKIP_VAR).is_some() {
+        return Ok(());
+    }
+    match available_bytes() {
+        Some(available) if needed > available => Err(too_large(needed, available, what)),
+        _ => Ok(()),
+    }
+}
+
+/// The message of [`ensure_fits`].
+fn too_large(needed: u64, available: u64, what: &str) -> String {
+    format!(
+        "{what} would take at least {} of memory, and this process has {} left (RAM and swap, within \
+         its container's or Slurm job's limit): use a smaller model, a machine with more memory, \
+         or on Slurm a larger `mem` in the stage's `resources`; {SKIP_VAR}=1 skips this check",
+        gib(needed),
+        gib(available)
+    )
+}
+
+/// Bytes as GiB with one decimal.
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+/// `MemAvailable + SwapFree` of `/proc/meminfo` text, in bytes.
+fn meminfo_available(text: &str) -> Option<u64> {
+    let kib = |field: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    let available = kib("MemAvailable:")?;
+    Some(
+        available
+            .saturating_add(kib("SwapFree:").unwrap_or(0))
+            .saturating_mul(1024),
+    )
+}
+
+/// The smallest headroom (limit − usage) of this process's control group and its ancestors,
+/// from `/proc/self/cgroup` text and the cgroup file system mounted at `root`; `None` when no
+/// group sets a limit.
+fn cgroup_headroom(self_cgroup: &str, root: &Path) -> Option<u64> {
+    let mut best: Option<u64> = None;
+    for line in self_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let (base, limit_file, usage_file) = match controllers {
+            "" => (root.to_path_buf(), "memory.max", "memory.current"),
+            c if c.split(',').any(|c| c == "memory") => {
+                (root.join("memory"), "memory.limit_in_bytes", "memory.usage_in_bytes")
+            }
+            _ => continue,
+        };
+        for dir in ancestors(&base, path) {
+            let limit = read_u64(&dir.join(limit_file));
+            let usage = read_u64(&dir.join(usage_file));
+            if let (Some(limit), Some(usage)) = (limit, usage) {
+                let headroom = limit.saturating_sub(usage);
+                best = Some(best.map_or(headroom, |b| b.min(headroom)));
+            }
+        }
+    }
+    best
+}
+
+/// The group's directory under `base` and those of its ancestors up to `base` itself.
+fn ancestors(base: &Path, group: &str) -> Vec<PathBuf> {
+    let mut dir = base.to_path_buf();
+    let mut out = vec![dir.clone()];
+    for part in group.split('/').filter(|p| !p.is_empty() && *p != "." && *p != "..") {
+        dir.push(part);
+        out.push(dir.clone());
+    }
+    out
+}
+
+/// A file holding one number (`max` and other words: `None`).
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn available_memory_is_ram_plus_free_swap() {
+        let text = "MemTotal: 16000000 kB\nMemFree: 1000 kB\nMemAvailable: 8000000 kB\nSwapTotal: 2000 kB\nSwapFree: 1000 kB\n";
+        assert_eq!(meminfo_available(text), Some(8_001_000 * 1024));
+        assert_eq!(meminfo_available("MemAvailable: 4 kB\n"), Some(4096), "no swap line");
+        assert_eq!(
+            meminfo_available("MemTotal: 4 kB\n"),
+            None,
+            "an old kernel without MemAvailable"
+        );
+    }
+
+    #[test]
+    fn the_tightest_cgroup_limit_on_the_way_up_counts() {
+        let root = tempfile::tempdir().unwrap();
+        let write = |rel: &str, file: &str, text: &str| {
+            let dir = root.path().join(rel);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(file), text).unwrap();
+        };
+        // v2: the job's group has no limit of its own, its parent allows 10 GiB of which 4 are used.
+        write("slurm/job_7", "memory.max", "max\n");
+        write("slurm/job_7", "memory.current", "1000\n");
+        write("slurm", "memory.max", &format!("{}\n", 10u64 << 30));
+        write("slurm", "memory.current", &format!("{}\n", 4u64 << 30));
+        assert_eq!(cgroup_headroom("0::/slurm/job_7\n", root.path()), Some(6 << 30));
+        assert_eq!(
+            cgroup_headroom("0::/elsewhere\n", root.path()),
+            None,
+            "no limit anywhere"
+        );
+        // v1: the memory controller's own hierarchy.
+        write("memory/docker/abc", "memory.limit_in_bytes", "2048\n");
+        write("memory/docker/abc", "memory.usage_in_bytes", "512\n");
+        let v1 = "12:cpu,cpuacct:/docker/abc\n11:memory:/docker/abc\n";
+        assert_eq!(cgroup_headroom(v1, root.path()), Some(1536));
+        assert_eq!(cgroup_headroom("garbage", root.path()), None);
+    }
+
+    #[test]
+    fn a_model_that_cannot_fit_is_refused_with_the_figures_and_a_way_out() {
+        if available_bytes().is_none() {
+            eprintln!("this system does not say how much memory is free: nothing to test");
+            return;
+        }
+        let err = ensure_fits(u64::MAX, "the model `teacher`").unwrap_err();
+        assert!(err.starts_with("the model `teacher` would take at least "), "{err}");
+        assert!(err.contains(SKIP_VAR), "{err}");
+        assert!(ensure_fits(1, "a byte").is_ok());
+        assert_eq!(gib(3 << 29), "1.5 GiB");
+    }
+}
