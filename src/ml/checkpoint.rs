@@ -21,7 +21,6 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::ml::compress::nf4::{Nf4Tensor, QUANT_STATE_KEY};
 use crate::ml::models::config::{Labels, ModelConfig, QuantizationConfig};
-use crate::ml::models::model::Model;
 pub use crate::ml::models::model::Pretrained;
 use crate::ml::models::params::ParamStore;
 
@@ -292,10 +291,7 @@ pub fn load_pretrained(dir: &Path, opts: &LoadOptions) -> Result<Pretrained, Che
         }
     }
     let params = ParamStore::with_source(opts.seed, tensors);
-    let model = Model::new(&config, params.var_builder(opts.dtype, &opts.device)).map_err(tensor_err(dir))?;
-    let report = params.report();
-    params.release_source();
-    Ok(Pretrained { model, params, report })
+    Pretrained::build(&config, params, opts.dtype, &opts.device).map_err(tensor_err(dir))
 }
 
 /// Writes `config.json` and `model.safetensors` (all variables, HF names) into `dir`.

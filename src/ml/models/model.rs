@@ -61,15 +61,7 @@ pub enum Model {
 
 impl Model {
     /// Builds the model described by `config`, taking or creating its variables through `vb`.
-    /// On the CPU, a model whose weights cannot fit in the memory left is an error before any is
-    /// allocated ([`host_memory::ensure_fits`]).
     pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
-        if vb.device().is_cpu() {
-            let bytes = config
-                .min_weight_count()
-                .saturating_mul(vb.dtype().size_in_bytes() as u64);
-            host_memory::ensure_fits(bytes, "this model's weights").map_err(candle_core::Error::Msg)?;
-        }
         Ok(match config {
             ModelConfig::Bert(c) => Model::Bert(BertForSequenceClassification::new(c, vb)?),
             ModelConfig::Vit(c) => Model::Vit(VitForImageClassification::new(c, vb)?),
@@ -135,9 +127,20 @@ pub struct Pretrained {
 impl Pretrained {
     /// A freshly initialised model from `config`, every variable drawn from `seed`.
     pub fn random(config: &ModelConfig, seed: u64, device: &Device) -> candle_core::Result<Self> {
-        let params = ParamStore::new(seed);
-        let model = Model::new(config, params.var_builder(DType::F32, device))?;
+        Self::build(config, ParamStore::new(seed), DType::F32, device)
+    }
+
+    /// `config`'s model on new variables of `params` (each copied from its source or
+    /// initialised), whose source is released afterwards. On the CPU, weights that cannot fit in
+    /// the memory left are an error before any is allocated.
+    pub fn build(config: &ModelConfig, params: ParamStore, dtype: DType, device: &Device) -> Result<Self> {
+        if device.is_cpu() {
+            let bytes = config.min_weight_count().saturating_mul(dtype.size_in_bytes() as u64);
+            host_memory::ensure_fits(bytes, "this model's weights").map_err(candle_core::Error::Msg)?;
+        }
+        let model = Model::new(config, params.var_builder(dtype, device))?;
         let report = params.report();
+        params.release_source();
         Ok(Self { model, params, report })
     }
 }
@@ -220,14 +223,14 @@ mod tests {
     }
 
     #[test]
-    fn a_model_too_large_for_the_memory_left_is_an_error_before_allocating() {
+    fn new_weights_too_large_for_the_memory_left_are_an_error_before_allocating() {
         if host_memory::available_bytes().is_none() || std::env::var_os(host_memory::SKIP_VAR).is_some() {
             eprintln!("no memory figure here: nothing to test");
             return;
         }
         // About 4 × 10¹² weights: no machine has the 16 TB.
         let huge = ModelConfig::Bert(BertConfig::new(1000, 65_536, 1000, 64, 65_536, 2));
-        let err = Model::new(&huge, ParamStore::new(1).var_builder(DType::F32, &Device::Cpu)).unwrap_err();
+        let err = Pretrained::random(&huge, 1, &Device::Cpu).unwrap_err();
         assert!(
             err.to_string().contains("this model's weights would take at least"),
             "{err}"

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 
 use crate::ml::models::config::ModelConfig;
-use crate::ml::models::model::Model;
 use crate::ml::models::model::Pretrained;
 use crate::ml::models::params::ParamStore;
 
@@ -114,11 +113,7 @@ pub fn init_student_from_teacher(
 ) -> candle_core::Result<Pretrained> {
     let tensors: HashMap<String, Tensor> = teacher.params.tensors()?.into_iter().collect();
     let source = student_tensors(&teacher.model.config(), &tensors, student_cfg, layers)?;
-    let params = ParamStore::with_source(seed, source);
-    let model = Model::new(student_cfg, params.var_builder(DType::F32, device))?;
-    let report = params.report();
-    params.release_source();
-    Ok(Pretrained { model, params, report })
+    Pretrained::build(student_cfg, ParamStore::with_source(seed, source), DType::F32, device)
 }
 
 #[cfg(test)]
