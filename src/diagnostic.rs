@@ -146,44 +146,88 @@ impl Diag {
         self
     }
 
-    /// Makes it renderable by attaching the source text it points into.
+    /// Makes it renderable by attaching the source text it points into. Spans on (or beside)
+    /// a line too long to quote are given as `file:line:column` in the message instead.
     pub fn render(&self, sources: &Sources) -> Rendered {
-        let source = self.span.map(|s| {
-            let file = sources.get(s.file);
-            NamedSource::new(file.name.clone(), file.text.clone())
-        });
-        let mut labels = Vec::new();
+        let mut here: Vec<(Span, &str)> = Vec::new();
         let mut related = Vec::new();
         if let Some(span) = self.span {
-            labels.push(LabeledSpan::new_primary_with_span(
-                Some(self.label.clone()),
-                span.miette(),
-            ));
+            here.push((span, &self.label));
         }
         for (span, label) in &self.notes {
             if Some(span.file) == self.span.map(|s| s.file) {
-                labels.push(LabeledSpan::new_with_span(Some(label.clone()), span.miette()));
+                here.push((*span, label));
             } else {
-                let file = sources.get(span.file);
-                related.push(Rendered {
-                    code: None,
-                    message: format!("note: {label}"),
-                    source: Some(NamedSource::new(file.name.clone(), file.text.clone())),
-                    labels: vec![LabeledSpan::new_primary_with_span(Some(label.clone()), span.miette())],
-                    help: None,
-                    related: Vec::new(),
-                });
+                related.push(quoted(sources, format!("note: {label}"), &[(*span, label)]));
             }
         }
-        Rendered {
-            code: Some(format!("rkd::{}", self.kind.name())),
-            message: self.message.clone(),
-            source,
-            labels,
-            help: self.help.clone(),
-            related,
-        }
+        let mut rendered = quoted(sources, self.message.clone(), &here);
+        rendered.code = Some(format!("rkd::{}", self.kind.name()));
+        rendered.help = self.help.clone();
+        rendered.related = related;
+        rendered
     }
+}
+
+/// Longest line, in characters, that a diagnostic quotes. Beside a longer one, spans are given
+/// as `file:line:column` instead: miette cannot draw a label past column 65,535, and such a
+/// line would flood the terminal.
+const MAX_QUOTED_LINE: usize = 1000;
+
+/// `message` with its labelled spans (the first is the primary one): quoted from their source
+/// file, or as locations in the message when a line around them is too long to quote.
+fn quoted(sources: &Sources, message: String, spans: &[(Span, &str)]) -> Rendered {
+    let mut rendered = Rendered {
+        code: None,
+        message,
+        source: None,
+        labels: Vec::new(),
+        help: None,
+        related: Vec::new(),
+    };
+    let Some(&(first, _)) = spans.first() else {
+        return rendered;
+    };
+    let file = sources.get(first.file);
+    if quotable(&file.text, spans.iter().map(|(s, _)| *s)) {
+        rendered.source = Some(NamedSource::new(file.name.clone(), file.text.clone()));
+        rendered.labels = spans
+            .iter()
+            .enumerate()
+            .map(|(i, (span, label))| {
+                let label = Some(label.to_string());
+                match i {
+                    0 => LabeledSpan::new_primary_with_span(label, span.miette()),
+                    _ => LabeledSpan::new_with_span(label, span.miette()),
+                }
+            })
+            .collect();
+    } else {
+        for (span, label) in spans {
+            let (line, column) = sources.line_col(*span);
+            rendered.message += &format!("\n{}:{line}:{column}: {label}", file.name);
+        }
+        rendered.message += &format!("\n(the line is too long to quote: over {MAX_QUOTED_LINE} characters)");
+    }
+    rendered
+}
+
+/// Whether the lines miette quotes for `spans` (theirs, and one line of context on each side)
+/// are all at most [`MAX_QUOTED_LINE`] characters long.
+fn quotable(text: &str, spans: impl Iterator<Item = Span> + Clone) -> bool {
+    let (Some(start), Some(end)) = (
+        spans.clone().map(|s| s.start as usize).min(),
+        spans.map(|s| s.end as usize).max(),
+    ) else {
+        return true;
+    };
+    let line_start = |at: usize| text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = |at: usize| text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let first = line_start(line_start(start).saturating_sub(1));
+    let last = line_end((line_end(end) + 1).min(text.len()));
+    text[first..last]
+        .split('\n')
+        .all(|line| line.chars().count() <= MAX_QUOTED_LINE)
 }
 
 /// A diagnostic with its source attached, ready for miette's report handlers.

@@ -399,6 +399,24 @@ fn integer_literal_past_64_bits() {
         .expect(0);
 }
 
+/// A diagnostic on a line too long to quote gives its location instead of the line (miette
+/// panics on a label past column 65,535, and the line would flood the terminal): here an
+/// unknown name at column 80,014, and the same behind a line of context.
+#[test]
+fn a_problem_on_a_very_long_line_is_located_without_quoting_it() {
+    let long = format!("let x = \"{}\" + y\n", "a".repeat(80_000));
+    insta::assert_snapshot!(check(&long));
+    let err = check(&format!("{long}let z = w\n"));
+    assert!(err.contains("main.rkd:2:9: not found in this scope"), "{err}");
+    assert!(err.len() < 2000, "{err}");
+    // A file whose lines end in a carriage return alone is one line to the renderer.
+    let err = check(&format!("let x = \"{}\"\rlet z = w\r", "a".repeat(70_000)));
+    assert!(err.contains("unknown name `w`"), "{err}");
+    // A line of a thousand characters is still quoted.
+    let err = check(&format!("let x = [{}] + w\n", "1, ".repeat(300)));
+    assert!(err.contains("╰── not found in this scope"), "{err}");
+}
+
 #[test]
 fn a_file_that_is_not_utf8() {
     let t = Test::new().args(&["check", "main.rkd"]);
