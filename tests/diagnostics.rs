@@ -159,6 +159,16 @@ fn empty_sweep() {
     )));
 }
 
+/// Values already reported (here a division by zero) are not reported again as a repeated
+/// sweep value: they all show as `?`.
+#[test]
+fn a_sweep_over_invalid_values_reports_them_once() {
+    let err = check("sweep d in [1 / 0, 2 / 0] {\n  stage s = exec(cmd: \"true\", params: {d: d})\n}\n");
+    assert!(err.contains("has 2 problems"), "{err}");
+    assert!(!err.contains("twice"), "{err}");
+    insta::assert_snapshot!(err);
+}
+
 #[test]
 fn positional_argument() {
     insta::assert_snapshot!(check(&with_header("stage p = prune(teacher, sparsity: 0.3)\n")));

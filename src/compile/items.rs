@@ -377,7 +377,7 @@ impl Compiler {
     }
 
     /// A sweep's points, each with its variables' values and its name suffix; `None` (reported)
-    /// when a list is empty or repeats a value, or the points are too many.
+    /// when a list is empty, holds an invalid value or repeats one, or the points are too many.
     fn sweep_points(&mut self, s: &Sweep) -> Option<Vec<Iteration>> {
         if self.over_limit {
             return None;
@@ -416,8 +416,13 @@ impl Compiler {
         Some(iterations)
     }
 
-    /// Reports the first value a sweep variable takes twice.
+    /// Reports the first value a sweep variable takes twice. `None` without a report when a
+    /// value is invalid (reported where it was made): invalid values all show as `?`, and the
+    /// sweep's points could not be told apart.
     fn distinct_values(&mut self, var: &Ident, items: &[(Value, Span)]) -> Option<()> {
+        if items.iter().any(|(v, _)| v.is_poison()) {
+            return None;
+        }
         let mut seen = HashMap::new();
         for (v, span) in items {
             let shown = self.display(v);
