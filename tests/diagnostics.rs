@@ -344,6 +344,25 @@ fn missing_input_file_is_reported_by_plan() {
     assert!(stderr.contains("rkd::file"), "{stderr}");
 }
 
+/// A device or a FIFO named as an input is refused when `rkd plan` fingerprints it, instead of
+/// being read for ever (`/dev/zero`) or blocking until a writer comes (a FIFO).
+#[test]
+fn a_device_or_fifo_as_an_input_file_is_refused_by_plan() {
+    let t = Test::new().file(
+        "main.rkd",
+        "stage s = exec(cmd: \"true\", files: [\"/dev/zero\"])\nstage f = exec(cmd: \"true\", files: [\"pipe\"])\n",
+    );
+    let made = std::process::Command::new("mkfifo")
+        .arg(t.path().join("pipe"))
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let err = t.args(&["plan", "main.rkd"]).expect(1).stderr;
+    assert!(err.contains("/dev/zero is not a regular file or a folder"), "{err}");
+    assert!(err.contains("pipe is not a regular file or a folder"), "{err}");
+    assert!(err.contains("rkd::file"), "{err}");
+}
+
 fn out_dir_marker() -> String {
     std::env::temp_dir().display().to_string()
 }

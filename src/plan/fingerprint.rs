@@ -107,6 +107,9 @@ impl Fingerprinter {
         let mut to_read = Vec::new();
         for (i, p) in paths.enumerate() {
             let meta = std::fs::metadata(p).map_err(|e| describe_io(p, &e))?;
+            if !meta.is_file() {
+                return Err(not_a_file(p));
+            }
             let stat = stat_of(&meta);
             match self.cache.get(p) {
                 Some(e) if e.stat == stat => match crate::store::key::parse(&e.hash) {
@@ -218,6 +221,17 @@ pub struct FingerprintError {
     /// The path that failed.
     pub path: PathBuf,
     message: String,
+}
+
+/// A device, FIFO or socket given as an input: reading it could block or never end.
+fn not_a_file(path: &Path) -> FingerprintError {
+    FingerprintError {
+        path: path.to_path_buf(),
+        message: format!(
+            "{} is not a regular file or a folder (devices, FIFOs and sockets are not read as inputs)",
+            path.display()
+        ),
+    }
 }
 
 fn describe_io(path: &Path, e: &std::io::Error) -> FingerprintError {
