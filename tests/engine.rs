@@ -176,6 +176,19 @@ fn only_runs_the_named_stages_and_what_they_need() {
     assert!(out.stderr.contains("there is no stage `bb`"), "{}", out.stderr);
 }
 
+/// `--only ""` (say an unset shell variable) or `--only ,` names no stage: an error, not a run
+/// of nothing that exits 0.
+#[test]
+fn only_without_a_name_is_an_error() {
+    let t = Test::new().file("p.rkd", &pipeline("1", "true"));
+    for only in ["", ",", " , "] {
+        let out = t.run_with(&["run", "p.rkd", "-n", "--only", only]);
+        assert_eq!(out.code, 1, "--only {only:?}: {}", out.stderr);
+        assert!(out.stderr.contains("--only: no stage name given"), "{}", out.stderr);
+    }
+    assert!(ran_log(&t).is_empty());
+}
+
 #[test]
 fn only_takes_sweep_points_of_several_variables_and_a_sweeps_name() {
     let t = Test::new().file(

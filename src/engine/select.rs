@@ -28,12 +28,20 @@ pub fn split_names(values: &[String]) -> Vec<String> {
 
 /// `--only` names no stage.
 #[derive(Debug, thiserror::Error)]
-#[error("--only: there is no stage `{name}`{hint}; `rkd plan` lists the stages")]
-pub struct NoSuchStage {
-    /// The name given.
-    pub name: String,
-    /// " (did you mean ...)", or empty.
-    pub hint: String,
+pub enum NoSuchStage {
+    /// A name that is no stage's.
+    #[error("--only: there is no stage `{name}`{hint}; `rkd plan` lists the stages")]
+    Unknown {
+        /// The name given.
+        name: String,
+        /// " (did you mean ...)", or empty.
+        hint: String,
+    },
+    /// Only empty names (`--only ""`, `--only ,`), which would select nothing.
+    #[error(
+        "--only: no stage name given, so nothing would run; name a stage (`rkd plan` lists them) or leave out --only"
+    )]
+    Empty,
 }
 
 /// A stage's name and aliases.
@@ -62,9 +70,13 @@ pub fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>, NoSuchStage> {
             by_name.entry(name.as_str()).or_insert(i);
         }
     }
+    let names_given = split_names(only);
+    if names_given.is_empty() {
+        return Err(NoSuchStage::Empty);
+    }
     let mut selected = vec![false; n];
     let mut stack = Vec::new();
-    for name in split_names(only) {
+    for name in names_given {
         if let Some(&i) = by_name.get(name.as_str()) {
             stack.push(i);
             continue;
@@ -90,7 +102,7 @@ pub fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>, NoSuchStage> {
             let hint = crate::diagnostic::suggestion(&name, all.iter().copied())
                 .map(|s| format!(" ({s})"))
                 .unwrap_or_default();
-            return Err(NoSuchStage { name, hint });
+            return Err(NoSuchStage::Unknown { name, hint });
         }
         stack.extend(members);
     }
