@@ -75,3 +75,37 @@ fn a_module_outside_the_pipelines_folder_is_refused_by_name() {
     );
     assert!(!t.path().join("b.tar.zst").exists());
 }
+
+/// `-o` naming a FIFO or a folder is refused: the bundle is written aside and renamed into
+/// place, which would replace the FIFO instead of writing into it. Nothing is left behind.
+#[test]
+fn a_bundle_is_not_written_over_a_fifo_or_a_folder() {
+    let t = Test::new()
+        .file("exp/p.rkd", PIPELINE)
+        .file("exp/lib/steps.rkd", MODULE)
+        .file("exp/data/words.txt", "words\n")
+        .file("folder/keep.txt", "");
+    let made = std::process::Command::new("mkfifo")
+        .arg(t.path().join("pipe"))
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    for out in ["pipe", "folder"] {
+        let res = t.run_with(&["bundle", "exp/p.rkd", "-o", out]);
+        assert_eq!(res.code, 1, "{}", res.stderr);
+        assert!(
+            res.stderr
+                .contains(&format!("cannot write {out}: it exists and is not a regular file")),
+            "{}",
+            res.stderr
+        );
+    }
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(t.path().join("pipe")).unwrap().file_type().is_fifo());
+    let left: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

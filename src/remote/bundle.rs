@@ -37,13 +37,24 @@ pub struct Written {
     pub bytes: u64,
 }
 
-/// Writes the bundle to `out` (written aside and renamed: a failed write leaves nothing).
+/// Writes the bundle to `out` (written aside and renamed: a failed write leaves nothing). An
+/// `out` that exists must be a regular file: the rename would replace a device, a FIFO or a
+/// link instead of writing into it.
 pub fn write(out: &Path, contents: Contents) -> Result<Written, String> {
+    if std::fs::symlink_metadata(out).is_ok_and(|m| !m.is_file()) {
+        return Err(format!(
+            "cannot write {}: it exists and is not a regular file (a bundle is written to a new file, or replaces a regular one)",
+            out.display()
+        ));
+    }
     let tmp = out.with_extension(format!("partial.{}", std::process::id()));
-    let result = write_to(&tmp, &contents);
+    let result = write_to(&tmp, &contents).and_then(|written| {
+        std::fs::rename(&tmp, out)
+            .map(|()| written)
+            .map_err(|e| format!("cannot write {}: {e}", out.display()))
+    });
     match result {
         Ok(mut written) => {
-            std::fs::rename(&tmp, out).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
             written.bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
             Ok(written)
         }
