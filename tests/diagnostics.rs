@@ -482,6 +482,17 @@ fn an_environment_variable_that_is_not_utf8() {
     insta::assert_snapshot!(String::from_utf8_lossy(&out.stderr));
 }
 
+/// A name no environment variable can have (empty, or with `=` or NUL) is an error, with or
+/// without `default:`, rather than "not set" with a hint to `export =...`.
+#[test]
+fn a_name_no_environment_variable_can_have() {
+    let err = check("let a = env(name: \"\", default: \"x\")\nlet b = env(name: \"DATA=x\")\n");
+    assert!(err.contains("has 2 problems"), "{err}");
+    insta::assert_snapshot!(err);
+    let err = check("let c = env(name: \"A\0B\")\n");
+    assert!(err.contains("\"A\\u{0}B\" cannot be the name"), "{err}");
+}
+
 /// Every ```rkd block of the README passes `rkd check`: a complete pipeline as it is, a fragment
 /// (no `use` or `let` first) after the names the README's other examples define.
 #[test]

@@ -550,6 +550,21 @@ impl Compiler {
         match op.name {
             "env" => {
                 let name = params.get("name").map(|v| v.to_string()).unwrap_or_default();
+                if !is_env_name(&name) {
+                    let at = spans.get("name").copied().unwrap_or(span);
+                    let d = Diag::new(
+                        Kind::Invalid,
+                        at,
+                        format!(
+                            "\"{}\" cannot be the name of an environment variable",
+                            crate::text::cell(&name)
+                        ),
+                    )
+                    .label("not a variable name")
+                    .help("a variable's name is not empty and has no `=` or NUL character, e.g. `RKD_DATA`");
+                    self.error(d);
+                    return Value::Poison;
+                }
                 match (std::env::var(&name), params.get("default")) {
                     (Ok(v), _) => Value::str(&v),
                     // Set, but not text: a fallback would hide the mistake.
@@ -722,4 +737,10 @@ impl Compiler {
         self.frames.pop();
         result
     }
+}
+
+/// Whether an environment variable can have this name: not empty, no `=` and no NUL (the
+/// environment cannot hold such a name, so `env` would report it unset whatever one did).
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['=', '\0'])
 }
