@@ -467,3 +467,22 @@ fn log_and_verify_take_the_pipeline_file() {
     // Without the file, the current directory's store is meant: there is none here.
     assert!(t.run_with(&["log"]).stdout.contains("no runs recorded"));
 }
+
+/// A FILE that does not exist (a typo) or is a folder is a usage error for `log`, `verify`
+/// and `results`, not a report on whatever store lies beside it.
+#[test]
+fn log_verify_and_results_refuse_a_file_that_is_not_one() {
+    let t = Test::new().file("d/p.rkd", "stage a = exec(cmd: \"echo hi > $RKD_OUT/x\")\n");
+    assert_eq!(t.run_with(&["run", "d/p.rkd"]).code, 0);
+    for cmd in ["log", "verify", "results"] {
+        for (file, why) in [("d/q.rkd", "does not exist"), ("d", "is not a file")] {
+            let out = t.run_with(&[cmd, file]);
+            assert_eq!(out.code, 2, "{cmd} {file}: {}", out.stdout);
+            assert!(
+                out.stderr.contains(&format!("error: the pipeline file {file} {why}")),
+                "{cmd} {file}: {}",
+                out.stderr
+            );
+        }
+    }
+}

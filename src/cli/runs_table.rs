@@ -89,7 +89,10 @@ fn columns(rows: &[Row], asked: &[String]) -> (Vec<String>, usize) {
 
 /// Runs `rkd results`.
 pub fn run(file: Option<&Path>, store: Option<&Path>, q: &Query) -> ExitCode {
-    let store = super::store_cmds::store_of(file, store);
+    let store = match super::store_cmds::store_of(file, store) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     let mut rows: Vec<Row> = rows(&store)
         .into_iter()
         .filter(|r| q.stage.is_none_or(|s| r.stage.contains(s)))

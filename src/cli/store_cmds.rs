@@ -9,17 +9,30 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// The store of a pipeline file (as `rkd run` chooses it), else the current directory's.
-pub(super) fn store_of(file: Option<&Path>, store: Option<&Path>) -> Store {
+/// The store of a pipeline file (as `rkd run` chooses it), else the current directory's. Exit
+/// code 2, after saying why, when FILE is no file: a mistyped name or a folder would otherwise
+/// stand for whatever store lies beside it.
+pub(super) fn store_of(file: Option<&Path>, store: Option<&Path>) -> Result<Store, ExitCode> {
     match file {
-        Some(f) => Store::for_pipeline(f, store),
-        None => Store::for_cwd(store),
+        Some(f) if !f.is_file() => {
+            let why = if f.exists() { "is not a file" } else { "does not exist" };
+            eprintln!(
+                "error: the pipeline file {} {why}\n  help: give the .rkd file whose store (.rkd/ beside it) is meant, or the store with --store DIR",
+                f.display()
+            );
+            Err(ExitCode::from(2))
+        }
+        Some(f) => Ok(Store::for_pipeline(f, store)),
+        None => Ok(Store::for_cwd(store)),
     }
 }
 
 /// Checks every entry against its manifest; exit 1 when any is damaged.
 pub fn verify(file: Option<&Path>, store: Option<&Path>) -> ExitCode {
-    let store = store_of(file, store);
+    let store = match store_of(file, store) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     if !store.root.is_dir() {
         eprintln!(
             "error: there is no store at {} (use --store DIR or RKD_STORE)",
@@ -76,7 +89,10 @@ fn entry_name(store: &Store, key: &Key) -> String {
 
 /// Lists the runs recorded in the store, oldest first.
 pub fn log(file: Option<&Path>, store: Option<&Path>, limit: usize) -> ExitCode {
-    let store = store_of(file, store);
+    let store = match store_of(file, store) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     let paths = store.record_paths();
     if paths.is_empty() {
         println!("no runs recorded in {}", store.root.display());
