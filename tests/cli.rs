@@ -486,3 +486,28 @@ fn log_verify_and_results_refuse_a_file_that_is_not_one() {
         }
     }
 }
+
+/// `rkd run p.rkd | head -0`: the reader is gone by the time the summary is printed, and rkd
+/// ends as Unix tools do (SIGPIPE) instead of panicking with exit code 101; what ran is stored
+/// and recorded.
+#[test]
+fn run_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let t = Test::new().file("p.rkd", "stage a = exec(cmd: \"sleep 0.3; echo hi > $RKD_OUT/x\")\n");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rkd"))
+        .args(["run", "p.rkd"])
+        .current_dir(t.path())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?} {stderr}", out.status);
+    let log = t.run_with(&["log", "p.rkd"]);
+    assert!(log.stdout.contains("ok"), "{}", log.stdout);
+    assert_eq!(t.run_with(&["verify", "p.rkd"]).code, 0);
+}

@@ -726,8 +726,8 @@ fn load_locked(
 }
 
 /// Lets a reporting command end quietly when its reader goes away (`rkd report f.rkd | head`),
-/// as Unix tools do, instead of panicking on the failed write. (`rkd run` keeps the default
-/// handling: it has children and a store to leave in order.)
+/// as Unix tools do, instead of panicking on the failed write. (`rkd run` calls it only once
+/// its stages are over: while they run it has children and a store to leave in order.)
 fn quiet_on_closed_pipe() {
     #[cfg(unix)]
     // SAFETY: restoring the default disposition of SIGPIPE before any other thread starts.

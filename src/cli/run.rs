@@ -170,7 +170,10 @@ pub fn run(
     let result = match &slurm {
         // A dry run runs nothing, so it is the same on both executors.
         Some(slurm) if !opts.dry_run => match submit(&plan, file, &text, &store, &opts, &slurm.options, &cancel) {
-            Ok(sub) if !slurm.wait => return print_submitted(&plan, file, &sub, json),
+            Ok(sub) if !slurm.wait => {
+                super::quiet_on_closed_pipe();
+                return print_submitted(&plan, file, &sub, json);
+            }
             Ok(sub) => {
                 if !sub.jobs.is_empty() {
                     eprintln!(
@@ -216,6 +219,9 @@ pub fn run(
             None => run_plan(&plan, file, &text, &store, &opts, &cancel, &|_| {}).map_err(SlurmError::from),
         },
     };
+    // The run is over: from here on a reader that went away (`rkd run p.rkd | head`) ends rkd
+    // quietly, as it does the other commands, instead of a panic on the failed write.
+    super::quiet_on_closed_pipe();
     let report = match result {
         Ok(r) => r,
         Err(e) => {
