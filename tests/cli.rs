@@ -511,3 +511,23 @@ fn run_into_a_closed_pipe_ends_quietly() {
     assert!(log.stdout.contains("ok"), "{}", log.stdout);
     assert_eq!(t.run_with(&["verify", "p.rkd"]).code, 0);
 }
+
+/// `rkd results --sort NAME` or `--metric NAME` with a metric no listed stage recorded warns
+/// (a typo left the rows unsorted without a word); empty `--metric` names make no column.
+#[test]
+fn results_warn_about_a_metric_nothing_recorded() {
+    let t = Test::new().file("p.rkd", "stage a = exec(cmd: \"true\")\n");
+    assert_eq!(t.run_with(&["run", "p.rkd"]).code, 0);
+    let out = t.run_with(&["results", "p.rkd", "--sort", "acuracy", "--metric", "loss,,"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("warning: no stage listed here recorded the metric `acuracy`"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("the metric `loss`"), "{}", out.stderr);
+    assert!(!out.stderr.contains("metric ``"), "{}", out.stderr);
+    let header: Vec<&str> = out.stdout.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["RUN", "STAGE", "OP", "LOSS"], "{}", out.stdout);
+}

@@ -63,6 +63,19 @@ pub fn rows(store: &Store) -> Vec<Row> {
     out
 }
 
+/// Warns about each metric asked for (`--sort`, `--metric`) that no listed stage recorded, a
+/// likely typo that would otherwise leave the rows unsorted or a column of dashes.
+fn warn_unrecorded<'a>(rows: &[Row], asked: impl Iterator<Item = &'a str>) {
+    let recorded: std::collections::BTreeSet<&str> =
+        rows.iter().flat_map(|r| r.metrics.keys().map(String::as_str)).collect();
+    for metric in asked.filter(|m| !recorded.contains(m)) {
+        let hint = crate::diagnostic::suggestion(metric, recorded.iter().copied())
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default();
+        eprintln!("warning: no stage listed here recorded the metric `{metric}`{hint}");
+    }
+}
+
 /// The metric columns: those asked for, else the most common (ties by name).
 fn columns(rows: &[Row], asked: &[String]) -> (Vec<String>, usize) {
     if !asked.is_empty() {
@@ -97,6 +110,11 @@ pub fn run(file: Option<&Path>, store: Option<&Path>, q: &Query) -> ExitCode {
         .into_iter()
         .filter(|r| q.stage.is_none_or(|s| r.stage.contains(s)))
         .collect();
+    // `--metric ,` or a trailing comma names no column.
+    let asked: Vec<String> = q.metrics.iter().filter(|m| !m.is_empty()).cloned().collect();
+    if !rows.is_empty() {
+        warn_unrecorded(&rows, q.sort.into_iter().chain(asked.iter().map(String::as_str)));
+    }
     if let Some(metric) = q.sort {
         // Highest first; rows without the metric last, in run order.
         rows.sort_by(|a, b| match (a.metrics.get(metric), b.metrics.get(metric)) {
@@ -118,7 +136,7 @@ pub fn run(file: Option<&Path>, store: Option<&Path>, q: &Query) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let (metrics, more) = columns(&rows, q.metrics);
+    let (metrics, more) = columns(&rows, &asked);
     let mut grid: Vec<Vec<String>> = vec![["RUN", "STAGE", "OP"]
         .iter()
         .map(|s| s.to_string())
