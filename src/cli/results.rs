@@ -103,7 +103,7 @@ fn export_stage(plan: &Plan, store: &Store, file: &Path, name: &str, out: &Path)
     };
     if stage.def.op.kind != OpKind::Stage(Output::Model) {
         return Err(format!(
-            "`{name}` is a `{}` stage: it has no model to export (export a train, distill, fuse, qlora or prune stage)",
+            "stage `{name}` (op `{}`) has no model to export: export a train, distill, fuse, qlora or prune stage",
             stage.def.op.name
         ));
     }
