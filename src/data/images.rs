@@ -196,6 +196,15 @@ pub(crate) fn load_with_cache(
         return Err(DataError::file(&train_dir, "missing training split folder"));
     }
     let (classes, train_files) = list_split(&train_dir, None)?;
+    if classes.len() < 2 {
+        return Err(DataError::file(
+            &train_dir,
+            format!(
+                "one class folder ({}): a classifier needs at least 2 (expected train/<class>/*.jpg|png, one folder per class)",
+                classes.join(", ")
+            ),
+        ));
+    }
     let mut listing = vec![(SplitName::Train, train_files)];
     for split in [SplitName::Validation, SplitName::Test] {
         let Some(dir) = split_dirs(split).iter().map(|d| root.join(d)).find(|d| d.is_dir()) else {
@@ -571,6 +580,16 @@ pub(crate) mod tests {
         std::fs::create_dir_all(dir.path().join("train/c_cls")).unwrap();
         let e = load_image_folder(dir.path(), 8).unwrap_err();
         assert!(e.to_string().contains("empty class folder"), "{e}");
+
+        std::fs::remove_dir_all(dir.path().join("train/c_cls")).unwrap();
+        std::fs::remove_dir_all(dir.path().join("train/b_cls")).unwrap();
+        std::fs::remove_dir_all(dir.path().join("validation/b_cls")).unwrap();
+        let e = load_image_folder(dir.path(), 8).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("one class folder (a_cls): a classifier needs at least 2"),
+            "{e}"
+        );
 
         let e = load_image_folder(&dir.path().join("nothing"), 8).unwrap_err();
         assert!(e.to_string().contains("missing directory"), "{e}");
