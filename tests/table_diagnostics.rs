@@ -137,3 +137,15 @@ fn a_glue_task_without_its_validation_file() {
         .file("p.rkd", &pipeline(r#"glue(task: "rte", path: "rte", max_len: 8)"#));
     insta::assert_snapshot!(fails(&t, "check"));
 }
+
+#[test]
+fn an_image_in_a_hidden_folder_is_refused() {
+    // The stage key leaves hidden entries out: an image there could change and the cached result
+    // stay.
+    let t = Test::new().file("beans/train.csv", "image,labels\n.images/leaf.png,0\n").file(
+        "p.rkd",
+        "let data = image_table(path: \"beans\", image: \"image\", label: \"labels\", image_size: 16)\n\
+         stage m = train(model: vit(layers: 1, hidden: 16, heads: 2, patch: 8, image_size: 16), data: data, epochs: 1)\n",
+    );
+    insta::assert_snapshot!(fails(&t, "check"));
+}

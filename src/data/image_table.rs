@@ -68,6 +68,11 @@ fn source(cell: Cell, table_dir: &Path, root: &Path) -> Result<Source, String> {
                     root.display()
                 ));
             }
+            if hidden(&file, root) {
+                return Err(format!(
+                    "the image path `{p}` is in a hidden folder (a name starting with `.`), whose files the stage key leaves out; move the images to a folder whose name does not start with `.`"
+                ));
+            }
             if !is_image(&file) {
                 return Err(format!(
                     "the image path `{p}` must name a {} file",
@@ -81,6 +86,13 @@ fn source(cell: Cell, table_dir: &Path, root: &Path) -> Result<Source, String> {
             other.describe()
         )),
     }
+}
+
+/// Whether `file` lies under a hidden entry (a name starting with `.`) inside `root`: such
+/// files are not among those a dataset's part of the stage key hashes ([`super::reads`]).
+fn hidden(file: &Path, root: &Path) -> bool {
+    file.strip_prefix(normalize_path(root))
+        .is_ok_and(|rel| rel.iter().any(|c| c.to_string_lossy().starts_with('.')))
 }
 
 impl Source {
