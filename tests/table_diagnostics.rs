@@ -139,6 +139,16 @@ fn a_glue_task_without_its_validation_file() {
 }
 
 #[test]
+fn a_split_in_two_sets_of_files() {
+    let t = csv_table(
+        r#"text_table(path: "t", text: "text", label: "label", max_len: 8)"#,
+        "text,label\nfine,1\nbad,0\n",
+    )
+    .file("t/train.jsonl", "{\"text\": \"fine\", \"label\": 1}\n");
+    insta::assert_snapshot!(fails(&t, "check"));
+}
+
+#[test]
 fn an_image_in_a_hidden_folder_is_refused() {
     // The stage key leaves hidden entries out: an image there could change and the cached result
     // stay.

@@ -64,7 +64,7 @@ fn each_table(v: &Value, f: &mut impl FnMut(&Spec)) {
 
 /// What to do about a table problem, by what the message says.
 fn hint(message: &str) -> &'static str {
-    const HINTS: [(&str, &str); 7] = [
+    const HINTS: [(&str, &str); 8] = [
         (
             "empty split",
             "every split file needs at least one row under its header",
@@ -83,6 +83,10 @@ fn hint(message: &str) -> &'static str {
             "quote fields that hold the delimiter, or fix the row",
         ),
         ("not valid UTF-8", "save the file as UTF-8 text"),
+        (
+            "more than one set of files",
+            "move or rename the extra files, so that each split is read from one file or one set of shards",
+        ),
         (
             "no training split",
             "name the training file train.<ext> (or train-00000-of-00001.<ext>)",

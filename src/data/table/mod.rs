@@ -149,13 +149,14 @@ pub fn split_files(dir: &Path) -> Result<BTreeMap<SplitName, Vec<PathBuf>>, Data
     }
     let mut found: BTreeMap<SplitName, Vec<PathBuf>> = BTreeMap::new();
     for path in table_files(dir) {
-        let split = match split_stem(&path) {
-            Some("train") => SplitName::Train,
-            Some("validation" | "dev" | "valid") => SplitName::Validation,
-            Some("test") => SplitName::Test,
-            _ => continue,
+        // The names `SplitName::parse` takes, as the stage key's file list does (see `reads`).
+        let Some(split) = split_stem(&path).and_then(SplitName::parse) else {
+            continue;
         };
         found.entry(split).or_default().push(path);
+    }
+    for (split, files) in &found {
+        one_set_of_files(dir, *split, files)?;
     }
     if !found.contains_key(&SplitName::Train) {
         let names: Vec<String> = found.values().flatten().map(|p| p.display().to_string()).collect();
@@ -172,6 +173,33 @@ pub fn split_files(dir: &Path) -> Result<BTreeMap<SplitName, Vec<PathBuf>>, Data
         ));
     }
     Ok(found)
+}
+
+/// Refuses a split of the table in `dir` whose files are not one set of shards: files in both
+/// the folder and its `data/`, of two formats, or under two names (`validation.csv` and
+/// `dev.csv`) would each be read, and the split silently hold its rows twice.
+fn one_set_of_files(dir: &Path, split: SplitName, files: &[PathBuf]) -> Result<(), DataError> {
+    let set = |p: &PathBuf| {
+        (
+            p.parent().map(Path::to_path_buf),
+            Format::of(p),
+            split_stem(p).map(str::to_string),
+        )
+    };
+    let Some(first) = files.first() else {
+        return Ok(());
+    };
+    if files.iter().all(|p| set(p) == set(first)) {
+        return Ok(());
+    }
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    Err(DataError::file(
+        dir,
+        format!(
+            "the {split} split is in more than one set of files ({}), each of which would be read: keep one (shards of one split share its name, format and folder, as train-00000-of-00002.csv and train-00001-of-00002.csv)",
+            names.join(", ")
+        ),
+    ))
 }
 
 /// One row of a text table.
@@ -358,10 +386,39 @@ mod tests {
         );
         assert_eq!(names(SplitName::Validation), ["dev.tsv"]);
         assert_eq!(names(SplitName::Test), ["test.jsonl"]);
+        let val = tempfile::tempdir().unwrap();
+        write(val.path(), "train.csv", "x");
+        write(val.path(), "val.csv", "x");
+        assert_eq!(split_files(val.path()).unwrap()[&SplitName::Validation].len(), 1);
         let empty = tempfile::tempdir().unwrap();
         write(empty.path(), "valid.csv", "x");
         let e = split_files(empty.path()).unwrap_err().to_string();
         assert!(e.contains("no training split") && e.contains("valid.csv"), "{e}");
+    }
+
+    #[test]
+    fn a_split_in_two_sets_of_files_is_refused_not_read_twice() {
+        for (a, b) in [
+            ("train.csv", "train.jsonl"),
+            ("train.csv", "data/train.csv"),
+            ("dev.csv", "validation.csv"),
+            ("train-00000-of-00001.csv", "data/train-00000-of-00001.csv"),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            write(tmp.path(), "train.csv", "x");
+            write(tmp.path(), a, "x");
+            write(tmp.path(), b, "x");
+            let e = split_files(tmp.path()).unwrap_err().to_string();
+            assert!(
+                e.contains("split is in more than one set of files") && e.contains(a) && e.contains(b),
+                "{a} {b}: {e}"
+            );
+        }
+        let shards = tempfile::tempdir().unwrap();
+        write(shards.path(), "data/train-00000-of-00002.csv", "x");
+        write(shards.path(), "data/train-00001-of-00002.csv", "x");
+        write(shards.path(), "test.csv", "x");
+        assert_eq!(split_files(shards.path()).unwrap()[&SplitName::Train].len(), 2);
     }
 
     #[test]
