@@ -149,6 +149,20 @@ fn a_split_in_two_sets_of_files() {
 }
 
 #[test]
+fn a_json_file_holding_one_array() {
+    let t = Test::new()
+        .file(
+            "t/train.json",
+            "[{\"text\": \"fine\", \"label\": 1}, {\"text\": \"bad\", \"label\": 0}]\n",
+        )
+        .file(
+            "p.rkd",
+            &pipeline(r#"text_table(path: "t", text: "text", label: "label", max_len: 8)"#),
+        );
+    insta::assert_snapshot!(fails(&t, "check"));
+}
+
+#[test]
 fn an_image_in_a_hidden_folder_is_refused() {
     // The stage key leaves hidden entries out: an image there could change and the cached result
     // stay.

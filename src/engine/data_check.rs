@@ -64,7 +64,7 @@ fn each_table(v: &Value, f: &mut impl FnMut(&Spec)) {
 
 /// What to do about a table problem, by what the message says.
 fn hint(message: &str) -> &'static str {
-    const HINTS: [(&str, &str); 8] = [
+    const HINTS: [(&str, &str); 11] = [
         (
             "empty split",
             "every split file needs at least one row under its header",
@@ -86,6 +86,12 @@ fn hint(message: &str) -> &'static str {
         (
             "more than one set of files",
             "move or rename the extra files, so that each split is read from one file or one set of shards",
+        ),
+        ("more than once", "give each column its own name in the header row"),
+        ("empty file", "a table file starts with a header row naming its columns"),
+        (
+            "JSON Lines holds",
+            "write the rows as JSON Lines: one object per line, as `df.to_json(orient=\"records\", lines=True)` does",
         ),
         (
             "no training split",

@@ -72,14 +72,21 @@ impl Place {
 pub type Flow = std::ops::ControlFlow<()>;
 
 /// The positions of `columns` among a header's names (`have`); a missing one is an error at
-/// the header's line naming the columns there are.
+/// the header's line naming the columns there are, and so is one the header names twice (which
+/// of the two is meant cannot be known).
 pub fn column_positions(path: &Path, have: &[&str], columns: &[&str]) -> Result<Vec<usize>, DataError> {
     columns
         .iter()
         .map(|name| {
-            have.iter()
-                .position(|h| h == name)
-                .ok_or_else(|| no_column(path, Place::Line(1), name, have))
+            let mut at = have.iter().enumerate().filter(|(_, h)| *h == name).map(|(i, _)| i);
+            match (at.next(), at.next()) {
+                (Some(i), None) => Ok(i),
+                (Some(_), Some(_)) => Err(Place::Line(1).error(
+                    path,
+                    format!("the header names the column `{name}` more than once: rename the others"),
+                )),
+                (None, _) => Err(no_column(path, Place::Line(1), name, have)),
+            }
         })
         .collect()
 }

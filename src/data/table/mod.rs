@@ -445,6 +445,16 @@ mod tests {
         assert_eq!(a.labels, [Label::Str("pos".into()), Label::Str("neg".into())]);
         assert_eq!(read(&tsv), a);
         assert_eq!(read(&jsonl), a);
+        // A byte order mark before the first line is no part of the data, in CSV or JSON Lines.
+        let bom = |name: &str, p: &PathBuf| {
+            write(
+                tmp.path(),
+                name,
+                &format!("\u{feff}{}", std::fs::read_to_string(p).unwrap()),
+            )
+        };
+        assert_eq!(read(&bom("b.csv", &csv)), a);
+        assert_eq!(read(&bom("b.jsonl", &jsonl)), a);
         let classes = classes(&a.labels, tmp.path()).unwrap();
         assert_eq!(classes, [Label::Str("neg".into()), Label::Str("pos".into())]);
         assert_eq!(
@@ -497,6 +507,25 @@ mod tests {
         assert!(e.contains("f.jsonl:1") && e.contains("not a JSON object"), "{e}");
         let e = err("g.csv", "sentence,label\nx,\n");
         assert!(e.contains("g.csv:2") && e.contains("empty label"), "{e}");
+        let e = err("h.csv", "");
+        assert!(e.contains("h.csv: empty file (no header row"), "{e}");
+        let e = err("i.csv", "sentence,label,sentence\nx,1,y\n");
+        assert!(
+            e.contains("i.csv:1") && e.contains("names the column `sentence` more than once"),
+            "{e}"
+        );
+        let e = err("j.json", "[{\"sentence\": \"x\", \"label\": 1}]\n");
+        assert!(e.contains("j.json:1: not a JSON object but a JSON array"), "{e}");
+        let e = err("k.jsonl", "{\n  \"sentence\": \"x\",\n  \"label\": 1\n}\n");
+        assert!(
+            e.contains("k.jsonl:1") && e.contains("does not end on this line"),
+            "{e}"
+        );
+        let e = err("l.jsonl", "{\"sentence\": \"x\", \"label\": 1}\n{\"sentence\": x}\n");
+        assert!(
+            e.contains("l.jsonl:2: not a JSON object: expected value (column 14)"),
+            "{e}"
+        );
         let mixed = TableSplit {
             texts: vec!["a".into(), "b".into()],
             labels: vec![Label::Int(1), Label::Str("x".into())],

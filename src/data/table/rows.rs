@@ -38,6 +38,9 @@ fn read_delimited(
         .from_path(path)
         .map_err(|e| csv_error(path, e))?;
     let headers = reader.headers().map_err(|e| csv_error(path, e))?.clone();
+    if headers.is_empty() {
+        return Err(DataError::file(path, "empty file (no header row naming the columns)"));
+    }
     let have: Vec<&str> = headers.iter().map(str::trim).collect();
     let index = column_positions(path, &have, columns)?;
     let mut record = csv::StringRecord::new();
@@ -94,6 +97,22 @@ fn json_cell(v: &serde_json::Value) -> Cell {
     }
 }
 
+/// Why a JSON Lines line is no object, in words: a JSON array (a `.json` file holding one list
+/// of rows) and an object spread over several lines (pretty-printed JSON) say so.
+fn json_line_error(line: &str, e: &serde_json::Error) -> String {
+    const ONE_PER_LINE: &str = "JSON Lines holds one object per line, each whole on its line";
+    if line.trim_start().starts_with('[') {
+        return format!("not a JSON object but a JSON array: {ONE_PER_LINE}");
+    }
+    if e.is_eof() {
+        return format!("not a JSON object: it does not end on this line: {ONE_PER_LINE}");
+    }
+    // serde's "at line 1 column N" counts within the line; the line is the file's.
+    let why = e.to_string();
+    let why = why.rsplit_once(" at line ").map_or(why.as_str(), |(w, _)| w);
+    format!("not a JSON object: {why} (column {})", e.column())
+}
+
 fn read_jsonl(
     path: &Path,
     columns: &[&str],
@@ -116,8 +135,14 @@ fn read_jsonl(
         if line.trim().is_empty() {
             continue;
         }
+        // A byte order mark, as some Windows editors write, starts the first line.
+        let text = if n == 1 {
+            line.trim_start_matches('\u{feff}')
+        } else {
+            &line
+        };
         let object: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&line).map_err(|e| DataError::at(path, n, format!("not a JSON object: {e}")))?;
+            serde_json::from_str(text).map_err(|e| DataError::at(path, n, json_line_error(text, &e)))?;
         let cells = columns
             .iter()
             .map(|name| {
