@@ -508,3 +508,26 @@ stage teacher = train(model: huge, data: data, epochs: 1)
     );
     assert!(out.stderr.contains("RKD_NO_MEMORY_CHECK=1"), "{}", out.stderr);
 }
+
+/// A stage whose input file changes while it runs stores nothing: its key was computed from the
+/// contents before, and the next run must not find a result of other contents under it.
+#[test]
+fn an_input_file_changed_while_the_stage_ran_stores_nothing() {
+    let t = Test::new().file("data.txt", "a\nb\n").file(
+        "p.rkd",
+        r#"stage count = exec(cmd: "echo c >> data.txt; wc -l < data.txt > $RKD_OUT/n.txt", files: ["data.txt"])
+stage other = exec(cmd: "echo 1 > $RKD_OUT/one.txt")
+"#,
+    );
+    let (code, res) = run_json(&t, &["--keep-going"]);
+    assert_eq!(code, 1, "{res}");
+    assert_eq!(sorted(&res["failed"]), ["count"]);
+    assert_eq!(sorted(&res["ran"]), ["other"]);
+    let out = t.run_with(&["run", "p.rkd"]);
+    assert!(
+        out.stderr.contains("input `data.txt` changed while the stage ran")
+            && out.stderr.contains("nothing was stored"),
+        "{}",
+        out.stderr
+    );
+}

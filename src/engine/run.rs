@@ -6,7 +6,8 @@ use super::progress::{Display, Progress};
 use super::record::stage_record;
 use super::scheduler::{schedule, Gpus, JobEnd};
 use crate::ops::{self, OpContext};
-use crate::plan::{Plan, PlanStage};
+use crate::plan::fingerprint::Fingerprinter;
+use crate::plan::{for_each_keyed_path, Plan, PlanStage};
 use crate::store::check_cache::{self, Stored};
 use crate::store::key::hex;
 use crate::store::lock::KeyLock;
@@ -668,7 +669,10 @@ pub fn run_stage(
     drop(ctx);
     // A stage must not change what it read: a changed input is moved aside (and rebuilt by the
     // next run), and this stage's result, made from it, is not stored.
-    let result = match (result, inputs_changed(plan, stage, store)) {
+    // Nor may its input files have changed since its key was computed from them: a result of
+    // other contents than the key stands for would be found by the next run with the old ones.
+    let changed = inputs_changed(plan, stage, store).or_else(|| files_changed(stage, store));
+    let result = match (result, changed) {
         (result, None) => result,
         (_, Some(changed)) => {
             // Its checkpoints were trained on the changed input: not to be resumed from.
@@ -759,6 +763,32 @@ fn inputs_changed(plan: &Plan, stage: &PlanStage, store: &Store) -> Option<Strin
             "the stage changed its input {}: stages must not write into their inputs (stored results are \
              read-only); the input was moved aside and runs again next time",
             changed.join(", ")
+        )
+    })
+}
+
+/// Fingerprints again the files a stage's key was computed from (answered from the stat cache
+/// where size, modification time and inode are unchanged); names those whose contents differ
+/// now, or that are gone.
+fn files_changed(stage: &PlanStage, store: &Store) -> Option<String> {
+    if stage.files.is_empty() {
+        return None;
+    }
+    let mut fingerprints = Fingerprinter::load(&store.stat_cache());
+    let mut changed: Vec<String> = Vec::new();
+    for_each_keyed_path(&stage.def.params, &mut |path, reads| {
+        let now = fingerprints.fingerprint_read(&path.resolved, reads).ok();
+        let as_planned = stage.files.iter().any(|(w, k)| *w == path.written && Some(*k) == now);
+        if !as_planned && !changed.contains(&path.written) {
+            changed.push(path.written.clone());
+        }
+    });
+    (!changed.is_empty()).then(|| {
+        let names: Vec<String> = changed.iter().map(|p| format!("`{p}`")).collect();
+        format!(
+            "input {} changed while the stage ran: its key stands for the contents when the run \
+             started, so nothing was stored; run again to use the new contents",
+            names.join(", ")
         )
     })
 }
