@@ -52,10 +52,31 @@ pub fn render(stages: &[StageDef], format: Format) -> String {
     out
 }
 
+/// A stage name as a dot label: on one line (control characters escaped, as in tables), quotes
+/// and backslashes escaped.
 fn escape_dot(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
+    crate::text::cell(s).replace('\\', "\\\\").replace('"', "\\\"")
 }
 
+/// A stage name as a Mermaid label: on one line, and the characters Mermaid or its HTML labels
+/// would read (quotes, brackets, `<`, `>`, `&`) as entity codes.
 fn escape_mermaid(s: &str) -> String {
-    s.replace('"', "#quot;").replace('[', "#91;").replace(']', "#93;")
+    crate::text::cell(s)
+        .replace('&', "#38;")
+        .replace('"', "#quot;")
+        .replace('[', "#91;")
+        .replace(']', "#93;")
+        .replace('<', "#60;")
+        .replace('>', "#62;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_become_one_line_labels_that_cannot_break_out() {
+        assert_eq!(escape_dot("a\"b\nc\\"), "a\\\"b\\\\nc\\\\");
+        assert_eq!(escape_mermaid("x[<b>&\"]\n"), "x#91;#60;b#62;#38;#quot;#93;\\n");
+    }
 }
