@@ -531,3 +531,28 @@ stage other = exec(cmd: "echo 1 > $RKD_OUT/one.txt")
         out.stderr
     );
 }
+
+/// `explain` and `export` take one stage: a sweep's name lists its stages, a typo gets the
+/// closest name — a sweep's or a stage's.
+#[test]
+fn explain_says_which_stages_a_sweep_name_stands_for() {
+    let t = Test::new().file(
+        "p.rkd",
+        "sweep n in [1, 2] {\n  stage head = exec(cmd: \"true\", params: {n: n})\n}\n",
+    );
+    let out = t.run_with(&["explain", "p.rkd", "head"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("`head` is 2 stages, not one: head[n=1], head[n=2]") && out.stderr.contains("'head[n=1]'"),
+        "{}",
+        out.stderr
+    );
+    let out = t.run_with(&["explain", "p.rkd", "haed"]);
+    assert!(out.stderr.contains("did you mean `head`?"), "{}", out.stderr);
+    let out = t.run_with(&["export", "p.rkd", "head", "--out", "x"]);
+    assert!(out.stderr.contains("`head` is 2 stages, not one"), "{}", out.stderr);
+    assert!(t
+        .run_with(&["explain", "p.rkd", "head[n=2]"])
+        .stdout
+        .contains("stage   head[n=2]"));
+}

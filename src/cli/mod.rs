@@ -730,7 +730,8 @@ fn load_locked(
 /// its stages are over: while they run it has children and a store to leave in order.)
 fn quiet_on_closed_pipe() {
     #[cfg(unix)]
-    // SAFETY: restoring the default disposition of SIGPIPE before any other thread starts.
+    // SAFETY: `signal` only sets the process-wide disposition of SIGPIPE back to the default; it
+    // is safe from any thread. Sockets are unaffected (std writes to them with MSG_NOSIGNAL).
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }

@@ -146,10 +146,7 @@ pub fn explain(file: &Path, name: &str, store: Option<&Path>) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let Some(stage) = plan.find(name) else {
-        let names: Vec<&str> = plan.stages().map(|s| s.def.name.as_str()).collect();
-        let hint = crate::diagnostic::suggestion(name, names.iter().copied())
-            .unwrap_or_else(|| "`rkd plan` lists the stages".into());
-        eprintln!("error: {} has no stage `{name}`\n  help: {hint}", file.display());
+        eprintln!("error: {}", crate::engine::select::not_one_stage(&plan, file, name));
         return ExitCode::FAILURE;
     };
     let index = store.read_index(file);

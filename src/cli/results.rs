@@ -96,10 +96,7 @@ pub fn export(file: &Path, name: &str, out: &Path, store: Option<&Path>) -> Exit
 
 fn export_stage(plan: &Plan, store: &Store, file: &Path, name: &str, out: &Path) -> Result<Vec<String>, String> {
     let Some(stage) = plan.find(name) else {
-        let names: Vec<&str> = plan.stages().map(|s| s.def.name.as_str()).collect();
-        let hint = crate::diagnostic::suggestion(name, names.iter().copied())
-            .unwrap_or_else(|| "`rkd plan` lists the stages".into());
-        return Err(format!("{} has no stage `{name}`\n  help: {hint}", file.display()));
+        return Err(crate::engine::select::not_one_stage(plan, file, name));
     };
     if stage.def.op.kind != OpKind::Stage(Output::Model) {
         return Err(format!(

@@ -56,6 +56,58 @@ fn member_of(name: &str, list: &str) -> bool {
         .is_some_and(|rest| rest.starts_with('/') || (rest.starts_with('[') && rest.ends_with(']')))
 }
 
+/// The stages of the sweep, list or call named `name` (`tuned`, `chain`), in plan order.
+fn members(plan: &Plan, name: &str) -> Vec<usize> {
+    plan.stages()
+        .enumerate()
+        .filter(|(_, s)| names(s).any(|m| member_of(m, name)))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// "did you mean `x`?" with the stage, sweep or call name closest to `name`, if one is close.
+fn closest(plan: &Plan, name: &str) -> Option<String> {
+    let all: Vec<&str> = plan
+        .stages()
+        .flat_map(|s| {
+            let n = s.def.name.as_str();
+            let list = crate::text::sweep_point(n)
+                .map(|(base, _)| base)
+                .or(n.split_once('/').map(|p| p.0));
+            std::iter::once(n).chain(list)
+        })
+        .collect();
+    crate::diagnostic::suggestion(name, all.iter().copied())
+}
+
+/// For a command that takes one stage (`explain`, `export`): why `name`, which names none, is
+/// not one — the error line and a hint (the stages of a sweep or call by that name, or the
+/// closest name).
+pub fn not_one_stage(plan: &Plan, file: &std::path::Path, name: &str) -> String {
+    let members = members(plan, name);
+    if members.is_empty() {
+        let hint = closest(plan, name).unwrap_or_else(|| "`rkd plan` lists the stages".into());
+        return format!("{} has no stage `{name}`\n  help: {hint}", file.display());
+    }
+    let shown: Vec<String> = members
+        .iter()
+        .take(5)
+        .map(|&i| crate::text::cell(&plan.stage(StageId(i as u32)).def.name))
+        .collect();
+    let more = members.len().saturating_sub(shown.len());
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!(
+        "`{name}` is {} stages, not one: {}{more}\n  help: name one of them (quoted for the shell: '{}')",
+        members.len(),
+        shown.join(", "),
+        shown[0]
+    )
+}
+
 /// The selection of `only` (names as given on the command line, see [`split_names`]): each
 /// named stage and what it needs; a sweep's or call's name selects all its stages. Every stage
 /// when `only` is empty.
@@ -81,27 +133,9 @@ pub fn select(plan: &Plan, only: &[String]) -> Result<Vec<bool>, NoSuchStage> {
             stack.push(i);
             continue;
         }
-        let members: Vec<usize> = plan
-            .stages()
-            .enumerate()
-            .filter(|(_, s)| names(s).any(|m| member_of(m, &name)))
-            .map(|(i, _)| i)
-            .collect();
+        let members = members(plan, &name);
         if members.is_empty() {
-            // Stage names, and the names of sweeps and calls (`tuned`, `chain`).
-            let all: Vec<&str> = plan
-                .stages()
-                .flat_map(|s| {
-                    let n = s.def.name.as_str();
-                    let list = crate::text::sweep_point(n)
-                        .map(|(base, _)| base)
-                        .or(n.split_once('/').map(|p| p.0));
-                    std::iter::once(n).chain(list)
-                })
-                .collect();
-            let hint = crate::diagnostic::suggestion(&name, all.iter().copied())
-                .map(|s| format!(" ({s})"))
-                .unwrap_or_default();
+            let hint = closest(plan, &name).map(|s| format!(" ({s})")).unwrap_or_default();
             return Err(NoSuchStage::Unknown { name, hint });
         }
         stack.extend(members);
