@@ -487,6 +487,26 @@ fn log_verify_and_results_refuse_a_file_that_is_not_one() {
     }
 }
 
+#[test]
+fn log_shows_at_least_one_run() {
+    let t = Test::new().file("p.rkd", "stage a = exec(cmd: \"echo hi > $RKD_OUT/x\")\n");
+    assert_eq!(t.run_with(&["run", "p.rkd"]).code, 0);
+    let out = t.run_with(&["log", "p.rkd", "-n", "0"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("'0' for '--limit <LIMIT>': must be at least 1"),
+        "{}",
+        out.stderr
+    );
+    let out = t.run_with(&["log", "p.rkd", "-n", "1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("p.rkd") && out.stdout.contains("ok"),
+        "{}",
+        out.stdout
+    );
+}
+
 /// `rkd run p.rkd | head -0`: the reader is gone by the time the summary is printed, and rkd
 /// ends as Unix tools do (SIGPIPE) instead of panicking with exit code 101; what ran is stored
 /// and recorded.

@@ -332,8 +332,8 @@ enum Command {
         /// directory].
         #[arg(long, value_name = "DIR")]
         store: Option<PathBuf>,
-        /// Show the last N runs.
-        #[arg(short = 'n', long, default_value_t = 20)]
+        /// Show the last N runs (at least 1).
+        #[arg(short = 'n', long, default_value_t = 20, value_parser = at_least_one)]
         limit: usize,
     },
     /// Remove stored results that nothing you keep refers to, and print the bytes freed.
@@ -734,6 +734,15 @@ fn quiet_on_closed_pipe() {
     // is safe from any thread. Sockets are unaffected (std writes to them with MSG_NOSIGNAL).
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// A count of at least 1 (a command-line value).
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
     }
 }
 
