@@ -22,8 +22,7 @@ pub fn current_rss() -> Option<u64> {
 
 fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line[field.len()..].trim().trim_end_matches("kB").trim().parse().ok()
+    crate::ml::kernels::host_memory::proc_kib(&status, field)
 }
 
 #[cfg(test)]

@@ -53,17 +53,19 @@ fn gib(bytes: u64) -> String {
     format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
 }
 
+/// The number of a `FIELD:   N kB` line of a `/proc` file (`/proc/meminfo`, `/proc/self/status`).
+pub fn proc_kib(text: &str, field: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// `MemAvailable + SwapFree` of `/proc/meminfo` text, in bytes.
 fn meminfo_available(text: &str) -> Option<u64> {
-    let kib = |field: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-    };
-    let available = kib("MemAvailable:")?;
+    let available = proc_kib(text, "MemAvailable:")?;
     Some(
         available
-            .saturating_add(kib("SwapFree:").unwrap_or(0))
+            .saturating_add(proc_kib(text, "SwapFree:").unwrap_or(0))
             .saturating_mul(1024),
     )
 }
