@@ -88,11 +88,11 @@ fn source(cell: Cell, table_dir: &Path, root: &Path) -> Result<Source, String> {
     }
 }
 
-/// Whether `file` lies under a hidden entry (a name starting with `.`) inside `root`: such
-/// files are not among those a dataset's part of the stage key hashes ([`super::reads`]).
+/// Whether `file` lies under a hidden entry inside `root`: such files are not among those a
+/// dataset's part of the stage key hashes ([`super::reads::left_out`]).
 fn hidden(file: &Path, root: &Path) -> bool {
     file.strip_prefix(normalize_path(root))
-        .is_ok_and(|rel| rel.iter().any(|c| c.to_string_lossy().starts_with('.')))
+        .is_ok_and(|rel| rel.iter().any(super::reads::left_out))
 }
 
 impl Source {

@@ -14,6 +14,12 @@ use super::{table, tsv};
 use crate::keyword::Keyword;
 use crate::value::{Params, Value};
 
+/// Whether an entry of that name is left out of a folder's fingerprint, and so of every key:
+/// a hidden one (the name starts with `.`: `.git`, `.DS_Store`, `.ipynb_checkpoints`).
+pub fn left_out(name: &std::ffi::OsStr) -> bool {
+    name.to_string_lossy().starts_with('.')
+}
+
 /// What a dataset constructor reads from its folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reads {

@@ -8,7 +8,7 @@
 //! size, mtime, inode) to the content hash: a file that was touched but not changed is re-read
 //! once and keeps its fingerprint.
 
-use crate::data::reads::{folder_digest, relative, Reads};
+use crate::data::reads::{folder_digest, left_out, relative, Reads};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -172,7 +172,7 @@ fn walk_inner(
     for entry in entries {
         let entry = entry.map_err(|e| describe_io(dir, &e))?;
         let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
+        if left_out(&name) {
             continue;
         }
         let path = entry.path();
