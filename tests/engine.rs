@@ -509,6 +509,34 @@ stage teacher = train(model: huge, data: data, epochs: 1)
     assert!(out.stderr.contains("RKD_NO_MEMORY_CHECK=1"), "{}", out.stderr);
 }
 
+/// A batch whose activations cannot fit (1024 sequences of 512 tokens through 48 layers of 64
+/// heads: 3,000 GiB of attention probabilities) fails its stage before the forward pass, with the
+/// figures and the way out, instead of the kernel killing rkd in the middle of the step.
+#[test]
+fn a_batch_too_large_for_memory_fails_its_stage_naming_batch_size() {
+    if !std::path::Path::new("/proc/meminfo").exists() {
+        eprintln!("this system does not say how much memory is free: nothing to test");
+        return;
+    }
+    let t = Test::new().file(
+        "p.rkd",
+        r#"
+let data = synthetic_text(seed: 0, classes: 2, train_size: 1024, val_size: 4, max_len: 512, vocab_size: 100)
+let wide = bert(layers: 48, hidden: 64, heads: 64, intermediate: 64, vocab_size: 100, max_position: 512)
+stage teacher = train(model: wide, data: data, epochs: 1, batch_size: 1024)
+"#,
+    );
+    let out = t.run_with(&["run", "p.rkd"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the activations of a training batch of 1024 examples × 512 positions with the optimiser's moments would take at least")
+            && out.stderr.contains("use a smaller `batch_size`"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// A stage whose input file changes while it runs stores nothing: its key was computed from the
 /// contents before, and the next run must not find a result of other contents under it.
 #[test]

@@ -24,6 +24,7 @@ use crate::ml::metrics::evaluate;
 use crate::ml::rng::derive_seed;
 use crate::ml::train::{train, EpochRecord, Hooks, StepRecord, TrainError, TrainOptions, TrainReport, Validation};
 use crate::ml::train::{Precision, Select};
+use crate::ml::training::activations::ActivationCheck;
 use crate::ml::ParamStore;
 use crate::ml::{ForwardCtx, Model};
 use crate::registry::TrainArgs;
@@ -330,6 +331,7 @@ pub(super) fn fit(
         note(log, &line);
     };
     let interrupted = || cancel.is_interrupted();
+    let mut memory = ActivationCheck::new(model, params, opts.precision, &device);
     let seed = opts.seed;
     let checkpoints = ctx.checkpoints.clone();
     let mut resume = match &checkpoints {
@@ -378,7 +380,10 @@ pub(super) fn fit(
                     )
                     .map_err(|e| TrainError::Failed(e.to_string()))
             },
-            &mut loss,
+            |m: &Model, b: &Batch, c: &mut ForwardCtx| {
+                memory.before(&b.input)?;
+                loss(m, b, c)
+            },
             Hooks {
                 validate: if val_batches.is_empty() {
                     None

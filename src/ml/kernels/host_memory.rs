@@ -26,22 +26,23 @@ pub fn available_bytes() -> Option<u64> {
     }
 }
 
-/// `Err` with a message naming `what` when `needed` bytes are more than [`available_bytes`].
-pub fn ensure_fits(needed: u64, what: &str) -> Result<(), String> {
+/// `Err` with a message naming `what` when `needed` bytes are more than [`available_bytes`];
+/// `remedy` is the first of the ways out it suggests ("use a smaller model").
+pub fn ensure_fits(needed: u64, what: &str, remedy: &str) -> Result<(), String> {
     if std::env::var_os(SKIP_VAR).is_some() {
         return Ok(());
     }
     match available_bytes() {
-        Some(available) if needed > available => Err(too_large(needed, available, what)),
+        Some(available) if needed > available => Err(too_large(needed, available, what, remedy)),
         _ => Ok(()),
     }
 }
 
 /// The message of [`ensure_fits`].
-fn too_large(needed: u64, available: u64, what: &str) -> String {
+fn too_large(needed: u64, available: u64, what: &str, remedy: &str) -> String {
     format!(
         "{what} would take at least {} of memory, and this process has {} left (RAM and swap, within \
-         its container's or Slurm job's limit): use a smaller model, a machine with more memory, \
+         its container's or Slurm job's limit): {remedy}, a machine with more memory, \
          or on Slurm a larger `mem` in the stage's `resources`; {SKIP_VAR}=1 skips this check",
         gib(needed),
         gib(available)
@@ -162,10 +163,16 @@ mod tests {
             eprintln!("this system does not say how much memory is free: nothing to test");
             return;
         }
-        let err = ensure_fits(u64::MAX, "the model `teacher`").unwrap_err();
+        let err = ensure_fits(u64::MAX, "the model `teacher`", "use a smaller one").unwrap_err();
         assert!(err.starts_with("the model `teacher` would take at least "), "{err}");
+        assert!(
+            err.contains(
+                "left (RAM and swap, within its container's or Slurm job's limit): use a smaller one, a machine"
+            ),
+            "{err}"
+        );
         assert!(err.contains(SKIP_VAR), "{err}");
-        assert!(ensure_fits(1, "a byte").is_ok());
+        assert!(ensure_fits(1, "a byte", "").is_ok());
         assert_eq!(gib(3 << 29), "1.5 GiB");
     }
 }

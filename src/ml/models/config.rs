@@ -848,6 +848,37 @@ impl ModelConfig {
         layers.saturating_add(embedding_rows.saturating_mul(hidden))
     }
 
+    /// A lower bound of the values one training step keeps for its backward pass, for `batch`
+    /// examples of `positions` tokens (or patches and the class token) when every weight trains:
+    /// each layer's attention probabilities (kept heads × positions²) and the feed-forward
+    /// activation the second feed-forward matrix reads (positions × intermediate size), per
+    /// example. The layers' other inputs and norms, a smaller part, are left out. Never overflows.
+    pub fn min_activation_count(&self, batch: usize, positions: usize) -> u64 {
+        let n = |x: usize| x as u64;
+        let intermediate = match self {
+            ModelConfig::Bert(c) => n(c.intermediate_size),
+            ModelConfig::Vit(c) => n(c.intermediate_size),
+        };
+        let s = n(positions);
+        let per_example = (0..self.num_hidden_layers()).fold(0u64, |sum, layer| {
+            let probabilities = n(self.kept_heads(layer).len()).saturating_mul(s).saturating_mul(s);
+            sum.saturating_add(probabilities.saturating_add(s.saturating_mul(intermediate)))
+        });
+        per_example.saturating_mul(n(batch))
+    }
+
+    /// The positions a ViT's encoder sees for images of `height × width` pixels (patches and the
+    /// class token); `None` for a text model.
+    pub fn image_positions(&self, height: usize, width: usize) -> Option<usize> {
+        match self {
+            ModelConfig::Bert(_) => None,
+            ModelConfig::Vit(c) => {
+                let p = c.patch_size.max(1);
+                Some((height / p) * (width / p) + 1)
+            }
+        }
+    }
+
     /// Checks the configuration for consistency.
     pub fn validate(&self) -> Result<(), ConfigError> {
         match self {

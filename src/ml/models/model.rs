@@ -136,7 +136,8 @@ impl Pretrained {
     pub fn build(config: &ModelConfig, params: ParamStore, dtype: DType, device: &Device) -> Result<Self> {
         if device.is_cpu() {
             let bytes = config.min_weight_count().saturating_mul(dtype.size_in_bytes() as u64);
-            host_memory::ensure_fits(bytes, "this model's weights").map_err(candle_core::Error::Msg)?;
+            host_memory::ensure_fits(bytes, "this model's weights", "use a smaller model")
+                .map_err(candle_core::Error::Msg)?;
         }
         let model = Model::new(config, params.var_builder(dtype, device))?;
         let report = params.report();

@@ -1,6 +1,8 @@
 //! Training and evaluating models: the training loop, optimizer, schedule, distillation losses,
 //! metrics and student initialisation. Builds on [`super::models`] and [`super::kernels`].
 
+/// A training batch whose activations cannot fit in memory is an error before its forward pass.
+pub mod activations;
 /// Knowledge-distillation losses and multi-teacher fusion.
 pub mod distill;
 /// Why a training run stopped early.

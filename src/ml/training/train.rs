@@ -358,8 +358,12 @@ fn ensure_state_fits(vars: &[(String, candle_core::Var)]) -> Result<(), TrainErr
         .filter(|(_, v)| v.device().is_cpu())
         .map(|(_, v)| (v.elem_count() * v.dtype().size_in_bytes()) as u64)
         .sum();
-    host_memory::ensure_fits(bytes.saturating_mul(3), "training's gradients and optimiser state")
-        .map_err(TrainError::Failed)
+    host_memory::ensure_fits(
+        bytes.saturating_mul(3),
+        "training's gradients and optimiser state",
+        "use a smaller model",
+    )
+    .map_err(TrainError::Failed)
 }
 
 fn restore(state: &TrainState, vars: &[(String, candle_core::Var)], optimizer: &mut AdamW) -> Result<(), TrainError> {
