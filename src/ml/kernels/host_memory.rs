@@ -5,7 +5,9 @@
 //! The figure is the smaller of what the system has (`MemAvailable` plus free swap, from
 //! `/proc/meminfo`) and the headroom under this process's control-group limit (cgroup v2
 //! `memory.max`, or v1 `memory.limit_in_bytes`: containers and Slurm jobs set one). Linux only;
-//! elsewhere nothing is known and nothing is refused.
+//! elsewhere nothing is known and nothing is refused. Before refusing, the heap's free memory (kept
+//! for reuse by [`super::runtime`]'s settings, e.g. an earlier stage's model) goes back to the
+//! system and the figure is read again.
 
 use std::path::{Path, PathBuf};
 
@@ -33,7 +35,15 @@ pub fn ensure_fits(needed: u64, what: &str, remedy: &str) -> Result<(), String> 
         return Ok(());
     }
     match available_bytes() {
-        Some(available) if needed > available => Err(too_large(needed, available, what, remedy)),
+        Some(available) if needed > available => {
+            // Memory this process freed but its heap kept for reuse (an earlier stage's model)
+            // is the process's to use: give it back to the system and look again.
+            super::runtime::release_free_heap();
+            match available_bytes() {
+                Some(available) if needed > available => Err(too_large(needed, available, what, remedy)),
+                _ => Ok(()),
+            }
+        }
         _ => Ok(()),
     }
 }
