@@ -849,20 +849,33 @@ impl ModelConfig {
     }
 
     /// A lower bound of the values one training step keeps for its backward pass, for `batch`
-    /// examples of `positions` tokens (or patches and the class token) when every weight trains:
-    /// each layer's attention probabilities (kept heads × positions²) and the feed-forward
-    /// activation the second feed-forward matrix reads (positions × intermediate size), per
-    /// example. The layers' other inputs and norms, a smaller part, are left out. Never overflows.
+    /// examples of `positions` tokens (or patches and the class token) when every weight trains.
+    /// Per example and layer: the attention probabilities (kept heads × positions²), and at
+    /// every position the query-key-value input and output (4 × hidden), the attention context
+    /// and the feed-forward input (2 × hidden), and the feed-forward activation before and after
+    /// GELU (2 × intermediate). In the last layer, which a classifier may compute for the first
+    /// position only, the query-key-value input, keys and values count at every position and the
+    /// rest at one. Norms, residuals and the embeddings are left out. Never overflows.
     pub fn min_activation_count(&self, batch: usize, positions: usize) -> u64 {
         let n = |x: usize| x as u64;
-        let intermediate = match self {
-            ModelConfig::Bert(c) => n(c.intermediate_size),
-            ModelConfig::Vit(c) => n(c.intermediate_size),
+        let (hidden, intermediate) = match self {
+            ModelConfig::Bert(c) => (n(c.hidden_size), n(c.intermediate_size)),
+            ModelConfig::Vit(c) => (n(c.hidden_size), n(c.intermediate_size)),
         };
         let s = n(positions);
-        let per_example = (0..self.num_hidden_layers()).fold(0u64, |sum, layer| {
-            let probabilities = n(self.kept_heads(layer).len()).saturating_mul(s).saturating_mul(s);
-            sum.saturating_add(probabilities.saturating_add(s.saturating_mul(intermediate)))
+        let layers = self.num_hidden_layers();
+        let per_example = (0..layers).fold(0u64, |sum, layer| {
+            let heads = n(self.kept_heads(layer).len());
+            let last = layer + 1 == layers;
+            let rows = if last { 1 } else { s };
+            let probabilities = heads.saturating_mul(rows).saturating_mul(s);
+            // The input, keys and values at every position; the queries at the rows computed.
+            let qkv = s
+                .saturating_mul(hidden)
+                .saturating_mul(3)
+                .saturating_add(rows.saturating_mul(hidden));
+            let rest = rows.saturating_mul(hidden.saturating_mul(2).saturating_add(intermediate.saturating_mul(2)));
+            sum.saturating_add(probabilities.saturating_add(qkv).saturating_add(rest))
         });
         per_example.saturating_mul(n(batch))
     }

@@ -107,16 +107,19 @@ mod tests {
     }
 
     #[test]
-    fn the_activation_estimate_counts_probabilities_and_the_feed_forward() {
+    fn the_activation_estimate_counts_probabilities_and_linear_inputs() {
         let bert = ModelConfig::Bert(BertConfig::new(100, 64, 2, 4, 256, 2));
-        // Per layer and example: 4 heads × 10² probabilities + 10 × 256 feed-forward values.
-        assert_eq!(bert.min_activation_count(3, 10), 3 * 2 * (4 * 100 + 10 * 256));
+        // Per example, first layer: 4 heads × 10² probabilities + 10 positions × (6 × 64 + 2 ×
+        // 256); last layer: 4 × 10 probabilities + 10 × 3 × 64 + 1 × (3 × 64 + 2 × 256).
+        let first = 4 * 100 + 10 * (6 * 64 + 2 * 256);
+        let last = 4 * 10 + 10 * 3 * 64 + (3 * 64 + 2 * 256);
+        assert_eq!(bert.min_activation_count(3, 10), 3 * (first + last));
+        let mut pruned = bert.clone();
+        pruned.pruned_heads_mut().insert(0, [0, 1].into());
+        assert_eq!(pruned.min_activation_count(1, 10), first - 2 * 100 + last);
         let vit = ModelConfig::Vit(VitConfig::new(224, 16, 3, 192, 6, 3, 768, 3));
         assert_eq!(vit.image_positions(224, 224), Some(197));
         assert_eq!(bert.image_positions(224, 224), None);
-        let mut pruned = bert.clone();
-        pruned.pruned_heads_mut().insert(0, [0, 1].into());
-        assert_eq!(pruned.min_activation_count(1, 10), 2 * 100 + 4 * 100 + 2 * 10 * 256);
     }
 
     #[test]
