@@ -13,6 +13,7 @@ pub mod plan;
 pub mod registry;
 pub mod remote;
 pub mod report;
+pub mod say;
 pub mod source;
 pub mod store;
 pub mod syntax;

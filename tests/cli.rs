@@ -1,4 +1,6 @@
 //! Integration tests: the `rkd` binary on real `.rkd` files.
+// Test output to the harness: eprintln! is fine here (src/ uses crate::say!).
+#![allow(clippy::disallowed_macros)]
 
 mod common;
 use common::{by_name, repo, Test};

@@ -1,5 +1,7 @@
 //! Integration tests of `rkd run` on `exec` pipelines: incremental reruns, failures,
 //! interruption, concurrency and store integrity.
+// Test output to the harness: eprintln! is fine here (src/ uses crate::say!).
+#![allow(clippy::disallowed_macros)]
 
 mod common;
 use common::{by_name, key_of, sorted, wait_for, Test};

@@ -17,7 +17,13 @@ use std::path::{Path, PathBuf};
 /// ml), and the store sits beside them, below compile (which fingerprints inputs with it).
 const LAYERS: &[&[&str]] = &[
     // The crate root only declares modules; `#[macro_export]` macros (`crate::op_args!`) live there.
-    &["src/lib.rs", "src/text.rs", "src/source.rs", "src/keyword.rs"],
+    &[
+        "src/lib.rs",
+        "src/text.rs",
+        "src/say.rs",
+        "src/source.rs",
+        "src/keyword.rs",
+    ],
     &["src/diagnostic.rs", "src/ml", "src/report"],
     &["src/value.rs", "src/registry", "src/syntax"],
     &["src/store", "src/data", "src/remote"],

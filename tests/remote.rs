@@ -2,6 +2,8 @@
 //! first pushed and runs nothing; a damaged remote copy is found and rerun; `rkd push`/`pull`;
 //! rkd.toml and RKD_REMOTE; a read-only remote; killed uploads and downloads leave nothing
 //! that is trusted.
+// Test output to the harness: eprintln! is fine here (src/ uses crate::say!).
+#![allow(clippy::disallowed_macros)]
 
 mod common;
 use common::server::LoopbackServer;

@@ -2,6 +2,8 @@
 //! `.ci/run` installs and names in RKD_MOTO_SERVER): two stores share it, a damaged object is
 //! found and rerun, two pushers of one key leave one valid entry, and the credentials never
 //! appear in what rkd prints or stores.
+// Test output to the harness: eprintln! is fine here (src/ uses crate::say!).
+#![allow(clippy::disallowed_macros)]
 
 mod common;
 use common::server::LoopbackServer;

@@ -1,6 +1,8 @@
 //! The accuracy checks of the models/train issue on the shared development data. They train for
 //! minutes, so they are opt-in: `RKD_SHARED_DATA=../shared/data cargo test --release --test
 //! shared_checks -- --ignored`.
+// Test output to the harness: eprintln! is fine here (src/ uses crate::say!).
+#![allow(clippy::disallowed_macros)]
 
 mod common;
 use common::Test;

@@ -179,7 +179,7 @@ fn compile(sizes: &[usize], runs: usize, json: bool) -> ExitCode {
             let compiled = compile_source("bench.rkd", Path::new("bench.rkd"), src.clone());
             let t1 = Instant::now();
             if !compiled.diags.is_empty() {
-                eprintln!("error: the generated pipeline does not compile");
+                crate::say!("error: the generated pipeline does not compile");
                 return ExitCode::FAILURE;
             }
             let plan = match Plan::build(&compiled, &mut Fingerprinter::default()) {

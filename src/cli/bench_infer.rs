@@ -253,13 +253,13 @@ pub fn run(o: Options) -> ExitCode {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let (runs, rounds) = (o.runs.max(1), o.rounds.max(1));
     if let Some(s) = o.sparsities.iter().find(|s| !(0.0..1.0).contains(*s)) {
-        eprintln!("error: --sparsity {s} is not in [0, 1)");
+        crate::say!("error: --sparsity {s} is not in [0, 1)");
         return ExitCode::from(2);
     }
     let all = variants(&o.sparsities);
     if let Some(key) = &o.variant {
         let Some(&variant) = all.iter().find(|v| &v.key() == key) else {
-            eprintln!("error: no variant `{key}`");
+            crate::say!("error: no variant `{key}`");
             return ExitCode::from(2);
         };
         return match with_threads(threads, || measure(variant, runs)) {
@@ -268,7 +268,7 @@ pub fn run(o: Options) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::say!("error: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -280,7 +280,7 @@ pub fn run(o: Options) -> ExitCode {
             match measure_in_child(v, threads, runs, &o.sparsities) {
                 Ok(row) => samples[i].push(row),
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    crate::say!("error: {e}");
                     return ExitCode::FAILURE;
                 }
             }

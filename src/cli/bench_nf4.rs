@@ -99,7 +99,7 @@ pub fn run(threads: Option<usize>, runs: usize, size: usize, json: bool) -> Exit
     let rows = match with_threads(threads, || bench(size, block_size, runs)) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: the benchmark failed: {e}");
+            crate::say!("error: the benchmark failed: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -221,7 +221,7 @@ pub fn run(threads: Option<usize>, steps: usize, json: bool, device: DeviceChoic
     let timings = match with_threads(threads, || bench_all(&cases, steps, WARMUP, &dev)) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: the benchmark failed: {e}");
+            crate::say!("error: the benchmark failed: {e}");
             return ExitCode::FAILURE;
         }
     };

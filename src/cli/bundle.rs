@@ -62,7 +62,7 @@ pub fn run(file: &Path, out: &Path, store: Option<&Path>, extras: &Extras) -> Ex
     }
     if !problems.is_empty() {
         for p in &problems {
-            eprintln!("error: {p}");
+            crate::say!("error: {p}");
         }
         return ExitCode::FAILURE;
     }
@@ -117,7 +117,7 @@ pub fn run(file: &Path, out: &Path, store: Option<&Path>, extras: &Extras) -> Ex
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::say!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -154,7 +154,7 @@ pub fn unbundle(bundle_file: &Path, dest: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::say!("error: {e}");
             ExitCode::FAILURE
         }
     }

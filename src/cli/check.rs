@@ -44,10 +44,10 @@ fn agrees_with_lock(file: &Path) -> bool {
     };
     let problems = pinned.disagreements(&LockFile::of(&plan, &pinned.pins));
     for p in &problems {
-        eprintln!("error: {p}");
+        crate::say!("error: {p}");
     }
     if !problems.is_empty() {
-        eprintln!(
+        crate::say!(
             "error: {} disagrees with {} ({} difference{}); `rkd run` or `rkd update` brings the lock up to date",
             file.display(),
             pinned.path.display(),
@@ -81,7 +81,7 @@ pub fn update(file: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: cannot write {}: {e}", pinned.path.display());
+            crate::say!("error: cannot write {}: {e}", pinned.path.display());
             ExitCode::FAILURE
         }
     }

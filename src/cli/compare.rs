@@ -155,7 +155,7 @@ pub fn run(a: &str, b: Option<&str>, store: Option<&Path>, format: Format, plot:
     let (a, b) = match sides {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::say!("error: {e}");
             return ExitCode::from(2);
         }
     };
@@ -164,11 +164,11 @@ pub fn run(a: &str, b: Option<&str>, store: Option<&Path>, format: Format, plot:
         match plot_reports(&a, &b, dir) {
             Ok(files) => {
                 for f in files {
-                    eprintln!("wrote {}", f.display());
+                    crate::say!("wrote {}", f.display());
                 }
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::say!("error: {e}");
                 return ExitCode::FAILURE;
             }
         }

@@ -31,12 +31,12 @@ pub fn run(store: &Path, key: &str, retries: usize, retry_delay: Duration) -> Ex
     let cancel = Arc::new(Cancel::default());
     let handler = cancel.clone();
     if let Err(e) = ctrlc::set_handler(move || handler.interrupt()) {
-        eprintln!("warning: cannot handle SIGTERM ({e})");
+        crate::say!("warning: cannot handle SIGTERM ({e})");
     }
     let watched = cancel.clone();
     std::thread::spawn(move || loop {
         if TIME_NEARLY_UP.load(Ordering::SeqCst) {
-            eprintln!("SIGUSR1: the job's time limit is near: checkpointing, then requeueing the job");
+            crate::say!("SIGUSR1: the job's time limit is near: checkpointing, then requeueing the job");
             watched.interrupt();
             return;
         }
@@ -55,7 +55,7 @@ pub fn run(store: &Path, key: &str, retries: usize, retry_delay: Duration) -> Ex
         if after.is_some() && after != before {
             return requeue();
         }
-        eprintln!(
+        crate::say!(
             "error: the job was warned of its time limit before its stage wrote a checkpoint past step {}: \
              not requeued (it would start where it started). Give the job a time limit well above \
              `--signal-lead` (Slurm may warn up to a minute early)",
@@ -74,11 +74,11 @@ pub fn run(store: &Path, key: &str, retries: usize, retry_delay: Duration) -> Ex
             ExitCode::SUCCESS
         }
         Ok(f) => {
-            eprintln!("error: the stage failed: {}", f.error.unwrap_or_default());
+            crate::say!("error: the stage failed: {}", f.error.unwrap_or_default());
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::say!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -87,20 +87,20 @@ pub fn run(store: &Path, key: &str, retries: usize, retry_delay: Duration) -> Ex
 /// Puts this job back in the queue (`scontrol requeue $SLURM_JOB_ID`); Slurm then stops it.
 fn requeue() -> ExitCode {
     let Ok(job) = std::env::var("SLURM_JOB_ID") else {
-        eprintln!("error: SIGUSR1 outside a Slurm job (no SLURM_JOB_ID): the stage stopped after its checkpoint");
+        crate::say!("error: SIGUSR1 outside a Slurm job (no SLURM_JOB_ID): the stage stopped after its checkpoint");
         return ExitCode::FAILURE;
     };
     match std::process::Command::new("scontrol").args(["requeue", &job]).status() {
         Ok(s) if s.success() => {
-            eprintln!("requeued job {job}: it goes on from the checkpoint when Slurm starts it again");
+            crate::say!("requeued job {job}: it goes on from the checkpoint when Slurm starts it again");
             ExitCode::SUCCESS
         }
         Ok(s) => {
-            eprintln!("error: `scontrol requeue {job}` failed ({s}); the next `rkd run` resumes from the checkpoint");
+            crate::say!("error: `scontrol requeue {job}` failed ({s}); the next `rkd run` resumes from the checkpoint");
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("error: cannot run scontrol ({e}); the next `rkd run` resumes from the checkpoint");
+            crate::say!("error: cannot run scontrol ({e}); the next `rkd run` resumes from the checkpoint");
             ExitCode::FAILURE
         }
     }

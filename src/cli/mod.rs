@@ -543,7 +543,7 @@ pub fn main() -> ExitCode {
             };
             let slurm_only = partition.is_some() || account.is_some() || !sbatch_args.is_empty() || no_wait;
             if executor == Executor::Local && slurm_only {
-                eprintln!("error: --partition, --account, --sbatch-arg and --no-wait go with --executor slurm");
+                crate::say!("error: --partition, --account, --sbatch-arg and --no-wait go with --executor slurm");
                 return ExitCode::from(2);
             }
             let slurm = (executor == Executor::Slurm).then_some(run::Slurm {
@@ -680,25 +680,25 @@ fn load_locked(
     let mut compiled = compile_or_report(file)?;
     let store = crate::store::Store::for_pipeline(file, store);
     if let Err(e) = store.check_layout() {
-        eprintln!("error: {e}");
+        crate::say!("error: {e}");
         return None;
     }
     let pinned = match crate::lockfile::pin(file, &mut compiled.stages, mode) {
         Ok(p) => p,
         Err(problems) => {
             for p in &problems {
-                eprintln!("error: {p}");
+                crate::say!("error: {p}");
             }
             return None;
         }
     };
     if mode != crate::lockfile::Mode::Update {
         for line in &pinned.resolved {
-            eprintln!("note: {line}");
+            crate::say!("note: {line}");
         }
     }
     for line in &pinned.unpinned {
-        eprintln!("warning: {line}");
+        crate::say!("warning: {line}");
     }
     let mut fingerprints = crate::plan::fingerprint::Fingerprinter::load(&store.stat_cache());
     // The plan takes the stages; callers use the compiled sources only.
@@ -711,13 +711,13 @@ fn load_locked(
         }
     };
     if let Err(e) = fingerprints.save(&store.stat_cache()) {
-        eprintln!(
+        crate::say!(
             "warning: could not save the fingerprint cache in {}: {e}",
             store.root.display()
         );
     }
     if plan.is_empty() {
-        eprintln!(
+        crate::say!(
             "warning: {} defines no stages: nothing to run (a stage is `stage NAME = OP(...)`)",
             file.display()
         );
@@ -765,9 +765,9 @@ fn compile_or_report(file: &std::path::Path) -> Option<crate::compile::Compiled>
 
 /// Prints diagnostics and a count line to stderr.
 fn report(diags: &[crate::diagnostic::Diag], sources: &crate::source::Sources, file: &std::path::Path) {
-    eprint!("{}", crate::diagnostic::render_all(diags, sources, color()));
+    crate::say::text(&crate::diagnostic::render_all(diags, sources, color()));
     let n = diags.len();
-    eprintln!(
+    crate::say!(
         "error: {} has {n} problem{}",
         file.display(),
         if n == 1 { "" } else { "s" }
@@ -777,7 +777,7 @@ fn report(diags: &[crate::diagnostic::Diag], sources: &crate::source::Sources, f
 /// The device `choice` names; exit code 2 after saying why when it cannot be used.
 fn open_device(choice: crate::ml::DeviceChoice) -> Result<candle_core::Device, ExitCode> {
     crate::ml::kernels::device::resolve(choice).map_err(|e| {
-        eprintln!("error: {e}");
+        crate::say!("error: {e}");
         ExitCode::from(2)
     })
 }

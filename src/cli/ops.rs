@@ -19,7 +19,7 @@ pub fn run(name: Option<&str>) -> ExitCode {
             None => {
                 let help =
                     suggestion(n, REGISTRY.iter().map(|s| s.name)).unwrap_or_else(|| "`rkd ops` lists them all".into());
-                eprintln!("error: no op, constructor or function named `{n}`\n  help: {help}");
+                crate::say!("error: no op, constructor or function named `{n}`\n  help: {help}");
                 ExitCode::FAILURE
             }
         },

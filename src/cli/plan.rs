@@ -33,7 +33,7 @@ pub fn run(file: &Path, store: Option<&Path>, json: bool, remote_args: &super::r
     if let Some((remote, _)) = &remote {
         match crate::engine::sync::remote_hits(&plan, &store, remote, &vec![true; plan.len()]) {
             Ok(hits) => hits.into_iter().for_each(|i| in_remote[i] = true),
-            Err(e) => eprintln!("warning: {e}"),
+            Err(e) => crate::say!("warning: {e}"),
         }
     }
     if json {
@@ -146,7 +146,7 @@ pub fn explain(file: &Path, name: &str, store: Option<&Path>) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let Some(stage) = plan.find(name) else {
-        eprintln!("error: {}", crate::engine::select::not_one_stage(&plan, file, name));
+        crate::say!("error: {}", crate::engine::select::not_one_stage(&plan, file, name));
         return ExitCode::FAILURE;
     };
     let index = store.read_index(file);

@@ -48,7 +48,7 @@ pub struct TransferArgs {
 /// file is reported, with exit code 2.
 pub fn open(file: &Path, args: &RemoteArgs) -> Result<Option<(Remote, RemoteChoice)>, ExitCode> {
     let fail = |e: &dyn std::fmt::Display| {
-        eprintln!("error: remote cache: {e}");
+        crate::say!("error: remote cache: {e}");
         ExitCode::from(2)
     };
     let Some(choice) = choose(file, &args.flags()).map_err(|e| fail(&e))? else {
@@ -61,7 +61,7 @@ pub fn open(file: &Path, args: &RemoteArgs) -> Result<Option<(Remote, RemoteChoi
 /// Prints what a pull did: pulled, damaged, failed.
 pub fn say_pulled(report: &PullReport, remote: &Remote) {
     if !report.pulled.is_empty() {
-        eprintln!(
+        crate::say!(
             "pulled {} stored result{} ({}) from {}, every file verified",
             report.pulled.len(),
             if report.pulled.len() == 1 { "" } else { "s" },
@@ -70,21 +70,21 @@ pub fn say_pulled(report: &PullReport, remote: &Remote) {
         );
     }
     for d in &report.damaged {
-        eprintln!(
+        crate::say!(
             "warning: the remote's copy of `{}` is damaged ({}); it was not used",
             d.stage,
             d.problems.join("; ")
         );
     }
     for (stage, why) in &report.failed {
-        eprintln!("warning: cannot pull `{stage}`: {why}");
+        crate::say!("warning: cannot pull `{stage}`: {why}");
     }
 }
 
 /// Prints what a push did.
 pub fn say_pushed(report: &PushReport, remote: &Remote) {
     if report.pushed > 0 {
-        eprintln!(
+        crate::say!(
             "pushed {} result{} ({}) to {}",
             report.pushed,
             if report.pushed == 1 { "" } else { "s" },
@@ -93,7 +93,7 @@ pub fn say_pushed(report: &PushReport, remote: &Remote) {
         );
     }
     for (stage, why) in &report.failed {
-        eprintln!("warning: cannot push `{stage}`: {why}");
+        crate::say!("warning: cannot push `{stage}`: {why}");
     }
 }
 
@@ -104,14 +104,14 @@ fn prepare(args: &TransferArgs) -> Result<Setup, ExitCode> {
         return Err(ExitCode::FAILURE);
     };
     let Some((remote, _)) = open(file, &args.remote)? else {
-        eprintln!(
+        crate::say!(
             "error: no remote cache: give --remote URL, set RKD_REMOTE, or write `[remote] url = \"...\"` in {}",
             crate::remote::config::config_path(file).display()
         );
         return Err(ExitCode::from(2));
     };
     let selected = crate::engine::select::select(&plan, &args.only).map_err(|e| {
-        eprintln!("error: {e}");
+        crate::say!("error: {e}");
         ExitCode::from(2)
     })?;
     Ok(Setup {
@@ -138,7 +138,7 @@ pub fn push(args: &TransferArgs) -> ExitCode {
     let report = match sync::push(&s.plan, &s.store, &s.remote, &s.selected, &Default::default()) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::say!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -168,7 +168,7 @@ pub fn pull(args: &TransferArgs) -> ExitCode {
     let _lease = match s.store.lease(s.plan.stages().map(|st| st.key)) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot register in the store {}: {e}", s.store.root.display());
+            crate::say!("error: cannot register in the store {}: {e}", s.store.root.display());
             return ExitCode::FAILURE;
         }
     };
@@ -176,7 +176,7 @@ pub fn pull(args: &TransferArgs) -> ExitCode {
     let hits = match sync::remote_hits(&s.plan, &s.store, &s.remote, &s.selected) {
         Ok(h) => h,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::say!("error: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -14,7 +14,7 @@ pub fn report(file: &Path, store: Option<&Path>) -> ExitCode {
     };
     let reports: Vec<_> = plan.stages().filter(|s| s.def.op.name == "report").collect();
     if reports.is_empty() {
-        eprintln!(
+        crate::say!(
             "error: {} has no `report` stage\n  help: add one, e.g. `stage results = report(models: [teacher, student], data: data)`",
             file.display()
         );
@@ -58,13 +58,13 @@ pub fn report(file: &Path, store: Option<&Path>) -> ExitCode {
                 }
             }
             Err(e) => {
-                eprintln!("error: {}: {e}", dir.display());
+                crate::say!("error: {}: {e}", dir.display());
                 return ExitCode::FAILURE;
             }
         }
     }
     if !missing.is_empty() {
-        eprintln!(
+        crate::say!(
             "error: not run yet (or changed since): {}\n  help: `rkd run {}` first",
             missing.join(", "),
             file.display()
@@ -88,7 +88,7 @@ pub fn export(file: &Path, name: &str, out: &Path, store: Option<&Path>) -> Exit
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::say!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -55,9 +55,9 @@ pub fn run(
         let problems = pinned.disagreements(&lock);
         if !problems.is_empty() {
             for p in &problems {
-                eprintln!("error: {p}");
+                crate::say!("error: {p}");
             }
-            eprintln!(
+            crate::say!(
                 "error: {} disagrees with {}; nothing was run",
                 file.display(),
                 pinned.path.display()
@@ -74,7 +74,7 @@ pub fn run(
     };
     let push = push || remote.as_ref().is_some_and(|(_, c)| c.push);
     if push && remote.is_none() {
-        eprintln!(
+        crate::say!(
             "error: --push needs a remote cache: --remote URL, RKD_REMOTE, or `[remote] url = \"...\"` in {}",
             crate::remote::config::config_path(file).display()
         );
@@ -83,7 +83,7 @@ pub fn run(
     let selected = match crate::engine::select::select(&plan, &opts.only) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::say!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -94,7 +94,7 @@ pub fn run(
         match store.lease(plan.stages().map(|s| s.key)) {
             Ok(l) => Some(l),
             Err(e) => {
-                eprintln!(
+                crate::say!(
                     "error: cannot register the run in the store {}: {e}",
                     store.root.display()
                 );
@@ -113,7 +113,7 @@ pub fn run(
                 super::remote_cmds::say_pulled(&pulled, remote);
                 opts.from_remote = pulled.pulled.iter().copied().collect();
             }
-            Err(e) => eprintln!("warning: {e}; running without the remote cache"),
+            Err(e) => crate::say!("warning: {e}; running without the remote cache"),
         }
     }
     // The tables that stages about to run read are read through once first: a bad row fails
@@ -142,9 +142,9 @@ pub fn run(
     // Slurm job pins its references from it).
     if !sharing.locked && !opts.dry_run {
         match pinned.save(&lock) {
-            Ok(true) if pinned.old.is_none() => eprintln!("note: wrote {}", pinned.path.display()),
+            Ok(true) if pinned.old.is_none() => crate::say!("note: wrote {}", pinned.path.display()),
             Ok(_) => {}
-            Err(e) => eprintln!("warning: cannot write {}: {e}", pinned.path.display()),
+            Err(e) => crate::say!("warning: cannot write {}: {e}", pinned.path.display()),
         }
     }
     let cancel = Arc::new(Cancel::default());
@@ -156,14 +156,14 @@ pub fn run(
     let installed = ctrlc::set_handler(move || match first.get() {
         None => {
             let _ = first.set(std::time::Instant::now());
-            eprintln!("\ninterrupted: stopping the running stages (press Ctrl-C again to quit at once)");
+            crate::say!("\ninterrupted: stopping the running stages (press Ctrl-C again to quit at once)");
             handler.interrupt();
         }
         Some(at) if at.elapsed() < std::time::Duration::from_secs(1) => {}
         Some(_) => std::process::exit(130),
     });
     if let Err(e) = installed {
-        eprintln!("warning: cannot handle Ctrl-C ({e}); an interrupted run still leaves a safe store");
+        crate::say!("warning: cannot handle Ctrl-C ({e}); an interrupted run still leaves a safe store");
     }
     let text = compiled.sources.get(crate::source::FileId(0)).text.clone();
     let mut pushed_early = (PushReport::default(), std::collections::HashSet::new());
@@ -176,7 +176,7 @@ pub fn run(
             }
             Ok(sub) => {
                 if !sub.jobs.is_empty() {
-                    eprintln!(
+                    crate::say!(
                         "submitted {} Slurm job{}; waiting for them (Ctrl-C cancels them)",
                         sub.jobs.len(),
                         if sub.jobs.len() == 1 { "" } else { "s" }
@@ -225,12 +225,12 @@ pub fn run(
     let report = match result {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::say!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
     for d in &report.damaged {
-        eprintln!(
+        crate::say!(
             "warning: the stored result of `{}` is damaged ({}); it was moved aside to {} and runs again",
             d.stage,
             d.problems.join("; "),
@@ -240,7 +240,7 @@ pub fn run(
     if let (Some((remote, _)), true, false) = (&remote, push, opts.dry_run) {
         if report.interrupted {
             super::remote_cmds::say_pushed(&pushed_early.0, remote);
-            eprintln!(
+            crate::say!(
                 "note: the run was interrupted: only what was stored during it was pushed; `rkd push {}` uploads the rest",
                 file.display()
             );
@@ -251,7 +251,7 @@ pub fn run(
             let replace = pulled.damaged_ids.difference(&handled).copied().collect();
             match push_stored(&plan, &store, remote, &selected, &replace) {
                 Ok(rest) => pushed.add(rest),
-                Err(e) => eprintln!("warning: the results not pushed during the run were not pushed: {e}"),
+                Err(e) => crate::say!("warning: the results not pushed during the run were not pushed: {e}"),
             }
             super::remote_cmds::say_pushed(&pushed, remote);
         }
@@ -473,7 +473,7 @@ fn print_summary(plan: &Plan, report: &RunReport) {
     }
     for (s, r) in &rows {
         if let (Outcome::Failed, Some(e)) = (r.outcome, &r.error) {
-            eprintln!("\nerror: stage `{}` ({}) failed: {e}", s.def.name, s.def.op.name);
+            crate::say!("\nerror: stage `{}` ({}) failed: {e}", s.def.name, s.def.op.name);
         }
     }
     let count = |o: Outcome| report.stages.iter().flatten().filter(|r| r.outcome == o).count();

@@ -72,7 +72,7 @@ fn warn_unrecorded<'a>(rows: &[Row], asked: impl Iterator<Item = &'a str>) {
         let hint = crate::diagnostic::suggestion(metric, recorded.iter().copied())
             .map(|s| format!(" ({s})"))
             .unwrap_or_default();
-        eprintln!("warning: no stage listed here recorded the metric `{metric}`{hint}");
+        crate::say!("warning: no stage listed here recorded the metric `{metric}`{hint}");
     }
 }
 

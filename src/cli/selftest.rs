@@ -46,7 +46,7 @@ pub fn run(device: DeviceChoice, json: bool) -> ExitCode {
     let checks = match checks(&dev) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: a check could not run on {label}: {e}");
+            crate::say!("error: a check could not run on {label}: {e}");
             return ExitCode::FAILURE;
         }
     };

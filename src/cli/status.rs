@@ -27,7 +27,7 @@ pub fn run(file: &Path, store: Option<&Path>) -> ExitCode {
         match query(&ids) {
             Ok(s) => Some(s),
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::say!("error: {e}");
                 return ExitCode::FAILURE;
             }
         }

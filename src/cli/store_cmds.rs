@@ -16,7 +16,7 @@ pub(super) fn store_of(file: Option<&Path>, store: Option<&Path>) -> Result<Stor
     match file {
         Some(f) if !f.is_file() => {
             let why = if f.exists() { "is not a file" } else { "does not exist" };
-            eprintln!(
+            crate::say!(
                 "error: the pipeline file {} {why}\n  help: give the .rkd file whose store (.rkd/ beside it) is meant, or the store with --store DIR",
                 f.display()
             );
@@ -34,7 +34,7 @@ pub fn verify(file: Option<&Path>, store: Option<&Path>) -> ExitCode {
         Err(code) => return code,
     };
     if !store.root.is_dir() {
-        eprintln!(
+        crate::say!(
             "error: there is no store at {} (use --store DIR or RKD_STORE)",
             store.root.display()
         );
@@ -43,7 +43,7 @@ pub fn verify(file: Option<&Path>, store: Option<&Path>) -> ExitCode {
     let keys = match store.keys() {
         Ok(k) => k,
         Err(e) => {
-            eprintln!("error: cannot read the store {}: {e}", store.root.display());
+            crate::say!("error: cannot read the store {}: {e}", store.root.display());
             return ExitCode::FAILURE;
         }
     };
@@ -133,7 +133,7 @@ pub fn log(file: Option<&Path>, store: Option<&Path>, limit: usize) -> ExitCode 
 /// Removes entries not reachable from the kept pipelines' plans or the last runs.
 pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_run: bool) -> ExitCode {
     if keep.is_empty() && keep_runs.is_none() {
-        eprintln!(
+        crate::say!(
             "error: say what to keep: `--keep FILE` (entries of the pipelines' current plans) and/or `--keep-runs N`"
         );
         return ExitCode::from(2);
@@ -143,7 +143,7 @@ pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_
         _ => Store::for_cwd(store),
     };
     if let Err(e) = store.check_layout() {
-        eprintln!("error: {e}");
+        crate::say!("error: {e}");
         return ExitCode::FAILURE;
     }
     let mut reachable: HashSet<Key> = HashSet::new();
@@ -156,7 +156,7 @@ pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_
         match keys_of_latest_run_of(&store, file) {
             Ok(keys) => reachable.extend(keys),
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::say!("error: {e}");
                 return ExitCode::FAILURE;
             }
         }
@@ -165,7 +165,7 @@ pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_
         match keys_of_last_runs(&store, n) {
             Ok(keys) => reachable.extend(keys),
             Err(e) => {
-                eprintln!("error: {e}");
+                crate::say!("error: {e}");
                 return ExitCode::FAILURE;
             }
         }
@@ -236,7 +236,7 @@ pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_
             } else {
                 "`rkd verify` checks the store's entries; gc can be run again".to_string()
             };
-            eprintln!(
+            crate::say!(
                 "error: cannot clean the store {}: {e}\n  help: {help}",
                 store.root.display()
             );

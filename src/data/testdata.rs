@@ -6,12 +6,12 @@ use std::path::PathBuf;
 /// `RKD_SHARED_DATA/<name>`, or `None` (and a note on stderr) when unset or absent.
 pub(crate) fn shared_data(name: &str) -> Option<PathBuf> {
     let Some(root) = std::env::var_os("RKD_SHARED_DATA") else {
-        eprintln!("skipped: RKD_SHARED_DATA is not set (needed for {name})");
+        crate::say!("skipped: RKD_SHARED_DATA is not set (needed for {name})");
         return None;
     };
     let dir = PathBuf::from(root).join(name);
     if !dir.is_dir() {
-        eprintln!("skipped: {} does not exist", dir.display());
+        crate::say!("skipped: {} does not exist", dir.display());
         return None;
     }
     Some(dir)
@@ -26,13 +26,13 @@ pub(crate) fn models_dir(name: &str) -> Option<PathBuf> {
         (Some(m), _) => PathBuf::from(m),
         (None, Some(d)) => PathBuf::from(d).join("..").join("models"),
         (None, None) => {
-            eprintln!("skipped: neither RKD_SHARED_MODELS nor RKD_SHARED_DATA is set (needed for {name})");
+            crate::say!("skipped: neither RKD_SHARED_MODELS nor RKD_SHARED_DATA is set (needed for {name})");
             return None;
         }
     };
     let dir = root.join(name);
     if !dir.is_dir() {
-        eprintln!("skipped: {} does not exist", dir.display());
+        crate::say!("skipped: {} does not exist", dir.display());
         return None;
     }
     Some(dir)

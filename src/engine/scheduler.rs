@@ -81,7 +81,7 @@ where
                 // A panic while running a job (a bug) fails that job, never the whole run; it
                 // must not leave the scheduling thread waiting for an answer that never comes.
                 let ok = crate::ops::panics::catch(|| run(i, &slots)).unwrap_or_else(|panic| {
-                    eprintln!("rkd: internal error while running a stage: {panic}");
+                    crate::say!("rkd: internal error while running a stage: {panic}");
                     false
                 });
                 if done_tx.send((i, ok)).is_err() {

@@ -653,7 +653,7 @@ pub fn wait(
     while last.iter().any(|s| !s.as_ref().is_some_and(JobState::is_final)) {
         if cancel.is_interrupted() && !cancelled_all {
             cancelled_all = true;
-            eprintln!("cancelling the {} submitted Slurm jobs", jobs.len());
+            crate::say!("cancelling the {} submitted Slurm jobs", jobs.len());
             let open: Vec<String> = (0..jobs.len())
                 .filter(|&j| !last[j].as_ref().is_some_and(JobState::is_final))
                 .map(|j| ids[j].clone())
@@ -701,7 +701,7 @@ pub fn wait(
                             newly_failed = true;
                         }
                         let shown = if s.state == Slurm::Completed { "✓" } else { "✗" };
-                        eprintln!("{shown} {} (Slurm job {}): {}", stage.def.name, ids[j], describe(s));
+                        crate::say!("{shown} {} (Slurm job {}): {}", stage.def.name, ids[j], describe(s));
                     }
                     last[j] = Some(s.clone());
                 }
@@ -912,7 +912,7 @@ pub fn exec_stage(
     let spec: StageSpec = serde_json::from_slice(&text)
         .map_err(|e| SlurmError::Node(format!("the stage spec {} is damaged: {e}", spec_path.display())))?;
     if spec.rkd_version != env!("CARGO_PKG_VERSION") {
-        eprintln!(
+        crate::say!(
             "warning: the stage was submitted by rkd {}, and this is rkd {}",
             spec.rkd_version,
             env!("CARGO_PKG_VERSION")
@@ -995,7 +995,7 @@ pub fn exec_stage(
         retry_delay,
         cancel,
         || run_stage(&plan, stage, &store, &dir, &progress, cancel, &compute),
-        |failed, attempt, wait| eprintln!("{}", super::run::retry_line(&stage.def.name, failed, attempt, wait)),
+        |failed, attempt, wait| crate::say!("{}", super::run::retry_line(&stage.def.name, failed, attempt, wait)),
     ))
 }
 

@@ -142,12 +142,12 @@ pub fn assert_every_var_has_gradient(params: &ParamStore, grads: &GradStore) -> 
 /// The real checkpoint folder, or `None` (with a printed reason) when the shared data is absent.
 pub fn minilm_dir() -> Option<PathBuf> {
     let Some(data) = std::env::var_os("RKD_SHARED_DATA") else {
-        eprintln!("skipped: RKD_SHARED_DATA is not set (needs ../shared/models/all-MiniLM-L6-v2)");
+        crate::say!("skipped: RKD_SHARED_DATA is not set (needs ../shared/models/all-MiniLM-L6-v2)");
         return None;
     };
     let dir = PathBuf::from(data).join("../models/all-MiniLM-L6-v2");
     if !dir.join("model.safetensors").is_file() {
-        eprintln!("skipped: {} has no model.safetensors", dir.display());
+        crate::say!("skipped: {} has no model.safetensors", dir.display());
         return None;
     }
     Some(dir)

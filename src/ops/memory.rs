@@ -32,7 +32,7 @@ mod tests {
     #[test]
     fn the_peak_follows_a_large_allocation_and_resets() {
         if !reset_peak_rss() {
-            eprintln!("no /proc/self/clear_refs here: nothing to test");
+            crate::say!("no /proc/self/clear_refs here: nothing to test");
             return;
         }
         let before = peak_rss().unwrap();

@@ -878,12 +878,12 @@ mod tests {
     #[test]
     fn fine_tunes_a_pretrained_checkpoint_with_its_tokenizer() {
         let Some(data) = std::env::var_os("RKD_SHARED_DATA").map(PathBuf::from) else {
-            eprintln!("skipped: RKD_SHARED_DATA is not set");
+            crate::say!("skipped: RKD_SHARED_DATA is not set");
             return;
         };
         let model_dir = data.join("../models/all-MiniLM-L6-v2");
         if !model_dir.join("model.safetensors").is_file() {
-            eprintln!("skipped: {} has no model.safetensors", model_dir.display());
+            crate::say!("skipped: {} has no model.safetensors", model_dir.display());
             return;
         }
         let path = |p: PathBuf| {

@@ -30,7 +30,7 @@ impl KeyLock {
         }
         let path = lock_path(store, key);
         if let Some(stopped) = stop_orphans(&path) {
-            eprintln!(
+            crate::say!(
                 "note: stopped the command an interrupted run left running for key {} (pid {})",
                 &hex(key)[..12],
                 stopped.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")

@@ -170,7 +170,7 @@ mod tests {
     #[test]
     fn a_model_that_cannot_fit_is_refused_with_the_figures_and_a_way_out() {
         if available_bytes().is_none() {
-            eprintln!("this system does not say how much memory is free: nothing to test");
+            crate::say!("this system does not say how much memory is free: nothing to test");
             return;
         }
         let err = ensure_fits(u64::MAX, "the model `teacher`", "use a smaller one").unwrap_err();

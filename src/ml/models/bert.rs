@@ -446,7 +446,7 @@ mod tests {
         let theirs = oracle::BertModel::load(vb.clone(), &ocfg).unwrap();
         let hidden = theirs.forward(&ids, &types, Some(&mask)).unwrap();
         let rel = rel_diff(&ours.last_hidden_state, &hidden);
-        eprintln!("bert oracle: last hidden state rel diff {rel:e}");
+        crate::say!("bert oracle: last hidden state rel diff {rel:e}");
         assert!(rel < 1e-4, "last hidden state differs: {rel}");
 
         // The pooled path on top of their hidden state, with candle-nn's (fused) layers.
@@ -457,7 +457,7 @@ mod tests {
             .forward(&pooler.forward(&cls).unwrap().tanh().unwrap())
             .unwrap();
         let rel = rel_diff(&ours.logits, &logits);
-        eprintln!("bert oracle: logits rel diff {rel:e}");
+        crate::say!("bert oracle: logits rel diff {rel:e}");
         assert!(rel < 1e-4, "logits differ: {rel}");
     }
 
@@ -497,7 +497,7 @@ mod tests {
             .forward(&ids, &types, Some(&mask))
             .unwrap();
         let rel = rel_diff(&ours.last_hidden_state, &theirs);
-        eprintln!("MiniLM oracle: last hidden state rel diff {rel:e}");
+        crate::say!("MiniLM oracle: last hidden state rel diff {rel:e}");
         assert!(rel < 1e-4, "MiniLM last hidden state differs: {rel}");
     }
 }

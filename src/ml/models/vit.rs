@@ -423,7 +423,7 @@ mod tests {
             unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &Device::Cpu).unwrap() };
         let theirs = oracle::Model::new(&ocfg, 3, vb).unwrap().forward(&x).unwrap();
         let rel = rel_diff(&ours.logits, &theirs);
-        eprintln!("vit oracle: logits rel diff {rel:e}");
+        crate::say!("vit oracle: logits rel diff {rel:e}");
         assert!(rel < 1e-4, "logits differ: {rel}");
     }
 }

@@ -1,0 +1,82 @@
+//! Messages to stderr that cannot fail: a full (`2>/dev/full`), closed or broken stderr loses
+//! the message, never the run. (`eprintln!` panics when the write fails, which in `rkd run`
+//! stopped it before, or between, the stages whose work it was to store; and once `rkd run`
+//! restores SIGPIPE for its summary, a write into a pipe nobody reads would end it by a signal.)
+
+use std::io::Write;
+
+/// Writes a line to stderr, ignoring write errors; `say!` is the `eprintln!`-like front.
+pub fn line(args: std::fmt::Arguments) {
+    let mut s = args.to_string();
+    s.push('\n');
+    text(&s);
+}
+
+/// Writes text as it is (no newline added) to stderr, ignoring write errors.
+pub fn text(s: &str) {
+    let _quiet = NoSigpipe::new();
+    let _ = std::io::stderr().lock().write_all(s.as_bytes());
+}
+
+/// `eprintln!` that ignores a failed write (see the module docs).
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::say::line(format_args!($($arg)*))
+    };
+}
+
+/// While it lives, a write into a broken pipe on this thread fails with EPIPE instead of
+/// raising SIGPIPE: the signal is blocked, and one that the write left pending is taken back.
+struct NoSigpipe {
+    #[cfg(unix)]
+    old: Option<libc::sigset_t>,
+}
+
+impl NoSigpipe {
+    #[cfg(unix)]
+    fn new() -> NoSigpipe {
+        // SAFETY: the sigset functions only write the sets passed to them, which live on this
+        // stack frame; pthread_sigmask changes this thread's mask only.
+        unsafe {
+            let mut pipe: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut pipe);
+            libc::sigaddset(&mut pipe, libc::SIGPIPE);
+            let mut pending: libc::sigset_t = std::mem::zeroed();
+            // A SIGPIPE already pending is someone else's: leave it to be delivered.
+            if libc::sigpending(&mut pending) != 0 || libc::sigismember(&pending, libc::SIGPIPE) == 1 {
+                return NoSigpipe { old: None };
+            }
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old) != 0 {
+                return NoSigpipe { old: None };
+            }
+            NoSigpipe { old: Some(old) }
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn new() -> NoSigpipe {
+        NoSigpipe {}
+    }
+}
+
+#[cfg(unix)]
+impl Drop for NoSigpipe {
+    fn drop(&mut self) {
+        let Some(old) = self.old else { return };
+        // SAFETY: as in `new`; sigtimedwait with a zero timeout only takes a pending SIGPIPE
+        // (the one our write raised) off this thread, without waiting.
+        unsafe {
+            let mut pipe: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut pipe);
+            libc::sigaddset(&mut pipe, libc::SIGPIPE);
+            let mut pending: libc::sigset_t = std::mem::zeroed();
+            if libc::sigpending(&mut pending) == 0 && libc::sigismember(&pending, libc::SIGPIPE) == 1 {
+                let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                libc::sigtimedwait(&pipe, std::ptr::null_mut(), &zero);
+            }
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        }
+    }
+}
