@@ -148,22 +148,27 @@ impl Diag {
 
     /// Makes it renderable by attaching the source text it points into. Spans on (or beside)
     /// a line too long to quote are given as `file:line:column` in the message instead.
+    /// Text from the user's file in the message, labels and help is shown with its control
+    /// characters escaped ([`crate::text::printable`]): it cannot restyle the terminal.
     pub fn render(&self, sources: &Sources) -> Rendered {
+        use crate::text::printable;
+        let label = printable(&self.label);
+        let notes: Vec<_> = self.notes.iter().map(|(span, l)| (*span, printable(l))).collect();
         let mut here: Vec<(Span, &str)> = Vec::new();
         let mut related = Vec::new();
         if let Some(span) = self.span {
-            here.push((span, &self.label));
+            here.push((span, &label));
         }
-        for (span, label) in &self.notes {
+        for (span, label) in &notes {
             if Some(span.file) == self.span.map(|s| s.file) {
                 here.push((*span, label));
             } else {
                 related.push(quoted(sources, format!("note: {label}"), &[(*span, label)]));
             }
         }
-        let mut rendered = quoted(sources, self.message.clone(), &here);
+        let mut rendered = quoted(sources, printable(&self.message).into_owned(), &here);
         rendered.code = Some(format!("rkd::{}", self.kind.name()));
-        rendered.help = self.help.clone();
+        rendered.help = self.help.as_deref().map(|h| printable(h).into_owned());
         rendered.related = related;
         rendered
     }
@@ -189,16 +194,31 @@ fn quoted(sources: &Sources, message: String, spans: &[(Span, &str)]) -> Rendere
         return rendered;
     };
     let file = sources.get(first.file);
-    if quotable(&file.text, spans.iter().map(|(s, _)| *s)) {
-        rendered.source = Some(NamedSource::new(file.name.clone(), file.text.clone()));
+    // A file with control characters is quoted with them escaped, and the spans moved to match.
+    let shown = crate::text::ShownSource::of(&file.text);
+    let (text, at) = match shown {
+        Some(shown) => (Arc::new(shown.text.clone()), Some(shown)),
+        None => (file.text.clone(), None),
+    };
+    let moved = |span: Span| match &at {
+        Some(at) => Span {
+            start: at.at(span.start as usize) as u32,
+            end: at.at(span.end as usize) as u32,
+            ..span
+        },
+        None => span,
+    };
+    if quotable(&text, spans.iter().map(|(s, _)| moved(*s))) {
+        rendered.source = Some(NamedSource::new(file.name.clone(), text.clone()));
         rendered.labels = spans
             .iter()
             .enumerate()
             .map(|(i, (span, label))| {
                 let label = Some(label.to_string());
+                let span = moved(*span).miette();
                 match i {
-                    0 => LabeledSpan::new_primary_with_span(label, span.miette()),
-                    _ => LabeledSpan::new_with_span(label, span.miette()),
+                    0 => LabeledSpan::new_primary_with_span(label, span),
+                    _ => LabeledSpan::new_with_span(label, span),
                 }
             })
             .collect();
@@ -292,7 +312,7 @@ pub fn render_all(diags: &[Diag], sources: &Sources, color: bool) -> String {
     for d in diags {
         let rendered = d.render(sources);
         if handler.render_report(&mut out, &rendered).is_err() {
-            out.push_str(&format!("error: {}\n", d.message));
+            out.push_str(&format!("error: {}\n", crate::text::printable(&d.message)));
         }
         out.push('\n');
     }

@@ -6,8 +6,10 @@
 use std::io::Write;
 
 /// Writes a line to stderr, ignoring write errors; `say!` is the `eprintln!`-like front.
+/// Control characters other than line breaks and tabs are escaped
+/// ([`crate::text::printable`]): a name or path from a user's file cannot restyle the terminal.
 pub fn line(args: std::fmt::Arguments) {
-    let mut s = args.to_string();
+    let mut s = crate::text::printable(&args.to_string()).into_owned();
     s.push('\n');
     text(&s);
 }

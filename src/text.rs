@@ -1,4 +1,5 @@
-//! Names as terminal tables show them: on one line, at a bounded width.
+//! Text from users' files as the terminal shows it: names in tables (on one line, at a bounded
+//! width), messages and quoted sources (control characters escaped).
 
 /// Widest a name is shown in a table, in characters; longer names end in `…`.
 pub const NAME_WIDTH: usize = 60;
@@ -18,6 +19,70 @@ pub fn cell(name: &str) -> String {
         out.push_str(&piece);
     }
     out
+}
+
+/// `text` with control characters escaped except its line breaks and tabs: for a whole message
+/// that may span lines, so that text it quotes cannot move the cursor or restyle the terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    escaped(text, |c| c == '\n' || c == '\t')
+}
+
+/// `text` with the characters [`escape`] changes escaped, except those `keep` accepts.
+fn escaped(text: &str, keep: impl Fn(char) -> bool) -> std::borrow::Cow<'_, str> {
+    let shown = |c: char| keep(c) || !(c.is_control() || is_bidi_control(c));
+    if text.chars().all(shown) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| if shown(c) { c.to_string() } else { escape(c) })
+        .collect::<String>()
+        .into()
+}
+
+/// A source file's text as a diagnostic quotes it: control characters escaped as in
+/// [`printable`], and `\r` too unless it ends a line (`\r\n`); with the byte offsets mapped.
+pub struct ShownSource {
+    /// The text to show.
+    pub text: String,
+    /// (offset in the original text just past an escaped character, bytes added up to there).
+    shifts: Vec<(usize, usize)>,
+}
+
+impl ShownSource {
+    /// The shown text of `text`; `None` when it has nothing to escape (show it as it is).
+    pub fn of(text: &str) -> Option<ShownSource> {
+        let bytes = text.as_bytes();
+        let hidden = |i: usize, c: char| match c {
+            '\n' | '\t' => false,
+            '\r' => bytes.get(i + 1) != Some(&b'\n'),
+            c => c.is_control() || is_bidi_control(c),
+        };
+        if !text.char_indices().any(|(i, c)| hidden(i, c)) {
+            return None;
+        }
+        let mut shown = ShownSource {
+            text: String::with_capacity(text.len() + 16),
+            shifts: Vec::new(),
+        };
+        let mut added = 0;
+        for (i, c) in text.char_indices() {
+            if hidden(i, c) {
+                let piece = escape(c);
+                added += piece.len() - c.len_utf8();
+                shown.text.push_str(&piece);
+                shown.shifts.push((i + c.len_utf8(), added));
+            } else {
+                shown.text.push(c);
+            }
+        }
+        Some(shown)
+    }
+
+    /// Where byte `at` of the original text is in the shown text.
+    pub fn at(&self, at: usize) -> usize {
+        let before = self.shifts.partition_point(|&(end, _)| end <= at);
+        at + before.checked_sub(1).map_or(0, |i| self.shifts[i].1)
+    }
 }
 
 /// A sweep point's name, `tuned[t=2.0,a=0.5]`, as its stage name and coordinates (`tuned`,
@@ -72,6 +137,28 @@ mod tests {
         assert_eq!(cell("e[s=a\nb]"), "e[s=a\\nb]");
         assert_eq!(cell("a\tb\r\u{1b}[31m"), "a\\tb\\r\\u{1b}[31m");
         assert_eq!(cell("x\u{202e}y"), "x\\u{202e}y");
+    }
+
+    #[test]
+    fn quoted_text_is_escaped_but_not_cut() {
+        assert!(matches!(printable("plain"), std::borrow::Cow::Borrowed("plain")));
+        assert_eq!(printable(&"s".repeat(100)), "s".repeat(100));
+        assert_eq!(printable("line 1\n\tline 2\r\u{1b}"), "line 1\n\tline 2\\r\\u{1b}");
+    }
+
+    #[test]
+    fn a_quoted_source_escapes_control_characters_and_maps_offsets() {
+        assert!(ShownSource::of("let a = 1\r\n\tb\n").is_none());
+        let text = "x = \"a\u{1b}[2Jb\"\ry";
+        let shown = ShownSource::of(text).unwrap();
+        assert_eq!(shown.text, "x = \"a\\u{1b}[2Jb\"\\ry");
+        for (i, _) in text.char_indices() {
+            let c = &text[i..i + 1];
+            if c != "\u{1b}" && c != "\r" {
+                assert_eq!(&shown.text[shown.at(i)..shown.at(i) + 1], c, "at {i}");
+            }
+        }
+        assert_eq!(shown.at(text.len()), shown.text.len());
     }
 
     #[test]

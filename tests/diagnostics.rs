@@ -28,6 +28,18 @@ fn syntax_error() {
     ));
 }
 
+/// Control characters in a string of the file (an ESC that would restyle the terminal, a lone
+/// CR that would overwrite the line) are escaped in the message and in the quoted source, and
+/// the label still points at the string.
+#[test]
+fn control_characters_from_the_file_are_escaped() {
+    let out = check(&with_header(
+        "stage c = exec(cmd: \"true\", inputs: [\"no\u{1b}[2Jpe\"])\n# a lone\rCR\n",
+    ));
+    assert!(!out.contains('\u{1b}') && !out.contains('\r'), "{out:?}");
+    insta::assert_snapshot!(out);
+}
+
 #[test]
 fn syntax_error_unclosed_call() {
     insta::assert_snapshot!(check(

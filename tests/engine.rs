@@ -586,3 +586,18 @@ fn explain_says_which_stages_a_sweep_name_stands_for() {
         .stdout
         .contains("stage   head[n=2]"));
 }
+
+/// A name given on the command line is echoed with its control characters escaped (messages go
+/// through `say!`), so that it cannot restyle the terminal.
+#[test]
+fn messages_escape_control_characters() {
+    let t = Test::new().file("p.rkd", "stage a = exec(cmd: \"true\")\n");
+    let out = t.run_with(&["explain", "p.rkd", "zz\u{1b}[31m\r"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("has no stage `zz\\u{1b}[31m\\r`"),
+        "{:?}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains('\u{1b}'), "{:?}", out.stderr);
+}
