@@ -85,6 +85,27 @@ impl ShownSource {
     }
 }
 
+/// `name` quoted for a POSIX shell, whole, so that it can be copied into a command line:
+/// `'head[n=it'\''s]'`; with control characters in it, ANSI-C quoted (`$'a\x1bb'`, which bash
+/// and zsh read).
+pub fn shell_quoted(name: &str) -> String {
+    if !name.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+        return format!("'{}'", name.replace('\'', "'\\''"));
+    }
+    let mut out = String::from("$'");
+    for c in name.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() || is_bidi_control(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
 /// A sweep point's name, `tuned[t=2.0,a=0.5]`, as its stage name and coordinates (`tuned`,
 /// `[(t, 2.0), (a, 0.5)]`); `None` for any other name (`chain/step[1]`).
 pub fn sweep_point(name: &str) -> Option<(&str, Vec<(&str, &str)>)> {
@@ -159,6 +180,14 @@ mod tests {
             }
         }
         assert_eq!(shown.at(text.len()), shown.text.len());
+    }
+
+    #[test]
+    fn shell_quoting_keeps_the_whole_name() {
+        let long = format!("head[n={}]", "v".repeat(80));
+        assert_eq!(shell_quoted(&long), format!("'{long}'"));
+        assert_eq!(shell_quoted("a[s=it's]"), "'a[s=it'\\''s]'");
+        assert_eq!(shell_quoted("a[s=x\ny\\'\u{202e}]"), "$'a[s=x\\x0ay\\\\\\'\\u202e]'");
     }
 
     #[test]

@@ -601,3 +601,25 @@ fn messages_escape_control_characters() {
     );
     assert!(!out.stderr.contains('\u{1b}'), "{:?}", out.stderr);
 }
+
+/// The name `explain` suggests for a sweep's stage is whole, not cut at the table width as the
+/// list before it is: copied into the command line, it explains that stage.
+#[test]
+fn explain_suggests_a_long_name_whole() {
+    let value = "a_sweep_value_long_enough_that_the_stage_name_is_cut_in_tables_and_lists";
+    let t = Test::new().file(
+        "p.rkd",
+        &format!("sweep n in [\"{value}\", \"b\"] {{\n  stage head = exec(cmd: \"true\", params: {{n: n}})\n}}\n"),
+    );
+    let out = t.run_with(&["explain", "p.rkd", "head"]);
+    assert_eq!(out.code, 1);
+    let quoted = out
+        .stderr
+        .split_once("quoted for the shell: '")
+        .and_then(|(_, rest)| rest.split_once("')"))
+        .map(|(name, _)| name.to_string())
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    assert_eq!(quoted, format!("head[n={value}]"));
+    let explained = t.run_with(&["explain", "p.rkd", &quoted]);
+    assert_eq!(explained.code, 0, "{}", explained.stderr);
+}

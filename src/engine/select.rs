@@ -100,11 +100,12 @@ pub fn not_one_stage(plan: &Plan, file: &std::path::Path, name: &str) -> String 
     } else {
         String::new()
     };
+    // The name to copy is whole (the list's may be cut at the table width).
+    let first = crate::text::shell_quoted(&plan.stage(StageId(members[0] as u32)).def.name);
     format!(
-        "`{name}` is {} stages, not one: {}{more}\n  help: name one of them (quoted for the shell: '{}')",
+        "`{name}` is {} stages, not one: {}{more}\n  help: name one of them (quoted for the shell: {first})",
         members.len(),
         shown.join(", "),
-        shown[0]
     )
 }
 
