@@ -281,8 +281,8 @@ impl Compiler {
             }
         };
         let key = ModKey::File(canonical.clone());
-        if let Some(pos) = self.loading.iter().position(|k| *k == key) {
-            let chain: Vec<String> = self.loading[pos..]
+        if let Some(cycle) = self.loading.cycle(&key) {
+            let chain: Vec<String> = cycle
                 .iter()
                 .chain(std::iter::once(&key))
                 .map(|k| match k {

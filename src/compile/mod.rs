@@ -9,6 +9,7 @@ pub mod compat;
 mod exprs;
 mod items;
 pub mod limits;
+mod loading;
 pub mod predictions;
 mod stage_def;
 mod stages;
@@ -179,7 +180,7 @@ struct Compiler {
     stages: Vec<StageDef>,
     modules: Vec<ModuleData>,
     module_index: HashMap<ModKey, ModuleId>,
-    loading: Vec<ModKey>,
+    loading: loading::Loading,
     fns: Vec<FnEntry>,
     frames: Vec<Frame>,
     dedup: HashMap<[u8; 32], crate::value::StageId>,
@@ -207,7 +208,7 @@ impl Compiler {
             stages: Vec::new(),
             modules: Vec::new(),
             module_index: HashMap::new(),
-            loading: Vec::new(),
+            loading: loading::Loading::default(),
             fns: Vec::new(),
             frames: Vec::new(),
             dedup: HashMap::new(),
