@@ -75,6 +75,5 @@ fn the_activation_estimate_is_below_what_a_training_step_keeps() {
             estimate <= kept && estimate * 4 >= kept,
             "{config:?}: estimate {estimate} bytes, kept {kept}"
         );
-        eprintln!("estimate {estimate} of {kept} bytes kept");
     }
 }

@@ -125,7 +125,7 @@ mod tests {
     #[test]
     fn a_batch_too_large_for_the_memory_left_is_an_error_naming_batch_size() {
         if host_memory::available_bytes().is_none() || std::env::var_os(host_memory::SKIP_VAR).is_some() {
-            eprintln!("no memory figure here: nothing to test");
+            crate::say!("no memory figure here: nothing to test");
             return;
         }
         let tiny = Pretrained::random(
