@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::error::DataError;
-use super::images::{is_image, IMAGE_EXTENSIONS};
+use super::image_files::{self, is_image, FileKind};
 use super::pixels::resize_square;
 use super::table::rows::{self, Cell, Flow, Place};
 use super::table::{self, Format, Label};
@@ -47,8 +47,8 @@ struct Pending {
 }
 
 /// The image of a cell: embedded bytes first, else a path relative to the table's folder, which
-/// must name a .jpg/.jpeg/.png file inside the dataset's folder `root` (so that it is one of the
-/// files the stage key hashes, see [`super::reads`]).
+/// must name an image file ([`image_files::is_image`]) inside the dataset's folder `root` (so
+/// that it is one of the files the stage key hashes, see [`super::reads`]).
 fn source(cell: Cell, table_dir: &Path, root: &Path) -> Result<Source, String> {
     match cell {
         Cell::Bytes(b) => Ok(Source::Bytes(b)),
@@ -73,10 +73,16 @@ fn source(cell: Cell, table_dir: &Path, root: &Path) -> Result<Source, String> {
                     "the image path `{p}` is in a hidden folder (a name starting with `.`), whose files the stage key leaves out; move the images to a folder whose name does not start with `.`"
                 ));
             }
+            if image_files::kind(&file) == FileKind::Undecoded {
+                return Err(format!(
+                    "the image path `{p}`: {}",
+                    image_files::undecoded_message(&file)
+                ));
+            }
             if !is_image(&file) {
                 return Err(format!(
                     "the image path `{p}` must name a {} file",
-                    IMAGE_EXTENSIONS.map(|e| format!(".{e}")).join(", ")
+                    image_files::decoded_list()
                 ));
             }
             Ok(Source::File(file))
@@ -203,4 +209,23 @@ pub fn load(
         classes: classes.iter().map(table::label_name).collect(),
         splits,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_path_follows_the_image_folder_rule() {
+        let root = Path::new("/data/beans");
+        let path = |p: &str| source(Cell::Text(p.into()), root, root);
+        assert!(matches!(path("img/a.BMP"), Ok(Source::File(f)) if f == root.join("img/a.BMP")));
+        let e = path("img/a.webp").err().unwrap();
+        assert!(
+            e.starts_with("the image path `img/a.webp`: .webp images are not decoded by rkd"),
+            "{e}"
+        );
+        let e = path("img/a.txt").err().unwrap();
+        assert_eq!(e, "the image path `img/a.txt` must name a .jpg, .jpeg, .png, .bmp file");
+    }
 }

@@ -1,7 +1,9 @@
-//! Image folders in the Beans layout: `<root>/<split>/<class>/<name>.{jpg,jpeg,png}`.
+//! Image folders in the Beans layout: `<root>/<split>/<class>/<name>.{jpg,jpeg,png,bmp}`.
 //!
 //! Splits are `train` (required), `validation` (or `val`, `valid`, `dev`) and `test`. The classes
 //! are the sorted folder names under `train/`; another split may lack a class but not add one.
+//! Which files are images is [`super::image_files`]'s rule; a folder inside a class folder, a
+//! broken link or an image rkd does not decode is an error, other files make a warning.
 //! Images are decoded once (in parallel, the format guessed from the content), converted to RGB
 //! and resized to `image_size`×`image_size`; they are kept as 8-bit RGB and normalised per batch.
 //! With a cache directory, the decoded images are also saved there, keyed by the files' contents
@@ -12,11 +14,9 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::error::DataError;
+use super::image_files::{decoded_list, entries, kind, undecoded_message, Entry, FileKind};
 use super::pixels::resize_square;
 use super::SplitName;
-
-/// File extensions (lower-cased) taken as images.
-pub const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
 /// The decoded images of one split.
 #[derive(Debug, Clone, Default)]
@@ -36,6 +36,8 @@ pub struct ImageFolder {
     pub classes: Vec<String>,
     /// The splits present, in `SplitName` order.
     pub splits: Vec<(SplitName, ImageSplit)>,
+    /// One line per split holding files that are not images (which were not read).
+    pub warnings: Vec<String>,
 }
 
 /// Folder names accepted for each split.
@@ -47,28 +49,6 @@ fn split_dirs(split: SplitName) -> &'static [&'static str] {
         // Carved out of train by `holdout:`, never read from a folder.
         SplitName::Holdout => &[],
     }
-}
-
-/// Whether the file has an image extension rkd decodes.
-pub(crate) fn is_image(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-}
-
-/// Sorted entries of a directory, hidden ones (`.name`) left out.
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, &e))?;
-    let mut out = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|e| DataError::io(dir, &e))?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        out.push(entry.path());
-    }
-    out.sort();
-    Ok(out)
 }
 
 fn dir_name(p: &Path) -> String {
@@ -90,22 +70,41 @@ pub fn decode_resized(path: &Path, side: u32) -> Result<Vec<u8>, DataError> {
     Ok(resize_square(&img.to_rgb8(), side).into_raw())
 }
 
-/// A split's class folder names, and its image files with their class indices.
-type Listing = (Vec<String>, Vec<(PathBuf, u32)>);
+/// What a split folder holds: its class folder names, its image files with their class
+/// indices, and a warning about the files in it that are not images, if there are any.
+struct Listing {
+    classes: Vec<String>,
+    files: Vec<(PathBuf, u32)>,
+    warning: Option<String>,
+}
 
 /// The image files of one split folder, with class indices; `classes` is `None` for `train`
-/// (whose class folders define the classes, returned alongside).
+/// (whose class folders define the classes, returned alongside). A folder inside a class folder,
+/// a broken link and an image in a format rkd does not decode are errors naming them; other files
+/// are not read, and make the listing's warning.
 fn list_split(dir: &Path, classes: Option<&[String]>) -> Result<Listing, DataError> {
-    let class_dirs: Vec<PathBuf> = sorted_entries(dir)?.into_iter().filter(|p| p.is_dir()).collect();
+    let mut class_dirs = Vec::new();
+    let mut others = Vec::new();
+    for entry in entries(dir)? {
+        match entry {
+            Entry::Dir(p) => class_dirs.push(p),
+            Entry::File(p) => others.push(p),
+        }
+    }
     if class_dirs.is_empty() {
         return Err(DataError::file(
             dir,
-            "no class folders (expected <split>/<class>/*.jpg|png)",
+            format!(
+                "no class folders (expected <split>/<class>/<image>, images {})",
+                decoded_list()
+            ),
         ));
     }
     let names: Vec<String> = class_dirs.iter().map(|p| dir_name(p)).collect();
     let known = classes.unwrap_or(&names);
     let mut files = Vec::new();
+    let mut undecoded = Vec::new();
+    let mut empty = None;
     for (cdir, name) in class_dirs.iter().zip(&names) {
         let Some(label) = known.iter().position(|c| c == name) else {
             return Err(DataError::file(
@@ -117,25 +116,72 @@ fn list_split(dir: &Path, classes: Option<&[String]>) -> Result<Listing, DataErr
             ));
         };
         let before = files.len();
-        for f in sorted_entries(cdir)? {
-            if f.is_file() && is_image(&f) {
-                files.push((f, label as u32));
+        for entry in entries(cdir)? {
+            let f = match entry {
+                Entry::Dir(sub) => return Err(nested(&sub, name)),
+                Entry::File(f) => f,
+            };
+            match kind(&f) {
+                FileKind::Image => files.push((f, label as u32)),
+                FileKind::Undecoded => undecoded.push(f),
+                FileKind::Other => others.push(f),
             }
         }
-        if classes.is_none() && files.len() == before {
-            return Err(DataError::file(
-                cdir,
-                "empty class folder (no .jpg, .jpeg or .png files)",
-            ));
+        if classes.is_none() && files.len() == before && empty.is_none() {
+            empty = Some(cdir);
         }
+    }
+    if let Some(first) = undecoded.first() {
+        let n = undecoded.len();
+        let more = if n > 1 {
+            format!(" ({n} such files in {})", dir.display())
+        } else {
+            String::new()
+        };
+        return Err(DataError::file(first, format!("{}{more}", undecoded_message(first))));
+    }
+    if let Some(cdir) = empty {
+        return Err(DataError::file(
+            cdir,
+            format!("empty class folder (no {} files)", decoded_list()),
+        ));
     }
     if files.is_empty() {
         return Err(DataError::file(
             dir,
-            "empty split (no .jpg, .jpeg or .png files in its class folders)",
+            format!("empty split (no {} files in its class folders)", decoded_list()),
         ));
     }
-    Ok((names, files))
+    let warning = others.first().map(|first| {
+        let n = others.len();
+        let (count, what) = if n == 1 {
+            ("1 file".to_string(), "is not an image and is not read")
+        } else {
+            (format!("{n} files"), "are not images and are not read")
+        };
+        format!(
+            "{count} in {} {what} (e.g. {}); image_folder reads {} files in <split>/<class>/",
+            dir.display(),
+            first.strip_prefix(dir).unwrap_or(first).display(),
+            decoded_list()
+        )
+    });
+    Ok(Listing {
+        classes: names,
+        files,
+        warning,
+    })
+}
+
+/// The error for a folder inside a class folder: image_folder reads one level of class folders.
+fn nested(sub: &Path, class: &str) -> DataError {
+    DataError::file(
+        sub,
+        format!(
+            "a folder inside the class folder `{class}`: image_folder reads <split>/<class>/<image>, one folder per class \
+             directly in the split folder, and enters no deeper folder; move its images into `{class}/` or remove it"
+        ),
+    )
 }
 
 /// Decodes the files in parallel; the first failure in file order is the one reported.
@@ -187,7 +233,7 @@ pub(crate) fn load_with_cache(
         };
         return Err(DataError::file(
             root,
-            format!("{why} (image_folder expects <split>/<class>/*.jpg|png)"),
+            format!("{why} (image_folder expects <split>/<class>/<image>)"),
         ));
     }
     let side = u32::try_from(side).map_err(|_| DataError::new(format!("image_size {side} is too large")))?;
@@ -195,23 +241,26 @@ pub(crate) fn load_with_cache(
     if !train_dir.is_dir() {
         return Err(DataError::file(&train_dir, "missing training split folder"));
     }
-    let (classes, train_files) = list_split(&train_dir, None)?;
+    let train = list_split(&train_dir, None)?;
+    let classes = train.classes;
+    let mut warnings: Vec<String> = train.warning.into_iter().collect();
     if classes.len() < 2 {
         return Err(DataError::file(
             &train_dir,
             format!(
-                "one class folder ({}): a classifier needs at least 2 (expected train/<class>/*.jpg|png, one folder per class)",
+                "one class folder ({}): a classifier needs at least 2 (expected train/<class>/<image>, one folder per class)",
                 classes.join(", ")
             ),
         ));
     }
-    let mut listing = vec![(SplitName::Train, train_files)];
+    let mut listing = vec![(SplitName::Train, train.files)];
     for split in [SplitName::Validation, SplitName::Test] {
         let Some(dir) = split_dirs(split).iter().map(|d| root.join(d)).find(|d| d.is_dir()) else {
             continue;
         };
-        let (_, files) = list_split(&dir, Some(&classes))?;
-        listing.push((split, files));
+        let listed = list_split(&dir, Some(&classes))?;
+        warnings.extend(listed.warning);
+        listing.push((split, listed.files));
     }
     let cache_file = cache_dir
         .and_then(|dir| cache_key(root, side, &listing).map(|k| dir.join(format!("images-{}.bin", k.to_hex()))));
@@ -230,14 +279,25 @@ pub(crate) fn load_with_cache(
                     (name, split)
                 })
                 .collect();
-            return Ok((ImageFolder { classes, splits }, CacheUse::Hit));
+            return Ok((
+                ImageFolder {
+                    classes,
+                    splits,
+                    warnings,
+                },
+                CacheUse::Hit,
+            ));
         }
     }
     let mut splits = Vec::with_capacity(listing.len());
     for (name, files) in listing {
         splits.push((name, decode_all(files, side)?));
     }
-    let folder = ImageFolder { classes, splits };
+    let folder = ImageFolder {
+        classes,
+        splits,
+        warnings,
+    };
     let used = match &cache_file {
         Some(file) => {
             // A cache that cannot be written is only a lost speed-up.
@@ -441,6 +501,124 @@ pub(crate) mod tests {
         assert_eq!(train.images[0][0], 20);
         assert_eq!(train.images[3][0], 200);
         assert_eq!(f.splits[1].1.labels, [0, 1]);
+        // train/a_cls/notes.txt is not read, and said so once for the split.
+        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
+        assert!(
+            f.warnings[0].starts_with("1 file in ")
+                && f.warnings[0].contains("is not an image and is not read (e.g. a_cls/notes.txt)"),
+            "{}",
+            f.warnings[0]
+        );
+    }
+
+    #[test]
+    fn bmp_images_load_beside_png_and_jpeg_in_any_case() {
+        let dir = tiny_folder();
+        let img = image::RgbImage::from_fn(6, 6, |_, _| image::Rgb([77, 1, 2]));
+        img.save(dir.path().join("train/a_cls/c.BMP")).unwrap();
+        img.save(dir.path().join("train/b_cls/d.jpeg")).unwrap();
+        img.save_with_format(dir.path().join("train/b_cls/e.JPG"), image::ImageFormat::Jpeg)
+            .unwrap();
+        let f = load_image_folder(dir.path(), 4).unwrap();
+        let train = &f.splits[0].1;
+        let names: Vec<String> = train.files.iter().map(|p| dir_name(p)).collect();
+        assert_eq!(
+            names,
+            [
+                "a_cls_0.png",
+                "a_cls_1.png",
+                "c.BMP",
+                "b_cls_0.png",
+                "b_cls_1.png",
+                "d.jpeg",
+                "e.JPG"
+            ]
+        );
+        assert_eq!(train.labels, [0, 0, 0, 1, 1, 1, 1]);
+        assert_eq!(train.images[2][0], 77, "the BMP decoded");
+        // The stage key's walk takes the same files as images.
+        let walked = crate::data::reads::Reads::Images.files(dir.path());
+        let mut loaded: Vec<PathBuf> = f.splits.iter().flat_map(|(_, s)| s.files.clone()).collect();
+        loaded.sort();
+        assert_eq!(walked, loaded);
+    }
+
+    #[test]
+    fn images_rkd_does_not_decode_are_refused_by_name() {
+        for ext in ["webp", "gif", "tif", "TIFF"] {
+            let dir = tiny_folder();
+            // A class folder of such files only: an error naming the format, not "empty".
+            std::fs::create_dir_all(dir.path().join("train/c_cls")).unwrap();
+            for i in 0..3 {
+                std::fs::write(dir.path().join(format!("train/c_cls/{i}.{ext}")), b"whatever").unwrap();
+            }
+            let e = load_image_folder(dir.path(), 8).unwrap_err();
+            let first = dir.path().join(format!("train/c_cls/0.{ext}"));
+            assert_eq!(e.path.as_deref(), Some(first.as_path()), "{e}");
+            let lower = ext.to_ascii_lowercase();
+            assert!(
+                e.message
+                    .starts_with(&format!(".{lower} images are not decoded by rkd")),
+                "{e}"
+            );
+            assert!(e.message.contains("(3 such files in "), "{e}");
+        }
+    }
+
+    #[test]
+    fn non_images_are_counted_once_per_split() {
+        let dir = tiny_folder();
+        std::fs::write(dir.path().join("train/b_cls/labels.csv"), "x").unwrap();
+        std::fs::write(dir.path().join("train/README"), "x").unwrap();
+        std::fs::write(dir.path().join("validation/a_cls/Thumbs.db"), "x").unwrap();
+        std::fs::write(dir.path().join("train/a_cls/.DS_Store"), "x").unwrap();
+        let f = load_image_folder(dir.path(), 8).unwrap();
+        assert_eq!(f.warnings.len(), 2, "{:?}", f.warnings);
+        let train = dir.path().join("train");
+        assert_eq!(
+            f.warnings[0],
+            format!(
+                "3 files in {} are not images and are not read (e.g. README); image_folder reads .jpg, .jpeg, .png, .bmp files in <split>/<class>/",
+                train.display()
+            )
+        );
+        assert!(f.warnings[1].contains("(e.g. a_cls/Thumbs.db)"), "{}", f.warnings[1]);
+    }
+
+    #[test]
+    fn a_folder_inside_a_class_folder_is_an_error_naming_it() {
+        let dir = tiny_folder();
+        let nested = dir.path().join("train/a_cls/more");
+        write_png(&nested.join("x.png"), 4, 0);
+        let e = load_image_folder(dir.path(), 8).unwrap_err();
+        assert_eq!(e.path.as_deref(), Some(nested.as_path()));
+        assert!(e.message.starts_with("a folder inside the class folder `a_cls`"), "{e}");
+        assert!(e.message.contains("move its images into `a_cls/` or remove it"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_broken_link_among_the_images_is_an_error_naming_it() {
+        let dir = tiny_folder();
+        let link = dir.path().join("validation/b_cls/gone.png");
+        std::os::unix::fs::symlink(dir.path().join("nowhere.png"), &link).unwrap();
+        let e = load_image_folder(dir.path(), 8).unwrap_err();
+        assert_eq!(e.path.as_deref(), Some(link.as_path()));
+        assert!(e.message.starts_with("a broken link"), "{e}");
+        std::fs::remove_file(&link).unwrap();
+
+        // A broken link standing for a whole class folder is no class dropped quietly either.
+        let link = dir.path().join("train/c_cls");
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &link).unwrap();
+        let e = load_image_folder(dir.path(), 8).unwrap_err();
+        assert_eq!(e.path.as_deref(), Some(link.as_path()));
+
+        // A link to an image is read as the image.
+        std::fs::remove_file(&link).unwrap();
+        let good = dir.path().join("validation/b_cls/linked.png");
+        std::os::unix::fs::symlink(dir.path().join("train/b_cls/b_cls_0.png"), &good).unwrap();
+        let f = load_image_folder(dir.path(), 8).unwrap();
+        assert_eq!(f.splits[1].1.labels, [0, 1, 1]);
     }
 
     fn only_cache_file(dir: &Path) -> PathBuf {
@@ -507,9 +685,9 @@ pub(crate) mod tests {
 
     /// The listing `load_with_cache` builds, for computing keys in tests.
     fn listing_of(root: &Path) -> Vec<(SplitName, Vec<(PathBuf, u32)>)> {
-        let (classes, train) = list_split(&root.join("train"), None).unwrap();
-        let (_, val) = list_split(&root.join("validation"), Some(&classes)).unwrap();
-        vec![(SplitName::Train, train), (SplitName::Validation, val)]
+        let train = list_split(&root.join("train"), None).unwrap();
+        let val = list_split(&root.join("validation"), Some(&train.classes)).unwrap();
+        vec![(SplitName::Train, train.files), (SplitName::Validation, val.files)]
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod batch;
 pub mod error;
 pub mod glue;
 pub mod hub;
+pub mod image_files;
 pub mod image_table;
 pub mod images;
 mod params;
@@ -128,6 +129,9 @@ pub struct Dataset {
     pub metric: glue::Metric,
     /// Whether it came from, or went into, the store's prepared copy.
     pub prepared: prepared::Prepared,
+    /// What loading found worth saying but not refusing (files of an image folder that are not
+    /// images); each op writes them to its stage log.
+    pub warnings: Vec<String>,
     splits: [Option<Split>; 4],
     augment: bool,
 }
@@ -505,6 +509,7 @@ impl Dataset {
             splits: [Some(train), Some(dev), None, None],
             augment: false,
             prepared: prepared::Prepared::NotKept,
+            warnings: Vec::new(),
         })
     }
 
@@ -539,6 +544,7 @@ impl Dataset {
             splits,
             augment: false,
             prepared: prepared::Prepared::NotKept,
+            warnings: Vec::new(),
         })
     }
 
@@ -604,6 +610,7 @@ impl Dataset {
             splits,
             augment: false,
             prepared: prepared::Prepared::NotKept,
+            warnings: Vec::new(),
         })
     }
 
@@ -613,7 +620,9 @@ impl Dataset {
         let augment = args.bool("augment")?;
         let folder = images::load_image_folder_cached(&root, image_size, opts.cache_dir.as_deref())?;
         let splits = folder.splits.into_iter().map(|(name, s)| (name, s.images, s.labels));
-        Ok(Dataset::of_images(folder.classes, image_size, splits, augment))
+        let mut data = Dataset::of_images(folder.classes, image_size, splits, augment);
+        data.warnings = folder.warnings;
+        Ok(data)
     }
 
     /// An image classification dataset of decoded RGB splits: (split, images, class ids).
@@ -642,6 +651,7 @@ impl Dataset {
             splits,
             augment,
             prepared: prepared::Prepared::NotKept,
+            warnings: Vec::new(),
         }
     }
 
@@ -691,6 +701,7 @@ impl Dataset {
             ],
             augment: false,
             prepared: prepared::Prepared::NotKept,
+            warnings: Vec::new(),
         })
     }
 
@@ -726,6 +737,7 @@ impl Dataset {
             ],
             augment: true,
             prepared: prepared::Prepared::NotKept,
+            warnings: Vec::new(),
         })
     }
 

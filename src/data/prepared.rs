@@ -316,5 +316,6 @@ fn decode(bytes: &[u8]) -> Option<Dataset> {
         splits,
         augment: description.augment,
         prepared: Prepared::NotKept,
+        warnings: Vec::new(),
     })
 }

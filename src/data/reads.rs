@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use super::glue::Task;
-use super::images::is_image;
+use super::image_files::is_image;
 use super::{table, tsv};
 use crate::keyword::Keyword;
 use crate::value::{Params, Value};
@@ -145,7 +145,7 @@ fn images_under(dir: &Path, out: &mut Vec<PathBuf>) {
             continue;
         };
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with('.') {
+            if left_out(&entry.file_name()) {
                 continue;
             }
             let path = entry.path();
@@ -220,6 +220,8 @@ mod tests {
         for f in [
             "train/a/1.jpg",
             "train/a/notes.txt",
+            "train/a/3.Bmp",
+            "train/a/4.webp",
             "validation/b/2.PNG",
             ".cache/x.png",
             "LICENSE",
@@ -228,7 +230,7 @@ mod tests {
         }
         assert_eq!(
             names(dir.path(), Reads::Images.files(dir.path())),
-            ["train/a/1.jpg", "validation/b/2.PNG"]
+            ["train/a/1.jpg", "train/a/3.Bmp", "validation/b/2.PNG"]
         );
     }
 }

@@ -77,7 +77,10 @@ fn hint(message: &str) -> &'static str {
             "not a readable Parquet file",
             "the file may have been cut short (an interrupted download?): fetch or write it again",
         ),
-        ("cannot decode the image", "an image must be a whole PNG or JPEG file"),
+        (
+            "cannot decode the image",
+            "an image must be a whole JPEG, PNG or BMP file",
+        ),
         (
             "where the header has",
             "quote fields that hold the delimiter, or fix the row",

@@ -33,7 +33,7 @@ use crate::value::Value;
 use candle_core::Var;
 
 /// Loads a dataset value (the op's `data` argument), with the given tokenizer directory and cache
-/// directory; says in `log` whether it came prepared from the store.
+/// directory; says in `log` whether it came prepared from the store, and the dataset's warnings.
 pub(super) fn load_dataset(
     data: &Value,
     tokenizer_dir: Option<PathBuf>,
@@ -56,6 +56,9 @@ pub(super) fn load_dataset(
     let dataset = Dataset::load(spec.ctor.name, &spec.params, &opts)?;
     if let Some(line) = dataset.prepared.describe() {
         let _ = writeln!(log, "{line}");
+    }
+    for line in &dataset.warnings {
+        let _ = writeln!(log, "warning: {line}");
     }
     Ok(dataset)
 }
@@ -757,6 +760,31 @@ mod tests {
     use super::*;
     use crate::ops::cancel::Cancel;
     use crate::value::StageId;
+
+    #[test]
+    fn an_image_folders_warnings_go_to_the_stage_log() {
+        let dir = crate::data::images::tests::tiny_folder();
+        let path = Value::Path(std::sync::Arc::new(crate::value::PathValue {
+            written: "tiny".into(),
+            resolved: dir.path().to_path_buf(),
+            span: crate::source::Span::new(crate::source::FileId(0), 0, 0),
+        }));
+        let data = spec(
+            "image_folder",
+            &[
+                ("path", path),
+                ("image_size", Value::Int(8)),
+                ("augment", Value::Bool(false)),
+            ],
+        );
+        let mut log = Vec::new();
+        load_dataset(&data, None, dir.path(), &mut log).unwrap();
+        let log = String::from_utf8(log).unwrap();
+        assert!(
+            log.starts_with("warning: 1 file in ") && log.contains("(e.g. a_cls/notes.txt)"),
+            "{log}"
+        );
+    }
 
     #[test]
     fn trains_a_tiny_bert_that_beats_chance_bit_identically_twice() {
