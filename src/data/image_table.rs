@@ -200,6 +200,8 @@ pub fn load(
         read.insert(*name, read_split(dir, paths, format, image, label, side)?);
     }
     let classes = table::classes(&read[&SplitName::Train].1, &files[&SplitName::Train][0])?;
+    let rows = read[&SplitName::Train].1.len();
+    table::id_labels::check(label, classes.len(), rows, &files[&SplitName::Train], format, &[image])?;
     let mut splits = Vec::new();
     for (name, (images, labels)) in read {
         let labels = table::label_ids(&labels, &classes, name, &files[&name][0])?;

@@ -597,6 +597,10 @@ impl Dataset {
             read.insert(*name, (enc, labels));
         }
         let classes = table::classes(&read[&SplitName::Train].1, &train_files[0])?;
+        let mut used = vec![text.as_str()];
+        used.extend(pair.as_deref());
+        let rows = read[&SplitName::Train].1.len();
+        table::id_labels::check(&label, classes.len(), rows, train_files, format, &used)?;
         let mut splits: [Option<Split>; 4] = [None, None, None, None];
         for (name, (enc, labels)) in read {
             let labels = table::label_ids(&labels, &classes, name, &files[&name][0])?;

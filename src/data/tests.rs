@@ -605,3 +605,26 @@ fn an_image_table_is_decoded_once_and_its_images_must_stay_inside_its_folder() {
         "{e}"
     );
 }
+
+#[test]
+fn a_text_table_whose_label_column_holds_ids_is_refused_naming_the_label() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("id,a,b,label\n");
+    for i in 0..24 {
+        csv.push_str(&format!("{i},text {i},other {i},{}\n", ["no", "yes"][i % 2]));
+    }
+    std::fs::write(dir.path().join("train.csv"), &csv).unwrap();
+    let mut p = pair_table_params(dir.path());
+    p.insert("label".into(), Value::str("id"));
+    let e = Dataset::load("text_table", &p, &LoadOptions::default()).unwrap_err();
+    assert_eq!(e.path.as_deref(), Some(dir.path().join("train.csv").as_path()));
+    assert!(
+        e.message
+            .starts_with("the label column `id` looks like an ID or text column, not classes"),
+        "{e}"
+    );
+    assert!(e.message.ends_with("write `label: \"label\"`"), "{e}");
+    // The column it names loads.
+    let d = Dataset::load("text_table", &pair_table_params(dir.path()), &LoadOptions::default()).unwrap();
+    assert_eq!(d.classes, ["no", "yes"]);
+}

@@ -10,6 +10,7 @@
 //! class ids.
 
 pub mod cells;
+pub mod id_labels;
 pub mod parquet;
 pub mod rows;
 

@@ -27,6 +27,37 @@ pub fn read_rows(
     }
 }
 
+/// The names of a table file's columns: a CSV or TSV file's header, the fields of a JSON Lines
+/// file's first object, a Parquet file's top-level columns.
+pub fn column_names(path: &Path, format: Format) -> Result<Vec<String>, DataError> {
+    match format {
+        Format::Csv | Format::Tsv => {
+            let delimiter = if matches!(format, Format::Tsv) { b'\t' } else { b',' };
+            let mut reader = csv::ReaderBuilder::new()
+                .delimiter(delimiter)
+                .from_path(path)
+                .map_err(|e| csv_error(path, e))?;
+            let headers = reader.headers().map_err(|e| csv_error(path, e))?;
+            Ok(headers.iter().map(|h| h.trim().to_string()).collect())
+        }
+        Format::Jsonl => {
+            let file = std::fs::File::open(path).map_err(|e| DataError::io(path, &e))?;
+            for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+                let line = line.map_err(|e| DataError::io(path, &e))?;
+                let text = line.trim().trim_start_matches('\u{feff}');
+                if text.is_empty() {
+                    continue;
+                }
+                let object: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(text).map_err(|e| DataError::at(path, n + 1, json_line_error(text, &e)))?;
+                return Ok(object.keys().cloned().collect());
+            }
+            Ok(Vec::new())
+        }
+        Format::Parquet => parquet::column_names(path),
+    }
+}
+
 fn read_delimited(
     path: &Path,
     delimiter: u8,
@@ -179,6 +210,22 @@ mod tests {
         assert_eq!(cell(r#"{"x": 1}"#), Cell::Other("JSON object"));
         assert_eq!(cell("[1]").describe(), "a list");
         assert_eq!(Cell::Float(0.25).describe(), "a float (0.25)");
+    }
+
+    #[test]
+    fn column_names_come_from_each_format() {
+        let tmp = tempfile::tempdir().unwrap();
+        let csv = tmp.path().join("a.csv");
+        std::fs::write(&csv, "id, text ,label\n1,x,0\n").unwrap();
+        assert_eq!(column_names(&csv, Format::Csv).unwrap(), ["id", "text", "label"]);
+        let tsv = tmp.path().join("a.tsv");
+        std::fs::write(&tsv, "a\tb\n1\t2\n").unwrap();
+        assert_eq!(column_names(&tsv, Format::Tsv).unwrap(), ["a", "b"]);
+        let jsonl = tmp.path().join("a.jsonl");
+        std::fs::write(&jsonl, "\n{\"x\": 1, \"y\": \"z\"}\n").unwrap();
+        let mut names = column_names(&jsonl, Format::Jsonl).unwrap();
+        names.sort();
+        assert_eq!(names, ["x", "y"]);
     }
 
     #[test]
