@@ -3,18 +3,18 @@
 //! ([`super::reads`]) share, so that the files a key hashes are the files that are decoded.
 //!
 //! A file is taken by its extension (case-insensitive). An image in a format rkd does not decode
-//! (.webp, .gif, .tiff, ...) is never skipped quietly: the loader refuses it by name.
+//! (.heic, .avif, ...) is never skipped quietly: the loader refuses it by name.
 
 use std::path::{Path, PathBuf};
 
 use super::error::DataError;
 
 /// File extensions (lower-cased) taken as images and decoded.
-pub const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "bmp"];
+pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"];
 
 /// Extensions (lower-cased) of image formats rkd does not decode: such a file where images are
 /// read is an error, not a file left out.
-pub const UNDECODED_EXTENSIONS: [&str; 7] = ["webp", "gif", "tif", "tiff", "heic", "heif", "avif"];
+pub const UNDECODED_EXTENSIONS: [&str; 3] = ["heic", "heif", "avif"];
 
 /// What a file is, by its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub fn is_image(path: &Path) -> bool {
     kind(path) == FileKind::Image
 }
 
-/// The decoded extensions in words: `.jpg, .jpeg, .png, .bmp`.
+/// The decoded extensions in words: `.jpg, .jpeg, .png, .bmp, ...`.
 pub fn decoded_list() -> String {
     IMAGE_EXTENSIONS.map(|e| format!(".{e}")).join(", ")
 }
@@ -115,18 +115,20 @@ mod tests {
 
     #[test]
     fn files_are_told_apart_by_extension_in_any_case() {
-        for name in ["a.jpg", "a.JPEG", "a.Png", "a.bmp"] {
+        for name in [
+            "a.jpg", "a.JPEG", "a.Png", "a.bmp", "a.webp", "a.GIF", "a.tif", "a.tiff",
+        ] {
             assert_eq!(kind(Path::new(name)), FileKind::Image, "{name}");
         }
-        for name in ["a.webp", "a.GIF", "a.tif", "a.tiff", "a.HEIC"] {
+        for name in ["a.avif", "a.heif", "a.HEIC"] {
             assert_eq!(kind(Path::new(name)), FileKind::Undecoded, "{name}");
         }
         for name in ["notes.txt", "LICENSE", "a.png.part", "Thumbs.db"] {
             assert_eq!(kind(Path::new(name)), FileKind::Other, "{name}");
         }
-        let m = undecoded_message(Path::new("x/cat.WEBP"));
-        assert!(m.starts_with(".webp images are not decoded"), "{m}");
-        assert!(m.contains(".jpg, .jpeg, .png, .bmp"), "{m}");
+        let m = undecoded_message(Path::new("x/cat.HEIC"));
+        assert!(m.starts_with(".heic images are not decoded"), "{m}");
+        assert!(m.contains(".jpg, .jpeg, .png, .bmp, .gif, .tif, .tiff, .webp"), "{m}");
     }
 
     #[cfg(unix)]

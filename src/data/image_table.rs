@@ -222,12 +222,16 @@ mod tests {
         let root = Path::new("/data/beans");
         let path = |p: &str| source(Cell::Text(p.into()), root, root);
         assert!(matches!(path("img/a.BMP"), Ok(Source::File(f)) if f == root.join("img/a.BMP")));
-        let e = path("img/a.webp").err().unwrap();
+        assert!(matches!(path("img/a.webp"), Ok(Source::File(f)) if f == root.join("img/a.webp")));
+        let e = path("img/a.avif").err().unwrap();
         assert!(
-            e.starts_with("the image path `img/a.webp`: .webp images are not decoded by rkd"),
+            e.starts_with("the image path `img/a.avif`: .avif images are not decoded by rkd"),
             "{e}"
         );
         let e = path("img/a.txt").err().unwrap();
-        assert_eq!(e, "the image path `img/a.txt` must name a .jpg, .jpeg, .png, .bmp file");
+        assert_eq!(
+            e,
+            "the image path `img/a.txt` must name a .jpg, .jpeg, .png, .bmp, .gif, .tif, .tiff, .webp file"
+        );
     }
 }

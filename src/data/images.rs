@@ -1,4 +1,4 @@
-//! Image folders in the Beans layout: `<root>/<split>/<class>/<name>.{jpg,jpeg,png,bmp}`.
+//! Image folders in the Beans layout: `<root>/<split>/<class>/<name>.{jpg,jpeg,png,bmp,gif,tif,tiff,webp}`.
 //!
 //! Splits are `train` (required), `validation` (or `val`, `valid`, `dev`) and `test`. The classes
 //! are the sorted folder names under `train/`; another split may lack a class but not add one.
@@ -512,10 +512,12 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn bmp_images_load_beside_png_and_jpeg_in_any_case() {
+    fn bmp_gif_tiff_and_webp_images_load_beside_png_and_jpeg_in_any_case() {
         let dir = tiny_folder();
         let img = image::RgbImage::from_fn(6, 6, |_, _| image::Rgb([77, 1, 2]));
-        img.save(dir.path().join("train/a_cls/c.BMP")).unwrap();
+        for name in ["c.BMP", "f.gif", "g.TIF", "h.tiff", "i.webp"] {
+            img.save(dir.path().join("train/a_cls").join(name)).unwrap();
+        }
         img.save(dir.path().join("train/b_cls/d.jpeg")).unwrap();
         img.save_with_format(dir.path().join("train/b_cls/e.JPG"), image::ImageFormat::Jpeg)
             .unwrap();
@@ -528,14 +530,20 @@ pub(crate) mod tests {
                 "a_cls_0.png",
                 "a_cls_1.png",
                 "c.BMP",
+                "f.gif",
+                "g.TIF",
+                "h.tiff",
+                "i.webp",
                 "b_cls_0.png",
                 "b_cls_1.png",
                 "d.jpeg",
                 "e.JPG"
             ]
         );
-        assert_eq!(train.labels, [0, 0, 0, 1, 1, 1, 1]);
-        assert_eq!(train.images[2][0], 77, "the BMP decoded");
+        assert_eq!(train.labels, [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1]);
+        for (i, name) in names.iter().enumerate().take(7).skip(2) {
+            assert_eq!(train.images[i][..3], [77, 1, 2], "{name} decoded");
+        }
         // The stage key's walk takes the same files as images.
         let walked = crate::data::reads::Reads::Images.files(dir.path());
         let mut loaded: Vec<PathBuf> = f.splits.iter().flat_map(|(_, s)| s.files.clone()).collect();
@@ -545,7 +553,7 @@ pub(crate) mod tests {
 
     #[test]
     fn images_rkd_does_not_decode_are_refused_by_name() {
-        for ext in ["webp", "gif", "tif", "TIFF"] {
+        for ext in ["heic", "avif", "HEIF"] {
             let dir = tiny_folder();
             // A class folder of such files only: an error naming the format, not "empty".
             std::fs::create_dir_all(dir.path().join("train/c_cls")).unwrap();
@@ -578,7 +586,7 @@ pub(crate) mod tests {
         assert_eq!(
             f.warnings[0],
             format!(
-                "3 files in {} are not images and are not read (e.g. README); image_folder reads .jpg, .jpeg, .png, .bmp files in <split>/<class>/",
+                "3 files in {} are not images and are not read (e.g. README); image_folder reads .jpg, .jpeg, .png, .bmp, .gif, .tif, .tiff, .webp files in <split>/<class>/",
                 train.display()
             )
         );

@@ -222,6 +222,7 @@ mod tests {
             "train/a/notes.txt",
             "train/a/3.Bmp",
             "train/a/4.webp",
+            "train/a/5.avif",
             "validation/b/2.PNG",
             ".cache/x.png",
             "LICENSE",
@@ -230,7 +231,7 @@ mod tests {
         }
         assert_eq!(
             names(dir.path(), Reads::Images.files(dir.path())),
-            ["train/a/1.jpg", "train/a/3.Bmp", "validation/b/2.PNG"]
+            ["train/a/1.jpg", "train/a/3.Bmp", "train/a/4.webp", "validation/b/2.PNG"]
         );
     }
 }

@@ -79,7 +79,7 @@ fn hint(message: &str) -> &'static str {
         ),
         (
             "cannot decode the image",
-            "an image must be a whole JPEG, PNG or BMP file",
+            "an image must be a whole JPEG, PNG, BMP, GIF, TIFF or WebP file",
         ),
         (
             "where the header has",

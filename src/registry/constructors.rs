@@ -444,12 +444,12 @@ const AUGMENT: ParamSchema = p(
     "random flips and crops on the training split",
 );
 
-/// `image_folder`: images in `<split>/<class>/*.{jpg,jpeg,png,bmp}`.
+/// `image_folder`: images in `<split>/<class>/*.{jpg,jpeg,png,bmp,gif,tif,tiff,webp}`.
 pub static IMAGE_FOLDER: OpSchema = OpSchema {
     name: "image_folder",
     kind: OpKind::Dataset,
     version: 1,
-    doc: "Images in the Beans layout `<split>/<class>/*.{jpg,jpeg,png,bmp}`; resized and ImageNet-normalised.",
+    doc: "Images in the Beans layout `<split>/<class>/*.{jpg,jpeg,png,bmp,gif,tif,tiff,webp}`; resized and ImageNet-normalised.",
     params: &[DATA_DIR, IMAGE_SIZE, AUGMENT, HOLDOUT],
     derive: None,
     check: None,
