@@ -154,7 +154,7 @@ fn measure(variant: Variant, runs: usize) -> candle_core::Result<Row> {
     let (model, weights, linear_weights) = build(variant)?;
     // The peak of running the model as held, not of building it from a dense one here: freed
     // heap memory goes back to the system first.
-    crate::ml::kernels::runtime::release_free_heap();
+    crate::ml::kernels::host_memory::release_free_heap();
     let reset = memory::reset_peak_rss();
     let vocab = match model.config() {
         ModelConfig::Bert(c) => c.vocab_size,

@@ -9,6 +9,13 @@ use std::path::{Path, PathBuf};
 
 use super::error::DataError;
 
+/// Whether an entry of that name is left out of a folder's fingerprint, and so of every key, and
+/// of what the loaders read: a hidden one (the name starts with `.`: `.git`, `.DS_Store`,
+/// `.ipynb_checkpoints`).
+pub fn left_out(name: &std::ffi::OsStr) -> bool {
+    name.to_string_lossy().starts_with('.')
+}
+
 /// File extensions (lower-cased) taken as images and decoded.
 pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp"];
 
@@ -71,7 +78,7 @@ pub enum Entry {
     File(PathBuf),
 }
 
-/// The entries of `dir`, sorted, hidden ones ([`super::reads::left_out`]) left out. A link whose
+/// The entries of `dir`, sorted, hidden ones ([`left_out`]) left out. A link whose
 /// target is missing, or an entry that cannot be looked at, is an error naming it: a file that
 /// cannot be read is never left out quietly.
 pub fn entries(dir: &Path) -> Result<Vec<Entry>, DataError> {
@@ -79,7 +86,7 @@ pub fn entries(dir: &Path) -> Result<Vec<Entry>, DataError> {
     let mut paths = Vec::new();
     for entry in rd {
         let entry = entry.map_err(|e| DataError::io(dir, &e))?;
-        if !super::reads::left_out(&entry.file_name()) {
+        if !left_out(&entry.file_name()) {
             paths.push(entry.path());
         }
     }

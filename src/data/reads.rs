@@ -14,11 +14,8 @@ use super::{table, tsv};
 use crate::keyword::Keyword;
 use crate::value::{Params, Value};
 
-/// Whether an entry of that name is left out of a folder's fingerprint, and so of every key:
-/// a hidden one (the name starts with `.`: `.git`, `.DS_Store`, `.ipynb_checkpoints`).
-pub fn left_out(name: &std::ffi::OsStr) -> bool {
-    name.to_string_lossy().starts_with('.')
-}
+/// Whether an entry is left out of a folder's fingerprint (a hidden one); kept with the image rule.
+pub use super::image_files::left_out;
 
 /// What a dataset constructor reads from its folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

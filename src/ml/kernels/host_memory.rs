@@ -38,13 +38,24 @@ pub fn ensure_fits(needed: u64, what: &str, remedy: &str) -> Result<(), String> 
         Some(available) if needed > available => {
             // Memory this process freed but its heap kept for reuse (an earlier stage's model)
             // is the process's to use: give it back to the system and look again.
-            super::runtime::release_free_heap();
+            release_free_heap();
             match available_bytes() {
                 Some(available) if needed > available => Err(too_large(needed, available, what, remedy)),
                 _ => Ok(()),
             }
         }
         _ => Ok(()),
+    }
+}
+
+/// Gives the heap's free memory back to the system (glibc on Linux; elsewhere nothing): the
+/// freed buffers that the start-up heap settings keep for reuse count as used in the system's
+/// figures until then.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the system.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -184,5 +195,27 @@ mod tests {
         assert!(err.contains(SKIP_VAR), "{err}");
         assert!(ensure_fits(1, "a byte", "").is_ok());
         assert_eq!(gib(3 << 29), "1.5 GiB");
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn freed_heap_memory_goes_back_to_the_system() {
+        let rss_bytes = || {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            proc_kib(&status, "VmRSS:").unwrap() * 1024
+        };
+        // 160 MB in blocks small enough for the heap, each written, then all freed but the last
+        // (which keeps the heap from shrinking on its own): the heap holds them until released.
+        let mut blocks: Vec<Vec<u8>> = (0..2560).map(|_| vec![1u8; 64 << 10]).collect();
+        let last = blocks.pop();
+        drop(blocks);
+        let held = rss_bytes();
+        release_free_heap();
+        let after = rss_bytes();
+        drop(last);
+        assert!(
+            held.saturating_sub(after) >= 80 << 20,
+            "RSS {held} before and {after} after releasing"
+        );
     }
 }

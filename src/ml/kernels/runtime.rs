@@ -64,16 +64,6 @@ fn keep_freed_buffers() {
     }
 }
 
-/// Gives the heap's free memory back to the system (glibc on Linux; elsewhere nothing): what
-/// [`keep_freed_buffers`] keeps for reuse counts as used in the system's figures until then.
-pub fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free heap pages to the system.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Threads of the shared pool that stages compute on (rayon's global pool: one per core, or
 /// `RAYON_NUM_THREADS`).
 pub fn shared_threads() -> usize {
@@ -87,32 +77,5 @@ pub fn with_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T 
     match rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build() {
         Ok(pool) => pool.install(f),
         Err(_) => f(),
-    }
-}
-
-#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
-mod tests {
-    use super::*;
-
-    fn rss_bytes() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        super::super::host_memory::proc_kib(&status, "VmRSS:").unwrap() * 1024
-    }
-
-    #[test]
-    fn freed_heap_memory_goes_back_to_the_system() {
-        // 160 MB in blocks small enough for the heap, each written, then all freed but the last
-        // (which keeps the heap from shrinking on its own): the heap holds them until released.
-        let mut blocks: Vec<Vec<u8>> = (0..2560).map(|_| vec![1u8; 64 << 10]).collect();
-        let last = blocks.pop();
-        drop(blocks);
-        let held = rss_bytes();
-        release_free_heap();
-        let after = rss_bytes();
-        drop(last);
-        assert!(
-            held.saturating_sub(after) >= 80 << 20,
-            "RSS {held} before and {after} after releasing"
-        );
     }
 }
