@@ -67,16 +67,25 @@ impl NoSigpipe {
 impl Drop for NoSigpipe {
     fn drop(&mut self) {
         let Some(old) = self.old else { return };
-        // SAFETY: as in `new`; sigtimedwait with a zero timeout only takes a pending SIGPIPE
-        // (the one our write raised) off this thread, without waiting.
+        // SAFETY: as in `new`; the SIGPIPE is pending (checked just before), so taking it off
+        // this thread does not wait: with a zero timeout where sigtimedwait exists (Linux),
+        // with sigwait elsewhere (macOS and the BSDs have no sigtimedwait).
         unsafe {
             let mut pipe: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut pipe);
             libc::sigaddset(&mut pipe, libc::SIGPIPE);
             let mut pending: libc::sigset_t = std::mem::zeroed();
             if libc::sigpending(&mut pending) == 0 && libc::sigismember(&pending, libc::SIGPIPE) == 1 {
-                let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-                libc::sigtimedwait(&pipe, std::ptr::null_mut(), &zero);
+                #[cfg(any(target_os = "linux", target_os = "android"))]
+                {
+                    let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+                    libc::sigtimedwait(&pipe, std::ptr::null_mut(), &zero);
+                }
+                #[cfg(not(any(target_os = "linux", target_os = "android")))]
+                {
+                    let mut taken: libc::c_int = 0;
+                    libc::sigwait(&pipe, &mut taken);
+                }
             }
             libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
         }
