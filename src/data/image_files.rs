@@ -102,6 +102,16 @@ pub fn entries(dir: &Path) -> Result<Vec<Entry>, DataError> {
     Ok(out)
 }
 
+/// Whether `path` is a folder (or a link to one): `false` when nothing is there or it is a file;
+/// a broken link, or an entry whose metadata cannot be read, is an error naming it.
+pub fn is_folder(path: &Path) -> Result<bool, DataError> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(meta.is_dir()),
+        Err(e) if std::fs::symlink_metadata(path).is_ok() => Err(broken(path, &e)),
+        Err(_) => Ok(false),
+    }
+}
+
 /// The error for an entry whose metadata cannot be read: a dangling link says where it points.
 fn broken(path: &Path, err: &std::io::Error) -> DataError {
     match std::fs::read_link(path) {
@@ -136,6 +146,20 @@ mod tests {
         let m = undecoded_message(Path::new("x/cat.HEIC"));
         assert!(m.starts_with(".heic images are not decoded"), "{m}");
         assert!(m.contains(".jpg, .jpeg, .png, .bmp, .gif, .tif, .tiff, .webp"), "{m}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_folder_behind_a_broken_link_is_an_error_not_a_missing_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("train")).unwrap();
+        std::fs::write(dir.path().join("notes"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone"), dir.path().join("validation")).unwrap();
+        assert!(is_folder(&dir.path().join("train")).unwrap());
+        assert!(!is_folder(&dir.path().join("notes")).unwrap());
+        assert!(!is_folder(&dir.path().join("test")).unwrap());
+        let e = is_folder(&dir.path().join("validation")).unwrap_err();
+        assert!(e.message.starts_with("a broken link: its target"), "{e}");
     }
 
     #[cfg(unix)]

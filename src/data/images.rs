@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use super::error::DataError;
-use super::image_files::{decoded_list, entries, kind, undecoded_message, Entry, FileKind};
+use super::image_files::{decoded_list, entries, is_folder, kind, undecoded_message, Entry, FileKind};
 use super::pixels::resize_square;
 use super::SplitName;
 
@@ -238,7 +238,7 @@ pub(crate) fn load_with_cache(
     }
     let side = u32::try_from(side).map_err(|_| DataError::new(format!("image_size {side} is too large")))?;
     let train_dir = root.join("train");
-    if !train_dir.is_dir() {
+    if !is_folder(&train_dir)? {
         return Err(DataError::file(&train_dir, "missing training split folder"));
     }
     let train = list_split(&train_dir, None)?;
@@ -255,7 +255,15 @@ pub(crate) fn load_with_cache(
     }
     let mut listing = vec![(SplitName::Train, train.files)];
     for split in [SplitName::Validation, SplitName::Test] {
-        let Some(dir) = split_dirs(split).iter().map(|d| root.join(d)).find(|d| d.is_dir()) else {
+        let mut found = None;
+        for dir in split_dirs(split).iter().map(|d| root.join(d)) {
+            // A broken `validation` link is an error, not a split quietly missing.
+            if is_folder(&dir)? {
+                found = Some(dir);
+                break;
+            }
+        }
+        let Some(dir) = found else {
             continue;
         };
         let listed = list_split(&dir, Some(&classes))?;
@@ -627,6 +635,13 @@ pub(crate) mod tests {
         std::os::unix::fs::symlink(dir.path().join("train/b_cls/b_cls_0.png"), &good).unwrap();
         let f = load_image_folder(dir.path(), 8).unwrap();
         assert_eq!(f.splits[1].1.labels, [0, 1, 1]);
+
+        // A `test` split behind a broken link is an error, not a split quietly missing.
+        let link = dir.path().join("test");
+        std::os::unix::fs::symlink(dir.path().join("moved-away"), &link).unwrap();
+        let e = load_image_folder(dir.path(), 8).unwrap_err();
+        assert_eq!(e.path.as_deref(), Some(link.as_path()));
+        assert!(e.message.starts_with("a broken link"), "{e}");
     }
 
     fn only_cache_file(dir: &Path) -> PathBuf {
