@@ -24,12 +24,7 @@ pub fn cell(name: &str) -> String {
 /// `text` with control characters escaped except its line breaks and tabs: for a whole message
 /// that may span lines, so that text it quotes cannot move the cursor or restyle the terminal.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    escaped(text, |c| c == '\n' || c == '\t')
-}
-
-/// `text` with the characters [`escape`] changes escaped, except those `keep` accepts.
-fn escaped(text: &str, keep: impl Fn(char) -> bool) -> std::borrow::Cow<'_, str> {
-    let shown = |c: char| keep(c) || !(c.is_control() || is_bidi_control(c));
+    let shown = |c: char| c == '\n' || c == '\t' || !hidden(c);
     if text.chars().all(shown) {
         return text.into();
     }
@@ -52,12 +47,12 @@ impl ShownSource {
     /// The shown text of `text`; `None` when it has nothing to escape (show it as it is).
     pub fn of(text: &str) -> Option<ShownSource> {
         let bytes = text.as_bytes();
-        let hidden = |i: usize, c: char| match c {
+        let escaped = |i: usize, c: char| match c {
             '\n' | '\t' => false,
             '\r' => bytes.get(i + 1) != Some(&b'\n'),
-            c => c.is_control() || is_bidi_control(c),
+            c => hidden(c),
         };
-        if !text.char_indices().any(|(i, c)| hidden(i, c)) {
+        if !text.char_indices().any(|(i, c)| escaped(i, c)) {
             return None;
         }
         let mut shown = ShownSource {
@@ -66,7 +61,7 @@ impl ShownSource {
         };
         let mut added = 0;
         for (i, c) in text.char_indices() {
-            if hidden(i, c) {
+            if escaped(i, c) {
                 let piece = escape(c);
                 added += piece.len() - c.len_utf8();
                 shown.text.push_str(&piece);
@@ -89,7 +84,7 @@ impl ShownSource {
 /// `'head[n=it'\''s]'`; with control characters in it, ANSI-C quoted (`$'a\x1bb'`, which bash
 /// and zsh read).
 pub fn shell_quoted(name: &str) -> String {
-    if !name.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+    if !name.chars().any(hidden) {
         return format!("'{}'", name.replace('\'', "'\\''"));
     }
     let mut out = String::from("$'");
@@ -98,7 +93,7 @@ pub fn shell_quoted(name: &str) -> String {
             '\\' => out.push_str("\\\\"),
             '\'' => out.push_str("\\'"),
             c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if c.is_control() || is_bidi_control(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if hidden(c) => out.push_str(&format!("\\u{:04x}", c as u32)),
             c => out.push(c),
         }
     }
@@ -132,14 +127,15 @@ fn escape(c: char) -> String {
         '\n' => "\\n".into(),
         '\r' => "\\r".into(),
         '\t' => "\\t".into(),
-        c if c.is_control() || is_bidi_control(c) => format!("\\u{{{:x}}}", c as u32),
+        c if hidden(c) => format!("\\u{{{:x}}}", c as u32),
         c => c.to_string(),
     }
 }
 
-/// The invisible marks that reorder the text around them.
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+/// Whether a character is never shown as it is: a control character (it moves the cursor or
+/// changes the terminal's state) or one of the invisible marks that reorder the text around it.
+fn hidden(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -211,8 +207,8 @@ mod tests {
         fn a_cell_is_one_line_of_bounded_width(name in any::<String>()) {
             let shown = cell(&name);
             prop_assert!(shown.chars().count() <= NAME_WIDTH);
-            prop_assert!(!shown.chars().any(|c| c.is_control() || is_bidi_control(c)), "{shown:?}");
-            if name.chars().count() <= NAME_WIDTH && !name.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+            prop_assert!(!shown.chars().any(hidden), "{shown:?}");
+            if name.chars().count() <= NAME_WIDTH && !name.chars().any(hidden) {
                 prop_assert_eq!(shown, name);
             }
         }
