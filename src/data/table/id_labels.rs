@@ -41,7 +41,7 @@ pub fn check(
     } else {
         format!("{classes} distinct labels in {rows} training rows")
     };
-    let found = suggest(files, format, column, used, rows);
+    let found = candidates(files, format, column, used, rows).unwrap_or_default();
     let hint = match found.as_slice() {
         [] => {
             "name the column that holds each row's class: a few distinct values, each shared by many rows".to_string()
@@ -66,24 +66,13 @@ pub fn check(
     ))
 }
 
+/// Columns [`candidates`] names, at most.
+const SUGGESTED: usize = 3;
+
 /// The training file's columns that look like a label, at most [`SUGGESTED`] of them: not
 /// `column` or one of `used`, every cell a label, at least 2 distinct values but not so many that
 /// they look like IDs too; columns named like a label (`label`, `class`, `target`, `category`)
-/// first, then in the file's order. None when the files cannot be read again.
-fn suggest(
-    files: &[PathBuf],
-    format: Option<Format>,
-    column: &str,
-    used: &[&str],
-    rows: usize,
-) -> Vec<(String, usize)> {
-    candidates(files, format, column, used, rows).unwrap_or_default()
-}
-
-/// Columns [`suggest`] names, at most.
-const SUGGESTED: usize = 3;
-
-/// [`suggest`]'s columns; `None` when the files cannot be read.
+/// first, then in the file's order; `None` when the files cannot be read again.
 fn candidates(
     files: &[PathBuf],
     format: Option<Format>,

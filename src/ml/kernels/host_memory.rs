@@ -34,17 +34,16 @@ pub fn ensure_fits(needed: u64, what: &str, remedy: &str) -> Result<(), String> 
     if std::env::var_os(SKIP_VAR).is_some() {
         return Ok(());
     }
-    match available_bytes() {
-        Some(available) if needed > available => {
-            // Memory this process freed but its heap kept for reuse (an earlier stage's model)
-            // is the process's to use: give it back to the system and look again.
-            release_free_heap();
-            match available_bytes() {
-                Some(available) if needed > available => Err(too_large(needed, available, what, remedy)),
-                _ => Ok(()),
-            }
-        }
-        _ => Ok(()),
+    let short = || available_bytes().filter(|&available| needed > available);
+    if short().is_none() {
+        return Ok(());
+    }
+    // Memory this process freed but its heap kept for reuse (an earlier stage's model) is the
+    // process's to use: give it back to the system and look again.
+    release_free_heap();
+    match short() {
+        Some(available) => Err(too_large(needed, available, what, remedy)),
+        None => Ok(()),
     }
 }
 

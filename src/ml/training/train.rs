@@ -347,8 +347,6 @@ pub fn train<B>(
     Ok(report)
 }
 
-/// Puts a checkpoint's variables and optimizer moments back (every shape checked before anything
-/// is changed).
 /// The gradients and AdamW's two moments of the CPU variables `vars` (three more copies of them)
 /// fit in the memory left: an error before the first step otherwise, instead of an
 /// out-of-memory kill during it.
@@ -366,6 +364,8 @@ fn ensure_state_fits(vars: &[(String, candle_core::Var)]) -> Result<(), TrainErr
     .map_err(TrainError::Failed)
 }
 
+/// Puts a checkpoint's variables and optimizer moments back (every shape checked before anything
+/// is changed).
 fn restore(state: &TrainState, vars: &[(String, candle_core::Var)], optimizer: &mut AdamW) -> Result<(), TrainError> {
     // What does not fit is `Unusable` (the caller may start afresh); a device failure while
     // moving the values is an ordinary failure, and the checkpoint is kept.
