@@ -173,3 +173,51 @@ fn an_image_in_a_hidden_folder_is_refused() {
     );
     insta::assert_snapshot!(fails(&t, "check"));
 }
+
+#[test]
+fn a_validation_label_the_training_split_lacks_fails_the_run_before_it_starts() {
+    let t = csv_table(
+        r#"text_table(path: "t", text: "text", label: "label", max_len: 8)"#,
+        "text,label\nfine,pos\nbad,neg\ngood,pos\n",
+    )
+    .file("t/validation.csv", "text,label\nok,pos\nmeh,neutral\n");
+    // `rkd check` reads first rows only; `rkd run` reads every row and checks the labels.
+    assert_eq!(t.run_with(&["check", "p.rkd"]).code, 0);
+    insta::assert_snapshot!(fails(&t, "run"));
+}
+
+#[test]
+fn an_id_column_given_as_the_label_fails_the_run_before_it_starts() {
+    let mut rows = String::from("id,text,sentiment\n");
+    for i in 0..40 {
+        rows.push_str(&format!("{i},review number {i},{}\n", ["pos", "neg"][i % 2]));
+    }
+    let t = csv_table(r#"text_table(path: "t", text: "text", label: "id", max_len: 8)"#, &rows);
+    insta::assert_snapshot!(fails(&t, "run"));
+}
+
+#[test]
+fn image_labels_that_mix_integers_and_names_fail_the_run_before_it_starts() {
+    let t = Test::new()
+        .file("beans/train.csv", "image,labels\na.png,0\nb.png,healthy\n")
+        .file(
+            "p.rkd",
+            "let data = image_table(path: \"beans\", image: \"image\", label: \"labels\", image_size: 16)\n\
+             stage m = train(model: vit(layers: 1, hidden: 16, heads: 2, patch: 8, image_size: 16), data: data, epochs: 1)\n",
+        );
+    for name in ["a", "b"] {
+        image::RgbImage::new(16, 16)
+            .save(t.path().join(format!("beans/{name}.png")))
+            .unwrap();
+    }
+    insta::assert_snapshot!(fails(&t, "run"));
+}
+
+#[test]
+fn training_labels_of_one_class_fail_the_run_before_it_starts() {
+    let t = csv_table(
+        r#"text_table(path: "t", text: "text", label: "label", max_len: 8)"#,
+        "text,label\nfine,1\ngood,1\n",
+    );
+    insta::assert_snapshot!(fails(&t, "run"));
+}

@@ -199,14 +199,15 @@ pub fn load(
     for (name, paths) in &files {
         read.insert(*name, read_split(dir, paths, format, image, label, side)?);
     }
-    let classes = table::classes(&read[&SplitName::Train].1, &files[&SplitName::Train][0])?;
-    let rows = read[&SplitName::Train].1.len();
-    table::id_labels::check(label, classes.len(), rows, &files[&SplitName::Train], format, &[image])?;
-    let mut splits = Vec::new();
-    for (name, (images, labels)) in read {
-        let labels = table::label_ids(&labels, &classes, name, &files[&name][0])?;
-        splits.push((name, images, labels));
-    }
+    let labels = read
+        .iter_mut()
+        .map(|(name, (_, l))| (*name, std::mem::take(l)))
+        .collect();
+    let table::ClassIds { classes, mut ids } = table::class_ids(&labels, &files, label, format, &[image])?;
+    let splits = read
+        .into_iter()
+        .map(|(name, (images, _))| (name, images, ids.remove(&name).unwrap_or_default()))
+        .collect();
     Ok(ImageTable {
         classes: classes.iter().map(table::label_name).collect(),
         splits,

@@ -380,10 +380,17 @@ impl Dataset {
     pub fn check(ctor: &str, params: &Params, all_rows: bool) -> Result<(), DataError> {
         let args = Args::new(ctor, params)?;
         let label = args.str("label");
+        // The labels of the split being read, kept when every row is read.
+        let labels = std::cell::RefCell::new(Vec::new());
+        let keep = |l: table::Label| {
+            if all_rows {
+                labels.borrow_mut().push(l);
+            }
+        };
         let text_row = |_: &Path, cells: Vec<table::rows::Cell>| -> Result<(), (usize, String)> {
             for (i, cell) in cells.into_iter().enumerate() {
                 match i {
-                    1 => table::Label::from_cell(cell).map(drop),
+                    1 => table::Label::from_cell(cell).map(keep),
                     _ => table::text_of(cell).map(drop),
                 }
                 .map_err(|e| (i, e))?;
@@ -434,11 +441,20 @@ impl Dataset {
                 .map(|mut d| d.insert(file.to_path_buf()))
                 .unwrap_or(false);
             image_table::check_cell(image, file, &dir, first).map_err(|e| (0, e))?;
-            table::Label::from_cell(label).map(drop).map_err(|e| (1, e))
+            table::Label::from_cell(label).map(keep).map_err(|e| (1, e))
         };
         let row: table::RowCheck = if images { &image_row } else { &text_row };
-        for files in table::split_files(&dir)?.values() {
+        let files = table::split_files(&dir)?;
+        let mut read = BTreeMap::new();
+        for (name, files) in &files {
             table::check_split(files, format, &columns, all_rows, row)?;
+            read.insert(*name, labels.take());
+        }
+        // With every row read, the labels are checked as loading them will: classes, an ID-like
+        // column, validation labels the training split lacks.
+        if all_rows {
+            let used: Vec<&str> = columns.iter().copied().filter(|c| *c != columns[1]).collect();
+            table::class_ids(&read, &files, columns[1], format, &used)?;
         }
         Ok(())
     }
@@ -596,15 +612,16 @@ impl Dataset {
             }
             read.insert(*name, (enc, labels));
         }
-        let classes = table::classes(&read[&SplitName::Train].1, &train_files[0])?;
         let mut used = vec![text.as_str()];
         used.extend(pair.as_deref());
-        let rows = read[&SplitName::Train].1.len();
-        table::id_labels::check(&label, classes.len(), rows, train_files, format, &used)?;
+        let labels = read
+            .iter_mut()
+            .map(|(name, (_, l))| (*name, std::mem::take(l)))
+            .collect();
+        let table::ClassIds { classes, mut ids } = table::class_ids(&labels, &files, &label, format, &used)?;
         let mut splits: [Option<Split>; 4] = [None, None, None, None];
-        for (name, (enc, labels)) in read {
-            let labels = table::label_ids(&labels, &classes, name, &files[&name][0])?;
-            splits[name.index()] = Some(enc.split(labels));
+        for (name, (enc, _)) in read {
+            splits[name.index()] = Some(enc.split(ids.remove(&name).unwrap_or_default()));
         }
         Ok(Dataset {
             classes: classes.iter().map(table::label_name).collect(),

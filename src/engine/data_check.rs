@@ -2,7 +2,8 @@
 //! `image_table`, `glue` with a `path:`, an `hf_dataset` already in the Hugging Face cache) before
 //! any stage starts: each table's split files are found, open as their
 //! format, have the columns the call names, and their rows read — the first row of each file for
-//! `rkd check`, every row for `rkd run` (of the tables that stages about to run read). A problem is
+//! `rkd check`, every row for `rkd run` (of the tables that stages about to run read), whose
+//! labels are then checked as loading checks them. A problem is
 //! reported at the call's `path:` in the `.rkd` file, naming the file, row and column.
 
 use std::collections::HashSet;
@@ -64,7 +65,7 @@ fn each_table(v: &Value, f: &mut impl FnMut(&Spec)) {
 
 /// What to do about a table problem, by what the message says.
 fn hint(message: &str) -> &'static str {
-    const HINTS: [(&str, &str); 11] = [
+    const HINTS: [(&str, &str); 15] = [
         (
             "empty split",
             "every split file needs at least one row under its header",
@@ -95,6 +96,22 @@ fn hint(message: &str) -> &'static str {
         (
             "JSON Lines holds",
             "write the rows as JSON Lines: one object per line, as `df.to_json(orient=\"records\", lines=True)` does",
+        ),
+        (
+            "which the training split does not have",
+            "a classifier learns only the classes its training split has: add rows of that class to it, or correct the label",
+        ),
+        (
+            "mix integers and strings",
+            "write every label the same way: all integers (0, 1, ...) or all names",
+        ),
+        (
+            "a classifier needs at least 2 classes",
+            "the training split needs rows of at least two classes",
+        ),
+        (
+            "looks like an ID or text column",
+            "`label:` names the column that holds each row's class",
         ),
         (
             "no training split",

@@ -295,12 +295,10 @@ pub fn classes(train: &[Label], where_: &Path) -> Result<Vec<Label>, DataError> 
         ));
     }
     if set.len() < 2 {
+        let only = set.first().map_or("none".to_string(), |l| shown(l));
         return Err(DataError::file(
             where_,
-            format!(
-                "the training split has {} distinct label(s): a classifier needs at least 2",
-                set.len()
-            ),
+            format!("every training row has the label {only}: a classifier needs at least 2 classes"),
         ));
     }
     Ok(set.into_iter().cloned().collect())
@@ -316,14 +314,52 @@ pub fn label_ids(labels: &[Label], classes: &[Label], name: SplitName, where_: &
                 DataError::file(
                     where_,
                     format!(
-                        "row {} of the {name} split has label {} that the training split does not have",
+                        "row {} of the {name} split has the label {}, which the training split does not have",
                         i + 1,
-                        label_name(l)
+                        shown(l)
                     ),
                 )
             })
         })
         .collect()
+}
+
+/// A table's classes and every split's labels as class ids.
+pub struct ClassIds {
+    /// The training split's distinct labels, sorted: class `i` is `classes[i]`.
+    pub classes: Vec<Label>,
+    /// Each split's labels as class ids, in row order.
+    pub ids: BTreeMap<SplitName, Vec<u32>>,
+}
+
+/// Every split's labels as a classifier needs them: the classes are the training split's
+/// distinct labels ([`classes`]), its label column (`column`) must not look like an ID column
+/// ([`id_labels::check`]; `used` are the call's other columns), and every other split's labels
+/// must be among them ([`label_ids`]).
+pub fn class_ids(
+    labels: &BTreeMap<SplitName, Vec<Label>>,
+    files: &BTreeMap<SplitName, Vec<PathBuf>>,
+    column: &str,
+    format: Option<Format>,
+    used: &[&str],
+) -> Result<ClassIds, DataError> {
+    let train_files = &files[&SplitName::Train];
+    let train = labels.get(&SplitName::Train).map_or(&[][..], Vec::as_slice);
+    let classes = classes(train, &train_files[0])?;
+    id_labels::check(column, classes.len(), train.len(), train_files, format, used)?;
+    let ids = labels
+        .iter()
+        .map(|(name, l)| Ok((*name, label_ids(l, &classes, *name, &files[name][0])?)))
+        .collect::<Result<_, DataError>>()?;
+    Ok(ClassIds { classes, ids })
+}
+
+/// A label as an error message shows it: an integer as it is, a name quoted.
+fn shown(l: &Label) -> String {
+    match l {
+        Label::Int(i) => i.to_string(),
+        Label::Str(s) => format!("{s:?}"),
+    }
 }
 
 /// A class's name (config.json's `id2label`).
@@ -550,7 +586,7 @@ mod tests {
         let e = label_ids(&unseen.labels, &c, SplitName::Validation, tmp.path())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("row 1 of the validation split has label 7"), "{e}");
+        assert!(e.contains("row 1 of the validation split has the label 7,"), "{e}");
         assert!(classes(&one.labels, tmp.path())
             .unwrap_err()
             .to_string()
