@@ -532,7 +532,7 @@ stage teacher = train(model: wide, data: data, epochs: 1, batch_size: 1024)
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(
         out.stderr
-            .contains("the activations of a training batch of 1024 examples × 512 positions with the optimiser's moments would take at least")
+            .contains("the activations of a training batch of 1024 examples × 512 positions would take at least")
             && out.stderr.contains("use a smaller `batch_size`"),
         "{}",
         out.stderr

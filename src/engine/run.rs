@@ -266,6 +266,8 @@ pub fn run(
         |j, slots| {
             let stage = plan.stage(StageId(order[j] as u32));
             let progress = display.stage(stage.def.op.name, &stage.def.name);
+            // While it runs, a stage beside it that is short of memory waits for it.
+            let running = crate::ml::kernels::memory_ledger::stage_running(progress.notifier());
             let result = match crate::ml::kernels::device::for_slot(&opts.device, slots.first().copied()) {
                 Ok(device) => {
                     let compute = Compute {
@@ -285,6 +287,7 @@ pub fn run(
                 }
                 Err(e) => Finished::failed(0.0, e.to_string()),
             };
+            drop(running);
             progress.finish();
             if result.outcome == Outcome::Ran {
                 on_stored(order[j]);

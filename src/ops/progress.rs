@@ -93,6 +93,18 @@ impl Progress {
         }
     }
 
+    /// What a check deep in the stage's work calls to say that it waits: the line shows it and
+    /// a line above the progress lines, naming the stage, says so once.
+    pub fn notifier(&self) -> Box<dyn Fn(&str)> {
+        let bar = self.bar.clone();
+        Box::new(move |line: &str| {
+            if !bar.is_hidden() {
+                bar.println(format!("⏳ {}: {line}", bar.prefix()));
+            }
+            bar.set_message(line.to_string());
+        })
+    }
+
     /// Says that the first `steps` were done by an earlier process (the ETA counts from here).
     pub fn resumed_at(&self, steps: u64) {
         self.resumed_at.store(steps, Ordering::Relaxed);

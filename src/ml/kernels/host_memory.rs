@@ -4,10 +4,10 @@
 //!
 //! The figure is the smaller of what the system has (`MemAvailable` plus free swap, from
 //! `/proc/meminfo`) and the headroom under this process's control-group limit (cgroup v2
-//! `memory.max`, or v1 `memory.limit_in_bytes`: containers and Slurm jobs set one). Linux only;
-//! elsewhere nothing is known and nothing is refused. Before refusing, the heap's free memory (kept
-//! for reuse by [`super::runtime`]'s settings, e.g. an earlier stage's model) goes back to the
-//! system and the figure is read again.
+//! `memory.max`, or v1 `memory.limit_in_bytes`: containers and Slurm jobs set one), where the
+//! group's usage leaves out the page cache the kernel reclaims first. Linux only;
+//! elsewhere nothing is known and nothing is refused. The checks themselves, and what stages
+//! running side by side reserve, are [`super::memory_ledger`]'s.
 
 use std::path::{Path, PathBuf};
 
@@ -28,25 +28,6 @@ pub fn available_bytes() -> Option<u64> {
     }
 }
 
-/// `Err` with a message naming `what` when `needed` bytes are more than [`available_bytes`];
-/// `remedy` is the first of the ways out it suggests ("use a smaller model").
-pub fn ensure_fits(needed: u64, what: &str, remedy: &str) -> Result<(), String> {
-    if std::env::var_os(SKIP_VAR).is_some() {
-        return Ok(());
-    }
-    let short = || available_bytes().filter(|&available| needed > available);
-    if short().is_none() {
-        return Ok(());
-    }
-    // Memory this process freed but its heap kept for reuse (an earlier stage's model) is the
-    // process's to use: give it back to the system and look again.
-    release_free_heap();
-    match short() {
-        Some(available) => Err(too_large(needed, available, what, remedy)),
-        None => Ok(()),
-    }
-}
-
 /// Gives the heap's free memory back to the system (glibc on Linux; elsewhere nothing): the
 /// freed buffers that the start-up heap settings keep for reuse count as used in the system's
 /// figures until then.
@@ -58,20 +39,23 @@ pub fn release_free_heap() {
     }
 }
 
-/// The message of [`ensure_fits`].
-fn too_large(needed: u64, available: u64, what: &str, remedy: &str) -> String {
+/// The message of a check that failed: `what` needs `needed` bytes, `available` are left.
+pub fn too_large(needed: u64, available: u64, what: &str, remedy: &str) -> String {
     format!(
         "{what} would take at least {} of memory, and this process has {} left (RAM and swap, within \
          its container's or Slurm job's limit): {remedy}, a machine with more memory, \
          or on Slurm a larger `mem` in the stage's `resources`; {SKIP_VAR}=1 skips this check",
-        gib(needed),
-        gib(available)
+        size(needed),
+        size(available)
     )
 }
 
-/// Bytes as GiB with one decimal.
-fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+/// Bytes as GiB with one decimal, or as whole MiB below 1 GiB.
+pub fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b => format!("{} MiB", b.div_ceil(1 << 20)),
+    }
 }
 
 /// The number of a `FIELD:   N kB` line of a `/proc` file (`/proc/meminfo`, `/proc/self/status`).
@@ -110,7 +94,7 @@ fn cgroup_headroom(self_cgroup: &str, root: &Path) -> Option<u64> {
             let limit = read_u64(&dir.join(limit_file));
             let usage = read_u64(&dir.join(usage_file));
             if let (Some(limit), Some(usage)) = (limit, usage) {
-                let headroom = limit.saturating_sub(usage);
+                let headroom = limit.saturating_sub(usage.saturating_sub(inactive_file(&dir)));
                 best = Some(best.map_or(headroom, |b| b.min(headroom)));
             }
         }
@@ -127,6 +111,23 @@ fn ancestors(base: &Path, group: &str) -> Vec<PathBuf> {
         out.push(dir.clone());
     }
     out
+}
+
+/// Bytes of the group's page cache that the kernel reclaims first when the group nears its
+/// limit (`inactive_file` of `memory.stat`; v1's hierarchical `total_inactive_file` where
+/// present): counted in the group's usage, but not memory the process has taken (a stage's
+/// output just written, say). 0 when not known.
+fn inactive_file(dir: &Path) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(dir.join("memory.stat")) else {
+        return 0;
+    };
+    let field = |name: &str| {
+        stat.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<u64>().ok())
+    };
+    field("total_inactive_file")
+        .or_else(|| field("inactive_file"))
+        .unwrap_or(0)
 }
 
 /// A file holding one number (`max` and other words: `None`).
@@ -164,6 +165,13 @@ mod tests {
         write("slurm", "memory.max", &format!("{}\n", 10u64 << 30));
         write("slurm", "memory.current", &format!("{}\n", 4u64 << 30));
         assert_eq!(cgroup_headroom("0::/slurm/job_7\n", root.path()), Some(6 << 30));
+        // Of the 4 GiB used, 1 GiB is page cache the kernel reclaims first (a file just written).
+        write(
+            "slurm",
+            "memory.stat",
+            &format!("anon 3000\nfile {}\ninactive_file {}\n", 2u64 << 30, 1u64 << 30),
+        );
+        assert_eq!(cgroup_headroom("0::/slurm/job_7\n", root.path()), Some(7 << 30));
         assert_eq!(
             cgroup_headroom("0::/elsewhere\n", root.path()),
             None,
@@ -174,26 +182,22 @@ mod tests {
         write("memory/docker/abc", "memory.usage_in_bytes", "512\n");
         let v1 = "12:cpu,cpuacct:/docker/abc\n11:memory:/docker/abc\n";
         assert_eq!(cgroup_headroom(v1, root.path()), Some(1536));
+        write(
+            "memory/docker/abc",
+            "memory.stat",
+            "cache 300\ninactive_file 100\ntotal_inactive_file 256\n",
+        );
+        assert_eq!(cgroup_headroom(v1, root.path()), Some(1792));
         assert_eq!(cgroup_headroom("garbage", root.path()), None);
     }
 
     #[test]
-    fn a_model_that_cannot_fit_is_refused_with_the_figures_and_a_way_out() {
-        if available_bytes().is_none() {
-            crate::say!("this system does not say how much memory is free: nothing to test");
-            return;
-        }
-        let err = ensure_fits(u64::MAX, "the model `teacher`", "use a smaller one").unwrap_err();
-        assert!(err.starts_with("the model `teacher` would take at least "), "{err}");
-        assert!(
-            err.contains(
-                "left (RAM and swap, within its container's or Slurm job's limit): use a smaller one, a machine"
-            ),
-            "{err}"
-        );
-        assert!(err.contains(SKIP_VAR), "{err}");
-        assert!(ensure_fits(1, "a byte", "").is_ok());
-        assert_eq!(gib(3 << 29), "1.5 GiB");
+    fn sizes_read_as_gib_or_below_one_as_mib() {
+        assert_eq!(size(3 << 29), "1.5 GiB");
+        assert_eq!(size(1 << 30), "1.0 GiB");
+        assert_eq!(size((1 << 30) - 1), "1024 MiB");
+        assert_eq!(size(1), "1 MiB");
+        assert_eq!(size(0), "0 MiB");
     }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -19,6 +19,8 @@ pub(crate) mod gemm;
 pub mod host_memory;
 /// The vector instruction set the kernels run (AVX-512, AVX2, baseline), chosen at run time.
 pub mod isa;
+/// Memory reserved by the stages running side by side in this process; checks that wait or fail.
+pub mod memory_ledger;
 /// NF4 weights held 4-bit on any device as tensors, dequantized there by tensor ops.
 pub mod nf4_device;
 /// Products with NF4 weights dequantized panel by panel inside the CPU kernel.

@@ -9,7 +9,7 @@ use super::layers::ForwardCtx;
 use super::output::ModelOutput;
 use super::params::{LoadReport, ParamStore};
 use super::vit::VitForImageClassification;
-use crate::ml::kernels::host_memory;
+use crate::ml::kernels::memory_ledger;
 
 /// A batch of model inputs.
 #[derive(Debug, Clone)]
@@ -134,11 +134,17 @@ impl Pretrained {
     /// initialised), whose source is released afterwards. On the CPU, weights that cannot fit in
     /// the memory left are an error before any is allocated.
     pub fn build(config: &ModelConfig, params: ParamStore, dtype: DType, device: &Device) -> Result<Self> {
-        if device.is_cpu() {
-            let bytes = config.min_weight_count().saturating_mul(dtype.size_in_bytes() as u64);
-            host_memory::ensure_fits(bytes, "this model's weights", "use a smaller model")
-                .map_err(candle_core::Error::Msg)?;
-        }
+        // Reserved until the weights are made (then the system counts them).
+        let _weights = match device.is_cpu() {
+            true => {
+                let bytes = config.min_weight_count().saturating_mul(dtype.size_in_bytes() as u64);
+                Some(
+                    memory_ledger::reserve(bytes, "this model's weights", "use a smaller model")
+                        .map_err(candle_core::Error::Msg)?,
+                )
+            }
+            false => None,
+        };
         let model = Model::new(config, params.var_builder(dtype, device))?;
         let report = params.report();
         params.release_source();
@@ -225,6 +231,7 @@ mod tests {
 
     #[test]
     fn new_weights_too_large_for_the_memory_left_are_an_error_before_allocating() {
+        use crate::ml::kernels::host_memory;
         if host_memory::available_bytes().is_none() || std::env::var_os(host_memory::SKIP_VAR).is_some() {
             crate::say!("no memory figure here: nothing to test");
             return;

@@ -3,11 +3,12 @@
 //! with no message, often after the model and data took minutes to load).
 //!
 //! Before each batch larger than any before it, a lower bound of the values the step keeps for
-//! its backward pass ([`ModelConfig::min_activation_count`]) is checked against the memory the
-//! process has left ([`host_memory`]). Only what the larger batch adds counts: the memory the
-//! earlier batches' activations took is the process's to reuse. Before the first batch the
-//! optimizer's two moments count too: they are allocated as untouched zero pages, which the
-//! system does not count as used until the first update writes them.
+//! its backward pass ([`ModelConfig::min_activation_count`]) is reserved in the process's memory
+//! ledger ([`memory_ledger`]): what the larger batch adds must fit in what the process has left
+//! less what the stages beside it reserved (training's gradients and optimizer moments among
+//! them, reserved when training starts), and it stays reserved until training ends, so that a
+//! stage starting beside this one between two of its steps does not count this step's memory as
+//! free.
 //!
 //! It applies when every weight of the model trains on the CPU (`train`, `distill`, `fuse`,
 //! `prune`'s fine-tuning): with frozen layers (QLoRA) much less is kept, and GPU memory is not
@@ -15,7 +16,7 @@
 
 use candle_core::Device;
 
-use crate::ml::kernels::host_memory;
+use crate::ml::kernels::memory_ledger::{self, Reservation};
 use crate::ml::models::config::ModelConfig;
 use crate::ml::models::model::{Model, ModelInput};
 use crate::ml::models::params::ParamStore;
@@ -28,10 +29,8 @@ pub struct ActivationCheck {
     config: Option<ModelConfig>,
     /// Bytes of one kept value (2 under bf16/f16: a lower bound whatever each kernel keeps).
     value_bytes: u64,
-    /// The optimizer moments' bytes, still to be written at the first update.
-    moments: u64,
-    /// The activation bytes of the largest batch checked so far.
-    largest: u64,
+    /// The activation bytes of the largest batch checked so far, reserved.
+    reserved: Option<Reservation>,
 }
 
 impl ActivationCheck {
@@ -43,8 +42,7 @@ impl ActivationCheck {
         Self {
             config: applies.then_some(config),
             value_bytes: precision.dtype().size_in_bytes() as u64,
-            moments: trainable.saturating_mul(2 * 4),
-            largest: 0,
+            reserved: None,
         }
     }
 
@@ -71,23 +69,17 @@ impl ActivationCheck {
         let bytes = config
             .min_activation_count(batch, positions)
             .saturating_mul(self.value_bytes);
-        if bytes <= self.largest {
+        let largest = self.reserved.as_ref().map_or(0, Reservation::bytes);
+        if bytes <= largest {
             return Ok(());
         }
-        let mut needed = bytes - self.largest;
-        let mut what = format!("the activations of a training batch of {batch} examples × {positions} positions");
-        if self.largest == 0 {
-            needed = needed.saturating_add(self.moments);
-            what.push_str(" with the optimiser's moments");
+        let what = format!("the activations of a training batch of {batch} examples × {positions} positions");
+        let remedy = "use a smaller `batch_size` (or shorter sequences, `max_len`)";
+        match &mut self.reserved {
+            Some(r) => r.grow(bytes - largest, &what, remedy),
+            None => memory_ledger::reserve(bytes, &what, remedy).map(|r| self.reserved = Some(r)),
         }
-        host_memory::ensure_fits(
-            needed,
-            &what,
-            "use a smaller `batch_size` (or shorter sequences, `max_len`)",
-        )
-        .map_err(candle_core::Error::Msg)?;
-        self.largest = bytes;
-        Ok(())
+        .map_err(candle_core::Error::Msg)
     }
 }
 
@@ -124,6 +116,7 @@ mod tests {
 
     #[test]
     fn a_batch_too_large_for_the_memory_left_is_an_error_naming_batch_size() {
+        use crate::ml::kernels::host_memory;
         if host_memory::available_bytes().is_none() || std::env::var_os(host_memory::SKIP_VAR).is_some() {
             crate::say!("no memory figure here: nothing to test");
             return;

@@ -17,7 +17,7 @@ use super::optim::{clip_scale, AdamW, AdamWConfig};
 pub use super::report::{EpochRecord, StepRecord, TrainReport, Validation};
 use super::resume::{BestWeights, Checkpointer, Position, Snapshot, TrainState};
 use super::schedule::LinearSchedule;
-use crate::ml::kernels::host_memory;
+use crate::ml::kernels::memory_ledger::{self, Reservation};
 use crate::ml::kernels::rng::derive_seed;
 use crate::ml::models::layers::ForwardCtx;
 use crate::ml::models::model::Model;
@@ -163,7 +163,10 @@ pub fn train<B>(
     let schedule = LinearSchedule::new(opts.lr, opts.warmup, planned);
     let mut vars = params.named_vars();
     vars.extend(std::mem::take(&mut hooks.extra_vars));
-    ensure_state_fits(&vars)?;
+    let mut state = reserve_state(&vars)?;
+    // Once the first update has written the moments, the system counts them: what stays
+    // reserved is the gradients, made again at every step.
+    let gradient_bytes = state.bytes() / 3;
     let mut optimizer = AdamW::new(
         vars.clone(),
         AdamWConfig {
@@ -277,6 +280,9 @@ pub fn train<B>(
                 optimizer.step(&grads, scale / factor)?;
             }
             drop(grads);
+            if apply {
+                state.shrink_to(gradient_bytes);
+            }
             if let Some(f) = hooks.after_update.as_mut() {
                 f()?;
             }
@@ -347,16 +353,16 @@ pub fn train<B>(
     Ok(report)
 }
 
-/// The gradients and AdamW's two moments of the CPU variables `vars` (three more copies of them)
-/// fit in the memory left: an error before the first step otherwise, instead of an
-/// out-of-memory kill during it.
-fn ensure_state_fits(vars: &[(String, candle_core::Var)]) -> Result<(), TrainError> {
+/// Reserves the gradients and AdamW's two moments of the CPU variables `vars` (three more copies
+/// of them) for as long as training runs: an error before the first step when they cannot fit,
+/// instead of an out-of-memory kill during it.
+fn reserve_state(vars: &[(String, candle_core::Var)]) -> Result<Reservation, TrainError> {
     let bytes: u64 = vars
         .iter()
         .filter(|(_, v)| v.device().is_cpu())
         .map(|(_, v)| (v.elem_count() * v.dtype().size_in_bytes()) as u64)
         .sum();
-    host_memory::ensure_fits(
+    memory_ledger::reserve(
         bytes.saturating_mul(3),
         "training's gradients and optimiser state",
         "use a smaller model",

@@ -1,0 +1,350 @@
+//! Memory reserved by the stages running side by side in this process (`rkd run -j N`), so that
+//! their memory checks do not each count the same free memory.
+//!
+//! A check that passes reserves what it checked ([`reserve`]); the reservation lasts as long as
+//! the need does (a model's weights: until they are built; training's gradients, moments and
+//! activations: until training ends) and every later check counts it as taken. A check that
+//! fails while another stage is still running does not fail its stage: it waits until memory is
+//! released (a reservation dropped, a stage ended) and looks again, saying so on the stage's
+//! progress line. Only when no other stage could release anything (none runs, or all of them
+//! are waiting too) does it fail, so stages never wait for each other in a circle.
+//!
+//! Stages in other processes (another `rkd run`, Slurm jobs on the same node) are not in the
+//! ledger: for them the system's own figure is all there is.
+
+use std::cell::RefCell;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::host_memory::{self, SKIP_VAR};
+
+/// The reservations and stages of a process (tests make their own).
+pub struct Ledger {
+    state: Mutex<State>,
+    /// Signalled whenever memory may have been released.
+    released: Condvar,
+    /// Bytes the process may still allocate, if the system says.
+    available: fn() -> Option<u64>,
+}
+
+/// What a [`Ledger`] counts.
+struct State {
+    /// Bytes reserved by passed checks and not yet released.
+    reserved: u64,
+    /// Stages running ([`StageRunning`] guards alive).
+    stages: usize,
+    /// Checks now waiting for memory.
+    waiting: usize,
+}
+
+/// This process's ledger.
+static PROCESS: Ledger = Ledger::new(host_memory::available_bytes);
+
+/// How often a waiting check looks again even when nothing in this process signalled (memory
+/// freed by other processes counts too).
+const RECHECK: Duration = Duration::from_secs(2);
+
+thread_local! {
+    /// Where a check on this thread says that it waits (the stage's progress line).
+    static NOTICE: RefCell<Option<Notice>> = const { RefCell::new(None) };
+}
+
+/// Says what a waiting check waits for.
+pub type Notice = Box<dyn Fn(&str)>;
+
+/// Registers a stage running on this thread in this process's ledger; `notice` is told when one
+/// of its checks waits.
+pub fn stage_running(notice: Notice) -> StageRunning {
+    PROCESS.stage_running(notice)
+}
+
+/// Reserves `needed` bytes in this process's ledger when they fit in what the process has left
+/// ([`host_memory::available_bytes`]) less what the stages beside it reserved; otherwise waits
+/// while another stage runs that could release memory, and then fails with a message naming
+/// `what`, the figures, and `remedy` first among the ways out ("use a smaller model"). Nothing is
+/// checked (nor reserved) where the system does not say what is free, or with
+/// `RKD_NO_MEMORY_CHECK` set.
+pub fn reserve(needed: u64, what: &str, remedy: &str) -> Result<Reservation, String> {
+    if std::env::var_os(SKIP_VAR).is_some() {
+        return Ok(Reservation {
+            bytes: 0,
+            ledger: &PROCESS,
+        });
+    }
+    PROCESS.reserve(needed, what, remedy)
+}
+
+/// A stage running on this thread: while it lives, a check of another stage that is short of
+/// memory waits for this one to release some instead of failing. Dropping it releases the wait.
+pub struct StageRunning {
+    ledger: &'static Ledger,
+    /// Not `Send`: the notice belongs to the thread that made it.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for StageRunning {
+    fn drop(&mut self) {
+        NOTICE.with(|n| n.borrow_mut().take());
+        let mut s = self.ledger.state();
+        s.stages = s.stages.saturating_sub(1);
+        drop(s);
+        self.ledger.released.notify_all();
+    }
+}
+
+/// Memory a passed check reserved; released when dropped.
+#[must_use = "the memory is reserved only while this lives"]
+pub struct Reservation {
+    bytes: u64,
+    ledger: &'static Ledger,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Reservation({} bytes)", self.bytes)
+    }
+}
+
+impl Reservation {
+    /// Bytes reserved.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Reserves `extra` bytes more, checked as [`reserve`] checks.
+    pub fn grow(&mut self, extra: u64, what: &str, remedy: &str) -> Result<(), String> {
+        if std::env::var_os(SKIP_VAR).is_some() {
+            return Ok(());
+        }
+        let mut more = self.ledger.reserve(extra, what, remedy)?;
+        self.bytes = self.bytes.saturating_add(std::mem::take(&mut more.bytes));
+        Ok(())
+    }
+
+    /// Releases what is reserved beyond `bytes` (that memory is now in use, and the system
+    /// counts it).
+    pub fn shrink_to(&mut self, bytes: u64) {
+        if bytes >= self.bytes {
+            return;
+        }
+        let mut s = self.ledger.state();
+        s.reserved = s.reserved.saturating_sub(self.bytes - bytes);
+        drop(s);
+        self.bytes = bytes;
+        self.ledger.released.notify_all();
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        let mut s = self.ledger.state();
+        s.reserved = s.reserved.saturating_sub(self.bytes);
+        drop(s);
+        self.ledger.released.notify_all();
+    }
+}
+
+impl Ledger {
+    /// An empty ledger over the `available` figure.
+    pub const fn new(available: fn() -> Option<u64>) -> Ledger {
+        Ledger {
+            state: Mutex::new(State {
+                reserved: 0,
+                stages: 0,
+                waiting: 0,
+            }),
+            released: Condvar::new(),
+            available,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`stage_running`] in this ledger.
+    pub fn stage_running(&'static self, notice: Notice) -> StageRunning {
+        self.state().stages += 1;
+        NOTICE.with(|n| *n.borrow_mut() = Some(notice));
+        StageRunning {
+            ledger: self,
+            _thread: std::marker::PhantomData,
+        }
+    }
+
+    /// [`reserve`] in this ledger (`RKD_NO_MEMORY_CHECK` aside).
+    pub fn reserve(&'static self, needed: u64, what: &str, remedy: &str) -> Result<Reservation, String> {
+        let mut s = self.state();
+        let mut said = false;
+        loop {
+            // What is left for a new reservation: the process's figure less what is reserved.
+            // Before calling it short, the heap's free memory (an earlier stage's model, kept for
+            // reuse) goes back to the system and the figure is read again.
+            let reserved = s.reserved;
+            let left = || (self.available)().map(|a| a.saturating_sub(reserved));
+            let Some(mut left_now) = left() else {
+                return Ok(Reservation { bytes: 0, ledger: self });
+            };
+            if needed > left_now {
+                host_memory::release_free_heap();
+                left_now = left().unwrap_or(left_now);
+            }
+            if needed <= left_now {
+                s.reserved = s.reserved.saturating_add(needed);
+                return Ok(Reservation {
+                    bytes: needed,
+                    ledger: self,
+                });
+            }
+            // The caller works for a stage when any runs; the others could still release memory
+            // unless every one of them waits too.
+            let others = s.stages.saturating_sub(1).saturating_sub(s.waiting);
+            if others == 0 {
+                return Err(host_memory::too_large(needed, left_now, what, remedy));
+            }
+            if !said {
+                said = true;
+                let line = format!(
+                    "waiting for memory: {what} would take at least {}, and {} is left while other stages run",
+                    host_memory::size(needed),
+                    host_memory::size(left_now)
+                );
+                NOTICE.with(|n| n.borrow().as_ref().map(|f| f(&line)));
+            }
+            s.waiting += 1;
+            s = self
+                .released
+                .wait_timeout(s, RECHECK)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+            s.waiting -= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::sync::{Arc, Mutex as StdMutex};
+
+    const GIB: u64 = 1 << 30;
+
+    fn ten_gib() -> Option<u64> {
+        Some(10 * GIB)
+    }
+
+    /// Starts a stage on a new thread that reserves `bytes` in `ledger`, keeps the reservation
+    /// until told, and reports the reservation's outcome; returns the lines its notice got, where
+    /// the outcome arrives, and the sender that ends the stage.
+    #[allow(clippy::type_complexity)]
+    fn stage_beside(
+        ledger: &'static Ledger,
+        bytes: u64,
+    ) -> (
+        Arc<StdMutex<Vec<String>>>,
+        mpsc::Receiver<Result<u64, String>>,
+        mpsc::Sender<()>,
+    ) {
+        let lines = Arc::new(StdMutex::new(Vec::new()));
+        let (result_tx, result_rx) = mpsc::channel();
+        let (end_tx, end_rx) = mpsc::channel::<()>();
+        let told = lines.clone();
+        std::thread::spawn(move || {
+            let _stage = ledger.stage_running(Box::new(move |l| told.lock().unwrap().push(l.to_string())));
+            let r = ledger.reserve(bytes, "the model `b`", "use a smaller model");
+            let _ = result_tx.send(r.as_ref().map(Reservation::bytes).map_err(Clone::clone));
+            let _ = end_rx.recv_timeout(Duration::from_secs(30));
+        });
+        (lines, result_rx, end_tx)
+    }
+
+    /// Waits (at most 10 s) until the stage beside says it waits.
+    fn until_waiting(lines: &StdMutex<Vec<String>>) -> String {
+        for _ in 0..1000 {
+            if let Some(l) = lines.lock().unwrap().first() {
+                return l.clone();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the stage beside never said it waits");
+    }
+
+    #[test]
+    fn a_reservation_counts_as_taken_until_it_is_dropped() {
+        static LEDGER: Ledger = Ledger::new(ten_gib);
+        let first = LEDGER.reserve(6 * GIB, "the model `a`", "use a smaller model").unwrap();
+        assert_eq!(first.bytes(), 6 * GIB);
+        // No stage runs that could release memory: the second fails at once, with the figures.
+        let err = LEDGER
+            .reserve(6 * GIB, "the model `b`", "use a smaller model")
+            .unwrap_err();
+        assert!(
+            err.starts_with("the model `b` would take at least 6.0 GiB of memory, and this process has 4.0 GiB left"),
+            "{err}"
+        );
+        drop(first);
+        let mut shrunk = LEDGER.reserve(9 * GIB, "the model `b`", "").unwrap();
+        shrunk.shrink_to(GIB);
+        assert_eq!(shrunk.bytes(), GIB);
+        drop(shrunk);
+        let mut again = LEDGER.reserve(6 * GIB, "the model `b`", "").unwrap();
+        again.grow(3 * GIB, "activations", "").unwrap();
+        assert_eq!(again.bytes(), 9 * GIB);
+        assert!(again.grow(2 * GIB, "activations", "").is_err());
+    }
+
+    #[test]
+    fn a_stage_short_of_memory_waits_until_another_releases_it() {
+        static LEDGER: Ledger = Ledger::new(ten_gib);
+        let _a = LEDGER.stage_running(Box::new(|_| {}));
+        let weights = LEDGER.reserve(8 * GIB, "the model `a`", "").unwrap();
+        let (lines, result, end) = stage_beside(&LEDGER, 4 * GIB);
+        assert_eq!(
+            until_waiting(&lines),
+            "waiting for memory: the model `b` would take at least 4.0 GiB, and 2.0 GiB is left while other stages run"
+        );
+        assert!(result.try_recv().is_err(), "it went on without the memory");
+        drop(weights);
+        assert_eq!(result.recv_timeout(Duration::from_secs(10)), Ok(Ok(4 * GIB)));
+        end.send(()).unwrap();
+    }
+
+    #[test]
+    fn stages_never_wait_for_each_other_in_a_circle() {
+        static LEDGER: Ledger = Ledger::new(ten_gib);
+        let a = LEDGER.stage_running(Box::new(|_| {}));
+        let weights = LEDGER.reserve(8 * GIB, "the model `a`", "").unwrap();
+        let (lines, result, end) = stage_beside(&LEDGER, 4 * GIB);
+        until_waiting(&lines);
+        // The stage beside waits for this one: this one, short too, fails instead of waiting...
+        let err = LEDGER
+            .reserve(4 * GIB, "activations", "use a smaller `batch_size`")
+            .unwrap_err();
+        assert!(err.contains("use a smaller `batch_size`"), "{err}");
+        // ...and when it ends, the other goes on.
+        drop(weights);
+        drop(a);
+        assert_eq!(result.recv_timeout(Duration::from_secs(10)), Ok(Ok(4 * GIB)));
+        end.send(()).unwrap();
+    }
+
+    #[test]
+    fn a_stage_that_ends_wakes_the_one_waiting_for_it() {
+        static LEDGER: Ledger = Ledger::new(ten_gib);
+        let a = LEDGER.stage_running(Box::new(|_| {}));
+        let held = LEDGER.reserve(8 * GIB, "the model `a`", "").unwrap();
+        let (lines, result, end) = stage_beside(&LEDGER, 4 * GIB);
+        until_waiting(&lines);
+        // The other stage ends (its memory is still reserved here, as if another process held
+        // it): nothing can release memory any more, so the waiting check fails.
+        drop(a);
+        let err = result.recv_timeout(Duration::from_secs(10)).unwrap().unwrap_err();
+        assert!(err.contains("2.0 GiB left"), "{err}");
+        drop(held);
+        end.send(()).unwrap();
+    }
+}
