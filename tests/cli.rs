@@ -21,7 +21,15 @@ fn stages(plan: &Value) -> &Vec<Value> {
 
 #[test]
 fn the_shipped_pipelines_and_examples_check_clean() {
+    // `rkd check` lists image folders: beans.rkd's (RKD_BEANS) is a tiny one of two classes.
+    let beans = tempfile::tempdir().unwrap();
+    for image in ["train/healthy/a.png", "train/bean_rust/b.png"] {
+        let path = beans.path().join(image);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::RgbImage::new(8, 8).save(path).unwrap();
+    }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rkd"))
+        .env("RKD_BEANS", beans.path())
         .args([
             "check",
             "pipelines/sst2.rkd",

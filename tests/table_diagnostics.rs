@@ -1,5 +1,5 @@
-//! Snapshot tests of the diagnostics for bad tables: each points at the dataset call in the
-//! `.rkd` file and names the file, row and column. `rkd run` reads every row before any stage
+//! Snapshot tests of the diagnostics for bad tables and image folders: each points at the
+//! dataset call in the `.rkd` file and names the file, row and column. `rkd run` reads every row before any stage
 //! starts, so a bad row deep in a file fails at once, never hours into a run.
 
 mod common;
@@ -220,4 +220,56 @@ fn training_labels_of_one_class_fail_the_run_before_it_starts() {
         "text,label\nfine,1\ngood,1\n",
     );
     insta::assert_snapshot!(fails(&t, "run"));
+}
+
+/// A pipeline training a ViT on `image_folder(path: "beans")`, with 16×16 PNGs at `images`.
+fn image_folder(images: &[&str]) -> Test {
+    let t = Test::new().file(
+        "p.rkd",
+        "let data = image_folder(path: \"beans\", image_size: 16)\n\
+         stage m = train(model: vit(layers: 1, hidden: 16, heads: 2, patch: 8, image_size: 16), data: data, epochs: 1)\n",
+    );
+    for path in images {
+        let path = t.path().join("beans").join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        image::RgbImage::new(16, 16).save(path).unwrap();
+    }
+    t
+}
+
+#[test]
+fn an_image_folder_with_one_class_fails_the_check() {
+    let t = image_folder(&["train/healthy/a.png", "train/healthy/b.png"]);
+    let check = fails(&t, "check");
+    assert_eq!(check, fails(&t, "run"));
+    insta::assert_snapshot!(check);
+}
+
+#[test]
+fn a_validation_class_the_training_split_lacks_fails_the_check() {
+    let t = image_folder(&[
+        "train/healthy/a.png",
+        "train/rust/b.png",
+        "validation/healthy/c.png",
+        "validation/mildew/d.png",
+    ]);
+    insta::assert_snapshot!(fails(&t, "check"));
+}
+
+#[test]
+fn a_corrupt_first_image_in_a_folder_fails_the_check() {
+    let t = image_folder(&["train/healthy/b.png", "train/rust/c.png"]).file("beans/train/healthy/a.png", "not a png");
+    insta::assert_snapshot!(fails(&t, "check"));
+}
+
+#[test]
+fn files_an_image_folder_does_not_read_are_a_warning_before_the_run() {
+    let t = image_folder(&["train/healthy/a.png", "train/rust/b.png"]).file("beans/train/rust/notes.txt", "x");
+    let check = t.run_with(&["check", "p.rkd"]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    let warning = "warning: 1 file in beans/train is not an image and is not read (e.g. rust/notes.txt)";
+    assert!(check.stderr.contains(warning), "{}", check.stderr);
+    let run = t.run_with(&["run", "p.rkd"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains(warning), "{}", run.stderr);
 }

@@ -10,10 +10,13 @@ pub fn run(files: &[PathBuf], locked: bool) -> ExitCode {
     for file in files {
         match super::compile_or_report(file) {
             Some(c) => {
-                if let Err(problems) = crate::engine::data_check::check(&c.stages, false) {
-                    super::report(&problems, &c.sources, file);
-                    failed += 1;
-                    continue;
+                match crate::engine::data_check::check(&c.stages, false) {
+                    Ok(warnings) => warnings.iter().for_each(|w| crate::say!("warning: {w}")),
+                    Err(problems) => {
+                        super::report(&problems, &c.sources, file);
+                        failed += 1;
+                        continue;
+                    }
                 }
                 if locked && !agrees_with_lock(file) {
                     failed += 1;

@@ -58,8 +58,10 @@ enum Command {
     ///
     /// Parses each file, resolves names and `use`, expands functions and sweeps, and checks every
     /// op call against its schema (types, ranges, required arguments). All problems are reported,
-    /// each with its source span and a hint. Exits with 1 if any file has a problem. Input files
-    /// are not read: `rkd plan` does that.
+    /// each with its source span and a hint. Exits with 1 if any file has a problem. The
+    /// datasets' files are checked too: each table's first rows read (`rkd run` reads every row
+    /// and checks the labels) and each image folder listed, with its first images decoded.
+    /// Other input files are not read: `rkd plan` fingerprints them.
     ///
     /// With --locked, each file is also planned (its inputs fingerprinted) and compared with its
     /// lock file (`exp.lock` beside `exp.rkd`): a Hub reference without a pin, a changed input,

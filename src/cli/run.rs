@@ -116,9 +116,9 @@ pub fn run(
             Err(e) => crate::say!("warning: {e}; running without the remote cache"),
         }
     }
-    // The tables that stages about to run read are read through once first: a bad row fails
-    // here, at its call, not hours into a run.
-    if crate::engine::data_check::reads_tables(plan.stages().map(|s| &s.def)) {
+    // The tables that stages about to run read are read through once first (image folders
+    // listed): a bad row fails here, at its call, not hours into a run.
+    if crate::engine::data_check::reads_data_files(plan.stages().map(|s| &s.def)) {
         let keys: Vec<_> = plan.stages().map(|s| s.key).collect();
         let stored = store.contains_many(&keys);
         let to_run = plan
@@ -126,9 +126,12 @@ pub fn run(
             .zip(stored)
             .filter(|(_, stored)| !stored)
             .map(|(s, _)| &s.def);
-        if let Err(problems) = crate::engine::data_check::check(to_run, true) {
-            super::report(&problems, &compiled.sources, file);
-            return ExitCode::FAILURE;
+        match crate::engine::data_check::check(to_run, true) {
+            Ok(warnings) => warnings.iter().for_each(|w| crate::say!("warning: {w}")),
+            Err(problems) => {
+                super::report(&problems, &compiled.sources, file);
+                return ExitCode::FAILURE;
+            }
         }
     }
     if crate::engine::preflight::reads_checkpoints(plan.stages().map(|s| &s.def)) {

@@ -196,35 +196,17 @@ fn decode_all(files: Vec<(PathBuf, u32)>, side: u32) -> Result<ImageSplit, DataE
     Ok(split)
 }
 
-/// Loads and decodes an image folder, resizing every image to `side`×`side`.
-pub fn load_image_folder(root: &Path, side: usize) -> Result<ImageFolder, DataError> {
-    load_image_folder_cached(root, side, None)
+/// An image folder's classes and the image files of each split, with their class indices, and
+/// the warnings about files that are not read.
+struct FolderListing {
+    classes: Vec<String>,
+    splits: Vec<(SplitName, Vec<(PathBuf, u32)>)>,
+    warnings: Vec<String>,
 }
 
-/// Like [`load_image_folder`], with an optional on-disk cache of the decoded images under
-/// `cache_dir` (keyed by `image_size` and every image file's relative path and content); the
-/// cache is never required: a missing, unreadable or damaged cache file means decoding again
-/// (and rewriting it).
-pub fn load_image_folder_cached(root: &Path, side: usize, cache_dir: Option<&Path>) -> Result<ImageFolder, DataError> {
-    load_with_cache(root, side, cache_dir).map(|(f, _)| f)
-}
-
-/// How a load used the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CacheUse {
-    /// No cache directory, or the files could not be hashed.
-    None,
-    /// The images came from the cache file.
-    Hit,
-    /// The images were decoded (and the cache file written, if possible).
-    Decoded,
-}
-
-pub(crate) fn load_with_cache(
-    root: &Path,
-    side: usize,
-    cache_dir: Option<&Path>,
-) -> Result<(ImageFolder, CacheUse), DataError> {
+/// Lists an image folder without reading an image: `train/` (whose class folders are the
+/// classes, at least 2) and `validation/` (or `val/`, `dev/`) and `test/` where present.
+fn list_folder(root: &Path) -> Result<FolderListing, DataError> {
     if !root.is_dir() {
         let why = if root.exists() {
             "not a directory"
@@ -236,7 +218,6 @@ pub(crate) fn load_with_cache(
             format!("{why} (image_folder expects <split>/<class>/<image>)"),
         ));
     }
-    let side = u32::try_from(side).map_err(|_| DataError::new(format!("image_size {side} is too large")))?;
     let train_dir = root.join("train");
     if !is_folder(&train_dir)? {
         return Err(DataError::file(&train_dir, "missing training split folder"));
@@ -270,6 +251,62 @@ pub(crate) fn load_with_cache(
         warnings.extend(listed.warning);
         listing.push((split, listed.files));
     }
+    Ok(FolderListing {
+        classes,
+        splits: listing,
+        warnings,
+    })
+}
+
+/// Checks an image folder without loading it, as `rkd check` and `rkd run` do before any stage
+/// starts: its splits list as loading lists them (every error loading would meet in the
+/// listing) and the first image of each split decodes. Returns the warnings about files that
+/// are not read.
+pub fn check_folder(root: &Path) -> Result<Vec<String>, DataError> {
+    let listing = list_folder(root)?;
+    for (_, files) in &listing.splits {
+        if let Some((first, _)) = files.first() {
+            decode_resized(first, 1)?;
+        }
+    }
+    Ok(listing.warnings)
+}
+
+/// Loads and decodes an image folder, resizing every image to `side`×`side`.
+pub fn load_image_folder(root: &Path, side: usize) -> Result<ImageFolder, DataError> {
+    load_image_folder_cached(root, side, None)
+}
+
+/// Like [`load_image_folder`], with an optional on-disk cache of the decoded images under
+/// `cache_dir` (keyed by `image_size` and every image file's relative path and content); the
+/// cache is never required: a missing, unreadable or damaged cache file means decoding again
+/// (and rewriting it).
+pub fn load_image_folder_cached(root: &Path, side: usize, cache_dir: Option<&Path>) -> Result<ImageFolder, DataError> {
+    load_with_cache(root, side, cache_dir).map(|(f, _)| f)
+}
+
+/// How a load used the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CacheUse {
+    /// No cache directory, or the files could not be hashed.
+    None,
+    /// The images came from the cache file.
+    Hit,
+    /// The images were decoded (and the cache file written, if possible).
+    Decoded,
+}
+
+pub(crate) fn load_with_cache(
+    root: &Path,
+    side: usize,
+    cache_dir: Option<&Path>,
+) -> Result<(ImageFolder, CacheUse), DataError> {
+    let side = u32::try_from(side).map_err(|_| DataError::new(format!("image_size {side} is too large")))?;
+    let FolderListing {
+        classes,
+        splits: listing,
+        warnings,
+    } = list_folder(root)?;
     let cache_file = cache_dir
         .and_then(|dir| cache_key(root, side, &listing).map(|k| dir.join(format!("images-{}.bin", k.to_hex()))));
     if let Some(file) = &cache_file {

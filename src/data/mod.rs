@@ -371,14 +371,19 @@ impl Dataset {
         Ok(data)
     }
 
-    /// Checks a table dataset (`text_table`, `image_table`, `glue` with a `path:`, an
-    /// `hf_dataset` already in the Hugging Face cache) without loading it: its split files
-    /// are found, open, have the columns asked for, and their rows read (text, a label that is
-    /// an integer or a string, an image: the first of each file decoded) — the first row of
-    /// each file, or every row with `all_rows`. Other datasets pass (they are checked when
-    /// loaded). What `rkd check` and `rkd run` do before any stage starts.
-    pub fn check(ctor: &str, params: &Params, all_rows: bool) -> Result<(), DataError> {
+    /// Checks a dataset read from files without loading it. A table (`text_table`,
+    /// `image_table`, `glue` with a `path:`, an `hf_dataset` already in the Hugging Face cache):
+    /// its split files are found, open, have the columns asked for, and their rows read (text, a
+    /// label that is an integer or a string, an image: the first of each file decoded) — the
+    /// first row of each file, or every row with `all_rows`, whose labels are then checked as
+    /// loading checks them. An `image_folder`: its splits listed and the first image of each
+    /// decoded. Other datasets pass (they are checked when loaded). Returns warnings (files
+    /// that are not read). What `rkd check` and `rkd run` do before any stage starts.
+    pub fn check(ctor: &str, params: &Params, all_rows: bool) -> Result<Vec<String>, DataError> {
         let args = Args::new(ctor, params)?;
+        if ctor == "image_folder" {
+            return images::check_folder(&args.path("path")?);
+        }
         let label = args.str("label");
         // The labels of the split being read, kept when every row is read.
         let labels = std::cell::RefCell::new(Vec::new());
@@ -403,7 +408,7 @@ impl Dataset {
                 let (repo, config, revision) = hub_location(&args)?;
                 match hub::cached(&repo, config.as_deref(), &revision) {
                     Some(dir) => Some(dir),
-                    None => return Ok(()),
+                    None => return Ok(Vec::new()),
                 }
             }
             _ => None,
@@ -419,11 +424,11 @@ impl Dataset {
             // A GLUE task's files are read whole (GLUE's largest, MNLI's, is 80 MB).
             "glue" => {
                 return match args.opt_path("path")? {
-                    Some(dir) => glue::read(glue_task(&args)?, &dir).map(drop),
-                    None => Ok(()),
+                    Some(dir) => glue::read(glue_task(&args)?, &dir).map(|_| Vec::new()),
+                    None => Ok(Vec::new()),
                 }
             }
-            _ => return Ok(()),
+            _ => return Ok(Vec::new()),
         };
         let format = table_format(&args)?;
         let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
@@ -456,7 +461,7 @@ impl Dataset {
             let used: Vec<&str> = columns.iter().copied().filter(|c| *c != columns[1]).collect();
             table::class_ids(&read, &files, columns[1], format, &used)?;
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     /// Moves `fraction` of each class's training examples (at least one per class that has two

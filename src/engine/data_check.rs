@@ -1,10 +1,11 @@
-//! The check `rkd check` and `rkd run` make of the tables a pipeline reads (`text_table`,
-//! `image_table`, `glue` with a `path:`, an `hf_dataset` already in the Hugging Face cache) before
-//! any stage starts: each table's split files are found, open as their
-//! format, have the columns the call names, and their rows read — the first row of each file for
-//! `rkd check`, every row for `rkd run` (of the tables that stages about to run read), whose
-//! labels are then checked as loading checks them. A problem is
-//! reported at the call's `path:` in the `.rkd` file, naming the file, row and column.
+//! The check `rkd check` and `rkd run` make of the files a pipeline's datasets read (tables:
+//! `text_table`, `image_table`, `glue` with a `path:`, an `hf_dataset` already in the Hugging
+//! Face cache; and `image_folder`) before any stage starts. A table's split files are found,
+//! open as their format, have the columns the call names, and their rows read — the first row
+//! of each file for `rkd check`, every row for `rkd run` (of the tables that stages about to run
+//! read), whose labels are then checked as loading checks them. An image folder's splits are
+//! listed and the first image of each decoded. A problem is reported at the call's `path:` in
+//! the `.rkd` file, naming the file, row and column; files that are not read are warnings.
 
 use std::collections::HashSet;
 
@@ -13,8 +14,8 @@ use crate::diagnostic::{Diag, Kind};
 use crate::source::Span;
 use crate::value::{Spec, Value};
 
-/// Whether any stage reads a table (so that [`check`] has something to do).
-pub fn reads_tables<'a>(mut stages: impl Iterator<Item = &'a StageDef>) -> bool {
+/// Whether any stage reads a table or an image folder (so that [`check`] has something to do).
+pub fn reads_data_files<'a>(mut stages: impl Iterator<Item = &'a StageDef>) -> bool {
     stages.any(|s| {
         let mut any = false;
         s.params.values().for_each(|v| each_table(v, &mut |_| any = true));
@@ -22,11 +23,12 @@ pub fn reads_tables<'a>(mut stages: impl Iterator<Item = &'a StageDef>) -> bool 
     })
 }
 
-/// The tables of these stages, each checked once (the first row of each file, or every row
-/// with `all_rows`); their problems in source order.
-pub fn check<'a>(stages: impl IntoIterator<Item = &'a StageDef>, all_rows: bool) -> Result<(), Vec<Diag>> {
+/// The tables and image folders of these stages, each checked once (the first row of each
+/// file, or every row with `all_rows`): their warnings, or their problems in source order.
+pub fn check<'a>(stages: impl IntoIterator<Item = &'a StageDef>, all_rows: bool) -> Result<Vec<String>, Vec<Diag>> {
     let mut seen = HashSet::new();
     let mut diags: Vec<Diag> = Vec::new();
+    let mut warnings = Vec::new();
     for stage in stages {
         for (param, value) in &stage.params {
             let at = stage.arg_spans.get(param).copied().unwrap_or(stage.span);
@@ -39,23 +41,31 @@ pub fn check<'a>(stages: impl IntoIterator<Item = &'a StageDef>, all_rows: bool)
                 if !seen.insert(id) {
                     return;
                 }
-                if let Err(e) = crate::data::Dataset::check(spec.ctor.name, &spec.params, all_rows) {
-                    diags.push(diag(spec, span, e));
+                match crate::data::Dataset::check(spec.ctor.name, &spec.params, all_rows) {
+                    Ok(found) => warnings.extend(found.iter().map(|w| as_written(spec, w))),
+                    Err(e) => diags.push(diag(spec, span, e)),
                 }
             });
         }
     }
     if diags.is_empty() {
-        return Ok(());
+        return Ok(warnings);
     }
     diags.sort_by_key(|d| d.span.map(|s: Span| (s.file, s.start)));
     Err(diags)
 }
 
-/// Calls `f` on every table dataset in a value.
+/// Calls `f` on every dataset in a value that reads a table or an image folder.
 fn each_table(v: &Value, f: &mut impl FnMut(&Spec)) {
     match v {
-        Value::Spec(s) if matches!(s.ctor.name, "text_table" | "image_table" | "glue" | "hf_dataset") => f(s),
+        Value::Spec(s)
+            if matches!(
+                s.ctor.name,
+                "text_table" | "image_table" | "glue" | "hf_dataset" | "image_folder"
+            ) =>
+        {
+            f(s)
+        }
         Value::Spec(s) => s.params.values().for_each(|x| each_table(x, f)),
         Value::List(xs) => xs.iter().for_each(|x| each_table(x, f)),
         Value::Record(r) => r.values().for_each(|x| each_table(x, f)),
@@ -63,9 +73,9 @@ fn each_table(v: &Value, f: &mut impl FnMut(&Spec)) {
     }
 }
 
-/// What to do about a table problem, by what the message says.
-fn hint(message: &str) -> &'static str {
-    const HINTS: [(&str, &str); 15] = [
+/// What to do about a problem, by what the message says, if it says something known.
+fn hint(message: &str) -> Option<&'static str> {
+    const HINTS: [(&str, &str); 16] = [
         (
             "empty split",
             "every split file needs at least one row under its header",
@@ -114,6 +124,10 @@ fn hint(message: &str) -> &'static str {
             "`label:` names the column that holds each row's class",
         ),
         (
+            "is not among the training classes",
+            "every class of validation/ and test/ needs its folder in train/ too, with images to learn from",
+        ),
+        (
             "no training split",
             "name the training file train.<ext> (or train-00000-of-00001.<ext>)",
         ),
@@ -121,7 +135,7 @@ fn hint(message: &str) -> &'static str {
     HINTS
         .iter()
         .find(|(says, _)| message.contains(says))
-        .map_or("the table's split files are read from this directory", |(_, hint)| hint)
+        .map(|(_, hint)| *hint)
 }
 
 fn diag(spec: &Spec, span: Span, e: crate::data::DataError) -> Diag {
@@ -132,6 +146,7 @@ fn diag(spec: &Spec, span: Span, e: crate::data::DataError) -> Diag {
             _ => None,
         })
         .collect();
+    let folder = spec.ctor.name == "image_folder";
     let help = if e.message.contains("no column `") || e.message.contains("no field `") {
         format!(
             "{}(...) reads the columns {}; name the ones the file has",
@@ -139,14 +154,25 @@ fn diag(spec: &Spec, span: Span, e: crate::data::DataError) -> Diag {
             columns.join(", ")
         )
     } else {
-        hint(&e.message).to_string()
+        let otherwise = match folder {
+            true => "image_folder reads <path>/train/<class>/<image> (one folder per class, at least 2), and validation/ (or val/, dev/) and test/ alike",
+            false => "the table's split files are read from this directory",
+        };
+        hint(&e.message).unwrap_or(otherwise).to_string()
     };
-    // Name the files as the pipeline does: under the `path:` as written.
-    let mut message = e.to_string();
-    if let Some(Value::Path(p)) = spec.params.get("path") {
-        message = message.replace(&p.resolved.display().to_string(), &p.written);
-    }
-    Diag::new(Kind::File, span, message)
-        .label("the table this dataset reads")
+    let what = match folder {
+        true => "the image folder this dataset reads",
+        false => "the table this dataset reads",
+    };
+    Diag::new(Kind::File, span, as_written(spec, &e.to_string()))
+        .label(what)
         .help(help)
+}
+
+/// `message` naming the files as the pipeline does: under the dataset's `path:` as written.
+fn as_written(spec: &Spec, message: &str) -> String {
+    match spec.params.get("path") {
+        Some(Value::Path(p)) => message.replace(&p.resolved.display().to_string(), &p.written),
+        _ => message.to_string(),
+    }
 }
