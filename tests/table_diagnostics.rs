@@ -13,6 +13,13 @@ fn pipeline(dataset: &str) -> String {
     format!("let data = {dataset}\nstage m = train(model: {TEXT_MODEL}, data: data, epochs: 1)\n")
 }
 
+/// A pipeline training a ViT on `dataset` (16×16 images).
+fn image_pipeline(dataset: &str) -> String {
+    format!(
+        "let data = {dataset}\nstage m = train(model: vit(layers: 1, hidden: 16, heads: 2, patch: 8, image_size: 16), data: data, epochs: 1)\n"
+    )
+}
+
 /// `rkd <command> p.rkd` in `t`, which must fail before any stage runs; returns stderr.
 fn fails(t: &Test, command: &str) -> String {
     let out = t.run_with(&[command, "p.rkd"]);
@@ -97,8 +104,7 @@ fn a_corrupt_parquet_file() {
 fn a_corrupt_image() {
     let t = Test::new().file(
         "p.rkd",
-        "let data = image_table(path: \"beans\", image: \"image\", label: \"labels\", image_size: 16)\n\
-         stage m = train(model: vit(layers: 1, hidden: 16, heads: 2, patch: 8, image_size: 16), data: data, epochs: 1)\n",
+        &image_pipeline(r#"image_table(path: "beans", image: "image", label: "labels", image_size: 16)"#),
     );
     write_parquet(
         &t.path().join("beans/data/train-00000-of-00001.parquet"),
@@ -166,11 +172,12 @@ fn a_json_file_holding_one_array() {
 fn an_image_in_a_hidden_folder_is_refused() {
     // The stage key leaves hidden entries out: an image there could change and the cached result
     // stay.
-    let t = Test::new().file("beans/train.csv", "image,labels\n.images/leaf.png,0\n").file(
-        "p.rkd",
-        "let data = image_table(path: \"beans\", image: \"image\", label: \"labels\", image_size: 16)\n\
-         stage m = train(model: vit(layers: 1, hidden: 16, heads: 2, patch: 8, image_size: 16), data: data, epochs: 1)\n",
-    );
+    let t = Test::new()
+        .file("beans/train.csv", "image,labels\n.images/leaf.png,0\n")
+        .file(
+            "p.rkd",
+            &image_pipeline(r#"image_table(path: "beans", image: "image", label: "labels", image_size: 16)"#),
+        );
     insta::assert_snapshot!(fails(&t, "check"));
 }
 
@@ -202,8 +209,7 @@ fn image_labels_that_mix_integers_and_names_fail_the_run_before_it_starts() {
         .file("beans/train.csv", "image,labels\na.png,0\nb.png,healthy\n")
         .file(
             "p.rkd",
-            "let data = image_table(path: \"beans\", image: \"image\", label: \"labels\", image_size: 16)\n\
-             stage m = train(model: vit(layers: 1, hidden: 16, heads: 2, patch: 8, image_size: 16), data: data, epochs: 1)\n",
+            &image_pipeline(r#"image_table(path: "beans", image: "image", label: "labels", image_size: 16)"#),
         );
     for name in ["a", "b"] {
         image::RgbImage::new(16, 16)
@@ -226,8 +232,7 @@ fn training_labels_of_one_class_fail_the_run_before_it_starts() {
 fn image_folder(images: &[&str]) -> Test {
     let t = Test::new().file(
         "p.rkd",
-        "let data = image_folder(path: \"beans\", image_size: 16)\n\
-         stage m = train(model: vit(layers: 1, hidden: 16, heads: 2, patch: 8, image_size: 16), data: data, epochs: 1)\n",
+        &image_pipeline(r#"image_folder(path: "beans", image_size: 16)"#),
     );
     for path in images {
         let path = t.path().join("beans").join(path);

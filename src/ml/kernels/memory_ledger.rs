@@ -297,17 +297,32 @@ mod tests {
         assert!(again.grow(2 * GIB, "activations", "").is_err());
     }
 
-    #[test]
-    fn a_stage_short_of_memory_waits_until_another_releases_it() {
-        static LEDGER: Ledger = Ledger::new(ten_gib);
-        let _a = LEDGER.stage_running(Box::new(|_| {}));
-        let weights = LEDGER.reserve(8 * GIB, "the model `a`", "").unwrap();
-        let (lines, result, end) = stage_beside(&LEDGER, 4 * GIB);
+    /// A stage on this thread holding 8 of `ledger`'s 10 GiB, and one beside it waiting for 4:
+    /// this one's guard and reservation, and the other's outcome and end.
+    #[allow(clippy::type_complexity)]
+    fn one_waiting_beside(
+        ledger: &'static Ledger,
+    ) -> (
+        StageRunning,
+        Reservation,
+        mpsc::Receiver<Result<u64, String>>,
+        mpsc::Sender<()>,
+    ) {
+        let a = ledger.stage_running(Box::new(|_| {}));
+        let weights = ledger.reserve(8 * GIB, "the model `a`", "").unwrap();
+        let (lines, result, end) = stage_beside(ledger, 4 * GIB);
         assert_eq!(
             until_waiting(&lines),
             "waiting for memory: the model `b` would take at least 4.0 GiB, and 2.0 GiB is left while other stages run"
         );
         assert!(result.try_recv().is_err(), "it went on without the memory");
+        (a, weights, result, end)
+    }
+
+    #[test]
+    fn a_stage_short_of_memory_waits_until_another_releases_it() {
+        static LEDGER: Ledger = Ledger::new(ten_gib);
+        let (_a, weights, result, end) = one_waiting_beside(&LEDGER);
         drop(weights);
         assert_eq!(result.recv_timeout(Duration::from_secs(10)), Ok(Ok(4 * GIB)));
         end.send(()).unwrap();
@@ -316,10 +331,7 @@ mod tests {
     #[test]
     fn stages_never_wait_for_each_other_in_a_circle() {
         static LEDGER: Ledger = Ledger::new(ten_gib);
-        let a = LEDGER.stage_running(Box::new(|_| {}));
-        let weights = LEDGER.reserve(8 * GIB, "the model `a`", "").unwrap();
-        let (lines, result, end) = stage_beside(&LEDGER, 4 * GIB);
-        until_waiting(&lines);
+        let (a, weights, result, end) = one_waiting_beside(&LEDGER);
         // The stage beside waits for this one: this one, short too, fails instead of waiting...
         let err = LEDGER
             .reserve(4 * GIB, "activations", "use a smaller `batch_size`")
@@ -335,10 +347,7 @@ mod tests {
     #[test]
     fn a_stage_that_ends_wakes_the_one_waiting_for_it() {
         static LEDGER: Ledger = Ledger::new(ten_gib);
-        let a = LEDGER.stage_running(Box::new(|_| {}));
-        let held = LEDGER.reserve(8 * GIB, "the model `a`", "").unwrap();
-        let (lines, result, end) = stage_beside(&LEDGER, 4 * GIB);
-        until_waiting(&lines);
+        let (a, held, result, end) = one_waiting_beside(&LEDGER);
         // The other stage ends (its memory is still reserved here, as if another process held
         // it): nothing can release memory any more, so the waiting check fails.
         drop(a);
