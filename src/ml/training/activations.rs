@@ -10,9 +10,10 @@
 //! stage starting beside this one between two of its steps does not count this step's memory as
 //! free.
 //!
-//! It applies when every weight of the model trains on the CPU (`train`, `distill`, `fuse`,
-//! `prune`'s fine-tuning): with frozen layers (QLoRA) much less is kept, and GPU memory is not
-//! the host's.
+//! It applies on the CPU when the backward pass reaches every layer: every weight trains
+//! (`train`, `distill`, `fuse`, `prune`'s fine-tuning), or the first layer has trainable weights
+//! (`qlora`'s adapters in every layer, whose frozen NF4 layers keep at least as much). A model
+//! of which only the head trains keeps little; GPU memory is not the host's.
 
 use candle_core::Device;
 
@@ -37,8 +38,12 @@ impl ActivationCheck {
     /// The check for `model` training `params` in `precision` on `device`.
     pub fn new(model: &Model, params: &ParamStore, precision: Precision, device: &Device) -> Self {
         let config = model.config();
-        let trainable: u64 = params.named_vars().iter().map(|(_, v)| v.elem_count() as u64).sum();
-        let applies = device.is_cpu() && trainable >= config.min_weight_count();
+        let vars = params.named_vars();
+        let trainable: u64 = vars.iter().map(|(_, v)| v.elem_count() as u64).sum();
+        // Every layer keeps its activations for the backward pass when every weight trains, or
+        // when the first layer has trainable weights (adapters in every layer, as QLoRA's).
+        let every_layer = trainable >= config.min_weight_count() || vars.iter().any(|(n, _)| n.contains(".layer.0."));
+        let applies = device.is_cpu() && every_layer;
         Self {
             config: applies.then_some(config),
             value_bytes: precision.dtype().size_in_bytes() as u64,
@@ -141,11 +146,23 @@ mod tests {
     }
 
     #[test]
-    fn models_with_frozen_weights_are_not_checked() {
+    fn models_whose_backward_pass_stops_before_the_first_layer_are_not_checked() {
         let config = ModelConfig::Bert(BertConfig::new(50, 16, 1, 2, 32, 2));
         let tiny = Pretrained::random(&config, 1, &Device::Cpu).unwrap();
         let only_head = ParamStore::new(1);
         let mut check = ActivationCheck::new(&tiny.model, &only_head, Precision::F32, &Device::Cpu);
         check.shape(1 << 20, 1 << 13).unwrap();
+        // Adapters from the first layer on (QLoRA's): the backward pass reaches every layer.
+        let adapters = ParamStore::new(1);
+        adapters
+            .var_builder(candle_core::DType::F32, &Device::Cpu)
+            .get((4, 16), "bert.encoder.layer.0.attention.self.query.lora_A.weight")
+            .unwrap();
+        let mut check = ActivationCheck::new(&tiny.model, &adapters, Precision::F32, &Device::Cpu);
+        if crate::ml::kernels::host_memory::available_bytes().is_some()
+            && std::env::var_os("RKD_NO_MEMORY_CHECK").is_none()
+        {
+            assert!(check.shape(1 << 20, 1 << 13).is_err());
+        }
     }
 }
