@@ -539,6 +539,54 @@ stage teacher = train(model: wide, data: data, epochs: 1, batch_size: 1024)
     );
 }
 
+/// Two training stages side by side (`-j 2`) under a memory limit that holds one but not both:
+/// the second waits for the first's memory (saying so) instead of both allocating and being
+/// killed, and both finish.
+#[test]
+fn a_stage_short_of_memory_waits_for_the_one_beside_it() {
+    if !std::path::Path::new("/proc/self/status").exists() {
+        eprintln!("this system does not say how much memory a process uses: nothing to test");
+        return;
+    }
+    // Each stage reserves about 420 MB (26M parameters: weights, gradients, two moments); alone
+    // the process peaks near 600 MB, both at once near 900 MB.
+    let t = Test::new()
+        .file(
+            "p.rkd",
+            r#"
+let data = synthetic_text(seed: 0, classes: 2, train_size: 32, val_size: 8, max_len: 16, vocab_size: 1000)
+let wide = bert(layers: 2, hidden: 1024, heads: 16, intermediate: 4096, vocab_size: 1000, max_position: 16)
+stage a = train(model: wide, data: data, epochs: 1, batch_size: 8, max_steps: 2, seed: 1)
+stage b = train(model: wide, data: data, epochs: 1, batch_size: 8, max_steps: 2, seed: 2)
+"#,
+        )
+        .env("RKD_MEMORY_LIMIT", "750M");
+    let out = t.run_with(&["run", "-j", "2", "p.rkd"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(": waiting for memory: ") && out.stderr.contains("is left while other stages run"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("2 ran, 0 cached, 0 failed"), "{}", out.stdout);
+}
+
+/// A memory limit that is not a size is an error before anything runs.
+#[test]
+fn a_memory_limit_that_is_not_a_size_is_refused() {
+    let t = Test::new()
+        .file("p.rkd", "stage s = exec(cmd: \"true\")\n")
+        .env("RKD_MEMORY_LIMIT", "lots");
+    let out = t.run_with(&["run", "p.rkd"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("RKD_MEMORY_LIMIT=\"lots\" is not a size: write it like 12G, 512M or 1T"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// A stage whose input file changes while it runs stores nothing: its key was computed from the
 /// contents before, and the next run must not find a result of other contents under it.
 #[test]

@@ -119,6 +119,11 @@ enum Command {
     /// the store lacks are looked up there first; what the remote holds is downloaded, verified
     /// file by file, and not run. With --push (or `push = true` in rkd.toml), results stored
     /// here that the remote lacks are uploaded after the run.
+    ///
+    /// Memory: before a stage builds a model on the CPU, and before training batches, rkd checks
+    /// that they fit in what the machine, the container or Slurm job, and $RKD_MEMORY_LIMIT
+    /// (e.g. 12G) leave; stages side by side share that figure, and one that is short waits for
+    /// the others rather than failing. RKD_NO_MEMORY_CHECK=1 turns the checks off.
     Run {
         /// The pipeline file.
         #[arg(value_name = "FILE")]

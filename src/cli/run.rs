@@ -46,6 +46,10 @@ pub fn run(
     slurm: Option<Slurm>,
     sharing: &Sharing,
 ) -> ExitCode {
+    if let Err(e) = crate::ml::kernels::host_memory::own_limit() {
+        crate::say!("error: {e}");
+        return ExitCode::from(2);
+    }
     let mode = if sharing.locked { Mode::Locked } else { Mode::Use };
     let Some((compiled, plan, store, pinned)) = super::load_locked(file, store, mode) else {
         return ExitCode::FAILURE;

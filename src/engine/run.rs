@@ -267,7 +267,7 @@ pub fn run(
             let stage = plan.stage(StageId(order[j] as u32));
             let progress = display.stage(stage.def.op.name, &stage.def.name);
             // While it runs, a stage beside it that is short of memory waits for it.
-            let running = crate::ml::kernels::memory_ledger::stage_running(progress.notifier());
+            let running = crate::ml::kernels::memory_ledger::stage_running(progress.notifier(&stage.def.name));
             let result = match crate::ml::kernels::device::for_slot(&opts.device, slots.first().copied()) {
                 Ok(device) => {
                     let compute = Compute {

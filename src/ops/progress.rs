@@ -93,15 +93,18 @@ impl Progress {
         }
     }
 
-    /// What a check deep in the stage's work calls to say that it waits: the line shows it and
-    /// a line above the progress lines, naming the stage, says so once.
-    pub fn notifier(&self) -> Box<dyn Fn(&str)> {
+    /// What a check deep in the stage `name`'s work calls to say that it waits: a line above the
+    /// progress lines, naming the stage, says so (on stderr when there are no progress lines: a
+    /// wait may be long, and the summary would not tell it), and the stage's line shows it.
+    pub fn notifier(&self, name: &str) -> Box<dyn Fn(&str)> {
         let bar = self.bar.clone();
-        Box::new(move |line: &str| {
-            if !bar.is_hidden() {
+        let name = name.to_string();
+        Box::new(move |line: &str| match bar.is_hidden() {
+            true => crate::say!("⏳ {name}: {line}"),
+            false => {
                 bar.println(format!("⏳ {}: {line}", bar.prefix()));
+                bar.set_message(line.to_string());
             }
-            bar.set_message(line.to_string());
         })
     }
 

@@ -5,7 +5,8 @@
 //! The figure is the smaller of what the system has (`MemAvailable` plus free swap, from
 //! `/proc/meminfo`) and the headroom under this process's control-group limit (cgroup v2
 //! `memory.max`, or v1 `memory.limit_in_bytes`: containers and Slurm jobs set one), where the
-//! group's usage leaves out the page cache the kernel reclaims first. Linux only;
+//! group's usage leaves out the page cache the kernel reclaims first, and the headroom under
+//! `RKD_MEMORY_LIMIT` (the user's own limit, less this process's resident memory). Linux only;
 //! elsewhere nothing is known and nothing is refused. The checks themselves, and what stages
 //! running side by side reserve, are [`super::memory_ledger`]'s.
 
@@ -13,6 +14,10 @@ use std::path::{Path, PathBuf};
 
 /// Setting this variable (to anything) turns the check off.
 pub const SKIP_VAR: &str = "RKD_NO_MEMORY_CHECK";
+
+/// A limit of the user's own on this process's memory (`12G`, `512M`; a bare number is
+/// megabytes, as Slurm's `--mem`), counted like a container's: on a shared machine without one.
+pub const LIMIT_VAR: &str = "RKD_MEMORY_LIMIT";
 
 /// Bytes this process may still allocate, if the system says.
 pub fn available_bytes() -> Option<u64> {
@@ -22,10 +27,40 @@ pub fn available_bytes() -> Option<u64> {
     let cgroup = std::fs::read_to_string("/proc/self/cgroup")
         .ok()
         .and_then(|t| cgroup_headroom(&t, Path::new("/sys/fs/cgroup")));
-    match (system, cgroup) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
+    let own = own_limit().ok().flatten().and_then(|limit| {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        Some(limit.saturating_sub(proc_kib(&status, "VmRSS:")?.saturating_mul(1024)))
+    });
+    [system, cgroup, own].into_iter().flatten().min()
+}
+
+/// [`LIMIT_VAR`] in bytes, when set; `Err` saying what is wrong when it does not read as a size.
+pub fn own_limit() -> Result<Option<u64>, String> {
+    let Some(value) = std::env::var_os(LIMIT_VAR) else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy();
+    parse_size(&text).map(Some).ok_or_else(|| {
+        format!("{LIMIT_VAR}={text:?} is not a size: write it like 12G, 512M or 1T (a bare number is megabytes)")
+    })
+}
+
+/// A size as Slurm's `--mem` writes it: a positive whole number with `K`, `M`, `G` or `T` (an
+/// optional `B`, any case), or without a unit, megabytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let unit = unit.to_ascii_uppercase();
+    let shift = match unit.strip_suffix('B').unwrap_or(&unit) {
+        "K" => 10,
+        "" | "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return None,
+    };
+    let n: u64 = digits.parse().ok().filter(|&n| n > 0)?;
+    n.checked_mul(1 << shift)
 }
 
 /// Gives the heap's free memory back to the system (glibc on Linux; elsewhere nothing): the
@@ -189,6 +224,18 @@ mod tests {
         );
         assert_eq!(cgroup_headroom(v1, root.path()), Some(1792));
         assert_eq!(cgroup_headroom("garbage", root.path()), None);
+    }
+
+    #[test]
+    fn memory_limits_read_as_slurm_writes_sizes() {
+        assert_eq!(parse_size("12G"), Some(12 << 30));
+        assert_eq!(parse_size(" 512mb "), Some(512 << 20));
+        assert_eq!(parse_size("2048"), Some(2048 << 20), "a bare number is megabytes");
+        assert_eq!(parse_size("1T"), Some(1 << 40));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        for bad in ["", "0G", "-1G", "1.5G", "12 G", "12X", "G", "99999999999T"] {
+            assert_eq!(parse_size(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
