@@ -2,11 +2,13 @@
 //! their memory checks do not each count the same free memory.
 //!
 //! A check that passes reserves what it checked ([`reserve`]); the reservation lasts as long as
-//! the need does (a model's weights: until they are built; training's gradients, moments and
-//! activations: until training ends) and every later check counts it as taken. A check that
+//! the need does (a model's weights: until they are built; training's gradients and moments
+//! until the first update has written the moments, then the gradients, made again at every
+//! step, and the activations' bound: until training ends) and every later check counts it as
+//! taken. A check that
 //! fails while another stage is still running does not fail its stage: it waits until memory is
 //! released (a reservation dropped, a stage ended) and looks again, saying so on the stage's
-//! progress line. Only when no other stage could release anything (none runs, or all of them
+//! progress line (or stderr). Only when no other stage could release anything (none runs, or all of them
 //! are waiting too) does it fail, so stages never wait for each other in a circle.
 //!
 //! Stages in other processes (another `rkd run`, Slurm jobs on the same node) are not in the

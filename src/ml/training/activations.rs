@@ -12,7 +12,7 @@
 //!
 //! It applies on the CPU when the backward pass reaches every layer: every weight trains
 //! (`train`, `distill`, `fuse`, `prune`'s fine-tuning), or the first layer has trainable weights
-//! (`qlora`'s adapters in every layer, whose frozen NF4 layers keep at least as much). A model
+//! (`qlora`'s adapters in every layer: a step keeps at least as much, measured). A model
 //! of which only the head trains keeps little; GPU memory is not the host's.
 
 use candle_core::Device;
