@@ -48,6 +48,19 @@ impl DataError {
         }
     }
 
+    /// `Ok` when `dir` is a directory; otherwise an error saying whether it is missing or not a
+    /// directory, and what is expected there (`expects`, shown in parentheses).
+    pub fn unless_dir(dir: &Path, expects: &str) -> Result<(), DataError> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        let why = match dir.exists() {
+            true => "not a directory",
+            false => "missing directory",
+        };
+        Err(DataError::file(dir, format!("{why} ({expects})")))
+    }
+
     /// An I/O failure on `path`, with a plain-words reason for the common cases.
     pub fn io(path: impl AsRef<Path>, err: &std::io::Error) -> Self {
         let (message, transient) = match err.kind() {

@@ -194,15 +194,13 @@ pub fn task_files(task: Task, dir: &Path) -> Vec<PathBuf> {
 
 /// Reads a GLUE task from `dir`.
 pub fn read(task: Task, dir: &Path) -> Result<GlueData, DataError> {
-    if !dir.is_dir() {
-        return Err(DataError::file(
-            dir,
-            format!(
-                "missing directory (glue(task: \"{}\") reads train.tsv and dev.tsv as GLUE ships them, or the Hub's train-*.parquet and validation-*.parquet)",
-                task.word()
-            ),
-        ));
-    }
+    DataError::unless_dir(
+        dir,
+        &format!(
+            "glue(task: \"{}\") reads train.tsv and dev.tsv as GLUE ships them, or the Hub's train-*.parquet and validation-*.parquet",
+            task.word()
+        ),
+    )?;
     let lay = layout(task);
     let mut splits = Vec::new();
     for (split, stems) in split_stems(task) {

@@ -207,17 +207,7 @@ struct FolderListing {
 /// Lists an image folder without reading an image: `train/` (whose class folders are the
 /// classes, at least 2) and `validation/` (or `val/`, `dev/`) and `test/` where present.
 fn list_folder(root: &Path) -> Result<FolderListing, DataError> {
-    if !root.is_dir() {
-        let why = if root.exists() {
-            "not a directory"
-        } else {
-            "missing directory"
-        };
-        return Err(DataError::file(
-            root,
-            format!("{why} (image_folder expects <split>/<class>/<image>)"),
-        ));
-    }
+    DataError::unless_dir(root, "image_folder expects <split>/<class>/<image>")?;
     let train_dir = root.join("train");
     if !is_folder(&train_dir)? {
         return Err(DataError::file(&train_dir, "missing training split folder"));

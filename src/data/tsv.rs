@@ -104,14 +104,7 @@ pub const SST2_FILES: [&str; 2] = ["train.tsv", "dev.tsv"];
 
 /// The training and validation rows of a GLUE SST-2 directory (`train.tsv`, `dev.tsv`).
 pub fn read_sst2_dir(dir: &Path) -> Result<(Vec<TsvRow>, Vec<TsvRow>), DataError> {
-    if !dir.is_dir() {
-        let why = if dir.exists() {
-            "not a directory (glue_sst2 expects a directory with train.tsv and dev.tsv)"
-        } else {
-            "missing directory (glue_sst2 expects a directory with train.tsv and dev.tsv)"
-        };
-        return Err(DataError::file(dir, why));
-    }
+    DataError::unless_dir(dir, "glue_sst2 expects a directory with train.tsv and dev.tsv")?;
     let [train, dev] = SST2_FILES.map(|f| dir.join(f));
     let train = read_glue_tsv(&train)?;
     let dev = read_glue_tsv(&dev)?;

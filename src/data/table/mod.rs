@@ -135,19 +135,10 @@ pub fn table_files(dir: &Path) -> Vec<PathBuf> {
 
 /// The files of each split in a table directory (shards in name order).
 pub fn split_files(dir: &Path) -> Result<BTreeMap<SplitName, Vec<PathBuf>>, DataError> {
-    if !dir.is_dir() {
-        let why = if dir.exists() {
-            "not a directory"
-        } else {
-            "missing directory"
-        };
-        return Err(DataError::file(
-            dir,
-            format!(
-                "{why} (a table is a directory with train.csv, validation.csv, test.csv — or .tsv, .jsonl, .parquet — or the same in data/)"
-            ),
-        ));
-    }
+    DataError::unless_dir(
+        dir,
+        "a table is a directory with train.csv, validation.csv, test.csv — or .tsv, .jsonl, .parquet — or the same in data/",
+    )?;
     let mut found: BTreeMap<SplitName, Vec<PathBuf>> = BTreeMap::new();
     for path in table_files(dir) {
         // The names `SplitName::parse` takes, as the stage key's file list does (see `reads`).
