@@ -139,13 +139,7 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if self.bytes == 0 {
-            return;
-        }
-        let mut s = self.ledger.state();
-        s.reserved = s.reserved.saturating_sub(self.bytes);
-        drop(s);
-        self.ledger.released.notify_all();
+        self.shrink_to(0);
     }
 }
 
