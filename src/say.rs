@@ -35,22 +35,42 @@ struct NoSigpipe {
     old: Option<libc::sigset_t>,
 }
 
+/// The set holding SIGPIPE alone.
+#[cfg(unix)]
+fn sigpipe() -> libc::sigset_t {
+    // SAFETY: the sigset functions only write the set passed to them, which lives on this frame.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        set
+    }
+}
+
+/// Whether a SIGPIPE is pending for this thread (`None` when that cannot be told).
+#[cfg(unix)]
+fn sigpipe_pending() -> Option<bool> {
+    // SAFETY: sigpending only writes the set passed to it, which lives on this frame.
+    unsafe {
+        let mut pending: libc::sigset_t = std::mem::zeroed();
+        match libc::sigpending(&mut pending) {
+            0 => Some(libc::sigismember(&pending, libc::SIGPIPE) == 1),
+            _ => None,
+        }
+    }
+}
+
 impl NoSigpipe {
     #[cfg(unix)]
     fn new() -> NoSigpipe {
-        // SAFETY: the sigset functions only write the sets passed to them, which live on this
-        // stack frame; pthread_sigmask changes this thread's mask only.
+        // A SIGPIPE already pending is someone else's: leave it to be delivered.
+        if sigpipe_pending() != Some(false) {
+            return NoSigpipe { old: None };
+        }
+        // SAFETY: pthread_sigmask changes this thread's mask only and writes `old`, on this frame.
         unsafe {
-            let mut pipe: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut pipe);
-            libc::sigaddset(&mut pipe, libc::SIGPIPE);
-            let mut pending: libc::sigset_t = std::mem::zeroed();
-            // A SIGPIPE already pending is someone else's: leave it to be delivered.
-            if libc::sigpending(&mut pending) != 0 || libc::sigismember(&pending, libc::SIGPIPE) == 1 {
-                return NoSigpipe { old: None };
-            }
             let mut old: libc::sigset_t = std::mem::zeroed();
-            if libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old) != 0 {
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &sigpipe(), &mut old) != 0 {
                 return NoSigpipe { old: None };
             }
             NoSigpipe { old: Some(old) }
@@ -71,11 +91,8 @@ impl Drop for NoSigpipe {
         // this thread does not wait: with a zero timeout where sigtimedwait exists (Linux),
         // with sigwait elsewhere (macOS and the BSDs have no sigtimedwait).
         unsafe {
-            let mut pipe: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut pipe);
-            libc::sigaddset(&mut pipe, libc::SIGPIPE);
-            let mut pending: libc::sigset_t = std::mem::zeroed();
-            if libc::sigpending(&mut pending) == 0 && libc::sigismember(&pending, libc::SIGPIPE) == 1 {
+            if sigpipe_pending() == Some(true) {
+                let pipe = sigpipe();
                 #[cfg(any(target_os = "linux", target_os = "android"))]
                 {
                     let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
