@@ -4,7 +4,7 @@
 #![allow(clippy::disallowed_macros)]
 
 mod common;
-use common::{by_name, key_of, sorted, wait_for, Test};
+use common::{by_name, entry_of, key_of, sorted, wait_for, Test};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -569,6 +569,18 @@ stage b = train(model: wide, data: data, epochs: 1, batch_size: 8, max_steps: 2,
         out.stderr
     );
     assert!(out.stdout.contains("2 ran, 0 cached, 0 failed"), "{}", out.stdout);
+    // The log of the stage that waited says so, and for how long.
+    let logs: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|s| std::fs::read_to_string(entry_of(&t, "p.rkd", s).join("log.txt")).unwrap())
+        .collect();
+    let waited: Vec<&String> = logs.iter().filter(|l| l.contains("waiting for memory: ")).collect();
+    assert_eq!(waited.len(), 1, "{logs:?}");
+    assert!(
+        waited[0].contains("memory enough again after waiting "),
+        "{}",
+        waited[0]
+    );
 }
 
 /// A memory limit that is not a size is an error before anything runs.

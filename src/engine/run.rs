@@ -632,6 +632,8 @@ pub fn run_stage(
         Ok(f) => f,
         Err(e) => return fail(format!("cannot write the store entry: {e}")),
     };
+    // A wait for memory (stages side by side) is written down in the log too.
+    let _log_waits = log.try_clone().ok().map(crate::ml::kernels::memory_ledger::log_waits);
     let input_dir = |id: StageId| store.out_dir(&plan.stage(id).key);
     let upstream = |id: StageId| {
         let def = &plan.stage(id).def;

@@ -15,8 +15,10 @@
 //! ledger: for them the system's own figure is all there is.
 
 use std::cell::RefCell;
+use std::fs::File;
+use std::io::Write;
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::host_memory::{self, SKIP_VAR};
 
@@ -49,6 +51,8 @@ const RECHECK: Duration = Duration::from_secs(2);
 thread_local! {
     /// Where a check on this thread says that it waits (the stage's progress line).
     static NOTICE: RefCell<Option<Notice>> = const { RefCell::new(None) };
+    /// The log of the stage running on this thread, where waits are written down too.
+    static LOG: RefCell<Option<File>> = const { RefCell::new(None) };
 }
 
 /// Says what a waiting check waits for.
@@ -74,6 +78,33 @@ pub fn reserve(needed: u64, what: &str, remedy: &str) -> Result<Reservation, Str
         });
     }
     PROCESS.reserve(needed, what, remedy)
+}
+
+/// Writes the waits of the checks on this thread into `log` (the stage's `log.txt`) as well,
+/// while the returned guard lives.
+pub fn log_waits(log: File) -> LogWaits {
+    LOG.with(|l| *l.borrow_mut() = Some(log));
+    LogWaits {
+        _thread: std::marker::PhantomData,
+    }
+}
+
+/// Ends [`log_waits`] when dropped.
+pub struct LogWaits {
+    /// Not `Send`: the log belongs to the thread that set it.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for LogWaits {
+    fn drop(&mut self) {
+        LOG.with(|l| l.borrow_mut().take());
+    }
+}
+
+/// Tells the stage on this thread (its progress line and its log) that a check waits or waited.
+fn tell(line: &str) {
+    NOTICE.with(|n| n.borrow().as_ref().map(|f| f(line)));
+    LOG.with(|l| l.borrow_mut().as_mut().map(|f| writeln!(f, "{line}")));
 }
 
 /// A stage running on this thread: while it lives, a check of another stage that is short of
@@ -174,7 +205,7 @@ impl Ledger {
     /// [`reserve`] in this ledger (`RKD_NO_MEMORY_CHECK` aside).
     pub fn reserve(&'static self, needed: u64, what: &str, remedy: &str) -> Result<Reservation, String> {
         let mut s = self.state();
-        let mut said = false;
+        let mut waiting_since: Option<Instant> = None;
         loop {
             // What is left for a new reservation: the process's figure less what is reserved.
             // Before calling it short, the heap's free memory (an earlier stage's model, kept for
@@ -190,6 +221,13 @@ impl Ledger {
             }
             if needed <= left_now {
                 s.reserved = s.reserved.saturating_add(needed);
+                drop(s);
+                if let Some(since) = waiting_since {
+                    tell(&format!(
+                        "memory enough again after waiting {}: {what} goes on",
+                        waited(since)
+                    ));
+                }
                 return Ok(Reservation {
                     bytes: needed,
                     ledger: self,
@@ -199,16 +237,19 @@ impl Ledger {
             // unless every one of them waits too.
             let others = s.stages.saturating_sub(1).saturating_sub(s.waiting);
             if others == 0 {
-                return Err(host_memory::too_large(needed, left_now, what, remedy));
+                let error = host_memory::too_large(needed, left_now, what, remedy);
+                return Err(match waiting_since {
+                    Some(since) => format!("after waiting {} for the stages beside it: {error}", waited(since)),
+                    None => error,
+                });
             }
-            if !said {
-                said = true;
-                let line = format!(
+            if waiting_since.is_none() {
+                waiting_since = Some(Instant::now());
+                tell(&format!(
                     "waiting for memory: {what} would take at least {}, and {} is left while other stages run",
                     host_memory::size(needed),
                     host_memory::size(left_now)
-                );
-                NOTICE.with(|n| n.borrow().as_ref().map(|f| f(&line)));
+                ));
             }
             s.waiting += 1;
             s = self
@@ -219,6 +260,11 @@ impl Ledger {
             s.waiting -= 1;
         }
     }
+}
+
+/// How long since `since`, to the second ("42s", "3m 5s").
+fn waited(since: Instant) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(since.elapsed().as_secs()))
 }
 
 #[cfg(test)]
@@ -233,29 +279,37 @@ mod tests {
         Some(10 * GIB)
     }
 
-    /// Starts a stage on a new thread that reserves `bytes` in `ledger`, keeps the reservation
-    /// until told, and reports the reservation's outcome; returns the lines its notice got, where
-    /// the outcome arrives, and the sender that ends the stage.
-    #[allow(clippy::type_complexity)]
-    fn stage_beside(
-        ledger: &'static Ledger,
-        bytes: u64,
-    ) -> (
-        Arc<StdMutex<Vec<String>>>,
-        mpsc::Receiver<Result<u64, String>>,
-        mpsc::Sender<()>,
-    ) {
+    /// A stage beside, on its own thread: the lines its notice got, its log, where the outcome of
+    /// its reservation arrives, and the sender that ends it.
+    struct Beside {
+        lines: Arc<StdMutex<Vec<String>>>,
+        log: tempfile::NamedTempFile,
+        result: mpsc::Receiver<Result<u64, String>>,
+        end: mpsc::Sender<()>,
+    }
+
+    /// Starts a stage on a new thread that reserves `bytes` in `ledger` and keeps the
+    /// reservation until told.
+    fn stage_beside(ledger: &'static Ledger, bytes: u64) -> Beside {
         let lines = Arc::new(StdMutex::new(Vec::new()));
-        let (result_tx, result_rx) = mpsc::channel();
-        let (end_tx, end_rx) = mpsc::channel::<()>();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let log_file = log.reopen().unwrap();
+        let (result_tx, result) = mpsc::channel();
+        let (end, end_rx) = mpsc::channel::<()>();
         let told = lines.clone();
         std::thread::spawn(move || {
             let _stage = ledger.stage_running(Box::new(move |l| told.lock().unwrap().push(l.to_string())));
+            let _log = log_waits(log_file);
             let r = ledger.reserve(bytes, "the model `b`", "use a smaller model");
             let _ = result_tx.send(r.as_ref().map(Reservation::bytes).map_err(Clone::clone));
             let _ = end_rx.recv_timeout(Duration::from_secs(30));
         });
-        (lines, result_rx, end_tx)
+        Beside {
+            lines,
+            log,
+            result,
+            end,
+        }
     }
 
     /// Waits (at most 10 s) until the stage beside says it waits.
@@ -295,39 +349,40 @@ mod tests {
 
     /// A stage on this thread holding 8 of `ledger`'s 10 GiB, and one beside it waiting for 4:
     /// this one's guard and reservation, and the other's outcome and end.
-    #[allow(clippy::type_complexity)]
-    fn one_waiting_beside(
-        ledger: &'static Ledger,
-    ) -> (
-        StageRunning,
-        Reservation,
-        mpsc::Receiver<Result<u64, String>>,
-        mpsc::Sender<()>,
-    ) {
+    fn one_waiting_beside(ledger: &'static Ledger) -> (StageRunning, Reservation, Beside) {
         let a = ledger.stage_running(Box::new(|_| {}));
         let weights = ledger.reserve(8 * GIB, "the model `a`", "").unwrap();
-        let (lines, result, end) = stage_beside(ledger, 4 * GIB);
-        assert_eq!(
-            until_waiting(&lines),
-            "waiting for memory: the model `b` would take at least 4.0 GiB, and 2.0 GiB is left while other stages run"
-        );
-        assert!(result.try_recv().is_err(), "it went on without the memory");
-        (a, weights, result, end)
+        let beside = stage_beside(ledger, 4 * GIB);
+        assert_eq!(until_waiting(&beside.lines), WAITING);
+        assert!(beside.result.try_recv().is_err(), "it went on without the memory");
+        (a, weights, beside)
     }
+
+    const WAITING: &str =
+        "waiting for memory: the model `b` would take at least 4.0 GiB, and 2.0 GiB is left while other stages run";
 
     #[test]
     fn a_stage_short_of_memory_waits_until_another_releases_it() {
         static LEDGER: Ledger = Ledger::new(ten_gib);
-        let (_a, weights, result, end) = one_waiting_beside(&LEDGER);
+        let (_a, weights, beside) = one_waiting_beside(&LEDGER);
         drop(weights);
-        assert_eq!(result.recv_timeout(Duration::from_secs(10)), Ok(Ok(4 * GIB)));
-        end.send(()).unwrap();
+        assert_eq!(beside.result.recv_timeout(Duration::from_secs(10)), Ok(Ok(4 * GIB)));
+        // The progress line and the stage's log say that it waited, how long, and that it went on.
+        let lines = beside.lines.lock().unwrap().clone();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0], WAITING);
+        let going_on = &lines[1];
+        assert!(going_on.starts_with("memory enough again after waiting "), "{going_on}");
+        assert!(going_on.ends_with("s: the model `b` goes on"), "{going_on}");
+        let log = std::fs::read_to_string(beside.log.path()).unwrap();
+        assert_eq!(log, format!("{WAITING}\n{going_on}\n"));
+        beside.end.send(()).unwrap();
     }
 
     #[test]
     fn stages_never_wait_for_each_other_in_a_circle() {
         static LEDGER: Ledger = Ledger::new(ten_gib);
-        let (a, weights, result, end) = one_waiting_beside(&LEDGER);
+        let (a, weights, beside) = one_waiting_beside(&LEDGER);
         // The stage beside waits for this one: this one, short too, fails instead of waiting...
         let err = LEDGER
             .reserve(4 * GIB, "activations", "use a smaller `batch_size`")
@@ -336,20 +391,29 @@ mod tests {
         // ...and when it ends, the other goes on.
         drop(weights);
         drop(a);
-        assert_eq!(result.recv_timeout(Duration::from_secs(10)), Ok(Ok(4 * GIB)));
-        end.send(()).unwrap();
+        assert_eq!(beside.result.recv_timeout(Duration::from_secs(10)), Ok(Ok(4 * GIB)));
+        beside.end.send(()).unwrap();
     }
 
     #[test]
     fn a_stage_that_ends_wakes_the_one_waiting_for_it() {
         static LEDGER: Ledger = Ledger::new(ten_gib);
-        let (a, held, result, end) = one_waiting_beside(&LEDGER);
+        let (a, held, beside) = one_waiting_beside(&LEDGER);
         // The other stage ends (its memory is still reserved here, as if another process held
         // it): nothing can release memory any more, so the waiting check fails.
         drop(a);
-        let err = result.recv_timeout(Duration::from_secs(10)).unwrap().unwrap_err();
+        let err = beside
+            .result
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            err.starts_with("after waiting ")
+                && err.contains("s for the stages beside it: the model `b` would take at least 4.0 GiB"),
+            "{err}"
+        );
         assert!(err.contains("2.0 GiB left"), "{err}");
         drop(held);
-        end.send(()).unwrap();
+        beside.end.send(()).unwrap();
     }
 }
