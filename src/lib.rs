@@ -10,6 +10,7 @@ pub mod lockfile;
 pub mod ml;
 pub mod ops;
 pub mod plan;
+pub mod process;
 pub mod registry;
 pub mod remote;
 pub mod report;

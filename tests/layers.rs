@@ -21,6 +21,7 @@ const LAYERS: &[&[&str]] = &[
         "src/lib.rs",
         "src/text.rs",
         "src/say.rs",
+        "src/process.rs",
         "src/source.rs",
         "src/keyword.rs",
     ],

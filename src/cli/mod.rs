@@ -122,8 +122,9 @@ enum Command {
     ///
     /// Memory: before a stage builds a model on the CPU, and before training batches, rkd checks
     /// that they fit in what the machine, the container or Slurm job, and $RKD_MEMORY_LIMIT
-    /// (e.g. 12G) leave; stages side by side share that figure, and one that is short waits for
-    /// the others rather than failing. RKD_NO_MEMORY_CHECK=1 turns the checks off.
+    /// (e.g. 12G) leave; stages side by side share that figure (also across your rkd runs on
+    /// this machine), and one that is short waits for the others rather than failing.
+    /// RKD_NO_MEMORY_CHECK=1 turns the checks off.
     Run {
         /// The pipeline file.
         #[arg(value_name = "FILE")]

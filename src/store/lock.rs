@@ -134,7 +134,7 @@ fn write_owner(file: &File) -> std::io::Result<()> {
     let mut f = file;
     f.set_len(0)?;
     f.rewind()?;
-    f.write_all(format!("rkd {pid} {}\n", start_time(pid).unwrap_or(0)).as_bytes())
+    f.write_all(format!("rkd {pid} {}\n", crate::process::start_time(pid).unwrap_or(0)).as_bytes())
 }
 
 /// The holder recorded in a lock file: (pid, start time).
@@ -146,31 +146,12 @@ fn read_owner(path: &Path) -> Option<(u32, u64)> {
     Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
 }
 
-/// When a process started (clock ticks since boot, /proc/PID/stat field 22); `None` when it
-/// does not exist.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Whether the recorded holder is still the same living process.
-fn owner_alive(pid: u32, started: u64) -> bool {
-    if Path::new("/proc/self/stat").exists() {
-        start_time(pid).is_some_and(|s| started == 0 || s == started)
-    } else {
-        // SAFETY: kill with signal 0 only checks that the process exists.
-        unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
-    }
-}
-
 /// When the rkd recorded in a held lock file is dead, kills the processes that still hold the
 /// file open (the command it started, and that command's process group). Returns their pids,
 /// or `None` when there was nothing to stop.
 fn stop_orphans(path: &Path) -> Option<Vec<u32>> {
     let (pid, started) = read_owner(path)?;
-    if owner_alive(pid, started) {
+    if crate::process::alive(pid, started) {
         return None;
     }
     // A new holder may have locked the file a moment ago and not written its name yet.
@@ -261,14 +242,5 @@ mod tests {
         let other = KeyLock::acquire(&store, &[2u8; 32]).unwrap();
         assert!(store.locks_dir().is_dir());
         drop((held, other));
-    }
-
-    #[test]
-    fn this_process_is_alive_and_a_made_up_start_time_is_not() {
-        let me = std::process::id();
-        let started = start_time(me).unwrap();
-        assert!(owner_alive(me, started));
-        assert!(!owner_alive(me, started + 1));
-        assert!(!owner_alive(u32::MAX / 2, 5));
     }
 }

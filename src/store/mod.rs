@@ -251,10 +251,7 @@ impl Store {
 pub(crate) fn writer_alive(name: &str) -> bool {
     let pid = name.split('.').skip(1).find_map(|part| part.parse::<u32>().ok());
     match pid {
-        Some(pid) if pid != std::process::id() => {
-            // SAFETY: kill with signal 0 only checks that the process exists.
-            unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
-        }
+        Some(pid) if pid != std::process::id() => crate::process::alive(pid, 0),
         _ => false,
     }
 }

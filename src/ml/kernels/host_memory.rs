@@ -12,6 +12,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::memory_peers::Peer;
+
 /// Setting this variable (to anything) turns the check off.
 pub const SKIP_VAR: &str = "RKD_NO_MEMORY_CHECK";
 
@@ -21,12 +23,23 @@ pub const LIMIT_VAR: &str = "RKD_MEMORY_LIMIT";
 
 /// Bytes this process may still allocate, if the system says.
 pub fn available_bytes() -> Option<u64> {
+    available_beside(&[])
+}
+
+/// [`available_bytes`], less what other rkd processes reserved and have not allocated yet
+/// (`peers`): all of them count against the system's figure, those inside a limited control
+/// group against that group's, none against [`LIMIT_VAR`] (which counts this process only).
+pub fn available_beside(peers: &[Peer]) -> Option<u64> {
+    let all: u64 = peers.iter().map(|p| p.reserved).sum();
     let system = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|t| meminfo_available(&t));
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
-        .ok()
-        .and_then(|t| cgroup_headroom(&t, Path::new("/sys/fs/cgroup")));
+        .and_then(|t| meminfo_available(&t))
+        .map(|a| a.saturating_sub(all));
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|t| {
+        cgroup_headroom(&t, Path::new("/sys/fs/cgroup"), &|controllers, group| {
+            reserved_inside(peers, controllers, group)
+        })
+    });
     let own = own_limit().ok().flatten().and_then(|limit| {
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
         Some(limit.saturating_sub(proc_kib(&status, "VmRSS:")?.saturating_mul(1024)))
@@ -110,10 +123,20 @@ fn meminfo_available(text: &str) -> Option<u64> {
     )
 }
 
-/// The smallest headroom (limit − usage) of this process's control group and its ancestors,
-/// from `/proc/self/cgroup` text and the cgroup file system mounted at `root`; `None` when no
-/// group sets a limit.
-fn cgroup_headroom(self_cgroup: &str, root: &Path) -> Option<u64> {
+/// What the `peers` inside `group` of the hierarchy of `controllers` reserved.
+fn reserved_inside(peers: &[Peer], controllers: &str, group: &str) -> u64 {
+    peers
+        .iter()
+        .filter(|p| p.inside(controllers, group))
+        .map(|p| p.reserved)
+        .sum()
+}
+
+/// The smallest headroom (limit − usage − what `beside` says other processes inside the group
+/// reserved) of this process's control group and its ancestors, from `/proc/self/cgroup` text
+/// and the cgroup file system mounted at `root`; `None` when no group sets a limit. `beside` is
+/// given the hierarchy's controllers ("" or "memory") and the group's path ("/slurm/job_7").
+fn cgroup_headroom(self_cgroup: &str, root: &Path, beside: &dyn Fn(&str, &str) -> u64) -> Option<u64> {
     let mut best: Option<u64> = None;
     for line in self_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
@@ -125,11 +148,13 @@ fn cgroup_headroom(self_cgroup: &str, root: &Path) -> Option<u64> {
             }
             _ => continue,
         };
-        for dir in ancestors(&base, path) {
+        for (dir, group) in ancestors(&base, path) {
             let limit = read_u64(&dir.join(limit_file));
             let usage = read_u64(&dir.join(usage_file));
             if let (Some(limit), Some(usage)) = (limit, usage) {
-                let headroom = limit.saturating_sub(usage.saturating_sub(inactive_file(&dir)));
+                let headroom = limit
+                    .saturating_sub(usage.saturating_sub(inactive_file(&dir)))
+                    .saturating_sub(beside(controllers, &group));
                 best = Some(best.map_or(headroom, |b| b.min(headroom)));
             }
         }
@@ -137,13 +162,17 @@ fn cgroup_headroom(self_cgroup: &str, root: &Path) -> Option<u64> {
     best
 }
 
-/// The group's directory under `base` and those of its ancestors up to `base` itself.
-fn ancestors(base: &Path, group: &str) -> Vec<PathBuf> {
+/// The group's directory under `base` and those of its ancestors up to `base` itself, each with
+/// its group path ("/", "/slurm", "/slurm/job_7").
+fn ancestors(base: &Path, group: &str) -> Vec<(PathBuf, String)> {
     let mut dir = base.to_path_buf();
-    let mut out = vec![dir.clone()];
+    let mut path = String::new();
+    let mut out = vec![(dir.clone(), "/".to_string())];
     for part in group.split('/').filter(|p| !p.is_empty() && *p != "." && *p != "..") {
         dir.push(part);
-        out.push(dir.clone());
+        path.push('/');
+        path.push_str(part);
+        out.push((dir.clone(), path.clone()));
     }
     out
 }
@@ -199,16 +228,16 @@ mod tests {
         write("slurm/job_7", "memory.current", "1000\n");
         write("slurm", "memory.max", &format!("{}\n", 10u64 << 30));
         write("slurm", "memory.current", &format!("{}\n", 4u64 << 30));
-        assert_eq!(cgroup_headroom("0::/slurm/job_7\n", root.path()), Some(6 << 30));
+        assert_eq!(cgroup_headroom("0::/slurm/job_7\n", root.path(), &none), Some(6 << 30));
         // Of the 4 GiB used, 1 GiB is page cache the kernel reclaims first (a file just written).
         write(
             "slurm",
             "memory.stat",
             &format!("anon 3000\nfile {}\ninactive_file {}\n", 2u64 << 30, 1u64 << 30),
         );
-        assert_eq!(cgroup_headroom("0::/slurm/job_7\n", root.path()), Some(7 << 30));
+        assert_eq!(cgroup_headroom("0::/slurm/job_7\n", root.path(), &none), Some(7 << 30));
         assert_eq!(
-            cgroup_headroom("0::/elsewhere\n", root.path()),
+            cgroup_headroom("0::/elsewhere\n", root.path(), &none),
             None,
             "no limit anywhere"
         );
@@ -216,14 +245,34 @@ mod tests {
         write("memory/docker/abc", "memory.limit_in_bytes", "2048\n");
         write("memory/docker/abc", "memory.usage_in_bytes", "512\n");
         let v1 = "12:cpu,cpuacct:/docker/abc\n11:memory:/docker/abc\n";
-        assert_eq!(cgroup_headroom(v1, root.path()), Some(1536));
+        assert_eq!(cgroup_headroom(v1, root.path(), &none), Some(1536));
         write(
             "memory/docker/abc",
             "memory.stat",
             "cache 300\ninactive_file 100\ntotal_inactive_file 256\n",
         );
-        assert_eq!(cgroup_headroom(v1, root.path()), Some(1792));
-        assert_eq!(cgroup_headroom("garbage", root.path()), None);
+        assert_eq!(cgroup_headroom(v1, root.path(), &none), Some(1792));
+        assert_eq!(cgroup_headroom("garbage", root.path(), &none), None);
+        // Another rkd process in the job's group reserved 2 GiB: they come off the group's
+        // headroom; one elsewhere on the machine reserved 3 GiB: it does not.
+        let peer = |reserved: u64, cgroup: &str| Peer {
+            pid: 1,
+            reserved,
+            stages: 1,
+            waiting: false,
+            cgroups: vec![cgroup.to_string()],
+        };
+        let peers = [peer(2 << 30, "0::/slurm/job_7/step_1"), peer(3 << 30, "0::/user.slice")];
+        let beside = |c: &str, g: &str| reserved_inside(&peers, c, g);
+        assert_eq!(
+            cgroup_headroom("0::/slurm/job_7\n", root.path(), &beside),
+            Some(5 << 30)
+        );
+    }
+
+    /// No other process reserved anything.
+    fn none(_: &str, _: &str) -> u64 {
+        0
     }
 
     #[test]

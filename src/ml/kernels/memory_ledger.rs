@@ -11,24 +11,33 @@
 //! progress line (or stderr). Only when no other stage could release anything (none runs, or all of them
 //! are waiting too) does it fail, so stages never wait for each other in a circle.
 //!
-//! Stages in other processes (another `rkd run`, Slurm jobs on the same node) are not in the
-//! ledger: for them the system's own figure is all there is.
+//! Other rkd processes of the same user on the machine (another `rkd run`) say what they
+//! reserved through [`super::memory_peers`]: their reservations count as taken too (against the
+//! figures they share: the machine's, a control group's both are in), and a check short of
+//! memory waits for one of them that could release some, as for a stage beside it — never for
+//! one whose stages all wait themselves. Other programs are seen only through the system's
+//! figure.
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::Write;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::host_memory::{self, SKIP_VAR};
+use super::memory_peers::{Locked, Peer, Peers};
 
 /// The reservations and stages of a process (tests make their own).
 pub struct Ledger {
     state: Mutex<State>,
     /// Signalled whenever memory may have been released.
     released: Condvar,
-    /// Bytes the process may still allocate, if the system says.
-    available: fn() -> Option<u64>,
+    /// Bytes the process may still allocate, if the system says, less what the given other
+    /// processes reserved.
+    available: fn(&[Peer]) -> Option<u64>,
+    /// Where the other processes' reservations are found (`None`: nowhere), made on first use.
+    find_peers: fn() -> Option<Peers>,
+    peers: OnceLock<Option<Peers>>,
 }
 
 /// What a [`Ledger`] counts.
@@ -42,7 +51,7 @@ struct State {
 }
 
 /// This process's ledger.
-static PROCESS: Ledger = Ledger::new(host_memory::available_bytes);
+static PROCESS: Ledger = Ledger::new(host_memory::available_beside, Peers::for_this_process);
 
 /// How often a waiting check looks again even when nothing in this process signalled (memory
 /// freed by other processes counts too).
@@ -118,8 +127,11 @@ pub struct StageRunning {
 impl Drop for StageRunning {
     fn drop(&mut self) {
         NOTICE.with(|n| n.borrow_mut().take());
+        // What the stage freed goes back to the system, where other processes can use it.
+        host_memory::release_free_heap();
         let mut s = self.ledger.state();
         s.stages = s.stages.saturating_sub(1);
+        self.ledger.publish(&s);
         drop(s);
         self.ledger.released.notify_all();
     }
@@ -162,6 +174,7 @@ impl Reservation {
         }
         let mut s = self.ledger.state();
         s.reserved = s.reserved.saturating_sub(self.bytes - bytes);
+        self.ledger.publish(&s);
         drop(s);
         self.bytes = bytes;
         self.ledger.released.notify_all();
@@ -175,8 +188,8 @@ impl Drop for Reservation {
 }
 
 impl Ledger {
-    /// An empty ledger over the `available` figure.
-    pub const fn new(available: fn() -> Option<u64>) -> Ledger {
+    /// An empty ledger over the `available` figure, beside the processes that `find_peers` finds.
+    pub const fn new(available: fn(&[Peer]) -> Option<u64>, find_peers: fn() -> Option<Peers>) -> Ledger {
         Ledger {
             state: Mutex::new(State {
                 reserved: 0,
@@ -185,6 +198,8 @@ impl Ledger {
             }),
             released: Condvar::new(),
             available,
+            find_peers,
+            peers: OnceLock::new(),
         }
     }
 
@@ -192,9 +207,23 @@ impl Ledger {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn peers(&self) -> Option<&Peers> {
+        self.peers.get_or_init(self.find_peers).as_ref()
+    }
+
+    /// Tells the other processes what this one now reserves, and whether all its stages wait.
+    fn publish(&self, s: &State) {
+        if let Some(peers) = self.peers() {
+            peers.publish(s.reserved, s.stages, s.waiting > 0 && s.waiting >= s.stages);
+        }
+    }
+
     /// [`stage_running`] in this ledger.
     pub fn stage_running(&'static self, notice: Notice) -> StageRunning {
-        self.state().stages += 1;
+        let mut s = self.state();
+        s.stages += 1;
+        self.publish(&s);
+        drop(s);
         NOTICE.with(|n| *n.borrow_mut() = Some(notice));
         StageRunning {
             ledger: self,
@@ -207,11 +236,15 @@ impl Ledger {
         let mut s = self.state();
         let mut waiting_since: Option<Instant> = None;
         loop {
+            // The other processes' reservations, read under their folder's lock: no other
+            // process's check passes on the same memory until this one has said what it took.
+            let locked = self.peers().and_then(|p| p.lock().ok());
+            let others = locked.as_ref().map(Locked::others).unwrap_or_default();
             // What is left for a new reservation: the process's figure less what is reserved.
             // Before calling it short, the heap's free memory (an earlier stage's model, kept for
             // reuse) goes back to the system and the figure is read again.
             let reserved = s.reserved;
-            let left = || (self.available)().map(|a| a.saturating_sub(reserved));
+            let left = || (self.available)(&others).map(|a| a.saturating_sub(reserved));
             let Some(mut left_now) = left() else {
                 return Ok(Reservation { bytes: 0, ledger: self });
             };
@@ -221,10 +254,11 @@ impl Ledger {
             }
             if needed <= left_now {
                 s.reserved = s.reserved.saturating_add(needed);
-                drop(s);
+                self.publish(&s);
+                drop((locked, s));
                 if let Some(since) = waiting_since {
                     tell(&format!(
-                        "memory enough again after waiting {}: {what} goes on",
+                        "after waiting {}, memory enough for {what}: going on",
                         waited(since)
                     ));
                 }
@@ -234,14 +268,18 @@ impl Ledger {
                 });
             }
             // The caller works for a stage when any runs; the others could still release memory
-            // unless every one of them waits too.
-            let others = s.stages.saturating_sub(1).saturating_sub(s.waiting);
-            if others == 0 {
-                let error = host_memory::too_large(needed, left_now, what, remedy);
-                return Err(match waiting_since {
-                    Some(since) => format!("after waiting {} for the stages beside it: {error}", waited(since)),
-                    None => error,
-                });
+            // unless every one of them waits too. So could another process competing for the
+            // same memory, unless all its stages wait.
+            let here = s.stages.saturating_sub(1).saturating_sub(s.waiting);
+            let competing = self.competing(&others, needed);
+            if here == 0 && !competing.iter().any(|p| p.could_release()) {
+                self.publish(&s);
+                let mut error = host_memory::too_large(needed, left_now, what, remedy);
+                if let Some(since) = waiting_since {
+                    error = format!("after waiting {} for the stages beside it: {error}", waited(since));
+                }
+                error.push_str(&others_note(&competing));
+                return Err(error);
             }
             if waiting_since.is_none() {
                 waiting_since = Some(Instant::now());
@@ -252,6 +290,8 @@ impl Ledger {
                 ));
             }
             s.waiting += 1;
+            self.publish(&s);
+            drop(locked);
             s = self
                 .released
                 .wait_timeout(s, RECHECK)
@@ -260,6 +300,40 @@ impl Ledger {
             s.waiting -= 1;
         }
     }
+
+    /// The other processes competing for the memory this one is short of: `needed` bytes more
+    /// reserved by one of them would lower this one's figure (they share the figure that binds
+    /// it: the machine's, or a control group's both are in).
+    fn competing<'p>(&self, others: &'p [Peer], needed: u64) -> Vec<&'p Peer> {
+        let alone = (self.available)(&[]);
+        others
+            .iter()
+            .filter(|p| {
+                let more = Peer {
+                    reserved: p.reserved.saturating_add(needed),
+                    ..(*p).clone()
+                };
+                (self.available)(std::slice::from_ref(&more)) < alone
+            })
+            .collect()
+    }
+}
+
+/// What a failed check adds when other processes' reservations took part of the memory (they
+/// wait for memory themselves, or it would have waited for them): nothing when none did.
+fn others_note(competing: &[&Peer]) -> String {
+    let holding: Vec<&&Peer> = competing.iter().filter(|p| p.reserved > 0).collect();
+    if holding.is_empty() {
+        return String::new();
+    }
+    let pids: Vec<String> = holding.iter().map(|p| p.pid.to_string()).collect();
+    let bytes: u64 = holding.iter().map(|p| p.reserved).sum();
+    format!(
+        ". Of the memory free, {} more is reserved by other rkd processes of yours here (pid {}), \
+         whose stages all wait for memory themselves; run this one when they are done",
+        host_memory::size(bytes),
+        pids.join(", ")
+    )
 }
 
 /// How long since `since`, to the second ("42s", "3m 5s").
@@ -275,8 +349,13 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
 
-    fn ten_gib() -> Option<u64> {
-        Some(10 * GIB)
+    /// 10 GiB, less what the other processes reserved.
+    fn ten_gib(peers: &[Peer]) -> Option<u64> {
+        Some((10 * GIB).saturating_sub(peers.iter().map(|p| p.reserved).sum()))
+    }
+
+    fn no_peers() -> Option<Peers> {
+        None
     }
 
     /// A stage beside, on its own thread: the lines its notice got, its log, where the outcome of
@@ -325,7 +404,7 @@ mod tests {
 
     #[test]
     fn a_reservation_counts_as_taken_until_it_is_dropped() {
-        static LEDGER: Ledger = Ledger::new(ten_gib);
+        static LEDGER: Ledger = Ledger::new(ten_gib, no_peers);
         let first = LEDGER.reserve(6 * GIB, "the model `a`", "use a smaller model").unwrap();
         assert_eq!(first.bytes(), 6 * GIB);
         // No stage runs that could release memory: the second fails at once, with the figures.
@@ -363,7 +442,7 @@ mod tests {
 
     #[test]
     fn a_stage_short_of_memory_waits_until_another_releases_it() {
-        static LEDGER: Ledger = Ledger::new(ten_gib);
+        static LEDGER: Ledger = Ledger::new(ten_gib, no_peers);
         let (_a, weights, beside) = one_waiting_beside(&LEDGER);
         drop(weights);
         assert_eq!(beside.result.recv_timeout(Duration::from_secs(10)), Ok(Ok(4 * GIB)));
@@ -372,8 +451,11 @@ mod tests {
         assert_eq!(lines.len(), 2, "{lines:?}");
         assert_eq!(lines[0], WAITING);
         let going_on = &lines[1];
-        assert!(going_on.starts_with("memory enough again after waiting "), "{going_on}");
-        assert!(going_on.ends_with("s: the model `b` goes on"), "{going_on}");
+        assert!(going_on.starts_with("after waiting "), "{going_on}");
+        assert!(
+            going_on.ends_with("s, memory enough for the model `b`: going on"),
+            "{going_on}"
+        );
         let log = std::fs::read_to_string(beside.log.path()).unwrap();
         assert_eq!(log, format!("{WAITING}\n{going_on}\n"));
         beside.end.send(()).unwrap();
@@ -381,7 +463,7 @@ mod tests {
 
     #[test]
     fn stages_never_wait_for_each_other_in_a_circle() {
-        static LEDGER: Ledger = Ledger::new(ten_gib);
+        static LEDGER: Ledger = Ledger::new(ten_gib, no_peers);
         let (a, weights, beside) = one_waiting_beside(&LEDGER);
         // The stage beside waits for this one: this one, short too, fails instead of waiting...
         let err = LEDGER
@@ -397,7 +479,7 @@ mod tests {
 
     #[test]
     fn a_stage_that_ends_wakes_the_one_waiting_for_it() {
-        static LEDGER: Ledger = Ledger::new(ten_gib);
+        static LEDGER: Ledger = Ledger::new(ten_gib, no_peers);
         let (a, held, beside) = one_waiting_beside(&LEDGER);
         // The other stage ends (its memory is still reserved here, as if another process held
         // it): nothing can release memory any more, so the waiting check fails.
@@ -415,5 +497,78 @@ mod tests {
         assert!(err.contains("2.0 GiB left"), "{err}");
         drop(held);
         beside.end.send(()).unwrap();
+    }
+
+    /// A folder of this test process's own, where its ledgers `a` and `b` stand for two processes.
+    fn peers_dir() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("rkd-ledger-test-{}", std::process::id()))
+    }
+
+    fn peer(tag: &str) -> Option<Peers> {
+        let pid = std::process::id();
+        let started = crate::process::start_time(pid)?;
+        Some(Peers::at(
+            peers_dir(),
+            format!("{pid}-{started}-{tag}"),
+            vec!["0::/".into()],
+        ))
+    }
+
+    #[test]
+    fn processes_count_each_others_reservations_and_never_wait_for_each_other_in_a_circle() {
+        fn a() -> Option<Peers> {
+            peer("a")
+        }
+        fn b() -> Option<Peers> {
+            peer("b")
+        }
+        if a().is_none() {
+            return; // no /proc: processes cannot be told apart, and nothing is shared
+        }
+        static A: Ledger = Ledger::new(ten_gib, a);
+        static B: Ledger = Ledger::new(ten_gib, b);
+        let held_a = A.reserve(6 * GIB, "the model `a`", "").unwrap();
+        let held_b = B.reserve(3 * GIB, "the model `b`", "").unwrap();
+        // `a` needs 2 GiB more, and 1 is left: `b` could release its 3, so `a` waits...
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let r = A.reserve(2 * GIB, "the activations of `a`", "use a smaller `batch_size`");
+            let _ = tx.send(r.map(|r| r.bytes()));
+        });
+        let waiting = |dir: &std::path::Path| {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .flatten()
+                .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("waiting 1")))
+        };
+        for _ in 0..1000 {
+            if waiting(&peers_dir()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(rx.try_recv().is_err(), "`a` went on without the memory");
+        // ...and `b`, short too, fails instead of waiting for `a`, saying who holds what.
+        let err = B.reserve(2 * GIB, "the activations of `b`", "").unwrap_err();
+        assert!(err.contains("this process has 1.0 GiB left"), "{err}");
+        assert!(
+            err.contains(&format!(
+                "6.0 GiB more is reserved by other rkd processes of yours here (pid {})",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        // When `b` releases its memory, `a` finds it at its next look (other processes do not
+        // signal: at most 2 s).
+        drop(held_b);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(Ok(2 * GIB)));
+        drop(held_a);
+        let left: Vec<_> = std::fs::read_dir(peers_dir())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, ["lock"], "a process that holds nothing keeps no file");
+        let _ = std::fs::remove_dir_all(peers_dir());
     }
 }

@@ -21,6 +21,8 @@ pub mod host_memory;
 pub mod isa;
 /// Memory reserved by the stages running side by side in this process; checks that wait or fail.
 pub mod memory_ledger;
+/// What other rkd processes of this user on the machine reserved, through a shared folder.
+pub mod memory_peers;
 /// NF4 weights held 4-bit on any device as tensors, dequantized there by tensor ops.
 pub mod nf4_device;
 /// Products with NF4 weights dequantized panel by panel inside the CPU kernel.
