@@ -4,6 +4,16 @@
 /// Widest a name is shown in a table, in characters; longer names end in `…`.
 pub const NAME_WIDTH: usize = 60;
 
+/// A metric's value in a table: whole numbers (counts, bytes, epochs) without decimals, others
+/// with four.
+pub fn metric_value(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
 /// `name` for one table cell: control characters escaped (`\n`, `\t`, `\u{1b}`) and cut to
 /// [`NAME_WIDTH`] characters, the last of them `…`. Only the first few hundred bytes are read.
 pub fn cell(name: &str) -> String {

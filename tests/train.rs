@@ -171,3 +171,29 @@ fn mixed_precision_learns_and_is_keyed_unless_f32() {
     assert_eq!(bad.code, 1);
     assert!(bad.stderr.contains("bf16"), "{}", bad.stderr);
 }
+
+/// `select: "last"` selects nothing: the validation split stays unseen, so `eval` reports it,
+/// and the stored record says the last epoch was kept.
+#[test]
+fn with_select_last_the_validation_split_can_be_reported() {
+    let t = Test::new().file(
+        "p.rkd",
+        r#"
+let data = synthetic_text(seed: 0, classes: 2, train_size: 64, val_size: 32, max_len: 16, vocab_size: 100)
+let tiny = bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, vocab_size: 100, max_position: 16)
+stage m = train(model: tiny, data: data, epochs: 2, batch_size: 16, select: "last")
+stage s = eval(model: m, data: data, split: "validation")
+"#,
+    );
+    let res = run_json(&t, &["--store", "a"]);
+    assert_eq!(res["ran"], serde_json::json!(["m", "s"]));
+    let m = entry(&t, "a", "m");
+    let record = json_file(&m.join("out/train_metrics.json"));
+    assert_eq!(record["kept_epoch"], "last");
+    assert_eq!(record["selection_split"], Value::Null);
+    let metrics = json_file(&m.join("metrics.json"));
+    assert!(metrics.get("best_epoch").is_none(), "{metrics}");
+    let report = json_file(&entry(&t, "a", "s").join("out/eval.json"));
+    assert_eq!(report["split"], "validation");
+    assert_eq!(report["selection"], serde_json::json!([]));
+}

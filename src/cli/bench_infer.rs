@@ -19,7 +19,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::bench::stats::median;
 use crate::ml::compress::lora::base_linears;
-use crate::ml::compress::prune::{prunable_weights, prune_unstructured, Scope};
+use crate::ml::compress::prune::{prunable_weights, prune_unstructured, Scope, Zeros};
 use crate::ml::models::layers::{Dropout, LoraBranch, PackedWeight};
 use crate::ml::models::linears::linears_mut;
 use crate::ml::nf4::Nf4Tensor;
@@ -96,7 +96,13 @@ fn build(variant: Variant) -> candle_core::Result<(Model, u64, u64)> {
     let params = ParamStore::new(SEED);
     Model::new(&config, params.var_builder(DType::F32, &Device::Cpu))?;
     if let Variant::Pruned(s, _) = variant {
-        prune_unstructured(&params, &prunable_weights(&config, Scope::Encoder), s, false)?;
+        prune_unstructured(
+            &params,
+            &prunable_weights(&config, Scope::Encoder),
+            s,
+            false,
+            Zeros::Weights,
+        )?;
     }
     let mut model = Model::new(&config, params.frozen_var_builder(DType::F32, &Device::Cpu))?;
     let quantized = base_linears(&config);

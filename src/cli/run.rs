@@ -361,6 +361,10 @@ fn headline(op: &str, m: &std::collections::BTreeMap<String, f64>) -> String {
         ("eval", Some(a)) => format!("accuracy {}{task}", pct(a)),
         ("predict", Some(a)) => format!("train-split accuracy {}", pct(a)),
         (op, Some(a)) if crate::registry::trains(op) => format!("selection accuracy {}", pct(a)),
+        // Nothing selected its epochs (`select: "last"`, no validation split).
+        (op, None) if crate::registry::trains(op) && m.contains_key("loss") => {
+            format!("train loss {:.4}", m["loss"])
+        }
         ("report", _) => m
             .get("baseline_accuracy")
             .map(|b| format!("baseline accuracy {}", pct(*b)))
@@ -370,7 +374,11 @@ fn headline(op: &str, m: &std::collections::BTreeMap<String, f64>) -> String {
             .get("sparsity")
             .map(|s| format!("sparsity {}", pct(*s)))
             .unwrap_or_default(),
-        _ => m.iter().next().map(|(k, v)| format!("{k} {v:.4}")).unwrap_or_default(),
+        _ => m
+            .iter()
+            .next()
+            .map(|(k, v)| format!("{k} {}", crate::text::metric_value(*v)))
+            .unwrap_or_default(),
     }
 }
 
@@ -554,5 +562,12 @@ mod tests {
             "baseline accuracy 77.50%"
         );
         assert_eq!(headline("exec", &m(&[])), "");
+        // Trained with nothing to select on: its training loss.
+        assert_eq!(
+            headline("train", &m(&[("epochs", 2.0), ("loss", 0.5123), ("steps", 8.0)])),
+            "train loss 0.5123"
+        );
+        // Whole numbers without decimals.
+        assert_eq!(headline("exec", &m(&[("rows", 4450.0)])), "rows 4450");
     }
 }

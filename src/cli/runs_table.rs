@@ -144,11 +144,11 @@ pub fn run(file: Option<&Path>, store: Option<&Path>, q: &Query) -> ExitCode {
         .collect()];
     for r in &rows {
         let mut line = vec![r.run.clone(), crate::text::cell(&r.stage), r.op.clone()];
-        line.extend(
-            metrics
-                .iter()
-                .map(|m| r.metrics.get(m).map_or("—".to_string(), |v| format!("{v:.4}"))),
-        );
+        line.extend(metrics.iter().map(|m| {
+            r.metrics
+                .get(m)
+                .map_or("—".to_string(), |v| crate::text::metric_value(*v))
+        }));
         grid.push(line);
     }
     let widths: Vec<usize> = (0..grid[0].len())

@@ -435,7 +435,8 @@ mod tests {
         let config = ModelConfig::Bert(tiny_bert(2));
         let p = Pretrained::random(&config, 9, &Device::Cpu).unwrap();
         let names = crate::ml::prune::prunable_weights(&config, crate::ml::prune::Scope::Encoder);
-        crate::ml::prune::prune_unstructured(&p.params, &names[..3], 0.85, false).unwrap();
+        crate::ml::prune::prune_unstructured(&p.params, &names[..3], 0.85, false, crate::ml::prune::Zeros::Weights)
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         save_pretrained(dir.path(), &config, &p.params).unwrap();
         let inf = load_inference(dir.path(), &Device::Cpu, true).unwrap();

@@ -33,7 +33,7 @@ use crate::data::{Dataset, SplitName};
 use crate::keyword::Keyword;
 use crate::ml::checkpoint::{load_pretrained, LoadOptions};
 use crate::ml::metrics::{evaluate, parameter_counts};
-use crate::ml::prune::{prune, Method, PruneReport, Pruned};
+use crate::ml::prune::{prune, Method, PruneReport, Pruned, Zeros};
 use crate::ml::train::{TrainError, TrainReport};
 use crate::ml::{Model, ParamStore};
 use crate::registry::{PruneArgs, DEFAULT_BATCH_SIZE};
@@ -47,7 +47,10 @@ const COMPANION_FILES: [&str; 5] = [
     "preprocessor_config.json",
 ];
 
-/// A string parameter, `default` when absent.
+/// The pruning record a `prune` stage writes beside the weights.
+const PRUNE_METRICS: &str = "prune_metrics.json";
+
+/// A fraction as a percentage with two decimals.
 fn percent(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
 }
@@ -155,11 +158,24 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
 
     ctx.progress
         .message(&format!("pruning ({}, sparsity {sparsity})", method.word()));
+    // The zeros of a model an earlier `prune` made are pruned entries; any other model's zeros
+    // (a dequantised NF4 weight has many) are weights, and count in the amount.
+    let zeros = match dir.join(PRUNE_METRICS).is_file() {
+        true => {
+            let _ = writeln!(
+                ctx.log,
+                "{what} was pruned before: its zeros stay pruned and the sparsity applies to the weights left"
+            );
+            Zeros::Pruned
+        }
+        false => Zeros::Weights,
+    };
     let Pruned {
         model: pruned,
         masks,
         mut report,
-    } = prune(pretrained, method, scope, sparsity).map_err(|e| OpError::Failed(format!("pruning {what}: {e}")))?;
+    } = prune(pretrained, method, scope, sparsity, zeros)
+        .map_err(|e| OpError::Failed(format!("pruning {what}: {e}")))?;
     log_pruning(&mut ctx.log, &report);
     check_interrupted(ctx.cancel)?;
 
@@ -399,7 +415,7 @@ fn write_metrics(out_dir: &Path, m: &MetricsFile) -> Result<(), OpError> {
         "pruned_accuracy": m.pruned_accuracy,
         "finetune": finetune,
     });
-    let path = out_dir.join("prune_metrics.json");
+    let path = out_dir.join(PRUNE_METRICS);
     std::fs::write(&path, serde_json::to_vec_pretty(&details).unwrap_or_default())
         .map_err(|e| OpError::Failed(format!("{}: {e}", path.display())))
 }

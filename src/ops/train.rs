@@ -428,7 +428,7 @@ pub(super) fn fit(
              did it learn? A model trained from scratch often needs a larger `lr` (3e-4 or more) and more epochs",
         );
     }
-    if report.best_epoch.is_some() {
+    if report.selected() {
         ctx.selection.merge(Selection::on(selection_split, dataset));
     }
     Ok(report)
@@ -497,8 +497,8 @@ pub(super) fn write_train_metrics(
         "validation_examples": dataset.len(SplitName::Validation),
         "kept_epoch": kept_epoch(report),
         "loss_fell": report.loss_fell(),
-        "selection_split": report.best_epoch.map(|_| dataset.selection_split().as_str()),
-        "selection_examples": report.best_epoch.map(|_| dataset.len(dataset.selection_split())),
+        "selection_split": report.selected().then(|| dataset.selection_split().as_str()),
+        "selection_examples": report.selected().then(|| dataset.len(dataset.selection_split())),
         "best_epoch": report.best_epoch,
         // What epochs were selected by (and what `val_accuracy` of each epoch holds): accuracy,
         // or a regression's Pearson correlation.
@@ -551,15 +551,13 @@ pub(super) fn write_curves(
 
 /// Which epoch's weights a run kept: `best` (chosen on the selection split) or `last`.
 fn kept_epoch(report: &TrainReport) -> &'static str {
-    if report.best_epoch.is_some() {
+    if report.selected() {
         "best"
     } else {
         "last"
     }
 }
 
-/// A training run's headline metrics: the kept epoch's validation accuracy and loss, the last
-/// epoch's training loss, and the epochs and steps taken.
 /// A selection score in words: `accuracy 81.25%`, or for a regression `Pearson 0.8123`.
 pub(super) fn score_text(dataset: &Dataset, score: f64) -> String {
     if dataset.is_regression() {
@@ -569,6 +567,8 @@ pub(super) fn score_text(dataset: &Dataset, score: f64) -> String {
     }
 }
 
+/// A training run's headline metrics: the kept epoch's validation accuracy and loss and its
+/// number when it was selected, the last epoch's training loss, and the epochs and steps taken.
 pub(super) fn run_metrics(report: &TrainReport, dataset: &Dataset) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     // The selection score: accuracy, or a regression's Pearson correlation.
@@ -586,7 +586,7 @@ pub(super) fn run_metrics(report: &TrainReport, dataset: &Dataset) -> BTreeMap<S
         m.insert("val_loss".into(), l);
     }
     m.insert("epochs".into(), report.epochs.len() as f64);
-    if let Some(b) = report.best_epoch {
+    if let Some(b) = report.best_epoch.filter(|_| report.selected()) {
         m.insert("best_epoch".into(), b as f64);
     }
     m.insert("steps".into(), report.total_steps() as f64);

@@ -299,7 +299,8 @@ crate::op_args! {
 pub static TRAIN: OpSchema = OpSchema {
     name: "train",
     kind: OpKind::Stage(Output::Model),
-    version: 3,
+    // 4: nothing is recorded as selected when no split selected the epochs.
+    version: 4,
     doc: "Train a model on labelled data (AdamW, warm-up then linear decay, best checkpoint kept).",
     params: TrainArgs::PARAMS,
     derive: Some(derive_train),
@@ -349,7 +350,8 @@ crate::op_args! {
 pub static DISTILL: OpSchema = OpSchema {
     name: "distill",
     kind: OpKind::Stage(Output::Model),
-    version: 3,
+    // 4: nothing is recorded as selected when no split selected the epochs.
+    version: 4,
     doc: "Distil a teacher into a student: alpha*CE(labels) + (1-alpha)*T^2*KL(teacher/T || student/T).",
     params: DistillArgs::PARAMS,
     derive: Some(derive_student),
@@ -414,7 +416,8 @@ crate::op_args! {
 pub static FUSE: OpSchema = OpSchema {
     name: "fuse",
     kind: OpKind::Stage(Output::Model),
-    version: 3,
+    // 4: nothing is recorded as selected when no split selected the epochs.
+    version: 4,
     doc: "Multi-agent distillation: one student learns from the fused predictions of several teachers.",
     params: FuseArgs::PARAMS,
     derive: Some(derive_student),
@@ -594,7 +597,8 @@ crate::op_args! {
 pub static QLORA: OpSchema = OpSchema {
     name: "qlora",
     kind: OpKind::Stage(Output::Model),
-    version: 3,
+    // 4: nothing is recorded as selected when no split selected the epochs.
+    version: 4,
     doc: "QLoRA: freeze the base as 4-bit NF4 and train low-rank adapters (PEFT layout) plus the head.",
     params: QloraArgs::PARAMS,
     derive: None,
@@ -669,7 +673,9 @@ crate::op_args! {
 pub static PRUNE: OpSchema = OpSchema {
     name: "prune",
     kind: OpKind::Stage(Output::Model),
-    version: 3,
+    // 4: nothing is recorded as selected when no split selected the epochs; the zeros of a model
+    // no `prune` made are weights and count in the amount.
+    version: 4,
     doc: "Prune a model: L1 magnitude per layer or globally, or whole attention heads; masks kept while fine-tuning.",
     params: PruneArgs::PARAMS,
     derive: None,

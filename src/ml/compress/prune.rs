@@ -94,15 +94,42 @@ pub fn amount_to_prune(sparsity: f64, remaining: usize) -> usize {
     }
 }
 
-/// Keep flags for `values` (one slice per tensor) after pruning the `k` nonzero entries of
-/// smallest |w| taken over all slices together; entries already zero stay pruned and are not
-/// counted in `k`. Ties go by position: earlier slice, then lower index, pruned first.
-pub fn smallest_magnitude_keep(values: &[&[f32]], k: usize) -> Vec<Vec<bool>> {
-    let mut keep: Vec<Vec<bool>> = values.iter().map(|v| v.iter().map(|x| *x != 0.0).collect()).collect();
+/// What the entries of a model that are already zero are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Zeros {
+    /// Pruned by an earlier pruning: they stay pruned and a new amount applies to the entries
+    /// left (torch's pruning containers: 30% twice gives 51%).
+    Pruned,
+    /// Weights like any other (a dequantised NF4 weight has exact zeros): they are the smallest
+    /// |w| and count in the amount, as torch's pruning of a fresh module (30% gives 30%).
+    Weights,
+}
+
+impl Zeros {
+    /// Whether `x` is a candidate for pruning (not already pruned).
+    fn candidate(self, x: f32) -> bool {
+        self == Zeros::Weights || x != 0.0
+    }
+
+    /// The entries of `v` a pruning may still prune.
+    pub fn remaining(self, v: &[f32]) -> usize {
+        v.iter().filter(|x| self.candidate(**x)).count()
+    }
+}
+
+/// Keep flags for `values` (one slice per tensor) after pruning the `k` candidate entries of
+/// smallest |w| taken over all slices together; with [`Zeros::Pruned`] entries already zero stay
+/// pruned and are not counted in `k`. Ties go by position: earlier slice, then lower index,
+/// pruned first.
+pub fn smallest_magnitude_keep(values: &[&[f32]], k: usize, zeros: Zeros) -> Vec<Vec<bool>> {
+    let mut keep: Vec<Vec<bool>> = values
+        .iter()
+        .map(|v| v.iter().map(|x| zeros.candidate(*x)).collect())
+        .collect();
     // |w| of a float orders like its bit pattern (non-negative floats; NaN sorts last, kept).
     let mut keys: Vec<u32> = values
         .iter()
-        .flat_map(|v| v.iter().filter(|x| **x != 0.0).map(|x| x.abs().to_bits()))
+        .flat_map(|v| v.iter().filter(|x| zeros.candidate(**x)).map(|x| x.abs().to_bits()))
         .collect();
     let k = k.min(keys.len());
     if k == 0 {
@@ -113,7 +140,7 @@ pub fn smallest_magnitude_keep(values: &[&[f32]], k: usize) -> Vec<Vec<bool>> {
     let mut ties = k - below;
     for (v, kv) in values.iter().zip(keep.iter_mut()) {
         for (x, flag) in v.iter().zip(kv.iter_mut()) {
-            if *x == 0.0 {
+            if !zeros.candidate(*x) {
                 continue;
             }
             let b = x.abs().to_bits();
@@ -218,23 +245,31 @@ impl Masks {
     }
 }
 
-/// Zeroes, in place, the `round(sparsity · remaining)` smallest-|w| nonzero entries of each
-/// weight `names` of `params` (`global: false`) or of all of them together (`global: true`).
-pub fn prune_unstructured(params: &ParamStore, names: &[String], sparsity: f64, global: bool) -> Result<()> {
+/// Zeroes, in place, the `round(sparsity · remaining)` smallest-|w| candidate entries of each
+/// weight `names` of `params` (`global: false`) or of all of them together (`global: true`);
+/// `zeros` says whether the entries already zero are candidates.
+pub fn prune_unstructured(
+    params: &ParamStore,
+    names: &[String],
+    sparsity: f64,
+    global: bool,
+    zeros: Zeros,
+) -> Result<()> {
     check_sparsity(sparsity)?;
     let vars = vars_named(params, names)?;
     let values: Vec<Vec<f32>> = vars.iter().map(|v| values_of(v.as_tensor())).collect::<Result<_>>()?;
     let keep: Vec<Vec<bool>> = if global {
         let slices: Vec<&[f32]> = values.iter().map(Vec::as_slice).collect();
-        let remaining = slices.iter().map(|v| v.iter().filter(|x| **x != 0.0).count()).sum();
-        smallest_magnitude_keep(&slices, amount_to_prune(sparsity, remaining))
+        let remaining = slices.iter().map(|v| zeros.remaining(v)).sum();
+        smallest_magnitude_keep(&slices, amount_to_prune(sparsity, remaining), zeros)
     } else {
         values
             .iter()
             .map(|v| {
-                let remaining = v.iter().filter(|x| **x != 0.0).count();
-                let mut k = smallest_magnitude_keep(&[v.as_slice()], amount_to_prune(sparsity, remaining));
-                k.pop().unwrap_or_default()
+                let k = amount_to_prune(sparsity, zeros.remaining(v));
+                smallest_magnitude_keep(&[v.as_slice()], k, zeros)
+                    .pop()
+                    .unwrap_or_default()
             })
             .collect()
     };
@@ -524,9 +559,10 @@ pub struct Pruned {
     pub report: PruneReport,
 }
 
-/// Prunes `p` with `method` over the weights of `scope` (heads: the encoder's attention).
-/// Unstructured methods change `p`'s variables in place; `heads` builds a new model.
-pub fn prune(p: Pretrained, method: Method, scope: Scope, sparsity: f64) -> Result<Pruned> {
+/// Prunes `p` with `method` over the weights of `scope` (heads: the encoder's attention);
+/// `zeros` says what its entries already zero are. Unstructured methods change `p`'s variables
+/// in place; `heads` builds a new model.
+pub fn prune(p: Pretrained, method: Method, scope: Scope, sparsity: f64, zeros: Zeros) -> Result<Pruned> {
     check_sparsity(sparsity)?;
     let config = p.model.config();
     let names = prunable_weights(&config, scope);
@@ -535,7 +571,7 @@ pub fn prune(p: Pretrained, method: Method, scope: Scope, sparsity: f64) -> Resu
     let heads_before: Vec<usize> = heads_of(&config);
     let (model, heads_removed) = match method {
         Method::L1Unstructured | Method::L1Global => {
-            prune_unstructured(&p.params, &names, sparsity, method == Method::L1Global)?;
+            prune_unstructured(&p.params, &names, sparsity, method == Method::L1Global, zeros)?;
             (p, PrunedHeads::new())
         }
         Method::Heads => {
@@ -604,19 +640,56 @@ mod tests {
 
     #[test]
     fn smallest_magnitudes_with_existing_zeros_and_ties() {
-        // Zeros are already pruned and not counted; ties go to the lower index.
+        // Zeros an earlier pruning made are not counted; ties go to the lower index.
         let v = [0.5f32, -0.1, 0.0, 0.1, 0.3, -0.2, 0.1, 0.0];
-        let keep = smallest_magnitude_keep(&[&v], 2);
+        let keep = smallest_magnitude_keep(&[&v], 2, Zeros::Pruned);
         assert_eq!(keep[0], vec![true, false, false, false, true, true, true, false]);
-        let keep = smallest_magnitude_keep(&[&v], 4);
+        let keep = smallest_magnitude_keep(&[&v], 4, Zeros::Pruned);
         assert_eq!(keep[0], vec![true, false, false, false, true, false, false, false]);
+        // Zeros that are weights are the smallest, and count: 2 pruned are the two zeros, 4 are
+        // the zeros and the two smallest of the rest (-0.1 and the first 0.1).
+        assert_eq!(Zeros::Weights.remaining(&v), 8);
+        let keep = smallest_magnitude_keep(&[&v], 2, Zeros::Weights);
+        assert_eq!(keep[0], vec![true, true, false, true, true, true, true, false]);
+        let keep = smallest_magnitude_keep(&[&v], 4, Zeros::Weights);
+        assert_eq!(keep[0], vec![true, false, false, false, true, true, true, false]);
         // More than remain: everything goes.
-        assert!(smallest_magnitude_keep(&[&v], 100)[0].iter().all(|k| !k));
+        assert!(smallest_magnitude_keep(&[&v], 100, Zeros::Pruned)[0].iter().all(|k| !k));
         // Across slices: one threshold, earlier slice first on ties.
         let a = [0.1f32, 0.9];
         let b = [0.1f32, 0.05, 0.8];
-        let keep = smallest_magnitude_keep(&[&a, &b], 2);
+        let keep = smallest_magnitude_keep(&[&a, &b], 2, Zeros::Pruned);
         assert_eq!(keep, vec![vec![false, true], vec![true, false, true]]);
+    }
+
+    #[test]
+    fn zeros_that_are_weights_count_in_the_amount() {
+        // A model with exact zeros of its own (as a dequantised NF4 weight has): 30% asked is
+        // 30% zero in every tensor, the model's own zeros among them.
+        let p = random_bert(2);
+        let names = prunable_weights(&p.model.config(), Scope::Linear);
+        for var in vars_named(&p.params, &names).unwrap() {
+            let mut v = values_of(var.as_tensor()).unwrap();
+            for x in v.iter_mut().step_by(10) {
+                *x = 0.0;
+            }
+            var.set(&Tensor::from_vec(v, var.shape(), var.device()).unwrap())
+                .unwrap();
+        }
+        let pruned = prune(p, Method::L1Unstructured, Scope::Linear, 0.3, Zeros::Weights).unwrap();
+        for t in &pruned.report.tensors {
+            assert_eq!(
+                t.numel_before - t.nonzero_after,
+                amount_to_prune(0.3, t.numel_before),
+                "{}",
+                t.name
+            );
+        }
+        assert!(
+            (pruned.report.sparsity() - 0.3).abs() < 0.001,
+            "{}",
+            pruned.report.sparsity()
+        );
     }
 
     #[test]
@@ -624,7 +697,7 @@ mod tests {
         let p = random_bert(1);
         let config = p.model.config();
         let before = p.params.tensors().unwrap();
-        let pruned = prune(p, Method::L1Unstructured, Scope::Linear, 0.3).unwrap();
+        let pruned = prune(p, Method::L1Unstructured, Scope::Linear, 0.3, Zeros::Pruned).unwrap();
         let names = prunable_weights(&config, Scope::Linear);
         // 2 layers × 6 + pooler + classifier.
         assert_eq!(names.len(), 14);
@@ -676,7 +749,7 @@ mod tests {
     #[test]
     fn encoder_scope_keeps_the_pooler_and_classifier() {
         let p = random_bert(2);
-        let pruned = prune(p, Method::L1Unstructured, Scope::Encoder, 0.5).unwrap();
+        let pruned = prune(p, Method::L1Unstructured, Scope::Encoder, 0.5, Zeros::Pruned).unwrap();
         assert_eq!(pruned.report.tensors.len(), 12);
         for name in ["bert.pooler.dense.weight", "classifier.weight"] {
             assert_eq!(zeros_of(&pruned.model.params, name), 0, "{name}");
@@ -699,7 +772,7 @@ mod tests {
         let config = p.model.config();
         let names = prunable_weights(&config, Scope::Linear);
         let before = p.params.tensors().unwrap();
-        let pruned = prune(p, Method::L1Global, Scope::Linear, 0.4).unwrap();
+        let pruned = prune(p, Method::L1Global, Scope::Linear, 0.4, Zeros::Pruned).unwrap();
         let total: usize = pruned.report.tensors.iter().map(|t| t.numel_before).sum();
         let zeros = total - pruned.report.nonzero_after();
         assert_eq!(zeros, amount_to_prune(0.4, total), "exact global count");
@@ -730,8 +803,8 @@ mod tests {
     fn thirty_percent_twice_gives_fifty_one_percent() {
         for method in [Method::L1Unstructured, Method::L1Global] {
             let p = random_bert(5);
-            let once = prune(p, method, Scope::Linear, 0.3).unwrap();
-            let twice = prune(once.model, method, Scope::Linear, 0.3).unwrap();
+            let once = prune(p, method, Scope::Linear, 0.3, Zeros::Pruned).unwrap();
+            let twice = prune(once.model, method, Scope::Linear, 0.3, Zeros::Pruned).unwrap();
             let r = &twice.report;
             if method == Method::L1Unstructured {
                 for t in &r.tensors {
@@ -753,7 +826,7 @@ mod tests {
     #[test]
     fn masks_keep_pruned_weights_at_zero() {
         let p = random_bert(6);
-        let pruned = prune(p, Method::L1Unstructured, Scope::Linear, 0.5).unwrap();
+        let pruned = prune(p, Method::L1Unstructured, Scope::Linear, 0.5, Zeros::Pruned).unwrap();
         let params = &pruned.model.params;
         let name = "bert.encoder.layer.0.intermediate.dense.weight";
         let zeros = zeros_of(params, name);
@@ -871,7 +944,7 @@ mod tests {
         ];
         for (config, input) in cases {
             let p = Pretrained::random(&config, 7, &Device::Cpu).unwrap();
-            let pruned = prune(p, Method::Heads, Scope::Linear, 0.5).unwrap();
+            let pruned = prune(p, Method::Heads, Scope::Linear, 0.5, Zeros::Pruned).unwrap();
             let r = &pruned.report;
             assert_eq!(r.num_heads_removed(), 4);
             assert_eq!(r.heads_before, vec![4, 4]);
@@ -902,15 +975,15 @@ mod tests {
     #[test]
     fn bad_arguments_are_errors() {
         let p = random_bert(9);
-        let e = prune(p.clone(), Method::L1Unstructured, Scope::Linear, 1.0).unwrap_err();
+        let e = prune(p.clone(), Method::L1Unstructured, Scope::Linear, 1.0, Zeros::Pruned).unwrap_err();
         assert!(e.to_string().contains("sparsity must be in [0, 1)"), "{e}");
-        let e = prune_unstructured(&p.params, &["nope.weight".into()], 0.3, false).unwrap_err();
+        let e = prune_unstructured(&p.params, &["nope.weight".into()], 0.3, false, Zeros::Pruned).unwrap_err();
         assert!(e.to_string().contains("no weight `nope.weight`"), "{e}");
         assert_eq!(Method::from_word("heads"), Some(Method::Heads));
         assert_eq!(Method::from_word("l2"), None);
         assert_eq!(Scope::WORDS, &["linear", "encoder"]);
         // Sparsity 0 prunes nothing.
-        let same = prune(p, Method::L1Global, Scope::Linear, 0.0).unwrap();
+        let same = prune(p, Method::L1Global, Scope::Linear, 0.0, Zeros::Pruned).unwrap();
         assert_eq!(same.report.sparsity(), 0.0);
         assert!(same.masks.is_empty());
         assert_eq!(layer_of("bert.encoder.layer.12.output.dense.weight"), Some(12));

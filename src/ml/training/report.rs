@@ -79,6 +79,12 @@ impl TrainReport {
         Some(last < 0.95 * first)
     }
 
+    /// Whether the kept weights were chosen on a split (the epochs were scored); without one
+    /// (`select: "last"`, no validation split) the last epoch's are kept, chosen on nothing.
+    pub fn selected(&self) -> bool {
+        self.best_accuracy().is_some()
+    }
+
     /// Validation accuracy of the kept weights.
     pub fn best_accuracy(&self) -> Option<f64> {
         let best = self.best_epoch?;
