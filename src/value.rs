@@ -94,6 +94,25 @@ pub struct Spec {
     pub label: Option<String>,
 }
 
+impl Spec {
+    /// Whether the scalar parameter `name` holds something other than its default (written on
+    /// purpose: a value written equal to the default cannot be told apart, nor need it be).
+    pub fn differs_from_default(&self, name: &str) -> bool {
+        let Some(schema) = self.ctor.param(name) else {
+            return false;
+        };
+        match (self.params.get(name), &schema.default) {
+            (None, _) => false,
+            (Some(Value::Int(v)), Default::Int(d)) => v != d,
+            (Some(Value::Float(v)), Default::Float(d)) => v != d,
+            (Some(Value::Bool(v)), Default::Bool(d)) => v != d,
+            (Some(Value::Str(v)), Default::Str(d)) => **v != **d,
+            (Some(_), Default::Required | Default::Optional) => true,
+            (Some(_), _) => false,
+        }
+    }
+}
+
 impl Value {
     /// A parameter's default as a value, if it has one.
     pub fn from_default(default: &Default) -> Option<Value> {

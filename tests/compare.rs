@@ -208,6 +208,29 @@ fn results_lists_every_runs_metrics_filtered_and_sorted() {
     assert_eq!(columns, ["RUN", "STAGE", "OP", "ACCURACY", "LOSS"], "{all}");
     // teacher, its predictions, student and score in the first run; student and score again.
     assert!(all.contains("(6 stage runs;"), "{all}");
+    // A training stage's accuracy is the one that selected its epochs: never ranked with evals.
+    let teacher = t.run_with(&["results", "p.rkd", "--stage", "teacher", "--json"]).stdout;
+    let rows: Value = serde_json::from_str(&teacher).unwrap();
+    let metrics = &rows.as_array().unwrap()[0]["metrics"];
+    assert!(
+        metrics.get("selection_accuracy").is_some() && metrics.get("accuracy").is_none(),
+        "{teacher}"
+    );
+}
+
+/// A stage recorded under one name is found by its other one, and shown under it.
+#[test]
+fn results_find_a_stage_by_its_other_name() {
+    let t = Test::new().file(
+        "p.rkd",
+        "stage a = exec(cmd: \"echo 1 > $RKD_OUT/x\")\nstage b = exec(cmd: \"echo 1 > $RKD_OUT/x\")\n",
+    );
+    assert_eq!(t.run_with(&["run", "p.rkd"]).code, 0);
+    let out = t.run_with(&["results", "p.rkd", "--stage", "b", "--json"]);
+    let rows: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["stage"], "b");
 }
 
 #[test]

@@ -124,6 +124,26 @@ fn a_damaged_entry_is_moved_aside_and_rerun_even_when_nothing_reads_it() {
     assert_eq!(t.run_with(&["run", "p.rkd"]).code, 0);
     flip_byte(&entry(&t, ".rkd", "p.rkd", "s").join("out/f.txt"));
     assert_eq!(t.run_with(&["verify"]).code, 1);
+    // `plan` and `status` check what they call stored as `run` does, and touch nothing.
+    let planned = t.run_with(&["plan", "p.rkd"]);
+    assert!(
+        planned
+            .stdout
+            .contains("stored result is damaged (out/f.txt: content changed)"),
+        "{}",
+        planned.stdout
+    );
+    let status = t.run_with(&["status", "p.rkd"]);
+    let row = |name: &str| {
+        status
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(row("s ").contains(" damaged "), "{}", status.stdout);
+    assert!(row("t ").contains(" yes "), "{}", status.stdout);
     let (code, res, err) = run_json(&t, &["run", "p.rkd", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert!(

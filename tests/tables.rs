@@ -364,3 +364,31 @@ fn a_datasets_key_is_the_files_it_reads_wherever_the_folder_is() {
     std::fs::write(t.path().join("moved/here/test.csv"), csv(&rows[199..])).unwrap();
     assert_ne!(key(&t, "b.rkd"), before);
 }
+
+/// A `vocab_size` written in `bert(...)` that the table's tokenizer contradicts fails the stage
+/// before training, saying what to write; left out, the table's vocabulary sizes the model.
+#[test]
+fn a_written_vocabulary_the_tables_tokenizer_contradicts_fails_the_stage() {
+    let rows: String = (0..16)
+        .map(|i| format!("{} film,{}\n", ["good", "bad"][i % 2], 1 - i % 2))
+        .collect();
+    let model = "bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, max_position: 16";
+    let t = Test::new().file("t/train.csv", &format!("text,label\n{rows}")).file(
+        "p.rkd",
+        &format!(
+            "let d = text_table(path: \"t\", text: \"text\", label: \"label\", max_len: 8)\n\
+                 stage m = train(model: {model}, vocab_size: 500), data: d, epochs: 1, select: \"last\")\n\
+                 stage n = train(model: {model}), data: d, epochs: 1, select: \"last\")\n"
+        ),
+    );
+    let out = t.run_with(&["run", "p.rkd", "--keep-going"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("sets vocab_size 500, but the data's tokenizer has ")
+            && out.stderr.contains("or leave vocab_size out"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("1 ran, 0 cached, 1 failed"), "{}", out.stdout);
+}

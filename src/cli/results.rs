@@ -27,6 +27,17 @@ pub fn report(file: &Path, store: Option<&Path>) -> ExitCode {
             missing.push(s.def.name.clone());
             continue;
         }
+        // What is printed is what the stage stored: its files are hashed first (a report is small).
+        let problems = crate::store::manifest::Manifest::verify(&store.entry_dir(&s.key));
+        if !problems.is_empty() {
+            crate::say!(
+                "error: the stored result of `{}` is damaged ({}): nothing is shown\n  help: `rkd run {}` moves it aside and runs the stage again",
+                s.def.name,
+                problems.join("; "),
+                file.display()
+            );
+            return ExitCode::FAILURE;
+        }
         match Report::load(&dir.join("report.json")) {
             Ok(mut r) => {
                 // Names are not part of keys: show each model under its name in the file now.

@@ -22,12 +22,26 @@ pub struct Row {
     pub pipeline: String,
     /// The stage's name.
     pub stage: String,
+    /// Its other names (a sweep point's when it is a chain's step, `tuned[t=4.0]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
     /// Its op.
     pub op: String,
     /// Its key (hex).
     pub key: String,
-    /// What it recorded.
+    /// What it recorded, each under the name it is shown with ([`shown_name`]).
     pub metrics: BTreeMap<String, f64>,
+}
+
+/// The name a metric is shown under, so that accuracies on different splits are not ranked
+/// together: a training op's `accuracy` (or `pearson`) is on the split that selected its epochs
+/// (`selection_accuracy`), predict's on the training split (`train_accuracy`).
+pub fn shown_name(op: &str, metric: &str) -> String {
+    match metric {
+        "accuracy" | "pearson" if crate::registry::trains(op) => format!("selection_{metric}"),
+        "accuracy" | "pearson" if op == "predict" => format!("train_{metric}"),
+        _ => metric.to_string(),
+    }
 }
 
 /// What to show.
@@ -54,9 +68,10 @@ pub fn rows(store: &Store) -> Vec<Row> {
                 run: record.started.clone(),
                 pipeline: record.pipeline.clone(),
                 stage: s.name.clone(),
+                aliases: s.aliases.clone(),
                 op: s.op.clone(),
                 key: s.key.clone(),
-                metrics: s.metrics.clone(),
+                metrics: s.metrics.iter().map(|(k, v)| (shown_name(&s.op, k), *v)).collect(),
             });
         }
     }
@@ -108,7 +123,16 @@ pub fn run(file: Option<&Path>, store: Option<&Path>, q: &Query) -> ExitCode {
     };
     let mut rows: Vec<Row> = rows(&store)
         .into_iter()
-        .filter(|r| q.stage.is_none_or(|s| r.stage.contains(s)))
+        .filter_map(|mut r| match q.stage {
+            None => Some(r),
+            Some(s) if r.stage.contains(s) => Some(r),
+            // Found under another name: shown under that one.
+            Some(s) => {
+                let alias = r.aliases.iter().find(|a| a.contains(s))?.clone();
+                r.stage = alias;
+                Some(r)
+            }
+        })
         .collect();
     // `--metric ,` or a trailing comma names no column.
     let asked: Vec<String> = q.metrics.iter().filter(|m| !m.is_empty()).cloned().collect();

@@ -2,6 +2,7 @@
 //! Slurm jobs).
 
 use crate::engine::slurm::{describe, latest_jobs, query};
+use crate::store::check_cache::{check_stored, path_for, Stored};
 use crate::store::checkpoints::StageCheckpoints;
 use crate::store::key::hex;
 use crate::text::cell;
@@ -32,10 +33,14 @@ pub fn run(file: &Path, store: Option<&Path>) -> ExitCode {
             }
         }
     };
+    // Each stored result checked as `rkd run` checks it before trusting it (sizes and times).
+    let all: Vec<_> = plan.stages().map(|s| s.key).collect();
+    let checked = check_stored(&store, &all, &vec![true; all.len()], false, &path_for(&store, file));
     let checkpointed: HashSet<_> = store.checkpointed_keys().into_iter().collect();
     let progress: Vec<String> = plan
         .stages()
-        .map(|s| match checkpointed.contains(&s.key) && !store.contains(&s.key) {
+        .zip(&checked)
+        .map(|(s, c)| match checkpointed.contains(&s.key) && *c != Stored::Intact {
             true => progress_text(&store.checkpoints(&s.key)),
             false => "-".to_string(),
         })
@@ -45,13 +50,17 @@ pub fn run(file: &Path, store: Option<&Path>) -> ExitCode {
     let pwidth = crate::text::width(progress.iter(), "PROGRESS");
     match &states {
         Some(_) => println!(
-            "{:width$}  {:>8}  {:40}  {:6}  {:pwidth$}  KEY",
+            "{:width$}  {:>8}  {:40}  {:7}  {:pwidth$}  KEY",
             "STAGE", "JOB", "STATE", "STORED", "PROGRESS"
         ),
-        None => println!("{:width$}  {:6}  {:pwidth$}  KEY", "STAGE", "STORED", "PROGRESS"),
+        None => println!("{:width$}  {:7}  {:pwidth$}  KEY", "STAGE", "STORED", "PROGRESS"),
     }
-    for (((s, key), name), progress) in plan.stages().zip(&keys).zip(&names).zip(&progress) {
-        let stored = if store.contains(&s.key) { "yes" } else { "no" };
+    for (((checked, key), name), progress) in checked.iter().zip(&keys).zip(&names).zip(&progress) {
+        let stored = match checked {
+            Stored::Intact => "yes",
+            Stored::Damaged(_) => "damaged",
+            Stored::Absent | Stored::Unchecked => "no",
+        };
         match &states {
             Some(states) => {
                 let (job, state) = match jobs.get(key) {
@@ -66,11 +75,11 @@ pub fn run(file: &Path, store: Option<&Path>) -> ExitCode {
                     None => ("-".into(), "-".into()),
                 };
                 println!(
-                    "{name:width$}  {job:>8}  {state:40}  {stored:6}  {progress:pwidth$}  {}",
+                    "{name:width$}  {job:>8}  {state:40}  {stored:7}  {progress:pwidth$}  {}",
                     &key[..12]
                 );
             }
-            None => println!("{name:width$}  {stored:6}  {progress:pwidth$}  {}", &key[..12]),
+            None => println!("{name:width$}  {stored:7}  {progress:pwidth$}  {}", &key[..12]),
         }
     }
     // Said when the table has nothing but STORED to tell.

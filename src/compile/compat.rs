@@ -235,10 +235,7 @@ impl Facts<'_> {
                 family: Some(Family::Bert),
                 max_position: int(p, "max_position"),
                 vocab_size: int(p, "vocab_size"),
-                vocab_written: match (spec.ctor.param("vocab_size").map(|d| &d.default), p.get("vocab_size")) {
-                    (Some(crate::registry::Default::Int(d)), Some(Value::Int(v))) => d != v,
-                    _ => false,
-                },
+                vocab_written: spec.differs_from_default("vocab_size"),
                 ..base
             }),
             "vit" => Some(ModelFacts {

@@ -3,6 +3,7 @@
 
 use super::record::stage_record;
 use crate::plan::{Plan, PlanStage};
+use crate::store::check_cache::{self, Stored};
 use crate::store::records::{Index, Outcome, StageRecord};
 use crate::store::Store;
 use crate::text::sweep_point;
@@ -20,17 +21,20 @@ pub enum Verdict {
 
 /// The verdicts of the selected stages of the pipeline at `pipeline` (`None` for the others).
 /// The run index is read only when some stage must run, so that checking a fully cached plan
-/// stays cheap; what is stored is looked up through the pipeline's manifest cache.
+/// stays cheap. Stored results are checked as `rkd run` checks them before trusting them
+/// (sizes and times, through the pipeline's manifest cache): a damaged one runs again.
 pub fn verdicts(plan: &Plan, pipeline: &Path, store: &Store, selected: &[bool]) -> Vec<Option<Verdict>> {
     let keys: Vec<_> = plan.stages().map(|s| s.key).collect();
-    let cache = crate::store::check_cache::path_for(store, pipeline);
-    verdicts_of(
-        plan,
-        pipeline,
-        store,
-        selected,
-        &crate::store::check_cache::present(store, &keys, &cache),
-    )
+    let cache = check_cache::path_for(store, pipeline);
+    let checked = check_cache::check_stored(store, &keys, selected, false, &cache);
+    let intact: Vec<bool> = checked.iter().map(|c| *c == Stored::Intact).collect();
+    let mut verdicts = verdicts_of(plan, pipeline, store, selected, &intact);
+    for (v, c) in verdicts.iter_mut().zip(checked) {
+        if let (Some(v), Stored::Damaged(problems)) = (v, c) {
+            *v = Verdict::Run(vec![format!("stored result is damaged ({})", problems.join("; "))]);
+        }
+    }
+    verdicts
 }
 
 /// [`verdicts`], knowing which stages' results are stored.

@@ -244,11 +244,23 @@ pub fn arch_config(spec: &Spec, data: &Dataset, log: &mut dyn Write) -> Result<M
             }
             if let Some(tok) = &data.tokenizer {
                 let n = tok.vocab_size();
+                // A size written on purpose is not changed behind its writer's back (`rkd check`
+                // refuses it where the data's vocabulary is known before it is read).
+                if n != c.vocab_size && spec.differs_from_default("vocab_size") {
+                    return Err(OpError::Invalid(format!(
+                        "`{}` sets vocab_size {}, but the data's tokenizer has {n} tokens: training sizes \
+                         a model's embedding table to its data's tokenizer, so write {}(vocab_size: {n}, ..) \
+                         or leave vocab_size out",
+                        spec.label.clone().unwrap_or_else(|| format!("{}(...)", spec.ctor.name)),
+                        c.vocab_size,
+                        spec.ctor.name
+                    )));
+                }
                 if n != c.vocab_size {
                     let _ = writeln!(
                         log,
                         "vocab_size: the model's embedding table is sized to the dataset's tokenizer, {n} tokens \
-                         (the spec said {})",
+                         ({} by default)",
                         c.vocab_size
                     );
                     c.vocab_size = n;
