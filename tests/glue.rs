@@ -338,3 +338,31 @@ fn stsb_is_a_regression_that_trains_distils_and_is_scored_by_correlation() {
         "the y axis is Pearson: {svg}"
     );
 }
+
+/// `glue_sst2`'s files are checked by `rkd check` (and before `rkd run` starts anything), at
+/// its `path:`, as `glue(task: "sst2")`'s are: a missing dev.tsv, a label that is not 0 or 1.
+#[test]
+fn glue_sst2_files_are_checked_before_anything_runs() {
+    let train = "sentence\tlabel\na fine film \t1\na dull film \t0\n";
+    let pipeline = "let sst2 = glue_sst2(path: \"s\", max_len: 16)\n\
+                    stage t = train(model: bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, max_position: 16), \
+                    data: sst2, max_steps: 1, select: \"last\")\n";
+    let t = Test::new().file("s/train.tsv", train).file("p.rkd", pipeline);
+    for command in ["check", "run"] {
+        let out = t.run_with(&[command, "p.rkd"]);
+        assert_eq!(out.code, 1, "{}", out.stderr);
+        assert!(
+            out.stderr.contains("dev.tsv") && out.stderr.contains("p.rkd:1:"),
+            "{}",
+            out.stderr
+        );
+    }
+    let t = Test::new()
+        .file("s/train.tsv", train)
+        .file("s/dev.tsv", "sentence\tlabel\nan odd film \t2\n")
+        .file("p.rkd", pipeline);
+    let out = t.run_with(&["check", "p.rkd"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("dev.tsv:2"), "{}", out.stderr);
+    assert!(!t.path().join(".rkd/entries").exists(), "nothing ran");
+}

@@ -246,9 +246,10 @@ fn class_id(cell: Cell, classes: &[&str]) -> Result<u32, String> {
     };
     id.ok_or_else(|| {
         format!(
-            "label {} is not one of the task's classes (0..{} or {})",
+            "label {} is not one of the task's classes ({} to {}, or {})",
             cell.describe(),
-            classes.len(),
+            0,
+            classes.len().saturating_sub(1),
             classes.join(", ")
         )
     })
@@ -359,7 +360,12 @@ fn for_each_record(
             let field = record.get(i).ok_or_else(|| {
                 place.error(
                     path,
-                    format!("a row with {} fields, where field {} is read", record.len(), i + 1),
+                    format!(
+                        "a row with {} field{}, where field {} is read",
+                        record.len(),
+                        if record.len() == 1 { "" } else { "s" },
+                        i + 1
+                    ),
                 )
             })?;
             cells.push(Cell::Text(field.trim().to_string()));
@@ -443,7 +449,7 @@ mod tests {
             "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n",
         );
         let e = read(Task::Rte, tmp.path()).unwrap_err().to_string();
-        assert!(e.contains("train.tsv:2: label text (\"maybe\") is not one of the task's classes (0..2 or entailment, not_entailment)"), "{e}");
+        assert!(e.contains("train.tsv:2: label text (\"maybe\") is not one of the task's classes (0 to 1, or entailment, not_entailment)"), "{e}");
         let e = read(Task::Wnli, &tmp.path().join("nope")).unwrap_err().to_string();
         assert!(e.contains("missing directory"), "{e}");
         let e = read(Task::Qqp, tmp.path()).unwrap_err().to_string();

@@ -372,7 +372,7 @@ impl Dataset {
     }
 
     /// Checks a dataset read from files without loading it. A table (`text_table`,
-    /// `image_table`, `glue` with a `path:`, an `hf_dataset` already in the Hugging Face cache):
+    /// `image_table`, `glue_sst2`, `glue` with a `path:`, an `hf_dataset` already in the Hugging Face cache):
     /// its split files are found, open, have the columns asked for, and their rows read (text, a
     /// label that is an integer or a string, an image: the first of each file decoded) — the
     /// first row of each file, or every row with `all_rows`, whose labels are then checked as
@@ -421,7 +421,8 @@ impl Dataset {
                 (columns, false)
             }
             "image_table" | "hf_dataset" => (vec![args.str("image")?, label?], true),
-            // A GLUE task's files are read whole (GLUE's largest, MNLI's, is 80 MB).
+            // A GLUE task's files are read whole (GLUE's largest, MNLI's, is 80 MB; SST-2's 5 MB).
+            "glue_sst2" => return tsv::read_sst2_dir(&args.path("path")?).map(|_| Vec::new()),
             "glue" => {
                 return match args.opt_path("path")? {
                     Some(dir) => glue::read(glue_task(&args)?, &dir).map(|_| Vec::new()),

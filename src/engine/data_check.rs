@@ -1,5 +1,5 @@
 //! The check `rkd check` and `rkd run` make of the files a pipeline's datasets read (tables:
-//! `text_table`, `image_table`, `glue` with a `path:`, an `hf_dataset` already in the Hugging
+//! `text_table`, `image_table`, `glue_sst2`, `glue` with a `path:`, an `hf_dataset` already in the Hugging
 //! Face cache; and `image_folder`) before any stage starts. A table's split files are found,
 //! open as their format, have the columns the call names, and their rows read — the first row
 //! of each file for `rkd check`, every row for `rkd run` (of the tables that stages about to run
@@ -61,7 +61,7 @@ fn each_table(v: &Value, f: &mut impl FnMut(&Spec)) {
         Value::Spec(s)
             if matches!(
                 s.ctor.name,
-                "text_table" | "image_table" | "glue" | "hf_dataset" | "image_folder"
+                "text_table" | "image_table" | "glue_sst2" | "glue" | "hf_dataset" | "image_folder"
             ) =>
         {
             f(s)
