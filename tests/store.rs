@@ -419,3 +419,17 @@ fn gc_errors_name_the_path_and_how_to_go_on() {
     assert!(out.stderr.contains(".rkd/locks: "), "{}", out.stderr);
     assert!(out.stderr.contains("help:"), "{}", out.stderr);
 }
+
+/// A mistyped store is an error for gc, as for verify, and is not made.
+#[test]
+fn gc_of_a_store_that_does_not_exist_is_an_error() {
+    let t = Test::new();
+    let out = t.run_with(&["gc", "--keep-runs", "1", "--store", "nowhere"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("there is no store at ") && out.stderr.contains("nowhere"),
+        "{}",
+        out.stderr
+    );
+    assert!(!t.path().join("nowhere").exists());
+}

@@ -27,6 +27,15 @@ pub(super) fn store_of(file: Option<&Path>, store: Option<&Path>) -> Result<Stor
     }
 }
 
+/// Says that there is no store where one was expected; exit 1.
+fn no_store(store: &Store) -> ExitCode {
+    crate::say!(
+        "error: there is no store at {} (use --store DIR or RKD_STORE)",
+        store.root.display()
+    );
+    ExitCode::FAILURE
+}
+
 /// Checks every entry against its manifest; exit 1 when any is damaged.
 pub fn verify(file: Option<&Path>, store: Option<&Path>) -> ExitCode {
     let store = match store_of(file, store) {
@@ -34,11 +43,7 @@ pub fn verify(file: Option<&Path>, store: Option<&Path>) -> ExitCode {
         Err(code) => return code,
     };
     if !store.root.is_dir() {
-        crate::say!(
-            "error: there is no store at {} (use --store DIR or RKD_STORE)",
-            store.root.display()
-        );
-        return ExitCode::FAILURE;
+        return no_store(&store);
     }
     let keys = match store.keys() {
         Ok(k) => k,
@@ -142,6 +147,10 @@ pub fn gc(keep: &[PathBuf], keep_runs: Option<usize>, store: Option<&Path>, dry_
         (None, Some(first)) => Store::for_pipeline(first, None),
         _ => Store::for_cwd(store),
     };
+    // A mistyped store is an error, not an empty store made and "collected".
+    if !store.root.is_dir() {
+        return no_store(&store);
+    }
     if let Err(e) = store.check_layout() {
         crate::say!("error: {e}");
         return ExitCode::FAILURE;
