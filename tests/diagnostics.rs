@@ -379,6 +379,25 @@ fn out_dir_marker() -> String {
     std::env::temp_dir().display().to_string()
 }
 
+/// A name with a letter outside ASCII is reported at that letter (not at the start of the
+/// item), with an ASCII spelling; the same letters in strings and comments are fine.
+#[test]
+fn a_name_with_a_letter_outside_ascii() {
+    insta::assert_snapshot!(
+        "accented_name_on_line_2",
+        check("stage a = exec(cmd: \"echo hi\")\nlet données = 1\n")
+    );
+    insta::assert_snapshot!("accented_name_on_line_1", check("stage modèle = exec(cmd: \"x\")\n"));
+    insta::assert_snapshot!("name_in_another_script", check("stage 模型 = exec(cmd: \"x\")\n"));
+    Test::new()
+        .file(
+            "main.rkd",
+            "# modèle, données, 模型\nstage m = exec(cmd: \"echo données 模型\")\n",
+        )
+        .args(&["check", "main.rkd"])
+        .expect(0);
+}
+
 /// Habits from Python get a hint that says what rkd writes instead.
 #[test]
 fn python_habits_get_a_hint() {

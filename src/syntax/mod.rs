@@ -1,5 +1,6 @@
 //! Source text to syntax tree.
 
+mod ascii_names;
 pub mod ast;
 mod parser;
 

@@ -1,5 +1,6 @@
 //! The pest parser and the conversion of its parse tree into the AST.
 
+use super::ascii_names::{code_chars, first_foreign_letter, foreign_letter_diag};
 use super::ast::*;
 use crate::diagnostic::{Diag, Kind};
 use crate::source::{FileId, Span};
@@ -17,7 +18,8 @@ const MAX_NESTING: usize = 128;
 /// Parses one file into its AST, or returns the syntax error.
 pub fn parse(file: FileId, text: &str) -> Result<Module, Diag> {
     check_nesting(file, text)?;
-    let mut pairs = RkdParser::parse(Rule::file, text).map_err(|e| syntax_error(file, text, e))?;
+    let mut pairs = RkdParser::parse(Rule::file, text)
+        .map_err(|e| non_ascii_name(file, text).unwrap_or_else(|| syntax_error(file, text, e)))?;
     let root = pairs.next().expect("the file rule always yields one pair");
     check_depth(file, root.clone())?;
     let b = Builder { file };
@@ -27,6 +29,19 @@ pub fn parse(file: FileId, text: &str) -> Result<Module, Diag> {
         .map(|p| b.item(p))
         .collect();
     Ok(Module { items })
+}
+
+/// The error for a name with a letter outside ASCII, when that is the first problem: the file
+/// with those letters replaced parses, or fails only further on.
+fn non_ascii_name(file: FileId, text: &str) -> Option<Diag> {
+    let (at, ascii) = first_foreign_letter(text)?;
+    match RkdParser::parse(Rule::file, &ascii) {
+        // Before `at` the two texts are the same, so the position is one in `text` too.
+        Err(e) if matches!(e.location, pest::error::InputLocation::Pos(p) if p < at) => {
+            Some(syntax_error(file, text, e))
+        }
+        _ => Some(foreign_letter_diag(file, text, at)),
+    }
 }
 
 fn check_nesting(file: FileId, text: &str) -> Result<(), Diag> {
@@ -74,26 +89,8 @@ fn check_depth(file: FileId, root: Pair<Rule>) -> Result<(), Diag> {
 /// comments; `Err(position)` where the nesting first exceeds `max`.
 fn bracket_stack(text: &str, upto: usize, max: usize) -> Result<Vec<(usize, char)>, usize> {
     let mut stack = Vec::new();
-    let mut in_string = false;
-    let mut in_comment = false;
-    let mut escaped = false;
-    for (i, c) in text[..upto].char_indices() {
-        if in_comment {
-            in_comment = c != '\n';
-            continue;
-        }
-        if in_string {
-            match c {
-                _ if escaped => escaped = false,
-                '\\' => escaped = true,
-                '"' | '\n' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    for (i, c) in code_chars(text, upto) {
         match c {
-            '#' => in_comment = true,
-            '"' => in_string = true,
             '(' | '[' | '{' => {
                 stack.push((i, c));
                 if stack.len() > max {
@@ -638,6 +635,20 @@ stage results = report(models: [teacher] + chain + mini, data: sst2)
     fn keywords_are_not_names() {
         assert!(parse(FileId(0), "let stage = 1").is_err());
         assert!(parse(FileId(0), "let index = 1").is_ok());
+    }
+
+    #[test]
+    fn a_letter_outside_ascii_is_reported_in_the_name_not_before_it() {
+        let e = parse(FileId(0), "stage a = exec(cmd: \"echo hi\")\nlet données = 1").unwrap_err();
+        assert_eq!(
+            e.span.unwrap().start as usize,
+            "stage a = exec(cmd: \"echo hi\")\nlet donn".len()
+        );
+        assert!(e.message.contains("ASCII"), "{}", e.message);
+        // An earlier, unrelated error is still the one reported.
+        let e = parse(FileId(0), "let x = (1\nlet données = 1").unwrap_err();
+        assert!(!e.message.contains("ASCII"), "{}", e.message);
+        parse_ok("let s = \"données\" # modèle, 模型\nstage m = exec(cmd: \"echo 模型\")");
     }
 
     #[test]
