@@ -310,6 +310,75 @@ fn ctrl_c_stops_the_run_and_keeps_what_finished() {
     assert!(reason.starts_with("interrupted last time"), "{reason}");
 }
 
+/// A stage whose shell and background child both ignore SIGINT and SIGTERM, and write their pids.
+const STUBBORN: &str = "stage b = exec(cmd: \"trap '' INT TERM; echo $$ > sh.pid; sleep 60 & echo $! > sleep.pid; touch started; wait; echo done > $RKD_OUT/x\")\n";
+
+/// Whether the process with the pid in `file` still runs (a zombie waiting for a parent that
+/// does not reap it counts as ended).
+fn alive(t: &Test, file: &str) -> bool {
+    let pid = std::fs::read_to_string(t.path().join(file)).unwrap();
+    std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+        .is_ok_and(|stat| stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
+}
+
+/// Sends SIGINT to rkd after `started` appears, and again `again` later if given; returns how
+/// long rkd took to end after the first, and its exit code.
+fn interrupt_stubborn(t: &Test, again: Option<Duration>) -> (Duration, Option<i32>) {
+    let mut child = spawn_run(t);
+    wait_for(&t.path().join("started"));
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let t0 = Instant::now();
+    if let Some(again) = again {
+        std::thread::sleep(again);
+        // SAFETY: as above.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    }
+    let status = child.wait().unwrap();
+    (t0.elapsed(), status.code())
+}
+
+/// Nothing of the command is left, allowing the kernel a moment to end what got SIGKILL.
+fn assert_none_survive(t: &Test) {
+    let t0 = Instant::now();
+    while alive(t, "sh.pid") || alive(t, "sleep.pid") {
+        assert!(t0.elapsed() < Duration::from_secs(2), "the command outlived rkd");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ctrl_c_kills_a_command_that_ignores_it_after_the_grace_period() {
+    let t = Test::new().file("p.rkd", STUBBORN);
+    let (took, code) = interrupt_stubborn(&t, None);
+    let grace = rkd::ops::cancel::GRACE;
+    assert!(took < grace + Duration::from_secs(4), "took {took:?}");
+    assert!(
+        took >= grace - Duration::from_millis(500),
+        "the command had its grace period: {took:?}"
+    );
+    assert_eq!(code, Some(130));
+    assert_none_survive(&t);
+    // The run ended as an interrupt: recorded, and nothing stored for the stage.
+    let log = t.run_with(&["log"]);
+    assert!(log.stdout.contains("interrupted"), "{}", log.stdout);
+    let plan: Value = serde_json::from_str(&t.run_with(&["plan", "p.rkd", "--json"]).stdout).unwrap();
+    let reason = plan["stages"][0]["reasons"][0].as_str().unwrap();
+    assert!(reason.starts_with("interrupted last time"), "{reason}");
+}
+
+#[test]
+fn a_second_ctrl_c_quits_at_once_and_leaves_no_command_running() {
+    let t = Test::new().file("p.rkd", STUBBORN);
+    let (took, code) = interrupt_stubborn(&t, Some(Duration::from_millis(1500)));
+    assert!(
+        took < rkd::ops::cancel::GRACE,
+        "quit before the grace period ended: {took:?}"
+    );
+    assert_eq!(code, Some(130));
+    assert_none_survive(&t);
+}
+
 #[test]
 fn two_concurrent_runs_run_each_stage_once() {
     let mut src = String::new();

@@ -167,7 +167,10 @@ pub fn run(
             handler.interrupt();
         }
         Some(at) if at.elapsed() < std::time::Duration::from_secs(1) => {}
-        Some(_) => std::process::exit(130),
+        Some(_) => {
+            handler.kill_commands();
+            std::process::exit(130)
+        }
     });
     if let Err(e) = installed {
         crate::say!("warning: cannot handle Ctrl-C ({e}); an interrupted run still leaves a safe store");

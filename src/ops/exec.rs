@@ -52,9 +52,9 @@ pub fn run(ctx: &mut OpContext) -> Result<OpOutput, OpError> {
     let mut child = spawn_holding(&mut command, ctx.key_lock).map_err(|e| format!("cannot start `sh`: {e}"))?;
     let guard = ctx.cancel.register(child.id());
     stop_leftovers(child.id());
-    let status = child.wait().map_err(|e| e.to_string());
+    // Unregistered before the shell is reaped: until then its pid cannot be reused.
     drop(guard);
-    let status = status?;
+    let status = child.wait().map_err(|e| e.to_string())?;
     if ctx.cancel.is_interrupted() {
         return Err(OpError::Interrupted);
     }
