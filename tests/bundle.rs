@@ -61,6 +61,35 @@ fn a_bundle_with_results_reruns_elsewhere_as_pulls_only() {
 }
 
 #[test]
+fn unbundling_over_changed_files_is_refused_unless_forced() {
+    let t = Test::new()
+        .file("exp/p.rkd", PIPELINE)
+        .file("exp/lib/steps.rkd", MODULE)
+        .file("exp/data/words.txt", "a bundle of words\n");
+    assert_eq!(t.run_with(&["bundle", "exp/p.rkd", "-o", "exp.tar.zst"]).code, 0);
+    assert_eq!(t.run_with(&["unbundle", "exp.tar.zst", "-C", "unb"]).code, 0);
+    // Over identical files: nothing to lose, so it unpacks.
+    let out = t.run_with(&["unbundle", "exp.tar.zst", "-C", "unb"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    let edited = t.path().join("unb/p/p.rkd");
+    std::fs::write(&edited, "# my edit\n").unwrap();
+    let out = t.run_with(&["unbundle", "exp.tar.zst", "-C", "unb"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(out.stderr.contains("unb/p/p.rkd"), "names the file: {}", out.stderr);
+    assert!(out.stderr.contains("--force"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&edited).unwrap(),
+        "# my edit\n",
+        "the edit is kept"
+    );
+
+    let out = t.run_with(&["unbundle", "exp.tar.zst", "-C", "unb", "--force"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&edited).unwrap(), PIPELINE);
+}
+
+#[test]
 fn a_module_outside_the_pipelines_folder_is_refused_by_name() {
     let t = Test::new()
         .file("exp/p.rkd", &PIPELINE.replace("lib/steps.rkd", "../shared/steps.rkd"))

@@ -143,9 +143,9 @@ fn tree(path: &Path, rel: &str) -> Vec<(PathBuf, String)> {
     out
 }
 
-/// Unpacks a bundle into `dest`.
-pub fn unbundle(bundle_file: &Path, dest: &Path) -> ExitCode {
-    match bundle::unpack(bundle_file, dest) {
+/// Unpacks a bundle into `dest`; with `force`, over files there that differ.
+pub fn unbundle(bundle_file: &Path, dest: &Path, force: bool) -> ExitCode {
+    match bundle::unpack(bundle_file, dest, force) {
         Ok(pipelines) => {
             println!("unpacked {} into {}", bundle_file.display(), dest.display());
             for p in pipelines {

@@ -398,6 +398,10 @@ enum Command {
         /// Where to unpack it.
         #[arg(short = 'C', long = "dir", value_name = "DIR", default_value = ".")]
         dir: PathBuf,
+        /// Overwrite files in DIR that differ from the bundle's (without it, unbundling
+        /// refuses, naming them, and writes nothing; identical files are fine).
+        #[arg(long)]
+        force: bool,
     },
     /// Print the stage DAG as Graphviz dot or Mermaid.
     ///
@@ -630,7 +634,7 @@ pub fn main() -> ExitCode {
                 data: with_data,
             },
         ),
-        Command::Unbundle { bundle: b, dir } => bundle::unbundle(&b, &dir),
+        Command::Unbundle { bundle: b, dir, force } => bundle::unbundle(&b, &dir, force),
         Command::Graph { file, format } => graph::run(&file, format),
         Command::Ops { name } => ops::run(name.as_deref()),
         Command::Report { file, store } => results::report(&file, store.as_deref()),

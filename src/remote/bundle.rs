@@ -125,11 +125,24 @@ fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &Path, bytes: &[u8]) 
 }
 
 /// Unpacks a bundle into `dest` (paths that would leave it are refused by the tar reader);
-/// returns the pipeline files found at its top.
-pub fn unpack(bundle: &Path, dest: &Path) -> Result<Vec<PathBuf>, String> {
-    let file = std::fs::File::open(bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
-    let decoder = zstd::Decoder::new(file).map_err(|e| format!("{}: {e}", bundle.display()))?;
-    let mut archive = tar::Archive::new(decoder);
+/// returns the pipeline files found at its top. Unless `force`, nothing is written when a file
+/// of the bundle is already in `dest` with other contents (identical ones are fine).
+pub fn unpack(bundle: &Path, dest: &Path, force: bool) -> Result<Vec<PathBuf>, String> {
+    if !force {
+        let differing = differing(bundle, dest)?;
+        if let Some(first) = differing.first() {
+            let more = match differing.len() {
+                1 => String::new(),
+                n => format!(" (and {} more file{})", n - 1, if n == 2 { "" } else { "s" }),
+            };
+            return Err(format!(
+                "{} already exists and differs from the bundle's{more}; nothing was unpacked. \
+                 Unpack into another folder (-C DIR), or give --force to overwrite",
+                first.display()
+            ));
+        }
+    }
+    let mut archive = open(bundle)?;
     std::fs::create_dir_all(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
     archive
         .unpack(dest)
@@ -147,4 +160,75 @@ pub fn unpack(bundle: &Path, dest: &Path) -> Result<Vec<PathBuf>, String> {
     }
     pipelines.sort();
     Ok(pipelines)
+}
+
+/// The bundle's archive, read from the start.
+fn open(bundle: &Path) -> Result<tar::Archive<zstd::Decoder<'static, std::io::BufReader<std::fs::File>>>, String> {
+    let file = std::fs::File::open(bundle).map_err(|e| format!("{}: {e}", bundle.display()))?;
+    let decoder = zstd::Decoder::new(file).map_err(|e| format!("{}: {e}", bundle.display()))?;
+    Ok(tar::Archive::new(decoder))
+}
+
+/// The paths in `dest` that unpacking would change: files there with other contents than the
+/// bundle's, and anything of another kind (a folder where the bundle has a file, a link...).
+fn differing(bundle: &Path, dest: &Path) -> Result<Vec<PathBuf>, String> {
+    let unreadable = |e: std::io::Error| format!("{} is not a readable bundle: {e}", bundle.display());
+    let mut archive = open(bundle)?;
+    let mut found = Vec::new();
+    for entry in archive.entries().map_err(unreadable)? {
+        let mut entry = entry.map_err(unreadable)?;
+        let rel = entry.path().map_err(unreadable)?.into_owned();
+        // Only plain relative paths; the unpacking itself refuses the others.
+        if !rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
+        {
+            continue;
+        }
+        let at = dest.join(&rel);
+        let Ok(meta) = std::fs::symlink_metadata(&at) else {
+            continue;
+        };
+        let same = match entry.header().entry_type() {
+            tar::EntryType::Directory => meta.is_dir(),
+            tar::EntryType::Regular => meta.is_file() && same_contents(&mut entry, &at).map_err(unreadable)?,
+            _ => false,
+        };
+        if !same {
+            found.push(at);
+        }
+    }
+    Ok(found)
+}
+
+/// Whether `file` holds exactly what `reader` reads (compared a block at a time).
+fn same_contents(reader: &mut impl std::io::Read, file: &Path) -> std::io::Result<bool> {
+    let Ok(mut file) = std::fs::File::open(file) else {
+        return Ok(false);
+    };
+    let (mut a, mut b) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let n = read_full(reader, &mut a)?;
+        let m = read_full(&mut file, &mut b).unwrap_or(usize::MAX);
+        if n != m || a[..n] != b[..n] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the end; returns how many bytes.
+fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match reader.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
