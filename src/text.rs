@@ -90,6 +90,20 @@ impl ShownSource {
     }
 }
 
+/// `word` as a shell reads it back: as it is when it holds nothing a shell treats specially
+/// (`runs/p.rkd`), else [`shell_quoted`].
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./-+:,@%=".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        shell_quoted(word)
+    }
+}
+
 /// `name` quoted for a POSIX shell, whole, so that it can be copied into a command line:
 /// `'head[n=it'\''s]'`; with control characters in it, ANSI-C quoted (`$'a\x1bb'`, which bash
 /// and zsh read).
@@ -152,6 +166,14 @@ fn hidden(c: char) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_shell_word_is_quoted_only_when_a_shell_would_split_or_expand_it() {
+        assert_eq!(shell_word("unb/c/c.rkd"), "unb/c/c.rkd");
+        assert_eq!(shell_word("ü ñ/ü ñ.rkd"), "'ü ñ/ü ñ.rkd'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 
     #[test]
     fn short_plain_names_are_unchanged() {

@@ -28,8 +28,18 @@ fn the_shipped_pipelines_and_examples_check_clean() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         image::RgbImage::new(8, 8).save(path).unwrap();
     }
+    // And reads GLUE SST-2's files: sst2.rkd's (RKD_SST2) hold two sentences each.
+    let sst2 = tempfile::tempdir().unwrap();
+    for file in ["train.tsv", "dev.tsv"] {
+        std::fs::write(
+            sst2.path().join(file),
+            "sentence\tlabel\na fine film \t1\na dull film \t0\n",
+        )
+        .unwrap();
+    }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_rkd"))
         .env("RKD_BEANS", beans.path())
+        .env("RKD_SST2", sst2.path())
         .args([
             "check",
             "pipelines/sst2.rkd",

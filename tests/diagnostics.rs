@@ -558,7 +558,14 @@ fn readme_examples_check() {
         } else {
             format!("{FRAGMENT_NAMES}{block}")
         };
-        let out = Test::new().file("main.rkd", &src).args(&["check", "main.rkd"]).run();
+        // `rkd check` reads the data files: the examples' SST-2 folder holds two sentences each.
+        let sst2 = "sentence\tlabel\na fine film \t1\na dull film \t0\n";
+        let out = Test::new()
+            .file("data/SST-2/train.tsv", sst2)
+            .file("data/SST-2/dev.tsv", sst2)
+            .file("main.rkd", &src)
+            .args(&["check", "main.rkd"])
+            .run();
         assert_eq!(out.code, 0, "{block}\n{}", out.stderr);
     }
 }

@@ -1,4 +1,4 @@
-//! `rkd run` checks what only a checkpoint's config.json tells before it starts any stage: a
+//! `rkd run` (and `rkd check`) check what only a checkpoint's config.json tells before any stage starts: a
 //! `pretrained(path:)` BERT whose positions are fewer than the data's `max_len` stops the run
 //! before the first stage, with the diagnostic `rkd check` gives for an architecture.
 
@@ -34,10 +34,15 @@ fn pipeline(max_len: usize) -> String {
 fn a_checkpoint_with_too_few_positions_stops_the_run_before_any_stage() {
     let t = Test::new().file("p.rkd", &pipeline(32));
     write_bert(&t.path().join("ckpt"), 16);
-    // The compiler cannot know the checkpoint's size...
+    // The compiler cannot know the checkpoint's size: `rkd check` reads its config.json...
     let check = t.run_with(&["check", "p.rkd"]);
-    assert_eq!(check.code, 0, "{}", check.stderr);
-    // ...the run reads its config.json before it starts anything.
+    assert_eq!(check.code, 1, "{}", check.stderr);
+    assert!(
+        check.stderr.contains("has 16 positions (max_position)"),
+        "{}",
+        check.stderr
+    );
+    // ...and so does the run, before it starts anything.
     let run = t.run_with(&["run", "p.rkd"]);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     assert!(

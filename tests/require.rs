@@ -13,7 +13,7 @@ stage teacher_eval = eval(model: teacher, data: data, split: "test", batch_size:
 stage pruned = prune(model: teacher, sparsity: 0.3)
 stage pruned_eval = eval(model: pruned, data: data, split: "test", batch_size: 16)
 stage kept = require(model: pruned, measured_by: pruned_eval, baseline: teacher_eval, max_drop: 1.0)
-stage refused = require(model: pruned, measured_by: pruned_eval, metric: "accuracy", at_least: 1.01)
+stage refused = require(model: pruned, measured_by: pruned_eval, metric: "accuracy", at_least: 1.0)
 stage kept_eval = eval(model: kept, data: data, split: "test", batch_size: 16)
 stage refused_eval = eval(model: refused, data: data, split: "test", batch_size: 16)
 "#;
@@ -35,7 +35,7 @@ fn a_failing_gate_stops_what_depends_on_it_and_a_passing_one_passes_its_model_on
     let measured = entry_json(&t, "p.rkd", "pruned_eval", "metrics.json")["accuracy"]
         .as_f64()
         .unwrap();
-    let why = format!("requirement not met: `pruned_eval` measured accuracy {measured:.4}, below at_least 1.01");
+    let why = format!("requirement not met: `pruned_eval` measured accuracy {measured:.4}, below at_least 1");
     assert!(text.contains(&why), "the failure names value, bound and stage: {text}");
     assert!(res["errors"]["refused"].as_str().unwrap().contains(&why), "{res}");
 
@@ -68,6 +68,10 @@ fn a_gate_without_a_condition_or_with_half_of_one_is_refused_before_anything_run
             "`max_drop` is measured from a baseline",
         ),
         ("require(model: m, at_least: 0.9, at_most: 0.5)", "no value passes"),
+        (
+            "require(model: m, at_least: 85)",
+            "`accuracy` is a fraction from 0 to 1, so at_least: 85 can never be what is meant: write 0.85",
+        ),
     ];
     for (call, message) in cases {
         let t = Test::new().file(

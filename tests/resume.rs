@@ -310,15 +310,14 @@ fn a_failure_that_may_pass_is_retried_and_one_that_cannot_is_not() {
         .file(
             "p.rkd",
             &format!(
-                "{}{}stage bad = train(model: bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, max_position: 16), \
-                 data: glue_sst2(path: \"sst\", max_len: 8), epochs: 1)\n",
+                "{}{}stage bad = train(model: bert(layers: 1, hidden: 16, heads: 2, intermediate: 32, max_position: 16, \
+                 vocab_size: 500), data: text_table(path: \"t\", text: \"text\", label: \"label\", max_len: 8), epochs: 1)\n",
                 flaky("again", 1),
                 flaky("once", 0)
             ),
         )
-        // Not a GLUE table: reading it fails the same way every time.
-        .file("sst/train.tsv", "nonsense\n")
-        .file("sst/dev.tsv", "nonsense\n");
+        // A vocabulary size the table's tokenizer contradicts: the same failure every time.
+        .file("t/train.csv", "text,label\ngood film,1\nbad film,0\n");
     // A stage's own `retries` wins over `--retries`, both ways.
     let out = t.run_with(&[
         "run",
@@ -335,7 +334,7 @@ fn a_failure_that_may_pass_is_retried_and_one_that_cannot_is_not() {
     let res: Value = serde_json::from_str(out.stdout.trim()).unwrap();
     assert_eq!(res["ran"], serde_json::json!(["again"]));
     assert_eq!(res["attempts"]["again"], 2, "{}", out.stdout);
-    // `once` has `retries: 0`; `bad` cannot read its data, which fails the same way every time.
+    // `once` has `retries: 0`; `bad` cannot build its model, which fails the same way every time.
     assert_eq!(common::sorted(&res["failed"]), ["bad", "once"]);
     assert!(
         res["attempts"].get("bad").is_none() && res["attempts"].get("once").is_none(),

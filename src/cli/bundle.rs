@@ -149,7 +149,7 @@ pub fn unbundle(bundle_file: &Path, dest: &Path, force: bool) -> ExitCode {
         Ok(pipelines) => {
             println!("unpacked {} into {}", bundle_file.display(), dest.display());
             for p in pipelines {
-                println!("run it: rkd run {}", p.display());
+                println!("run it: rkd run {}", crate::text::shell_word(&p.display().to_string()));
             }
             ExitCode::SUCCESS
         }

@@ -18,6 +18,14 @@ pub fn run(files: &[PathBuf], locked: bool) -> ExitCode {
                         continue;
                     }
                 }
+                // What `rkd run` checks of local checkpoints before it starts anything.
+                if crate::engine::preflight::reads_checkpoints(c.stages.iter()) {
+                    if let Err(problems) = crate::engine::preflight::check(&c.stages) {
+                        super::report(&problems, &c.sources, file);
+                        failed += 1;
+                        continue;
+                    }
+                }
                 if locked && !agrees_with_lock(file) {
                     failed += 1;
                     continue;

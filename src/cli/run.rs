@@ -461,8 +461,10 @@ fn print_summary(plan: &Plan, report: &RunReport) {
     if !rows.is_empty() {
         let names: Vec<String> = rows.iter().map(|(s, _)| cell(&s.def.shown())).collect();
         let width = crate::text::width(names.iter().take(MAX_ROWS), "STAGE");
+        let statuses: Vec<String> = rows.iter().map(|(_, r)| r.outcome.name().to_string()).collect();
+        let swidth = crate::text::width(statuses.iter().take(MAX_ROWS), "STATUS").max(7);
         println!(
-            "{:width$}  {:7}  {:>8}  {:12}  METRIC",
+            "{:width$}  {:swidth$}  {:>8}  {:12}  METRIC",
             "STAGE", "STATUS", "TIME", "KEY"
         );
         for ((s, r), name) in rows.iter().zip(&names).take(MAX_ROWS) {
@@ -478,7 +480,7 @@ fn print_summary(plan: &Plan, report: &RunReport) {
                 metric = format!("{metric} ({})", notes.join(", ")).trim_start().to_string();
             }
             println!(
-                "{:width$}  {:7}  {:>7.2}s  {:12}  {metric}",
+                "{:width$}  {:swidth$}  {:>7.2}s  {:12}  {metric}",
                 name,
                 r.outcome.name(),
                 r.time_s,

@@ -1,4 +1,4 @@
-//! The checks `rkd run` makes before it starts the first stage, on what only a checkpoint's
+//! The checks `rkd run` makes before it starts the first stage (and `rkd check` makes too), on what only a checkpoint's
 //! config.json can tell: whether a `pretrained(path:)` model, or an `hf(repo:)` model already in
 //! the local Hugging Face cache, fits the data of the stages that use it (or are trained from
 //! it) — text or images, image size and channels, `max_len` against its positions, vocabulary,

@@ -824,6 +824,9 @@ pub static REQUIRE: OpSchema = OpSchema {
     check: Some(check_require),
 };
 
+/// Metrics recorded as fractions from 0 to 1 (percentages are only how they are shown).
+const FRACTIONS: [&str; 5] = ["accuracy", "sparsity", "f1", "pruned_accuracy", "baseline_accuracy"];
+
 fn check_require(params: &Params) -> Vec<ArgProblem> {
     let mut problems = check_resources(params);
     let Ok(a) = RequireArgs::from_params(params) else {
@@ -852,6 +855,25 @@ fn check_require(params: &Params) -> Vec<ArgProblem> {
                 "at_most",
                 format!("no value passes: at_least {lo} is above at_most {hi}"),
             ));
+        }
+    }
+    // Accuracy-like metrics are fractions: a bound past 1 is a percentage written by mistake.
+    if FRACTIONS.contains(&a.metric.as_str()) {
+        for (param, bound) in [
+            ("at_least", a.at_least),
+            ("at_most", a.at_most),
+            ("max_drop", a.max_drop),
+        ] {
+            if let Some(b) = bound.filter(|b| b.abs() > 1.0) {
+                problems.push((
+                    param,
+                    format!(
+                        "`{}` is a fraction from 0 to 1, so {param}: {b} can never be what is meant: write {}",
+                        a.metric,
+                        b / 100.0
+                    ),
+                ));
+            }
         }
     }
     if !matches!(a.model, Value::Stage(_)) && a.measured_by.is_none() {
