@@ -112,6 +112,8 @@ fn two_runs_with_another_temperature_show_the_parameter_and_the_metric_deltas() 
         "{text}"
     );
     assert!(text.contains("McNemar on the same 64 examples"), "{text}");
+    // The student's accuracy is the one that selected its epochs, and is named so.
+    assert!(text.contains("  selection_accuracy  "), "{text}");
     assert!(text.contains("the same in both (one key): teacher"), "{text}");
     let md = t.run_with(&["compare", "p.rkd", "--md"]).stdout;
     assert!(md.contains("| Stage | Change | Metric | A | B | B − A |"), "{md}");

@@ -1,6 +1,7 @@
 //! `rkd compare A B`: two results of a pipeline, stage by stage — what changed and how the
 //! metrics moved — as a table, markdown or JSON.
 
+use super::runs_table::shown_name;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -251,20 +252,15 @@ pub fn text(c: &Comparison) -> String {
             out.push_str(&format!("  {change}\n"));
         }
         if !s.metrics.is_empty() {
-            let width = s
-                .metrics
-                .iter()
-                .map(|m| m.name.chars().count())
-                .max()
-                .unwrap_or(6)
-                .max(6);
+            let names: Vec<String> = s.metrics.iter().map(|m| shown_name(&s.op, &m.name)).collect();
+            let width = names.iter().map(|n| n.chars().count()).max().unwrap_or(6).max(6);
             out.push_str(&format!(
                 "  {:width$}  {:>10}  {:>10}  {:>10}\n",
                 "METRIC", "A", "B", "B − A"
             ));
-            for m in &s.metrics {
+            for (m, shown) in s.metrics.iter().zip(&names) {
                 let [a, b, d] = cells(m);
-                out.push_str(&format!("  {:width$}  {a:>10}  {b:>10}  {d:>10}\n", m.name));
+                out.push_str(&format!("  {shown:width$}  {a:>10}  {b:>10}  {d:>10}\n"));
             }
         }
         if let Some(m) = &s.mcnemar {
@@ -303,7 +299,7 @@ pub fn markdown(c: &Comparison) -> String {
             let [a, b, d] = cells(m);
             out.push_str(&format!(
                 "| {name} | {change} | {} | {a} | {b} | {d} |\n",
-                cell(&m.name)
+                cell(&shown_name(&s.op, &m.name))
             ));
         }
     }
