@@ -95,6 +95,12 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// How the spec is named in messages: the name it was bound to (`bert::mini`), else
+    /// `bert(...)`.
+    pub fn origin(&self) -> String {
+        self.label.clone().unwrap_or_else(|| format!("{}(...)", self.ctor.name))
+    }
+
     /// Whether the scalar parameter `name` holds something other than its default (written on
     /// purpose: a value written equal to the default cannot be told apart, nor need it be).
     pub fn differs_from_default(&self, name: &str) -> bool {

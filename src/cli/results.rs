@@ -28,14 +28,8 @@ pub fn report(file: &Path, store: Option<&Path>) -> ExitCode {
             continue;
         }
         // What is printed is what the stage stored: its files are hashed first (a report is small).
-        let problems = crate::store::manifest::Manifest::verify(&store.entry_dir(&s.key));
-        if !problems.is_empty() {
-            crate::say!(
-                "error: the stored result of `{}` is damaged ({}): nothing is shown\n  help: `rkd run {}` moves it aside and runs the stage again",
-                s.def.name,
-                problems.join("; "),
-                file.display()
-            );
+        if let Err(e) = verified(&store, &s.key, &s.def.name, file, "nothing is shown") {
+            crate::say!("error: {e}");
             return ExitCode::FAILURE;
         }
         match Report::load(&dir.join("report.json")) {
@@ -85,6 +79,20 @@ pub fn report(file: &Path, store: Option<&Path>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `Err` saying what is damaged (and that `outcome` followed) when the stored result of the
+/// stage `name` of `file` fails its hash check.
+fn verified(store: &Store, key: &crate::store::key::Key, name: &str, file: &Path, outcome: &str) -> Result<(), String> {
+    let problems = crate::store::manifest::Manifest::verify(&store.entry_dir(key));
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the stored result of `{name}` is damaged ({}): {outcome}\n  help: `rkd run {}` moves it aside and runs the stage again",
+        problems.join("; "),
+        file.display()
+    ))
+}
+
 /// Copies a model stage's output into `out` as a Hugging Face directory.
 pub fn export(file: &Path, name: &str, out: &Path, store: Option<&Path>) -> ExitCode {
     let Some((_, plan, store)) = super::load_plan(file, store) else {
@@ -121,14 +129,7 @@ fn export_stage(plan: &Plan, store: &Store, file: &Path, name: &str, out: &Path)
             file.display()
         ));
     }
-    let problems = crate::store::manifest::Manifest::verify(&store.entry_dir(&stage.key));
-    if !problems.is_empty() {
-        return Err(format!(
-            "the stored result of `{name}` is damaged ({}): nothing was exported\n  help: `rkd run {}` moves it aside and runs the stage again",
-            problems.join("; "),
-            file.display()
-        ));
-    }
+    verified(store, &stage.key, name, file, "nothing was exported")?;
     let src = store.out_dir(&stage.key);
     if out.exists() && std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(format!("{} exists and is not empty", out.display()));

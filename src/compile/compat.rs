@@ -116,13 +116,9 @@ fn int(params: &Params, name: &str) -> Option<usize> {
     }
 }
 
-/// A spec as written: its label (`bert::mini`, `data`) or `ctor(...)`.
-fn spec_origin(spec: &Spec) -> String {
-    spec.label.clone().unwrap_or_else(|| format!("{}(...)", spec.ctor.name))
-}
-
+/// A spec as written, in backticks: its label (`bert::mini`, `data`) or `ctor(...)`.
 fn spec_name(spec: &Spec) -> String {
-    format!("`{}`", spec_origin(spec))
+    format!("`{}`", spec.origin())
 }
 
 fn data_facts(v: Option<&Value>) -> Option<DataFacts> {
@@ -226,7 +222,7 @@ impl Facts<'_> {
         let base = ModelFacts {
             arch: true,
             name: spec_name(spec),
-            origin: spec_origin(spec),
+            origin: spec.origin(),
             root: Some(spec.ctor.name),
             ..ModelFacts::default()
         };

@@ -251,7 +251,7 @@ pub fn arch_config(spec: &Spec, data: &Dataset, log: &mut dyn Write) -> Result<M
                         "`{}` sets vocab_size {}, but the data's tokenizer has {n} tokens: training sizes \
                          a model's embedding table to its data's tokenizer, so write {}(vocab_size: {n}, ..) \
                          or leave vocab_size out",
-                        spec.label.clone().unwrap_or_else(|| format!("{}(...)", spec.ctor.name)),
+                        spec.origin(),
                         c.vocab_size,
                         spec.ctor.name
                     )));
